@@ -1,0 +1,41 @@
+"""RequestInfo: everything the framework-free core needs to know about one request."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+ANONYMIZER_KINDS: tuple[str, ...] = (
+    "vpn",
+    "hosting",
+    "public_proxy",
+    "residential_proxy",
+    "tor",
+)
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """One request as the core sees it.
+
+    ``ip`` is the client address after trusted proxies. ``key`` is the account or API key
+    identity (raw; the guard hashes it before it is stored or reported). The enrichment
+    fields (``asn``, ``as_org``, ``country``, ``anon``, ``anon_confidence``), when set,
+    are used instead of database lookups, as a CDN log line would carry them.
+    """
+
+    ip: str
+    ts: float | None = None
+    key: str | None = None
+    method: str = "GET"
+    path: str = "/"
+    route: str | None = None
+    ua: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | str | None = None
+    cost: float | None = None
+    asn: int | None = None
+    as_org: str | None = None
+    country: str | None = None
+    anon: tuple[str, ...] | None = None
+    anon_confidence: int | None = None
