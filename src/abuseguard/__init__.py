@@ -2,8 +2,51 @@
 
 from __future__ import annotations
 
+from abuseguard.backends import Backend, MemoryBackend
 from abuseguard.decision import Action, Decision, PolicyState
+from abuseguard.enforce import Allow, Block, Challenge, Degrade, Delay, Enforcer, Log, Throttle
+from abuseguard.errors import BackendError, ConfigError
+from abuseguard.guard import Guard
+from abuseguard.middleware import AbuseGuard, current_decision
+from abuseguard.policy import (
+    AnonymizerRule,
+    Concurrency,
+    Enforcement,
+    NetworkPolicy,
+    Policy,
+    Quota,
+    Scoring,
+    TokenBucket,
+)
 from abuseguard.request import RequestInfo
 
-__all__ = ["Action", "Decision", "PolicyState", "RequestInfo"]
+__all__ = [
+    "AbuseGuard",
+    "Action",
+    "Allow",
+    "AnonymizerRule",
+    "Backend",
+    "BackendError",
+    "Block",
+    "Challenge",
+    "Concurrency",
+    "ConfigError",
+    "Decision",
+    "Degrade",
+    "Delay",
+    "Enforcement",
+    "Enforcer",
+    "Guard",
+    "Log",
+    "MemoryBackend",
+    "NetworkPolicy",
+    "Policy",
+    "PolicyState",
+    "Quota",
+    "RequestInfo",
+    "Scoring",
+    "Throttle",
+    "TokenBucket",
+    "current_decision",
+]
 __version__ = "0.1.0"

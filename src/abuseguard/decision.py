@@ -54,7 +54,7 @@ RISK_REASONS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """What the guard decided for one request, and why.
 
@@ -63,6 +63,8 @@ class Decision:
     ``retry_after`` is in seconds, or None. ``remaining`` is what is left in the tightest
     limit that applied (tokens or window hits), or None. ``shadow`` is True when the
     decided action was not enforced (shadow mode): the request is served as if allowed.
+    Treat it as read-only (it is not frozen only because frozen dataclasses cost a
+    microsecond more to build, on every request).
     """
 
     action: Action
@@ -74,6 +76,8 @@ class Decision:
     identity: str = ""
     contributions: tuple[tuple[str, float], ...] = ()
     policies: tuple[PolicyState, ...] = field(default=(), compare=False)
+    cost: float = field(default=1.0, compare=False)
+    held: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def enforced_action(self) -> Action:
@@ -81,11 +85,16 @@ class Decision:
         return Action.ALLOW if self.shadow else self.action
 
     @property
+    def served(self) -> bool:
+        """True when the app handles the request (in full, degraded, or under shadow)."""
+        return self.shadow or self.action.serves_in_full or self.action == Action.DEGRADE
+
+    @property
     def limited(self) -> bool:
         return bool(self.reasons) and all(r in LIMIT_REASONS for r in self.reasons)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PolicyState:
     """The state of one named limit after this request, for RateLimit headers and bodies.
 

@@ -1,0 +1,73 @@
+"""The backend interface: where limits that must be shared live."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC
+from typing import TYPE_CHECKING
+
+from abuseguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from abuseguard.backends.memory import MemoryBackend
+
+
+class Backend(ABC):  # noqa: B024 - a marker base: backends differ in what they offer
+    """A place for limit state.
+
+    ``shared`` backends (Redis) hold buckets, quotas, concurrency and sketches for many
+    processes and are reached asynchronously; the in-process engine still scores every
+    request. The memory backend keeps everything in the process and is used synchronously.
+    """
+
+    shared: bool = False
+    uri: str = ""
+
+    async def startup(self) -> None:
+        """Connect, load scripts. Called at lifespan start (or on first use)."""
+
+    async def shutdown(self) -> None:
+        """Release connections."""
+
+
+_SCHEMES = {
+    "memory": "abuseguard.backends.memory:MemoryBackend",
+    "redis": "abuseguard.backends.redis:RedisBackend",
+    "rediss": "abuseguard.backends.redis:RedisBackend",
+    "unix": "abuseguard.backends.redis:RedisBackend",
+    "redis+cluster": "abuseguard.backends.redis:RedisBackend",
+    "rediss+cluster": "abuseguard.backends.redis:RedisBackend",
+}
+
+
+def backend_from_uri(value: Backend | str | None) -> Backend:
+    """A backend object from an object or a URI ("memory://", "redis://host:6379/0", ...)."""
+    if value is None:
+        from abuseguard.backends.memory import MemoryBackend
+
+        return MemoryBackend()
+    if isinstance(value, Backend):
+        return value
+    if not isinstance(value, str):
+        raise ConfigError("backend", f"expected a Backend or a URI string, got {value!r}")
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES:
+        raise ConfigError("backend", f"unknown backend URI {value!r}; use one of "
+                          + ", ".join(f"{s}://" for s in _SCHEMES))
+    module_name, _, class_name = _SCHEMES[scheme.lower()].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError("backend", f"{scheme}:// needs {exc.name}: pip install 'abuseguard[redis]'") from None
+    cls = getattr(module, class_name)
+    backend: Backend = cls.from_uri(value) if hasattr(cls, "from_uri") else cls()
+    return backend
+
+
+def is_memory(backend: Backend) -> bool:
+    from abuseguard.backends.memory import MemoryBackend
+
+    return isinstance(backend, MemoryBackend)
+
+
+__all__ = ["Backend", "MemoryBackend", "backend_from_uri", "is_memory"]

@@ -1,0 +1,89 @@
+"""The embedded backend: quotas through `limits` on the guard's clock, concurrency counts.
+
+Token buckets, scores and sketches of the memory backend live in the engine's tables and
+are charged by the kernel in the same call that scores the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from limits import RateLimitItem, parse
+from limits.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+
+from abuseguard.backends.base import Backend
+from abuseguard.backends.clocked_storage import ClockedMemoryStorage
+
+_STRATEGIES: dict[str, type[RateLimiter]] = {
+    "fixed-window": FixedWindowRateLimiter,
+    "moving-window": MovingWindowRateLimiter,
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+}
+
+
+class MemoryBackend(Backend):
+    """State in this process only. Under several workers every limit is per worker."""
+
+    shared = False
+    uri = "memory://"
+
+    def __init__(self, *, max_keys: int = 200_000) -> None:
+        self.max_keys = max_keys
+        self._clock: Callable[[], float] | None = None
+        self._storage: ClockedMemoryStorage | None = None
+        self._limiters: dict[str, RateLimiter] = {}
+        self._items: dict[str, RateLimitItem] = {}
+        self.inflight: dict[str, int] = {}
+
+    @classmethod
+    def from_uri(cls, uri: str) -> MemoryBackend:
+        return cls()
+
+    def bind(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._storage = ClockedMemoryStorage(clock, max_keys=self.max_keys)
+        self._limiters.clear()
+
+    def _limiter(self, strategy: str) -> RateLimiter:
+        limiter = self._limiters.get(strategy)
+        if limiter is None:
+            assert self._storage is not None, "MemoryBackend.bind() was not called"
+            limiter = self._limiters[strategy] = _STRATEGIES[strategy](self._storage)
+        return limiter
+
+    def _item(self, limit: str) -> RateLimitItem:
+        item = self._items.get(limit)
+        if item is None:
+            item = self._items[limit] = parse(limit)
+        return item
+
+    def hit_quota(self, limit: str, strategy: str, identity: str, cost: int) -> tuple[bool, float, float]:
+        """Hit a window quota; return (admitted, remaining, seconds until reset)."""
+        item = self._item(limit)
+        limiter = self._limiter(strategy)
+        admitted = limiter.hit(item, identity, cost=cost) if cost > 0 else True
+        stats = limiter.get_window_stats(item, identity)
+        now = self._clock() if self._clock else 0.0
+        reset = max(0.0, stats.reset_time - now)
+        if strategy == "sliding-window-counter":
+            reset = min(reset, float(item.get_expiry()))
+        return admitted, float(stats.remaining), reset
+
+    def acquire(self, identity: str, limit: int) -> bool:
+        held = self.inflight.get(identity, 0)
+        if held >= limit:
+            return False
+        self.inflight[identity] = held + 1
+        return True
+
+    def release(self, identity: str) -> None:
+        held = self.inflight.get(identity, 0) - 1
+        if held > 0:
+            self.inflight[identity] = held
+        else:
+            self.inflight.pop(identity, None)

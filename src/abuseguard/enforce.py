@@ -1,0 +1,145 @@
+"""Enforcers: what each action does to a request, and the protocols for your own.
+
+An :class:`Enforcer` gets the ASGI triple, the decision and ``call_next`` (the app,
+wrapped so that rate-limit headers and outcome tracking still apply). It either answers
+the client itself or calls ``call_next``. Observers (see ``Guard(observers=...)``) only
+watch decisions and never change them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol, runtime_checkable
+
+from abuseguard.decision import Action, Decision
+from abuseguard.headers import problem_body, rate_limit_headers, retry_after_value
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger("abuseguard.enforce")
+
+DEGRADED_STATE_KEY = "abuseguard_degraded"
+DECISION_STATE_KEY = "abuseguard_decision"
+
+
+@runtime_checkable
+class Enforcer(Protocol):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
+                       call_next: ASGIApp) -> None: ...
+
+
+async def send_problem(send: Send, status: int, decision: Decision, *, legacy: bool = False,
+                       extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = problem_body(status, decision)
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if status in (429, 503):
+        headers.append((b"retry-after", retry_after_value(decision.retry_after).encode()))
+    headers += rate_limit_headers(decision, legacy=legacy)
+    headers += extra_headers or []
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Allow:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
+                       call_next: ASGIApp) -> None:
+        await call_next(scope, receive, send)
+
+
+class Log:
+    """Serve the request; log the decision (the default for the mildest ladder step)."""
+
+    def __init__(self, logger_name: str = "abuseguard") -> None:
+        self.logger = logging.getLogger(logger_name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
+                       call_next: ASGIApp) -> None:
+        self.logger.info("abuseguard %s identity=%s score=%.3f reasons=%s",
+                         decision.action.value, decision.identity, decision.score,
+                         ",".join(decision.reasons))
+        await call_next(scope, receive, send)
+
+
+class Delay:
+    """Tarpit: wait, then serve. Slows scripted clients at little cost to a person."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
+                       call_next: ASGIApp) -> None:
+        await asyncio.sleep(self.seconds)
+        await call_next(scope, receive, send)
+
+
+class Degrade:
+    """Serve, but mark ``request.state.abuseguard_degraded`` so the app can serve less
+    (cap max_tokens, pick a smaller model, drop optional fields)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
+                       call_next: ASGIApp) -> None:
+        scope.setdefault("state", {})[DEGRADED_STATE_KEY] = True
+        await call_next(scope, receive, send)
+
+
+ChallengeResponder = Callable[[Scope, Receive, Send, Decision], Awaitable[None]]
+
+
+class Challenge:
+    """Answer with a challenge instead of the resource.
+
+    ``responder`` is an ASGI-like callable ``(scope, receive, send, decision)`` that sends
+    the challenge (a CAPTCHA page, a proof-of-work task, a re-authentication demand).
+    Without one, a 403 problem+json with ``AbuseGuard-Challenge: required`` is sent.
+    """
+
+    def __init__(self, responder: ChallengeResponder | None = None) -> None:
+        self.responder = responder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
+                       call_next: ASGIApp) -> None:
+        if self.responder is not None:
+            await self.responder(scope, receive, send, decision)
+            return
+        await send_problem(send, 403, decision, extra_headers=[(b"abuseguard-challenge", b"required")])
+
+
+class Throttle:
+    """429 Too Many Requests with Retry-After, RateLimit headers and a problem+json body."""
+
+    def __init__(self, *, legacy_headers: bool = False) -> None:
+        self.legacy_headers = legacy_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
+                       call_next: ASGIApp) -> None:
+        await send_problem(send, 429, decision, legacy=self.legacy_headers)
+
+
+class Block:
+    """403 Forbidden with a problem+json body (bans included)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
+                       call_next: ASGIApp) -> None:
+        await send_problem(send, 403, decision)
+
+
+def default_enforcers(*, delay_seconds: float = 1.0, legacy_headers: bool = False) -> dict[Action, Enforcer]:
+    return {
+        Action.ALLOW: Allow(),
+        Action.LOG: Log(),
+        Action.DELAY: Delay(delay_seconds),
+        Action.DEGRADE: Degrade(),
+        Action.CHALLENGE: Challenge(),
+        Action.THROTTLE: Throttle(legacy_headers=legacy_headers),
+        Action.BLOCK: Block(),
+    }

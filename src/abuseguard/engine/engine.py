@@ -1,0 +1,63 @@
+"""Engine: the state tables, the kernel's buffers and parameters, and one call per request."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from abuseguard.engine import kernels
+from abuseguard.engine import layout as L
+from abuseguard.engine.params import build_params
+from abuseguard.engine.table import StateTable
+from abuseguard.policy import Policy
+
+
+class Engine:
+    """Preallocated state for every identity kind, worked on by `kernels.decide`.
+
+    Not thread-safe: one engine serves one event loop (as the middleware does). The kernels
+    are compiled or loaded from Numba's on-disk cache at construction, never on a request.
+    """
+
+    def __init__(self, policy: Policy, *, local_buckets: bool = True) -> None:
+        kernels.warm_up()
+        capacity = policy.max_identities
+        self.tables = (
+            StateTable(capacity, L.KEY_WIDTH),
+            StateTable(capacity, L.NET_WIDTH),
+            StateTable(max(16, capacity // 2), L.NET_WIDTH),
+            StateTable(max(16, min(capacity, 65536)), L.NET_WIDTH),
+            StateTable(max(16, min(capacity, 65536)), L.NET_WIDTH),
+        )
+        self.cms = np.zeros((L.CMS_DEPTH + 1, L.CMS_WIDTH), dtype=np.float64)
+        self.iv = np.zeros(L.N_INT_INPUTS, dtype=np.int64)
+        self.io = np.zeros(L.IO_SIZE, dtype=np.float64)
+        self.params = build_params(policy, local_buckets=local_buckets)
+        t = self.tables
+        self._args = (t[0].data, t[1].data, t[2].data, t[3].data, t[4].data, self.cms,
+                      self.iv, self.io, self.params)
+
+    def run(self) -> np.ndarray:
+        """Run the kernel on the inputs already written into ``iv`` and ``io``."""
+        kernels.decide(*self._args)
+        return self.io
+
+    def record_outcome(self, key_row: int, is_error: bool) -> None:
+        kernels.record_outcome(self.tables[L.KIND_KEY].data, key_row, 1.0 if is_error else 0.0,
+                               float(self.params[L.P_ERR_ALPHA]))
+
+    def charge(self, kind: int, row: int, delta: float) -> None:
+        burst = float(self.params[L.P_BUCKET + 2 * kind + 1])
+        if burst > 0.0:
+            kernels.charge(self.tables[kind].data, row, delta, burst)
+
+    def set_prior(self, key: object, prior: float) -> bool:
+        """Background lane: write a risk prior (0..1) for an identity; False if unknown."""
+        row = self.tables[L.KIND_KEY].find(key)  # type: ignore[arg-type]
+        if row is None:
+            return False
+        self.tables[L.KIND_KEY].data[row, L.F_PRIOR] = min(1.0, max(0.0, prior))
+        return True
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tables) + int(self.cms.nbytes)

@@ -1,0 +1,91 @@
+"""The kernel's parameter vector, built once from a Policy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from abuseguard.decision import Action
+from abuseguard.engine import layout as L
+from abuseguard.policy import DEFAULT_CLIENT_RISK, Policy, Scoring, TokenBucket
+
+_CLIENT_CLASS_ORDER = ("empty", "browser", "mobile", "sdk", "script", "headless", "crawler", "unknown")
+
+
+def _set_bucket(prm: np.ndarray, kind: int, bucket: TokenBucket | None) -> None:
+    if bucket is not None:
+        prm[L.P_BUCKET + 2 * kind] = bucket.per_second
+        prm[L.P_BUCKET + 2 * kind + 1] = bucket.capacity
+
+
+def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
+    """Parameters for `kernels.decide`. With ``local_buckets`` False (a shared backend holds
+    the buckets) every bucket is off in the kernel, which then only observes and scores."""
+    prm = np.zeros(L.N_PARAMS, dtype=np.float64)
+    network = policy.network
+    if local_buckets:
+        _set_bucket(prm, L.KIND_KEY, policy.bucket)
+        if network is not None:
+            _set_bucket(prm, L.KIND_IP, network.per_ip)
+            _set_bucket(prm, L.KIND_PREFIX, network.per_prefix)
+            _set_bucket(prm, L.KIND_ASN, network.per_asn)
+    bucket = policy.bucket
+    prm[L.P_COUPLING] = bucket.risk_coupling if bucket is not None else 0.0
+    prm[L.P_MIN_FACTOR] = bucket.min_refill_factor if bucket is not None else 1.0
+    prm[L.P_RISK_FLOOR] = bucket.risk_floor if bucket is not None else 0.0
+    prm[L.P_BASELINE_AGE] = 600.0
+
+    scoring = policy.scoring if policy.scoring is not None else Scoring(enabled=False)
+    prm[L.P_SCORING] = 1.0 if scoring.enabled else 0.0
+    prm[L.P_TAU_SHORT] = 10.0
+    prm[L.P_TAU_LONG] = 1800.0
+    prm[L.P_ALPHA_IA] = 0.1
+    prm[L.P_ERR_ALPHA] = 0.1
+    prm[L.P_MIN_EVENTS] = float(scoring.min_events)
+    prm[L.P_VOLUME_LO], prm[L.P_VOLUME_HI] = scoring.volume_rate
+    prm[L.P_BURST_LO], prm[L.P_BURST_HI] = scoring.burst_ratio
+    prm[L.P_CADENCE_LO], prm[L.P_CADENCE_HI] = scoring.cadence_spread
+    prm[L.P_ERR_LO], prm[L.P_ERR_HI] = scoring.error_share
+    prm[L.P_IMPATIENCE_LO], prm[L.P_IMPATIENCE_HI] = scoring.impatience_share
+    prm[L.P_TEMPLATE_LO], prm[L.P_TEMPLATE_HI] = scoring.template_share
+    prm[L.P_SHARED_LO], prm[L.P_SHARED_HI] = scoring.shared_template_accounts
+    prm[L.P_HORIZON] = scoring.sketch_horizon
+    prm[L.P_CMS_HALF_LIFE] = scoring.sketch_horizon
+    prm[L.P_HAMMING] = 6.0
+    prm[L.P_BIAS] = scoring.bias
+    prm[L.P_REASON_MIN] = scoring.reason_min
+    for s, name in enumerate(L.SIGNAL_NAMES):
+        prm[L.P_WEIGHTS + s] = scoring.weights[name]
+    for c, name in enumerate(_CLIENT_CLASS_ORDER):
+        prm[L.P_CLIENT_RISK + c] = scoring.client_risk.get(name, DEFAULT_CLIENT_RISK[name])
+    if network is not None:
+        prm[L.P_FANIN_LO], prm[L.P_FANIN_HI] = network.fan_in
+        prm[L.P_FANOUT_ASN_LO], prm[L.P_FANOUT_ASN_HI] = network.fan_out_asns
+        prm[L.P_FANOUT_CC_LO], prm[L.P_FANOUT_CC_HI] = network.fan_out_countries
+        prm[L.P_FANOUT_PFX_LO], prm[L.P_FANOUT_PFX_HI] = network.fan_out_prefixes
+        prm[L.P_NAT_PER_ACCOUNT] = network.nat_per_account if network.nat_fairness else 0.0
+        prm[L.P_NAT_MAX] = network.nat_max
+    else:
+        prm[L.P_FANIN_LO], prm[L.P_FANIN_HI] = 1e9, 2e9
+        prm[L.P_FANOUT_ASN_LO], prm[L.P_FANOUT_ASN_HI] = 1e9, 2e9
+        prm[L.P_FANOUT_CC_LO], prm[L.P_FANOUT_CC_HI] = 1e9, 2e9
+        prm[L.P_FANOUT_PFX_LO], prm[L.P_FANOUT_PFX_HI] = 1e9, 2e9
+        prm[L.P_NAT_MAX] = 1.0
+
+    enforcement = policy.enforcement
+    ladder = enforcement.ladder if scoring.enabled else ()
+    prm[L.P_LADDER_N] = len(ladder)
+    prm[L.P_LADDER_SERVES] = 1.0
+    for i, (threshold, action) in enumerate(ladder):
+        prm[L.P_LADDER + i] = threshold
+        prm[L.P_LADDER_SERVES + i + 1] = 1.0 if serves(action) else 0.0  # type: ignore[arg-type]
+    prm[L.P_HYSTERESIS] = enforcement.hysteresis
+    prm[L.P_SCORE_ALPHA] = enforcement.score_alpha
+    prm[L.P_SCORE_HALF_LIFE] = enforcement.score_half_life
+    prm[L.P_BAN_LEVEL] = enforcement.ban_level()
+    prm[L.P_BAN_SECONDS] = enforcement.ban_seconds
+    return prm
+
+
+def serves(action: Action) -> bool:
+    """Whether a request under this action reaches the app (and so spends tokens)."""
+    return action in (Action.ALLOW, Action.LOG, Action.DELAY, Action.DEGRADE)

@@ -1,0 +1,68 @@
+"""StateTable: a preallocated float64 table with a key -> row map and eviction of idle rows."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import numpy as np
+
+from abuseguard.engine.layout import F_LAST_SEEN
+
+_EVICTION_SAMPLE = 16
+
+
+class StateTable:
+    """Fixed capacity rows of ``width`` float64 words, one per identity.
+
+    When full, a new identity takes the row of the least recently seen of a random sample
+    of rows (approximate LRU, as Redis does): cost is constant and memory never grows, so a
+    flood of unique identities (IPv6 rotation) only churns the idle part of the table.
+    """
+
+    def __init__(self, capacity: int, width: int, *, seed: int = 0x5EED) -> None:
+        self.capacity = capacity
+        self.width = width
+        self.data = np.zeros((capacity, width), dtype=np.float64)
+        self.index: dict[Hashable, int] = {}
+        self.keys: list[Hashable | None] = [None] * capacity
+        self.next_free = 0
+        self.evictions = 0
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def find(self, key: Hashable) -> int | None:
+        return self.index.get(key)
+
+    def row(self, key: Hashable) -> int:
+        found = self.index.get(key)
+        if found is not None:
+            return found
+        if self.next_free < self.capacity:
+            row = self.next_free
+            self.next_free += 1
+        else:
+            row = self._victim()
+            old = self.keys[row]
+            if old is not None:
+                del self.index[old]
+            self.data[row] = 0.0
+            self.evictions += 1
+        self.index[key] = row
+        self.keys[row] = key
+        return row
+
+    def _victim(self) -> int:
+        sample = self._rng.integers(0, self.capacity, _EVICTION_SAMPLE)
+        return int(sample[int(np.argmin(self.data[sample, F_LAST_SEEN]))])
+
+    def clear(self) -> None:
+        self.data[:] = 0.0
+        self.index.clear()
+        self.keys = [None] * self.capacity
+        self.next_free = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)

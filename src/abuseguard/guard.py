@@ -1,0 +1,449 @@
+"""Guard: the framework-free core. identify -> enrich -> observe and score -> decide.
+
+``Guard.check(info)`` answers a :class:`RequestInfo` with a :class:`Decision`; after the
+app answered, ``Guard.complete(info, decision, status=..., cost=...)`` feeds the outcome
+back (error-rate signals, real cost, concurrency release). The middleware, the replay
+command and the benchmarks all drive this same object.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from abuseguard.backends.base import Backend, backend_from_uri
+from abuseguard.backends.memory import MemoryBackend
+from abuseguard.decision import Action, Decision, PolicyState
+from abuseguard.engine import layout as L
+from abuseguard.engine.engine import Engine
+from abuseguard.errors import ConfigError
+from abuseguard.identity import AddressBook, ClientAddress, hash_key
+from abuseguard.intel.agents import AgentClassifier, ClientClass
+from abuseguard.intel.geo import GeoIntel
+from abuseguard.intel.persona import persona_hash, persona_mismatch
+from abuseguard.network import NetworkProfile, NetworkView
+from abuseguard.policy import Policy, Quota, TokenBucket
+from abuseguard.request import RequestInfo
+
+logger = logging.getLogger("abuseguard")
+
+Observer = Callable[[RequestInfo, Decision], "Awaitable[None] | None"]
+
+_LADDER_ACTIONS_CACHE: dict[int, tuple[Action, ...]] = {}
+_REASON_NAMES: tuple[str, ...] = L.SIGNAL_NAMES
+_RISK_CODE = {"prior": "prior"}
+
+
+@dataclass(slots=True)
+class Prepared:
+    """Everything the engine and the backend need for one request, derived from RequestInfo."""
+
+    ts: float
+    identity: str  # "k:<hash>" or "i:<ip key>"
+    has_account: bool
+    address: ClientAddress
+    profile: NetworkProfile | None
+    cost: float
+    ua_class: int
+    persona: int
+    persona_mismatch: float
+    simhash: int
+    template_id: int
+    elicitation: float
+    has_content: bool
+
+
+class Guard:
+    """Decides what to do with each request.
+
+    Not thread-safe: use one Guard per event loop (the middleware does). ``clock`` returns
+    seconds; ``RequestInfo.ts``, when set, is used instead (replay runs in virtual time).
+    ``intel`` overrides the databases named in ``policy.network.databases``.
+    """
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        backend: Backend | str | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        intel: GeoIntel | None = None,
+        observers: Iterable[Observer] = (),
+    ) -> None:
+        self.policy = policy if policy is not None else Policy()
+        if not isinstance(self.policy, Policy):
+            raise ConfigError("policy", f"expected a Policy, got {type(self.policy).__name__}")
+        self.backend = backend_from_uri(backend)
+        self.clock = clock if clock is not None else time.time
+        self._now = self.clock()
+        policy = self.policy
+        network = policy.network
+        self.addresses = AddressBook(
+            ipv6_prefix=policy.ipv6_prefix,
+            ipv4_network_prefix=network.ipv4_prefix if network else 24,
+            ipv6_network_prefix=network.ipv6_prefix if network else 48,
+        )
+        if intel is None and network is not None and network.databases:
+            intel = GeoIntel(**{k: v for k, v in network.databases.items()})
+        self.intel = intel
+        self.network = NetworkView(network, intel) if network is not None else None
+        scoring = policy.scoring
+        self.scoring_on = scoring is not None and scoring.enabled
+        self.agents = AgentClassifier()
+        self.content: Any = None
+        if scoring is not None and scoring.enabled and scoring.content:
+            from abuseguard.engine.content import ContentFingerprinter
+
+            self.content = ContentFingerprinter(max_bytes=scoring.content_max_bytes)
+        self.local_buckets = not self.backend.shared
+        self.engine = Engine(policy, local_buckets=self.local_buckets)
+        if isinstance(self.backend, MemoryBackend):
+            self.backend.bind(self._virtual_now)
+        self.ladder: tuple[Action, ...] = (Action.ALLOW, *(a for _, a in policy.enforcement.ladder))  # type: ignore[misc]
+        self.observers: list[Observer] = list(observers)
+        self._key_hashes: dict[str, str] = {}
+        self.inflight = 0
+        bucket = policy.bucket
+        self._cost_is_static = bucket is None or isinstance(bucket.cost, int | float)
+        self._static_cost = float(bucket.cost) if bucket is not None and isinstance(bucket.cost, int | float) else 1.0
+        self._exempt = tuple(policy.exempt_paths)
+
+    # -- identity ----------------------------------------------------------------------
+
+    def _virtual_now(self) -> float:
+        return self._now
+
+    def identity_of(self, info: RequestInfo) -> tuple[str, bool, ClientAddress]:
+        address = self.addresses.resolve(info.ip)
+        raw = self.policy.key_func(info) if self.policy.key_func is not None else info.key
+        if raw:
+            hashed = self._key_hashes.get(raw)
+            if hashed is None:
+                if len(self._key_hashes) >= 100_000:
+                    self._key_hashes.clear()
+                hashed = self._key_hashes[raw] = "k:" + hash_key(self.policy.secret, raw)
+            return hashed, True, address
+        return "i:" + address.ip_key, False, address
+
+    def cost_of(self, info: RequestInfo) -> float:
+        if info.cost is not None:
+            return float(info.cost)
+        if self._cost_is_static:
+            return self._static_cost
+        bucket = self.policy.bucket
+        assert bucket is not None
+        cost = bucket.cost
+        if isinstance(cost, Mapping):
+            route = info.route or info.path
+            value = cost.get(f"{info.method} {route}")
+            if value is None:
+                value = cost.get(route, 1.0)
+            return float(value)
+        try:
+            value = float(cost(info))  # type: ignore[operator]
+        except Exception:
+            logger.exception("TokenBucket.cost callable failed; charging 1")
+            return 1.0
+        return value if value >= 0 and value == value else 1.0
+
+    # -- the decision ------------------------------------------------------------------
+
+    def prepare(self, info: RequestInfo) -> Prepared:
+        ts = info.ts if info.ts is not None else self.clock()
+        identity, has_account, address = self.identity_of(info)
+        profile = None
+        if self.network is not None:
+            profile = self.network.profile(address, info.asn, info.as_org, info.country,
+                                           info.anon, info.anon_confidence)
+        ua_class = int(ClientClass.UNKNOWN)
+        persona = 0
+        mismatch = 0.0
+        simhash = template_id = 0
+        elicitation = 0.0
+        has_content = False
+        if self.scoring_on:
+            agent = self.agents.classify(info.ua)
+            ua_class = int(agent.client_class)
+            headers = info.headers
+            persona = persona_hash(list(headers), headers, agent)
+            mismatch = persona_mismatch(agent, headers)
+            if self.content is not None and info.body:
+                facts = self.content.fingerprint(info.body, headers.get("content-type"))
+                if facts.prompt_found:
+                    simhash, template_id = facts.simhash, facts.template_id
+                    elicitation = facts.elicitation
+                    has_content = True
+        return Prepared(ts, identity, has_account, address, profile, self.cost_of(info),
+                        ua_class, persona, mismatch, simhash, template_id, elicitation,
+                        has_content)
+
+    def run_engine(self, p: Prepared) -> Any:
+        """Write the inputs, call the kernel once, return the io vector."""
+        engine = self.engine
+        tables = engine.tables
+        iv = engine.iv
+        io = engine.io
+        profile = p.profile
+        iv[L.I_ROW + L.KIND_KEY] = tables[L.KIND_KEY].row(p.identity)
+        skip_network = profile is None or profile.allowed
+        if skip_network or p.address.version == 0:
+            iv[L.I_ROW + L.KIND_IP] = -1
+            iv[L.I_ROW + L.KIND_PREFIX] = -1
+        else:
+            iv[L.I_ROW + L.KIND_IP] = tables[L.KIND_IP].row(p.address.ip_key)
+            iv[L.I_ROW + L.KIND_PREFIX] = tables[L.KIND_PREFIX].row(p.address.prefix_key)
+        if skip_network or profile is None or profile.asn_key is None:
+            iv[L.I_ROW + L.KIND_ASN] = -1
+        else:
+            iv[L.I_ROW + L.KIND_ASN] = tables[L.KIND_ASN].row(profile.asn_key)
+        iv[L.I_ROW + L.KIND_PERSONA] = tables[L.KIND_PERSONA].row(p.persona) if p.persona and not skip_network else -1
+        iv[L.I_COUNTRY] = profile.country_code if profile is not None else 0
+        iv[L.I_SIMHASH] = p.simhash
+        iv[L.I_TEMPLATE_ID] = p.template_id
+        iv[L.I_UA_CLASS] = p.ua_class
+        iv[L.I_HAS_ACCOUNT] = 1 if p.has_account else 0
+        io[L.X_TS] = p.ts
+        io[L.X_COST] = p.cost
+        io[L.X_LOAD] = self._load_factor()
+        if profile is not None and not profile.allowed:
+            io[L.X_ANON] = profile.anon_signal
+            io[L.X_GEO] = profile.geo_signal
+            io[L.X_NET_DISTRUST] = profile.distrust
+            io[L.X_NAT_ELIGIBLE] = 1.0 if profile.nat_eligible else 0.0
+        else:
+            io[L.X_ANON] = io[L.X_GEO] = io[L.X_NAT_ELIGIBLE] = 0.0
+            io[L.X_NET_DISTRUST] = 0.0
+        allowed = profile is not None and profile.allowed
+        io[L.X_PERSONA] = 0.0 if allowed else p.persona_mismatch
+        io[L.X_ELICIT] = p.elicitation
+        io[L.X_HAS_CONTENT] = 1.0 if p.has_content else 0.0
+        if allowed:
+            saved = engine.params[L.P_SCORING]
+            engine.params[L.P_SCORING] = 0.0
+            engine.run()
+            engine.params[L.P_SCORING] = saved
+            return io
+        return engine.run()
+
+    def _load_factor(self) -> float:
+        target = self.policy.load_target
+        if target <= 0 or self.inflight <= target:
+            return 1.0
+        return max(0.1, target / self.inflight)
+
+    def check(self, info: RequestInfo) -> Decision:
+        """Decide for one request (memory backend). Use `acheck` with a shared backend."""
+        if self.backend.shared:
+            raise RuntimeError("Guard.check() is synchronous; use 'await guard.acheck(info)' "
+                               f"with the {type(self.backend).__name__}")
+        if self._exempt and info.path.startswith(self._exempt):
+            return _EXEMPT
+        p = self.prepare(info)
+        self._now = p.ts
+        io = self.run_engine(p)
+        return self._decide(info, p, io)
+
+    async def acheck(self, info: RequestInfo) -> Decision:
+        """Decide for one request with any backend."""
+        if not self.backend.shared:
+            return self.check(info)
+        shared_check = getattr(self.backend, "check", None)
+        if shared_check is None:
+            raise RuntimeError(f"{type(self.backend).__name__} cannot decide requests")
+        decision: Decision = await shared_check(self, info)
+        return decision
+
+    def _decide(self, info: RequestInfo, p: Prepared, io_vector: Any) -> Decision:
+        io = io_vector.tolist()  # one conversion; Python floats are cheaper to read after
+        policy = self.policy
+        enforcement = policy.enforcement
+        level = int(io[L.O_ACTION])
+        score = io[L.O_SCORE]
+        denied = int(io[L.O_DENIED_KINDS])
+        profile = p.profile
+        bucket = policy.bucket
+        policies: tuple[PolicyState, ...] = ()
+        if bucket is not None and self.local_buckets:
+            policies = (PolicyState(bucket.name, bucket.capacity, bucket.window,
+                                    io[L.O_REMAINING], io[L.O_RESET], bool(denied & 1)),)
+        remaining = io[L.O_REMAINING] if bucket is not None else None
+        if (level == 0 and not denied and not io[L.O_BANNED] and not policy.quotas
+                and policy.concurrency is None
+                and (profile is None or profile.rule_action is None)):
+            decision = Decision(Action.ALLOW, (), score, None, remaining, False, p.identity,
+                                (), policies, p.cost)
+            if self.observers:
+                self._notify(info, decision)
+            return decision
+
+        action = self.ladder[level] if level < len(self.ladder) else Action.BLOCK
+        reasons: list[str] = []
+        retry_after: float | None = None
+        shadow = False
+        if io[L.O_BANNED]:
+            reasons.append("banned")
+            retry_after = io[L.O_RETRY_AFTER]
+            shadow = enforcement.shadow
+        else:
+            if level > 0:
+                reasons.extend(_names(int(io[L.O_REASONS])))
+                shadow = enforcement.shadow
+            if profile is not None and profile.rule_action is not None:
+                if profile.rule_action.severity >= action.severity:
+                    action = profile.rule_action
+                    shadow = bool(policy.network and policy.network.shadow)
+                reasons.insert(0, profile.rule_reason or "deny_list")
+            if denied:
+                if Action.THROTTLE.severity >= action.severity or not action_is_denial(action):
+                    action = Action.THROTTLE
+                    shadow = self._bucket_shadow(denied)
+                reasons.append("rate")
+                retry_after = io[L.O_RETRY_AFTER]
+        held: tuple[str, ...] = ()
+        if not action_is_denial(action) or shadow:
+            if policy.quotas:
+                quota_states: list[PolicyState] = list(policies)
+                quota_result = self._quotas(p, quota_states)
+                policies = tuple(quota_states)
+                if quota_result is not None:
+                    quota, reset = quota_result
+                    if not action_is_denial(action) or shadow:
+                        action, shadow = Action.THROTTLE, quota.shadow
+                    reasons.append("quota")
+                    retry_after = max(retry_after or 0.0, reset)
+            conc = policy.concurrency
+            if conc is not None and (not action_is_denial(action) or shadow):
+                ident = p.identity if conc.per == "key" else "i:" + p.address.ip_key  # type: ignore[union-attr]
+                ident = f"c:{ident}"
+                if self.backend.acquire(ident, conc.limit):  # type: ignore[attr-defined, union-attr]
+                    held = (ident,)
+                else:
+                    if not action_is_denial(action) or shadow:
+                        action, shadow = Action.THROTTLE, conc.shadow  # type: ignore[union-attr]
+                    reasons.append("concurrency")
+                    retry_after = max(retry_after or 0.0, 1.0)
+        if not shadow and (policy.shadow or action in enforcement.shadow_actions):  # type: ignore[operator]
+            shadow = action != Action.ALLOW
+        if action == Action.ALLOW:
+            reasons = []
+        decision = Decision(
+            action=action,
+            reasons=tuple(dict.fromkeys(reasons)),
+            score=score,
+            retry_after=retry_after if retry_after is None else max(retry_after, 0.0),
+            remaining=remaining,
+            shadow=shadow,
+            identity=p.identity,
+            contributions=self._contributions(io) if action != Action.ALLOW else (),
+            policies=policies,
+            cost=p.cost,
+            held=held,
+        )
+        if self.observers:
+            self._notify(info, decision)
+        return decision
+
+    def _bucket_shadow(self, denied: int) -> bool:
+        policy = self.policy
+        shadows = []
+        if denied & (1 << L.KIND_KEY) and policy.bucket is not None:
+            shadows.append(policy.bucket.shadow)
+        network = policy.network
+        if network is not None:
+            for kind, bucket in ((L.KIND_IP, network.per_ip), (L.KIND_PREFIX, network.per_prefix),
+                                 (L.KIND_ASN, network.per_asn)):
+                if denied & (1 << kind) and bucket is not None:
+                    shadows.append(bucket.shadow or network.shadow)
+        return bool(shadows) and all(shadows)
+
+    def _quotas(self, p: Prepared, policies: list[PolicyState]) -> tuple[Quota, float] | None:
+        backend = self.backend
+        assert isinstance(backend, MemoryBackend)
+        violated: tuple[Quota, float] | None = None
+        for quota in self.policy.quotas:
+            ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+            cost = max(0, round(p.cost)) if quota.by_cost else 1
+            ok, remaining, reset = backend.hit_quota(quota.limit, quota.strategy, ident, cost)
+            policies.append(PolicyState(quota.name or "quota", quota.amount, quota.window,
+                                        remaining, reset, not ok))
+            if not ok and violated is None:
+                violated = (quota, reset)
+        return violated
+
+    @staticmethod
+    def _contributions(io: list[float]) -> tuple[tuple[str, float], ...]:
+        return tuple(
+            (name, round(io[L.O_CONTRIB + s], 4))
+            for s, name in enumerate(L.SIGNAL_NAMES)
+            if io[L.O_CONTRIB + s] > 0.0
+        )
+
+    def _notify(self, info: RequestInfo, decision: Decision) -> None:
+        for observer in self.observers:
+            try:
+                result = observer(info, decision)
+                if inspect.isawaitable(result):
+                    _schedule(result)
+            except Exception:
+                logger.exception("abuseguard observer %r failed", observer)
+
+    # -- after the response ------------------------------------------------------------
+
+    def complete(self, info: RequestInfo, decision: Decision, *, status: int | None = None,
+                 cost: float | None = None) -> None:
+        """Feed the outcome back: status (error signals), real cost, concurrency release."""
+        for ident in decision.held:
+            self.backend.release(ident)  # type: ignore[attr-defined]
+        if decision.identity == "" or self.backend.shared:
+            return
+        row = self.engine.tables[L.KIND_KEY].find(decision.identity)
+        if row is None:
+            return
+        if status is not None and self.scoring_on:
+            self.engine.record_outcome(row, 400 <= status < 600 and status != 429)
+        if (cost is not None and cost == cost and cost >= 0 and decision.served
+                and "rate" not in decision.reasons):
+            self.engine.charge(L.KIND_KEY, row, cost - decision.cost)
+
+    def set_prior(self, identity: str, prior: float) -> bool:
+        """Background lane: a risk prior (0..1) for an identity, read by the kernel."""
+        return self.engine.set_prior(identity, prior)
+
+    async def startup(self) -> None:
+        await self.backend.startup()
+
+    async def shutdown(self) -> None:
+        await self.backend.shutdown()
+        if self.intel is not None:
+            self.intel.close()
+
+
+def action_is_denial(action: Action) -> bool:
+    return action in (Action.CHALLENGE, Action.THROTTLE, Action.BLOCK)
+
+
+def _names(mask: int) -> list[str]:
+    return [name for s, name in enumerate(_REASON_NAMES) if mask & (1 << s)]
+
+
+_background: set[Any] = set()
+
+
+def _schedule(awaitable: Awaitable[None]) -> None:
+    import asyncio
+
+    try:
+        task = asyncio.ensure_future(awaitable)
+    except RuntimeError:
+        return
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_EXEMPT = Decision(Action.ALLOW)
+
+__all__ = ["Guard", "Prepared", "TokenBucket"]

@@ -1,0 +1,96 @@
+"""Response headers and bodies: RateLimit / RateLimit-Policy, Retry-After, problem+json.
+
+RateLimit-Policy and RateLimit follow draft-ietf-httpapi-ratelimit-headers-11 (Structured
+Field lists of items named after each policy)::
+
+    RateLimit-Policy: "default";q=10;w=2, "quota-10000-86400s";q=10000;w=86400
+    RateLimit: "default";r=3;t=1, "quota-10000-86400s";r=9876;t=41000
+
+``q`` is the quota and ``w`` the window in seconds; ``r`` what remains and ``t`` the
+seconds until the quota is fully restored. Retry-After is sent only with 429 and 503.
+Error bodies are ``application/problem+json`` (RFC 9457).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from http import HTTPStatus
+
+from abuseguard.decision import Decision, PolicyState
+
+
+def _int_up(value: float) -> int:
+    return max(0, math.ceil(value - 1e-9))
+
+
+def _sf_string(name: str) -> str:
+    # Policy names are validated to [A-Za-z0-9_-], so no escaping is needed; be safe anyway.
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ratelimit_policy_value(policies: Iterable[PolicyState]) -> str:
+    return ", ".join(
+        f"{_sf_string(p.name)};q={max(0, math.floor(p.quota))};w={max(1, _int_up(p.window))}"
+        for p in policies
+    )
+
+
+def ratelimit_value(policies: Iterable[PolicyState]) -> str:
+    return ", ".join(
+        f"{_sf_string(p.name)};r={max(0, math.floor(p.remaining))};t={_int_up(p.reset)}"
+        for p in policies
+    )
+
+
+def retry_after_value(seconds: float | None) -> str:
+    return str(max(1, _int_up(seconds or 0.0)))
+
+
+def rate_limit_headers(decision: Decision, *, legacy: bool = False) -> list[tuple[bytes, bytes]]:
+    """RateLimit-Policy and RateLimit (and optionally X-RateLimit-*) for a decision."""
+    policies = decision.policies
+    if not policies:
+        return []
+    headers = [
+        (b"ratelimit-policy", ratelimit_policy_value(policies).encode("latin-1")),
+        (b"ratelimit", ratelimit_value(policies).encode("latin-1")),
+    ]
+    if legacy:
+        tight = min(policies, key=lambda p: p.remaining / p.quota if p.quota else 0.0)
+        headers += [
+            (b"x-ratelimit-limit", str(max(0, math.floor(tight.quota))).encode()),
+            (b"x-ratelimit-remaining", str(max(0, math.floor(tight.remaining))).encode()),
+            (b"x-ratelimit-reset", str(_int_up(tight.reset)).encode()),
+        ]
+    return headers
+
+
+def problem_body(status: int, decision: Decision, *, detail: str | None = None) -> bytes:
+    """An RFC 9457 problem document naming the violated policies and the reasons."""
+    title = HTTPStatus(status).phrase
+    violated = [p.name for p in decision.policies if p.violated]
+    body: dict[str, object] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail or _detail(decision),
+        "reasons": list(decision.reasons),
+    }
+    if violated:
+        body["violated_policies"] = violated
+    if decision.retry_after is not None:
+        body["retry_after"] = _int_up(decision.retry_after)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _detail(decision: Decision) -> str:
+    reasons = set(decision.reasons)
+    if "banned" in reasons:
+        return "This client is temporarily banned."
+    if reasons & {"rate", "quota", "concurrency"} and reasons <= {"rate", "quota", "concurrency"}:
+        return "Request limit exceeded; retry later."
+    if "deny_list" in reasons or "geo" in reasons:
+        return "Requests from this network are not accepted."
+    return "The request was refused by the abuse protection."

@@ -1,0 +1,240 @@
+"""Who is asking: client IP behind trusted proxies, IP grouping, API key identity, routes.
+
+Proxy headers are believed only when the socket peer is a configured trusted proxy, and
+then walked right to left: each hop that is itself a trusted proxy is skipped, and the
+first hop that is not is the client. A malformed hop ends the walk at the last address
+that could be verified. Every address is normalized: IPv4-mapped IPv6 becomes IPv4, a
+scope (``fe80::1%eth0``) is dropped, and anything that is not an IP becomes ``UNKNOWN_IP``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.routing import Match, Mount, Router
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+UNKNOWN_IP = "unknown"
+_MAX_IP_TEXT = 64  # longer than any textual IP with a scope
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAddress:
+    """A normalized client address and the identities derived from it."""
+
+    ip: str  # normalized text, or UNKNOWN_IP
+    ip_key: str  # IPv4 as is; IPv6 grouped to the configured prefix ("2001:db8::/64")
+    prefix_key: str  # the network-level prefix (/24, /48 by default)
+    version: int  # 4, 6, or 0 when unknown
+    private: bool  # loopback, private, link-local, reserved...
+
+
+UNKNOWN_ADDRESS = ClientAddress(UNKNOWN_IP, UNKNOWN_IP, UNKNOWN_IP, 0, False)
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """Parse one address, tolerating ports, brackets, scopes and IPv4-mapped IPv6."""
+    text = text.strip()
+    if not text or len(text) > _MAX_IP_TEXT:
+        return None
+    if text.startswith("["):  # "[2001:db8::1]:443" or "[::1]"
+        end = text.find("]")
+        if end < 0:
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1:  # "1.2.3.4:5678"
+        text = text.split(":", 1)[0]
+    if "%" in text:
+        text = text.split("%", 1)[0]
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+class AddressBook:
+    """Normalizes client addresses and derives their identities, with a bounded cache."""
+
+    def __init__(
+        self,
+        *,
+        ipv6_prefix: int = 64,
+        ipv4_network_prefix: int = 24,
+        ipv6_network_prefix: int = 48,
+        cache_size: int = 65536,
+    ) -> None:
+        self.ipv6_prefix = ipv6_prefix
+        self.ipv4_network_prefix = ipv4_network_prefix
+        self.ipv6_network_prefix = ipv6_network_prefix
+        self._cache: dict[str, ClientAddress] = {}
+        self._cache_size = cache_size
+
+    def resolve(self, text: str | None) -> ClientAddress:
+        if text is None:
+            return UNKNOWN_ADDRESS
+        hit = self._cache.get(text)
+        if hit is not None:
+            return hit
+        addr = parse_ip(text) if isinstance(text, str) else None
+        result = UNKNOWN_ADDRESS if addr is None else self._describe(addr)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()  # bounded: a flood of unique addresses cannot grow it
+        self._cache[text] = result
+        return result
+
+    def _describe(self, addr: IPAddress) -> ClientAddress:
+        ip = str(addr)
+        private = (
+            addr.is_private
+            or addr.is_loopback
+            or addr.is_link_local
+            or addr.is_reserved
+            or addr.is_unspecified
+            or addr.is_multicast
+        )
+        if addr.version == 4:
+            prefix = ipaddress.ip_network(f"{ip}/{self.ipv4_network_prefix}", strict=False)
+            return ClientAddress(ip, ip, str(prefix), 4, private)
+        group = ipaddress.ip_network(f"{ip}/{self.ipv6_prefix}", strict=False)
+        prefix = ipaddress.ip_network(f"{ip}/{self.ipv6_network_prefix}", strict=False)
+        return ClientAddress(ip, str(group), str(prefix), 6, private)
+
+
+def _in_any(addr: IPAddress, networks: Iterable[IPNetwork]) -> bool:
+    return any(addr.version == net.version and addr in net for net in networks)
+
+
+def _forwarded_for(value: str) -> list[str]:
+    """The ``for=`` values of an RFC 7239 Forwarded header, in order (nearest last)."""
+    hops = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            name, sep, val = pair.strip().partition("=")
+            if sep and name.strip().lower() == "for":
+                hops.append(val.strip().strip('"'))
+    return hops
+
+
+def client_ip(
+    peer: str | None,
+    headers: Mapping[str, str],
+    trusted_proxies: tuple[IPNetwork, ...],
+) -> str | None:
+    """The client address: the peer, or the proxy headers when the peer is trusted."""
+    if peer is None or not trusted_proxies:
+        return peer
+    peer_addr = parse_ip(peer)
+    if peer_addr is None or not _in_any(peer_addr, trusted_proxies):
+        return peer
+    forwarded = headers.get("forwarded")
+    hops = _forwarded_for(forwarded) if forwarded else []
+    if not hops:
+        xff = headers.get("x-forwarded-for")
+        hops = [h for h in xff.split(",")] if xff else []
+    client = peer
+    for hop in reversed(hops):
+        addr = parse_ip(hop)
+        if addr is None:
+            break  # "unknown", obfuscated or malformed: stop at the last verified hop
+        client = str(addr)
+        if not _in_any(addr, trusted_proxies):
+            break
+    return client
+
+
+def hash_key(secret: str, raw: str) -> str:
+    """A short, keyed hash of an API key: raw keys never reach storage, logs or metrics."""
+    digest = hashlib.blake2b(raw.encode("utf-8", "surrogateescape"), digest_size=12,
+                             key=secret.encode()[:64])
+    return digest.hexdigest()
+
+
+def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
+    """The raw API key from ``Authorization: Bearer …`` or ``x-api-key``, if any."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            return token
+    key = headers.get("x-api-key")
+    if key:
+        key = key.strip()
+        return key or None
+    return None
+
+
+class RouteResolver:
+    """Route identity: method + route template (mount prefixes included), never the raw path.
+
+    The template is found by matching the app's Starlette router, the way Starlette itself
+    does, and cached per (method, path) in a bounded cache. Unmatched paths share the
+    identity ``"<unmatched>"`` so random paths cannot create identities.
+    """
+
+    UNMATCHED = "<unmatched>"
+
+    def __init__(self, cache_size: int = 4096) -> None:
+        self._cache: dict[tuple[str, str], str] = {}
+        self._cache_size = cache_size
+
+    def template(self, scope: Mapping[str, Any]) -> str:
+        path = scope.get("path", "/")
+        key = (scope.get("method", "GET"), path)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        router = _find_router(scope.get("app"))
+        found = _match(router.routes, dict(scope), "") if router is not None else None
+        result = found if found is not None else self.UNMATCHED
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[key] = result
+        return result
+
+
+def _find_router(app: Any) -> Router | None:
+    for _ in range(32):
+        if app is None:
+            return None
+        if isinstance(app, Router):
+            return app
+        router = getattr(app, "router", None)
+        if isinstance(router, Router):
+            return router
+        app = getattr(app, "app", None)
+    return None
+
+
+def _match(routes: Iterable[Any], scope: dict[str, Any], prefix: str) -> str | None:
+    partial: str | None = None
+    for route in routes:
+        try:
+            match, child = route.matches(scope)
+        except Exception:  # a custom route that cannot match this scope
+            continue
+        if match == Match.NONE:
+            continue
+        path = getattr(route, "path", "")
+        if isinstance(route, Mount):
+            sub_scope = {**scope, **child}
+            inner = _match(route.routes, sub_scope, prefix + path)
+            template = inner if inner is not None else prefix + path
+        else:
+            template = prefix + path
+        if match == Match.FULL:
+            return template
+        partial = partial or template  # method mismatch: still the same route
+    return partial
+
+
+KeyFunction = Callable[..., "str | None"]

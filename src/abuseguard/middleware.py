@@ -1,0 +1,256 @@
+"""AbuseGuard: the pure-ASGI middleware around a Guard.
+
+Per request a :class:`_Responder` builds the RequestInfo from the scope, asks the guard,
+runs the enforcer of the decided action, and wraps ``send`` to add the RateLimit headers,
+track the status and the real cost, and release concurrency when the response ends,
+fails or the client goes away. Lifespan startup/shutdown connect and close the backend;
+other non-HTTP scopes pass through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from abuseguard.backends.base import Backend
+from abuseguard.decision import Action, Decision
+from abuseguard.enforce import (
+    DECISION_STATE_KEY,
+    ASGIApp,
+    Enforcer,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    default_enforcers,
+)
+from abuseguard.guard import Guard, Observer
+from abuseguard.headers import rate_limit_headers
+from abuseguard.identity import RouteResolver, api_key_from_headers, client_ip
+from abuseguard.intel.geo import GeoIntel
+from abuseguard.policy import Policy
+from abuseguard.request import RequestInfo
+
+logger = logging.getLogger("abuseguard")
+
+COST_STATE_KEY = "abuseguard_cost"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class AbuseGuard:
+    """ASGI middleware: ``app.add_middleware(AbuseGuard, policy=Policy(...))``.
+
+    ``backend`` is a Backend or a URI ("memory://", "redis://host:6379/0", ...).
+    ``enforcers`` replaces the built-in enforcer of any action. ``observers`` see every
+    decision (sync or async callables of ``(info, decision)``). ``fail_open``: when the
+    guard itself fails (a bug, a backend outage it cannot absorb) the request is served
+    (True) or refused with 503 (False); either way it is logged and never a 500.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        policy: Policy | None = None,
+        backend: Backend | str | None = None,
+        *,
+        guard: Guard | None = None,
+        enforcers: Mapping[Action | str, Enforcer] | None = None,
+        observers: Iterable[Observer] = (),
+        clock: Callable[[], float] | None = None,
+        intel: GeoIntel | None = None,
+        fail_open: bool = True,
+    ) -> None:
+        self.app = app
+        self.guard = guard if guard is not None else Guard(
+            policy, backend, clock=clock, intel=intel, observers=observers
+        )
+        if guard is not None:
+            self.guard.observers.extend(observers)
+        policy = self.guard.policy
+        self.policy = policy
+        self.enforcers: dict[Action, Enforcer] = default_enforcers(
+            delay_seconds=policy.enforcement.delay_seconds, legacy_headers=policy.legacy_headers
+        )
+        for action, enforcer in (enforcers or {}).items():
+            self.enforcers[Action(action)] = enforcer
+        self.fail_open = fail_open
+        self.routes = RouteResolver()
+        bucket = policy.bucket
+        self.needs_route = bucket is not None and isinstance(bucket.cost, Mapping)
+        self.cost_header = bucket.cost_header.lower().encode() if bucket and bucket.cost_header else None
+        scoring = policy.scoring
+        self.read_body = bool(scoring and scoring.enabled and scoring.content)
+        self.max_body = scoring.content_max_bytes if scoring else 0
+        self.max_header = policy.max_header_bytes
+        self.trusted = policy.trusted_proxies
+        self.started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await _Responder(self, scope, receive, send).run()
+        elif kind == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+            elif message["type"] == "lifespan.shutdown":
+                await self.guard.shutdown()
+            return message
+
+        return wrapped
+
+    async def startup(self) -> None:
+        if not self.started:
+            self.started = True
+            await self.guard.startup()
+
+    def request_info(self, scope: Scope) -> RequestInfo:
+        headers: dict[str, str] = {}
+        limit = self.max_header
+        for raw_name, raw_value in scope.get("headers") or ():
+            if len(raw_value) > limit:
+                continue  # oversized values are ignored, as if absent
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            if name in headers:
+                headers[name] = headers[name] + ", " + value
+            else:
+                headers[name] = value
+        client = scope.get("client")
+        peer = client[0] if client else None
+        ip = client_ip(peer, headers, self.trusted) if self.trusted else peer  # type: ignore[arg-type]
+        info = RequestInfo(
+            ip=ip or "unknown",
+            key=api_key_from_headers(headers),
+            method=scope.get("method", "GET"),
+            path=scope.get("path", "/"),
+            ua=headers.get("user-agent"),
+            headers=headers,
+        )
+        if self.needs_route:
+            info.route = self.routes.template(scope)
+        return info
+
+
+class _Responder:
+    """Per-request state: the decision, the status sent, the real cost, the release."""
+
+    __slots__ = ("decision", "guard_mw", "info", "receive", "scope", "send", "status", "real_cost", "buffered")
+
+    def __init__(self, guard_mw: AbuseGuard, scope: Scope, receive: Receive, send: Send) -> None:
+        self.guard_mw = guard_mw
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.status: int | None = None
+        self.real_cost: float | None = None
+        self.buffered: list[Message] = []
+        self.decision: Decision | None = None
+        self.info: RequestInfo | None = None
+
+    async def run(self) -> None:
+        mw = self.guard_mw
+        guard = mw.guard
+        if not mw.started:
+            await mw.startup()
+        try:
+            info = self.info = mw.request_info(self.scope)
+            if mw.read_body and info.method in _BODY_METHODS:
+                info.body = await self._peek_body(mw.max_body)
+            decision = self.decision = await guard.acheck(info)
+        except Exception:
+            logger.exception("abuseguard failed to decide; failing %s", "open" if mw.fail_open else "closed")
+            if mw.fail_open:
+                await mw.app(self.scope, self._replaying_receive, self.send)
+            else:
+                await self._send_unavailable()
+            return
+        self.scope.setdefault("state", {})[DECISION_STATE_KEY] = decision
+        enforcer = mw.enforcers[decision.enforced_action]
+        guard.inflight += 1
+        try:
+            await enforcer(self.scope, self._replaying_receive, self._send, decision, mw.app)
+        finally:
+            guard.inflight -= 1
+            self._complete()
+
+    def _complete(self) -> None:
+        guard = self.guard_mw.guard
+        decision = self.decision
+        if decision is None or self.info is None:
+            return
+        cost = self.real_cost
+        if cost is None:
+            state = self.scope.get("state")
+            if isinstance(state, dict) and COST_STATE_KEY in state:
+                try:
+                    cost = float(state[COST_STATE_KEY])
+                except (TypeError, ValueError):
+                    logger.warning("scope['state'][%r] is not a number", COST_STATE_KEY)
+        try:
+            guard.complete(self.info, decision, status=self.status, cost=cost)
+        except Exception:
+            logger.exception("abuseguard failed to record the outcome")
+
+    async def _send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message.get("status")
+            decision = self.decision
+            assert decision is not None
+            extra = rate_limit_headers(decision, legacy=self.guard_mw.policy.legacy_headers)
+            cost_header = self.guard_mw.cost_header
+            if extra or cost_header:
+                headers = list(message.get("headers") or [])
+                if cost_header:
+                    for name, value in headers:
+                        if name.lower() == cost_header:
+                            try:
+                                self.real_cost = float(value.decode("latin-1"))
+                            except ValueError:
+                                logger.warning("bad cost header value %r", value[:64])
+                if not any(name.lower() == b"ratelimit" for name, _ in headers):
+                    headers.extend(extra)
+                message = {**message, "headers": headers}
+        await self.send(message)
+
+    async def _peek_body(self, limit: int) -> bytes:
+        """Read up to ``limit`` bytes of the body; the app later receives every message."""
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            message = await self.receive()
+            self.buffered.append(message)
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)[:limit]
+
+    async def _replaying_receive(self) -> Message:
+        if self.buffered:
+            return self.buffered.pop(0)
+        return await self.receive()
+
+    async def _send_unavailable(self) -> None:
+        body = b'{"type":"about:blank","title":"Service Unavailable","status":503}'
+        await self.send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/problem+json"),
+            (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+def current_decision(scope_or_request: Any) -> Decision | None:
+    """The guard's decision for a request (a Starlette Request or an ASGI scope)."""
+    scope = getattr(scope_or_request, "scope", scope_or_request)
+    state = scope.get("state") if isinstance(scope, dict) else None
+    return state.get(DECISION_STATE_KEY) if isinstance(state, dict) else None

@@ -1,0 +1,139 @@
+"""Network profile of a client: facts from the databases (or the request), rules, signals.
+
+A profile is computed once per client address (and per enrichment given with a request)
+and cached, so the request path pays one dict lookup for everything the network says.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from abuseguard.decision import Action
+from abuseguard.identity import ClientAddress
+from abuseguard.intel.geo import ANON_BITS, ANON_HOSTING, EMPTY_FACTS, GeoIntel, NetworkFacts, facts_from_fields
+from abuseguard.intel.hosting import hosting_asns
+from abuseguard.policy import NetworkPolicy
+
+_TREATMENT_ACTIONS = {"challenge": Action.CHALLENGE, "throttle": Action.THROTTLE, "block": Action.BLOCK}
+_EYEBALL_DISTRUST = 0.3  # fan-in on residential, mobile or campus networks counts for less
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkProfile:
+    facts: NetworkFacts
+    asn_key: int | None  # row key in the ASN table, None when unknown
+    country_code: int  # two letters packed, 0 when unknown
+    anon_signal: float  # 0..1, graded and weighted by the anonymizer rules
+    geo_signal: float
+    distrust: float  # multiplier of the fan-in signal
+    nat_eligible: bool
+    allowed: bool  # on an allow list: exempt from network rules and scoring
+    rule_action: Action | None  # a deny list or an anonymizer treatment
+    rule_reason: str | None
+    hosting: bool
+
+
+def pack_country(code: str | None) -> int:
+    if not code or len(code) != 2:
+        return 0
+    return (ord(code[0]) << 8) | ord(code[1])
+
+
+class NetworkView:
+    """Turns addresses into profiles under a NetworkPolicy, with a bounded cache."""
+
+    def __init__(self, policy: NetworkPolicy, intel: GeoIntel | None, *, cache_size: int = 65536) -> None:
+        self.policy = policy
+        self.intel = intel
+        self.hosting = hosting_asns(policy.hosting_asns, include_builtin=policy.builtin_hosting_asns)  # type: ignore[arg-type]
+        self._cache: dict[object, NetworkProfile] = {}
+        self._cache_size = cache_size
+
+    def profile(
+        self,
+        address: ClientAddress,
+        asn: int | None = None,
+        as_org: str | None = None,
+        country: str | None = None,
+        anon: tuple[str, ...] | None = None,
+        anon_confidence: int | None = None,
+    ) -> NetworkProfile:
+        given = asn is not None or country is not None or anon is not None or as_org is not None
+        cache_key: object = (address.ip, asn, as_org, country, anon, anon_confidence) if given else address.ip
+        hit = self._cache.get(cache_key)
+        if hit is not None:
+            return hit
+        facts = self.intel.lookup(address.ip) if self.intel is not None else EMPTY_FACTS
+        if given:
+            facts = facts_from_fields(facts, asn=asn, as_org=as_org, country=country, anon=anon,
+                                      anon_confidence=anon_confidence)
+        result = self._build(address, facts)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[cache_key] = result
+        return result
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def _build(self, address: ClientAddress, facts: NetworkFacts) -> NetworkProfile:
+        policy = self.policy
+        ip = _ip(address.ip)
+        hosting = bool(facts.anon_flags & ANON_HOSTING) or (facts.asn in self.hosting)
+        allowed = (
+            (facts.country is not None and facts.country in policy.allow_countries)  # type: ignore[operator]
+            or (facts.asn != 0 and facts.asn in policy.allow_asns)  # type: ignore[operator]
+            or (ip is not None and _within(ip, policy.allow_cidrs))  # type: ignore[arg-type]
+        )
+        rule_action: Action | None = None
+        rule_reason: str | None = None
+        if not allowed:
+            if ip is not None and _within(ip, policy.deny_cidrs):  # type: ignore[arg-type]
+                rule_action, rule_reason = Action.BLOCK, "deny_list"
+            elif facts.asn != 0 and facts.asn in policy.deny_asns:  # type: ignore[operator]
+                rule_action, rule_reason = Action.BLOCK, "deny_list"
+            elif facts.country is not None and facts.country in policy.deny_countries:  # type: ignore[operator]
+                rule_action, rule_reason = Action.BLOCK, "geo"
+        anon_signal = 0.0
+        flags = facts.anon_flags | (ANON_HOSTING if hosting else 0)
+        strength = facts.anon_strength if facts.anon_flags else 0.0
+        for kind, rule in policy.anonymizers.items():  # type: ignore[union-attr]
+            if not flags & ANON_BITS[kind] or rule.treatment == "ignore":
+                continue
+            # Hosting ASNs from the list carry no graded confidence: count them as certain.
+            kind_strength = strength if facts.anon_flags & ANON_BITS[kind] else 1.0
+            action = _TREATMENT_ACTIONS.get(rule.treatment)
+            if action is not None and kind_strength >= rule.min_strength and kind_strength > 0:
+                if not allowed and (rule_action is None or action.severity > rule_action.severity):
+                    rule_action, rule_reason = action, "anonymizer"
+                continue
+            anon_signal = max(anon_signal, min(1.0, rule.weight * kind_strength))
+        geo_signal = 1.0 if facts.country is not None and facts.country in policy.score_countries else 0.0  # type: ignore[operator]
+        anonymized = facts.anon_flags != 0 and strength >= 0.3
+        distrust = 1.0 if (hosting or anonymized) else _EYEBALL_DISTRUST
+        return NetworkProfile(
+            facts=facts,
+            asn_key=facts.asn if facts.asn else None,
+            country_code=pack_country(facts.country),
+            anon_signal=0.0 if allowed else anon_signal,
+            geo_signal=0.0 if allowed else geo_signal,
+            distrust=distrust,
+            nat_eligible=policy.nat_fairness and not hosting and not anonymized,
+            allowed=allowed,
+            rule_action=rule_action,
+            rule_reason=rule_reason,
+            hosting=hosting,
+        )
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _within(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+            networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    return any(ip.version == net.version and ip in net for net in networks)

@@ -1,0 +1,530 @@
+"""Policy and its parts: configuration in code, frozen and validated at construction.
+
+Every part checks its fields in ``__post_init__`` and raises :class:`ConfigError` naming the
+field, so a bad configuration fails when the app starts, never on a request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from abuseguard.decision import Action
+from abuseguard.errors import ConfigError
+from abuseguard.rates import parse_rate
+from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
+
+CostFn = Callable[[RequestInfo], float]
+KeyFunc = Callable[[RequestInfo], "str | None"]
+Treatment = Literal["ignore", "score", "challenge", "throttle", "block"]
+TREATMENTS: tuple[str, ...] = ("ignore", "score", "challenge", "throttle", "block")
+
+
+def _positive(field_name: str, value: float, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(field_name, f"expected a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(field_name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _unit(field_name: str, value: float) -> None:
+    _positive(field_name, value, allow_zero=True)
+    if value > 1:
+        raise ConfigError(field_name, f"must be within 0..1, got {value!r}")
+
+
+def _range(field_name: str, value: tuple[float, float]) -> None:
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise ConfigError(field_name, f"expected a (low, high) pair, got {value!r}")
+    for v in value:
+        _positive(field_name, v, allow_zero=True)
+    if value[1] <= value[0]:
+        raise ConfigError(field_name, f"high must be above low, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TokenBucket:
+    """A cost-weighted token bucket whose refill adapts to risk and load.
+
+    ``rate`` is the refill in `limits` notation ("5/second", "100/minute") or tokens per
+    second. ``burst`` is the capacity (default: the rate's amount). ``cost`` is what one
+    request takes: a number, a mapping from route ("POST /v1/chat" or "/v1/chat") to a
+    number (unlisted routes cost 1), or a callable of the RequestInfo. ``cost_header``
+    names a response header carrying the real cost; the difference is charged (or refunded)
+    after the response. Risk above ``risk_floor`` slows the refill: the factor is
+    ``1 - risk_coupling * (risk - risk_floor) / (1 - risk_floor)``, never below
+    ``min_refill_factor``; at or below the floor the refill is exactly ``rate``.
+    """
+
+    rate: str | float
+    burst: float | None = None
+    cost: float | Mapping[str, float] | CostFn = 1.0
+    cost_header: str | None = None
+    risk_coupling: float = 0.8
+    min_refill_factor: float = 0.1
+    risk_floor: float = 0.3
+    name: str = "default"
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        amount, window, _ = parse_rate("TokenBucket.rate", self.rate)
+        object.__setattr__(self, "_per_second", amount / window)
+        burst = amount if self.burst is None else self.burst
+        _positive("TokenBucket.burst", burst)
+        object.__setattr__(self, "_capacity", float(burst))
+        if isinstance(self.cost, Mapping):
+            for route, value in self.cost.items():
+                if not isinstance(route, str):
+                    raise ConfigError("TokenBucket.cost", f"route keys must be str, got {route!r}")
+                _positive(f"TokenBucket.cost[{route!r}]", value, allow_zero=True)
+        elif not callable(self.cost):
+            _positive("TokenBucket.cost", self.cost, allow_zero=True)
+        _unit("TokenBucket.risk_coupling", self.risk_coupling)
+        _unit("TokenBucket.min_refill_factor", self.min_refill_factor)
+        _unit("TokenBucket.risk_floor", self.risk_floor)
+        if self.risk_floor >= 1:
+            raise ConfigError("TokenBucket.risk_floor", "must be below 1")
+        if self.cost_header is not None and not self.cost_header.strip():
+            raise ConfigError("TokenBucket.cost_header", "must be a header name")
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError("TokenBucket.name", f"use letters, digits, - and _: {self.name!r}")
+
+    @property
+    def per_second(self) -> float:
+        """Refill in tokens per second."""
+        return float(self._per_second)  # type: ignore[attr-defined]
+
+    @property
+    def capacity(self) -> float:
+        return float(self._capacity)  # type: ignore[attr-defined]
+
+    @property
+    def window(self) -> float:
+        """Seconds to refill from empty to full: the window of the RateLimit-Policy header."""
+        return self.capacity / self.per_second
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A window quota ("10000/day") per identity, counted with `limits`' strategies.
+
+    ``per`` is "key" (the main identity) or "ip". ``strategy`` is one of `limits`'
+    fixed-window (the window starts at the first hit, as in `limits`), moving-window or
+    sliding-window-counter. ``by_cost`` counts the request cost instead of 1.
+    """
+
+    limit: str
+    per: Literal["key", "ip"] = "key"
+    strategy: Literal["fixed-window", "moving-window", "sliding-window-counter"] = "fixed-window"
+    by_cost: bool = False
+    name: str | None = None
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        amount, window, _ = parse_rate("Quota.limit", self.limit)
+        if self.per not in ("key", "ip"):
+            raise ConfigError("Quota.per", f"must be 'key' or 'ip', got {self.per!r}")
+        if self.strategy not in ("fixed-window", "moving-window", "sliding-window-counter"):
+            raise ConfigError("Quota.strategy", f"unknown strategy {self.strategy!r}")
+        if not isinstance(self.limit, str):
+            raise ConfigError("Quota.limit", "use limits' notation, e.g. '10000/day'")
+        object.__setattr__(self, "_amount", amount)
+        object.__setattr__(self, "_window", window)
+        if self.name is None:
+            object.__setattr__(self, "name", f"quota-{int(amount)}-{int(window)}s")
+
+    @property
+    def amount(self) -> int:
+        return int(self._amount)  # type: ignore[attr-defined]
+
+    @property
+    def window(self) -> float:
+        return float(self._window)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """At most ``limit`` requests in flight per identity (streamed responses included)."""
+
+    limit: int
+    per: Literal["key", "ip"] = "key"
+    name: str = "concurrency"
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ConfigError("Concurrency.limit", f"must be an int >= 1, got {self.limit!r}")
+        if self.per not in ("key", "ip"):
+            raise ConfigError("Concurrency.per", f"must be 'key' or 'ip', got {self.per!r}")
+
+
+@dataclass(frozen=True)
+class AnonymizerRule:
+    """What to do with a request from an anonymizer of one kind.
+
+    ``treatment``: ignore, score (add ``weight`` x strength to the risk score), challenge,
+    throttle or block (when the graded strength is at least ``min_strength``; below it the
+    rule scores). Strength = confidence/100 x recency weight.
+    """
+
+    treatment: Treatment = "score"
+    weight: float = 1.0
+    min_strength: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.treatment not in TREATMENTS:
+            raise ConfigError("AnonymizerRule.treatment", f"one of {TREATMENTS}, got {self.treatment!r}")
+        _positive("AnonymizerRule.weight", self.weight, allow_zero=True)
+        _unit("AnonymizerRule.min_strength", self.min_strength)
+
+
+DEFAULT_ANONYMIZERS: Mapping[str, AnonymizerRule] = {
+    "tor": AnonymizerRule("score", weight=1.0),
+    "public_proxy": AnonymizerRule("score", weight=0.9),
+    "residential_proxy": AnonymizerRule("score", weight=0.9),
+    "vpn": AnonymizerRule("score", weight=0.35),
+    "hosting": AnonymizerRule("score", weight=0.25),
+}
+
+
+def _cidrs(field_name: str, values: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(value, strict=False))
+        except (ValueError, TypeError):
+            raise ConfigError(field_name, f"not a CIDR: {value!r}") from None
+    return tuple(out)
+
+
+def _countries(field_name: str, values: Iterable[str]) -> frozenset[str]:
+    out = set()
+    for value in values:
+        if not isinstance(value, str) or len(value) != 2 or not value.isalpha():
+            raise ConfigError(field_name, f"expected ISO 3166 alpha-2 codes, got {value!r}")
+        out.add(value.upper())
+    return frozenset(out)
+
+
+def _asns(field_name: str, values: Iterable[int]) -> frozenset[int]:
+    out = set()
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(field_name, f"expected AS numbers, got {value!r}")
+        out.add(value)
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """Where requests come from: lists, anonymizer treatments, per-network ceilings, fan-in.
+
+    Allow lists always win over scoring and network rules. Deny lists block. Countries in
+    ``score_countries`` add the ``geo`` signal. ``per_ip``, ``per_prefix`` and ``per_asn``
+    are token buckets shared by everybody behind that network (IPv4 prefixes are /24 and
+    IPv6 /48 by default). With ``nat_fairness`` an IP or prefix on an eyeball network
+    (not hosting, not anonymized) carrying many distinct accounts gets a ceiling that grows
+    by ``nat_per_account`` of itself per extra account, up to ``nat_max`` times.
+    ``databases`` maps database kinds (asn, country, city, anonymous_ip, anonymous_plus,
+    residential_proxy, ip_risk) to mmdb paths.
+    """
+
+    allow_countries: Iterable[str] = ()
+    deny_countries: Iterable[str] = ()
+    score_countries: Iterable[str] = ()
+    allow_asns: Iterable[int] = ()
+    deny_asns: Iterable[int] = ()
+    allow_cidrs: Iterable[str] = ()
+    deny_cidrs: Iterable[str] = ()
+    anonymizers: Mapping[str, AnonymizerRule | str] = field(
+        default_factory=lambda: dict(DEFAULT_ANONYMIZERS)
+    )
+    hosting_asns: Iterable[int] = ()
+    builtin_hosting_asns: bool = True
+    per_ip: TokenBucket | None = None
+    per_prefix: TokenBucket | None = None
+    per_asn: TokenBucket | None = None
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 48
+    nat_fairness: bool = True
+    nat_per_account: float = 0.5
+    nat_max: float = 50.0
+    fan_in: tuple[float, float] = (12.0, 60.0)
+    fan_out_asns: tuple[float, float] = (3.0, 8.0)
+    fan_out_countries: tuple[float, float] = (2.0, 5.0)
+    fan_out_prefixes: tuple[float, float] = (12.0, 60.0)
+    databases: Mapping[str, str] = field(default_factory=dict)
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "allow_countries", _countries("NetworkPolicy.allow_countries", self.allow_countries))
+        set_(self, "deny_countries", _countries("NetworkPolicy.deny_countries", self.deny_countries))
+        set_(self, "score_countries", _countries("NetworkPolicy.score_countries", self.score_countries))
+        set_(self, "allow_asns", _asns("NetworkPolicy.allow_asns", self.allow_asns))
+        set_(self, "deny_asns", _asns("NetworkPolicy.deny_asns", self.deny_asns))
+        set_(self, "hosting_asns", _asns("NetworkPolicy.hosting_asns", self.hosting_asns))
+        set_(self, "allow_cidrs", _cidrs("NetworkPolicy.allow_cidrs", self.allow_cidrs))
+        set_(self, "deny_cidrs", _cidrs("NetworkPolicy.deny_cidrs", self.deny_cidrs))
+        rules: dict[str, AnonymizerRule] = {}
+        for kind, rule in dict(self.anonymizers).items():
+            if kind not in ANONYMIZER_KINDS:
+                raise ConfigError("NetworkPolicy.anonymizers", f"unknown kind {kind!r}; use {ANONYMIZER_KINDS}")
+            if isinstance(rule, str):
+                default = DEFAULT_ANONYMIZERS.get(kind, AnonymizerRule())
+                rule = AnonymizerRule(rule, weight=default.weight)  # type: ignore[arg-type]
+            if not isinstance(rule, AnonymizerRule):
+                raise ConfigError(f"NetworkPolicy.anonymizers[{kind!r}]", f"expected AnonymizerRule or str, got {rule!r}")
+            rules[kind] = rule
+        set_(self, "anonymizers", rules)
+        for name in ("per_ip", "per_prefix", "per_asn"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, TokenBucket):
+                raise ConfigError(f"NetworkPolicy.{name}", f"expected TokenBucket or None, got {value!r}")
+        if not (8 <= self.ipv4_prefix <= 32):
+            raise ConfigError("NetworkPolicy.ipv4_prefix", f"must be within 8..32, got {self.ipv4_prefix}")
+        if not (16 <= self.ipv6_prefix <= 128):
+            raise ConfigError("NetworkPolicy.ipv6_prefix", f"must be within 16..128, got {self.ipv6_prefix}")
+        _positive("NetworkPolicy.nat_per_account", self.nat_per_account, allow_zero=True)
+        _positive("NetworkPolicy.nat_max", self.nat_max)
+        if self.nat_max < 1:
+            raise ConfigError("NetworkPolicy.nat_max", "must be >= 1")
+        for name in ("fan_in", "fan_out_asns", "fan_out_countries", "fan_out_prefixes"):
+            _range(f"NetworkPolicy.{name}", getattr(self, name))
+        known = {"asn", "country", "city", "anonymous_ip", "anonymous_plus", "residential_proxy", "ip_risk"}
+        for kind in self.databases:
+            if kind not in known:
+                raise ConfigError("NetworkPolicy.databases", f"unknown database kind {kind!r}; use {sorted(known)}")
+
+
+DEFAULT_WEIGHTS: Mapping[str, float] = {
+    "volume": 1.5,
+    "burst": 0.8,
+    "cadence": 2.0,
+    "client": 2.2,
+    "persona": 2.0,
+    "anonymizer": 3.0,
+    "geo": 2.0,
+    "fan_in": 3.0,
+    "fan_out": 3.0,
+    "errors": 1.2,
+    "impatience": 2.5,
+    "template": 1.2,
+    "shared_template": 2.5,
+    "elicitation": 1.0,
+    "prior": 3.0,
+}
+
+DEFAULT_CLIENT_RISK: Mapping[str, float] = {
+    "empty": 0.9,
+    "browser": 0.0,
+    "mobile": 0.0,
+    "sdk": 0.0,
+    "script": 0.6,
+    "headless": 1.0,
+    "crawler": 0.7,
+    "unknown": 0.4,
+}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The risk model: a logistic combination of signals, each in 0..1.
+
+    score = 1 / (1 + exp(-(bias + sum(weight[s] * signal[s])))). A signal whose
+    contribution reaches ``reason_min`` is named in the decision's reasons. ``content``
+    turns on reading request bodies (at most ``content_max_bytes``) for prompt templates
+    and reasoning-elicitation markers. Thresholds are (low, high) ramps.
+    """
+
+    enabled: bool = True
+    bias: float = -5.0
+    weights: Mapping[str, float] = field(default_factory=dict)
+    client_risk: Mapping[str, float] = field(default_factory=dict)
+    reason_min: float = 0.6
+    min_events: int = 8
+    volume_rate: tuple[float, float] = (0.2, 1.0)
+    burst_ratio: tuple[float, float] = (30.0, 120.0)
+    cadence_spread: tuple[float, float] = (0.25, 0.7)
+    error_share: tuple[float, float] = (0.3, 0.8)
+    impatience_share: tuple[float, float] = (0.15, 0.6)
+    template_share: tuple[float, float] = (0.5, 0.95)
+    shared_template_accounts: tuple[float, float] = (8.0, 40.0)
+    content: bool = False
+    content_max_bytes: int = 16384
+    sketch_horizon: float = 3600.0
+
+    def __post_init__(self) -> None:
+        weights = dict(DEFAULT_WEIGHTS)
+        for name, value in dict(self.weights).items():
+            if name not in DEFAULT_WEIGHTS:
+                raise ConfigError("Scoring.weights", f"unknown signal {name!r}; use {sorted(DEFAULT_WEIGHTS)}")
+            _positive(f"Scoring.weights[{name!r}]", value, allow_zero=True)
+            weights[name] = float(value)
+        object.__setattr__(self, "weights", weights)
+        risks = dict(DEFAULT_CLIENT_RISK)
+        for name, value in dict(self.client_risk).items():
+            if name not in DEFAULT_CLIENT_RISK:
+                raise ConfigError("Scoring.client_risk", f"unknown client class {name!r}; use {sorted(DEFAULT_CLIENT_RISK)}")
+            _unit(f"Scoring.client_risk[{name!r}]", value)
+            risks[name] = float(value)
+        object.__setattr__(self, "client_risk", risks)
+        if not math.isfinite(self.bias):
+            raise ConfigError("Scoring.bias", "must be finite")
+        _positive("Scoring.reason_min", self.reason_min)
+        _positive("Scoring.min_events", self.min_events)
+        _positive("Scoring.content_max_bytes", self.content_max_bytes)
+        _positive("Scoring.sketch_horizon", self.sketch_horizon)
+        for name in ("volume_rate", "burst_ratio", "cadence_spread", "error_share", "impatience_share", "template_share", "shared_template_accounts"):
+            _range(f"Scoring.{name}", getattr(self, name))
+
+
+LadderStep = tuple[float, Action | str]
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """The ladder from smoothed risk score to action, with hysteresis, bans and shadow mode.
+
+    ``ladder``: (threshold, action) steps with rising thresholds and rising severity. A
+    client climbs a step when its smoothed score reaches the threshold and steps down once
+    it falls ``hysteresis`` below it. The smoothed score rises at once and decays with
+    ``score_half_life`` while the client behaves (forgiveness). Reaching ``ban_at`` bans the
+    identity for ``ban_seconds`` (0 = never). ``shadow`` decides and reports but enforces
+    nothing; ``shadow_actions`` shadows only those actions. ``delay_seconds`` is the tarpit
+    of the delay action.
+    """
+
+    ladder: tuple[LadderStep, ...] = (
+        (0.5, Action.LOG),
+        (0.6, Action.DELAY),
+        (0.7, Action.CHALLENGE),
+        (0.8, Action.THROTTLE),
+        (0.9, Action.BLOCK),
+    )
+    hysteresis: float = 0.1
+    score_alpha: float = 0.3
+    score_half_life: float = 600.0
+    ban_at: Action | str | None = None
+    ban_seconds: float = 0.0
+    delay_seconds: float = 1.0
+    shadow: bool = False
+    shadow_actions: Iterable[Action | str] = ()
+
+    def __post_init__(self) -> None:
+        steps: list[tuple[float, Action]] = []
+        last_threshold = 0.0
+        last_severity = 0
+        for i, step in enumerate(self.ladder):
+            try:
+                threshold, action = step
+                action = Action(action)
+            except (TypeError, ValueError):
+                raise ConfigError(f"Enforcement.ladder[{i}]", f"expected (threshold, action), got {step!r}") from None
+            _unit(f"Enforcement.ladder[{i}]", threshold)
+            if threshold <= last_threshold or action.severity <= last_severity:
+                raise ConfigError(f"Enforcement.ladder[{i}]", "thresholds and actions must rise step by step")
+            last_threshold, last_severity = threshold, action.severity
+            steps.append((float(threshold), action))
+        if len(steps) > 8:
+            raise ConfigError("Enforcement.ladder", "at most 8 steps")
+        object.__setattr__(self, "ladder", tuple(steps))
+        _unit("Enforcement.hysteresis", self.hysteresis)
+        _unit("Enforcement.score_alpha", self.score_alpha)
+        _positive("Enforcement.score_half_life", self.score_half_life)
+        _positive("Enforcement.ban_seconds", self.ban_seconds, allow_zero=True)
+        _positive("Enforcement.delay_seconds", self.delay_seconds, allow_zero=True)
+        if self.ban_at is not None:
+            try:
+                ban_action = Action(self.ban_at)
+            except ValueError:
+                raise ConfigError("Enforcement.ban_at", f"not an action: {self.ban_at!r}") from None
+            if ban_action not in [a for _, a in steps]:
+                raise ConfigError("Enforcement.ban_at", f"{ban_action.value!r} is not on the ladder")
+            object.__setattr__(self, "ban_at", ban_action)
+        try:
+            shadowed = frozenset(Action(a) for a in self.shadow_actions)
+        except ValueError as exc:
+            raise ConfigError("Enforcement.shadow_actions", str(exc)) from None
+        object.__setattr__(self, "shadow_actions", shadowed)
+
+    def ban_level(self) -> int:
+        if self.ban_at is None or self.ban_seconds <= 0:
+            return 0
+        return 1 + [a for _, a in self.ladder].index(Action(self.ban_at))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything the guard enforces.
+
+    ``bucket`` limits the main identity (``key_func``: by default the hash of the API key
+    from ``Authorization: Bearer`` or ``x-api-key``, else the client IP). ``quotas`` and
+    ``concurrency`` sit beside it. ``network`` adds network intelligence and per-network
+    ceilings; ``scoring`` the risk model; ``enforcement`` the ladder. ``trusted_proxies``
+    lists the CIDRs whose ``X-Forwarded-For``/``Forwarded`` headers are believed.
+    ``ipv6_prefix`` groups IPv6 clients for IP identities (/64). ``load_target`` is the
+    number of in-flight requests above which every refill slows in proportion (0 = off).
+    ``exempt_paths`` are path prefixes the guard never touches. ``max_identities`` bounds
+    each state table; idle identities are evicted first.
+    """
+
+    bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))
+    quotas: tuple[Quota, ...] = ()
+    concurrency: Concurrency | int | None = None
+    network: NetworkPolicy | None = field(default_factory=NetworkPolicy)
+    scoring: Scoring | None = field(default_factory=Scoring)
+    enforcement: Enforcement = field(default_factory=Enforcement)
+    key_func: KeyFunc | None = None
+    trusted_proxies: Iterable[str] = ()
+    ipv6_prefix: int = 64
+    max_header_bytes: int = 8192
+    load_target: int = 0
+    exempt_paths: tuple[str, ...] = ()
+    max_identities: int = 200_000
+    legacy_headers: bool = False
+    secret: str = ""
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bucket is not None and not isinstance(self.bucket, TokenBucket):
+            raise ConfigError("Policy.bucket", f"expected TokenBucket or None, got {self.bucket!r}")
+        quotas = self.quotas
+        if isinstance(quotas, Quota):
+            quotas = (quotas,)
+        if not all(isinstance(q, Quota) for q in quotas):
+            raise ConfigError("Policy.quotas", "expected Quota objects")
+        names = [q.name for q in quotas]
+        if len(set(names)) != len(names):
+            raise ConfigError("Policy.quotas", f"quota names must be unique, got {names}")
+        object.__setattr__(self, "quotas", tuple(quotas))
+        conc = self.concurrency
+        if isinstance(conc, int) and not isinstance(conc, bool):
+            conc = Concurrency(conc)
+        if conc is not None and not isinstance(conc, Concurrency):
+            raise ConfigError("Policy.concurrency", f"expected int or Concurrency, got {conc!r}")
+        object.__setattr__(self, "concurrency", conc)
+        if self.network is not None and not isinstance(self.network, NetworkPolicy):
+            raise ConfigError("Policy.network", f"expected NetworkPolicy or None, got {self.network!r}")
+        if self.scoring is not None and not isinstance(self.scoring, Scoring):
+            raise ConfigError("Policy.scoring", f"expected Scoring or None, got {self.scoring!r}")
+        if not isinstance(self.enforcement, Enforcement):
+            raise ConfigError("Policy.enforcement", f"expected Enforcement, got {self.enforcement!r}")
+        if self.key_func is not None and not callable(self.key_func):
+            raise ConfigError("Policy.key_func", "must be callable")
+        object.__setattr__(self, "trusted_proxies", _cidrs("Policy.trusted_proxies", self.trusted_proxies))
+        if not (16 <= self.ipv6_prefix <= 128):
+            raise ConfigError("Policy.ipv6_prefix", f"must be within 16..128, got {self.ipv6_prefix}")
+        _positive("Policy.max_header_bytes", self.max_header_bytes)
+        _positive("Policy.load_target", self.load_target, allow_zero=True)
+        _positive("Policy.max_identities", self.max_identities)
+        if self.max_identities < 16:
+            raise ConfigError("Policy.max_identities", "must be at least 16")
+        if isinstance(self.exempt_paths, str):
+            raise ConfigError("Policy.exempt_paths", "expected a tuple of path prefixes, not a str")
+        for path in self.exempt_paths:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ConfigError("Policy.exempt_paths", f"paths start with '/', got {path!r}")
