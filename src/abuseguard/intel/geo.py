@@ -677,7 +677,18 @@ class GeoIntel:
         recency_half_life_days: float = 30.0,
         today: Callable[[], datetime.date] | None = None,
     ) -> GeoIntel:
-        """Serve already opened databases (e.g. kinds detected with ``Database.open(p)``)."""
+        """Serve already opened databases (e.g. kinds detected with ``Database.open(p)``).
+
+        Raises IntelError when two databases have the same kind.
+        """
+        databases = list(databases)
+        seen: dict[str, Database] = {}
+        for database in databases:
+            clash = seen.setdefault(database.kind, database)
+            if clash is not database:
+                raise IntelError(
+                    f"two {database.kind} databases given: {clash.path} and {database.path}"
+                )
         intel = cls.__new__(cls)
         intel._configure(cache_size, reload_interval, recency_half_life_days, today)
         rank = {kind: i for i, kind in enumerate(KINDS)}
@@ -875,7 +886,6 @@ class GeoIntel:
         self._roll_date()
         swapped = False
         databases = list(self._databases)
-        retired: list[Database] = []
         for i, database in enumerate(databases):
             key = f"{database.kind}:{database.path}"
             signature = _signature(database.path)
@@ -900,17 +910,15 @@ class GeoIntel:
                 continue
             self._failed.pop(key, None)
             databases[i] = fresh
-            retired.append(database)
             swapped = True
             logger.info(
                 "%s database %s: reloaded (%s)", fresh.kind, fresh.path, fresh.database_type
             )
         if swapped:
+            # The replaced readers are not closed: a lookup on another thread may still
+            # be using one. Each unmaps its file when its last reference goes.
             self._databases = tuple(databases)
             self._clear_caches()
-        # Retired readers are not closed here: a lookup on another thread may still hold
-        # one; they are released when the last reference goes.
-        retired.clear()
         return swapped
 
     def _roll_date(self) -> None:

@@ -64,18 +64,12 @@ def _open(paths: list[str]) -> GeoIntel:
     databases: list[Database] = []
     try:
         for path in paths:
-            database = Database.open(path)
-            clash = next((db for db in databases if db.kind == database.kind), None)
-            databases.append(database)
-            if clash is not None:
-                raise IntelError(
-                    f"two {database.kind} databases given: {clash.path} and {database.path}"
-                )
+            databases.append(Database.open(path))
+        return GeoIntel.from_databases(databases, cache_size=0)
     except IntelError:
         for database in databases:
             database.close()
         raise
-    return GeoIntel.from_databases(databases, cache_size=0)
 
 
 def _record(ip: str, facts: NetworkFacts, databases: dict[str, str]) -> dict[str, Any]:
