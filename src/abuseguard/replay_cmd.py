@@ -1,0 +1,249 @@
+"""`abuseguard replay TRACE`: run a trace through the guard and print the detection report."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from abuseguard.replay import COST_MODES, run_replay
+from abuseguard.report import ReportBuilder, plot_report, render_table
+from abuseguard.traces import TraceReader, read_trace
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status 2, no traceback."""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="replay a JSONL trace through the guard and report what it decided",
+        description=(
+            "Run every request of TRACE (JSONL, optionally gzip; '-' for stdin) through the "
+            "guard in virtual time and report, per label, kind and actor, what was allowed, "
+            "limited and mitigated."
+        ),
+    )
+    parser.add_argument("trace", help="trace file (.jsonl or .jsonl.gz), or - for stdin")
+    parser.add_argument(
+        "--policy",
+        metavar="MODULE:ATTR",
+        help="a Policy object, or a zero-argument callable returning one "
+        "(MODULE may be a dotted module or a path to a .py file); default: Policy()",
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--plot", metavar="OUT.png", help="write score and leakage plots")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", help="replay N records")
+    parser.add_argument(
+        "--top", type=_positive_int, default=15, metavar="N", help="actors per table (15)"
+    )
+    parser.add_argument(
+        "--cost",
+        choices=COST_MODES,
+        default="auto",
+        help="how the trace's actual cost reaches the guard: after the response (as the "
+        "middleware reports a cost header), up front, or not at all; auto: 'after' when the "
+        "policy's bucket has a cost_header, else 'ignore'",
+    )
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar even on a terminal"
+    )
+    parser.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except CommandError as exc:
+        print(f"abuseguard replay: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def load_policy(spec: str | None) -> Any:
+    """Resolve ``--policy``: a Policy, or a zero-argument callable returning one."""
+    try:
+        from abuseguard.policy import Policy
+    except ImportError as exc:
+        raise CommandError(f"the guard core is not available: {exc}") from None
+    if spec is None:
+        return Policy()
+    module_name, sep, attr_path = spec.rpartition(":")
+    if not sep or not module_name or not attr_path:
+        raise CommandError(f"--policy must look like module:attribute, got {spec!r}")
+    module = _import_policy_module(module_name)
+    target: Any = module
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise CommandError(
+                f"--policy {spec}: {module_name} has no attribute {attr_path!r}"
+            ) from None
+    if not isinstance(target, Policy) and callable(target):
+        try:
+            target = target()
+        except Exception as exc:
+            raise CommandError(
+                f"--policy {spec}: calling it failed: {type(exc).__name__}: {exc}"
+            ) from None
+    if not isinstance(target, Policy):
+        raise CommandError(
+            f"--policy {spec}: expected a Policy or a callable returning one, "
+            f"got {type(target).__name__}"
+        )
+    return target
+
+
+def _import_policy_module(name: str) -> Any:
+    try:
+        if name.endswith(".py") or os.sep in name or "/" in name:
+            path = Path(name)
+            if not path.is_file():
+                raise CommandError(f"--policy: no such file: {path}")
+            spec = importlib.util.spec_from_file_location(f"_abuseguard_policy_{path.stem}", path)
+            if spec is None or spec.loader is None:
+                raise CommandError(f"--policy: cannot load {path}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        return importlib.import_module(name)
+    except CommandError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise CommandError(f"--policy: cannot import {name!r}: {exc}") from None
+    except Exception as exc:
+        raise CommandError(
+            f"--policy: importing {name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _make_guard(policy: Any) -> Any:
+    try:
+        from abuseguard.guard import Guard
+    except ImportError as exc:
+        raise CommandError(f"the guard core is not available: {exc}") from None
+    try:
+        return Guard(policy=policy)
+    except (ValueError, TypeError) as exc:
+        raise CommandError(f"cannot build the guard: {exc}") from None
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal stream; silent when not a TTY."""
+
+    def __init__(self, reader: TraceReader, stream: IO[str], enabled: bool) -> None:
+        self.reader = reader
+        self.stream = stream
+        self.enabled = enabled and stream.isatty()
+        self.started = time.perf_counter()
+        self.shown = False
+
+    def __call__(self, count: int) -> None:
+        if not self.enabled:
+            return
+        rate = count / max(time.perf_counter() - self.started, 1e-9)
+        share = self.reader.progress()
+        if share is None:
+            bar = f"{count:,} records"
+        else:
+            filled = int(share * 30)
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {share * 100:5.1f}%  {count:,} records"
+        self.stream.write(f"\rreplay {bar}  {rate:,.0f}/s ")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise CommandError("--plot needs matplotlib: pip install 'abuseguard[plot]'")
+    try:
+        reader = read_trace(args.trace)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise CommandError(str(exc)) from None
+    with reader:
+        policy = load_policy(args.policy)
+        guard = _make_guard(policy)
+        builder = ReportBuilder()
+        progress = ProgressBar(reader, sys.stderr, enabled=not args.no_progress)
+        try:
+            timing = run_replay(
+                reader,
+                guard,
+                builder,
+                limit=args.limit,
+                cost_mode=args.cost,
+                on_progress=progress,
+            )
+        finally:
+            progress.clear()
+    stats = reader.stats
+    dps = timing.decisions_per_second
+    rps = timing.records_per_second
+    first, last = stats.first_ts, stats.last_ts
+    report = builder.build(
+        malformed_lines=stats.malformed,
+        decisions_per_second=round(dps, 1) if dps is not None else None,
+        records_per_second=round(rps, 1) if rps is not None else None,
+        elapsed_seconds=round(timing.elapsed_seconds, 3),
+        guard_seconds=round(timing.guard_seconds, 3),
+        policy=args.policy or "default",
+        cost_mode=timing.cost_mode,
+        trace={
+            "path": str(args.trace),
+            "lines": stats.lines,
+            "records": stats.records,
+            "blank_lines": stats.blank_lines,
+            "first_ts": first,
+            "last_ts": last,
+            "hours": round((last - first) / 3600.0, 4) if first is not None and last else None,
+            "malformed_line_numbers": list(stats.malformed_lines),
+            "malformed_reasons": dict(stats.malformed_reasons.most_common()),
+            "out_of_order": stats.out_of_order,
+            "out_of_order_line_numbers": list(stats.out_of_order_lines),
+        },
+    )
+    text = (
+        json.dumps(report, indent=1) + "\n"
+        if args.format == "json"
+        else render_table(report, top=args.top)
+    )
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.output}: {exc}") from None
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        try:
+            plot_report(report, args.plot)
+        except ImportError as exc:
+            raise CommandError(str(exc)) from None
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.plot}: {exc}") from None
+    return 0

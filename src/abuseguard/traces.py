@@ -1,0 +1,361 @@
+"""Read JSONL traces (the DESIGN.md trace format) into RequestInfo plus ground truth.
+
+One JSON object per line; only ``ts`` and ``ip`` are required. The reader streams the
+file (plain or gzip, detected by its magic bytes, or ``-`` for stdin) and never holds more
+than one line in memory.
+
+Bad input is never fatal:
+
+* A malformed line (not UTF-8, not JSON, not an object, ``ts``/``ip`` missing, a field of
+  the wrong type, a non-finite number, an unknown anonymizer kind or label) is counted
+  with its line number and a reason, and skipped.
+* Blank lines are skipped silently (they carry no record).
+* Unknown fields are ignored, so traces may carry extra columns.
+* Lines must be in time order. A record whose ``ts`` is earlier than the latest ``ts``
+  seen so far is counted as out of order (with its line number) and still processed,
+  with its time clamped to that latest ``ts``: the guard's virtual clock never runs
+  backwards, and a slightly unsorted log (several writers, clock skew) still replays.
+
+``cost`` is the request's actual cost, known only once the origin answered: it stays on
+the record (``TraceRecord.cost``) and is not put into ``RequestInfo.cost`` (which is the
+cost charged up front); replay decides how to feed it to the guard.
+
+Beyond DESIGN.md the reader accepts ``duration`` (seconds the origin took to answer, a
+finite number >= 0); replay uses it to release concurrency at ``ts + duration``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
+
+LABELS: tuple[str, ...] = ("benign", "abusive")
+MAX_RECORDED_LINES = 20
+
+_ANON_KINDS = frozenset(ANONYMIZER_KINDS)
+_LABELS = frozenset(LABELS)
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class TraceError(ValueError):
+    """One line could not be turned into a record; ``reason`` is a short stable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class TraceRecord:
+    """One request of a trace: what the guard sees, what the origin answered, the truth."""
+
+    info: RequestInfo
+    line_no: int
+    status: int | None = None
+    cost: float | None = None
+    duration: float | None = None
+    actor: str | None = None
+    label: str | None = None
+    kind: str | None = None
+
+
+@dataclass(slots=True)
+class TraceStats:
+    """What the reader saw: good records, malformed and out-of-order lines."""
+
+    lines: int = 0
+    records: int = 0
+    blank_lines: int = 0
+    malformed: int = 0
+    malformed_lines: list[int] = field(default_factory=list)
+    malformed_reasons: Counter[str] = field(default_factory=Counter)
+    out_of_order: int = 0
+    out_of_order_lines: list[int] = field(default_factory=list)
+    first_ts: float | None = None
+    last_ts: float | None = None
+
+    def count_malformed(self, line_no: int, reason: str) -> None:
+        self.malformed += 1
+        self.malformed_reasons[reason] += 1
+        if len(self.malformed_lines) < MAX_RECORDED_LINES:
+            self.malformed_lines.append(line_no)
+
+
+def _reject_constant(name: str) -> Any:
+    raise TraceError("non_finite", name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+_STR_FIELDS = ("key", "ua", "body", "as_org", "country", "actor", "kind")
+_NONE = type(None)
+
+
+def _number(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise TraceError("non_finite", name)
+        return value
+    if type(value) is int:
+        return float(value)
+    raise TraceError("bad_type", name)
+
+
+def _int_in(value: Any, name: str, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise TraceError("bad_type", name)
+    if not low <= value <= high:
+        raise TraceError("out_of_range", name)
+    return value
+
+
+def _headers(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise TraceError("bad_type", "headers")
+    try:
+        "".join(value.values())  # C-speed check that every value is a str
+    except TypeError:
+        raise TraceError("bad_type", "headers") from None
+    names = "\n".join(value)
+    if names == names.lower():
+        return value
+    return {name.lower(): text for name, text in value.items()}
+
+
+def _anon(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if type(value) is not list:
+        raise TraceError("bad_type", "anon")
+    for kind in value:
+        if kind not in _ANON_KINDS:
+            raise TraceError("bad_value" if type(kind) is str else "bad_type", "anon")
+    return tuple(value)
+
+
+def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
+    """Validate one decoded trace object; raise TraceError naming the first bad field."""
+    if type(obj) is not dict:
+        raise TraceError("not_object")
+    get = obj.get
+    ts = get("ts")
+    if ts is None:
+        raise TraceError("missing", "ts")
+    ip = get("ip")
+    if ip is None:
+        raise TraceError("missing", "ip")
+    if type(ts) is float:
+        if not math.isfinite(ts):
+            raise TraceError("non_finite", "ts")
+    elif type(ts) is int:
+        ts = float(ts)
+    else:
+        raise TraceError("bad_type", "ts")
+    if type(ip) is not str:
+        raise TraceError("bad_type", "ip")
+    if not ip:
+        raise TraceError("bad_value", "ip")
+    key = get("key")
+    ua = get("ua")
+    body = get("body")
+    as_org = get("as_org")
+    country = get("country")
+    actor = get("actor")
+    kind = get("kind")
+    for value in (key, ua, body, as_org, country, actor, kind):
+        if value is not None and type(value) is not str:
+            for name in _STR_FIELDS:
+                if type(get(name)) not in (str, _NONE):
+                    raise TraceError("bad_type", name)
+    method = get("method") or "GET"
+    if type(method) is not str:
+        raise TraceError("bad_type", "method")
+    path = get("path") or "/"
+    if type(path) is not str:
+        raise TraceError("bad_type", "path")
+    label = get("label")
+    if label is not None and label not in _LABELS:
+        raise TraceError("bad_value" if type(label) is str else "bad_type", "label")
+    cost = _number(get("cost"), "cost")
+    if cost is not None and cost < 0:
+        raise TraceError("out_of_range", "cost")
+    duration = _number(get("duration"), "duration")
+    if duration is not None and duration < 0:
+        raise TraceError("out_of_range", "duration")
+    asn = get("asn")
+    if asn is not None:
+        _int_in(asn, "asn", 0, 0xFFFFFFFF)
+    confidence = get("anon_confidence")
+    if confidence is not None:
+        _int_in(confidence, "anon_confidence", 0, 100)
+    status = get("status")
+    if status is not None:
+        _int_in(status, "status", 100, 599)
+    anon = get("anon")
+    if anon is not None:
+        anon = _anon(anon)
+    info = RequestInfo(
+        ip, ts, key, method, path, None, ua, _headers(get("headers")), body, None, asn,
+        as_org, country, anon, confidence,
+    )  # fmt: skip
+    return TraceRecord(info, line_no, status, cost, duration, actor, label, kind)
+
+
+def parse_line(line: str | bytes, line_no: int = 0) -> TraceRecord:
+    """Decode and validate one trace line; raise TraceError on anything malformed."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TraceError("not_utf8") from None
+    try:
+        obj = _DECODER.decode(line)
+    except TraceError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise TraceError("bad_json", str(exc)[:80]) from None
+    return parse_object(obj, line_no)
+
+
+class TraceReader:
+    """Iterate the records of a trace file, counting what it has to skip.
+
+    ``source`` is a path (``.jsonl`` or gzip, detected by content), ``-`` for stdin, or a
+    binary stream. ``stats`` fills in while iterating. ``progress()`` is the share of the
+    input bytes consumed so far, or None when the size is unknown (stdin, pipes).
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | IO[bytes]) -> None:
+        self.stats = TraceStats()
+        self._raw: IO[bytes]
+        self._owns = False
+        if isinstance(source, (str, os.PathLike)):
+            if str(source) == "-":
+                self._raw = sys.stdin.buffer
+            else:
+                self._raw = open(source, "rb")  # noqa: SIM115 - closed by close()
+                self._owns = True
+        else:
+            self._raw = source
+        self._size = self._measure()
+        self._stream: IO[bytes] = self._open_stream()
+
+    def _measure(self) -> int | None:
+        try:
+            if not self._raw.seekable():
+                return None
+            here = self._raw.tell()
+            size = self._raw.seek(0, io.SEEK_END)
+            self._raw.seek(here)
+            return size - here or None
+        except (OSError, ValueError):
+            return None
+
+    def _open_stream(self) -> IO[bytes]:
+        peek = getattr(self._raw, "peek", None)
+        if peek is not None:
+            head = peek(2)[:2]
+        elif self._raw.seekable():
+            here = self._raw.tell()
+            head = self._raw.read(2)
+            self._raw.seek(here)
+        else:
+            head = b""
+        if head == _GZIP_MAGIC:
+            return gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[return-value]
+        return self._raw
+
+    def progress(self) -> float | None:
+        if self._size is None:
+            return None
+        try:
+            return min(1.0, self._raw.tell() / self._size)
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        if self._stream is not self._raw:
+            self._stream.close()
+        if self._owns:
+            self._raw.close()
+
+    def __enter__(self) -> TraceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[TraceRecord]:
+        stats = self.stats
+        decode = _DECODER.decode
+        latest = -math.inf
+        line_no = 0
+        try:
+            for raw_line in self._stream:
+                line_no += 1
+                try:
+                    text = raw_line.decode("utf-8")
+                except UnicodeDecodeError:
+                    stats.count_malformed(line_no, "not_utf8")
+                    continue
+                if not text or text.isspace():
+                    stats.blank_lines += 1
+                    continue
+                try:
+                    record = parse_object(decode(text), line_no)
+                except TraceError as exc:
+                    stats.count_malformed(line_no, exc.reason)
+                    continue
+                except (ValueError, RecursionError):
+                    stats.count_malformed(line_no, "bad_json")
+                    continue
+                ts = record.info.ts
+                assert ts is not None
+                if ts < latest:
+                    stats.out_of_order += 1
+                    if len(stats.out_of_order_lines) < MAX_RECORDED_LINES:
+                        stats.out_of_order_lines.append(line_no)
+                    record.info.ts = latest
+                else:
+                    latest = ts
+                    if stats.first_ts is None:
+                        stats.first_ts = ts
+                stats.records += 1
+                yield record
+        except (OSError, EOFError):
+            # A truncated gzip member or a read error ends the trace; the count says where.
+            stats.count_malformed(line_no + 1, "truncated")
+        finally:
+            stats.lines = line_no
+            if latest > -math.inf:
+                stats.last_ts = latest
+
+
+def read_trace(path: str | os.PathLike[str]) -> TraceReader:
+    """Open a trace for streaming; raises FileNotFoundError / IsADirectoryError early."""
+    if str(path) != "-":
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"trace not found: {p}")
+        if p.is_dir():
+            raise IsADirectoryError(f"trace is a directory: {p}")
+    return TraceReader(path)
