@@ -24,7 +24,7 @@ from abuseguard.errors import ConfigError
 from abuseguard.identity import AddressBook, ClientAddress, hash_key
 from abuseguard.intel.agents import AgentClassifier, ClientClass
 from abuseguard.intel.geo import GeoIntel
-from abuseguard.intel.persona import persona_hash, persona_mismatch
+from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash, persona_mismatch
 from abuseguard.network import NetworkProfile, NetworkView
 from abuseguard.policy import Policy, Quota, TokenBucket
 from abuseguard.request import RequestInfo
@@ -106,6 +106,7 @@ class Guard:
         self.ladder: tuple[Action, ...] = (Action.ALLOW, *(a for _, a in policy.enforcement.ladder))  # type: ignore[misc]
         self.observers: list[Observer] = list(observers)
         self._key_hashes: dict[str, str] = {}
+        self._clients: dict[tuple[object, ...], tuple[int, int, float]] = {}
         self.inflight = 0
         bucket = policy.bucket
         self._cost_is_static = bucket is None or isinstance(bucket.cost, int | float)
@@ -166,11 +167,8 @@ class Guard:
         elicitation = 0.0
         has_content = False
         if self.scoring_on:
-            agent = self.agents.classify(info.ua)
-            ua_class = int(agent.client_class)
             headers = info.headers
-            persona = persona_hash(list(headers), headers, agent)
-            mismatch = persona_mismatch(agent, headers)
+            ua_class, persona, mismatch = self._client_of(info.ua, headers)
             if self.content is not None and info.body:
                 facts = self.content.fingerprint(info.body, headers.get("content-type"))
                 if facts.prompt_found:
@@ -181,53 +179,54 @@ class Guard:
                         ua_class, persona, mismatch, simhash, template_id, elicitation,
                         has_content)
 
+    def _client_of(self, ua: str | None, headers: Mapping[str, str]) -> tuple[int, int, float]:
+        """Client class, persona and persona mismatch, cached per header shape."""
+        names = tuple(headers)
+        key = (ua, names, tuple([headers[n] for n in names if n in FINGERPRINT_VALUE_HEADERS]))
+        hit = self._clients.get(key)
+        if hit is not None:
+            return hit
+        agent = self.agents.classify(ua)
+        result = (int(agent.client_class), persona_hash(names, headers, agent),
+                  persona_mismatch(agent, headers))
+        if len(self._clients) >= 16384:
+            self._clients.clear()
+        self._clients[key] = result
+        return result
+
     def run_engine(self, p: Prepared) -> Any:
-        """Write the inputs, call the kernel once, return the io vector."""
+        """Find the rows, call the kernel once, return the io vector."""
         engine = self.engine
         tables = engine.tables
-        iv = engine.iv
-        io = engine.io
         profile = p.profile
-        iv[L.I_ROW + L.KIND_KEY] = tables[L.KIND_KEY].row(p.identity)
-        skip_network = profile is None or profile.allowed
-        if skip_network or p.address.version == 0:
-            iv[L.I_ROW + L.KIND_IP] = -1
-            iv[L.I_ROW + L.KIND_PREFIX] = -1
+        r_key = tables[L.KIND_KEY].row(p.identity)
+        if profile is None or profile.allowed:
+            allowed = profile is not None
+            if allowed:  # allow-listed: buckets and arrival stats only, no network, no risk
+                saved = engine.params[L.P_SCORING]
+                engine.params[L.P_SCORING] = 0.0
+            try:
+                return engine.run_with(
+                    r_key, -1, -1, -1, -1, 0, 0, 0, p.ua_class, int(p.has_account), p.ts,
+                    p.cost, self._load_factor(), 0.0, 0.0, 0.0 if allowed else p.persona_mismatch,
+                    p.elicitation, 1.0 if p.has_content else 0.0, 0.0, 0.0,
+                )
+            finally:
+                if allowed:
+                    engine.params[L.P_SCORING] = saved
+        if p.address.version:
+            r_ip = tables[L.KIND_IP].row(p.address.ip_key)
+            r_pfx = tables[L.KIND_PREFIX].row(p.address.prefix_key)
         else:
-            iv[L.I_ROW + L.KIND_IP] = tables[L.KIND_IP].row(p.address.ip_key)
-            iv[L.I_ROW + L.KIND_PREFIX] = tables[L.KIND_PREFIX].row(p.address.prefix_key)
-        if skip_network or profile is None or profile.asn_key is None:
-            iv[L.I_ROW + L.KIND_ASN] = -1
-        else:
-            iv[L.I_ROW + L.KIND_ASN] = tables[L.KIND_ASN].row(profile.asn_key)
-        iv[L.I_ROW + L.KIND_PERSONA] = tables[L.KIND_PERSONA].row(p.persona) if p.persona and not skip_network else -1
-        iv[L.I_COUNTRY] = profile.country_code if profile is not None else 0
-        iv[L.I_SIMHASH] = p.simhash
-        iv[L.I_TEMPLATE_ID] = p.template_id
-        iv[L.I_UA_CLASS] = p.ua_class
-        iv[L.I_HAS_ACCOUNT] = 1 if p.has_account else 0
-        io[L.X_TS] = p.ts
-        io[L.X_COST] = p.cost
-        io[L.X_LOAD] = self._load_factor()
-        if profile is not None and not profile.allowed:
-            io[L.X_ANON] = profile.anon_signal
-            io[L.X_GEO] = profile.geo_signal
-            io[L.X_NET_DISTRUST] = profile.distrust
-            io[L.X_NAT_ELIGIBLE] = 1.0 if profile.nat_eligible else 0.0
-        else:
-            io[L.X_ANON] = io[L.X_GEO] = io[L.X_NAT_ELIGIBLE] = 0.0
-            io[L.X_NET_DISTRUST] = 0.0
-        allowed = profile is not None and profile.allowed
-        io[L.X_PERSONA] = 0.0 if allowed else p.persona_mismatch
-        io[L.X_ELICIT] = p.elicitation
-        io[L.X_HAS_CONTENT] = 1.0 if p.has_content else 0.0
-        if allowed:
-            saved = engine.params[L.P_SCORING]
-            engine.params[L.P_SCORING] = 0.0
-            engine.run()
-            engine.params[L.P_SCORING] = saved
-            return io
-        return engine.run()
+            r_ip = r_pfx = -1
+        r_asn = tables[L.KIND_ASN].row(profile.asn_key) if profile.asn_key is not None else -1
+        r_per = tables[L.KIND_PERSONA].row(p.persona) if p.persona else -1
+        return engine.run_with(
+            r_key, r_ip, r_pfx, r_asn, r_per, profile.country_code, p.simhash, p.template_id,
+            p.ua_class, int(p.has_account), p.ts, p.cost, self._load_factor(),
+            profile.anon_signal, profile.geo_signal, p.persona_mismatch, p.elicitation,
+            1.0 if p.has_content else 0.0, profile.distrust, 1.0 if profile.nat_eligible else 0.0,
+        )
 
     def _load_factor(self) -> float:
         target = self.policy.load_target

@@ -228,6 +228,9 @@ class NetworkPolicy:
     IPv6 /48 by default). With ``nat_fairness`` an IP or prefix on an eyeball network
     (not hosting, not anonymized) carrying many distinct accounts gets a ceiling that grows
     by ``nat_per_account`` of itself per extra account, up to ``nat_max`` times.
+    ``fan_in`` is the (low, high) ramp of distinct accounts behind one IP; a prefix, an
+    ASN and a header persona are held to ``fan_in_scales`` times that (ip, prefix, asn,
+    persona), since more honest accounts share the wider ones.
     ``databases`` maps database kinds (asn, country, city, anonymous_ip, anonymous_plus,
     residential_proxy, ip_risk) to mmdb paths.
     """
@@ -253,6 +256,7 @@ class NetworkPolicy:
     nat_per_account: float = 0.5
     nat_max: float = 50.0
     fan_in: tuple[float, float] = (12.0, 60.0)
+    fan_in_scales: tuple[float, float, float, float] = (1.0, 2.0, 25.0, 40.0)
     fan_out_asns: tuple[float, float] = (3.0, 8.0)
     fan_out_countries: tuple[float, float] = (2.0, 5.0)
     fan_out_prefixes: tuple[float, float] = (12.0, 60.0)
@@ -292,6 +296,10 @@ class NetworkPolicy:
         _positive("NetworkPolicy.nat_max", self.nat_max)
         if self.nat_max < 1:
             raise ConfigError("NetworkPolicy.nat_max", "must be >= 1")
+        if len(self.fan_in_scales) != 4:
+            raise ConfigError("NetworkPolicy.fan_in_scales", "expected (ip, prefix, asn, persona)")
+        for i, scale in enumerate(self.fan_in_scales):
+            _positive(f"NetworkPolicy.fan_in_scales[{i}]", scale)
         for name in ("fan_in", "fan_out_asns", "fan_out_countries", "fan_out_prefixes"):
             _range(f"NetworkPolicy.{name}", getattr(self, name))
         known = {"asn", "country", "city", "anonymous_ip", "anonymous_plus", "residential_proxy", "ip_risk"}
@@ -341,7 +349,7 @@ class Scoring:
     """
 
     enabled: bool = True
-    bias: float = -5.0
+    bias: float = -4.0
     weights: Mapping[str, float] = field(default_factory=dict)
     client_risk: Mapping[str, float] = field(default_factory=dict)
     reason_min: float = 0.6
@@ -457,6 +465,66 @@ class Enforcement:
         return 1 + [a for _, a in self.ladder].index(Action(self.ban_at))
 
 
+WS_CLOSE_CODES: frozenset[int] = frozenset({1000, 1001, 1008, 1011, 1013})
+
+
+def _numeric_cost_bucket(field_name: str, bucket: TokenBucket | None) -> None:
+    if bucket is None:
+        return
+    if not isinstance(bucket, TokenBucket):
+        raise ConfigError(field_name, f"expected TokenBucket or None, got {bucket!r}")
+    if isinstance(bucket.cost, Mapping) or callable(bucket.cost):
+        raise ConfigError(f"{field_name}.cost", "must be a number for WebSocket limits")
+
+
+@dataclass(frozen=True)
+class WebSocketPolicy:
+    """Limits for WebSocket connections, applied at the ASGI level.
+
+    ``connect`` limits connection attempts per identity (``per``: "key" is the API key hash,
+    else the client IP; "ip" is always the client IP). ``max_connections`` caps the open
+    connections of one identity. ``messages`` limits what one connection may send (each
+    ``websocket.receive`` costs the bucket's numeric cost) and ``max_message_bytes`` caps
+    one message. ``guard_handshake`` first runs the handshake through the guard like an
+    HTTP request (bans, deny lists, scoring, the main bucket). A refused handshake is
+    answered with HTTP 429 (limits) or 403 (risk) through the ASGI denial-response
+    extension when the server offers it, else closed before accept (1013 for limits, 1008
+    for risk). A connection over its message limit is closed with ``message_close_code``;
+    an oversized message with 1009. ``shadow`` reports every WebSocket limit without
+    enforcing it. The limits live in the process, per worker, whatever the backend.
+    """
+
+    connect: TokenBucket | None = field(
+        default_factory=lambda: TokenBucket("30/minute", burst=10, name="ws-connect")
+    )
+    messages: TokenBucket | None = field(
+        default_factory=lambda: TokenBucket("20/second", burst=40, name="ws-messages")
+    )
+    max_connections: int | None = None
+    max_message_bytes: int | None = None
+    per: Literal["key", "ip"] = "key"
+    guard_handshake: bool = True
+    message_close_code: int = 1008
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        _numeric_cost_bucket("WebSocketPolicy.connect", self.connect)
+        _numeric_cost_bucket("WebSocketPolicy.messages", self.messages)
+        for name in ("max_connections", "max_message_bytes"):
+            value = getattr(self, name)
+            bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
+            if value is not None and bad:
+                raise ConfigError(f"WebSocketPolicy.{name}", f"must be an int >= 1, got {value!r}")
+        if self.per not in ("key", "ip"):
+            raise ConfigError("WebSocketPolicy.per", f"must be 'key' or 'ip', got {self.per!r}")
+        code = self.message_close_code
+        if isinstance(code, bool) or not isinstance(code, int) or not (
+            code in WS_CLOSE_CODES or 3000 <= code <= 4999
+        ):
+            raise ConfigError("WebSocketPolicy.message_close_code",
+                              f"use one of {sorted(WS_CLOSE_CODES)} or 3000..4999, got {code!r}")
+
+
 @dataclass(frozen=True)
 class Policy:
     """Everything the guard enforces.
@@ -469,7 +537,8 @@ class Policy:
     ``ipv6_prefix`` groups IPv6 clients for IP identities (/64). ``load_target`` is the
     number of in-flight requests above which every refill slows in proportion (0 = off).
     ``exempt_paths`` are path prefixes the guard never touches. ``max_identities`` bounds
-    each state table; idle identities are evicted first.
+    each state table; idle identities are evicted first. ``websocket`` adds limits on
+    WebSocket connections and messages (without it, WebSocket scopes pass through).
     """
 
     bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))
@@ -488,6 +557,7 @@ class Policy:
     legacy_headers: bool = False
     secret: str = ""
     shadow: bool = False
+    websocket: WebSocketPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.bucket is not None and not isinstance(self.bucket, TokenBucket):
@@ -528,3 +598,6 @@ class Policy:
         for path in self.exempt_paths:
             if not isinstance(path, str) or not path.startswith("/"):
                 raise ConfigError("Policy.exempt_paths", f"paths start with '/', got {path!r}")
+        if self.websocket is not None and not isinstance(self.websocket, WebSocketPolicy):
+            found = type(self.websocket).__name__
+            raise ConfigError("Policy.websocket", f"expected WebSocketPolicy or None, got {found}")

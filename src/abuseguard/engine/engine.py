@@ -33,8 +33,22 @@ class Engine:
         self.io = np.zeros(L.IO_SIZE, dtype=np.float64)
         self.params = build_params(policy, local_buckets=local_buckets)
         t = self.tables
-        self._args = (t[0].data, t[1].data, t[2].data, t[3].data, t[4].data, self.cms,
-                      self.iv, self.io, self.params)
+        self._args = (
+            t[0].data,
+            t[1].data,
+            t[2].data,
+            t[3].data,
+            t[4].data,
+            self.cms,
+            self.iv,
+            self.io,
+            self.params,
+        )
+
+    def run_with(self, *inputs: float) -> np.ndarray:
+        """Run the kernel with the inputs as arguments (see `kernels.decide_with`)."""
+        kernels.decide_with(*self._args, *inputs)
+        return self.io
 
     def run(self) -> np.ndarray:
         """Run the kernel on the inputs already written into ``iv`` and ``io``."""
@@ -42,8 +56,12 @@ class Engine:
         return self.io
 
     def record_outcome(self, key_row: int, is_error: bool) -> None:
-        kernels.record_outcome(self.tables[L.KIND_KEY].data, key_row, 1.0 if is_error else 0.0,
-                               float(self.params[L.P_ERR_ALPHA]))
+        kernels.record_outcome(
+            self.tables[L.KIND_KEY].data,
+            key_row,
+            1.0 if is_error else 0.0,
+            float(self.params[L.P_ERR_ALPHA]),
+        )
 
     def charge(self, kind: int, row: int, delta: float) -> None:
         burst = float(self.params[L.P_BUCKET + 2 * kind + 1])

@@ -92,6 +92,7 @@ from abuseguard.engine.layout import (
     P_ERR_LO,
     P_FANIN_HI,
     P_FANIN_LO,
+    P_FANIN_SCALE,
     P_FANOUT_ASN_HI,
     P_FANOUT_ASN_LO,
     P_FANOUT_CC_HI,
@@ -161,7 +162,7 @@ from abuseguard.engine.layout import (
 _U1 = np.uint64(1)
 _TOP_BIT = np.uint64(0x8000000000000000)
 _MIN_INTERVAL = 0.05  # inter-arrival times below this are one burst (parallel requests)
-_INV_POW2 = np.array([2.0 ** -i for i in range(66)])
+_INV_POW2 = np.array([2.0**-i for i in range(66)])
 
 
 @njit(cache=True, inline="always")
@@ -303,10 +304,11 @@ def refill(row: np.ndarray, ts: float, rate: float, burst: float) -> None:
 
 
 @njit(cache=True)
-def template_step(key_row: np.ndarray, cms: np.ndarray, simhash: int, template_id: int,
-                  ts: float, prm: np.ndarray) -> float:
+def template_step(
+    key_row: np.ndarray, cms: np.ndarray, simhash: int, template_id: int, ts: float, prm: np.ndarray
+) -> float:
     """Per-account template repeat rate and the accounts-per-template Count-Min estimate."""
-    ring = key_row[F_RING:F_RING + RING_SIZE].view(np.int64)
+    ring = key_row[F_RING : F_RING + RING_SIZE].view(np.int64)
     filled = int(key_row[F_COUNT]) - 1  # requests before this one
     if filled > RING_SIZE:
         filled = RING_SIZE
@@ -344,9 +346,17 @@ def template_step(key_row: np.ndarray, cms: np.ndarray, simhash: int, template_i
 
 
 @njit(cache=True)
-def decide(key_t: np.ndarray, ip_t: np.ndarray, pfx_t: np.ndarray, asn_t: np.ndarray,
-           per_t: np.ndarray, cms: np.ndarray, iv: np.ndarray, io: np.ndarray,
-           prm: np.ndarray) -> None:
+def decide(
+    key_t: np.ndarray,
+    ip_t: np.ndarray,
+    pfx_t: np.ndarray,
+    asn_t: np.ndarray,
+    per_t: np.ndarray,
+    cms: np.ndarray,
+    iv: np.ndarray,
+    io: np.ndarray,
+    prm: np.ndarray,
+) -> None:
     ts = io[X_TS]
     cost = io[X_COST]
     epoch = int(math.floor(ts / (prm[P_HORIZON] * 0.5)))
@@ -399,9 +409,7 @@ def decide(key_t: np.ndarray, ip_t: np.ndarray, pfx_t: np.ndarray, asn_t: np.nda
         dirty = rotate_sketches(row, regs, 1, NET_SKETCH_M, epoch)
         if hll_add(regs, half * NET_SKETCH_M, NET_SKETCH_M, account_hash) or dirty:
             row[F_SKETCH_EST] = hll_estimate(regs, 0, NET_SKETCH_M)
-        est = row[F_SKETCH_EST]
-        if kind == KIND_PERSONA:
-            est *= 0.5  # one SDK's persona is shared by its honest clients too
+        est = row[F_SKETCH_EST] / prm[P_FANIN_SCALE + kind]
         if est > fan_in:
             fan_in = est
         if kind != KIND_PERSONA:
@@ -411,9 +419,12 @@ def decide(key_t: np.ndarray, ip_t: np.ndarray, pfx_t: np.ndarray, asn_t: np.nda
                 key_row[F_EST + sk] = hll_estimate(key_regs, sk * 2 * KEY_SKETCH_M, KEY_SKETCH_M)
     if has_account and iv[I_COUNTRY] != 0:
         item = mix64(np.uint64(iv[I_COUNTRY]) ^ np.uint64(0xC0FFEE))
-        if hll_add(key_regs, SK_COUNTRIES * 2 * KEY_SKETCH_M + half * KEY_SKETCH_M, KEY_SKETCH_M, item):
+        if hll_add(
+            key_regs, SK_COUNTRIES * 2 * KEY_SKETCH_M + half * KEY_SKETCH_M, KEY_SKETCH_M, item
+        ):
             key_row[F_EST + SK_COUNTRIES] = hll_estimate(
-                key_regs, SK_COUNTRIES * 2 * KEY_SKETCH_M, KEY_SKETCH_M)
+                key_regs, SK_COUNTRIES * 2 * KEY_SKETCH_M, KEY_SKETCH_M
+            )
     if key_dirty:
         for sk in range(KEY_SKETCHES):
             key_row[F_EST + sk] = hll_estimate(key_regs, sk * 2 * KEY_SKETCH_M, KEY_SKETCH_M)
@@ -435,19 +446,17 @@ def decide(key_t: np.ndarray, ip_t: np.ndarray, pfx_t: np.ndarray, asn_t: np.nda
     if prm[P_SCORING] != 0.0:
         count = key_row[F_COUNT]
         warm = count >= prm[P_MIN_EVENTS]
-        sig = io[O_CONTRIB:O_CONTRIB + N_SIGNALS]  # signal values, then contributions
+        sig = io[O_CONTRIB : O_CONTRIB + N_SIGNALS]  # signal values, then contributions
         if warm:
             sig[S_VOLUME] = ramp(key_row[F_RATE_LONG], prm[P_VOLUME_LO], prm[P_VOLUME_HI])
             if ts - key_row[F_FIRST_SEEN] >= prm[P_BASELINE_AGE]:
                 base = key_row[F_RATE_LONG] if key_row[F_RATE_LONG] > 1e-3 else 1e-3
-                sig[S_BURST] = ramp(key_row[F_RATE_SHORT] / base, prm[P_BURST_LO],
-                                    prm[P_BURST_HI])
+                sig[S_BURST] = ramp(key_row[F_RATE_SHORT] / base, prm[P_BURST_LO], prm[P_BURST_HI])
             if key_row[F_IA_COUNT] >= prm[P_MIN_EVENTS]:
                 spread = math.sqrt(key_row[F_LIA_VAR]) if key_row[F_LIA_VAR] > 0.0 else 0.0
                 sig[S_CADENCE] = ramp(spread, prm[P_CADENCE_HI], prm[P_CADENCE_LO])
             sig[S_ERRORS] = ramp(key_row[F_ERR], prm[P_ERR_LO], prm[P_ERR_HI])
-        sig[S_IMPATIENCE] = ramp(key_row[F_IMPATIENCE], prm[P_IMPATIENCE_LO],
-                                 prm[P_IMPATIENCE_HI])
+        sig[S_IMPATIENCE] = ramp(key_row[F_IMPATIENCE], prm[P_IMPATIENCE_LO], prm[P_IMPATIENCE_HI])
         ua_class = iv[I_UA_CLASS]
         if 0 <= ua_class < 8:
             sig[S_CLIENT] = prm[P_CLIENT_RISK + ua_class]
@@ -467,8 +476,7 @@ def decide(key_t: np.ndarray, ip_t: np.ndarray, pfx_t: np.ndarray, asn_t: np.nda
             shared = template_step(key_row, cms, iv[I_SIMHASH], iv[I_TEMPLATE_ID], ts, prm)
             sig[S_SHARED_TEMPLATE] = ramp(shared, prm[P_SHARED_LO], prm[P_SHARED_HI])
             if count >= 4.0:
-                sig[S_TEMPLATE] = ramp(key_row[F_TEMPLATE], prm[P_TEMPLATE_LO],
-                                       prm[P_TEMPLATE_HI])
+                sig[S_TEMPLATE] = ramp(key_row[F_TEMPLATE], prm[P_TEMPLATE_LO], prm[P_TEMPLATE_HI])
             sig[S_ELICIT] = io[X_ELICIT]
         sig[S_PRIOR] = key_row[F_PRIOR]
         z = prm[P_BIAS]
@@ -613,5 +621,93 @@ def warm_up() -> None:
     io[X_LOAD] = 1.0
     io[X_HAS_CONTENT] = 1.0
     decide(key_t, net[0], net[1], net[2], net[3], cms, iv, io, prm)
+    decide_with(
+        key_t,
+        net[0],
+        net[1],
+        net[2],
+        net[3],
+        cms,
+        iv,
+        io,
+        prm,
+        0,
+        1,
+        1,
+        1,
+        1,
+        0,
+        0,
+        0,
+        0,
+        1,
+        1.0,
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+        1.0,
+        0.0,
+    )
     record_outcome(key_t, 0, 1.0, 0.1)
     charge(key_t, 0, 1.0, 1.0)
+
+
+@njit(cache=True)
+def decide_with(
+    key_t: np.ndarray,
+    ip_t: np.ndarray,
+    pfx_t: np.ndarray,
+    asn_t: np.ndarray,
+    per_t: np.ndarray,
+    cms: np.ndarray,
+    iv: np.ndarray,
+    io: np.ndarray,
+    prm: np.ndarray,
+    r_key: int,
+    r_ip: int,
+    r_pfx: int,
+    r_asn: int,
+    r_per: int,
+    country: int,
+    simhash: int,
+    template_id: int,
+    ua_class: int,
+    has_account: int,
+    ts: float,
+    cost: float,
+    load: float,
+    anon: float,
+    geo: float,
+    persona: float,
+    elicit: float,
+    has_content: float,
+    distrust: float,
+    nat: float,
+) -> None:
+    """`decide` with its inputs as scalars: filling the vectors from Python costs more
+    than passing arguments to one call."""
+    iv[I_ROW + KIND_KEY] = r_key
+    iv[I_ROW + KIND_IP] = r_ip
+    iv[I_ROW + KIND_PREFIX] = r_pfx
+    iv[I_ROW + KIND_ASN] = r_asn
+    iv[I_ROW + KIND_PERSONA] = r_per
+    iv[I_COUNTRY] = country
+    iv[I_SIMHASH] = simhash
+    iv[I_TEMPLATE_ID] = template_id
+    iv[I_UA_CLASS] = ua_class
+    iv[I_HAS_ACCOUNT] = has_account
+    io[X_TS] = ts
+    io[X_COST] = cost
+    io[X_LOAD] = load
+    io[X_ANON] = anon
+    io[X_GEO] = geo
+    io[X_PERSONA] = persona
+    io[X_ELICIT] = elicit
+    io[X_HAS_CONTENT] = has_content
+    io[X_NET_DISTRUST] = distrust
+    io[X_NAT_ELIGIBLE] = nat
+    decide(key_t, ip_t, pfx_t, asn_t, per_t, cms, iv, io, prm)

@@ -198,7 +198,8 @@ P_ERR_ALPHA = 83
 P_LADDER_SERVES = 84  # per ladder level 0..8: 1 when that level's action serves the request
 P_RISK_FLOOR = 93  # smoothed scores below this leave the refill alone
 P_BASELINE_AGE = 94  # seconds of history before the burst signal trusts the baseline
-N_PARAMS = 95
+P_FANIN_SCALE = 95  # P_FANIN_SCALE + kind: a network kind's fan-in is divided by this
+N_PARAMS = 100
 
 N_CLIENT_CLASSES = 8
 MAX_LADDER = 8

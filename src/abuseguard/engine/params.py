@@ -8,7 +8,16 @@ from abuseguard.decision import Action
 from abuseguard.engine import layout as L
 from abuseguard.policy import DEFAULT_CLIENT_RISK, Policy, Scoring, TokenBucket
 
-_CLIENT_CLASS_ORDER = ("empty", "browser", "mobile", "sdk", "script", "headless", "crawler", "unknown")
+_CLIENT_CLASS_ORDER = (
+    "empty",
+    "browser",
+    "mobile",
+    "sdk",
+    "script",
+    "headless",
+    "crawler",
+    "unknown",
+)
 
 
 def _set_bucket(prm: np.ndarray, kind: int, bucket: TokenBucket | None) -> None:
@@ -64,7 +73,14 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
         prm[L.P_FANOUT_PFX_LO], prm[L.P_FANOUT_PFX_HI] = network.fan_out_prefixes
         prm[L.P_NAT_PER_ACCOUNT] = network.nat_per_account if network.nat_fairness else 0.0
         prm[L.P_NAT_MAX] = network.nat_max
+        for kind, scale in zip(
+            (L.KIND_IP, L.KIND_PREFIX, L.KIND_ASN, L.KIND_PERSONA),
+            network.fan_in_scales,
+            strict=True,
+        ):
+            prm[L.P_FANIN_SCALE + kind] = scale
     else:
+        prm[L.P_FANIN_SCALE : L.P_FANIN_SCALE + L.N_KINDS] = 1.0
         prm[L.P_FANIN_LO], prm[L.P_FANIN_HI] = 1e9, 2e9
         prm[L.P_FANOUT_ASN_LO], prm[L.P_FANOUT_ASN_HI] = 1e9, 2e9
         prm[L.P_FANOUT_CC_LO], prm[L.P_FANOUT_CC_HI] = 1e9, 2e9

@@ -1,0 +1,256 @@
+"""Guard decisions: ladder, bans, shadow, quotas, concurrency, reconciliation, network rules."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from abuseguard import (
+    Action,
+    Concurrency,
+    Decision,
+    Enforcement,
+    Guard,
+    NetworkPolicy,
+    Policy,
+    Quota,
+    RequestInfo,
+    Scoring,
+    TokenBucket,
+)
+
+SCRIPT = {"accept": "*/*", "accept-encoding": "gzip, deflate"}
+
+
+def scripted(guard: Guard, n: int, *, key: str = "bot", start: float = 0.0, gap: float = 2.0,
+             ip: str = "198.51.100.10") -> list[Decision]:
+    # A script on a cloud host (AS16509), metronome timing, a scripting library's UA.
+    return [guard.check(RequestInfo(ip=ip, key=key, ts=start + i * gap, ua="python-requests/2.31",
+                                    headers=SCRIPT, asn=16509)) for i in range(n)]
+
+
+def test_scripted_client_climbs_the_ladder_with_reasons() -> None:
+    guard = Guard(Policy(bucket=TokenBucket("100/second", burst=100)))
+    decisions = scripted(guard, 60)
+    assert decisions[0].action == Action.ALLOW
+    last = decisions[-1]
+    assert last.action.severity >= Action.LOG.severity
+    assert "cadence" in last.reasons and "client" in last.reasons
+    assert last.score > 0.5
+    assert dict(last.contributions)["cadence"] > 0
+
+
+def test_smoothed_score_is_forgiven_after_good_behaviour() -> None:
+    guard = Guard(Policy(bucket=TokenBucket("100/second", burst=100),
+                         enforcement=Enforcement(score_half_life=60.0)))
+    climbed = scripted(guard, 60)[-1]
+    assert climbed.action != Action.ALLOW
+    browser = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+    headers = {"accept": "*/*", "accept-language": "en", "accept-encoding": "gzip",
+               "sec-fetch-mode": "cors", "sec-fetch-site": "same-origin", "sec-fetch-dest": "empty"}
+    later = guard.check(RequestInfo(ip="198.51.100.10", key="bot", ts=100_000.0, ua=browser,
+                                    headers=headers))
+    assert later.action == Action.ALLOW
+
+
+def test_ban_holds_for_its_duration() -> None:
+    policy = Policy(bucket=TokenBucket("100/second", burst=100),
+                    enforcement=Enforcement(ladder=((0.3, "throttle"), (0.4, "block")),
+                                            ban_at="block", ban_seconds=300))
+    guard = Guard(policy)
+    decisions = scripted(guard, 80)
+    banned_at = next(i for i, d in enumerate(decisions) if d.action == Action.BLOCK)
+    after = decisions[banned_at + 1]
+    assert after.reasons == ("banned",) and after.action == Action.BLOCK
+    assert after.retry_after is not None and 0 < after.retry_after <= 300
+    t_ban = banned_at * 2.0
+    assert guard.check(RequestInfo(ip="1.1.1.1", key="bot", ts=t_ban + 299)).reasons == ("banned",)
+    assert "banned" not in guard.check(RequestInfo(ip="1.1.1.1", key="bot", ts=t_ban + 301)).reasons
+
+
+def test_global_shadow_reports_but_never_enforces() -> None:
+    guard = Guard(Policy(bucket=TokenBucket(1.0, burst=1), shadow=True, scoring=None))
+    guard.check(RequestInfo(ip="192.0.2.1", ts=0.0))
+    over = guard.check(RequestInfo(ip="192.0.2.1", ts=0.0))
+    assert over.action == Action.THROTTLE and over.shadow
+    assert over.enforced_action == Action.ALLOW and over.served
+
+
+def test_shadow_per_rule() -> None:
+    guard = Guard(Policy(bucket=TokenBucket(1.0, burst=1, shadow=True),
+                         quotas=(Quota("1/minute", name="minute"),), scoring=None))
+    first = guard.check(RequestInfo(ip="192.0.2.1", ts=0.0))
+    assert first.action == Action.ALLOW
+    second = guard.check(RequestInfo(ip="192.0.2.1", ts=0.0))
+    # The bucket (shadowed) and the quota (enforced) both trip: the quota wins.
+    assert "rate" in second.reasons and "quota" in second.reasons
+    assert second.action == Action.THROTTLE and not second.shadow
+
+
+def test_quota_runs_on_virtual_time_through_limits() -> None:
+    guard = Guard(Policy(bucket=None, quotas=(Quota("3/minute", name="minute"),), scoring=None))
+    results = [guard.check(RequestInfo(ip="192.0.2.1", key="k", ts=10.0 + i)) for i in range(4)]
+    assert [r.action for r in results] == [Action.ALLOW] * 3 + [Action.THROTTLE]
+    assert results[3].reasons == ("quota",)
+    state = results[3].policies[0]
+    assert state.name == "minute" and state.violated and state.remaining == 0
+    assert results[3].retry_after is not None and 55 <= results[3].retry_after <= 60
+    assert guard.check(RequestInfo(ip="192.0.2.1", key="k", ts=75.0)).action == Action.ALLOW
+    assert guard.check(RequestInfo(ip="192.0.2.1", key="other", ts=13.0)).action == Action.ALLOW
+
+
+@pytest.mark.parametrize("strategy", ["moving-window", "sliding-window-counter"])
+def test_other_quota_strategies(strategy: str) -> None:
+    guard = Guard(Policy(bucket=None, quotas=(Quota("2/minute", strategy=strategy),),  # type: ignore[arg-type]
+                         scoring=None))
+    actions = [guard.check(RequestInfo(ip="192.0.2.1", ts=float(i))).action for i in range(3)]
+    assert actions == [Action.ALLOW, Action.ALLOW, Action.THROTTLE]
+
+
+def test_concurrency_counts_in_flight_and_releases() -> None:
+    guard = Guard(Policy(bucket=None, concurrency=Concurrency(2), scoring=None))
+    info = RequestInfo(ip="192.0.2.1", key="k", ts=1.0)
+    a, b, c = guard.check(info), guard.check(info), guard.check(info)
+    assert (a.action, b.action, c.action) == (Action.ALLOW, Action.ALLOW, Action.THROTTLE)
+    assert c.reasons == ("concurrency",)
+    guard.complete(info, a, status=200)
+    assert guard.check(info).action == Action.ALLOW
+    guard.complete(info, c, status=429)  # a refused request held nothing
+    assert guard.check(info).action == Action.THROTTLE
+
+
+def test_cost_weighting_and_reconciliation() -> None:
+    guard = Guard(Policy(bucket=TokenBucket(1.0, burst=100, cost={"POST /v1/chat": 10}),
+                         scoring=None))
+    info = RequestInfo(ip="192.0.2.1", key="k", ts=0.0, method="POST", path="/v1/chat")
+    first = guard.check(info)
+    assert first.cost == 10 and first.remaining == 90
+    guard.complete(info, first, status=200, cost=50.0)  # the app reports the real cost
+    second = guard.check(info)
+    assert second.remaining == pytest.approx(40.0)  # 100 - 50 (real) - 10 (estimate)
+    guard.complete(info, second, status=200, cost=0.0)  # refund of the estimate
+    third = guard.check(RequestInfo(ip="192.0.2.1", key="k", ts=0.0, path="/other"))
+    assert third.remaining == pytest.approx(49.0)
+    guard.complete(info, third, status=200, cost=-5.0)  # nonsense costs are ignored
+    guard.complete(info, third, status=200, cost=float("nan"))
+    fresh = Guard(Policy(bucket=TokenBucket(1.0, burst=100, cost=10), scoring=None))
+    first = fresh.check(info)
+    fresh.complete(info, first, status=200, cost=0.0)
+    fresh.complete(info, first, status=200, cost=0.0)  # refunds are capped at the burst
+    assert fresh.check(info).remaining == pytest.approx(90.0)
+
+
+def test_callable_cost_failure_charges_one() -> None:
+    def broken(info: RequestInfo) -> float:
+        raise RuntimeError("boom")
+
+    guard = Guard(Policy(bucket=TokenBucket(1.0, burst=5, cost=broken), scoring=None))
+    assert guard.check(RequestInfo(ip="192.0.2.1", ts=0.0)).remaining == 4.0
+
+
+def test_error_outcomes_raise_the_error_signal() -> None:
+    guard = Guard(Policy(bucket=TokenBucket("100/second", burst=100)))
+    for i in range(40):
+        info = RequestInfo(ip="198.51.100.20", key="prober", ts=i * 7.3 + (i % 3) * 2.1,
+                           ua="python-requests/2.31", headers=SCRIPT)
+        decision = guard.check(info)
+        guard.complete(info, decision, status=404)
+    from abuseguard.engine import layout
+
+    assert guard.engine.io[layout.O_CONTRIB + layout.S_ERRORS] > 0
+
+
+def test_fan_in_trips_for_many_accounts_behind_one_ip_not_across_many_ips() -> None:
+    policy = Policy(bucket=TokenBucket("100/second", burst=100),
+                    network=NetworkPolicy(fan_in=(20.0, 60.0)))
+    one_ip = Guard(policy)
+    many_ips = Guard(policy)
+    for i in range(200):
+        ts = float(i)
+        shared = one_ip.check(RequestInfo(ip="203.0.113.50", key=f"acct-{i}", ts=ts, asn=16509))
+        spread = many_ips.check(RequestInfo(ip=f"198.51.{i // 250}.{i % 250 + 1}", key=f"acct-{i}",
+                                            ts=ts, asn=16509 + i))
+    assert "fan_in" in dict(shared.contributions)
+    assert dict(shared.contributions)["fan_in"] >= 2.0
+    assert dict(spread.contributions).get("fan_in", 0.0) == 0.0
+
+
+def test_fan_out_across_countries_and_networks() -> None:
+    guard = Guard(Policy(bucket=TokenBucket("100/second", burst=100)))
+    countries = ["US", "DE", "BR", "IN", "VN", "NG", "FR", "JP"]
+    for i in range(40):
+        decision = guard.check(RequestInfo(ip=f"100.{i}.0.1", key="pool-acct", ts=i * 30.0,
+                                           asn=1000 + i, country=countries[i % len(countries)]))
+    assert dict(decision.contributions)["fan_out"] > 2.0
+
+
+def test_network_rules_deny_and_allow_lists() -> None:
+    policy = Policy(network=NetworkPolicy(deny_cidrs=["192.0.2.0/24"], deny_countries=["KP"],
+                                          allow_cidrs=["198.51.100.0/24"],
+                                          anonymizers={"tor": "block"}))
+    guard = Guard(policy)
+    denied = guard.check(RequestInfo(ip="192.0.2.7", ts=0.0))
+    assert denied.action == Action.BLOCK and denied.reasons[0] == "deny_list"
+    geo = guard.check(RequestInfo(ip="8.8.8.8", ts=0.0, country="KP"))
+    assert geo.action == Action.BLOCK and geo.reasons[0] == "geo"
+    tor = guard.check(RequestInfo(ip="8.8.4.4", ts=0.0, anon=("tor",), anon_confidence=90))
+    assert tor.action == Action.BLOCK and tor.reasons[0] == "anonymizer"
+    # An allow list wins over scoring and rules, even for tor and an empty User-Agent.
+    allowed = guard.check(RequestInfo(ip="198.51.100.9", ts=0.0, anon=("tor",), country="KP"))
+    assert allowed.action == Action.ALLOW and allowed.score == 0.0
+
+
+def test_exempt_paths_are_never_touched() -> None:
+    guard = Guard(Policy(bucket=TokenBucket(1.0, burst=1), exempt_paths=("/health",)))
+    for _ in range(5):
+        assert guard.check(RequestInfo(ip="192.0.2.1", ts=0.0, path="/healthz")).action == Action.ALLOW
+
+
+def test_observers_sync_and_async_see_decisions() -> None:
+    seen: list[str] = []
+
+    def sync_observer(info: RequestInfo, decision: Decision) -> None:
+        seen.append("sync:" + decision.action.value)
+
+    async def async_observer(info: RequestInfo, decision: Decision) -> None:
+        seen.append("async:" + decision.action.value)
+
+    def broken(info: RequestInfo, decision: Decision) -> None:
+        raise RuntimeError("observer bug")
+
+    guard = Guard(Policy(scoring=None), observers=[sync_observer, async_observer, broken])
+
+    async def main() -> None:
+        guard.check(RequestInfo(ip="192.0.2.1", ts=0.0))
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert seen == ["sync:allow", "async:allow"]
+
+
+def test_raw_keys_never_appear_in_decisions() -> None:
+    guard = Guard(Policy(scoring=None))
+    decision = guard.check(RequestInfo(ip="192.0.2.1", key="sk-live-SECRET", ts=0.0))
+    assert "SECRET" not in decision.identity and decision.identity.startswith("k:")
+    assert "SECRET" not in repr(decision)
+
+
+def test_bounded_state_under_a_flood_of_unique_ipv6_addresses() -> None:
+    guard = Guard(Policy(max_identities=1000, ipv6_prefix=128, scoring=Scoring()))
+    for i in range(20_000):
+        guard.check(RequestInfo(ip=f"2001:db8::{i:x}", ts=float(i)))
+    table = guard.engine.tables[0]
+    assert len(table) == 1000 and table.evictions >= 19_000
+
+
+def test_sync_check_refuses_shared_backend_clearly() -> None:
+    class FakeShared(MemoryBackendLike):
+        shared = True
+
+    guard = Guard(Policy(scoring=None), backend=FakeShared())
+    with pytest.raises(RuntimeError, match="acheck"):
+        guard.check(RequestInfo(ip="192.0.2.1"))
+
+
+from abuseguard.backends.memory import MemoryBackend as MemoryBackendLike  # noqa: E402
