@@ -706,6 +706,8 @@ def test_confidence_alone_regrades_the_looked_up_claim() -> None:
         {"country": "1A"},
         {"as_org": ""},
         {"anon": 5},
+        {"anon": b"vpn"},
+        {"anon": {"vpn": True}},
         {"anon_confidence": "high"},
     ],
 )

@@ -740,11 +740,11 @@ class GeoIntel:
         if monotonic() >= self._next_check:
             self._scheduled_check()
         try:
-            return self._hot[ip]
-        except KeyError:
-            return self._lookup_slow(ip)
+            facts = self._hot.get(ip)
         except TypeError:  # unhashable input
             return INVALID_FACTS
+        # .get rather than [] + KeyError: a raised KeyError would add ~0.3 us to every miss.
+        return self._lookup_slow(ip) if facts is None else facts
 
     def cache_stats(self) -> dict[str, int]:
         """Entries held by the address cache and the network cache, and the bound of each."""
@@ -788,16 +788,11 @@ class GeoIntel:
                 if facts is None:
                     net_hot = self._net_hot
                     for host_bits, tag in _NET_LEVELS[version]:
-                        key = ((value >> host_bits) << 3) | tag
-                        facts = net_hot.get(key)
+                        facts = net_hot.get(((value >> host_bits) << 3) | tag)
                         if facts is not None:
-                            break
-                        facts = self._net_cold.get(key)
-                        if facts is not None:
-                            self._remember_network(key, facts)
                             break
                     else:
-                        facts = self._resolve(parsed)
+                        facts = self._from_cold_networks(parsed) or self._resolve(parsed)
             hot = self._hot
             if len(hot) < self._generation:
                 hot[raw] = facts
@@ -808,6 +803,17 @@ class GeoIntel:
             # Defensive: nothing above should raise; a lookup must never fail a request.
             logger.exception("lookup of %r failed", raw if isinstance(raw, str) else type(raw))
             return EMPTY_FACTS
+
+    def _from_cold_networks(self, parsed: ParsedIP) -> NetworkFacts | None:
+        version, value, _ = parsed
+        cold = self._net_cold
+        for host_bits, tag in _NET_LEVELS[version]:
+            key = ((value >> host_bits) << 3) | tag
+            facts = cold.get(key)
+            if facts is not None:
+                self._remember_network(key, facts)
+                return facts
+        return None
 
     def _resolve(self, parsed: ParsedIP) -> NetworkFacts:
         """Ask the databases, and cache the answer under the address's network bucket."""
@@ -952,12 +958,12 @@ def facts_from_fields(
     the provider and age; ``[]`` means not an anonymizer; a string is read as a
     comma-separated list; kinds not in `ANON_BITS` are ignored) and ``anon_confidence``
     (0..100, clamped; default 100 when ``anon`` names a kind; given alone it re-grades the
-    looked-up claim, keeping its recency weight).
+    looked-up claim, keeping its recency weight, and is ignored when there is no claim).
     Malformed values are ignored. Returns `base` itself when nothing applies.
     """
     if isinstance(anon, str):
         anon = [part.strip() for part in anon.split(",") if part.strip()]
-    elif anon is not None and not isinstance(anon, Sequence):
+    elif isinstance(anon, bytes | bytearray) or not isinstance(anon, Sequence):
         anon = None
     new_asn = _asn(asn)
     new_org = _text(as_org)
