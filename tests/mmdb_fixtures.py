@@ -2,7 +2,7 @@
 
 Quick use::
 
-    from mmdb_fixtures import FIXTURE_TODAY, EXPECTED, VPN, build_world
+    from tests.mmdb_fixtures import FIXTURE_TODAY, EXPECTED, VPN, build_world
 
     paths = build_world(tmp_path)                      # kind -> Path, every kind
     intel = GeoIntel(**paths, today=lambda: FIXTURE_TODAY)

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mmdb_fixtures as fx
 from abuseguard.cli import main as cli_main
 from abuseguard.intel.geo import (
     ANON_BITS,
@@ -42,6 +41,11 @@ from abuseguard.intel.geo import (
     recency_weight,
 )
 from abuseguard.intel.hosting import BUILTIN_HOSTING_ASNS, hosting_asns, parse_asn
+
+try:
+    from tests import mmdb_fixtures as fx
+except ModuleNotFoundError:  # tests/ run as plain directory (no __init__.py)
+    import mmdb_fixtures as fx  # type: ignore[no-redef]
 
 TODAY = fx.FIXTURE_TODAY
 
