@@ -17,23 +17,47 @@ from typing import Any
 
 from abuseguard import Guard, NetworkPolicy, Policy, RequestInfo, Scoring, TokenBucket
 
-CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/124.0.0.0 Safari/537.36")
-SAFARI = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-          "Version/17.4 Safari/605.1.15")
-BROWSER_HEADERS = {"accept": "application/json", "accept-language": "en-US,en;q=0.9",
-                   "accept-encoding": "gzip, deflate, br", "sec-fetch-site": "same-origin",
-                   "sec-fetch-mode": "cors", "sec-fetch-dest": "empty"}
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36"
+)
+SAFARI = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.4 Safari/605.1.15"
+)
+BROWSER_HEADERS = {
+    "accept": "application/json",
+    "accept-language": "en-US,en;q=0.9",
+    "accept-encoding": "gzip, deflate, br",
+    "sec-fetch-site": "same-origin",
+    "sec-fetch-mode": "cors",
+    "sec-fetch-dest": "empty",
+}
 # (User-Agent, the other headers that client really sends)
 CLIENTS = [
-    (CHROME, {**BROWSER_HEADERS, "sec-ch-ua": '"Chromium";v="124", "Google Chrome";v="124"',
-              "sec-ch-ua-mobile": "?0", "sec-ch-ua-platform": '"Windows"'}),
+    (
+        CHROME,
+        {
+            **BROWSER_HEADERS,
+            "sec-ch-ua": '"Chromium";v="124", "Google Chrome";v="124"',
+            "sec-ch-ua-mobile": "?0",
+            "sec-ch-ua-platform": '"Windows"',
+        },
+    ),
     (SAFARI, BROWSER_HEADERS),
-    ("OpenAI/Python 1.40.0", {"accept": "application/json", "accept-encoding": "gzip, deflate",
-                              "x-stainless-lang": "python", "x-stainless-package-version": "1.40.0",
-                              "x-stainless-os": "Linux", "x-stainless-arch": "x64",
-                              "x-stainless-runtime": "CPython",
-                              "x-stainless-runtime-version": "3.11.7"}),
+    (
+        "OpenAI/Python 1.40.0",
+        {
+            "accept": "application/json",
+            "accept-encoding": "gzip, deflate",
+            "x-stainless-lang": "python",
+            "x-stainless-package-version": "1.40.0",
+            "x-stainless-os": "Linux",
+            "x-stainless-arch": "x64",
+            "x-stainless-runtime": "CPython",
+            "x-stainless-runtime-version": "3.11.7",
+        },
+    ),
 ]
 
 
@@ -41,31 +65,60 @@ def make_requests(n: int, *, seed: int = 7, body: bool = False) -> list[RequestI
     rng = random.Random(seed)
     keys = [f"sk-test-{i:05d}" for i in range(2000)]
     # Each account keeps to its own address and client, as real users and apps do.
-    home = {k: (f"198.51.{rng.randrange(256)}.{rng.randrange(1, 255)}", rng.choice(CLIENTS))
-            for k in keys}
+    home = {
+        k: (f"198.51.{rng.randrange(256)}.{rng.randrange(1, 255)}", rng.choice(CLIENTS))
+        for k in keys
+    }
     out = []
     ts = 1_700_000_000.0
     for _ in range(n):
         ts += rng.expovariate(2000.0)
         key = rng.choice(keys)
         ip, (ua, client_headers) = home[key]
-        headers = {"host": "api.example.com", "user-agent": ua, **client_headers,
-                   "content-type": "application/json"}
+        headers = {
+            "host": "api.example.com",
+            "user-agent": ua,
+            **client_headers,
+            "content-type": "application/json",
+        }
         payload = None
         if body:
-            payload = json.dumps({"model": "m", "messages": [{"role": "user", "content":
-                      f"Summarize item {rng.randrange(10**6)} in two sentences."}]})
-        out.append(RequestInfo(ip=ip, ts=ts, key=key, method="POST",
-                               path="/v1/chat/completions", ua=ua, headers=headers, body=payload,
-                               asn=rng.choice([7922, 3320, 16509]), country="US"))
+            payload = json.dumps(
+                {
+                    "model": "m",
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": f"Summarize item {rng.randrange(10**6)} in two sentences.",
+                        }
+                    ],
+                }
+            )
+        out.append(
+            RequestInfo(
+                ip=ip,
+                ts=ts,
+                key=key,
+                method="POST",
+                path="/v1/chat/completions",
+                ua=ua,
+                headers=headers,
+                body=payload,
+                asn=rng.choice([7922, 3320, 16509]),
+                country="US",
+            )
+        )
     return out
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
     samples = sorted(samples)
     n = len(samples)
-    return {"p50_us": samples[n // 2] / 1000, "p99_us": samples[int(n * 0.99)] / 1000,
-            "mean_us": statistics.fmean(samples) / 1000}
+    return {
+        "p50_us": samples[n // 2] / 1000,
+        "p99_us": samples[int(n * 0.99)] / 1000,
+        "mean_us": statistics.fmean(samples) / 1000,
+    }
 
 
 def measure(fn: Callable[[RequestInfo], Any], requests: list[RequestInfo]) -> dict[str, float]:
@@ -111,7 +164,9 @@ def main() -> None:
         print(f"decision latency ({label}), {r['requests']} requests")
         for stage, stats in r.items():
             if isinstance(stats, dict):
-                print(f"  {stage:16s} p50 {stats['p50_us']:6.2f} us   p99 {stats['p99_us']:6.2f} us")
+                print(
+                    f"  {stage:16s} p50 {stats['p50_us']:6.2f} us   p99 {stats['p99_us']:6.2f} us"
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

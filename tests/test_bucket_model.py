@@ -32,7 +32,9 @@ class ReferenceBucket:
 
 rates = st.sampled_from([0.05, 0.2, 1.0, 3.0, 12.5, 100.0])
 steps = st.lists(
-    st.tuples(st.floats(0.0, 5.0, allow_nan=False), st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5, 40.0])),
+    st.tuples(
+        st.floats(0.0, 5.0, allow_nan=False), st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5, 40.0])
+    ),
     min_size=1,
     max_size=60,
 )
@@ -40,7 +42,9 @@ steps = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(rate=rates, burst=st.sampled_from([1.0, 2.0, 5.0, 10.0, 33.0]), events=steps)
-def test_kernel_bucket_matches_reference(rate: float, burst: float, events: list[tuple[float, float]]) -> None:
+def test_kernel_bucket_matches_reference(
+    rate: float, burst: float, events: list[tuple[float, float]]
+) -> None:
     policy = Policy(bucket=TokenBucket(rate, burst=burst), network=None, scoring=None)
     guard = Guard(policy)
     ts = 1000.0
@@ -80,16 +84,23 @@ def test_risk_slows_the_refill_of_that_identity_only() -> None:
     """A scripted client (no User-Agent, metronome timing) earns risk and refills slower."""
     policy = Policy(bucket=TokenBucket(2.0, burst=5, risk_floor=0.0, risk_coupling=0.9))
     guard = Guard(policy)
-    browser = ("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0")
-    headers = {"accept": "*/*", "accept-language": "en", "accept-encoding": "gzip",
-               "sec-fetch-mode": "cors", "sec-fetch-site": "same-origin", "sec-fetch-dest": "empty"}
+    browser = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+    headers = {
+        "accept": "*/*",
+        "accept-language": "en",
+        "accept-encoding": "gzip",
+        "sec-fetch-mode": "cors",
+        "sec-fetch-site": "same-origin",
+        "sec-fetch-dest": "empty",
+    }
     ts = 0.0
     risky = calm = None
     for _ in range(30):
         ts += 1.0
         risky = guard.check(RequestInfo(ip="192.0.2.1", key="bot", ts=ts, ua=None))
-        calm = guard.check(RequestInfo(ip="192.0.2.2", key="person", ts=ts, ua=browser,
-                                       headers=headers))
+        calm = guard.check(
+            RequestInfo(ip="192.0.2.2", key="person", ts=ts, ua=browser, headers=headers)
+        )
     assert risky is not None and calm is not None
     assert risky.score > calm.score
     # Same tokens left, but the risky identity's bucket takes longer to fill again.

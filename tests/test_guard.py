@@ -23,11 +23,29 @@ from abuseguard import (
 SCRIPT = {"accept": "*/*", "accept-encoding": "gzip, deflate"}
 
 
-def scripted(guard: Guard, n: int, *, key: str = "bot", start: float = 0.0, gap: float = 2.0,
-             ip: str = "198.51.100.10") -> list[Decision]:
+def scripted(
+    guard: Guard,
+    n: int,
+    *,
+    key: str = "bot",
+    start: float = 0.0,
+    gap: float = 2.0,
+    ip: str = "198.51.100.10",
+) -> list[Decision]:
     # A script on a cloud host (AS16509), metronome timing, a scripting library's UA.
-    return [guard.check(RequestInfo(ip=ip, key=key, ts=start + i * gap, ua="python-requests/2.31",
-                                    headers=SCRIPT, asn=16509)) for i in range(n)]
+    return [
+        guard.check(
+            RequestInfo(
+                ip=ip,
+                key=key,
+                ts=start + i * gap,
+                ua="python-requests/2.31",
+                headers=SCRIPT,
+                asn=16509,
+            )
+        )
+        for i in range(n)
+    ]
 
 
 def test_scripted_client_climbs_the_ladder_with_reasons() -> None:
@@ -42,22 +60,36 @@ def test_scripted_client_climbs_the_ladder_with_reasons() -> None:
 
 
 def test_smoothed_score_is_forgiven_after_good_behaviour() -> None:
-    guard = Guard(Policy(bucket=TokenBucket("100/second", burst=100),
-                         enforcement=Enforcement(score_half_life=60.0)))
+    guard = Guard(
+        Policy(
+            bucket=TokenBucket("100/second", burst=100),
+            enforcement=Enforcement(score_half_life=60.0),
+        )
+    )
     climbed = scripted(guard, 60)[-1]
     assert climbed.action != Action.ALLOW
     browser = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-    headers = {"accept": "*/*", "accept-language": "en", "accept-encoding": "gzip",
-               "sec-fetch-mode": "cors", "sec-fetch-site": "same-origin", "sec-fetch-dest": "empty"}
-    later = guard.check(RequestInfo(ip="198.51.100.10", key="bot", ts=100_000.0, ua=browser,
-                                    headers=headers))
+    headers = {
+        "accept": "*/*",
+        "accept-language": "en",
+        "accept-encoding": "gzip",
+        "sec-fetch-mode": "cors",
+        "sec-fetch-site": "same-origin",
+        "sec-fetch-dest": "empty",
+    }
+    later = guard.check(
+        RequestInfo(ip="198.51.100.10", key="bot", ts=100_000.0, ua=browser, headers=headers)
+    )
     assert later.action == Action.ALLOW
 
 
 def test_ban_holds_for_its_duration() -> None:
-    policy = Policy(bucket=TokenBucket("100/second", burst=100),
-                    enforcement=Enforcement(ladder=((0.3, "throttle"), (0.4, "block")),
-                                            ban_at="block", ban_seconds=300))
+    policy = Policy(
+        bucket=TokenBucket("100/second", burst=100),
+        enforcement=Enforcement(
+            ladder=((0.3, "throttle"), (0.4, "block")), ban_at="block", ban_seconds=300
+        ),
+    )
     guard = Guard(policy)
     decisions = scripted(guard, 80)
     banned_at = next(i for i, d in enumerate(decisions) if d.action == Action.BLOCK)
@@ -78,8 +110,13 @@ def test_global_shadow_reports_but_never_enforces() -> None:
 
 
 def test_shadow_per_rule() -> None:
-    guard = Guard(Policy(bucket=TokenBucket(1.0, burst=1, shadow=True),
-                         quotas=(Quota("1/minute", name="minute"),), scoring=None))
+    guard = Guard(
+        Policy(
+            bucket=TokenBucket(1.0, burst=1, shadow=True),
+            quotas=(Quota("1/minute", name="minute"),),
+            scoring=None,
+        )
+    )
     first = guard.check(RequestInfo(ip="192.0.2.1", ts=0.0))
     assert first.action == Action.ALLOW
     second = guard.check(RequestInfo(ip="192.0.2.1", ts=0.0))
@@ -102,8 +139,13 @@ def test_quota_runs_on_virtual_time_through_limits() -> None:
 
 @pytest.mark.parametrize("strategy", ["moving-window", "sliding-window-counter"])
 def test_other_quota_strategies(strategy: str) -> None:
-    guard = Guard(Policy(bucket=None, quotas=(Quota("2/minute", strategy=strategy),),  # type: ignore[arg-type]
-                         scoring=None))
+    guard = Guard(
+        Policy(
+            bucket=None,
+            quotas=(Quota("2/minute", strategy=strategy),),  # type: ignore[arg-type]
+            scoring=None,
+        )
+    )
     actions = [guard.check(RequestInfo(ip="192.0.2.1", ts=float(i))).action for i in range(3)]
     assert actions == [Action.ALLOW, Action.ALLOW, Action.THROTTLE]
 
@@ -121,8 +163,9 @@ def test_concurrency_counts_in_flight_and_releases() -> None:
 
 
 def test_cost_weighting_and_reconciliation() -> None:
-    guard = Guard(Policy(bucket=TokenBucket(1.0, burst=100, cost={"POST /v1/chat": 10}),
-                         scoring=None))
+    guard = Guard(
+        Policy(bucket=TokenBucket(1.0, burst=100, cost={"POST /v1/chat": 10}), scoring=None)
+    )
     info = RequestInfo(ip="192.0.2.1", key="k", ts=0.0, method="POST", path="/v1/chat")
     first = guard.check(info)
     assert first.cost == 10 and first.remaining == 90
@@ -152,8 +195,13 @@ def test_callable_cost_failure_charges_one() -> None:
 def test_error_outcomes_raise_the_error_signal() -> None:
     guard = Guard(Policy(bucket=TokenBucket("100/second", burst=100)))
     for i in range(40):
-        info = RequestInfo(ip="198.51.100.20", key="prober", ts=i * 7.3 + (i % 3) * 2.1,
-                           ua="python-requests/2.31", headers=SCRIPT)
+        info = RequestInfo(
+            ip="198.51.100.20",
+            key="prober",
+            ts=i * 7.3 + (i % 3) * 2.1,
+            ua="python-requests/2.31",
+            headers=SCRIPT,
+        )
         decision = guard.check(info)
         guard.complete(info, decision, status=404)
     from abuseguard.engine import layout
@@ -162,15 +210,19 @@ def test_error_outcomes_raise_the_error_signal() -> None:
 
 
 def test_fan_in_trips_for_many_accounts_behind_one_ip_not_across_many_ips() -> None:
-    policy = Policy(bucket=TokenBucket("100/second", burst=100),
-                    network=NetworkPolicy(fan_in=(20.0, 60.0)))
+    policy = Policy(
+        bucket=TokenBucket("100/second", burst=100), network=NetworkPolicy(fan_in=(20.0, 60.0))
+    )
     one_ip = Guard(policy)
     many_ips = Guard(policy)
     for i in range(200):
         ts = float(i)
         shared = one_ip.check(RequestInfo(ip="203.0.113.50", key=f"acct-{i}", ts=ts, asn=16509))
-        spread = many_ips.check(RequestInfo(ip=f"198.51.{i // 250}.{i % 250 + 1}", key=f"acct-{i}",
-                                            ts=ts, asn=16509 + i))
+        spread = many_ips.check(
+            RequestInfo(
+                ip=f"198.51.{i // 250}.{i % 250 + 1}", key=f"acct-{i}", ts=ts, asn=16509 + i
+            )
+        )
     assert "fan_in" in dict(shared.contributions)
     assert dict(shared.contributions)["fan_in"] >= 2.0
     assert dict(spread.contributions).get("fan_in", 0.0) == 0.0
@@ -180,15 +232,27 @@ def test_fan_out_across_countries_and_networks() -> None:
     guard = Guard(Policy(bucket=TokenBucket("100/second", burst=100)))
     countries = ["US", "DE", "BR", "IN", "VN", "NG", "FR", "JP"]
     for i in range(40):
-        decision = guard.check(RequestInfo(ip=f"100.{i}.0.1", key="pool-acct", ts=i * 30.0,
-                                           asn=1000 + i, country=countries[i % len(countries)]))
+        decision = guard.check(
+            RequestInfo(
+                ip=f"100.{i}.0.1",
+                key="pool-acct",
+                ts=i * 30.0,
+                asn=1000 + i,
+                country=countries[i % len(countries)],
+            )
+        )
     assert dict(decision.contributions)["fan_out"] > 2.0
 
 
 def test_network_rules_deny_and_allow_lists() -> None:
-    policy = Policy(network=NetworkPolicy(deny_cidrs=["192.0.2.0/24"], deny_countries=["KP"],
-                                          allow_cidrs=["198.51.100.0/24"],
-                                          anonymizers={"tor": "block"}))
+    policy = Policy(
+        network=NetworkPolicy(
+            deny_cidrs=["192.0.2.0/24"],
+            deny_countries=["KP"],
+            allow_cidrs=["198.51.100.0/24"],
+            anonymizers={"tor": "block"},
+        )
+    )
     guard = Guard(policy)
     denied = guard.check(RequestInfo(ip="192.0.2.7", ts=0.0))
     assert denied.action == Action.BLOCK and denied.reasons[0] == "deny_list"
@@ -204,7 +268,9 @@ def test_network_rules_deny_and_allow_lists() -> None:
 def test_exempt_paths_are_never_touched() -> None:
     guard = Guard(Policy(bucket=TokenBucket(1.0, burst=1), exempt_paths=("/health",)))
     for _ in range(5):
-        assert guard.check(RequestInfo(ip="192.0.2.1", ts=0.0, path="/healthz")).action == Action.ALLOW
+        assert (
+            guard.check(RequestInfo(ip="192.0.2.1", ts=0.0, path="/healthz")).action == Action.ALLOW
+        )
 
 
 def test_observers_sync_and_async_see_decisions() -> None:

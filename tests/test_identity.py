@@ -120,15 +120,23 @@ def _ok(request: object) -> PlainTextResponse:
 
 
 def test_route_template_includes_mount_prefix_never_raw_path() -> None:
-    app = Starlette(routes=[
-        Route("/items/{item_id}", _ok, methods=["GET"]),
-        Mount("/v1", routes=[Route("/chat/{model}", _ok, methods=["POST"])]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/items/{item_id}", _ok, methods=["GET"]),
+            Mount("/v1", routes=[Route("/chat/{model}", _ok, methods=["POST"])]),
+        ]
+    )
     resolver = RouteResolver()
 
     def scope(method: str, path: str) -> dict[str, object]:
-        return {"type": "http", "method": method, "path": path, "root_path": "", "app": app,
-                "headers": []}
+        return {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "root_path": "",
+            "app": app,
+            "headers": [],
+        }
 
     assert resolver.template(scope("GET", "/items/42")) == "/items/{item_id}"
     assert resolver.template(scope("GET", "/items/43")) == "/items/{item_id}"

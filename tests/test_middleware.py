@@ -71,7 +71,9 @@ def test_concurrent_burst_admits_exactly_the_burst() -> None:
     with serve(app) as url:
 
         async def fire() -> list[int]:
-            async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=40)) as c:
+            async with httpx.AsyncClient(
+                base_url=url, limits=httpx.Limits(max_connections=40)
+            ) as c:
                 results = await asyncio.gather(*(c.get("/") for _ in range(40)))
             return [r.status_code for r in results]
 
@@ -114,17 +116,21 @@ def test_concurrency_limit_holds_streams_and_releases_on_completion_and_disconne
 async def echo_body(request: Request) -> JSONResponse:
     body = await request.body()
     decision = current_decision(request)
-    return JSONResponse({"length": len(body), "action": decision.action.value if decision else None})
+    return JSONResponse(
+        {"length": len(body), "action": decision.action.value if decision else None}
+    )
 
 
 def test_reading_the_body_for_content_scoring_loses_no_byte() -> None:
     app = Starlette(routes=[Route("/v1/chat", echo_body, methods=["POST"])])
-    app.add_middleware(AbuseGuard, policy=Policy(scoring=Scoring(content=True, content_max_bytes=1024)))
+    app.add_middleware(
+        AbuseGuard, policy=Policy(scoring=Scoring(content=True, content_max_bytes=1024))
+    )
     payload = json.dumps({"messages": [{"role": "user", "content": "x" * 50_000}]}).encode()
 
     def chunked() -> Any:
         for i in range(0, len(payload), 4096):
-            yield payload[i:i + 4096]
+            yield payload[i : i + 4096]
 
     with serve(app) as url, httpx.Client(base_url=url) as client:
         response = client.post("/v1/chat", content=chunked())
@@ -139,8 +145,12 @@ def test_cost_header_reconciles_the_bucket() -> None:
         return PlainTextResponse("ok", headers={"x-tokens-used": "40"})
 
     app = Starlette(routes=[Route("/", expensive)])
-    app.add_middleware(AbuseGuard, policy=Policy(
-        bucket=TokenBucket("1/minute", burst=100, cost_header="x-tokens-used"), scoring=None))
+    app.add_middleware(
+        AbuseGuard,
+        policy=Policy(
+            bucket=TokenBucket("1/minute", burst=100, cost_header="x-tokens-used"), scoring=None
+        ),
+    )
     with serve(app) as url, httpx.Client(base_url=url) as client:
         assert client.get("/").headers["ratelimit"].startswith('"default";r=99;')
         assert client.get("/").headers["ratelimit"].startswith('"default";r=59;')
@@ -151,7 +161,9 @@ def test_cost_header_reconciles_the_bucket() -> None:
 # --- raw ASGI: bad input never becomes a 500 -----------------------------------------------
 
 
-async def call(app: Any, scope: dict[str, Any], body: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
+async def call(
+    app: Any, scope: dict[str, Any], body: bytes = b""
+) -> tuple[int, dict[bytes, bytes], bytes]:
     messages: list[dict[str, Any]] = []
     sent = False
 
@@ -171,11 +183,22 @@ async def call(app: Any, scope: dict[str, Any], body: bytes = b"") -> tuple[int,
     return start["status"], dict(start.get("headers", [])), payload
 
 
-def make_scope(headers: list[tuple[bytes, bytes]], client: Any = ("192.0.2.10", 5555)) -> dict[str, Any]:
-    scope: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                             "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
-                             "query_string": b"", "root_path": "", "headers": headers,
-                             "server": ("127.0.0.1", 8000)}
+def make_scope(
+    headers: list[tuple[bytes, bytes]], client: Any = ("192.0.2.10", 5555)
+) -> dict[str, Any]:
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "server": ("127.0.0.1", 8000),
+    }
     if client is not ...:
         scope["client"] = client
     return scope
@@ -217,10 +240,13 @@ def test_spoofed_forwarded_for_from_untrusted_peer_is_ignored() -> None:
 
 
 def test_trusted_proxy_forwarded_for_separates_clients() -> None:
-    app = guarded_app(bucket=TokenBucket("1/minute", burst=1), scoring=None,
-                      trusted_proxies=["10.0.0.0/8"])
-    scopes = [make_scope([(b"x-forwarded-for", f"198.51.100.{i}".encode())], ("10.0.0.2", 1))
-              for i in range(3)]
+    app = guarded_app(
+        bucket=TokenBucket("1/minute", burst=1), scoring=None, trusted_proxies=["10.0.0.0/8"]
+    )
+    scopes = [
+        make_scope([(b"x-forwarded-for", f"198.51.100.{i}".encode())], ("10.0.0.2", 1))
+        for i in range(3)
+    ]
     assert [asyncio.run(call(app, s))[0] for s in scopes] == [200, 200, 200]
 
 

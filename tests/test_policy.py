@@ -54,7 +54,10 @@ from abuseguard import (
         (lambda: Policy(trusted_proxies=["not-a-cidr"]), "Policy.trusted_proxies"),
         (lambda: Policy(ipv6_prefix=8), "Policy.ipv6_prefix"),
         (lambda: Policy(exempt_paths="/health"), "Policy.exempt_paths"),  # type: ignore[arg-type]
-        (lambda: Policy(quotas=(Quota("1/day", name="q"), Quota("2/day", name="q"))), "Policy.quotas"),
+        (
+            lambda: Policy(quotas=(Quota("1/day", name="q"), Quota("2/day", name="q"))),
+            "Policy.quotas",
+        ),
         (lambda: Guard(policy="strict"), "policy"),  # type: ignore[arg-type]
         (lambda: Guard(backend="mongodb://x"), "backend"),
         (lambda: AbuseGuard(lambda s, r, se: None, backend=42), "backend"),  # type: ignore[arg-type, arg-type, return-value]

@@ -30,12 +30,19 @@ DECISION_STATE_KEY = "abuseguard_decision"
 
 @runtime_checkable
 class Enforcer(Protocol):
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
-                       call_next: ASGIApp) -> None: ...
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
+    ) -> None: ...
 
 
-async def send_problem(send: Send, status: int, decision: Decision, *, legacy: bool = False,
-                       extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_problem(
+    send: Send,
+    status: int,
+    decision: Decision,
+    *,
+    legacy: bool = False,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = problem_body(status, decision)
     headers = [
         (b"content-type", b"application/problem+json"),
@@ -51,8 +58,9 @@ async def send_problem(send: Send, status: int, decision: Decision, *, legacy: b
 
 
 class Allow:
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
-                       call_next: ASGIApp) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
+    ) -> None:
         await call_next(scope, receive, send)
 
 
@@ -62,11 +70,16 @@ class Log:
     def __init__(self, logger_name: str = "abuseguard") -> None:
         self.logger = logging.getLogger(logger_name)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
-                       call_next: ASGIApp) -> None:
-        self.logger.info("abuseguard %s identity=%s score=%.3f reasons=%s",
-                         decision.action.value, decision.identity, decision.score,
-                         ",".join(decision.reasons))
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
+    ) -> None:
+        self.logger.info(
+            "abuseguard %s identity=%s score=%.3f reasons=%s",
+            decision.action.value,
+            decision.identity,
+            decision.score,
+            ",".join(decision.reasons),
+        )
         await call_next(scope, receive, send)
 
 
@@ -76,8 +89,9 @@ class Delay:
     def __init__(self, seconds: float = 1.0) -> None:
         self.seconds = seconds
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
-                       call_next: ASGIApp) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
+    ) -> None:
         await asyncio.sleep(self.seconds)
         await call_next(scope, receive, send)
 
@@ -86,8 +100,9 @@ class Degrade:
     """Serve, but mark ``request.state.abuseguard_degraded`` so the app can serve less
     (cap max_tokens, pick a smaller model, drop optional fields)."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
-                       call_next: ASGIApp) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
+    ) -> None:
         scope.setdefault("state", {})[DEGRADED_STATE_KEY] = True
         await call_next(scope, receive, send)
 
@@ -106,12 +121,15 @@ class Challenge:
     def __init__(self, responder: ChallengeResponder | None = None) -> None:
         self.responder = responder
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
-                       call_next: ASGIApp) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
+    ) -> None:
         if self.responder is not None:
             await self.responder(scope, receive, send, decision)
             return
-        await send_problem(send, 403, decision, extra_headers=[(b"abuseguard-challenge", b"required")])
+        await send_problem(
+            send, 403, decision, extra_headers=[(b"abuseguard-challenge", b"required")]
+        )
 
 
 class Throttle:
@@ -120,20 +138,24 @@ class Throttle:
     def __init__(self, *, legacy_headers: bool = False) -> None:
         self.legacy_headers = legacy_headers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
-                       call_next: ASGIApp) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
+    ) -> None:
         await send_problem(send, 429, decision, legacy=self.legacy_headers)
 
 
 class Block:
     """403 Forbidden with a problem+json body (bans included)."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
-                       call_next: ASGIApp) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
+    ) -> None:
         await send_problem(send, 403, decision)
 
 
-def default_enforcers(*, delay_seconds: float = 1.0, legacy_headers: bool = False) -> dict[Action, Enforcer]:
+def default_enforcers(
+    *, delay_seconds: float = 1.0, legacy_headers: bool = False
+) -> dict[Action, Enforcer]:
     return {
         Action.ALLOW: Allow(),
         Action.LOG: Log(),

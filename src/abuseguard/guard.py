@@ -88,7 +88,7 @@ class Guard:
             ipv6_network_prefix=network.ipv6_prefix if network else 48,
         )
         if intel is None and network is not None and network.databases:
-            intel = GeoIntel(**{k: v for k, v in network.databases.items()})
+            intel = GeoIntel(**dict(network.databases))  # type: ignore[arg-type]
         self.intel = intel
         self.network = NetworkView(network, intel) if network is not None else None
         scoring = policy.scoring
@@ -103,14 +103,21 @@ class Guard:
         self.engine = Engine(policy, local_buckets=self.local_buckets)
         if isinstance(self.backend, MemoryBackend):
             self.backend.bind(self._virtual_now)
-        self.ladder: tuple[Action, ...] = (Action.ALLOW, *(a for _, a in policy.enforcement.ladder))  # type: ignore[misc]
+        self.ladder: tuple[Action, ...] = (
+            Action.ALLOW,
+            *(Action(a) for _, a in policy.enforcement.ladder),
+        )
         self.observers: list[Observer] = list(observers)
         self._key_hashes: dict[str, str] = {}
         self._clients: dict[tuple[object, ...], tuple[int, int, float]] = {}
         self.inflight = 0
         bucket = policy.bucket
         self._cost_is_static = bucket is None or isinstance(bucket.cost, int | float)
-        self._static_cost = float(bucket.cost) if bucket is not None and isinstance(bucket.cost, int | float) else 1.0
+        self._static_cost = (
+            float(bucket.cost)
+            if bucket is not None and isinstance(bucket.cost, int | float)
+            else 1.0
+        )
         self._exempt = tuple(policy.exempt_paths)
 
     # -- identity ----------------------------------------------------------------------
@@ -158,8 +165,9 @@ class Guard:
         identity, has_account, address = self.identity_of(info)
         profile = None
         if self.network is not None:
-            profile = self.network.profile(address, info.asn, info.as_org, info.country,
-                                           info.anon, info.anon_confidence)
+            profile = self.network.profile(
+                address, info.asn, info.as_org, info.country, info.anon, info.anon_confidence
+            )
         ua_class = int(ClientClass.UNKNOWN)
         persona = 0
         mismatch = 0.0
@@ -175,9 +183,21 @@ class Guard:
                     simhash, template_id = facts.simhash, facts.template_id
                     elicitation = facts.elicitation
                     has_content = True
-        return Prepared(ts, identity, has_account, address, profile, self.cost_of(info),
-                        ua_class, persona, mismatch, simhash, template_id, elicitation,
-                        has_content)
+        return Prepared(
+            ts,
+            identity,
+            has_account,
+            address,
+            profile,
+            self.cost_of(info),
+            ua_class,
+            persona,
+            mismatch,
+            simhash,
+            template_id,
+            elicitation,
+            has_content,
+        )
 
     def _client_of(self, ua: str | None, headers: Mapping[str, str]) -> tuple[int, int, float]:
         """Client class, persona and persona mismatch, cached per header shape."""
@@ -187,8 +207,11 @@ class Guard:
         if hit is not None:
             return hit
         agent = self.agents.classify(ua)
-        result = (int(agent.client_class), persona_hash(names, headers, agent),
-                  persona_mismatch(agent, headers))
+        result = (
+            int(agent.client_class),
+            persona_hash(names, headers, agent),
+            persona_mismatch(agent, headers),
+        )
         if len(self._clients) >= 16384:
             self._clients.clear()
         self._clients[key] = result
@@ -207,9 +230,26 @@ class Guard:
                 engine.params[L.P_SCORING] = 0.0
             try:
                 return engine.run_with(
-                    r_key, -1, -1, -1, -1, 0, 0, 0, p.ua_class, int(p.has_account), p.ts,
-                    p.cost, self._load_factor(), 0.0, 0.0, 0.0 if allowed else p.persona_mismatch,
-                    p.elicitation, 1.0 if p.has_content else 0.0, 0.0, 0.0,
+                    r_key,
+                    -1,
+                    -1,
+                    -1,
+                    -1,
+                    0,
+                    0,
+                    0,
+                    p.ua_class,
+                    int(p.has_account),
+                    p.ts,
+                    p.cost,
+                    self._load_factor(),
+                    0.0,
+                    0.0,
+                    0.0 if allowed else p.persona_mismatch,
+                    p.elicitation,
+                    1.0 if p.has_content else 0.0,
+                    0.0,
+                    0.0,
                 )
             finally:
                 if allowed:
@@ -222,10 +262,26 @@ class Guard:
         r_asn = tables[L.KIND_ASN].row(profile.asn_key) if profile.asn_key is not None else -1
         r_per = tables[L.KIND_PERSONA].row(p.persona) if p.persona else -1
         return engine.run_with(
-            r_key, r_ip, r_pfx, r_asn, r_per, profile.country_code, p.simhash, p.template_id,
-            p.ua_class, int(p.has_account), p.ts, p.cost, self._load_factor(),
-            profile.anon_signal, profile.geo_signal, p.persona_mismatch, p.elicitation,
-            1.0 if p.has_content else 0.0, profile.distrust, 1.0 if profile.nat_eligible else 0.0,
+            r_key,
+            r_ip,
+            r_pfx,
+            r_asn,
+            r_per,
+            profile.country_code,
+            p.simhash,
+            p.template_id,
+            p.ua_class,
+            int(p.has_account),
+            p.ts,
+            p.cost,
+            self._load_factor(),
+            profile.anon_signal,
+            profile.geo_signal,
+            p.persona_mismatch,
+            p.elicitation,
+            1.0 if p.has_content else 0.0,
+            profile.distrust,
+            1.0 if profile.nat_eligible else 0.0,
         )
 
     def _load_factor(self) -> float:
@@ -237,8 +293,10 @@ class Guard:
     def check(self, info: RequestInfo) -> Decision:
         """Decide for one request (memory backend). Use `acheck` with a shared backend."""
         if self.backend.shared:
-            raise RuntimeError("Guard.check() is synchronous; use 'await guard.acheck(info)' "
-                               f"with the {type(self.backend).__name__}")
+            raise RuntimeError(
+                "Guard.check() is synchronous; use 'await guard.acheck(info)' "
+                f"with the {type(self.backend).__name__}"
+            )
         if self._exempt and info.path.startswith(self._exempt):
             return _EXEMPT
         p = self.prepare(info)
@@ -267,14 +325,28 @@ class Guard:
         bucket = policy.bucket
         policies: tuple[PolicyState, ...] = ()
         if bucket is not None and self.local_buckets:
-            policies = (PolicyState(bucket.name, bucket.capacity, bucket.window,
-                                    io[L.O_REMAINING], io[L.O_RESET], bool(denied & 1)),)
+            policies = (
+                PolicyState(
+                    bucket.name,
+                    bucket.capacity,
+                    bucket.window,
+                    io[L.O_REMAINING],
+                    io[L.O_RESET],
+                    bool(denied & 1),
+                ),
+            )
         remaining = io[L.O_REMAINING] if bucket is not None else None
-        if (level == 0 and not denied and not io[L.O_BANNED] and not policy.quotas
-                and policy.concurrency is None
-                and (profile is None or profile.rule_action is None)):
-            decision = Decision(Action.ALLOW, (), score, None, remaining, False, p.identity,
-                                (), policies, p.cost)
+        if (
+            level == 0
+            and not denied
+            and not io[L.O_BANNED]
+            and not policy.quotas
+            and policy.concurrency is None
+            and (profile is None or profile.rule_action is None)
+        ):
+            decision = Decision(
+                Action.ALLOW, (), score, None, remaining, False, p.identity, (), policies, p.cost
+            )
             if self.observers:
                 self._notify(info, decision)
             return decision
@@ -325,7 +397,7 @@ class Guard:
                         action, shadow = Action.THROTTLE, conc.shadow  # type: ignore[union-attr]
                     reasons.append("concurrency")
                     retry_after = max(retry_after or 0.0, 1.0)
-        if not shadow and (policy.shadow or action in enforcement.shadow_actions):  # type: ignore[operator]
+        if not shadow and (policy.shadow or action in enforcement.shadow_actions):
             shadow = action != Action.ALLOW
         if action == Action.ALLOW:
             reasons = []
@@ -353,8 +425,11 @@ class Guard:
             shadows.append(policy.bucket.shadow)
         network = policy.network
         if network is not None:
-            for kind, bucket in ((L.KIND_IP, network.per_ip), (L.KIND_PREFIX, network.per_prefix),
-                                 (L.KIND_ASN, network.per_asn)):
+            for kind, bucket in (
+                (L.KIND_IP, network.per_ip),
+                (L.KIND_PREFIX, network.per_prefix),
+                (L.KIND_ASN, network.per_asn),
+            ):
                 if denied & (1 << kind) and bucket is not None:
                     shadows.append(bucket.shadow or network.shadow)
         return bool(shadows) and all(shadows)
@@ -367,8 +442,11 @@ class Guard:
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             ok, remaining, reset = backend.hit_quota(quota.limit, quota.strategy, ident, cost)
-            policies.append(PolicyState(quota.name or "quota", quota.amount, quota.window,
-                                        remaining, reset, not ok))
+            policies.append(
+                PolicyState(
+                    quota.name or "quota", quota.amount, quota.window, remaining, reset, not ok
+                )
+            )
             if not ok and violated is None:
                 violated = (quota, reset)
         return violated
@@ -392,8 +470,14 @@ class Guard:
 
     # -- after the response ------------------------------------------------------------
 
-    def complete(self, info: RequestInfo, decision: Decision, *, status: int | None = None,
-                 cost: float | None = None) -> None:
+    def complete(
+        self,
+        info: RequestInfo,
+        decision: Decision,
+        *,
+        status: int | None = None,
+        cost: float | None = None,
+    ) -> None:
         """Feed the outcome back: status (error signals), real cost, concurrency release."""
         for ident in decision.held:
             self.backend.release(ident)  # type: ignore[attr-defined]
@@ -404,8 +488,13 @@ class Guard:
             return
         if status is not None and self.scoring_on:
             self.engine.record_outcome(row, 400 <= status < 600 and status != 429)
-        if (cost is not None and cost == cost and cost >= 0 and decision.served
-                and "rate" not in decision.reasons):
+        if (
+            cost is not None
+            and cost == cost
+            and cost >= 0
+            and decision.served
+            and "rate" not in decision.reasons
+        ):
             self.engine.charge(L.KIND_KEY, row, cost - decision.cost)
 
     def set_prior(self, identity: str, prior: float) -> bool:

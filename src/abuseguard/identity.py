@@ -153,8 +153,9 @@ def client_ip(
 
 def hash_key(secret: str, raw: str) -> str:
     """A short, keyed hash of an API key: raw keys never reach storage, logs or metrics."""
-    digest = hashlib.blake2b(raw.encode("utf-8", "surrogateescape"), digest_size=12,
-                             key=secret.encode()[:64])
+    digest = hashlib.blake2b(
+        raw.encode("utf-8", "surrogateescape"), digest_size=12, key=secret.encode()[:64]
+    )
     return digest.hexdigest()
 
 

@@ -3,8 +3,9 @@
 Per request a :class:`_Responder` builds the RequestInfo from the scope, asks the guard,
 runs the enforcer of the decided action, and wraps ``send`` to add the RateLimit headers,
 track the status and the real cost, and release concurrency when the response ends,
-fails or the client goes away. Lifespan startup/shutdown connect and close the backend;
-other non-HTTP scopes pass through untouched.
+fails or the client goes away. Lifespan startup/shutdown connect and close the backend.
+WebSocket scopes go to a :class:`WebSocketLimiter` when the policy has a ``websocket``
+part; other scopes pass through untouched.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from abuseguard.identity import RouteResolver, api_key_from_headers, client_ip
 from abuseguard.intel.geo import GeoIntel
 from abuseguard.policy import Policy
 from abuseguard.request import RequestInfo
+from abuseguard.websocket import WebSocketLimiter
 
 logger = logging.getLogger("abuseguard")
 
@@ -62,8 +64,10 @@ class AbuseGuard:
         fail_open: bool = True,
     ) -> None:
         self.app = app
-        self.guard = guard if guard is not None else Guard(
-            policy, backend, clock=clock, intel=intel, observers=observers
+        self.guard = (
+            guard
+            if guard is not None
+            else Guard(policy, backend, clock=clock, intel=intel, observers=observers)
         )
         if guard is not None:
             self.guard.observers.extend(observers)
@@ -78,13 +82,16 @@ class AbuseGuard:
         self.routes = RouteResolver()
         bucket = policy.bucket
         self.needs_route = bucket is not None and isinstance(bucket.cost, Mapping)
-        self.cost_header = bucket.cost_header.lower().encode() if bucket and bucket.cost_header else None
+        self.cost_header = (
+            bucket.cost_header.lower().encode() if bucket and bucket.cost_header else None
+        )
         scoring = policy.scoring
         self.read_body = bool(scoring and scoring.enabled and scoring.content)
         self.max_body = scoring.content_max_bytes if scoring else 0
         self.max_header = policy.max_header_bytes
         self.trusted = policy.trusted_proxies
         self.started = False
+        self.websocket = WebSocketLimiter(self, policy.websocket) if policy.websocket else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -92,6 +99,8 @@ class AbuseGuard:
             await _Responder(self, scope, receive, send).run()
         elif kind == "lifespan":
             await self.app(scope, self._lifespan_receive(receive), send)
+        elif kind == "websocket" and self.websocket is not None:
+            await self.websocket(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -142,7 +151,17 @@ class AbuseGuard:
 class _Responder:
     """Per-request state: the decision, the status sent, the real cost, the release."""
 
-    __slots__ = ("decision", "guard_mw", "info", "receive", "scope", "send", "status", "real_cost", "buffered")
+    __slots__ = (
+        "buffered",
+        "decision",
+        "guard_mw",
+        "info",
+        "real_cost",
+        "receive",
+        "scope",
+        "send",
+        "status",
+    )
 
     def __init__(self, guard_mw: AbuseGuard, scope: Scope, receive: Receive, send: Send) -> None:
         self.guard_mw = guard_mw
@@ -166,7 +185,9 @@ class _Responder:
                 info.body = await self._peek_body(mw.max_body)
             decision = self.decision = await guard.acheck(info)
         except Exception:
-            logger.exception("abuseguard failed to decide; failing %s", "open" if mw.fail_open else "closed")
+            logger.exception(
+                "abuseguard failed to decide; failing %s", "open" if mw.fail_open else "closed"
+            )
             if mw.fail_open:
                 await mw.app(self.scope, self._replaying_receive, self.send)
             else:
@@ -243,9 +264,17 @@ class _Responder:
 
     async def _send_unavailable(self) -> None:
         body = b'{"type":"about:blank","title":"Service Unavailable","status":503}'
-        await self.send({"type": "http.response.start", "status": 503, "headers": [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(body)).encode()), (b"retry-after", b"1")]})
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", b"1"),
+                ],
+            }
+        )
         await self.send({"type": "http.response.body", "body": body})
 
 

@@ -7,15 +7,29 @@ and cached, so the request path pays one dict lookup for everything the network 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from abuseguard.decision import Action
 from abuseguard.identity import ClientAddress
-from abuseguard.intel.geo import ANON_BITS, ANON_HOSTING, EMPTY_FACTS, GeoIntel, NetworkFacts, facts_from_fields
+from abuseguard.intel.geo import (
+    ANON_BITS,
+    ANON_HOSTING,
+    EMPTY_FACTS,
+    GeoIntel,
+    NetworkFacts,
+    facts_from_fields,
+)
 from abuseguard.intel.hosting import hosting_asns
-from abuseguard.policy import NetworkPolicy
+from abuseguard.policy import AnonymizerRule, NetworkPolicy
 
-_TREATMENT_ACTIONS = {"challenge": Action.CHALLENGE, "throttle": Action.THROTTLE, "block": Action.BLOCK}
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_TREATMENT_ACTIONS = {
+    "challenge": Action.CHALLENGE,
+    "throttle": Action.THROTTLE,
+    "block": Action.BLOCK,
+}
 _EYEBALL_DISTRUST = 0.3  # fan-in on residential, mobile or campus networks counts for less
 
 
@@ -43,10 +57,23 @@ def pack_country(code: str | None) -> int:
 class NetworkView:
     """Turns addresses into profiles under a NetworkPolicy, with a bounded cache."""
 
-    def __init__(self, policy: NetworkPolicy, intel: GeoIntel | None, *, cache_size: int = 65536) -> None:
+    def __init__(
+        self, policy: NetworkPolicy, intel: GeoIntel | None, *, cache_size: int = 65536
+    ) -> None:
         self.policy = policy
         self.intel = intel
-        self.hosting = hosting_asns(policy.hosting_asns, include_builtin=policy.builtin_hosting_asns)  # type: ignore[arg-type]
+        self.hosting = hosting_asns(
+            policy.hosting_asns, include_builtin=policy.builtin_hosting_asns
+        )
+        # NetworkPolicy normalizes its fields at construction; give them their real types.
+        self.allow_countries = frozenset(policy.allow_countries)
+        self.deny_countries = frozenset(policy.deny_countries)
+        self.score_countries = frozenset(policy.score_countries)
+        self.allow_asns = frozenset(policy.allow_asns)
+        self.deny_asns = frozenset(policy.deny_asns)
+        self.allow_cidrs = tuple(cast("Iterable[IPNetwork]", policy.allow_cidrs))
+        self.deny_cidrs = tuple(cast("Iterable[IPNetwork]", policy.deny_cidrs))
+        self.anonymizers = cast("dict[str, AnonymizerRule]", policy.anonymizers)
         self._cache: dict[object, NetworkProfile] = {}
         self._cache_size = cache_size
 
@@ -60,14 +87,22 @@ class NetworkView:
         anon_confidence: int | None = None,
     ) -> NetworkProfile:
         given = asn is not None or country is not None or anon is not None or as_org is not None
-        cache_key: object = (address.ip, asn, as_org, country, anon, anon_confidence) if given else address.ip
+        cache_key: object = (
+            (address.ip, asn, as_org, country, anon, anon_confidence) if given else address.ip
+        )
         hit = self._cache.get(cache_key)
         if hit is not None:
             return hit
         facts = self.intel.lookup(address.ip) if self.intel is not None else EMPTY_FACTS
         if given:
-            facts = facts_from_fields(facts, asn=asn, as_org=as_org, country=country, anon=anon,
-                                      anon_confidence=anon_confidence)
+            facts = facts_from_fields(
+                facts,
+                asn=asn,
+                as_org=as_org,
+                country=country,
+                anon=anon,
+                anon_confidence=anon_confidence,
+            )
         result = self._build(address, facts)
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
@@ -82,23 +117,23 @@ class NetworkView:
         ip = _ip(address.ip)
         hosting = bool(facts.anon_flags & ANON_HOSTING) or (facts.asn in self.hosting)
         allowed = (
-            (facts.country is not None and facts.country in policy.allow_countries)  # type: ignore[operator]
-            or (facts.asn != 0 and facts.asn in policy.allow_asns)  # type: ignore[operator]
-            or (ip is not None and _within(ip, policy.allow_cidrs))  # type: ignore[arg-type]
+            (facts.country is not None and facts.country in self.allow_countries)
+            or (facts.asn != 0 and facts.asn in self.allow_asns)
+            or (ip is not None and _within(ip, self.allow_cidrs))
         )
         rule_action: Action | None = None
         rule_reason: str | None = None
         if not allowed:
-            if ip is not None and _within(ip, policy.deny_cidrs):  # type: ignore[arg-type]
+            if (ip is not None and _within(ip, self.deny_cidrs)) or (
+                facts.asn != 0 and facts.asn in self.deny_asns
+            ):
                 rule_action, rule_reason = Action.BLOCK, "deny_list"
-            elif facts.asn != 0 and facts.asn in policy.deny_asns:  # type: ignore[operator]
-                rule_action, rule_reason = Action.BLOCK, "deny_list"
-            elif facts.country is not None and facts.country in policy.deny_countries:  # type: ignore[operator]
+            elif facts.country is not None and facts.country in self.deny_countries:
                 rule_action, rule_reason = Action.BLOCK, "geo"
         anon_signal = 0.0
         flags = facts.anon_flags | (ANON_HOSTING if hosting else 0)
         strength = facts.anon_strength if facts.anon_flags else 0.0
-        for kind, rule in policy.anonymizers.items():  # type: ignore[union-attr]
+        for kind, rule in self.anonymizers.items():
             if not flags & ANON_BITS[kind] or rule.treatment == "ignore":
                 continue
             # Hosting ASNs from the list carry no graded confidence: count them as certain.
@@ -109,7 +144,9 @@ class NetworkView:
                     rule_action, rule_reason = action, "anonymizer"
                 continue
             anon_signal = max(anon_signal, min(1.0, rule.weight * kind_strength))
-        geo_signal = 1.0 if facts.country is not None and facts.country in policy.score_countries else 0.0  # type: ignore[operator]
+        geo_signal = (
+            1.0 if facts.country is not None and facts.country in self.score_countries else 0.0
+        )
         anonymized = facts.anon_flags != 0 and strength >= 0.3
         distrust = 1.0 if (hosting or anonymized) else _EYEBALL_DISTRUST
         return NetworkProfile(
@@ -134,6 +171,7 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _within(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-            networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+def _within(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: tuple[IPNetwork, ...]
+) -> bool:
     return any(ip.version == net.version and ip in net for net in networks)

@@ -176,7 +176,9 @@ class AnonymizerRule:
 
     def __post_init__(self) -> None:
         if self.treatment not in TREATMENTS:
-            raise ConfigError("AnonymizerRule.treatment", f"one of {TREATMENTS}, got {self.treatment!r}")
+            raise ConfigError(
+                "AnonymizerRule.treatment", f"one of {TREATMENTS}, got {self.treatment!r}"
+            )
         _positive("AnonymizerRule.weight", self.weight, allow_zero=True)
         _unit("AnonymizerRule.min_strength", self.min_strength)
 
@@ -190,7 +192,9 @@ DEFAULT_ANONYMIZERS: Mapping[str, AnonymizerRule] = {
 }
 
 
-def _cidrs(field_name: str, values: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _cidrs(
+    field_name: str, values: Iterable[str]
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     out = []
     for value in values:
         try:
@@ -265,9 +269,19 @@ class NetworkPolicy:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "allow_countries", _countries("NetworkPolicy.allow_countries", self.allow_countries))
-        set_(self, "deny_countries", _countries("NetworkPolicy.deny_countries", self.deny_countries))
-        set_(self, "score_countries", _countries("NetworkPolicy.score_countries", self.score_countries))
+        set_(
+            self,
+            "allow_countries",
+            _countries("NetworkPolicy.allow_countries", self.allow_countries),
+        )
+        set_(
+            self, "deny_countries", _countries("NetworkPolicy.deny_countries", self.deny_countries)
+        )
+        set_(
+            self,
+            "score_countries",
+            _countries("NetworkPolicy.score_countries", self.score_countries),
+        )
         set_(self, "allow_asns", _asns("NetworkPolicy.allow_asns", self.allow_asns))
         set_(self, "deny_asns", _asns("NetworkPolicy.deny_asns", self.deny_asns))
         set_(self, "hosting_asns", _asns("NetworkPolicy.hosting_asns", self.hosting_asns))
@@ -276,22 +290,33 @@ class NetworkPolicy:
         rules: dict[str, AnonymizerRule] = {}
         for kind, rule in dict(self.anonymizers).items():
             if kind not in ANONYMIZER_KINDS:
-                raise ConfigError("NetworkPolicy.anonymizers", f"unknown kind {kind!r}; use {ANONYMIZER_KINDS}")
+                raise ConfigError(
+                    "NetworkPolicy.anonymizers", f"unknown kind {kind!r}; use {ANONYMIZER_KINDS}"
+                )
             if isinstance(rule, str):
                 default = DEFAULT_ANONYMIZERS.get(kind, AnonymizerRule())
                 rule = AnonymizerRule(rule, weight=default.weight)  # type: ignore[arg-type]
             if not isinstance(rule, AnonymizerRule):
-                raise ConfigError(f"NetworkPolicy.anonymizers[{kind!r}]", f"expected AnonymizerRule or str, got {rule!r}")
+                raise ConfigError(
+                    f"NetworkPolicy.anonymizers[{kind!r}]",
+                    f"expected AnonymizerRule or str, got {rule!r}",
+                )
             rules[kind] = rule
         set_(self, "anonymizers", rules)
         for name in ("per_ip", "per_prefix", "per_asn"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, TokenBucket):
-                raise ConfigError(f"NetworkPolicy.{name}", f"expected TokenBucket or None, got {value!r}")
+                raise ConfigError(
+                    f"NetworkPolicy.{name}", f"expected TokenBucket or None, got {value!r}"
+                )
         if not (8 <= self.ipv4_prefix <= 32):
-            raise ConfigError("NetworkPolicy.ipv4_prefix", f"must be within 8..32, got {self.ipv4_prefix}")
+            raise ConfigError(
+                "NetworkPolicy.ipv4_prefix", f"must be within 8..32, got {self.ipv4_prefix}"
+            )
         if not (16 <= self.ipv6_prefix <= 128):
-            raise ConfigError("NetworkPolicy.ipv6_prefix", f"must be within 16..128, got {self.ipv6_prefix}")
+            raise ConfigError(
+                "NetworkPolicy.ipv6_prefix", f"must be within 16..128, got {self.ipv6_prefix}"
+            )
         _positive("NetworkPolicy.nat_per_account", self.nat_per_account, allow_zero=True)
         _positive("NetworkPolicy.nat_max", self.nat_max)
         if self.nat_max < 1:
@@ -302,10 +327,13 @@ class NetworkPolicy:
             _positive(f"NetworkPolicy.fan_in_scales[{i}]", scale)
         for name in ("fan_in", "fan_out_asns", "fan_out_countries", "fan_out_prefixes"):
             _range(f"NetworkPolicy.{name}", getattr(self, name))
-        known = {"asn", "country", "city", "anonymous_ip", "anonymous_plus", "residential_proxy", "ip_risk"}
+        from abuseguard.intel.geo import KINDS as known
         for kind in self.databases:
             if kind not in known:
-                raise ConfigError("NetworkPolicy.databases", f"unknown database kind {kind!r}; use {sorted(known)}")
+                raise ConfigError(
+                    "NetworkPolicy.databases",
+                    f"unknown database kind {kind!r}; use {sorted(known)}",
+                )
 
 
 DEFAULT_WEIGHTS: Mapping[str, float] = {
@@ -369,14 +397,19 @@ class Scoring:
         weights = dict(DEFAULT_WEIGHTS)
         for name, value in dict(self.weights).items():
             if name not in DEFAULT_WEIGHTS:
-                raise ConfigError("Scoring.weights", f"unknown signal {name!r}; use {sorted(DEFAULT_WEIGHTS)}")
+                raise ConfigError(
+                    "Scoring.weights", f"unknown signal {name!r}; use {sorted(DEFAULT_WEIGHTS)}"
+                )
             _positive(f"Scoring.weights[{name!r}]", value, allow_zero=True)
             weights[name] = float(value)
         object.__setattr__(self, "weights", weights)
         risks = dict(DEFAULT_CLIENT_RISK)
         for name, value in dict(self.client_risk).items():
             if name not in DEFAULT_CLIENT_RISK:
-                raise ConfigError("Scoring.client_risk", f"unknown client class {name!r}; use {sorted(DEFAULT_CLIENT_RISK)}")
+                raise ConfigError(
+                    "Scoring.client_risk",
+                    f"unknown client class {name!r}; use {sorted(DEFAULT_CLIENT_RISK)}",
+                )
             _unit(f"Scoring.client_risk[{name!r}]", value)
             risks[name] = float(value)
         object.__setattr__(self, "client_risk", risks)
@@ -386,7 +419,15 @@ class Scoring:
         _positive("Scoring.min_events", self.min_events)
         _positive("Scoring.content_max_bytes", self.content_max_bytes)
         _positive("Scoring.sketch_horizon", self.sketch_horizon)
-        for name in ("volume_rate", "burst_ratio", "cadence_spread", "error_share", "impatience_share", "template_share", "shared_template_accounts"):
+        for name in (
+            "volume_rate",
+            "burst_ratio",
+            "cadence_spread",
+            "error_share",
+            "impatience_share",
+            "template_share",
+            "shared_template_accounts",
+        ):
             _range(f"Scoring.{name}", getattr(self, name))
 
 
@@ -431,10 +472,14 @@ class Enforcement:
                 threshold, action = step
                 action = Action(action)
             except (TypeError, ValueError):
-                raise ConfigError(f"Enforcement.ladder[{i}]", f"expected (threshold, action), got {step!r}") from None
+                raise ConfigError(
+                    f"Enforcement.ladder[{i}]", f"expected (threshold, action), got {step!r}"
+                ) from None
             _unit(f"Enforcement.ladder[{i}]", threshold)
             if threshold <= last_threshold or action.severity <= last_severity:
-                raise ConfigError(f"Enforcement.ladder[{i}]", "thresholds and actions must rise step by step")
+                raise ConfigError(
+                    f"Enforcement.ladder[{i}]", "thresholds and actions must rise step by step"
+                )
             last_threshold, last_severity = threshold, action.severity
             steps.append((float(threshold), action))
         if len(steps) > 8:
@@ -451,7 +496,9 @@ class Enforcement:
             except ValueError:
                 raise ConfigError("Enforcement.ban_at", f"not an action: {self.ban_at!r}") from None
             if ban_action not in [a for _, a in steps]:
-                raise ConfigError("Enforcement.ban_at", f"{ban_action.value!r} is not on the ladder")
+                raise ConfigError(
+                    "Enforcement.ban_at", f"{ban_action.value!r} is not on the ladder"
+                )
             object.__setattr__(self, "ban_at", ban_action)
         try:
             shadowed = frozenset(Action(a) for a in self.shadow_actions)
@@ -518,11 +565,15 @@ class WebSocketPolicy:
         if self.per not in ("key", "ip"):
             raise ConfigError("WebSocketPolicy.per", f"must be 'key' or 'ip', got {self.per!r}")
         code = self.message_close_code
-        if isinstance(code, bool) or not isinstance(code, int) or not (
-            code in WS_CLOSE_CODES or 3000 <= code <= 4999
+        if (
+            isinstance(code, bool)
+            or not isinstance(code, int)
+            or not (code in WS_CLOSE_CODES or 3000 <= code <= 4999)
         ):
-            raise ConfigError("WebSocketPolicy.message_close_code",
-                              f"use one of {sorted(WS_CLOSE_CODES)} or 3000..4999, got {code!r}")
+            raise ConfigError(
+                "WebSocketPolicy.message_close_code",
+                f"use one of {sorted(WS_CLOSE_CODES)} or 3000..4999, got {code!r}",
+            )
 
 
 @dataclass(frozen=True)
@@ -578,16 +629,24 @@ class Policy:
             raise ConfigError("Policy.concurrency", f"expected int or Concurrency, got {conc!r}")
         object.__setattr__(self, "concurrency", conc)
         if self.network is not None and not isinstance(self.network, NetworkPolicy):
-            raise ConfigError("Policy.network", f"expected NetworkPolicy or None, got {self.network!r}")
+            raise ConfigError(
+                "Policy.network", f"expected NetworkPolicy or None, got {self.network!r}"
+            )
         if self.scoring is not None and not isinstance(self.scoring, Scoring):
             raise ConfigError("Policy.scoring", f"expected Scoring or None, got {self.scoring!r}")
         if not isinstance(self.enforcement, Enforcement):
-            raise ConfigError("Policy.enforcement", f"expected Enforcement, got {self.enforcement!r}")
+            raise ConfigError(
+                "Policy.enforcement", f"expected Enforcement, got {self.enforcement!r}"
+            )
         if self.key_func is not None and not callable(self.key_func):
             raise ConfigError("Policy.key_func", "must be callable")
-        object.__setattr__(self, "trusted_proxies", _cidrs("Policy.trusted_proxies", self.trusted_proxies))
+        object.__setattr__(
+            self, "trusted_proxies", _cidrs("Policy.trusted_proxies", self.trusted_proxies)
+        )
         if not (16 <= self.ipv6_prefix <= 128):
-            raise ConfigError("Policy.ipv6_prefix", f"must be within 16..128, got {self.ipv6_prefix}")
+            raise ConfigError(
+                "Policy.ipv6_prefix", f"must be within 16..128, got {self.ipv6_prefix}"
+            )
         _positive("Policy.max_header_bytes", self.max_header_bytes)
         _positive("Policy.load_target", self.load_target, allow_zero=True)
         _positive("Policy.max_identities", self.max_identities)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from abc import ABC
 from typing import TYPE_CHECKING
 
 from abuseguard.errors import ConfigError
@@ -12,7 +11,7 @@ if TYPE_CHECKING:
     from abuseguard.backends.memory import MemoryBackend
 
 
-class Backend(ABC):  # noqa: B024 - a marker base: backends differ in what they offer
+class Backend:
     """A place for limit state.
 
     ``shared`` backends (Redis) hold buckets, quotas, concurrency and sketches for many
@@ -52,13 +51,17 @@ def backend_from_uri(value: Backend | str | None) -> Backend:
         raise ConfigError("backend", f"expected a Backend or a URI string, got {value!r}")
     scheme, sep, _ = value.partition("://")
     if not sep or scheme.lower() not in _SCHEMES:
-        raise ConfigError("backend", f"unknown backend URI {value!r}; use one of "
-                          + ", ".join(f"{s}://" for s in _SCHEMES))
+        raise ConfigError(
+            "backend",
+            f"unknown backend URI {value!r}; use one of " + ", ".join(f"{s}://" for s in _SCHEMES),
+        )
     module_name, _, class_name = _SCHEMES[scheme.lower()].partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError("backend", f"{scheme}:// needs {exc.name}: pip install 'abuseguard[redis]'") from None
+        raise ConfigError(
+            "backend", f"{scheme}:// needs {exc.name}: pip install 'abuseguard[redis]'"
+        ) from None
     cls = getattr(module, class_name)
     backend: Backend = cls.from_uri(value) if hasattr(cls, "from_uri") else cls()
     return backend

@@ -123,7 +123,9 @@ class ClockedMemoryStorage(
             return False
         now = self.clock()
         previous_key, current_key = self.sliding_window_keys(key, expiry, now)
-        previous, previous_ttl, current, _ = self._window_info(previous_key, current_key, expiry, now)
+        previous, previous_ttl, current, _ = self._window_info(
+            previous_key, current_key, expiry, now
+        )
         if floor(previous * previous_ttl / expiry + current) + amount > limit:
             return False
         self.incr(current_key, 2 * expiry, amount)

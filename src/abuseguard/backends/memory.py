@@ -62,7 +62,9 @@ class MemoryBackend(Backend):
             item = self._items[limit] = parse(limit)
         return item
 
-    def hit_quota(self, limit: str, strategy: str, identity: str, cost: int) -> tuple[bool, float, float]:
+    def hit_quota(
+        self, limit: str, strategy: str, identity: str, cost: int
+    ) -> tuple[bool, float, float]:
         """Hit a window quota; return (admitted, remaining, seconds until reset)."""
         item = self._item(limit)
         limiter = self._limiter(strategy)

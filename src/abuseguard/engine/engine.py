@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from abuseguard.engine import kernels
@@ -45,7 +47,7 @@ class Engine:
             self.params,
         )
 
-    def run_with(self, *inputs: float) -> np.ndarray:
+    def run_with(self, *inputs: Any) -> np.ndarray:
         """Run the kernel with the inputs as arguments (see `kernels.decide_with`)."""
         kernels.decide_with(*self._args, *inputs)
         return self.io
@@ -70,7 +72,7 @@ class Engine:
 
     def set_prior(self, key: object, prior: float) -> bool:
         """Background lane: write a risk prior (0..1) for an identity; False if unknown."""
-        row = self.tables[L.KIND_KEY].find(key)  # type: ignore[arg-type]
+        row = self.tables[L.KIND_KEY].find(key)
         if row is None:
             return False
         self.tables[L.KIND_KEY].data[row, L.F_PRIOR] = min(1.0, max(0.0, prior))

@@ -359,7 +359,7 @@ def decide(
 ) -> None:
     ts = io[X_TS]
     cost = io[X_COST]
-    epoch = int(math.floor(ts / (prm[P_HORIZON] * 0.5)))
+    epoch = math.floor(ts / (prm[P_HORIZON] * 0.5))
     key_row_i = iv[I_ROW + KIND_KEY]
     key_row = key_t[key_row_i]
     for k in range(O_ACTION, io.shape[0]):
@@ -540,7 +540,7 @@ def decide(
         factor = load
         if kind == KIND_KEY:
             factor *= risk_factor
-        elif kind == KIND_IP or kind == KIND_PREFIX:
+        elif kind in (KIND_IP, KIND_PREFIX):
             rate *= nat_multiplier
             burst *= nat_multiplier
         rate *= factor
