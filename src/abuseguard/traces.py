@@ -112,7 +112,10 @@ def _number(value: Any, name: str) -> float | None:
             raise TraceError("non_finite", name)
         return value
     if type(value) is int:
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise TraceError("non_finite", name) from None
     raise TraceError("bad_type", name)
 
 
@@ -163,13 +166,8 @@ def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
     ip = get("ip")
     if ip is None:
         raise TraceError("missing", "ip")
-    if type(ts) is float:
-        if not math.isfinite(ts):
-            raise TraceError("non_finite", "ts")
-    elif type(ts) is int:
-        ts = float(ts)
-    else:
-        raise TraceError("bad_type", "ts")
+    if type(ts) is not float or not math.isfinite(ts):
+        ts = _number(ts, "ts")
     if type(ip) is not str:
         raise TraceError("bad_type", "ip")
     if not ip:
