@@ -185,6 +185,8 @@ def test_only_and_overrides() -> None:
     assert len({d["actor"] for d in rows}) == 3  # 30 actors at scale 0.1
     with pytest.raises(ValueError, match="unknown scenario"):
         _trace(only=("nope",))
+    with pytest.raises(ValueError, match="not in the mix"):
+        _trace(mix="benign", only=("tor",))
     with pytest.raises(ValueError, match="hours"):
         _trace(hours=0)
 
@@ -228,6 +230,9 @@ def test_cli_simulate_errors_and_list(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "expects int" in capsys.readouterr().err
     assert main(["simulate", "--only", "nope", "-o", str(tmp_path / "x")]) == 2
     assert "unknown scenario" in capsys.readouterr().err
+    assert main(["simulate", "--mix", "benign", "--only", "tor", "-o", str(tmp_path / "x")]) == 2
+    assert "not in mix benign" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     assert main(["simulate", "--start", "yesterday", "-o", str(tmp_path / "x")]) == 2
     assert "--start" in capsys.readouterr().err
     assert main(["simulate", "-o", str(tmp_path / "no" / "such" / "dir.jsonl"), "-q"]) == 2

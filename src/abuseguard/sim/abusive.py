@@ -136,7 +136,7 @@ class ResiPool:
 
     pools: int = 3
     accounts_per_pool: int = 200
-    interval_median: float = 120.0
+    interval_median: float = 150.0
     jitter: float = 0.12
     flagged_share: float = 0.6
     mobile_share: float = 0.1

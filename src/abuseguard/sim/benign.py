@@ -222,7 +222,7 @@ class SdkBackend:
 
     apps: int = 22
     rate_median: float = 0.12
-    rate_sigma: float = 1.0
+    rate_sigma: float = 0.8
     ips_max: int = 4
     ipv6_share: float = 0.1
     batch_share: float = 0.3
@@ -254,7 +254,7 @@ def _sdk_app(ctx: SimContext, p: SdkBackend, index: int) -> Source:
     model = rng.choice(prompts.MODELS_CHEAP)
     max_tokens = rng.choice((256, 512, 1024, 2048))
     temperature = rng.choice((0.0, 0.2, 0.3, 0.7))
-    rate = min(1.5, max(0.004, lognormal(rng, p.rate_median, p.rate_sigma)))
+    rate = min(1.0, max(0.004, lognormal(rng, p.rate_median, p.rate_sigma)))
     users_country = rng.choice(("US", "US", "GB", "DE", "IN", "BR", "JP"))
     events: list[tuple[float, int]] = [
         (t, rng.choice(templates)) for t in ctx.arrival_times(rng, rate, users_country, floor=0.35)

@@ -128,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
         unknown = [s for s in only if s not in SCENARIOS]
         if unknown:
             raise ValueError(f"--only: unknown scenario(s) {', '.join(unknown)}")
+        absent = [s for s in only if s not in MIXES[args.mix] and s not in overrides]
+        if absent:
+            raise ValueError(
+                f"--only: not in mix {args.mix} (add it with --set): {', '.join(absent)}"
+            )
     except ValueError as exc:
         print(f"abuseguard simulate: error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,21 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def _pick(rng: random.Random, items: Sequence[T]) -> T:
+    """``rng.choice`` at a third of its cost (prompts draw millions of words)."""
+    return items[int(rng.random() * len(items))]
+
+
+def _int(rng: random.Random, low: int, high: int) -> int:
+    """``rng.randint`` (both ends included), cheaper."""
+    return low + int(rng.random() * (high - low + 1))
+
 
 # --- vocabularies ----------------------------------------------------------------------
 
@@ -302,25 +316,25 @@ _PERIODS = ("2024", "2025", "the last 30 days")
 _PRODUCTS = ("backpack", "lamp", "kettle", "headphones", "desk")
 
 _FREE_PATTERNS: tuple[Callable[[random.Random], str], ...] = (
-    lambda r: f"explain {r.choice(_TOPICS)} like I'm {r.choice(_AUDIENCES)}",
-    lambda r: "what's the difference between {} and {}?".format(*r.choice(_PAIRS)),
-    lambda r: f"how do I {r.choice(_TASKS)} in {r.choice(_TOOLS)}",
+    lambda r: f"explain {_pick(r, _TOPICS)} like I'm {_pick(r, _AUDIENCES)}",
+    lambda r: "what's the difference between {} and {}?".format(*_pick(r, _PAIRS)),
+    lambda r: f"how do I {_pick(r, _TASKS)} in {_pick(r, _TOOLS)}",
     lambda r: (
-        f"can you help me write an email to my {r.choice(_RELATIONS)} about "
-        f"{r.choice(_EMAIL_TOPICS)}"
+        f"can you help me write an email to my {_pick(r, _RELATIONS)} about "
+        f"{_pick(r, _EMAIL_TOPICS)}"
     ),
-    lambda r: f"give me {r.randint(3, 12)} ideas for {r.choice(_OCCASIONS)}",
-    lambda r: f"recipe for {r.choice(_DISHES)} without {r.choice(_INGREDIENTS)}?",
-    lambda r: f"rewrite this to sound more {r.choice(_TONES)}: {_sentence(r)}",
-    lambda r: f"translate to {r.choice(_LANGUAGES)}: {_sentence(r)}",
-    lambda r: f"why does my {r.choice(_THINGS)} {r.choice(_PROBLEMS)}",
-    lambda r: f"summarize this for me:\n\n{_paragraph(r, r.randint(3, 7))}",
-    lambda r: f"is it true that {r.choice(_TOPICS)} is related to {r.choice(_TOPICS)}?",
-    lambda r: f"fix this {r.choice(_TOOLS)} code, it {r.choice(_PROBLEMS)}:\n{_snippet(r)}",
-    lambda r: f"write a short poem about {r.choice(_TOPICS)} in the style of {r.choice(_STYLES)}",
-    lambda r: f"pros and cons of {r.choice(_PAIRS)[0]}",
-    lambda r: f"quick one: what is {r.randint(12, 999)} * {r.randint(12, 999)}",
-    lambda r: f"plan a {r.randint(2, 10)} day trip to {r.choice(_PLACES)} on a budget",
+    lambda r: f"give me {_int(r, 3, 12)} ideas for {_pick(r, _OCCASIONS)}",
+    lambda r: f"recipe for {_pick(r, _DISHES)} without {_pick(r, _INGREDIENTS)}?",
+    lambda r: f"rewrite this to sound more {_pick(r, _TONES)}: {_sentence(r)}",
+    lambda r: f"translate to {_pick(r, _LANGUAGES)}: {_sentence(r)}",
+    lambda r: f"why does my {_pick(r, _THINGS)} {_pick(r, _PROBLEMS)}",
+    lambda r: f"summarize this for me:\n\n{_paragraph(r, _int(r, 3, 7))}",
+    lambda r: f"is it true that {_pick(r, _TOPICS)} is related to {_pick(r, _TOPICS)}?",
+    lambda r: f"fix this {_pick(r, _TOOLS)} code, it {_pick(r, _PROBLEMS)}:\n{_snippet(r)}",
+    lambda r: f"write a short poem about {_pick(r, _TOPICS)} in the style of {_pick(r, _STYLES)}",
+    lambda r: f"pros and cons of {_pick(r, _PAIRS)[0]}",
+    lambda r: f"quick one: what is {_int(r, 12, 999)} * {_int(r, 12, 999)}",
+    lambda r: f"plan a {_int(r, 2, 10)} day trip to {_pick(r, _PLACES)} on a budget",
 )
 
 # --- sentences and paragraphs ------------------------------------------------------------
@@ -363,8 +377,8 @@ _ADJECTIVES = (
 
 def _sentence(rng: random.Random) -> str:
     return (
-        f"{rng.choice(_SUBJECTS).capitalize()} {rng.choice(_VERBS)} {rng.choice(_DAYS)} "
-        f"because the {rng.choice(_NOUNS)} was {rng.choice(_ADJECTIVES)}."
+        f"{_pick(rng, _SUBJECTS).capitalize()} {_pick(rng, _VERBS)} {_pick(rng, _DAYS)} "
+        f"because the {_pick(rng, _NOUNS)} was {_pick(rng, _ADJECTIVES)}."
     )
 
 
@@ -373,18 +387,18 @@ def _paragraph(rng: random.Random, sentences: int) -> str:
 
 
 def _snippet(rng: random.Random) -> str:
-    name = rng.choice(("items", "data", "rows", "users", "values"))
+    name = _pick(rng, ("items", "data", "rows", "users", "values"))
     return (
         f"def process({name}):\n    result = []\n    for i in range(len({name}) + 1):\n"
-        f"        result.append({name}[i] * {rng.randint(2, 9)})\n    return result"
+        f"        result.append({name}[i] * {_int(rng, 2, 9)})\n    return result"
     )
 
 
 def _review(rng: random.Random) -> str:
     return (
-        f"The {rng.choice(_NOUNS)} was {rng.choice(_ADJECTIVES)} and the "
-        f"{rng.choice(_NOUNS)} was {rng.choice(_ADJECTIVES)}. "
-        f"{rng.choice(('Would buy again.', 'Not worth it.', 'Support was helpful.', 'Meh.', ''))}"
+        f"The {_pick(rng, _NOUNS)} was {_pick(rng, _ADJECTIVES)} and the "
+        f"{_pick(rng, _NOUNS)} was {_pick(rng, _ADJECTIVES)}. "
+        f"{_pick(rng, ('Would buy again.', 'Not worth it.', 'Support was helpful.', 'Meh.', ''))}"
     )
 
 
@@ -392,7 +406,7 @@ def _review(rng: random.Random) -> str:
 
 
 def free_prompt(rng: random.Random) -> str:
-    text = rng.choice(_FREE_PATTERNS)(rng)
+    text = _pick(rng, _FREE_PATTERNS)(rng)
     roll = rng.random()
     if roll < 0.3:
         text = text.capitalize()
@@ -404,10 +418,10 @@ def free_prompt(rng: random.Random) -> str:
 
 
 def follow_up(rng: random.Random) -> str:
-    text = rng.choice(_FOLLOW_UPS)
+    text = _pick(rng, _FOLLOW_UPS)
     if "{" in text:
         text = text.format(
-            tone=rng.choice(_TONES), language=rng.choice(_LANGUAGES), b=rng.choice(_PAIRS)[1]
+            tone=_pick(rng, _TONES), language=_pick(rng, _LANGUAGES), b=_pick(rng, _PAIRS)[1]
         )
     return text
 
@@ -415,8 +429,8 @@ def follow_up(rng: random.Random) -> str:
 def assistant_reply(rng: random.Random) -> str:
     """A short stand-in for the previous assistant turn that chat UIs send back."""
     return (
-        f"{rng.choice(('Sure!', 'Great question.', 'Here is a summary.', 'Of course.'))} "
-        f"{_paragraph(rng, rng.randint(2, 4))}"
+        f"{_pick(rng, ('Sure!', 'Great question.', 'Here is a summary.', 'Of course.'))} "
+        f"{_paragraph(rng, _int(rng, 2, 4))}"
     )
 
 
@@ -426,7 +440,7 @@ APP_TEMPLATES: tuple[tuple[str, str, Callable[[random.Random], str]], ...] = (
     (
         "You are a helpful support assistant for an online store. Be concise and polite.",
         "Customer message: {}\nOrder status: {}\nWrite a reply to the customer.",
-        lambda r: f"{_sentence(r)}\x00{r.choice(_ORDER_STATES)}",
+        lambda r: f"{_sentence(r)}\x00{_pick(r, _ORDER_STATES)}",
     ),
     (
         "You classify product reviews.",
@@ -437,44 +451,44 @@ APP_TEMPLATES: tuple[tuple[str, str, Callable[[random.Random], str]], ...] = (
     (
         "You are a news summarizer.",
         "Summarize the following article in 3 bullet points:\n\n{}",
-        lambda r: _paragraph(r, r.randint(5, 12)),
+        lambda r: _paragraph(r, _int(r, 5, 12)),
     ),
     (
         "You extract structured data from documents and answer only with JSON.",
         "Extract the company name, invoice number, date and total from this text and return "
         'JSON with keys "company", "invoice", "date", "total".\n\n{}',
         lambda r: (
-            f"INVOICE #{r.randint(10000, 99999)} {r.choice(_COMPANIES)} "
-            f"date {r.randint(1, 28)}/{r.randint(1, 12)}/2025 "
-            f"total EUR {r.randint(20, 9000)}.{r.randint(0, 99):02d}"
+            f"INVOICE #{_int(r, 10000, 99999)} {_pick(r, _COMPANIES)} "
+            f"date {_int(r, 1, 28)}/{_int(r, 1, 12)}/2025 "
+            f"total EUR {_int(r, 20, 9000)}.{_int(r, 0, 99):02d}"
         ),
     ),
     (
         "You are a professional translator.",
         "Translate the following text from English to {}. Keep the formatting.\n\n{}",
-        lambda r: f"{r.choice(_LANGUAGES)}\x00{_paragraph(r, r.randint(1, 4))}",
+        lambda r: f"{_pick(r, _LANGUAGES)}\x00{_paragraph(r, _int(r, 1, 4))}",
     ),
     (
         "You write SQL for PostgreSQL. Answer with the query only.",
         "Schema: orders(id, customer_id, total, created_at), customers(id, name, country)\n"
         "Question: {}",
         lambda r: (
-            f"total revenue per {r.choice(_GROUPINGS)} "
-            f"for orders over {r.randint(10, 500)} in {r.choice(_PERIODS)}"
+            f"total revenue per {_pick(r, _GROUPINGS)} "
+            f"for orders over {_int(r, 10, 500)} in {_pick(r, _PERIODS)}"
         ),
     ),
     (
         "You write e-commerce copy.",
         "Write a 50-word product description for: {}. Features: {}",
         lambda r: (
-            f"{r.choice(_ADJECTIVES)} {r.choice(_PRODUCTS)}"
+            f"{_pick(r, _ADJECTIVES)} {_pick(r, _PRODUCTS)}"
             f"\x00{', '.join(r.sample(_ADJECTIVES, 3))}"
         ),
     ),
     (
         "You triage support tickets.",
         "Return up to 5 tags for this support ticket as a JSON list of strings.\n\nTicket: {}",
-        lambda r: f"My {r.choice(_THINGS)} {r.choice(_PROBLEMS)}. {_sentence(r)}",
+        lambda r: f"My {_pick(r, _THINGS)} {_pick(r, _PROBLEMS)}. {_sentence(r)}",
     ),
 )  # fmt: skip
 
@@ -519,33 +533,33 @@ _CODE_TASKS = (
 
 
 def _problem(rng: random.Random) -> str:
-    kind = rng.randrange(5)
+    kind = _int(rng, 0, 4)
     if kind == 0:
-        a, b = rng.randint(40, 120), rng.randint(40, 120)
+        a, b = _int(rng, 40, 120), _int(rng, 40, 120)
         return (
-            f"A train leaves {rng.choice(_CITIES)} at {rng.randint(5, 11)}:00 traveling at {a} "
-            f"km/h. Another leaves {rng.choice(_CITIES)}, {rng.randint(100, 900)} km away, an "
+            f"A train leaves {_pick(rng, _CITIES)} at {_int(rng, 5, 11)}:00 traveling at {a} "
+            f"km/h. Another leaves {_pick(rng, _CITIES)}, {_int(rng, 100, 900)} km away, an "
             f"hour later at {b} km/h toward it. When and where do they meet?"
         )
     if kind == 1:
-        a, b, c = rng.randint(2, 19), rng.randint(-50, 50), rng.randint(-90, 90)
+        a, b, c = _int(rng, 2, 19), _int(rng, -50, 50), _int(rng, -90, 90)
         return f"Solve for x: {a}x^2 + {b}x + {c} = 0, and explain whether the roots are real."
     if kind == 2:
-        r, g = rng.randint(2, 12), rng.randint(2, 12)
-        k = rng.randint(2, 4)
+        r, g = _int(rng, 2, 12), _int(rng, 2, 12)
+        k = _int(rng, 2, 4)
         return (
             f"A bag holds {r} red and {g} green marbles. {k} are drawn without replacement. "
             f"What is the probability that exactly {k - 1} are red?"
         )
     if kind == 3:
-        n = rng.randint(3, 9)
+        n = _int(rng, 3, 9)
         return (
             f"There are {n} people in a room; each shakes hands with everyone else exactly "
-            f"once except {rng.randint(1, n - 1)} pairs who refuse. How many handshakes occur?"
+            f"once except {_int(rng, 1, n - 1)} pairs who refuse. How many handshakes occur?"
         )
     return (
-        f"Prove or disprove: for every integer n > {rng.randint(1, 20)}, "
-        f"n^{rng.randint(2, 5)} - n is divisible by {rng.choice((2, 3, 5, 6, 30))}."
+        f"Prove or disprove: for every integer n > {_int(rng, 1, 20)}, "
+        f"n^{_int(rng, 2, 5)} - n is divisible by {_pick(rng, (2, 3, 5, 6, 30))}."
     )
 
 
@@ -555,7 +569,7 @@ _CODE_TEMPLATE = 5
 def elicitation_prompt(rng: random.Random, template: int) -> str:
     index = template % len(ELICITATION_TEMPLATES)
     if index == _CODE_TEMPLATE:
-        task = rng.choice(_CODE_TASKS).format(rng.randint(3, 1000))
+        task = _pick(rng, _CODE_TASKS).format(_int(rng, 3, 1000))
         return ELICITATION_TEMPLATES[index].format(task)
     return ELICITATION_TEMPLATES[index].format(_problem(rng))
 

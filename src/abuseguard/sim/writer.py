@@ -80,6 +80,9 @@ def simulate(
     unknown = [name for name in (*chosen, *only) if name not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s): {', '.join(unknown)}")
+    absent = [name for name in only if name not in chosen]
+    if absent:
+        raise ValueError(f"not in the mix (add it with --set): {', '.join(absent)}")
     started = time.perf_counter()
     world = World(seed=seed, start=start, enrich=enrich)
     ctx = SimContext(world=world, seed=seed, start=start, hours=hours, scale=scale)
