@@ -275,8 +275,8 @@ BROWSER_FAMILIES: Final[frozenset[str]] = frozenset(
 )  # fmt: skip
 
 _CRAWLER_FAMILY = re.compile(r"(?i)bot\b|bot[-_/ ]|spider|crawl|slurp|scraper|archiver")
-# A UA that names a browser engine after a Mozilla/Opera product token.
-_BROWSER_ENGINE = re.compile(r"^(?:Mozilla|Opera)/\d.*(?:AppleWebKit|Gecko|Trident|Presto)")
+_BROWSER_PRODUCTS: Final = ("Mozilla/", "Opera/")
+_BROWSER_ENGINES: Final = ("AppleWebKit", "Gecko", "Trident", "Presto")
 # Mobile-platform markers (one regex, run by the parser's engine as the "OS" domain).
 _MOBILE_MARKERS: Final = (
     r"Mobi|Android|iPhone|iPad|iPod|Windows Phone|Windows CE|BlackBerry|BB10|Opera Mini"
@@ -377,6 +377,10 @@ def build_parser() -> Parser:
     )
 
 
+def _names_a_browser_engine(ua: str) -> bool:
+    return ua.startswith(_BROWSER_PRODUCTS) and any(engine in ua for engine in _BROWSER_ENGINES)
+
+
 def _classify_parsed(ua: str, result: PartialResult) -> Agent:
     agent, device = result.user_agent, result.device
     family = agent.family if agent is not None else "Other"
@@ -394,7 +398,7 @@ def _classify_parsed(ua: str, result: PartialResult) -> Agent:
         or (device is not None and device.family in _MOBILE_DEVICES)
     ):
         return Agent(ClientClass.MOBILE, family, major)
-    if family in BROWSER_FAMILIES or _BROWSER_ENGINE.match(ua):
+    if family in BROWSER_FAMILIES or _names_a_browser_engine(ua):
         return Agent(ClientClass.BROWSER, family, major)
     return Agent(ClientClass.UNKNOWN, family, major)
 
