@@ -274,3 +274,48 @@ def test_bad_options_exit_with_usage(small_trace: Path, capsys: pytest.CaptureFi
             main(["replay", str(small_trace), *args])
         assert caught.value.code == 2
     capsys.readouterr()
+
+
+def test_replay_with_simulated_mmdb_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("mmdb_writer")
+    trace, mmdb = tmp_path / "bare.jsonl", tmp_path / "mmdb"
+    code = main(
+        [
+            "simulate",
+            "-o",
+            str(trace),
+            "--seed",
+            "6",
+            "--hours",
+            "0.5",
+            "--scale",
+            "0.1",
+            "--only",
+            "tor,browser_chat",
+            "--no-enrichment",
+            "--mmdb-dir",
+            str(mmdb),
+            "-q",
+        ]
+    )
+    assert code == 0
+    bare = _replay_json([str(trace)], capsys)
+    with_intel = _replay_json([str(trace), "--mmdb-dir", str(mmdb)], capsys)
+    assert with_intel["requests"] == bare["requests"]
+    # the databases tell the guard the exits are Tor: the scores must rise
+    assert with_intel["kinds"]["tor"]["score"]["mean"] > bare["kinds"]["tor"]["score"]["mean"]
+
+
+def test_bad_mmdb_dir_is_a_clear_error(
+    small_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["replay", str(small_trace), "--mmdb-dir", str(tmp_path / "none")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["replay", str(small_trace), "--mmdb-dir", str(tmp_path)]) == 2
+    assert "no MaxMind databases" in capsys.readouterr().err
+    (tmp_path / "junk.mmdb").write_bytes(b"not a database")
+    assert main(["replay", str(small_trace), "--mmdb-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and "Traceback" not in err

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import importlib.util
+import itertools
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from abuseguard.replay import COST_MODES, run_replay
 from abuseguard.report import ReportBuilder, plot_report, render_table
-from abuseguard.traces import TraceReader, read_trace
+from abuseguard.traces import TraceReader, TraceRecord, read_trace
 
 
 class CommandError(Exception):
@@ -43,6 +46,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--limit", type=_positive_int, metavar="N", help="replay N records")
     parser.add_argument(
         "--top", type=_positive_int, default=15, metavar="N", help="actors per table (15)"
+    )
+    parser.add_argument(
+        "--mmdb-dir",
+        metavar="DIR",
+        help="MaxMind databases (*.mmdb, kinds detected from their metadata) for records "
+        "without enrichment fields, e.g. those of 'abuseguard simulate --mmdb-dir'; "
+        "flags are aged as of the trace's first day",
     )
     parser.add_argument(
         "--cost",
@@ -137,15 +147,45 @@ def _import_policy_module(name: str) -> Any:
         ) from None
 
 
-def _make_guard(policy: Any) -> Any:
+def _make_guard(policy: Any, intel: Any = None) -> Any:
     try:
         from abuseguard.guard import Guard
     except ImportError as exc:
         raise CommandError(f"the guard core is not available: {exc}") from None
     try:
-        return Guard(policy=policy)
+        return Guard(policy=policy, intel=intel)
     except (ValueError, TypeError) as exc:
         raise CommandError(f"cannot build the guard: {exc}") from None
+
+
+def open_intel(directory: str, day: datetime.date) -> Any:
+    """GeoIntel over every MaxMind database in ``directory``, aged as of ``day``."""
+    import maxminddb
+
+    from abuseguard.intel.geo import GeoIntel, kind_of_database_type
+
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise CommandError(f"--mmdb-dir: not a directory: {folder}")
+    paths: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.mmdb")):
+        try:
+            with maxminddb.open_database(str(path)) as reader:
+                database_type = reader.metadata().database_type
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+            raise CommandError(f"--mmdb-dir: cannot read {path}: {exc}") from None
+        kind = kind_of_database_type(database_type)
+        if kind is None:
+            continue
+        if kind in paths:
+            raise CommandError(f"--mmdb-dir: two {kind} databases: {paths[kind]} and {path}")
+        paths[kind] = path
+    if not paths:
+        raise CommandError(f"--mmdb-dir: no MaxMind databases in {folder}")
+    try:
+        return GeoIntel(**paths, today=lambda: day)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise CommandError(f"--mmdb-dir: {exc}") from None
 
 
 class ProgressBar:
@@ -187,12 +227,21 @@ def _run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     with reader:
         policy = load_policy(args.policy)
-        guard = _make_guard(policy)
+        records: Iterator[TraceRecord] = iter(reader)
+        intel = None
+        if args.mmdb_dir:
+            head = next(records, None)
+            start = head.info.ts if head is not None and head.info.ts else time.time()
+            day = datetime.datetime.fromtimestamp(start, datetime.UTC).date()
+            intel = open_intel(args.mmdb_dir, day)
+            if head is not None:
+                records = itertools.chain([head], records)
+        guard = _make_guard(policy, intel)
         builder = ReportBuilder()
         progress = ProgressBar(reader, sys.stderr, enabled=not args.no_progress)
         try:
             timing = run_replay(
-                reader,
+                records,
                 guard,
                 builder,
                 limit=args.limit,
