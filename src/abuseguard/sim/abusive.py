@@ -13,6 +13,9 @@ from abuseguard.sim.world import HOSTING, MOBILE, RESIDENTIAL, World
 
 LABEL = "abusive"
 API_PATH = "/v1/chat/completions"
+# The web app's own backend: what browser personas (real or forged) talk to, with the
+# account of a web session rather than an API key.
+WEB_PATH = "/api/chat"
 
 # Where residential-proxy exits sit (weights): everywhere, skewed to large cheap markets.
 PROXY_COUNTRIES: tuple[tuple[str, float], ...] = (
@@ -131,7 +134,8 @@ class ResiPool:
     accounts staggered so the pool as a whole dispatches at a steady rate. Every request
     (or every few minutes, for pools with sticky sessions) leaves through another
     residential exit in another country. Personas differ per pool: a browser User-Agent
-    over library headers, real SDK headers, or a high-fidelity browser impersonation.
+    over library headers, real SDK headers, or a high-fidelity browser impersonation;
+    browser personas drive the web app's endpoint with web accounts, the SDK one the API.
     """
 
     pools: int = 3
@@ -157,7 +161,7 @@ def resi_pool(ctx: SimContext, p: ResiPool) -> list[Source]:
         sticky = rng.uniform(300.0, 1800.0) if rng.random() < p.sticky_share else 0.0
         templates = rng.sample(range(len(prompts.ELICITATION_TEMPLATES)), 3)
         style = _POOL_PERSONAS[pool % len(_POOL_PERSONAS)]
-        stream = rng.random() < 0.5
+        stream = style != "sdk" or rng.random() < 0.5
         accounts = ctx.count(p.accounts_per_pool)
         for a in range(accounts):
             phase = interval * a / accounts
@@ -184,12 +188,12 @@ def _pool_account(
     country = rng.choices(exits.countries, weights=exits.weights)[0]
     if style == "sdk":
         persona = personas.openai_python(rng)
+        path, key = API_PATH, new_key(rng)
     else:
         fidelity = 0.15 if style == "forged_browser" else 0.85
         persona = personas.forged_browser(rng, country, fidelity)
-    em = Emitter(
-        ctx, f"resi_pool/pool{pool}/acct{index:04d}", LABEL, "resi_pool", new_key(rng), persona
-    )
+        path, key = WEB_PATH, new_key(rng, "acct_")
+    em = Emitter(ctx, f"resi_pool/pool{pool}/acct{index:04d}", LABEL, "resi_pool", key, persona)
     horizon = ctx.horizon
     begin = rng.uniform(0.0, 0.3 * horizon)
     end = begin + rng.uniform(0.6, 1.0) * (horizon - begin)
@@ -201,7 +205,7 @@ def _pool_account(
             ip_until = t + sticky
         body = _harvest_body(rng, templates, p.elicitation_share, stream=stream, max_tokens=8192)
         out = origin(rng, len(body), 1400.0, 0.5, 8192, p.error_rate)
-        yield em.line(t, ip, "POST", API_PATH, body, out)
+        yield em.line(t, ip, "POST", path, body, out)
         t += interval * rng.uniform(1.0 - p.jitter, 1.0 + p.jitter)
 
 
@@ -402,8 +406,8 @@ def _slow_account(
 class Tor:
     """Harvesting over Tor: the exit changes with every circuit (about every 10 minutes).
 
-    Some use Tor Browser by hand (human pauses), most script it through a SOCKS proxy
-    with an HTTP library.
+    Some use Tor Browser by hand on the web app (human pauses), most script the API
+    through a SOCKS proxy with an HTTP library.
     """
 
     actors: int = 24
@@ -426,7 +430,9 @@ def _tor_user(ctx: SimContext, p: Tor, index: int) -> Source:
     exits = ctx.world.tor_exits
     browser = rng.random() < p.browser_share
     persona = personas.tor_browser(rng) if browser else personas.http_library(rng)
-    em = Emitter(ctx, f"tor/user{index:02d}", LABEL, "tor", new_key(rng), persona)
+    key = new_key(rng, "acct_") if browser else new_key(rng)
+    path = WEB_PATH if browser else API_PATH
+    em = Emitter(ctx, f"tor/user{index:02d}", LABEL, "tor", key, persona)
     templates = rng.sample(range(len(prompts.ELICITATION_TEMPLATES)), 2)
     horizon = ctx.horizon
     starts = sorted(rng.uniform(0.0, horizon) for _ in range(rng.randint(1, p.sessions_max)))
@@ -442,7 +448,7 @@ def _tor_user(ctx: SimContext, p: Tor, index: int) -> Source:
                 rng, templates, p.elicitation_share, stream=browser, max_tokens=4096
             )
             out = origin(rng, len(body), 1200.0, 0.5, 4096, p.error_rate)
-            yield em.line(t, ip, "POST", API_PATH, body, out)
+            yield em.line(t, ip, "POST", path, body, out)
             gap = lognormal(rng, 45.0, 0.8) if browser else lognormal(rng, p.script_interval, 0.3)
             t += out.duration + gap
         last = t
