@@ -202,15 +202,22 @@ def serve(
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{port}"
-    )
+    exit_codes: list[object] = []
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except SystemExit as exc:  # uvicorn exits when the app's lifespan startup fails
+            exit_codes.append(exc.code)
+
+    thread = threading.Thread(target=run, daemon=True, name=f"uvicorn-{port}")
     thread.start()
     try:
         deadline = time.monotonic() + timeout
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+                detail = f" (exit code {exit_codes[0]})" if exit_codes else ""
+                raise RuntimeError(f"uvicorn did not start on {host}:{port}{detail}")
             time.sleep(0.01)
         yield f"http://{host if family == socket.AF_INET else f'[{host}]'}:{port}"
     finally:
