@@ -9,15 +9,19 @@ depend on any other source and the whole trace is reproducible from the seed.
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from abuseguard.sim.personas import Persona
 from abuseguard.sim.world import World
 
 Source = Iterator[tuple[float, str]]
+
+# json.dumps(text, ensure_ascii=False) without building an encoder per call (C function).
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring
 
 # Hourly activity of people, by local hour (peak 1.0).
 HUMAN_DAY = (
@@ -158,7 +162,7 @@ class Emitter:
         outcome: Outcome,
         persona: str | None = None,
     ) -> tuple[float, str]:
-        body_part = "" if body is None else ',"body":' + json.dumps(body, ensure_ascii=False)
+        body_part = "" if body is None else ',"body":' + _encode_string(body)
         text = (
             f'{{"ts":{self.start + t:.3f},{self.world.fragment(ip)},{self._head},'
             f'"method":"{method}","path":"{path}",{persona or self._persona}{body_part},'

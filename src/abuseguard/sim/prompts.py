@@ -576,6 +576,7 @@ def elicitation_prompt(rng: random.Random, template: int) -> str:
 
 # --- chat bodies -----------------------------------------------------------------------------
 
+_BODY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 MODELS_CHEAP = ("atlas-1-mini", "atlas-1-mini", "atlas-1")
 MODEL_BEST = "atlas-1-reasoning"
 
@@ -596,4 +597,4 @@ def chat_body(
         body["max_tokens"] = max_tokens
     if stream:
         body["stream"] = True
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return _BODY_ENCODER.encode(body)
