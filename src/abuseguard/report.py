@@ -15,7 +15,10 @@ Definitions (DESIGN.md, "Trace format"):
   the number of requests it sent before that one (0: its first request was mitigated);
 * the benign false-positive rates are the shares of benign actors and of benign
   requests that were mitigated (limited requests are not false positives: they are the
-  configured limits doing their job).
+  configured limits doing their job);
+* ``reasons`` counts reason codes per label over every decision that carries any (a
+  ``log`` or ``delay`` decision has reasons too); ``actions`` counts decided actions,
+  ``shadow:<action>`` for shadowed ones.
 
 Records without ground truth are grouped under the label ``unknown`` and their actor is
 the key, or the IP when there is no key. Scores are kept in 100 bins per kind, so score
