@@ -33,6 +33,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from abuseguard import (
@@ -124,6 +127,12 @@ def create_app(
     """The API with its guard. Arguments override the example's defaults (tests use them)."""
     app = FastAPI(title="tiny LLM API")
     proxies = trusted_proxies_from_env() if trusted_proxies is None else tuple(trusted_proxies)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler fails on a body that is not UTF-8; never answer 500 to that.
+        safe = {bytes: lambda raw: raw.decode("utf-8", "replace")}
+        return JSONResponse({"detail": jsonable_encoder(exc.errors(), custom_encoder=safe)}, 422)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
