@@ -1,0 +1,446 @@
+"""Prompt content fingerprints: template shape, template id and reasoning-elicitation markers.
+
+Harvesters send many prompts built from a few templates ("Solve the following problem step
+by step: {problem}"), often one template from hundreds of accounts, and ask for reasoning
+traces. ``ContentFingerprinter.fingerprint`` turns one request body into ``ContentFacts``
+that the scoring kernel keeps per account (a ring of recent SimHashes) and globally (a
+Count-Min of template ids).
+
+Pipeline, for at most ``max_bytes`` bytes of body:
+
+1. **Extraction.** A body that looks like JSON (first non-blank byte ``{`` or ``[``, or a
+   JSON content type) is parsed and read as an LLM API request:
+
+   - OpenAI chat completions and Anthropic messages: ``messages[].content`` (a string or a
+     list of ``{"type": "text", "text": ...}`` blocks), system text from ``system``
+     (Anthropic) or ``system``/``developer`` messages (OpenAI);
+   - OpenAI responses: ``input`` (a string or a list of items with ``role`` and
+     ``content``), system text from ``instructions``;
+   - Gemini: ``contents[].parts[].text``, system text from ``systemInstruction``;
+   - legacy completions: ``prompt`` (a string or a list of strings; token arrays carry no
+     text).
+
+   Other JSON contributes its string values in document order. Anything else, and JSON that
+   does not parse (a body cut by ``max_bytes`` included), is read as raw text, UTF-8 with
+   invalid bytes replaced; a form-urlencoded body is unquoted first. Bytes that are mostly
+   control characters or invalid UTF-8 are binary: no prompt.
+
+2. **Which text is the prompt.** The template shape is taken from the *last user message*
+   only. The concatenated user text would make every turn of a benign multi-turn chat
+   repeat the previous one (the history is re-sent each time), which is exactly what the
+   per-account repeat signal must not see; the last user turn is where a harvester's
+   template and fill-in live. The system prompt and earlier turns go into ``context_id``
+   instead: a harvester that puts its instructions in a fixed system prompt or in few-shot
+   turns sends the same ``context_id`` from every account, while a chat's context changes
+   with every turn. Elicitation markers are searched in the system text, every user turn
+   and a trailing assistant prefill (Anthropic), never in earlier assistant answers.
+
+3. **Template shape.** The prompt is lower-cased and its variable parts are masked:
+   fenced code, URLs and e-mail addresses, quoted spans, runs of 25+ printable ASCII
+   characters (hashes, base64, identifiers) and numbers become placeholders. Then the
+   structure is masked: the lines after a header line ending in ``:`` up to a blank line,
+   the rest of a ``label: value`` line (and its continuation lines), or, when neither
+   applies and the prompt has several paragraphs (or lines), every paragraph but the one
+   densest in ``INSTRUCTION_WORDS`` ("please", "answer", "step", "format", ...). The
+   structural masks are kept only when at least ``MIN_TEMPLATE_WORDS`` literal words survive
+   them, so "Question: {anything}" does not collapse every prompt with a colon into one
+   template; otherwise only the token masks apply.
+
+   ``template_id`` is a 64-bit hash of the token sequence of that skeleton: fill-ins of one
+   template share it when the masks cover the fill-in (colon, header, quotes, code,
+   numbers, a fill-in paragraph or line). ``simhash`` is a SimHash over word
+   ``shingle``-grams of the same skeleton, so near variants of a template (a word changed,
+   a fill-in the masks missed) stay within a few bits. Both are 0 when the skeleton has
+   fewer than ``MIN_TOKENS`` tokens ("hi", "thanks"): such prompts carry no template
+   evidence and consumers should skip them.
+
+4. **Elicitation.** ``ELICITATION_MARKERS`` lists phrases with weights; the strength is
+   ``1 - prod(1 - weight)`` over the distinct markers found (case-insensitive, any run of
+   spaces, hyphens or underscores between words).
+
+Known limits: a fill-in spliced into a sentence without delimiters ("Write a poem about
+{topic} in the style of {poet}") changes the template id (the SimHash stays partly close);
+a prompt beyond ``max_bytes`` is fingerprinted from the raw first bytes of the body; human
+prompts that share a long sign-off paragraph or label share a skeleton.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+import numpy as np
+
+from abuseguard.engine._content_kernels import (
+    MAX_SHINGLE,
+    MarkerSet,
+    hash_table,
+    skeleton_hashes,
+    skeleton_text,
+    token_hash,
+)
+
+MIN_TOKENS = 3
+
+# (phrase, weight). Strong: explicit requests for the reasoning itself; medium: classic
+# step-by-step prompting; weak: phrases common in ordinary questions too.
+ELICITATION_MARKERS: tuple[tuple[str, float], ...] = (
+    ("chain of thought", 1.0),
+    ("reasoning trace", 1.0),
+    ("<thinking>", 1.0),
+    ("<think>", 1.0),
+    ("<reasoning>", 1.0),
+    ("<scratchpad>", 1.0),
+    ("internal monologue", 0.9),
+    ("show your reasoning", 0.9),
+    ("show your thinking", 0.9),
+    ("show your thought process", 0.9),
+    ("full reasoning", 0.8),
+    ("complete reasoning", 0.8),
+    ("think step by step", 0.9),
+    ("reason step by step", 0.9),
+    ("explain your reasoning", 0.7),
+    ("explain your thinking", 0.7),
+    ("detailed reasoning", 0.7),
+    ("reasoning process", 0.7),
+    ("reasoning steps", 0.7),
+    ("intermediate steps", 0.7),
+    ("thought process", 0.7),
+    ("scratchpad", 0.7),
+    ("step by step", 0.6),
+    ("let's think", 0.6),
+    ("think out loud", 0.6),
+    ("think aloud", 0.6),
+    ("show all work", 0.6),
+    ("show all your work", 0.6),
+    ("show your work", 0.6),
+    ("show all steps", 0.6),
+    ("show all the steps", 0.6),
+    ("show your steps", 0.6),
+    ("show each step", 0.6),
+    ("explain each step", 0.5),
+    ("reason through", 0.5),
+    ("think carefully", 0.4),
+    ("think through", 0.4),
+    ("walk me through", 0.3),
+    ("before answering", 0.3),
+    ("before you answer", 0.3),
+)
+
+# Words that mark a paragraph as the instructions of a template rather than its fill-in
+# (used to pick the fixed paragraph of a prompt with no "label:" structure). Task verbs that
+# problems themselves use ("find", "compute", "prove") and words common in any human message
+# ("you", "your", "help", "code") are left out on purpose.
+INSTRUCTION_WORDS: frozenset[str] = frozenset(
+    """
+    please answer answers answering respond response reply explain reason reasoning step
+    steps think final format formatted output return rewrite translate translation summarize
+    summarise summary classify following below above provide put include box boxed json
+    markdown sentence sentences language question problem task instructions instruction
+    passage bullet bullets concise detailed brief briefly carefully write show justify
+    describe
+    """.split()  # noqa: SIM905 (a word list reads better as text)
+)
+
+INSTRUCTION_TABLE = hash_table([token_hash(word.encode()) for word in sorted(INSTRUCTION_WORDS)])
+_MARKER_SET = MarkerSet([phrase for phrase, _ in ELICITATION_MARKERS])
+_MARKER_WEIGHTS = tuple(weight for _, weight in ELICITATION_MARKERS)
+_HAS_WORD = re.compile(r"[^\W_]")
+_DIGITS = re.compile(r"\d+")
+
+_TEXT_BYTES = bytes([0x09, 0x0A, 0x0C, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_BINARY_SNIFF = 1024
+_NOT_JSON = object()
+
+
+@dataclass(frozen=True, slots=True)
+class ContentFacts:
+    """Fingerprint of one request body.
+
+    ``simhash``: 64-bit SimHash (signed int64) of the prompt's template skeleton; fill-ins of
+    one template land within a few bits. ``template_id``: signed int64 hash of the skeleton's
+    token sequence, equal for fill-ins of one template when the masks cover the fill-in.
+    Both are 0 when there is no prompt or it is too short to carry a template.
+    ``elicitation``: 0..1 strength of reasoning-elicitation markers. ``n_bytes``: bytes
+    examined (after the cap). ``prompt_found``: False when no prompt text could be
+    extracted. ``context_id``: signed int64 hash of the system prompt and the turns before
+    the last user message (digits normalised), 0 when there are none.
+    """
+
+    simhash: int
+    template_id: int
+    elicitation: float
+    n_bytes: int
+    prompt_found: bool
+    context_id: int = 0
+
+
+EMPTY_CONTENT = ContentFacts(
+    simhash=0, template_id=0, elicitation=0.0, n_bytes=0, prompt_found=False
+)
+
+
+@dataclass(slots=True)
+class _Prompt:
+    template: str
+    elicitation: str
+    context: str
+
+
+def _lower_bytes(text: str) -> np.ndarray:
+    return np.frombuffer(text.lower().encode("utf-8", "surrogatepass"), dtype=np.uint8)
+
+
+def template_skeleton(text: str) -> str:
+    """The masked shape of ``text`` that ``template_id`` and ``simhash`` hash, as text.
+
+    Tokens are joined by single spaces; masked spans show as VAR, NUM, QUOTE, CODE, URL or
+    LONG. For documentation and tests: fingerprints never build this string.
+    """
+    return skeleton_text(text.lower().encode("utf-8", "surrogatepass"), INSTRUCTION_TABLE)
+
+
+def elicitation_strength(text: str) -> float:
+    """``1 - prod(1 - weight)`` over the distinct ``ELICITATION_MARKERS`` found in ``text``."""
+    bits = _MARKER_SET.bits(_lower_bytes(text))
+    remaining = 1.0
+    for index, weight in enumerate(_MARKER_WEIGHTS):
+        if bits >> index & 1:
+            remaining *= 1.0 - weight
+    return min(1.0, max(0.0, 1.0 - remaining))
+
+
+def _stable_hash(text: str) -> int:
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True) or 1
+
+
+def _text_of(value: object, *, nested: bool = True) -> str:
+    """Text of a message ``content``: a string, a block, or a list of strings and blocks.
+
+    A block's ``parts`` (Gemini) are read one level deep only: no recursion on input.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return ""
+    parts: list[str] = []
+    for block in value:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict):
+            text = block.get("text")
+            if not isinstance(text, str):
+                text = block.get("content")
+            if isinstance(text, str):
+                parts.append(text)
+            elif nested and isinstance(block.get("parts"), list):
+                parts.append(_text_of(block["parts"], nested=False))
+    return "\n".join(part for part in parts if part)
+
+
+def _assemble(system: Iterable[str], turns: list[tuple[str, str]]) -> _Prompt:
+    """Split a conversation into the last user turn, elicitation text and context."""
+    system_text = [text for text in system if text]
+    turns = [(role, text) for role, text in turns if text]
+    last_user = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=-1)
+    if last_user < 0:
+        every = system_text + [text for _, text in turns]
+        last = every[-1] if every else ""
+        return _Prompt(template=last, elicitation="\n".join(every), context="")
+    elicitation = [
+        *system_text,
+        *(text for i, (role, text) in enumerate(turns) if role == "user" or i > last_user),
+    ]
+    context = [
+        *system_text,
+        *(f"{role}: {text}" for i, (role, text) in enumerate(turns) if i != last_user),
+    ]
+    return _Prompt(
+        template=turns[last_user][1], elicitation="\n".join(elicitation), context="\n".join(context)
+    )
+
+
+def _role(item: dict[str, object], default: str = "user") -> str:
+    role = item.get("role")
+    if not isinstance(role, str):
+        return default
+    if role in ("system", "developer"):
+        return "system"
+    return "assistant" if role == "model" else role
+
+
+def _from_turns(system: list[str], items: list[object]) -> _Prompt:
+    turns: list[tuple[str, str]] = []
+    for item in items:
+        if isinstance(item, str):
+            turns.append(("user", item))
+        elif isinstance(item, dict):
+            role = _role(item)
+            content = item["parts"] if "parts" in item else item.get("content")
+            if "role" not in item and "content" not in item and "parts" not in item:
+                content = item  # a bare responses-API input block
+            text = _text_of(content)
+            if role == "system":
+                system.append(text)
+            else:
+                turns.append((role, text))
+    return _assemble(system, turns)
+
+
+def _as_list(value: object) -> list[object]:
+    if isinstance(value, list):
+        return value
+    return [value] if isinstance(value, (dict, str)) else []
+
+
+def _from_api(doc: dict[str, object]) -> _Prompt | None:
+    """Read the LLM API request shapes; None when ``doc`` is none of them."""
+    if "messages" in doc:  # OpenAI chat completions, Anthropic messages
+        return _from_turns([_text_of(doc.get("system"))], _as_list(doc["messages"]))
+    if "contents" in doc:  # Gemini
+        instruction = doc.get("systemInstruction", doc.get("system_instruction"))
+        return _from_turns([_text_of(instruction)], _as_list(doc["contents"]))
+    if "input" in doc:  # OpenAI responses
+        return _from_turns([_text_of(doc.get("instructions"))], _as_list(doc["input"]))
+    if "prompt" in doc:  # legacy completions
+        prompts = [item for item in _as_list(doc["prompt"]) if isinstance(item, str) and item]
+        first = prompts[0] if prompts else ""
+        return _Prompt(template=first, elicitation="\n".join(prompts), context="")
+    return None
+
+
+def _string_leaves(doc: object) -> str:
+    """String values of any JSON document in document order, without recursion."""
+    leaves: list[str] = []
+    stack: list[object] = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            leaves.append(node)
+        elif isinstance(node, dict):
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return "\n".join(leaves)
+
+
+def _from_json(doc: object) -> _Prompt:
+    if isinstance(doc, dict):
+        prompt = _from_api(doc)
+        if prompt is not None:
+            return prompt
+    text = _string_leaves(doc)
+    return _Prompt(template=text, elicitation=text, context="")
+
+
+def _looks_binary(raw: bytes) -> bool:
+    sample = raw[:_BINARY_SNIFF]
+    control = len(sample.translate(None, _TEXT_BYTES))
+    if control * 10 > len(sample):
+        return True
+    decoded = sample.decode("utf-8", "replace")
+    return decoded.count("\ufffd") * 4 > len(decoded)
+
+
+def _is_json_type(content_type: str | None) -> bool:
+    return content_type is not None and "json" in content_type.lower()
+
+
+class ContentFingerprinter:
+    """Turns request bodies into ``ContentFacts``; thread-safe, never raises on a body."""
+
+    __slots__ = ("_max_bytes", "_shingle")
+
+    def __init__(self, *, max_bytes: int = 16384, shingle: int = 3) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        if isinstance(shingle, bool) or not isinstance(shingle, int):
+            raise ValueError(f"shingle must be an integer, got {shingle!r}")
+        if not 1 <= shingle <= MAX_SHINGLE:
+            raise ValueError(f"shingle must be in 1..{MAX_SHINGLE}, got {shingle}")
+        self._max_bytes = max_bytes
+        self._shingle = shingle
+        # The kernels are compiled (or loaded from cache) at import; these calls make sure
+        # the first request never pays for dispatch set-up either.
+        skeleton_hashes(_lower_bytes("warm up: the kernels"), shingle, INSTRUCTION_TABLE)
+        elicitation_strength("warm up")
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    @property
+    def shingle(self) -> int:
+        return self._shingle
+
+    def fingerprint(
+        self, body: bytes | str | None, content_type: str | None = None
+    ) -> ContentFacts:
+        """Fingerprint the first ``max_bytes`` bytes of ``body``; never raises."""
+        try:
+            return self._fingerprint(body, content_type)
+        except Exception:  # a fingerprint must never fail the request it describes
+            return EMPTY_CONTENT
+
+    def _capped(self, body: object) -> bytes:
+        cap = self._max_bytes
+        if isinstance(body, str):
+            return body[:cap].encode("utf-8", "surrogatepass")[:cap]
+        if isinstance(body, (bytes, bytearray, memoryview)):
+            return bytes(memoryview(body)[:cap])
+        return b""
+
+    def _fingerprint(self, body: object, content_type: str | None) -> ContentFacts:
+        raw = self._capped(body)
+        if not raw:
+            return EMPTY_CONTENT
+        prompt = self._extract(raw, content_type)
+        if prompt is None or not (
+            _HAS_WORD.search(prompt.template) or _HAS_WORD.search(prompt.elicitation)
+        ):
+            return ContentFacts(0, 0, 0.0, len(raw), False)
+        simhash, template_id = self._shape(prompt.template)
+        context = _stable_hash(_DIGITS.sub("0", prompt.context)) if prompt.context else 0
+        return ContentFacts(
+            simhash=simhash,
+            template_id=template_id,
+            elicitation=elicitation_strength(prompt.elicitation),
+            n_bytes=len(raw),
+            prompt_found=True,
+            context_id=context,
+        )
+
+    def _extract(self, raw: bytes, content_type: str | None) -> _Prompt | None:
+        first = raw.lstrip()[:1]
+        if first in (b"{", b"[") or _is_json_type(content_type):
+            doc = self._parse_json(raw)
+            if doc is not _NOT_JSON:
+                return _from_json(doc)
+        if _looks_binary(raw):
+            return None
+        text = raw.decode("utf-8", "replace")
+        if content_type is not None and "x-www-form-urlencoded" in content_type.lower():
+            text = unquote_plus(text)
+        return _Prompt(template=text, elicitation=text, context="")
+
+    @staticmethod
+    def _parse_json(raw: bytes) -> object:
+        try:
+            return json.loads(raw.decode("utf-8-sig", "replace"))
+        except (ValueError, RecursionError):
+            return _NOT_JSON
+
+    def _shape(self, text: str) -> tuple[int, int]:
+        simhash, template_id, n_tokens = skeleton_hashes(
+            _lower_bytes(text), self._shingle, INSTRUCTION_TABLE
+        )
+        if n_tokens < MIN_TOKENS:
+            return 0, 0
+        return simhash, template_id
