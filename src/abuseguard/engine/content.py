@@ -8,8 +8,9 @@ Count-Min of template ids).
 
 Pipeline, for at most ``max_bytes`` bytes of body:
 
-1. **Extraction.** A body that looks like JSON (first non-blank byte ``{`` or ``[``, or a
-   JSON content type) is parsed and read as an LLM API request:
+1. **Extraction.** A body that looks like JSON (first non-blank byte ``{``, ``[`` or
+   ``"`` after an optional byte order mark, or a JSON content type) is parsed and read as
+   an LLM API request:
 
    - OpenAI chat completions and Anthropic messages: ``messages[].content`` (a string or a
      list of ``{"type": "text", "text": ...}`` blocks), system text from ``system``
@@ -17,51 +18,68 @@ Pipeline, for at most ``max_bytes`` bytes of body:
    - OpenAI responses: ``input`` (a string or a list of items with ``role`` and
      ``content``), system text from ``instructions``;
    - Gemini: ``contents[].parts[].text``, system text from ``systemInstruction``;
-   - legacy completions: ``prompt`` (a string or a list of strings; token arrays carry no
-     text).
+   - legacy completions: ``prompt`` (a string or a list of strings, the first being the
+     template; token arrays carry no text).
 
-   Other JSON contributes its string values in document order. Anything else, and JSON that
-   does not parse (a body cut by ``max_bytes`` included), is read as raw text, UTF-8 with
-   invalid bytes replaced; a form-urlencoded body is unquoted first. Bytes that are mostly
-   control characters or invalid UTF-8 are binary: no prompt.
+   Other JSON contributes its string values in document order (walked without recursion).
+   Anything else, and JSON that does not parse (a body cut by ``max_bytes``, or nested
+   deeper than ``json`` recurses, included), is read as raw text, UTF-8 with invalid bytes
+   replaced; a form-urlencoded body is unquoted first. Bytes that are mostly control
+   characters or invalid UTF-8 are binary: no prompt.
 
 2. **Which text is the prompt.** The template shape is taken from the *last user message*
    only. The concatenated user text would make every turn of a benign multi-turn chat
    repeat the previous one (the history is re-sent each time), which is exactly what the
    per-account repeat signal must not see; the last user turn is where a harvester's
-   template and fill-in live. The system prompt and earlier turns go into ``context_id``
-   instead: a harvester that puts its instructions in a fixed system prompt or in few-shot
-   turns sends the same ``context_id`` from every account, while a chat's context changes
-   with every turn. Elicitation markers are searched in the system text, every user turn
-   and a trailing assistant prefill (Anthropic), never in earlier assistant answers.
+   template and fill-in live. The system prompt and the other turns go into ``context_id``
+   instead (digits normalised, so a date in a system prompt does not change it): a
+   harvester that puts its instructions in a fixed system prompt or in few-shot turns
+   sends the same ``context_id`` from every account, while a chat's context changes with
+   every turn. Elicitation markers are searched in the system text, every user turn and a
+   trailing assistant prefill (Anthropic), never in earlier assistant answers.
 
-3. **Template shape.** The prompt is lower-cased and its variable parts are masked:
-   fenced code, URLs and e-mail addresses, quoted spans, runs of 25+ printable ASCII
-   characters (hashes, base64, identifiers) and numbers become placeholders. Then the
-   structure is masked: the lines after a header line ending in ``:`` up to a blank line,
-   the rest of a ``label: value`` line (and its continuation lines), or, when neither
-   applies and the prompt has several paragraphs (or lines), every paragraph but the one
-   densest in ``INSTRUCTION_WORDS`` ("please", "answer", "step", "format", ...). The
-   structural masks are kept only when at least ``MIN_TEMPLATE_WORDS`` literal words survive
-   them, so "Question: {anything}" does not collapse every prompt with a colon into one
-   template; otherwise only the token masks apply.
+3. **Template shape** (a Numba scanner, ``_content_kernels.py``). The prompt is
+   lower-cased and split into word tokens (punctuation and whitespace only separate; each
+   CJK character is a token). Variable tokens become placeholders: fenced code, URLs and
+   e-mail addresses, quoted spans ("..." '...' `...` “...” «...»), runs of 25+ printable
+   ASCII bytes (keys, hashes, base64) and numbers. Then the line structure is masked:
 
-   ``template_id`` is a 64-bit hash of the token sequence of that skeleton: fill-ins of one
-   template share it when the masks cover the fill-in (colon, header, quotes, code,
-   numbers, a fill-in paragraph or line). ``simhash`` is a SimHash over word
-   ``shingle``-grams of the same skeleton, so near variants of a template (a word changed,
-   a fill-in the masks missed) stay within a few bits. Both are 0 when the skeleton has
-   fewer than ``MIN_TOKENS`` tokens ("hi", "thanks"): such prompts carry no template
-   evidence and consumers should skip them.
+   - a *header* line ending in ``:`` keeps its words, and the lines after it up to a blank
+     line become one VAR;
+   - a *label* line ``label: value`` keeps the label, and the value with its continuation
+     lines (up to a blank line or a line with a colon in its first 40 bytes) become VAR;
+   - when a header or label was found, every other paragraph with fewer than 20%
+     ``INSTRUCTION_WORDS`` ("please", "answer", "step", "format", ...) becomes VAR too, so a
+     multi-paragraph fill-in is masked whole while "Answer in one sentence." stays;
+   - with neither, a prompt of several paragraphs (or lines) keeps only the one densest in
+     instruction words ("{problem}\nPlease reason step by step..."); when no paragraph
+     holds one, nothing tells the fixed part from the fill-in and nothing is masked.
 
-4. **Elicitation.** ``ELICITATION_MARKERS`` lists phrases with weights; the strength is
-   ``1 - prod(1 - weight)`` over the distinct markers found (case-insensitive, any run of
-   spaces, hyphens or underscores between words).
+   Consecutive VARs collapse into one. The structural masks are kept only when at least
+   ``MIN_TEMPLATE_WORDS`` (4) literal words survive them, so "Question: {anything}" does not
+   collapse every prompt with a colon into one template; otherwise only the token
+   placeholders apply. ``template_skeleton`` shows the result as text.
+
+   ``template_id`` is a 64-bit hash of the skeleton's token sequence: fill-ins of one
+   template share it when the masks cover the fill-in. ``simhash`` is a SimHash over token
+   ``shingle``-grams of the same skeleton, so near variants of a template (a word changed
+   in a long instruction) stay within a few bits while unrelated prompts differ in about
+   half of them. Both are 0 when the skeleton has fewer than ``MIN_TOKENS`` tokens ("hi",
+   "thanks"): such prompts carry no template evidence and consumers should skip them.
+
+4. **Elicitation.** ``ELICITATION_MARKERS`` lists phrases with weights, matched as token
+   sequences (case-insensitive; any punctuation or whitespace between words, so
+   "step-by-step", "step_by_step" and "let\u2019s" match; ``<tag>`` is one token). The
+   strength is ``1 - prod(1 - weight)`` over the distinct phrases found; a phrase inside a
+   longer one counts too ("think step by step" is 0.9 and 0.6, so 0.96).
 
 Known limits: a fill-in spliced into a sentence without delimiters ("Write a poem about
-{topic} in the style of {poet}") changes the template id (the SimHash stays partly close);
-a prompt beyond ``max_bytes`` is fingerprinted from the raw first bytes of the body; human
-prompts that share a long sign-off paragraph or label share a skeleton.
+{topic} in the style of {poet}") changes the template id; so does a fill-in paragraph dense
+in instruction words. A short template ("Q: {x}") leaves too few literal words to be
+masked. A prompt beyond ``max_bytes`` is fingerprinted from the raw first bytes of the
+body. Human prompts that share a long label or an instruction-like paragraph share a
+skeleton. The fingerprinter is stateless: telling a template from its fill-ins by what
+recurs across requests belongs to a background job, not to the request path.
 """
 
 from __future__ import annotations
@@ -132,7 +150,7 @@ ELICITATION_MARKERS: tuple[tuple[str, float], ...] = (
 )
 
 # Words that mark a paragraph as the instructions of a template rather than its fill-in
-# (used to pick the fixed paragraph of a prompt with no "label:" structure). Task verbs that
+# (see "Template shape" above for how the skeleton uses them). Task verbs that
 # problems themselves use ("find", "compute", "prove") and words common in any human message
 # ("you", "your", "help", "code") are left out on purpose.
 INSTRUCTION_WORDS: frozenset[str] = frozenset(
@@ -167,8 +185,8 @@ class ContentFacts:
     Both are 0 when there is no prompt or it is too short to carry a template.
     ``elicitation``: 0..1 strength of reasoning-elicitation markers. ``n_bytes``: bytes
     examined (after the cap). ``prompt_found``: False when no prompt text could be
-    extracted. ``context_id``: signed int64 hash of the system prompt and the turns before
-    the last user message (digits normalised), 0 when there are none.
+    extracted. ``context_id``: signed int64 hash of the system prompt and the turns other
+    than the last user message (digits normalised), 0 when there are none.
     """
 
     simhash: int
@@ -418,8 +436,8 @@ class ContentFingerprinter:
         )
 
     def _extract(self, raw: bytes, content_type: str | None) -> _Prompt | None:
-        first = raw.lstrip()[:1]
-        if first in (b"{", b"[") or _is_json_type(content_type):
+        first = raw.removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+        if first in (b"{", b"[", b'"') or _is_json_type(content_type):
             doc = self._parse_json(raw)
             if doc is not _NOT_JSON:
                 return _from_json(doc)

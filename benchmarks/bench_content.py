@@ -1,0 +1,133 @@
+"""Cost of prompt content fingerprinting (a script, not a test).
+
+Prints, for OpenAI-style JSON chat bodies of 1, 4 and 16 KiB and for a typical 300-byte
+prompt, the median cost of ``ContentFingerprinter.fingerprint`` per call and per KiB of
+body, a breakdown of the stages, and the SimHash kernel against its plain-Python reference.
+
+    .venv/bin/python benchmarks/bench_content.py [--quick]
+
+Medians over several repeats; these machines are shared and noisy, so compare figures taken
+in one run rather than across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+import timeit
+from collections.abc import Callable
+
+import numpy as np
+
+from abuseguard.engine._content_kernels import skeleton_hashes
+from abuseguard.engine.content import (
+    INSTRUCTION_TABLE,
+    ContentFingerprinter,
+    elicitation_strength,
+)
+
+WORDS = (  # noqa: SIM905 (a word list reads better as text)
+    "the of and to in is that for it as was with be by on not he this are or his from at "
+    "which but have an they you were her she there been one all we their has would when "
+    "what will more if no out so said can who about up them some could him into its then "
+    "two time like only my do over also new any these may first people because way even "
+    "function value error server request model train distance speed price market country "
+    "history river mountain energy protein language theorem integral matrix probability"
+).split()
+
+
+def prose(rng: random.Random, n_bytes: int) -> str:
+    """Human-looking text: sentences of common words, some numbers, paragraphs."""
+    out: list[str] = []
+    size = 0
+    while size < n_bytes:
+        sentence = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 18)))
+        if rng.random() < 0.3:
+            sentence += f" {rng.randint(2, 9999)}"
+        sentence = sentence.capitalize() + rng.choice(".?.!")
+        sentence += "\n\n" if rng.random() < 0.15 else " "
+        out.append(sentence)
+        size += len(sentence)
+    return "".join(out)
+
+
+def chat_body(rng: random.Random, n_bytes: int) -> bytes:
+    """An OpenAI chat completions body of about ``n_bytes`` bytes (never more)."""
+
+    def build(user: str) -> bytes:
+        return json.dumps(
+            {
+                "model": "gpt-4o",
+                "messages": [
+                    {"role": "system", "content": "You are a helpful assistant. Answer precisely."},
+                    {
+                        "role": "user",
+                        "content": "Solve the following problem step by step: " + user,
+                    },
+                ],
+            }
+        ).encode()
+
+    text = prose(rng, n_bytes)
+    low, high = 0, len(text)
+    while low < high:  # the longest prefix of the text whose body fits
+        middle = (low + high + 1) // 2
+        if len(build(text[:middle])) <= n_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    return build(text[:low])
+
+
+def median_us(func: Callable[[], object], number: int, repeat: int) -> float:
+    # CPU time of this process: the machines are shared, wall time would count the others.
+    runs = timeit.repeat(func, number=number, repeat=repeat, timer=time.process_time)
+    return statistics.median(runs) / number * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    repeat = 3 if args.quick else 7
+    rng = random.Random(7)
+    fingerprinter = ContentFingerprinter()
+
+    print("fingerprint() on OpenAI chat JSON bodies (median):")
+    print(f"  {'body':>9} {'µs/call':>9} {'µs/KiB':>8}")
+    for kib in (1, 4, 16):
+        body = chat_body(rng, kib * 1024 - 64)  # stays under the 16 KiB cap, parses as JSON
+        assert fingerprinter.fingerprint(body).prompt_found
+        number = max(20, 4000 // kib)
+        cost = median_us(lambda b=body: fingerprinter.fingerprint(b), number, repeat)
+        print(f"  {len(body):>7} B {cost:>9.1f} {cost / (len(body) / 1024):>8.1f}")
+
+    typical_text = "Solve the following problem step by step: " + prose(rng, 250)
+    typical_text = typical_text[:300]
+    typical_json = json.dumps(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": typical_text}]}
+    ).encode()
+    print("typical 300-byte prompt (median):")
+    for label, body in (("raw text", typical_text.encode()), ("chat JSON", typical_json)):
+        cost = median_us(lambda b=body: fingerprinter.fingerprint(b), 5000, repeat)
+        print(f"  {label:>9} ({len(body)} B): {cost:.1f} µs/call")
+
+    print("stages on the 16 KiB body (median µs):")
+    body = chat_body(rng, 16 * 1024 - 64)
+    text = json.loads(body)["messages"][1]["content"]
+    lowered = np.frombuffer(text.lower().encode(), dtype=np.uint8)
+    stages: dict[str, Callable[[], object]] = {
+        "json.loads": lambda: json.loads(body),
+        "lower + encode": lambda: text.lower().encode(),
+        "skeleton + SimHash kernel": lambda: skeleton_hashes(lowered, 3, INSTRUCTION_TABLE),
+        "elicitation markers": lambda: elicitation_strength(text),
+    }
+    for name, func in stages.items():
+        print(f"  {name:<26} {median_us(func, 200, repeat):>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
