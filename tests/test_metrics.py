@@ -128,6 +128,10 @@ def test_backend_hooks_reach_every_registry() -> None:
     assert value(registry, "abuseguard_backend_circuit_state", backend="redis") == 2
     observer.record_circuit_state("redis", "half_open")
     assert value(registry, "abuseguard_backend_circuit_state", backend="redis") == 1
+    record_circuit_state("redis", "closed")
+    assert value(registry, "abuseguard_backend_circuit_state", backend="redis") == 0
+    record_circuit_state("redis", "half-open")  # the breaker's own spelling
+    assert value(registry, "abuseguard_backend_circuit_state", backend="redis") == 1
     observer.record_backend_latency("redis", 0.002)
     assert value(registry, "abuseguard_backend_latency_seconds", backend="redis") == 0.002
 

@@ -53,8 +53,8 @@ from abuseguard.request import RequestInfo
 
 logger = logging.getLogger("abuseguard.metrics")
 
-CircuitState = Literal["closed", "half_open", "open"]
-CIRCUIT_VALUES: dict[str, float] = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+CircuitState = Literal["closed", "half_open", "half-open", "open"]
+CIRCUIT_VALUES: dict[str, float] = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
 SCORE_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -339,7 +339,8 @@ def record_backend_latency(backend: str, seconds: float) -> None:
 def record_circuit_state(backend: str, state: CircuitState) -> None:
     """Hook for backends: the circuit breaker of ``backend`` is now ``state``.
 
-    ``state`` is "closed" (healthy), "half_open" (probing) or "open" (failing fast).
+    ``state`` is "closed" (healthy), "half_open" or "half-open" (probing) or "open"
+    (failing fast).
     Unknown states are ignored. Never raises.
     """
     if not _by_registry:
