@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from llm_api import create_app, example_policy
 
-from abuseguard import Decision, RequestInfo
+from abuseguard import Concurrency, Decision, RequestInfo
 from abuseguard.metrics import PrometheusObserver
 from abuseguard.testing import serve
 
@@ -196,7 +196,7 @@ def traffic_section(demo: Demo) -> None:
     policy = example_policy()
     bucket = policy.bucket
     assert bucket is not None and isinstance(bucket.cost, dict)
-    assert policy.concurrency is not None
+    assert isinstance(policy.concurrency, Concurrency)
     demo.print(
         f"Policy: bucket {bucket.name!r} of {bucket.capacity:g} model tokens per API key, "
         f"refilling {bucket.per_second * 60:g}/minute; a chat completion is charged "
