@@ -35,8 +35,13 @@ test: lint typecheck unit
 demo: venv
 	$(BIN)/python examples/demo.py
 
+# `make bench BENCH_ARGS=--quick` for a shorter run; wrk (Debian package) drives the HTTP part.
 bench: venv redis-server
-	$(BIN)/python benchmarks/run_all.py
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

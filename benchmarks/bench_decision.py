@@ -1,175 +1,430 @@
 """In-process decision latency: p50/p99 per request, by stage, memory backend.
 
 Run: .venv/bin/python benchmarks/bench_decision.py [--requests N] [--json out.json]
-Traffic: a few thousand identities (API keys over many IPs, browser and SDK User-Agents),
-virtual time, generous limits so the measured path is the common one (allowed).
+     [--quick] [--cold-start] [--intel {mmdb,fields}]
+
+Traffic: two thousand accounts (API keys), each on its own address in an ordinary network
+of the tests' small MaxMind world and with one User-Agent, in virtual time at about one
+request per second per account; generous limits, so the measured path is the common one
+(allowed). Intel comes from a GeoIntel over that world (``--intel mmdb``, the default), or
+from enrichment fields on each request, as a CDN log would carry them (``--intel fields``).
+
+Stages, each timed per call on the same warmed guard:
+
+- ``asgi_request_info``: the middleware turning an ASGI scope into a RequestInfo (direct
+  client; ``..._proxied``: behind a trusted proxy, the client in X-Forwarded-For);
+- ``identity`` (address and key), ``intel`` (cached network profile), ``client``
+  (User-Agent class and header persona), ``content_fingerprint`` (prompt fingerprint, when
+  on), ``prepare`` (all of these), ``engine`` (state-table rows plus the one Numba call that
+  runs buckets, sketches and the score), ``decide`` (kernel outputs to a Decision),
+  ``headers`` (RateLimit headers), ``complete`` (outcome fed back after the response);
+- ``total``: ``Guard.check`` alone; ``kernel``: the Numba call alone, as the guard makes it.
+
+``--cold-start`` also times import-to-first-decision in fresh processes: with an empty
+Numba cache (NUMBA_CACHE_DIR pointing at a new temporary directory, so every kernel
+compiles) and with the cache that run left behind (kernels load from disk).
+Every figure includes the cost of reading the clock, which is reported beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
-import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from abuseguard import Guard, NetworkPolicy, Policy, RequestInfo, Scoring, TokenBucket
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CHROME = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/124.0.0.0 Safari/537.36"
+import benchlib
+
+from abuseguard import (
+    AbuseGuard,
+    Guard,
+    NetworkPolicy,
+    Policy,
+    RequestInfo,
+    Scoring,
+    TokenBucket,
 )
-SAFARI = (
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-    "Version/17.4 Safari/605.1.15"
-)
-BROWSER_HEADERS = {
-    "accept": "application/json",
-    "accept-language": "en-US,en;q=0.9",
-    "accept-encoding": "gzip, deflate, br",
-    "sec-fetch-site": "same-origin",
-    "sec-fetch-mode": "cors",
-    "sec-fetch-dest": "empty",
-}
-# (User-Agent, the other headers that client really sends)
-CLIENTS = [
-    (
-        CHROME,
-        {
-            **BROWSER_HEADERS,
-            "sec-ch-ua": '"Chromium";v="124", "Google Chrome";v="124"',
-            "sec-ch-ua-mobile": "?0",
-            "sec-ch-ua-platform": '"Windows"',
-        },
-    ),
-    (SAFARI, BROWSER_HEADERS),
-    (
-        "OpenAI/Python 1.40.0",
-        {
-            "accept": "application/json",
-            "accept-encoding": "gzip, deflate",
-            "x-stainless-lang": "python",
-            "x-stainless-package-version": "1.40.0",
-            "x-stainless-os": "Linux",
-            "x-stainless-arch": "x64",
-            "x-stainless-runtime": "CPython",
-            "x-stainless-runtime-version": "3.11.7",
-        },
-    ),
-]
+from abuseguard.headers import rate_limit_headers
+
+ACCOUNTS = 2000
+STAGE_REQUESTS_MAX = 20_000
+KEEP_SAMPLES = 4000
 
 
-def make_requests(n: int, *, seed: int = 7, body: bool = False) -> list[RequestInfo]:
+def make_requests(
+    n: int,
+    *,
+    seed: int = 7,
+    body: bool = False,
+    fields: bool = False,
+    start: float = 1_700_000_000.0,
+) -> list[RequestInfo]:
     rng = random.Random(seed)
-    keys = [f"sk-test-{i:05d}" for i in range(2000)]
-    # Each account keeps to its own address and client, as real users and apps do.
-    home = {
-        k: (f"198.51.{rng.randrange(256)}.{rng.randrange(1, 255)}", rng.choice(CLIENTS))
-        for k in keys
-    }
+    clients = benchlib.benign_clients(ACCOUNTS)
+    enrichment = {c.key: (rng.choice([7922, 21928, 25]), "US") for c in clients}
     out = []
-    ts = 1_700_000_000.0
+    ts = start
     for _ in range(n):
-        ts += rng.expovariate(2000.0)
-        key = rng.choice(keys)
-        ip, (ua, client_headers) = home[key]
+        ts += rng.expovariate(float(ACCOUNTS))
+        c = rng.choice(clients)
         headers = {
             "host": "api.example.com",
-            "user-agent": ua,
-            **client_headers,
+            "user-agent": c.ua,
+            "accept": "application/json",
             "content-type": "application/json",
+            "authorization": f"Bearer {c.key}",
         }
         payload = None
         if body:
-            payload = json.dumps(
-                {
-                    "model": "m",
-                    "messages": [
-                        {
-                            "role": "user",
-                            "content": f"Summarize item {rng.randrange(10**6)} in two sentences.",
-                        }
-                    ],
-                }
-            )
+            prompt = benchlib.benign_prompt(rng)
+            payload = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}]})
+        asn, country = enrichment[c.key] if fields else (None, None)
         out.append(
             RequestInfo(
-                ip=ip,
+                ip=c.ip,
                 ts=ts,
-                key=key,
+                key=c.key,
                 method="POST",
                 path="/v1/chat/completions",
-                ua=ua,
+                ua=c.ua,
                 headers=headers,
                 body=payload,
-                asn=rng.choice([7922, 3320, 16509]),
-                country="US",
+                asn=asn,
+                country=country,
             )
         )
     return out
 
 
-def percentiles(samples: list[float]) -> dict[str, float]:
-    samples = sorted(samples)
-    n = len(samples)
+def scope_of(info: RequestInfo, *, proxied: bool) -> dict[str, Any]:
+    headers = [(k.encode(), v.encode()) for k, v in info.headers.items()]
+    if proxied:
+        headers.append((b"x-forwarded-for", str(info.ip).encode()))
     return {
-        "p50_us": samples[n // 2] / 1000,
-        "p99_us": samples[int(n * 0.99)] / 1000,
-        "mean_us": statistics.fmean(samples) / 1000,
+        "type": "http",
+        "method": info.method,
+        "path": info.path,
+        "headers": headers,
+        "client": ("127.0.0.1" if proxied else info.ip, 50000),
     }
 
 
-def measure(fn: Callable[[RequestInfo], Any], requests: list[RequestInfo]) -> dict[str, float]:
+def measure(fn: Callable[[Any], Any], items: list[Any]) -> list[int]:
     lat = []
     clock = time.perf_counter_ns
-    for info in requests:
+    for item in items:
         t0 = clock()
-        fn(info)
+        fn(item)
         lat.append(clock() - t0)
-    return percentiles(lat)
+    return lat
 
 
-def run(n: int, content: bool = False) -> dict[str, Any]:
-    policy = Policy(
-        bucket=TokenBucket("1000/second", burst=5000),
-        network=NetworkPolicy(per_ip=TokenBucket("1000/second", burst=5000)),
+def _policy(content: bool, proxied: bool = False) -> Policy:
+    generous = TokenBucket("1000/second", burst=5000)
+    return Policy(
+        bucket=generous,
+        network=NetworkPolicy(per_ip=generous),
         scoring=Scoring(content=content),
+        trusted_proxies=("127.0.0.1/32",) if proxied else (),
     )
-    guard = Guard(policy)
-    requests = make_requests(n, body=content)
-    warm = make_requests(5000, seed=3, body=content)
+
+
+def _client_stage(guard: Guard) -> Callable[[RequestInfo], Any] | None:
+    client_of = getattr(guard, "_client_of", None)
+    if client_of is not None:
+        return lambda info: client_of(info.ua, info.headers)
+    from abuseguard.intel.persona import persona_hash, persona_mismatch
+
+    def classify(info: RequestInfo) -> Any:
+        agent = guard.agents.classify(info.ua)
+        return persona_hash(list(info.headers), info.headers, agent), persona_mismatch(
+            agent, info.headers
+        )
+
+    return classify
+
+
+def _kernel_call(guard: Guard, prepared: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(what the guard calls, the bare Numba dispatch) replaying one request's inputs."""
+    engine = guard.engine
+    run_with = getattr(engine, "run_with", None)
+    if run_with is None:
+        guard.run_engine(prepared)
+        return engine.run, engine.run
+    inputs = _captured_inputs(guard, prepared)
+    from abuseguard.engine import kernels
+
+    args = (*engine._args, *inputs)
+    return (lambda: run_with(*inputs)), (lambda: kernels.decide_with(*args))
+
+
+def _captured_inputs(guard: Guard, prepared: Any) -> tuple[Any, ...]:
+    engine = guard.engine
+    run_with = engine.run_with
+    captured: list[tuple[Any, ...]] = []
+
+    def spy(*inputs: Any) -> Any:
+        captured.append(inputs)
+        return run_with(*inputs)
+
+    engine.run_with = spy  # type: ignore[method-assign]
+    try:
+        guard.run_engine(prepared)
+    finally:
+        del engine.run_with
+    return captured[-1]
+
+
+def _empty_kernel(arity: int) -> Callable[..., Any]:
+    """A Numba function that takes ``arity`` arguments and does nothing: the dispatch floor."""
+    from numba import njit
+
+    names = ", ".join(f"a{i}" for i in range(arity))
+    namespace: dict[str, Any] = {}
+    exec(f"def empty({names}):\n    return None\n", namespace)
+    return njit(namespace["empty"])  # type: ignore[no-any-return]
+
+
+def run(
+    n: int, content: bool = False, *, intel: str = "mmdb", mmdb_dir: Path | None = None
+) -> dict[str, Any]:
+    fields = intel == "fields" or mmdb_dir is None
+    world = None if fields else benchlib.open_world(mmdb_dir)  # type: ignore[arg-type]
+    guard = Guard(_policy(content), intel=world)
+    stage_n = min(n, STAGE_REQUESTS_MAX)
+    warm = make_requests(5000, seed=3, body=content, fields=fields)
+    stream = make_requests(n + stage_n, body=content, fields=fields, start=warm[-1].ts + 1.0)  # type: ignore[operator]
+    total_part, stage_part = stream[:n], stream[n:]
     for info in warm:
         guard.check(info)
-    prepared = [guard.prepare(info) for info in requests[:20000]]
-    result: dict[str, Any] = {"requests": n, "content": content}
-    result["total"] = measure(guard.check, requests)
-    result["stage_identity"] = measure(guard.identity_of, requests[:20000])
-    result["stage_prepare"] = measure(guard.prepare, requests[:20000])
-    it = iter(prepared)
-    result["stage_engine"] = measure(lambda _: guard.run_engine(next(it)), requests[:20000])
-    result["stage_kernel"] = measure(lambda _: guard.engine.run(), requests[:20000])
+    result: dict[str, Any] = {
+        "requests": n,
+        "content": content,
+        "intel_source": "request fields" if fields else "GeoIntel (mmdb world)",
+    }
+    samples: dict[str, list[int]] = {}
+    actions: dict[str, int] = {}
+
+    def check(info: RequestInfo) -> None:
+        d = guard.check(info)
+        actions[d.action.value] = actions.get(d.action.value, 0) + 1
+
+    samples["total"] = measure(check, total_part)
+    result["actions"] = actions
+
+    # Stages without side effects on the engine state.
+    for proxied in (False, True):
+        mw = AbuseGuard(_noop_app, policy=_policy(content, proxied), intel=world)
+        scopes = [scope_of(info, proxied=proxied) for info in stage_part]
+        suffix = "_proxied" if proxied else ""
+        samples[f"asgi_request_info{suffix}"] = measure(mw.request_info, scopes)
+    samples["identity"] = measure(guard.identity_of, stage_part)
+    if guard.network is not None:
+        network = guard.network
+        addresses = [guard.identity_of(info)[2] for info in stage_part]
+        pairs = list(zip(addresses, stage_part, strict=True))
+        samples["intel"] = measure(
+            lambda pair: network.profile(
+                pair[0],
+                pair[1].asn,
+                pair[1].as_org,
+                pair[1].country,
+                pair[1].anon,
+                pair[1].anon_confidence,
+            ),
+            pairs,
+        )
+    client = _client_stage(guard)
+    if client is not None:
+        samples["client"] = measure(client, stage_part)
+    if guard.content is not None:
+        fingerprint = guard.content.fingerprint
+        samples["content_fingerprint"] = measure(
+            lambda info: fingerprint(info.body, info.headers.get("content-type")), stage_part
+        )
+    prepared = []
+    clock = time.perf_counter_ns
+    lat_prepare = []
+    for info in stage_part:
+        t0 = clock()
+        p = guard.prepare(info)
+        lat_prepare.append(clock() - t0)
+        prepared.append(p)
+    samples["prepare"] = lat_prepare
+
+    # Stages that move the engine: one pass in time order, each stage timed in turn.
+    lat_engine, lat_decide, lat_headers, lat_complete = [], [], [], []
+    for info, p in zip(stage_part, prepared, strict=True):
+        guard._now = p.ts
+        t0 = clock()
+        io = guard.run_engine(p)
+        t1 = clock()
+        decision = guard._decide(info, p, io)
+        t2 = clock()
+        rate_limit_headers(decision)
+        t3 = clock()
+        guard.complete(info, decision, status=200)
+        t4 = clock()
+        lat_engine.append(t1 - t0)
+        lat_decide.append(t2 - t1)
+        lat_headers.append(t3 - t2)
+        lat_complete.append(t4 - t3)
+    samples.update(engine=lat_engine, decide=lat_decide, headers=lat_headers, complete=lat_complete)
+    guarded_call, numba_call = _kernel_call(guard, prepared[-1])
+    samples["kernel"] = measure(lambda _: guarded_call(), stage_part)
+    samples["kernel_dispatch"] = measure(lambda _: numba_call(), stage_part)
+    if getattr(guard.engine, "run_with", None) is not None:
+        args = (*guard.engine._args, *_captured_inputs(guard, prepared[-1]))
+        empty = _empty_kernel(len(args))
+        empty(*args)
+        samples["empty_kernel_same_args"] = measure(lambda _: empty(*args), stage_part)
+
+    rng = random.Random(5)
+    for stage, lat in samples.items():
+        stats: dict[str, Any] = dict(benchlib.percentiles(lat))
+        kept = lat if len(lat) <= KEEP_SAMPLES else rng.sample(lat, KEEP_SAMPLES)
+        stats["samples_us"] = [round(x / 1000, 3) for x in kept]
+        result[stage] = stats
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=100_000)
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    results = [run(args.requests), run(min(args.requests, 50_000), content=True)]
+async def _noop_app(scope: Any, receive: Any, send: Any) -> None:
+    return None
+
+
+# ----------------------------------------------------------------------------- cold start
+
+_COLD_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from abuseguard import Guard, Policy, RequestInfo, Scoring
+t1 = time.perf_counter()
+guard = Guard(Policy(scoring=Scoring(content=sys.argv[1] == "content")))
+t2 = time.perf_counter()
+guard.check(RequestInfo(ip="73.20.30.40", ts=1.7e9, key="sk-cold", method="POST",
+                        path="/v1/chat/completions", ua="OpenAI/Python 1.40.0",
+                        headers={"content-type": "application/json"},
+                        body='{"messages":[{"role":"user","content":"Hello there"}]}'))
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "construct_s": t2 - t1, "first_decision_s": t3 - t2,
+                  "total_s": t3 - t0}))
+"""
+
+
+def cold_start(repeats: int) -> dict[str, Any]:
+    """Import to first decision in fresh processes: empty Numba cache, then warm cache."""
+    out: dict[str, Any] = {}
+    for variant in ("default", "content"):
+        with tempfile.TemporaryDirectory(prefix="abuseguard-bench-numba-") as cache:
+            env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+            runs: dict[str, list[dict[str, float]]] = {"empty_cache": [], "warm_cache": []}
+            for i in range(1 + repeats):
+                done = subprocess.run(
+                    [sys.executable, "-c", _COLD_SCRIPT, variant],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+                if done.returncode != 0:
+                    out[variant] = {"error": done.stderr.strip().splitlines()[-3:]}
+                    break
+                runs["empty_cache" if i == 0 else "warm_cache"].append(
+                    json.loads(done.stdout.strip().splitlines()[-1])
+                )
+            else:
+                warm = runs["warm_cache"]
+                out[variant] = {
+                    "empty_cache": runs["empty_cache"][0],
+                    "warm_cache": {key: benchlib.median([r[key] for r in warm]) for key in warm[0]},
+                    "warm_repeats": len(warm),
+                }
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+STAGE_ORDER = (
+    "asgi_request_info",
+    "asgi_request_info_proxied",
+    "identity",
+    "intel",
+    "client",
+    "content_fingerprint",
+    "prepare",
+    "engine",
+    "decide",
+    "headers",
+    "complete",
+    "total",
+    "kernel",
+    "kernel_dispatch",
+    "empty_kernel_same_args",
+)
+
+
+def report(results: list[dict[str, Any]], cold: dict[str, Any] | None, timer_ns: float) -> None:
     for r in results:
         label = "with content fingerprinting" if r["content"] else "scoring + intel + buckets"
-        print(f"decision latency ({label}), {r['requests']} requests")
-        for stage, stats in r.items():
-            if isinstance(stats, dict):
+        print(
+            f"decision latency ({label}; intel from {r['intel_source']}), {r['requests']} requests,"
+            f" actions {r['actions']}"
+        )
+        for stage in STAGE_ORDER:
+            stats = r.get(stage)
+            if stats:
                 print(
-                    f"  {stage:16s} p50 {stats['p50_us']:6.2f} us   p99 {stats['p99_us']:6.2f} us"
+                    f"  {stage:26s} p50 {stats['p50_us']:7.2f} us   p99 {stats['p99_us']:7.2f} us"
                 )
+    print(f"  (each sample includes reading the clock: {timer_ns:.0f} ns)")
+    if cold:
+        for variant, entry in cold.items():
+            if "error" in entry:
+                print(f"cold start ({variant}): failed: {entry['error']}")
+                continue
+            for cache in ("empty_cache", "warm_cache"):
+                c = entry[cache]
+                print(
+                    f"cold start ({variant} policy, {cache.replace('_', ' ')}): import "
+                    f"{c['import_s']:.2f} s, Guard() {c['construct_s']:.2f} s, first decision "
+                    f"{c['first_decision_s'] * 1000:.1f} ms, total {c['total_s']:.2f} s"
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--json")
+    parser.add_argument("--quick", action="store_true", help="30,000 requests, one warm repeat")
+    parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="also time import to first decision (empty and warm Numba cache)",
+    )
+    parser.add_argument("--intel", choices=("mmdb", "fields"), default="mmdb")
+    args = parser.parse_args()
+    n = min(args.requests, 30_000) if args.quick else args.requests
+    timer_ns = benchlib.timer_overhead_ns()
+    with tempfile.TemporaryDirectory(prefix="abuseguard-bench-mmdb-") as tmp:
+        mmdb_dir = Path(tmp) if benchlib.build_mmdb_world(Path(tmp)) else None
+        results = [
+            run(n, intel=args.intel, mmdb_dir=mmdb_dir),
+            run(min(n, 50_000), content=True, intel=args.intel, mmdb_dir=mmdb_dir),
+        ]
+    cold = cold_start(1 if args.quick else 3) if args.cold_start else None
+    report(results, cold, timer_ns)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        payload = {"runs": results, "cold_start": cold, "timer_overhead_ns": timer_ns}
+        Path(args.json).write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

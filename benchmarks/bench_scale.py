@@ -1,0 +1,320 @@
+"""Scale: memory per tracked identity, RSS at 1,000,000 identities, an IPv6 flood against a
+bounded table, and decisions per second when replaying a simulated trace.
+
+Each memory figure comes from a fresh child process (RSS from /proc/self/status):
+
+- ``identities``: ``Guard(Policy(max_identities=1_000_000))`` and 1,000,000 distinct IPv4
+  clients through ``Guard.check`` (one request each, virtual time). RSS is sampled as the
+  table fills; bytes per identity = (RSS at the end - RSS after construction) / clients.
+- ``flood``: a smaller table (``max_identities`` 100,000) first filled twice over with unique
+  IPv6 clients (each in its own /64), then flooded with many more; RSS before and after the
+  flood must stay flat: the table evicts, it does not grow.
+- ``replay``: ``abuseguard simulate`` writes a trace, ``abuseguard replay --format json``
+  reports ``decisions_per_second`` (time inside the guard only), default Policy and with
+  content fingerprinting on.
+
+    .venv/bin/python benchmarks/bench_scale.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib
+
+MIB = 1024 * 1024
+BUDGET_MB = 512
+CHUNK = 50_000
+# A multiplier prime to the range size: i -> address is a bijection, so all are distinct.
+_SPREAD = 2_654_435_761
+_V4_BASE = 11 << 24
+_V4_RANGE = 89 << 24  # 11.0.0.0 - 99.255.255.255: public unicast
+
+
+def ipv4(i: int) -> str:
+    n = _V4_BASE + (i * _SPREAD) % _V4_RANGE
+    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+def ipv6(i: int) -> str:
+    """A distinct /64 (and mostly a distinct /48) per i, in 2a00::/12."""
+    n = (i * _SPREAD) & ((1 << 48) - 1)
+    return f"2a0{(i >> 48) & 15:x}:{n >> 32:x}:{(n >> 16) & 0xFFFF:x}:{n & 0xFFFF:x}::1"
+
+
+def feed(
+    guard: Any,
+    address: Callable[[int], str],
+    start: int,
+    count: int,
+    ts0: float,
+    samples: list[dict[str, float]],
+    every: int,
+) -> float:
+    """``count`` one-request clients through ``guard.check``; returns seconds in check."""
+    from abuseguard import RequestInfo
+
+    spent = 0.0
+    clock = time.perf_counter
+    done = 0
+    while done < count:
+        n = min(CHUNK, count - done)
+        infos = [
+            RequestInfo(ip=address(start + done + j), ts=ts0 + (start + done + j) * 1e-4)
+            for j in range(n)
+        ]
+        check = guard.check
+        t0 = clock()
+        for info in infos:
+            check(info)
+        spent += clock() - t0
+        del infos
+        done += n
+        if done % every == 0 or done == count:
+            gc.collect()
+            samples.append({"clients": start + done, "rss_mb": benchlib.rss_bytes() / MIB})
+    return spent
+
+
+def child_identities(count: int, capacity: int) -> dict[str, Any]:
+    rss_start = benchlib.rss_bytes()
+    from abuseguard import Guard, Policy
+
+    rss_import = benchlib.rss_bytes()
+    guard = Guard(Policy(max_identities=capacity))
+    gc.collect()
+    rss_built = benchlib.rss_bytes()
+    samples: list[dict[str, float]] = [{"clients": 0, "rss_mb": rss_built / MIB}]
+    spent = feed(guard, ipv4, 0, count, 1_700_000_000.0, samples, max(CHUNK, count // 20))
+    rss_end = benchlib.rss_bytes()
+    tables = guard.engine.tables
+    return {
+        "clients": count,
+        "max_identities": capacity,
+        "rss_start_mb": rss_start / MIB,
+        "rss_after_import_mb": rss_import / MIB,
+        "rss_after_guard_mb": rss_built / MIB,
+        "rss_end_mb": rss_end / MIB,
+        "bytes_per_identity": (rss_end - rss_built) / count,
+        "engine_preallocated_mb": guard.engine.nbytes / MIB,
+        "table_rows": {
+            name: len(t)
+            for name, t in zip(("key", "ip", "prefix", "asn", "persona"), tables, strict=True)
+        },
+        "table_row_bytes": {
+            name: t.width * 8
+            for name, t in zip(("key", "ip", "prefix", "asn", "persona"), tables, strict=True)
+        },
+        "checks_per_second": count / spent if spent else None,
+        "samples": samples,
+    }
+
+
+def child_flood(capacity: int, fill: int, flood: int) -> dict[str, Any]:
+    from abuseguard import Guard, Policy
+
+    guard = Guard(Policy(max_identities=capacity))
+    gc.collect()
+    rss_built = benchlib.rss_bytes()
+    samples: list[dict[str, float]] = [{"clients": 0, "rss_mb": rss_built / MIB}]
+    every = max(CHUNK, (fill + flood) // 20)
+    ts0 = 1_700_000_000.0
+    fill_seconds = feed(guard, ipv6, 0, fill, ts0, samples, every)
+    rss_before = benchlib.rss_bytes()
+    evictions_before = sum(t.evictions for t in guard.engine.tables)
+    flood_seconds = feed(guard, ipv6, fill, flood, ts0, samples, every)
+    rss_after = benchlib.rss_bytes()
+    return {
+        "max_identities": capacity,
+        "fill_clients": fill,
+        "flood_clients": flood,
+        "rss_after_guard_mb": rss_built / MIB,
+        "rss_before_flood_mb": rss_before / MIB,
+        "rss_after_flood_mb": rss_after / MIB,
+        "growth_mb": (rss_after - rss_before) / MIB,
+        "engine_preallocated_mb": guard.engine.nbytes / MIB,
+        "key_table_rows": len(guard.engine.tables[0]),
+        "evictions_during_flood": sum(t.evictions for t in guard.engine.tables) - evictions_before,
+        "checks_per_second_fill": fill / fill_seconds if fill_seconds else None,
+        "checks_per_second_flood": flood / flood_seconds if flood_seconds else None,
+        "samples": samples,
+    }
+
+
+def _child(args: list[str], timeout: float) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        return {"error": (done.stderr or done.stdout).strip().splitlines()[-5:]}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _cli() -> list[str] | None:
+    exe = Path(sys.executable).parent / "abuseguard"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("abuseguard")
+    return [found] if found else None
+
+
+def replay(hours: float) -> dict[str, Any]:
+    cli = _cli()
+    if cli is None:
+        return {"skipped": "the abuseguard command is not installed"}
+    with tempfile.TemporaryDirectory(prefix="abuseguard-bench-replay-") as tmp:
+        trace = Path(tmp) / "trace.jsonl"
+        made = subprocess.run(
+            [*cli, "simulate", "-o", str(trace), "--hours", str(hours), "--seed", "1", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if made.returncode != 0 or not trace.exists():
+            return {
+                "skipped": "`abuseguard simulate` failed or does not exist: "
+                + (made.stderr.strip().splitlines() or ["?"])[-1]
+            }
+        out: dict[str, Any] = {"trace_hours": hours}
+        policies = {
+            "default Policy()": None,
+            "content fingerprinting on": f"{Path(__file__).parent / 'replay_policies.py'}"
+            ":content_policy",
+        }
+        for label, policy in policies.items():
+            command = [*cli, "replay", str(trace), "--format", "json", "--no-progress"]
+            if policy:
+                command += ["--policy", policy]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                out[label] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+                continue
+            report = json.loads(done.stdout)
+            out[label] = {
+                key: report.get(key)
+                for key in (
+                    "requests",
+                    "decisions_per_second",
+                    "records_per_second",
+                    "guard_seconds",
+                    "elapsed_seconds",
+                )
+            }
+        return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    identities = 250_000 if quick else 1_000_000
+    result: dict[str, Any] = {"budget_mb": BUDGET_MB}
+    ident = _child(
+        ["--child", "identities", "--count", str(identities), "--capacity", "1000000"], timeout=900
+    )
+    if "bytes_per_identity" in ident:
+        # In a quick run fewer clients are fed; the RSS at 1M is then extrapolated.
+        ident["rss_at_1m_mb"] = (
+            ident["rss_end_mb"]
+            if identities == 1_000_000
+            else ident["rss_after_guard_mb"] + ident["bytes_per_identity"] * 1_000_000 / MIB
+        )
+        ident["rss_at_1m_extrapolated"] = identities != 1_000_000
+    result["identities"] = ident
+    capacity = 100_000
+    result["flood"] = _child(
+        [
+            "--child",
+            "flood",
+            "--capacity",
+            str(capacity),
+            "--fill",
+            str(2 * capacity),
+            "--count",
+            str(200_000 if quick else 400_000),
+        ],
+        timeout=900,
+    )
+    result["replay"] = replay(1.0 if quick else 3.0)
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    ident = result["identities"]
+    print("Scale")
+    if "error" in ident:
+        print(f"  identities: failed: {ident['error']}")
+    else:
+        note = " (extrapolated)" if ident["rss_at_1m_extrapolated"] else ""
+        print(
+            f"  {ident['clients']:,} distinct IPv4 clients, max_identities="
+            f"{ident['max_identities']:,}: {ident['bytes_per_identity']:.0f} B per identity, "
+            f"RSS at 1M {ident['rss_at_1m_mb']:.0f} MB{note} (budget {BUDGET_MB} MB), "
+            f"{ident['checks_per_second']:.0f} checks/s (all new clients)"
+        )
+    flood = result["flood"]
+    if "error" in flood:
+        print(f"  flood: failed: {flood['error']}")
+    else:
+        print(
+            f"  IPv6 flood: table {flood['max_identities']:,}, {flood['flood_clients']:,} "
+            f"unique /64s after {flood['fill_clients']:,}: RSS {flood['rss_before_flood_mb']:.0f}"
+            f" -> {flood['rss_after_flood_mb']:.0f} MB ({flood['growth_mb']:+.1f} MB), "
+            f"{flood['evictions_during_flood']:,} evictions, "
+            f"{flood['checks_per_second_flood']:.0f} checks/s"
+        )
+    rep = result["replay"]
+    if "skipped" in rep:
+        print(f"  replay: skipped: {rep['skipped']}")
+    else:
+        for label, entry in rep.items():
+            if isinstance(entry, dict) and "decisions_per_second" in entry:
+                print(
+                    f"  replay ({label}): {entry['requests']:,} requests, "
+                    f"{entry['decisions_per_second']:.0f} decisions/s"
+                )
+            elif isinstance(entry, dict):
+                print(f"  replay ({label}): {entry}")
+
+
+def _iter_child(argv: list[str]) -> Iterator[dict[str, Any]]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", choices=("identities", "flood"))
+    parser.add_argument("--count", type=int)
+    parser.add_argument("--capacity", type=int)
+    parser.add_argument("--fill", type=int)
+    args = parser.parse_args(argv)
+    if args.child == "identities":
+        yield child_identities(args.count, args.capacity)
+    else:
+        yield child_flood(args.capacity, args.fill, args.count)
+
+
+def main() -> None:
+    if "--child" in sys.argv:
+        for result in _iter_child(sys.argv[1:]):
+            print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer clients, shorter trace")
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+    result = run(args)
+    report(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""The application stacks compared by the ASGI and HTTP benchmarks.
+
+Every stack serves the same trivial endpoint (``GET /`` answers ``ok``). The endpoint
+counts the guard's decisions it sees (``none`` where no guard runs), the same work in every
+stack, so a run can prove that nothing was degraded or delayed. Limits are set so high that
+nothing is throttled (``generous=True``); ``generous=False`` sets tiny limits so a
+self-check can prove each limiter really is in the path (the second request gets 429).
+
+Middleware is added the way users add it (``app.add_middleware``), inside Starlette's own
+error middleware. fastapi-limiter is a FastAPI dependency, so it is compared with a bare
+FastAPI app as well as with the bare Starlette app.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request as FastAPIRequest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from abuseguard import AbuseGuard, NetworkPolicy, Policy, Scoring, TokenBucket, current_decision
+
+ASGIApp = Any
+
+STACKS: tuple[str, ...] = (
+    "bare",
+    "noop",
+    "abuseguard-memory",
+    "abuseguard-memory-proxied",
+    "abuseguard-redis",
+    "abuseguard-redis-proxied",
+    "slowapi-memory",
+    "slowapi-redis",
+    "fastapi-bare",
+    "fastapi-limiter-memory",
+    "fastapi-limiter-redis",
+)
+
+# What each stack's overhead is measured against.
+BASELINE: dict[str, str] = {
+    name: ("fastapi-bare" if name.startswith("fastapi-limiter") else "bare") for name in STACKS
+}
+
+GENEROUS_PER_SECOND = 1_000_000
+
+SEEN: collections.Counter[str] = collections.Counter()
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    redis_url: str | None = None
+    mmdb_dir: Path | None = None
+    generous: bool = True
+
+
+def needs_redis(name: str) -> bool:
+    return "-redis" in name
+
+
+def is_proxied(name: str) -> bool:
+    """Stacks that sit behind a trusted proxy: the peer is loopback, the client in XFF."""
+    return name.endswith("-proxied")
+
+
+def redis_backend_exists() -> bool:
+    return importlib.util.find_spec("abuseguard.backends.redis") is not None
+
+
+def unavailable_reason(name: str, config: StackConfig) -> str | None:
+    """Why ``name`` cannot run here, or None."""
+    if needs_redis(name) and config.redis_url is None:
+        return "no redis-server on this machine"
+    if name.startswith("abuseguard-redis") and not redis_backend_exists():
+        return "abuseguard.backends.redis (RedisBackend) does not exist yet"
+    return None
+
+
+# ----------------------------------------------------------------------------- endpoint
+
+
+def _seen(request: Request) -> None:
+    decision = current_decision(request)
+    if decision is None:
+        SEEN["none"] += 1
+    elif decision.action.value == "allow":
+        SEEN["allow"] += 1
+    else:
+        shadow = " (shadow)" if decision.shadow else ""
+        SEEN[f"{decision.action.value}{shadow}: {'+'.join(decision.reasons)}"] += 1
+
+
+async def index(request: Request) -> Response:
+    _seen(request)
+    return PlainTextResponse("ok")
+
+
+async def stats(request: Request) -> Response:
+    return JSONResponse(dict(SEEN))
+
+
+def starlette_app() -> Starlette:
+    return Starlette(routes=[Route("/", index), Route("/__stats", stats)])
+
+
+class NoopMiddleware:
+    """The cheapest pure-ASGI middleware: the floor any middleware pays."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+# ----------------------------------------------------------------------------- abuseguard
+
+
+def abuseguard_policy(generous: bool, *, proxied: bool = False) -> Policy:
+    """Scoring on, a per-key bucket and a per-IP network bucket; ``proxied``: loopback is a
+    trusted proxy whose X-Forwarded-For names the client."""
+    if generous:
+        bucket = TokenBucket(f"{GENEROUS_PER_SECOND}/second", burst=GENEROUS_PER_SECOND)
+    else:
+        bucket = TokenBucket("1/minute", burst=1)
+    return Policy(
+        bucket=bucket,
+        network=NetworkPolicy(per_ip=bucket),
+        scoring=Scoring(),
+        trusted_proxies=("127.0.0.1/32", "::1/128") if proxied else (),
+    )
+
+
+def _intel(config: StackConfig) -> Any:
+    if config.mmdb_dir is None:
+        return None
+    from benchlib import open_world
+
+    return open_world(config.mmdb_dir)
+
+
+def abuseguard_stack(config: StackConfig, backend: str | None, *, proxied: bool) -> ASGIApp:
+    app = starlette_app()
+    app.add_middleware(
+        AbuseGuard,
+        policy=abuseguard_policy(config.generous, proxied=proxied),
+        backend=backend,
+        intel=_intel(config),
+    )
+    return app
+
+
+# ----------------------------------------------------------------------------- slowapi
+
+
+def slowapi_stack(config: StackConfig, storage_uri: str) -> ASGIApp:
+    from slowapi import Limiter, _rate_limit_exceeded_handler
+    from slowapi.errors import RateLimitExceeded
+    from slowapi.middleware import SlowAPIASGIMiddleware
+    from slowapi.util import get_remote_address
+
+    rate = f"{GENEROUS_PER_SECOND}/second" if config.generous else "1/minute"
+    limiter = Limiter(key_func=get_remote_address, default_limits=[rate], storage_uri=storage_uri)
+    app = starlette_app()
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    app.add_middleware(SlowAPIASGIMiddleware)
+    return app
+
+
+# ----------------------------------------------------------------------------- FastAPI
+
+
+def fastapi_app(dependencies: list[Any] | None = None) -> ASGIApp:
+    from fastapi import FastAPI
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    async def root(request: FastAPIRequest) -> Response:
+        _seen(request)
+        return PlainTextResponse("ok")
+
+    app.add_api_route("/", root, methods=["GET"], dependencies=dependencies)
+    app.add_api_route("/__stats", stats, methods=["GET"])
+    return app
+
+
+def fastapi_limiter_stack(config: StackConfig, redis_url: str | None) -> ASGIApp:
+    from fastapi import Depends
+    from fastapi_limiter.depends import RateLimiter
+    from pyrate_limiter import Duration, Limiter, Rate
+
+    rate = (
+        Rate(GENEROUS_PER_SECOND, Duration.SECOND) if config.generous else Rate(1, Duration.MINUTE)
+    )
+    if redis_url is None:
+        limiter = Limiter(rate)
+    else:
+        import redis
+        import redis.asyncio
+        from pyrate_limiter import RedisBucket
+        from pyrate_limiter.buckets.redis_bucket import LuaScript
+
+        # RedisBucket.init() is a coroutine with an async client: load the script with a
+        # synchronous client instead, so the app can be built outside an event loop.
+        with redis.Redis.from_url(redis_url) as sync_client:
+            script_hash = sync_client.script_load(LuaScript.PUT_ITEM)
+        bucket = RedisBucket(
+            [rate], redis.asyncio.Redis.from_url(redis_url), "fastapi-limiter-bench", script_hash
+        )
+        limiter = Limiter(bucket)
+    return fastapi_app([Depends(RateLimiter(limiter=limiter))])
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def build(name: str, config: StackConfig) -> ASGIApp:
+    """The ASGI app of stack ``name``."""
+    reason = unavailable_reason(name, config)
+    if reason is not None:
+        raise RuntimeError(f"stack {name!r} is unavailable: {reason}")
+    builders: dict[str, Callable[[], ASGIApp]] = {
+        "bare": starlette_app,
+        "noop": lambda: _with_noop(),
+        "abuseguard-memory": lambda: abuseguard_stack(config, "memory://", proxied=False),
+        "abuseguard-memory-proxied": lambda: abuseguard_stack(config, "memory://", proxied=True),
+        "abuseguard-redis": lambda: abuseguard_stack(config, config.redis_url, proxied=False),
+        "abuseguard-redis-proxied": lambda: abuseguard_stack(
+            config, config.redis_url, proxied=True
+        ),
+        "slowapi-memory": lambda: slowapi_stack(config, "memory://"),
+        "slowapi-redis": lambda: slowapi_stack(config, str(config.redis_url)),
+        "fastapi-bare": lambda: fastapi_app(),
+        "fastapi-limiter-memory": lambda: fastapi_limiter_stack(config, None),
+        "fastapi-limiter-redis": lambda: fastapi_limiter_stack(config, config.redis_url),
+    }
+    if name not in builders:
+        raise ValueError(f"unknown stack {name!r}; choose from {', '.join(STACKS)}")
+    return builders[name]()
+
+
+def _with_noop() -> ASGIApp:
+    app = starlette_app()
+    app.add_middleware(NoopMiddleware)
+    return app
