@@ -33,6 +33,7 @@ from abuseguard.request import RequestInfo
 
 DECISION_LOGGER = "abuseguard.decisions"
 _DENIALS = frozenset({Action.CHALLENGE, Action.THROTTLE, Action.BLOCK})
+_ALLOW = Action.ALLOW  # a module constant: enum attribute lookups cost ~70 ns each
 
 
 class LogObserver:
@@ -71,9 +72,10 @@ class LogObserver:
         self.suppressed = 0
 
     def __call__(self, info: RequestInfo, decision: Decision) -> None:
-        if decision.action == Action.ALLOW:
+        action = decision.action
+        if action is _ALLOW:
             return
-        level = self.denial_level if decision.action in _DENIALS else self.level
+        level = self.denial_level if action in _DENIALS else self.level
         if not self.logger.isEnabledFor(level) or not self._admit():
             return
         fields = self.fields(info, decision)
