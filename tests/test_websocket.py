@@ -26,6 +26,7 @@ from abuseguard import (
     Policy,
     RequestInfo,
     TokenBucket,
+    current_decision,
 )
 from abuseguard.policy import WebSocketPolicy
 from abuseguard.testing import ManualClock, reset_guards, serve
@@ -43,6 +44,13 @@ async def echo(websocket: WebSocket) -> None:
         CLOSES.append(exc.code)
 
 
+async def show_decision(websocket: WebSocket) -> None:
+    await websocket.accept()
+    decision = current_decision(websocket)
+    await websocket.send_text("none" if decision is None else decision.action.value)
+    await websocket.close()
+
+
 async def home(request: Any) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
@@ -50,7 +58,8 @@ async def home(request: Any) -> PlainTextResponse:
 def make_app(
     ws: WebSocketPolicy | None, observers: list[Any] | None = None, **policy: Any
 ) -> Starlette:
-    app = Starlette(routes=[WebSocketRoute("/ws", echo), Route("/", home)])
+    app = Starlette(routes=[WebSocketRoute("/ws", echo), WebSocketRoute("/decision", show_decision),
+                            Route("/", home)])  # fmt: skip
     policy.setdefault("scoring", None)
     policy.setdefault("network", None)
     app.add_middleware(AbuseGuard, policy=Policy(websocket=ws, **policy), observers=observers or [])
@@ -150,6 +159,13 @@ def test_accept_carries_ratelimit_headers_of_the_handshake(clock: ManualClock) -
         assert ws.response is not None
         assert ws.response.headers["RateLimit-Policy"] == '"default";q=10;w=2'
         assert ws.response.headers["RateLimit"].startswith('"default";r=9')
+
+
+def test_the_app_sees_the_handshake_decision(clock: ManualClock) -> None:
+    app = make_app(WebSocketPolicy())
+    reset_guards(app, clock)
+    with serve(app) as base, connect(ws_url(base, "/decision")) as ws:
+        assert ws.recv(timeout=5) == "allow"
 
 
 def test_handshake_goes_through_the_guard_bucket(clock: ManualClock) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from abuseguard.decision import Action, Decision, PolicyState
-from abuseguard.enforce import Message, Receive, Scope, Send
+from abuseguard.enforce import DECISION_STATE_KEY, Message, Receive, Scope, Send
 from abuseguard.headers import problem_body, rate_limit_headers, retry_after_value
 from abuseguard.policy import TokenBucket, WebSocketPolicy
 from abuseguard.request import RequestInfo
@@ -168,6 +168,8 @@ class WebSocketLimiter:
                 await _refuse(scope, receive, send, 429, CLOSE_TRY_AGAIN_LATER, refusal)
                 return
 
+        if decision is not None:  # current_decision(websocket) works as for HTTP
+            scope.setdefault("state", {})[DECISION_STATE_KEY] = decision
         connection = _Connection(self, guard, info, identity, receive, send, decision)
         self.table.enter(identity)
         try:
