@@ -24,7 +24,7 @@ import numpy as np
 
 from abuseguard.engine._content_kernels import skeleton_hashes
 from abuseguard.engine.content import (
-    INSTRUCTION_TABLE,
+    WORD_TABLE,
     ContentFingerprinter,
     elicitation_strength,
 )
@@ -122,7 +122,7 @@ def main() -> None:
     stages: dict[str, Callable[[], object]] = {
         "json.loads": lambda: json.loads(body),
         "lower + encode": lambda: text.lower().encode(),
-        "skeleton + SimHash kernel": lambda: skeleton_hashes(lowered, 3, INSTRUCTION_TABLE),
+        "skeleton + SimHash kernel": lambda: skeleton_hashes(lowered, 3, WORD_TABLE),
         "elicitation markers": lambda: elicitation_strength(text),
     }
     for name, func in stages.items():

@@ -17,7 +17,7 @@ from abuseguard.engine import _content_kernels as kernels
 from abuseguard.engine.content import (
     ELICITATION_MARKERS,
     EMPTY_CONTENT,
-    INSTRUCTION_TABLE,
+    WORD_TABLE,
     ContentFacts,
     ContentFingerprinter,
     elicitation_strength,
@@ -351,6 +351,22 @@ TEMPLATES = {
         f"What is {rng.randint(2, 99999)} times {rng.randint(2, 99999)}? "
         "Answer with just the number, no explanation."
     ),
+    "sentence prefix": lambda rng: f"Let's think step by step. {random_problem(rng)}",
+    "preamble then label": lambda rng: (
+        "You are a world-class expert. Explain your complete chain of thought, including "
+        f"every intermediate step.\n\nQuestion: {random_problem(rng)}"
+    ),
+    "fill-in with its own label": lambda rng: (
+        "Provide a detailed, rigorous solution with full derivations and verify your "
+        "answer at the end.\n\n"
+        + rng.choice(
+            [
+                random_problem(rng),
+                f"Solve for x: {rng.randint(2, 19)}x^2 + {rng.randint(1, 50)}x = 0.",
+                f"Prove or disprove: n^{rng.randint(2, 5)} - n is even for every n.",
+            ]
+        )
+    ),
     "instruction paragraph": lambda rng: (
         "You will be given a short story. Read it carefully and answer the question that "
         "follows it in one sentence.\n\n" + random_passage(rng)
@@ -440,6 +456,19 @@ def test_trivial_prompts_carry_no_template(fp: ContentFingerprinter) -> None:
     ("prompt", "skeleton"),
     [
         ("Solve this problem step by step: 2x + 3 = 7", "solve this problem step by step VAR"),
+        ("Solve for x: 2x + 3 = 7", "solve for x NUM NUM NUM"),  # no field name: no label
+        (
+            "Context: the sky.\nQuestion: why?\nAnswer in one short sentence.",
+            "context VAR question VAR answer in one short sentence",
+        ),
+        (
+            "Think step by step. Solve for x: 2x = 4. Then check it.",
+            "think step by step VAR",
+        ),
+        (
+            "You are an expert tutor.\n\nProblem: a train leaves at noon.",
+            "you are an expert tutor problem VAR",
+        ),
         (
             "Translate the text below into French:\n\nLine one.\nLine two.\n\nKeep the tone.",
             "translate the text below into french VAR",
@@ -817,8 +846,8 @@ def test_skeleton_kernel_on_structure_characters(text: str) -> None:
     readonly = np.frombuffer(data, dtype=np.uint8)
     writable = readonly.copy()
     for shingle in (1, 3, 8):
-        assert kernels.skeleton_hashes(readonly, shingle, INSTRUCTION_TABLE) == (
-            kernels.skeleton_hashes(writable, shingle, INSTRUCTION_TABLE)
+        assert kernels.skeleton_hashes(readonly, shingle, WORD_TABLE) == (
+            kernels.skeleton_hashes(writable, shingle, WORD_TABLE)
         )
     template_skeleton(text)
 
@@ -828,12 +857,11 @@ def test_skeleton_kernel_on_structure_characters(text: str) -> None:
 
 
 def test_kernels_are_compiled_before_any_request() -> None:
-    for dispatcher in (kernels._skeleton_hashes, kernels._marker_bits):
-        compiled = len(dispatcher.signatures)
-        assert compiled == 2  # read-only and writable byte arrays, compiled at import
+    hot = (kernels._skeleton_hashes, kernels._marker_bits)
+    assert all(len(dispatcher.signatures) == 1 for dispatcher in hot)  # compiled at import
     ContentFingerprinter().fingerprint(chat(("user", PROMPT)))
-    assert len(kernels._skeleton_hashes.signatures) == 2
-    assert len(kernels._marker_bits.signatures) == 2
+    kernels.skeleton_hashes(np.zeros(4, dtype=np.int64), 3, WORD_TABLE)  # converted, no new
+    assert all(len(dispatcher.signatures) == 1 for dispatcher in hot)
 
 
 def test_marker_set_validation() -> None:

@@ -1,12 +1,13 @@
 """Numba byte scanners behind prompt fingerprints (see ``content.py`` for the semantics).
 
-Two kernels, each one pass (plus a pass over its token arrays) over lower-cased UTF-8:
+Two kernels, each one pass over lower-cased UTF-8 plus passes over its token arrays:
 
-``skeleton_hashes`` tokenizes the prompt, masks variable tokens (fenced code, URLs and
-e-mail addresses, quoted spans, long ASCII runs, numbers), masks the variable parts of its
-line structure ("header:" blocks, "label: value" lines, else every paragraph or line but the
-one densest in instruction words), and hashes the resulting token stream: a template hash
-of the whole sequence and a SimHash over ``shingle``-grams of it.
+``skeleton_hashes`` tokenizes the prompt, replaces variable tokens by mask tokens (fenced
+code, URLs and e-mail addresses, quoted spans, long ASCII runs, numbers), masks the
+variable parts of its structure ("header:" blocks, "label: value" lines, else every
+paragraph, line or sentence but the one densest in instruction words), and hashes the
+resulting token stream: a template hash of the whole sequence and a SimHash over
+``shingle``-grams of it.
 
 ``marker_bits`` tokenizes text without masking and reports which marker phrases (token
 sequences given as hashes) occur in it, as a bit set.
@@ -17,14 +18,14 @@ character (CJK, Thai, emoji, ...) is a token of its own, so scripts written with
 get word-like shingles; ASCII punctuation, whitespace, U+2000..U+2FFF (general punctuation,
 symbols), U+3000..U+303F (CJK punctuation) and fullwidth punctuation separate tokens. A
 token is hashed with FNV-1a 64 and mixed; sequences are chained with FNV and mixed. Python
-helpers below compute the same hashes for marker phrases, instruction words and
-placeholders.
+helpers below compute the same hashes for marker phrases, word tables and mask tokens.
 
 Helpers are inlined (``inline="always"``): a call that passes an array costs reference
 counting, which made the scanner three times slower.
 
-All kernels are compiled eagerly (explicit signatures, ``cache=True``) when this module is
-imported, so no request waits for Numba.
+The request-path kernels are compiled eagerly (explicit signatures, ``cache=True``) when
+this module is imported, so no request waits for Numba: about 8 s of CPU on a cold cache,
+about 1 s to load from the cache.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from numba import njit
 MAX_SHINGLE = 8
 MAX_MARKERS = 64
 
-# Placeholder codes: the skeleton replaces a masked span by one token with this code.
+# Mask codes: the skeleton replaces a masked span by one token with this code.
 PH_VAR, PH_NUM, PH_QUOTE, PH_CODE, PH_URL, PH_LONG = 1, 2, 3, 4, 5, 6
-PLACEHOLDER_NAMES = ("", "VAR", "NUM", "QUOTE", "CODE", "URL", "LONG")
+MASK_NAMES = ("", "VAR", "NUM", "QUOTE", "CODE", "URL", "LONG")
 
 _MASK64 = (1 << 64) - 1
 _FNV_OFFSET = 0xCBF29CE484222325
@@ -61,6 +62,8 @@ _CONTINUATION_LABEL = 40  # a line with a colon this early starts a new label
 _INSTRUCTION_DENSITY = 0.2  # share of instruction words that marks a fixed paragraph
 MIN_TEMPLATE_WORDS = 4  # structural masks are kept only when this many literal words remain
 _PLAIN, _HEADER, _LABEL, _SWALLOWED = 0, 1, 2, 3
+# Token flags; F_INSTRUCTION and F_LABEL are also the flags of a ``word_table``.
+F_LITERAL, F_INSTRUCTION, F_LABEL, F_SENTENCE = 1, 2, 4, 8
 
 
 def _byte_classes(underscore_is_word: bool) -> np.ndarray:
@@ -121,8 +124,23 @@ def hash_table(hashes: list[int], size: int = 256) -> np.ndarray:
     return table
 
 
-PLACEHOLDER_HASHES = np.array(
-    [0, *(token_hash(name.encode()) for name in PLACEHOLDER_NAMES[1:])], dtype=np.uint64
+def word_table(flagged: dict[int, list[str]], size: int = 512) -> np.ndarray:
+    """Flags of words, for the skeleton kernel: ``size`` keys then ``size`` flags (uint64)."""
+    flags: dict[int, int] = {}
+    for flag, words in flagged.items():
+        for word in words:
+            key = token_hash(word.lower().encode("utf-8"))
+            flags[key] = flags.get(key, 0) | flag
+    keys = hash_table(list(flags), size)
+    values = np.zeros(size, dtype=np.uint64)
+    for slot, key in enumerate(keys.tolist()):
+        if key:
+            values[slot] = flags[key]
+    return np.concatenate([keys, values])
+
+
+MASK_HASHES = np.array(
+    [0, *(token_hash(name.encode()) for name in MASK_NAMES[1:])], dtype=np.uint64
 )
 
 
@@ -263,7 +281,7 @@ def _is_url_start(text: np.ndarray, i: int) -> bool:
 
 @njit(cache=True, inline="always")
 def _ascii_spans(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Runs of printable ASCII that are one placeholder: URLs (maybe after an opening
+    """Runs of printable ASCII that are one mask token: URLs (maybe after an opening
     bracket), e-mail addresses, and runs of 25+ bytes (identifiers, hashes, base64).
 
     Returns (code, end) arrays indexed by the run's first byte; code 0 for other runs.
@@ -303,24 +321,93 @@ def _ascii_spans(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # Skeleton.
 
 
+@njit(cache=True, inline="always")
+def _word_flags(words: np.ndarray, value: np.uint64) -> int:
+    """Flags of ``value`` in a ``word_table`` (keys, then flags), 0 when absent."""
+    size = words.shape[0] // 2
+    mask = size - 1
+    slot = np.int64(value & np.uint64(mask))
+    while words[slot] != _U_ZERO:
+        if words[slot] == value:
+            return int(np.int64(words[size + slot]))
+        slot = (slot + 1) & mask
+    return 0
+
+
+@njit(cache=True, inline="always")
+def _is_sentence_end(text: np.ndarray, i: int) -> bool:
+    """A wide full stop, exclamation or question mark at ``i`` (U+3002, U+FF01, U+FF1F)."""
+    if i + 2 >= text.shape[0]:
+        return False
+    lead, second, third = text[i], text[i + 1], text[i + 2]
+    if lead == 0xE3:
+        return bool(second == 0x80 and third == 0x82)
+    return bool(lead == 0xEF and second == 0xBC and (third == 0x81 or third == 0x9F))
+
+
+@njit(cache=True, inline="always")
+def _names_a_field(tok_flags: np.ndarray, a: int, b: int) -> bool:
+    """Does the last sentence of tokens a..b read as a field name or an instruction (or have
+    many words)? "Think step by step. Solve for x:" is no label: "solve for x" is not one."""
+    for t in range(a + 1, b):
+        if tok_flags[t] & F_SENTENCE:
+            a = t
+    literals = 0
+    for t in range(a, b):
+        if tok_flags[t] & (F_INSTRUCTION | F_LABEL):
+            return True
+        literals += (tok_flags[t] & F_LITERAL) != 0
+    return literals >= MIN_TEMPLATE_WORDS
+
+
+@njit(cache=True, inline="always")
+def _instructs(tok_flags: np.ndarray, a: int, b: int) -> bool:
+    """Are at least ``_INSTRUCTION_DENSITY`` of the words in tokens a..b instruction words?"""
+    literals = 0
+    instructions = 0
+    for t in range(a, b):
+        literals += (tok_flags[t] & F_LITERAL) != 0
+        instructions += (tok_flags[t] & F_INSTRUCTION) != 0
+    return instructions > 0 and instructions >= _INSTRUCTION_DENSITY * literals
+
+
+@njit(cache=True, inline="always")
+def _push(
+    out_hash: np.ndarray,
+    out_start: np.ndarray,
+    out_end: np.ndarray,
+    nout: int,
+    value: np.uint64,
+    start: int,
+    end: int,
+) -> int:
+    """Append a token to the output stream; a VAR right after a VAR is dropped."""
+    if start == -PH_VAR and nout > 0 and out_start[nout - 1] == -PH_VAR:
+        return nout
+    out_hash[nout] = value
+    out_start[nout] = start
+    out_end[nout] = end
+    return nout + 1
+
+
 @njit(cache=True)
 def _skeleton(
-    text: np.ndarray, classes: np.ndarray, instruction: np.ndarray, placeholders: np.ndarray
+    text: np.ndarray, classes: np.ndarray, words: np.ndarray, masks: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """The chosen token stream: (hashes, starts, ends, count); placeholders have start -code."""
+    """The chosen token stream: (hashes, starts, ends, count); mask tokens have start -code."""
     n = text.shape[0]
     cap = n + 2
     tok_hash = np.empty(cap, dtype=np.uint64)
     tok_start = np.empty(cap, dtype=np.int32)
     tok_end = np.empty(cap, dtype=np.int32)
-    tok_literal = np.empty(cap, dtype=np.bool_)
-    tok_instr = np.empty(cap, dtype=np.bool_)
+    tok_flags = np.empty(cap, dtype=np.int8)  # F_LITERAL | F_INSTRUCTION | F_LABEL | F_SENTENCE
     line_first = np.empty(cap, dtype=np.int32)  # first token of each line
     line_blank = np.empty(cap, dtype=np.bool_)
     line_first_colon = np.empty(cap, dtype=np.int32)  # byte offset in line, -1 for none
     line_label_tok = np.empty(cap, dtype=np.int32)  # tokens before a "label:" colon, or -1
     line_header = np.empty(cap, dtype=np.bool_)
 
+    # Pass 1: tokens, mask tokens, and what each line looks like.
     span_code, span_end = _ascii_spans(text)
     ntok = 0
     nlines = 0
@@ -331,6 +418,7 @@ def _skeleton(
     colon_at_end = False  # the last non-blank thing in the line so far is a colon
     colon_end_offset = 0
     last_num_end = -2
+    sentence = 0  # F_SENTENCE when a sentence ended since the last token
     line_first[0] = 0
     i = 0
     while i < n:
@@ -359,19 +447,19 @@ def _skeleton(
                     )
                     last_num_end = i
                     if not glued:
-                        tok_hash[ntok] = placeholders[PH_NUM]
+                        tok_hash[ntok] = masks[PH_NUM]
                         tok_start[ntok] = -PH_NUM
                         tok_end[ntok] = 0
-                        tok_literal[ntok] = False
-                        tok_instr[ntok] = False
+                        tok_flags[ntok] = sentence
+                        sentence = 0
                         ntok += 1
                 else:
                     value = _hash_bytes(text, start, i)
                     tok_hash[ntok] = value
                     tok_start[ntok] = start
                     tok_end[ntok] = i
-                    tok_literal[ntok] = True
-                    tok_instr[ntok] = _in_table(instruction, value)
+                    tok_flags[ntok] = F_LITERAL | _word_flags(words, value) | sentence
+                    sentence = 0
                     ntok += 1
                 continue
         elif cls == C_SPACE:
@@ -387,6 +475,7 @@ def _skeleton(
                 first_colon = -1
                 label_tok = -1
                 colon_at_end = False
+                sentence = 0
             i += 1
             continue
         else:
@@ -408,11 +497,11 @@ def _skeleton(
                 code = span_code[i]
                 i = span_end[i]
         if code != 0:
-            tok_hash[ntok] = placeholders[code]
+            tok_hash[ntok] = masks[code]
             tok_start[ntok] = -code
             tok_end[ntok] = 0
-            tok_literal[ntok] = False
-            tok_instr[ntok] = False
+            tok_flags[ntok] = sentence
+            sentence = 0
             ntok += 1
             colon_at_end = False
             last_num_end = -2
@@ -441,17 +530,24 @@ def _skeleton(
             continue
         colon_at_end = False
         if cls == C_PUNCT:
+            # . ! ? followed by a space or the end close a sentence.
+            if (c == 0x2E or c == 0x21 or c == 0x3F) and (
+                i + 1 == n or classes[text[i + 1]] == C_SPACE
+            ):
+                sentence = F_SENTENCE
             i += 1
             continue
         i = _wide_end(text, i)
+        if _is_sentence_end(text, start):
+            sentence = F_SENTENCE
         if _is_wide_separator(text, start):
             continue
         value = _hash_bytes(text, start, i)
         tok_hash[ntok] = value
         tok_start[ntok] = start
         tok_end[ntok] = i
-        tok_literal[ntok] = True
-        tok_instr[ntok] = _in_table(instruction, value)
+        tok_flags[ntok] = F_LITERAL | _word_flags(words, value) | sentence
+        sentence = 0
         ntok += 1
     line_blank[nlines] = blank
     line_first_colon[nlines] = first_colon
@@ -460,70 +556,100 @@ def _skeleton(
     nlines += 1
     line_first[nlines] = ntok
 
-    # Line roles: plain, a "header:" line, a "label: value" line, or swallowed by either.
+    # Pass 2: line roles. A header or label counts only when its words look like
+    # instructions or a field name, or are many: "Solve for x:" inside a fill-in does not.
     role = np.zeros(nlines, dtype=np.int8)
-    masked = False
+    first_structure = nlines
     li = 0
     while li < nlines:
         if line_header[li]:
             j = li + 1
             while j < nlines and line_blank[j]:
                 j += 1
-            if j < nlines:
+            if j < nlines and _names_a_field(tok_flags, line_first[li], line_first[li + 1]):
                 role[li] = _HEADER
-                masked = True
                 for k in range(li + 1, j):
                     role[k] = _SWALLOWED
-                while j < nlines and not line_blank[j]:
+                while (
+                    j < nlines
+                    and not line_blank[j]
+                    and not _instructs(tok_flags, line_first[j], line_first[j + 1])
+                ):
                     role[j] = _SWALLOWED
                     j += 1
+                first_structure = min(first_structure, li)
                 li = j
                 continue
-        if line_label_tok[li] >= 0:
+        label_end = line_first[li] + line_label_tok[li]
+        if line_label_tok[li] >= 0 and _names_a_field(tok_flags, line_first[li], label_end):
             role[li] = _LABEL
-            masked = True
             j = li + 1
             while (
                 j < nlines
                 and not line_blank[j]
                 and not (1 <= line_first_colon[j] <= _CONTINUATION_LABEL)
+                and not _instructs(tok_flags, line_first[j], line_first[j + 1])
             ):
                 role[j] = _SWALLOWED
                 j += 1
+            first_structure = min(first_structure, li)
             li = j
             continue
         li += 1
+    structured = first_structure < nlines
 
-    # Segments: with structure, the runs of plain lines between blank or structured lines;
-    # without, paragraphs when there are two or more, else non-blank lines.
-    seg_of = np.full(nlines, -1, dtype=np.int32)
+    # Pass 3: segments of plain text and which of them are kept.
+    # With structure: runs of plain lines; those before the first header or label are a
+    # preamble and kept, later ones only when dense in instruction words. Without: the
+    # paragraphs, else the lines, else the sentences of the one line; only the densest kept.
+    tok_seg = np.full(ntok + 1, -1, dtype=np.int32)
+    line_seg = np.full(nlines, -1, dtype=np.int32)
+    seg_first_line = np.zeros(ntok + nlines + 1, dtype=np.int32)
     nseg = 0
-    previous = False  # the previous line belongs to an open segment
+    paragraphs = 0
+    previous = False
     for li in range(nlines):
         plain = role[li] == _PLAIN and not line_blank[li]
-        if plain:
-            if not previous:
-                nseg += 1
-            seg_of[li] = nseg - 1
+        if plain and not previous:
+            seg_first_line[nseg] = li
+            nseg += 1
         previous = plain
-    if not masked and nseg < 2:
-        nseg = 0
-        for li in range(nlines):
-            if not line_blank[li]:
-                seg_of[li] = nseg
-                nseg += 1
+    paragraphs = nseg
+    nonblank = 0
+    for li in range(nlines):
+        nonblank += not line_blank[li]
+    by = 0  # 0 runs of lines, 1 lines, 2 sentences
+    if not structured and paragraphs < 2:
+        by = 1 if nonblank >= 2 else 2
+    nseg = 0
+    previous = False
+    for li in range(nlines):
+        plain = role[li] == _PLAIN and not line_blank[li]
+        if plain and (by == 1 or not previous):
+            seg_first_line[nseg] = li
+            nseg += 1
+        previous = plain
+        if plain:
+            line_seg[li] = nseg - 1
+            for t in range(line_first[li], line_first[li + 1]):
+                if by == 2 and t > line_first[li] and tok_flags[t] & F_SENTENCE:
+                    seg_first_line[nseg] = li
+                    nseg += 1
+                tok_seg[t] = nseg - 1
     seg_words = np.zeros(nseg + 1, dtype=np.int64)
     seg_instr = np.zeros(nseg + 1, dtype=np.int64)
-    for li in range(nlines):
-        sg = seg_of[li]
+    for t in range(ntok):
+        sg = tok_seg[t]
         if sg >= 0:
-            for t in range(line_first[li], line_first[li + 1]):
-                seg_words[sg] += tok_literal[t]
-                seg_instr[sg] += tok_instr[t]
+            seg_words[sg] += (tok_flags[t] & F_LITERAL) != 0
+            seg_instr[sg] += (tok_flags[t] & F_INSTRUCTION) != 0
     keep = np.zeros(nseg + 1, dtype=np.bool_)
-    if masked:
+    masked = structured
+    if structured:
         for sg in range(nseg):
-            keep[sg] = seg_instr[sg] >= _INSTRUCTION_DENSITY * seg_words[sg] and seg_instr[sg] > 0
+            keep[sg] = seg_first_line[sg] < first_structure or (
+                seg_instr[sg] > 0 and seg_instr[sg] >= _INSTRUCTION_DENSITY * seg_words[sg]
+            )
     elif nseg >= 2:
         best = -1
         best_density = 0.0
@@ -539,9 +665,11 @@ def _skeleton(
     if not masked:
         return tok_hash[:ntok], tok_start[:ntok], tok_end[:ntok], ntok
 
+    # Pass 4: the skeleton.
     out_hash = np.empty(ntok + nlines + 1, dtype=np.uint64)
     out_start = np.empty(ntok + nlines + 1, dtype=np.int32)
     out_end = np.empty(ntok + nlines + 1, dtype=np.int32)
+    var = masks[PH_VAR]
     nout = 0
     literals = 0
     for li in range(nlines):
@@ -551,27 +679,24 @@ def _skeleton(
             if role[li] == _LABEL:
                 b = a + line_label_tok[li]
             for t in range(a, b):
-                out_hash[nout] = tok_hash[t]
-                out_start[nout] = tok_start[t]
-                out_end[nout] = tok_end[t]
-                literals += tok_literal[t]
-                nout += 1
-            variable = True
-        elif seg_of[li] >= 0 and keep[seg_of[li]]:
+                nout = _push(
+                    out_hash, out_start, out_end, nout, tok_hash[t], tok_start[t], tok_end[t]
+                )
+                literals += (tok_flags[t] & F_LITERAL) != 0
+            nout = _push(out_hash, out_start, out_end, nout, var, -PH_VAR, 0)
+        elif role[li] == _SWALLOWED:
+            nout = _push(out_hash, out_start, out_end, nout, var, -PH_VAR, 0)
+        elif not line_blank[li]:
+            if a == b and not keep[line_seg[li]]:  # a line of punctuation only
+                nout = _push(out_hash, out_start, out_end, nout, var, -PH_VAR, 0)
             for t in range(a, b):
-                out_hash[nout] = tok_hash[t]
-                out_start[nout] = tok_start[t]
-                out_end[nout] = tok_end[t]
-                literals += tok_literal[t]
-                nout += 1
-            variable = False
-        else:
-            variable = role[li] == _SWALLOWED or not line_blank[li]
-        if variable and (nout == 0 or out_start[nout - 1] != -PH_VAR):
-            out_hash[nout] = placeholders[PH_VAR]
-            out_start[nout] = -PH_VAR
-            out_end[nout] = 0
-            nout += 1
+                if keep[tok_seg[t]]:
+                    nout = _push(
+                        out_hash, out_start, out_end, nout, tok_hash[t], tok_start[t], tok_end[t]
+                    )
+                    literals += (tok_flags[t] & F_LITERAL) != 0
+                else:
+                    nout = _push(out_hash, out_start, out_end, nout, var, -PH_VAR, 0)
     if literals >= MIN_TEMPLATE_WORDS:
         return out_hash, out_start, out_end, nout
     return tok_hash[:ntok], tok_start[:ntok], tok_end[:ntok], ntok
@@ -605,40 +730,31 @@ def _stream_hashes(hashes: np.ndarray, count: int, shingle: int) -> tuple[int, i
     return int(np.int64(simhash)), int(np.int64(template))
 
 
+# One signature per hot kernel, over read-only bytes (``np.frombuffer`` of ``bytes``): each
+# extra signature is seconds of compilation on a cold cache. The Python wrappers below
+# convert anything else.
 _RO = "Array(uint8, 1, 'C', readonly=True)"
-_SKELETON_ARGS = "int64, uint8[::1], uint64[::1], uint64[::1]"
 
 
-@njit(
-    [
-        f"UniTuple(int64, 3)({_RO}, {_SKELETON_ARGS})",
-        f"UniTuple(int64, 3)(uint8[::1], {_SKELETON_ARGS})",
-    ],
-    cache=True,
-)
+@njit(f"UniTuple(int64, 3)({_RO}, int64, uint8[::1], uint64[::1], uint64[::1])", cache=True)
 def _skeleton_hashes(
     text: np.ndarray,
     shingle: int,
     classes: np.ndarray,
-    instruction: np.ndarray,
-    placeholders: np.ndarray,
+    words: np.ndarray,
+    masks: np.ndarray,
 ) -> tuple[int, int, int]:
-    hashes, _, _, count = _skeleton(text, classes, instruction, placeholders)
+    hashes, _, _, count = _skeleton(text, classes, words, masks)
     simhash, template = _stream_hashes(hashes, count, shingle)
     return simhash, template, count
 
 
-@njit(
-    [
-        f"Tuple((int32[::1], int32[::1]))({_RO}, uint8[::1], uint64[::1], uint64[::1])",
-        "Tuple((int32[::1], int32[::1]))(uint8[::1], uint8[::1], uint64[::1], uint64[::1])",
-    ],
-    cache=True,
-)
+# Only for docs and tests: compiled on first use, never on the request path.
+@njit(cache=True)
 def _skeleton_spans(
-    text: np.ndarray, classes: np.ndarray, instruction: np.ndarray, placeholders: np.ndarray
+    text: np.ndarray, classes: np.ndarray, words: np.ndarray, masks: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    _, starts, ends, count = _skeleton(text, classes, instruction, placeholders)
+    _, starts, ends, count = _skeleton(text, classes, words, masks)
     return starts[:count].copy(), ends[:count].copy()
 
 
@@ -646,13 +762,7 @@ def _skeleton_spans(
 # Marker phrases.
 
 
-@njit(
-    [
-        f"uint64({_RO}, uint8[::1], uint64[::1], uint64[::1], int64[::1])",
-        "uint64(uint8[::1], uint8[::1], uint64[::1], uint64[::1], int64[::1])",
-    ],
-    cache=True,
-)
+@njit(f"uint64({_RO}, uint8[::1], uint64[::1], uint64[::1], int64[::1])", cache=True)
 def _marker_bits(
     text: np.ndarray,
     classes: np.ndarray,
@@ -712,32 +822,42 @@ def _marker_bits(
 # Python entry points.
 
 
+def readonly_bytes(data: np.ndarray | bytes) -> np.ndarray:
+    """``data`` as the contiguous read-only uint8 array the kernels are compiled for."""
+    if isinstance(data, bytes):
+        return np.frombuffer(data, dtype=np.uint8)
+    if data.dtype == np.uint8 and not data.flags.writeable and data.flags.c_contiguous:
+        return data
+    return np.frombuffer(np.ascontiguousarray(data, dtype=np.uint8).tobytes(), dtype=np.uint8)
+
+
 def skeleton_hashes(
-    text: np.ndarray, shingle: int, instruction: np.ndarray
+    text: np.ndarray | bytes, shingle: int, words: np.ndarray
 ) -> tuple[int, int, int]:
     """(simhash, template hash, tokens) of the skeleton of lower-cased UTF-8 ``text``.
 
-    ``shingle`` is in 1..MAX_SHINGLE; ``instruction`` is a ``hash_table`` of instruction-word
-    token hashes. Both hashes are signed int64 values, 0 for a text without tokens.
+    ``shingle`` is in 1..MAX_SHINGLE; ``words`` is a ``word_table`` flagging instruction
+    words (F_INSTRUCTION) and field names (F_LABEL). Both hashes are signed int64 values,
+    0 for a text without tokens.
     """
     result: tuple[int, int, int] = _skeleton_hashes(
-        text, shingle, SKELETON_CLASSES, instruction, PLACEHOLDER_HASHES
+        readonly_bytes(text), shingle, SKELETON_CLASSES, words, MASK_HASHES
     )
     return result
 
 
-def skeleton_text(text: bytes, instruction: np.ndarray) -> str:
+def skeleton_text(text: bytes, words: np.ndarray) -> str:
     """The skeleton of lower-cased UTF-8 ``text`` as readable text (for docs and tests)."""
     starts, ends = _skeleton_spans(
-        np.frombuffer(text, dtype=np.uint8), SKELETON_CLASSES, instruction, PLACEHOLDER_HASHES
+        np.frombuffer(text, dtype=np.uint8), SKELETON_CLASSES, words, MASK_HASHES
     )
-    words = []
+    parts = []
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         if start < 0:
-            words.append(PLACEHOLDER_NAMES[-start])
+            parts.append(MASK_NAMES[-start])
         else:
-            words.append(text[start:end].decode("utf-8", "replace"))
-    return " ".join(words)
+            parts.append(text[start:end].decode("utf-8", "replace"))
+    return " ".join(parts)
 
 
 def marker_tokens(phrase: str) -> list[bytes]:
@@ -778,6 +898,7 @@ class MarkerSet:
         self._lengths = np.array([len(items) for items in tokens], dtype=np.int64)
         self._last = hash_table(sorted({token_hash(items[-1]) for items in tokens}))
 
-    def bits(self, text: np.ndarray) -> int:
+    def bits(self, text: np.ndarray | bytes) -> int:
         """Bit m is set when phrase m occurs in lower-cased UTF-8 ``text``."""
-        return int(_marker_bits(text, MARKER_CLASSES, self._last, self._hashes, self._lengths))
+        array = readonly_bytes(text)
+        return int(_marker_bits(array, MARKER_CLASSES, self._last, self._hashes, self._lengths))

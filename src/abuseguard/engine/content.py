@@ -40,7 +40,7 @@ Pipeline, for at most ``max_bytes`` bytes of body:
 
 3. **Template shape** (a Numba scanner, ``_content_kernels.py``). The prompt is
    lower-cased and split into word tokens (punctuation and whitespace only separate; each
-   CJK character is a token). Variable tokens become placeholders: fenced code, URLs and
+   CJK character is a token). Variable tokens become mask tokens: fenced code, URLs and
    e-mail addresses, quoted spans ("..." '...' `...` “...” «...»), runs of 25+ printable
    ASCII bytes (keys, hashes, base64) and numbers. Then the line structure is masked:
 
@@ -48,17 +48,23 @@ Pipeline, for at most ``max_bytes`` bytes of body:
      line become one VAR;
    - a *label* line ``label: value`` keeps the label, and the value with its continuation
      lines (up to a blank line or a line with a colon in its first 40 bytes) become VAR;
-   - when a header or label was found, every other paragraph with fewer than 20%
-     ``INSTRUCTION_WORDS`` ("please", "answer", "step", "format", ...) becomes VAR too, so a
-     multi-paragraph fill-in is masked whole while "Answer in one sentence." stays;
-   - with neither, a prompt of several paragraphs (or lines) keeps only the one densest in
-     instruction words ("{problem}\nPlease reason step by step..."); when no paragraph
-     holds one, nothing tells the fixed part from the fill-in and nothing is masked.
+   - a header or label counts only when the last sentence before its colon holds an
+     instruction word or one of ``FIELD_WORDS`` ("question", "text", "context",
+     "review", ...) or has 4+ words, so "Solve for x:" inside a fill-in is not structure;
+     a following line with at least 20% ``INSTRUCTION_WORDS`` ("please", "answer",
+     "step", "format", ...) ends the masked block ("Answer in one sentence." stays);
+   - when a header or label was found, plain paragraphs before the first one are a
+     preamble and stay; later ones stay only with 20% instruction words, so a
+     multi-paragraph fill-in is masked whole;
+   - with neither, a prompt of several paragraphs, else lines, else sentences keeps only
+     the one densest in instruction words ("{problem}\nPlease reason step by step...",
+     "Let's think step by step. {problem}"); when none holds one, nothing tells the fixed
+     part from the fill-in and nothing is masked.
 
    Consecutive VARs collapse into one. The structural masks are kept only when at least
    ``MIN_TEMPLATE_WORDS`` (4) literal words survive them, so "Question: {anything}" does not
    collapse every prompt with a colon into one template; otherwise only the token
-   placeholders apply. ``template_skeleton`` shows the result as text.
+   masks apply. ``template_skeleton`` shows the result as text.
 
    ``template_id`` is a 64-bit hash of the skeleton's token sequence: fill-ins of one
    template share it when the masks cover the fill-in. ``simhash`` is a SimHash over token
@@ -94,12 +100,13 @@ from urllib.parse import unquote_plus
 import numpy as np
 
 from abuseguard.engine._content_kernels import (
+    F_INSTRUCTION,
+    F_LABEL,
     MAX_SHINGLE,
     MarkerSet,
-    hash_table,
     skeleton_hashes,
     skeleton_text,
-    token_hash,
+    word_table,
 )
 
 MIN_TOKENS = 3
@@ -164,7 +171,19 @@ INSTRUCTION_WORDS: frozenset[str] = frozenset(
     """.split()  # noqa: SIM905 (a word list reads better as text)
 )
 
-INSTRUCTION_TABLE = hash_table([token_hash(word.encode()) for word in sorted(INSTRUCTION_WORDS)])
+# Words that name the field a fill-in goes into ("Context: ...", "Review:\n..."). A "label:"
+# or "header:" counts as template structure only when it holds one of these or an
+# instruction word, or has 4+ words: "Solve for x: ..." inside a fill-in does not.
+FIELD_WORDS: frozenset[str] = frozenset(
+    """
+    input text context article review document data story email essay query paragraph
+    statement prompt content excerpt snippet transcript dialogue conversation message title
+    topic abstract claim premise hypothesis source target example examples options choices
+    code
+    """.split()  # noqa: SIM905 (a word list reads better as text)
+)
+
+WORD_TABLE = word_table({F_INSTRUCTION: sorted(INSTRUCTION_WORDS), F_LABEL: sorted(FIELD_WORDS)})
 _MARKER_SET = MarkerSet([phrase for phrase, _ in ELICITATION_MARKERS])
 _MARKER_WEIGHTS = tuple(weight for _, weight in ELICITATION_MARKERS)
 _HAS_WORD = re.compile(r"[^\W_]")
@@ -219,16 +238,17 @@ def template_skeleton(text: str) -> str:
     Tokens are joined by single spaces; masked spans show as VAR, NUM, QUOTE, CODE, URL or
     LONG. For documentation and tests: fingerprints never build this string.
     """
-    return skeleton_text(text.lower().encode("utf-8", "surrogatepass"), INSTRUCTION_TABLE)
+    return skeleton_text(text.lower().encode("utf-8", "surrogatepass"), WORD_TABLE)
 
 
 def elicitation_strength(text: str) -> float:
     """``1 - prod(1 - weight)`` over the distinct ``ELICITATION_MARKERS`` found in ``text``."""
     bits = _MARKER_SET.bits(_lower_bytes(text))
     remaining = 1.0
-    for index, weight in enumerate(_MARKER_WEIGHTS):
-        if bits >> index & 1:
-            remaining *= 1.0 - weight
+    while bits:
+        lowest = bits & -bits
+        remaining *= 1.0 - _MARKER_WEIGHTS[lowest.bit_length() - 1]
+        bits ^= lowest
     return min(1.0, max(0.0, 1.0 - remaining))
 
 
@@ -387,7 +407,7 @@ class ContentFingerprinter:
         self._shingle = shingle
         # The kernels are compiled (or loaded from cache) at import; these calls make sure
         # the first request never pays for dispatch set-up either.
-        skeleton_hashes(_lower_bytes("warm up: the kernels"), shingle, INSTRUCTION_TABLE)
+        skeleton_hashes(_lower_bytes("warm up: the kernels"), shingle, WORD_TABLE)
         elicitation_strength("warm up")
 
     @property
@@ -457,7 +477,7 @@ class ContentFingerprinter:
 
     def _shape(self, text: str) -> tuple[int, int]:
         simhash, template_id, n_tokens = skeleton_hashes(
-            _lower_bytes(text), self._shingle, INSTRUCTION_TABLE
+            _lower_bytes(text), self._shingle, WORD_TABLE
         )
         if n_tokens < MIN_TOKENS:
             return 0, 0
