@@ -40,6 +40,7 @@ from abuseguard.engine.layout import (
     F_SKETCH_EPOCH,
     F_SKETCH_EST,
     F_TEMPLATE,
+    F_TRING,
     F_TOKENS,
     F_WAIT_UNTIL,
     I_COUNTRY,
@@ -309,18 +310,23 @@ def template_step(
 ) -> float:
     """Per-account template repeat rate and the accounts-per-template Count-Min estimate."""
     ring = key_row[F_RING : F_RING + RING_SIZE].view(np.int64)
+    tring = key_row[F_TRING : F_TRING + RING_SIZE].view(np.int64)
     filled = int(key_row[F_COUNT]) - 1  # requests before this one
     if filled > RING_SIZE:
         filled = RING_SIZE
-    repeated = False
+    near = False
+    known = False
     sh = np.uint64(simhash)
     for j in range(filled):
+        if tring[j] == template_id:
+            known = True
         if popcount64(np.uint64(ring[j]) ^ sh) <= prm[P_HAMMING]:
-            repeated = True
-            break
+            near = True
     pos = int(key_row[F_RING_POS])
     ring[pos] = simhash
+    tring[pos] = template_id
     key_row[F_RING_POS] = (pos + 1) % RING_SIZE
+    repeated = near or known
     key_row[F_TEMPLATE] += 0.15 * ((1.0 if repeated else 0.0) - key_row[F_TEMPLATE])
 
     # Count-Min over template ids, counting each account once per template it (re)starts.
@@ -338,7 +344,7 @@ def template_step(
     tid = np.uint64(template_id)
     for d in range(CMS_DEPTH):
         j = int(mix64(tid + np.uint64(d) * np.uint64(0x632BE59BD9B4E019)) % np.uint64(CMS_WIDTH))
-        if not repeated:
+        if not known:  # each account counts once per template it (re)starts
             cms[d, j] += 1.0
         if cms[d, j] < estimate:
             estimate = cms[d, j]
@@ -473,10 +479,13 @@ def decide(
             fan_out = v
         sig[S_FAN_OUT] = fan_out
         if io[X_HAS_CONTENT] != 0.0:
-            shared = template_step(key_row, cms, iv[I_SIMHASH], iv[I_TEMPLATE_ID], ts, prm)
-            sig[S_SHARED_TEMPLATE] = ramp(shared, prm[P_SHARED_LO], prm[P_SHARED_HI])
-            if count >= 4.0:
-                sig[S_TEMPLATE] = ramp(key_row[F_TEMPLATE], prm[P_TEMPLATE_LO], prm[P_TEMPLATE_HI])
+            if iv[I_TEMPLATE_ID] != 0:  # 0: too short to have a template ("hi", "thanks")
+                shared = template_step(key_row, cms, iv[I_SIMHASH], iv[I_TEMPLATE_ID], ts, prm)
+                sig[S_SHARED_TEMPLATE] = ramp(shared, prm[P_SHARED_LO], prm[P_SHARED_HI])
+                if count >= 4.0:
+                    sig[S_TEMPLATE] = ramp(
+                        key_row[F_TEMPLATE], prm[P_TEMPLATE_LO], prm[P_TEMPLATE_HI]
+                    )
             sig[S_ELICIT] = io[X_ELICIT]
         sig[S_PRIOR] = key_row[F_PRIOR]
         z = prm[P_BIAS]

@@ -45,9 +45,10 @@ COMMON_FIELDS = 19
 F_TEMPLATE = 19  # EWMA share of prompts that repeat a recent template
 F_RING_POS = 20
 F_EST = 21  # F_EST + SK_*: cached fan-out estimates (ips, prefixes, asns, countries)
-F_RING = 25
+F_RING = 25  # recent SimHashes (int64 bit patterns)
 RING_SIZE = 8
-KEY_FIELDS = F_RING + RING_SIZE
+F_TRING = F_RING + RING_SIZE  # the template ids of the same requests
+KEY_FIELDS = F_TRING + RING_SIZE
 
 # Sketches. The key table counts distinct IPs, prefixes, ASNs and countries (fan-out);
 # every other table counts distinct accounts (fan-in). Each sketch is two rotating halves
