@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from abuseguard.backends.base import Backend, backend_from_uri
+from abuseguard.backends.base import Backend, LimitSource, backend_from_uri
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import Action, Decision, PolicyState
 from abuseguard.engine import layout as L
@@ -119,6 +119,9 @@ class Guard:
             else 1.0
         )
         self._exempt = tuple(policy.exempt_paths)
+        attach = getattr(self.backend, "attach", None) if self.backend.shared else None
+        if attach is not None:
+            attach(self)  # a shared backend checks the policy and precomputes its numbers
 
     # -- identity ----------------------------------------------------------------------
 
@@ -314,8 +317,24 @@ class Guard:
         decision: Decision = await shared_check(self, info)
         return decision
 
-    def _decide(self, info: RequestInfo, p: Prepared, io_vector: Any) -> Decision:
-        io = io_vector.tolist()  # one conversion; Python floats are cheaper to read after
+    def _decide(
+        self,
+        info: RequestInfo,
+        p: Prepared,
+        io_vector: Any,
+        limits: LimitSource | None = None,
+        buckets_known: bool | None = None,
+    ) -> Decision:
+        """Turn the kernel's outputs and the limits' answers into a Decision.
+
+        ``io_vector`` is the kernel's io vector (or a list copy of it, with the bucket
+        outputs a shared backend answered written in). ``limits`` answers quota hits and
+        concurrency slots (default: the memory backend); it is asked only for the limits
+        that apply, in policy order. ``buckets_known``: the bucket outputs are real (the
+        kernel ran the buckets, or the shared backend answered); default: local buckets.
+        """
+        # one conversion; Python floats are cheaper to read after
+        io = io_vector if isinstance(io_vector, list) else io_vector.tolist()
         policy = self.policy
         enforcement = policy.enforcement
         level = int(io[L.O_ACTION])
@@ -324,7 +343,7 @@ class Guard:
         profile = p.profile
         bucket = policy.bucket
         policies: tuple[PolicyState, ...] = ()
-        if bucket is not None and self.local_buckets:
+        if bucket is not None and (self.local_buckets if buckets_known is None else buckets_known):
             policies = (
                 PolicyState(
                     bucket.name,
@@ -351,22 +370,18 @@ class Guard:
                 self._notify(info, decision)
             return decision
 
-        action = self.ladder[level] if level < len(self.ladder) else Action.BLOCK
         reasons: list[str] = []
         retry_after: float | None = None
-        shadow = False
         if io[L.O_BANNED]:
+            action = self.ladder[level] if level < len(self.ladder) else Action.BLOCK
             reasons.append("banned")
             retry_after = io[L.O_RETRY_AFTER]
             shadow = enforcement.shadow
         else:
+            action, shadow = self.risk_action(level, profile)
             if level > 0:
                 reasons.extend(_names(int(io[L.O_REASONS])))
-                shadow = enforcement.shadow
             if profile is not None and profile.rule_action is not None:
-                if profile.rule_action.severity >= action.severity:
-                    action = profile.rule_action
-                    shadow = bool(policy.network and policy.network.shadow)
                 reasons.insert(0, profile.rule_reason or "deny_list")
             if denied:
                 if Action.THROTTLE.severity >= action.severity or not action_is_denial(action):
@@ -376,9 +391,11 @@ class Guard:
                 retry_after = io[L.O_RETRY_AFTER]
         held: tuple[str, ...] = ()
         if not action_is_denial(action) or shadow:
+            if limits is None:
+                limits = self.backend  # type: ignore[assignment]
             if policy.quotas:
                 quota_states: list[PolicyState] = list(policies)
-                quota_result = self._quotas(p, quota_states)
+                quota_result = self._quotas(p, quota_states, limits)  # type: ignore[arg-type]
                 policies = tuple(quota_states)
                 if quota_result is not None:
                     quota, reset = quota_result
@@ -390,7 +407,7 @@ class Guard:
             if conc is not None and (not action_is_denial(action) or shadow):
                 ident = p.identity if conc.per == "key" else "i:" + p.address.ip_key  # type: ignore[union-attr]
                 ident = f"c:{ident}"
-                if self.backend.acquire(ident, conc.limit):  # type: ignore[attr-defined, union-attr]
+                if limits.acquire(ident, conc.limit):  # type: ignore[union-attr]
                     held = (ident,)
                 else:
                     if not action_is_denial(action) or shadow:
@@ -418,6 +435,21 @@ class Guard:
             self._notify(info, decision)
         return decision
 
+    def risk_action(self, level: int, profile: NetworkProfile | None) -> tuple[Action, bool]:
+        """The action and shadow flag from the risk ladder and the network rules alone,
+        before any limit is looked at (a shared backend gates its limits on it)."""
+        action = self.ladder[level] if level < len(self.ladder) else Action.BLOCK
+        shadow = self.policy.enforcement.shadow if level > 0 else False
+        if (
+            profile is not None
+            and profile.rule_action is not None
+            and profile.rule_action.severity >= action.severity
+        ):
+            network = self.policy.network
+            action = profile.rule_action
+            shadow = bool(network and network.shadow)
+        return action, shadow
+
     def _bucket_shadow(self, denied: int) -> bool:
         policy = self.policy
         shadows = []
@@ -434,14 +466,14 @@ class Guard:
                     shadows.append(bucket.shadow or network.shadow)
         return bool(shadows) and all(shadows)
 
-    def _quotas(self, p: Prepared, policies: list[PolicyState]) -> tuple[Quota, float] | None:
-        backend = self.backend
-        assert isinstance(backend, MemoryBackend)
+    def _quotas(
+        self, p: Prepared, policies: list[PolicyState], limits: LimitSource
+    ) -> tuple[Quota, float] | None:
         violated: tuple[Quota, float] | None = None
         for quota in self.policy.quotas:
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
             cost = max(0, round(p.cost)) if quota.by_cost else 1
-            ok, remaining, reset = backend.hit_quota(quota.limit, quota.strategy, ident, cost)
+            ok, remaining, reset = limits.hit_quota(quota.limit, quota.strategy, ident, cost)
             policies.append(
                 PolicyState(
                     quota.name or "quota", quota.amount, quota.window, remaining, reset, not ok
@@ -478,15 +510,20 @@ class Guard:
         status: int | None = None,
         cost: float | None = None,
     ) -> None:
-        """Feed the outcome back: status (error signals), real cost, concurrency release."""
+        """Feed the outcome back: status (error signals), real cost, concurrency release.
+
+        With a shared backend the release and the cost reconciliation are queued to it
+        (sent in the background, never awaited here); the error signal stays local.
+        """
+        backend = self.backend
         for ident in decision.held:
-            self.backend.release(ident)  # type: ignore[attr-defined]
-        if decision.identity == "" or self.backend.shared:
+            backend.release(ident)  # type: ignore[attr-defined]
+        if decision.identity == "":
             return
         row = self.engine.tables[L.KIND_KEY].find(decision.identity)
-        if row is None:
+        if row is None and not backend.shared:
             return
-        if status is not None and self.scoring_on:
+        if row is not None and status is not None and self.scoring_on:
             self.engine.record_outcome(row, 400 <= status < 600 and status != 429)
         if (
             cost is not None
@@ -495,7 +532,10 @@ class Guard:
             and decision.served
             and "rate" not in decision.reasons
         ):
-            self.engine.charge(L.KIND_KEY, row, cost - decision.cost)
+            if backend.shared:
+                backend.reconcile(decision.identity, cost - decision.cost)  # type: ignore[attr-defined]
+            elif row is not None:
+                self.engine.charge(L.KIND_KEY, row, cost - decision.cost)
 
     def set_prior(self, identity: str, prior: float) -> bool:
         """Background lane: a risk prior (0..1) for an identity, read by the kernel."""

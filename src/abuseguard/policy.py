@@ -577,6 +577,54 @@ class WebSocketPolicy:
 
 
 @dataclass(frozen=True)
+class FailMode:
+    """What a shared backend (Redis) does when it cannot answer within its time budget:
+    an outage, a timeout, or its circuit breaker open.
+
+    ``open`` serves the request (True) or refuses it (False: 429 with the reason
+    ``backend_unavailable`` and a Retry-After). ``routes`` overrides ``open`` per route:
+    keys are path prefixes ("/v1/admin") or a method and a path prefix ("POST /v1/chat");
+    the longest matching key wins. With ``fallback`` a request served while the circuit is
+    open still goes through the policy's token buckets, enforced in-process by each worker
+    with rate and burst divided by the number of workers (``WEB_CONCURRENCY`` or
+    ``--workers``; see the Redis backend). The memory backend cannot fail and ignores this.
+    """
+
+    open: bool = True
+    routes: Mapping[str, bool] = field(default_factory=dict)
+    fallback: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.open, bool):
+            raise ConfigError("FailMode.open", f"expected a bool, got {self.open!r}")
+        if not isinstance(self.fallback, bool):
+            raise ConfigError("FailMode.fallback", f"expected a bool, got {self.fallback!r}")
+        if isinstance(self.routes, str) or not isinstance(self.routes, Mapping):
+            raise ConfigError("FailMode.routes", f"expected a mapping, got {self.routes!r}")
+        rules: list[tuple[str | None, str, bool]] = []
+        for key, value in self.routes.items():
+            if not isinstance(key, str) or not isinstance(value, bool):
+                raise ConfigError(
+                    "FailMode.routes", f"expected str -> bool items, got {key!r}: {value!r}"
+                )
+            method, _, path = key.strip().rpartition(" ")
+            if not path.startswith("/") or (method and not method.isalpha()):
+                raise ConfigError(
+                    "FailMode.routes", f"keys are '/path' or 'METHOD /path', got {key!r}"
+                )
+            rules.append((method.upper() or None, path, value))
+        rules.sort(key=lambda rule: (len(rule[1]), rule[0] is not None), reverse=True)
+        object.__setattr__(self, "_rules", tuple(rules))
+
+    def fails_open(self, method: str, path: str) -> bool:
+        """Whether a request to ``method path`` is served while the backend fails."""
+        for rule_method, prefix, value in self._rules:  # type: ignore[attr-defined]
+            if path.startswith(prefix) and (rule_method is None or rule_method == method):
+                return bool(value)
+        return self.open
+
+
+@dataclass(frozen=True)
 class Policy:
     """Everything the guard enforces.
 
@@ -590,6 +638,8 @@ class Policy:
     ``exempt_paths`` are path prefixes the guard never touches. ``max_identities`` bounds
     each state table; idle identities are evicted first. ``websocket`` adds limits on
     WebSocket connections and messages (without it, WebSocket scopes pass through).
+    ``fail_mode`` says what happens when a shared backend (Redis) fails: open or closed,
+    per route, with an in-process fallback limiter.
     """
 
     bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))
@@ -609,6 +659,7 @@ class Policy:
     secret: str = ""
     shadow: bool = False
     websocket: WebSocketPolicy | None = None
+    fail_mode: FailMode = field(default_factory=FailMode)
 
     def __post_init__(self) -> None:
         if self.bucket is not None and not isinstance(self.bucket, TokenBucket):
@@ -660,3 +711,5 @@ class Policy:
         if self.websocket is not None and not isinstance(self.websocket, WebSocketPolicy):
             found = type(self.websocket).__name__
             raise ConfigError("Policy.websocket", f"expected WebSocketPolicy or None, got {found}")
+        if not isinstance(self.fail_mode, FailMode):
+            raise ConfigError("Policy.fail_mode", f"expected FailMode, got {self.fail_mode!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from abuseguard.errors import ConfigError
 
@@ -27,6 +27,24 @@ class Backend:
 
     async def shutdown(self) -> None:
         """Release connections."""
+
+
+class LimitSource(Protocol):
+    """Answers the window quotas and concurrency slots of one decision.
+
+    The memory backend counts them itself; a shared backend answers from the reply of its
+    one round trip. The guard asks only for the limits that apply, in policy order.
+    """
+
+    def hit_quota(
+        self, limit: str, strategy: str, identity: str, cost: int
+    ) -> tuple[bool, float, float]:
+        """Hit a window quota; (admitted, remaining, seconds until reset)."""
+        ...
+
+    def acquire(self, identity: str, limit: int) -> bool:
+        """Take a concurrency slot; False when all ``limit`` slots are held."""
+        ...
 
 
 _SCHEMES = {
@@ -73,4 +91,4 @@ def is_memory(backend: Backend) -> bool:
     return isinstance(backend, MemoryBackend)
 
 
-__all__ = ["Backend", "MemoryBackend", "backend_from_uri", "is_memory"]
+__all__ = ["Backend", "LimitSource", "MemoryBackend", "backend_from_uri", "is_memory"]

@@ -6,6 +6,7 @@ are charged by the kernel in the same call that scores the request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from limits import RateLimitItem, parse
@@ -18,6 +19,7 @@ from limits.strategies import (
 
 from abuseguard.backends.base import Backend
 from abuseguard.backends.clocked_storage import ClockedMemoryStorage
+from abuseguard.backends.workers import warn_if_multi_worker
 
 _STRATEGIES: dict[str, type[RateLimiter]] = {
     "fixed-window": FixedWindowRateLimiter,
@@ -27,7 +29,9 @@ _STRATEGIES: dict[str, type[RateLimiter]] = {
 
 
 class MemoryBackend(Backend):
-    """State in this process only. Under several workers every limit is per worker."""
+    """State in this process only. Under several workers every limit is per worker: the
+    first construction in a process that looks like one of several workers (uvicorn or
+    gunicorn ``--workers``, ``WEB_CONCURRENCY``) logs a warning."""
 
     shared = False
     uri = "memory://"
@@ -39,6 +43,7 @@ class MemoryBackend(Backend):
         self._limiters: dict[str, RateLimiter] = {}
         self._items: dict[str, RateLimitItem] = {}
         self.inflight: dict[str, int] = {}
+        warn_if_multi_worker()
 
     @classmethod
     def from_uri(cls, uri: str) -> MemoryBackend:
@@ -71,9 +76,11 @@ class MemoryBackend(Backend):
         admitted = limiter.hit(item, identity, cost=cost) if cost > 0 else True
         stats = limiter.get_window_stats(item, identity)
         now = self._clock() if self._clock else 0.0
-        reset = max(0.0, stats.reset_time - now)
         if strategy == "sliding-window-counter":
-            reset = min(reset, float(item.get_expiry()))
+            # limits dates this strategy's reset from time.time(), not from the storage clock
+            reset = min(max(0.0, stats.reset_time - time.time()), float(item.get_expiry()))
+        else:
+            reset = max(0.0, stats.reset_time - now)
         return admitted, float(stats.remaining), reset
 
     def acquire(self, identity: str, limit: int) -> bool:

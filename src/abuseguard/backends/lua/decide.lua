@@ -1,0 +1,239 @@
+-- abuseguard: every shared step of one request, atomically, on Redis server time.
+--
+-- The caller (abuseguard.backends.redis) has already scored the request in-process; this
+-- script applies the limits of one identity and returns what the decision and the
+-- RateLimit headers need. Keys of one identity share a hash tag ({k:<hash>} or
+-- {i:<ip>}), so in Redis Cluster the whole call lands on one slot. Keys of other
+-- identities (network buckets, fan-in sketches) are only passed here on a standalone
+-- server; in a cluster they are sent in background batches with `force` set.
+--
+-- ARGV (few strings: every argument costs the client more than the script's parsing):
+--   1 now      seconds; "" = use the server clock (TIME)
+--   2 header   space-separated: serves gate override ban_check ban_gate force
+--              n_sketch n_bucket n_quota n_conc ban_ms
+--        serves     1 when the request, if affordable, is served (buckets are charged)
+--        gate       1 when quotas and concurrency apply (the local verdict is no denial)
+--        override   1 when a bucket denial replaces the local verdict (throttle): the gate
+--                   then stays open only if every denied bucket is in shadow mode
+--        ban_check  1: look up the ban key (first of KEYS when ban_check or ban_ms)
+--        ban_gate   1: a banned identity still gets quotas and concurrency (shadow mode)
+--        force      1: charge buckets even when short (background batches: already served)
+--        ban_ms     > 0: ban the identity for that long now (its ladder reached the ban)
+--   then one string per op, in this order (space-separated fields):
+--   sketch  KEYS cur, prev     "ttl_ms item item ..."
+--   bucket  KEYS key           "rate burst cost ttl_rate shadow"
+--   quota   KEYS key           "strategy amount window_seconds cost shadow"
+--                              (strategy 1 fixed window, 2 sliding window counter)
+--   conc    KEYS key           "limit lease_id lease_ttl_ms"
+--
+-- Reply: {status, now, ban_seconds_left, sketch estimates..., denied_mask, charged, retry,
+--         tokens per bucket..., per quota: ran, ok, remaining, reset ..., per conc: ran,
+--         acquired}. status 0: not banned; 1: banned, nothing else was done (the reply
+--         ends after ban_seconds_left); 2: banned, quotas and concurrency still applied.
+-- Floats travel as strings: Lua numbers would be truncated to integers in the reply.
+
+local function num(s) return tonumber(s) end
+local function fmt(x) return string.format('%.17g', x) end
+local function fields(s)
+    local t = {}
+    for w in string.gmatch(s, '%S+') do t[#t + 1] = w end
+    return t
+end
+
+local now = num(ARGV[1])
+if now == nil then
+    local t = redis.call('TIME')
+    now = num(t[1]) + num(t[2]) / 1000000
+end
+local h = fields(ARGV[2])
+local serves, gate, override = h[1] == '1', h[2] == '1', h[3] == '1'
+local ban_check, ban_gate, force = h[4] == '1', h[5] == '1', h[6] == '1'
+local n_sketch, n_bucket, n_quota, n_conc = num(h[7]), num(h[8]), num(h[9]), num(h[10])
+local ban_ms = num(h[11])
+local a = 3
+local k = 1
+local out = {0, fmt(now), '0'}
+local banned = false
+
+if ban_ms > 0 or ban_check then
+    local key = KEYS[k]
+    k = k + 1
+    if ban_ms > 0 then
+        redis.call('SET', key, fmt(now + ban_ms / 1000), 'PX', math.ceil(ban_ms))
+    else
+        local until_ts = num(redis.call('GET', key) or '0')
+        if until_ts > now then
+            if not ban_gate then
+                return {1, fmt(now), fmt(until_ts - now)}
+            end
+            banned = true
+            out[1] = 2
+            out[3] = fmt(until_ts - now)
+        end
+    end
+end
+
+-- Sketches (HyperLogLog): add the items to the current half, count the union of both.
+for _ = 1, n_sketch do
+    local cur, prev = KEYS[k], KEYS[k + 1]
+    local f = fields(ARGV[a])
+    a = a + 1
+    k = k + 2
+    if not banned and #f > 1 then
+        if redis.call('PFADD', cur, unpack(f, 2)) == 1 then
+            redis.call('PEXPIRE', cur, num(f[1]))
+        end
+    end
+    out[#out + 1] = redis.call('PFCOUNT', cur, prev)
+end
+
+-- Token buckets: refill all, then charge all only when every one can afford the request.
+local denied, retry, charged = 0, 0, 0
+local bkeys, tokens, tstamp, rates, bursts, costs, ttl_rates = {}, {}, {}, {}, {}, {}, {}
+local all_shadow = true
+for i = 1, n_bucket do
+    local key = KEYS[k]
+    k = k + 1
+    local f = fields(ARGV[a])
+    a = a + 1
+    local rate, burst, cost, ttl_rate = num(f[1]), num(f[2]), num(f[3]), num(f[4])
+    local shadow = f[5] == '1'
+    local tk, ts = burst, now
+    local v = redis.call('GET', key)
+    if v then
+        local sp = string.find(v, ' ', 1, true)
+        tk, ts = num(string.sub(v, 1, sp - 1)), num(string.sub(v, sp + 1))
+    end
+    local elapsed = now - ts
+    if elapsed > 0 then
+        tk = tk + elapsed * rate
+        if tk > burst then tk = burst end
+        ts = now
+    end
+    local need = cost
+    if need > burst then need = burst end
+    if tk < need and not banned then
+        denied = denied + 2 ^ (i - 1)
+        if not shadow then all_shadow = false end
+        local wait = (need - tk) / rate
+        if wait > retry then retry = wait end
+    end
+    bkeys[i], tokens[i], tstamp[i], rates[i], bursts[i], costs[i], ttl_rates[i] = key, tk, ts, rate, burst, cost, ttl_rate
+end
+if not banned and (force or (denied == 0 and serves)) then
+    charged = 1
+    for i = 1, n_bucket do tokens[i] = tokens[i] - costs[i] end
+end
+for i = 1, n_bucket do
+    local tk = tokens[i]
+    if tk < bursts[i] then
+        local ttl = math.ceil((bursts[i] - tk) / ttl_rates[i] * 1000) + 1000
+        redis.call('SET', bkeys[i], fmt(tk) .. ' ' .. fmt(tstamp[i]), 'PX', ttl)
+    else
+        redis.call('DEL', bkeys[i])
+    end
+end
+out[#out + 1] = denied
+out[#out + 1] = charged
+out[#out + 1] = fmt(retry)
+for i = 1, n_bucket do out[#out + 1] = fmt(tokens[i]) end
+if denied ~= 0 and override then gate = all_shadow end
+if banned then gate = true end
+
+-- Window quotas, `limits` semantics: a fixed window starts at its first hit and counts
+-- every hit (INCRBY, EXPIRE on the first); a sliding window counter weighs the previous
+-- fixed window by the share of it still inside the sliding window.
+local first_violation, gate_after = true, gate
+for _ = 1, n_quota do
+    local key = KEYS[k]
+    k = k + 1
+    local f = fields(ARGV[a])
+    a = a + 1
+    local strategy, amount, window, cost = num(f[1]), num(f[2]), num(f[3]), num(f[4])
+    local shadow = f[5] == '1'
+    if not gate then
+        out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = '0'; out[#out + 1] = '0'
+    else
+        local ok, remaining, reset = true, 0, 0
+        if strategy == 1 then
+            local value
+            if cost > 0 then
+                value = redis.call('INCRBY', key, cost)
+                if value == cost then redis.call('PEXPIRE', key, math.ceil(window * 1000)) end
+                ok = value <= amount
+            else
+                value = num(redis.call('GET', key) or '0')
+            end
+            remaining = amount - value
+            if remaining < 0 then remaining = 0 end
+            local pttl = redis.call('PTTL', key)
+            if pttl > 0 then reset = pttl / 1000 end
+        else
+            local idx = math.floor(now / window)
+            local cur_f, prev_f = string.format('%d', idx), string.format('%d', idx - 1)
+            local cur = num(redis.call('HGET', key, cur_f) or '0')
+            local prev = num(redis.call('HGET', key, prev_f) or '0')
+            local prev_ttl = 0
+            if prev ~= 0 then prev_ttl = (1 - (((now - window) / window) % 1)) * window end
+            if cost > 0 then
+                if cost > amount or math.floor(prev * prev_ttl / window + cur) + cost > amount then
+                    ok = false
+                else
+                    cur = redis.call('HINCRBY', key, cur_f, cost)
+                    redis.call('HDEL', key, string.format('%d', idx - 2))
+                    redis.call('PEXPIRE', key, math.ceil(2 * window * 1000))
+                end
+            end
+            remaining = amount - math.floor(prev * prev_ttl / window + cur)
+            if remaining < 0 then remaining = 0 end
+            if prev ~= 0 or cur ~= 0 then
+                local best = math.huge
+                if prev ~= 0 then best = prev_ttl % (window / prev) end
+                if cur ~= 0 then
+                    local cur_ttl = (1 - ((now / window) % 1)) * window + window
+                    local r = cur_ttl % window
+                    if r < best then best = r end
+                end
+                reset = best
+                if reset > window then reset = window end
+                if reset < 0 then reset = 0 end
+            end
+        end
+        out[#out + 1] = 1
+        out[#out + 1] = ok and 1 or 0
+        out[#out + 1] = fmt(remaining)
+        out[#out + 1] = fmt(reset)
+        if not ok and first_violation then
+            first_violation = false
+            gate_after = shadow
+        end
+    end
+end
+if not first_violation then gate = gate_after end
+
+-- Concurrency: a sorted set of leases scored by their expiry; expired leases (a worker
+-- that died holding them) are dropped before counting.
+for _ = 1, n_conc do
+    local key = KEYS[k]
+    k = k + 1
+    local f = fields(ARGV[a])
+    a = a + 1
+    local limit, lease, ttl = num(f[1]), f[2], num(f[3])
+    if not gate then
+        out[#out + 1] = 0; out[#out + 1] = 0
+    else
+        local now_ms = now * 1000
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+        local acquired = 0
+        if redis.call('ZCARD', key) < limit then
+            redis.call('ZADD', key, now_ms + ttl, lease)
+            redis.call('PEXPIRE', key, ttl)
+            acquired = 1
+        else
+            gate = false
+        end
+        out[#out + 1] = 1
+        out[#out + 1] = acquired
+    end
+end
+return out

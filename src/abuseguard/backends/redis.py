@@ -1,0 +1,979 @@
+"""RedisBackend: limits shared by every worker and host, one round trip per request.
+
+Per request (``check``): the guard prepares the request and the in-process kernel scores
+it (its buckets are off with a shared backend); then ONE ``EVALSHA`` of ``lua/decide.lua``
+applies, atomically and on Redis server time, the ban check, the fan-out (and, on a
+standalone server, fan-in) HyperLogLogs, the token buckets (the main identity's refill
+scaled by the local risk score exactly as the kernel would), the window quotas and the
+concurrency lease; the guard turns the answers and the local score into a Decision
+(``Guard._decide``, shared with the memory backend). Requests queued in the same loop
+tick share one pipeline (see `redis_pipe`), so the round trip is also shared under load.
+
+No Redis call at all for: a client banned (the kernel keeps the ban locally once seen), a
+client whose bucket or quota Redis just refused (`deny_cache`), an open circuit.
+
+Standalone vs Cluster. On one server every key a request touches goes into the same
+script: network buckets (``per_ip``, ``per_prefix``, ``per_asn``) and fan-in sketches
+included, so everything is exact. In a Cluster the script may only touch the identity's
+slot: network buckets and fan-in sketches are then aggregated per network and sent by a
+background task every ``sync_interval`` seconds (`redis_netsync`); a network found short
+is refused locally until its debt is refilled. Staleness: a network ceiling can be
+overshot by what all workers admit in one ``sync_interval`` plus one round trip, and the
+debt is then paid back by refusing for longer, so the long-run rate holds; fan-in
+estimates lag by the same interval. Quotas and concurrency ``per="ip"`` of an account
+take a second script call on the IP's slot, sent concurrently with the first (same
+latency, two commands); that one is gated on the local verdict only, so a request the
+account's bucket refuses still counts against the IP quota.
+
+Faults. Every request has a time budget (``budget``, 50 ms by default; the socket
+timeouts default to it); redis-py retries are off. A circuit breaker opens after
+``breaker_threshold`` consecutive failures and half-opens after ``breaker_cooldown`` to
+let one probe through. While Redis fails, ``Policy.fail_mode`` decides per route: fail
+closed refuses with 429 ``backend_unavailable``; fail open serves, and while the circuit
+is open the kernel's own buckets limit each worker to ``1/fallback_workers`` of the rate
+and burst (the in-process fallback limiter). Quotas and concurrency are not enforced while
+failing open. Concurrency leases expire after ``lease_ttl`` unless renewed by the worker
+holding them (every ``lease_ttl / 3``, for at most ``lease_max``), so a crashed worker
+cannot leak slots. Releases and cost reconciliation are queued, never awaited.
+
+Windows quotas: ``fixed-window`` (INCRBY, EXPIRE on the first hit, as `limits`) and
+``sliding-window-counter`` (as `limits`' weighted two windows). ``moving-window`` keeps
+one entry per hit and is refused at construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from abuseguard.backends.base import Backend
+from abuseguard.backends.breaker import CLOSED, CircuitBreaker
+from abuseguard.backends.deny_cache import DenyCache
+from abuseguard.backends.redis_call import Reply, ScriptCall
+from abuseguard.backends.redis_keys import KeySpace
+from abuseguard.backends.redis_netsync import NetSync
+from abuseguard.backends.redis_pipe import Pipeliner, Script, load_script
+from abuseguard.backends.workers import detect_workers
+from abuseguard.decision import Action, Decision
+from abuseguard.engine import layout as L
+from abuseguard.engine.params import build_params
+from abuseguard.errors import ConfigError
+from abuseguard.policy import Concurrency
+
+if TYPE_CHECKING:
+    from abuseguard.guard import Guard, Prepared
+    from abuseguard.policy import FailMode, Policy, TokenBucket
+    from abuseguard.request import RequestInfo
+
+logger = logging.getLogger("abuseguard.backends")
+
+UNAVAILABLE = "backend_unavailable"
+_DENIALS = (Action.CHALLENGE, Action.THROTTLE, Action.BLOCK)
+_THROTTLE_SEVERITY = Action.THROTTLE.severity
+_NET_KINDS = (L.KIND_IP, L.KIND_PREFIX, L.KIND_ASN)
+_OUR_QUERY = {
+    "prefix": str,
+    "budget": float,
+    "breaker_threshold": int,
+    "breaker_cooldown": float,
+    "breaker_max_cooldown": float,
+    "fail_open": "bool",
+    "deny_cache_seconds": float,
+    "lease_ttl": float,
+    "lease_max": float,
+    "server_time": "bool",
+    "sync_interval": float,
+    "fallback_workers": int,
+    "shared_sketches": "bool",
+    "sketch_refresh": float,
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "max_connections": int,
+}
+
+
+class _Answers:
+    """The quotas and concurrency answers of one reply, as the guard asks for them."""
+
+    __slots__ = ("acquired", "asked", "next", "quotas")
+
+    def __init__(
+        self, quotas: list[tuple[bool, float, float] | None], acquired: bool | None
+    ) -> None:
+        self.quotas = quotas
+        self.acquired = acquired  # None: Redis did not take a slot (gate closed)
+        self.next = 0
+        self.asked = False
+
+    def hit_quota(
+        self, limit: str, strategy: str, identity: str, cost: int
+    ) -> tuple[bool, float, float]:
+        i = self.next
+        self.next += 1
+        answer = self.quotas[i] if i < len(self.quotas) else None
+        return answer if answer is not None else (True, 0.0, 0.0)
+
+    def acquire(self, identity: str, limit: int) -> bool:
+        self.asked = True
+        return True if self.acquired is None else self.acquired
+
+
+class _Unknown:
+    """Limits nobody could look up (Redis failed): admitted, and left out of the headers."""
+
+    def hit_quota(
+        self, limit: str, strategy: str, identity: str, cost: int
+    ) -> tuple[bool, float, float]:
+        return True, 0.0, 0.0
+
+    def acquire(self, identity: str, limit: int) -> bool:
+        return True
+
+
+_UNKNOWN = _Unknown()
+
+
+def _bool(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"RedisBackend.{name}", f"expected true or false, got {text!r}")
+
+
+class RedisBackend(Backend):
+    """Shared state in Redis (standalone, TLS, unix socket) or Redis Cluster (Valkey too).
+
+    ``url``: ``redis://host:port/db``, ``rediss://...``, ``unix:///path?db=0``, or with
+    ``cluster=True`` (URI schemes ``redis+cluster://``, ``rediss+cluster://``) a seed node.
+    Options may also ride in the URI query (``?budget=0.02&fail_open=false``); redis-py's
+    own query options pass through. One backend serves one Guard on one event loop.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        cluster: bool = False,
+        prefix: str = "ag",
+        budget: float = 0.05,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        max_connections: int = 64,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 1.0,
+        breaker_max_cooldown: float = 30.0,
+        fail_open: bool | None = None,
+        deny_cache_seconds: float = 60.0,
+        lease_ttl: float = 30.0,
+        lease_max: float = 3600.0,
+        server_time: bool = True,
+        sync_interval: float = 0.05,
+        fallback_workers: int | None = None,
+        shared_sketches: bool = True,
+        sketch_refresh: float = 10.0,
+        client: Any = None,
+        **client_kwargs: Any,
+    ) -> None:
+        for name, value in (
+            ("budget", budget),
+            ("breaker_cooldown", breaker_cooldown),
+            ("lease_ttl", lease_ttl),
+            ("lease_max", lease_max),
+            ("sketch_refresh", sketch_refresh),
+            ("sync_interval", sync_interval),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not value > 0
+                or not math.isfinite(value)
+            ):
+                raise ConfigError(f"RedisBackend.{name}", f"expected seconds > 0, got {value!r}")
+        if not (isinstance(deny_cache_seconds, int | float) and deny_cache_seconds >= 0):
+            raise ConfigError(
+                "RedisBackend.deny_cache_seconds", f"expected >= 0, got {deny_cache_seconds!r}"
+            )
+        if (
+            isinstance(breaker_threshold, bool)
+            or not isinstance(breaker_threshold, int)
+            or breaker_threshold < 1
+        ):
+            raise ConfigError(
+                "RedisBackend.breaker_threshold", f"expected an int >= 1, got {breaker_threshold!r}"
+            )
+        if fallback_workers is not None and (
+            not isinstance(fallback_workers, int) or fallback_workers < 1
+        ):
+            raise ConfigError(
+                "RedisBackend.fallback_workers", f"expected an int >= 1, got {fallback_workers!r}"
+            )
+        if not isinstance(max_connections, int) or max_connections < 1:
+            raise ConfigError(
+                "RedisBackend.max_connections", f"expected an int >= 1, got {max_connections!r}"
+            )
+        if breaker_max_cooldown < breaker_cooldown:
+            raise ConfigError("RedisBackend.breaker_max_cooldown", "must be >= breaker_cooldown")
+        self.url = url
+        self.uri = url
+        self.cluster = cluster
+        self.budget = float(budget)
+        self.socket_timeout = float(socket_timeout) if socket_timeout is not None else None
+        self.socket_connect_timeout = (
+            float(socket_connect_timeout) if socket_connect_timeout is not None else self.budget
+        )
+        self.max_connections = max_connections
+        self.prefix = prefix
+        self.keys = KeySpace(prefix)
+        self.breaker = CircuitBreaker(
+            threshold=breaker_threshold,
+            cooldown=breaker_cooldown,
+            max_cooldown=breaker_max_cooldown,
+            probe_timeout=max(0.2, 4 * self.budget),
+        )
+        self.fail_open_override = fail_open
+        self.deny = DenyCache(max_seconds=float(deny_cache_seconds))
+        self.lease_ttl = float(lease_ttl)
+        self.lease_max = float(lease_max)
+        self.server_time = server_time
+        self.sync_interval = float(sync_interval)
+        self.fallback_workers = fallback_workers or detect_workers()[0]
+        self.shared_sketches = shared_sketches
+        self.sketch_refresh = float(sketch_refresh)
+        self._sketch_sent: dict[tuple[Any, ...], float] = {}
+        self.client_kwargs = client_kwargs
+        self._external_client = client
+        self.client: Any = None
+        self.pipe: Pipeliner | None = None
+        self.scripts: dict[str, Script] = {
+            n: load_script(n) for n in ("decide", "reconcile", "renew")
+        }
+        self._decide_sha = self.scripts["decide"].sha
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._leases: dict[str, list[tuple[str, str, float]]] = {}
+        self._lease_ids = itertools.count()
+        self._worker = os.urandom(6).hex()
+        self.netsync: NetSync | None = None
+        self.guard: Guard | None = None
+        self._fallback_on = False
+        self._fallback_episode = -1
+        self.failures = 0  # requests answered in a fail mode
+        self.local_denials = 0  # requests refused without a Redis call (bans, deny cache)
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_uri(cls, uri: str) -> RedisBackend:
+        """A backend from a URI; backend options in its query string are taken out."""
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower()
+        cluster = scheme.endswith("+cluster")
+        if cluster:
+            scheme = scheme[: -len("+cluster")]
+        kwargs: dict[str, Any] = {"cluster": cluster}
+        rest = []
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            kind = _OUR_QUERY.get(name)
+            if kind is None:
+                rest.append((name, value))
+                continue
+            try:
+                if kind == "bool":
+                    kwargs[name] = _bool(name, value)
+                else:
+                    kwargs[name] = kind(value)  # type: ignore[operator]
+            except ValueError:
+                raise ConfigError(
+                    f"RedisBackend.{name}", f"bad value {value!r} in the URI"
+                ) from None
+        query = urlencode(rest)
+        url = f"{scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+        return cls(url, **kwargs)
+
+    def attach(self, guard: Guard) -> None:
+        """Called by the Guard at construction: check the policy, precompute its numbers."""
+        policy: Policy = guard.policy
+        for i, quota in enumerate(policy.quotas):
+            if quota.strategy == "moving-window":
+                raise ConfigError(
+                    f"Policy.quotas[{i}].strategy",
+                    "moving-window is not supported by "
+                    "the Redis backend; use fixed-window or sliding-window-counter",
+                )
+        self.guard = guard
+        self.keys = KeySpace(self.prefix, tuple(q.name or "quota" for q in policy.quotas))
+        bucket = policy.bucket
+        self.bucket = bucket
+        load_floor = 0.1 if policy.load_target > 0 else 1.0
+        if bucket is not None:
+            self.key_ttl_rate = bucket.per_second * bucket.min_refill_factor * load_floor
+        self.net_buckets: list[tuple[int, TokenBucket, bool]] = []
+        network = policy.network
+        if network is not None:
+            for kind, net_bucket in (
+                (L.KIND_IP, network.per_ip),
+                (L.KIND_PREFIX, network.per_prefix),
+                (L.KIND_ASN, network.per_asn),
+            ):
+                if net_bucket is not None:
+                    self.net_buckets.append((kind, net_bucket, net_bucket.shadow or network.shadow))
+        self.load_floor = load_floor
+        self.nat_per_account = network.nat_per_account if network and network.nat_fairness else 0.0
+        self.nat_max = network.nat_max if network else 1.0
+        enforcement = policy.enforcement
+        params = guard.engine.params
+        self.serves = tuple(params[L.P_LADDER_SERVES + level] != 0.0 for level in range(9))
+        self.ban_level = int(params[L.P_BAN_LEVEL])
+        self.ban_ms = int(enforcement.ban_seconds * 1000)
+        ladder = guard.ladder
+        ban_action = ladder[self.ban_level] if 0 < self.ban_level < len(ladder) else Action.BLOCK
+        self.ban_gate = enforcement.shadow or ban_action not in _DENIALS
+        scoring = policy.scoring
+        horizon = scoring.sketch_horizon if scoring is not None else 3600.0
+        self.half_horizon = horizon / 2
+        self.sketch_ttl_ms = int(horizon * 1000)
+        self.fail_mode: FailMode = policy.fail_mode
+        self.fallback_enabled = self.fail_mode.fallback
+        local = build_params(policy, local_buckets=True)
+        share = float(self.fallback_workers)
+        self.fallback_params = local[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] / share
+        if self.cluster:
+            self.netsync = NetSync(self, guard)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        if self._external_client is not None:
+            return self._external_client
+        from redis.asyncio import Redis, RedisCluster
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        common: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "max_connections": self.max_connections,
+            **self.client_kwargs,
+        }
+        if self.cluster:
+            return RedisCluster.from_url(self.url, **common)
+        return Redis.from_url(self.url, retry_on_error=[], **common)
+
+    async def startup(self) -> None:
+        """Connect and load the scripts. A Redis that is down does not stop the app: the
+        failure is logged, the fail mode applies and the scripts load when it returns."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None:
+            self._stop_tasks()  # a new event loop (tests, reloads): start over on this one
+        self._loop = loop
+        self.client = self._make_client()
+        self.pipe = Pipeliner(
+            self.client,
+            list(self.scripts.values()),
+            timeout=self.budget,
+            direct=not self.cluster,
+            max_connections=self.max_connections,
+        )
+        try:
+            async with asyncio.timeout(max(1.0, 10 * self.budget)):
+                if self.cluster:
+                    await self.client.initialize()
+                await self.pipe.load_scripts()
+                await self.pipe.call(("PING",))  # opens the first connection of the hot path
+        except Exception as exc:
+            self.breaker.failure(exc)
+            logger.warning(
+                "abuseguard: Redis at %s is not answering (%s: %s); requests follow "
+                "the fail mode until it does",
+                self.url,
+                type(exc).__name__,
+                exc,
+            )
+        self._tasks.append(loop.create_task(self._renew_leases()))
+        if self.netsync is not None:
+            self._tasks.append(loop.create_task(self.netsync.run()))
+
+    def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        if self.pipe is not None:
+            self.pipe.cancel()
+
+    async def shutdown(self) -> None:
+        if self._loop is None:
+            return
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        if self.netsync is not None:
+            await self.netsync.flush()
+        if self.pipe is not None:
+            await self.pipe.drain(timeout=max(0.2, 4 * self.budget))
+            self.pipe.cancel()
+            await self.pipe.close()
+        if self.client is not None and self._external_client is None:
+            try:
+                await self.client.aclose()
+            except Exception:
+                logger.debug("closing the Redis client failed", exc_info=True)
+        self.client = None
+        self.pipe = None
+        self._loop = None
+
+    # -- the decision ----------------------------------------------------------------------
+
+    async def check(self, guard: Guard, info: RequestInfo) -> Decision:
+        if guard._exempt and info.path.startswith(guard._exempt):
+            return _EXEMPT
+        if self._loop is not asyncio.get_running_loop():
+            await self.startup()
+        p = guard.prepare(info)
+        breaker = self.breaker
+        if breaker.state != CLOSED and not breaker.allow():
+            return self._while_open(guard, info, p)
+        if self._fallback_on:
+            self._local_buckets(guard, on=False)
+        io = guard.run_engine(p).tolist()  # a copy: other requests run the kernel meanwhile
+        key_table = guard.engine.tables[L.KIND_KEY]
+        key_row = key_table.index[p.identity]
+        # The kernel measures idle time (score forgiveness) from the bucket's last refill,
+        # which it never moves with its buckets off: move it here.
+        key_table.data[key_row, L.F_BUCKET_TS] = p.ts
+        if io[L.O_BANNED] and not self.ban_gate:
+            self.local_denials += 1
+            return guard._decide(info, p, io, _UNKNOWN, False)
+        deny = self.deny
+        if deny.buckets and self.bucket is not None:
+            short = deny.bucket_short(p.identity, p.cost)
+            if short is not None:
+                tokens, wait, rate = short
+                io[L.O_DENIED_KINDS] = 1.0
+                io[L.O_RETRY_AFTER] = wait
+                _told_to_wait(key_table.data, key_row, p.ts + wait)
+                io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
+                io[L.O_RESET] = (self.bucket.capacity - tokens) / rate
+                self.local_denials += 1
+                return guard._decide(info, p, io, _UNKNOWN, True)
+        if deny.quotas:
+            exhausted = deny.quota_exhausted(p.identity)
+            if exhausted is not None:
+                self.local_denials += 1
+                return self._quota_memo_decision(guard, info, p, io, exhausted)
+        netsync = self.netsync
+        if netsync is not None and netsync.denied and p.profile is not None:
+            mask, wait = netsync.blocked(p)
+            if mask and not guard._bucket_shadow(mask):
+                io[L.O_DENIED_KINDS] = float(mask)
+                io[L.O_RETRY_AFTER] = wait
+                _told_to_wait(key_table.data, key_row, p.ts + wait)
+                self.local_denials += 1
+                return guard._decide(info, p, io, _UNKNOWN, False)
+        main, side = self._plan(guard, p, io, key_row)
+        pipe = self.pipe
+        assert pipe is not None
+        try:
+            # No timeout here: each pipeline is bounded by the budget and always answers.
+            if side is None:
+                replies = [await pipe.call(main.command(self._decide_sha))]
+            else:
+                replies = list(
+                    await asyncio.gather(
+                        pipe.call(main.command(self._decide_sha)),
+                        pipe.call(side.command(self._decide_sha)),
+                    )
+                )
+            answers = [
+                call.parse(reply)
+                for call, reply in zip(
+                    (main, side) if side is not None else (main,), replies, strict=True
+                )
+            ]
+        except Exception as exc:
+            if breaker.closed and breaker.failures == 0:
+                logger.warning("abuseguard: Redis call failed (%s: %s)", type(exc).__name__, exc)
+            breaker.failure(exc)
+            self._release_unknown(main, side)
+            return self._failed(guard, info, p, io)
+        breaker.success()
+        return self._apply(guard, info, p, io, key_row, main, side, answers)
+
+    def _plan(
+        self, guard: Guard, p: Prepared, io: list[float], key_row: int
+    ) -> tuple[ScriptCall, ScriptCall | None]:
+        level = int(io[L.O_ACTION])
+        action, shadow = guard.risk_action(level, p.profile)
+        denial = action in _DENIALS
+        gate = not denial or shadow
+        override = action.severity <= _THROTTLE_SEVERITY or not denial
+        now: float | str = "" if self.server_time else p.ts
+        main = ScriptCall(
+            now,
+            serves=self.serves[level] if level < 9 else False,
+            gate=gate,
+            override=override,
+            ban_gate=self.ban_gate,
+        )
+        keys = self.keys.of(p.identity)
+        if self.ban_level:
+            if level >= self.ban_level and self.ban_ms > 0:
+                main.ban(keys.ban, ban_ms=self.ban_ms, check=False)
+            else:
+                main.ban(keys.ban)
+        profile = p.profile
+        address = p.address
+        network = profile is not None and not profile.allowed
+        standalone = not self.cluster
+        if network and self.shared_sketches and p.has_account:
+            assert profile is not None
+            # An item this worker added recently is not sent again before sketch_refresh:
+            # a steady client costs no sketch work, a fanning-out one refreshes often.
+            sent = self._sketch_sent
+            if len(sent) >= 262144:
+                sent.clear()
+            now_mono = time.monotonic()
+            refresh = self.sketch_refresh
+            epoch = int(p.ts // self.half_horizon)
+            ttl = self.sketch_ttl_ms
+            v4or6 = address.version != 0
+            country = profile.country_code
+            fo: tuple[str, ...] = ()
+            for sk, item in (
+                (L.SK_IPS, address.ip_key if v4or6 else None),
+                (L.SK_PREFIXES, address.prefix_key if v4or6 else None),
+                (L.SK_ASNS, profile.asn_key),
+                (L.SK_COUNTRIES, country if country else None),
+            ):
+                if item is None:
+                    continue
+                memo = (p.identity, sk, item)
+                last = sent.get(memo)
+                if last is not None and now_mono - last < refresh:
+                    continue
+                sent[memo] = now_mono
+                fo = fo or self.keys.fanout(p.identity, keys, epoch)
+                main.sketch(
+                    fo[2 * sk], fo[2 * sk + 1], ttl, [item], (L.KIND_KEY, p.identity, L.F_EST + sk)
+                )
+            if standalone:
+                for kind, net_key in self._network_keys(p):
+                    net_memo = (kind, net_key, p.identity)
+                    last = sent.get(net_memo)
+                    if last is not None and now_mono - last < refresh:
+                        continue
+                    sent[net_memo] = now_mono
+                    base = self.keys.network_base(kind, net_key)
+                    main.sketch(
+                        f"{base}:fi:{epoch}",
+                        f"{base}:fi:{epoch - 1}",
+                        ttl,
+                        [p.identity],
+                        (kind, net_key, L.F_SKETCH_EST),
+                    )
+        bucket = self.bucket
+        load = guard._load_factor()
+        if bucket is not None:
+            smoothed = float(guard.engine.tables[L.KIND_KEY].data[key_row, L.F_SCORE])
+            risk = smoothed - bucket.risk_floor
+            factor = 1.0
+            if risk > 0.0:
+                factor = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
+            if factor < bucket.min_refill_factor:
+                factor = bucket.min_refill_factor
+            rate = bucket.per_second * load * factor
+            main.bucket(
+                keys.bucket,
+                rate if rate > 1e-9 else 1e-9,
+                bucket.capacity,
+                p.cost,
+                self.key_ttl_rate,
+                bucket.shadow,
+                (L.KIND_KEY, rate),
+            )
+        if network and standalone and self.net_buckets:
+            fan_in = io[L.O_FANIN]
+            nat = 1.0
+            if profile is not None and profile.nat_eligible and fan_in > 1.0:
+                nat = min(1.0 + self.nat_per_account * (fan_in - 1.0), self.nat_max)
+            keys_by_kind = dict(self._network_keys(p))
+            for kind, net_bucket, net_shadow in self.net_buckets:
+                net_key = keys_by_kind.get(kind)
+                if net_key is None:
+                    continue
+                rate = net_bucket.per_second * load
+                burst = net_bucket.capacity
+                if kind != L.KIND_ASN:
+                    rate *= nat
+                    burst *= nat
+                main.bucket(
+                    self.keys.network_base(kind, net_key) + ":b",
+                    max(rate, 1e-9),
+                    burst,
+                    p.cost,
+                    net_bucket.per_second * self.load_floor,
+                    net_shadow,
+                    (kind, rate),
+                )
+        side: ScriptCall | None = None
+        policy = guard.policy
+        if gate and (policy.quotas or policy.concurrency is not None):
+            ip_identity = "i:" + address.ip_key
+            for i, quota in enumerate(policy.quotas):
+                ident = p.identity if quota.per == "key" else ip_identity
+                cost = max(0, round(p.cost)) if quota.by_cost else 1
+                target = main
+                if ident != p.identity and self.cluster:
+                    side = side or ScriptCall(now, gate=gate, override=override)
+                    target = side
+                target.quota(
+                    self.keys.of(ident).quotas[i],
+                    quota.strategy,
+                    quota.amount,
+                    quota.window,
+                    cost,
+                    quota.shadow,
+                    i,
+                )
+            conc = policy.concurrency
+            if isinstance(conc, Concurrency):
+                ident = p.identity if conc.per == "key" else ip_identity
+                target = main
+                if ident != p.identity and self.cluster:
+                    side = side or ScriptCall(now, gate=gate, override=override)
+                    target = side
+                key = self.keys.of(ident).conc
+                lease = f"{self._worker}:{next(self._lease_ids)}"
+                target.conc(
+                    key,
+                    conc.limit,
+                    lease,
+                    int(self.lease_ttl * 1000),
+                    ("c:" + ident, key, lease),
+                )
+        return main, side
+
+    @staticmethod
+    def _network_keys(p: Prepared) -> list[tuple[int, object]]:
+        """The network identities of a request, as the guard's run_engine finds rows."""
+        profile = p.profile
+        out: list[tuple[int, object]] = []
+        if profile is None or profile.allowed:
+            return out
+        if p.address.version:
+            out.append((L.KIND_IP, p.address.ip_key))
+            out.append((L.KIND_PREFIX, p.address.prefix_key))
+        if profile.asn_key is not None:
+            out.append((L.KIND_ASN, profile.asn_key))
+        if p.persona:
+            out.append((L.KIND_PERSONA, p.persona))
+        return out
+
+    def _apply(
+        self,
+        guard: Guard,
+        info: RequestInfo,
+        p: Prepared,
+        io: list[float],
+        key_row: int,
+        main: ScriptCall,
+        side: ScriptCall | None,
+        replies: list[Reply],
+    ) -> Decision:
+        reply = replies[0]
+        tables = guard.engine.tables
+        if reply.status == 1:  # banned: seen from another worker
+            self._release_unknown(main, side)
+            io[L.O_BANNED] = 1.0
+            io[L.O_ACTION] = float(self.ban_level)
+            io[L.O_RETRY_AFTER] = reply.ban_left
+            table = tables[L.KIND_KEY]
+            if table.keys[key_row] == p.identity:
+                cap = self.deny.max_seconds if self.deny.enabled else 0.0
+                table.data[key_row, L.F_BANNED_UNTIL] = p.ts + min(reply.ban_left, cap)
+            return guard._decide(info, p, io, _UNKNOWN, False)
+        for (kind, key, field), estimate in zip(main.sketch_tags, reply.sketches, strict=True):
+            table = tables[kind]
+            row = table.index.get(key)
+            if row is not None:
+                table.data[row, field] = estimate
+        denied_kinds = 0
+        if reply.denied:
+            for j, (kind, _) in enumerate(main.bucket_tags):
+                if reply.denied & (1 << j):
+                    denied_kinds |= 1 << kind
+            io[L.O_DENIED_KINDS] = float(denied_kinds)
+            io[L.O_RETRY_AFTER] = reply.retry
+            key_table = tables[L.KIND_KEY]
+            if key_table.keys[key_row] == p.identity:
+                _told_to_wait(key_table.data, key_row, p.ts + reply.retry)
+        bucket = self.bucket
+        key_rate = 0.0
+        if bucket is not None:
+            key_rate = main.bucket_tags[0][1]
+            tokens = reply.tokens[0]
+            io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
+            io[L.O_RESET] = (bucket.capacity - tokens) / key_rate
+        if reply.status == 2:
+            io[L.O_BANNED] = 1.0
+            io[L.O_ACTION] = float(self.ban_level)
+            io[L.O_RETRY_AFTER] = reply.ban_left
+        quotas: list[tuple[bool, float, float] | None] = [None] * len(guard.policy.quotas)
+        acquired: bool | None = None
+        lease: tuple[str, str, str] | None = None
+        for call, answer in zip((main, side), replies, strict=False):
+            if call is None:
+                continue
+            for index, (ran, ok, remaining, reset) in zip(
+                call.quota_tags, answer.quotas, strict=True
+            ):
+                if ran:
+                    quotas[index] = (ok, remaining, reset)
+            for tag, (ran, got) in zip(call.conc_tags, answer.conc, strict=True):
+                if ran:
+                    acquired = got
+                    if got:
+                        lease = tag
+        if lease is not None:
+            self._leases.setdefault(lease[0], []).append((lease[1], lease[2], time.monotonic()))
+        answers = _Answers(quotas, acquired)
+        decision = guard._decide(info, p, io, answers, bucket is not None)
+        if lease is not None and not decision.held:
+            self.release(lease[0])
+        if not decision.shadow and decision.action is Action.THROTTLE:
+            self._remember_denial(p, decision, denied_kinds, reply, key_rate, quotas)
+        if self.netsync is not None:
+            self.netsync.add(
+                p, io[L.O_FANIN], guard._load_factor(), decision.served and not decision.reasons
+            )
+        return decision
+
+    def _remember_denial(
+        self,
+        p: Prepared,
+        decision: Decision,
+        denied_kinds: int,
+        reply: Reply,
+        key_rate: float,
+        quotas: list[tuple[bool, float, float] | None],
+    ) -> None:
+        deny = self.deny
+        if not deny.enabled:
+            return
+        bucket = self.bucket
+        if denied_kinds & 1 and bucket is not None and not bucket.shadow:
+            deny.note_bucket(
+                p.identity, reply.tokens[0], key_rate, bucket.per_second, bucket.capacity
+            )
+        elif "quota" in decision.reasons and not denied_kinds:
+            now = time.monotonic()
+            resets = [q[2] for q in quotas if q is not None and not q[0]]
+            if resets:
+                memo = tuple((q[0], q[1], now + q[2]) if q is not None else None for q in quotas)
+                deny.note_quota(p.identity, min(resets), memo)
+
+    def _quota_memo_decision(
+        self,
+        guard: Guard,
+        info: RequestInfo,
+        p: Prepared,
+        io: list[float],
+        exhausted: tuple[float, tuple[Any, ...]],
+    ) -> Decision:
+        _, memo = exhausted
+        now = time.monotonic()
+        quotas: list[tuple[bool, float, float] | None] = [
+            (q[0], q[1], max(0.0, q[2] - now)) if q is not None else None for q in memo
+        ]
+        decision = guard._decide(info, p, io, _Answers(quotas, None), False)
+        decision.held = ()
+        return decision
+
+    # -- failure -----------------------------------------------------------------------------
+
+    def _fails_open(self, info: RequestInfo) -> bool:
+        if self.fail_open_override is not None and not self.fail_mode.routes:
+            return self.fail_open_override
+        return (
+            self.fail_mode.fails_open(info.method, info.path)
+            if self.fail_mode.routes
+            else self.fail_mode.open
+        )
+
+    def _while_open(self, guard: Guard, info: RequestInfo, p: Prepared) -> Decision:
+        """The circuit is open: no Redis call at all."""
+        self.failures += 1
+        if self._fails_open(info) and self.fallback_enabled and self.bucket is not None:
+            self._local_buckets(guard, on=True)
+            io = guard.run_engine(p).tolist()
+            decision = guard._decide(info, p, io, _UNKNOWN, True)
+            decision.policies = decision.policies[:1]
+            decision.held = ()
+            return decision
+        if self._fallback_on:
+            self._local_buckets(guard, on=False)
+        io = guard.run_engine(p).tolist()
+        return self._failed(guard, info, p, io, counted=True)
+
+    def _failed(
+        self,
+        guard: Guard,
+        info: RequestInfo,
+        p: Prepared,
+        io: list[float],
+        *,
+        counted: bool = False,
+    ) -> Decision:
+        """Redis could not answer: the local verdict, then the route's fail mode."""
+        if not counted:
+            self.failures += 1
+        level = int(io[L.O_ACTION])
+        if io[L.O_BANNED]:
+            ladder = guard.ladder
+            action = ladder[level] if level < len(ladder) else Action.BLOCK
+            shadow = guard.policy.enforcement.shadow
+        else:
+            action, shadow = guard.risk_action(level, p.profile)
+        open_ = self._fails_open(info)
+        if open_ or (action in _DENIALS and not shadow):
+            decision = guard._decide(info, p, io, _UNKNOWN, False)
+            decision.policies = ()
+            decision.held = ()
+            return decision
+        policy = guard.policy
+        decision = Decision(
+            Action.THROTTLE,
+            (UNAVAILABLE,),
+            io[L.O_SCORE],
+            max(1.0, self.breaker.retry_after()),
+            None,
+            policy.shadow,
+            p.identity,
+            (),
+            (),
+            p.cost,
+        )
+        if guard.observers:
+            guard._notify(info, decision)
+        return decision
+
+    def _local_buckets(self, guard: Guard, *, on: bool) -> None:
+        """Turn the kernel's own buckets on (fallback limiter) or off (Redis answers)."""
+        params = guard.engine.params
+        if on:
+            params[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] = self.fallback_params
+            if self._fallback_episode != self.breaker.opened:
+                # A new outage: every client starts with a full (per-worker) bucket.
+                self._fallback_episode = self.breaker.opened
+                for kind, table in enumerate(guard.engine.tables):
+                    burst = float(self.fallback_params[2 * kind + 1])
+                    if burst > 0.0:
+                        table.data[:, L.F_TOKENS] = burst
+            if not self._fallback_on:
+                logger.warning(
+                    "abuseguard: Redis unavailable; limiting in-process (1/%d of each "
+                    "bucket per worker) until it answers",
+                    self.fallback_workers,
+                )
+        else:
+            params[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] = 0.0
+        self._fallback_on = on
+
+    # -- after the response -------------------------------------------------------------------
+
+    def release(self, identity: str) -> None:
+        """Give back one concurrency slot this worker holds for ``identity`` ("c:...")."""
+        held = self._leases.get(identity)
+        if not held:
+            return
+        key, lease, _ = held.pop()
+        if not held:
+            del self._leases[identity]
+        if self.pipe is not None and self.breaker.closed:
+            self.pipe.send(("ZREM", key, lease))
+
+    def _release_unknown(self, main: ScriptCall, side: ScriptCall | None) -> None:
+        """A call failed or was cut short: a lease it may have taken is given back."""
+        if self.pipe is None:
+            return
+        for call in (main, side):
+            if call is not None:
+                for _, key, lease in call.conc_tags:
+                    self.pipe.send(("ZREM", key, lease))
+
+    def reconcile(self, identity: str, delta: float) -> None:
+        """Charge (delta > 0) or refund (delta < 0) the identity's bucket after the fact."""
+        bucket = self.bucket
+        if bucket is None or delta == 0.0 or self.pipe is None or not self.breaker.closed:
+            return
+        if delta < 0:
+            self.deny.forget_bucket(identity)
+        now: float | str = "" if self.server_time else (self.guard.clock() if self.guard else "")
+        self.pipe.send(
+            (
+                "EVALSHA",
+                self.scripts["reconcile"].sha,
+                1,
+                self.keys.of(identity).bucket,
+                delta,
+                bucket.capacity,
+                self.key_ttl_rate,
+                now,
+            )
+        )
+
+    async def _renew_leases(self) -> None:
+        period = self.lease_ttl / 3
+        sha = self.scripts["renew"].sha
+        ttl_ms = int(self.lease_ttl * 1000)
+        while True:
+            await asyncio.sleep(period)
+            pipe = self.pipe
+            if pipe is None or not self.breaker.closed:
+                continue
+            now = time.monotonic()
+            for held in list(self._leases.values()):
+                for key, lease, taken in held:
+                    if now - taken < self.lease_max:
+                        pipe.send(("EVALSHA", sha, 1, key, ttl_ms, lease))
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        pipe = self.pipe
+        return {
+            "round_trips": pipe.round_trips if pipe else 0,
+            "commands": pipe.commands if pipe else 0,
+            "dropped": pipe.dropped if pipe else 0,
+            "script_reloads": pipe.reloads if pipe else 0,
+            "breaker": self.breaker.state,
+            "breaker_opened": self.breaker.opened,
+            "failures": self.failures,
+            "local_denials": self.local_denials,
+            "deny_cache_hits": self.deny.hits,
+            "leases_held": sum(len(v) for v in self._leases.values()),
+        }
+
+
+def _told_to_wait(key_data: Any, row: int, until: float) -> None:
+    """A bucket refused the request: note when the client was told to come back, as the
+    kernel does with its own buckets (a request before then counts as impatience)."""
+    if until > key_data[row, L.F_WAIT_UNTIL]:
+        key_data[row, L.F_WAIT_UNTIL] = until
+
+
+_EXEMPT = Decision(Action.ALLOW)
+
+__all__ = ["UNAVAILABLE", "RedisBackend"]
