@@ -48,15 +48,28 @@ def retry_after_value(seconds: float | None) -> str:
     return str(max(1, _int_up(seconds or 0.0)))
 
 
+_POLICY_VALUES: dict[tuple[tuple[str, float, float], ...], bytes] = {}
+
+
 def rate_limit_headers(decision: Decision, *, legacy: bool = False) -> list[tuple[bytes, bytes]]:
     """RateLimit-Policy and RateLimit (and optionally X-RateLimit-*) for a decision."""
     policies = decision.policies
     if not policies:
         return []
-    headers = [
-        (b"ratelimit-policy", ratelimit_policy_value(policies).encode("latin-1")),
-        (b"ratelimit", ratelimit_value(policies).encode("latin-1")),
-    ]
+    # The policy header only changes with the configuration: format it once.
+    shape = tuple((p.name, p.quota, p.window) for p in policies)
+    policy_value = _POLICY_VALUES.get(shape)
+    if policy_value is None:
+        policy_value = ratelimit_policy_value(policies).encode("latin-1")
+        if len(_POLICY_VALUES) < 1024:
+            _POLICY_VALUES[shape] = policy_value
+    if len(policies) == 1:  # the common case, formatted without the generic path
+        p = policies[0]
+        remaining = int(p.remaining) if p.remaining > 0 else 0
+        value = b'"%s";r=%d;t=%d' % (p.name.encode("latin-1"), remaining, _int_up(p.reset))
+    else:
+        value = ratelimit_value(policies).encode("latin-1")
+    headers = [(b"ratelimit-policy", policy_value), (b"ratelimit", value)]
     if legacy:
         tight = min(policies, key=lambda p: p.remaining / p.quota if p.quota else 0.0)
         headers += [

@@ -18,6 +18,7 @@ from abuseguard.backends.base import Backend
 from abuseguard.decision import Action, Decision
 from abuseguard.enforce import (
     DECISION_STATE_KEY,
+    Allow,
     ASGIApp,
     Enforcer,
     Message,
@@ -90,7 +91,10 @@ class AbuseGuard:
         self.max_body = scoring.content_max_bytes if scoring else 0
         self.max_header = policy.max_header_bytes
         self.trusted = policy.trusted_proxies
+        self._proxied: dict[tuple[str | None, str | None, str | None], str | None] = {}
         self.started = False
+        # The built-in Allow enforcer just calls the app: skip the indirection then.
+        self.plain_allow = type(self.enforcers[Action.ALLOW]) is Allow
         self.websocket = WebSocketLimiter(self, policy.websocket) if policy.websocket else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -120,21 +124,33 @@ class AbuseGuard:
             self.started = True
             await self.guard.startup()
 
+    def _client_ip(self, peer: str | None, headers: dict[str, str]) -> str | None:
+        """client_ip behind trusted proxies, cached per (peer, proxy headers): parsing every
+        hop with ``ipaddress`` costs microseconds, and the same chains repeat."""
+        key = (peer, headers.get("forwarded"), headers.get("x-forwarded-for"))
+        if key in self._proxied:
+            return self._proxied[key]
+        ip = client_ip(peer, headers, self.trusted)  # type: ignore[arg-type]
+        if len(self._proxied) >= 65536:
+            self._proxied.clear()
+        self._proxied[key] = ip
+        return ip
+
     def request_info(self, scope: Scope) -> RequestInfo:
         headers: dict[str, str] = {}
         limit = self.max_header
+        # ASGI servers lower-case header names; bytes are decoded as latin-1, which never fails.
         for raw_name, raw_value in scope.get("headers") or ():
             if len(raw_value) > limit:
                 continue  # oversized values are ignored, as if absent
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
+            name = raw_name.decode("latin-1")
             if name in headers:
-                headers[name] = headers[name] + ", " + value
+                headers[name] = headers[name] + ", " + raw_value.decode("latin-1")
             else:
-                headers[name] = value
+                headers[name] = raw_value.decode("latin-1")
         client = scope.get("client")
         peer = client[0] if client else None
-        ip = client_ip(peer, headers, self.trusted) if self.trusted else peer  # type: ignore[arg-type]
+        ip = self._client_ip(peer, headers) if self.trusted else peer
         info = RequestInfo(
             ip=ip or "unknown",
             key=api_key_from_headers(headers),
@@ -183,7 +199,10 @@ class _Responder:
             info = self.info = mw.request_info(self.scope)
             if mw.read_body and info.method in _BODY_METHODS:
                 info.body = await self._peek_body(mw.max_body)
-            decision = self.decision = await guard.acheck(info)
+            if guard.backend.shared:
+                decision = self.decision = await guard.acheck(info)
+            else:
+                decision = self.decision = guard.check(info)
         except Exception:
             logger.exception(
                 "abuseguard failed to decide; failing %s", "open" if mw.fail_open else "closed"
@@ -194,10 +213,14 @@ class _Responder:
                 await self._send_unavailable()
             return
         self.scope.setdefault("state", {})[DECISION_STATE_KEY] = decision
-        enforcer = mw.enforcers[decision.enforced_action]
+        action = decision.enforced_action
+        receive = self._replaying_receive if self.buffered else self.receive
         guard.inflight += 1
         try:
-            await enforcer(self.scope, self._replaying_receive, self._send, decision, mw.app)
+            if action is Action.ALLOW and mw.plain_allow:
+                await mw.app(self.scope, receive, self._send)
+            else:
+                await mw.enforcers[action](self.scope, receive, self._send, decision, mw.app)
         finally:
             guard.inflight -= 1
             self._complete()
@@ -225,7 +248,12 @@ class _Responder:
             self.status = message.get("status")
             decision = self.decision
             assert decision is not None
-            extra = rate_limit_headers(decision, legacy=self.guard_mw.policy.legacy_headers)
+            # Refusals were answered by an enforcer that already sent these headers.
+            extra = (
+                rate_limit_headers(decision, legacy=self.guard_mw.policy.legacy_headers)
+                if decision.served
+                else []
+            )
             cost_header = self.guard_mw.cost_header
             if extra or cost_header:
                 headers = list(message.get("headers") or [])
@@ -236,8 +264,7 @@ class _Responder:
                                 self.real_cost = float(value.decode("latin-1"))
                             except ValueError:
                                 logger.warning("bad cost header value %r", value[:64])
-                if not any(name.lower() == b"ratelimit" for name, _ in headers):
-                    headers.extend(extra)
+                headers.extend(extra)
                 message = {**message, "headers": headers}
         await self.send(message)
 
