@@ -1,0 +1,197 @@
+"""The background lane: signals too slow for the request path, fed back as risk priors.
+
+An observer queues a small record of each request (bounded queue, O(1), no parsing). Every
+``interval`` seconds, or on ``flush()``, the lane groups the queued records by cohort (the
+identity), hands each cohort to its analyzers, and writes the prior they return into the
+state the kernel reads (``Guard.set_prior``), where it becomes the ``prior`` signal of that
+identity's next requests. Nothing here runs on the request path except the queue append.
+
+The shipped analyzer, :class:`TemplateCoverage`, estimates how systematically an account
+sweeps prompt templates: harvesters send many prompts from few templates with a fresh
+fill-in each time (covering a template's input space), while people and most apps either
+vary their prompts or repeat the same few exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from abuseguard.decision import Decision
+from abuseguard.guard import Guard
+from abuseguard.request import RequestInfo
+
+logger = logging.getLogger("abuseguard.lane")
+
+
+@dataclass(frozen=True, slots=True)
+class LaneRecord:
+    identity: str
+    ts: float
+    body: bytes | str | None
+    content_type: str | None
+
+
+class Analyzer(Protocol):
+    def analyze(self, identity: str, records: Sequence[LaneRecord]) -> float | None:
+        """A prior in 0..1 for this cohort, or None to leave the current one."""
+
+
+def _ramp(x: float, lo: float, hi: float) -> float:
+    return min(1.0, max(0.0, (x - lo) / (hi - lo)))
+
+
+@dataclass
+class TemplateCoverage:
+    """Prior from the shape of an account's prompt stream over its recent history.
+
+    Per account it keeps the last ``history`` (template id, body hash) pairs. With
+    ``top_share`` the share of prompts from the account's three most used templates and
+    ``fresh`` the share of distinct bodies among them (fresh fill-ins), the prior is
+    ``ramp(top_share, 0.7, 0.95) * ramp(fresh, 0.6, 0.9) * ramp(n, min_prompts, 4 *
+    min_prompts)``: high only for many prompts, from few templates, each with new content.
+    An app that sends one fixed prompt (fresh near 0) and a person (top_share low) stay near
+    0. Costs one fingerprint per request, in the background.
+    """
+
+    min_prompts: int = 12
+    history: int = 200
+    max_accounts: int = 50_000
+    _seen: dict[str, deque[tuple[int, int]]] = field(default_factory=dict)
+    _fingerprinter: object | None = None
+
+    def _fingerprint(self, record: LaneRecord) -> tuple[int, int] | None:
+        if self._fingerprinter is None:
+            from abuseguard.engine.content import ContentFingerprinter
+
+            self._fingerprinter = ContentFingerprinter()
+        facts = self._fingerprinter.fingerprint(record.body, record.content_type)  # type: ignore[attr-defined]
+        if not facts.prompt_found or facts.template_id == 0:
+            return None
+        # The SimHash is of the masked skeleton (the same for every fill-in): fresh content
+        # is told by a hash of the raw body instead.
+        raw = (
+            record.body.encode("utf-8", "replace") if isinstance(record.body, str) else record.body
+        )
+        return int(facts.template_id), hash(raw)
+
+    def analyze(self, identity: str, records: Sequence[LaneRecord]) -> float | None:
+        pairs = [fp for fp in map(self._fingerprint, records) if fp is not None]
+        if not pairs:
+            return None
+        seen = self._seen.get(identity)
+        if seen is None:
+            if len(self._seen) >= self.max_accounts:
+                self._seen.pop(next(iter(self._seen)))
+            seen = self._seen[identity] = deque(maxlen=self.history)
+        seen.extend(pairs)
+        n = len(seen)
+        counts = Counter(template for template, _ in seen)
+        top = sum(c for _, c in counts.most_common(3))
+        top_templates = {t for t, _ in counts.most_common(3)}
+        in_top = [digest for template, digest in seen if template in top_templates]
+        fresh = len(set(in_top)) / len(in_top)
+        return (
+            _ramp(top / n, 0.7, 0.95)
+            * _ramp(fresh, 0.6, 0.9)
+            * _ramp(n, self.min_prompts, 4 * self.min_prompts)
+        )
+
+
+class BackgroundLane:
+    """Batches recent requests per cohort and writes analyzers' priors back to the guard.
+
+    Use it as an observer: ``lane = BackgroundLane(guard); guard.observers.append(lane)``
+    (or ``AbuseGuard(..., observers=[lane])`` after building the guard), then either call
+    ``flush()`` yourself (replay, tests) or ``start()`` it inside a running event loop.
+    ``max_queue`` bounds memory: when full, the oldest records are dropped and counted.
+    Only identities with an account are analyzed (``k:`` identities).
+    """
+
+    def __init__(
+        self,
+        guard: Guard,
+        analyzers: Iterable[Analyzer] | None = None,
+        *,
+        interval: float = 1.0,
+        max_queue: int = 10_000,
+        body_bytes: int = 16_384,
+    ) -> None:
+        self.guard = guard
+        self.analyzers: list[Analyzer] = (
+            list(analyzers) if analyzers is not None else [TemplateCoverage()]
+        )
+        self.interval = interval
+        self.body_bytes = body_bytes
+        self.queue: deque[LaneRecord] = deque(maxlen=max_queue)
+        self.dropped = 0
+        self.priors_written = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, info: RequestInfo, decision: Decision) -> None:
+        if not decision.identity.startswith("k:") or not info.body:
+            return
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1
+        headers: Mapping[str, str] = info.headers
+        self.queue.append(
+            LaneRecord(
+                decision.identity,
+                info.ts or 0.0,
+                info.body[: self.body_bytes],
+                headers.get("content-type"),
+            )
+        )
+
+    def flush(self) -> int:
+        """Analyze what is queued and write the priors; return how many were written."""
+        return self._apply(self._analyze())
+
+    def _analyze(self) -> dict[str, float]:
+        cohorts: dict[str, list[LaneRecord]] = {}
+        while self.queue:
+            record = self.queue.popleft()
+            cohorts.setdefault(record.identity, []).append(record)
+        priors: dict[str, float] = {}
+        for identity, records in cohorts.items():
+            for analyzer in self.analyzers:
+                try:
+                    prior = analyzer.analyze(identity, records)
+                except Exception:
+                    logger.exception("background analyzer %r failed", analyzer)
+                    continue
+                if prior is not None:
+                    priors[identity] = max(prior, priors.get(identity, 0.0))
+        return priors
+
+    def _apply(self, priors: Mapping[str, float]) -> int:
+        written = sum(
+            1 for identity, prior in priors.items() if self.guard.set_prior(identity, prior)
+        )
+        self.priors_written += written
+        return written
+
+    def start(self) -> None:
+        """Flush every ``interval`` seconds in the running event loop, off the request path."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            if self.queue:
+                # Fingerprinting runs in a worker thread; the priors are written back on the
+                # loop, so the kernel's state is only ever touched from one thread.
+                self._apply(await asyncio.to_thread(self._analyze))
