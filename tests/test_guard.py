@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -32,29 +33,45 @@ def scripted(
     gap: float = 2.0,
     ip: str = "198.51.100.10",
 ) -> list[Decision]:
-    # A script on a cloud host (AS16509), metronome timing, a scripting library's UA.
-    return [
-        guard.check(
-            RequestInfo(
-                ip=ip,
-                key=key,
-                ts=start + i * gap,
-                ua="python-requests/2.31",
-                headers=SCRIPT,
-                asn=16509,
-            )
+    """A harvesting script on a cloud host (AS16509): metronome timing, a scripting
+    library's UA, one prompt template asking for reasoning."""
+    out = []
+    for i in range(n):
+        body = json.dumps(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": (
+                            f"Solve the following problem step by step and show your reasoning: "
+                            f"what is {i * 37 % 101} times {i * 13 % 97}?"
+                        ),
+                    }
+                ]
+            }
         )
-        for i in range(n)
-    ]
+        info = RequestInfo(
+            ip=ip,
+            key=key,
+            ts=start + i * gap,
+            ua="python-requests/2.31",
+            headers=SCRIPT,
+            asn=16509,
+            method="POST",
+            body=body,
+        )
+        out.append(guard.check(info))
+    return out
 
 
 def test_scripted_client_climbs_the_ladder_with_reasons() -> None:
     guard = Guard(Policy(bucket=TokenBucket("100/second", burst=100)))
     decisions = scripted(guard, 60)
-    assert decisions[0].action == Action.ALLOW
     last = decisions[-1]
-    assert last.action.severity >= Action.LOG.severity
-    assert "cadence" in last.reasons and "client" in last.reasons
+    # The first prompt alone is suspicious; the metronome and the template make it worse.
+    assert decisions[0].score < last.score
+    assert last.action.severity >= Action.CHALLENGE.severity
+    assert {"cadence", "elicitation"} <= set(last.reasons)
     assert last.score > 0.5
     assert dict(last.contributions)["cadence"] > 0
 

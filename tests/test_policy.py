@@ -32,6 +32,8 @@ from abuseguard import (
         (lambda: TokenBucket("5/second", risk_coupling=2), "TokenBucket.risk_coupling"),
         (lambda: TokenBucket("5/second", name="has space"), "TokenBucket.name"),
         (lambda: Quota("lots/day"), "Quota.limit"),
+        (lambda: Quota("10/day", name='say "hi"'), "Quota.name"),
+        (lambda: TokenBucket("5/second", name="naïve"), "TokenBucket.name"),
         (lambda: Quota("10/day", per="planet"), "Quota.per"),  # type: ignore[arg-type]
         (lambda: Quota("10/day", strategy="leaky"), "Quota.strategy"),  # type: ignore[arg-type]
         (lambda: Concurrency(0), "Concurrency.limit"),

@@ -523,7 +523,8 @@ class Guard:
         row = self.engine.tables[L.KIND_KEY].find(decision.identity)
         if row is None and not backend.shared:
             return
-        if row is not None and status is not None and self.scoring_on:
+        # Only the origin's answers count: the guard's own refusals would feed themselves.
+        if row is not None and status is not None and self.scoring_on and decision.served:
             self.engine.record_outcome(row, 400 <= status < 600 and status != 429)
         if (
             cost is not None
