@@ -336,6 +336,7 @@ class NetworkPolicy:
         for name in ("fan_in", "fan_out_asns", "fan_out_countries", "fan_out_prefixes"):
             _range(f"NetworkPolicy.{name}", getattr(self, name))
         from abuseguard.intel.geo import KINDS as known
+
         for kind in self.databases:
             if kind not in known:
                 raise ConfigError(
