@@ -43,5 +43,9 @@ bench: venv redis-server
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
+docs: venv
+	$(BIN)/python docs/gen_reference.py
+	$(BIN)/mkdocs build --strict
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

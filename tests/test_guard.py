@@ -337,3 +337,19 @@ def test_sync_check_refuses_shared_backend_clearly() -> None:
 
 
 from abuseguard.backends.memory import MemoryBackend as MemoryBackendLike  # noqa: E402
+
+
+def test_a_network_bucket_refusal_names_that_bucket() -> None:
+    guard = Guard(
+        Policy(
+            bucket=TokenBucket("100/second", burst=100),
+            network=NetworkPolicy(per_ip=TokenBucket("1/minute", burst=2), nat_fairness=False),
+            scoring=None,
+        )
+    )
+    decisions = [guard.check(RequestInfo(ip="198.51.100.3", key=f"k{i}", ts=1.0)) for i in range(3)]
+    refused = decisions[2]
+    assert refused.action == Action.THROTTLE and refused.reasons == ("rate",)
+    names = {state.name: state for state in refused.policies}
+    assert names["ip"].violated and names["ip"].remaining == 0 and names["ip"].quota == 2
+    assert not names["default"].violated

@@ -12,11 +12,13 @@ from abuseguard.policy import (
     AnonymizerRule,
     Concurrency,
     Enforcement,
+    FailMode,
     NetworkPolicy,
     Policy,
     Quota,
     Scoring,
     TokenBucket,
+    WebSocketPolicy,
 )
 from abuseguard.request import RequestInfo
 
@@ -36,6 +38,7 @@ __all__ = [
     "Delay",
     "Enforcement",
     "Enforcer",
+    "FailMode",
     "Guard",
     "Log",
     "MemoryBackend",
@@ -47,6 +50,7 @@ __all__ = [
     "Scoring",
     "Throttle",
     "TokenBucket",
+    "WebSocketPolicy",
     "current_decision",
 ]
 __version__ = "0.1.0"

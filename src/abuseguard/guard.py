@@ -354,6 +354,8 @@ class Guard:
                     bool(denied & 1),
                 ),
             )
+        if denied & ~1:
+            policies = policies + self._network_bucket_states(denied, io)
         remaining = io[L.O_REMAINING] if bucket is not None else None
         if (
             level == 0
@@ -490,6 +492,38 @@ class Guard:
             for s, name in enumerate(L.SIGNAL_NAMES)
             if io[L.O_CONTRIB + s] > 0.0
         )
+
+    def _network_bucket_states(self, denied: int, io: list[float]) -> tuple[PolicyState, ...]:
+        """The network buckets (per IP, prefix, ASN) that refused this request, for the
+        RateLimit headers and the problem body."""
+        network = self.policy.network
+        if network is None:
+            return ()
+        states = []
+        tight_kind = int(io[L.O_TIGHTEST_KIND])
+        for kind, name, net_bucket in (
+            (L.KIND_IP, "ip", network.per_ip),
+            (L.KIND_PREFIX, "prefix", network.per_prefix),
+            (L.KIND_ASN, "asn", network.per_asn),
+        ):
+            if net_bucket is None or not denied & (1 << kind):
+                continue
+            exact = kind == tight_kind
+            states.append(
+                PolicyState(
+                    name if net_bucket.name == "default" else net_bucket.name,
+                    net_bucket.capacity,
+                    net_bucket.window,
+                    io[L.O_TIGHT_REMAINING] if exact else 0.0,
+                    io[L.O_TIGHT_RESET] if exact else io[L.O_RETRY_AFTER],
+                    True,
+                )
+            )
+        return tuple(states)
+
+    def notify(self, info: RequestInfo, decision: Decision) -> None:
+        """Show a decision to every observer (sync ones now, async ones as tasks)."""
+        self._notify(info, decision)
 
     def _notify(self, info: RequestInfo, decision: Decision) -> None:
         for observer in self.observers:

@@ -22,11 +22,8 @@ logs see WebSocket limits like HTTP ones. The state lives in the process (per wo
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from abuseguard.decision import Action, Decision, PolicyState
 from abuseguard.enforce import DECISION_STATE_KEY, Message, Receive, Scope, Send
@@ -239,13 +236,8 @@ class WebSocketLimiter:
         return None
 
     def _notify(self, guard: Guard, info: RequestInfo, decision: Decision) -> None:
-        for observer in guard.observers:
-            try:
-                result = observer(info, decision)
-                if inspect.isawaitable(result):
-                    _keep(result)
-            except Exception:
-                logger.exception("abuseguard observer %r failed", observer)
+        if guard.observers:
+            guard.notify(info, decision)
 
 
 class _Connection:
@@ -394,15 +386,6 @@ async def _refuse(
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": code})
-
-
-_pending: set[asyncio.Future[Any]] = set()
-
-
-def _keep(awaitable: Awaitable[Any]) -> None:
-    task = asyncio.ensure_future(awaitable)
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
 
 
 __all__ = [
