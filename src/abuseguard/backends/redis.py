@@ -56,7 +56,7 @@ from abuseguard.backends.base import Backend
 from abuseguard.backends.breaker import CLOSED, CircuitBreaker
 from abuseguard.backends.deny_cache import DenyCache
 from abuseguard.backends.redis_call import Reply, ScriptCall
-from abuseguard.backends.redis_keys import KeySpace
+from abuseguard.backends.redis_keys import IdentityKeys, KeySpace
 from abuseguard.backends.redis_netsync import NetSync
 from abuseguard.backends.redis_pipe import Pipeliner, Script, load_script
 from abuseguard.backends.workers import detect_workers
@@ -68,6 +68,7 @@ from abuseguard.policy import Concurrency
 
 if TYPE_CHECKING:
     from abuseguard.guard import Guard, Prepared
+    from abuseguard.network import NetworkProfile
     from abuseguard.policy import FailMode, Policy, TokenBucket
     from abuseguard.request import RequestInfo
 
@@ -310,6 +311,8 @@ class RedisBackend(Backend):
                     "moving-window is not supported by "
                     "the Redis backend; use fixed-window or sliding-window-counter",
                 )
+        if len(policy.quotas) > 99:
+            raise ConfigError("Policy.quotas", "the Redis backend takes at most 99 quotas")
         self.guard = guard
         self.keys = KeySpace(self.prefix, tuple(q.name or "quota" for q in policy.quotas))
         bucket = policy.bucket
@@ -515,10 +518,14 @@ class RedisBackend(Backend):
         self, guard: Guard, p: Prepared, io: list[float], key_row: int
     ) -> tuple[ScriptCall, ScriptCall | None]:
         level = int(io[L.O_ACTION])
-        action, shadow = guard.risk_action(level, p.profile)
-        denial = action in _DENIALS
-        gate = not denial or shadow
-        override = action.severity <= _THROTTLE_SEVERITY or not denial
+        profile = p.profile
+        if level == 0 and (profile is None or profile.rule_action is None):
+            gate = override = True  # the common case: nothing local refuses the request
+        else:
+            action, shadow = guard.risk_action(level, profile)
+            denial = action in _DENIALS
+            gate = not denial or shadow
+            override = action.severity <= _THROTTLE_SEVERITY or not denial
         now: float | str = "" if self.server_time else p.ts
         main = ScriptCall(
             now,
@@ -533,58 +540,18 @@ class RedisBackend(Backend):
                 main.ban(keys.ban, ban_ms=self.ban_ms, check=False)
             else:
                 main.ban(keys.ban)
-        profile = p.profile
         address = p.address
         network = profile is not None and not profile.allowed
         standalone = not self.cluster
+        net_keys = self._network_keys(p) if network else []
         if network and self.shared_sketches and p.has_account:
             assert profile is not None
-            # An item this worker added recently is not sent again before sketch_refresh:
-            # a steady client costs no sketch work, a fanning-out one refreshes often.
-            sent = self._sketch_sent
-            if len(sent) >= 262144:
-                sent.clear()
-            now_mono = time.monotonic()
-            refresh = self.sketch_refresh
-            epoch = int(p.ts // self.half_horizon)
-            ttl = self.sketch_ttl_ms
-            v4or6 = address.version != 0
-            country = profile.country_code
-            fo: tuple[str, ...] = ()
-            for sk, item in (
-                (L.SK_IPS, address.ip_key if v4or6 else None),
-                (L.SK_PREFIXES, address.prefix_key if v4or6 else None),
-                (L.SK_ASNS, profile.asn_key),
-                (L.SK_COUNTRIES, country if country else None),
-            ):
-                if item is None:
-                    continue
-                memo = (p.identity, sk, item)
-                last = sent.get(memo)
-                if last is not None and now_mono - last < refresh:
-                    continue
-                sent[memo] = now_mono
-                fo = fo or self.keys.fanout(p.identity, keys, epoch)
-                main.sketch(
-                    fo[2 * sk], fo[2 * sk + 1], ttl, [item], (L.KIND_KEY, p.identity, L.F_EST + sk)
-                )
-            if standalone:
-                for kind, net_key in self._network_keys(p):
-                    net_memo = (kind, net_key, p.identity)
-                    last = sent.get(net_memo)
-                    if last is not None and now_mono - last < refresh:
-                        continue
-                    sent[net_memo] = now_mono
-                    base = self.keys.network_base(kind, net_key)
-                    main.sketch(
-                        f"{base}:fi:{epoch}",
-                        f"{base}:fi:{epoch - 1}",
-                        ttl,
-                        [p.identity],
-                        (kind, net_key, L.F_SKETCH_EST),
-                    )
+            self._plan_sketches(main, p, profile, keys, net_keys if standalone else [])
         bucket = self.bucket
         load = guard._load_factor()
+        cost = p.cost
+        if not 0.0 <= cost < math.inf:  # NaN or infinite: the whole burst; negative: nothing
+            cost = 0.0 if cost < 0.0 else (bucket.capacity if bucket is not None else 0.0)
         if bucket is not None:
             smoothed = float(guard.engine.tables[L.KIND_KEY].data[key_row, L.F_SCORE])
             risk = smoothed - bucket.risk_floor
@@ -593,12 +560,12 @@ class RedisBackend(Backend):
                 factor = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
             if factor < bucket.min_refill_factor:
                 factor = bucket.min_refill_factor
-            rate = bucket.per_second * load * factor
+            rate = max(bucket.per_second * load * factor, 1e-9)  # as the kernel clamps it
             main.bucket(
                 keys.bucket,
-                rate if rate > 1e-9 else 1e-9,
+                rate,
                 bucket.capacity,
-                p.cost,
+                cost,
                 self.key_ttl_rate,
                 bucket.shadow,
                 (L.KIND_KEY, rate),
@@ -608,7 +575,7 @@ class RedisBackend(Backend):
             nat = 1.0
             if profile is not None and profile.nat_eligible and fan_in > 1.0:
                 nat = min(1.0 + self.nat_per_account * (fan_in - 1.0), self.nat_max)
-            keys_by_kind = dict(self._network_keys(p))
+            keys_by_kind = dict(net_keys)
             for kind, net_bucket, net_shadow in self.net_buckets:
                 net_key = keys_by_kind.get(kind)
                 if net_key is None:
@@ -618,11 +585,12 @@ class RedisBackend(Backend):
                 if kind != L.KIND_ASN:
                     rate *= nat
                     burst *= nat
+                rate = max(rate, 1e-9)
                 main.bucket(
                     self.keys.network_base(kind, net_key) + ":b",
-                    max(rate, 1e-9),
+                    rate,
                     burst,
-                    p.cost,
+                    cost,
                     net_bucket.per_second * self.load_floor,
                     net_shadow,
                     (kind, rate),
@@ -633,7 +601,7 @@ class RedisBackend(Backend):
             ip_identity = "i:" + address.ip_key
             for i, quota in enumerate(policy.quotas):
                 ident = p.identity if quota.per == "key" else ip_identity
-                cost = max(0, round(p.cost)) if quota.by_cost else 1
+                hits = max(0, round(cost)) if quota.by_cost else 1
                 target = main
                 if ident != p.identity and self.cluster:
                     side = side or ScriptCall(now, gate=gate, override=override)
@@ -643,7 +611,7 @@ class RedisBackend(Backend):
                     quota.strategy,
                     quota.amount,
                     quota.window,
-                    cost,
+                    hits,
                     quota.shadow,
                     i,
                 )
@@ -664,6 +632,65 @@ class RedisBackend(Backend):
                     ("c:" + ident, key, lease),
                 )
         return main, side
+
+    def _plan_sketches(
+        self,
+        call: ScriptCall,
+        p: Prepared,
+        profile: NetworkProfile,
+        keys: IdentityKeys,
+        net_keys: list[tuple[int, object]],
+    ) -> None:
+        """Fan-out items of the account and (standalone) the account as a fan-in item of its
+        networks. What this worker added recently is not sent again before sketch_refresh:
+        a steady client costs no sketch work, a fanning-out one refreshes often."""
+        sent = self._sketch_sent
+        if len(sent) >= 262144:
+            sent.clear()
+        now_mono = time.monotonic()
+        refresh = self.sketch_refresh
+        address = p.address
+        v4or6 = address.version != 0
+        country = profile.country_code
+        whole = (p.identity, address.ip_key, profile.asn_key, country, p.persona)
+        last = sent.get(whole)
+        if last is not None and now_mono - last < refresh:
+            return  # the same client, network and persona as a moment ago
+        sent[whole] = now_mono
+        epoch = int(p.ts // self.half_horizon)
+        ttl = self.sketch_ttl_ms
+        fo: tuple[str, ...] = ()
+        for sk, item in (
+            (L.SK_IPS, address.ip_key if v4or6 else None),
+            (L.SK_PREFIXES, address.prefix_key if v4or6 else None),
+            (L.SK_ASNS, profile.asn_key),
+            (L.SK_COUNTRIES, country if country else None),
+        ):
+            if item is None:
+                continue
+            memo = (p.identity, sk, item)
+            last = sent.get(memo)
+            if last is not None and now_mono - last < refresh:
+                continue
+            sent[memo] = now_mono
+            fo = fo or self.keys.fanout(p.identity, keys, epoch)
+            call.sketch(
+                fo[2 * sk], fo[2 * sk + 1], ttl, [item], (L.KIND_KEY, p.identity, L.F_EST + sk)
+            )
+        for kind, net_key in net_keys:
+            net_memo = (kind, net_key, p.identity)
+            last = sent.get(net_memo)
+            if last is not None and now_mono - last < refresh:
+                continue
+            sent[net_memo] = now_mono
+            base = self.keys.network_base(kind, net_key)
+            call.sketch(
+                f"{base}:fi:{epoch}",
+                f"{base}:fi:{epoch - 1}",
+                ttl,
+                [p.identity],
+                (kind, net_key, L.F_SKETCH_EST),
+            )
 
     @staticmethod
     def _network_keys(p: Prepared) -> list[tuple[int, object]]:

@@ -136,10 +136,10 @@ class ScriptCall:
         keys += self.quota_keys
         keys += self.conc_keys
         header = (
-            f"{1 if self.serves else 0} {1 if self.gate else 0} {1 if self.override else 0} "
-            f"{1 if self.ban_check else 0} {1 if self.ban_gate else 0} {1 if self.force else 0} "
-            f"{len(self.sketch_tags)} {len(self.bucket_tags)} {len(self.quota_tags)} "
-            f"{len(self.conc_tags)} {self.ban_ms}"
+            f"{1 if self.serves else 0}{1 if self.gate else 0}{1 if self.override else 0}"
+            f"{1 if self.ban_check else 0}{1 if self.ban_gate else 0}{1 if self.force else 0}"
+            f"{len(self.sketch_tags):02d}{len(self.bucket_tags):02d}{len(self.quota_tags):02d}"
+            f"{len(self.conc_tags):02d}{self.ban_ms}"
         )
         return (
             "EVALSHA",

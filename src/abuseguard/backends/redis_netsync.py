@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +74,7 @@ class NetSync:
                 scale = nat if kind != L.KIND_ASN else 1.0
                 entry.rate = bucket.per_second * load * scale
                 entry.burst = bucket.capacity * scale
-                if served:
+                if served and 0.0 <= p.cost < math.inf:
                     entry.cost += p.cost
 
     def blocked(self, p: Prepared) -> tuple[int, float]:

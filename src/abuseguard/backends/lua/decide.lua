@@ -9,8 +9,9 @@
 --
 -- ARGV (few strings: every argument costs the client more than the script's parsing):
 --   1 now      seconds; "" = use the server clock (TIME)
---   2 header   space-separated: serves gate override ban_check ban_gate force
---              n_sketch n_bucket n_quota n_conc ban_ms
+--   2 header   fixed width: six flag characters ('0'/'1') serves gate override ban_check
+--              ban_gate force, then n_sketch n_bucket n_quota n_conc as two digits each,
+--              then ban_ms (e.g. "1110000001000030000" bans for 30 s)
 --        serves     1 when the request, if affordable, is served (buckets are charged)
 --        gate       1 when quotas and concurrency apply (the local verdict is no denial)
 --        override   1 when a bucket denial replaces the local verdict (throttle): the gate
@@ -45,11 +46,13 @@ if now == nil then
     local t = redis.call('TIME')
     now = num(t[1]) + num(t[2]) / 1000000
 end
-local h = fields(ARGV[2])
-local serves, gate, override = h[1] == '1', h[2] == '1', h[3] == '1'
-local ban_check, ban_gate, force = h[4] == '1', h[5] == '1', h[6] == '1'
-local n_sketch, n_bucket, n_quota, n_conc = num(h[7]), num(h[8]), num(h[9]), num(h[10])
-local ban_ms = num(h[11])
+local h = ARGV[2]
+local byte, sub = string.byte, string.sub
+local serves, gate, override = byte(h, 1) == 49, byte(h, 2) == 49, byte(h, 3) == 49
+local ban_check, ban_gate, force = byte(h, 4) == 49, byte(h, 5) == 49, byte(h, 6) == 49
+local n_sketch, n_bucket = num(sub(h, 7, 8)), num(sub(h, 9, 10))
+local n_quota, n_conc = num(sub(h, 11, 12)), num(sub(h, 13, 14))
+local ban_ms = num(sub(h, 15))
 local a = 3
 local k = 1
 local out = {0, fmt(now), '0'}
@@ -94,10 +97,10 @@ local all_shadow = true
 for i = 1, n_bucket do
     local key = KEYS[k]
     k = k + 1
-    local f = fields(ARGV[a])
+    local r, b, c, t, sh = string.match(ARGV[a], '^(%S+) (%S+) (%S+) (%S+) (%d)$')
     a = a + 1
-    local rate, burst, cost, ttl_rate = num(f[1]), num(f[2]), num(f[3]), num(f[4])
-    local shadow = f[5] == '1'
+    local rate, burst, cost, ttl_rate = num(r), num(b), num(c), num(t)
+    local shadow = sh == '1'
     local tk, ts = burst, now
     local v = redis.call('GET', key)
     if v then
@@ -147,10 +150,10 @@ local first_violation, gate_after = true, gate
 for _ = 1, n_quota do
     local key = KEYS[k]
     k = k + 1
-    local f = fields(ARGV[a])
+    local st, am, w, c, sh = string.match(ARGV[a], '^(%d) (%S+) (%S+) (%S+) (%d)$')
     a = a + 1
-    local strategy, amount, window, cost = num(f[1]), num(f[2]), num(f[3]), num(f[4])
-    local shadow = f[5] == '1'
+    local strategy, amount, window, cost = num(st), num(am), num(w), num(c)
+    local shadow = sh == '1'
     if not gate then
         out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = '0'; out[#out + 1] = '0'
     else
@@ -216,9 +219,9 @@ if not first_violation then gate = gate_after end
 for _ = 1, n_conc do
     local key = KEYS[k]
     k = k + 1
-    local f = fields(ARGV[a])
+    local l, lease, t = string.match(ARGV[a], '^(%S+) (%S+) (%S+)$')
     a = a + 1
-    local limit, lease, ttl = num(f[1]), f[2], num(f[3])
+    local limit, ttl = num(l), num(t)
     if not gate then
         out[#out + 1] = 0; out[#out + 1] = 0
     else
