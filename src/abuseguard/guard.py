@@ -225,7 +225,10 @@ class Guard:
         engine = self.engine
         tables = engine.tables
         profile = p.profile
-        r_key = tables[L.KIND_KEY].row(p.identity)
+        key_table = tables[L.KIND_KEY]
+        r_key = key_table.index.get(p.identity)
+        if r_key is None:
+            r_key = key_table.row(p.identity)
         if profile is None or profile.allowed:
             allowed = profile is not None
             if allowed:  # allow-listed: buckets and arrival stats only, no network, no risk
@@ -258,8 +261,13 @@ class Guard:
                 if allowed:
                     engine.params[L.P_SCORING] = saved
         if p.address.version:
-            r_ip = tables[L.KIND_IP].row(p.address.ip_key)
-            r_pfx = tables[L.KIND_PREFIX].row(p.address.prefix_key)
+            address = p.address
+            r_ip = tables[L.KIND_IP].index.get(address.ip_key)
+            if r_ip is None:
+                r_ip = tables[L.KIND_IP].row(address.ip_key)
+            r_pfx = tables[L.KIND_PREFIX].index.get(address.prefix_key)
+            if r_pfx is None:
+                r_pfx = tables[L.KIND_PREFIX].row(address.prefix_key)
         else:
             r_ip = r_pfx = -1
         r_asn = tables[L.KIND_ASN].row(profile.asn_key) if profile.asn_key is not None else -1
@@ -559,7 +567,10 @@ class Guard:
             return
         # Only the origin's answers count: the guard's own refusals would feed themselves.
         if row is not None and status is not None and self.scoring_on and decision.served:
-            self.engine.record_outcome(row, 400 <= status < 600 and status != 429)
+            is_error = 400 <= status < 600 and status != 429
+            # A success moves a zero error share nowhere: skip the call, the common case.
+            if is_error or self.engine.tables[L.KIND_KEY].data[row, L.F_ERR] != 0.0:
+                self.engine.record_outcome(row, is_error)
         if (
             cost is not None
             and cost == cost
