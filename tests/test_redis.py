@@ -679,18 +679,19 @@ def test_fail_closed_and_per_route_modes() -> None:
     assert open_route.action == Action.ALLOW
 
 
-def test_uri_fail_open_overrides_the_policy() -> None:
-    async def main() -> Decision:
-        guard = Guard(
-            simple_policy(fail_mode=FailMode(open=True)),
-            backend=backend_from_uri(_dead_url() + "?fail_open=false"),
-        )
+def test_uri_fail_open_overrides_the_policy_default_not_its_routes() -> None:
+    async def main() -> tuple[Decision, Decision]:
+        policy = simple_policy(fail_mode=FailMode(open=True, routes={"/health": True}))
+        guard = Guard(policy, backend=backend_from_uri(_dead_url() + "?fail_open=false"))
         await guard.startup()
-        d = await guard.acheck(req())
+        chat = await guard.acheck(req(path="/v1/chat"))
+        health = await guard.acheck(req(path="/health"))
         await guard.shutdown()
-        return d
+        return chat, health
 
-    assert run(main()).reasons == (UNAVAILABLE,)
+    chat, health = run(main())
+    assert chat.reasons == (UNAVAILABLE,)
+    assert health.action == Action.ALLOW
 
 
 def test_breaker_half_opens_and_recovers_when_redis_returns(tmp_path: Any) -> None:

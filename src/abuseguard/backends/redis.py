@@ -25,40 +25,53 @@ take a second script call on the IP's slot, sent concurrently with the first (sa
 latency, two commands); that one is gated on the local verdict only, so a request the
 account's bucket refuses still counts against the IP quota.
 
-Faults. Every request has a time budget (``budget``, 50 ms by default; the socket
-timeouts default to it); redis-py retries are off. A circuit breaker opens after
-``breaker_threshold`` consecutive failures and half-opens after ``breaker_cooldown`` to
-let one probe through. While Redis fails, ``Policy.fail_mode`` decides per route: fail
-closed refuses with 429 ``backend_unavailable``; fail open serves, and while the circuit
-is open the kernel's own buckets limit each worker to ``1/fallback_workers`` of the rate
-and burst (the in-process fallback limiter). Quotas and concurrency are not enforced while
-failing open. Concurrency leases expire after ``lease_ttl`` unless renewed by the worker
-holding them (every ``lease_ttl / 3``, for at most ``lease_max``), so a crashed worker
-cannot leak slots. Releases and cost reconciliation are queued, never awaited.
+Faults. Every request has a time budget (``budget``, 50 ms by default): each pipeline
+runs under it and a cut-short connection is dropped, so a late reply is never read as
+another's answer; ``socket_connect_timeout`` defaults to the budget (``socket_timeout``
+is passed to redis-py only when set); redis-py retries are off. A circuit breaker opens
+after ``breaker_threshold`` consecutive failures and half-opens after
+``breaker_cooldown`` to let one probe through. ``Policy.fail_mode`` decides per route
+what a request gets meanwhile (`redis_failover`): fail closed, 429 ``backend_unavailable``;
+fail open, the local verdict, and while the circuit is open the kernel's own buckets limit
+each worker to ``1/fallback_workers`` of every bucket. Concurrency leases expire after
+``lease_ttl`` unless the worker holding them renews them (`redis_leases`), so a crashed
+worker cannot leak slots. Releases and cost reconciliation are queued, never awaited.
 
-Windows quotas: ``fixed-window`` (INCRBY, EXPIRE on the first hit, as `limits`) and
+Window quotas: ``fixed-window`` (INCRBY, EXPIRE on the first hit, as `limits`) and
 ``sliding-window-counter`` (as `limits`' weighted two windows). ``moving-window`` keeps
 one entry per hit and is refused at construction.
+
+Shared sketches. Fan-out (per account: IPs, prefixes, ASNs, countries) and, standalone,
+fan-in (per network: accounts) HyperLogLogs live in Redis; their estimates are written
+into the engine's rows and score the following requests (one request of lag). A worker
+does not send again, for ``sketch_refresh`` seconds, an item it has just added, so a
+steady client costs no sketch work and a worker that sees only old items reads estimates
+up to that old. Sketch epochs follow the request clock, buckets and windows Redis' clock.
+
+Where a decision can differ from the memory backend's (one worker, same trace): a request
+refused in-process by the deny cache spends no bucket token (the memory backend spends
+tokens on a request its quota then refuses); a fixed window's reset is Redis' TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import dataclasses
 import logging
 import math
-import os
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from abuseguard.backends.base import Backend
 from abuseguard.backends.breaker import CLOSED, CircuitBreaker
 from abuseguard.backends.deny_cache import DenyCache
-from abuseguard.backends.redis_call import Reply, ScriptCall
+from abuseguard.backends.redis_call import Answers, Reply, ScriptCall
+from abuseguard.backends.redis_failover import DENIALS, UNAVAILABLE, UNKNOWN, Failover
 from abuseguard.backends.redis_keys import IdentityKeys, KeySpace
+from abuseguard.backends.redis_leases import Leases
 from abuseguard.backends.redis_netsync import NetSync
 from abuseguard.backends.redis_pipe import Pipeliner, Script, load_script
+from abuseguard.backends.redis_uri import split_backend_uri
 from abuseguard.backends.workers import detect_workers
 from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
@@ -69,84 +82,12 @@ from abuseguard.policy import Concurrency
 if TYPE_CHECKING:
     from abuseguard.guard import Guard, Prepared
     from abuseguard.network import NetworkProfile
-    from abuseguard.policy import FailMode, Policy, TokenBucket
+    from abuseguard.policy import Policy, TokenBucket
     from abuseguard.request import RequestInfo
 
 logger = logging.getLogger("abuseguard.backends")
 
-UNAVAILABLE = "backend_unavailable"
-_DENIALS = (Action.CHALLENGE, Action.THROTTLE, Action.BLOCK)
 _THROTTLE_SEVERITY = Action.THROTTLE.severity
-_NET_KINDS = (L.KIND_IP, L.KIND_PREFIX, L.KIND_ASN)
-_OUR_QUERY = {
-    "prefix": str,
-    "budget": float,
-    "breaker_threshold": int,
-    "breaker_cooldown": float,
-    "breaker_max_cooldown": float,
-    "fail_open": "bool",
-    "deny_cache_seconds": float,
-    "lease_ttl": float,
-    "lease_max": float,
-    "server_time": "bool",
-    "sync_interval": float,
-    "fallback_workers": int,
-    "shared_sketches": "bool",
-    "sketch_refresh": float,
-    "socket_timeout": float,
-    "socket_connect_timeout": float,
-    "max_connections": int,
-}
-
-
-class _Answers:
-    """The quotas and concurrency answers of one reply, as the guard asks for them."""
-
-    __slots__ = ("acquired", "asked", "next", "quotas")
-
-    def __init__(
-        self, quotas: list[tuple[bool, float, float] | None], acquired: bool | None
-    ) -> None:
-        self.quotas = quotas
-        self.acquired = acquired  # None: Redis did not take a slot (gate closed)
-        self.next = 0
-        self.asked = False
-
-    def hit_quota(
-        self, limit: str, strategy: str, identity: str, cost: int
-    ) -> tuple[bool, float, float]:
-        i = self.next
-        self.next += 1
-        answer = self.quotas[i] if i < len(self.quotas) else None
-        return answer if answer is not None else (True, 0.0, 0.0)
-
-    def acquire(self, identity: str, limit: int) -> bool:
-        self.asked = True
-        return True if self.acquired is None else self.acquired
-
-
-class _Unknown:
-    """Limits nobody could look up (Redis failed): admitted, and left out of the headers."""
-
-    def hit_quota(
-        self, limit: str, strategy: str, identity: str, cost: int
-    ) -> tuple[bool, float, float]:
-        return True, 0.0, 0.0
-
-    def acquire(self, identity: str, limit: int) -> bool:
-        return True
-
-
-_UNKNOWN = _Unknown()
-
-
-def _bool(name: str, text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"RedisBackend.{name}", f"expected true or false, got {text!r}")
 
 
 class RedisBackend(Backend):
@@ -261,14 +202,10 @@ class RedisBackend(Backend):
         self._decide_sha = self.scripts["decide"].sha
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._leases: dict[str, list[tuple[str, str, float]]] = {}
-        self._lease_ids = itertools.count()
-        self._worker = os.urandom(6).hex()
+        self.leases = Leases(ttl=self.lease_ttl, max_hold=self.lease_max)
         self.netsync: NetSync | None = None
         self.guard: Guard | None = None
-        self._fallback_on = False
-        self._fallback_episode = -1
-        self.failures = 0  # requests answered in a fail mode
+        self.failover: Failover | None = None
         self.local_denials = 0  # requests refused without a Redis call (bans, deny cache)
 
     # -- construction --------------------------------------------------------------------
@@ -276,29 +213,7 @@ class RedisBackend(Backend):
     @classmethod
     def from_uri(cls, uri: str) -> RedisBackend:
         """A backend from a URI; backend options in its query string are taken out."""
-        parts = urlsplit(uri)
-        scheme = parts.scheme.lower()
-        cluster = scheme.endswith("+cluster")
-        if cluster:
-            scheme = scheme[: -len("+cluster")]
-        kwargs: dict[str, Any] = {"cluster": cluster}
-        rest = []
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            kind = _OUR_QUERY.get(name)
-            if kind is None:
-                rest.append((name, value))
-                continue
-            try:
-                if kind == "bool":
-                    kwargs[name] = _bool(name, value)
-                else:
-                    kwargs[name] = kind(value)  # type: ignore[operator]
-            except ValueError:
-                raise ConfigError(
-                    f"RedisBackend.{name}", f"bad value {value!r} in the URI"
-                ) from None
-        query = urlencode(rest)
-        url = f"{scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
+        url, kwargs = split_backend_uri(uri)
         return cls(url, **kwargs)
 
     def attach(self, guard: Guard) -> None:
@@ -340,16 +255,22 @@ class RedisBackend(Backend):
         self.ban_ms = int(enforcement.ban_seconds * 1000)
         ladder = guard.ladder
         ban_action = ladder[self.ban_level] if 0 < self.ban_level < len(ladder) else Action.BLOCK
-        self.ban_gate = enforcement.shadow or ban_action not in _DENIALS
+        self.ban_gate = enforcement.shadow or ban_action not in DENIALS
         scoring = policy.scoring
         horizon = scoring.sketch_horizon if scoring is not None else 3600.0
         self.half_horizon = horizon / 2
         self.sketch_ttl_ms = int(horizon * 1000)
-        self.fail_mode: FailMode = policy.fail_mode
-        self.fallback_enabled = self.fail_mode.fallback
+        fail_mode = policy.fail_mode
+        if self.fail_open_override is not None:
+            fail_mode = dataclasses.replace(fail_mode, open=self.fail_open_override)
         local = build_params(policy, local_buckets=True)
-        share = float(self.fallback_workers)
-        self.fallback_params = local[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] / share
+        self.failover = Failover(
+            self.breaker,
+            fail_mode,
+            local[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] / float(self.fallback_workers),
+            self.fallback_workers,
+            has_bucket=bucket is not None,
+        )
         if self.cluster:
             self.netsync = NetSync(self, guard)
 
@@ -405,7 +326,13 @@ class RedisBackend(Backend):
                 type(exc).__name__,
                 exc,
             )
-        self._tasks.append(loop.create_task(self._renew_leases()))
+        self._tasks.append(
+            loop.create_task(
+                self.leases.renew_forever(
+                    lambda: self.pipe, lambda: self.breaker.closed, self.scripts["renew"].sha
+                )
+            )
+        )
         if self.netsync is not None:
             self._tasks.append(loop.create_task(self.netsync.run()))
 
@@ -446,10 +373,12 @@ class RedisBackend(Backend):
             await self.startup()
         p = guard.prepare(info)
         breaker = self.breaker
+        failover = self.failover
+        assert failover is not None, "RedisBackend.attach() was not called (use it via Guard)"
         if breaker.state != CLOSED and not breaker.allow():
-            return self._while_open(guard, info, p)
-        if self._fallback_on:
-            self._local_buckets(guard, on=False)
+            return failover.while_open(guard, info, p)
+        if failover.active:
+            failover.local_buckets(guard, on=False)
         io = guard.run_engine(p).tolist()  # a copy: other requests run the kernel meanwhile
         key_table = guard.engine.tables[L.KIND_KEY]
         key_row = key_table.index[p.identity]
@@ -458,7 +387,7 @@ class RedisBackend(Backend):
         key_table.data[key_row, L.F_BUCKET_TS] = p.ts
         if io[L.O_BANNED] and not self.ban_gate:
             self.local_denials += 1
-            return guard._decide(info, p, io, _UNKNOWN, False)
+            return guard._decide(info, p, io, UNKNOWN, False)
         deny = self.deny
         if deny.buckets and self.bucket is not None:
             short = deny.bucket_short(p.identity, p.cost)
@@ -470,7 +399,7 @@ class RedisBackend(Backend):
                 io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
                 io[L.O_RESET] = (self.bucket.capacity - tokens) / rate
                 self.local_denials += 1
-                return guard._decide(info, p, io, _UNKNOWN, True)
+                return guard._decide(info, p, io, UNKNOWN, True)
         if deny.quotas:
             exhausted = deny.quota_exhausted(p.identity)
             if exhausted is not None:
@@ -484,7 +413,7 @@ class RedisBackend(Backend):
                 io[L.O_RETRY_AFTER] = wait
                 _told_to_wait(key_table.data, key_row, p.ts + wait)
                 self.local_denials += 1
-                return guard._decide(info, p, io, _UNKNOWN, False)
+                return guard._decide(info, p, io, UNKNOWN, False)
         main, side = self._plan(guard, p, io, key_row)
         pipe = self.pipe
         assert pipe is not None
@@ -509,8 +438,8 @@ class RedisBackend(Backend):
             if breaker.closed and breaker.failures == 0:
                 logger.warning("abuseguard: Redis call failed (%s: %s)", type(exc).__name__, exc)
             breaker.failure(exc)
-            self._release_unknown(main, side)
-            return self._failed(guard, info, p, io)
+            self._give_back(main, side)
+            return failover.failed(guard, info, p, io)
         breaker.success()
         return self._apply(guard, info, p, io, key_row, main, side, answers)
 
@@ -523,7 +452,7 @@ class RedisBackend(Backend):
             gate = override = True  # the common case: nothing local refuses the request
         else:
             action, shadow = guard.risk_action(level, profile)
-            denial = action in _DENIALS
+            denial = action in DENIALS
             gate = not denial or shadow
             override = action.severity <= _THROTTLE_SEVERITY or not denial
         now: float | str = "" if self.server_time else p.ts
@@ -623,12 +552,12 @@ class RedisBackend(Backend):
                     side = side or ScriptCall(now, gate=gate, override=override)
                     target = side
                 key = self.keys.of(ident).conc
-                lease = f"{self._worker}:{next(self._lease_ids)}"
+                lease = self.leases.new_id()
                 target.conc(
                     key,
                     conc.limit,
                     lease,
-                    int(self.lease_ttl * 1000),
+                    self.leases.ttl_ms,
                     ("c:" + ident, key, lease),
                 )
         return main, side
@@ -722,7 +651,7 @@ class RedisBackend(Backend):
         reply = replies[0]
         tables = guard.engine.tables
         if reply.status == 1:  # banned: seen from another worker
-            self._release_unknown(main, side)
+            self._give_back(main, side)
             io[L.O_BANNED] = 1.0
             io[L.O_ACTION] = float(self.ban_level)
             io[L.O_RETRY_AFTER] = reply.ban_left
@@ -730,7 +659,7 @@ class RedisBackend(Backend):
             if table.keys[key_row] == p.identity:
                 cap = self.deny.max_seconds if self.deny.enabled else 0.0
                 table.data[key_row, L.F_BANNED_UNTIL] = p.ts + min(reply.ban_left, cap)
-            return guard._decide(info, p, io, _UNKNOWN, False)
+            return guard._decide(info, p, io, UNKNOWN, False)
         for (kind, key, field), estimate in zip(main.sketch_tags, reply.sketches, strict=True):
             table = tables[kind]
             row = table.index.get(key)
@@ -774,8 +703,8 @@ class RedisBackend(Backend):
                     if got:
                         lease = tag
         if lease is not None:
-            self._leases.setdefault(lease[0], []).append((lease[1], lease[2], time.monotonic()))
-        answers = _Answers(quotas, acquired)
+            self.leases.hold(*lease)
+        answers = Answers(quotas, acquired)
         decision = guard._decide(info, p, io, answers, bucket is not None)
         if lease is not None and not decision.held:
             self.release(lease[0])
@@ -824,121 +753,21 @@ class RedisBackend(Backend):
         quotas: list[tuple[bool, float, float] | None] = [
             (q[0], q[1], max(0.0, q[2] - now)) if q is not None else None for q in memo
         ]
-        decision = guard._decide(info, p, io, _Answers(quotas, None), False)
+        decision = guard._decide(info, p, io, Answers(quotas, None), False)
         decision.held = ()
         return decision
-
-    # -- failure -----------------------------------------------------------------------------
-
-    def _fails_open(self, info: RequestInfo) -> bool:
-        if self.fail_open_override is not None and not self.fail_mode.routes:
-            return self.fail_open_override
-        return (
-            self.fail_mode.fails_open(info.method, info.path)
-            if self.fail_mode.routes
-            else self.fail_mode.open
-        )
-
-    def _while_open(self, guard: Guard, info: RequestInfo, p: Prepared) -> Decision:
-        """The circuit is open: no Redis call at all."""
-        self.failures += 1
-        if self._fails_open(info) and self.fallback_enabled and self.bucket is not None:
-            self._local_buckets(guard, on=True)
-            io = guard.run_engine(p).tolist()
-            decision = guard._decide(info, p, io, _UNKNOWN, True)
-            decision.policies = decision.policies[:1]
-            decision.held = ()
-            return decision
-        if self._fallback_on:
-            self._local_buckets(guard, on=False)
-        io = guard.run_engine(p).tolist()
-        return self._failed(guard, info, p, io, counted=True)
-
-    def _failed(
-        self,
-        guard: Guard,
-        info: RequestInfo,
-        p: Prepared,
-        io: list[float],
-        *,
-        counted: bool = False,
-    ) -> Decision:
-        """Redis could not answer: the local verdict, then the route's fail mode."""
-        if not counted:
-            self.failures += 1
-        level = int(io[L.O_ACTION])
-        if io[L.O_BANNED]:
-            ladder = guard.ladder
-            action = ladder[level] if level < len(ladder) else Action.BLOCK
-            shadow = guard.policy.enforcement.shadow
-        else:
-            action, shadow = guard.risk_action(level, p.profile)
-        open_ = self._fails_open(info)
-        if open_ or (action in _DENIALS and not shadow):
-            decision = guard._decide(info, p, io, _UNKNOWN, False)
-            decision.policies = ()
-            decision.held = ()
-            return decision
-        policy = guard.policy
-        decision = Decision(
-            Action.THROTTLE,
-            (UNAVAILABLE,),
-            io[L.O_SCORE],
-            max(1.0, self.breaker.retry_after()),
-            None,
-            policy.shadow,
-            p.identity,
-            (),
-            (),
-            p.cost,
-        )
-        if guard.observers:
-            guard._notify(info, decision)
-        return decision
-
-    def _local_buckets(self, guard: Guard, *, on: bool) -> None:
-        """Turn the kernel's own buckets on (fallback limiter) or off (Redis answers)."""
-        params = guard.engine.params
-        if on:
-            params[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] = self.fallback_params
-            if self._fallback_episode != self.breaker.opened:
-                # A new outage: every client starts with a full (per-worker) bucket.
-                self._fallback_episode = self.breaker.opened
-                for kind, table in enumerate(guard.engine.tables):
-                    burst = float(self.fallback_params[2 * kind + 1])
-                    if burst > 0.0:
-                        table.data[:, L.F_TOKENS] = burst
-            if not self._fallback_on:
-                logger.warning(
-                    "abuseguard: Redis unavailable; limiting in-process (1/%d of each "
-                    "bucket per worker) until it answers",
-                    self.fallback_workers,
-                )
-        else:
-            params[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] = 0.0
-        self._fallback_on = on
 
     # -- after the response -------------------------------------------------------------------
 
     def release(self, identity: str) -> None:
         """Give back one concurrency slot this worker holds for ``identity`` ("c:...")."""
-        held = self._leases.get(identity)
-        if not held:
-            return
-        key, lease, _ = held.pop()
-        if not held:
-            del self._leases[identity]
-        if self.pipe is not None and self.breaker.closed:
-            self.pipe.send(("ZREM", key, lease))
+        self.leases.release(identity, self.pipe, send=self.breaker.closed)
 
-    def _release_unknown(self, main: ScriptCall, side: ScriptCall | None) -> None:
+    def _give_back(self, main: ScriptCall, side: ScriptCall | None) -> None:
         """A call failed or was cut short: a lease it may have taken is given back."""
-        if self.pipe is None:
-            return
         for call in (main, side):
             if call is not None:
-                for _, key, lease in call.conc_tags:
-                    self.pipe.send(("ZREM", key, lease))
+                Leases.give_back(((key, lease) for _, key, lease in call.conc_tags), self.pipe)
 
     def reconcile(self, identity: str, delta: float) -> None:
         """Charge (delta > 0) or refund (delta < 0) the identity's bucket after the fact."""
@@ -961,21 +790,6 @@ class RedisBackend(Backend):
             )
         )
 
-    async def _renew_leases(self) -> None:
-        period = self.lease_ttl / 3
-        sha = self.scripts["renew"].sha
-        ttl_ms = int(self.lease_ttl * 1000)
-        while True:
-            await asyncio.sleep(period)
-            pipe = self.pipe
-            if pipe is None or not self.breaker.closed:
-                continue
-            now = time.monotonic()
-            for held in list(self._leases.values()):
-                for key, lease, taken in held:
-                    if now - taken < self.lease_max:
-                        pipe.send(("EVALSHA", sha, 1, key, ttl_ms, lease))
-
     # -- introspection -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -987,10 +801,10 @@ class RedisBackend(Backend):
             "script_reloads": pipe.reloads if pipe else 0,
             "breaker": self.breaker.state,
             "breaker_opened": self.breaker.opened,
-            "failures": self.failures,
+            "failures": self.failover.failures if self.failover else 0,
             "local_denials": self.local_denials,
             "deny_cache_hits": self.deny.hits,
-            "leases_held": sum(len(v) for v in self._leases.values()),
+            "leases_held": len(self.leases),
         }
 
 

@@ -158,6 +158,32 @@ class ScriptCall:
         return Reply(self, reply)
 
 
+class Answers:
+    """The quotas and concurrency answers of one reply, as the guard asks for them."""
+
+    __slots__ = ("acquired", "asked", "next", "quotas")
+
+    def __init__(
+        self, quotas: list[tuple[bool, float, float] | None], acquired: bool | None
+    ) -> None:
+        self.quotas = quotas
+        self.acquired = acquired  # None: Redis did not take a slot (gate closed)
+        self.next = 0
+        self.asked = False
+
+    def hit_quota(
+        self, limit: str, strategy: str, identity: str, cost: int
+    ) -> tuple[bool, float, float]:
+        i = self.next
+        self.next += 1
+        answer = self.quotas[i] if i < len(self.quotas) else None
+        return answer if answer is not None else (True, 0.0, 0.0)
+
+    def acquire(self, identity: str, limit: int) -> bool:
+        self.asked = True
+        return True if self.acquired is None else self.acquired
+
+
 class Reply:
     """The answers of one call. ``status``: 0 not banned, 1 banned (nothing else done),
     2 banned in shadow mode (quotas and concurrency still applied)."""
@@ -213,4 +239,4 @@ class Reply:
             raise ValueError(f"decide.lua replied {len(reply)} values, expected {i}")
 
 
-__all__ = ["STRATEGY_CODES", "Reply", "ScriptCall"]
+__all__ = ["STRATEGY_CODES", "Answers", "Reply", "ScriptCall"]

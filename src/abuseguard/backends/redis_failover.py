@@ -1,0 +1,146 @@
+"""What a request gets while Redis cannot answer: the route's fail mode, with the kernel's
+own buckets as an in-process fallback limiter while the circuit is open.
+
+Fail closed: 429 with the reason ``backend_unavailable`` and a Retry-After until the next
+probe (unless the local risk verdict refuses the request anyway). Fail open: the local
+verdict alone; while the circuit is open the kernel's buckets come back on, each worker
+holding ``1/fallback_workers`` of every bucket's rate and burst, every client starting a
+new outage with a full share. Quotas and concurrency are not enforced while failing open.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from abuseguard.backends.breaker import CircuitBreaker
+from abuseguard.decision import Action, Decision
+from abuseguard.engine import layout as L
+
+if TYPE_CHECKING:
+    from abuseguard.guard import Guard, Prepared
+    from abuseguard.policy import FailMode
+    from abuseguard.request import RequestInfo
+
+logger = logging.getLogger("abuseguard.backends")
+
+UNAVAILABLE = "backend_unavailable"
+DENIALS = (Action.CHALLENGE, Action.THROTTLE, Action.BLOCK)
+
+
+class UnknownLimits:
+    """Limits nobody could look up (Redis failed): admitted, and left out of the headers."""
+
+    def hit_quota(
+        self, limit: str, strategy: str, identity: str, cost: int
+    ) -> tuple[bool, float, float]:
+        return True, 0.0, 0.0
+
+    def acquire(self, identity: str, limit: int) -> bool:
+        return True
+
+
+UNKNOWN = UnknownLimits()
+
+
+class Failover:
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        fail_mode: FailMode,
+        fallback_params: Any,
+        fallback_workers: int,
+        *,
+        has_bucket: bool,
+    ) -> None:
+        self.breaker = breaker
+        self.fail_mode = fail_mode
+        self.fallback_params = fallback_params  # the kernel's bucket parameters, shared
+        self.fallback_workers = fallback_workers
+        self.fallback = fail_mode.fallback and has_bucket
+        self.active = False  # the kernel's buckets are on
+        self.episode = -1
+        self.failures = 0  # requests answered in a fail mode
+
+    def fails_open(self, info: RequestInfo) -> bool:
+        mode = self.fail_mode
+        return mode.fails_open(info.method, info.path) if mode.routes else mode.open
+
+    def while_open(self, guard: Guard, info: RequestInfo, p: Prepared) -> Decision:
+        """The circuit is open: no Redis call at all."""
+        self.failures += 1
+        if self.fallback and self.fails_open(info):
+            self.local_buckets(guard, on=True)
+            io = guard.run_engine(p).tolist()
+            decision = guard._decide(info, p, io, UNKNOWN, True)
+            decision.policies = decision.policies[:1]  # the bucket's state only
+            decision.held = ()
+            return decision
+        if self.active:
+            self.local_buckets(guard, on=False)
+        return self.failed(guard, info, p, guard.run_engine(p).tolist(), counted=True)
+
+    def failed(
+        self,
+        guard: Guard,
+        info: RequestInfo,
+        p: Prepared,
+        io: list[float],
+        *,
+        counted: bool = False,
+    ) -> Decision:
+        """Redis could not answer: the local verdict, then the route's fail mode."""
+        if not counted:
+            self.failures += 1
+        level = int(io[L.O_ACTION])
+        if io[L.O_BANNED]:
+            ladder = guard.ladder
+            action = ladder[level] if level < len(ladder) else Action.BLOCK
+            shadow = guard.policy.enforcement.shadow
+        else:
+            action, shadow = guard.risk_action(level, p.profile)
+        if self.fails_open(info) or (action in DENIALS and not shadow):
+            decision = guard._decide(info, p, io, UNKNOWN, False)
+            decision.policies = ()
+            decision.held = ()
+            return decision
+        decision = Decision(
+            Action.THROTTLE,
+            (UNAVAILABLE,),
+            io[L.O_SCORE],
+            max(1.0, self.breaker.retry_after()),
+            None,
+            guard.policy.shadow,
+            p.identity,
+            (),
+            (),
+            p.cost,
+        )
+        if guard.observers:
+            guard._notify(info, decision)
+        return decision
+
+    def local_buckets(self, guard: Guard, *, on: bool) -> None:
+        """Turn the kernel's own buckets on (fallback limiter) or off (Redis answers)."""
+        params = guard.engine.params
+        if on:
+            params[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] = self.fallback_params
+            if self.episode != self.breaker.opened:
+                # A new outage: every client starts with a full (per-worker) bucket.
+                self.episode = self.breaker.opened
+                for kind, table in enumerate(guard.engine.tables):
+                    burst = float(self.fallback_params[2 * kind + 1])
+                    if burst > 0.0:
+                        table.data[:, L.F_TOKENS] = burst
+            if not self.active:
+                logger.warning(
+                    "abuseguard: Redis unavailable; limiting in-process (1/%d of each "
+                    "bucket per worker) until it answers",
+                    self.fallback_workers,
+                )
+        else:
+            params[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] = 0.0
+        self.active = on
+
+
+__all__ = ["DENIALS", "UNAVAILABLE", "UNKNOWN", "Failover", "UnknownLimits"]
