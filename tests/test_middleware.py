@@ -106,8 +106,13 @@ def test_concurrency_limit_holds_streams_and_releases_on_completion_and_disconne
                 async with c.stream("GET", "/stream") as partial:
                     async for _ in partial.aiter_bytes():
                         break
-                await asyncio.sleep(0.5)
-                final = await c.get("/stream")
+                # The slot comes back once the server notices the disconnect (the stream's
+                # next send fails): poll for it rather than guess how long that takes.
+                for _ in range(100):
+                    final = await c.get("/stream")
+                    if final.status_code == 200:
+                        break
+                    await asyncio.sleep(0.1)
                 return first.status_code, busy.status_code, after.status_code, final.status_code
 
         assert asyncio.run(run()) == (200, 429, 200, 200)

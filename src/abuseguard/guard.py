@@ -110,6 +110,14 @@ class Guard:
         self.observers: list[Observer] = list(observers)
         self._key_hashes: dict[str, str] = {}
         self._clients: dict[tuple[object, ...], tuple[int, int, float]] = {}
+        self._network_rows = (False, True, True, True, True)
+        self._anonymous_network_rows = (
+            False,
+            bool(network and network.per_ip),
+            bool(network and network.per_prefix),
+            bool(network and network.per_asn),
+            False,
+        )
         self.inflight = 0
         bucket = policy.bucket
         self._cost_is_static = bucket is None or isinstance(bucket.cost, int | float)
@@ -229,6 +237,11 @@ class Guard:
         r_key = key_table.index.get(p.identity)
         if r_key is None:
             r_key = key_table.row(p.identity)
+        r_acc = -1
+        if p.has_account:
+            r_acc = engine.accounts.index.get(p.identity, -1)
+            if r_acc < 0:
+                r_acc = engine.accounts.row(p.identity)
         if profile is None or profile.allowed:
             allowed = profile is not None
             if allowed:  # allow-listed: buckets and arrival stats only, no network, no risk
@@ -245,7 +258,7 @@ class Guard:
                     0,
                     0,
                     p.ua_class,
-                    int(p.has_account),
+                    r_acc,
                     p.ts,
                     p.cost,
                     self._load_factor(),
@@ -260,18 +273,25 @@ class Guard:
             finally:
                 if allowed:
                     engine.params[L.P_SCORING] = saved
+        # Network rows count accounts (fan-in) and hold network buckets. An anonymous client
+        # has no account to count, so it only gets the rows whose bucket it must pass:
+        # an IPv6 flood then costs one narrow key row per address and nothing more.
+        wants = self._network_rows if p.has_account else self._anonymous_network_rows
+        r_ip = r_pfx = r_asn = r_per = -1
         if p.address.version:
             address = p.address
-            r_ip = tables[L.KIND_IP].index.get(address.ip_key)
-            if r_ip is None:
-                r_ip = tables[L.KIND_IP].row(address.ip_key)
-            r_pfx = tables[L.KIND_PREFIX].index.get(address.prefix_key)
-            if r_pfx is None:
-                r_pfx = tables[L.KIND_PREFIX].row(address.prefix_key)
-        else:
-            r_ip = r_pfx = -1
-        r_asn = tables[L.KIND_ASN].row(profile.asn_key) if profile.asn_key is not None else -1
-        r_per = tables[L.KIND_PERSONA].row(p.persona) if p.persona else -1
+            if wants[L.KIND_IP]:
+                r_ip = tables[L.KIND_IP].index.get(address.ip_key, -1)
+                if r_ip < 0:
+                    r_ip = tables[L.KIND_IP].row(address.ip_key)
+            if wants[L.KIND_PREFIX]:
+                r_pfx = tables[L.KIND_PREFIX].index.get(address.prefix_key, -1)
+                if r_pfx < 0:
+                    r_pfx = tables[L.KIND_PREFIX].row(address.prefix_key)
+        if profile.asn_key is not None and wants[L.KIND_ASN]:
+            r_asn = tables[L.KIND_ASN].row(profile.asn_key)
+        if p.persona and wants[L.KIND_PERSONA]:
+            r_per = tables[L.KIND_PERSONA].row(p.persona)
         return engine.run_with(
             r_key,
             r_ip,
@@ -282,7 +302,7 @@ class Guard:
             p.simhash,
             p.template_id,
             p.ua_class,
-            int(p.has_account),
+            r_acc,
             p.ts,
             p.cost,
             self._load_factor(),

@@ -30,6 +30,9 @@ class Engine:
             StateTable(max(16, min(capacity, 65536)), L.NET_WIDTH),
             StateTable(max(16, min(capacity, 65536)), L.NET_WIDTH),
         )
+        # Only accounts get a row here (prompt rings, fan-out sketches): anonymous clients
+        # cost one narrow key row.
+        self.accounts = StateTable(capacity, L.ACC_WIDTH)
         self.cms = np.zeros((L.CMS_DEPTH + 1, L.CMS_WIDTH), dtype=np.float64)
         self.iv = np.zeros(L.N_INT_INPUTS, dtype=np.int64)
         self.io = np.zeros(L.IO_SIZE, dtype=np.float64)
@@ -41,6 +44,7 @@ class Engine:
             t[2].data,
             t[3].data,
             t[4].data,
+            self.accounts.data,
             self.cms,
             self.iv,
             self.io,
@@ -80,4 +84,4 @@ class Engine:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tables) + int(self.cms.nbytes)
+        return sum(t.nbytes for t in self.tables) + self.accounts.nbytes + int(self.cms.nbytes)

@@ -16,6 +16,10 @@ import numpy as np
 from numba import njit
 
 from abuseguard.engine.layout import (
+    A_EPOCH,
+    A_RING,
+    A_TRING,
+    ACC_FIELDS,
     CMS_DEPTH,
     CMS_WIDTH,
     COMMON_FIELDS,
@@ -34,22 +38,20 @@ from abuseguard.engine.layout import (
     F_PRIOR,
     F_RATE_LONG,
     F_RATE_SHORT,
-    F_RING,
     F_RING_POS,
     F_SCORE,
     F_SKETCH_EPOCH,
     F_SKETCH_EST,
     F_TEMPLATE,
     F_TOKENS,
-    F_TRING,
     F_WAIT_UNTIL,
+    I_ACC_ROW,
     I_COUNTRY,
     I_HAS_ACCOUNT,
     I_ROW,
     I_SIMHASH,
     I_TEMPLATE_ID,
     I_UA_CLASS,
-    KEY_FIELDS,
     KEY_SKETCH_M,
     KEY_SKETCHES,
     KIND_ASN,
@@ -232,10 +234,12 @@ def hll_estimate(regs: np.ndarray, base: int, m: int) -> float:
 
 
 @njit(cache=True)
-def rotate_sketches(row: np.ndarray, regs: np.ndarray, n_sketches: int, m: int, epoch: int) -> bool:
+def rotate_sketches(
+    row: np.ndarray, regs: np.ndarray, n_sketches: int, m: int, epoch: int, field: int
+) -> bool:
     """Advance the sliding horizon: the half for `epoch` is cleared when it held old data.
-    True when registers were cleared."""
-    old = int(row[F_SKETCH_EPOCH])
+    ``row[field]`` holds the epoch of the sketches. True when registers were cleared."""
+    old = int(row[field])
     if old == epoch:
         return False
     if epoch == old + 1:
@@ -249,7 +253,7 @@ def rotate_sketches(row: np.ndarray, regs: np.ndarray, n_sketches: int, m: int, 
             regs[j] = 0
     else:
         return False  # a late event from an older epoch: keep the newer state
-    row[F_SKETCH_EPOCH] = epoch
+    row[field] = epoch
     return True
 
 
@@ -306,11 +310,17 @@ def refill(row: np.ndarray, ts: float, rate: float, burst: float) -> None:
 
 @njit(cache=True)
 def template_step(
-    key_row: np.ndarray, cms: np.ndarray, simhash: int, template_id: int, ts: float, prm: np.ndarray
+    key_row: np.ndarray,
+    acc_row: np.ndarray,
+    cms: np.ndarray,
+    simhash: int,
+    template_id: int,
+    ts: float,
+    prm: np.ndarray,
 ) -> float:
     """Per-account template repeat rate and the accounts-per-template Count-Min estimate."""
-    ring = key_row[F_RING : F_RING + RING_SIZE].view(np.int64)
-    tring = key_row[F_TRING : F_TRING + RING_SIZE].view(np.int64)
+    ring = acc_row[A_RING : A_RING + RING_SIZE].view(np.int64)
+    tring = acc_row[A_TRING : A_TRING + RING_SIZE].view(np.int64)
     filled = int(key_row[F_COUNT]) - 1  # requests before this one
     if filled > RING_SIZE:
         filled = RING_SIZE
@@ -358,6 +368,7 @@ def decide(
     pfx_t: np.ndarray,
     asn_t: np.ndarray,
     per_t: np.ndarray,
+    acc_t: np.ndarray,
     cms: np.ndarray,
     iv: np.ndarray,
     io: np.ndarray,
@@ -391,16 +402,21 @@ def decide(
         key_row[F_IMPATIENCE] += 0.2 * (impatient - key_row[F_IMPATIENCE])
     observe_arrival(key_row, ts, prm)
 
-    has_account = iv[I_HAS_ACCOUNT] != 0
+    acc_row_i = iv[I_ACC_ROW]
+    has_account = iv[I_HAS_ACCOUNT] != 0 and acc_row_i >= 0
     account_hash = mix64(np.uint64(key_row_i) + np.uint64(0x51ED27))
-    key_regs = key_row[KEY_FIELDS:].view(np.uint8)
+    # Anonymous clients never touch the account table (row 0 only gives the names a type).
+    acc_row = acc_t[acc_row_i if has_account else 0]
+    key_regs = acc_row[ACC_FIELDS:].view(np.uint8)
 
     # Network rows: arrival stats, fan-in sketches, fan-out items for the key. Estimates are
     # cached in the rows and recomputed only when a register grows or a half is cleared.
     fan_in = 0.0
     tables = (key_t, ip_t, pfx_t, asn_t, per_t)
     half = epoch & 1
-    key_dirty = rotate_sketches(key_row, key_regs, KEY_SKETCHES, KEY_SKETCH_M, epoch)
+    key_dirty = has_account and rotate_sketches(
+        acc_row, key_regs, KEY_SKETCHES, KEY_SKETCH_M, epoch, A_EPOCH
+    )
     for kind in range(1, N_KINDS):
         r = iv[I_ROW + kind]
         if r < 0:
@@ -412,7 +428,7 @@ def decide(
         if not has_account:
             continue
         regs = row[COMMON_FIELDS:].view(np.uint8)
-        dirty = rotate_sketches(row, regs, 1, NET_SKETCH_M, epoch)
+        dirty = rotate_sketches(row, regs, 1, NET_SKETCH_M, epoch, F_SKETCH_EPOCH)
         if hll_add(regs, half * NET_SKETCH_M, NET_SKETCH_M, account_hash) or dirty:
             row[F_SKETCH_EST] = hll_estimate(regs, 0, NET_SKETCH_M)
         est = row[F_SKETCH_EST] / prm[P_FANIN_SCALE + kind]
@@ -479,8 +495,11 @@ def decide(
             fan_out = v
         sig[S_FAN_OUT] = fan_out
         if io[X_HAS_CONTENT] != 0.0:
-            if iv[I_TEMPLATE_ID] != 0:  # 0: too short to have a template ("hi", "thanks")
-                shared = template_step(key_row, cms, iv[I_SIMHASH], iv[I_TEMPLATE_ID], ts, prm)
+            # Templates are counted per account; 0 means too short to have one ("hi").
+            if has_account and iv[I_TEMPLATE_ID] != 0:
+                shared = template_step(
+                    key_row, acc_row, cms, iv[I_SIMHASH], iv[I_TEMPLATE_ID], ts, prm
+                )
                 sig[S_SHARED_TEMPLATE] = ramp(shared, prm[P_SHARED_LO], prm[P_SHARED_HI])
                 if count >= 4.0:
                     sig[S_TEMPLATE] = ramp(
@@ -617,9 +636,17 @@ def charge(table: np.ndarray, row: int, delta: float, burst: float) -> None:
 
 def warm_up() -> None:
     """Compile (or load from the on-disk cache) every kernel, so no request ever compiles."""
-    from abuseguard.engine.layout import IO_SIZE, KEY_WIDTH, N_INT_INPUTS, N_PARAMS, NET_WIDTH
+    from abuseguard.engine.layout import (
+        ACC_WIDTH,
+        IO_SIZE,
+        KEY_WIDTH,
+        N_INT_INPUTS,
+        N_PARAMS,
+        NET_WIDTH,
+    )
 
     key_t = np.zeros((2, KEY_WIDTH))
+    acc_t = np.zeros((2, ACC_WIDTH))
     net = [np.zeros((2, NET_WIDTH)) for _ in range(4)]
     cms = np.zeros((CMS_DEPTH + 1, CMS_WIDTH))
     iv = np.zeros(N_INT_INPUTS, dtype=np.int64)
@@ -629,13 +656,15 @@ def warm_up() -> None:
     io[X_COST] = 1.0
     io[X_LOAD] = 1.0
     io[X_HAS_CONTENT] = 1.0
-    decide(key_t, net[0], net[1], net[2], net[3], cms, iv, io, prm)
+    iv[I_HAS_ACCOUNT] = 1
+    decide(key_t, net[0], net[1], net[2], net[3], acc_t, cms, iv, io, prm)
     decide_with(
         key_t,
         net[0],
         net[1],
         net[2],
         net[3],
+        acc_t,
         cms,
         iv,
         io,
@@ -672,6 +701,7 @@ def decide_with(
     pfx_t: np.ndarray,
     asn_t: np.ndarray,
     per_t: np.ndarray,
+    acc_t: np.ndarray,
     cms: np.ndarray,
     iv: np.ndarray,
     io: np.ndarray,
@@ -685,7 +715,7 @@ def decide_with(
     simhash: int,
     template_id: int,
     ua_class: int,
-    has_account: int,
+    r_acc: int,
     ts: float,
     cost: float,
     load: float,
@@ -698,7 +728,8 @@ def decide_with(
     nat: float,
 ) -> None:
     """`decide` with its inputs as scalars: filling the vectors from Python costs more
-    than passing arguments to one call."""
+    than passing arguments to one call. ``r_acc`` is the account-table row, -1 for an
+    anonymous client."""
     iv[I_ROW + KIND_KEY] = r_key
     iv[I_ROW + KIND_IP] = r_ip
     iv[I_ROW + KIND_PREFIX] = r_pfx
@@ -708,7 +739,8 @@ def decide_with(
     iv[I_SIMHASH] = simhash
     iv[I_TEMPLATE_ID] = template_id
     iv[I_UA_CLASS] = ua_class
-    iv[I_HAS_ACCOUNT] = has_account
+    iv[I_HAS_ACCOUNT] = 1 if r_acc >= 0 else 0
+    iv[I_ACC_ROW] = r_acc
     io[X_TS] = ts
     io[X_COST] = cost
     io[X_LOAD] = load
@@ -719,4 +751,4 @@ def decide_with(
     io[X_HAS_CONTENT] = has_content
     io[X_NET_DISTRUST] = distrust
     io[X_NAT_ELIGIBLE] = nat
-    decide(key_t, ip_t, pfx_t, asn_t, per_t, cms, iv, io, prm)
+    decide(key_t, ip_t, pfx_t, asn_t, per_t, acc_t, cms, iv, io, prm)

@@ -40,15 +40,20 @@ F_IA_COUNT = 17  # inter-arrival samples behind F_LIA_MEAN / F_LIA_VAR
 F_SKETCH_EST = 18  # cached distinct-account estimate of a network row's sketch
 COMMON_FIELDS = 19
 
-# Key-table extras: repeat rate of prompt templates, cached fan-out estimates, and a ring
-# of recent SimHashes. Estimates are recomputed only when a register changes.
+# Key-table extras: repeat rate of prompt templates and cached fan-out estimates.
 F_TEMPLATE = 19  # EWMA share of prompts that repeat a recent template
 F_RING_POS = 20
 F_EST = 21  # F_EST + SK_*: cached fan-out estimates (ips, prefixes, asns, countries)
-F_RING = 25  # recent SimHashes (int64 bit patterns)
+KEY_FIELDS = F_EST + 4
+
+# The account table holds what only accounts need, so that anonymous clients (an IP
+# flood) cost a narrow key row and nothing else: a ring of recent SimHashes and their
+# template ids, and the fan-out sketches.
+A_EPOCH = 0  # sketch epoch of the fan-out sketches
+A_RING = 1  # recent SimHashes (int64 bit patterns)
 RING_SIZE = 8
-F_TRING = F_RING + RING_SIZE  # the template ids of the same requests
-KEY_FIELDS = F_TRING + RING_SIZE
+A_TRING = A_RING + RING_SIZE  # the template ids of the same requests
+ACC_FIELDS = A_TRING + RING_SIZE
 
 # Sketches. The key table counts distinct IPs, prefixes, ASNs and countries (fan-out);
 # every other table counts distinct accounts (fan-in). Each sketch is two rotating halves
@@ -67,7 +72,8 @@ def sketch_words(n_sketches: int, m: int) -> int:
     return n_sketches * 2 * m // 8
 
 
-KEY_WIDTH = KEY_FIELDS + sketch_words(KEY_SKETCHES, KEY_SKETCH_M)
+KEY_WIDTH = KEY_FIELDS
+ACC_WIDTH = ACC_FIELDS + sketch_words(KEY_SKETCHES, KEY_SKETCH_M)
 NET_WIDTH = COMMON_FIELDS + sketch_words(NET_SKETCHES, NET_SKETCH_M)
 
 # Integer inputs (int64 vector): rows in each table (-1 when absent), then values to count.
@@ -77,7 +83,8 @@ I_SIMHASH = 6
 I_TEMPLATE_ID = 7
 I_UA_CLASS = 8
 I_HAS_ACCOUNT = 9
-N_INT_INPUTS = 10
+I_ACC_ROW = 10  # row in the account table, -1 for anonymous clients
+N_INT_INPUTS = 11
 
 # Float inputs/outputs (one float64 vector, inputs first).
 X_TS = 0
