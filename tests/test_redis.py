@@ -873,3 +873,24 @@ def test_a_closed_socket_mid_session_is_a_failure_not_an_exception(tmp_path: Any
     first, second = run(main())
     assert first.action == Action.ALLOW and first.policies
     assert second.action == Action.ALLOW and not second.policies
+
+
+def test_a_unix_socket_url_works_end_to_end(tmp_path: Any) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(
+        tmp_path, extra=("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    )
+    server.start()
+
+    async def main() -> list[Decision]:
+        guard = Guard(simple_policy(), backend=backend_from_uri(f"unix://{socket_path}?db=0"))
+        await guard.startup()
+        out = [await guard.acheck(req()) for _ in range(6)]
+        await guard.shutdown()
+        return out
+
+    try:
+        decisions = run(main())
+    finally:
+        server.stop()
+    assert [d.action for d in decisions] == [Action.ALLOW] * 5 + [Action.THROTTLE]
