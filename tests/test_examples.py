@@ -6,6 +6,7 @@ import asyncio
 import importlib.util
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from abuseguard import Action, Enforcement, Policy, Scoring, TokenBucket
+from abuseguard import Action, Enforcement, Policy, RequestInfo, Scoring, TokenBucket
 from abuseguard.testing import ManualClock, reset_guards, serve
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -142,15 +143,132 @@ def test_llm_api_trusted_proxies_from_the_environment(
     assert [str(n) for n in policy.trusted_proxies] == ["10.0.0.0/8", "::1/128"]
 
 
-def test_demo_runs_and_explains_decisions(capsys: pytest.CaptureFixture[str]) -> None:
+# -- examples/demo.py and examples/demo_traffic.py -----------------------------------------
+
+
+def test_demo_runs_and_tells_the_story(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     demo = load("demo")
-    assert demo.main() == 0
+    plot = tmp_path / "plots" / "demo.png"
+    args = ["--hours", "1", "--scale", "0.05", "--seconds", "5", "--plot", str(plot)]
+    assert demo.main(args) == 0
     out = capsys.readouterr().out
-    assert "== What the guard decided, request by request ==" in out
+    # The burst: six hand-written clients, request by request, then the metrics.
+    assert "what the guard decided, request by request ==" in out
     assert "throttle" in out and "concurrency" in out and "rate" in out
     assert 'abuseguard_decisions_total{action="throttle",shadow="false"}' in out
     for client in ("alice", "bob", "harvester", "parallel", "no-key", "router"):
         assert f"  {client} " in out
+    # The simulated hour over HTTP: the command, the report table, the comparison, the plot.
+    assert "== An hour of simulated benign and abusive clients, over real HTTP ==" in out
+    assert "$ abuseguard simulate --hours 1 --scale 0.05 --seed 0 --start " in out
+    assert re.search(r"sent [\d,]+ of [\d,]+ requests in", out)
+    assert re.search(r"^abusive +\d+ ", out, re.MULTILINE)
+    assert re.search(r"^benign +\d+ ", out, re.MULTILINE)
+    assert "(abusive)" in out and "(benign)" in out
+    assert "The same trace replayed in virtual time" in out
+    summary = re.search(r"detection: over real HTTP, (\d+) of (\d+) abusive actors", out)
+    assert summary is not None and int(summary[1]) > 0
+    assert plot.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args", [["--scale", "0"], ["--hours", "-1"], ["--seconds", "0"], ["--scale", "many"]]
+)
+def test_demo_rejects_bad_arguments(args: list[str]) -> None:
+    demo = load("demo")
+    with pytest.raises(SystemExit) as exc:
+        demo.main(args)
+    assert exc.value.code == 2
+
+
+def test_demo_trace_time_header_sets_the_clock_and_is_removed() -> None:
+    traffic = load("demo_traffic")
+    clock = traffic.TraceClock(100.0)
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope)
+
+    wrapper = traffic.TraceTimeFromHeader(app, clock)
+
+    def request(*headers: tuple[bytes, bytes]) -> float:
+        asyncio.run(wrapper({"type": "http", "headers": list(headers)}, None, None))
+        return float(clock())
+
+    ua = (b"user-agent", b"x")
+    assert request(ua, (b"x-demo-trace-time", b"160.5")) == 160.5
+    assert seen[-1]["headers"] == [ua]  # the guard never sees the demo's header
+    assert request((b"x-demo-trace-time", b"120")) == 160.5  # time never runs backwards
+    assert request((b"x-demo-trace-time", b"soon"), ua) == 160.5  # not a number: ignored
+    assert seen[-1]["headers"] == [ua]
+    assert request(ua) == 160.5
+    lifespan = {"type": "lifespan"}
+    asyncio.run(wrapper(lifespan, None, None))
+    assert seen[-1] is lifespan  # other scopes pass untouched
+
+
+def test_demo_player_sends_the_trace_headers_and_survives_unsendable_ones() -> None:
+    traffic = load("demo_traffic")
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen.append(scope["headers"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def record(ts: float, headers: dict[str, str], ua: str | None) -> Any:
+        info = RequestInfo("203.0.113.9", ts, "sk-k", "POST", "/v1/x", None, ua, headers, "{}")
+        return traffic.TraceRecord(info, 1, actor="a", label="abusive", kind="k")
+
+    records = [
+        record(10.0, {"accept": "*/*", "x-stainless-lang": "python"}, "OpenAI/Python 1.0"),
+        record(10.5, {"x-note": "caf\u00e9"}, None),  # not ASCII: httpx cannot send it
+        record(11.0, {}, None),
+    ]
+    with serve(app) as base:
+        player = traffic.Player(base, records, 1000.0, 1, time.monotonic() + 30)
+        asyncio.run(player.play())
+    assert player.sent == 3
+    assert player.statuses == [204, None, 204]
+    assert player.errors == {"UnicodeEncodeError": 1}
+    names = [name for name, _ in seen[0]]
+    assert names == [
+        b"host", b"accept", b"x-stainless-lang", b"user-agent", b"authorization",
+        b"x-forwarded-for", b"x-request-id", b"x-demo-trace-time", b"content-length",
+    ]  # fmt: skip
+    assert dict(seen[0])[b"x-forwarded-for"] == b"203.0.113.9"
+    assert dict(seen[1])[b"x-request-id"] == b"2"
+    assert b"user-agent" not in dict(seen[1])  # no User-Agent in the trace: none sent
+
+
+def test_demo_trace_starts_yesterday_at_the_simulators_hour() -> None:
+    traffic = load("demo_traffic")
+    for now in (1795379842.5, 1795392000.0, 1795391999.0):  # mid-day, midnight, just before
+        start = traffic.trace_start(now)
+        assert start % 86400 == 14 * 3600  # 14:00 UTC, the simulator's default hour
+        assert now - 2 * 86400 < start <= now - 10 * 3600
+
+
+def test_demo_web_routes_need_a_session(llm_api: ModuleType) -> None:
+    traffic = load("demo_traffic")
+    app = llm_api.create_app()
+    traffic.add_web_routes(app)
+    reset_guards(app, ManualClock())
+    body = {"messages": [{"role": "user", "content": "two words"}], "max_tokens": 3}
+    with serve(app) as base, httpx.Client(base_url=base) as http:
+        assert http.post("/api/chat", json=body).status_code == 401
+        assert http.get("/api/conversations").status_code == 401
+        session = {"authorization": "Bearer acct_1"}
+        reply = http.post("/api/chat", json=body, headers=session)
+        assert reply.status_code == 200
+        assert reply.headers[llm_api.USAGE_HEADER] == "5"
+        assert http.post("/api/chat", json={"messages": []}, headers=session).status_code == 422
+        assert http.get("/api/conversations", headers=session).json()["data"] == []
 
 
 # -- examples/starlette_app.py -------------------------------------------------------------
