@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from abuseguard.engine.layout import SIGNAL_NAMES
+
 
 class Action(StrEnum):
     """Enforcement actions, in ladder order (mildest first)."""
@@ -33,25 +35,8 @@ ACTIONS: tuple[Action, ...] = tuple(Action)
 # Reason codes. Limit reasons say "over a configured limit"; every other reason is a risk
 # signal (the replay report splits "limited" from "mitigated" on this).
 LIMIT_REASONS: frozenset[str] = frozenset({"rate", "quota", "concurrency"})
-RISK_REASONS: tuple[str, ...] = (
-    "volume",
-    "burst",
-    "cadence",
-    "client",
-    "persona",
-    "anonymizer",
-    "geo",
-    "fan_in",
-    "fan_out",
-    "errors",
-    "impatience",
-    "template",
-    "shared_template",
-    "elicitation",
-    "network_rate",
-    "deny_list",
-    "banned",
-)
+# Every risk signal of the kernel, then the reasons of the network rules and bans.
+RISK_REASONS: tuple[str, ...] = (*SIGNAL_NAMES, "deny_list", "banned")
 
 
 @dataclass(slots=True)
