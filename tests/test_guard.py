@@ -353,3 +353,42 @@ def test_a_network_bucket_refusal_names_that_bucket() -> None:
     names = {state.name: state for state in refused.policies}
     assert names["ip"].violated and names["ip"].remaining == 0 and names["ip"].quota == 2
     assert not names["default"].violated
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -5.0, "lots"])
+def test_bad_request_costs_fall_back_to_the_policy_cost(bad: object) -> None:
+    guard = Guard(
+        Policy(
+            bucket=TokenBucket(1.0, burst=10, cost=2),
+            scoring=None,
+            quotas=(Quota("100/day", by_cost=True),),
+        )
+    )
+    decision = guard.check(RequestInfo(ip="192.0.2.1", ts=0.0, cost=bad))  # type: ignore[arg-type]
+    assert decision.action == Action.ALLOW and decision.cost == 2 and decision.remaining == 8
+
+
+def test_idle_forgiveness_without_any_bucket() -> None:
+    """The smoothed score decays with the time since the last request, buckets or not."""
+    guard = Guard(Policy(bucket=None, enforcement=Enforcement(score_half_life=60.0)))
+    risky = scripted(guard, 40)[-1]
+    assert risky.score > 0.5
+    from abuseguard.engine import layout
+
+    row = guard.engine.tables[0].find(risky.identity)
+    assert row is not None
+    before = guard.engine.tables[0].data[row, layout.F_SCORE]
+    browser = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+    headers = {
+        "accept": "*/*",
+        "accept-language": "en",
+        "accept-encoding": "gzip",
+        "sec-fetch-mode": "cors",
+        "sec-fetch-site": "same-origin",
+        "sec-fetch-dest": "empty",
+    }
+    guard.check(
+        RequestInfo(ip="198.51.100.10", key="bot", ts=80.0 + 600.0, ua=browser, headers=headers)
+    )
+    after = guard.engine.tables[0].data[row, layout.F_SCORE]
+    assert before > 0.5 and after < 0.05  # without idle decay it would be ~0.66

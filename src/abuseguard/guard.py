@@ -149,8 +149,16 @@ class Guard:
         return "i:" + address.ip_key, False, address
 
     def cost_of(self, info: RequestInfo) -> float:
+        """What the request costs up front. A given cost that is not a finite number >= 0
+        (NaN, inf, negative, not a number) is ignored and the policy's cost applies."""
         if info.cost is not None:
-            return float(info.cost)
+            try:
+                given = float(info.cost)
+            except (TypeError, ValueError):
+                given = -1.0
+            if 0.0 <= given < float("inf"):
+                return given
+            logger.warning("RequestInfo.cost %r is not a finite cost >= 0; ignored", info.cost)
         if self._cost_is_static:
             return self._static_cost
         bucket = self.policy.bucket
@@ -167,7 +175,7 @@ class Guard:
         except Exception:
             logger.exception("TokenBucket.cost callable failed; charging 1")
             return 1.0
-        return value if value >= 0 and value == value else 1.0
+        return value if 0.0 <= value < float("inf") else 1.0
 
     # -- the decision ------------------------------------------------------------------
 

@@ -400,6 +400,7 @@ def decide(
     impatient = 1.0 if ts < key_row[F_WAIT_UNTIL] - 0.05 else 0.0
     if not new_key:
         key_row[F_IMPATIENCE] += 0.2 * (impatient - key_row[F_IMPATIENCE])
+    previous_seen = key_row[F_LAST_SEEN]
     observe_arrival(key_row, ts, prm)
 
     acc_row_i = iv[I_ACC_ROW]
@@ -519,7 +520,7 @@ def decide(
     # Smoothed score: rises at once, falls with the EWMA and decays while idle (forgiveness).
     smoothed = key_row[F_SCORE]
     if smoothed > 0.0 and not new_key:
-        idle = ts - key_row[F_BUCKET_TS] if ts > key_row[F_BUCKET_TS] else 0.0
+        idle = ts - previous_seen if ts > previous_seen else 0.0
         smoothed *= 0.5 ** (idle / prm[P_SCORE_HALF_LIFE])
     if score >= smoothed:
         smoothed = score
