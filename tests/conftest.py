@@ -215,3 +215,174 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield cluster
     finally:
         cluster.stop()
+
+
+def _openssl(openssl: str, *args: str, cwd: Path) -> None:
+    subprocess.run([openssl, *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def make_ca(openssl: str, tmp: Path, name: str) -> tuple[Path, Path]:
+    """A throwaway self-signed CA (EC P-256, valid one day): (certificate, key)."""
+    cert, key = tmp / f"{name}.crt", tmp / f"{name}.key"
+    _openssl(
+        openssl,
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key.name,
+        "-out",
+        cert.name,
+        "-days",
+        "1",
+        "-subj",
+        f"/CN=abuseguard test {name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=tmp,
+    )
+    return cert, key
+
+
+def make_server_cert(openssl: str, tmp: Path, ca: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A server certificate for 127.0.0.1 and localhost signed by ``ca``: (cert, key)."""
+    cert, key, csr, ext = (tmp / f"server.{s}" for s in ("crt", "key", "csr", "ext"))
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    _openssl(
+        openssl,
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key.name,
+        "-out",
+        csr.name,
+        "-subj",
+        "/CN=localhost",
+        cwd=tmp,
+    )
+    _openssl(
+        openssl,
+        "x509",
+        "-req",
+        "-in",
+        csr.name,
+        "-CA",
+        str(ca[0]),
+        "-CAkey",
+        str(ca[1]),
+        "-CAcreateserial",
+        "-out",
+        cert.name,
+        "-days",
+        "1",
+        "-extfile",
+        ext.name,
+        cwd=tmp,
+    )
+    return cert, key
+
+
+class RedisTLSServer:
+    """A redis-server that only speaks TLS (``--port 0``), with its own throwaway CA.
+
+    ``ca_cert`` signed the server's certificate; ``wrong_ca_cert`` is a second, unrelated
+    CA, for clients that must refuse the server.
+    """
+
+    def __init__(self, tmp: Path, openssl: str) -> None:
+        self.dir = tmp
+        self.port = free_port()
+        ca = make_ca(openssl, tmp, "ca")
+        self.ca_cert = ca[0]
+        self.wrong_ca_cert = make_ca(openssl, tmp, "wrong-ca")[0]
+        self.server_cert, self.server_key = make_server_cert(openssl, tmp, ca)
+        self.log = tmp / "redis-tls.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, exe: str) -> None:
+        self.process = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--tls-cert-file",
+                str(self.server_cert),
+                "--tls-key-file",
+                str(self.server_key),
+                "--tls-ca-cert-file",
+                str(self.ca_cert),
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                str(self.log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            if self.process.poll() is not None:
+                log = self.log.read_text(errors="replace") if self.log.exists() else ""
+                raise RuntimeError(f"redis-server with TLS exited at startup:\n{log[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the TLS redis-server is not listening on {self.port}"
+                    ) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTLSServer]:
+    exe = shutil.which("redis-server")
+    openssl = shutil.which("openssl")
+    if exe is None:
+        pytest.skip("redis-server is not installed: `make test` installs Debian's redis-server")
+    if openssl is None:
+        pytest.skip("openssl is not installed: the TLS tests need it to make a throwaway CA")
+    server = RedisTLSServer(tmp_path_factory.mktemp("redis-tls"), openssl)
+    try:
+        server.start(exe)
+        yield server
+    finally:
+        server.stop()
