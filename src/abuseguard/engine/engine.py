@@ -50,10 +50,11 @@ class Engine:
             self.io,
             self.params,
         )
+        self._decide_with = _compiled_entry(kernels.decide_with)
 
     def run_with(self, *inputs: Any) -> np.ndarray:
         """Run the kernel with the inputs as arguments (see `kernels.decide_with`)."""
-        kernels.decide_with(*self._args, *inputs)
+        self._decide_with(*self._args, *inputs)
         return self.io
 
     def run(self) -> np.ndarray:
@@ -85,3 +86,20 @@ class Engine:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tables) + self.accounts.nbytes + int(self.cms.nbytes)
+
+
+def _compiled_entry(dispatcher: Any) -> Any:
+    """The compiled function behind a Numba dispatcher that warm_up() compiled once.
+
+    Calling it skips the dispatcher's per-call type resolution (about 0.3 us for the
+    kernel's 30 arguments); its wrapper still converts each argument, so a Python int or
+    float is all it takes. Any other state of the dispatcher (no or several compiled
+    signatures) falls back to calling the dispatcher itself.
+    """
+    signatures = getattr(dispatcher, "signatures", [])
+    overloads = getattr(dispatcher, "overloads", {})
+    if len(signatures) == 1 and signatures[0] in overloads:
+        entry = getattr(overloads[signatures[0]], "entry_point", None)
+        if callable(entry):
+            return entry
+    return dispatcher
