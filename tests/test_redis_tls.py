@@ -20,6 +20,7 @@ import redis
 
 from abuseguard import AbuseGuard, Policy, TokenBucket
 from abuseguard.backends.redis import RedisBackend
+from abuseguard.backends.redis_uri import redacted, split_backend_uri
 from abuseguard.errors import ConfigError
 from tests.asgi_server import serve
 from tests.conftest import RedisTLSServer
@@ -129,12 +130,6 @@ def test_a_missing_ca_file_fails_open(
     assert "No such file or directory" in caplog.text, caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="redis_uri passes ssl_* options to redis-py unchecked: a bad ssl_cert_reqs "
-    "only shows at connect time, as a Redis outage (fail open), not at construction",
-)
 def test_a_bad_ssl_cert_reqs_fails_at_construction(redis_tls_server: RedisTLSServer) -> None:
     uri = tls_uri(redis_tls_server, redis_tls_server.ca_cert, ssl_cert_reqs="bogus")
     try:
@@ -143,3 +138,17 @@ def test_a_bad_ssl_cert_reqs_fails_at_construction(redis_tls_server: RedisTLSSer
         assert "ssl_cert_reqs" in str(error)
         return
     raise AssertionError("constructed with ssl_cert_reqs=bogus")
+
+
+def test_tls_options_on_a_plain_uri_fail_at_construction() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        split_backend_uri("redis://127.0.0.1:6379/0?ssl_ca_certs=/tmp/ca.pem")
+    assert excinfo.value.field == "RedisBackend.ssl_ca_certs"
+
+
+def test_passwords_are_redacted_for_logs() -> None:
+    assert redacted("redis://:s3cretpw@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert redacted("rediss://app:pw@cache/1?ssl_cert_reqs=required") == (
+        "rediss://app:***@cache/1?ssl_cert_reqs=required"
+    )
+    assert redacted("redis://cache:6379/0") == "redis://cache:6379/0"

@@ -71,7 +71,7 @@ from abuseguard.backends.redis_keys import IdentityKeys, KeySpace
 from abuseguard.backends.redis_leases import Leases
 from abuseguard.backends.redis_netsync import NetSync
 from abuseguard.backends.redis_pipe import Pipeliner, Script, load_script
-from abuseguard.backends.redis_uri import split_backend_uri
+from abuseguard.backends.redis_uri import redacted, split_backend_uri
 from abuseguard.backends.workers import detect_workers
 from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
@@ -322,7 +322,7 @@ class RedisBackend(Backend):
             logger.warning(
                 "abuseguard: Redis at %s is not answering (%s: %s); requests follow "
                 "the fail mode until it does",
-                self.url,
+                redacted(self.url),
                 type(exc).__name__,
                 exc,
             )

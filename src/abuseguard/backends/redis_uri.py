@@ -44,6 +44,22 @@ def _bool(name: str, text: str) -> bool:
     raise ConfigError(f"RedisBackend.{name}", f"expected true or false, got {text!r}")
 
 
+_CERT_REQS = ("none", "optional", "required")
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs: ``redis://user:***@host:6379/0``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{user}:***@{host}{port}"
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
 def split_backend_uri(uri: str) -> tuple[str, dict[str, Any]]:
     """(the URL for redis-py, the backend's keyword arguments)."""
     parts = urlsplit(uri)
@@ -56,6 +72,17 @@ def split_backend_uri(uri: str) -> tuple[str, dict[str, Any]]:
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         kind = BACKEND_OPTIONS.get(name)
         if kind is None:
+            # TLS mistakes would otherwise surface only at connect time, as an "outage"
+            # that fails open: catch them here, where the configuration is read.
+            if name.startswith("ssl_") and scheme != "rediss":
+                raise ConfigError(
+                    f"RedisBackend.{name}", f"TLS options need a rediss:// URI, not {scheme}://"
+                )
+            if name == "ssl_cert_reqs" and value.lower() not in _CERT_REQS:
+                raise ConfigError(
+                    "RedisBackend.ssl_cert_reqs",
+                    f"use one of {', '.join(_CERT_REQS)}, not {value!r}",
+                )
             rest.append((name, value))
             continue
         try:
@@ -67,4 +94,4 @@ def split_backend_uri(uri: str) -> tuple[str, dict[str, Any]]:
     return f"{scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else ""), kwargs
 
 
-__all__ = ["BACKEND_OPTIONS", "split_backend_uri"]
+__all__ = ["BACKEND_OPTIONS", "redacted", "split_backend_uri"]
