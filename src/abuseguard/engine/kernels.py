@@ -15,152 +15,7 @@ import math
 import numpy as np
 from numba import njit
 
-from abuseguard.engine.layout import (
-    A_EPOCH,
-    A_RING,
-    A_TRING,
-    ACC_FIELDS,
-    CMS_DEPTH,
-    CMS_WIDTH,
-    COMMON_FIELDS,
-    F_BANNED_UNTIL,
-    F_BUCKET_TS,
-    F_COUNT,
-    F_ERR,
-    F_EST,
-    F_FIRST_SEEN,
-    F_IA_COUNT,
-    F_IMPATIENCE,
-    F_LAST_SEEN,
-    F_LEVEL,
-    F_LIA_MEAN,
-    F_LIA_VAR,
-    F_PRIOR,
-    F_RATE_LONG,
-    F_RATE_SHORT,
-    F_RING_POS,
-    F_SCORE,
-    F_SKETCH_EPOCH,
-    F_SKETCH_EST,
-    F_TEMPLATE,
-    F_TOKENS,
-    F_WAIT_UNTIL,
-    I_ACC_ROW,
-    I_COUNTRY,
-    I_HAS_ACCOUNT,
-    I_ROW,
-    I_SIMHASH,
-    I_TEMPLATE_ID,
-    I_UA_CLASS,
-    KEY_SKETCH_M,
-    KEY_SKETCHES,
-    KIND_ASN,
-    KIND_IP,
-    KIND_KEY,
-    KIND_PERSONA,
-    KIND_PREFIX,
-    N_KINDS,
-    N_SIGNALS,
-    NET_SKETCH_M,
-    O_ACTION,
-    O_BANNED,
-    O_CONTRIB,
-    O_DENIED_KINDS,
-    O_FANIN,
-    O_FANOUT_ASNS,
-    O_FANOUT_COUNTRIES,
-    O_FANOUT_IPS,
-    O_REASONS,
-    O_REMAINING,
-    O_RESET,
-    O_RETRY_AFTER,
-    O_SCORE,
-    O_TIGHT_REMAINING,
-    O_TIGHT_RESET,
-    O_TIGHTEST_KIND,
-    P_ALPHA_IA,
-    P_BAN_LEVEL,
-    P_BAN_SECONDS,
-    P_BASELINE_AGE,
-    P_BIAS,
-    P_BUCKET,
-    P_BURST_HI,
-    P_BURST_LO,
-    P_CADENCE_HI,
-    P_CADENCE_LO,
-    P_CLIENT_RISK,
-    P_CMS_HALF_LIFE,
-    P_COUPLING,
-    P_ERR_HI,
-    P_ERR_LO,
-    P_FANIN_HI,
-    P_FANIN_LO,
-    P_FANIN_SCALE,
-    P_FANOUT_ASN_HI,
-    P_FANOUT_ASN_LO,
-    P_FANOUT_CC_HI,
-    P_FANOUT_CC_LO,
-    P_FANOUT_PFX_HI,
-    P_FANOUT_PFX_LO,
-    P_HAMMING,
-    P_HORIZON,
-    P_HYSTERESIS,
-    P_IMPATIENCE_HI,
-    P_IMPATIENCE_LO,
-    P_LADDER,
-    P_LADDER_N,
-    P_LADDER_SERVES,
-    P_MIN_EVENTS,
-    P_MIN_FACTOR,
-    P_NAT_MAX,
-    P_NAT_PER_ACCOUNT,
-    P_REASON_MIN,
-    P_RISK_FLOOR,
-    P_SCORE_ALPHA,
-    P_SCORE_HALF_LIFE,
-    P_SCORING,
-    P_SHARED_HI,
-    P_SHARED_LO,
-    P_TAU_LONG,
-    P_TAU_SHORT,
-    P_TEMPLATE_HI,
-    P_TEMPLATE_LO,
-    P_VOLUME_HI,
-    P_VOLUME_LO,
-    P_WEIGHTS,
-    R_BANNED,
-    R_RATE,
-    RING_SIZE,
-    S_ANON,
-    S_BURST,
-    S_CADENCE,
-    S_CLIENT,
-    S_ELICIT,
-    S_ERRORS,
-    S_FAN_IN,
-    S_FAN_OUT,
-    S_GEO,
-    S_IMPATIENCE,
-    S_PERSONA,
-    S_PRIOR,
-    S_SHARED_TEMPLATE,
-    S_TEMPLATE,
-    S_VOLUME,
-    SK_ASNS,
-    SK_COUNTRIES,
-    SK_IPS,
-    SK_PREFIXES,
-    X_ANON,
-    X_COST,
-    X_ELICIT,
-    X_GEO,
-    X_HAS_CONTENT,
-    X_LOAD,
-    X_NAT_ELIGIBLE,
-    X_NET_DISTRUST,
-    X_PERSONA,
-    X_TS,
-)
+from abuseguard.engine import layout as L
 
 _U1 = np.uint64(1)
 _TOP_BIT = np.uint64(0x8000000000000000)
@@ -259,53 +114,53 @@ def rotate_sketches(
 
 @njit(cache=True)
 def init_row(row: np.ndarray, ts: float, burst: float, epoch: int) -> None:
-    row[F_TOKENS] = burst
-    row[F_BUCKET_TS] = ts
-    row[F_FIRST_SEEN] = ts
-    row[F_LAST_SEEN] = ts
-    row[F_SKETCH_EPOCH] = epoch
-    row[F_LIA_MEAN] = 0.0
-    row[F_LIA_VAR] = 0.0
+    row[L.F_TOKENS] = burst
+    row[L.F_BUCKET_TS] = ts
+    row[L.F_FIRST_SEEN] = ts
+    row[L.F_LAST_SEEN] = ts
+    row[L.F_SKETCH_EPOCH] = epoch
+    row[L.F_LIA_MEAN] = 0.0
+    row[L.F_LIA_VAR] = 0.0
 
 
 @njit(cache=True)
 def observe_arrival(row: np.ndarray, ts: float, prm: np.ndarray) -> None:
     """Rates (two EWMAs) and the statistics of log inter-arrival times."""
-    count = row[F_COUNT]
+    count = row[L.F_COUNT]
     if count > 0:
-        dt = ts - row[F_LAST_SEEN]
+        dt = ts - row[L.F_LAST_SEEN]
         if dt < 0.0:
             dt = 0.0
-        decay_short = math.exp(-dt / prm[P_TAU_SHORT])
-        decay_long = math.exp(-dt / prm[P_TAU_LONG])
-        row[F_RATE_SHORT] = row[F_RATE_SHORT] * decay_short + 1.0 / prm[P_TAU_SHORT]
-        row[F_RATE_LONG] = row[F_RATE_LONG] * decay_long + 1.0 / prm[P_TAU_LONG]
+        decay_short = math.exp(-dt / prm[L.P_TAU_SHORT])
+        decay_long = math.exp(-dt / prm[L.P_TAU_LONG])
+        row[L.F_RATE_SHORT] = row[L.F_RATE_SHORT] * decay_short + 1.0 / prm[L.P_TAU_SHORT]
+        row[L.F_RATE_LONG] = row[L.F_RATE_LONG] * decay_long + 1.0 / prm[L.P_TAU_LONG]
         if dt >= _MIN_INTERVAL:
             lia = math.log(dt)
-            row[F_IA_COUNT] += 1.0
-            if row[F_IA_COUNT] < 2.0:
-                row[F_LIA_MEAN] = lia
-                row[F_LIA_VAR] = 0.0
+            row[L.F_IA_COUNT] += 1.0
+            if row[L.F_IA_COUNT] < 2.0:
+                row[L.F_LIA_MEAN] = lia
+                row[L.F_LIA_VAR] = 0.0
             else:
-                alpha = prm[P_ALPHA_IA]
-                diff = lia - row[F_LIA_MEAN]
-                row[F_LIA_MEAN] += alpha * diff
-                row[F_LIA_VAR] = (1.0 - alpha) * (row[F_LIA_VAR] + alpha * diff * diff)
+                alpha = prm[L.P_ALPHA_IA]
+                diff = lia - row[L.F_LIA_MEAN]
+                row[L.F_LIA_MEAN] += alpha * diff
+                row[L.F_LIA_VAR] = (1.0 - alpha) * (row[L.F_LIA_VAR] + alpha * diff * diff)
     else:
-        row[F_RATE_SHORT] = 1.0 / prm[P_TAU_SHORT]
-        row[F_RATE_LONG] = 1.0 / prm[P_TAU_LONG]
-    row[F_COUNT] = count + 1.0
-    if ts > row[F_LAST_SEEN]:
-        row[F_LAST_SEEN] = ts
+        row[L.F_RATE_SHORT] = 1.0 / prm[L.P_TAU_SHORT]
+        row[L.F_RATE_LONG] = 1.0 / prm[L.P_TAU_LONG]
+    row[L.F_COUNT] = count + 1.0
+    if ts > row[L.F_LAST_SEEN]:
+        row[L.F_LAST_SEEN] = ts
 
 
 @njit(cache=True)
 def refill(row: np.ndarray, ts: float, rate: float, burst: float) -> None:
-    elapsed = ts - row[F_BUCKET_TS]
+    elapsed = ts - row[L.F_BUCKET_TS]
     if elapsed > 0.0:
-        tokens = row[F_TOKENS] + elapsed * rate
-        row[F_TOKENS] = burst if tokens > burst else tokens
-        row[F_BUCKET_TS] = ts
+        tokens = row[L.F_TOKENS] + elapsed * rate
+        row[L.F_TOKENS] = burst if tokens > burst else tokens
+        row[L.F_BUCKET_TS] = ts
 
 
 @njit(cache=True)
@@ -319,41 +174,41 @@ def template_step(
     prm: np.ndarray,
 ) -> float:
     """Per-account template repeat rate and the accounts-per-template Count-Min estimate."""
-    ring = acc_row[A_RING : A_RING + RING_SIZE].view(np.int64)
-    tring = acc_row[A_TRING : A_TRING + RING_SIZE].view(np.int64)
-    filled = int(key_row[F_COUNT]) - 1  # requests before this one
-    if filled > RING_SIZE:
-        filled = RING_SIZE
+    ring = acc_row[L.A_RING : L.A_RING + L.RING_SIZE].view(np.int64)
+    tring = acc_row[L.A_TRING : L.A_TRING + L.RING_SIZE].view(np.int64)
+    filled = int(key_row[L.F_COUNT]) - 1  # requests before this one
+    if filled > L.RING_SIZE:
+        filled = L.RING_SIZE
     near = False
     known = False
     sh = np.uint64(simhash)
     for j in range(filled):
         if tring[j] == template_id:
             known = True
-        if popcount64(np.uint64(ring[j]) ^ sh) <= prm[P_HAMMING]:
+        if popcount64(np.uint64(ring[j]) ^ sh) <= prm[L.P_HAMMING]:
             near = True
-    pos = int(key_row[F_RING_POS])
+    pos = int(key_row[L.F_RING_POS])
     ring[pos] = simhash
     tring[pos] = template_id
-    key_row[F_RING_POS] = (pos + 1) % RING_SIZE
+    key_row[L.F_RING_POS] = (pos + 1) % L.RING_SIZE
     repeated = near or known
-    key_row[F_TEMPLATE] += 0.15 * ((1.0 if repeated else 0.0) - key_row[F_TEMPLATE])
+    key_row[L.F_TEMPLATE] += 0.15 * ((1.0 if repeated else 0.0) - key_row[L.F_TEMPLATE])
 
     # Count-Min over template ids, counting each account once per template it (re)starts.
-    last_decay = cms[CMS_DEPTH, 0]
-    half_life = prm[P_CMS_HALF_LIFE]
+    last_decay = cms[L.CMS_DEPTH, 0]
+    half_life = prm[L.P_CMS_HALF_LIFE]
     if last_decay == 0.0:
-        cms[CMS_DEPTH, 0] = ts
+        cms[L.CMS_DEPTH, 0] = ts
     elif ts - last_decay >= half_life * 0.25:
         factor = 0.5 ** ((ts - last_decay) / half_life)
-        for d in range(CMS_DEPTH):
-            for j in range(CMS_WIDTH):
+        for d in range(L.CMS_DEPTH):
+            for j in range(L.CMS_WIDTH):
                 cms[d, j] *= factor
-        cms[CMS_DEPTH, 0] = ts
+        cms[L.CMS_DEPTH, 0] = ts
     estimate = 1e300
     tid = np.uint64(template_id)
-    for d in range(CMS_DEPTH):
-        j = int(mix64(tid + np.uint64(d) * np.uint64(0x632BE59BD9B4E019)) % np.uint64(CMS_WIDTH))
+    for d in range(L.CMS_DEPTH):
+        j = int(mix64(tid + np.uint64(d) * np.uint64(0x632BE59BD9B4E019)) % np.uint64(L.CMS_WIDTH))
         if not known:  # each account counts once per template it (re)starts
             cms[d, j] += 1.0
         if cms[d, j] < estimate:
@@ -374,41 +229,41 @@ def decide(
     io: np.ndarray,
     prm: np.ndarray,
 ) -> None:
-    ts = io[X_TS]
-    cost = io[X_COST]
-    epoch = math.floor(ts / (prm[P_HORIZON] * 0.5))
-    key_row_i = iv[I_ROW + KIND_KEY]
+    ts = io[L.X_TS]
+    cost = io[L.X_COST]
+    epoch = math.floor(ts / (prm[L.P_HORIZON] * 0.5))
+    key_row_i = iv[L.I_ROW + L.KIND_KEY]
     key_row = key_t[key_row_i]
-    for k in range(O_ACTION, io.shape[0]):
+    for k in range(L.O_ACTION, io.shape[0]):
         io[k] = 0.0
 
-    new_key = key_row[F_COUNT] == 0.0
+    new_key = key_row[L.F_COUNT] == 0.0
     if new_key:
-        init_row(key_row, ts, prm[P_BUCKET + 1], epoch)
-    elif key_row[F_BANNED_UNTIL] > ts:
+        init_row(key_row, ts, prm[L.P_BUCKET + 1], epoch)
+    elif key_row[L.F_BANNED_UNTIL] > ts:
         observe_arrival(key_row, ts, prm)
-        io[O_BANNED] = 1.0
-        io[O_ACTION] = prm[P_BAN_LEVEL]
-        io[O_SCORE] = key_row[F_SCORE]
-        io[O_REASONS] = float(1 << R_BANNED)
-        io[O_RETRY_AFTER] = key_row[F_BANNED_UNTIL] - ts
-        io[O_REMAINING] = key_row[F_TOKENS] if key_row[F_TOKENS] > 0.0 else 0.0
-        io[O_TIGHTEST_KIND] = -1.0
+        io[L.O_BANNED] = 1.0
+        io[L.O_ACTION] = prm[L.P_BAN_LEVEL]
+        io[L.O_SCORE] = key_row[L.F_SCORE]
+        io[L.O_REASONS] = float(1 << L.R_BANNED)
+        io[L.O_RETRY_AFTER] = key_row[L.F_BANNED_UNTIL] - ts
+        io[L.O_REMAINING] = key_row[L.F_TOKENS] if key_row[L.F_TOKENS] > 0.0 else 0.0
+        io[L.O_TIGHTEST_KIND] = -1.0
         return
 
     # Impatience: a request sent while the client was told to wait.
-    impatient = 1.0 if ts < key_row[F_WAIT_UNTIL] - 0.05 else 0.0
+    impatient = 1.0 if ts < key_row[L.F_WAIT_UNTIL] - 0.05 else 0.0
     if not new_key:
-        key_row[F_IMPATIENCE] += 0.2 * (impatient - key_row[F_IMPATIENCE])
-    previous_seen = key_row[F_LAST_SEEN]
+        key_row[L.F_IMPATIENCE] += 0.2 * (impatient - key_row[L.F_IMPATIENCE])
+    previous_seen = key_row[L.F_LAST_SEEN]
     observe_arrival(key_row, ts, prm)
 
-    acc_row_i = iv[I_ACC_ROW]
-    has_account = iv[I_HAS_ACCOUNT] != 0 and acc_row_i >= 0
+    acc_row_i = iv[L.I_ACC_ROW]
+    has_account = iv[L.I_HAS_ACCOUNT] != 0 and acc_row_i >= 0
     account_hash = mix64(np.uint64(key_row_i) + np.uint64(0x51ED27))
     # Anonymous clients never touch the account table (row 0 only gives the names a type).
     acc_row = acc_t[acc_row_i if has_account else 0]
-    key_regs = acc_row[ACC_FIELDS:].view(np.uint8)
+    key_regs = acc_row[L.ACC_FIELDS :].view(np.uint8)
 
     # Network rows: arrival stats, fan-in sketches, fan-out items for the key. Estimates are
     # cached in the rows and recomputed only when a register grows or a half is cleared.
@@ -416,142 +271,157 @@ def decide(
     tables = (key_t, ip_t, pfx_t, asn_t, per_t)
     half = epoch & 1
     key_dirty = has_account and rotate_sketches(
-        acc_row, key_regs, KEY_SKETCHES, KEY_SKETCH_M, epoch, A_EPOCH
+        acc_row, key_regs, L.KEY_SKETCHES, L.KEY_SKETCH_M, epoch, L.A_EPOCH
     )
-    for kind in range(1, N_KINDS):
-        r = iv[I_ROW + kind]
+    for kind in range(1, L.N_KINDS):
+        r = iv[L.I_ROW + kind]
         if r < 0:
             continue
         row = tables[kind][r]
-        if row[F_COUNT] == 0.0:
-            init_row(row, ts, prm[P_BUCKET + 2 * kind + 1], epoch)
+        if row[L.F_COUNT] == 0.0:
+            init_row(row, ts, prm[L.P_BUCKET + 2 * kind + 1], epoch)
         observe_arrival(row, ts, prm)
         if not has_account:
             continue
-        regs = row[COMMON_FIELDS:].view(np.uint8)
-        dirty = rotate_sketches(row, regs, 1, NET_SKETCH_M, epoch, F_SKETCH_EPOCH)
-        if hll_add(regs, half * NET_SKETCH_M, NET_SKETCH_M, account_hash) or dirty:
-            row[F_SKETCH_EST] = hll_estimate(regs, 0, NET_SKETCH_M)
-        est = row[F_SKETCH_EST] / prm[P_FANIN_SCALE + kind]
+        regs = row[L.COMMON_FIELDS :].view(np.uint8)
+        dirty = rotate_sketches(row, regs, 1, L.NET_SKETCH_M, epoch, L.F_SKETCH_EPOCH)
+        if hll_add(regs, half * L.NET_SKETCH_M, L.NET_SKETCH_M, account_hash) or dirty:
+            row[L.F_SKETCH_EST] = hll_estimate(regs, 0, L.NET_SKETCH_M)
+        est = row[L.F_SKETCH_EST] / prm[L.P_FANIN_SCALE + kind]
         if est > fan_in:
             fan_in = est
-        if kind != KIND_PERSONA:
-            sk = SK_IPS if kind == KIND_IP else (SK_PREFIXES if kind == KIND_PREFIX else SK_ASNS)
+        if kind != L.KIND_PERSONA:
+            sk = (
+                L.SK_IPS
+                if kind == L.KIND_IP
+                else (L.SK_PREFIXES if kind == L.KIND_PREFIX else L.SK_ASNS)
+            )
             item = mix64(np.uint64(r) ^ (np.uint64(kind) << np.uint64(56)))
-            if hll_add(key_regs, sk * 2 * KEY_SKETCH_M + half * KEY_SKETCH_M, KEY_SKETCH_M, item):
-                key_row[F_EST + sk] = hll_estimate(key_regs, sk * 2 * KEY_SKETCH_M, KEY_SKETCH_M)
-    if has_account and iv[I_COUNTRY] != 0:
-        item = mix64(np.uint64(iv[I_COUNTRY]) ^ np.uint64(0xC0FFEE))
+            if hll_add(
+                key_regs, sk * 2 * L.KEY_SKETCH_M + half * L.KEY_SKETCH_M, L.KEY_SKETCH_M, item
+            ):
+                key_row[L.F_EST + sk] = hll_estimate(
+                    key_regs, sk * 2 * L.KEY_SKETCH_M, L.KEY_SKETCH_M
+                )
+    if has_account and iv[L.I_COUNTRY] != 0:
+        item = mix64(np.uint64(iv[L.I_COUNTRY]) ^ np.uint64(0xC0FFEE))
         if hll_add(
-            key_regs, SK_COUNTRIES * 2 * KEY_SKETCH_M + half * KEY_SKETCH_M, KEY_SKETCH_M, item
+            key_regs,
+            L.SK_COUNTRIES * 2 * L.KEY_SKETCH_M + half * L.KEY_SKETCH_M,
+            L.KEY_SKETCH_M,
+            item,
         ):
-            key_row[F_EST + SK_COUNTRIES] = hll_estimate(
-                key_regs, SK_COUNTRIES * 2 * KEY_SKETCH_M, KEY_SKETCH_M
+            key_row[L.F_EST + L.SK_COUNTRIES] = hll_estimate(
+                key_regs, L.SK_COUNTRIES * 2 * L.KEY_SKETCH_M, L.KEY_SKETCH_M
             )
     if key_dirty:
-        for sk in range(KEY_SKETCHES):
-            key_row[F_EST + sk] = hll_estimate(key_regs, sk * 2 * KEY_SKETCH_M, KEY_SKETCH_M)
-    io[O_FANIN] = fan_in
+        for sk in range(L.KEY_SKETCHES):
+            key_row[L.F_EST + sk] = hll_estimate(key_regs, sk * 2 * L.KEY_SKETCH_M, L.KEY_SKETCH_M)
+    io[L.O_FANIN] = fan_in
     if has_account:
-        fan_out_ips = key_row[F_EST + SK_IPS]
-        fan_out_pfx = key_row[F_EST + SK_PREFIXES]
-        fan_out_asns = key_row[F_EST + SK_ASNS]
-        fan_out_cc = key_row[F_EST + SK_COUNTRIES]
+        fan_out_ips = key_row[L.F_EST + L.SK_IPS]
+        fan_out_pfx = key_row[L.F_EST + L.SK_PREFIXES]
+        fan_out_asns = key_row[L.F_EST + L.SK_ASNS]
+        fan_out_cc = key_row[L.F_EST + L.SK_COUNTRIES]
     else:
         fan_out_ips = fan_out_pfx = fan_out_asns = fan_out_cc = 0.0
-    io[O_FANOUT_IPS] = fan_out_ips
-    io[O_FANOUT_ASNS] = fan_out_asns
-    io[O_FANOUT_COUNTRIES] = fan_out_cc
+    io[L.O_FANOUT_IPS] = fan_out_ips
+    io[L.O_FANOUT_ASNS] = fan_out_asns
+    io[L.O_FANOUT_COUNTRIES] = fan_out_cc
 
     # Risk score.
     score = 0.0
     reasons = 0
-    if prm[P_SCORING] != 0.0:
-        count = key_row[F_COUNT]
-        warm = count >= prm[P_MIN_EVENTS]
-        sig = io[O_CONTRIB : O_CONTRIB + N_SIGNALS]  # signal values, then contributions
+    if prm[L.P_SCORING] != 0.0:
+        count = key_row[L.F_COUNT]
+        warm = count >= prm[L.P_MIN_EVENTS]
+        sig = io[L.O_CONTRIB : L.O_CONTRIB + L.N_SIGNALS]  # signal values, then contributions
         if warm:
-            sig[S_VOLUME] = ramp(key_row[F_RATE_LONG], prm[P_VOLUME_LO], prm[P_VOLUME_HI])
-            if ts - key_row[F_FIRST_SEEN] >= prm[P_BASELINE_AGE]:
-                base = key_row[F_RATE_LONG] if key_row[F_RATE_LONG] > 1e-3 else 1e-3
-                sig[S_BURST] = ramp(key_row[F_RATE_SHORT] / base, prm[P_BURST_LO], prm[P_BURST_HI])
-            if key_row[F_IA_COUNT] >= prm[P_MIN_EVENTS]:
-                spread = math.sqrt(key_row[F_LIA_VAR]) if key_row[F_LIA_VAR] > 0.0 else 0.0
-                sig[S_CADENCE] = ramp(spread, prm[P_CADENCE_HI], prm[P_CADENCE_LO])
-            sig[S_ERRORS] = ramp(key_row[F_ERR], prm[P_ERR_LO], prm[P_ERR_HI])
-        sig[S_IMPATIENCE] = ramp(key_row[F_IMPATIENCE], prm[P_IMPATIENCE_LO], prm[P_IMPATIENCE_HI])
-        ua_class = iv[I_UA_CLASS]
-        if 0 <= ua_class < 8:
-            sig[S_CLIENT] = prm[P_CLIENT_RISK + ua_class]
-        sig[S_PERSONA] = io[X_PERSONA]
-        sig[S_ANON] = io[X_ANON]
-        sig[S_GEO] = io[X_GEO]
-        sig[S_FAN_IN] = ramp(fan_in, prm[P_FANIN_LO], prm[P_FANIN_HI]) * io[X_NET_DISTRUST]
-        fan_out = ramp(fan_out_asns, prm[P_FANOUT_ASN_LO], prm[P_FANOUT_ASN_HI])
-        v = ramp(fan_out_cc, prm[P_FANOUT_CC_LO], prm[P_FANOUT_CC_HI])
-        if v > fan_out:
-            fan_out = v
-        v = ramp(fan_out_pfx, prm[P_FANOUT_PFX_LO], prm[P_FANOUT_PFX_HI])
-        if v > fan_out:
-            fan_out = v
-        sig[S_FAN_OUT] = fan_out
-        if io[X_HAS_CONTENT] != 0.0:
-            # Templates are counted per account; 0 means too short to have one ("hi").
-            if has_account and iv[I_TEMPLATE_ID] != 0:
-                shared = template_step(
-                    key_row, acc_row, cms, iv[I_SIMHASH], iv[I_TEMPLATE_ID], ts, prm
+            sig[L.S_VOLUME] = ramp(key_row[L.F_RATE_LONG], prm[L.P_VOLUME_LO], prm[L.P_VOLUME_HI])
+            if ts - key_row[L.F_FIRST_SEEN] >= prm[L.P_BASELINE_AGE]:
+                base = key_row[L.F_RATE_LONG] if key_row[L.F_RATE_LONG] > 1e-3 else 1e-3
+                sig[L.S_BURST] = ramp(
+                    key_row[L.F_RATE_SHORT] / base, prm[L.P_BURST_LO], prm[L.P_BURST_HI]
                 )
-                sig[S_SHARED_TEMPLATE] = ramp(shared, prm[P_SHARED_LO], prm[P_SHARED_HI])
+            if key_row[L.F_IA_COUNT] >= prm[L.P_MIN_EVENTS]:
+                spread = math.sqrt(key_row[L.F_LIA_VAR]) if key_row[L.F_LIA_VAR] > 0.0 else 0.0
+                sig[L.S_CADENCE] = ramp(spread, prm[L.P_CADENCE_HI], prm[L.P_CADENCE_LO])
+            sig[L.S_ERRORS] = ramp(key_row[L.F_ERR], prm[L.P_ERR_LO], prm[L.P_ERR_HI])
+        sig[L.S_IMPATIENCE] = ramp(
+            key_row[L.F_IMPATIENCE], prm[L.P_IMPATIENCE_LO], prm[L.P_IMPATIENCE_HI]
+        )
+        ua_class = iv[L.I_UA_CLASS]
+        if 0 <= ua_class < 8:
+            sig[L.S_CLIENT] = prm[L.P_CLIENT_RISK + ua_class]
+        sig[L.S_PERSONA] = io[L.X_PERSONA]
+        sig[L.S_ANON] = io[L.X_ANON]
+        sig[L.S_GEO] = io[L.X_GEO]
+        sig[L.S_FAN_IN] = ramp(fan_in, prm[L.P_FANIN_LO], prm[L.P_FANIN_HI]) * io[L.X_NET_DISTRUST]
+        fan_out = ramp(fan_out_asns, prm[L.P_FANOUT_ASN_LO], prm[L.P_FANOUT_ASN_HI])
+        v = ramp(fan_out_cc, prm[L.P_FANOUT_CC_LO], prm[L.P_FANOUT_CC_HI])
+        if v > fan_out:
+            fan_out = v
+        v = ramp(fan_out_pfx, prm[L.P_FANOUT_PFX_LO], prm[L.P_FANOUT_PFX_HI])
+        if v > fan_out:
+            fan_out = v
+        sig[L.S_FAN_OUT] = fan_out
+        if io[L.X_HAS_CONTENT] != 0.0:
+            # Templates are counted per account; 0 means too short to have one ("hi").
+            if has_account and iv[L.I_TEMPLATE_ID] != 0:
+                shared = template_step(
+                    key_row, acc_row, cms, iv[L.I_SIMHASH], iv[L.I_TEMPLATE_ID], ts, prm
+                )
+                sig[L.S_SHARED_TEMPLATE] = ramp(shared, prm[L.P_SHARED_LO], prm[L.P_SHARED_HI])
                 if count >= 4.0:
-                    sig[S_TEMPLATE] = ramp(
-                        key_row[F_TEMPLATE], prm[P_TEMPLATE_LO], prm[P_TEMPLATE_HI]
+                    sig[L.S_TEMPLATE] = ramp(
+                        key_row[L.F_TEMPLATE], prm[L.P_TEMPLATE_LO], prm[L.P_TEMPLATE_HI]
                     )
-            sig[S_ELICIT] = io[X_ELICIT]
-        sig[S_PRIOR] = key_row[F_PRIOR]
-        z = prm[P_BIAS]
-        for s in range(N_SIGNALS):
-            c = prm[P_WEIGHTS + s] * sig[s]
-            io[O_CONTRIB + s] = c
+            sig[L.S_ELICIT] = io[L.X_ELICIT]
+        sig[L.S_PRIOR] = key_row[L.F_PRIOR]
+        z = prm[L.P_BIAS]
+        for s in range(L.N_SIGNALS):
+            c = prm[L.P_WEIGHTS + s] * sig[s]
+            io[L.O_CONTRIB + s] = c
             z += c
-            if c >= prm[P_REASON_MIN]:
+            if c >= prm[L.P_REASON_MIN]:
                 reasons |= 1 << s
         score = 1.0 / (1.0 + math.exp(-z))
 
     # Smoothed score: rises at once, falls with the EWMA and decays while idle (forgiveness).
-    smoothed = key_row[F_SCORE]
+    smoothed = key_row[L.F_SCORE]
     if smoothed > 0.0 and not new_key:
         idle = ts - previous_seen if ts > previous_seen else 0.0
-        smoothed *= 0.5 ** (idle / prm[P_SCORE_HALF_LIFE])
+        smoothed *= 0.5 ** (idle / prm[L.P_SCORE_HALF_LIFE])
     if score >= smoothed:
         smoothed = score
     else:
-        smoothed += prm[P_SCORE_ALPHA] * (score - smoothed)
-    key_row[F_SCORE] = smoothed
+        smoothed += prm[L.P_SCORE_ALPHA] * (score - smoothed)
+    key_row[L.F_SCORE] = smoothed
 
     # Enforcement ladder with hysteresis.
-    level = int(key_row[F_LEVEL])
-    n_levels = int(prm[P_LADDER_N])
-    while level < n_levels and smoothed >= prm[P_LADDER + level]:
+    level = int(key_row[L.F_LEVEL])
+    n_levels = int(prm[L.P_LADDER_N])
+    while level < n_levels and smoothed >= prm[L.P_LADDER + level]:
         level += 1
-    while level > 0 and smoothed < prm[P_LADDER + level - 1] - prm[P_HYSTERESIS]:
+    while level > 0 and smoothed < prm[L.P_LADDER + level - 1] - prm[L.P_HYSTERESIS]:
         level -= 1
-    key_row[F_LEVEL] = level
-    if prm[P_BAN_LEVEL] > 0 and level >= prm[P_BAN_LEVEL]:
-        key_row[F_BANNED_UNTIL] = ts + prm[P_BAN_SECONDS]
+    key_row[L.F_LEVEL] = level
+    if prm[L.P_BAN_LEVEL] > 0 and level >= prm[L.P_BAN_LEVEL]:
+        key_row[L.F_BANNED_UNTIL] = ts + prm[L.P_BAN_SECONDS]
 
     # Token buckets: refill adapted to risk (key) and load (all), then charge if affordable.
-    load = io[X_LOAD]
-    risk = smoothed - prm[P_RISK_FLOOR]
+    load = io[L.X_LOAD]
+    risk = smoothed - prm[L.P_RISK_FLOOR]
     risk_factor = 1.0
     if risk > 0.0:
-        risk_factor = 1.0 - prm[P_COUPLING] * risk / (1.0 - prm[P_RISK_FLOOR])
-    if risk_factor < prm[P_MIN_FACTOR]:
-        risk_factor = prm[P_MIN_FACTOR]
+        risk_factor = 1.0 - prm[L.P_COUPLING] * risk / (1.0 - prm[L.P_RISK_FLOOR])
+    if risk_factor < prm[L.P_MIN_FACTOR]:
+        risk_factor = prm[L.P_MIN_FACTOR]
     nat_multiplier = 1.0
-    if io[X_NAT_ELIGIBLE] != 0.0 and fan_in > 1.0:
-        nat_multiplier = 1.0 + prm[P_NAT_PER_ACCOUNT] * (fan_in - 1.0)
-        if nat_multiplier > prm[P_NAT_MAX]:
-            nat_multiplier = prm[P_NAT_MAX]
+    if io[L.X_NAT_ELIGIBLE] != 0.0 and fan_in > 1.0:
+        nat_multiplier = 1.0 + prm[L.P_NAT_PER_ACCOUNT] * (fan_in - 1.0)
+        if nat_multiplier > prm[L.P_NAT_MAX]:
+            nat_multiplier = prm[L.P_NAT_MAX]
     denied = 0
     retry = 0.0
     tight_kind = -1
@@ -560,16 +430,16 @@ def decide(
     tight_reset = 0.0
     key_rate = 0.0
     key_burst = 0.0
-    for kind in range(N_KINDS):
-        r = iv[I_ROW + kind]
-        rate = prm[P_BUCKET + 2 * kind]
-        burst = prm[P_BUCKET + 2 * kind + 1]
+    for kind in range(L.N_KINDS):
+        r = iv[L.I_ROW + kind]
+        rate = prm[L.P_BUCKET + 2 * kind]
+        burst = prm[L.P_BUCKET + 2 * kind + 1]
         if r < 0 or burst <= 0.0:
             continue
         factor = load
-        if kind == KIND_KEY:
+        if kind == L.KIND_KEY:
             factor *= risk_factor
-        elif kind in (KIND_IP, KIND_PREFIX):
+        elif kind in (L.KIND_IP, L.KIND_PREFIX):
             rate *= nat_multiplier
             burst *= nat_multiplier
         rate *= factor
@@ -578,13 +448,13 @@ def decide(
         row = tables[kind][r]
         refill(row, ts, rate, burst)
         need = cost if cost < burst else burst
-        tokens = row[F_TOKENS]
+        tokens = row[L.F_TOKENS]
         if tokens < need:
             denied |= 1 << kind
             wait = (need - tokens) / rate
             if wait > retry:
                 retry = wait
-        if kind == KIND_KEY:
+        if kind == L.KIND_KEY:
             key_rate = rate
             key_burst = burst
         ratio = tokens / burst
@@ -593,71 +463,62 @@ def decide(
             tight_kind = kind
             tight_remaining = tokens
             tight_reset = (burst - tokens) / rate
-    serves = prm[P_LADDER_SERVES + level] != 0.0
+    serves = prm[L.P_LADDER_SERVES + level] != 0.0
     if denied == 0 and serves:
-        for kind in range(N_KINDS):
-            r = iv[I_ROW + kind]
-            if r < 0 or prm[P_BUCKET + 2 * kind + 1] <= 0.0:
+        for kind in range(L.N_KINDS):
+            r = iv[L.I_ROW + kind]
+            if r < 0 or prm[L.P_BUCKET + 2 * kind + 1] <= 0.0:
                 continue
-            tables[kind][r][F_TOKENS] -= cost
+            tables[kind][r][L.F_TOKENS] -= cost
         tight_remaining -= cost
         if tight_kind >= 0:
-            tight_reset += cost / (prm[P_BUCKET + 2 * tight_kind] * load + 1e-12)
+            tight_reset += cost / (prm[L.P_BUCKET + 2 * tight_kind] * load + 1e-12)
     if denied != 0:
-        reasons |= 1 << R_RATE
+        reasons |= 1 << L.R_RATE
         wait_until = ts + retry
-        if wait_until > key_row[F_WAIT_UNTIL]:
-            key_row[F_WAIT_UNTIL] = wait_until
+        if wait_until > key_row[L.F_WAIT_UNTIL]:
+            key_row[L.F_WAIT_UNTIL] = wait_until
 
-    io[O_ACTION] = level
-    io[O_SCORE] = score
-    io[O_REASONS] = float(reasons)
-    io[O_RETRY_AFTER] = retry
-    io[O_DENIED_KINDS] = float(denied)
+    io[L.O_ACTION] = level
+    io[L.O_SCORE] = score
+    io[L.O_REASONS] = float(reasons)
+    io[L.O_RETRY_AFTER] = retry
+    io[L.O_DENIED_KINDS] = float(denied)
     if key_burst > 0.0:
-        remaining = key_row[F_TOKENS]
-        io[O_REMAINING] = remaining if remaining > 0.0 else 0.0
-        io[O_RESET] = (key_burst - remaining) / key_rate
-    io[O_TIGHTEST_KIND] = tight_kind
-    io[O_TIGHT_REMAINING] = tight_remaining if tight_remaining > 0.0 else 0.0
-    io[O_TIGHT_RESET] = tight_reset if tight_reset > 0.0 else 0.0
+        remaining = key_row[L.F_TOKENS]
+        io[L.O_REMAINING] = remaining if remaining > 0.0 else 0.0
+        io[L.O_RESET] = (key_burst - remaining) / key_rate
+    io[L.O_TIGHTEST_KIND] = tight_kind
+    io[L.O_TIGHT_REMAINING] = tight_remaining if tight_remaining > 0.0 else 0.0
+    io[L.O_TIGHT_RESET] = tight_reset if tight_reset > 0.0 else 0.0
 
 
 @njit(cache=True)
 def record_outcome(key_t: np.ndarray, row: int, is_error: float, alpha: float) -> None:
-    key_t[row, F_ERR] += alpha * (is_error - key_t[row, F_ERR])
+    key_t[row, L.F_ERR] += alpha * (is_error - key_t[row, L.F_ERR])
 
 
 @njit(cache=True)
 def charge(table: np.ndarray, row: int, delta: float, burst: float) -> None:
     """Reconcile a bucket with the real cost: delta > 0 charges more, < 0 refunds."""
-    tokens = table[row, F_TOKENS] - delta
-    table[row, F_TOKENS] = burst if tokens > burst else tokens
+    tokens = table[row, L.F_TOKENS] - delta
+    table[row, L.F_TOKENS] = burst if tokens > burst else tokens
 
 
 def warm_up() -> None:
     """Compile (or load from the on-disk cache) every kernel, so no request ever compiles."""
-    from abuseguard.engine.layout import (
-        ACC_WIDTH,
-        IO_SIZE,
-        KEY_WIDTH,
-        N_INT_INPUTS,
-        N_PARAMS,
-        NET_WIDTH,
-    )
-
-    key_t = np.zeros((2, KEY_WIDTH))
-    acc_t = np.zeros((2, ACC_WIDTH))
-    net = [np.zeros((2, NET_WIDTH)) for _ in range(4)]
-    cms = np.zeros((CMS_DEPTH + 1, CMS_WIDTH))
-    iv = np.zeros(N_INT_INPUTS, dtype=np.int64)
-    io = np.zeros(IO_SIZE)
-    prm = np.ones(N_PARAMS)
-    prm[P_LADDER_N] = 0.0
-    io[X_COST] = 1.0
-    io[X_LOAD] = 1.0
-    io[X_HAS_CONTENT] = 1.0
-    iv[I_HAS_ACCOUNT] = 1
+    key_t = np.zeros((2, L.KEY_WIDTH))
+    acc_t = np.zeros((2, L.ACC_WIDTH))
+    net = [np.zeros((2, L.NET_WIDTH)) for _ in range(4)]
+    cms = np.zeros((L.CMS_DEPTH + 1, L.CMS_WIDTH))
+    iv = np.zeros(L.N_INT_INPUTS, dtype=np.int64)
+    io = np.zeros(L.IO_SIZE)
+    prm = np.ones(L.N_PARAMS)
+    prm[L.P_LADDER_N] = 0.0
+    io[L.X_COST] = 1.0
+    io[L.X_LOAD] = 1.0
+    io[L.X_HAS_CONTENT] = 1.0
+    iv[L.I_HAS_ACCOUNT] = 1
     decide(key_t, net[0], net[1], net[2], net[3], acc_t, cms, iv, io, prm)
     decide_with(
         key_t,
@@ -731,25 +592,25 @@ def decide_with(
     """`decide` with its inputs as scalars: filling the vectors from Python costs more
     than passing arguments to one call. ``r_acc`` is the account-table row, -1 for an
     anonymous client."""
-    iv[I_ROW + KIND_KEY] = r_key
-    iv[I_ROW + KIND_IP] = r_ip
-    iv[I_ROW + KIND_PREFIX] = r_pfx
-    iv[I_ROW + KIND_ASN] = r_asn
-    iv[I_ROW + KIND_PERSONA] = r_per
-    iv[I_COUNTRY] = country
-    iv[I_SIMHASH] = simhash
-    iv[I_TEMPLATE_ID] = template_id
-    iv[I_UA_CLASS] = ua_class
-    iv[I_HAS_ACCOUNT] = 1 if r_acc >= 0 else 0
-    iv[I_ACC_ROW] = r_acc
-    io[X_TS] = ts
-    io[X_COST] = cost
-    io[X_LOAD] = load
-    io[X_ANON] = anon
-    io[X_GEO] = geo
-    io[X_PERSONA] = persona
-    io[X_ELICIT] = elicit
-    io[X_HAS_CONTENT] = has_content
-    io[X_NET_DISTRUST] = distrust
-    io[X_NAT_ELIGIBLE] = nat
+    iv[L.I_ROW + L.KIND_KEY] = r_key
+    iv[L.I_ROW + L.KIND_IP] = r_ip
+    iv[L.I_ROW + L.KIND_PREFIX] = r_pfx
+    iv[L.I_ROW + L.KIND_ASN] = r_asn
+    iv[L.I_ROW + L.KIND_PERSONA] = r_per
+    iv[L.I_COUNTRY] = country
+    iv[L.I_SIMHASH] = simhash
+    iv[L.I_TEMPLATE_ID] = template_id
+    iv[L.I_UA_CLASS] = ua_class
+    iv[L.I_HAS_ACCOUNT] = 1 if r_acc >= 0 else 0
+    iv[L.I_ACC_ROW] = r_acc
+    io[L.X_TS] = ts
+    io[L.X_COST] = cost
+    io[L.X_LOAD] = load
+    io[L.X_ANON] = anon
+    io[L.X_GEO] = geo
+    io[L.X_PERSONA] = persona
+    io[L.X_ELICIT] = elicit
+    io[L.X_HAS_CONTENT] = has_content
+    io[L.X_NET_DISTRUST] = distrust
+    io[L.X_NAT_ELIGIBLE] = nat
     decide(key_t, ip_t, pfx_t, asn_t, per_t, acc_t, cms, iv, io, prm)
