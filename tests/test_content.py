@@ -857,11 +857,33 @@ def test_skeleton_kernel_on_structure_characters(text: str) -> None:
 
 
 def test_kernels_are_compiled_before_any_request() -> None:
-    hot = (kernels._skeleton_hashes, kernels._marker_bits)
-    assert all(len(dispatcher.signatures) == 1 for dispatcher in hot)  # compiled at import
+    kernel = kernels._fingerprint_text
+    assert len(kernel.signatures) == 1  # compiled at import
+    assert kernels._RUN_TEXT is not kernel  # called through its compiled entry point
     ContentFingerprinter().fingerprint(chat(("user", PROMPT)))
     kernels.skeleton_hashes(np.zeros(4, dtype=np.int64), 3, WORD_TABLE)  # converted, no new
-    assert all(len(dispatcher.signatures) == 1 for dispatcher in hot)
+    elicitation_strength("think step by step")
+    assert len(kernel.signatures) == 1
+
+
+def test_text_kernel_needs_a_weight_per_marker() -> None:
+    markers = kernels.MarkerSet(["step by step", "<think>"])
+    with pytest.raises(ValueError, match="weights"):
+        kernels.text_kernel(WORD_TABLE, markers, [0.5], 3, kernels.MARKERS)
+    kernel = kernels.text_kernel(WORD_TABLE, markers, [0.5, 0.25], 3, kernels.MARKERS)
+    text = np.frombuffer(b"ok <think> then step-by-step", dtype=np.uint8)
+    assert kernel(text, 0, 0) == (0, 0, 0, 0b11, 1 - 0.5 * 0.75)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=st.sampled_from(list("a\u03a3\u03c3\u03c2\u0130'\u0345 .\n")), max_size=8)
+    )
+)
+def test_lowered_pieces_joined_are_the_lowered_join(pieces: list[str]) -> None:
+    # The fingerprinter lowers the elicitation text piece by piece (see _fingerprint).
+    assert "\n".join(piece.lower() for piece in pieces) == "\n".join(pieces).lower()
 
 
 def test_marker_set_validation() -> None:

@@ -93,7 +93,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -102,10 +101,12 @@ import numpy as np
 from abuseguard.engine._content_kernels import (
     F_INSTRUCTION,
     F_LABEL,
+    MARKERS,
     MAX_SHINGLE,
+    SKELETON,
     MarkerSet,
-    skeleton_hashes,
     skeleton_text,
+    text_kernel,
     word_table,
 )
 
@@ -186,9 +187,12 @@ FIELD_WORDS: frozenset[str] = frozenset(
 WORD_TABLE = word_table({F_INSTRUCTION: sorted(INSTRUCTION_WORDS), F_LABEL: sorted(FIELD_WORDS)})
 _MARKER_SET = MarkerSet([phrase for phrase, _ in ELICITATION_MARKERS])
 _MARKER_WEIGHTS = tuple(weight for _, weight in ELICITATION_MARKERS)
+_STRENGTH = text_kernel(WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, 1, MARKERS)
 _HAS_WORD = re.compile(r"[^\W_]")
 _DIGITS = re.compile(r"\d+")
 
+_BOM = b"\xef\xbb\xbf"
+_JSON_STARTS = (b"{", b"[", b'"')
 _TEXT_BYTES = bytes([0x09, 0x0A, 0x0C, 0x0D, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _BINARY_SNIFF = 1024
 _NOT_JSON = object()
@@ -221,11 +225,10 @@ EMPTY_CONTENT = ContentFacts(
 )
 
 
-@dataclass(slots=True)
-class _Prompt:
-    template: str
-    elicitation: str
-    context: str
+# What a body says: (pieces, template, context). The elicitation text is the pieces joined
+# by newlines; pieces[template] is the prompt whose shape is hashed; context is the text
+# hashed into ``context_id``.
+_Prompt = tuple[list[str], int, str]
 
 
 def _lower_bytes(text: str) -> np.ndarray:
@@ -243,13 +246,7 @@ def template_skeleton(text: str) -> str:
 
 def elicitation_strength(text: str) -> float:
     """``1 - prod(1 - weight)`` over the distinct ``ELICITATION_MARKERS`` found in ``text``."""
-    bits = _MARKER_SET.bits(_lower_bytes(text))
-    remaining = 1.0
-    while bits:
-        lowest = bits & -bits
-        remaining *= 1.0 - _MARKER_WEIGHTS[lowest.bit_length() - 1]
-        bits ^= lowest
-    return min(1.0, max(0.0, 1.0 - remaining))
+    return _STRENGTH(_lower_bytes(text), 0, 0)[4]
 
 
 def _stable_hash(text: str) -> int:
@@ -283,53 +280,64 @@ def _text_of(value: object, *, nested: bool = True) -> str:
     return "\n".join(part for part in parts if part)
 
 
-def _assemble(system: Iterable[str], turns: list[tuple[str, str]]) -> _Prompt:
-    """Split a conversation into the last user turn, elicitation text and context."""
-    system_text = [text for text in system if text]
-    turns = [(role, text) for role, text in turns if text]
-    last_user = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=-1)
-    if last_user < 0:
-        every = system_text + [text for _, text in turns]
-        last = every[-1] if every else ""
-        return _Prompt(template=last, elicitation="\n".join(every), context="")
-    elicitation = [
-        *system_text,
-        *(text for i, (role, text) in enumerate(turns) if role == "user" or i > last_user),
-    ]
-    context = [
-        *system_text,
-        *(f"{role}: {text}" for i, (role, text) in enumerate(turns) if i != last_user),
-    ]
-    return _Prompt(
-        template=turns[last_user][1], elicitation="\n".join(elicitation), context="\n".join(context)
-    )
+def _from_turns(system: str, items: list[object]) -> _Prompt:
+    """Split a conversation into the last user turn, elicitation text and context.
 
-
-def _role(item: dict[str, object], default: str = "user") -> str:
-    role = item.get("role")
-    if not isinstance(role, str):
-        return default
-    if role in ("system", "developer"):
-        return "system"
-    return "assistant" if role == "model" else role
-
-
-def _from_turns(system: list[str], items: list[object]) -> _Prompt:
-    turns: list[tuple[str, str]] = []
+    Messages are strings (user turns) or dicts with a ``role`` (``system`` and ``developer``
+    join the system text, ``model`` is the assistant) and ``content`` or ``parts``; a dict
+    with none of these is a bare responses-API input block. Empty texts are dropped.
+    """
+    system_text = [system] if system else []
+    roles: list[str] = []
+    texts: list[str] = []
+    last_user = -1
     for item in items:
         if isinstance(item, str):
-            turns.append(("user", item))
+            role = "user"
+            text = item
         elif isinstance(item, dict):
-            role = _role(item)
-            content = item["parts"] if "parts" in item else item.get("content")
-            if "role" not in item and "content" not in item and "parts" not in item:
-                content = item  # a bare responses-API input block
+            given = item.get("role")
+            if not isinstance(given, str):
+                role = "user"
+            elif given == "system" or given == "developer":
+                role = "system"
+            elif given == "model":
+                role = "assistant"
+            else:
+                role = given
+            if "parts" in item:
+                content = item["parts"]
+            elif "role" not in item and "content" not in item:
+                content = item
+            else:
+                content = item.get("content")
             text = _text_of(content)
             if role == "system":
-                system.append(text)
-            else:
-                turns.append((role, text))
-    return _assemble(system, turns)
+                if text:
+                    system_text.append(text)
+                continue
+        else:
+            continue
+        if text:
+            if role == "user":
+                last_user = len(texts)
+            roles.append(role)
+            texts.append(text)
+    if last_user < 0:
+        system_text.extend(texts)
+        return system_text, len(system_text) - 1, ""
+    if len(texts) == 1:
+        return [*system_text, texts[0]], len(system_text), "\n".join(system_text)
+    pieces = system_text.copy()
+    template = 0
+    for i, text in enumerate(texts):
+        if i == last_user:
+            template = len(pieces)
+            pieces.append(text)
+        elif i > last_user or roles[i] == "user":
+            pieces.append(text)
+    turns = [f"{roles[i]}: {texts[i]}" for i in range(len(texts)) if i != last_user]
+    return pieces, template, "\n".join([*system_text, *turns])
 
 
 def _as_list(value: object) -> list[object]:
@@ -341,16 +349,20 @@ def _as_list(value: object) -> list[object]:
 def _from_api(doc: dict[str, object]) -> _Prompt | None:
     """Read the LLM API request shapes; None when ``doc`` is none of them."""
     if "messages" in doc:  # OpenAI chat completions, Anthropic messages
-        return _from_turns([_text_of(doc.get("system"))], _as_list(doc["messages"]))
+        messages = doc["messages"]
+        system = doc.get("system")
+        return _from_turns(
+            "" if system is None else _text_of(system),
+            messages if isinstance(messages, list) else _as_list(messages),
+        )
     if "contents" in doc:  # Gemini
         instruction = doc.get("systemInstruction", doc.get("system_instruction"))
-        return _from_turns([_text_of(instruction)], _as_list(doc["contents"]))
+        return _from_turns(_text_of(instruction), _as_list(doc["contents"]))
     if "input" in doc:  # OpenAI responses
-        return _from_turns([_text_of(doc.get("instructions"))], _as_list(doc["input"]))
+        return _from_turns(_text_of(doc.get("instructions")), _as_list(doc["input"]))
     if "prompt" in doc:  # legacy completions
         prompts = [item for item in _as_list(doc["prompt"]) if isinstance(item, str) and item]
-        first = prompts[0] if prompts else ""
-        return _Prompt(template=first, elicitation="\n".join(prompts), context="")
+        return prompts, 0, ""
     return None
 
 
@@ -374,8 +386,7 @@ def _from_json(doc: object) -> _Prompt:
         prompt = _from_api(doc)
         if prompt is not None:
             return prompt
-    text = _string_leaves(doc)
-    return _Prompt(template=text, elicitation=text, context="")
+    return [_string_leaves(doc)], 0, ""
 
 
 def _looks_binary(raw: bytes) -> bool:
@@ -394,7 +405,7 @@ def _is_json_type(content_type: str | None) -> bool:
 class ContentFingerprinter:
     """Turns request bodies into ``ContentFacts``; thread-safe, never raises on a body."""
 
-    __slots__ = ("_max_bytes", "_shingle")
+    __slots__ = ("_max_bytes", "_run", "_shingle")
 
     def __init__(self, *, max_bytes: int = 16384, shingle: int = 3) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
@@ -405,10 +416,12 @@ class ContentFingerprinter:
             raise ValueError(f"shingle must be in 1..{MAX_SHINGLE}, got {shingle}")
         self._max_bytes = max_bytes
         self._shingle = shingle
-        # The kernels are compiled (or loaded from cache) at import; these calls make sure
-        # the first request never pays for dispatch set-up either.
-        skeleton_hashes(_lower_bytes("warm up: the kernels"), shingle, WORD_TABLE)
-        elicitation_strength("warm up")
+        self._run = text_kernel(
+            WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, shingle, SKELETON | MARKERS
+        )
+        # The kernel is compiled (or loaded from cache) at import; this call makes sure the
+        # first request never pays for any set-up either.
+        self._run(_lower_bytes("warm up: the kernels"), 0, 8)
 
     @property
     def max_bytes(self) -> int:
@@ -429,6 +442,8 @@ class ContentFingerprinter:
 
     def _capped(self, body: object) -> bytes:
         cap = self._max_bytes
+        if type(body) is bytes:
+            return body if len(body) <= cap else body[:cap]
         if isinstance(body, str):
             return body[:cap].encode("utf-8", "surrogatepass")[:cap]
         if isinstance(body, (bytes, bytearray, memoryview)):
@@ -440,24 +455,39 @@ class ContentFingerprinter:
         if not raw:
             return EMPTY_CONTENT
         prompt = self._extract(raw, content_type)
-        if prompt is None or not (
-            _HAS_WORD.search(prompt.template) or _HAS_WORD.search(prompt.elicitation)
-        ):
+        if prompt is None:
             return ContentFacts(0, 0, 0.0, len(raw), False)
-        simhash, template_id = self._shape(prompt.template)
-        context = _stable_hash(_DIGITS.sub("0", prompt.context)) if prompt.context else 0
-        return ContentFacts(
-            simhash=simhash,
-            template_id=template_id,
-            elicitation=elicitation_strength(prompt.elicitation),
-            n_bytes=len(raw),
-            prompt_found=True,
-            context_id=context,
+        pieces, template, context = prompt
+        for piece in pieces:
+            if _HAS_WORD.search(piece):
+                break
+        else:
+            return ContentFacts(0, 0, 0.0, len(raw), False)
+        # Lower-casing is per character and a newline ends the context of a final sigma, so
+        # the lowered pieces joined are the lowered elicitation text, holding the template.
+        if len(pieces) == 1:
+            data = pieces[0].lower().encode("utf-8", "surrogatepass")
+            start, end = 0, len(data)
+        else:
+            parts = [piece.lower().encode("utf-8", "surrogatepass") for piece in pieces]
+            start = template
+            for part in parts[:template]:
+                start += len(part)
+            end = start + len(parts[template])
+            data = b"\n".join(parts)
+        simhash, template_id, n_tokens, _, strength = self._run(
+            np.frombuffer(data, dtype=np.uint8), start, end
         )
+        if n_tokens < MIN_TOKENS:
+            simhash = template_id = 0
+        context_id = _stable_hash(_DIGITS.sub("0", context)) if context else 0
+        return ContentFacts(simhash, template_id, strength, len(raw), True, context_id)
 
     def _extract(self, raw: bytes, content_type: str | None) -> _Prompt | None:
-        first = raw.removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
-        if first in (b"{", b"[", b'"') or _is_json_type(content_type):
+        first = raw[:1]
+        if first not in _JSON_STARTS:
+            first = raw.removeprefix(_BOM).lstrip()[:1]
+        if first in _JSON_STARTS or _is_json_type(content_type):
             doc = self._parse_json(raw)
             if doc is not _NOT_JSON:
                 return _from_json(doc)
@@ -466,19 +496,18 @@ class ContentFingerprinter:
         text = raw.decode("utf-8", "replace")
         if content_type is not None and "x-www-form-urlencoded" in content_type.lower():
             text = unquote_plus(text)
-        return _Prompt(template=text, elicitation=text, context="")
+        return [text], 0, ""
 
     @staticmethod
     def _parse_json(raw: bytes) -> object:
         try:
-            return json.loads(raw.decode("utf-8-sig", "replace"))
+            try:
+                # Valid UTF-8 without a byte order mark decodes the same strictly, faster.
+                text = raw.decode("utf-8") if raw[:3] != _BOM else None
+            except UnicodeDecodeError:
+                text = None
+            if text is None:
+                text = raw.decode("utf-8-sig", "replace")
+            return json.loads(text)
         except (ValueError, RecursionError):
             return _NOT_JSON
-
-    def _shape(self, text: str) -> tuple[int, int]:
-        simhash, template_id, n_tokens = skeleton_hashes(
-            _lower_bytes(text), self._shingle, WORD_TABLE
-        )
-        if n_tokens < MIN_TOKENS:
-            return 0, 0
-        return simhash, template_id
