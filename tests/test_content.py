@@ -896,3 +896,14 @@ def test_marker_set_validation() -> None:
     markers = kernels.MarkerSet(["step by step", "<think>"])
     text = np.frombuffer(b"ok <think> then step-by-step", dtype=np.uint8)
     assert markers.bits(text) == 0b11
+
+
+def test_context_id_cache_is_bounded_and_changes_nothing() -> None:
+    from abuseguard.engine import content
+
+    long_context = "You are terse. " * 100  # too long to be cached
+    ids = [content._context_id(f"system {i}") for i in range(content._CONTEXT_CACHE_SIZE + 5)]
+    assert len(content._context_ids) <= content._CONTEXT_CACHE_SIZE
+    assert ids[7] == content._context_id("system 7") == content._stable_hash("system 0")
+    assert content._context_id(long_context) == content._stable_hash(long_context)
+    assert long_context not in content._context_ids

@@ -254,6 +254,26 @@ def _stable_hash(text: str) -> int:
     return int.from_bytes(digest, "little", signed=True) or 1
 
 
+# context_id of recent short contexts: a fixed system prompt recurs on every request of an
+# app (or a harvester), and hashing it costs more than the rest of the glue. Bounded: at
+# most _CONTEXT_CACHE_SIZE entries of at most _CONTEXT_CACHE_CHARS characters; cleared when
+# full. Races between threads only cost a recomputation.
+_CONTEXT_CACHE_SIZE = 4096
+_CONTEXT_CACHE_CHARS = 1024
+_context_ids: dict[str, int] = {}
+
+
+def _context_id(context: str) -> int:
+    found = _context_ids.get(context)
+    if found is None:
+        found = _stable_hash(_DIGITS.sub("0", context))
+        if len(context) <= _CONTEXT_CACHE_CHARS:
+            if len(_context_ids) >= _CONTEXT_CACHE_SIZE:
+                _context_ids.clear()
+            _context_ids[context] = found
+    return found
+
+
 def _text_of(value: object, *, nested: bool = True) -> str:
     """Text of a message ``content``: a string, a block, or a list of strings and blocks.
 
@@ -480,7 +500,7 @@ class ContentFingerprinter:
         )
         if n_tokens < MIN_TOKENS:
             simhash = template_id = 0
-        context_id = _stable_hash(_DIGITS.sub("0", context)) if context else 0
+        context_id = _context_id(context) if context else 0
         return ContentFacts(simhash, template_id, strength, len(raw), True, context_id)
 
     def _extract(self, raw: bytes, content_type: str | None) -> _Prompt | None:
