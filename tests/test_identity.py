@@ -143,3 +143,12 @@ def test_route_template_includes_mount_prefix_never_raw_path() -> None:
     assert resolver.template(scope("POST", "/v1/chat/gpt")) == "/v1/chat/{model}"
     assert resolver.template(scope("GET", "/nope/1")) == RouteResolver.UNMATCHED
     assert resolver.template({"type": "http", "path": "/x"}) == RouteResolver.UNMATCHED
+
+
+def test_address_text_is_canonical_so_one_client_is_one_identity() -> None:
+    book = AddressBook()
+    a = book.resolve("2001:DB8:0:0:1::1")
+    b = book.resolve("2001:db8::1:0:0:1")
+    assert a.ip == b.ip == "2001:db8::1:0:0:1" and a.ip_key == b.ip_key
+    assert book.resolve("[2001:db8::1]:443").ip == "2001:db8::1"
+    assert book.resolve(" 192.0.2.1:8080 ").ip == "192.0.2.1"

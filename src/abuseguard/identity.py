@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.routing import Match, Mount, Router
+
+from abuseguard.intel.geo import network_text, special_range
+from abuseguard.intel.geo import parse_ip as fast_parse_ip
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -84,29 +88,43 @@ class AddressBook:
         hit = self._cache.get(text)
         if hit is not None:
             return hit
-        addr = parse_ip(text) if isinstance(text, str) else None
-        result = UNKNOWN_ADDRESS if addr is None else self._describe(addr)
+        result = self._describe(text) if isinstance(text, str) else UNKNOWN_ADDRESS
         if len(self._cache) >= self._cache_size:
             self._cache.clear()  # bounded: a flood of unique addresses cannot grow it
         self._cache[text] = result
         return result
 
-    def _describe(self, addr: IPAddress) -> ClientAddress:
-        ip = str(addr)
-        private = (
-            addr.is_private
-            or addr.is_loopback
-            or addr.is_link_local
-            or addr.is_reserved
-            or addr.is_unspecified
-            or addr.is_multicast
+    def _describe(self, text: str) -> ClientAddress:
+        # inet_pton/inet_ntop (C) instead of ipaddress objects: a flood of new addresses
+        # (IPv6 rotation) must stay cheap per address.
+        parsed = fast_parse_ip(_strip_port(text.strip()))
+        if parsed is None:
+            return UNKNOWN_ADDRESS
+        version, value, _ = parsed
+        private = special_range(version, value) is not None
+        if version == 4:
+            ip = socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+            return ClientAddress(
+                ip, ip, network_text(4, value, self.ipv4_network_prefix), 4, private
+            )
+        ip = socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+        return ClientAddress(
+            ip,
+            network_text(6, value, self.ipv6_prefix),
+            network_text(6, value, self.ipv6_network_prefix),
+            6,
+            private,
         )
-        if addr.version == 4:
-            prefix = ipaddress.ip_network(f"{ip}/{self.ipv4_network_prefix}", strict=False)
-            return ClientAddress(ip, ip, str(prefix), 4, private)
-        group = ipaddress.ip_network(f"{ip}/{self.ipv6_prefix}", strict=False)
-        prefix = ipaddress.ip_network(f"{ip}/{self.ipv6_network_prefix}", strict=False)
-        return ClientAddress(ip, str(group), str(prefix), 6, private)
+
+
+def _strip_port(text: str) -> str:
+    """``[2001:db8::1]:443`` -> ``2001:db8::1``; ``192.0.2.1:8080`` -> ``192.0.2.1``."""
+    if text.startswith("["):
+        end = text.find("]")
+        return text[1:end] if end > 0 else ""
+    if text.count(":") == 1:
+        return text.split(":", 1)[0]
+    return text
 
 
 def _in_any(addr: IPAddress, networks: Iterable[IPNetwork]) -> bool:
