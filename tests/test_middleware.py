@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Any
 
@@ -47,13 +48,21 @@ def test_readme_snippet_fastapi() -> None:
 
 def _burst_then_refill(app: Any) -> None:
     with serve(app) as url, httpx.Client(base_url=url) as client:
-        responses = [client.get("/") for _ in range(11)]
-        assert [r.status_code for r in responses[:10]] == [200] * 10
+        started = time.monotonic()
+        responses = []
+        for _ in range(40):
+            responses.append(client.get("/"))
+            if responses[-1].status_code == 429:
+                break
+        elapsed = time.monotonic() - started
+        served = [r for r in responses if r.status_code == 200]
+        # 10 immediate requests pass; on a slow machine the bucket refills 5/s meanwhile.
+        assert 10 <= len(served) <= 10 + math.ceil(elapsed * 5)
         first = responses[0]
         assert first.headers["ratelimit-policy"] == '"default";q=10;w=2'
         assert first.headers["ratelimit"].startswith('"default";r=9;t=')
         assert "retry-after" not in first.headers
-        over = responses[10]
+        over = responses[-1]
         assert over.status_code == 429
         assert int(over.headers["retry-after"]) >= 1
         assert over.headers["ratelimit"].startswith('"default";r=0;t=')
