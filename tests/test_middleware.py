@@ -17,7 +17,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 from abuseguard import AbuseGuard, Concurrency, Policy, Scoring, TokenBucket, current_decision
-from tests.asgi_server import serve
+from abuseguard.testing import serve as serve_app
+
+
+def serve(app: Any) -> Any:
+    # The first server of a session may load or compile the Numba kernels at start-up.
+    return serve_app(app, timeout=90.0)
 
 
 async def homepage(request: Request) -> PlainTextResponse:

@@ -22,7 +22,7 @@ from abuseguard import AbuseGuard, Policy, TokenBucket
 from abuseguard.backends.redis import RedisBackend
 from abuseguard.backends.redis_uri import redacted, split_backend_uri
 from abuseguard.errors import ConfigError
-from tests.asgi_server import serve
+from abuseguard.testing import serve
 from tests.conftest import RedisTLSServer
 
 pytestmark = pytest.mark.redis
