@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abuseguard import Guard, Policy, RequestInfo, TokenBucket
+from tests.test_guard import FIREFOX, FIREFOX_HEADERS
 
 
 @dataclass
@@ -84,22 +85,13 @@ def test_risk_slows_the_refill_of_that_identity_only() -> None:
     """A scripted client (no User-Agent, metronome timing) earns risk and refills slower."""
     policy = Policy(bucket=TokenBucket(2.0, burst=5, risk_floor=0.0, risk_coupling=0.9))
     guard = Guard(policy)
-    browser = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-    headers = {
-        "accept": "*/*",
-        "accept-language": "en",
-        "accept-encoding": "gzip",
-        "sec-fetch-mode": "cors",
-        "sec-fetch-site": "same-origin",
-        "sec-fetch-dest": "empty",
-    }
     ts = 0.0
     risky = calm = None
     for _ in range(30):
         ts += 1.0
         risky = guard.check(RequestInfo(ip="192.0.2.1", key="bot", ts=ts, ua=None))
         calm = guard.check(
-            RequestInfo(ip="192.0.2.2", key="person", ts=ts, ua=browser, headers=headers)
+            RequestInfo(ip="192.0.2.2", key="person", ts=ts, ua=FIREFOX, headers=FIREFOX_HEADERS)
         )
     assert risky is not None and calm is not None
     assert risky.score > calm.score

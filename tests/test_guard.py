@@ -21,6 +21,16 @@ from abuseguard import (
     TokenBucket,
 )
 
+# A person's browser: a real Firefox User-Agent with the headers Firefox sends.
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+FIREFOX_HEADERS = {
+    "accept": "*/*",
+    "accept-language": "en",
+    "accept-encoding": "gzip",
+    "sec-fetch-mode": "cors",
+    "sec-fetch-site": "same-origin",
+    "sec-fetch-dest": "empty",
+}
 SCRIPT = {"accept": "*/*", "accept-encoding": "gzip, deflate"}
 
 
@@ -85,17 +95,10 @@ def test_smoothed_score_is_forgiven_after_good_behaviour() -> None:
     )
     climbed = scripted(guard, 60)[-1]
     assert climbed.action != Action.ALLOW
-    browser = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-    headers = {
-        "accept": "*/*",
-        "accept-language": "en",
-        "accept-encoding": "gzip",
-        "sec-fetch-mode": "cors",
-        "sec-fetch-site": "same-origin",
-        "sec-fetch-dest": "empty",
-    }
     later = guard.check(
-        RequestInfo(ip="198.51.100.10", key="bot", ts=100_000.0, ua=browser, headers=headers)
+        RequestInfo(
+            ip="198.51.100.10", key="bot", ts=100_000.0, ua=FIREFOX, headers=FIREFOX_HEADERS
+        )
     )
     assert later.action == Action.ALLOW
 
@@ -378,17 +381,10 @@ def test_idle_forgiveness_without_any_bucket() -> None:
     row = guard.engine.tables[0].find(risky.identity)
     assert row is not None
     before = guard.engine.tables[0].data[row, layout.F_SCORE]
-    browser = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-    headers = {
-        "accept": "*/*",
-        "accept-language": "en",
-        "accept-encoding": "gzip",
-        "sec-fetch-mode": "cors",
-        "sec-fetch-site": "same-origin",
-        "sec-fetch-dest": "empty",
-    }
     guard.check(
-        RequestInfo(ip="198.51.100.10", key="bot", ts=80.0 + 600.0, ua=browser, headers=headers)
+        RequestInfo(
+            ip="198.51.100.10", key="bot", ts=80.0 + 600.0, ua=FIREFOX, headers=FIREFOX_HEADERS
+        )
     )
     after = guard.engine.tables[0].data[row, layout.F_SCORE]
     assert before > 0.5 and after < 0.05  # without idle decay it would be ~0.66
