@@ -156,10 +156,7 @@ def _client_stage(guard: Guard) -> Callable[[RequestInfo], Any] | None:
 def _kernel_call(guard: Guard, prepared: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """(what the guard calls, the bare Numba dispatch) replaying one request's inputs."""
     engine = guard.engine
-    run_with = getattr(engine, "run_with", None)
-    if run_with is None:
-        guard.run_engine(prepared)
-        return engine.run, engine.run
+    run_with = engine.run_with
     inputs = _captured_inputs(guard, prepared)
     from abuseguard.engine import kernels
 
@@ -282,11 +279,10 @@ def run(
     guarded_call, numba_call = _kernel_call(guard, prepared[-1])
     samples["kernel"] = measure(lambda _: guarded_call(), stage_part)
     samples["kernel_dispatch"] = measure(lambda _: numba_call(), stage_part)
-    if getattr(guard.engine, "run_with", None) is not None:
-        args = (*guard.engine._args, *_captured_inputs(guard, prepared[-1]))
-        empty = _empty_kernel(len(args))
-        empty(*args)
-        samples["empty_kernel_same_args"] = measure(lambda _: empty(*args), stage_part)
+    args = (*guard.engine._args, *_captured_inputs(guard, prepared[-1]))
+    empty = _empty_kernel(len(args))
+    empty(*args)
+    samples["empty_kernel_same_args"] = measure(lambda _: empty(*args), stage_part)
 
     rng = random.Random(5)
     for stage, lat in samples.items():

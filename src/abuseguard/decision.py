@@ -30,7 +30,6 @@ class Action(StrEnum):
 
 
 _SEVERITY = {action: i for i, action in enumerate(Action)}
-ACTIONS: tuple[Action, ...] = tuple(Action)
 
 # Reason codes. Limit reasons say "over a configured limit"; every other reason is a risk
 # signal (the replay report splits "limited" from "mitigated" on this).

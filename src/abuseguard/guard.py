@@ -33,9 +33,6 @@ logger = logging.getLogger("abuseguard")
 
 Observer = Callable[[RequestInfo, Decision], "Awaitable[None] | None"]
 
-_LADDER_ACTIONS_CACHE: dict[int, tuple[Action, ...]] = {}
-_REASON_NAMES: tuple[str, ...] = L.SIGNAL_NAMES
-_RISK_CODE = {"prior": "prior"}
 
 
 @dataclass(slots=True)
@@ -629,7 +626,7 @@ def action_is_denial(action: Action) -> bool:
 
 
 def _names(mask: int) -> list[str]:
-    return [name for s, name in enumerate(_REASON_NAMES) if mask & (1 << s)]
+    return [name for s, name in enumerate(L.SIGNAL_NAMES) if mask & (1 << s)]
 
 
 _background: set[Any] = set()

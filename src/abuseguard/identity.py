@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,5 +255,3 @@ def _match(routes: Iterable[Any], scope: dict[str, Any], prefix: str) -> str | N
         partial = partial or template  # method mismatch: still the same route
     return partial
 
-
-KeyFunction = Callable[..., "str | None"]

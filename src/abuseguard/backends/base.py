@@ -85,10 +85,4 @@ def backend_from_uri(value: Backend | str | None) -> Backend:
     return backend
 
 
-def is_memory(backend: Backend) -> bool:
-    from abuseguard.backends.memory import MemoryBackend
-
-    return isinstance(backend, MemoryBackend)
-
-
-__all__ = ["Backend", "LimitSource", "MemoryBackend", "backend_from_uri", "is_memory"]
+__all__ = ["Backend", "LimitSource", "MemoryBackend", "backend_from_uri"]

@@ -57,11 +57,6 @@ class Engine:
         self._decide_with(*self._args, *inputs)
         return self.io
 
-    def run(self) -> np.ndarray:
-        """Run the kernel on the inputs already written into ``iv`` and ``io``."""
-        kernels.decide(*self._args)
-        return self.io
-
     def record_outcome(self, key_row: int, is_error: bool) -> None:
         kernels.record_outcome(
             self.tables[L.KIND_KEY].data,
