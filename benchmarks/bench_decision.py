@@ -155,29 +155,27 @@ def _client_stage(guard: Guard) -> Callable[[RequestInfo], Any] | None:
 
 def _kernel_call(guard: Guard, prepared: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """(what the guard calls, the bare Numba dispatch) replaying one request's inputs."""
-    engine = guard.engine
-    run_with = engine.run_with
-    inputs = _captured_inputs(guard, prepared)
     from abuseguard.engine import kernels
 
-    args = (*engine._args, *inputs)
-    return (lambda: run_with(*inputs)), (lambda: kernels.decide_with(*args))
+    args = _captured_args(guard, prepared)
+    entry = guard._decide_with
+    return (lambda: entry(*args)), (lambda: kernels.decide_with(*args))
 
 
-def _captured_inputs(guard: Guard, prepared: Any) -> tuple[Any, ...]:
-    engine = guard.engine
-    run_with = engine.run_with
+def _captured_args(guard: Guard, prepared: Any) -> tuple[Any, ...]:
+    """The arguments of the guard's kernel call for one prepared request."""
+    entry = guard._decide_with
     captured: list[tuple[Any, ...]] = []
 
-    def spy(*inputs: Any) -> Any:
-        captured.append(inputs)
-        return run_with(*inputs)
+    def spy(*args: Any) -> Any:
+        captured.append(args)
+        return entry(*args)
 
-    engine.run_with = spy  # type: ignore[method-assign]
+    guard._decide_with = spy
     try:
         guard.run_engine(prepared)
     finally:
-        del engine.run_with
+        guard._decide_with = entry
     return captured[-1]
 
 
@@ -263,9 +261,9 @@ def run(
     for info, p in zip(stage_part, prepared, strict=True):
         guard._now = p.ts
         t0 = clock()
-        io = guard.run_engine(p)
+        plain = guard._run(p)
         t1 = clock()
-        decision = guard._decide(info, p, io)
+        decision = guard._conclude(info, p, plain)
         t2 = clock()
         rate_limit_headers(decision)
         t3 = clock()
@@ -279,7 +277,7 @@ def run(
     guarded_call, numba_call = _kernel_call(guard, prepared[-1])
     samples["kernel"] = measure(lambda _: guarded_call(), stage_part)
     samples["kernel_dispatch"] = measure(lambda _: numba_call(), stage_part)
-    args = (*guard.engine._args, *_captured_inputs(guard, prepared[-1]))
+    args = _captured_args(guard, prepared[-1])
     empty = _empty_kernel(len(args))
     empty(*args)
     samples["empty_kernel_same_args"] = measure(lambda _: empty(*args), stage_part)

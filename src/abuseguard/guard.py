@@ -98,6 +98,14 @@ class Guard:
             self.content = ContentFingerprinter(max_bytes=scoring.content_max_bytes)
         self.local_buckets = not self.backend.shared
         self.engine = Engine(policy, local_buckets=self.local_buckets)
+        self._tables = self.engine.tables
+        self._accounts = self.engine.accounts
+        self._state = self.engine.state
+        self._decide_with = self.engine.decide_with
+        # Python floats from the io vector without numpy's scalar objects (~25 ns a read).
+        self._io = memoryview(self.engine.io)  # type: ignore[arg-type]
+        # load_target <= 0 means off: no in-flight count is ever above infinity.
+        self._load_target = policy.load_target if policy.load_target > 0 else float("inf")
         if isinstance(self.backend, MemoryBackend):
             self.backend.bind(self._virtual_now)
         self.ladder: tuple[Action, ...] = (
@@ -124,6 +132,15 @@ class Guard:
             else 1.0
         )
         self._exempt = tuple(policy.exempt_paths)
+        self._bucket = bucket
+        self._bucket_shape = (
+            (bucket.name, bucket.capacity, bucket.window) if bucket is not None else ("", 0, 0)
+        )
+        self._key_func = policy.key_func
+        self._shared = self.backend.shared
+        # A plain allow from the kernel is final unless a quota or a concurrency limit
+        # still has to be asked.
+        self._plain_allow_final = not policy.quotas and policy.concurrency is None
         attach = getattr(self.backend, "attach", None) if self.backend.shared else None
         if attach is not None:
             attach(self)  # a shared backend checks the policy and precomputes its numbers
@@ -135,7 +152,8 @@ class Guard:
 
     def identity_of(self, info: RequestInfo) -> tuple[str, bool, ClientAddress]:
         address = self.addresses.resolve(info.ip)
-        raw = self.policy.key_func(info) if self.policy.key_func is not None else info.key
+        key_func = self._key_func
+        raw = key_func(info) if key_func is not None else info.key
         if raw:
             hashed = self._key_hashes.get(raw)
             if hashed is None:
@@ -177,14 +195,19 @@ class Guard:
     # -- the decision ------------------------------------------------------------------
 
     def prepare(self, info: RequestInfo) -> Prepared:
-        ts = info.ts if info.ts is not None else self.clock()
+        ts = info.ts
+        if ts is None:
+            ts = self.clock()
         identity, has_account, address = self.identity_of(info)
-        profile = None
-        if self.network is not None:
-            profile = self.network.profile(
+        network = self.network
+        profile = (
+            network.profile(
                 address, info.asn, info.as_org, info.country, info.anon, info.anon_confidence
             )
-        ua_class = int(ClientClass.UNKNOWN)
+            if network is not None
+            else None
+        )
+        ua_class = _UNKNOWN_CLASS
         persona = 0
         mismatch = 0.0
         simhash = template_id = 0
@@ -205,7 +228,9 @@ class Guard:
             has_account,
             address,
             profile,
-            self.cost_of(info),
+            self._static_cost
+            if info.cost is None and self._cost_is_static
+            else self.cost_of(info),
             ua_class,
             persona,
             mismatch,
@@ -235,69 +260,86 @@ class Guard:
 
     def run_engine(self, p: Prepared) -> Any:
         """Find the rows, call the kernel once, return the io vector."""
-        engine = self.engine
-        tables = engine.tables
-        profile = p.profile
+        self._run(p)
+        return self.engine.io
+
+    def _run(self, p: Prepared) -> bool:
+        """Find the rows and call the kernel once; True for a plain allow (see
+        `kernels.decide_with`), the io vector holds the outputs."""
+        tables = self._tables
+        identity = p.identity
         key_table = tables[L.KIND_KEY]
-        r_key = key_table.index.get(p.identity)
+        r_key = key_table.index.get(identity)
         if r_key is None:
-            r_key = key_table.row(p.identity)
+            r_key = key_table.row(identity)
         r_acc = -1
         if p.has_account:
-            r_acc = engine.accounts.index.get(p.identity, -1)
+            accounts = self._accounts
+            r_acc = accounts.index.get(identity, -1)
             if r_acc < 0:
-                r_acc = engine.accounts.row(p.identity)
+                r_acc = accounts.row(identity)
+        inflight = self.inflight
+        load = 1.0 if inflight <= self._load_target else self._load_factor()
+        profile = p.profile
         if profile is None or profile.allowed:
+            # No network policy, or allow-listed: buckets and arrival stats only, no
+            # network rows and, when allow-listed, no risk.
             allowed = profile is not None
-            if allowed:  # allow-listed: buckets and arrival stats only, no network, no risk
-                saved = engine.params[L.P_SCORING]
-                engine.params[L.P_SCORING] = 0.0
-            try:
-                return engine.run_with(
-                    r_key,
-                    -1,
-                    -1,
-                    -1,
-                    -1,
-                    0,
-                    0,
-                    0,
-                    p.ua_class,
-                    r_acc,
-                    p.ts,
-                    p.cost,
-                    self._load_factor(),
-                    0.0,
-                    0.0,
-                    0.0 if allowed else p.persona_mismatch,
-                    p.elicitation,
-                    1.0 if p.has_content else 0.0,
-                    0.0,
-                    0.0,
-                )
-            finally:
-                if allowed:
-                    engine.params[L.P_SCORING] = saved
+            return self._decide_with(  # type: ignore[no-any-return]
+                self._state,
+                r_key,
+                -1,
+                -1,
+                -1,
+                -1,
+                0,
+                0,
+                0,
+                p.ua_class,
+                r_acc,
+                p.ts,
+                p.cost,
+                load,
+                0.0,
+                0.0,
+                0.0 if allowed else p.persona_mismatch,
+                p.elicitation,
+                1.0 if p.has_content else 0.0,
+                0.0,
+                0.0,
+                not allowed,
+            )
         # Network rows count accounts (fan-in) and hold network buckets. An anonymous client
         # has no account to count, so it only gets the rows whose bucket it must pass:
         # an IPv6 flood then costs one narrow key row per address and nothing more.
         wants = self._network_rows if p.has_account else self._anonymous_network_rows
         r_ip = r_pfx = r_asn = r_per = -1
-        if p.address.version:
-            address = p.address
+        address = p.address
+        if address.version:
             if wants[L.KIND_IP]:
-                r_ip = tables[L.KIND_IP].index.get(address.ip_key, -1)
+                table = tables[L.KIND_IP]
+                r_ip = table.index.get(address.ip_key, -1)
                 if r_ip < 0:
-                    r_ip = tables[L.KIND_IP].row(address.ip_key)
+                    r_ip = table.row(address.ip_key)
             if wants[L.KIND_PREFIX]:
-                r_pfx = tables[L.KIND_PREFIX].index.get(address.prefix_key, -1)
+                table = tables[L.KIND_PREFIX]
+                r_pfx = table.index.get(address.prefix_key, -1)
                 if r_pfx < 0:
-                    r_pfx = tables[L.KIND_PREFIX].row(address.prefix_key)
-        if profile.asn_key is not None and wants[L.KIND_ASN]:
-            r_asn = tables[L.KIND_ASN].row(profile.asn_key)
-        if p.persona and wants[L.KIND_PERSONA]:
-            r_per = tables[L.KIND_PERSONA].row(p.persona)
-        return engine.run_with(
+                    r_pfx = table.row(address.prefix_key)
+        asn_key = profile.asn_key
+        if asn_key is not None and wants[L.KIND_ASN]:
+            table = tables[L.KIND_ASN]
+            r_asn = table.index.get(asn_key, -1)
+            if r_asn < 0:
+                r_asn = table.row(asn_key)
+        persona = p.persona
+        if persona and wants[L.KIND_PERSONA]:
+            table = tables[L.KIND_PERSONA]
+            r_per = table.index.get(persona, -1)
+            if r_per < 0:
+                r_per = table.row(persona)
+        return self._decide_with(  # type: ignore[no-any-return]
+            self._state,
             r_key,
             r_ip,
             r_pfx,
@@ -310,7 +352,7 @@ class Guard:
             r_acc,
             p.ts,
             p.cost,
-            self._load_factor(),
+            load,
             profile.anon_signal,
             profile.geo_signal,
             p.persona_mismatch,
@@ -318,17 +360,18 @@ class Guard:
             1.0 if p.has_content else 0.0,
             profile.distrust,
             1.0 if profile.nat_eligible else 0.0,
+            True,
         )
 
     def _load_factor(self) -> float:
-        target = self.policy.load_target
-        if target <= 0 or self.inflight <= target:
+        target = self._load_target
+        if self.inflight <= target:
             return 1.0
         return max(0.1, target / self.inflight)
 
     def check(self, info: RequestInfo) -> Decision:
         """Decide for one request (memory backend). Use `acheck` with a shared backend."""
-        if self.backend.shared:
+        if self._shared:
             raise RuntimeError(
                 "Guard.check() is synchronous; use 'await guard.acheck(info)' "
                 f"with the {type(self.backend).__name__}"
@@ -337,8 +380,31 @@ class Guard:
             return _EXEMPT
         p = self.prepare(info)
         self._now = p.ts
-        io = self.run_engine(p)
-        return self._decide(info, p, io)
+        return self._conclude(info, p, self._run(p))
+
+    def _conclude(self, info: RequestInfo, p: Prepared, plain: bool) -> Decision:
+        """The Decision from the kernel's outputs (memory backend). ``plain``: the kernel
+        answered a plain allow, which is final unless a quota, a concurrency limit or a
+        network rule still has a say; that common answer is built without converting the
+        whole io vector."""
+        if plain and self._plain_allow_final and (
+            p.profile is None or p.profile.rule_action is None
+        ):
+            io = self._io
+            remaining = None
+            policies: tuple[PolicyState, ...] = ()
+            if self._bucket is not None:
+                name, capacity, window = self._bucket_shape
+                remaining = io[L.O_REMAINING]
+                policies = (PolicyState(name, capacity, window, remaining, io[L.O_RESET]),)
+            decision = Decision(
+                Action.ALLOW, (), io[L.O_SCORE], None, remaining, False, p.identity, (),
+                policies, p.cost,
+            )  # fmt: skip
+            if self.observers:
+                self._notify(info, decision)
+            return decision
+        return self._decide(info, p, self.engine.io)
 
     async def acheck(self, info: RequestInfo) -> Decision:
         """Decide for one request with any backend."""
@@ -619,6 +685,9 @@ class Guard:
         await self.backend.shutdown()
         if self.intel is not None:
             self.intel.close()
+
+
+_UNKNOWN_CLASS = int(ClientClass.UNKNOWN)
 
 
 def action_is_denial(action: Action) -> bool:

@@ -23,38 +23,30 @@ class Engine:
     def __init__(self, policy: Policy, *, local_buckets: bool = True) -> None:
         kernels.warm_up()
         capacity = policy.max_identities
-        self.tables = (
-            StateTable(capacity, L.KEY_WIDTH),
-            StateTable(capacity, L.NET_WIDTH),
-            StateTable(max(16, capacity // 2), L.NET_WIDTH),
-            StateTable(max(16, min(capacity, 65536)), L.NET_WIDTH),
-            StateTable(max(16, min(capacity, 65536)), L.NET_WIDTH),
+        small = max(16, min(capacity, 65536))
+        # Key, IP, prefix, ASN and persona tables, then the account table: only accounts
+        # get a row there (prompt rings, fan-out sketches), so anonymous clients cost one
+        # narrow key row.
+        rows = (capacity, capacity, max(16, capacity // 2), small, small, capacity)
+        self.state = kernels.new_state(rows)
+        state = self.state
+        widths = (L.KEY_WIDTH, *(L.NET_WIDTH,) * (L.N_KINDS - 1))
+        self.tables = tuple(
+            StateTable(rows[kind], width, data=kernels.region(state, kind, width))
+            for kind, width in enumerate(widths)
         )
-        # Only accounts get a row here (prompt rings, fan-out sketches): anonymous clients
-        # cost one narrow key row.
-        self.accounts = StateTable(capacity, L.ACC_WIDTH)
-        self.cms = np.zeros((L.CMS_DEPTH + 1, L.CMS_WIDTH), dtype=np.float64)
-        self.iv = np.zeros(L.N_INT_INPUTS, dtype=np.int64)
-        self.io = np.zeros(L.IO_SIZE, dtype=np.float64)
-        self.params = build_params(policy, local_buckets=local_buckets)
-        t = self.tables
-        self._args = (
-            t[0].data,
-            t[1].data,
-            t[2].data,
-            t[3].data,
-            t[4].data,
-            self.accounts.data,
-            self.cms,
-            self.iv,
-            self.io,
-            self.params,
+        self.accounts = StateTable(
+            capacity, L.ACC_WIDTH, data=kernels.region(state, L.REGION_ACC, L.ACC_WIDTH)
         )
-        self._decide_with = _compiled_entry(kernels.decide_with)
+        self.cms = kernels.region(state, L.REGION_CMS, L.CMS_WIDTH)
+        self.io = kernels.vector(state, L.REGION_IO, L.IO_SIZE)
+        self.params = kernels.vector(state, L.REGION_PRM, L.N_PARAMS)
+        self.params[:] = build_params(policy, local_buckets=local_buckets)
+        self.decide_with = _compiled_entry(kernels.decide_with)
 
     def run_with(self, *inputs: Any) -> np.ndarray:
         """Run the kernel with the inputs as arguments (see `kernels.decide_with`)."""
-        self._decide_with(*self._args, *inputs)
+        self.decide_with(self.state, *inputs)
         return self.io
 
     def record_outcome(self, key_row: int, is_error: bool) -> None:
@@ -80,14 +72,14 @@ class Engine:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tables) + self.accounts.nbytes + int(self.cms.nbytes)
+        return int(self.state.nbytes)
 
 
 def _compiled_entry(dispatcher: Any) -> Any:
     """The compiled function behind a Numba dispatcher that warm_up() compiled once.
 
     Calling it skips the dispatcher's per-call type resolution (about 0.3 us for the
-    kernel's 30 arguments); its wrapper still converts each argument, so a Python int or
+    kernel's arguments); its wrapper still converts each argument, so a Python int or
     float is all it takes. Any other state of the dispatcher (no or several compiled
     signatures) falls back to calling the dispatcher itself.
     """

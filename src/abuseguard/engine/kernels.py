@@ -280,7 +280,11 @@ def decide(
         row = tables[kind][r]
         if row[L.F_COUNT] == 0.0:
             init_row(row, ts, prm[L.P_BUCKET + 2 * kind + 1], epoch)
-        observe_arrival(row, ts, prm)
+        # Network rows keep a count and the last arrival (for eviction); rates and cadence
+        # are only scored per key, so they are not computed here.
+        row[L.F_COUNT] += 1.0
+        if ts > row[L.F_LAST_SEEN]:
+            row[L.F_LAST_SEEN] = ts
         if not has_account:
             continue
         regs = row[L.COMMON_FIELDS :].view(np.uint8)
@@ -505,69 +509,23 @@ def charge(table: np.ndarray, row: int, delta: float, burst: float) -> None:
     table[row, L.F_TOKENS] = burst if tokens > burst else tokens
 
 
-def warm_up() -> None:
-    """Compile (or load from the on-disk cache) every kernel, so no request ever compiles."""
-    key_t = np.zeros((2, L.KEY_WIDTH))
-    acc_t = np.zeros((2, L.ACC_WIDTH))
-    net = [np.zeros((2, L.NET_WIDTH)) for _ in range(4)]
-    cms = np.zeros((L.CMS_DEPTH + 1, L.CMS_WIDTH))
-    iv = np.zeros(L.N_INT_INPUTS, dtype=np.int64)
-    io = np.zeros(L.IO_SIZE)
-    prm = np.ones(L.N_PARAMS)
-    prm[L.P_LADDER_N] = 0.0
-    io[L.X_COST] = 1.0
-    io[L.X_LOAD] = 1.0
-    io[L.X_HAS_CONTENT] = 1.0
-    iv[L.I_HAS_ACCOUNT] = 1
-    decide(key_t, net[0], net[1], net[2], net[3], acc_t, cms, iv, io, prm)
-    decide_with(
-        key_t,
-        net[0],
-        net[1],
-        net[2],
-        net[3],
-        acc_t,
-        cms,
-        iv,
-        io,
-        prm,
-        0,
-        1,
-        1,
-        1,
-        1,
-        0,
-        0,
-        0,
-        0,
-        1,
-        1.0,
-        1.0,
-        1.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        1.0,
-        1.0,
-        0.0,
-    )
-    record_outcome(key_t, 0, 1.0, 0.1)
-    charge(key_t, 0, 1.0, 1.0)
+@njit(cache=True, inline="always")
+def region(state: np.ndarray, index: int, width: int) -> np.ndarray:
+    """Region ``index`` of the engine's state vector as a (rows, width) table (a view)."""
+    offset = int(state[2 * index])
+    rows = int(state[2 * index + 1])
+    return state[offset : offset + rows * width].reshape((rows, width))
+
+
+@njit(cache=True, inline="always")
+def vector(state: np.ndarray, index: int, size: int) -> np.ndarray:
+    offset = int(state[2 * index])
+    return state[offset : offset + size]
 
 
 @njit(cache=True)
 def decide_with(
-    key_t: np.ndarray,
-    ip_t: np.ndarray,
-    pfx_t: np.ndarray,
-    asn_t: np.ndarray,
-    per_t: np.ndarray,
-    acc_t: np.ndarray,
-    cms: np.ndarray,
-    iv: np.ndarray,
-    io: np.ndarray,
-    prm: np.ndarray,
+    state: np.ndarray,
     r_key: int,
     r_ip: int,
     r_pfx: int,
@@ -588,10 +546,16 @@ def decide_with(
     has_content: float,
     distrust: float,
     nat: float,
-) -> None:
-    """`decide` with its inputs as scalars: filling the vectors from Python costs more
-    than passing arguments to one call. ``r_acc`` is the account-table row, -1 for an
-    anonymous client."""
+    scored: bool,
+) -> bool:
+    """`decide` on the engine's one state vector, with the inputs as scalars: filling the
+    vectors from Python costs more than passing arguments to one call. ``r_acc`` is the
+    account-table row, -1 for an anonymous client; ``scored`` False skips the risk score
+    for this request (allow-listed networks). Returns True for the common answer, a plain
+    allow: ladder level 0, no bucket refused, not banned (the io vector holds the rest)."""
+    iv = vector(state, L.REGION_IV, L.N_INT_INPUTS).view(np.int64)
+    io = vector(state, L.REGION_IO, L.IO_SIZE)
+    prm = vector(state, L.REGION_PRM, L.N_PARAMS)
     iv[L.I_ROW + L.KIND_KEY] = r_key
     iv[L.I_ROW + L.KIND_IP] = r_ip
     iv[L.I_ROW + L.KIND_PREFIX] = r_pfx
@@ -613,4 +577,65 @@ def decide_with(
     io[L.X_HAS_CONTENT] = has_content
     io[L.X_NET_DISTRUST] = distrust
     io[L.X_NAT_ELIGIBLE] = nat
-    decide(key_t, ip_t, pfx_t, asn_t, per_t, acc_t, cms, iv, io, prm)
+    scoring = prm[L.P_SCORING]
+    if not scored:
+        prm[L.P_SCORING] = 0.0
+    decide(
+        region(state, L.REGION_TABLES + L.KIND_KEY, L.KEY_WIDTH),
+        region(state, L.REGION_TABLES + L.KIND_IP, L.NET_WIDTH),
+        region(state, L.REGION_TABLES + L.KIND_PREFIX, L.NET_WIDTH),
+        region(state, L.REGION_TABLES + L.KIND_ASN, L.NET_WIDTH),
+        region(state, L.REGION_TABLES + L.KIND_PERSONA, L.NET_WIDTH),
+        region(state, L.REGION_ACC, L.ACC_WIDTH),
+        region(state, L.REGION_CMS, L.CMS_WIDTH),
+        iv,
+        io,
+        prm,
+    )
+    prm[L.P_SCORING] = scoring
+    plain: bool = (
+        io[L.O_ACTION] == 0.0 and io[L.O_DENIED_KINDS] == 0.0 and io[L.O_BANNED] == 0.0
+    )
+    return plain
+
+
+def state_layout(rows: tuple[int, ...]) -> tuple[list[tuple[int, int]], int]:
+    """(offset, rows) of every region of a state vector whose tables have ``rows`` rows
+    (the five identity tables, then the account table), and the vector's total size."""
+    widths = (L.KEY_WIDTH, *(L.NET_WIDTH,) * (L.N_KINDS - 1), L.ACC_WIDTH)
+    shapes = [(n, w) for n, w in zip(rows, widths, strict=True)]
+    shapes += [(L.CMS_DEPTH + 1, L.CMS_WIDTH), (1, L.N_INT_INPUTS), (1, L.IO_SIZE)]
+    shapes += [(1, L.N_PARAMS)]
+    regions = []
+    offset = L.HEADER_SIZE
+    for n, width in shapes:
+        offset += -offset % 8  # each region starts on a 64-byte line
+        regions.append((offset, n))
+        offset += n * width
+    return regions, offset
+
+
+def new_state(rows: tuple[int, ...]) -> np.ndarray:
+    """A zeroed state vector with its header filled (pages are touched only when used)."""
+    regions, size = state_layout(rows)
+    state = np.zeros(size, dtype=np.float64)
+    for i, (offset, n) in enumerate(regions):
+        state[2 * i] = offset
+        state[2 * i + 1] = n
+    return state
+
+
+def warm_up() -> None:
+    """Compile (or load from the on-disk cache) every kernel, so no request ever compiles."""
+    state = new_state((2, 2, 2, 2, 2, 2))
+    key_t = region(state, L.REGION_TABLES, L.KEY_WIDTH)
+    prm = vector(state, L.REGION_PRM, L.N_PARAMS)
+    prm[:] = 1.0
+    prm[L.P_LADDER_N] = 0.0
+    for scored in (True, False):
+        decide_with(
+            state, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0,
+            0.0, scored,
+        )
+    record_outcome(key_t, 0, 1.0, 0.1)
+    charge(key_t, 0, 1.0, 1.0)

@@ -209,6 +209,18 @@ P_BASELINE_AGE = 94  # seconds of history before the burst signal trusts the bas
 P_FANIN_SCALE = 95  # P_FANIN_SCALE + kind: a network kind's fan-in is divided by this
 N_PARAMS = 100
 
+# The engine keeps every table and vector in one float64 state vector, so that the kernel
+# takes one array argument (Numba converts each array argument at ~45 ns a call). The vector
+# starts with a header: for each region, its offset and its number of rows.
+REGION_TABLES = 0  # REGION_TABLES + kind: the five identity tables
+REGION_ACC = 5
+REGION_CMS = 6
+REGION_IV = 7  # the int64 inputs (N_INT_INPUTS words, viewed as int64)
+REGION_IO = 8
+REGION_PRM = 9
+N_REGIONS = 10
+HEADER_SIZE = 2 * N_REGIONS
+
 N_CLIENT_CLASSES = 8
 MAX_LADDER = 8
 CMS_DEPTH = 4

@@ -19,10 +19,23 @@ class StateTable:
     flood of unique identities (IPv6 rotation) only churns the idle part of the table.
     """
 
-    def __init__(self, capacity: int, width: int, *, seed: int = 0x5EED) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        width: int,
+        *,
+        seed: int = 0x5EED,
+        data: np.ndarray | None = None,
+    ) -> None:
+        """``data``: a zeroed (capacity, width) float64 array to hold the rows (a view into
+        the engine's state vector); a new one when omitted."""
         self.capacity = capacity
         self.width = width
-        self.data = np.zeros((capacity, width), dtype=np.float64)
+        if data is None:
+            data = np.zeros((capacity, width), dtype=np.float64)
+        elif data.shape != (capacity, width) or data.dtype != np.float64:
+            raise ValueError(f"table data must be float64 of shape {(capacity, width)}")
+        self.data = data
         self.index: dict[Hashable, int] = {}
         self.keys: list[Hashable | None] = [None] * capacity
         self.next_free = 0
