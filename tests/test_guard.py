@@ -182,6 +182,22 @@ def test_concurrency_counts_in_flight_and_releases() -> None:
     assert guard.check(info).action == Action.THROTTLE
 
 
+def test_release_gives_slots_back_once() -> None:
+    guard = Guard(Policy(bucket=None, concurrency=Concurrency(1), scoring=None))
+    info = RequestInfo(ip="192.0.2.1", key="k", ts=1.0)
+    first = guard.check(info)
+    assert first.held and guard.check(info).action == Action.THROTTLE
+    guard.release(first)  # as the last body message goes out
+    second = guard.check(info)
+    assert second.action == Action.ALLOW
+    # The first request completes later: its slot was given back already, so the second
+    # request's slot stays taken.
+    guard.complete(info, first, status=200, release=False)
+    assert guard.check(info).action == Action.THROTTLE
+    guard.complete(info, second, status=200)
+    assert guard.check(info).action == Action.ALLOW
+
+
 def test_cost_weighting_and_reconciliation() -> None:
     guard = Guard(
         Policy(bucket=TokenBucket(1.0, burst=100, cost={"POST /v1/chat": 10}), scoring=None)

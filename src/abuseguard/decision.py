@@ -30,6 +30,7 @@ class Action(StrEnum):
 
 
 _SEVERITY = {action: i for i, action in enumerate(Action)}
+_SERVED = frozenset({Action.ALLOW, Action.LOG, Action.DELAY, Action.DEGRADE})
 
 # Reason codes. Limit reasons say "over a configured limit"; every other reason is a risk
 # signal (the replay report splits "limited" from "mitigated" on this).
@@ -71,7 +72,7 @@ class Decision:
     @property
     def served(self) -> bool:
         """True when the app handles the request (in full, degraded, or under shadow)."""
-        return self.shadow or self.action.serves_in_full or self.action == Action.DEGRADE
+        return self.shadow or self.action in _SERVED
 
     @property
     def limited(self) -> bool:

@@ -99,6 +99,9 @@ class Guard:
         self.local_buckets = not self.backend.shared
         self.engine = Engine(policy, local_buckets=self.local_buckets)
         self._tables = self.engine.tables
+        self._key_index = self.engine.tables[L.KIND_KEY].index
+        # Python floats from the key table without numpy's scalar objects.
+        self._key_rows = memoryview(self.engine.tables[L.KIND_KEY].data)  # type: ignore[arg-type]
         self._accounts = self.engine.accounts
         self._state = self.engine.state
         self._decide_with = self.engine.decide_with
@@ -642,25 +645,28 @@ class Guard:
         *,
         status: int | None = None,
         cost: float | None = None,
+        release: bool = True,
     ) -> None:
         """Feed the outcome back: status (error signals), real cost, concurrency release.
 
-        With a shared backend the release and the cost reconciliation are queued to it
-        (sent in the background, never awaited here); the error signal stays local.
+        ``release`` False: the caller released the decision's concurrency slots already
+        (`release`). With a shared backend the release and the cost reconciliation are
+        queued to it (sent in the background, never awaited here); the error signal stays
+        local.
         """
-        backend = self.backend
-        for ident in decision.held:
-            backend.release(ident)  # type: ignore[attr-defined]
-        if decision.identity == "":
+        if release and decision.held:
+            self.release(decision)
+        identity = decision.identity
+        if not identity:
             return
-        row = self.engine.tables[L.KIND_KEY].find(decision.identity)
-        if row is None and not backend.shared:
+        row = self._key_index.get(identity)
+        if row is None and not self._shared:
             return
         # Only the origin's answers count: the guard's own refusals would feed themselves.
         if row is not None and status is not None and self.scoring_on and decision.served:
             is_error = 400 <= status < 600 and status != 429
             # A success moves a zero error share nowhere: skip the call, the common case.
-            if is_error or self.engine.tables[L.KIND_KEY].data[row, L.F_ERR] != 0.0:
+            if is_error or self._key_rows[row, L.F_ERR] != 0.0:
                 self.engine.record_outcome(row, is_error)
         if (
             cost is not None
@@ -669,10 +675,17 @@ class Guard:
             and decision.served
             and "rate" not in decision.reasons
         ):
-            if backend.shared:
-                backend.reconcile(decision.identity, cost - decision.cost)  # type: ignore[attr-defined]
+            if self._shared:
+                self.backend.reconcile(identity, cost - decision.cost)  # type: ignore[attr-defined]
             elif row is not None:
                 self.engine.charge(L.KIND_KEY, row, cost - decision.cost)
+
+    def release(self, decision: Decision) -> None:
+        """Give back the concurrency slots a decision holds (once: `complete` then needs
+        ``release=False``). The middleware calls it as the last body message goes out."""
+        backend = self.backend
+        for ident in decision.held:
+            backend.release(ident)  # type: ignore[attr-defined]
 
     def set_prior(self, identity: str, prior: float) -> bool:
         """Background lane: a risk prior (0..1) for an identity, read by the kernel."""

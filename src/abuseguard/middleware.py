@@ -95,6 +95,8 @@ class AbuseGuard:
         self.started = False
         # The built-in Allow enforcer just calls the app: skip the indirection then.
         self.plain_allow = type(self.enforcers[Action.ALLOW]) is Allow
+        self.shared = self.guard.backend.shared
+        self.legacy_headers = policy.legacy_headers
         self.websocket = WebSocketLimiter(self, policy.websocket) if policy.websocket else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,20 +146,23 @@ class AbuseGuard:
             if len(raw_value) > limit:
                 continue  # oversized values are ignored, as if absent
             name = raw_name.decode("latin-1")
+            value = raw_value.decode("latin-1")
             if name in headers:
-                headers[name] = headers[name] + ", " + raw_value.decode("latin-1")
+                headers[name] = headers[name] + ", " + value
             else:
-                headers[name] = raw_value.decode("latin-1")
+                headers[name] = value
         client = scope.get("client")
         peer = client[0] if client else None
         ip = self._client_ip(peer, headers) if self.trusted else peer
         info = RequestInfo(
-            ip=ip or "unknown",
-            key=api_key_from_headers(headers),
-            method=scope.get("method", "GET"),
-            path=scope.get("path", "/"),
-            ua=headers.get("user-agent"),
-            headers=headers,
+            ip or "unknown",
+            None,
+            api_key_from_headers(headers),
+            scope.get("method", "GET"),
+            scope.get("path", "/"),
+            None,
+            headers.get("user-agent"),
+            headers,
         )
         if self.needs_route:
             info.route = self.routes.template(scope)
@@ -174,6 +179,7 @@ class _Responder:
         "info",
         "real_cost",
         "receive",
+        "released",
         "scope",
         "send",
         "status",
@@ -189,17 +195,19 @@ class _Responder:
         self.buffered: list[Message] = []
         self.decision: Decision | None = None
         self.info: RequestInfo | None = None
+        self.released = False
 
     async def run(self) -> None:
         mw = self.guard_mw
         guard = mw.guard
         if not mw.started:
             await mw.startup()
+        scope = self.scope
         try:
-            info = self.info = mw.request_info(self.scope)
+            info = self.info = mw.request_info(scope)
             if mw.read_body and info.method in _BODY_METHODS:
                 info.body = await self._peek_body(mw.max_body)
-            if guard.backend.shared:
+            if mw.shared:
                 decision = self.decision = await guard.acheck(info)
             else:
                 decision = self.decision = guard.check(info)
@@ -208,19 +216,19 @@ class _Responder:
                 "abuseguard failed to decide; failing %s", "open" if mw.fail_open else "closed"
             )
             if mw.fail_open:
-                await mw.app(self.scope, self._replaying_receive, self.send)
+                await mw.app(scope, self._replaying_receive, self.send)
             else:
                 await self._send_unavailable()
             return
-        self.scope.setdefault("state", {})[DECISION_STATE_KEY] = decision
-        action = decision.enforced_action
+        scope.setdefault("state", {})[DECISION_STATE_KEY] = decision
         receive = self._replaying_receive if self.buffered else self.receive
         guard.inflight += 1
         try:
-            if action is Action.ALLOW and mw.plain_allow:
-                await mw.app(self.scope, receive, self._send)
+            if decision.action is Action.ALLOW and mw.plain_allow:
+                await mw.app(scope, receive, self._send)
             else:
-                await mw.enforcers[action](self.scope, receive, self._send, decision, mw.app)
+                action = decision.enforced_action
+                await mw.enforcers[action](scope, receive, self._send, decision, mw.app)
         finally:
             guard.inflight -= 1
             self._complete()
@@ -239,18 +247,21 @@ class _Responder:
                 except (TypeError, ValueError):
                     logger.warning("scope['state'][%r] is not a number", COST_STATE_KEY)
         try:
-            guard.complete(self.info, decision, status=self.status, cost=cost)
+            guard.complete(
+                self.info, decision, status=self.status, cost=cost, release=not self.released
+            )
         except Exception:
             logger.exception("abuseguard failed to record the outcome")
 
     async def _send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        decision = self.decision
+        assert decision is not None
+        if kind == "http.response.start":
             self.status = message.get("status")
-            decision = self.decision
-            assert decision is not None
             # Refusals were answered by an enforcer that already sent these headers.
             extra = (
-                rate_limit_headers(decision, legacy=self.guard_mw.policy.legacy_headers)
+                rate_limit_headers(decision, legacy=self.guard_mw.legacy_headers)
                 if decision.served
                 else []
             )
@@ -266,6 +277,17 @@ class _Responder:
                                 logger.warning("bad cost header value %r", value[:64])
                 headers.extend(extra)
                 message = {**message, "headers": headers}
+        elif (
+            decision.held
+            and kind == "http.response.body"
+            and not message.get("more_body", False)
+            and not self.released
+        ):
+            # The response is complete: its concurrency slot is free before the client sees
+            # the end, not after the app's task winds down (a streaming response may yield
+            # to the event loop first, and the client's next request would find it taken).
+            self.released = True
+            self.guard_mw.guard.release(decision)
         await self.send(message)
 
     async def _peek_body(self, limit: int) -> bytes:
