@@ -907,3 +907,61 @@ def test_context_id_cache_is_bounded_and_changes_nothing() -> None:
     assert ids[7] == content._context_id("system 7") == content._stable_hash("system 0")
     assert content._context_id(long_context) == content._stable_hash(long_context)
     assert long_context not in content._context_ids
+
+
+# ---------------------------------------------------------------------------------------
+# The batch entry point (replay primes the bodies of a batch before the guard asks).
+
+
+def test_prime_answers_each_primed_body_once_with_the_same_fingerprint() -> None:
+    fresh = ContentFingerprinter()
+    primed = ContentFingerprinter()
+    bodies: list[tuple[bytes | str | None, str | None]] = [
+        (chat(("system", "You are terse."), ("user", PROMPT)), "application/json"),
+        ("Think step by step: what is 2 + 2?", None),
+        (b"\xff\xfe binary \x00\x01", "application/octet-stream"),
+        ("q=show+your+work", "application/x-www-form-urlencoded"),
+        (None, None),
+    ]
+    assert primed.prime(bodies) == len(bodies)
+    for body, content_type in bodies:
+        assert primed.fingerprint(body, content_type) == fresh.fingerprint(body, content_type)
+    assert not primed._primed  # every primed answer was used, once
+    for body, content_type in bodies:  # computed again, the same
+        assert primed.fingerprint(body, content_type) == fresh.fingerprint(body, content_type)
+
+
+def test_prime_answers_only_the_same_body_object_and_content_type() -> None:
+    fp = ContentFingerprinter()
+    body = "Explain your reasoning: why is the sky blue?"
+    fp.prime([(body, None)])
+    twin = "".join(["Explain your reasoning: ", "why is the sky blue?"])
+    assert twin == body and twin is not body
+    expected = ContentFingerprinter().fingerprint(body)
+    assert fp.fingerprint(twin) == expected  # an equal body: computed, not taken
+    assert len(fp._primed) == 1  # the primed answer is still waiting for its own request
+    assert fp.fingerprint(body, "text/plain") == expected  # another content type: computed
+    assert not fp._primed  # and the primed answer dropped
+    assert fp.fingerprint(body) == expected
+
+
+def test_prime_holds_one_batch_at_most() -> None:
+    fp = ContentFingerprinter()
+    first = [(f"prompt number {i}: think step by step", None) for i in range(50)]
+    second = [(f"another prompt {i}", "text/plain") for i in range(7)]
+    fp.prime(first)
+    fp.prime(second)
+    assert len(fp._primed) == len(second)
+    assert {id(body) for body, _ in second} == set(fp._primed)
+    fresh = ContentFingerprinter()
+    assert fp.fingerprint(*first[3]) == fresh.fingerprint(*first[3])
+    fp.prime([])
+    assert not fp._primed
+
+
+def test_prime_never_raises_on_bad_bodies() -> None:
+    fp = ContentFingerprinter()
+    bad: list[tuple[object, str | None]] = [(12345, None), (b'{"messages": [', None)]
+    fp.prime(bad)  # type: ignore[arg-type]
+    assert fp.fingerprint(12345) == EMPTY_CONTENT  # type: ignore[arg-type]
+    assert fp.fingerprint(b'{"messages": [').prompt_found

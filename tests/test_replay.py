@@ -13,7 +13,7 @@ import pytest
 from abuseguard.cli import main
 from abuseguard.decision import Action, Decision
 from abuseguard.policy import Policy, TokenBucket
-from abuseguard.replay import resolve_cost_mode, run_replay
+from abuseguard.replay import BATCH, content_prefetch, resolve_cost_mode, run_replay
 from abuseguard.report import ReportBuilder
 from abuseguard.request import RequestInfo
 from abuseguard.traces import TraceReader, parse_line
@@ -111,6 +111,13 @@ def test_limit_and_progress() -> None:
     assert timing.records == 5
     assert builder.build()["requests"] == 5
     assert seen[-1] == 5
+
+
+def test_limit_reads_only_the_records_it_replays() -> None:
+    records = iter(_records(*({"ts": i, "ip": "a"} for i in range(BATCH + 40))))
+    timing = run_replay(records, ScriptedGuard({}), ReportBuilder(), limit=BATCH + 3)
+    assert timing.records == BATCH + 3
+    assert len(list(records)) == 37
 
 
 def test_unlabeled_records_group_by_key_then_ip() -> None:
@@ -319,3 +326,57 @@ def test_bad_mmdb_dir_is_a_clear_error(
     assert main(["replay", str(small_trace), "--mmdb-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "cannot read" in err and "Traceback" not in err
+
+
+class _NoPrime:
+    """A fingerprinter without the batch entry point: the guard fingerprints one by one."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def fingerprint(self, body: Any, content_type: str | None = None) -> Any:
+        self.calls += 1
+        return self.inner.fingerprint(body, content_type)
+
+
+def test_batch_fingerprinting_changes_no_decision(small_trace: Path) -> None:
+    from abuseguard.guard import Guard
+
+    reports = []
+    for primed in (True, False):
+        guard = Guard(Policy())
+        assert guard.content is not None
+        if not primed:
+            guard.content = _NoPrime(guard.content)
+        assert (content_prefetch(guard) is not None) == primed
+        builder = ReportBuilder()
+        with TraceReader(small_trace) as reader:
+            timing = run_replay(reader, guard, builder)
+        assert timing.records > 2 * BATCH
+        if primed:
+            assert not guard.content._primed  # every primed fingerprint was asked for
+        reports.append(builder.build())
+    assert reports[0] == reports[1]
+
+
+def test_prefetch_primes_what_the_guard_fingerprints() -> None:
+    from abuseguard.guard import Guard
+
+    guard = Guard(Policy(exempt_paths=["/health"]))
+    prefetch = content_prefetch(guard)
+    assert prefetch is not None
+    records = _records(
+        {"ts": 0, "ip": "a", "body": "think step by step", "path": "/v1/chat"},
+        {"ts": 1, "ip": "a", "body": "show your work", "path": "/health/deep"},
+        {"ts": 2, "ip": "a", "body": "", "path": "/v1/chat"},
+        {"ts": 3, "ip": "a", "path": "/v1/chat"},
+        {"ts": 4, "ip": "a", "body": "{}", "headers": {"content-type": "application/json"}},
+    )
+    prefetch(records)
+    primed = guard.content._primed
+    assert primed[id(records[0].info.body)][1] is None
+    assert primed[id(records[4].info.body)][1] == "application/json"
+    assert len(primed) == 2
+    assert content_prefetch(ScriptedGuard({})) is None
+    assert content_prefetch(Guard(Policy(scoring=None))) is None
