@@ -71,7 +71,7 @@ from abuseguard.backends.redis_keys import IdentityKeys, KeySpace
 from abuseguard.backends.redis_leases import Leases
 from abuseguard.backends.redis_netsync import NetSync
 from abuseguard.backends.redis_pipe import Pipeliner, Script, load_script
-from abuseguard.backends.redis_uri import redacted, split_backend_uri
+from abuseguard.backends.redis_uri import SYNCED_ONLY, redacted, split_backend_uri
 from abuseguard.backends.workers import detect_workers
 from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
@@ -100,6 +100,7 @@ class RedisBackend(Backend):
     """
 
     shared = True
+    mode = "inline"  # one round trip per request; "synced": SyncedRedisBackend
 
     def __init__(
         self,
@@ -212,9 +213,18 @@ class RedisBackend(Backend):
 
     @classmethod
     def from_uri(cls, uri: str) -> RedisBackend:
-        """A backend from a URI; backend options in its query string are taken out."""
+        """A backend from a URI; backend options in its query string are taken out.
+        ``mode=synced`` makes a `SyncedRedisBackend`, ``mode=inline`` (default) this one."""
         url, kwargs = split_backend_uri(uri)
-        return cls(url, **kwargs)
+        mode = kwargs.pop("mode", cls.mode)
+        if mode == "synced":
+            from abuseguard.backends.redis_synced import SyncedRedisBackend
+
+            return SyncedRedisBackend(url, **kwargs)
+        for name in SYNCED_ONLY:
+            if name in kwargs:
+                raise ConfigError(f"RedisBackend.{name}", "is an option of mode=synced only")
+        return RedisBackend(url, **kwargs)
 
     def attach(self, guard: Guard) -> None:
         """Called by the Guard at construction: check the policy, precompute its numbers."""

@@ -1,7 +1,9 @@
 """Backend URIs: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
 ``rediss+cluster://``, with the backend's own options in the query string.
 
-``redis://h:6379/0?budget=0.02&fail_open=false&health_check_interval=5`` becomes the
+``mode`` picks the backend: ``inline`` (the default, `RedisBackend`) or ``synced``
+(`SyncedRedisBackend`). ``redis://h:6379/0?budget=0.02&fail_open=false&health_check_interval=5``
+becomes the
 redis-py URL ``redis://h:6379/0?health_check_interval=5`` and the backend keyword
 arguments ``budget=0.02, fail_open=False`` (plus ``cluster``). A bad value fails with a
 ConfigError naming the option.
@@ -32,7 +34,12 @@ BACKEND_OPTIONS: dict[str, Any] = {
     "socket_timeout": float,
     "socket_connect_timeout": float,
     "max_connections": int,
+    "mode": str,
+    "workers": int,
+    "sync_max_pending": int,
 }
+MODES = ("inline", "synced")
+SYNCED_ONLY = ("workers", "sync_max_pending")  # options of the synced mode alone
 
 
 def _bool(name: str, text: str) -> bool:
@@ -85,6 +92,8 @@ def split_backend_uri(uri: str) -> tuple[str, dict[str, Any]]:
                 )
             rest.append((name, value))
             continue
+        if name == "mode" and value not in MODES:
+            raise ConfigError("RedisBackend.mode", f"use one of {', '.join(MODES)}, not {value!r}")
         try:
             kwargs[name] = _bool(name, value) if kind is bool else kind(value)
         except ValueError:
@@ -94,4 +103,4 @@ def split_backend_uri(uri: str) -> tuple[str, dict[str, Any]]:
     return f"{scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else ""), kwargs
 
 
-__all__ = ["BACKEND_OPTIONS", "redacted", "split_backend_uri"]
+__all__ = ["BACKEND_OPTIONS", "MODES", "SYNCED_ONLY", "redacted", "split_backend_uri"]

@@ -1,0 +1,302 @@
+"""Synced mode's bookkeeping: what this worker consumed, sent to Redis in batches, and the
+shared state written back into the engine's rows.
+
+Per request (`Syncer.record`, no I/O): the cost the kernel charged to each synced bucket
+(the identity's, and its IP, prefix and ASN buckets when the policy has them) is added to
+a pending entry, one per identity and interval, with a new ban when the ladder reached it.
+Per flush (`Syncer.flush`, every ``sync_interval``): every pending entry goes to
+``lua/sync.lua`` (on one server: up to `CHUNK` identities per script call, all calls in one
+pipeline, so one round trip; in a Cluster one call per identity, pipelined), which refills
+the shared bucket on Redis time, charges the delta (possibly into debt: it was already
+served) and answers the shared tokens, how many workers share the bucket, and the ban.
+Written back into the local row: the worker's share of the tokens (``tokens / sharing``
+while positive, the whole debt when negative) minus what was consumed here since the
+flush left, and the ban.
+
+Cold start: with ``workers`` > 1, an identity this worker has not synced within the share
+window starts with at most ``burst / workers`` locally until its first sync (the other
+workers may be spending the same tokens); its first sync, one interval later, gives it its
+real share. That bounds what a burst spread over every worker can overshoot.
+
+Bounded: at most ``max_pending`` identities wait for a flush (beyond that, new identities
+are not synced in that interval and counted in ``dropped``); a failed flush puts its
+entries back, within the same bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from abuseguard.engine import layout as L
+
+if TYPE_CHECKING:
+    from abuseguard.backends.redis_synced import SyncedRedisBackend
+    from abuseguard.guard import Guard, Prepared
+
+CHUNK = 256  # identities per script call on a standalone server
+
+
+class Entry:
+    """What one worker owes one shared bucket since its last flush."""
+
+    __slots__ = ("ban", "delta", "scale")
+
+    def __init__(self) -> None:
+        self.delta = 0.0  # cost charged locally (refunds are negative)
+        self.scale = 1.0  # NAT multiplier of a network bucket (rate and burst)
+        self.ban = False  # the ladder banned the identity here
+
+
+Pending = dict[tuple[int, Any], Entry]
+
+
+class Syncer:
+    def __init__(
+        self, backend: SyncedRedisBackend, guard: Guard, *, max_pending: int, workers: int
+    ) -> None:
+        self.backend = backend
+        self.guard = guard
+        self.max_pending = max_pending
+        self.workers = workers
+        self.pending: Pending = {}
+        self.synced: dict[tuple[int, Any], float] = {}  # last write-back (monotonic)
+        self.paused = False  # Redis is away: nothing is recorded
+        policy = guard.policy
+        bucket = policy.bucket
+        self.key_bucket = bucket
+        self.net_buckets = {kind: b for kind, b, _ in backend.net_buckets}
+        self.synced_key = bucket is not None or backend.ban_level > 0
+        self.bursts = [0.0] * L.N_KINDS
+        if bucket is not None:
+            self.bursts[L.KIND_KEY] = bucket.capacity
+        for kind, net_bucket in self.net_buckets.items():
+            self.bursts[kind] = net_bucket.capacity
+        self.dropped = 0  # identities left out of a flush (pending full)
+        self.flushes = 0
+        self.entries_sent = 0
+
+    # -- per request ---------------------------------------------------------------------
+
+    def record(self, p: Prepared, charged: float, fan_in: float, ban: bool) -> None:
+        """The kernel decided ``p``: remember what it charged (0 when refused)."""
+        if self.paused:
+            return
+        pending = self.pending
+        if self.synced_key:
+            k = (L.KIND_KEY, p.identity)
+            entry = pending.get(k)
+            if entry is None:
+                entry = self._new(k, charged)
+            if entry is not None:
+                entry.delta += charged
+                if ban:
+                    entry.ban = True
+        net = self.net_buckets
+        profile = p.profile
+        if not net or profile is None or profile.allowed:
+            return
+        backend = self.backend
+        scale = 1.0
+        if profile.nat_eligible and fan_in > 1.0 and backend.nat_per_account > 0.0:
+            scale = min(1.0 + backend.nat_per_account * (fan_in - 1.0), backend.nat_max)
+        address = p.address
+        for kind in net:
+            if kind == L.KIND_ASN:
+                key: Any = profile.asn_key
+                if key is None:
+                    continue
+            elif not address.version:
+                continue
+            else:
+                key = address.ip_key if kind == L.KIND_IP else address.prefix_key
+            k = (kind, key)
+            entry = pending.get(k)
+            if entry is None:
+                entry = self._new(k, charged)
+                if entry is None:
+                    continue
+            entry.delta += charged
+            if kind != L.KIND_ASN:
+                entry.scale = scale
+
+    def _new(self, k: tuple[int, Any], charged: float) -> Entry | None:
+        if len(self.pending) >= self.max_pending:
+            self.dropped += 1
+            return None
+        entry = self.pending[k] = Entry()
+        workers = self.workers
+        if workers > 1:
+            last = self.synced.get(k)
+            if last is None or time.monotonic() - last > self.backend.share_window:
+                self._cold_start(k, charged, self.bursts[k[0]] / workers)
+        return entry
+
+    def _cold_start(self, k: tuple[int, Any], charged: float, cap: float) -> None:
+        """Hold an identity this worker has not synced lately to ``cap`` tokens until its
+        first sync (the request just decided is already charged)."""
+        if cap <= 0.0:
+            return
+        kind, key = k
+        table = self.guard.engine.tables[kind]
+        row = table.index.get(key)
+        if row is None:
+            return
+        data = table.data
+        if data[row, L.F_TOKENS] + charged > cap:
+            data[row, L.F_TOKENS] = cap - charged
+
+    def charge(self, identity: str, delta: float) -> None:
+        """A cost reconciled after the response (``delta`` < 0 refunds): charged here and
+        owed to the shared bucket."""
+        tables = self.guard.engine.tables
+        row = tables[L.KIND_KEY].find(identity)
+        if row is not None:
+            self.guard.engine.charge(L.KIND_KEY, row, delta)
+        if self.paused or self.key_bucket is None:
+            return
+        k = (L.KIND_KEY, identity)
+        entry = self.pending.get(k)
+        if entry is None:
+            entry = self._new(k, 0.0)
+        if entry is not None:
+            entry.delta += delta
+
+    # -- per flush -------------------------------------------------------------------------
+
+    def take(self) -> Pending:
+        batch, self.pending = self.pending, {}
+        return batch
+
+    def put_back(self, batch: Pending) -> None:
+        """A flush failed: its entries wait for the next one (within max_pending)."""
+        pending = self.pending
+        for k, old in batch.items():
+            entry = pending.get(k)
+            if entry is None:
+                if len(pending) >= self.max_pending:
+                    self.dropped += 1
+                    continue
+                pending[k] = old
+            else:
+                entry.delta += old.delta
+                entry.ban = entry.ban or old.ban
+
+    async def flush(self) -> None:
+        """Send what is pending, write the answers back. Raises when Redis failed (the
+        entries are then pending again)."""
+        batch = self.take()
+        if not batch:
+            return
+        backend = self.backend
+        pipe = backend.pipe
+        if pipe is None:
+            self.put_back(batch)
+            return
+        items = list(batch.items())
+        step = 1 if backend.cluster else CHUNK  # a Cluster script call: one slot's keys
+        groups = [items[i : i + step] for i in range(0, len(items), step)]
+        commands = [self._command(group) for group in groups]
+        replies = await asyncio.gather(*(pipe.call(c) for c in commands), return_exceptions=True)
+        error: BaseException | None = None
+        now = self.guard.clock()
+        mono = time.monotonic()
+        for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, BaseException):
+                error = error or reply
+                self.put_back(dict(group))
+                continue
+            self._write_back(group, reply, now, mono)
+        self.flushes += 1
+        if error is not None:
+            raise error
+        self.entries_sent += len(items)
+        if len(self.synced) > 4 * self.max_pending:
+            self.synced.clear()
+
+    def _command(self, group: list[tuple[tuple[int, Any], Entry]]) -> tuple[Any, ...]:
+        backend = self.backend
+        guard = self.guard
+        keys: list[str] = []
+        args: list[str] = []
+        load = guard._load_factor()
+        key_table = guard.engine.tables[L.KIND_KEY]
+        bucket = self.key_bucket
+        ban_ms = backend.ban_ms
+        bans = backend.ban_level > 0 and ban_ms > 0
+        for (kind, key), entry in group:
+            rate = burst = ttl_rate = 0.0
+            if kind == L.KIND_KEY:
+                if bucket is not None:
+                    factor = 1.0
+                    row = key_table.index.get(key)
+                    if row is not None:
+                        risk = float(key_table.data[row, L.F_SCORE]) - bucket.risk_floor
+                        if risk > 0.0:
+                            factor = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
+                        if factor < bucket.min_refill_factor:
+                            factor = bucket.min_refill_factor
+                    rate = bucket.per_second * load * factor
+                    burst = bucket.capacity
+                    ttl_rate = backend.key_ttl_rate
+                    base = backend.keys.of(key).bucket
+                    keys += (base, base + "w")
+                if bans:
+                    keys.append(backend.keys.of(key).ban)
+            else:
+                net_bucket = self.net_buckets[kind]
+                rate = net_bucket.per_second * load * entry.scale
+                burst = net_bucket.capacity * entry.scale
+                ttl_rate = net_bucket.per_second * backend.load_floor
+                base = backend.keys.network_base(kind, key) + ":b"
+                keys += (base, base + "w")
+            args.append(
+                f"{entry.delta!r} {max(rate, 1e-9)!r} {burst!r} {ttl_rate!r} "
+                f"{ban_ms if entry.ban and bans else 0} "
+                f"{1 if bans and kind == L.KIND_KEY else 0}"
+            )
+        now: float | str = "" if backend.server_time else guard.clock()
+        return (
+            "EVALSHA",
+            backend.scripts["sync"].sha,
+            len(keys),
+            *keys,
+            now,
+            backend.worker_id,
+            repr(backend.share_window),
+            len(group),
+            *args,
+        )
+
+    def _write_back(
+        self, group: list[tuple[tuple[int, Any], Entry]], reply: Any, now: float, mono: float
+    ) -> None:
+        if not isinstance(reply, list) or len(reply) != 1 + 3 * len(group):
+            raise ValueError(f"unexpected reply from sync.lua: {reply!r:.200}")
+        tables = self.guard.engine.tables
+        pending = self.pending
+        synced = self.synced
+        i = 1
+        for k, _ in group:
+            kind, key = k
+            tokens, sharing, left = float(reply[i]), int(reply[i + 1]), float(reply[i + 2])
+            i += 3
+            synced[k] = mono
+            table = tables[kind]
+            row = table.index.get(key)
+            if row is None:
+                continue
+            data = table.data
+            if sharing > 0:
+                share = tokens / sharing if tokens > 0.0 else tokens
+                later = pending.get(k)
+                if later is not None:
+                    share -= later.delta
+                data[row, L.F_TOKENS] = share
+                data[row, L.F_BUCKET_TS] = now
+            if left > 0.0 and now + left > data[row, L.F_BANNED_UNTIL]:
+                data[row, L.F_BANNED_UNTIL] = now + left
+
+
+__all__ = ["CHUNK", "Entry", "Syncer"]

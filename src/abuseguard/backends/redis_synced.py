@@ -1,0 +1,308 @@
+"""SyncedRedisBackend (``redis://host:6379/0?mode=synced``): decisions from local state,
+shared through Redis in the background. No Redis call on a request.
+
+Per request (``check``): the guard prepares the request and the in-process kernel scores
+it and applies the token buckets itself (the identity's and its network buckets), exactly
+as with the memory backend; what the kernel charged is noted (`redis_sync`). Every
+``sync_interval`` seconds (10 ms by default) a background task sends what this worker
+consumed per identity since the last sync, in one pipelined script call (``lua/sync.lua``,
+up to 256 identities per call on one server, one call per identity in a Cluster), and
+writes the shared state back into the local rows: this worker's share of the shared
+tokens (the tokens divided by the number of workers that synced the bucket within the
+share window, ``max(1 s, 20 sync_interval)``; a debt is written back whole), and bans set
+by other workers. Bans this worker's ladder sets are sent with the next sync.
+
+Overshoot bound. For one bucket (rate r, burst b) served by W workers (``workers``, by
+default the detected worker count; set it to the fleet's size with several hosts), with
+τ = ``sync_interval`` + the flush round trip, the fleet admits over any span of t seconds
+at most b + r·t (the exact limit) plus E = W·r·τ + (W-1)·b/W: each worker refills its copy
+at the full rate between syncs (W·r·τ), and a client reaching workers that have not synced
+it lately gets ``b/W`` on each of them before its first sync (a request costing more than
+that may be admitted once on each, going into debt). Every admission is charged in Redis,
+so an overshoot becomes debt in the shared bucket and is paid back by refusing on every
+worker: the long-run rate stays r. The split of the shared tokens can refuse early: a
+worker that stopped seeing a client keeps its share for up to the share window.
+
+Staleness. Other workers' consumption and bans arrive within τ; a fresh identity (or one
+idle longer than the share window) is held at ``b/W`` for up to τ on each worker.
+
+Not synced: window quotas and concurrency limits (refused at construction: use the inline
+mode), risk scores and behaviour features (per worker, as with inline), and the fan-in and
+fan-out sketches, which count what this worker saw.
+
+Faults. A request never waits for Redis. A failed sync puts its entries back (at most
+``sync_max_pending`` identities wait; beyond that new identities are not synced in that
+interval). After ``breaker_threshold`` consecutive failures the worker logs one warning,
+stops recording, and enforces 1/``workers`` of every bucket in-process (the kernel's own
+buckets, as the inline mode's fail-open fallback); it probes Redis with a PING after
+``breaker_cooldown`` seconds, doubling up to ``breaker_max_cooldown``, and on the first
+answer logs once more, restores the full buckets and syncs again. Consumption during the
+outage is not sent afterwards: the divided buckets accounted for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from abuseguard.backends.redis import RedisBackend
+from abuseguard.backends.redis_pipe import Pipeliner, load_script
+from abuseguard.backends.redis_sync import Syncer
+from abuseguard.backends.redis_uri import redacted
+from abuseguard.decision import Action, Decision
+from abuseguard.engine import layout as L
+from abuseguard.engine.params import build_params
+from abuseguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from abuseguard.guard import Guard
+    from abuseguard.request import RequestInfo
+
+logger = logging.getLogger("abuseguard.backends")
+
+_BUCKETS = slice(L.P_BUCKET, L.P_BUCKET + 2 * L.N_KINDS)
+# No request waits for a sync, so a busy event loop may take longer than a request's
+# budget to read its reply without that being an outage.
+_SYNC_TIMEOUT = 0.25
+
+
+class SyncedRedisBackend(RedisBackend):
+    """The Redis backend in synced mode: local decisions, background sync.
+
+    Takes the options of `RedisBackend` (``budget`` bounds each sync's round trip, at
+    least 0.25 s,
+    ``breaker_*`` the outage handling; ``fail_open`` and the policy's ``fail_mode`` do not
+    apply: no request depends on Redis) and ``sync_interval`` (seconds between syncs),
+    ``workers`` (how many workers share the buckets; default: detected, else 1),
+    ``sync_max_pending`` (identities waiting for a sync, at most).
+    """
+
+    mode = "synced"
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        sync_interval: float = 0.01,
+        workers: int | None = None,
+        sync_max_pending: int = 65536,
+        **kwargs: Any,
+    ) -> None:
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+        ):
+            raise ConfigError("RedisBackend.workers", f"expected an int >= 1, got {workers!r}")
+        if (
+            isinstance(sync_max_pending, bool)
+            or not isinstance(sync_max_pending, int)
+            or sync_max_pending < 1
+        ):
+            raise ConfigError(
+                "RedisBackend.sync_max_pending", f"expected an int >= 1, got {sync_max_pending!r}"
+            )
+        if workers is not None and kwargs.get("fallback_workers") is None:
+            kwargs["fallback_workers"] = workers
+        super().__init__(url, sync_interval=sync_interval, **kwargs)
+        self.workers = self.fallback_workers
+        self.sync_max_pending = sync_max_pending
+        self.share_window = max(1.0, 20.0 * self.sync_interval)
+        self.worker_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.scripts = {"sync": load_script("sync")}
+        self.syncer: Syncer | None = None
+        self.outage = False
+        self.outages = 0  # how many times syncing stopped (for tests and metrics)
+        self.failed_syncs = 0  # consecutive
+        self.syncs = 0  # sync rounds that completed (with or without anything to send)
+        self._full: Any = None  # the kernel's bucket parameters, whole
+        self._divided: Any = None  # and divided by the workers (outage)
+
+    # -- construction --------------------------------------------------------------------
+
+    def attach(self, guard: Guard) -> None:
+        policy = guard.policy
+        if policy.quotas:
+            raise ConfigError(
+                "Policy.quotas",
+                "window quotas are not synced: use the Redis backend's inline mode "
+                "(mode=inline, the default) for a policy with quotas",
+            )
+        if policy.concurrency is not None:
+            raise ConfigError(
+                "Policy.concurrency",
+                "concurrency limits are not synced: use the Redis backend's inline mode "
+                "(mode=inline, the default) for a policy with a concurrency limit",
+            )
+        super().attach(guard)
+        self.netsync = None
+        full = build_params(policy, local_buckets=True)[_BUCKETS].copy()
+        self._full = full
+        self._divided = full.copy()
+        self._divided[1::2] /= float(self.workers)  # bursts
+        self._divided[0::2] /= float(self.workers)  # rates
+        guard.engine.params[_BUCKETS] = full  # the kernel's own buckets decide
+        self.syncer = Syncer(self, guard, max_pending=self.sync_max_pending, workers=self.workers)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Make the client and start the sync task. Never waits for Redis: the first sync
+        connects (and reports a Redis that is down)."""
+        self._start()
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None:
+            self._stop_tasks()  # a new event loop (tests, reloads): start over on this one
+        self._loop = loop
+        self.client = self._make_client()
+        self.pipe = Pipeliner(
+            self.client,
+            list(self.scripts.values()),
+            timeout=max(self.budget, _SYNC_TIMEOUT),
+            direct=not self.cluster,
+            max_connections=self.max_connections,
+        )
+        self._tasks.append(loop.create_task(self._sync_forever()))
+
+    async def shutdown(self) -> None:
+        if self._loop is None:
+            return
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        if self.syncer is not None and not self.outage:
+            try:
+                await self.syncer.flush()  # what this worker consumed since the last sync
+            except Exception as exc:
+                logger.debug("abuseguard: last sync failed (%s)", exc)
+        await super().shutdown()
+
+    async def _sync_forever(self) -> None:
+        syncer = self.syncer
+        assert syncer is not None, "SyncedRedisBackend.attach() was not called (use it via Guard)"
+        delay = self.sync_interval
+        initialized = not self.cluster
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                if not initialized:
+                    async with asyncio.timeout(max(1.0, 10 * self.budget)):
+                        await self.client.initialize()
+                    initialized = True
+                if self.outage:
+                    assert self.pipe is not None
+                    await self.pipe.call(("PING",))
+                else:
+                    await syncer.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = self._failed(exc)
+            else:
+                delay = self._answered()
+
+    def _failed(self, exc: BaseException) -> float:
+        self.failed_syncs += 1
+        if self.outage:
+            doublings = min(self.failed_syncs - self.breaker.threshold, 30)
+            return min(self.breaker.max_cooldown, self.breaker.base_cooldown * 2.0**doublings)
+        if self.failed_syncs < self.breaker.threshold:
+            logger.debug("abuseguard: Redis sync failed (%s: %s)", type(exc).__name__, exc)
+            return self.sync_interval
+        self.outage = True
+        self.outages += 1
+        syncer = self.syncer
+        if syncer is not None:
+            syncer.paused = True
+            syncer.dropped += len(syncer.take())
+        guard = self.guard
+        if guard is not None and self._divided is not None:
+            guard.engine.params[_BUCKETS] = self._divided
+        logger.warning(
+            "abuseguard: Redis at %s is not answering (%s: %s); deciding locally with 1/%d "
+            "of every bucket per worker until it answers",
+            redacted(self.url),
+            type(exc).__name__,
+            exc,
+            self.workers,
+        )
+        return self.breaker.base_cooldown
+
+    def _answered(self) -> float:
+        self.failed_syncs = 0
+        self.syncs += 1
+        if self.outage:
+            self.outage = False
+            syncer = self.syncer
+            if syncer is not None:
+                syncer.take()  # consumption during the outage stays with the divided buckets
+                syncer.paused = False
+            guard = self.guard
+            if guard is not None and self._full is not None:
+                guard.engine.params[_BUCKETS] = self._full
+            logger.warning("abuseguard: Redis at %s answers again; syncing", redacted(self.url))
+        return self.sync_interval
+
+    # -- the decision ----------------------------------------------------------------------
+
+    async def check(self, guard: Guard, info: RequestInfo) -> Decision:
+        if guard._exempt and info.path.startswith(guard._exempt):
+            return _EXEMPT
+        if self._loop is not asyncio.get_running_loop():
+            self._start()
+        p = guard.prepare(info)
+        io = guard.run_engine(p).tolist()
+        level = int(io[L.O_ACTION])
+        served = level < 9 and self.serves[level]
+        syncer = self.syncer
+        assert syncer is not None, "SyncedRedisBackend.attach() was not called (use it via Guard)"
+        if not syncer.paused:
+            banned = io[L.O_BANNED]
+            syncer.record(
+                p,
+                p.cost if served and not io[L.O_DENIED_KINDS] and not banned else 0.0,
+                io[L.O_FANIN],
+                self.ban_ms > 0 and 0 < self.ban_level <= level and not banned,
+            )
+        return guard._decide(info, p, io, None, True)
+
+    # -- after the response -------------------------------------------------------------------
+
+    def release(self, identity: str) -> None:
+        """Nothing is held: concurrency limits are not supported in synced mode."""
+
+    def reconcile(self, identity: str, delta: float) -> None:
+        """Charge (delta > 0) or refund (delta < 0) after the fact, here and in Redis."""
+        if self.syncer is not None and delta == delta and not math.isinf(delta):
+            self.syncer.charge(identity, delta)
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        pipe = self.pipe
+        syncer = self.syncer
+        return {
+            "mode": self.mode,
+            "round_trips": pipe.round_trips if pipe else 0,
+            "commands": pipe.commands if pipe else 0,
+            "script_reloads": pipe.reloads if pipe else 0,
+            "syncs": self.syncs,
+            "flushes": syncer.flushes if syncer else 0,
+            "entries_synced": syncer.entries_sent if syncer else 0,
+            "pending": len(syncer.pending) if syncer else 0,
+            "dropped": syncer.dropped if syncer else 0,
+            "outage": self.outage,
+            "outages": self.outages,
+            "failed_syncs": self.failed_syncs,
+        }
+
+
+_EXEMPT = Decision(Action.ALLOW)
+
+__all__ = ["SyncedRedisBackend"]
