@@ -40,6 +40,7 @@ HTTP_STACKS: tuple[str, ...] = (
     "noop",
     "abuseguard-memory-proxied",
     "abuseguard-redis-proxied",
+    "abuseguard-redis-synced-proxied",
     "slowapi-memory",
     "slowapi-redis",
     "fastapi-bare",

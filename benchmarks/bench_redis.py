@@ -37,7 +37,13 @@ import benchlib
 import stacks
 from bench_asgi import Recorder, _receive, drive, lifespan, scope_templates, self_check
 
-STACK_NAMES = ("bare", "abuseguard-memory", "abuseguard-redis", "slowapi-redis")
+STACK_NAMES = (
+    "bare",
+    "abuseguard-memory",
+    "abuseguard-redis",
+    "abuseguard-redis-synced",
+    "slowapi-redis",
+)
 # Many clients, each seen a few times only and never at a metronome's cadence: the guard's
 # scoring stays quiet (no tarpit, no refusal), so what is measured is the allowed path.
 CLIENTS = 10_000
@@ -184,8 +190,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                 c[k] += b[k] - a[k]
                             c["requests"] += n
                 offset += per_round + conc_per_round
-            backend = backends.get("abuseguard-redis")
-            backend_stats = backend.stats() if backend is not None else {}
+            backend_stats = {
+                n: backends[n].stats() for n in names if n.startswith("abuseguard-redis")
+            }
     bare = benchlib.percentiles(seq["bare"]) if "bare" in seq else {}
     bare_rps = benchlib.median([t[0] for t in thr.get("bare", [])]) if "bare" in thr else 0.0
     for name in names:
@@ -268,9 +275,8 @@ def report(result: dict[str, Any]) -> str:
                 f"{(f'{sent:.2f}' if sent is not None else '-'):>7} "
                 f"{(f'{trips:.2f}' if trips is not None else '-'):>10}"
             )
-    stats = result.get("abuseguard_redis_backend")
-    if stats:
-        lines += ["", "abuseguard RedisBackend: " + ", ".join(f"{k}={v}" for k, v in stats.items())]
+    for name, stats in result.get("abuseguard_redis_backend", {}).items():
+        lines += ["", f"{name} backend: " + ", ".join(f"{k}={v}" for k, v in stats.items())]
     for name, why in result.get("unavailable", {}).items():
         lines.append(f"{name}: unavailable ({why})")
     for name, e in result["stacks"].items():

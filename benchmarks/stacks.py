@@ -37,6 +37,8 @@ STACKS: tuple[str, ...] = (
     "abuseguard-memory-proxied",
     "abuseguard-redis",
     "abuseguard-redis-proxied",
+    "abuseguard-redis-synced",
+    "abuseguard-redis-synced-proxied",
     "slowapi-memory",
     "slowapi-redis",
     "fastapi-bare",
@@ -157,6 +159,12 @@ def abuseguard_stack(config: StackConfig, backend: str | None, *, proxied: bool)
     return app
 
 
+def synced_uri(redis_url: str | None) -> str:
+    """The Redis backend in synced mode: local decisions, deltas merged every 10 ms."""
+    url = str(redis_url)
+    return url + ("&" if "?" in url else "?") + "mode=synced&sync_interval=0.01"
+
+
 # ----------------------------------------------------------------------------- slowapi
 
 
@@ -235,6 +243,12 @@ def build(name: str, config: StackConfig) -> ASGIApp:
         "abuseguard-redis": lambda: abuseguard_stack(config, config.redis_url, proxied=False),
         "abuseguard-redis-proxied": lambda: abuseguard_stack(
             config, config.redis_url, proxied=True
+        ),
+        "abuseguard-redis-synced": lambda: abuseguard_stack(
+            config, synced_uri(config.redis_url), proxied=False
+        ),
+        "abuseguard-redis-synced-proxied": lambda: abuseguard_stack(
+            config, synced_uri(config.redis_url), proxied=True
         ),
         "slowapi-memory": lambda: slowapi_stack(config, "memory://"),
         "slowapi-redis": lambda: slowapi_stack(config, str(config.redis_url)),
