@@ -113,14 +113,11 @@ def rotate_sketches(
 
 
 @njit(cache=True)
-def init_row(row: np.ndarray, ts: float, burst: float, epoch: int) -> None:
+def init_row(row: np.ndarray, ts: float, burst: float) -> None:
     row[L.F_TOKENS] = burst
     row[L.F_BUCKET_TS] = ts
     row[L.F_FIRST_SEEN] = ts
     row[L.F_LAST_SEEN] = ts
-    row[L.F_SKETCH_EPOCH] = epoch
-    row[L.F_LIA_MEAN] = 0.0
-    row[L.F_LIA_VAR] = 0.0
 
 
 @njit(cache=True)
@@ -187,12 +184,12 @@ def template_step(
             known = True
         if popcount64(np.uint64(ring[j]) ^ sh) <= prm[L.P_HAMMING]:
             near = True
-    pos = int(key_row[L.F_RING_POS])
+    pos = int(acc_row[L.A_RING_POS])
     ring[pos] = simhash
     tring[pos] = template_id
-    key_row[L.F_RING_POS] = (pos + 1) % L.RING_SIZE
+    acc_row[L.A_RING_POS] = (pos + 1) % L.RING_SIZE
     repeated = near or known
-    key_row[L.F_TEMPLATE] += 0.15 * ((1.0 if repeated else 0.0) - key_row[L.F_TEMPLATE])
+    acc_row[L.A_TEMPLATE] += 0.15 * ((1.0 if repeated else 0.0) - acc_row[L.A_TEMPLATE])
 
     # Count-Min over template ids, counting each account once per template it (re)starts.
     last_decay = cms[L.CMS_DEPTH, 0]
@@ -239,7 +236,9 @@ def decide(
 
     new_key = key_row[L.F_COUNT] == 0.0
     if new_key:
-        init_row(key_row, ts, prm[L.P_BUCKET + 1], epoch)
+        init_row(key_row, ts, prm[L.P_BUCKET + 1])
+        key_row[L.F_LIA_MEAN] = 0.0
+        key_row[L.F_LIA_VAR] = 0.0
     elif key_row[L.F_BANNED_UNTIL] > ts:
         observe_arrival(key_row, ts, prm)
         io[L.O_BANNED] = 1.0
@@ -279,7 +278,8 @@ def decide(
             continue
         row = tables[kind][r]
         if row[L.F_COUNT] == 0.0:
-            init_row(row, ts, prm[L.P_BUCKET + 2 * kind + 1], epoch)
+            init_row(row, ts, prm[L.P_BUCKET + 2 * kind + 1])
+            row[L.F_SKETCH_EPOCH] = epoch
         # Network rows keep a count and the last arrival (for eviction); rates and cadence
         # are only scored per key, so they are not computed here.
         row[L.F_COUNT] += 1.0
@@ -287,7 +287,7 @@ def decide(
             row[L.F_LAST_SEEN] = ts
         if not has_account:
             continue
-        regs = row[L.COMMON_FIELDS :].view(np.uint8)
+        regs = row[L.NET_FIELDS :].view(np.uint8)
         dirty = rotate_sketches(row, regs, 1, L.NET_SKETCH_M, epoch, L.F_SKETCH_EPOCH)
         if hll_add(regs, half * L.NET_SKETCH_M, L.NET_SKETCH_M, account_hash) or dirty:
             row[L.F_SKETCH_EST] = hll_estimate(regs, 0, L.NET_SKETCH_M)
@@ -304,7 +304,7 @@ def decide(
             if hll_add(
                 key_regs, sk * 2 * L.KEY_SKETCH_M + half * L.KEY_SKETCH_M, L.KEY_SKETCH_M, item
             ):
-                key_row[L.F_EST + sk] = hll_estimate(
+                acc_row[L.A_EST + sk] = hll_estimate(
                     key_regs, sk * 2 * L.KEY_SKETCH_M, L.KEY_SKETCH_M
                 )
     if has_account and iv[L.I_COUNTRY] != 0:
@@ -315,18 +315,18 @@ def decide(
             L.KEY_SKETCH_M,
             item,
         ):
-            key_row[L.F_EST + L.SK_COUNTRIES] = hll_estimate(
+            acc_row[L.A_EST + L.SK_COUNTRIES] = hll_estimate(
                 key_regs, L.SK_COUNTRIES * 2 * L.KEY_SKETCH_M, L.KEY_SKETCH_M
             )
     if key_dirty:
         for sk in range(L.KEY_SKETCHES):
-            key_row[L.F_EST + sk] = hll_estimate(key_regs, sk * 2 * L.KEY_SKETCH_M, L.KEY_SKETCH_M)
+            acc_row[L.A_EST + sk] = hll_estimate(key_regs, sk * 2 * L.KEY_SKETCH_M, L.KEY_SKETCH_M)
     io[L.O_FANIN] = fan_in
     if has_account:
-        fan_out_ips = key_row[L.F_EST + L.SK_IPS]
-        fan_out_pfx = key_row[L.F_EST + L.SK_PREFIXES]
-        fan_out_asns = key_row[L.F_EST + L.SK_ASNS]
-        fan_out_cc = key_row[L.F_EST + L.SK_COUNTRIES]
+        fan_out_ips = acc_row[L.A_EST + L.SK_IPS]
+        fan_out_pfx = acc_row[L.A_EST + L.SK_PREFIXES]
+        fan_out_asns = acc_row[L.A_EST + L.SK_ASNS]
+        fan_out_cc = acc_row[L.A_EST + L.SK_COUNTRIES]
     else:
         fan_out_ips = fan_out_pfx = fan_out_asns = fan_out_cc = 0.0
     io[L.O_FANOUT_IPS] = fan_out_ips
@@ -378,7 +378,7 @@ def decide(
                 sig[L.S_SHARED_TEMPLATE] = ramp(shared, prm[L.P_SHARED_LO], prm[L.P_SHARED_HI])
                 if count >= 4.0:
                     sig[L.S_TEMPLATE] = ramp(
-                        key_row[L.F_TEMPLATE], prm[L.P_TEMPLATE_LO], prm[L.P_TEMPLATE_HI]
+                        acc_row[L.A_TEMPLATE], prm[L.P_TEMPLATE_LO], prm[L.P_TEMPLATE_HI]
                     )
             sig[L.S_ELICIT] = io[L.X_ELICIT]
         sig[L.S_PRIOR] = key_row[L.F_PRIOR]

@@ -1,10 +1,11 @@
 """Shapes of the engine's state: table kinds, row fields, inputs, parameters, outputs.
 
 Every table is a C-contiguous float64 array with one row per identity. The first
-``COMMON_FIELDS`` words of a row are the same in every table; the key table adds a ring of
-recent prompt fingerprints; every table ends with its HyperLogLog sketches, stored as bytes
-(the row's tail is viewed as uint8 in the kernel). Indices are plain ints so that Numba
-treats them as compile-time constants.
+``ROW_FIELDS`` words of a row mean the same in the key and network tables (recency, the
+token bucket, the count); the key table adds the behaviour the score reads, the network
+tables a fan-in sketch, the account table what only accounts need (prompt rings, fan-out
+sketches). Sketches are stored as bytes at the end of a row (viewed as uint8 in the
+kernel). Indices are plain ints so that Numba treats them as compile-time constants.
 """
 
 from __future__ import annotations
@@ -18,39 +19,43 @@ KIND_PERSONA = 4
 N_KINDS = 5
 KIND_NAMES = ("key", "ip", "prefix", "asn", "persona")
 
-# Fields every row has.
+# Fields every row has (key and network tables).
 F_LAST_SEEN = 0  # ts of the last request; 0.0 marks an empty row
 F_TOKENS = 1
 F_BUCKET_TS = 2
-F_RATE_SHORT = 3  # EWMA of request rate (1/s), short horizon
-F_RATE_LONG = 4  # EWMA of request rate (1/s), long horizon: the identity's own baseline
-F_LIA_MEAN = 5  # EWMA of log inter-arrival time
-F_LIA_VAR = 6  # EWMA of its squared deviation
-F_COUNT = 7
-F_ERR = 8  # EWMA share of 4xx/5xx outcomes
-F_SCORE = 9  # smoothed risk score, decays toward 0 while idle
-F_LEVEL = 10  # enforcement ladder level (index into the ladder), with hysteresis
-F_BANNED_UNTIL = 11
-F_WAIT_UNTIL = 12  # the client was told to come back at this time (Retry-After)
-F_IMPATIENCE = 13  # EWMA share of requests sent before WAIT_UNTIL
-F_SKETCH_EPOCH = 14
+F_COUNT = 3
+F_FIRST_SEEN = 4
+ROW_FIELDS = 5
+
+# Key table: the behaviour of one identity, which the score reads. An anonymous client
+# (an IP flood) costs this one narrow row and nothing else.
+F_RATE_SHORT = 5  # EWMA of request rate (1/s), short horizon
+F_RATE_LONG = 6  # EWMA of request rate (1/s), long horizon: the identity's own baseline
+F_LIA_MEAN = 7  # EWMA of log inter-arrival time
+F_LIA_VAR = 8  # EWMA of its squared deviation
+F_ERR = 9  # EWMA share of 4xx/5xx outcomes
+F_SCORE = 10  # smoothed risk score, decays toward 0 while idle
+F_LEVEL = 11  # enforcement ladder level (index into the ladder), with hysteresis
+F_BANNED_UNTIL = 12
+F_WAIT_UNTIL = 13  # the client was told to come back at this time (Retry-After)
+F_IMPATIENCE = 14  # EWMA share of requests sent before WAIT_UNTIL
 F_PRIOR = 15  # risk prior written by the background lane (0..1)
-F_FIRST_SEEN = 16
-F_IA_COUNT = 17  # inter-arrival samples behind F_LIA_MEAN / F_LIA_VAR
-F_SKETCH_EST = 18  # cached distinct-account estimate of a network row's sketch
-COMMON_FIELDS = 19
+F_IA_COUNT = 16  # inter-arrival samples behind F_LIA_MEAN / F_LIA_VAR
+KEY_FIELDS = 17
 
-# Key-table extras: repeat rate of prompt templates and cached fan-out estimates.
-F_TEMPLATE = 19  # EWMA share of prompts that repeat a recent template
-F_RING_POS = 20
-F_EST = 21  # F_EST + SK_*: cached fan-out estimates (ips, prefixes, asns, countries)
-KEY_FIELDS = F_EST + 4
+# Network tables (IP, prefix, ASN, persona): a count of distinct accounts (fan-in).
+F_SKETCH_EPOCH = 5
+F_SKETCH_EST = 6  # cached distinct-account estimate of the row's sketch
+NET_FIELDS = 7
 
-# The account table holds what only accounts need, so that anonymous clients (an IP
-# flood) cost a narrow key row and nothing else: a ring of recent SimHashes and their
-# template ids, and the fan-out sketches.
+# The account table holds what only accounts need: the repeat rate of prompt templates,
+# a ring of recent SimHashes and their template ids, and the fan-out sketches with their
+# cached estimates.
 A_EPOCH = 0  # sketch epoch of the fan-out sketches
-A_RING = 1  # recent SimHashes (int64 bit patterns)
+A_TEMPLATE = 1  # EWMA share of prompts that repeat a recent template
+A_RING_POS = 2
+A_EST = 3  # A_EST + SK_*: cached fan-out estimates (ips, prefixes, asns, countries)
+A_RING = 7  # recent SimHashes (int64 bit patterns)
 RING_SIZE = 8
 A_TRING = A_RING + RING_SIZE  # the template ids of the same requests
 ACC_FIELDS = A_TRING + RING_SIZE
@@ -74,7 +79,7 @@ def sketch_words(n_sketches: int, m: int) -> int:
 
 KEY_WIDTH = KEY_FIELDS
 ACC_WIDTH = ACC_FIELDS + sketch_words(KEY_SKETCHES, KEY_SKETCH_M)
-NET_WIDTH = COMMON_FIELDS + sketch_words(NET_SKETCHES, NET_SKETCH_M)
+NET_WIDTH = NET_FIELDS + sketch_words(NET_SKETCHES, NET_SKETCH_M)
 
 # Integer inputs (int64 vector): rows in each table (-1 when absent), then values to count.
 I_ROW = 0  # I_ROW + kind

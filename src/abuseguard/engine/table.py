@@ -37,7 +37,8 @@ class StateTable:
             raise ValueError(f"table data must be float64 of shape {(capacity, width)}")
         self.data = data
         self.index: dict[Hashable, int] = {}
-        self.keys: list[Hashable | None] = [None] * capacity
+        # Grows with the rows in use (rows are handed out in order until the table is full).
+        self.keys: list[Hashable | None] = []
         self.next_free = 0
         self.evictions = 0
         self._rng = np.random.default_rng(seed)
@@ -55,6 +56,7 @@ class StateTable:
         if self.next_free < self.capacity:
             row = self.next_free
             self.next_free += 1
+            self.keys.append(key)
         else:
             row = self._victim()
             old = self.keys[row]
@@ -62,8 +64,8 @@ class StateTable:
                 del self.index[old]
             self.data[row] = 0.0
             self.evictions += 1
+            self.keys[row] = key
         self.index[key] = row
-        self.keys[row] = key
         return row
 
     def _victim(self) -> int:
@@ -73,7 +75,7 @@ class StateTable:
     def clear(self) -> None:
         self.data[:] = 0.0
         self.index.clear()
-        self.keys = [None] * self.capacity
+        self.keys = []
         self.next_free = 0
 
     @property
