@@ -34,6 +34,7 @@ from abuseguard import (
 from abuseguard.backends.base import backend_from_uri
 from abuseguard.backends.redis import UNAVAILABLE, RedisBackend
 from abuseguard.backends.redis_pipe import pack_commands
+from abuseguard.engine.layout import A_EST, F_SKETCH_EST, SK_ASNS
 from abuseguard.errors import ConfigError
 from abuseguard.policy import FailMode
 from tests.conftest import RedisServer, free_port
@@ -340,7 +341,7 @@ def test_network_buckets_and_fan_in_are_shared_on_a_standalone_server(
             for i in range(6)
         ]
         table = guards[0].engine.tables[1]
-        fan_in = float(table.data[table.index["203.0.113.9"], 18])
+        fan_in = float(table.data[table.index["203.0.113.9"], F_SKETCH_EST])
         for g in guards:
             await g.shutdown()
         return out, fan_in
@@ -362,8 +363,8 @@ def test_fan_out_estimates_come_from_every_worker(redis_server: RedisServer) -> 
         for i in range(16):
             await guards[i % 2].acheck(req(key="roamer", ip=f"10.{i}.0.1", asn=1000 + i))
         last = await guards[0].acheck(req(key="roamer", ip="10.99.0.1", asn=9999))
-        table = guards[0].engine.tables[0]
-        asns = float(table.data[table.index[last.identity], 21 + 2])
+        table = guards[0].engine.accounts
+        asns = float(table.data[table.index[last.identity], A_EST + SK_ASNS])
         for g in guards:
             await g.shutdown()
         return asns

@@ -27,6 +27,7 @@ from abuseguard import (
     TokenBucket,
 )
 from abuseguard.backends.redis import RedisBackend
+from abuseguard.engine.layout import F_SKETCH_EST
 from tests.conftest import RedisClusterServers
 
 pytestmark = pytest.mark.redis
@@ -150,7 +151,7 @@ def test_network_bucket_and_fan_in_sync_in_the_background(
             for i in range(4)
         ]
         table = guards[0].engine.tables[1]
-        fan_in = float(table.data[table.index["192.0.2.99"], 18])
+        fan_in = float(table.data[table.index["192.0.2.99"], F_SKETCH_EST])
         for g in guards:
             await g.shutdown()
         return first, later, fan_in

@@ -614,7 +614,7 @@ class RedisBackend(Backend):
             sent[memo] = now_mono
             fo = fo or self.keys.fanout(p.identity, keys, epoch)
             call.sketch(
-                fo[2 * sk], fo[2 * sk + 1], ttl, [item], (L.KIND_KEY, p.identity, L.F_EST + sk)
+                fo[2 * sk], fo[2 * sk + 1], ttl, [item], (L.KIND_ACCOUNT, p.identity, L.A_EST + sk)
             )
         for kind, net_key in net_keys:
             net_memo = (kind, net_key, p.identity)
@@ -671,7 +671,7 @@ class RedisBackend(Backend):
                 table.data[key_row, L.F_BANNED_UNTIL] = p.ts + min(reply.ban_left, cap)
             return guard._decide(info, p, io, UNKNOWN, False)
         for (kind, key, field), estimate in zip(main.sketch_tags, reply.sketches, strict=True):
-            table = tables[kind]
+            table = guard.engine.accounts if kind == L.KIND_ACCOUNT else tables[kind]
             row = table.index.get(key)
             if row is not None:
                 table.data[row, field] = estimate

@@ -18,6 +18,7 @@ KIND_ASN = 3
 KIND_PERSONA = 4
 N_KINDS = 5
 KIND_NAMES = ("key", "ip", "prefix", "asn", "persona")
+KIND_ACCOUNT = N_KINDS  # names the account table where a table is chosen by kind
 
 # Fields every row has (key and network tables).
 F_LAST_SEEN = 0  # ts of the last request; 0.0 marks an empty row
