@@ -48,7 +48,23 @@ def retry_after_value(seconds: float | None) -> str:
     return str(max(1, _int_up(seconds or 0.0)))
 
 
-_POLICY_VALUES: dict[tuple[tuple[str, float, float], ...], bytes] = {}
+_POLICY_VALUES: dict[object, bytes] = {}
+
+
+def _policy_value(policies: tuple[PolicyState, ...]) -> bytes:
+    """The RateLimit-Policy value; it only changes with the configuration: formatted once
+    per shape (one policy, the common case, is keyed without building nested tuples)."""
+    if len(policies) == 1:
+        p = policies[0]
+        shape: object = (p.name, p.quota, p.window)
+    else:
+        shape = tuple((p.name, p.quota, p.window) for p in policies)
+    value = _POLICY_VALUES.get(shape)
+    if value is None:
+        value = ratelimit_policy_value(policies).encode("latin-1")
+        if len(_POLICY_VALUES) < 1024:
+            _POLICY_VALUES[shape] = value
+    return value
 
 
 def rate_limit_headers(decision: Decision, *, legacy: bool = False) -> list[tuple[bytes, bytes]]:
@@ -56,13 +72,7 @@ def rate_limit_headers(decision: Decision, *, legacy: bool = False) -> list[tupl
     policies = decision.policies
     if not policies:
         return []
-    # The policy header only changes with the configuration: format it once.
-    shape = tuple((p.name, p.quota, p.window) for p in policies)
-    policy_value = _POLICY_VALUES.get(shape)
-    if policy_value is None:
-        policy_value = ratelimit_policy_value(policies).encode("latin-1")
-        if len(_POLICY_VALUES) < 1024:
-            _POLICY_VALUES[shape] = policy_value
+    policy_value = _policy_value(policies)
     if len(policies) == 1:  # the common case, formatted without the generic path
         p = policies[0]
         remaining = int(p.remaining) if p.remaining > 0 else 0
