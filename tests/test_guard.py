@@ -404,3 +404,19 @@ def test_idle_forgiveness_without_any_bucket() -> None:
     )
     after = guard.engine.tables[0].data[row, layout.F_SCORE]
     assert before > 0.5 and after < 0.05  # without idle decay it would be ~0.66
+
+
+def test_client_cache_keys_on_persona_values_and_stays_bounded() -> None:
+    guard = Guard(Policy())
+    sdk = {"user-agent": "OpenAI/Python 1.40.0", "x-stainless-lang": "python"}
+    fresh = Guard(Policy())
+    first = guard._client_of(sdk["user-agent"], sdk)
+    # Same names, another value of a persona header: another persona, not a cache hit.
+    other = guard._client_of(sdk["user-agent"], {**sdk, "x-stainless-lang": "js"})
+    assert first[1] != other[1]
+    assert other == fresh._client_of(sdk["user-agent"], {**sdk, "x-stainless-lang": "js"})
+    assert guard._client_of(sdk["user-agent"], dict(sdk)) == first
+    # A flood of header shapes (random names) cannot grow the caches without bound.
+    for i in range(20_000):
+        guard._client_of("curl/8.0", {f"x-random-{i}": "1", "accept-encoding": str(i)})
+    assert len(guard._clients) <= 16384 and len(guard._value_names) <= 4096

@@ -118,6 +118,7 @@ class Guard:
         self.observers: list[Observer] = list(observers)
         self._key_hashes: dict[str, str] = {}
         self._clients: dict[tuple[object, ...], tuple[int, int, float]] = {}
+        self._value_names: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._network_rows = (False, True, True, True, True)
         self._anonymous_network_rows = (
             False,
@@ -244,9 +245,17 @@ class Guard:
         )
 
     def _client_of(self, ua: str | None, headers: Mapping[str, str]) -> tuple[int, int, float]:
-        """Client class, persona and persona mismatch, cached per header shape."""
+        """Client class, persona and persona mismatch, cached per header shape: the UA,
+        the header names in order and the values of the few headers whose value is part of
+        the persona (which of the names those are is itself cached per name list)."""
         names = tuple(headers)
-        key = (ua, names, tuple([headers[n] for n in names if n in FINGERPRINT_VALUE_HEADERS]))
+        value_names = self._value_names.get(names)
+        if value_names is None:
+            value_names = tuple(n for n in names if n in FINGERPRINT_VALUE_HEADERS)
+            if len(self._value_names) >= 4096:
+                self._value_names.clear()
+            self._value_names[names] = value_names
+        key = (ua, names, tuple([headers[n] for n in value_names]) if value_names else ())
         hit = self._clients.get(key)
         if hit is not None:
             return hit
