@@ -240,10 +240,19 @@ def budgets(results: dict[str, Any]) -> list[Budget]:
     )
     out.append(
         _ratio(
-            "HTTP throughput, abuseguard Redis",
+            "HTTP throughput, abuseguard Redis, inline mode (exact, one round trip)",
             _get(http, "stacks", "abuseguard-redis-proxied", "ratio_to_bare", "median"),
             0.50,
             why_missing=ag_redis_why,
+        )
+    )
+    synced_why = _get(http, "unavailable", "abuseguard-redis-synced-proxied") or why or "no result"
+    out.append(
+        _ratio(
+            "HTTP throughput, abuseguard Redis, synced mode (local decisions, 10 ms sync)",
+            _get(http, "stacks", "abuseguard-redis-synced-proxied", "ratio_to_bare", "median"),
+            0.50,
+            why_missing=synced_why,
         )
     )
     scale = results.get("scale") or {}

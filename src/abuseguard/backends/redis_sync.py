@@ -4,9 +4,10 @@ shared state written back into the engine's rows.
 Per request (`Syncer.record`, no I/O): the cost the kernel charged to each synced bucket
 (the identity's, and its IP, prefix and ASN buckets when the policy has them) is added to
 a pending entry, one per identity and interval, with a new ban when the ladder reached it.
-Per flush (`Syncer.flush`, every ``sync_interval``): every pending entry goes to
-``lua/sync.lua`` (on one server: up to `CHUNK` identities per script call, all calls in one
-pipeline, so one round trip; in a Cluster one call per identity, pipelined), which refills
+Per flush (`Syncer.flush`, every ``sync_interval``): the pending entries (at most
+`MAX_FLUSH`, the oldest; the rest wait for the next flush) go to ``lua/sync.lua`` (on one
+server: up to `CHUNK` identities per script call, all calls in one pipeline, so one round
+trip; in a Cluster one call per identity, pipelined), which refills
 the shared bucket on Redis time, charges the delta (possibly into debt: it was already
 served) and answers the shared tokens, how many workers share the bucket, and the ban.
 Written back into the local row: the worker's share of the tokens (``tokens / sharing``
@@ -15,8 +16,10 @@ flush left, and the ban.
 
 Cold start: with ``workers`` > 1, an identity this worker has not synced within the share
 window starts with at most ``burst / workers`` locally until its first sync (the other
-workers may be spending the same tokens); its first sync, one interval later, gives it its
-real share. That bounds what a burst spread over every worker can overshoot.
+workers may be spending the same tokens), and that first sync gives it ``1 / workers`` of
+the shared tokens (workers that started it cold too may not have reported yet); from the
+second sync on, its share is by the number of workers that really share it. That keeps a
+burst spread over every worker near one burst.
 
 Bounded: at most ``max_pending`` identities wait for a flush (beyond that, new identities
 are not synced in that interval and counted in ``dropped``); a failed flush puts its
@@ -26,6 +29,7 @@ entries back, within the same bound.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
     from abuseguard.guard import Guard, Prepared
 
 CHUNK = 256  # identities per script call on a standalone server
+MAX_FLUSH = 4096  # identities per flush; more wait for the next one
 
 
 class Entry:
@@ -67,12 +72,27 @@ class Syncer:
         bucket = policy.bucket
         self.key_bucket = bucket
         self.net_buckets = {kind: b for kind, b, _ in backend.net_buckets}
-        self.synced_key = bucket is not None or backend.ban_level > 0
+        self.ban_ms = backend.ban_ms if backend.ban_level > 0 else 0  # 0: bans not synced
+        self.synced_key = bucket is not None or self.ban_ms > 0
         self.bursts = [0.0] * L.N_KINDS
         if bucket is not None:
             self.bursts[L.KIND_KEY] = bucket.capacity
         for kind, net_bucket in self.net_buckets.items():
             self.bursts[kind] = net_bucket.capacity
+        # Per kind 0..3: "rate burst ttl_rate" (burst 0: no bucket), sent once per call.
+        self.rates = [0.0] * L.N_KINDS
+        ttl_rates = [1.0] * L.N_KINDS
+        if bucket is not None:
+            self.rates[L.KIND_KEY] = bucket.per_second
+            ttl_rates[L.KIND_KEY] = backend.key_ttl_rate
+        for kind, net_bucket in self.net_buckets.items():
+            self.rates[kind] = net_bucket.per_second
+            ttl_rates[kind] = net_bucket.per_second * backend.load_floor
+        self.defaults = tuple(
+            f"{self.rates[kind]!r} {self.bursts[kind]!r} {ttl_rates[kind]!r}"
+            for kind in (L.KIND_KEY, L.KIND_IP, L.KIND_PREFIX, L.KIND_ASN)
+        )
+        self.window_arg = repr(backend.share_window)
         self.dropped = 0  # identities left out of a flush (pending full)
         self.flushes = 0
         self.entries_sent = 0
@@ -165,8 +185,15 @@ class Syncer:
 
     # -- per flush -------------------------------------------------------------------------
 
-    def take(self) -> Pending:
-        batch, self.pending = self.pending, {}
+    def take(self, limit: int = 0) -> Pending:
+        """What is pending (at most ``limit`` entries, the oldest; 0: all)."""
+        pending = self.pending
+        if not limit or len(pending) <= limit:
+            self.pending = {}
+            return pending
+        batch = dict(itertools.islice(pending.items(), limit))
+        for k in batch:
+            del pending[k]
         return batch
 
     def put_back(self, batch: Pending) -> None:
@@ -186,7 +213,7 @@ class Syncer:
     async def flush(self) -> None:
         """Send what is pending, write the answers back. Raises when Redis failed (the
         entries are then pending again)."""
-        batch = self.take()
+        batch = self.take(MAX_FLUSH)
         if not batch:
             return
         backend = self.backend
@@ -216,6 +243,8 @@ class Syncer:
             self.synced.clear()
 
     def _command(self, group: list[tuple[tuple[int, Any], Entry]]) -> tuple[Any, ...]:
+        """One call of sync.lua (argument layout at its top): most entries are just a
+        kind and a delta, the kinds' rates and bursts travel once per call."""
         backend = self.backend
         guard = self.guard
         keys: list[str] = []
@@ -223,39 +252,34 @@ class Syncer:
         load = guard._load_factor()
         key_table = guard.engine.tables[L.KIND_KEY]
         bucket = self.key_bucket
-        ban_ms = backend.ban_ms
-        bans = backend.ban_level > 0 and ban_ms > 0
+        bans = self.ban_ms > 0
+        key_space = backend.keys
         for (kind, key), entry in group:
-            rate = burst = ttl_rate = 0.0
             if kind == L.KIND_KEY:
+                factor = load
                 if bucket is not None:
-                    factor = 1.0
+                    keys.append(key_space.of(key).bucket)
                     row = key_table.index.get(key)
                     if row is not None:
                         risk = float(key_table.data[row, L.F_SCORE]) - bucket.risk_floor
                         if risk > 0.0:
-                            factor = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
-                        if factor < bucket.min_refill_factor:
-                            factor = bucket.min_refill_factor
-                    rate = bucket.per_second * load * factor
-                    burst = bucket.capacity
-                    ttl_rate = backend.key_ttl_rate
-                    base = backend.keys.of(key).bucket
-                    keys += (base, base + "w")
+                            scaled = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
+                            factor *= max(scaled, bucket.min_refill_factor)
                 if bans:
-                    keys.append(backend.keys.of(key).ban)
+                    keys.append(key_space.of(key).ban)
+                if factor == 1.0 and not entry.ban:
+                    args.append(f"0 {entry.delta!r}")
+                else:
+                    rate = max(self.rates[L.KIND_KEY] * factor, 1e-9)
+                    args.append(f"0 {entry.delta!r} {rate!r} 1 {1 if entry.ban else 0}")
             else:
-                net_bucket = self.net_buckets[kind]
-                rate = net_bucket.per_second * load * entry.scale
-                burst = net_bucket.capacity * entry.scale
-                ttl_rate = net_bucket.per_second * backend.load_floor
-                base = backend.keys.network_base(kind, key) + ":b"
-                keys += (base, base + "w")
-            args.append(
-                f"{entry.delta!r} {max(rate, 1e-9)!r} {burst!r} {ttl_rate!r} "
-                f"{ban_ms if entry.ban and bans else 0} "
-                f"{1 if bans and kind == L.KIND_KEY else 0}"
-            )
+                keys.append(key_space.network_base(kind, key) + ":b")
+                scale = entry.scale
+                if load == 1.0 and scale == 1.0:
+                    args.append(f"{kind} {entry.delta!r}")
+                else:
+                    rate = max(self.rates[kind] * load * scale, 1e-9)
+                    args.append(f"{kind} {entry.delta!r} {rate!r} {scale!r} 0")
         now: float | str = "" if backend.server_time else guard.clock()
         return (
             "EVALSHA",
@@ -264,8 +288,10 @@ class Syncer:
             *keys,
             now,
             backend.worker_id,
-            repr(backend.share_window),
+            self.window_arg,
+            self.ban_ms,
             len(group),
+            *self.defaults,
             *args,
         )
 
@@ -277,11 +303,18 @@ class Syncer:
         tables = self.guard.engine.tables
         pending = self.pending
         synced = self.synced
+        workers = self.workers
+        window = self.backend.share_window
         i = 1
         for k, _ in group:
             kind, key = k
             tokens, sharing, left = float(reply[i]), int(reply[i + 1]), float(reply[i + 2])
             i += 3
+            last = synced.get(k)
+            if last is None or mono - last > window:
+                # A cold start's first sync: workers that started the client cold too may
+                # not have reported yet, so assume every worker shares it, once.
+                sharing = max(sharing, workers) if sharing > 0 else 0
             synced[k] = mono
             table = tables[kind]
             row = table.index.get(key)
@@ -299,4 +332,4 @@ class Syncer:
                 data[row, L.F_BANNED_UNTIL] = now + left
 
 
-__all__ = ["CHUNK", "Entry", "Syncer"]
+__all__ = ["CHUNK", "MAX_FLUSH", "Entry", "Syncer"]

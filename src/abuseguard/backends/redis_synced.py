@@ -119,6 +119,7 @@ class SyncedRedisBackend(RedisBackend):
         self.syncs = 0  # sync rounds that completed (with or without anything to send)
         self._full: Any = None  # the kernel's bucket parameters, whole
         self._divided: Any = None  # and divided by the workers (outage)
+        self._io: Any = None
 
     # -- construction --------------------------------------------------------------------
 
@@ -143,7 +144,9 @@ class SyncedRedisBackend(RedisBackend):
         self._divided = full.copy()
         self._divided[1::2] /= float(self.workers)  # bursts
         self._divided[0::2] /= float(self.workers)  # rates
-        guard.engine.params[_BUCKETS] = full  # the kernel's own buckets decide
+        guard.engine.params[_BUCKETS] = full  # the kernel's own buckets decide,
+        guard.local_buckets = True  # and the Decision reports them as the memory backend's
+        self._io = memoryview(guard.engine.io)  # type: ignore[arg-type]  # floats, no numpy
         self.syncer = Syncer(self, guard, max_pending=self.sync_max_pending, workers=self.workers)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -257,20 +260,24 @@ class SyncedRedisBackend(RedisBackend):
         if self._loop is not asyncio.get_running_loop():
             self._start()
         p = guard.prepare(info)
-        io = guard.run_engine(p).tolist()
-        level = int(io[L.O_ACTION])
-        served = level < 9 and self.serves[level]
+        plain = guard._run(p)  # the memory backend's path: kernel, then the Decision
         syncer = self.syncer
         assert syncer is not None, "SyncedRedisBackend.attach() was not called (use it via Guard)"
         if not syncer.paused:
-            banned = io[L.O_BANNED]
-            syncer.record(
-                p,
-                p.cost if served and not io[L.O_DENIED_KINDS] and not banned else 0.0,
-                io[L.O_FANIN],
-                self.ban_ms > 0 and 0 < self.ban_level <= level and not banned,
-            )
-        return guard._decide(info, p, io, None, True)
+            io = self._io
+            if plain:  # allowed, nothing refused: every bucket was charged
+                syncer.record(p, p.cost, io[L.O_FANIN], False)
+            else:
+                level = int(io[L.O_ACTION])
+                banned = io[L.O_BANNED]
+                served = level < 9 and self.serves[level] and not banned
+                syncer.record(
+                    p,
+                    p.cost if served and not io[L.O_DENIED_KINDS] else 0.0,
+                    io[L.O_FANIN],
+                    self.ban_ms > 0 and 0 < self.ban_level <= level and not banned,
+                )
+        return guard._conclude(info, p, plain)
 
     # -- after the response -------------------------------------------------------------------
 

@@ -104,8 +104,8 @@ for i = 1, n_bucket do
     local tk, ts = burst, now
     local v = redis.call('GET', key)
     if v then
-        local sp = string.find(v, ' ', 1, true)
-        tk, ts = num(string.sub(v, 1, sp - 1)), num(string.sub(v, sp + 1))
+        local t1, t2 = string.match(v, '^(%S+) (%S+)')  -- synced mode may append more
+        tk, ts = num(t1), num(t2)
     end
     local elapsed = now - ts
     if elapsed > 0 then

@@ -11,8 +11,8 @@ local delta, burst, ttl_rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(AR
 local tk, ts = burst, now
 local v = redis.call('GET', KEYS[1])
 if v then
-    local sp = string.find(v, ' ', 1, true)
-    tk, ts = tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+    local t1, t2 = string.match(v, '^(%S+) (%S+)')  -- synced mode may append more
+    tk, ts = tonumber(t1), tonumber(t2)
 end
 tk = tk - delta
 if tk > burst then tk = burst end

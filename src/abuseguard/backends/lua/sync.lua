@@ -1,52 +1,62 @@
 -- abuseguard: merge one worker's local bucket consumption into the shared buckets (synced
 -- mode) and answer the shared state, for many identities in one call.
 --
--- Bucket values have decide.lua's format ("tokens timestamp" on Redis time), so inline and
--- synced workers may share one Redis. Each bucket also has a sorted set of the workers that
--- touched it recently (member: worker id, score: last sync), whose size says how many
--- workers share its tokens.
+-- A bucket's value starts like decide.lua's ("tokens timestamp", Redis time), so inline
+-- and synced workers may share one Redis (decide.lua reads the first two fields), and
+-- goes on with the workers that synced it within the share window: " id@seconds" each
+-- (at most 64). Their number says how many workers share its tokens.
 --
--- ARGV: 1 now (seconds; "" = the server clock), 2 worker id, 3 share window (seconds a
--- worker counts as sharing a bucket after its last sync), 4 n entries, then one string per
--- entry: "delta rate burst ttl_rate ban_ms ban"
---   delta     cost consumed locally since the last sync (< 0: refunds); charged after the
---             refill, the bucket may go into debt (the cost was already served)
---   rate      refill per second; burst: capacity (0: no bucket, only the ban)
---   ttl_rate  the slowest refill, for the key's TTL
---   ban_ms    > 0: ban the identity for that long now (its ladder reached the ban)
---   ban       1: the entry has a ban key
--- KEYS per entry: the bucket and its workers set (when burst > 0), then the ban key (when
--- ban is 1). In a cluster the caller sends the keys of one identity per call.
+-- ARGV: 1 now (seconds; "" = the server clock), 2 worker id, 3 share window (seconds),
+-- 4 ban_ms (0: no bans in this policy), 5 n entries, then per bucket kind 0..3 (key, ip,
+-- prefix, asn) its defaults "rate burst ttl_rate" (burst 0: no such bucket), ARGV[6..9];
+-- then one string per entry:
+--   "K D"          kind K, delta D, with the kind's default rate and burst
+--   "K D R S B"    the same with refill rate R, burst multiplier S (NAT) and B = 1 when
+--                  the identity was just banned here (kind 0 only)
+--   delta: cost consumed locally since the last sync (< 0: refunds), charged after the
+--   refill; the bucket may go into debt (the cost was already served).
+-- KEYS per entry: the bucket (when its kind has one), then the ban key (kind 0, when
+-- ban_ms > 0). In a cluster the caller sends the keys of one identity per call.
 -- Reply: {now, then per entry: tokens, workers sharing the bucket, ban seconds left}.
 -- Floats travel as strings: Lua numbers would be truncated to integers in the reply.
 
 local function fmt(x) return string.format('%.17g', x) end
+local tonumber, match, gmatch = tonumber, string.match, string.gmatch
 
 local now = tonumber(ARGV[1])
 if now == nil then
     local t = redis.call('TIME')
     now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local worker = ARGV[2]
-local window = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
+local worker, window, ban_ms, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local oldest = now - window
+local stamp = ' ' .. worker .. '@' .. string.format('%.3f', now)
+local defaults = {}
+for kind = 0, 3 do
+    local r, b, t = match(ARGV[6 + kind], '^(%S+) (%S+) (%S+)$')
+    defaults[kind] = {tonumber(r), tonumber(b), tonumber(t)}
+end
 local out = {fmt(now)}
 local k = 1
 for i = 1, n do
-    local d, r, b, t, bm, hb = string.match(
-        ARGV[4 + i], '^(%S+) (%S+) (%S+) (%S+) (%d+) ([01])$')
-    local delta, rate, burst, ttl_rate, ban_ms = tonumber(d), tonumber(r), tonumber(b),
-        tonumber(t), tonumber(bm)
+    local f = {}
+    for w in gmatch(ARGV[9 + i], '%S+') do f[#f + 1] = w end
+    local kind, delta = tonumber(f[1]), tonumber(f[2])
+    local d = defaults[kind]
+    local rate, burst, ttl_rate, banned = d[1], d[2], d[3], false
+    if #f == 5 then
+        rate, burst, banned = tonumber(f[3]), burst * tonumber(f[4]), f[5] == '1'
+    end
     local tk, sharing, left = 0, 0, 0
     if burst > 0 then
-        local key, wkey = KEYS[k], KEYS[k + 1]
-        k = k + 2
-        local ts = now
+        local key = KEYS[k]
+        k = k + 1
+        local ts, rest = now, ''
         tk = burst
         local v = redis.call('GET', key)
         if v then
-            local sp = string.find(v, ' ', 1, true)
-            tk, ts = tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
+            local t1, t2, t3 = match(v, '^(%S+) (%S+)(.*)$')
+            tk, ts, rest = tonumber(t1), tonumber(t2), t3
         end
         if now > ts then
             tk = tk + (now - ts) * rate
@@ -55,21 +65,25 @@ for i = 1, n do
         end
         tk = tk - delta
         if tk > burst then tk = burst end
-        if tk < burst then
-            local ttl = math.ceil((burst - tk) / ttl_rate * 1000) + 1000
-            redis.call('SET', key, fmt(tk) .. ' ' .. fmt(ts), 'PX', ttl)
-        else
-            redis.call('DEL', key)
+        local parts = {fmt(tk), ' ', fmt(ts), stamp}
+        sharing = 1
+        for id, at in gmatch(rest, ' ([^@ ]+)@(%S+)') do
+            if id ~= worker and sharing < 64 and tonumber(at) >= oldest then
+                sharing = sharing + 1
+                parts[#parts + 1] = ' ' .. id .. '@' .. at
+            end
         end
-        redis.call('ZADD', wkey, now, worker)
-        redis.call('ZREMRANGEBYSCORE', wkey, '-inf', '(' .. fmt(now - window))
-        redis.call('PEXPIRE', wkey, math.ceil(window * 1000) + 1000)
-        sharing = redis.call('ZCARD', wkey)
+        local ttl = math.ceil(window * 1000) + 1000
+        if tk < burst then
+            local refill = math.ceil((burst - tk) / ttl_rate * 1000) + 1000
+            if refill > ttl then ttl = refill end
+        end
+        redis.call('SET', key, table.concat(parts), 'PX', ttl)
     end
-    if hb == '1' then
+    if kind == 0 and ban_ms > 0 then
         local bkey = KEYS[k]
         k = k + 1
-        if ban_ms > 0 then
+        if banned then
             redis.call('SET', bkey, fmt(now + ban_ms / 1000), 'PX', math.ceil(ban_ms))
             left = ban_ms / 1000
         else
