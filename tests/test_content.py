@@ -965,3 +965,78 @@ def test_prime_never_raises_on_bad_bodies() -> None:
     fp.prime(bad)  # type: ignore[arg-type]
     assert fp.fingerprint(12345) == EMPTY_CONTENT  # type: ignore[arg-type]
     assert fp.fingerprint(b'{"messages": [').prompt_found
+
+
+# ---------------------------------------------------------------------------------------
+# Fast paths: the JSON scanner and ASCII text bodies answer what the general path does.
+
+_TRICKY_JSON = [
+    "",
+    " ",
+    "{}",
+    ' \t\n{"a": [1, 2.5, "x", null, true]} \r\n',
+    '{"a": 1} {"b": 2}',
+    '{"a": 1}x',
+    "[1, 2",
+    "NaN",
+    "[Infinity, -Infinity]",
+    '"\\ud800"',
+    "\ufeff{}",
+    "\x0c{}",
+    "[" * 100_000 + "]" * 100_000,
+    '{"messages": [{"role": "user", "content": "hi"}]}',
+    "123abc",
+    "\u00a0{}",
+]
+
+
+@pytest.mark.parametrize("text", _TRICKY_JSON, ids=range(len(_TRICKY_JSON)))
+def test_loads_is_json_loads(text: str) -> None:
+    from abuseguard.engine import content
+
+    try:
+        expected = json.loads(text)
+    except (ValueError, RecursionError):
+        assert content._loads(text) is content._NOT_JSON
+    else:
+        got = content._loads(text)
+        assert json.dumps(got) == json.dumps(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet=st.characters(max_codepoint=127), max_size=300),
+        st.builds(
+            lambda user, system: json.dumps(
+                {
+                    "messages": [
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": user},
+                    ]
+                }
+            ),
+            st.text(alphabet=st.characters(max_codepoint=127), max_size=80),
+            st.text(max_size=80),
+        ),
+        st.sampled_from(
+            [
+                f"{space}{body}"
+                for space in ("", " ", "\x0b", "\x1c", "\n\t")
+                for body in _TRICKY_JSON[:12]
+            ]
+        ),
+    ),
+    st.sampled_from([None, "application/json", "text/plain", "application/x-www-form-urlencoded"]),
+    st.sampled_from([16384, 40]),
+)
+def test_an_ascii_text_body_is_fingerprinted_as_its_bytes(
+    body: str, content_type: str | None, max_bytes: int
+) -> None:
+    if not body.isascii():
+        return
+    fp = _FINGERPRINTERS.setdefault(max_bytes, ContentFingerprinter(max_bytes=max_bytes))
+    assert fp.fingerprint(body, content_type) == fp.fingerprint(body.encode(), content_type)
+
+
+_FINGERPRINTERS: dict[int, ContentFingerprinter] = {}
