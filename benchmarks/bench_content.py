@@ -98,12 +98,18 @@ def main() -> None:
 
     print("fingerprint() on OpenAI chat JSON bodies (median):")
     print(f"  {'body':>9} {'µs/call':>9} {'µs/KiB':>8}")
+    sizes: list[float] = []
+    costs: list[float] = []
     for kib in (1, 4, 16):
         body = chat_body(rng, kib * 1024 - 64)  # stays under the 16 KiB cap, parses as JSON
         assert fingerprinter.fingerprint(body).prompt_found
         number = max(20, 4000 // kib)
         cost = median_us(lambda b=body: fingerprinter.fingerprint(b), number, repeat)
         print(f"  {len(body):>7} B {cost:>9.1f} {cost / (len(body) / 1024):>8.1f}")
+        sizes.append(len(body) / 1024)
+        costs.append(cost)
+    per_kib = (costs[-1] - costs[-2]) / (sizes[-1] - sizes[-2])
+    print(f"  marginal cost: {per_kib:.1f} µs per KiB of body (between the 4 and 16 KiB bodies)")
 
     typical_text = "Solve the following problem step by step: " + prose(rng, 250)
     typical_text = typical_text[:300]

@@ -154,6 +154,23 @@ def _upper(
     )
 
 
+def _lower(
+    name: str, value: float | None, floor: float, unit: str, why_missing: str = ""
+) -> Budget:
+    limit_text = f"≥ {floor:,.0f} {unit}"
+    if value is None:
+        return Budget(name, limit_text, "—", f"not measured: {why_missing}")
+    measured = f"{value:,.0f} {unit}"
+    if value >= floor:
+        return Budget(name, limit_text, measured, "met")
+    return Budget(
+        name,
+        limit_text,
+        measured,
+        f"**MISSED** by {floor - value:,.0f} {unit} ({value / floor:.2f}x the budget)",
+    )
+
+
 def _ratio(name: str, value: float | None, floor: float, why_missing: str = "") -> Budget:
     limit_text = f"≥ {floor:.0%} of bare"
     if value is None:
@@ -278,6 +295,17 @@ def budgets(results: dict[str, Any]) -> list[Budget]:
                 verdict,
             )
         )
+    replay = scale.get("replay") or {}
+    default_replay = replay.get("default Policy()") or {}
+    out.append(
+        _lower(
+            "Replay decisions/s, default Policy() (memory backend, one core; issue #6)",
+            default_replay.get("decisions_per_second"),
+            50_000,
+            "decisions/s",
+            why_missing=replay.get("skipped") or default_replay.get("error") or why,
+        )
+    )
     cold = _get(results, "decision", "cold_start", "default", "warm_cache")
     if cold:
         first_ms = cold["first_decision_s"] * 1000
@@ -774,7 +802,8 @@ def _section_scale(results: dict[str, Any]) -> list[str]:
         lines += [
             "Replay (`abuseguard simulate --hours "
             f"{rep.get('trace_hours')}` then `abuseguard replay --format json`; "
-            "decisions/s counts time inside the guard only):",
+            "decisions/s counts time inside the guard only: check, complete and the batch "
+            "fingerprinting of request bodies):",
             "",
             "| policy | requests | decisions/s | records/s (with parsing) |",
             "|---|---:|---:|---:|",
