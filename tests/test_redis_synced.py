@@ -39,7 +39,7 @@ from abuseguard.backends.redis import RedisBackend
 from abuseguard.backends.redis_synced import SyncedRedisBackend
 from abuseguard.engine import layout as L
 from abuseguard.errors import ConfigError
-from tests.conftest import RedisServer
+from tests.conftest import RedisClusterServers, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -492,3 +492,39 @@ def test_a_paused_redis_never_holds_a_request_and_pending_stays_bounded(tmp_path
     assert all(d.action == Action.ALLOW for d in decisions)
     assert paused["pending"] <= 8 and paused["dropped"] >= 50 - 8
     assert resumed["outage"] is False and resumed["outages"] == 0
+
+
+def test_synced_mode_on_a_redis_cluster(redis_cluster: RedisClusterServers) -> None:
+    """One script call per identity (its keys share a slot): the account's bucket and the
+    IP's bucket, on different nodes, are both shared."""
+    pol = Policy(
+        bucket=TokenBucket("1/hour", burst=8),
+        network=NetworkPolicy(per_ip=TokenBucket("1/hour", burst=5), nat_fairness=False),
+        scoring=None,
+        max_identities=256,
+    )
+    uri = redis_cluster.url + "?mode=synced&sync_interval=0.005&budget=0.5&workers=2"
+
+    async def main() -> tuple[list[Action], list[Action], dict[str, Any]]:
+        name = prefix()
+        guards = [Guard(pol, backend=backend_from_uri(uri + f"&prefix={name}")) for _ in range(2)]
+        for guard in guards:
+            await guard.startup()
+        account = []
+        for i in range(12):  # one account, two workers: its own bucket (8) limits
+            d = await guards[i % 2].acheck(req(key="sk-one", ip=f"198.51.100.{i + 1}"))
+            account.append(d.action)
+            await synced_once_more(guards)
+        network = []
+        for i in range(10):  # many accounts behind one IP: the IP's bucket (5) limits
+            d = await guards[i % 2].acheck(req(key=f"sk-many-{i}", ip="203.0.113.50"))
+            network.append(d.action)
+            await synced_once_more(guards)
+        state = stats(guards[0])
+        await shutdown(guards)
+        return account, network, state
+
+    account, network, state = run(main())
+    assert 7 <= account.count(Action.ALLOW) <= 8
+    assert 4 <= network.count(Action.ALLOW) <= 5
+    assert state["outages"] == 0 and state["entries_synced"] > 0

@@ -39,15 +39,18 @@ end
 local out = {fmt(now)}
 local k = 1
 for i = 1, n do
-    local f = {}
-    for w in gmatch(ARGV[9 + i], '%S+') do f[#f + 1] = w end
-    local kind, delta = tonumber(f[1]), tonumber(f[2])
+    local e = ARGV[9 + i]
+    local kind, delta, r, s, b = match(e, '^(%d) (%S+)$')
+    if kind == nil then
+        kind, delta, r, s, b = match(e, '^(%d) (%S+) (%S+) (%S+) ([01])$')
+    end
+    kind, delta = tonumber(kind), tonumber(delta)
     local d = defaults[kind]
     local rate, burst, ttl_rate, banned = d[1], d[2], d[3], false
-    if #f == 5 then
-        rate, burst, banned = tonumber(f[3]), burst * tonumber(f[4]), f[5] == '1'
+    if r then
+        rate, burst, banned = tonumber(r), burst * tonumber(s), b == '1'
     end
-    local tk, sharing, left = 0, 0, 0
+    local tk, sharing, left = 0, 0, '0'
     if burst > 0 then
         local key = KEYS[k]
         k = k + 1
@@ -85,14 +88,14 @@ for i = 1, n do
         k = k + 1
         if banned then
             redis.call('SET', bkey, fmt(now + ban_ms / 1000), 'PX', math.ceil(ban_ms))
-            left = ban_ms / 1000
+            left = fmt(ban_ms / 1000)
         else
             local until_ts = tonumber(redis.call('GET', bkey) or '0')
-            if until_ts > now then left = until_ts - now end
+            if until_ts > now then left = fmt(until_ts - now) end
         end
     end
     out[#out + 1] = fmt(tk)
     out[#out + 1] = sharing
-    out[#out + 1] = fmt(left)
+    out[#out + 1] = left
 end
 return out
