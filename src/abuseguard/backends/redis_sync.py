@@ -93,6 +93,8 @@ class Syncer:
             for kind in (L.KIND_KEY, L.KIND_IP, L.KIND_PREFIX, L.KIND_ASN)
         )
         self.window_arg = repr(backend.share_window)
+        # The engine's tables as memoryviews: Python floats in and out, no numpy scalars.
+        self.rows: list[Any] = [memoryview(t.data) for t in guard.engine.tables]  # type: ignore[arg-type]
         self.dropped = 0  # identities left out of a flush (pending full)
         self.flushes = 0
         self.entries_sent = 0
@@ -159,11 +161,10 @@ class Syncer:
         if cap <= 0.0:
             return
         kind, key = k
-        table = self.guard.engine.tables[kind]
-        row = table.index.get(key)
+        row = self.guard.engine.tables[kind].index.get(key)
         if row is None:
             return
-        data = table.data
+        data = self.rows[kind]
         if data[row, L.F_TOKENS] + charged > cap:
             data[row, L.F_TOKENS] = cap - charged
 
@@ -250,23 +251,25 @@ class Syncer:
         keys: list[str] = []
         args: list[str] = []
         load = guard._load_factor()
-        key_table = guard.engine.tables[L.KIND_KEY]
+        key_index = guard.engine.tables[L.KIND_KEY].index
+        key_rows = self.rows[L.KIND_KEY]
         bucket = self.key_bucket
         bans = self.ban_ms > 0
         key_space = backend.keys
         for (kind, key), entry in group:
             if kind == L.KIND_KEY:
                 factor = load
+                names = key_space.of(key)
                 if bucket is not None:
-                    keys.append(key_space.of(key).bucket)
-                    row = key_table.index.get(key)
+                    keys.append(names.bucket)
+                    row = key_index.get(key)
                     if row is not None:
-                        risk = float(key_table.data[row, L.F_SCORE]) - bucket.risk_floor
+                        risk = key_rows[row, L.F_SCORE] - bucket.risk_floor
                         if risk > 0.0:
                             scaled = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
                             factor *= max(scaled, bucket.min_refill_factor)
                 if bans:
-                    keys.append(key_space.of(key).ban)
+                    keys.append(names.ban)
                 if factor == 1.0 and not entry.ban:
                     args.append(f"0 {entry.delta!r}")
                 else:
@@ -301,6 +304,7 @@ class Syncer:
         if not isinstance(reply, list) or len(reply) != 1 + 3 * len(group):
             raise ValueError(f"unexpected reply from sync.lua: {reply!r:.200}")
         tables = self.guard.engine.tables
+        rows = self.rows
         pending = self.pending
         synced = self.synced
         workers = self.workers
@@ -316,11 +320,10 @@ class Syncer:
                 # not have reported yet, so assume every worker shares it, once.
                 sharing = max(sharing, workers) if sharing > 0 else 0
             synced[k] = mono
-            table = tables[kind]
-            row = table.index.get(key)
+            row = tables[kind].index.get(key)
             if row is None:
                 continue
-            data = table.data
+            data = rows[kind]
             if sharing > 0:
                 share = tokens / sharing if tokens > 0.0 else tokens
                 later = pending.get(k)
