@@ -455,14 +455,10 @@ class Guard:
         bucket = policy.bucket
         policies: tuple[PolicyState, ...] = ()
         if bucket is not None and (self.local_buckets if buckets_known is None else buckets_known):
+            name, capacity, window = self._bucket_shape
             policies = (
                 PolicyState(
-                    bucket.name,
-                    bucket.capacity,
-                    bucket.window,
-                    io[L.O_REMAINING],
-                    io[L.O_RESET],
-                    bool(denied & 1),
+                    name, capacity, window, io[L.O_REMAINING], io[L.O_RESET], bool(denied & 1)
                 ),
             )
         if denied & ~1:
@@ -493,17 +489,17 @@ class Guard:
         else:
             action, shadow = self.risk_action(level, profile)
             if level > 0:
-                reasons.extend(_names(int(io[L.O_REASONS])))
+                reasons.extend(_reason_names(int(io[L.O_REASONS])))
             if profile is not None and profile.rule_action is not None:
                 reasons.insert(0, profile.rule_reason or "deny_list")
             if denied:
-                if Action.THROTTLE.severity >= action.severity or not action_is_denial(action):
+                if _SEVERITY[action] <= _THROTTLE_SEVERITY or action not in _DENIALS:
                     action = Action.THROTTLE
                     shadow = self._bucket_shadow(denied)
                 reasons.append("rate")
                 retry_after = io[L.O_RETRY_AFTER]
         held: tuple[str, ...] = ()
-        if not action_is_denial(action) or shadow:
+        if action not in _DENIALS or shadow:
             if limits is None:
                 limits = self.backend  # type: ignore[assignment]
             if policy.quotas:
@@ -512,18 +508,18 @@ class Guard:
                 policies = tuple(quota_states)
                 if quota_result is not None:
                     quota, reset = quota_result
-                    if not action_is_denial(action) or shadow:
+                    if action not in _DENIALS or shadow:
                         action, shadow = Action.THROTTLE, quota.shadow
                     reasons.append("quota")
                     retry_after = max(retry_after or 0.0, reset)
             conc = policy.concurrency
-            if conc is not None and (not action_is_denial(action) or shadow):
+            if conc is not None and (action not in _DENIALS or shadow):
                 ident = p.identity if conc.per == "key" else "i:" + p.address.ip_key  # type: ignore[union-attr]
                 ident = f"c:{ident}"
                 if limits.acquire(ident, conc.limit):  # type: ignore[union-attr]
                     held = (ident,)
                 else:
-                    if not action_is_denial(action) or shadow:
+                    if action not in _DENIALS or shadow:
                         action, shadow = Action.THROTTLE, conc.shadow  # type: ignore[union-attr]
                     reasons.append("concurrency")
                     retry_after = max(retry_after or 0.0, 1.0)
@@ -556,7 +552,7 @@ class Guard:
         if (
             profile is not None
             and profile.rule_action is not None
-            and profile.rule_action.severity >= action.severity
+            and _SEVERITY[profile.rule_action] >= _SEVERITY[action]
         ):
             network = self.policy.network
             action = profile.rule_action
@@ -599,9 +595,11 @@ class Guard:
     @staticmethod
     def _contributions(io: list[float]) -> tuple[tuple[str, float], ...]:
         return tuple(
-            (name, round(io[L.O_CONTRIB + s], 4))
-            for s, name in enumerate(L.SIGNAL_NAMES)
-            if io[L.O_CONTRIB + s] > 0.0
+            (name, round(c, 4))
+            for name, c in zip(
+                L.SIGNAL_NAMES, io[L.O_CONTRIB : L.O_CONTRIB + L.N_SIGNALS], strict=True
+            )
+            if c > 0.0
         )
 
     def _network_bucket_states(self, denied: int, io: list[float]) -> tuple[PolicyState, ...]:
@@ -712,12 +710,26 @@ class Guard:
 _UNKNOWN_CLASS = int(ClientClass.UNKNOWN)
 
 
+_DENIALS = frozenset({Action.CHALLENGE, Action.THROTTLE, Action.BLOCK})
+_SEVERITY = {action: action.severity for action in Action}
+_THROTTLE_SEVERITY = Action.THROTTLE.severity
+
+
 def action_is_denial(action: Action) -> bool:
-    return action in (Action.CHALLENGE, Action.THROTTLE, Action.BLOCK)
+    return action in _DENIALS
 
 
-def _names(mask: int) -> list[str]:
-    return [name for s, name in enumerate(L.SIGNAL_NAMES) if mask & (1 << s)]
+_REASON_NAMES: dict[int, tuple[str, ...]] = {}
+
+
+def _reason_names(mask: int) -> tuple[str, ...]:
+    """The signal names of a reason bitmask (a few hundred masks occur: cached)."""
+    names = _REASON_NAMES.get(mask)
+    if names is None:
+        names = tuple(name for s, name in enumerate(L.SIGNAL_NAMES) if mask & (1 << s))
+        if len(_REASON_NAMES) < 4096:
+            _REASON_NAMES[mask] = names
+    return names
 
 
 _background: set[Any] = set()

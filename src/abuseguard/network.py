@@ -76,6 +76,7 @@ class NetworkView:
         self.anonymizers = cast("dict[str, AnonymizerRule]", policy.anonymizers)
         self._cache: dict[object, NetworkProfile] = {}
         self._cache_size = cache_size
+        self._address_matters = intel is not None or bool(self.allow_cidrs or self.deny_cidrs)
 
     def profile(
         self,
@@ -87,9 +88,14 @@ class NetworkView:
         anon_confidence: int | None = None,
     ) -> NetworkProfile:
         given = asn is not None or country is not None or anon is not None or as_org is not None
-        cache_key: object = (
-            (address.ip, asn, as_org, country, anon, anon_confidence) if given else address.ip
-        )
+        if not given:
+            cache_key: object = address.ip
+        elif self._address_matters:
+            cache_key = (address.ip, asn, as_org, country, anon, anon_confidence)
+        else:
+            # Without databases and CIDR rules the given fields are all a profile depends on:
+            # a pool rotating through fresh addresses of one network shares one entry.
+            cache_key = (asn, as_org, country, anon, anon_confidence)
         hit = self._cache.get(cache_key)
         if hit is not None:
             return hit
@@ -114,7 +120,7 @@ class NetworkView:
 
     def _build(self, address: ClientAddress, facts: NetworkFacts) -> NetworkProfile:
         policy = self.policy
-        ip = _ip(address.ip)
+        ip = _ip(address.ip) if self.allow_cidrs or self.deny_cidrs else None
         hosting = bool(facts.anon_flags & ANON_HOSTING) or (facts.asn in self.hosting)
         allowed = (
             (facts.country is not None and facts.country in self.allow_countries)
