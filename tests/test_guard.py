@@ -301,6 +301,24 @@ def test_network_rules_deny_and_allow_lists() -> None:
     assert allowed.action == Action.ALLOW and allowed.score == 0.0
 
 
+def test_profiles_from_request_fields_follow_the_address_only_when_rules_read_it() -> None:
+    fields = {"asn": 64500, "country": "DE", "anon": ("residential_proxy",)}
+    # No databases, no CIDR rules: the fields are the whole profile, shared across addresses.
+    plain = Guard(Policy())
+    assert plain.network is not None
+    profiles = [
+        plain.network.profile(plain.addresses.resolve(ip), 64500, None, "DE", fields["anon"])
+        for ip in ("203.0.113.1", "203.0.113.2", "2001:db8::1")
+    ]
+    assert profiles[0] is profiles[1] is profiles[2]
+    # A CIDR rule reads the address: the same fields from a denied network are blocked.
+    ruled = Guard(Policy(network=NetworkPolicy(deny_cidrs=["192.0.2.0/24"])))
+    inside = ruled.check(RequestInfo(ip="192.0.2.7", ts=0.0, **fields))  # type: ignore[arg-type]
+    outside = ruled.check(RequestInfo(ip="198.51.100.7", ts=0.0, **fields))  # type: ignore[arg-type]
+    assert inside.action == Action.BLOCK and inside.reasons[0] == "deny_list"
+    assert "deny_list" not in outside.reasons
+
+
 def test_exempt_paths_are_never_touched() -> None:
     guard = Guard(Policy(bucket=TokenBucket(1.0, burst=1), exempt_paths=("/health",)))
     for _ in range(5):
