@@ -48,6 +48,8 @@ class Decision:
     ``retry_after`` is in seconds, or None. ``remaining`` is what is left in the tightest
     limit that applied (tokens or window hits), or None. ``shadow`` is True when the
     decided action was not enforced (shadow mode): the request is served as if allowed.
+    ``contributions`` lists (signal, contribution to the score's logit) for every signal
+    that added to the score, unrounded; it is empty for an allowed request.
     Treat it as read-only (it is not frozen only because frozen dataclasses cost a
     microsecond more to build, on every request).
     """

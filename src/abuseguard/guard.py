@@ -594,12 +594,15 @@ class Guard:
 
     @staticmethod
     def _contributions(io: list[float]) -> tuple[tuple[str, float], ...]:
+        """(signal, contribution) for every signal that added to the score."""
         return tuple(
-            (name, round(c, 4))
-            for name, c in zip(
-                L.SIGNAL_NAMES, io[L.O_CONTRIB : L.O_CONTRIB + L.N_SIGNALS], strict=True
-            )
-            if c > 0.0
+            [
+                pair
+                for pair in zip(
+                    L.SIGNAL_NAMES, io[L.O_CONTRIB : L.O_CONTRIB + L.N_SIGNALS], strict=True
+                )
+                if pair[1] > 0.0
+            ]
         )
 
     def _network_bucket_states(self, denied: int, io: list[float]) -> tuple[PolicyState, ...]:

@@ -115,7 +115,7 @@ class LogObserver:
         if violated:
             fields["violated"] = violated
         if decision.contributions:
-            fields["contributions"] = dict(decision.contributions)
+            fields["contributions"] = {k: round(v, 4) for k, v in decision.contributions}
         return fields
 
     def _admit(self) -> bool:
