@@ -29,7 +29,9 @@ entries back, within the same bound.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -46,12 +48,13 @@ MAX_FLUSH = 4096  # identities per flush; more wait for the next one
 class Entry:
     """What one worker owes one shared bucket since its last flush."""
 
-    __slots__ = ("ban", "delta", "scale")
+    __slots__ = ("ban", "delta", "scale", "since")
 
-    def __init__(self) -> None:
+    def __init__(self, since: float) -> None:
         self.delta = 0.0  # cost charged locally (refunds are negative)
         self.scale = 1.0  # NAT multiplier of a network bucket (rate and burst)
         self.ban = False  # the ladder banned the identity here
+        self.since = since  # when it was first touched (monotonic): quiet ones wait
 
 
 Pending = dict[tuple[int, Any], Entry]
@@ -65,7 +68,10 @@ class Syncer:
         self.guard = guard
         self.max_pending = max_pending
         self.workers = workers
-        self.pending: Pending = {}
+        self.pending: Pending = {}  # every entry not sent yet
+        self.due: Pending = {}  # those the next flush sends
+        self.order: collections.deque[tuple[float, tuple[int, Any]]] = collections.deque()
+        self.defer = backend.share_window  # a quiet entry waits at most this long
         self.synced: dict[tuple[int, Any], float] = {}  # last write-back (monotonic)
         self.paused = False  # Redis is away: nothing is recorded
         policy = guard.policy
@@ -93,6 +99,10 @@ class Syncer:
             for kind in (L.KIND_KEY, L.KIND_IP, L.KIND_PREFIX, L.KIND_ASN)
         )
         self.window_arg = repr(backend.share_window)
+        # Due at once: a bucket below half its burst here (index -1: no bucket at all), or
+        # burst / (2 workers) consumed here since the last sync.
+        self.half = [b / 2 for b in self.bursts] + [-math.inf]
+        self.thresholds = [b / (2 * workers) if b > 0 else math.inf for b in self.bursts]
         # The engine's tables as memoryviews: Python floats in and out, no numpy scalars.
         self.rows: list[Any] = [memoryview(t.data) for t in guard.engine.tables]  # type: ignore[arg-type]
         self.dropped = 0  # identities left out of a flush (pending full)
@@ -101,11 +111,12 @@ class Syncer:
 
     # -- per request ---------------------------------------------------------------------
 
-    def record(self, p: Prepared, charged: float, fan_in: float, ban: bool) -> None:
-        """The kernel decided ``p``: remember what it charged (0 when refused)."""
-        if self.paused:
-            return
+    def record(self, p: Prepared, charged: float, fan_in: float, ban: bool, due: bool) -> None:
+        """The kernel decided ``p``: remember what it charged (0 when refused). ``due``:
+        sync it with the next flush (a refusal, a ban, a bucket below half its burst);
+        otherwise it may wait (see the module docstring)."""
         pending = self.pending
+        thresholds = self.thresholds
         if self.synced_key:
             k = (L.KIND_KEY, p.identity)
             entry = pending.get(k)
@@ -115,6 +126,8 @@ class Syncer:
                 entry.delta += charged
                 if ban:
                     entry.ban = True
+                if due or ban or entry.delta >= thresholds[L.KIND_KEY]:
+                    self.due[k] = entry
         net = self.net_buckets
         profile = p.profile
         if not net or profile is None or profile.allowed:
@@ -142,31 +155,38 @@ class Syncer:
             entry.delta += charged
             if kind != L.KIND_ASN:
                 entry.scale = scale
+            if due or entry.delta >= thresholds[kind]:
+                self.due[k] = entry
 
     def _new(self, k: tuple[int, Any], charged: float) -> Entry | None:
         if len(self.pending) >= self.max_pending:
             self.dropped += 1
             return None
-        entry = self.pending[k] = Entry()
+        now = time.monotonic()
+        entry = self.pending[k] = Entry(now)
+        self.order.append((now, k))
         workers = self.workers
         if workers > 1:
             last = self.synced.get(k)
-            if last is None or time.monotonic() - last > self.backend.share_window:
-                self._cold_start(k, charged, self.bursts[k[0]] / workers)
+            cold = last is None or now - last > self.backend.share_window
+            if cold and self._cold_start(k, charged, self.bursts[k[0]] / workers):
+                self.due[k] = entry  # held back: its first sync gives its share
         return entry
 
-    def _cold_start(self, k: tuple[int, Any], charged: float, cap: float) -> None:
+    def _cold_start(self, k: tuple[int, Any], charged: float, cap: float) -> bool:
         """Hold an identity this worker has not synced lately to ``cap`` tokens until its
-        first sync (the request just decided is already charged)."""
+        first sync (the request just decided is already charged); True if it did."""
         if cap <= 0.0:
-            return
+            return False
         kind, key = k
         row = self.guard.engine.tables[kind].index.get(key)
         if row is None:
-            return
+            return False
         data = self.rows[kind]
-        if data[row, L.F_TOKENS] + charged > cap:
-            data[row, L.F_TOKENS] = cap - charged
+        if data[row, L.F_TOKENS] + charged <= cap:
+            return False
+        data[row, L.F_TOKENS] = cap - charged
+        return True
 
     def charge(self, identity: str, delta: float) -> None:
         """A cost reconciled after the response (``delta`` < 0 refunds): charged here and
@@ -183,38 +203,59 @@ class Syncer:
             entry = self._new(k, 0.0)
         if entry is not None:
             entry.delta += delta
+            if abs(entry.delta) >= self.thresholds[L.KIND_KEY]:
+                self.due[k] = entry
 
     # -- per flush -------------------------------------------------------------------------
 
-    def take(self, limit: int = 0) -> Pending:
-        """What is pending (at most ``limit`` entries, the oldest; 0: all)."""
-        pending = self.pending
-        if not limit or len(pending) <= limit:
-            self.pending = {}
-            return pending
-        batch = dict(itertools.islice(pending.items(), limit))
+    def clear(self) -> int:
+        """Forget everything pending (Redis is away); how many entries that was."""
+        count = len(self.pending)
+        self.pending = {}
+        self.due = {}
+        self.order.clear()
+        return count
+
+    def take(self, *, everything: bool = False) -> Pending:
+        """The entries the next flush sends (at most `MAX_FLUSH`): the due ones, and the
+        quiet ones that waited long enough (``everything``: all of them)."""
+        pending, due = self.pending, self.due
+        order = self.order
+        cutoff = math.inf if everything else time.monotonic() - self.defer
+        while order and order[0][0] <= cutoff:
+            since, k = order.popleft()
+            entry = pending.get(k)
+            if entry is not None and entry.since == since:
+                due[k] = entry
+        if len(due) <= MAX_FLUSH:
+            batch, self.due = due, {}
+        else:
+            batch = dict(itertools.islice(due.items(), MAX_FLUSH))
+            for k in batch:
+                del due[k]
         for k in batch:
             del pending[k]
         return batch
 
     def put_back(self, batch: Pending) -> None:
-        """A flush failed: its entries wait for the next one (within max_pending)."""
-        pending = self.pending
+        """A flush failed: its entries are due again (within max_pending)."""
+        pending, due = self.pending, self.due
         for k, old in batch.items():
             entry = pending.get(k)
             if entry is None:
                 if len(pending) >= self.max_pending:
                     self.dropped += 1
                     continue
-                pending[k] = old
+                pending[k] = entry = old
             else:
                 entry.delta += old.delta
                 entry.ban = entry.ban or old.ban
+            due[k] = entry
 
-    async def flush(self) -> None:
-        """Send what is pending, write the answers back. Raises when Redis failed (the
-        entries are then pending again)."""
-        batch = self.take(MAX_FLUSH)
+    async def flush(self, *, everything: bool = False) -> None:
+        """Send what is due, write the answers back. Raises when Redis failed (the
+        entries are then due again)."""
+        batch = self.take(everything=everything)
         if not batch:
             return
         backend = self.backend

@@ -181,7 +181,7 @@ class SyncedRedisBackend(RedisBackend):
         self._tasks.clear()
         if self.syncer is not None and not self.outage:
             try:
-                await self.syncer.flush()  # what this worker consumed since the last sync
+                await self.syncer.flush(everything=True)  # consumed since the last syncs
             except Exception as exc:
                 logger.debug("abuseguard: last sync failed (%s)", exc)
         await super().shutdown()
@@ -223,7 +223,7 @@ class SyncedRedisBackend(RedisBackend):
         syncer = self.syncer
         if syncer is not None:
             syncer.paused = True
-            syncer.dropped += len(syncer.take())
+            syncer.dropped += syncer.clear()
         guard = self.guard
         if guard is not None and self._divided is not None:
             guard.engine.params[_BUCKETS] = self._divided
@@ -244,7 +244,7 @@ class SyncedRedisBackend(RedisBackend):
             self.outage = False
             syncer = self.syncer
             if syncer is not None:
-                syncer.take()  # consumption during the outage stays with the divided buckets
+                syncer.clear()  # consumption during the outage stays with the divided buckets
                 syncer.paused = False
             guard = self.guard
             if guard is not None and self._full is not None:
@@ -266,7 +266,9 @@ class SyncedRedisBackend(RedisBackend):
         if not syncer.paused:
             io = self._io
             if plain:  # allowed, nothing refused: every bucket was charged
-                syncer.record(p, p.cost, io[L.O_FANIN], False)
+                # Quiet while the tightest bucket keeps half its burst here.
+                low = io[L.O_TIGHT_REMAINING] < syncer.half[int(io[L.O_TIGHTEST_KIND])]
+                syncer.record(p, p.cost, io[L.O_FANIN], False, low)
             else:
                 level = int(io[L.O_ACTION])
                 banned = io[L.O_BANNED]
@@ -276,6 +278,7 @@ class SyncedRedisBackend(RedisBackend):
                     p.cost if served and not io[L.O_DENIED_KINDS] else 0.0,
                     io[L.O_FANIN],
                     self.ban_ms > 0 and 0 < self.ban_level <= level and not banned,
+                    True,
                 )
         return guard._conclude(info, p, plain)
 
