@@ -118,7 +118,8 @@ class Guard:
         self.observers: list[Observer] = list(observers)
         self._key_hashes: dict[str, str] = {}
         self._clients: dict[tuple[object, ...], tuple[int, int, float]] = {}
-        self._value_names: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._shapes: dict[tuple[str, ...], tuple[int, tuple[str, ...]]] = {}
+        self._next_shape = 0
         self._network_rows = (False, True, True, True, True)
         self._anonymous_network_rows = (
             False,
@@ -247,15 +248,19 @@ class Guard:
     def _client_of(self, ua: str | None, headers: Mapping[str, str]) -> tuple[int, int, float]:
         """Client class, persona and persona mismatch, cached per header shape: the UA,
         the header names in order and the values of the few headers whose value is part of
-        the persona (which of the names those are is itself cached per name list)."""
+        the persona. Each list of names is looked up once and stands for a small number in
+        the second key, so a hit compares the names once, not twice."""
         names = tuple(headers)
-        value_names = self._value_names.get(names)
-        if value_names is None:
+        shape = self._shapes.get(names)
+        if shape is None:
+            if len(self._shapes) >= 4096:
+                self._shapes.clear()
+                self._clients.clear()  # their keys hold numbers of the shapes just dropped
             value_names = tuple(n for n in names if n in FINGERPRINT_VALUE_HEADERS)
-            if len(self._value_names) >= 4096:
-                self._value_names.clear()
-            self._value_names[names] = value_names
-        key = (ua, names, tuple([headers[n] for n in value_names]) if value_names else ())
+            shape = self._shapes[names] = (self._next_shape, value_names)
+            self._next_shape += 1
+        shape_id, value_names = shape
+        key = (ua, shape_id, *[headers[n] for n in value_names]) if value_names else (ua, shape_id)
         hit = self._clients.get(key)
         if hit is not None:
             return hit
