@@ -1,29 +1,30 @@
 """Synced mode's bookkeeping: what this worker consumed, sent to Redis in batches, and the
-shared state written back into the engine's rows.
+shared state written back into the engine's rows (see `redis_synced` for the semantics).
 
 Per request (`Syncer.record`, no I/O): the cost the kernel charged to each synced bucket
 (the identity's, and its IP, prefix and ASN buckets when the policy has them) is added to
-a pending entry, one per identity and interval, with a new ban when the ladder reached it.
-Per flush (`Syncer.flush`, every ``sync_interval``): the pending entries (at most
-`MAX_FLUSH`, the oldest; the rest wait for the next flush) go to ``lua/sync.lua`` (on one
-server: up to `CHUNK` identities per script call, all calls in one pipeline, so one round
-trip; in a Cluster one call per identity, pipelined), which refills
-the shared bucket on Redis time, charges the delta (possibly into debt: it was already
-served) and answers the shared tokens, how many workers share the bucket, and the ban.
-Written back into the local row: the worker's share of the tokens (``tokens / sharing``
-while positive, the whole debt when negative) minus what was consumed here since the
-flush left, and the ban.
+a pending entry, one per identity until it is sent, with a new ban when the ladder reached
+it. The entry is due (sent with the next flush) when the request was refused or banned,
+a bucket fell below half its burst, ``burst / (2 workers)`` was consumed, or a cold start
+held it back; otherwise it is quiet and becomes due after ``defer`` (the share window).
+Per flush (`Syncer.flush`, every ``sync_interval``): the due entries (at most `MAX_FLUSH`;
+the rest wait for the next flush) go to ``lua/sync.lua`` (on one server up to `CHUNK`
+identities per script call, all calls in one pipeline, so one round trip; in a Cluster one
+call per identity, pipelined), which refills the shared bucket on Redis time, charges the
+delta (possibly into debt: it was already served) and answers the shared tokens, how many
+workers share the bucket, and the ban. Written back into the local row: the worker's share
+of the tokens (``tokens / sharing`` while positive, the whole debt when negative) minus
+what was consumed here since the flush left, and the ban.
 
 Cold start: with ``workers`` > 1, an identity this worker has not synced within the share
 window starts with at most ``burst / workers`` locally until its first sync (the other
 workers may be spending the same tokens), and that first sync gives it ``1 / workers`` of
 the shared tokens (workers that started it cold too may not have reported yet); from the
-second sync on, its share is by the number of workers that really share it. That keeps a
-burst spread over every worker near one burst.
+second sync on, its share is by the number of workers that really share it.
 
-Bounded: at most ``max_pending`` identities wait for a flush (beyond that, new identities
-are not synced in that interval and counted in ``dropped``); a failed flush puts its
-entries back, within the same bound.
+Bounded: at most ``max_pending`` identities wait (beyond that, new identities are not
+recorded and are counted in ``dropped``); a failed flush puts its entries back, within the
+same bound.
 """
 
 from __future__ import annotations

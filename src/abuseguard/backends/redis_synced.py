@@ -4,37 +4,53 @@ shared through Redis in the background. No Redis call on a request.
 Per request (``check``): the guard prepares the request and the in-process kernel scores
 it and applies the token buckets itself (the identity's and its network buckets), exactly
 as with the memory backend; what the kernel charged is noted (`redis_sync`). Every
-``sync_interval`` seconds (10 ms by default) a background task sends what this worker
-consumed per identity since the last sync, in one pipelined script call (``lua/sync.lua``,
-up to 256 identities per call on one server, one call per identity in a Cluster), and
-writes the shared state back into the local rows: this worker's share of the shared
-tokens (the tokens divided by the number of workers that synced the bucket within the
-share window, ``max(1 s, 20 sync_interval)``; a debt is written back whole), and bans set
-by other workers. Bans this worker's ladder sets are sent with the next sync.
+``sync_interval`` seconds (10 ms by default) a background task sends, in one pipelined
+round trip (``lua/sync.lua``, up to 256 identities per script call on one server, one
+call per identity in a Cluster), what this worker consumed per identity since its last
+sync, and writes the shared state back into the local rows: this worker's share of the
+shared tokens (divided by the number of workers that synced the bucket within the share
+window, ``max(1 s, 20 sync_interval)``; a debt is written back whole) and bans set by
+other workers. Bans this worker's ladder sets go with the next sync.
 
-Overshoot bound. For one bucket (rate r, burst b) served by W workers (``workers``, by
-default the detected worker count; set it to the fleet's size with several hosts), with
-τ = ``sync_interval`` + the flush round trip, the fleet admits over any span of t seconds
-at most b + r·t (the exact limit) plus E = W·r·τ + (W-1)·b/W: each worker refills its copy
-at the full rate between syncs (W·r·τ), and a client reaching workers that have not synced
-it lately gets ``b/W`` on each of them before its first sync (a request costing more than
-that may be admitted once on each, going into debt). Every admission is charged in Redis,
-so an overshoot becomes debt in the shared bucket and is paid back by refusing on every
-worker: the long-run rate stays r. The split of the shared tokens can refuse early: a
-worker that stopped seeing a client keeps its share for up to the share window.
+Busy and quiet identities. An identity is synced with the next flush when anything
+refused it here, the ladder banned it, one of its buckets fell below half its burst
+here, ``burst / (2 workers)`` was consumed here since its last sync, or it started cold
+(below). Otherwise it is quiet (far from every limit) and waits up to the share window:
+a client that uses a small part of its budget costs about one sync per share window.
 
-Staleness. Other workers' consumption and bans arrive within τ; a fresh identity (or one
-idle longer than the share window) is held at ``b/W`` for up to τ on each worker.
+Cold start. With ``workers`` > 1, an identity this worker has not synced within the share
+window starts with at most ``burst / workers`` here until its first sync, which gives it
+``1 / workers`` of the shared tokens; later syncs divide by the workers that really share
+it. A burst spread over every worker stays near one burst.
+
+Overshoot bound. For one bucket (rate r, burst b, a request costing at most c) served by
+W workers (``workers`` = W: by default the detected worker count; with several hosts set
+it to the whole fleet), with τ = ``sync_interval`` + one sync's round trip (plus any
+event-loop delay), the fleet admits over any span of t seconds at most b + r·t (the exact
+limit) plus E = (W-1)·b + b/2 + W·(r·τ + c): a worker never holds more than one burst
+(shares, cold starts and its local refill stop there), refills its copy at the full rate
+for at most τ before a sync corrects it, and leaves at most ``b/(2W)`` + c unreported
+while the identity is quiet. Every admission is charged in Redis, so an overshoot becomes
+debt in the shared bucket, written back to every worker and paid back by refusing: the
+long-run rate stays r. E is the worst case; a client spread over workers that synced it
+already overshoots by about W·r·τ, and a burst sent to every worker at once, before any
+sync, by at most (W-1)·b/W (tests/test_redis_synced.py). The split can also refuse early:
+a share smaller than one request's cost strands it, and a worker that stopped seeing a
+client keeps its share for up to the share window.
+
+Staleness. Busy identities: other workers' consumption and bans arrive within τ. Quiet
+ones: within the share window, or as soon as they stop being quiet here.
 
 Not synced: window quotas and concurrency limits (refused at construction: use the inline
 mode), risk scores and behaviour features (per worker, as with inline), and the fan-in and
 fan-out sketches, which count what this worker saw.
 
 Faults. A request never waits for Redis. A failed sync puts its entries back (at most
-``sync_max_pending`` identities wait; beyond that new identities are not synced in that
-interval). After ``breaker_threshold`` consecutive failures the worker logs one warning,
-stops recording, and enforces 1/``workers`` of every bucket in-process (the kernel's own
-buckets, as the inline mode's fail-open fallback); it probes Redis with a PING after
+``sync_max_pending`` identities wait; beyond that, new identities are not recorded and
+are counted in ``dropped``). Each sync's round trip is bounded by ``max(budget, 0.25 s)``.
+After ``breaker_threshold`` consecutive failures the worker logs one warning, stops
+recording, and enforces 1/``workers`` of every bucket in-process (the kernel's own buckets,
+like the inline mode's fail-open fallback); it probes Redis with a PING after
 ``breaker_cooldown`` seconds, doubling up to ``breaker_max_cooldown``, and on the first
 answer logs once more, restores the full buckets and syncs again. Consumption during the
 outage is not sent afterwards: the divided buckets accounted for it.
