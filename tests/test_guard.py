@@ -20,6 +20,7 @@ from abuseguard import (
     Scoring,
     TokenBucket,
 )
+from abuseguard.engine import layout as L
 
 # A person's browser: a real Firefox User-Agent with the headers Firefox sends.
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -438,3 +439,33 @@ def test_client_cache_keys_on_persona_values_and_stays_bounded() -> None:
     for i in range(20_000):
         guard._client_of("curl/8.0", {f"x-random-{i}": "1", "accept-encoding": str(i)})
     assert len(guard._clients) <= 16384 and len(guard._shapes) <= 4096
+
+
+@pytest.mark.parametrize("network", [None, NetworkPolicy()])
+def test_template_signals_fire_with_and_without_a_network_policy(
+    network: NetworkPolicy | None,
+) -> None:
+    guard = Guard(Policy(network=network, bucket=TokenBucket("100/second", burst=100)))
+    prompt = (
+        "You are a helpful assistant. Summarize the following customer review in exactly "
+        "three bullet points and rate its sentiment from 1 to 5. Review: {}"
+    )
+    last = None
+    for i in range(60):
+        body = json.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": prompt.format(i * 7919)}]}
+        )
+        info = RequestInfo(
+            ip=f"198.51.100.{i + 1}",
+            key=f"acct-{i}",
+            ts=float(i),
+            method="POST",
+            path="/v1/chat/completions",
+            ua=FIREFOX,
+            headers={**FIREFOX_HEADERS, "content-type": "application/json"},
+            body=body,
+        )
+        last = guard.check(info)
+    assert last is not None
+    # One template across 60 accounts: the shared-template signal counts them either way.
+    assert guard.engine.io[L.O_CONTRIB + L.S_SHARED_TEMPLATE] > 0.0

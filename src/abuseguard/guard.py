@@ -298,63 +298,48 @@ class Guard:
         inflight = self.inflight
         load = 1.0 if inflight <= self._load_target else self._load_factor()
         profile = p.profile
-        if profile is None or profile.allowed:
-            # No network policy, or allow-listed: buckets and arrival stats only, no
-            # network rows and, when allow-listed, no risk.
-            allowed = profile is not None
-            return self._decide_with(  # type: ignore[no-any-return]
-                self._state,
-                r_key,
-                -1,
-                -1,
-                -1,
-                -1,
-                0,
-                0,
-                0,
-                p.ua_class,
-                r_acc,
-                p.ts,
-                p.cost,
-                load,
-                0.0,
-                0.0,
-                0.0 if allowed else p.persona_mismatch,
-                p.elicitation,
-                1.0 if p.has_content else 0.0,
-                0.0,
-                0.0,
-                not allowed,
-            )
-        # Network rows count accounts (fan-in) and hold network buckets. An anonymous client
-        # has no account to count, so it only gets the rows whose bucket it must pass:
-        # an IPv6 flood then costs one narrow key row per address and nothing more.
-        wants = self._network_rows if p.has_account else self._anonymous_network_rows
         r_ip = r_pfx = r_asn = r_per = -1
-        address = p.address
-        if address.version:
-            if wants[L.KIND_IP]:
-                table = tables[L.KIND_IP]
-                r_ip = table.index.get(address.ip_key, -1)
-                if r_ip < 0:
-                    r_ip = table.row(address.ip_key)
-            if wants[L.KIND_PREFIX]:
-                table = tables[L.KIND_PREFIX]
-                r_pfx = table.index.get(address.prefix_key, -1)
-                if r_pfx < 0:
-                    r_pfx = table.row(address.prefix_key)
-        asn_key = profile.asn_key
-        if asn_key is not None and wants[L.KIND_ASN]:
-            table = tables[L.KIND_ASN]
-            r_asn = table.index.get(asn_key, -1)
-            if r_asn < 0:
-                r_asn = table.row(asn_key)
-        persona = p.persona
-        if persona and wants[L.KIND_PERSONA]:
-            table = tables[L.KIND_PERSONA]
-            r_per = table.index.get(persona, -1)
-            if r_per < 0:
-                r_per = table.row(persona)
+        if profile is None or profile.allowed:
+            # No network policy, or allow-listed: no network rows; an allow-listed request
+            # passes its buckets but is not scored.
+            scored = profile is None
+            country = 0
+            anon = geo = distrust = nat = 0.0
+        else:
+            # Network rows count accounts (fan-in) and hold network buckets. An anonymous
+            # client has no account to count, so it only gets the rows whose bucket it must
+            # pass: an IPv6 flood then costs one narrow key row per address and no more.
+            scored = True
+            wants = self._network_rows if p.has_account else self._anonymous_network_rows
+            address = p.address
+            if address.version:
+                if wants[L.KIND_IP]:
+                    table = tables[L.KIND_IP]
+                    r_ip = table.index.get(address.ip_key, -1)
+                    if r_ip < 0:
+                        r_ip = table.row(address.ip_key)
+                if wants[L.KIND_PREFIX]:
+                    table = tables[L.KIND_PREFIX]
+                    r_pfx = table.index.get(address.prefix_key, -1)
+                    if r_pfx < 0:
+                        r_pfx = table.row(address.prefix_key)
+            asn_key = profile.asn_key
+            if asn_key is not None and wants[L.KIND_ASN]:
+                table = tables[L.KIND_ASN]
+                r_asn = table.index.get(asn_key, -1)
+                if r_asn < 0:
+                    r_asn = table.row(asn_key)
+            persona = p.persona
+            if persona and wants[L.KIND_PERSONA]:
+                table = tables[L.KIND_PERSONA]
+                r_per = table.index.get(persona, -1)
+                if r_per < 0:
+                    r_per = table.row(persona)
+            country = profile.country_code
+            anon = profile.anon_signal
+            geo = profile.geo_signal
+            distrust = profile.distrust
+            nat = 1.0 if profile.nat_eligible else 0.0
         return self._decide_with(  # type: ignore[no-any-return]
             self._state,
             r_key,
@@ -362,7 +347,7 @@ class Guard:
             r_pfx,
             r_asn,
             r_per,
-            profile.country_code,
+            country,
             p.simhash,
             p.template_id,
             p.ua_class,
@@ -370,14 +355,14 @@ class Guard:
             p.ts,
             p.cost,
             load,
-            profile.anon_signal,
-            profile.geo_signal,
-            p.persona_mismatch,
+            anon,
+            geo,
+            p.persona_mismatch if scored else 0.0,
             p.elicitation,
             1.0 if p.has_content else 0.0,
-            profile.distrust,
-            1.0 if profile.nat_eligible else 0.0,
-            True,
+            distrust,
+            nat,
+            scored,
         )
 
     def _load_factor(self) -> float:
