@@ -199,6 +199,15 @@ def render() -> str:
             "(`redis://host:6379/0?budget=0.02`). " + _doc(backend).split("\n\n")[0],
             backend.__init__,
         )  # fmt: skip
+        synced = importlib.import_module("abuseguard.backends.redis_synced").SyncedRedisBackend
+        lines += signature_section(
+            "SyncedRedisBackend options (mode=synced)",
+            "`SyncedRedisBackend(url, ...)`, or `?mode=synced` in a backend URI "
+            "(`redis://host:6379/0?mode=synced&sync_interval=0.005`), with every "
+            "RedisBackend option as well. " + _doc(synced).split("\n\n")[0]
+            + " See [deployment](deployment.md#inline-or-synced).",
+            synced.__init__,
+        )  # fmt: skip
     return "\n".join(lines).rstrip() + "\n"
 
 
