@@ -11,6 +11,7 @@ b + r·t + (W-1)·b + b/2 + W·(r·τ + c), τ = sync_interval + one sync's roun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -20,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 import redis
 
@@ -574,3 +576,44 @@ def test_synced_mode_on_a_redis_cluster(redis_cluster: RedisClusterServers) -> N
     assert 7 <= account.count(Action.ALLOW) <= 8
     assert 4 <= network.count(Action.ALLOW) <= 5
     assert state["outages"] == 0 and state["entries_synced"] > 0
+
+
+def test_three_uvicorn_servers_share_one_bucket_over_http(redis_server: RedisServer) -> None:
+    """Real uvicorn servers (each its own event loop and backend) and a real HTTP client:
+    one API key's requests spread over them are admitted within the bound, and after the
+    servers stop (their last sync) Redis has charged exactly what they admitted."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from abuseguard import AbuseGuard
+    from abuseguard.testing import serve
+
+    async def ok(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    n, burst = 3, 30
+    uri = (
+        redis_server.url
+        + f"?mode=synced&sync_interval=0.005&workers={n}&budget={BUDGET}&prefix={prefix()}"
+    )
+    apps = [
+        AbuseGuard(Starlette(routes=[Route("/", ok)]), policy=policy("1/hour", burst), backend=uri)
+        for _ in range(n)
+    ]
+    statuses: list[int] = []
+    start = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(serve(app)) for app in apps]
+        with httpx.Client(timeout=10.0) as client:
+            for i in range(3 * burst):
+                response = client.get(urls[i % n] + "/", headers={"x-api-key": "sk-e2e"})
+                statuses.append(response.status_code)
+    elapsed = time.monotonic() - start
+    guard = apps[0].guard
+    admitted = statuses.count(200)
+    assert set(statuses) <= {200, 429}
+    assert burst - n < admitted <= bound(burst, 1 / 3600, elapsed, n, 0.005), statuses
+    info = RequestInfo(ip="127.0.0.1", key="sk-e2e")
+    assert shared_tokens(redis_server.url, guard, info) == pytest.approx(burst - admitted, abs=0.05)
