@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 from abuseguard.backends.redis import RedisBackend
 from abuseguard.backends.redis_pipe import Pipeliner, load_script
-from abuseguard.backends.redis_sync import Syncer
+from abuseguard.backends.redis_sync import MAX_FLUSH, Syncer
 from abuseguard.backends.redis_uri import redacted
 from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
@@ -195,9 +195,11 @@ class SyncedRedisBackend(RedisBackend):
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
-        if self.syncer is not None and not self.outage:
-            try:
-                await self.syncer.flush(everything=True)  # consumed since the last syncs
+        syncer = self.syncer
+        if syncer is not None and not self.outage:
+            try:  # what was consumed since the last syncs, MAX_FLUSH identities a flush
+                for _ in range(math.ceil(len(syncer.pending) / MAX_FLUSH)):
+                    await syncer.flush(everything=True)
             except Exception as exc:
                 logger.debug("abuseguard: last sync failed (%s)", exc)
         await super().shutdown()
