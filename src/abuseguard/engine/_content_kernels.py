@@ -68,6 +68,16 @@ MIN_TEMPLATE_WORDS = 4  # structural masks are kept only when this many literal 
 _PLAIN, _HEADER, _LABEL, _SWALLOWED = 0, 1, 2, 3
 # Token flags; F_INSTRUCTION and F_LABEL are also the flags of a ``word_table``.
 F_LITERAL, F_INSTRUCTION, F_LABEL, F_SENTENCE = 1, 2, 4, 8
+SKELETON, MARKERS = 1, 2  # what ``_fingerprint_text`` computes
+# Workspace (uint64 words): scratch for the SimHash counters and the marker window, then,
+# for the skeleton of n bytes, _SKELETON_WORDS * (n + 2) words of token and line arrays.
+_SCRATCH_WORDS = 64 + MAX_SHINGLE
+_SKELETON_WORDS = 15
+
+
+def workspace_words(n_bytes: int, what: int = SKELETON | MARKERS) -> int:
+    """Size in uint64 words of a workspace for a text of ``n_bytes`` bytes."""
+    return _SCRATCH_WORDS + (_SKELETON_WORDS * (n_bytes + 2) if what & SKELETON else 0)
 
 
 def _byte_classes(underscore_is_word: bool) -> np.ndarray:
@@ -284,15 +294,15 @@ def _is_url_start(text: np.ndarray, i: int) -> bool:
 
 
 @njit(cache=True, inline="always")
-def _ascii_spans(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ascii_spans(text: np.ndarray, code: np.ndarray, end: np.ndarray) -> None:
     """Runs of printable ASCII that are one mask token: URLs (maybe after an opening
     bracket), e-mail addresses, and runs of 25+ bytes (identifiers, hashes, base64).
 
-    Returns (code, end) arrays indexed by the run's first byte; code 0 for other runs.
+    Fills (code, end), n + 1 entries each, indexed by the run's first byte; code 0 for
+    other runs.
     """
     n = text.shape[0]
-    code = np.zeros(n + 1, dtype=np.int8)
-    end = np.empty(n + 1, dtype=np.int32)
+    code[:] = 0
     i = 0
     while i < n:
         if not (0x20 < text[i] < 0x7F):
@@ -318,7 +328,6 @@ def _ascii_spans(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         elif i - start >= _LONG_RUN:
             code[start] = PH_LONG
         end[start] = i
-    return code, end
 
 
 # ---------------------------------------------------------------------------------------
@@ -394,25 +403,50 @@ def _push(
     return nout + 1
 
 
+@njit(cache=True, inline="always")
+def _workspace_for(ws: np.ndarray, n: int, what: int) -> np.ndarray:
+    """``ws`` when it holds ``workspace_words(n, what)`` words, else a new workspace."""
+    need = _SCRATCH_WORDS + (_SKELETON_WORDS * (n + 2) if what & SKELETON else 0)
+    if ws.shape[0] >= need:
+        return ws
+    return np.empty(need, dtype=np.uint64)
+
+
 @njit(cache=True)
 def _skeleton(
-    text: np.ndarray, classes: np.ndarray, words: np.ndarray, masks: np.ndarray
+    text: np.ndarray, classes: np.ndarray, words: np.ndarray, masks: np.ndarray, ws: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """The chosen token stream: (hashes, starts, ends, count); mask tokens have start -code."""
+    """The chosen token stream: (hashes, starts, ends, count); mask tokens have start -code.
+
+    Every array lives in ``ws`` (``workspace_words(len(text), SKELETON)`` words or more, see
+    ``_workspace_for``), each with the length and dtype it would have if allocated apart
+    (bool arrays are int8), so no request allocates; the returned arrays are views of it.
+    """
     n = text.shape[0]
     cap = n + 2
-    tok_hash = np.empty(cap, dtype=np.uint64)
-    tok_start = np.empty(cap, dtype=np.int32)
-    tok_end = np.empty(cap, dtype=np.int32)
-    tok_flags = np.empty(cap, dtype=np.int8)  # F_LITERAL | F_INSTRUCTION | F_LABEL | F_SENTENCE
-    line_first = np.empty(cap, dtype=np.int32)  # first token of each line
-    line_blank = np.empty(cap, dtype=np.bool_)
-    line_first_colon = np.empty(cap, dtype=np.int32)  # byte offset in line, -1 for none
-    line_label_tok = np.empty(cap, dtype=np.int32)  # tokens before a "label:" colon, or -1
-    line_header = np.empty(cap, dtype=np.bool_)
+    cap2 = 2 * cap
+    base = _SCRATCH_WORDS
+    tok_hash = ws[base : base + cap]
+    out_hash_area = ws[base + cap : base + cap + cap2]
+    base += 3 * cap
+    seg_area = ws[base : base + 2 * cap2].view(np.int64)
+    base += 2 * cap2
+    i32 = ws[base : base + 7 * cap].view(np.int32)  # 14 * cap entries
+    base += 7 * cap
+    i8 = ws[base : base + cap].view(np.int8)  # 8 * cap entries
+    tok_start = i32[0:cap]
+    tok_end = i32[cap : 2 * cap]
+    line_first = i32[2 * cap : 3 * cap]  # first token of each line
+    line_first_colon = i32[3 * cap : 4 * cap]  # byte offset in line, -1 for none
+    line_label_tok = i32[4 * cap : 5 * cap]  # tokens before a "label:" colon, or -1
+    span_end = i32[5 * cap : 5 * cap + n + 1]
+    tok_flags = i8[0:cap]  # F_LITERAL | F_INSTRUCTION | F_LABEL | F_SENTENCE
+    line_blank = i8[cap : 2 * cap]
+    line_header = i8[2 * cap : 3 * cap]
+    span_code = i8[3 * cap : 3 * cap + n + 1]
 
     # Pass 1: tokens, mask tokens, and what each line looks like.
-    span_code, span_end = _ascii_spans(text)
+    _ascii_spans(text, span_code, span_end)
     ntok = 0
     nlines = 0
     line_start = 0
@@ -562,7 +596,8 @@ def _skeleton(
 
     # Pass 2: line roles. A header or label counts only when its words look like
     # instructions or a field name, or are many: "Solve for x:" inside a fill-in does not.
-    role = np.zeros(nlines, dtype=np.int8)
+    role = i8[4 * cap : 4 * cap + nlines]
+    role[:] = 0
     first_structure = nlines
     li = 0
     while li < nlines:
@@ -606,9 +641,12 @@ def _skeleton(
     # With structure: runs of plain lines; those before the first header or label are a
     # preamble and kept, later ones only when dense in instruction words. Without: the
     # paragraphs, else the lines, else the sentences of the one line; only the densest kept.
-    tok_seg = np.full(ntok + 1, -1, dtype=np.int32)
-    line_seg = np.full(nlines, -1, dtype=np.int32)
-    seg_first_line = np.zeros(ntok + nlines + 1, dtype=np.int32)
+    tok_seg = i32[6 * cap : 6 * cap + ntok + 1]
+    tok_seg[:] = -1
+    line_seg = i32[7 * cap : 7 * cap + nlines]
+    line_seg[:] = -1
+    seg_first_line = i32[8 * cap : 8 * cap + ntok + nlines + 1]
+    seg_first_line[:] = 0
     nseg = 0
     paragraphs = 0
     previous = False
@@ -640,14 +678,17 @@ def _skeleton(
                     seg_first_line[nseg] = li
                     nseg += 1
                 tok_seg[t] = nseg - 1
-    seg_words = np.zeros(nseg + 1, dtype=np.int64)
-    seg_instr = np.zeros(nseg + 1, dtype=np.int64)
+    seg_words = seg_area[0 : nseg + 1]
+    seg_words[:] = 0
+    seg_instr = seg_area[cap2 : cap2 + nseg + 1]
+    seg_instr[:] = 0
     for t in range(ntok):
         sg = tok_seg[t]
         if sg >= 0:
             seg_words[sg] += (tok_flags[t] & F_LITERAL) != 0
             seg_instr[sg] += (tok_flags[t] & F_INSTRUCTION) != 0
-    keep = np.zeros(nseg + 1, dtype=np.bool_)
+    keep = i8[5 * cap : 5 * cap + nseg + 1]
+    keep[:] = 0
     masked = structured
     if structured:
         for sg in range(nseg):
@@ -670,9 +711,9 @@ def _skeleton(
         return tok_hash[:ntok], tok_start[:ntok], tok_end[:ntok], ntok
 
     # Pass 4: the skeleton.
-    out_hash = np.empty(ntok + nlines + 1, dtype=np.uint64)
-    out_start = np.empty(ntok + nlines + 1, dtype=np.int32)
-    out_end = np.empty(ntok + nlines + 1, dtype=np.int32)
+    out_hash = out_hash_area[0 : ntok + nlines + 1]
+    out_start = i32[10 * cap : 10 * cap + ntok + nlines + 1]
+    out_end = i32[12 * cap : 12 * cap + ntok + nlines + 1]
     var = masks[PH_VAR]
     nout = 0
     literals = 0
@@ -707,11 +748,14 @@ def _skeleton(
 
 
 @njit(cache=True)
-def _stream_hashes(hashes: np.ndarray, count: int, shingle: int) -> tuple[int, int]:
-    """(simhash, template hash) of a token-hash stream; (0, 0) when it is empty."""
+def _stream_hashes(
+    hashes: np.ndarray, count: int, shingle: int, ones: np.ndarray
+) -> tuple[int, int]:
+    """(simhash, template hash) of a token-hash stream; (0, 0) when it is empty. ``ones``
+    is scratch space for 64 int64 counters."""
     if count == 0:
         return 0, 0
-    ones = np.zeros(64, dtype=np.int64)
+    ones[:] = 0
     template = _U_FNV_OFFSET
     for t in range(count):
         template = (template ^ hashes[t]) * _U_FNV_PRIME
@@ -745,7 +789,8 @@ _RO = "Array(uint8, 1, 'C', readonly=True)"
 def _skeleton_spans(
     text: np.ndarray, classes: np.ndarray, words: np.ndarray, masks: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    _, starts, ends, count = _skeleton(text, classes, words, masks)
+    ws = _workspace_for(np.empty(0, dtype=np.uint64), text.shape[0], SKELETON)
+    _, starts, ends, count = _skeleton(text, classes, words, masks, ws)
     return starts[:count].copy(), ends[:count].copy()
 
 
@@ -760,9 +805,10 @@ def _marker_bits(
     last_tokens: np.ndarray,
     phrase_hashes: np.ndarray,
     phrase_lengths: np.ndarray,
+    window: np.ndarray,
 ) -> np.uint64:
     n = text.shape[0]
-    window = np.zeros(MAX_SHINGLE, dtype=np.uint64)  # the last tokens, a ring
+    window[:] = 0  # the last tokens, a ring of MAX_SHINGLE
     ring = MAX_SHINGLE - 1
     count = 0
     found = _U_ZERO
@@ -812,17 +858,12 @@ def _marker_bits(
 # ---------------------------------------------------------------------------------------
 # The request kernel: skeleton hashes and marker strength in one call.
 
-SKELETON, MARKERS = 1, 2  # what ``_fingerprint_text`` computes
 _N_MASKS = len(MASK_NAMES)
 _HEADER_WORDS = 3
 
 
-@njit(
-    "Tuple((int64, int64, int64, int64, float64))"
-    f"(uint8[::1], uint64[::1], float64[::1], int64, int64, {_RO}, int64, int64)",
-    cache=True,
-)
-def _fingerprint_text(
+@njit(cache=True, inline="always")
+def _fingerprint_one(
     classes: np.ndarray,
     tables: np.ndarray,
     weights: np.ndarray,
@@ -831,14 +872,9 @@ def _fingerprint_text(
     text: np.ndarray,
     start: int,
     end: int,
+    ws: np.ndarray,
 ) -> tuple[int, int, int, int, float]:
-    """(simhash, template hash, skeleton tokens) of text[start:end] when ``what`` has
-    SKELETON; (marker bits, strength) of the whole text when it has MARKERS.
-
-    One call instead of two, and few arguments: each array argument costs about 35 ns to
-    unbox. ``classes`` is the skeleton's then the markers' byte classes; ``tables`` is laid
-    out by ``pack_tables``; ``weights`` are the markers' weights.
-    """
+    """The body of ``_fingerprint_text`` (which see), shared with ``_fingerprint_texts``."""
     n_words = np.int64(tables[0])
     n_last = np.int64(tables[1])
     n_markers = np.int64(tables[2])
@@ -855,18 +891,94 @@ def _fingerprint_text(
     template = 0
     count = 0
     if what & SKELETON:
-        hashes, _, _, count = _skeleton(text[start:end], classes[:256], words, masks)
-        simhash, template = _stream_hashes(hashes, count, shingle)
+        ws = _workspace_for(ws, end - start, what)
+        hashes, _, _, count = _skeleton(text[start:end], classes[:256], words, masks, ws)
+        simhash, template = _stream_hashes(hashes, count, shingle, ws[0:64].view(np.int64))
     bits = _U_ZERO
     strength = 0.0
     if what & MARKERS:
-        bits = _marker_bits(text, classes[256:], last_tokens, phrase_hashes, phrase_lengths)
+        ws = _workspace_for(ws, 0, MARKERS)
+        window = ws[64 : 64 + MAX_SHINGLE]
+        bits = _marker_bits(text, classes[256:], last_tokens, phrase_hashes, phrase_lengths, window)
         remaining = 1.0
         for m in range(n_markers):
             if (bits >> np.uint64(m)) & _U_ONE:
                 remaining *= 1.0 - weights[m]
         strength = min(1.0, max(0.0, 1.0 - remaining))
     return simhash, template, count, int(np.int64(bits)), strength
+
+
+@njit(
+    "Tuple((int64, int64, int64, int64, float64))"
+    f"(uint8[::1], uint64[::1], float64[::1], int64, int64, uint64[::1], {_RO}, int64, int64)",
+    cache=True,
+)
+def _fingerprint_text(
+    classes: np.ndarray,
+    tables: np.ndarray,
+    weights: np.ndarray,
+    shingle: int,
+    what: int,
+    ws: np.ndarray,
+    text: np.ndarray,
+    start: int,
+    end: int,
+) -> tuple[int, int, int, int, float]:
+    """(simhash, template hash, skeleton tokens) of text[start:end] when ``what`` has
+    SKELETON; (marker bits, strength) of the whole text when it has MARKERS.
+
+    One call instead of two, and few arguments: each array argument costs about 35 ns to
+    unbox. ``classes`` is the skeleton's then the markers' byte classes; ``tables`` is laid
+    out by ``pack_tables``; ``weights`` are the markers' weights. ``ws`` is the workspace
+    (``workspace_words``); a smaller one (even empty) makes the call allocate its own.
+    Kernels hold the GIL (no ``nogil``), so one workspace can serve every thread.
+    """
+    return _fingerprint_one(classes, tables, weights, shingle, what, text, start, end, ws)
+
+
+@njit(
+    "void(uint8[::1], uint64[::1], float64[::1], int64, int64, uint64[::1],"
+    f" {_RO}, int64[::1], int64[::1], float64[::1])",
+    cache=True,
+)
+def _fingerprint_texts(
+    classes: np.ndarray,
+    tables: np.ndarray,
+    weights: np.ndarray,
+    shingle: int,
+    what: int,
+    ws: np.ndarray,
+    text: np.ndarray,
+    bounds: np.ndarray,
+    out: np.ndarray,
+    strengths: np.ndarray,
+) -> None:
+    """``_fingerprint_text`` of many texts packed in one buffer, in one call.
+
+    Text k is text[bounds[3k]:bounds[3k + 3]] (so ``bounds`` holds 3 * count + 1 offsets,
+    each text ending where the next starts), its template is
+    text[bounds[3k + 1]:bounds[3k + 2]]. Results go to out[4k:4k + 4] (simhash, template
+    hash, skeleton tokens, marker bits) and strengths[k].
+    """
+    for k in range((bounds.shape[0] - 1) // 3):
+        item = text[bounds[3 * k] : bounds[3 * k + 3]]
+        offset = bounds[3 * k]
+        result = _fingerprint_one(
+            classes,
+            tables,
+            weights,
+            shingle,
+            what,
+            item,
+            bounds[3 * k + 1] - offset,
+            bounds[3 * k + 2] - offset,
+            ws,
+        )
+        out[4 * k] = result[0]
+        out[4 * k + 1] = result[1]
+        out[4 * k + 2] = result[2]
+        out[4 * k + 3] = result[3]
+        strengths[k] = result[4]
 
 
 # ---------------------------------------------------------------------------------------
@@ -898,12 +1010,16 @@ def compiled_entry(dispatcher: Any) -> Any:
 
 
 _RUN_TEXT = compiled_entry(_fingerprint_text)
+_RUN_TEXTS = compiled_entry(_fingerprint_texts)
 BOTH_CLASSES = np.concatenate([SKELETON_CLASSES, MARKER_CLASSES])
 _NO_TABLE = np.zeros(0, dtype=np.uint64)
 _NO_WEIGHTS = np.zeros(0, dtype=np.float64)
+_NO_WORKSPACE = np.zeros(0, dtype=np.uint64)  # calls given it allocate their own
 
 # kernel(text, start, end) -> (simhash, template hash, tokens, marker bits, strength)
 TextKernel = Callable[[np.ndarray, int, int], tuple[int, int, int, int, float]]
+# kernel(text, bounds, out, strengths): ``_fingerprint_texts``
+TextsKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def pack_tables(
@@ -919,18 +1035,58 @@ def pack_tables(
     return np.concatenate([np.asarray(part, dtype=np.uint64) for part in parts])
 
 
+def _kernel_arguments(
+    words: np.ndarray,
+    markers: MarkerSet,
+    weights: Sequence[float],
+    shingle: int,
+    what: int,
+    workspace: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, np.ndarray]:
+    if len(weights) != len(markers):
+        raise ValueError(f"{len(markers)} markers need as many weights, got {len(weights)}")
+    if workspace is None:
+        workspace = np.empty(0, dtype=np.uint64)
+    elif workspace.dtype != np.uint64 or not workspace.flags.c_contiguous:
+        raise ValueError("a workspace is a contiguous uint64 array")
+    tables = markers.tables(words)
+    return (BOTH_CLASSES, tables, np.array(weights, dtype=np.float64), shingle, what, workspace)
+
+
 def text_kernel(
-    words: np.ndarray, markers: MarkerSet, weights: Sequence[float], shingle: int, what: int
+    words: np.ndarray,
+    markers: MarkerSet,
+    weights: Sequence[float],
+    shingle: int,
+    what: int,
+    workspace: np.ndarray | None = None,
 ) -> TextKernel:
     """``kernel(text, start, end)`` over lower-cased UTF-8 ``text`` (read-only uint8):
     the skeleton of text[start:end] (``what`` & SKELETON) with ``words`` and ``shingle``,
-    the ``markers`` of the whole text with their ``weights`` (``what`` & MARKERS)."""
-    if len(weights) != len(markers):
-        raise ValueError(f"{len(markers)} markers need as many weights, got {len(weights)}")
-    tables = markers.tables(words)
-    return partial(
-        _RUN_TEXT, BOTH_CLASSES, tables, np.array(weights, dtype=np.float64), shingle, what
-    )
+    the ``markers`` of the whole text with their ``weights`` (``what`` & MARKERS).
+
+    ``workspace`` (uint64, ``workspace_words(n)`` words) is reused by every call on texts
+    of up to n bytes; a longer text, or no workspace, makes the call allocate its own.
+    Calls hold the GIL, so kernels may share one workspace across threads."""
+    arguments = _kernel_arguments(words, markers, weights, shingle, what, workspace)
+    return partial(_RUN_TEXT, *arguments)
+
+
+def texts_kernel(
+    words: np.ndarray,
+    markers: MarkerSet,
+    weights: Sequence[float],
+    shingle: int,
+    what: int,
+    workspace: np.ndarray | None = None,
+) -> TextsKernel:
+    """``kernel(text, bounds, out, strengths)``: ``text_kernel``'s results for every text
+    packed into ``text`` (read-only uint8), in one call. Text k is
+    text[bounds[3k]:bounds[3k + 3]] and its template text[bounds[3k + 1]:bounds[3k + 2]]
+    (``bounds``: int64, 3 * count + 1 offsets); out[4k:4k + 4] (int64) receives simhash,
+    template hash, tokens and marker bits, strengths[k] (float64) the strength."""
+    arguments = _kernel_arguments(words, markers, weights, shingle, what, workspace)
+    return partial(_RUN_TEXTS, *arguments)
 
 
 def skeleton_hashes(
@@ -944,7 +1100,15 @@ def skeleton_hashes(
     """
     array = readonly_bytes(text)
     result = _RUN_TEXT(
-        BOTH_CLASSES, pack_tables(words), _NO_WEIGHTS, shingle, SKELETON, array, 0, len(array)
+        BOTH_CLASSES,
+        pack_tables(words),
+        _NO_WEIGHTS,
+        shingle,
+        SKELETON,
+        _NO_WORKSPACE,
+        array,
+        0,
+        len(array),
     )
     return result[0], result[1], result[2]
 
@@ -1013,6 +1177,14 @@ class MarkerSet:
         """Bit m is set when phrase m occurs in lower-cased UTF-8 ``text``."""
         weights = np.zeros(len(self._hashes), dtype=np.float64)
         result = _RUN_TEXT(
-            BOTH_CLASSES, self._tables, weights, 1, MARKERS, readonly_bytes(text), 0, 0
+            BOTH_CLASSES,
+            self._tables,
+            weights,
+            1,
+            MARKERS,
+            _NO_WORKSPACE,
+            readonly_bytes(text),
+            0,
+            0,
         )
         return int(result[3]) & _MASK64

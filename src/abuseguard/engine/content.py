@@ -90,6 +90,7 @@ recurs across requests belongs to a background job, not to the request path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -108,7 +109,9 @@ from abuseguard.engine._content_kernels import (
     MarkerSet,
     skeleton_text,
     text_kernel,
+    texts_kernel,
     word_table,
+    workspace_words,
 )
 
 MIN_TOKENS = 3
@@ -244,6 +247,11 @@ EMPTY_CONTENT = ContentFacts(
     simhash=0, template_id=0, elicitation=0.0, n_bytes=0, prompt_found=False
 )
 
+
+# The largest text the fingerprinter's own workspace is sized for: a longer one (a body cut
+# at a larger ``max_bytes``, or invalid bytes each decoded to a 3-byte U+FFFD) makes its
+# kernel call allocate a workspace of its own for that call.
+_WORKSPACE_MAX_BYTES = 1 << 16
 
 # What a body says: (pieces, template, context). The elicitation text is the pieces joined
 # by newlines; pieces[template] is the prompt whose shape is hashed; context is the text
@@ -442,10 +450,15 @@ def _is_json_type(content_type: str | None) -> bool:
     return content_type is not None and "json" in content_type.lower()
 
 
+# A body ready for the kernel: (lower-cased UTF-8 elicitation text, template start and end
+# in it, bytes examined, context text).
+_Prepared = tuple[bytes, int, int, int, str]
+
+
 class ContentFingerprinter:
     """Turns request bodies into ``ContentFacts``; thread-safe, never raises on a body."""
 
-    __slots__ = ("_max_bytes", "_primed", "_run", "_shingle")
+    __slots__ = ("_max_bytes", "_primed", "_run", "_run_many", "_shingle")
 
     def __init__(self, *, max_bytes: int = 16384, shingle: int = 3) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
@@ -458,12 +471,22 @@ class ContentFingerprinter:
         self._shingle = shingle
         # Fingerprints computed ahead by ``prime``: id(body) -> (body, content type, facts).
         self._primed: dict[int, tuple[object, str | None, ContentFacts]] = {}
-        self._run = text_kernel(
-            WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, shingle, SKELETON | MARKERS
+        # One workspace for both kernels and every thread: kernel calls hold the GIL.
+        workspace = np.empty(workspace_words(min(max_bytes, _WORKSPACE_MAX_BYTES)), dtype=np.uint64)
+        what = SKELETON | MARKERS
+        self._run = text_kernel(WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, shingle, what, workspace)
+        self._run_many = texts_kernel(
+            WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, shingle, what, workspace
         )
-        # The kernel is compiled (or loaded from cache) at import; this call makes sure the
-        # first request never pays for any set-up either.
+        # The kernels are compiled (or loaded from cache) at import; these calls make sure
+        # the first request never pays for any set-up either.
         self._run(_lower_bytes("warm up: the kernels"), 0, 8)
+        self._run_many(
+            _lower_bytes("warm up: the kernels"),
+            np.array([0, 0, 8, 20], dtype=np.int64),
+            np.empty(4, dtype=np.int64),
+            np.empty(1, dtype=np.float64),
+        )
 
     @property
     def max_bytes(self) -> int:
@@ -493,12 +516,68 @@ class ContentFingerprinter:
         the fingerprints primed before and not yet asked for, so at most one batch is
         held. Returns how many bodies were fingerprinted.
         """
-        fingerprint = self._fingerprint_safely
+        prepare = self._prepare
         primed: dict[int, tuple[object, str | None, ContentFacts]] = {}
+        # Bodies that need the kernel: their texts packed into one buffer for one call.
+        waiting: list[tuple[object, str | None, int, str]] = []
+        texts: list[bytes] = []
+        bounds = [0]
+        at = 0
         for body, content_type in items:
-            primed[id(body)] = (body, content_type, fingerprint(body, content_type))
+            try:
+                prepared = prepare(body, content_type)
+            except Exception:  # as in ``_fingerprint_safely``
+                prepared = EMPTY_CONTENT
+            if type(prepared) is ContentFacts:
+                primed[id(body)] = (body, content_type, prepared)
+                continue
+            data, start, end, n_bytes, context = prepared  # type: ignore[misc]
+            texts.append(data)
+            at_end = at + len(data)
+            bounds += (at + start, at + end, at_end)
+            at = at_end
+            waiting.append((body, content_type, n_bytes, context))
+        if waiting:
+            # On failure, those bodies are left to ``fingerprint``, one by one.
+            with contextlib.suppress(Exception):
+                self._finish(primed, waiting, texts, bounds)
         self._primed = primed
         return len(primed)
+
+    def _finish(
+        self,
+        primed: dict[int, tuple[object, str | None, ContentFacts]],
+        waiting: list[tuple[object, str | None, int, str]],
+        texts: list[bytes],
+        bounds: list[int],
+    ) -> None:
+        """Run the batch kernel on the packed ``texts`` and prime the ``waiting`` bodies."""
+        count = len(waiting)
+        out = np.empty(4 * count, dtype=np.int64)
+        strengths = np.empty(count, dtype=np.float64)
+        self._run_many(
+            np.frombuffer(b"".join(texts), dtype=np.uint8),
+            np.array(bounds, dtype=np.int64),
+            out,
+            strengths,
+        )
+        values = out.tolist()
+        at = 0
+        for (body, content_type, n_bytes, context), strength in zip(
+            waiting, strengths.tolist(), strict=True
+        ):
+            if values[at + 2] < MIN_TOKENS:
+                simhash = template_id = 0
+            else:
+                simhash = values[at]
+                template_id = values[at + 1]
+            at += 4
+            context_id = _context_id(context) if context else 0
+            primed[id(body)] = (
+                body,
+                content_type,
+                ContentFacts(simhash, template_id, strength, n_bytes, True, context_id),
+            )
 
     def _fingerprint_safely(self, body: object, content_type: str | None) -> ContentFacts:
         try:
@@ -517,6 +596,20 @@ class ContentFingerprinter:
         return b""
 
     def _fingerprint(self, body: object, content_type: str | None) -> ContentFacts:
+        prepared = self._prepare(body, content_type)
+        if type(prepared) is ContentFacts:
+            return prepared
+        data, start, end, n_bytes, context = prepared  # type: ignore[misc]
+        simhash, template_id, n_tokens, _, strength = self._run(
+            np.frombuffer(data, dtype=np.uint8), start, end
+        )
+        if n_tokens < MIN_TOKENS:
+            simhash = template_id = 0
+        context_id = _context_id(context) if context else 0
+        return ContentFacts(simhash, template_id, strength, n_bytes, True, context_id)
+
+    def _prepare(self, body: object, content_type: str | None) -> ContentFacts | _Prepared:
+        """The facts of a body without a prompt, else what the kernel needs of it."""
         if type(body) is str and body.isascii() and len(body) <= self._max_bytes:
             if not body:
                 return EMPTY_CONTENT
@@ -548,13 +641,7 @@ class ContentFingerprinter:
                 start += len(part)
             end = start + len(parts[template])
             data = b"\n".join(parts)
-        simhash, template_id, n_tokens, _, strength = self._run(
-            np.frombuffer(data, dtype=np.uint8), start, end
-        )
-        if n_tokens < MIN_TOKENS:
-            simhash = template_id = 0
-        context_id = _context_id(context) if context else 0
-        return ContentFacts(simhash, template_id, strength, n_bytes, True, context_id)
+        return data, start, end, n_bytes, context
 
     def _extract(self, raw: bytes, content_type: str | None) -> _Prompt | None:
         first = raw[:1]
