@@ -174,7 +174,8 @@ def test_batch_kernel_and_shared_workspace_match_fresh_calls(
     out = np.full(4 * len(items), -1, dtype=np.int64)
     strengths = np.full(len(items), -1.0)
     many(np.frombuffer(b"".join(texts), dtype=np.uint8), np.array(bounds), out, strengths)
-    got = [(*out[4 * k : 4 * k + 4].tolist(), strengths[k].item()) for k in range(len(items))]
+    columns = out.reshape(4, len(items))
+    got = [(*columns[:, k].tolist(), strengths[k].item()) for k in range(len(items))]
     assert got == expected
 
 

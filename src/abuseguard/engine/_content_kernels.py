@@ -957,10 +957,12 @@ def _fingerprint_texts(
 
     Text k is text[bounds[3k]:bounds[3k + 3]] (so ``bounds`` holds 3 * count + 1 offsets,
     each text ending where the next starts), its template is
-    text[bounds[3k + 1]:bounds[3k + 2]]. Results go to out[4k:4k + 4] (simhash, template
-    hash, skeleton tokens, marker bits) and strengths[k].
+    text[bounds[3k + 1]:bounds[3k + 2]]. Results go to out[k], out[count + k],
+    out[2 * count + k] and out[3 * count + k] (simhash, template hash, skeleton tokens,
+    marker bits: one column each) and strengths[k].
     """
-    for k in range((bounds.shape[0] - 1) // 3):
+    count = (bounds.shape[0] - 1) // 3
+    for k in range(count):
         item = text[bounds[3 * k] : bounds[3 * k + 3]]
         offset = bounds[3 * k]
         result = _fingerprint_one(
@@ -974,10 +976,10 @@ def _fingerprint_texts(
             bounds[3 * k + 2] - offset,
             ws,
         )
-        out[4 * k] = result[0]
-        out[4 * k + 1] = result[1]
-        out[4 * k + 2] = result[2]
-        out[4 * k + 3] = result[3]
+        out[k] = result[0]
+        out[count + k] = result[1]
+        out[2 * count + k] = result[2]
+        out[3 * count + k] = result[3]
         strengths[k] = result[4]
 
 
@@ -1083,8 +1085,9 @@ def texts_kernel(
     """``kernel(text, bounds, out, strengths)``: ``text_kernel``'s results for every text
     packed into ``text`` (read-only uint8), in one call. Text k is
     text[bounds[3k]:bounds[3k + 3]] and its template text[bounds[3k + 1]:bounds[3k + 2]]
-    (``bounds``: int64, 3 * count + 1 offsets); out[4k:4k + 4] (int64) receives simhash,
-    template hash, tokens and marker bits, strengths[k] (float64) the strength."""
+    (``bounds``: int64, 3 * count + 1 offsets); out (int64, 4 * count) receives the
+    columns simhash, template hash, tokens and marker bits (out[k], out[count + k], ...),
+    strengths[k] (float64) the strength."""
     arguments = _kernel_arguments(words, markers, weights, shingle, what, workspace)
     return partial(_RUN_TEXTS, *arguments)
 

@@ -95,6 +95,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import NamedTuple
 from urllib.parse import unquote_plus
 
@@ -242,6 +243,9 @@ class ContentFacts(NamedTuple):
     prompt_found: bool
     context_id: int = 0
 
+
+# ``ContentFacts(*values)`` without the keyword handling of its constructor: half the cost.
+_new_tuple = tuple.__new__
 
 EMPTY_CONTENT = ContentFacts(
     simhash=0, template_id=0, elicitation=0.0, n_bytes=0, prompt_found=False
@@ -518,66 +522,59 @@ class ContentFingerprinter:
         """
         prepare = self._prepare
         primed: dict[int, tuple[object, str | None, ContentFacts]] = {}
-        # Bodies that need the kernel: their texts packed into one buffer for one call.
-        waiting: list[tuple[object, str | None, int, str]] = []
-        texts: list[bytes] = []
-        bounds = [0]
-        at = 0
-        for body, content_type in items:
+        # Bodies that need the kernel, and what ``_prepare`` made of them.
+        asked: list[tuple[bytes | str | None, str | None]] = []
+        waiting: list[_Prepared] = []
+        for item in items:
+            body, content_type = item
             try:
                 prepared = prepare(body, content_type)
             except Exception:  # as in ``_fingerprint_safely``
                 prepared = EMPTY_CONTENT
             if type(prepared) is ContentFacts:
                 primed[id(body)] = (body, content_type, prepared)
-                continue
-            data, start, end, n_bytes, context = prepared  # type: ignore[misc]
-            texts.append(data)
-            at_end = at + len(data)
-            bounds += (at + start, at + end, at_end)
-            at = at_end
-            waiting.append((body, content_type, n_bytes, context))
+            else:
+                asked.append(item)
+                waiting.append(prepared)  # type: ignore[arg-type]
         if waiting:
             # On failure, those bodies are left to ``fingerprint``, one by one.
             with contextlib.suppress(Exception):
-                self._finish(primed, waiting, texts, bounds)
+                self._finish(primed, asked, waiting)
         self._primed = primed
         return len(primed)
 
     def _finish(
         self,
         primed: dict[int, tuple[object, str | None, ContentFacts]],
-        waiting: list[tuple[object, str | None, int, str]],
-        texts: list[bytes],
-        bounds: list[int],
+        asked: list[tuple[bytes | str | None, str | None]],
+        waiting: list[_Prepared],
     ) -> None:
-        """Run the batch kernel on the packed ``texts`` and prime the ``waiting`` bodies."""
+        """One batch kernel call on the texts of ``waiting``, packed into one buffer with
+        their bounds; primes the ``asked`` (body, content type) pairs with the facts."""
         count = len(waiting)
+        texts, starts, ends, n_bytes, contexts = zip(*waiting, strict=True)
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=count)
+        offsets = np.cumsum(lengths) - lengths
+        bounds = np.empty(3 * count + 1, dtype=np.int64)
+        bounds[0:-1:3] = offsets
+        bounds[1::3] = offsets + np.array(starts, dtype=np.int64)
+        bounds[2::3] = offsets + np.array(ends, dtype=np.int64)
+        bounds[-1] = offsets[-1] + lengths[-1]
         out = np.empty(4 * count, dtype=np.int64)
         strengths = np.empty(count, dtype=np.float64)
-        self._run_many(
-            np.frombuffer(b"".join(texts), dtype=np.uint8),
-            np.array(bounds, dtype=np.int64),
-            out,
-            strengths,
+        self._run_many(np.frombuffer(b"".join(texts), dtype=np.uint8), bounds, out, strengths)
+        columns = out.reshape(4, count)
+        hashes = columns[:2]
+        hashes[:, columns[2] < MIN_TOKENS] = 0  # too short to carry a template
+        simhashes, template_ids = hashes.tolist()
+        context_ids = [_context_id(context) if context else 0 for context in contexts]
+        facts = map(
+            _new_tuple,
+            repeat(ContentFacts),
+            zip(simhashes, template_ids, strengths.tolist(), n_bytes, repeat(True), context_ids),
         )
-        values = out.tolist()
-        at = 0
-        for (body, content_type, n_bytes, context), strength in zip(
-            waiting, strengths.tolist(), strict=True
-        ):
-            if values[at + 2] < MIN_TOKENS:
-                simhash = template_id = 0
-            else:
-                simhash = values[at]
-                template_id = values[at + 1]
-            at += 4
-            context_id = _context_id(context) if context else 0
-            primed[id(body)] = (
-                body,
-                content_type,
-                ContentFacts(simhash, template_id, strength, n_bytes, True, context_id),
-            )
+        for (body, content_type), fact in zip(asked, facts, strict=True):
+            primed[id(body)] = (body, content_type, fact)
 
     def _fingerprint_safely(self, body: object, content_type: str | None) -> ContentFacts:
         try:
@@ -606,7 +603,7 @@ class ContentFingerprinter:
         if n_tokens < MIN_TOKENS:
             simhash = template_id = 0
         context_id = _context_id(context) if context else 0
-        return ContentFacts(simhash, template_id, strength, n_bytes, True, context_id)
+        return _new_tuple(ContentFacts, (simhash, template_id, strength, n_bytes, True, context_id))
 
     def _prepare(self, body: object, content_type: str | None) -> ContentFacts | _Prepared:
         """The facts of a body without a prompt, else what the kernel needs of it."""
