@@ -344,6 +344,22 @@ def _from_turns(system: str, items: list[object]) -> _Prompt:
     texts: list[str] = []
     last_user = -1
     for item in items:
+        if type(item) is dict:
+            # The common message first: string role and content, no parts (what the general
+            # branch below makes of it, in fewer steps).
+            given = item.get("role")
+            content = item.get("content")
+            if type(given) is str and type(content) is str and "parts" not in item:
+                if given == "system" or given == "developer":
+                    if content:
+                        system_text.append(content)
+                    continue
+                if content:
+                    if given == "user":
+                        last_user = len(texts)
+                    roles.append("assistant" if given == "model" else given)
+                    texts.append(content)
+                continue
         if isinstance(item, str):
             role = "user"
             text = item
@@ -631,6 +647,13 @@ class ContentFingerprinter:
         if len(pieces) == 1:
             data = pieces[0].lower().encode("utf-8", "surrogatepass")
             start, end = 0, len(data)
+        elif (joined := "\n".join(pieces)).isascii():
+            # ASCII lowers to ASCII of the same length: offsets are character offsets.
+            data = joined.lower().encode("ascii")
+            start = template
+            for piece in pieces[:template]:
+                start += len(piece)
+            end = start + len(pieces[template])
         else:
             parts = [piece.lower().encode("utf-8", "surrogatepass") for piece in pieces]
             start = template
@@ -664,7 +687,11 @@ class ContentFingerprinter:
         if first in _JSON_START_CHARS or _is_json_type(content_type):
             doc = _loads(text)
             if doc is not _NOT_JSON:
-                return _from_json(doc)
+                if type(doc) is dict:  # ``_from_json(doc)``, one call less
+                    prompt = _from_api(doc)
+                    if prompt is not None:
+                        return prompt
+                return [_string_leaves(doc)], 0, ""
         if _looks_binary(text.encode("ascii")):
             return None
         if content_type is not None and "x-www-form-urlencoded" in content_type.lower():
