@@ -286,45 +286,46 @@ class Syncer:
             self.synced.clear()
 
     def _command(self, group: list[tuple[tuple[int, Any], Entry]]) -> tuple[Any, ...]:
-        """One call of sync.lua (argument layout at its top): most entries are just a
-        kind and a delta, the kinds' rates and bursts travel once per call."""
+        """One call of sync.lua (argument layout at its top): the entries as lines of one
+        argument, most of them a kind, an identity and a delta; the script names the keys
+        (in a Cluster the one identity's bucket or ban key routes the call)."""
         backend = self.backend
         guard = self.guard
-        keys: list[str] = []
-        args: list[str] = []
+        lines: list[str] = []
         load = guard._load_factor()
         key_index = guard.engine.tables[L.KIND_KEY].index
         key_rows = self.rows[L.KIND_KEY]
         bucket = self.key_bucket
-        bans = self.ban_ms > 0
-        key_space = backend.keys
         for (kind, key), entry in group:
             if kind == L.KIND_KEY:
                 factor = load
-                names = key_space.of(key)
                 if bucket is not None:
-                    keys.append(names.bucket)
                     row = key_index.get(key)
                     if row is not None:
                         risk = key_rows[row, L.F_SCORE] - bucket.risk_floor
                         if risk > 0.0:
                             scaled = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
                             factor *= max(scaled, bucket.min_refill_factor)
-                if bans:
-                    keys.append(names.ban)
                 if factor == 1.0 and not entry.ban:
-                    args.append(f"0 {entry.delta!r}")
+                    lines.append(f"0 {key} {entry.delta!r}")
                 else:
                     rate = max(self.rates[L.KIND_KEY] * factor, 1e-9)
-                    args.append(f"0 {entry.delta!r} {rate!r} 1 {1 if entry.ban else 0}")
+                    lines.append(f"0 {key} {entry.delta!r} {rate!r} 1 {1 if entry.ban else 0}")
             else:
-                keys.append(key_space.network_base(kind, key) + ":b")
                 scale = entry.scale
                 if load == 1.0 and scale == 1.0:
-                    args.append(f"{kind} {entry.delta!r}")
+                    lines.append(f"{kind} {key} {entry.delta!r}")
                 else:
                     rate = max(self.rates[kind] * load * scale, 1e-9)
-                    args.append(f"{kind} {entry.delta!r} {rate!r} {scale!r} 0")
+                    lines.append(f"{kind} {key} {entry.delta!r} {rate!r} {scale!r} 0")
+        keys: tuple[str, ...] = ()
+        if backend.cluster:  # one identity per call: its slot
+            (kind, key), _ = group[0]
+            if kind != L.KIND_KEY:
+                keys = (backend.keys.network_base(kind, key) + ":b",)
+            else:
+                names = backend.keys.of(key)
+                keys = (names.bucket if bucket is not None else names.ban,)
         now: float | str = "" if backend.server_time else guard.clock()
         return (
             "EVALSHA",
@@ -335,9 +336,9 @@ class Syncer:
             backend.worker_id,
             self.window_arg,
             self.ban_ms,
-            len(group),
+            backend.prefix,
             *self.defaults,
-            *args,
+            "\n".join(lines),
         )
 
     def _write_back(
