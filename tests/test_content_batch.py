@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 
 import numpy as np
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abuseguard.engine import _content_kernels as kernels
+from abuseguard.engine import content
 from abuseguard.engine.content import (
     _MARKER_SET,
     _MARKER_WEIGHTS,
@@ -193,3 +195,23 @@ def test_batch_kernel_is_compiled_before_any_request() -> None:
     fp = ContentFingerprinter()
     fp.prime([("Think step by step: 2 + 2?", None), (b'{"prompt": "why?"}', None)])
     assert len(kernel.signatures) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from([*"ab 0123456789\n:.-", "\u0663", "\uff13", "\u00e9"]),
+        max_size=80,
+    )
+)
+def test_context_id_normalises_digits_as_the_regular_expression(text: str) -> None:
+    expected = content._stable_hash(re.sub(r"\d+", "0", text))
+    assert content._stable_hash_bytes(content._digits_normalised(text)) == expected
+    content._context_ids.clear()
+    assert content._context_id(text) == expected
+
+
+def test_context_id_of_long_digit_runs() -> None:
+    for text in ("0" * 1000, "a" + "9" * 257 + "b00c" + "12" * 33, "x\n00\n0", ""):
+        expected = content._stable_hash(re.sub(r"\d+", "0", text))
+        assert content._stable_hash_bytes(content._digits_normalised(text)) == expected

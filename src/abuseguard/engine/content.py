@@ -282,8 +282,30 @@ def elicitation_strength(text: str) -> float:
 
 
 def _stable_hash(text: str) -> int:
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return _stable_hash_bytes(text.encode("utf-8", "surrogatepass"))
+
+
+def _stable_hash_bytes(data: bytes) -> int:
+    digest = hashlib.blake2b(data, digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True) or 1
+
+
+_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+
+
+def _digits_normalised(text: str) -> bytes:
+    r"""``_DIGITS.sub("0", text)`` as UTF-8: every run of digits becomes one "0".
+
+    ASCII text (where ``\d`` is [0-9]) takes a path about five times faster than the regular
+    expression: digits become "0", then runs of "0" are halved until single (a run of n
+    digits takes log2(n) passes).
+    """
+    if not text.isascii():
+        return _DIGITS.sub("0", text).encode("utf-8", "surrogatepass")
+    data = text.encode("ascii").translate(_TO_ZERO)
+    while b"00" in data:
+        data = data.replace(b"00", b"0")
+    return data
 
 
 # context_id of recent short contexts: a fixed system prompt recurs on every request of an
@@ -298,7 +320,7 @@ _context_ids: dict[str, int] = {}
 def _context_id(context: str) -> int:
     found = _context_ids.get(context)
     if found is None:
-        found = _stable_hash(_DIGITS.sub("0", context))
+        found = _stable_hash_bytes(_digits_normalised(context))
         if len(context) <= _CONTEXT_CACHE_CHARS:
             if len(_context_ids) >= _CONTEXT_CACHE_SIZE:
                 _context_ids.clear()
