@@ -89,12 +89,12 @@ _SYNC_TIMEOUT = 0.25
 class SyncedRedisBackend(RedisBackend):
     """The Redis backend in synced mode: local decisions, background sync.
 
-    Takes the options of `RedisBackend` (``budget`` bounds each sync's round trip, at
-    least 0.25 s,
-    ``breaker_*`` the outage handling; ``fail_open`` and the policy's ``fail_mode`` do not
-    apply: no request depends on Redis) and ``sync_interval`` (seconds between syncs),
-    ``workers`` (how many workers share the buckets; default: detected, else 1),
-    ``sync_max_pending`` (identities waiting for a sync, at most).
+    Takes the options of `RedisBackend` (``budget`` bounds each sync's round trip, but
+    no less than 0.25 s; ``breaker_*`` the outage handling; ``fail_open`` and the policy's
+    ``fail_mode`` do not apply: no request depends on Redis) and ``sync_interval``
+    (seconds between syncs), ``workers`` (how many workers share the buckets; default:
+    ``fallback_workers``, else the detected worker count), ``sync_max_pending``
+    (identities waiting for a sync, at most).
     """
 
     mode = "synced"
