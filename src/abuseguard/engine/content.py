@@ -207,18 +207,23 @@ _NOT_JSON = object()
 # json's default decoder), without the layers of Python calls around it.
 _SCAN_JSON: Callable[[str, int], tuple[object, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _JSON_SPACE = re.compile(r"[ \t\n\r]*").match  # json.decoder.WHITESPACE: always matches
+_JSON_WHITESPACE = " \t\n\r"
 
 
 def _loads(text: str) -> object:
     """``json.loads(text)``, or ``_NOT_JSON`` where it raises ValueError or RecursionError."""
-    space = _JSON_SPACE(text, 0)
+    start = 0
+    if text[:1] in _JSON_WHITESPACE:  # (or empty) the whitespace scan only when it can match
+        space = _JSON_SPACE(text, 0)
+        start = space.end() if space is not None else 0
     try:
-        doc, end = _SCAN_JSON(text, space.end() if space is not None else 0)
+        doc, end = _SCAN_JSON(text, start)
     except (StopIteration, ValueError, RecursionError):
         return _NOT_JSON
-    space = _JSON_SPACE(text, end)
-    if (space.end() if space is not None else end) != len(text):
-        return _NOT_JSON  # extra data
+    if end != len(text):
+        space = _JSON_SPACE(text, end)
+        if (space.end() if space is not None else end) != len(text):
+            return _NOT_JSON  # extra data
     return doc
 
 
