@@ -1,12 +1,12 @@
 """Backend URIs: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``,
 ``rediss+cluster://``, with the backend's own options in the query string.
 
-``mode`` picks the backend: ``inline`` (the default, `RedisBackend`) or ``synced``
-(`SyncedRedisBackend`). ``redis://h:6379/0?budget=0.02&fail_open=false&health_check_interval=5``
-becomes the
+``redis://h:6379/0?budget=0.02&fail_open=false&health_check_interval=5`` becomes the
 redis-py URL ``redis://h:6379/0?health_check_interval=5`` and the backend keyword
-arguments ``budget=0.02, fail_open=False`` (plus ``cluster``). A bad value fails with a
-ConfigError naming the option.
+arguments ``budget=0.02, fail_open=False`` (plus ``cluster``). ``mode`` picks the backend:
+``inline`` (the default, `RedisBackend`) or ``synced`` (`SyncedRedisBackend`, which alone
+takes ``workers`` and ``sync_max_pending``). A bad value fails with a ConfigError naming
+the option.
 """
 
 from __future__ import annotations
