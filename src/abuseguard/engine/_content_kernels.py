@@ -472,9 +472,14 @@ def _skeleton(
                 i = span_end[i]
             else:
                 digits = False
-                while i < n and classes[text[i]] == C_WORD:
-                    if 0x30 <= text[i] <= 0x39:
+                value = _U_FNV_OFFSET  # the word's hash, computed as it is scanned
+                while i < n:
+                    byte = text[i]
+                    if classes[byte] != C_WORD:
+                        break
+                    if 0x30 <= byte <= 0x39:
                         digits = True
+                    value = (value ^ np.uint64(byte)) * _U_FNV_PRIME
                     i += 1
                 if digits:
                     glued = start == last_num_end + 1 and (
@@ -492,7 +497,7 @@ def _skeleton(
                         sentence = 0
                         ntok += 1
                 else:
-                    value = _hash_bytes(text, start, i)
+                    value = _mix(value)
                     tok_hash[ntok] = value
                     tok_start[ntok] = start
                     tok_end[ntok] = i
@@ -817,8 +822,13 @@ def _marker_bits(
         c = text[i]
         cls = classes[c]
         start = i
+        value = _U_FNV_OFFSET
         if cls == C_WORD:
-            while i < n and classes[text[i]] == C_WORD:
+            while i < n:  # the token's hash, computed as it is scanned
+                byte = text[i]
+                if classes[byte] != C_WORD:
+                    break
+                value = (value ^ np.uint64(byte)) * _U_FNV_PRIME
                 i += 1
         elif cls == C_WIDE:
             i = _wide_end(text, i)
@@ -838,7 +848,7 @@ def _marker_bits(
         else:
             i += 1
             continue
-        value = _hash_bytes(text, start, i)
+        value = _mix(value) if cls == C_WORD else _hash_bytes(text, start, i)
         window[count & ring] = value
         count += 1
         if not _in_table(last_tokens, value):
