@@ -556,12 +556,14 @@ class ContentFingerprinter:
     def prime(self, items: Iterable[tuple[bytes | str | None, str | None]]) -> int:
         """Fingerprint a batch of bodies ahead of the requests that carry them.
 
-        The batch entry point for replay: fingerprinting the bodies of the next records
-        together, before the guard decides on them one by one, keeps this code and its
-        tables hot. The next ``fingerprint(body, content_type)`` with the very same body
-        object (and content type) answers what was computed here, once. Priming replaces
-        the fingerprints primed before and not yet asked for, so at most one batch is
-        held. Returns how many bodies were fingerprinted.
+        The batch entry point for replay: the prompts of all the bodies are extracted
+        first, then their texts are packed into one buffer and fingerprinted by one kernel
+        call (``_fingerprint_texts``), so the per-call costs are paid once a batch. The
+        facts are those ``fingerprint`` computes one body at a time, bit for bit. The next
+        ``fingerprint(body, content_type)`` with the very same body object (and content
+        type) answers what was computed here, once. Priming replaces the fingerprints
+        primed before and not yet asked for, so at most one batch is held. Returns how
+        many bodies were fingerprinted.
         """
         prepare = self._prepare
         primed: dict[int, tuple[object, str | None, ContentFacts]] = {}
