@@ -367,6 +367,62 @@ def test_network_buckets_are_synced_too(redis_server: RedisServer) -> None:
     assert shared == pytest.approx(6 - admitted, abs=0.01)
 
 
+def test_fan_in_and_fan_out_sketches_are_shared_when_asked(redis_server: RedisServer) -> None:
+    """``shared_sketches=True``: accounts behind one IP, and one account roaming over many
+    networks, split over two workers. A worker's items reach Redis with its next sync and
+    the shared count comes back with the answer to its next new item."""
+    pol = Policy(
+        bucket=TokenBucket("100/second", burst=100),
+        network=NetworkPolicy(nat_fairness=False),
+        max_identities=256,
+    )
+
+    async def main() -> tuple[float, float, dict[str, Any]]:
+        guards = await workers(redis_server.url, 2, pol, shared_sketches=True)
+        for i in range(6):
+            await guards[i % 2].acheck(req(key=f"acct-{i}", ip="203.0.113.9", asn=16509))
+        for i in range(16):
+            await guards[i % 2].acheck(req(key="roamer", ip=f"10.{i}.0.1", asn=1000 + i))
+        await synced_once_more(guards)  # both workers' items are in Redis now
+        await guards[0].acheck(req(key="acct-6", ip="203.0.113.9", asn=16509))
+        await guards[0].acheck(req(key="roamer", ip="10.99.0.1", asn=9999))
+        await synced_once_more(guards[:1])
+        ips = guards[0].engine.tables[L.KIND_IP]
+        fan_in = float(ips.data[ips.index["203.0.113.9"], L.F_SKETCH_EST])
+        accounts = guards[0].engine.accounts
+        roamer = guards[0].identity_of(req(key="roamer"))[0]
+        fan_out = float(accounts.data[accounts.index[roamer], L.A_EST + L.SK_ASNS])
+        state = stats(guards[0])
+        await shutdown(guards)
+        return fan_in, fan_out, state
+
+    fan_in, fan_out, state = run(main())
+    assert fan_in >= 6  # worker 0 saw 4 of the 7 accounts itself
+    assert fan_out >= 15  # and 9 of the 17 ASNs
+    assert state["sketches_synced"] > 0 and state["sketches_dropped"] == 0
+
+
+def test_sketches_stay_per_worker_by_default(redis_server: RedisServer) -> None:
+    async def main() -> tuple[float, dict[str, Any]]:
+        guards = await workers(
+            redis_server.url,
+            2,
+            Policy(bucket=TokenBucket("100/second", burst=100), max_identities=256),
+        )
+        for i in range(6):
+            await guards[i % 2].acheck(req(key=f"acct-{i}", ip="203.0.113.9", asn=16509))
+        await synced_once_more(guards)
+        ips = guards[0].engine.tables[L.KIND_IP]
+        fan_in = float(ips.data[ips.index["203.0.113.9"], L.F_SKETCH_EST])
+        state = stats(guards[0])
+        await shutdown(guards)
+        return fan_in, state
+
+    fan_in, state = run(main())
+    assert fan_in == pytest.approx(3, abs=0.5)  # what worker 0 saw
+    assert state["sketches_synced"] == 0
+
+
 def test_a_ban_reaches_the_other_workers(redis_server: RedisServer) -> None:
     pol = Policy(
         bucket=TokenBucket("100/second", burst=100),

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 from abuseguard.backends.base import Backend
 from abuseguard.backends.breaker import CLOSED, CircuitBreaker
 from abuseguard.backends.deny_cache import DenyCache
-from abuseguard.backends.redis_call import Answers, Reply, ScriptCall
+from abuseguard.backends.redis_call import Answers, Reply, ScriptCall, SketchSink
 from abuseguard.backends.redis_failover import DENIALS, UNAVAILABLE, UNKNOWN, Failover
 from abuseguard.backends.redis_keys import IdentityKeys, KeySpace
 from abuseguard.backends.redis_leases import Leases
@@ -574,7 +574,7 @@ class RedisBackend(Backend):
 
     def _plan_sketches(
         self,
-        call: ScriptCall,
+        call: SketchSink,
         p: Prepared,
         profile: NetworkProfile,
         keys: IdentityKeys,

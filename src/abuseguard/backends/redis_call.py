@@ -8,13 +8,22 @@ map the answers back (a table kind, a sketch slot, a quota index...).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from abuseguard.backends.redis_pipe import Command
 
 _FIXED_WINDOW = 1
 _SLIDING_WINDOW = 2
 STRATEGY_CODES = {"fixed-window": _FIXED_WINDOW, "sliding-window-counter": _SLIDING_WINDOW}
+
+
+class SketchSink(Protocol):
+    """Where `RedisBackend._plan_sketches` puts sketch ops: a `ScriptCall`, or synced
+    mode's queue (`redis_sketchsync.SketchQueue`)."""
+
+    def sketch(
+        self, current: str, previous: str, ttl_ms: int, items: list[Any], tag: Any
+    ) -> None: ...
 
 
 class ScriptCall:
@@ -239,4 +248,4 @@ class Reply:
             raise ValueError(f"decide.lua replied {len(reply)} values, expected {i}")
 
 
-__all__ = ["STRATEGY_CODES", "Answers", "Reply", "ScriptCall"]
+__all__ = ["STRATEGY_CODES", "Answers", "Reply", "ScriptCall", "SketchSink"]

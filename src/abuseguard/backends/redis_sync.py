@@ -36,6 +36,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from abuseguard.backends.redis_sketchsync import SketchQueue
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class Syncer:
         self.defer = backend.share_window  # a quiet entry waits at most this long
         self.synced: dict[tuple[int, Any], float] = {}  # last write-back (monotonic)
         self.paused = False  # Redis is away: nothing is recorded
+        self.sketches = SketchQueue(guard, max_pending=max_pending)
         policy = guard.policy
         bucket = policy.bucket
         self.key_bucket = bucket
@@ -211,6 +213,7 @@ class Syncer:
 
     def clear(self) -> int:
         """Forget everything pending (Redis is away); how many entries that was."""
+        self.sketches.clear()
         count = len(self.pending)
         self.pending = {}
         self.due = {}
@@ -254,10 +257,11 @@ class Syncer:
             due[k] = entry
 
     async def flush(self, *, everything: bool = False) -> None:
-        """Send what is due, write the answers back. Raises when Redis failed (the
-        entries are then due again)."""
+        """Send what is due (and the queued sketches), write the answers back. Raises when
+        Redis failed (the entries are then due again)."""
         batch = self.take(everything=everything)
-        if not batch:
+        sketches = self.sketches
+        if not batch and not sketches.ops:
             return
         backend = self.backend
         pipe = backend.pipe
@@ -268,11 +272,16 @@ class Syncer:
         step = 1 if backend.cluster else CHUNK  # a Cluster script call: one slot's keys
         groups = [items[i : i + step] for i in range(0, len(items), step)]
         commands = [self._command(group) for group in groups]
+        now_arg: float | str = "" if backend.server_time else self.guard.clock()
+        calls = sketches.calls(now_arg, cluster=backend.cluster)
+        decide = backend.scripts["decide"].sha
+        commands += [call.command(decide) for call in calls]
         replies = await asyncio.gather(*(pipe.call(c) for c in commands), return_exceptions=True)
+        sketches.write_back(calls, replies[len(groups) :])
         error: BaseException | None = None
         now = self.guard.clock()
         mono = time.monotonic()
-        for group, reply in zip(groups, replies, strict=True):
+        for group, reply in zip(groups, replies[: len(groups)], strict=True):
             if isinstance(reply, BaseException):
                 error = error or reply
                 self.put_back(dict(group))

@@ -42,8 +42,12 @@ Staleness. Busy identities: other workers' consumption and bans arrive within τ
 ones: within the share window, or as soon as they stop being quiet here.
 
 Not synced: window quotas and concurrency limits (refused at construction: use the inline
-mode), risk scores and behaviour features (per worker, as with inline), and the fan-in and
-fan-out sketches, which count what this worker saw.
+mode), risk scores and behaviour features (per worker, as with inline). The fan-in and
+fan-out sketches count what this worker saw unless ``shared_sketches=True`` (off by default
+in this mode): then a worker's new items are added to the shared HyperLogLogs with its next
+sync and the shared estimate comes back with the answer (`redis_sketchsync`); each new item
+costs Redis a two-sketch PFCOUNT merge, several times the cost of a bucket sync (on the
+benchmark's 10,000 clients, about 24 instead of 6 µs of Redis time per request).
 
 Faults. A request never waits for Redis. A failed sync puts its entries back (at most
 ``sync_max_pending`` identities wait; beyond that, new identities are not recorded and
@@ -94,7 +98,7 @@ class SyncedRedisBackend(RedisBackend):
     ``fail_mode`` do not apply: no request depends on Redis) and ``sync_interval``
     (seconds between syncs), ``workers`` (how many workers share the buckets; default:
     ``fallback_workers``, else the detected worker count), ``sync_max_pending``
-    (identities waiting for a sync, at most).
+    (identities waiting for a sync, at most) and ``shared_sketches`` (off by default here).
     """
 
     mode = "synced"
@@ -106,6 +110,7 @@ class SyncedRedisBackend(RedisBackend):
         sync_interval: float = 0.01,
         workers: int | None = None,
         sync_max_pending: int = 65536,
+        shared_sketches: bool = False,
         **kwargs: Any,
     ) -> None:
         if workers is not None and (
@@ -122,12 +127,14 @@ class SyncedRedisBackend(RedisBackend):
             )
         if workers is not None and kwargs.get("fallback_workers") is None:
             kwargs["fallback_workers"] = workers
-        super().__init__(url, sync_interval=sync_interval, **kwargs)
+        super().__init__(
+            url, sync_interval=sync_interval, shared_sketches=shared_sketches, **kwargs
+        )
         self.workers = self.fallback_workers
         self.sync_max_pending = sync_max_pending
         self.share_window = max(1.0, 20.0 * self.sync_interval)
         self.worker_id = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.scripts = {"sync": load_script("sync")}
+        self.scripts = {"sync": load_script("sync"), "decide": load_script("decide")}
         self.syncer: Syncer | None = None
         self.outage = False
         self.outages = 0  # how many times syncing stopped (for tests and metrics)
@@ -136,6 +143,7 @@ class SyncedRedisBackend(RedisBackend):
         self._full: Any = None  # the kernel's bucket parameters, whole
         self._divided: Any = None  # and divided by the workers (outage)
         self._io: Any = None
+        self._sketching = False
 
     # -- construction --------------------------------------------------------------------
 
@@ -164,6 +172,8 @@ class SyncedRedisBackend(RedisBackend):
         guard.local_buckets = True  # and the Decision reports them as the memory backend's
         self._io = memoryview(guard.engine.io)  # type: ignore[arg-type]  # floats, no numpy
         self.syncer = Syncer(self, guard, max_pending=self.sync_max_pending, workers=self.workers)
+        # Fan-out and fan-in sketches are shared as inline (`redis_sketchsync`).
+        self._sketching = self.shared_sketches and policy.network is not None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -298,6 +308,11 @@ class SyncedRedisBackend(RedisBackend):
                     self.ban_ms > 0 and 0 < self.ban_level <= level and not banned,
                     True,
                 )
+            profile = p.profile
+            if self._sketching and p.has_account and profile is not None and not profile.allowed:
+                self._plan_sketches(
+                    syncer.sketches, p, profile, self.keys.of(p.identity), self._network_keys(p)
+                )
         return guard._conclude(info, p, plain)
 
     # -- after the response -------------------------------------------------------------------
@@ -324,6 +339,8 @@ class SyncedRedisBackend(RedisBackend):
             "flushes": syncer.flushes if syncer else 0,
             "entries_synced": syncer.entries_sent if syncer else 0,
             "pending": len(syncer.pending) if syncer else 0,
+            "sketches_synced": syncer.sketches.sent if syncer else 0,
+            "sketches_dropped": syncer.sketches.dropped if syncer else 0,
             "dropped": syncer.dropped if syncer else 0,
             "outage": self.outage,
             "outages": self.outages,
