@@ -2,7 +2,8 @@
 
 Prints, for OpenAI-style JSON chat bodies of 1, 4 and 16 KiB and for a typical 300-byte
 prompt, the median cost of ``ContentFingerprinter.fingerprint`` per call and per KiB of
-body, a breakdown of the stages, and the SimHash kernel against its plain-Python reference.
+body, the same through ``prime`` (the batch path replay takes: 256 bodies a call), and a
+breakdown of the stages.
 
     .venv/bin/python benchmarks/bench_content.py [--quick]
 
@@ -120,6 +121,16 @@ def main() -> None:
     for label, body in (("raw text", typical_text.encode()), ("chat JSON", typical_json)):
         cost = median_us(lambda b=body: fingerprinter.fingerprint(b), 5000, repeat)
         print(f"  {label:>9} ({len(body)} B): {cost:.1f} µs/call")
+
+    batch = 256
+    print(f"prime() of {batch} distinct bodies, per body (median):")
+    print(f"  {'body':>9} {'µs/body':>9} {'µs/KiB':>8}")
+    for kib in (0.3, 1, 4, 16):
+        bodies = [(chat_body(rng, int(kib * 1024) - 64), None) for _ in range(batch)]
+        size = statistics.mean(len(body) for body, _ in bodies)
+        number = max(2, int(40 // kib))
+        cost = median_us(lambda b=bodies: fingerprinter.prime(b), number, repeat) / batch
+        print(f"  {size:>7.0f} B {cost:>9.1f} {cost / (size / 1024):>8.1f}")
 
     print("stages on the 16 KiB body (median µs):")
     body = chat_body(rng, 16 * 1024 - 64)

@@ -215,3 +215,13 @@ def test_context_id_of_long_digit_runs() -> None:
     for text in ("0" * 1000, "a" + "9" * 257 + "b00c" + "12" * 33, "x\n00\n0", ""):
         expected = content._stable_hash(re.sub(r"\d+", "0", text))
         assert content._stable_hash_bytes(content._digits_normalised(text)) == expected
+
+
+@pytest.mark.parametrize("packed_bytes", [1, 100, 5000])
+def test_batch_run_in_chunks_gives_the_same_facts(
+    monkeypatch: pytest.MonkeyPatch, packed_bytes: int
+) -> None:
+    monkeypatch.setattr(content, "_PACKED_BYTES", packed_bytes)
+    bodies = random_bodies()[:300] + odd_bodies()
+    fp = ContentFingerprinter()
+    assert primed_facts(fp, bodies, batch=64) == single_facts(ContentFingerprinter(), bodies)
