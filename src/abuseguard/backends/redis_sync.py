@@ -292,7 +292,12 @@ class Syncer:
             raise error
         self.entries_sent += len(items)
         if len(self.synced) > 4 * self.max_pending:
-            self.synced.clear()
+            # Older than the share window is as good as never synced (a cold start): keep
+            # the recent ones, so that active clients are not held back by a cleanup.
+            recent = mono - self.backend.share_window
+            self.synced = {k: t for k, t in self.synced.items() if t > recent}
+            if len(self.synced) > 4 * self.max_pending:
+                self.synced.clear()
 
     def _command(self, group: list[tuple[tuple[int, Any], Entry]]) -> tuple[Any, ...]:
         """One call of sync.lua (argument layout at its top): the entries as lines of one
