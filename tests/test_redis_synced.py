@@ -367,6 +367,25 @@ def test_network_buckets_are_synced_too(redis_server: RedisServer) -> None:
     assert shared == pytest.approx(6 - admitted, abs=0.01)
 
 
+def test_quiet_clients_go_early_when_half_of_the_pending_room_is_taken(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        (guard,) = await workers(redis_server.url, 1, policy("1/hour", 100), sync_max_pending=16)
+        for i in range(12):  # quiet: each uses 1 of 100
+            await guard.acheck(req(key=f"quiet-{i}"))
+        before = stats(guard)
+        await synced_once_more([guard])
+        after = stats(guard)
+        await shutdown([guard])
+        return before, after
+
+    before, after = run(main())
+    assert before["pending"] == 12 and before["entries_synced"] == 0
+    assert after["entries_synced"] >= 12 - 8 and after["pending"] <= 8
+    assert after["dropped"] == 0
+
+
 def test_fan_in_and_fan_out_sketches_are_shared_when_asked(redis_server: RedisServer) -> None:
     """``shared_sketches=True``: accounts behind one IP, and one account roaming over many
     networks, split over two workers. A worker's items reach Redis with its next sync and

@@ -23,8 +23,8 @@ the shared tokens (workers that started it cold too may not have reported yet); 
 second sync on, its share is by the number of workers that really share it.
 
 Bounded: at most ``max_pending`` identities wait (beyond that, new identities are not
-recorded and are counted in ``dropped``); a failed flush puts its entries back, within the
-same bound.
+recorded and are counted in ``dropped``); while more than half of that wait, the oldest
+quiet ones are sent early. A failed flush puts its entries back, within the same bound.
 """
 
 from __future__ import annotations
@@ -222,15 +222,19 @@ class Syncer:
 
     def take(self, *, everything: bool = False) -> Pending:
         """The entries the next flush sends (at most `MAX_FLUSH`): the due ones, and the
-        quiet ones that waited long enough (``everything``: all of them)."""
+        quiet ones that waited long enough (``everything``: all of them), or the oldest
+        quiet ones while more than half of ``max_pending`` wait (rather than refuse new
+        identities when it is full)."""
         pending, due = self.pending, self.due
         order = self.order
         cutoff = math.inf if everything else time.monotonic() - self.defer
-        while order and order[0][0] <= cutoff:
+        crowd = len(pending) - len(due) - self.max_pending // 2
+        while order and (crowd > 0 or order[0][0] <= cutoff):
             since, k = order.popleft()
             entry = pending.get(k)
-            if entry is not None and entry.since == since:
+            if entry is not None and entry.since == since and k not in due:
                 due[k] = entry
+                crowd -= 1
         if len(due) <= MAX_FLUSH:
             batch, self.due = due, {}
         else:
