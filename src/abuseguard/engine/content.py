@@ -96,7 +96,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from itertools import repeat
-from typing import NamedTuple, cast
+from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 import numpy as np
@@ -584,10 +584,9 @@ class ContentFingerprinter:
             if type(prepared) is ContentFacts:
                 primed[id(body)] = (body, content_type, prepared)
                 continue
-            ready = cast(_Prepared, prepared)
             asked.append(item)
-            waiting.append(ready)
-            packed += len(ready[0])
+            waiting.append(prepared)  # type: ignore[arg-type]  # not ContentFacts: _Prepared
+            packed += len(prepared[0])  # type: ignore[arg-type]
             if packed >= _PACKED_BYTES:  # the kernel reads texts still in the CPU's caches
                 self._finish_safely(primed, asked, waiting)
                 asked = []
