@@ -304,12 +304,12 @@ class RedisBackend(Backend):
             return RedisCluster.from_url(self.url, **common)
         return Redis.from_url(self.url, retry_on_error=[], **common)
 
-    async def startup(self) -> None:
-        """Connect and load the scripts. A Redis that is down does not stop the app: the
-        failure is logged, the fail mode applies and the scripts load when it returns."""
+    def _bind_loop(self, timeout: float) -> Pipeliner | None:
+        """Make the client and the pipeliner (``timeout`` a pipeline) on the running event
+        loop and return the pipeliner; None when they already run on it."""
         loop = asyncio.get_running_loop()
         if self._loop is loop:
-            return
+            return None
         if self._loop is not None:
             self._stop_tasks()  # a new event loop (tests, reloads): start over on this one
         self._loop = loop
@@ -317,16 +317,25 @@ class RedisBackend(Backend):
         self.pipe = Pipeliner(
             self.client,
             list(self.scripts.values()),
-            timeout=self.budget,
+            timeout=timeout,
             direct=not self.cluster,
             max_connections=self.max_connections,
         )
+        return self.pipe
+
+    async def startup(self) -> None:
+        """Connect and load the scripts. A Redis that is down does not stop the app: the
+        failure is logged, the fail mode applies and the scripts load when it returns."""
+        pipe = self._bind_loop(self.budget)
+        if pipe is None:
+            return
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(max(1.0, 10 * self.budget)):
                 if self.cluster:
                     await self.client.initialize()
-                await self.pipe.load_scripts()
-                await self.pipe.call(("PING",))  # opens the first connection of the hot path
+                await pipe.load_scripts()
+                await pipe.call(("PING",))  # opens the first connection of the hot path
         except Exception as exc:
             self.breaker.failure(exc)
             logger.warning(

@@ -70,7 +70,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from abuseguard.backends.redis import RedisBackend
-from abuseguard.backends.redis_pipe import Pipeliner, load_script
+from abuseguard.backends.redis_pipe import load_script
 from abuseguard.backends.redis_sync import MAX_FLUSH, Syncer
 from abuseguard.backends.redis_uri import redacted
 from abuseguard.decision import Action, Decision
@@ -183,21 +183,8 @@ class SyncedRedisBackend(RedisBackend):
         self._start()
 
     def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is loop:
-            return
-        if self._loop is not None:
-            self._stop_tasks()  # a new event loop (tests, reloads): start over on this one
-        self._loop = loop
-        self.client = self._make_client()
-        self.pipe = Pipeliner(
-            self.client,
-            list(self.scripts.values()),
-            timeout=max(self.budget, _SYNC_TIMEOUT),
-            direct=not self.cluster,
-            max_connections=self.max_connections,
-        )
-        self._tasks.append(loop.create_task(self._sync_forever()))
+        if self._bind_loop(max(self.budget, _SYNC_TIMEOUT)) is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._sync_forever()))
 
     async def shutdown(self) -> None:
         if self._loop is None:
