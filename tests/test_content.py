@@ -1040,3 +1040,35 @@ def test_an_ascii_text_body_is_fingerprinted_as_its_bytes(
 
 
 _FINGERPRINTERS: dict[int, ContentFingerprinter] = {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"messages": [{"role": "user", "content": "hi"}]}',
+        '{"prompt": NaN, "x": Infinity}',  # json's extensions: orjson refuses, json decides
+        '{"prompt": 1e400}',
+        '{"prompt": "\\ud800 lone surrogate escape"}',
+        '{"prompt": "raw \ud800 surrogate"}',
+        '{"n": 18446744073709551616, "prompt": "big int"}',
+        "[" * 3000 + "]" * 3000,  # deeper than either parser goes
+        '{"a": 1, "a": 2}',
+        '  {"prompt": "padded"}  \n',
+        '{"prompt": "x"} trailing',
+        "",
+        "not json",
+    ],
+)
+def test_loads_matches_json_loads(text: str) -> None:
+    from abuseguard.engine.content import _NOT_JSON, _loads
+
+    try:
+        expected: object = json.loads(text)
+    except (ValueError, RecursionError):
+        expected = _NOT_JSON
+    got = _loads(text)
+    if expected is _NOT_JSON:
+        assert got is _NOT_JSON
+    else:
+        # Equal (2**64 may come back as a float, which compares equal), or NaN in both.
+        assert got == expected or json.dumps(got) == json.dumps(expected)
