@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -406,7 +406,7 @@ class Guard:
             if self.observers:
                 self._notify(info, decision)
             return decision
-        return self._decide(info, p, self.engine.io)
+        return self._decide(info, p, self._io)
 
     async def acheck(self, info: RequestInfo) -> Decision:
         """Decide for one request with any backend."""
@@ -428,14 +428,17 @@ class Guard:
     ) -> Decision:
         """Turn the kernel's outputs and the limits' answers into a Decision.
 
-        ``io_vector`` is the kernel's io vector (or a list copy of it, with the bucket
-        outputs a shared backend answered written in). ``limits`` answers quota hits and
+        ``io_vector`` is the kernel's io vector (a memoryview of it, or a list copy with the
+        bucket outputs a shared backend answered written in). ``limits`` answers quota hits and
         concurrency slots (default: the memory backend); it is asked only for the limits
         that apply, in policy order. ``buckets_known``: the bucket outputs are real (the
         kernel ran the buckets, or the shared backend answered); default: local buckets.
         """
-        # one conversion; Python floats are cheaper to read after
-        io = io_vector if isinstance(io_vector, list) else io_vector.tolist()
+        # Python floats to read: a list or a memoryview as given, else one conversion
+        # (numpy's own scalars cost more to make and to read)
+        io: Sequence[float] = (
+            io_vector if isinstance(io_vector, list | memoryview) else io_vector.tolist()
+        )
         policy = self.policy
         enforcement = policy.enforcement
         level = int(io[L.O_ACTION])
@@ -583,7 +586,7 @@ class Guard:
         return violated
 
     @staticmethod
-    def _contributions(io: list[float]) -> tuple[tuple[str, float], ...]:
+    def _contributions(io: Sequence[float]) -> tuple[tuple[str, float], ...]:
         """(signal, contribution) for every signal that added to the score."""
         return tuple(
             [
@@ -595,7 +598,9 @@ class Guard:
             ]
         )
 
-    def _network_bucket_states(self, denied: int, io: list[float]) -> tuple[PolicyState, ...]:
+    def _network_bucket_states(
+        self, denied: int, io: Sequence[float]
+    ) -> tuple[PolicyState, ...]:
         """The network buckets (per IP, prefix, ASN) that refused this request, for the
         RateLimit headers and the problem body."""
         network = self.policy.network
@@ -657,24 +662,19 @@ class Guard:
         if release and decision.held:
             self.release(decision)
         identity = decision.identity
-        if not identity:
+        # A refusal teaches nothing: only the origin's answers count (the guard's own
+        # refusals would feed themselves) and a refused request cost nothing.
+        if not identity or not decision.served:
             return
         row = self._key_index.get(identity)
         if row is None and not self._shared:
             return
-        # Only the origin's answers count: the guard's own refusals would feed themselves.
-        if row is not None and status is not None and self.scoring_on and decision.served:
+        if row is not None and status is not None and self.scoring_on:
             is_error = 400 <= status < 600 and status != 429
             # A success moves a zero error share nowhere: skip the call, the common case.
             if is_error or self._key_rows[row, L.F_ERR] != 0.0:
                 self.engine.record_outcome(row, is_error)
-        if (
-            cost is not None
-            and cost == cost
-            and cost >= 0
-            and decision.served
-            and "rate" not in decision.reasons
-        ):
+        if cost is not None and cost == cost and cost >= 0 and "rate" not in decision.reasons:
             if self._shared:
                 self.backend.reconcile(identity, cost - decision.cost)  # type: ignore[attr-defined]
             elif row is not None:
