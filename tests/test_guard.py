@@ -469,3 +469,21 @@ def test_template_signals_fire_with_and_without_a_network_policy(
     assert last is not None
     # One template across 60 accounts: the shared-template signal counts them either way.
     assert guard.engine.io[L.O_CONTRIB + L.S_SHARED_TEMPLATE] > 0.0
+
+
+def test_prepare_many_then_check_prepared_decides_as_check() -> None:
+    policy = Policy(bucket=TokenBucket("1/second", burst=3), exempt_paths=("/health",))
+    requests = [
+        RequestInfo(ip="192.0.2.1", key="k", ts=float(i) * 0.1, path="/health" if i == 2 else "/")
+        for i in range(8)
+    ]
+    one_by_one = Guard(policy)
+    expected = [one_by_one.check(info) for info in requests]
+    batched = Guard(policy)
+    prepared = batched.prepare_many(requests)
+    assert prepared[2] is None  # exempt
+    got = [batched.check_prepared(info, p) for info, p in zip(requests, prepared, strict=True)]
+    assert [(d.action, d.reasons, d.remaining) for d in got] == [
+        (d.action, d.reasons, d.remaining) for d in expected
+    ]
+    assert [d.action for d in got].count(Action.THROTTLE) == 4

@@ -360,6 +360,35 @@ def test_batch_fingerprinting_changes_no_decision(small_trace: Path) -> None:
     assert reports[0] == reports[1]
 
 
+class _OneByOne:
+    """A Guard seen only through check and complete (no batch entry points)."""
+
+    def __init__(self, guard: Any) -> None:
+        self.guard = guard
+
+    def check(self, info: RequestInfo) -> Decision:
+        decision: Decision = self.guard.check(info)
+        return decision
+
+    def complete(self, info: RequestInfo, decision: Decision, **outcome: Any) -> None:
+        self.guard.complete(info, decision, **outcome)
+
+
+def test_batch_entry_points_change_no_decision(small_trace: Path) -> None:
+    from abuseguard.guard import Guard
+
+    reports = []
+    for wrap in (False, True):
+        policy = Policy(exempt_paths=("/v1/models",))
+        guard: Any = Guard(policy)
+        builder = ReportBuilder()
+        with TraceReader(small_trace) as reader:
+            run_replay(reader, _OneByOne(guard) if wrap else guard, builder, cost_mode="upfront")
+        reports.append(builder.build())
+    assert reports[0] == reports[1]
+    assert reports[0]["requests"] > 2 * BATCH
+
+
 def test_prefetch_primes_what_the_guard_fingerprints() -> None:
     from abuseguard.guard import Guard
 

@@ -384,6 +384,31 @@ class Guard:
         self._now = p.ts
         return self._conclude(info, p, self._run(p))
 
+    def prepare_many(self, infos: Iterable[RequestInfo]) -> list[Prepared | None]:
+        """`prepare` for a batch of requests (None for an exempt path), for `check_prepared`.
+
+        Reading a request (identity, network profile, client class, prompt fingerprint)
+        depends on the request alone, not on the state earlier requests leave, so a batch
+        entry point (replay) reads a batch at once, which keeps that code and its caches
+        hot, then decides the requests in order."""
+        exempt = self._exempt
+        prepare = self.prepare
+        return [
+            None if exempt and info.path.startswith(exempt) else prepare(info) for info in infos
+        ]
+
+    def check_prepared(self, info: RequestInfo, p: Prepared | None) -> Decision:
+        """`check` for a request `prepare_many` read (memory backend); requests must come
+        in the order they arrived, as with `check`."""
+        if p is None:
+            return _EXEMPT
+        if self._shared:
+            raise RuntimeError(
+                f"Guard.check_prepared() is synchronous; not for the {type(self.backend).__name__}"
+            )
+        self._now = p.ts
+        return self._conclude(info, p, self._run(p))
+
     def _conclude(self, info: RequestInfo, p: Prepared, plain: bool) -> Decision:
         """The Decision from the kernel's outputs (memory backend). ``plain``: the kernel
         answered a plain allow, which is final unless a quota, a concurrency limit or a
