@@ -487,3 +487,14 @@ def test_prepare_many_then_check_prepared_decides_as_check() -> None:
         (d.action, d.reasons, d.remaining) for d in expected
     ]
     assert [d.action for d in got].count(Action.THROTTLE) == 4
+
+
+def test_explain_false_leaves_out_contributions_only() -> None:
+    policy = Policy(bucket=TokenBucket("100/second", burst=100))
+    explained = scripted(Guard(policy), 60)
+    bare = scripted(Guard(policy, explain=False), 60)
+    assert explained[-1].contributions and explained[-1].action != Action.ALLOW
+    assert all(d.contributions == () for d in bare)
+    assert [(d.action, d.reasons, d.score) for d in bare] == [
+        (d.action, d.reasons, d.score) for d in explained
+    ]

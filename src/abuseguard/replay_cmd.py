@@ -153,7 +153,8 @@ def _make_guard(policy: Any, intel: Any = None) -> Any:
     except ImportError as exc:
         raise CommandError(f"the guard core is not available: {exc}") from None
     try:
-        return Guard(policy=policy, intel=intel)
+        # The report counts decisions; it never reads their contributions.
+        return Guard(policy=policy, intel=intel, explain=False)
     except (ValueError, TypeError) as exc:
         raise CommandError(f"cannot build the guard: {exc}") from None
 
