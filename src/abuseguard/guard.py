@@ -287,9 +287,9 @@ class Guard:
     def _run(self, p: Prepared) -> bool:
         """Find the rows and call the kernel once; True for a plain allow (see
         `kernels.decide_with`), the io vector holds the outputs."""
-        tables = self._tables
+        # (Layout constants are read as locals here: an ``L.X`` lookup costs ~40 ns.)
+        key_table, ip_table, prefix_table, asn_table, persona_table = self._tables
         identity = p.identity
-        key_table = tables[L.KIND_KEY]
         r_key = key_table.index.get(identity)
         if r_key is None:
             r_key = key_table.row(identity)
@@ -314,31 +314,29 @@ class Guard:
             # client has no account to count, so it only gets the rows whose bucket it must
             # pass: an IPv6 flood then costs one narrow key row per address and no more.
             scored = True
-            wants = self._network_rows if p.has_account else self._anonymous_network_rows
+            _, want_ip, want_prefix, want_asn, want_persona = (
+                self._network_rows if p.has_account else self._anonymous_network_rows
+            )
             address = p.address
             if address.version:
-                if wants[L.KIND_IP]:
-                    table = tables[L.KIND_IP]
-                    r_ip = table.index.get(address.ip_key, -1)
+                if want_ip:
+                    r_ip = ip_table.index.get(address.ip_key, -1)
                     if r_ip < 0:
-                        r_ip = table.row(address.ip_key)
-                if wants[L.KIND_PREFIX]:
-                    table = tables[L.KIND_PREFIX]
-                    r_pfx = table.index.get(address.prefix_key, -1)
+                        r_ip = ip_table.row(address.ip_key)
+                if want_prefix:
+                    r_pfx = prefix_table.index.get(address.prefix_key, -1)
                     if r_pfx < 0:
-                        r_pfx = table.row(address.prefix_key)
+                        r_pfx = prefix_table.row(address.prefix_key)
             asn_key = profile.asn_key
-            if asn_key is not None and wants[L.KIND_ASN]:
-                table = tables[L.KIND_ASN]
-                r_asn = table.index.get(asn_key, -1)
+            if asn_key is not None and want_asn:
+                r_asn = asn_table.index.get(asn_key, -1)
                 if r_asn < 0:
-                    r_asn = table.row(asn_key)
+                    r_asn = asn_table.row(asn_key)
             persona = p.persona
-            if persona and wants[L.KIND_PERSONA]:
-                table = tables[L.KIND_PERSONA]
-                r_per = table.index.get(persona, -1)
+            if persona and want_persona:
+                r_per = persona_table.index.get(persona, -1)
                 if r_per < 0:
-                    r_per = table.row(persona)
+                    r_per = persona_table.row(persona)
             country = profile.country_code
             anon = profile.anon_signal
             geo = profile.geo_signal
@@ -426,11 +424,11 @@ class Guard:
             policies: tuple[PolicyState, ...] = ()
             if self._bucket is not None:
                 name, capacity, window = self._bucket_shape
-                remaining = io[L.O_REMAINING]
-                policies = (PolicyState(name, capacity, window, remaining, io[L.O_RESET]),)
+                remaining = io[_O_REMAINING]
+                policies = (PolicyState(name, capacity, window, remaining, io[_O_RESET]),)
             decision = Decision(
-                Action.ALLOW, (), io[L.O_SCORE], None, remaining, False, p.identity, (),
-                policies, p.cost,
+                _ALLOW, (), io[_O_SCORE], None, remaining, False, p.identity, (), policies,
+                p.cost,
             )  # fmt: skip
             if self.observers:
                 self._notify(info, decision)
@@ -732,6 +730,10 @@ class Guard:
 
 
 _UNKNOWN_CLASS = int(ClientClass.UNKNOWN)
+_ALLOW = Action.ALLOW
+_O_REMAINING = L.O_REMAINING
+_O_RESET = L.O_RESET
+_O_SCORE = L.O_SCORE
 
 
 _DENIALS = frozenset({Action.CHALLENGE, Action.THROTTLE, Action.BLOCK})
