@@ -18,7 +18,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -44,16 +44,13 @@ from abuseguard.backends.redis_synced import SyncedRedisBackend
 from abuseguard.engine import layout as L
 from abuseguard.errors import ConfigError
 from tests.conftest import RedisClusterServers, RedisServer
+from tests.test_redis import req, run
 
 pytestmark = pytest.mark.redis
 
 T = TypeVar("T")
 _prefixes = itertools.count()
 BUDGET = 0.5  # a loaded 2-core machine: only the fault tests use a tight one
-
-
-def run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 def prefix() -> str:
@@ -65,10 +62,6 @@ def synced(url: str, **kwargs: Any) -> SyncedRedisBackend:
     kwargs.setdefault("budget", BUDGET)
     kwargs.setdefault("sync_interval", 0.005)
     return SyncedRedisBackend(url, **kwargs)
-
-
-def req(key: str | None = "sk-live-1", ip: str = "198.51.100.7", **kw: Any) -> RequestInfo:
-    return RequestInfo(ip=ip, key=key, **kw)
 
 
 def policy(rate: str = "1/hour", burst: int = 30, **kw: Any) -> Policy:
