@@ -90,6 +90,12 @@ logger = logging.getLogger("abuseguard.backends")
 _THROTTLE_SEVERITY = Action.THROTTLE.severity
 
 
+def check_count(field: str, value: object) -> None:
+    """A ConfigError naming ``RedisBackend.<field>`` unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"RedisBackend.{field}", f"expected an int >= 1, got {value!r}")
+
+
 class RedisBackend(Backend):
     """Shared state in Redis (standalone, TLS, unix socket) or Redis Cluster (Valkey too).
 
@@ -146,24 +152,10 @@ class RedisBackend(Backend):
             raise ConfigError(
                 "RedisBackend.deny_cache_seconds", f"expected >= 0, got {deny_cache_seconds!r}"
             )
-        if (
-            isinstance(breaker_threshold, bool)
-            or not isinstance(breaker_threshold, int)
-            or breaker_threshold < 1
-        ):
-            raise ConfigError(
-                "RedisBackend.breaker_threshold", f"expected an int >= 1, got {breaker_threshold!r}"
-            )
-        if fallback_workers is not None and (
-            not isinstance(fallback_workers, int) or fallback_workers < 1
-        ):
-            raise ConfigError(
-                "RedisBackend.fallback_workers", f"expected an int >= 1, got {fallback_workers!r}"
-            )
-        if not isinstance(max_connections, int) or max_connections < 1:
-            raise ConfigError(
-                "RedisBackend.max_connections", f"expected an int >= 1, got {max_connections!r}"
-            )
+        check_count("breaker_threshold", breaker_threshold)
+        if fallback_workers is not None:
+            check_count("fallback_workers", fallback_workers)
+        check_count("max_connections", max_connections)
         if breaker_max_cooldown < breaker_cooldown:
             raise ConfigError("RedisBackend.breaker_max_cooldown", "must be >= breaker_cooldown")
         self.url = url

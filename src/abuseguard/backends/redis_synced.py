@@ -69,7 +69,7 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis import RedisBackend
+from abuseguard.backends.redis import RedisBackend, check_count
 from abuseguard.backends.redis_pipe import load_script
 from abuseguard.backends.redis_sync import MAX_FLUSH, Syncer
 from abuseguard.backends.redis_uri import redacted
@@ -113,18 +113,9 @@ class SyncedRedisBackend(RedisBackend):
         shared_sketches: bool = False,
         **kwargs: Any,
     ) -> None:
-        if workers is not None and (
-            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-        ):
-            raise ConfigError("RedisBackend.workers", f"expected an int >= 1, got {workers!r}")
-        if (
-            isinstance(sync_max_pending, bool)
-            or not isinstance(sync_max_pending, int)
-            or sync_max_pending < 1
-        ):
-            raise ConfigError(
-                "RedisBackend.sync_max_pending", f"expected an int >= 1, got {sync_max_pending!r}"
-            )
+        if workers is not None:
+            check_count("workers", workers)
+        check_count("sync_max_pending", sync_max_pending)
         if workers is not None and kwargs.get("fallback_workers") is None:
             kwargs["fallback_workers"] = workers
         super().__init__(
