@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from abuseguard.engine import kernels
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import build_params
@@ -14,7 +12,10 @@ from abuseguard.policy import Policy
 
 
 class Engine:
-    """Preallocated state for every identity kind, worked on by `kernels.decide`.
+    """Preallocated state for every identity kind, worked on by `kernels.decide`: one state
+    vector (``state``) holds the tables, the kernel's vectors and its parameters, and
+    ``decide_with`` is the kernel's compiled entry point, called as
+    ``decide_with(state, *inputs)`` (see `kernels.decide_with`).
 
     Not thread-safe: one engine serves one event loop (as the middleware does). The kernels
     are compiled or loaded from Numba's on-disk cache at construction, never on a request.
@@ -43,11 +44,6 @@ class Engine:
         self.params = kernels.vector(state, L.REGION_PRM, L.N_PARAMS)
         self.params[:] = build_params(policy, local_buckets=local_buckets)
         self.decide_with = _compiled_entry(kernels.decide_with)
-
-    def run_with(self, *inputs: Any) -> np.ndarray:
-        """Run the kernel with the inputs as arguments (see `kernels.decide_with`)."""
-        self.decide_with(self.state, *inputs)
-        return self.io
 
     def record_outcome(self, key_row: int, is_error: bool) -> None:
         kernels.record_outcome(
