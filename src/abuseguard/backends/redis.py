@@ -347,19 +347,20 @@ class RedisBackend(Backend):
         if self.netsync is not None:
             self._tasks.append(loop.create_task(self.netsync.run()))
 
-    def _stop_tasks(self) -> None:
+    def _cancel_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
+
+    def _stop_tasks(self) -> None:
+        self._cancel_tasks()
         if self.pipe is not None:
             self.pipe.cancel()
 
     async def shutdown(self) -> None:
         if self._loop is None:
             return
-        for task in self._tasks:
-            task.cancel()
-        self._tasks.clear()
+        self._cancel_tasks()
         if self.netsync is not None:
             await self.netsync.flush()
         if self.pipe is not None:

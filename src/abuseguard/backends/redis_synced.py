@@ -180,9 +180,7 @@ class SyncedRedisBackend(RedisBackend):
     async def shutdown(self) -> None:
         if self._loop is None:
             return
-        for task in self._tasks:
-            task.cancel()
-        self._tasks.clear()
+        self._cancel_tasks()
         syncer = self.syncer
         if syncer is not None and not self.outage:
             try:  # what was consumed since the last syncs, MAX_FLUSH identities a flush
