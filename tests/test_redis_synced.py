@@ -132,6 +132,18 @@ def test_the_uri_selects_the_mode() -> None:
     assert SyncedRedisBackend().sync_interval == 0.01
 
 
+def test_the_share_window_defaults_to_five_seconds_and_can_be_set() -> None:
+    assert SyncedRedisBackend().share_window == 5.0
+    # Never shorter than 20 intervals, so that a busy worker is always counted.
+    assert SyncedRedisBackend(sync_interval=0.5).share_window == 10.0
+    b = backend_from_uri("redis://127.0.0.1:1/0?mode=synced&share_window=1.5")
+    assert isinstance(b, SyncedRedisBackend) and b.share_window == 1.5
+    assert b.syncer is None  # attached by a Guard, which sets the quiet clients' wait:
+    guard = Guard(policy(), backend=b)
+    assert b.syncer is not None and b.syncer.defer == 1.5
+    assert guard.backend is b
+
+
 @pytest.mark.parametrize(
     ("uri", "field"),
     [
@@ -145,6 +157,14 @@ def test_the_uri_selects_the_mode() -> None:
         ("redis://h/0?workers=2", "RedisBackend.workers"),
         ("redis://h/0?mode=inline&sync_max_pending=9", "RedisBackend.sync_max_pending"),
         ("redis://h/0?mode=synced&budget=-1", "RedisBackend.budget"),
+        ("redis://h/0?mode=synced&share_window=0", "RedisBackend.share_window"),
+        ("redis://h/0?mode=synced&share_window=-5", "RedisBackend.share_window"),
+        ("redis://h/0?mode=synced&share_window=nan", "RedisBackend.share_window"),
+        ("redis://h/0?mode=synced&share_window=inf", "RedisBackend.share_window"),
+        ("redis://h/0?mode=synced&share_window=later", "RedisBackend.share_window"),
+        # Shorter than two intervals: a busy worker could drop out of the sharing count.
+        ("redis://h/0?mode=synced&sync_interval=0.5&share_window=0.9", "RedisBackend.share_window"),
+        ("redis://h/0?share_window=5", "RedisBackend.share_window"),
     ],
 )
 def test_bad_synced_options_fail_at_construction_naming_the_field(uri: str, field: str) -> None:
@@ -177,6 +197,35 @@ def test_a_synced_guard_decides_without_any_redis() -> None:
     decisions = run(main())
     assert [d.action for d in decisions] == [Action.ALLOW] * 3 + [Action.THROTTLE] * 2
     assert decisions[-1].reasons == ("rate",) and decisions[-1].retry_after
+
+
+def test_share_window_of_the_wrong_type_names_the_field() -> None:
+    for value in (True, "5", None, [1]):
+        if value is None:
+            continue  # None is the default
+        with pytest.raises(ConfigError) as info:
+            SyncedRedisBackend(share_window=value)  # type: ignore[arg-type]
+        assert info.value.field == "RedisBackend.share_window"
+
+
+def test_guard_check_is_synchronous_in_synced_mode(redis_server: RedisServer) -> None:
+    """Synced mode decides in-process: `Guard.check` works outside any event loop and
+    inside one, where the first call starts the sync task; what was admitted either way
+    reaches Redis."""
+    guard = Guard(policy("1/hour", 5), backend=synced(redis_server.url))
+    outside = [guard.check(req(key="outside")) for _ in range(6)]
+    assert [d.action for d in outside] == [Action.ALLOW] * 5 + [Action.THROTTLE]
+
+    async def main() -> tuple[list[Decision], list[float]]:
+        inside = [guard.check(req(key="inside")) for _ in range(3)]  # no startup() first
+        await until(lambda: stats(guard)["syncs"] > 0 and stats(guard)["pending"] == 0)
+        shared = [shared_tokens(redis_server.url, guard, req(key=k)) for k in ("outside", "inside")]
+        await guard.shutdown()
+        return inside, shared
+
+    inside, shared = run(main())
+    assert [d.action for d in inside] == [Action.ALLOW] * 3
+    assert shared == pytest.approx([0.0, 2.0], abs=0.01)
 
 
 # -- several workers, one bucket ----------------------------------------------------------

@@ -34,7 +34,6 @@ logger = logging.getLogger("abuseguard")
 Observer = Callable[[RequestInfo, Decision], "Awaitable[None] | None"]
 
 
-
 @dataclass(slots=True)
 class Prepared:
     """Everything the engine and the backend need for one request, derived from RequestInfo."""
@@ -147,6 +146,10 @@ class Guard:
         )
         self._key_func = policy.key_func
         self._shared = self.backend.shared
+        # A shared backend that decides from local state (synced mode) answers in-process.
+        self._check_now: Callable[[Guard, RequestInfo], Decision] | None = (
+            getattr(self.backend, "check_now", None) if self.backend.decides_locally else None
+        )
         # A plain allow from the kernel is final unless a quota or a concurrency limit
         # still has to be asked.
         self._plain_allow_final = not policy.quotas and policy.concurrency is None
@@ -237,9 +240,7 @@ class Guard:
             has_account,
             address,
             profile,
-            self._static_cost
-            if info.cost is None and self._cost_is_static
-            else self.cost_of(info),
+            self._static_cost if info.cost is None and self._cost_is_static else self.cost_of(info),
             ua_class,
             persona,
             mismatch,
@@ -374,8 +375,11 @@ class Guard:
         return max(0.1, target / self.inflight)
 
     def check(self, info: RequestInfo) -> Decision:
-        """Decide for one request (memory backend). Use `acheck` with a shared backend."""
+        """Decide for one request (memory backend, or a shared backend that decides
+        locally: Redis in synced mode). Use `acheck` with the others."""
         if self._shared:
+            if self._check_now is not None:
+                return self._check_now(self, info)
             raise RuntimeError(
                 "Guard.check() is synchronous; use 'await guard.acheck(info)' "
                 f"with the {type(self.backend).__name__}"
@@ -416,8 +420,10 @@ class Guard:
         answered a plain allow, which is final unless a quota, a concurrency limit or a
         network rule still has a say; that common answer is built without converting the
         whole io vector."""
-        if plain and self._plain_allow_final and (
-            p.profile is None or p.profile.rule_action is None
+        if (
+            plain
+            and self._plain_allow_final
+            and (p.profile is None or p.profile.rule_action is None)
         ):
             io = self._io
             remaining = None
@@ -437,8 +443,10 @@ class Guard:
 
     async def acheck(self, info: RequestInfo) -> Decision:
         """Decide for one request with any backend."""
-        if not self.backend.shared:
+        if not self._shared:
             return self.check(info)
+        if self._check_now is not None:
+            return self._check_now(self, info)
         shared_check = getattr(self.backend, "check", None)
         if shared_check is None:
             raise RuntimeError(f"{type(self.backend).__name__} cannot decide requests")
@@ -627,9 +635,7 @@ class Guard:
             ]
         )
 
-    def _network_bucket_states(
-        self, denied: int, io: Sequence[float]
-    ) -> tuple[PolicyState, ...]:
+    def _network_bucket_states(self, denied: int, io: Sequence[float]) -> tuple[PolicyState, ...]:
         """The network buckets (per IP, prefix, ASN) that refused this request, for the
         RateLimit headers and the problem body."""
         network = self.policy.network

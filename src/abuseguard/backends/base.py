@@ -17,9 +17,12 @@ class Backend:
     ``shared`` backends (Redis) hold buckets, quotas, concurrency and sketches for many
     processes and are reached asynchronously; the in-process engine still scores every
     request. The memory backend keeps everything in the process and is used synchronously.
+    A shared backend that ``decides_locally`` (Redis in synced mode) decides without
+    waiting for anything, so ``Guard.check`` works with it too (``check_now``).
     """
 
     shared: bool = False
+    decides_locally: bool = False
     uri: str = ""
 
     async def startup(self) -> None:

@@ -1,7 +1,8 @@
 """SyncedRedisBackend (``redis://host:6379/0?mode=synced``): decisions from local state,
 shared through Redis in the background. No Redis call on a request.
 
-Per request (``check``): the guard prepares the request and the in-process kernel scores
+Per request (``check_now``, synchronous: ``Guard.check`` works in this mode and the
+middleware does not await it): the guard prepares the request and the in-process kernel scores
 it and applies the token buckets itself (the identity's and its network buckets), exactly
 as with the memory backend; what the kernel charged is noted (`redis_sync`). Every
 ``sync_interval`` seconds (10 ms by default) a background task sends, in one pipelined
@@ -9,7 +10,7 @@ round trip (``lua/sync.lua``, up to 256 identities per script call on one server
 call per identity in a Cluster), what this worker consumed per identity since its last
 sync, and writes the shared state back into the local rows: this worker's share of the
 shared tokens (divided by the number of workers that synced the bucket within the share
-window, ``max(1 s, 20 sync_interval)``; a debt is written back whole) and bans set by
+window, ``share_window``, 5 s by default; a debt is written back whole) and bans set by
 other workers. Bans this worker's ladder sets go with the next sync.
 
 Busy and quiet identities. An identity is synced with the next flush when anything
@@ -17,6 +18,10 @@ refused it here, the ladder banned it, one of its buckets fell below half its bu
 here, ``burst / (2 workers)`` was consumed here since its last sync, or it started cold
 (below). Otherwise it is quiet (far from every limit) and waits up to the share window:
 a client that uses a small part of its budget costs about one sync per share window.
+That is what bounds Redis' work: each synced identity costs the server about 10 µs
+of script time, so with a 1 s window 100,000 active clients would keep a Redis core busy,
+and with 5 s a fifth of one. A shorter window makes quiet clients' shares and bans
+fresher; the overshoot bound below does not depend on it.
 
 Cold start. With ``workers`` > 1, an identity this worker has not synced within the share
 window starts with at most ``burst / workers`` here until its first sync, which gives it
@@ -88,6 +93,7 @@ _BUCKETS = slice(L.P_BUCKET, L.P_BUCKET + 2 * L.N_KINDS)
 # No request waits for a sync, so a busy event loop may take longer than a request's
 # budget to read its reply without that being an outage.
 _SYNC_TIMEOUT = 0.25
+DEFAULT_SHARE_WINDOW = 5.0
 
 
 class SyncedRedisBackend(RedisBackend):
@@ -98,10 +104,14 @@ class SyncedRedisBackend(RedisBackend):
     ``fail_mode`` do not apply: no request depends on Redis) and ``sync_interval``
     (seconds between syncs), ``workers`` (how many workers share the buckets; default:
     ``fallback_workers``, else the detected worker count), ``sync_max_pending``
-    (identities waiting for a sync, at most) and ``shared_sketches`` (off by default here).
+    (identities waiting for a sync, at most), ``share_window`` (seconds a quiet client may
+    wait for its sync, and how long a worker counts as sharing a client after its last
+    sync; default ``max(5 s, 20 sync_interval)``, at least ``2 sync_interval``) and
+    ``shared_sketches`` (off by default here).
     """
 
     mode = "synced"
+    decides_locally = True
 
     def __init__(
         self,
@@ -111,6 +121,7 @@ class SyncedRedisBackend(RedisBackend):
         workers: int | None = None,
         sync_max_pending: int = 65536,
         shared_sketches: bool = False,
+        share_window: float | None = None,
         **kwargs: Any,
     ) -> None:
         if workers is not None:
@@ -123,7 +134,22 @@ class SyncedRedisBackend(RedisBackend):
         )
         self.workers = self.fallback_workers
         self.sync_max_pending = sync_max_pending
-        self.share_window = max(1.0, 20.0 * self.sync_interval)
+        if share_window is not None and (
+            isinstance(share_window, bool)
+            or not isinstance(share_window, int | float)
+            or not math.isfinite(share_window)
+            or not share_window >= 2 * self.sync_interval
+        ):
+            raise ConfigError(
+                "RedisBackend.share_window",
+                f"expected seconds >= 2 sync_interval ({2 * self.sync_interval!r}), "
+                f"got {share_window!r}",
+            )
+        self.share_window = (
+            float(share_window)
+            if share_window is not None
+            else max(DEFAULT_SHARE_WINDOW, 20.0 * self.sync_interval)
+        )
         self.worker_id = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.scripts = {"sync": load_script("sync"), "decide": load_script("decide")}
         self.syncer: Syncer | None = None
@@ -259,9 +285,16 @@ class SyncedRedisBackend(RedisBackend):
     # -- the decision ----------------------------------------------------------------------
 
     async def check(self, guard: Guard, info: RequestInfo) -> Decision:
+        return self.check_now(guard, info)
+
+    def check_now(self, guard: Guard, info: RequestInfo) -> Decision:
+        """Decide from local state, note what to sync; no I/O (``Guard.check`` calls it).
+        The first call on an event loop starts the sync task there; outside a running loop
+        the decisions are local and are synced once a loop runs the guard."""
         if guard._exempt and info.path.startswith(guard._exempt):
             return _EXEMPT
-        if self._loop is not asyncio.get_running_loop():
+        loop = asyncio._get_running_loop()
+        if self._loop is not loop and loop is not None:
             self._start()
         p = guard.prepare(info)
         plain = guard._run(p)  # the memory backend's path: kernel, then the Decision

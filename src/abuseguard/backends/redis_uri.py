@@ -5,8 +5,8 @@
 redis-py URL ``redis://h:6379/0?health_check_interval=5`` and the backend keyword
 arguments ``budget=0.02, fail_open=False`` (plus ``cluster``). ``mode`` picks the backend:
 ``inline`` (the default, `RedisBackend`) or ``synced`` (`SyncedRedisBackend`, which alone
-takes ``workers`` and ``sync_max_pending``). A bad value fails with a ConfigError naming
-the option.
+takes ``workers``, ``sync_max_pending`` and ``share_window``). A bad value fails with a
+ConfigError naming the option.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ BACKEND_OPTIONS: dict[str, Any] = {
     "mode": str,
     "workers": int,
     "sync_max_pending": int,
+    "share_window": float,
 }
 MODES = ("inline", "synced")
-SYNCED_ONLY = ("workers", "sync_max_pending")  # options of the synced mode alone
+SYNCED_ONLY = ("workers", "sync_max_pending", "share_window")  # options of the synced mode alone
 
 
 def _bool(name: str, text: str) -> bool:
