@@ -75,8 +75,13 @@ def rate_limit_headers(decision: Decision, *, legacy: bool = False) -> list[tupl
     policy_value = _policy_value(policies)
     if len(policies) == 1:  # the common case, formatted without the generic path
         p = policies[0]
-        remaining = int(p.remaining) if p.remaining > 0 else 0
-        value = b'"%s";r=%d;t=%d' % (p.name.encode("latin-1"), remaining, _int_up(p.reset))
+        remaining = p.remaining
+        reset = math.ceil(p.reset - 1e-9)
+        value = b'"%s";r=%d;t=%d' % (
+            p.name.encode("latin-1"),
+            remaining if remaining > 0 else 0,
+            reset if reset > 0 else 0,
+        )
     else:
         value = ratelimit_value(policies).encode("latin-1")
     headers = [(b"ratelimit-policy", policy_value), (b"ratelimit", value)]

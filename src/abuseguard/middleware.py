@@ -95,7 +95,9 @@ class AbuseGuard:
         self.started = False
         # The built-in Allow enforcer just calls the app: skip the indirection then.
         self.plain_allow = type(self.enforcers[Action.ALLOW]) is Allow
-        self.shared = self.guard.backend.shared
+        backend = self.guard.backend
+        # Only a backend that waits for I/O is awaited (synced mode decides in-process).
+        self.shared = backend.shared and not backend.decides_locally
         self.legacy_headers = policy.legacy_headers
         self.websocket = WebSocketLimiter(self, policy.websocket) if policy.websocket else None
 
@@ -254,32 +256,28 @@ class _Responder:
             logger.exception("abuseguard failed to record the outcome")
 
     async def _send(self, message: Message) -> None:
-        kind = message["type"]
         decision = self.decision
         assert decision is not None
-        if kind == "http.response.start":
+        if message["type"] == "http.response.start":
             self.status = message.get("status")
-            # Refusals were answered by an enforcer that already sent these headers.
-            extra = (
-                rate_limit_headers(decision, legacy=self.guard_mw.legacy_headers)
-                if decision.served
-                else []
-            )
-            cost_header = self.guard_mw.cost_header
-            if extra or cost_header:
-                headers = list(message.get("headers") or [])
-                if cost_header:
-                    for name, value in headers:
-                        if name.lower() == cost_header:
-                            try:
-                                self.real_cost = float(value.decode("latin-1"))
-                            except ValueError:
-                                logger.warning("bad cost header value %r", value[:64])
-                headers.extend(extra)
-                message = {**message, "headers": headers}
+            mw = self.guard_mw
+            cost_header = mw.cost_header
+            if cost_header:
+                for name, value in message.get("headers") or ():
+                    if name.lower() == cost_header:
+                        try:
+                            self.real_cost = float(value.decode("latin-1"))
+                        except ValueError:
+                            logger.warning("bad cost header value %r", value[:64])
+            # Refusals were answered by an enforcer that already sent these headers. The
+            # app's message and header list may be reused (a module-level message): copies.
+            if decision.served:
+                extra = rate_limit_headers(decision, legacy=mw.legacy_headers)
+                if extra:
+                    message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
         elif (
             decision.held
-            and kind == "http.response.body"
+            and message["type"] == "http.response.body"
             and not message.get("more_body", False)
             and not self.released
         ):
