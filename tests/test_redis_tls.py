@@ -102,7 +102,14 @@ def test_the_tls_server_refuses_plain_redis(redis_tls_server: RedisTLSServer) ->
 def test_a_wrong_ca_fails_open(
     redis_tls_server: RedisTLSServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    uri = tls_uri(redis_tls_server, redis_tls_server.wrong_ca_cert, prefix=prefix())
+    # The handshake must get far enough to fail verification: on a loaded machine it can
+    # take longer than the default connect timeout (the request budget, 50 ms).
+    uri = tls_uri(
+        redis_tls_server,
+        redis_tls_server.wrong_ca_cert,
+        prefix=prefix(),
+        socket_connect_timeout="2",
+    )
     app = guarded_app(uri)
 
     with caplog.at_level(logging.WARNING, logger="abuseguard.backends"):
