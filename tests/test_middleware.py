@@ -245,6 +245,37 @@ def test_malformed_headers_are_served_not_500(headers: list[tuple[bytes, bytes]]
     assert status == 200 and body == b"hello"
 
 
+def test_request_info_reads_headers_as_the_core_sees_them() -> None:
+    mw = guarded_app(max_header_bytes=64)
+    info = mw.request_info(
+        make_scope(
+            [
+                (b"user-agent", b"curl/8.5.0"),
+                (b"accept", b"text/html"),
+                (b"accept", b"application/json"),  # repeated: joined, in order
+                (b"x-api-key", b"k" * 65),  # over max_header_bytes: as if absent
+                (b"x-note", b"caf\xe9"),  # not UTF-8: latin-1 never fails
+            ]
+        )
+    )
+    assert dict(info.headers) == {
+        "user-agent": "curl/8.5.0",
+        "accept": "text/html, application/json",
+        "x-note": "caf\u00e9",
+    }
+    assert info.ua == "curl/8.5.0" and info.key is None and info.ip == "192.0.2.10"
+
+
+def test_request_info_takes_any_iterable_of_header_pairs() -> None:
+    mw = guarded_app()
+    pairs = [(b"authorization", b"Bearer sk-1"), (b"user-agent", b"ua")]
+    for headers in (pairs, tuple(pairs), [list(p) for p in pairs], iter(pairs)):
+        scope = make_scope([])
+        scope["headers"] = headers
+        info = mw.request_info(scope)
+        assert info.key == "sk-1" and info.ua == "ua", headers
+
+
 @pytest.mark.parametrize("client", [..., None, ("not-an-ip", 1), ("fe80::1%eth0", 1), ("", 0)])
 def test_missing_or_odd_peer_addresses_are_one_identity(client: Any) -> None:
     app = guarded_app(bucket=TokenBucket("1/minute", burst=2), scoring=None)

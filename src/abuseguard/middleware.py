@@ -11,7 +11,7 @@ part; other scopes pass through untouched.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from abuseguard.backends.base import Backend
@@ -39,6 +39,7 @@ logger = logging.getLogger("abuseguard")
 
 COST_STATE_KEY = "abuseguard_cost"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_ALLOW = Action.ALLOW
 
 
 class AbuseGuard:
@@ -141,18 +142,19 @@ class AbuseGuard:
         return ip
 
     def request_info(self, scope: Scope) -> RequestInfo:
-        headers: dict[str, str] = {}
+        raw: Sequence[tuple[bytes, bytes]] = scope.get("headers") or ()
+        if not isinstance(raw, list | tuple):
+            raw = list(raw)  # any iterable of pairs is valid ASGI
         limit = self.max_header
-        # ASGI servers lower-case header names; bytes are decoded as latin-1, which never fails.
-        for raw_name, raw_value in scope.get("headers") or ():
-            if len(raw_value) > limit:
-                continue  # oversized values are ignored, as if absent
-            name = raw_name.decode("latin-1")
-            value = raw_value.decode("latin-1")
-            if name in headers:
-                headers[name] = headers[name] + ", " + value
-            else:
-                headers[name] = value
+        # ASGI servers lower-case header names; bytes are decoded as latin-1, which never
+        # fails. Oversized values are ignored, as if absent; repeated names are joined.
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in raw
+            if len(value) <= limit
+        }
+        if len(headers) != len(raw):
+            headers = _joined_headers(raw, limit)
         client = scope.get("client")
         peer = client[0] if client else None
         ip = self._client_ip(peer, headers) if self.trusted else peer
@@ -169,6 +171,22 @@ class AbuseGuard:
         if self.needs_route:
             info.route = self.routes.template(scope)
         return info
+
+
+def _joined_headers(raw: Iterable[tuple[bytes, bytes]], limit: int) -> dict[str, str]:
+    """The headers dict when a name repeats (its values joined with ", ") or a value is
+    over ``limit`` bytes (left out)."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in raw:
+        if len(raw_value) > limit:
+            continue
+        name = raw_name.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        if name in headers:
+            headers[name] = headers[name] + ", " + value
+        else:
+            headers[name] = value
+    return headers
 
 
 class _Responder:
@@ -226,7 +244,7 @@ class _Responder:
         receive = self._replaying_receive if self.buffered else self.receive
         guard.inflight += 1
         try:
-            if decision.action is Action.ALLOW and mw.plain_allow:
+            if decision.action is _ALLOW and mw.plain_allow:
                 await mw.app(scope, receive, self._send)
             else:
                 action = decision.enforced_action
