@@ -511,10 +511,14 @@ def charge(table: np.ndarray, row: int, delta: float, burst: float) -> None:
 
 @njit(cache=True, inline="always")
 def region(state: np.ndarray, index: int, width: int) -> np.ndarray:
-    """Region ``index`` of the engine's state vector as a (rows, width) table (a view)."""
+    """Region ``index`` of the engine's state vector as a (rows, width) table (a view).
+    ``as_strided`` builds the view in place; ``reshape`` calls Numba's C helper, which
+    cost about 20 ns per table, seven tables a request."""
     offset = int(state[2 * index])
     rows = int(state[2 * index + 1])
-    return state[offset : offset + rows * width].reshape((rows, width))
+    return np.lib.stride_tricks.as_strided(
+        state[offset : offset + rows * width], shape=(rows, width), strides=(width * 8, 8)
+    )
 
 
 @njit(cache=True, inline="always")
