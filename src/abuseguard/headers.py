@@ -49,6 +49,10 @@ def retry_after_value(seconds: float | None) -> str:
 
 
 _POLICY_VALUES: dict[object, bytes] = {}
+# RateLimit values of one policy by (name, remaining, reset): few distinct ones repeat
+# (a bucket's remaining tokens and refill seconds are small integers), and a dict lookup
+# costs less than formatting.
+_VALUES: dict[tuple[str, int, int], bytes] = {}
 
 
 def _policy_value(policies: tuple[PolicyState, ...]) -> bytes:
@@ -75,13 +79,15 @@ def rate_limit_headers(decision: Decision, *, legacy: bool = False) -> list[tupl
     policy_value = _policy_value(policies)
     if len(policies) == 1:  # the common case, formatted without the generic path
         p = policies[0]
-        remaining = p.remaining
+        remaining = int(p.remaining) if p.remaining > 0 else 0
         reset = math.ceil(p.reset - 1e-9)
-        value = b'"%s";r=%d;t=%d' % (
-            p.name.encode("latin-1"),
-            remaining if remaining > 0 else 0,
-            reset if reset > 0 else 0,
-        )
+        shape = (p.name, remaining, reset if reset > 0 else 0)
+        value = _VALUES.get(shape)
+        if value is None:
+            value = b'"%s";r=%d;t=%d' % (p.name.encode("latin-1"), shape[1], shape[2])
+            if len(_VALUES) >= 4096:
+                _VALUES.clear()
+            _VALUES[shape] = value
     else:
         value = ratelimit_value(policies).encode("latin-1")
     headers = [(b"ratelimit-policy", policy_value), (b"ratelimit", value)]
