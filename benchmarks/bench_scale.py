@@ -99,8 +99,11 @@ def child_identities(count: int, capacity: int) -> dict[str, Any]:
     samples: list[dict[str, float]] = [{"clients": 0, "rss_mb": rss_built / MIB}]
     spent = feed(guard, ipv4, 0, count, 1_700_000_000.0, samples, max(CHUNK, count // 20))
     rss_end = benchlib.rss_bytes()
+    parts = benchlib.rss_parts()
     tables = guard.engine.tables
     return {
+        "rss_end_anon_mb": parts.get("RssAnon", 0) / MIB,
+        "rss_end_file_mb": parts.get("RssFile", 0) / MIB,
         "clients": count,
         "max_identities": capacity,
         "rss_start_mb": rss_start / MIB,

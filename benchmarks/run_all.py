@@ -767,6 +767,9 @@ def _section_scale(results: dict[str, Any]) -> list[str]:
             f"| RSS after Guard() (tables preallocated, pages untouched) | "
             f"{ident['rss_after_guard_mb']:.0f} MB |",
             f"| RSS after {ident['clients']:,} clients | {ident['rss_end_mb']:.0f} MB |",
+            f"| of which anonymous (tables, Python objects) / file-backed (mapped libraries) | "
+            f"{ident.get('rss_end_anon_mb', 0):.0f} MB / "
+            f"{ident.get('rss_end_file_mb', 0):.0f} MB |",
             f"| **RSS at 1,000,000 identities**{note} | **{ident['rss_at_1m_mb']:.0f} MB** |",
             f"| memory per tracked identity (RSS growth / clients) | "
             f"{ident['bytes_per_identity']:.0f} B |",
