@@ -175,7 +175,7 @@ def server_stats(port: int) -> dict[str, int]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
-    rounds = 2 if quick else 3
+    rounds = 2 if quick else 5
     seconds = 2 if quick else 5
     warmup = 1
     result: dict[str, Any] = {
