@@ -806,21 +806,24 @@ def _section_scale(results: dict[str, Any]) -> list[str]:
             "Replay (`abuseguard simulate --hours "
             f"{rep.get('trace_hours')}` then `abuseguard replay --format json`; "
             "decisions/s counts time inside the guard only: check, complete and the batch "
-            "fingerprinting of request bodies):",
+            "fingerprinting of request bodies; the median of 3 runs, all 3 beside it):",
             "",
-            "| policy | requests | decisions/s | records/s (with parsing) |",
-            "|---|---:|---:|---:|",
+            "| policy | requests | decisions/s | records/s (with parsing) | runs, decisions/s |",
+            "|---|---:|---:|---:|---|",
         ]
         for label, entry in rep.items():
             if not isinstance(entry, dict):
                 continue
             if "error" in entry:
-                lines.append(f"| {label} | failed: {entry['error']} | | |")
+                lines.append(f"| {label} | failed: {entry['error']} | | | |")
             else:
+                runs = ", ".join(
+                    _f(x, "{:.0f}") for x in entry.get("runs_decisions_per_second") or ()
+                )
                 lines.append(
                     f"| {label} | {entry.get('requests'):,} | "
                     f"{_f(entry.get('decisions_per_second'), '{:.0f}')} | "
-                    f"{_f(entry.get('records_per_second'), '{:.0f}')} |"
+                    f"{_f(entry.get('records_per_second'), '{:.0f}')} | {runs} |"
                 )
     lines.append("")
     return lines
