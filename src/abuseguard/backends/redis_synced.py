@@ -2,9 +2,9 @@
 shared through Redis in the background. No Redis call on a request.
 
 Per request (``check_now``, synchronous: ``Guard.check`` works in this mode and the
-middleware does not await it): the guard prepares the request and the in-process kernel scores
-it and applies the token buckets itself (the identity's and its network buckets), exactly
-as with the memory backend; what the kernel charged is noted (`redis_sync`). Every
+middleware does not await it): the guard prepares the request and the in-process kernel
+scores it and applies the token buckets itself (the identity's and its network buckets),
+exactly as with the memory backend; what the kernel charged is noted (`redis_sync`). Every
 ``sync_interval`` seconds (10 ms by default) a background task sends, in one pipelined
 round trip (``lua/sync.lua``, up to 256 identities per script call on one server, one
 call per identity in a Cluster), what this worker consumed per identity since its last
