@@ -551,6 +551,41 @@ def test_inline_and_synced_workers_share_the_same_bucket(redis_server: RedisServ
     assert shared == pytest.approx(-admitted, abs=0.01)
 
 
+def test_a_quiet_client_waits_for_the_share_window(redis_server: RedisServer) -> None:
+    """A client far from its limits is not sent with every sync: its consumption reaches
+    Redis once its wait reaches ``share_window``, while a client that crossed b/(2W) goes
+    with the next sync."""
+    window = 1.0
+
+    async def main() -> dict[str, float]:
+        guard = Guard(policy("1/hour", 100), backend=synced(redis_server.url, share_window=window))
+        await guard.startup()
+        quiet, busy = req(key="quiet"), req(key="busy")
+        started = time.monotonic()
+        await guard.acheck(quiet)  # 1 of 100
+        for _ in range(60):  # 60 of 100: past half the burst
+            await guard.acheck(busy)
+        await synced_once_more([guard])
+        await synced_once_more([guard])
+        seen: dict[str, float] = {
+            "quiet_early": shared_tokens(redis_server.url, guard, quiet),
+            "busy_early": shared_tokens(redis_server.url, guard, busy),
+            "early_at": time.monotonic() - started,
+        }
+        await until(lambda: shared_tokens(redis_server.url, guard, quiet) < 100)
+        seen["quiet_at"] = time.monotonic() - started
+        seen["quiet_late"] = shared_tokens(redis_server.url, guard, quiet)
+        await guard.shutdown()
+        return seen
+
+    seen = run(main())
+    assert seen["busy_early"] == pytest.approx(40.0, abs=0.01)  # sent with the next sync
+    if seen["early_at"] < window:  # (a very slow machine may already be past the window)
+        assert seen["quiet_early"] == float("inf")  # not in Redis yet: it waits
+    assert seen["quiet_late"] == pytest.approx(99.0, abs=0.01)
+    assert seen["quiet_at"] >= window  # sent once its wait reached the window, not before
+
+
 def test_reconciled_cost_is_charged_here_and_in_redis(redis_server: RedisServer) -> None:
     async def main() -> tuple[float, float]:
         (guard,) = await workers(redis_server.url, 1, policy("1/hour", 100))
