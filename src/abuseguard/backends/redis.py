@@ -90,6 +90,21 @@ logger = logging.getLogger("abuseguard.backends")
 _THROTTLE_SEVERITY = Action.THROTTLE.severity
 
 
+def check_seconds(field: str, value: object, at_least: float = 0.0) -> float:
+    """``value`` as seconds, or a ConfigError naming ``RedisBackend.<field>`` unless it is a
+    finite number > 0 (and >= ``at_least``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not value > 0
+        or not math.isfinite(value)
+        or not value >= at_least
+    ):
+        floor = f" >= {at_least!r}" if at_least > 0 else " > 0"
+        raise ConfigError(f"RedisBackend.{field}", f"expected seconds{floor}, got {value!r}")
+    return float(value)
+
+
 def check_count(field: str, value: object) -> None:
     """A ConfigError naming ``RedisBackend.<field>`` unless ``value`` is an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -141,13 +156,7 @@ class RedisBackend(Backend):
             ("sketch_refresh", sketch_refresh),
             ("sync_interval", sync_interval),
         ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not value > 0
-                or not math.isfinite(value)
-            ):
-                raise ConfigError(f"RedisBackend.{name}", f"expected seconds > 0, got {value!r}")
+            check_seconds(name, value)
         if not (isinstance(deny_cache_seconds, int | float) and deny_cache_seconds >= 0):
             raise ConfigError(
                 "RedisBackend.deny_cache_seconds", f"expected >= 0, got {deny_cache_seconds!r}"

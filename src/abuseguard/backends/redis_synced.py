@@ -74,7 +74,7 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis import RedisBackend, check_count
+from abuseguard.backends.redis import RedisBackend, check_count, check_seconds
 from abuseguard.backends.redis_pipe import load_script
 from abuseguard.backends.redis_sync import MAX_FLUSH, Syncer
 from abuseguard.backends.redis_uri import redacted
@@ -134,19 +134,9 @@ class SyncedRedisBackend(RedisBackend):
         )
         self.workers = self.fallback_workers
         self.sync_max_pending = sync_max_pending
-        if share_window is not None and (
-            isinstance(share_window, bool)
-            or not isinstance(share_window, int | float)
-            or not math.isfinite(share_window)
-            or not share_window >= 2 * self.sync_interval
-        ):
-            raise ConfigError(
-                "RedisBackend.share_window",
-                f"expected seconds >= 2 sync_interval ({2 * self.sync_interval!r}), "
-                f"got {share_window!r}",
-            )
         self.share_window = (
-            float(share_window)
+            # At least two intervals: a busy worker must not drop out of the sharing count.
+            check_seconds("share_window", share_window, at_least=2 * self.sync_interval)
             if share_window is not None
             else max(DEFAULT_SHARE_WINDOW, 20.0 * self.sync_interval)
         )
