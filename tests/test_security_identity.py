@@ -394,3 +394,60 @@ def test_exempt_paths_match_whole_segments_with_redis(redis_server: RedisServer,
     health, admin = asyncio.run(main())
     assert health == [True, True, True]
     assert admin == [True, False, False]
+
+
+# --- WebSocket handshakes follow the same rules -------------------------------------------
+
+
+def _websocket_app(**policy_fields: Any) -> Starlette:
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    from abuseguard.policy import WebSocketPolicy
+
+    async def accept_and_close(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.close()
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/ws", accept_and_close),
+            WebSocketRoute("/ws/{room}", accept_and_close),
+            WebSocketRoute("/ws-admin", accept_and_close),
+        ]
+    )
+    limits = WebSocketPolicy(
+        connect=TokenBucket("1/hour", burst=2, name="ws-connect"),
+        messages=None,
+        guard_handshake=False,
+    )
+    app.add_middleware(AbuseGuard, policy=policy(websocket=limits, **policy_fields))
+    return app
+
+
+def _handshakes(base: str, path: str, headers: list[list[tuple[str, str]]]) -> list[bool]:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    accepted = []
+    for extra in headers:
+        try:
+            with connect(base.replace("http://", "ws://") + path, additional_headers=extra):
+                accepted.append(True)
+        except InvalidStatus:
+            accepted.append(False)
+    return accepted
+
+
+def test_websocket_handshake_counts_the_first_credential() -> None:
+    forged = [
+        [("Authorization", "Bearer sk-real"), ("Authorization", f"Bearer x{i}")] for i in range(4)
+    ]
+    with serve(_websocket_app()) as base:
+        assert _handshakes(base, "/ws", forged) == [True, True, False, False]
+
+
+def test_websocket_exempt_paths_match_whole_segments() -> None:
+    with serve(_websocket_app(exempt_paths=("/ws",))) as base:
+        assert _handshakes(base, "/ws/lobby", [[]] * 4) == [True] * 4
+        assert _handshakes(base, "/ws-admin", [[]] * 4) == [True, True, False, False]
