@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +166,16 @@ def rightmost_list_items(value: str, limit: int) -> str:
     return tail[comma + 1 :] if comma >= 0 else ""
 
 
+def _items_from_right(value: str) -> Iterator[str]:
+    """The comma-separated items of ``value``, nearest (right-most) first, split lazily:
+    the walk usually stops after a hop or two of a chain that may be kilobytes long."""
+    end = len(value)
+    while end >= 0:
+        start = value.rfind(",", 0, end)
+        yield value[start + 1 : end]
+        end = start
+
+
 def client_ip(
     peer: str | None,
     headers: Mapping[str, str],
@@ -185,13 +195,13 @@ def client_ip(
         return peer
     value = headers.get(proxy_header)
     if not value:
-        hops: list[str] = []
+        hops: Iterable[str] = ()
     elif proxy_header == "forwarded":
-        hops = _forwarded_for(value)
+        hops = reversed(_forwarded_for(value))
     else:
-        hops = value.split(",")
+        hops = _items_from_right(value)
     client = peer
-    for hop in reversed(hops):
+    for hop in hops:
         addr = parse_ip(hop)
         if addr is None:
             break  # "unknown", obfuscated or malformed: stop at the last verified hop
