@@ -34,12 +34,13 @@ def test_xff_walked_right_to_left_skipping_trusted_hops() -> None:
     assert client_ip("10.0.0.1", headers, TRUSTED) == "198.51.100.7"
 
 
-def test_forwarded_header_preferred_and_parsed() -> None:
+def test_forwarded_header_read_when_configured_and_parsed() -> None:
     headers = {
         "forwarded": 'for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711"',
         "x-forwarded-for": "6.6.6.6",
     }
-    assert client_ip("10.0.0.1", headers, TRUSTED) == "2001:db8:cafe::17"
+    assert client_ip("10.0.0.1", headers, TRUSTED, "forwarded") == "2001:db8:cafe::17"
+    assert client_ip("10.0.0.1", headers, TRUSTED) == "6.6.6.6"  # default: X-Forwarded-For
 
 
 @pytest.mark.parametrize("bad", ["unknown", "_hidden", "not an ip", "999.1.1.1", "", "1.2.3.4.5"])

@@ -21,6 +21,7 @@ from abuseguard.decision import Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.engine import Engine
 from abuseguard.errors import ConfigError
+from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import AddressBook, ClientAddress, hash_key
 from abuseguard.intel.agents import AgentClassifier, ClientClass
 from abuseguard.intel.geo import GeoIntel
@@ -139,7 +140,7 @@ class Guard:
             if bucket is not None and isinstance(bucket.cost, int | float)
             else 1.0
         )
-        self._exempt = tuple(policy.exempt_paths)
+        self._exempt = ExemptPaths(policy.exempt_paths) if policy.exempt_paths else None
         self._bucket = bucket
         self._bucket_shape = (
             (bucket.name, bucket.capacity, bucket.window) if bucket is not None else ("", 0, 0)
@@ -194,6 +195,9 @@ class Guard:
         if isinstance(cost, Mapping):
             route = info.route or info.path
             value = cost.get(f"{info.method} {route}")
+            if value is None and info.method == "HEAD":
+                # Starlette answers HEAD on every GET route by running the GET handler.
+                value = cost.get(f"GET {route}")
             if value is None:
                 value = cost.get(route, 1.0)
             return float(value)
@@ -384,7 +388,7 @@ class Guard:
                 "Guard.check() is synchronous; use 'await guard.acheck(info)' "
                 f"with the {type(self.backend).__name__}"
             )
-        if self._exempt and info.path.startswith(self._exempt):
+        if self._exempt and self._exempt.matches(info.path):
             return _EXEMPT
         p = self.prepare(info)
         self._now = p.ts
@@ -399,9 +403,7 @@ class Guard:
         hot, then decides the requests in order."""
         exempt = self._exempt
         prepare = self.prepare
-        return [
-            None if exempt and info.path.startswith(exempt) else prepare(info) for info in infos
-        ]
+        return [None if exempt and exempt.matches(info.path) else prepare(info) for info in infos]
 
     def check_prepared(self, info: RequestInfo, p: Prepared | None) -> Decision:
         """`check` for a request `prepare_many` read (memory backend); requests must come

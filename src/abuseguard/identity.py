@@ -1,10 +1,11 @@
 """Who is asking: client IP behind trusted proxies, IP grouping, API key identity, routes.
 
 Proxy headers are believed only when the socket peer is a configured trusted proxy, and
-then walked right to left: each hop that is itself a trusted proxy is skipped, and the
-first hop that is not is the client. A malformed hop ends the walk at the last address
-that could be verified. Every address is normalized: IPv4-mapped IPv6 becomes IPv4, a
-scope (``fe80::1%eth0``) is dropped, and anything that is not an IP becomes ``UNKNOWN_IP``.
+only the one header the policy names (``Policy.proxy_header``); it is walked right to
+left: each hop that is itself a trusted proxy is skipped, and the first hop that is not
+is the client. A malformed hop ends the walk at the last address that could be verified.
+Every address is normalized: IPv4-mapped IPv6 becomes IPv4, a scope (``fe80::1%eth0``)
+is dropped, and anything that is not an IP becomes ``UNKNOWN_IP``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 UNKNOWN_IP = "unknown"
 _MAX_IP_TEXT = 64  # longer than any textual IP with a scope
+
+# The proxy headers `client_ip` can read; `Policy.proxy_header` names the one to trust.
+PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
+DEFAULT_PROXY_HEADER = "x-forwarded-for"
+# Headers that carry a credential: when repeated, the first value is the one (what
+# Starlette's ``request.headers.get`` returns, so what the app authenticates).
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,24 +150,58 @@ def _forwarded_for(value: str) -> list[str]:
     return hops
 
 
+def rightmost_list_items(value: str, limit: int) -> str:
+    """The right-most whole items of a comma-separated header value, at most ``limit``
+    characters of it: a proxy header too long to keep whole still names the hops nearest
+    the trusted proxies, which are the only ones the walk needs. An item cut in two is left
+    out (its right half could read as another address)."""
+    if len(value) <= limit:
+        return value
+    if limit <= 0:
+        return ""
+    tail = value[-limit:]
+    if value[: len(value) - limit].rstrip(" \t").endswith(","):
+        return tail  # the cut falls between items (or in the whitespace before one)
+    comma = tail.find(",")
+    return tail[comma + 1 :] if comma >= 0 else ""
+
+
+def _items_from_right(value: str) -> Iterator[str]:
+    """The comma-separated items of ``value``, nearest (right-most) first, split lazily:
+    the walk usually stops after a hop or two of a chain that may be kilobytes long."""
+    end = len(value)
+    while end >= 0:
+        start = value.rfind(",", 0, end)
+        yield value[start + 1 : end]
+        end = start
+
+
 def client_ip(
     peer: str | None,
     headers: Mapping[str, str],
     trusted_proxies: tuple[IPNetwork, ...],
+    proxy_header: str = DEFAULT_PROXY_HEADER,
 ) -> str | None:
-    """The client address: the peer, or the proxy headers when the peer is trusted."""
+    """The client address: the peer, or the ``proxy_header`` hops when the peer is trusted.
+
+    Only ``proxy_header`` is read: a proxy that sets one header passes the others through
+    from the client, so any other would let the client choose its address. ``x-real-ip``
+    holds one address, but a repeated one (the client's, then the proxy's) is read like
+    X-Forwarded-For, from the right."""
     if peer is None or not trusted_proxies:
         return peer
     peer_addr = parse_ip(peer)
     if peer_addr is None or not _in_any(peer_addr, trusted_proxies):
         return peer
-    forwarded = headers.get("forwarded")
-    hops = _forwarded_for(forwarded) if forwarded else []
-    if not hops:
-        xff = headers.get("x-forwarded-for")
-        hops = [h for h in xff.split(",")] if xff else []
+    value = headers.get(proxy_header)
+    if not value:
+        hops: Iterable[str] = ()
+    elif proxy_header == "forwarded":
+        hops = reversed(_forwarded_for(value))
+    else:
+        hops = _items_from_right(value)
     client = peer
-    for hop in reversed(hops):
+    for hop in hops:
         addr = parse_ip(hop)
         if addr is None:
             break  # "unknown", obfuscated or malformed: stop at the last verified hop
@@ -202,17 +244,21 @@ class RouteResolver:
 
     UNMATCHED = "<unmatched>"
 
-    def __init__(self, cache_size: int = 4096) -> None:
+    def __init__(self, cache_size: int = 4096, app: Any = None) -> None:
         self._cache: dict[tuple[str, str], str] = {}
         self._cache_size = cache_size
+        self._app = app
 
     def template(self, scope: Mapping[str, Any]) -> str:
+        """The route template of ``scope``, from the router of ``scope["app"]`` (set by
+        Starlette when the middleware was added with ``add_middleware``) or else of the
+        ``app`` given here (a middleware that wraps the app sees no ``scope["app"]``)."""
         path = scope.get("path", "/")
         key = (scope.get("method", "GET"), path)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        router = _find_router(scope.get("app"))
+        router = _find_router(scope.get("app")) or _find_router(self._app)
         found = _match(router.routes, dict(scope), "") if router is not None else None
         result = found if found is not None else self.UNMATCHED
         if len(self._cache) >= self._cache_size:
@@ -254,4 +300,3 @@ def _match(routes: Iterable[Any], scope: dict[str, Any], prefix: str) -> str | N
             return template
         partial = partial or template  # method mismatch: still the same route
     return partial
-

@@ -29,7 +29,13 @@ from abuseguard.enforce import (
 )
 from abuseguard.guard import Guard, Observer
 from abuseguard.headers import rate_limit_headers
-from abuseguard.identity import RouteResolver, api_key_from_headers, client_ip
+from abuseguard.identity import (
+    CREDENTIAL_HEADERS,
+    RouteResolver,
+    api_key_from_headers,
+    client_ip,
+    rightmost_list_items,
+)
 from abuseguard.intel.geo import GeoIntel
 from abuseguard.policy import Policy
 from abuseguard.request import RequestInfo
@@ -38,6 +44,7 @@ from abuseguard.websocket import WebSocketLimiter
 logger = logging.getLogger("abuseguard")
 
 COST_STATE_KEY = "abuseguard_cost"
+_MAX_CACHED_CHAIN = 256  # proxy header values up to this long are cached per chain
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _ALLOW = Action.ALLOW
 
@@ -81,7 +88,7 @@ class AbuseGuard:
         for action, enforcer in (enforcers or {}).items():
             self.enforcers[Action(action)] = enforcer
         self.fail_open = fail_open
-        self.routes = RouteResolver()
+        self.routes = RouteResolver(app=app)
         bucket = policy.bucket
         self.needs_route = bucket is not None and isinstance(bucket.cost, Mapping)
         self.cost_header = (
@@ -92,7 +99,8 @@ class AbuseGuard:
         self.max_body = scoring.content_max_bytes if scoring else 0
         self.max_header = policy.max_header_bytes
         self.trusted = policy.trusted_proxies
-        self._proxied: dict[tuple[str | None, str | None, str | None], str | None] = {}
+        self.proxy_header = policy.proxy_header
+        self._proxied: dict[tuple[str | None, str | None], str | None] = {}
         self.started = False
         # The built-in Allow enforcer just calls the app: skip the indirection then.
         self.plain_allow = type(self.enforcers[Action.ALLOW]) is Allow
@@ -130,12 +138,15 @@ class AbuseGuard:
             await self.guard.startup()
 
     def _client_ip(self, peer: str | None, headers: dict[str, str]) -> str | None:
-        """client_ip behind trusted proxies, cached per (peer, proxy headers): parsing every
+        """client_ip behind trusted proxies, cached per (peer, proxy header): parsing every
         hop with ``ipaddress`` costs microseconds, and the same chains repeat."""
-        key = (peer, headers.get("forwarded"), headers.get("x-forwarded-for"))
+        chain = headers.get(self.proxy_header)
+        key = (peer, chain)
         if key in self._proxied:
             return self._proxied[key]
-        ip = client_ip(peer, headers, self.trusted)  # type: ignore[arg-type]
+        ip = client_ip(peer, headers, self.trusted, self.proxy_header)  # type: ignore[arg-type]
+        if chain is not None and len(chain) > _MAX_CACHED_CHAIN:
+            return ip  # long chains are rare: caching them would let clients fill memory
         if len(self._proxied) >= 65536:
             self._proxied.clear()
         self._proxied[key] = ip
@@ -147,14 +158,15 @@ class AbuseGuard:
             raw = list(raw)  # any iterable of pairs is valid ASGI
         limit = self.max_header
         # ASGI servers lower-case header names; bytes are decoded as latin-1, which never
-        # fails. Oversized values are ignored, as if absent; repeated names are joined.
+        # fails. Oversized values are ignored, as if absent; repeated names are joined
+        # (see _joined_headers for credentials and the proxy header).
         headers = {
             name.decode("latin-1"): value.decode("latin-1")
             for name, value in raw
             if len(value) <= limit
         }
         if len(headers) != len(raw):
-            headers = _joined_headers(raw, limit)
+            headers = _joined_headers(raw, limit, self.proxy_header)
         client = scope.get("client")
         peer = client[0] if client else None
         ip = self._client_ip(peer, headers) if self.trusted else peer
@@ -173,19 +185,42 @@ class AbuseGuard:
         return info
 
 
-def _joined_headers(raw: Iterable[tuple[bytes, bytes]], limit: int) -> dict[str, str]:
-    """The headers dict when a name repeats (its values joined with ", ") or a value is
-    over ``limit`` bytes (left out)."""
+def _joined_headers(
+    raw: Iterable[tuple[bytes, bytes]], limit: int, proxy_header: str
+) -> dict[str, str]:
+    """The headers dict when a name repeats or a value is over ``limit`` bytes.
+
+    Repeated values are joined with ", " and oversized ones left out, except:
+    a credential header keeps its first value only (the one Starlette's
+    ``request.headers.get`` hands the app to authenticate; an oversized first value means
+    no credential from it, never a later value); the proxy header is joined whole and then
+    cut to its right-most hops within ``limit`` (the hops the trusted proxies added)."""
     headers: dict[str, str] = {}
+    credentials_seen: set[str] = set()
+    proxy_chain: list[str] = []
     for raw_name, raw_value in raw:
+        name = raw_name.decode("latin-1")
+        if name == proxy_header:
+            proxy_chain.append(raw_value.decode("latin-1"))
+            headers.setdefault(name, "")  # keeps its place in the header order
+            continue
+        if name in CREDENTIAL_HEADERS:
+            if name in credentials_seen:
+                continue
+            credentials_seen.add(name)
         if len(raw_value) > limit:
             continue
-        name = raw_name.decode("latin-1")
         value = raw_value.decode("latin-1")
         if name in headers:
             headers[name] = headers[name] + ", " + value
         else:
             headers[name] = value
+    if proxy_chain:
+        chain = rightmost_list_items(", ".join(proxy_chain), limit)
+        if chain:
+            headers[proxy_header] = chain
+        else:
+            del headers[proxy_header]
     return headers
 
 

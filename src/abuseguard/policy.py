@@ -14,6 +14,7 @@ from typing import Literal
 
 from abuseguard.decision import Action
 from abuseguard.errors import ConfigError
+from abuseguard.identity import DEFAULT_PROXY_HEADER, PROXY_HEADERS
 from abuseguard.rates import parse_rate
 from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
 
@@ -649,11 +650,15 @@ class Policy:
     from ``Authorization: Bearer`` or ``x-api-key``, else the client IP). ``quotas`` and
     ``concurrency`` sit beside it. ``network`` adds network intelligence and per-network
     ceilings; ``scoring`` the risk model; ``enforcement`` the ladder. ``trusted_proxies``
-    lists the CIDRs whose ``X-Forwarded-For``/``Forwarded`` headers are believed.
+    lists the CIDRs whose proxy header is believed; ``proxy_header`` names that one header:
+    "x-forwarded-for" (the default, as uvicorn), "forwarded" (RFC 7239) or "x-real-ip".
+    Only it is read: a proxy passes the others through from the client, who could then
+    choose its own address.
     ``ipv6_prefix`` groups IPv6 clients for IP identities (/64). ``load_target`` is the
     number of in-flight requests above which every refill slows in proportion (0 = off).
-    ``exempt_paths`` are path prefixes the guard never touches. ``max_identities`` bounds
-    each state table; idle identities are evicted first. ``websocket`` adds limits on
+    ``exempt_paths`` are paths the guard never touches, with everything below them, matched
+    by whole segments ("/health" covers "/health/live", not "/healthz"). ``max_identities``
+    bounds each state table; idle identities are evicted first. ``websocket`` adds limits on
     WebSocket connections and messages (without it, WebSocket scopes pass through).
     ``fail_mode`` says what happens when a shared backend (Redis) fails: open or closed,
     per route, with an in-process fallback limiter.
@@ -667,6 +672,7 @@ class Policy:
     enforcement: Enforcement = field(default_factory=Enforcement)
     key_func: KeyFunc | None = None
     trusted_proxies: Iterable[str] = ()
+    proxy_header: str = DEFAULT_PROXY_HEADER
     ipv6_prefix: int = 64
     max_header_bytes: int = 8192
     load_target: int = 0
@@ -711,6 +717,15 @@ class Policy:
         object.__setattr__(
             self, "trusted_proxies", _cidrs("Policy.trusted_proxies", self.trusted_proxies)
         )
+        proxy_header = (
+            self.proxy_header.strip().lower() if isinstance(self.proxy_header, str) else None
+        )
+        if proxy_header not in PROXY_HEADERS:
+            raise ConfigError(
+                "Policy.proxy_header",
+                f"expected one of {', '.join(PROXY_HEADERS)}, got {self.proxy_header!r}",
+            )
+        object.__setattr__(self, "proxy_header", proxy_header)
         if not (16 <= self.ipv6_prefix <= 128):
             raise ConfigError(
                 "Policy.ipv6_prefix", f"must be within 16..128, got {self.ipv6_prefix}"

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from abuseguard.decision import Action, Decision
+from abuseguard.exempt import ExemptPaths
 from abuseguard.report import ReportBuilder
 from abuseguard.request import RequestInfo
 from abuseguard.traces import TraceRecord
@@ -111,7 +112,7 @@ def content_prefetch(guard: Any) -> Callable[[list[TraceRecord]], object] | None
     prime = getattr(getattr(guard, "content", None), "prime", None)
     if prime is None or not getattr(guard, "scoring_on", True):
         return None
-    exempt = tuple(getattr(getattr(guard, "policy", None), "exempt_paths", None) or ())
+    exempt = ExemptPaths(getattr(getattr(guard, "policy", None), "exempt_paths", None) or ())
 
     def prefetch(batch: list[TraceRecord]) -> object:
         # What the guard fingerprints: a non-empty body of a path it does not exempt.
@@ -119,7 +120,7 @@ def content_prefetch(guard: Any) -> Callable[[list[TraceRecord]], object] | None
             [
                 (info.body, info.headers.get("content-type"))
                 for info in [record.info for record in batch]
-                if info.body and not (exempt and info.path.startswith(exempt))
+                if info.body and not exempt.matches(info.path)
             ]
         )
 

@@ -132,7 +132,7 @@ class WebSocketLimiter:
         try:
             info = mw.request_info(scope)
             info.method = "GET"
-            if mw.policy.exempt_paths and info.path.startswith(tuple(mw.policy.exempt_paths)):
+            if guard._exempt and guard._exempt.matches(info.path):
                 await mw.app(scope, receive, send)
                 return
             decision = await guard.acheck(info) if policy.guard_handshake else None

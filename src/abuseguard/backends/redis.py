@@ -388,7 +388,7 @@ class RedisBackend(Backend):
     # -- the decision ----------------------------------------------------------------------
 
     async def check(self, guard: Guard, info: RequestInfo) -> Decision:
-        if guard._exempt and info.path.startswith(guard._exempt):
+        if guard._exempt and guard._exempt.matches(info.path):
             return _EXEMPT
         if self._loop is not asyncio.get_running_loop():
             await self.startup()

@@ -281,7 +281,7 @@ class SyncedRedisBackend(RedisBackend):
         """Decide from local state, note what to sync; no I/O (``Guard.check`` calls it).
         The first call on an event loop starts the sync task there; outside a running loop
         the decisions are local and are synced once a loop runs the guard."""
-        if guard._exempt and info.path.startswith(guard._exempt):
+        if guard._exempt and guard._exempt.matches(info.path):
             return _EXEMPT
         loop = asyncio._get_running_loop()
         if self._loop is not loop and loop is not None:
