@@ -17,6 +17,7 @@ from typing import Any
 
 from abuseguard.backends.base import Backend, LimitSource, backend_from_uri
 from abuseguard.backends.memory import MemoryBackend
+from abuseguard.config_check import check_callables
 from abuseguard.decision import Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.engine import Engine
@@ -76,6 +77,13 @@ class Guard:
         self.policy = policy if policy is not None else Policy()
         if not isinstance(self.policy, Policy):
             raise ConfigError("policy", f"expected a Policy, got {type(self.policy).__name__}")
+        if clock is not None and not callable(clock):
+            raise ConfigError("clock", f"expected a callable returning seconds, got {clock!r}")
+        if intel is not None and not isinstance(intel, GeoIntel):
+            raise ConfigError("intel", f"expected a GeoIntel or None, got {intel!r}")
+        if not isinstance(explain, bool):
+            raise ConfigError("explain", f"expected a bool, got {explain!r}")
+        observers = check_callables("observers", observers)
         self.backend = backend_from_uri(backend)
         self.clock = clock if clock is not None else time.time
         self._now = self.clock()
