@@ -29,6 +29,7 @@ from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash, pe
 from abuseguard.network import NetworkProfile, NetworkView
 from abuseguard.policy import Policy, Quota, TokenBucket
 from abuseguard.request import RequestInfo
+from abuseguard.startup_log import log_startup
 
 logger = logging.getLogger("abuseguard")
 
@@ -735,6 +736,7 @@ class Guard:
         return self.engine.set_prior(identity, prior)
 
     async def startup(self) -> None:
+        log_startup(self)
         await self.backend.startup()
 
     async def shutdown(self) -> None:

@@ -157,6 +157,12 @@ class RedisBackend(Backend):
             ("sync_interval", sync_interval),
         ):
             check_seconds(name, value)
+        for name, timeout in (
+            ("socket_timeout", socket_timeout),
+            ("socket_connect_timeout", socket_connect_timeout),
+        ):
+            if timeout is not None:
+                check_seconds(name, timeout)
         if not (isinstance(deny_cache_seconds, int | float) and deny_cache_seconds >= 0):
             raise ConfigError(
                 "RedisBackend.deny_cache_seconds", f"expected >= 0, got {deny_cache_seconds!r}"
