@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
 from abuseguard.config_check import check_fields
@@ -23,9 +24,7 @@ CostFn = Callable[[RequestInfo], float]
 KeyFunc = Callable[[RequestInfo], "str | None"]
 Treatment = Literal["ignore", "score", "challenge", "throttle", "block"]
 TREATMENTS: tuple[str, ...] = ("ignore", "score", "challenge", "throttle", "block")
-# A CIDR as given ("10.0.0.0/8") or as the field holds it after construction.
-Cidr = str | ipaddress.IPv4Network | ipaddress.IPv6Network
-# About 1 KB of preallocated state per identity: 10 million is about 10 GB.
+# The engine reserves about 1 KB per identity up front: 10 million is about 10 GB.
 MAX_IDENTITIES = 10_000_000
 
 
@@ -211,7 +210,7 @@ DEFAULT_ANONYMIZERS: Mapping[str, AnonymizerRule] = {
 
 
 def _cidrs(
-    field_name: str, values: Iterable[Cidr]
+    field_name: str, values: Iterable[str | IPv4Network | IPv6Network]
 ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     out = []
     for value in values:
@@ -262,8 +261,9 @@ class NetworkPolicy:
     score_countries: Iterable[str] = ()
     allow_asns: Iterable[int] = ()
     deny_asns: Iterable[int] = ()
-    allow_cidrs: Iterable[Cidr] = ()
-    deny_cidrs: Iterable[Cidr] = ()
+    # a str as given, a network as held after construction (dataclasses.replace)
+    allow_cidrs: Iterable[str | IPv4Network | IPv6Network] = ()
+    deny_cidrs: Iterable[str | IPv4Network | IPv6Network] = ()
     anonymizers: Mapping[str, AnonymizerRule | str] = field(
         default_factory=lambda: dict(DEFAULT_ANONYMIZERS)
     )
@@ -668,8 +668,9 @@ class Policy:
     ``ipv6_prefix`` groups IPv6 clients for IP identities (/64). ``load_target`` is the
     number of in-flight requests above which every refill slows in proportion (0 = off).
     ``exempt_paths`` are path prefixes the guard never touches. ``max_identities`` bounds
-    each state table; idle identities are evicted first. The tables are preallocated at
-    about 1 KB per identity, so it is at most 10,000,000 (about 10 GB). ``websocket`` adds limits on
+    each state table; idle identities are evicted first. The tables reserve about 1 KB of
+    memory per identity up front, so it is at most 10,000,000 (about 10 GB).
+    ``websocket`` adds limits on
     WebSocket connections and messages (without it, WebSocket scopes pass through).
     ``fail_mode`` says what happens when a shared backend (Redis) fails: open or closed,
     per route, with an in-process fallback limiter. ``secret`` keys the hash of API keys
@@ -683,7 +684,7 @@ class Policy:
     scoring: Scoring | None = field(default_factory=Scoring)
     enforcement: Enforcement = field(default_factory=Enforcement)
     key_func: KeyFunc | None = None
-    trusted_proxies: Iterable[Cidr] = ()
+    trusted_proxies: Iterable[str | IPv4Network | IPv6Network] = ()
     ipv6_prefix: int = 64
     max_header_bytes: int = 8192
     load_target: int = 0
