@@ -174,8 +174,8 @@ def _problem(value: object, annotation: Any) -> Problem | None:
             if _problem(key, args[0]) is not None:
                 return "", f"keys must be {describe(args[0])}, got {_show(key)}"
             problem = _problem(item, args[1])
-            if problem is not None:
-                return f"[{key!r}]{problem[0]}", problem[1]
+            if problem is not None:  # the field is named, the message names the key
+                return "", f"at [{key!r}]{problem[0]}: {problem[1]}"
         return None
     if origin is Callable:
         return None if callable(value) else _expected(annotation, value)
