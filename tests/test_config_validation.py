@@ -290,6 +290,21 @@ def test_replace_rebuilds_a_populated_policy() -> None:
     assert again.trusted_proxies == policy.trusted_proxies and again.shadow
 
 
+@dataclasses.dataclass(frozen=True)
+class ScoringWithANewField(Scoring):
+    """What another change adding a field looks like: no validation code of its own."""
+
+    content_read_timeout: float = 1.0
+
+
+@pytest.mark.parametrize("value", ["slow", None, True, -1.0, math.nan, [1.0]])
+def test_a_field_added_without_its_own_checks_is_checked(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        ScoringWithANewField(content_read_timeout=value)  # type: ignore[arg-type]
+    assert info.value.field == "ScoringWithANewField.content_read_timeout"
+    assert ScoringWithANewField(content_read_timeout=2).content_read_timeout == 2
+
+
 # -- the named cases of the issue -----------------------------------------------------------
 
 
