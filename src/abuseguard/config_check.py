@@ -19,6 +19,7 @@ field by field. This module is smaller than that glue, and adds no dependency.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -80,6 +81,11 @@ def _show(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+@functools.lru_cache(maxsize=1024)
+def _shape(annotation: Any) -> tuple[Any, tuple[Any, ...]]:
+    return get_origin(annotation), get_args(annotation)
+
+
 def _is_variadic(args: tuple[Any, ...]) -> bool:
     return len(args) == 2 and args[1] is Ellipsis
 
@@ -126,17 +132,19 @@ def _expected(annotation: Any, value: object) -> Problem:
 
 def _problem(value: object, annotation: Any) -> Problem | None:
     """None when ``value`` fits ``annotation``, else what does not."""
-    origin = get_origin(annotation)
-    args = get_args(annotation)
+    origin, args = _shape(annotation)
     if annotation is Any:
         return None
     if origin in (Union, types.UnionType):
-        problems = [_problem(value, arg) for arg in args]
-        if any(problem is None for problem in problems):
-            return None
+        problems = []
+        for arg in args:
+            problem = _problem(value, arg)
+            if problem is None:
+                return None
+            problems.append(problem)
         # A container of the right kind with a wrong element: say which element.
         for problem in problems:
-            if problem is not None and problem[0]:
+            if problem[0]:
                 return problem
         return _expected(annotation, value)
     if origin is Literal:
