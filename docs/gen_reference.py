@@ -33,7 +33,8 @@ Everything the guard enforces is configured in code with frozen dataclasses, val
 they are built: a bad value raises `abuseguard.ConfigError` naming the field. Rates use
 the notation of the `limits` package (`"20/second"`, `"100/minute"`, `"10000/day"`) or a
 number of tokens per second. This page is generated from the code, so every default below
-is the one the code uses.
+is the one the code uses. A value of the wrong type (a str for a bool, a float for an int,
+None where None is not listed) or a negative number is refused the same way.
 """
 
 
@@ -162,6 +163,27 @@ def signature_section(title: str, text: str, func: Callable[..., Any]) -> list[s
     return [*lines, ""]
 
 
+def redis_py_options_section() -> list[str]:
+    uri = importlib.import_module("abuseguard.backends.redis_uri")
+    lines = [
+        "### redis-py options in a backend URI",
+        "",
+        "These redis-py options may ride in the query of a backend URI too; their values are "
+        "checked when the backend is built. Any other option, a port outside 1..65535 or a "
+        "path that is not a database number fails with a `ConfigError` naming it.",
+        "",
+        "| option | where |",
+        "| --- | --- |",
+    ]
+    for names, where in (
+        (uri.REDIS_PY_OPTIONS, "every URI"),
+        (uri.TLS_OPTIONS, "`rediss://`, `rediss+cluster://`"),
+        (uri.CLUSTER_OPTIONS, "`redis+cluster://`, `rediss+cluster://`"),
+    ):
+        lines += [f"| `{name}` | {where} |" for name in names]
+    return [*lines, ""]
+
+
 def render() -> str:
     lines = [HEADER]
     for cls in policy_classes():
@@ -208,6 +230,7 @@ def render() -> str:
             + " See [deployment](deployment.md#inline-or-synced).",
             synced.__init__,
         )  # fmt: skip
+        lines += redis_py_options_section()
     return "\n".join(lines).rstrip() + "\n"
 
 

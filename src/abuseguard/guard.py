@@ -17,6 +17,7 @@ from typing import Any
 
 from abuseguard.backends.base import Backend, LimitSource, backend_from_uri
 from abuseguard.backends.memory import MemoryBackend
+from abuseguard.config_check import check_callables
 from abuseguard.decision import Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.engine import Engine
@@ -29,6 +30,7 @@ from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash, pe
 from abuseguard.network import NetworkProfile, NetworkView
 from abuseguard.policy import Policy, Quota, TokenBucket
 from abuseguard.request import RequestInfo
+from abuseguard.startup_log import log_startup
 
 logger = logging.getLogger("abuseguard")
 
@@ -77,6 +79,13 @@ class Guard:
         self.policy = policy if policy is not None else Policy()
         if not isinstance(self.policy, Policy):
             raise ConfigError("policy", f"expected a Policy, got {type(self.policy).__name__}")
+        if clock is not None and not callable(clock):
+            raise ConfigError("clock", f"expected a callable returning seconds, got {clock!r}")
+        if intel is not None and not isinstance(intel, GeoIntel):
+            raise ConfigError("intel", f"expected a GeoIntel or None, got {intel!r}")
+        if not isinstance(explain, bool):
+            raise ConfigError("explain", f"expected a bool, got {explain!r}")
+        observers = check_callables("observers", observers)
         self.backend = backend_from_uri(backend)
         self.clock = clock if clock is not None else time.time
         self._now = self.clock()
@@ -729,6 +738,7 @@ class Guard:
         return self.engine.set_prior(identity, prior)
 
     async def startup(self) -> None:
+        log_startup(self)
         await self.backend.startup()
 
     async def shutdown(self) -> None:

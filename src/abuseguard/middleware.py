@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from abuseguard.backends.base import Backend
+from abuseguard.config_check import check_callables
 from abuseguard.decision import Action, Decision
 from abuseguard.enforce import (
     DECISION_STATE_KEY,
@@ -27,6 +28,7 @@ from abuseguard.enforce import (
     Send,
     default_enforcers,
 )
+from abuseguard.errors import ConfigError
 from abuseguard.guard import Guard, Observer
 from abuseguard.headers import rate_limit_headers
 from abuseguard.identity import (
@@ -73,6 +75,11 @@ class AbuseGuard:
         fail_open: bool = True,
     ) -> None:
         self.app = app
+        if not isinstance(fail_open, bool):
+            raise ConfigError("fail_open", f"expected a bool, got {fail_open!r}")
+        if guard is not None and not isinstance(guard, Guard):
+            raise ConfigError("guard", f"expected a Guard or None, got {guard!r}")
+        observers = check_callables("observers", observers)
         self.guard = (
             guard
             if guard is not None
@@ -85,7 +92,18 @@ class AbuseGuard:
         self.enforcers: dict[Action, Enforcer] = default_enforcers(
             delay_seconds=policy.enforcement.delay_seconds, legacy_headers=policy.legacy_headers
         )
+        if enforcers is not None and not isinstance(enforcers, Mapping):
+            raise ConfigError(
+                "enforcers", f"expected a mapping of action to enforcer, got {enforcers!r}"
+            )
         for action, enforcer in (enforcers or {}).items():
+            if action not in set(Action):
+                known = ", ".join(a.value for a in Action)
+                raise ConfigError("enforcers", f"unknown action {action!r}; use one of {known}")
+            if not callable(enforcer):
+                raise ConfigError(
+                    f"enforcers[{action!r}]", f"expected an Enforcer, got {enforcer!r}"
+                )
             self.enforcers[Action(action)] = enforcer
         self.fail_open = fail_open
         self.routes = RouteResolver(app=app)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal
 
+from abuseguard.config_check import check_fields
 from abuseguard.decision import Action
 from abuseguard.errors import ConfigError
 from abuseguard.identity import DEFAULT_PROXY_HEADER, PROXY_HEADERS
@@ -22,6 +25,8 @@ CostFn = Callable[[RequestInfo], float]
 KeyFunc = Callable[[RequestInfo], "str | None"]
 Treatment = Literal["ignore", "score", "challenge", "throttle", "block"]
 TREATMENTS: tuple[str, ...] = ("ignore", "score", "challenge", "throttle", "block")
+# The engine reserves about 1 KB per identity up front: 10 million is about 10 GB.
+MAX_IDENTITIES = 10_000_000
 
 
 def _positive(field_name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -79,6 +84,7 @@ class TokenBucket:
     shadow: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)
         amount, window, _ = parse_rate("TokenBucket.rate", self.rate)
         object.__setattr__(self, "_per_second", amount / window)
         burst = amount if self.burst is None else self.burst
@@ -132,6 +138,7 @@ class Quota:
     shadow: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)
         amount, window, _ = parse_rate("Quota.limit", self.limit)
         if self.per not in ("key", "ip"):
             raise ConfigError("Quota.per", f"must be 'key' or 'ip', got {self.per!r}")
@@ -164,6 +171,7 @@ class Concurrency:
     shadow: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
             raise ConfigError("Concurrency.limit", f"must be an int >= 1, got {self.limit!r}")
         if self.per not in ("key", "ip"):
@@ -184,6 +192,7 @@ class AnonymizerRule:
     min_strength: float = 0.0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.treatment not in TREATMENTS:
             raise ConfigError(
                 "AnonymizerRule.treatment", f"one of {TREATMENTS}, got {self.treatment!r}"
@@ -202,7 +211,7 @@ DEFAULT_ANONYMIZERS: Mapping[str, AnonymizerRule] = {
 
 
 def _cidrs(
-    field_name: str, values: Iterable[str]
+    field_name: str, values: Iterable[str | IPv4Network | IPv6Network]
 ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     out = []
     for value in values:
@@ -253,8 +262,9 @@ class NetworkPolicy:
     score_countries: Iterable[str] = ()
     allow_asns: Iterable[int] = ()
     deny_asns: Iterable[int] = ()
-    allow_cidrs: Iterable[str] = ()
-    deny_cidrs: Iterable[str] = ()
+    # a str as given, a network as held after construction (dataclasses.replace)
+    allow_cidrs: Iterable[str | IPv4Network | IPv6Network] = ()
+    deny_cidrs: Iterable[str | IPv4Network | IPv6Network] = ()
     anonymizers: Mapping[str, AnonymizerRule | str] = field(
         default_factory=lambda: dict(DEFAULT_ANONYMIZERS)
     )
@@ -273,10 +283,11 @@ class NetworkPolicy:
     fan_out_asns: tuple[float, float] = (3.0, 8.0)
     fan_out_countries: tuple[float, float] = (2.0, 5.0)
     fan_out_prefixes: tuple[float, float] = (12.0, 60.0)
-    databases: Mapping[str, str] = field(default_factory=dict)
+    databases: Mapping[str, str | os.PathLike[str]] = field(default_factory=dict)
     shadow: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)
         set_ = object.__setattr__
         set_(
             self,
@@ -412,6 +423,7 @@ class Scoring:
     sketch_horizon: float = 3600.0
 
     def __post_init__(self) -> None:
+        check_fields(self, signed=("bias",))
         weights = dict(DEFAULT_WEIGHTS)
         for name, value in dict(self.weights).items():
             if name not in DEFAULT_WEIGHTS:
@@ -482,6 +494,7 @@ class Enforcement:
     shadow_actions: Iterable[Action | str] = ()
 
     def __post_init__(self) -> None:
+        check_fields(self)
         steps: list[tuple[float, Action]] = []
         last_threshold = 0.0
         last_severity = 0
@@ -573,6 +586,7 @@ class WebSocketPolicy:
     shadow: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _numeric_cost_bucket("WebSocketPolicy.connect", self.connect)
         _numeric_cost_bucket("WebSocketPolicy.messages", self.messages)
         for name in ("max_connections", "max_message_bytes"):
@@ -613,6 +627,7 @@ class FailMode:
     fallback: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not isinstance(self.open, bool):
             raise ConfigError("FailMode.open", f"expected a bool, got {self.open!r}")
         if not isinstance(self.fallback, bool):
@@ -658,10 +673,13 @@ class Policy:
     number of in-flight requests above which every refill slows in proportion (0 = off).
     ``exempt_paths`` are paths the guard never touches, with everything below them, matched
     by whole segments ("/health" covers "/health/live", not "/healthz"). ``max_identities``
-    bounds each state table; idle identities are evicted first. ``websocket`` adds limits on
+    bounds each state table; idle identities are evicted first. The tables reserve about
+    1 KB of memory per identity up front, so it is at most 10,000,000 (about 10 GB).
+    ``websocket`` adds limits on
     WebSocket connections and messages (without it, WebSocket scopes pass through).
     ``fail_mode`` says what happens when a shared backend (Redis) fails: open or closed,
-    per route, with an in-process fallback limiter.
+    per route, with an in-process fallback limiter. ``secret`` keys the hash of API keys
+    (a str; an empty one is warned about at startup).
     """
 
     bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))
@@ -671,7 +689,7 @@ class Policy:
     scoring: Scoring | None = field(default_factory=Scoring)
     enforcement: Enforcement = field(default_factory=Enforcement)
     key_func: KeyFunc | None = None
-    trusted_proxies: Iterable[str] = ()
+    trusted_proxies: Iterable[str | IPv4Network | IPv6Network] = ()
     proxy_header: str = DEFAULT_PROXY_HEADER
     ipv6_prefix: int = 64
     max_header_bytes: int = 8192
@@ -685,6 +703,9 @@ class Policy:
     fail_mode: FailMode = field(default_factory=FailMode)
 
     def __post_init__(self) -> None:
+        if isinstance(self.quotas, Quota):
+            object.__setattr__(self, "quotas", (self.quotas,))
+        check_fields(self)
         if self.bucket is not None and not isinstance(self.bucket, TokenBucket):
             raise ConfigError("Policy.bucket", f"expected TokenBucket or None, got {self.bucket!r}")
         quotas = self.quotas
@@ -733,8 +754,11 @@ class Policy:
         _positive("Policy.max_header_bytes", self.max_header_bytes)
         _positive("Policy.load_target", self.load_target, allow_zero=True)
         _positive("Policy.max_identities", self.max_identities)
-        if self.max_identities < 16:
-            raise ConfigError("Policy.max_identities", "must be at least 16")
+        if not (16 <= self.max_identities <= MAX_IDENTITIES):
+            raise ConfigError(
+                "Policy.max_identities",
+                f"must be within 16..{MAX_IDENTITIES}, got {self.max_identities!r}",
+            )
         if isinstance(self.exempt_paths, str):
             raise ConfigError("Policy.exempt_paths", "expected a tuple of path prefixes, not a str")
         for path in self.exempt_paths:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from limits import RateLimitItem, parse
+from limits import RateLimitItem, parse, parse_many
 
 from abuseguard.errors import ConfigError
 
@@ -25,4 +25,12 @@ def parse_rate(field: str, value: str | float | int) -> tuple[float, float, Rate
         raise ConfigError(field, f"cannot parse rate {value!r}: {exc}") from None
     if item.amount <= 0:
         raise ConfigError(field, f"a rate needs a positive amount, got {value!r}")
+    # `limits` reads "5/second;100/minute" as its first limit: refuse the rest, never drop it.
+    several = len(parse_many(value)) if any(sep in value for sep in ",;|") else 1
+    if several > 1:
+        if field.startswith("TokenBucket."):
+            hint = "a bucket has one rate: put each further window in Policy.quotas as a Quota"
+        else:
+            hint = "give each limit its own Quota in Policy.quotas"
+        raise ConfigError(field, f"one rate, one limit: got {several} in {value!r}; {hint}")
     return float(item.amount), float(item.get_expiry()), item

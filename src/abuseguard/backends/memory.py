@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from urllib.parse import parse_qsl, urlsplit
 
 from limits import RateLimitItem, parse
 from limits.strategies import (
@@ -20,6 +21,7 @@ from limits.strategies import (
 from abuseguard.backends.base import Backend
 from abuseguard.backends.clocked_storage import ClockedMemoryStorage
 from abuseguard.backends.workers import warn_if_multi_worker
+from abuseguard.errors import ConfigError
 
 _STRATEGIES: dict[str, type[RateLimiter]] = {
     "fixed-window": FixedWindowRateLimiter,
@@ -37,6 +39,8 @@ class MemoryBackend(Backend):
     uri = "memory://"
 
     def __init__(self, *, max_keys: int = 200_000) -> None:
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ConfigError("MemoryBackend.max_keys", f"expected an int >= 1, got {max_keys!r}")
         self.max_keys = max_keys
         self._clock: Callable[[], float] | None = None
         self._storage: ClockedMemoryStorage | None = None
@@ -47,7 +51,20 @@ class MemoryBackend(Backend):
 
     @classmethod
     def from_uri(cls, uri: str) -> MemoryBackend:
-        return cls()
+        """``memory://``, optionally ``memory://?max_keys=100000`` (quota counters kept)."""
+        parts = urlsplit(uri)
+        if parts.netloc or parts.path.strip("/"):
+            raise ConfigError("MemoryBackend.uri", f"memory:// takes no host or path, got {uri!r}")
+        kwargs: dict[str, int] = {}
+        for name, text in parse_qsl(parts.query, keep_blank_values=True):
+            if name != "max_keys":
+                raise ConfigError(
+                    f"MemoryBackend.{name}", f"unknown option {name!r}; memory:// takes max_keys"
+                )
+            if not text.isdigit():
+                raise ConfigError("MemoryBackend.max_keys", f"expected an int >= 1, got {text!r}")
+            kwargs[name] = int(text)
+        return cls(**kwargs)
 
     def bind(self, clock: Callable[[], float]) -> None:
         self._clock = clock

@@ -116,8 +116,9 @@ class RedisBackend(Backend):
 
     ``url``: ``redis://host:port/db``, ``rediss://...``, ``unix:///path?db=0``, or with
     ``cluster=True`` (URI schemes ``redis+cluster://``, ``rediss+cluster://``) a seed node.
-    Options may also ride in the URI query (``?budget=0.02&fail_open=false``); redis-py's
-    own query options pass through. One backend serves one Guard on one event loop.
+    Options may also ride in the URI query (``?budget=0.02&fail_open=false``), and so may
+    the redis-py options listed in `redis_uri`; any other option is refused at construction.
+    One backend serves one Guard on one event loop.
     """
 
     shared = True
@@ -157,6 +158,12 @@ class RedisBackend(Backend):
             ("sync_interval", sync_interval),
         ):
             check_seconds(name, value)
+        for name, timeout in (
+            ("socket_timeout", socket_timeout),
+            ("socket_connect_timeout", socket_connect_timeout),
+        ):
+            if timeout is not None:
+                check_seconds(name, timeout)
         if not (isinstance(deny_cache_seconds, int | float) and deny_cache_seconds >= 0):
             raise ConfigError(
                 "RedisBackend.deny_cache_seconds", f"expected >= 0, got {deny_cache_seconds!r}"
