@@ -31,6 +31,7 @@ from abuseguard import (
     AbuseGuard,
     ConfigError,
     Decision,
+    Enforcement,
     Guard,
     NetworkPolicy,
     Policy,
@@ -104,7 +105,9 @@ def serve(app: Any) -> Iterator[str]:
         yield base
 
 
-def open_post(base: str, path: str = "/echo", headers: dict[str, str] | None = None) -> socket.socket:
+def open_post(
+    base: str, path: str = "/echo", headers: dict[str, str] | None = None
+) -> socket.socket:
     """A raw connection that sent a POST's head announcing BODY, and none of the body."""
     url = urlsplit(base)
     sock = socket.create_connection((url.hostname, url.port), timeout=ANSWER_TIMEOUT)
@@ -146,7 +149,9 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-def refused_half_way(base: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+def refused_half_way(
+    base: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
     """Send half of BODY, then read the answer (the other half is never sent)."""
     with open_post(base, headers=headers) as sock:
         sock.sendall(BODY[:HALF])
@@ -181,7 +186,7 @@ def test_over_limit_client_trickling_its_body_gets_429_at_once_and_pays_nothing(
     assert headers["ratelimit"].startswith('"default";r=0;t=')
     assert problem["reasons"] == ["rate"]
     # A refused request costs nothing: no token, no arrival, no signal moved.
-    assert np.array_equal(middleware.guard.engine.state, state)
+    assert np.array_equal(middleware.guard.engine.state, state, equal_nan=True)
     info, decision = observed.decisions[-1]
     assert decision.action.value == "throttle" and info.body is None
 
@@ -196,7 +201,7 @@ def test_exhausted_quota_refuses_a_trickling_body_at_once_without_a_hit() -> Non
         observed.wait_finished()
     assert status == 429
     assert problem["reasons"] == ["quota"]
-    assert headers["ratelimit"].startswith('"hourly";r=0;t=')
+    assert '"hourly";r=0;t=' in headers["ratelimit"]
     backend = middleware.guard.backend
     item = backend._item("1/hour")  # type: ignore[attr-defined]
     stats = backend._limiter("fixed-window").get_window_stats(item, "i:127.0.0.1")  # type: ignore[attr-defined]
@@ -204,7 +209,11 @@ def test_exhausted_quota_refuses_a_trickling_body_at_once_without_a_hit() -> Non
 
 
 def test_banned_client_trickling_its_body_is_refused_at_once() -> None:
-    app, middleware, observed = guarded(content_policy(bucket=TokenBucket("10/second")))
+    policy = content_policy(
+        bucket=TokenBucket("10/second"),
+        enforcement=Enforcement(ban_at="block", ban_seconds=600.0),
+    )
+    app, middleware, observed = guarded(policy)
     with serve(app) as base:
         assert httpx.post(base + "/echo", content=BODY).status_code == 200
         observed.wait_finished()
@@ -212,12 +221,13 @@ def test_banned_client_trickling_its_body_is_refused_at_once() -> None:
         # A ban as the ladder (or another worker's sync) leaves it in the key row.
         key_row(guard)[L.F_BANNED_UNTIL] = guard.clock() + 600.0
         state = guard.engine.state.copy()
-        status, headers, problem = refused_half_way(base)
+        status, _, problem = refused_half_way(base)
         observed.wait_finished()
     assert status == 403
     assert problem["reasons"] == ["banned"]
-    assert int(headers["retry-after"]) > 500
-    assert np.array_equal(middleware.guard.engine.state, state)
+    _, decision = observed.decisions[-1]
+    assert decision.retry_after is not None and decision.retry_after > 500
+    assert np.array_equal(middleware.guard.engine.state, state, equal_nan=True)
 
 
 def test_deny_listed_network_is_refused_before_its_body() -> None:
@@ -262,7 +272,7 @@ def test_client_gone_while_the_body_is_read_is_neither_decided_nor_charged() -> 
             sock.sendall(BODY[:HALF])
         observed.wait_finished()
     assert len(observed.decisions) == 1
-    assert np.array_equal(middleware.guard.engine.state, state)
+    assert np.array_equal(middleware.guard.engine.state, state, equal_nan=True)
 
 
 # -- the pre-check itself ----------------------------------------------------------------------
@@ -295,7 +305,7 @@ def test_precheck_of_a_request_that_is_served_changes_no_state() -> None:
     before = _snapshot(guard)
     assert guard.precheck(post) is None  # could be served: the body decides
     after = _snapshot(guard)
-    assert np.array_equal(before[0], after[0]) and before[1:] == after[1:]
+    assert np.array_equal(before[0], after[0], equal_nan=True) and before[1:] == after[1:]
     assert len(seen) == 1  # a pre-check that refuses nothing tells no observer
     post.body = BODY
     assert guard.check(post).action.value == "allow"
@@ -370,9 +380,7 @@ def test_synced_redis_refuses_a_trickling_client_over_its_bucket(
     from abuseguard.backends.redis_synced import SyncedRedisBackend
 
     backend = SyncedRedisBackend(redis_server.url, prefix="slowbody-synced", workers=1)
-    app, middleware, observed = guarded(
-        content_policy(bucket=TokenBucket("1/minute", burst=1)), backend
-    )
+    app, _, observed = guarded(content_policy(bucket=TokenBucket("1/minute", burst=1)), backend)
     with serve(app) as base:
         assert httpx.post(base + "/echo", content=BODY).status_code == 200
         observed.wait_finished()
