@@ -10,6 +10,7 @@ trickles the body; each test sends only part of the body before it reads the ans
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -29,6 +30,7 @@ from starlette.routing import Route
 
 from abuseguard import (
     AbuseGuard,
+    Concurrency,
     ConfigError,
     Decision,
     Enforcement,
@@ -61,8 +63,23 @@ async def home(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
+HOLDING = threading.Event()  # a /hold request is inside the app
+LET_GO = threading.Event()  # and may finish
+
+
+async def hold(request: Request) -> PlainTextResponse:
+    HOLDING.set()
+    for _ in range(int(ANSWER_TIMEOUT / 0.01)):
+        if LET_GO.is_set():
+            break
+        await asyncio.sleep(0.01)
+    return PlainTextResponse("held")
+
+
 def make_app() -> Starlette:
-    return Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/", home)])
+    return Starlette(
+        routes=[Route("/echo", echo, methods=["POST"]), Route("/", home), Route("/hold", hold)]
+    )
 
 
 class Observed:
@@ -206,6 +223,26 @@ def test_exhausted_quota_refuses_a_trickling_body_at_once_without_a_hit() -> Non
     item = backend._item("1/hour")  # type: ignore[attr-defined]
     stats = backend._limiter("fixed-window").get_window_stats(item, "i:127.0.0.1")  # type: ignore[attr-defined]
     assert stats.remaining == 0  # one hit: the refused request was not counted
+
+
+def test_full_concurrency_refuses_a_trickling_body_at_once() -> None:
+    app, middleware, observed = guarded(content_policy(concurrency=Concurrency(limit=1)))
+    HOLDING.clear()
+    LET_GO.clear()
+    with serve(app) as base:
+        holder = threading.Thread(target=httpx.get, args=(base + "/hold",), daemon=True)
+        holder.start()
+        try:
+            assert HOLDING.wait(ANSWER_TIMEOUT)
+            status, headers, problem = refused_half_way(base)
+        finally:
+            LET_GO.set()
+            holder.join(ANSWER_TIMEOUT)
+        observed.wait_finished(2)
+    assert status == 429
+    assert problem["reasons"] == ["concurrency"]
+    assert headers["retry-after"] == "1"
+    assert middleware.guard.backend.inflight == {}  # type: ignore[attr-defined]
 
 
 def test_banned_client_trickling_its_body_is_refused_at_once() -> None:
