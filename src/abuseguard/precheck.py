@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from abuseguard.backends.base import LimitSource
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import Decision
 from abuseguard.engine import layout as L
+from abuseguard.policy import Concurrency
 
 if TYPE_CHECKING:
     from abuseguard.guard import Guard, Prepared
@@ -82,17 +83,26 @@ def precheck(guard: Guard, info: RequestInfo) -> Decision | None:
     ):
         info = dataclasses.replace(info, cost=0.0)
     p = guard.prepare(info)
+    # The memory backend's quotas run on the guard's clock: this request's time, meanwhile.
+    previous_now = guard._now
+    guard._now = p.ts
+    try:
+        return _answer(guard, info, p)
+    finally:
+        guard._now = previous_now
+
+
+def _answer(guard: Guard, info: RequestInfo, p: Prepared) -> Decision | None:
     io = [0.0] * L.IO_SIZE
-    key_table = guard.engine.tables[L.KIND_KEY]
-    row = key_table.index.get(p.identity)
-    key_row = key_table.data[row] if row is not None else None
-    if key_row is not None and key_row[L.F_COUNT] == 0.0:
-        key_row = None  # a row handed out but never written: a new identity
-    if key_row is not None:
-        io[L.O_SCORE] = float(key_row[L.F_SCORE])
-        banned_until = float(key_row[L.F_BANNED_UNTIL])
+    rows = guard._key_rows  # Python floats without numpy's scalars
+    row = guard._key_index.get(p.identity)
+    if row is not None and rows[row, L.F_COUNT] == 0.0:
+        row = None  # a row handed out but never written: a new identity
+    if row is not None:
+        io[L.O_SCORE] = rows[row, L.F_SCORE]
+        banned_until = rows[row, L.F_BANNED_UNTIL]
         if banned_until > p.ts:  # as the kernel's ban answer
-            tokens = float(key_row[L.F_TOKENS])
+            tokens = rows[row, L.F_TOKENS]
             io[L.O_BANNED] = 1.0
             io[L.O_ACTION] = float(guard.engine.params[L.P_BAN_LEVEL])
             io[L.O_REASONS] = float(1 << L.R_BANNED)
@@ -103,30 +113,59 @@ def precheck(guard: Guard, info: RequestInfo) -> Decision | None:
     limits: LimitSource = _ADMIT
     buckets_known = guard.local_buckets
     if buckets_known:  # memory backend, Redis synced mode: the kernel's buckets decide
-        _key_bucket(guard, p, key_row, io)
+        _key_bucket(guard, p, row, io)
         if isinstance(guard.backend, MemoryBackend):
             limits = PeekedLimits(guard.backend)
     else:
         remembered = getattr(guard.backend, "precheck_limits", None)
         if remembered is not None:
             limits, buckets_known = remembered(p, io)
+    profile = p.profile
+    if (
+        not io[L.O_DENIED_KINDS]
+        and (profile is None or profile.rule_action is None)
+        and not _limits_may_refuse(guard, p, limits)
+    ):
+        return None  # the common answer, without building a decision
     return _refusal(guard, info, p, io, limits, buckets_known)
 
 
-def _key_bucket(guard: Guard, p: Prepared, key_row: Any, io: list[float]) -> None:
+def _limits_may_refuse(guard: Guard, p: Prepared, limits: LimitSource) -> bool:
+    """Could a quota or the concurrency limit refuse the request? A quick look before the
+    full answer: only the memory backend's limits are tested here (nothing counted)."""
+    policy = guard.policy
+    if limits is _ADMIT or not (policy.quotas or policy.concurrency):
+        return False
+    if not isinstance(limits, PeekedLimits):
+        return True  # remembered answers (Redis): `_refusal` reads them
+    backend = limits.backend
+    for quota in policy.quotas:
+        ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+        cost = max(0, round(p.cost)) if quota.by_cost else 1
+        if cost > 0 and not backend.quota_would_admit(quota.limit, quota.strategy, ident, cost):
+            return True
+    conc = policy.concurrency
+    if isinstance(conc, Concurrency):
+        ident = p.identity if conc.per == "key" else "i:" + p.address.ip_key
+        return not backend.slot_free(f"c:{ident}", conc.limit)
+    return False
+
+
+def _key_bucket(guard: Guard, p: Prepared, row: int | None, io: list[float]) -> None:
     """The identity's bucket as the kernel would find it, at the fastest refill it may
     have: written into ``io`` as the kernel writes a refusal (or the room left)."""
     params = guard.engine.params
     burst = float(params[L.P_BUCKET + 1])
     if burst <= 0.0:
         return
-    if key_row is None:  # a new identity starts with a full bucket
+    if row is None:  # a new identity starts with a full bucket
         io[L.O_REMAINING] = burst
         return
+    rows = guard._key_rows
     load = 1.0 if guard.inflight <= guard._load_target else guard._load_factor()
     rate = max(float(params[L.P_BUCKET]) * load, 1e-9)
-    tokens = float(key_row[L.F_TOKENS])
-    elapsed = p.ts - float(key_row[L.F_BUCKET_TS])
+    tokens: float = rows[row, L.F_TOKENS]
+    elapsed = p.ts - rows[row, L.F_BUCKET_TS]
     if elapsed > 0.0:
         tokens = min(burst, tokens + elapsed * rate)
     io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
@@ -151,13 +190,7 @@ def _refusal(
     observers = guard.observers
     guard.observers = []
     try:
-        # The memory backend's quotas run on the guard's clock: this request's time.
-        previous_now = guard._now
-        guard._now = p.ts
-        try:
-            decision = guard._decide(info, p, io, limits, buckets_known)
-        finally:
-            guard._now = previous_now
+        decision = guard._decide(info, p, io, limits, buckets_known)
     finally:
         guard.observers = observers
     if decision.served:

@@ -98,6 +98,10 @@ class MemoryBackend(Backend):
             reset = max(0.0, stats.reset_time - (self._clock() if self._clock else 0.0))
         return admitted, float(stats.remaining), reset
 
+    def quota_would_admit(self, limit: str, strategy: str, identity: str, cost: int) -> bool:
+        """`peek_quota`'s answer alone (no window statistics)."""
+        return self._limiter(strategy).test(self._item(limit), identity, cost=cost)
+
     def acquire(self, identity: str, limit: int) -> bool:
         held = self.inflight.get(identity, 0)
         if held >= limit:
