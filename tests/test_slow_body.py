@@ -427,3 +427,42 @@ def test_synced_redis_refuses_a_trickling_client_over_its_bucket(
     assert problem["reasons"] == ["rate"]
     assert backend.syncer is not None
     assert len(observed.decisions) == 2
+
+
+def test_inline_precheck_reads_only_what_this_worker_holds(redis_server: RedisServer) -> None:
+    from abuseguard.backends.redis import RedisBackend
+
+    policy = Policy(
+        bucket=TokenBucket("1/minute", burst=5),
+        quotas=(Quota("1/hour", name="hourly"),),
+        network=None,
+    )
+    post = RequestInfo(ip="198.51.100.7", key="acct-1", method="POST", path="/v1/chat")
+
+    async def main() -> tuple[Decision | None, bool, Decision, Decision | None, bool]:
+        backend = RedisBackend(redis_server.url, prefix="slowbody-precheck", budget=0.5)
+        guard = Guard(policy, backend=backend)
+        await guard.startup()
+        try:
+            assert (await guard.acheck(post)).action.value == "allow"
+            before = (guard.engine.state.copy(), backend.stats(), dict(backend.deny.quotas))
+            unknown = guard.precheck(post)  # nothing refused yet: Redis decides, with the body
+            after = (guard.engine.state.copy(), backend.stats(), dict(backend.deny.quotas))
+            unchanged = (
+                np.array_equal(before[0], after[0], equal_nan=True) and before[1:] == after[1:]
+            )
+            refused = await guard.acheck(post)  # Redis: the quota is spent (noted locally)
+            trips = backend.stats()["round_trips"]
+            early = guard.precheck(post)
+            local = backend.stats()["round_trips"] == trips
+            return unknown, unchanged, refused, early, local
+        finally:
+            await guard.shutdown()
+
+    unknown, unchanged, refused, early, local = asyncio.run(main())
+    assert unknown is None and unchanged
+    assert refused.reasons == ("quota",)
+    assert early is not None and local
+    assert (early.action, early.reasons) == (refused.action, refused.reasons)
+    assert early.retry_after is not None and refused.retry_after is not None
+    assert abs(early.retry_after - refused.retry_after) < 5.0
