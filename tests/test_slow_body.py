@@ -370,6 +370,23 @@ def test_precheck_refusal_matches_the_full_decision() -> None:
     assert early.policies == full.policies
 
 
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Policy(bucket=TokenBucket("1/minute", burst=1, shadow=True), scoring=None),
+        Policy(bucket=TokenBucket("1/minute", burst=1), scoring=None, shadow=True),
+    ],
+    ids=["shadow bucket", "shadow policy"],
+)
+def test_precheck_refuses_nothing_the_full_decision_serves(policy: Policy) -> None:
+    guard = Guard(policy, clock=ManualClock())
+    post = RequestInfo(ip="198.51.100.7", method="POST")
+    assert guard.check(post).action.value == "allow"
+    assert guard.precheck(post) is None
+    over = guard.check(post)
+    assert over.reasons == ("rate",) and over.served
+
+
 def test_precheck_leaves_a_callable_cost_alone() -> None:
     calls: list[RequestInfo] = []
 

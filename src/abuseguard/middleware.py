@@ -326,8 +326,8 @@ class _Responder:
         chunks: list[bytes] = []
         size = 0
         try:
-            # A receive cut short by the timeout loses nothing: servers keep the bytes
-            # (Starlette cancels pending receives the same way in its streaming responses).
+            # A receive cut short by the timeout loses nothing: the server keeps the bytes
+            # it has not handed out yet (uvicorn does; tests/test_slow_body.py).
             async with asyncio.timeout(timeout):
                 while size < limit:
                     message = await self.receive()
