@@ -29,6 +29,7 @@ from abuseguard.intel.geo import GeoIntel
 from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash, persona_mismatch
 from abuseguard.network import NetworkProfile, NetworkView
 from abuseguard.policy import Policy, Quota, TokenBucket
+from abuseguard.precheck import precheck
 from abuseguard.request import RequestInfo
 from abuseguard.startup_log import log_startup
 
@@ -402,6 +403,14 @@ class Guard:
         p = self.prepare(info)
         self._now = p.ts
         return self._conclude(info, p, self._run(p))
+
+    def precheck(self, info: RequestInfo) -> Decision | None:
+        """Is this request refused whatever its body says? The refusal, decided from what
+        needs no body (a ban, a network deny rule, the identity's bucket, quotas,
+        concurrency) without changing any state, or None when it could be served: then
+        decide it once, in full, with `check` or `acheck`. Never waits for a shared
+        backend (see `abuseguard.precheck`)."""
+        return precheck(self, info)
 
     def prepare_many(self, infos: Iterable[RequestInfo]) -> list[Prepared | None]:
         """`prepare` for a batch of requests (None for an exempt path), for `check_prepared`.

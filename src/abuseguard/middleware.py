@@ -10,6 +10,7 @@ part; other scopes pass through untouched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -115,6 +116,7 @@ class AbuseGuard:
         scoring = policy.scoring
         self.read_body = bool(scoring and scoring.enabled and scoring.content)
         self.max_body = scoring.content_max_bytes if scoring else 0
+        self.body_timeout = scoring.content_read_timeout if scoring else 0.0
         self.max_header = policy.max_header_bytes
         self.trusted = policy.trusted_proxies
         self.proxy_header = policy.proxy_header
@@ -278,9 +280,19 @@ class _Responder:
         scope = self.scope
         try:
             info = self.info = mw.request_info(scope)
+            refusal = None
             if mw.read_body and info.method in _BODY_METHODS:
-                info.body = await self._peek_body(mw.max_body)
-            if mw.shared:
+                # What needs no body first: a client over a limit cannot hold its decision
+                # open by trickling its body, and its refusal reads none of it.
+                refusal = guard.precheck(info)
+                if refusal is None:
+                    try:
+                        info.body = await self._peek_body(mw.max_body, mw.body_timeout)
+                    except _ClientGone:
+                        return  # nothing decided, nothing charged
+            if refusal is not None:
+                decision = self.decision = refusal
+            elif mw.shared:
                 decision = self.decision = await guard.acheck(info)
             else:
                 decision = self.decision = guard.check(info)
@@ -359,20 +371,31 @@ class _Responder:
             self.guard_mw.guard.release(decision)
         await self.send(message)
 
-    async def _peek_body(self, limit: int) -> bytes:
-        """Read up to ``limit`` bytes of the body; the app later receives every message."""
+    async def _peek_body(self, limit: int, timeout: float) -> bytes | None:
+        """Read up to ``limit`` bytes of the body for at most ``timeout`` seconds; the app
+        later receives every message. None when the time ran out first: the request is
+        decided without its content (the bytes read are replayed, the rest streams).
+        Raises _ClientGone when the client disconnected meanwhile."""
         chunks: list[bytes] = []
         size = 0
-        while size < limit:
-            message = await self.receive()
-            self.buffered.append(message)
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            # A receive cut short by the timeout loses nothing: the server keeps the bytes
+            # it has not handed out yet (uvicorn does; tests/test_slow_body.py).
+            async with asyncio.timeout(timeout):
+                while size < limit:
+                    message = await self.receive()
+                    if message["type"] == "http.disconnect":
+                        raise _ClientGone
+                    self.buffered.append(message)
+                    if message["type"] != "http.request":
+                        break
+                    chunk = message.get("body", b"")
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            return None
         return b"".join(chunks)[:limit]
 
     async def _replaying_receive(self) -> Message:
@@ -394,6 +417,10 @@ class _Responder:
             }
         )
         await self.send({"type": "http.response.body", "body": body})
+
+
+class _ClientGone(Exception):
+    """The client disconnected before the guard decided."""
 
 
 def current_decision(scope_or_request: Any) -> Decision | None:

@@ -400,9 +400,13 @@ class Scoring:
     the app unchanged and nothing of it is stored but two 64-bit fingerprints per account.
     It is what catches harvesting that stays under every rate limit (one template across
     many accounts), and it costs about 10-20 us per request with a body: set
-    ``content=False`` where that latency matters more. The default weights were tuned on
-    the simulator's default mix (``abuseguard simulate``) and checked on its ``hard`` mix
-    and other seeds.
+    ``content=False`` where that latency matters more. What needs no body (bans, deny
+    rules, the identity's bucket, quotas, concurrency) is checked first, and a request it
+    refuses is refused before its body is read. ``content_read_timeout`` (seconds, > 0)
+    bounds the wait for the body of a request that could be served: past it the request is
+    decided without its content and the app still receives the whole body. The default
+    weights were tuned on the simulator's default mix (``abuseguard simulate``) and checked
+    on its ``hard`` mix and other seeds.
     """
 
     enabled: bool = True
@@ -421,6 +425,7 @@ class Scoring:
     content: bool = True
     content_max_bytes: int = 16384
     sketch_horizon: float = 3600.0
+    content_read_timeout: float = 1.5
 
     def __post_init__(self) -> None:
         check_fields(self, signed=("bias",))
@@ -449,6 +454,7 @@ class Scoring:
         _positive("Scoring.min_events", self.min_events)
         _positive("Scoring.content_max_bytes", self.content_max_bytes)
         _positive("Scoring.sketch_horizon", self.sketch_horizon)
+        _positive("Scoring.content_read_timeout", self.content_read_timeout)
         for name in (
             "volume_rate",
             "burst_ratio",

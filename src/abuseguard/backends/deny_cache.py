@@ -84,6 +84,15 @@ class DenyCache:
     def bucket_short(self, identity: str, cost: float) -> tuple[float, float, float] | None:
         """(tokens now, seconds until ``cost`` is affordable, refill rate) when the bucket
         surely cannot pay ``cost`` yet; None (and the entry dropped) when it might."""
+        short = self.peek_bucket(identity, cost)
+        if short is not None:
+            self.hits += 1
+        else:
+            self.buckets.pop(identity, None)
+        return short
+
+    def peek_bucket(self, identity: str, cost: float) -> tuple[float, float, float] | None:
+        """`bucket_short` that changes nothing (no hit counted, no entry dropped)."""
         memo = self.buckets.get(identity)
         if memo is None:
             return None
@@ -92,9 +101,7 @@ class DenyCache:
         need = cost if cost < memo.burst else memo.burst
         if now < memo.expires and memo.tokens + elapsed * memo.fastest < need:
             tokens = min(memo.burst, memo.tokens + elapsed * memo.rate)
-            self.hits += 1
             return tokens, (need - tokens) / memo.rate, memo.rate
-        del self.buckets[identity]
         return None
 
     def forget_bucket(self, identity: str) -> None:
@@ -109,15 +116,20 @@ class DenyCache:
 
     def quota_exhausted(self, identity: str) -> tuple[float, tuple[Any, ...]] | None:
         """(seconds left, the quota answers) while a quota of ``identity`` is exhausted."""
+        exhausted = self.peek_quota(identity)
+        if exhausted is not None:
+            self.hits += 1
+        else:
+            self.quotas.pop(identity, None)
+        return exhausted
+
+    def peek_quota(self, identity: str) -> tuple[float, tuple[Any, ...]] | None:
+        """`quota_exhausted` that changes nothing (no hit counted, no entry dropped)."""
         memo = self.quotas.get(identity)
         if memo is None:
             return None
         left = memo.until - self.clock()
-        if left > 0:
-            self.hits += 1
-            return left, memo.answers
-        del self.quotas[identity]
-        return None
+        return (left, memo.answers) if left > 0 else None
 
     def clear(self) -> None:
         self.buckets.clear()

@@ -100,12 +100,35 @@ class MemoryBackend(Backend):
             reset = max(0.0, stats.reset_time - now)
         return admitted, float(stats.remaining), reset
 
+    def peek_quota(
+        self, limit: str, strategy: str, identity: str, cost: int
+    ) -> tuple[bool, float, float]:
+        """`hit_quota` without the hit (for `Guard.precheck`): would ``cost`` more hits be
+        admitted now? Nothing is counted."""
+        item = self._item(limit)
+        limiter = self._limiter(strategy)
+        admitted = limiter.test(item, identity, cost=cost) if cost > 0 else True
+        stats = limiter.get_window_stats(item, identity)
+        if strategy == "sliding-window-counter":  # dated from time.time(), as in hit_quota
+            reset = min(max(0.0, stats.reset_time - time.time()), float(item.get_expiry()))
+        else:
+            reset = max(0.0, stats.reset_time - (self._clock() if self._clock else 0.0))
+        return admitted, float(stats.remaining), reset
+
+    def quota_would_admit(self, limit: str, strategy: str, identity: str, cost: int) -> bool:
+        """`peek_quota`'s answer alone (no window statistics)."""
+        return self._limiter(strategy).test(self._item(limit), identity, cost=cost)
+
     def acquire(self, identity: str, limit: int) -> bool:
         held = self.inflight.get(identity, 0)
         if held >= limit:
             return False
         self.inflight[identity] = held + 1
         return True
+
+    def slot_free(self, identity: str, limit: int) -> bool:
+        """Would `acquire` get a slot now? Nothing is taken."""
+        return self.inflight.get(identity, 0) < limit
 
     def release(self, identity: str) -> None:
         held = self.inflight.get(identity, 0) - 1

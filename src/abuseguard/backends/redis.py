@@ -62,7 +62,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.base import Backend
+from abuseguard.backends.base import Backend, LimitSource
 from abuseguard.backends.breaker import CLOSED, CircuitBreaker
 from abuseguard.backends.deny_cache import DenyCache
 from abuseguard.backends.redis_call import Answers, Reply, ScriptCall, SketchSink
@@ -470,6 +470,34 @@ class RedisBackend(Backend):
             return failover.failed(guard, info, p, io)
         breaker.success()
         return self._apply(guard, info, p, io, key_row, main, side, answers)
+
+    def precheck_limits(self, p: Prepared, io: list[float]) -> tuple[LimitSource, bool]:
+        """For `Guard.precheck`: what this worker knows without asking Redis, read-only.
+        A bucket the deny cache saw short is written into ``io`` as `check` writes it (then
+        the bucket outputs are known: True); quotas it saw exhausted are answered by the
+        limits returned, any other limit is admitted (Redis decides it with the body)."""
+        deny = self.deny
+        if not self.breaker.closed:
+            return UNKNOWN, False  # `check` decides by the fail mode, not the cache
+        if deny.buckets and self.bucket is not None:
+            short = deny.peek_bucket(p.identity, p.cost)
+            if short is not None:
+                tokens, wait, rate = short
+                io[L.O_DENIED_KINDS] = 1.0
+                io[L.O_RETRY_AFTER] = wait
+                io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
+                io[L.O_RESET] = (self.bucket.capacity - tokens) / rate
+                return UNKNOWN, True
+        if deny.quotas:
+            exhausted = deny.peek_quota(p.identity)
+            if exhausted is not None:
+                now = time.monotonic()
+                quotas: list[tuple[bool, float, float] | None] = [
+                    (q[0], q[1], max(0.0, q[2] - now)) if q is not None else None
+                    for q in exhausted[1]
+                ]
+                return Answers(quotas, None), False
+        return UNKNOWN, False
 
     def _plan(
         self, guard: Guard, p: Prepared, io: list[float], key_row: int

@@ -1,0 +1,204 @@
+"""The pre-check: is a request refused whatever its body says?
+
+With content scoring on, the middleware reads the start of a POST/PUT/PATCH body before
+the guard decides. A client already over a limit must not hold that decision open by
+trickling its body, so the middleware first asks `Guard.precheck`, which looks only at
+what needs no body: a ban, a network deny rule, the identity's token bucket, the window
+quotas and the concurrency slots. When they refuse the request, the middleware refuses it
+at once with the decision the full check would give, without reading the body; otherwise
+it reads the body and the request is decided once, in full.
+
+The pre-check changes no state: no token is charged, no quota hit, no slot taken, no
+signal updated, and a request it does not refuse is not shown to the observers (the full
+decision is). It refuses only what the full check would surely refuse:
+
+- the identity's bucket is refilled at its base rate times the load factor, the fastest
+  the kernel may refill it (risk only slows it down), and refuses only when even that
+  cannot pay the request's cost. A cost callable may price the body, which is not there
+  yet: it is not called and the request counts as free (only a bucket in debt refuses).
+- quotas are tested with `limits`' ``test`` (no hit); concurrency slots are counted.
+- a shared backend that decides in Redis (inline mode) has only what this worker
+  remembers: its bans and its deny cache (buckets and quotas Redis refused lately).
+- the risk ladder and the network buckets are left to the full check: the content and
+  the fan-in the request brings may move them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from abuseguard.backends.base import LimitSource
+from abuseguard.backends.memory import MemoryBackend
+from abuseguard.decision import Decision
+from abuseguard.engine import layout as L
+from abuseguard.policy import Concurrency
+
+if TYPE_CHECKING:
+    from abuseguard.guard import Guard, Prepared
+    from abuseguard.request import RequestInfo
+
+
+class AdmitUnknown:
+    """Limits the pre-check cannot look up: admitted (the full check asks them)."""
+
+    def hit_quota(
+        self, limit: str, strategy: str, identity: str, cost: int
+    ) -> tuple[bool, float, float]:
+        return True, 0.0, 0.0
+
+    def acquire(self, identity: str, limit: int) -> bool:
+        return True
+
+
+class PeekedLimits:
+    """The memory backend's quotas and concurrency slots, answered without taking any."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self.backend = backend
+
+    def hit_quota(
+        self, limit: str, strategy: str, identity: str, cost: int
+    ) -> tuple[bool, float, float]:
+        return self.backend.peek_quota(limit, strategy, identity, cost)
+
+    def acquire(self, identity: str, limit: int) -> bool:
+        return self.backend.slot_free(identity, limit)
+
+
+_ADMIT = AdmitUnknown()
+
+
+def precheck(guard: Guard, info: RequestInfo) -> Decision | None:
+    """The refusal of ``info`` decided without its body, or None when it could be served."""
+    if guard._exempt and info.path.startswith(guard._exempt):
+        return None
+    bucket = guard.policy.bucket
+    if (
+        info.cost is None
+        and bucket is not None
+        and callable(bucket.cost)
+        and not isinstance(bucket.cost, Mapping)
+    ):
+        info = dataclasses.replace(info, cost=0.0)
+    p = guard.prepare(info)
+    # The memory backend's quotas run on the guard's clock: this request's time, meanwhile.
+    previous_now = guard._now
+    guard._now = p.ts
+    try:
+        return _answer(guard, info, p)
+    finally:
+        guard._now = previous_now
+
+
+def _answer(guard: Guard, info: RequestInfo, p: Prepared) -> Decision | None:
+    io = [0.0] * L.IO_SIZE
+    rows = guard._key_rows  # Python floats without numpy's scalars
+    row = guard._key_index.get(p.identity)
+    if row is not None and rows[row, L.F_COUNT] == 0.0:
+        row = None  # a row handed out but never written: a new identity
+    if row is not None:
+        io[L.O_SCORE] = rows[row, L.F_SCORE]
+        banned_until = rows[row, L.F_BANNED_UNTIL]
+        if banned_until > p.ts:  # as the kernel's ban answer
+            tokens = rows[row, L.F_TOKENS]
+            io[L.O_BANNED] = 1.0
+            io[L.O_ACTION] = float(guard.engine.params[L.P_BAN_LEVEL])
+            io[L.O_REASONS] = float(1 << L.R_BANNED)
+            io[L.O_RETRY_AFTER] = banned_until - p.ts
+            io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
+            io[L.O_TIGHTEST_KIND] = -1.0
+            return _refusal(guard, info, p, io, _ADMIT, guard.local_buckets)
+    limits: LimitSource = _ADMIT
+    buckets_known = guard.local_buckets
+    if buckets_known:  # memory backend, Redis synced mode: the kernel's buckets decide
+        _key_bucket(guard, p, row, io)
+        if isinstance(guard.backend, MemoryBackend):
+            limits = PeekedLimits(guard.backend)
+    else:
+        remembered = getattr(guard.backend, "precheck_limits", None)
+        if remembered is not None:
+            limits, buckets_known = remembered(p, io)
+    profile = p.profile
+    if (
+        not io[L.O_DENIED_KINDS]
+        and (profile is None or profile.rule_action is None)
+        and not _limits_may_refuse(guard, p, limits)
+    ):
+        return None  # the common answer, without building a decision
+    return _refusal(guard, info, p, io, limits, buckets_known)
+
+
+def _limits_may_refuse(guard: Guard, p: Prepared, limits: LimitSource) -> bool:
+    """Could a quota or the concurrency limit refuse the request? A quick look before the
+    full answer: only the memory backend's limits are tested here (nothing counted)."""
+    policy = guard.policy
+    if limits is _ADMIT or not (policy.quotas or policy.concurrency):
+        return False
+    if not isinstance(limits, PeekedLimits):
+        return True  # remembered answers (Redis): `_refusal` reads them
+    backend = limits.backend
+    for quota in policy.quotas:
+        ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+        cost = max(0, round(p.cost)) if quota.by_cost else 1
+        if cost > 0 and not backend.quota_would_admit(quota.limit, quota.strategy, ident, cost):
+            return True
+    conc = policy.concurrency
+    if isinstance(conc, Concurrency):
+        ident = p.identity if conc.per == "key" else "i:" + p.address.ip_key
+        return not backend.slot_free(f"c:{ident}", conc.limit)
+    return False
+
+
+def _key_bucket(guard: Guard, p: Prepared, row: int | None, io: list[float]) -> None:
+    """The identity's bucket as the kernel would find it, at the fastest refill it may
+    have: written into ``io`` as the kernel writes a refusal (or the room left)."""
+    params = guard.engine.params
+    burst = float(params[L.P_BUCKET + 1])
+    if burst <= 0.0:
+        return
+    if row is None:  # a new identity starts with a full bucket
+        io[L.O_REMAINING] = burst
+        return
+    rows = guard._key_rows
+    load = 1.0 if guard.inflight <= guard._load_target else guard._load_factor()
+    rate = max(float(params[L.P_BUCKET]) * load, 1e-9)
+    tokens: float = rows[row, L.F_TOKENS]
+    elapsed = p.ts - rows[row, L.F_BUCKET_TS]
+    if elapsed > 0.0:
+        tokens = min(burst, tokens + elapsed * rate)
+    io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
+    io[L.O_RESET] = (burst - tokens) / rate
+    need = p.cost if p.cost < burst else burst
+    if tokens < need:
+        io[L.O_DENIED_KINDS] = float(1 << L.KIND_KEY)
+        io[L.O_RETRY_AFTER] = (need - tokens) / rate
+        io[L.O_REASONS] = float(1 << L.R_RATE)
+
+
+def _refusal(
+    guard: Guard,
+    info: RequestInfo,
+    p: Prepared,
+    io: list[float],
+    limits: LimitSource,
+    buckets_known: bool,
+) -> Decision | None:
+    """The full check's decision from these outputs when it refuses; None otherwise.
+    Observers see a refusal only: a request that may be served is decided later."""
+    observers = guard.observers
+    guard.observers = []
+    try:
+        decision = guard._decide(info, p, io, limits, buckets_known)
+    finally:
+        guard.observers = observers
+    if decision.served:
+        return None
+    decision.held = ()  # never taken: a refusal asks no slot (the peek took none anyway)
+    if observers:
+        guard.notify(info, decision)
+    return decision
+
+
+__all__ = ["AdmitUnknown", "PeekedLimits", "precheck"]
