@@ -72,7 +72,7 @@ _ADMIT = AdmitUnknown()
 
 def precheck(guard: Guard, info: RequestInfo) -> Decision | None:
     """The refusal of ``info`` decided without its body, or None when it could be served."""
-    if guard._exempt and info.path.startswith(guard._exempt):
+    if guard._exempt and guard._exempt.matches(info.path):
         return None
     bucket = guard.policy.bucket
     if (
