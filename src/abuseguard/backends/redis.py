@@ -30,7 +30,10 @@ runs under it and a cut-short connection is dropped, so a late reply is never re
 another's answer; ``socket_connect_timeout`` defaults to the budget (``socket_timeout``
 is passed to redis-py only when set); redis-py retries are off. A circuit breaker opens
 after ``breaker_threshold`` consecutive failures and half-opens after
-``breaker_cooldown`` to let one probe through. ``Policy.fail_mode`` decides per route
+``breaker_cooldown`` (doubling after each failed probe, up to ``breaker_max_cooldown``,
+2 s by default) to let one probe through: a PING, sent by the request that finds the
+breaker half-open, which is then decided normally if Redis answered and by the fail mode
+otherwise. ``Policy.fail_mode`` decides per route
 what a request gets meanwhile (`redis_failover`): fail closed, 429 ``backend_unavailable``;
 fail open, the local verdict, and while the circuit is open the kernel's own buckets limit
 each worker to ``1/fallback_workers`` of every bucket. Concurrency leases expire after
@@ -88,6 +91,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("abuseguard.backends")
 
 _THROTTLE_SEVERITY = Action.THROTTLE.severity
+DEFAULT_MAX_COOLDOWN = 2.0  # seconds: the breaker's cooldown stops doubling there
 
 
 def check_seconds(field: str, value: object, at_least: float = 0.0) -> float:
@@ -135,7 +139,7 @@ class RedisBackend(Backend):
         max_connections: int = 64,
         breaker_threshold: int = 5,
         breaker_cooldown: float = 1.0,
-        breaker_max_cooldown: float = 30.0,
+        breaker_max_cooldown: float | None = None,
         fail_open: bool | None = None,
         deny_cache_seconds: float = 60.0,
         lease_ttl: float = 30.0,
@@ -165,6 +169,10 @@ class RedisBackend(Backend):
         if fallback_workers is not None:
             check_count("fallback_workers", fallback_workers)
         check_count("max_connections", max_connections)
+        if breaker_max_cooldown is None:
+            # A probe is one PING: a short ceiling costs Redis nothing and ends an outage
+            # (fail-closed refusals included) within seconds of Redis answering.
+            breaker_max_cooldown = max(DEFAULT_MAX_COOLDOWN, breaker_cooldown)
         if breaker_max_cooldown < breaker_cooldown:
             raise ConfigError("RedisBackend.breaker_max_cooldown", "must be >= breaker_cooldown")
         self.url = url
@@ -396,7 +404,7 @@ class RedisBackend(Backend):
         breaker = self.breaker
         failover = self.failover
         assert failover is not None, "RedisBackend.attach() was not called (use it via Guard)"
-        if breaker.state != CLOSED and not breaker.allow():
+        if breaker.state != CLOSED and not (breaker.allow() and await self._probe()):
             return failover.while_open(guard, info, p)
         if failover.active:
             failover.local_buckets(guard, on=False)
@@ -463,6 +471,19 @@ class RedisBackend(Backend):
             return failover.failed(guard, info, p, io)
         breaker.success()
         return self._apply(guard, info, p, io, key_row, main, side, answers)
+
+    async def _probe(self) -> bool:
+        """The half-open breaker's probe: a PING, so that the request waiting on it is decided
+        by Redis when it answers and by the fallback when it does not (never unlimited)."""
+        pipe = self.pipe
+        assert pipe is not None
+        try:
+            await pipe.call(("PING",))
+        except Exception as exc:
+            self.breaker.failure(exc)
+            return False
+        self.breaker.success()
+        return True
 
     def _plan(
         self, guard: Guard, p: Prepared, io: list[float], key_row: int
