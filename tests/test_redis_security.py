@@ -14,14 +14,125 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
-from abuseguard import Action, Decision, Guard, Policy, TokenBucket
-from abuseguard.backends.redis import UNAVAILABLE, RedisBackend
+from abuseguard import Action, Decision, Guard, Policy, RequestInfo, TokenBucket
+from abuseguard.backends.redis import UNAVAILABLE
+from abuseguard.engine.layout import A_EST, SK_IPS
 from abuseguard.policy import FailMode
 from tests.conftest import RedisServer
 from tests.test_redis import backend, req, run, simple_policy
 
 pytestmark = pytest.mark.redis
+
+
+def one_shot(i: int) -> RequestInfo:
+    """Client i of a flood: its own invented API key, its own IPv4 address."""
+    return RequestInfo(ip=f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", key=f"sk-flood-{i}")
+
+
+def flood_policy() -> Policy:
+    # The defaults (scoring and network limits on) with a bucket slow enough that every
+    # client's bucket key is still in Redis when the flood ends: its real footprint.
+    return Policy(bucket=TokenBucket("1/minute", burst=50), max_identities=4096)
+
+
+async def flood(guard: Guard, clients: range) -> list[Decision]:
+    """One request per client, 64 at a time (requests of one loop tick share a pipeline)."""
+    out: list[Decision] = []
+    for start in range(clients.start, clients.stop, 64):
+        batch = range(start, min(start + 64, clients.stop))
+        out += await asyncio.gather(*(guard.acheck(one_shot(i)) for i in batch))
+    return out
+
+
+def used_memory(url: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        return int(client.info("memory")["used_memory"])
+
+
+# -- what one client writes to Redis ------------------------------------------------------------
+
+
+def test_a_one_shot_client_writes_a_bounded_number_of_bytes(tmp_path: Any) -> None:
+    """2,000 clients, one request each: Redis grows by its bucket keys only (about 100 B
+    a client, plus its network's), not by an hour of sketch keys (about 800 B before)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    clients = 2000
+
+    async def main() -> tuple[int, list[Decision]]:
+        guard = Guard(flood_policy(), backend=backend(server.url))
+        await guard.startup()
+        before = used_memory(server.url)
+        decisions = await flood(guard, range(clients))
+        grown = used_memory(server.url) - before
+        await guard.shutdown()
+        return grown, decisions
+
+    try:
+        grown, decisions = run(main())
+    finally:
+        server.stop()
+    assert all(d.action is Action.ALLOW and d.policies for d in decisions)
+    assert grown / clients <= 400
+
+
+def test_a_returning_client_gets_the_items_of_its_first_request_too(
+    redis_server: RedisServer,
+) -> None:
+    """The items held at a client's first request go to Redis with its second: an account
+    seen from two addresses counts two in the shared sketch, as before the probation."""
+
+    async def main() -> tuple[float, float]:
+        b = backend(redis_server.url)
+        guard = Guard(flood_policy(), backend=b)
+        await guard.startup()
+        await guard.acheck(RequestInfo(ip="192.0.2.1", key="sk-roamer"))
+        held = len(b._probation.held)
+        await guard.acheck(RequestInfo(ip="198.51.100.1", key="sk-roamer"))
+        third = await guard.acheck(RequestInfo(ip="203.0.113.1", key="sk-roamer"))
+        accounts = guard.engine.accounts
+        ips = float(accounts.data[accounts.index[third.identity], A_EST + SK_IPS])
+        await guard.shutdown()
+        return held, ips
+
+    held, ips = run(main())
+    assert held >= 1  # the account and its networks waited for a second sighting
+    assert ips >= 2.5  # the first address was counted (the third's answer: the first two)
+
+
+def test_a_flood_under_maxmemory_answers_no_request_in_fail_mode(tmp_path: Any) -> None:
+    """``maxmemory 48mb`` with ``noeviction``, 42 MB of it already used (the rest of the
+    dataset; it lets 10,000 clients stand for the issue's 40,000): the flood fits, so
+    Redis never answers OOM and no request is answered in a fail mode."""
+    server = RedisServer(
+        tmp_path, extra=("--maxmemory", "48mb", "--maxmemory-policy", "noeviction")
+    )
+    server.start()
+    clients = 10_000
+
+    async def main() -> tuple[list[Decision], dict[str, Any]]:
+        with redis.Redis.from_url(server.url) as client:
+            filler = b"x" * (1 << 20)
+            i = 0
+            while used_memory(server.url) < 42 * (1 << 20):
+                client.set(f"filler:{i}", filler)
+                i += 1
+        b = backend(server.url)
+        guard = Guard(flood_policy(), backend=b)
+        await guard.startup()
+        decisions = await flood(guard, range(clients))
+        stats = b.stats()
+        await guard.shutdown()
+        return decisions, stats
+
+    try:
+        decisions, stats = run(main())
+    finally:
+        server.stop()
+    assert stats["failures"] == 0 and stats["breaker_opened"] == 0
+    assert all(d.action is Action.ALLOW and UNAVAILABLE not in d.reasons for d in decisions)
 
 
 # -- an outage ------------------------------------------------------------------------------

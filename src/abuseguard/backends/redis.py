@@ -49,7 +49,9 @@ fan-in (per network: accounts) HyperLogLogs live in Redis; their estimates are w
 into the engine's rows and score the following requests (one request of lag). A worker
 does not send again, for ``sketch_refresh`` seconds, an item it has just added, so a
 steady client costs no sketch work and a worker that sees only old items reads estimates
-up to that old. Sketch epochs follow the request clock, buckets and windows Redis' clock.
+up to that old. A worker creates an owner's sketches only from its second request there
+(`redis_probation`; the first one's items go with it): a one-shot client leaves only its
+bucket keys in Redis, which expire as they refill. Sketch epochs follow the request clock, buckets and windows Redis' clock.
 
 Where a decision can differ from the memory backend's (one worker, same trace): a request
 refused in-process by the deny cache spends no bucket token (the memory backend spends
@@ -74,6 +76,7 @@ from abuseguard.backends.redis_keys import IdentityKeys, KeySpace
 from abuseguard.backends.redis_leases import Leases
 from abuseguard.backends.redis_netsync import NetSync
 from abuseguard.backends.redis_pipe import Pipeliner, Script, load_script
+from abuseguard.backends.redis_probation import SketchProbation
 from abuseguard.backends.redis_uri import SYNCED_ONLY, redacted, split_backend_uri
 from abuseguard.backends.workers import detect_workers
 from abuseguard.decision import Action, Decision
@@ -202,6 +205,7 @@ class RedisBackend(Backend):
         self.shared_sketches = shared_sketches
         self.sketch_refresh = float(sketch_refresh)
         self._sketch_sent: dict[tuple[Any, ...], float] = {}
+        self._probation = SketchProbation()
         self.client_kwargs = client_kwargs
         self._external_client = client
         self.client: Any = None
@@ -614,7 +618,9 @@ class RedisBackend(Backend):
     ) -> None:
         """Fan-out items of the account and (standalone) the account as a fan-in item of its
         networks. What this worker added recently is not sent again before sketch_refresh:
-        a steady client costs no sketch work, a fanning-out one refreshes often."""
+        a steady client costs no sketch work, a fanning-out one refreshes often. The items
+        of an owner this worker sees for the first time wait for its second request
+        (`redis_probation`): a one-shot client creates no sketch key in Redis."""
         sent = self._sketch_sent
         if len(sent) >= 262144:
             sent.clear()
@@ -623,11 +629,14 @@ class RedisBackend(Backend):
         address = p.address
         v4or6 = address.version != 0
         country = profile.country_code
+        assert self.guard is not None
+        tables = self.guard.engine.tables
+        probation = self._probation
+        account_proven = probation.proven(tables[L.KIND_KEY], L.KIND_ACCOUNT, p.identity, call)
         whole = (p.identity, address.ip_key, profile.asn_key, country, p.persona)
         last = sent.get(whole)
         if last is not None and now_mono - last < refresh:
             return  # the same client, network and persona as a moment ago
-        sent[whole] = now_mono
         epoch = int(p.ts // self.half_horizon)
         ttl = self.sketch_ttl_ms
         fo: tuple[str, ...] = ()
@@ -639,29 +648,41 @@ class RedisBackend(Backend):
         ):
             if item is None:
                 continue
+            tag = (L.KIND_ACCOUNT, p.identity, L.A_EST + sk)
+            fo = fo or self.keys.fanout(p.identity, keys, epoch)
+            if not account_proven:
+                probation.hold(
+                    L.KIND_ACCOUNT, p.identity, (fo[2 * sk], fo[2 * sk + 1], ttl, [item], tag)
+                )
+                continue
             memo = (p.identity, sk, item)
             last = sent.get(memo)
             if last is not None and now_mono - last < refresh:
                 continue
             sent[memo] = now_mono
-            fo = fo or self.keys.fanout(p.identity, keys, epoch)
-            call.sketch(
-                fo[2 * sk], fo[2 * sk + 1], ttl, [item], (L.KIND_ACCOUNT, p.identity, L.A_EST + sk)
-            )
+            call.sketch(fo[2 * sk], fo[2 * sk + 1], ttl, [item], tag)
+        all_proven = account_proven
         for kind, net_key in net_keys:
-            net_memo = (kind, net_key, p.identity)
-            last = sent.get(net_memo)
-            if last is not None and now_mono - last < refresh:
-                continue
-            sent[net_memo] = now_mono
             base = self.keys.network_base(kind, net_key)
-            call.sketch(
+            op = (
                 f"{base}:fi:{epoch}",
                 f"{base}:fi:{epoch - 1}",
                 ttl,
                 [p.identity],
                 (kind, net_key, L.F_SKETCH_EST),
             )
+            if not probation.proven(tables[kind], kind, net_key, call):
+                probation.hold(kind, net_key, op)
+                all_proven = False
+                continue
+            net_memo = (kind, net_key, p.identity)
+            last = sent.get(net_memo)
+            if last is not None and now_mono - last < refresh:
+                continue
+            sent[net_memo] = now_mono
+            call.sketch(*op)
+        if all_proven:
+            sent[whole] = now_mono
 
     @staticmethod
     def _network_keys(p: Prepared) -> list[tuple[int, object]]:
