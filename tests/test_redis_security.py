@@ -233,3 +233,54 @@ def test_fail_closed_recovers_within_seconds_of_redis_answering(tmp_path: Any) -
         server.stop()
     assert decision.action is Action.ALLOW and decision.policies
     assert waited < 4.0
+
+
+# -- synced mode: burst, idle, burst ------------------------------------------------------------
+
+
+def test_synced_burst_idle_burst_stays_within_the_stated_bound(redis_server: RedisServer) -> None:
+    """Four workers that all know the client; a burst spread over them (no sync can run
+    meanwhile), an idle time long enough for every local bucket to refill (shorter than
+    the share window), the same again twice. Each burst gets at most b + W·c from the
+    fleet (before: W·b, every worker refilled a whole burst), and the whole run stays
+    within b + r·t + W·(r·τ + c): a worker's local refill stops at its share of what the
+    shared bucket refilled."""
+    from tests.test_redis_synced import BUDGET, policy, shutdown, synced_once_more, workers
+
+    n, rate, burst, interval = 4, 20, 30, 0.005
+
+    async def main() -> tuple[list[int], list[float], float]:
+        guards = await workers(redis_server.url, n, policy(f"{rate}/second", burst))
+        start = time.monotonic()
+        admitted = [0]
+        spans = [0.0]
+        for _ in range(2):  # every worker syncs the client twice: it knows who shares it
+            for guard in guards:
+                admitted[0] += (await guard.acheck(req())).action is Action.ALLOW
+            await synced_once_more(guards)
+        spans[0] = time.monotonic() - start
+        for _ in range(3):
+            count = 0
+            began = time.monotonic()
+            for i in range(4 * burst):  # no await that suspends: no sync runs meanwhile
+                count += (await guards[i % n].acheck(req())).action is Action.ALLOW
+            admitted.append(count)
+            spans.append(time.monotonic() - began)
+            await synced_once_more(guards)
+            await asyncio.sleep(2.0)  # > burst / rate: every local bucket is full again
+        elapsed = time.monotonic() - start
+        await shutdown(guards)
+        return admitted, spans, elapsed
+
+    admitted, spans, elapsed = run(main())
+    tau = interval + BUDGET
+
+    def stated(seconds: float) -> float:
+        return burst + rate * seconds + n * (rate * tau + 1)
+
+    assert sum(admitted) <= stated(elapsed), (admitted, elapsed)
+    # Over the span of each burst alone (the bound holds over any span): about one burst,
+    # not one per worker.
+    for count, span in zip(admitted[1:], spans[1:], strict=True):
+        assert count <= stated(span), (admitted, spans)
+        assert count <= burst + n, (admitted, spans)

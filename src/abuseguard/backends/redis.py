@@ -51,7 +51,8 @@ does not send again, for ``sketch_refresh`` seconds, an item it has just added, 
 steady client costs no sketch work and a worker that sees only old items reads estimates
 up to that old. A worker creates an owner's sketches only from its second request there
 (`redis_probation`; the first one's items go with it): a one-shot client leaves only its
-bucket keys in Redis, which expire as they refill. Sketch epochs follow the request clock, buckets and windows Redis' clock.
+bucket keys in Redis, which expire as they refill. Sketch epochs follow the request
+clock, buckets and windows Redis' clock.
 
 Where a decision can differ from the memory backend's (one worker, same trace): a request
 refused in-process by the deny cache spends no bucket token (the memory backend spends
