@@ -16,6 +16,11 @@ commands per request (INFO commandstats) and read events per request (INFO stats
 network round trips as the server sees them), plus abuseguard's own count of pipelines.
 A self-check first proves each limiter is in the path (tiny limits: 200 then 429).
 
+Redis bytes per unique client: afterwards, on an emptied server, INFO memory
+``used_memory`` before and after N new clients, for the inline and the synced stack: once
+with one request per client (a flood of one-shot clients: invented keys, rotated
+addresses) and once with three requests per client (clients that come back).
+
     .venv/bin/python benchmarks/bench_redis.py [--quick] [--json out.json]
 """
 
@@ -193,6 +198,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             backend_stats = {
                 n: backends[n].stats() for n in names if n.startswith("abuseguard-redis")
             }
+        memory_clients = 2000 if quick else 10_000
+        result["redis_bytes_per_client"] = {
+            "clients": memory_clients,
+            **{
+                n: await bytes_per_client(n, config, redis_url, memory_clients)
+                for n in names
+                if n.startswith("abuseguard-redis")
+            },
+        }
     bare = benchlib.percentiles(seq["bare"]) if "bare" in seq else {}
     bare_rps = benchlib.median([t[0] for t in thr.get("bare", [])]) if "bare" in thr else 0.0
     for name in names:
@@ -218,6 +232,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if backend_stats:
         result["abuseguard_redis_backend"] = backend_stats
     return result
+
+
+def used_memory(url: str) -> int:
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        return int(client.info("memory")["used_memory"])
+
+
+async def bytes_per_client(
+    name: str, config: stacks.StackConfig, redis_url: str, clients: int
+) -> dict[str, float]:
+    """Redis' growth per new client, for one-shot and for returning clients (3 requests)."""
+    import redis
+
+    out: dict[str, float] = {}
+    for label, requests, seed in (("one_shot", 1, 101), ("returning", 3, 202)):
+        templates = scope_templates(benchlib.benign_clients(clients, seed=seed), proxied=False)
+        with redis.Redis.from_url(redis_url) as client:
+            client.flushall()
+        app = stacks.build(name, config)
+        statuses: collections.Counter[int] = collections.Counter()
+        async with AllLifespans({name: app}):
+            before = used_memory(redis_url)
+            for _ in range(requests):
+                await drive(app, templates, 0, clients, statuses)
+        # after the lifespan's shutdown: the synced mode's last consumption is in Redis
+        out[label] = (used_memory(redis_url) - before) / clients
+    return out
 
 
 class AllLifespans:
@@ -275,6 +318,19 @@ def report(result: dict[str, Any]) -> str:
                 f"{(f'{sent:.2f}' if sent is not None else '-'):>7} "
                 f"{(f'{trips:.2f}' if trips is not None else '-'):>10}"
             )
+    memory = result.get("redis_bytes_per_client")
+    if memory:
+        lines += [
+            "",
+            f"Redis bytes per unique client (used_memory growth over {memory['clients']} new "
+            "clients, emptied server)",
+            f"{'stack':<24} {'one request':>12} {'3 requests':>11}",
+        ]
+        for name, figures in memory.items():
+            if isinstance(figures, dict):
+                lines.append(
+                    f"{name:<24} {figures['one_shot']:>12.0f} {figures['returning']:>11.0f}"
+                )
     for name, stats in result.get("abuseguard_redis_backend", {}).items():
         lines += ["", f"{name} backend: " + ", ".join(f"{k}={v}" for k, v in stats.items())]
     for name, why in result.get("unavailable", {}).items():

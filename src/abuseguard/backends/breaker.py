@@ -5,6 +5,10 @@ goes through until ``cooldown`` has passed; then the breaker is half-open and le
 one call through as a probe. The probe's success closes the breaker; its failure opens it
 again for twice the previous cooldown (at most ``max_cooldown``). A probe that never
 reports back (its task was cancelled) is replaced after ``probe_timeout``.
+
+An outage runs from the breaker opening while closed to the success that closes it again:
+the re-opens after failed probes belong to the same outage (``outages`` counts outages,
+``opened`` every opening) and are logged at debug level only.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class CircuitBreaker:
         self.open_until = 0.0
         self.probe_deadline = 0.0
         self.opened = 0  # how many times the breaker opened (for metrics and tests)
+        self.outages = 0  # how many times it opened while closed
 
     def allow(self) -> bool:
         """May a call go through now? In half-open state only the probe may."""
@@ -87,15 +92,18 @@ class CircuitBreaker:
         self.failures += 1
         if self.state == HALF_OPEN:
             self.cooldown = min(self.max_cooldown, self.cooldown * 2)
-            self._open(error)
+            self._open(error, new_outage=False)
         elif self.state == CLOSED and self.failures >= self.threshold:
-            self._open(error)
+            self._open(error, new_outage=True)
 
-    def _open(self, error: BaseException | None) -> None:
+    def _open(self, error: BaseException | None, *, new_outage: bool) -> None:
         self.state = OPEN
         self.opened += 1
         self.open_until = self.clock() + self.cooldown
-        logger.warning(
+        if new_outage:
+            self.outages += 1
+        logger.log(
+            logging.WARNING if new_outage else logging.DEBUG,
             "abuseguard: %s failing (%s); circuit open for %.2fs",
             self.name,
             type(error).__name__ if error is not None else "error",

@@ -30,7 +30,10 @@ runs under it and a cut-short connection is dropped, so a late reply is never re
 another's answer; ``socket_connect_timeout`` defaults to the budget (``socket_timeout``
 is passed to redis-py only when set); redis-py retries are off. A circuit breaker opens
 after ``breaker_threshold`` consecutive failures and half-opens after
-``breaker_cooldown`` to let one probe through. ``Policy.fail_mode`` decides per route
+``breaker_cooldown`` (doubling after each failed probe, up to ``breaker_max_cooldown``,
+2 s by default) to let one probe through: a PING, sent by the request that finds the
+breaker half-open, which is then decided normally if Redis answered and by the fail mode
+otherwise. ``Policy.fail_mode`` decides per route
 what a request gets meanwhile (`redis_failover`): fail closed, 429 ``backend_unavailable``;
 fail open, the local verdict, and while the circuit is open the kernel's own buckets limit
 each worker to ``1/fallback_workers`` of every bucket. Concurrency leases expire after
@@ -46,7 +49,10 @@ fan-in (per network: accounts) HyperLogLogs live in Redis; their estimates are w
 into the engine's rows and score the following requests (one request of lag). A worker
 does not send again, for ``sketch_refresh`` seconds, an item it has just added, so a
 steady client costs no sketch work and a worker that sees only old items reads estimates
-up to that old. Sketch epochs follow the request clock, buckets and windows Redis' clock.
+up to that old. A worker creates an owner's sketches only from its second request there
+(`redis_probation`; the first one's items go with it): a one-shot client leaves only its
+bucket keys in Redis, which expire as they refill. Sketch epochs follow the request
+clock, buckets and windows Redis' clock.
 
 Where a decision can differ from the memory backend's (one worker, same trace): a request
 refused in-process by the deny cache spends no bucket token (the memory backend spends
@@ -71,6 +77,7 @@ from abuseguard.backends.redis_keys import IdentityKeys, KeySpace
 from abuseguard.backends.redis_leases import Leases
 from abuseguard.backends.redis_netsync import NetSync
 from abuseguard.backends.redis_pipe import Pipeliner, Script, load_script
+from abuseguard.backends.redis_probation import SketchProbation
 from abuseguard.backends.redis_uri import SYNCED_ONLY, redacted, split_backend_uri
 from abuseguard.backends.workers import detect_workers
 from abuseguard.decision import Action, Decision
@@ -88,6 +95,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("abuseguard.backends")
 
 _THROTTLE_SEVERITY = Action.THROTTLE.severity
+DEFAULT_MAX_COOLDOWN = 2.0  # seconds: the breaker's cooldown stops doubling there
 
 
 def check_seconds(field: str, value: object, at_least: float = 0.0) -> float:
@@ -136,7 +144,7 @@ class RedisBackend(Backend):
         max_connections: int = 64,
         breaker_threshold: int = 5,
         breaker_cooldown: float = 1.0,
-        breaker_max_cooldown: float = 30.0,
+        breaker_max_cooldown: float | None = None,
         fail_open: bool | None = None,
         deny_cache_seconds: float = 60.0,
         lease_ttl: float = 30.0,
@@ -172,6 +180,10 @@ class RedisBackend(Backend):
         if fallback_workers is not None:
             check_count("fallback_workers", fallback_workers)
         check_count("max_connections", max_connections)
+        if breaker_max_cooldown is None:
+            # A probe is one PING: a short ceiling costs Redis nothing and ends an outage
+            # (fail-closed refusals included) within seconds of Redis answering.
+            breaker_max_cooldown = max(DEFAULT_MAX_COOLDOWN, breaker_cooldown)
         if breaker_max_cooldown < breaker_cooldown:
             raise ConfigError("RedisBackend.breaker_max_cooldown", "must be >= breaker_cooldown")
         self.url = url
@@ -201,6 +213,7 @@ class RedisBackend(Backend):
         self.shared_sketches = shared_sketches
         self.sketch_refresh = float(sketch_refresh)
         self._sketch_sent: dict[tuple[Any, ...], float] = {}
+        self._probation = SketchProbation()
         self.client_kwargs = client_kwargs
         self._external_client = client
         self.client: Any = None
@@ -403,7 +416,7 @@ class RedisBackend(Backend):
         breaker = self.breaker
         failover = self.failover
         assert failover is not None, "RedisBackend.attach() was not called (use it via Guard)"
-        if breaker.state != CLOSED and not breaker.allow():
+        if breaker.state != CLOSED and not (breaker.allow() and await self._probe()):
             return failover.while_open(guard, info, p)
         if failover.active:
             failover.local_buckets(guard, on=False)
@@ -498,6 +511,19 @@ class RedisBackend(Backend):
                 ]
                 return Answers(quotas, None), False
         return UNKNOWN, False
+
+    async def _probe(self) -> bool:
+        """The half-open breaker's probe: a PING, so that the request waiting on it is decided
+        by Redis when it answers and by the fallback when it does not (never unlimited)."""
+        pipe = self.pipe
+        assert pipe is not None
+        try:
+            await pipe.call(("PING",))
+        except Exception as exc:
+            self.breaker.failure(exc)
+            return False
+        self.breaker.success()
+        return True
 
     def _plan(
         self, guard: Guard, p: Prepared, io: list[float], key_row: int
@@ -628,7 +654,9 @@ class RedisBackend(Backend):
     ) -> None:
         """Fan-out items of the account and (standalone) the account as a fan-in item of its
         networks. What this worker added recently is not sent again before sketch_refresh:
-        a steady client costs no sketch work, a fanning-out one refreshes often."""
+        a steady client costs no sketch work, a fanning-out one refreshes often. The items
+        of an owner this worker sees for the first time wait for its second request
+        (`redis_probation`): a one-shot client creates no sketch key in Redis."""
         sent = self._sketch_sent
         if len(sent) >= 262144:
             sent.clear()
@@ -637,11 +665,14 @@ class RedisBackend(Backend):
         address = p.address
         v4or6 = address.version != 0
         country = profile.country_code
+        assert self.guard is not None
+        tables = self.guard.engine.tables
+        probation = self._probation
+        account_proven = probation.proven(tables[L.KIND_KEY], L.KIND_ACCOUNT, p.identity, call)
         whole = (p.identity, address.ip_key, profile.asn_key, country, p.persona)
         last = sent.get(whole)
         if last is not None and now_mono - last < refresh:
             return  # the same client, network and persona as a moment ago
-        sent[whole] = now_mono
         epoch = int(p.ts // self.half_horizon)
         ttl = self.sketch_ttl_ms
         fo: tuple[str, ...] = ()
@@ -653,29 +684,41 @@ class RedisBackend(Backend):
         ):
             if item is None:
                 continue
+            tag = (L.KIND_ACCOUNT, p.identity, L.A_EST + sk)
+            fo = fo or self.keys.fanout(p.identity, keys, epoch)
+            if not account_proven:
+                probation.hold(
+                    L.KIND_ACCOUNT, p.identity, (fo[2 * sk], fo[2 * sk + 1], ttl, [item], tag)
+                )
+                continue
             memo = (p.identity, sk, item)
             last = sent.get(memo)
             if last is not None and now_mono - last < refresh:
                 continue
             sent[memo] = now_mono
-            fo = fo or self.keys.fanout(p.identity, keys, epoch)
-            call.sketch(
-                fo[2 * sk], fo[2 * sk + 1], ttl, [item], (L.KIND_ACCOUNT, p.identity, L.A_EST + sk)
-            )
+            call.sketch(fo[2 * sk], fo[2 * sk + 1], ttl, [item], tag)
+        all_proven = account_proven
         for kind, net_key in net_keys:
-            net_memo = (kind, net_key, p.identity)
-            last = sent.get(net_memo)
-            if last is not None and now_mono - last < refresh:
-                continue
-            sent[net_memo] = now_mono
             base = self.keys.network_base(kind, net_key)
-            call.sketch(
+            op = (
                 f"{base}:fi:{epoch}",
                 f"{base}:fi:{epoch - 1}",
                 ttl,
                 [p.identity],
                 (kind, net_key, L.F_SKETCH_EST),
             )
+            if not probation.proven(tables[kind], kind, net_key, call):
+                probation.hold(kind, net_key, op)
+                all_proven = False
+                continue
+            net_memo = (kind, net_key, p.identity)
+            last = sent.get(net_memo)
+            if last is not None and now_mono - last < refresh:
+                continue
+            sent[net_memo] = now_mono
+            call.sketch(*op)
+        if all_proven:
+            sent[whole] = now_mono
 
     @staticmethod
     def _network_keys(p: Prepared) -> list[tuple[int, object]]:

@@ -5,7 +5,11 @@ Fail closed: 429 with the reason ``backend_unavailable`` and a Retry-After until
 probe (unless the local risk verdict refuses the request anyway). Fail open: the local
 verdict alone; while the circuit is open the kernel's buckets come back on, each worker
 holding ``1/fallback_workers`` of every bucket's rate and burst, every client starting a
-new outage with a full share. Quotas and concurrency are not enforced while failing open.
+new outage with a full share: once per outage (`CircuitBreaker.outages`), not at each
+re-open after a failed probe, and the warning is logged once per outage too. The probe
+that decides whether Redis is back is a PING (`RedisBackend.check`), so every request
+of the outage goes through the fallback. Quotas and concurrency are not enforced while
+failing open.
 """
 
 from __future__ import annotations
@@ -125,14 +129,13 @@ class Failover:
         params = guard.engine.params
         if on:
             params[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] = self.fallback_params
-            if self.episode != self.breaker.opened:
+            if self.episode != self.breaker.outages:
                 # A new outage: every client starts with a full (per-worker) bucket.
-                self.episode = self.breaker.opened
+                self.episode = self.breaker.outages
                 for kind, table in enumerate(guard.engine.tables):
                     burst = float(self.fallback_params[2 * kind + 1])
                     if burst > 0.0:
                         table.data[:, L.F_TOKENS] = burst
-            if not self.active:
                 logger.warning(
                     "abuseguard: Redis unavailable; limiting in-process (1/%d of each "
                     "bucket per worker) until it answers",

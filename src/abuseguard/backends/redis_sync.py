@@ -20,7 +20,12 @@ Cold start: with ``workers`` > 1, an identity this worker has not synced within 
 window starts with at most ``burst / workers`` locally until its first sync (the other
 workers may be spending the same tokens), and that first sync gives it ``1 / workers`` of
 the shared tokens (workers that started it cold too may not have reported yet); from the
-second sync on, its share is by the number of workers that really share it.
+second sync on, its share is by the number of workers that really share it. The kernel
+refills a local bucket at the full rate; so an identity this worker synced before starts
+each new entry with at most ``min(burst, T + rate·Δ) / n`` locally (T the shared tokens at
+its last sync, Δ the time since, n the workers sharing it then, or ``workers`` once the
+share window has passed): a burst after an idle time is one burst for the fleet, not one
+per worker.
 
 Bounded: at most ``max_pending`` identities wait (beyond that, new identities are not
 recorded and are counted in ``dropped``); while more than half of that wait, the oldest
@@ -75,6 +80,8 @@ class Syncer:
         self.order: collections.deque[tuple[float, tuple[int, Any]]] = collections.deque()
         self.defer = backend.share_window  # a quiet entry waits at most this long
         self.synced: dict[tuple[int, Any], float] = {}  # last write-back (monotonic)
+        # At that write-back: the workers sharing it, the shared tokens, the engine's time.
+        self.last_sync: dict[tuple[int, Any], tuple[int, float, float]] = {}
         self.paused = False  # Redis is away: nothing is recorded
         self.sketches = SketchQueue(guard, max_pending=max_pending)
         policy = guard.policy
@@ -172,8 +179,24 @@ class Syncer:
         if workers > 1:
             last = self.synced.get(k)
             cold = last is None or now - last > self.backend.share_window
-            if cold and self._cold_start(k, charged, self.bursts[k[0]] / workers):
-                self.due[k] = entry  # held back: its first sync gives its share
+            kind = k[0]
+            burst = self.bursts[kind]
+            known = self.last_sync.get(k)
+            if known is None:
+                if cold and self._cold_start(k, charged, burst / workers):
+                    self.due[k] = entry  # held back: its first sync gives its share
+            else:
+                # The kernel refilled the local bucket at the full rate since the last sync;
+                # keep this worker to its share of what the shared bucket refilled meanwhile,
+                # so that a burst after an idle time gets one burst from the fleet, not one
+                # per worker.
+                sharing, tokens, at = known
+                sharing = workers if cold else sharing
+                if sharing > 1:
+                    refilled = tokens + self.rates[kind] * (self.guard.clock() - at)
+                    cap = min(burst, refilled) / sharing
+                    if self._cold_start(k, charged, cap) and cold:
+                        self.due[k] = entry
         return entry
 
     def _cold_start(self, k: tuple[int, Any], charged: float, cap: float) -> bool:
@@ -302,6 +325,7 @@ class Syncer:
             self.synced = {k: t for k, t in self.synced.items() if t > recent}
             if len(self.synced) > 4 * self.max_pending:
                 self.synced.clear()
+            self.last_sync = {k: v for k, v in self.last_sync.items() if k in self.synced}
 
     def _command(self, group: list[tuple[tuple[int, Any], Entry]]) -> tuple[Any, ...]:
         """One call of sync.lua (argument layout at its top): the entries as lines of one
@@ -381,6 +405,7 @@ class Syncer:
                 # not have reported yet, so assume every worker shares it, once.
                 sharing = max(sharing, workers) if sharing > 0 else 0
             synced[k] = mono
+            self.last_sync[k] = (sharing, tokens, now)
             row = tables[kind].index.get(key)
             if row is None:
                 continue

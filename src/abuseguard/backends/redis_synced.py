@@ -37,9 +37,14 @@ limit) plus E = (W-1)·b + b/2 + W·(r·τ + c): a worker never holds more than 
 for at most τ before a sync corrects it, and leaves at most ``b/(2W)`` + c unreported
 while the identity is quiet. Every admission is charged in Redis, so an overshoot becomes
 debt in the shared bucket, written back to every worker and paid back by refusing: the
-long-run rate stays r. E is the worst case; a client spread over workers that synced it
-already overshoots by about W·r·τ, and a burst sent to every worker at once, before any
-sync, by at most (W-1)·b/W (tests/test_redis_synced.py). The split can also refuse early:
+long-run rate stays r. E is the worst case and the only bound on every schedule (shares
+given at different syncs can add up to more than the shared tokens when a burst outruns
+the syncs); a client busy on every worker that synced it already overshoots by about
+W·(r·τ + c), a burst after an idle time gets at most b + W·c (a known client starts each
+new entry with its share of what the shared bucket refilled since its last sync, see
+`redis_sync`; tests/test_redis_security.py), and a burst sent to every worker at once,
+before any sync, by at most (W-1)·b/W (tests/test_redis_synced.py). The split can also
+refuse early:
 a share smaller than one request's cost strands it, and a worker that stopped seeing a
 client keeps its share for up to the share window.
 
