@@ -76,7 +76,9 @@ class AbuseGuard:
         policy = self.guard.policy
         self.policy = policy
         self.enforcers: dict[Action, Enforcer] = default_enforcers(
-            delay_seconds=policy.enforcement.delay_seconds, legacy_headers=policy.legacy_headers
+            delay_seconds=policy.enforcement.delay_seconds,
+            legacy_headers=policy.legacy_headers,
+            reveal_reasons=policy.enforcement.reveal_reasons,
         )
         for action, enforcer in (enforcers or {}).items():
             self.enforcers[Action(action)] = enforcer
