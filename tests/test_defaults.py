@@ -271,9 +271,12 @@ def post_eliciting(app: Starlette, n: int = 1) -> list[httpx.Response]:
     clock = ManualClock()
     reset_guards(app, clock)
     responses = []
-    with serve(app, timeout=90.0) as base, bare_client(
-        base, {"user-agent": OPENAI_UA, "authorization": "Bearer sk-harvester"}
-    ) as client:
+    with (
+        serve(app, timeout=90.0) as base,
+        bare_client(
+            base, {"user-agent": OPENAI_UA, "authorization": "Bearer sk-harvester"}
+        ) as client,
+    ):
         for _ in range(n):
             responses.append(
                 client.post("/v1/chat/completions", content=chat_body(ELICITING_PROMPT))
@@ -332,9 +335,10 @@ def test_refusal_bodies_hide_risk_reasons_by_default(action: Action) -> None:
 def test_refusal_bodies_show_limit_reasons() -> None:
     app = quickstart_app()
     reset_guards(app, ManualClock())
-    with serve(app, timeout=90.0) as base, bare_client(
-        base, {"user-agent": OPENAI_UA, "authorization": "Bearer sk-burst"}
-    ) as client:
+    with (
+        serve(app, timeout=90.0) as base,
+        bare_client(base, {"user-agent": OPENAI_UA, "authorization": "Bearer sk-burst"}) as client,
+    ):
         responses = [
             client.post("/v1/chat/completions", content=chat_body("hello there, how are you"))
             for _ in range(12)

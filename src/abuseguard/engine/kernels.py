@@ -392,9 +392,7 @@ def decide(
             if ts - key_row[L.F_FIRST_SEEN] >= prm[L.P_BASELINE_AGE]:
                 short_allowance = allowance + prm[L.P_ALLOWANCE_BURST] / prm[L.P_TAU_SHORT]
                 rise = key_row[L.F_RATE_SHORT] - key_row[L.F_RATE_LONG]
-                sig[L.S_BURST] = ramp(
-                    rise / short_allowance, prm[L.P_BURST_LO], prm[L.P_BURST_HI]
-                )
+                sig[L.S_BURST] = ramp(rise / short_allowance, prm[L.P_BURST_LO], prm[L.P_BURST_HI])
             if key_row[L.F_IA_COUNT] >= prm[L.P_MIN_EVENTS]:
                 spread = math.sqrt(key_row[L.F_LIA_VAR]) if key_row[L.F_LIA_VAR] > 0.0 else 0.0
                 sig[L.S_CADENCE] = ramp(spread, prm[L.P_CADENCE_HI], prm[L.P_CADENCE_LO])
