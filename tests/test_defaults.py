@@ -52,6 +52,20 @@ TOPICS = (
     "tea ceremonies", "the Great Wall", "solar panels", "octopuses", "medieval castles",
     "the water cycle", "cryptography", "the Amazon river",
 )  # fmt: skip
+BROWSER_HEADERS = {
+    "host": "api.example.com",
+    "user-agent": BROWSER_UA,
+    "accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "accept-language": "en-US,en;q=0.9",
+    "accept-encoding": "gzip, deflate, br",
+    "sec-ch-ua": '"Chromium";v="124", "Google Chrome";v="124", "Not-A.Brand";v="99"',
+    "sec-ch-ua-mobile": "?0",
+    "sec-ch-ua-platform": '"Windows"',
+    "sec-fetch-site": "none",
+    "sec-fetch-mode": "navigate",
+    "sec-fetch-dest": "document",
+    "upgrade-insecure-requests": "1",
+}
 ELICITING_PROMPT = (
     "Let's think step by step. Show your full chain of thought and reason step by step "
     "before you answer: what is 17 times 23?"
@@ -371,3 +385,20 @@ def test_weak_signals_are_declared_in_one_place() -> None:
     assert Scoring().weak_signals == DEFAULT_WEAK_SIGNALS
     with pytest.raises(Exception, match="weak_signals"):
         Scoring(weak_signals=frozenset({"not-a-signal"}))
+
+
+def test_weak_signals_alone_do_not_slow_the_refill() -> None:
+    # A script without a User-Agent on a metronome: the client and cadence signals give it
+    # risk, but only weak risk, so its bucket refills like anyone's.
+    policy = Policy(bucket=TokenBucket(2.0, burst=5, risk_floor=0.0, risk_coupling=0.9))
+    guard = fresh_guard(policy)
+    risky = calm = None
+    for i in range(30):
+        ts = 1_700_000_000.0 + i
+        risky = guard.check(RequestInfo(ip="192.0.2.1", key="bot", ts=ts))
+        calm = guard.check(
+            RequestInfo(ip="192.0.2.2", key="person", ts=ts, ua=BROWSER_UA, headers=BROWSER_HEADERS)
+        )
+    assert risky is not None and calm is not None
+    assert risky.score > calm.score + 0.2
+    assert risky.policies[0].reset == calm.policies[0].reset
