@@ -118,8 +118,7 @@ class ProofOfWorkChallenge:
                       f"{SOLUTION_HEADER} headers.",
             "challenge": puzzle,
             "bits": self.bits,
-            "reasons": list(decision.reasons),
-        }).encode()  # fmt: skip
+        }).encode()  # fmt: skip  (no risk reasons: they would tell a bot what to change)
         await send({"type": "http.response.start", "status": 401, "headers": [
             (b"content-type", b"application/problem+json"),
             (b"content-length", str(len(body)).encode()),
