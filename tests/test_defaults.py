@@ -402,3 +402,58 @@ def test_weak_signals_alone_do_not_slow_the_refill() -> None:
     assert risky is not None and calm is not None
     assert risky.score > calm.score + 0.2
     assert risky.policies[0].reset == calm.policies[0].reset
+
+
+def test_weak_signals_alone_do_not_slow_the_redis_bucket(redis_server: Any) -> None:
+    # The inline Redis backend slows the refill in its own script: same rule as in memory.
+    import asyncio
+    import os
+
+    from abuseguard import Guard
+    from abuseguard.backends.redis import RedisBackend
+
+    policy = Policy(bucket=TokenBucket(1.0, burst=5, risk_floor=0.0, risk_coupling=0.9))
+
+    async def main() -> tuple[list[Decision], list[Decision]]:
+        guard = Guard(
+            policy,
+            RedisBackend(
+                redis_server.url, prefix=f"defaults{os.getpid()}", budget=0.5, server_time=False
+            ),
+        )
+        await guard.startup()
+        scripted, person = [], []
+        try:
+            for i in range(60):  # 0.8 of the allowance each
+                ts = 1_700_000_000.0 + 1.25 * i
+                scripted.append(await guard.acheck(RequestInfo(ip="192.0.2.1", key="bot", ts=ts)))
+                person.append(
+                    await guard.acheck(
+                        RequestInfo(
+                            ip="192.0.2.2", key="person", ts=ts, ua=BROWSER_UA,
+                            headers=BROWSER_HEADERS,
+                        )
+                    )
+                )  # fmt: skip
+        finally:
+            await guard.shutdown()
+        return scripted, person
+
+    scripted, person = asyncio.run(main())
+    assert scripted[-1].score > person[-1].score + 0.2
+    assert [d.action for d in scripted] == [Action.ALLOW] * 60
+    assert [d.action for d in person] == [Action.ALLOW] * 60
+
+
+def test_problem_body_names_limit_reasons_only_unless_revealed() -> None:
+    from abuseguard.headers import problem_body
+
+    decision = Decision(Action.THROTTLE, reasons=("geo", "persona", "rate", "quota"))
+    hidden = json.loads(problem_body(429, decision))
+    assert hidden["reasons"] == ["rate", "quota"]
+    assert hidden["detail"] == "Request limit exceeded; retry later."
+    geo_only = json.loads(problem_body(403, Decision(Action.BLOCK, reasons=("geo",))))
+    assert geo_only["reasons"] == []
+    assert "network" not in geo_only["detail"]
+    shown = json.loads(problem_body(429, decision, reveal_reasons=True))
+    assert shown["reasons"] == ["geo", "persona", "rate", "quota"]
