@@ -109,6 +109,7 @@ class ProofOfWorkChallenge:
             await call_next(scope, receive, send)
             return
         puzzle = self.issue(decision.identity)
+        # No risk reasons in the body: they would tell a bot which signal to change.
         body = json.dumps({
             "type": "about:blank",
             "title": "Proof of work required",
@@ -118,7 +119,6 @@ class ProofOfWorkChallenge:
                       f"{SOLUTION_HEADER} headers.",
             "challenge": puzzle,
             "bits": self.bits,
-            "reasons": list(decision.reasons),
         }).encode()  # fmt: skip
         await send({"type": "http.response.start", "status": 401, "headers": [
             (b"content-type", b"application/problem+json"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from abuseguard import Guard, Policy, RequestInfo, TokenBucket
+from abuseguard import Guard, Policy, RequestInfo, Scoring, TokenBucket
 from tests.test_guard import FIREFOX, FIREFOX_HEADERS
 
 
@@ -82,8 +82,12 @@ def test_out_of_order_timestamps_never_refill_backwards() -> None:
 
 
 def test_risk_slows_the_refill_of_that_identity_only() -> None:
-    """A scripted client (no User-Agent, metronome timing) earns risk and refills slower."""
-    policy = Policy(bucket=TokenBucket(2.0, burst=5, risk_floor=0.0, risk_coupling=0.9))
+    """A scripted client (no User-Agent, metronome timing) earns risk and refills slower.
+    Its signals are weak ones, which slow no refill by default: here none is weak."""
+    policy = Policy(
+        bucket=TokenBucket(2.0, burst=5, risk_floor=0.0, risk_coupling=0.9),
+        scoring=Scoring(weak_signals=()),
+    )
     guard = Guard(policy)
     ts = 0.0
     risky = calm = None

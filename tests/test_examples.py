@@ -52,8 +52,12 @@ def chat_body(max_tokens: int, words: int = 4) -> dict[str, Any]:
 
 
 def risky_everyone(action: Action) -> Policy:
-    """A policy under which every client scores >= 0.5 and gets ``action``."""
-    return Policy(scoring=Scoring(bias=0.0), enforcement=Enforcement(ladder=((0.4, action),)))
+    """A policy under which every client scores >= 0.5 and gets ``action`` (no signal is
+    weak, so that the bias alone may refuse)."""
+    return Policy(
+        scoring=Scoring(bias=0.0, weak_signals=()),
+        enforcement=Enforcement(ladder=((0.4, action),)),
+    )
 
 
 # -- examples/llm_api.py -------------------------------------------------------------------

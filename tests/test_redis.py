@@ -379,7 +379,8 @@ def test_a_ban_reaches_other_workers_then_costs_no_round_trip(redis_server: Redi
     policy = Policy(
         bucket=TokenBucket("100/second", burst=100),
         network=None,
-        scoring=Scoring(bias=2.0),  # every client scores high: climbs at once
+        # Every client scores high: climbs at once (no weak signals: the bias alone may ban).
+        scoring=Scoring(bias=2.0, weak_signals=()),
         enforcement=Enforcement(ladder=((0.5, Action.BLOCK),), ban_at="block", ban_seconds=60),
         max_identities=256,
     )
@@ -532,7 +533,7 @@ EQUIVALENCE_POLICIES = {
         quotas=(Quota("12/minute", name="fixed"),),
         concurrency=Concurrency(3, shadow=True),
         network=None,
-        scoring=Scoring(bias=-2.2, min_events=2),
+        scoring=Scoring(bias=-2.2, min_events=2, weak_signals=()),  # UA and cadence refuse
         enforcement=Enforcement(
             ladder=((0.3, Action.LOG), (0.45, Action.CHALLENGE), (0.6, Action.BLOCK)),
             hysteresis=0.05,

@@ -486,7 +486,8 @@ def test_a_ban_reaches_the_other_workers(redis_server: RedisServer) -> None:
     pol = Policy(
         bucket=TokenBucket("100/second", burst=100),
         network=None,
-        scoring=Scoring(bias=2.0),  # every client scores high: banned at once
+        # Every client scores high: banned at once (no weak signals: the bias alone may ban).
+        scoring=Scoring(bias=2.0, weak_signals=()),
         enforcement=Enforcement(ladder=((0.5, Action.BLOCK),), ban_at="block", ban_seconds=60),
         max_identities=256,
     )

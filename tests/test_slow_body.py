@@ -261,8 +261,9 @@ def test_banned_client_trickling_its_body_is_refused_at_once() -> None:
         status, _, problem = refused_half_way(base)
         observed.wait_finished()
     assert status == 403
-    assert problem["reasons"] == ["banned"]
+    assert problem["reasons"] == []  # risk reasons stay server-side (reveal_reasons=False)
     _, decision = observed.decisions[-1]
+    assert decision.reasons == ("banned",)
     assert decision.retry_after is not None and decision.retry_after > 500
     assert np.array_equal(middleware.guard.engine.state, state, equal_nan=True)
 
@@ -274,7 +275,8 @@ def test_deny_listed_network_is_refused_before_its_body() -> None:
         status, _, problem = refused_half_way(base)
         observed.wait_finished()
     assert status == 403
-    assert problem["reasons"] == ["deny_list"]
+    assert problem["reasons"] == []  # risk reasons stay server-side (reveal_reasons=False)
+    assert observed.decisions[-1][1].reasons == ("deny_list",)
     assert len(middleware.guard.engine.tables[L.KIND_KEY]) == 0  # no row: nothing recorded
 
 

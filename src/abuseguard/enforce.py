@@ -42,8 +42,9 @@ async def send_problem(
     *,
     legacy: bool = False,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
+    reveal_reasons: bool = False,
 ) -> None:
-    body = problem_body(status, decision)
+    body = problem_body(status, decision, reveal_reasons=reveal_reasons)
     headers = [
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode()),
@@ -115,11 +116,20 @@ class Challenge:
 
     ``responder`` is an ASGI-like callable ``(scope, receive, send, decision)`` that sends
     the challenge (a CAPTCHA page, a proof-of-work task, a re-authentication demand).
-    Without one, a 403 problem+json with ``AbuseGuard-Challenge: required`` is sent.
+    Without one there is nothing to solve, so the client gets what it can act on: the
+    throttle's answer, 429 with Retry-After, RateLimit headers and a problem+json body.
     """
 
-    def __init__(self, responder: ChallengeResponder | None = None) -> None:
+    def __init__(
+        self,
+        responder: ChallengeResponder | None = None,
+        *,
+        legacy_headers: bool = False,
+        reveal_reasons: bool = False,
+    ) -> None:
         self.responder = responder
+        self.legacy_headers = legacy_headers
+        self.reveal_reasons = reveal_reasons
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
@@ -128,40 +138,48 @@ class Challenge:
             await self.responder(scope, receive, send, decision)
             return
         await send_problem(
-            send, 403, decision, extra_headers=[(b"abuseguard-challenge", b"required")]
+            send, 429, decision, legacy=self.legacy_headers, reveal_reasons=self.reveal_reasons
         )
 
 
 class Throttle:
     """429 Too Many Requests with Retry-After, RateLimit headers and a problem+json body."""
 
-    def __init__(self, *, legacy_headers: bool = False) -> None:
+    def __init__(self, *, legacy_headers: bool = False, reveal_reasons: bool = False) -> None:
         self.legacy_headers = legacy_headers
+        self.reveal_reasons = reveal_reasons
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
     ) -> None:
-        await send_problem(send, 429, decision, legacy=self.legacy_headers)
+        await send_problem(
+            send, 429, decision, legacy=self.legacy_headers, reveal_reasons=self.reveal_reasons
+        )
 
 
 class Block:
     """403 Forbidden with a problem+json body (bans included)."""
 
+    def __init__(self, *, reveal_reasons: bool = False) -> None:
+        self.reveal_reasons = reveal_reasons
+
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
     ) -> None:
-        await send_problem(send, 403, decision)
+        await send_problem(send, 403, decision, reveal_reasons=self.reveal_reasons)
 
 
 def default_enforcers(
-    *, delay_seconds: float = 1.0, legacy_headers: bool = False
+    *, delay_seconds: float = 1.0, legacy_headers: bool = False, reveal_reasons: bool = False
 ) -> dict[Action, Enforcer]:
+    """The built-in enforcer of every action. ``reveal_reasons`` puts every reason in the
+    refusal bodies (`Enforcement.reveal_reasons`); by default they name limit reasons only."""
     return {
         Action.ALLOW: Allow(),
         Action.LOG: Log(),
         Action.DELAY: Delay(delay_seconds),
         Action.DEGRADE: Degrade(),
-        Action.CHALLENGE: Challenge(),
-        Action.THROTTLE: Throttle(legacy_headers=legacy_headers),
-        Action.BLOCK: Block(),
+        Action.CHALLENGE: Challenge(legacy_headers=legacy_headers, reveal_reasons=reveal_reasons),
+        Action.THROTTLE: Throttle(legacy_headers=legacy_headers, reveal_reasons=reveal_reasons),
+        Action.BLOCK: Block(reveal_reasons=reveal_reasons),
     }

@@ -101,16 +101,29 @@ def rate_limit_headers(decision: Decision, *, legacy: bool = False) -> list[tupl
     return headers
 
 
-def problem_body(status: int, decision: Decision, *, detail: str | None = None) -> bytes:
-    """An RFC 9457 problem document naming the violated policies and the reasons."""
+# Reasons a refused client may read: the limits it hit. Risk reasons would tell an abuser
+# which signal to dodge; they stay in logs, metrics and the Decision.
+SHOWN_REASONS = frozenset({"rate", "quota", "concurrency", "backend_unavailable"})
+
+
+def problem_body(
+    status: int, decision: Decision, *, detail: str | None = None, reveal_reasons: bool = False
+) -> bytes:
+    """An RFC 9457 problem document naming the violated policies and the limit reasons
+    (every reason with ``reveal_reasons``)."""
     title = HTTPStatus(status).phrase
     violated = [p.name for p in decision.policies if p.violated]
+    reasons = (
+        list(decision.reasons)
+        if reveal_reasons
+        else [reason for reason in decision.reasons if reason in SHOWN_REASONS]
+    )
     body: dict[str, object] = {
         "type": "about:blank",
         "title": title,
         "status": status,
-        "detail": detail or _detail(decision),
-        "reasons": list(decision.reasons),
+        "detail": detail or _detail(reasons),
+        "reasons": reasons,
     }
     if violated:
         body["violated_policies"] = violated
@@ -119,8 +132,8 @@ def problem_body(status: int, decision: Decision, *, detail: str | None = None) 
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _detail(decision: Decision) -> str:
-    reasons = set(decision.reasons)
+def _detail(shown_reasons: Iterable[str]) -> str:
+    reasons = set(shown_reasons)
     if "banned" in reasons:
         return "This client is temporarily banned."
     if reasons & {"rate", "quota", "concurrency"} and reasons <= {"rate", "quota", "concurrency"}:

@@ -91,7 +91,9 @@ class AbuseGuard:
         policy = self.guard.policy
         self.policy = policy
         self.enforcers: dict[Action, Enforcer] = default_enforcers(
-            delay_seconds=policy.enforcement.delay_seconds, legacy_headers=policy.legacy_headers
+            delay_seconds=policy.enforcement.delay_seconds,
+            legacy_headers=policy.legacy_headers,
+            reveal_reasons=policy.enforcement.reveal_reasons,
         )
         if enforcers is not None and not isinstance(enforcers, Mapping):
             raise ConfigError(

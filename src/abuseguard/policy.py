@@ -375,6 +375,15 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {
     "prior": 3.0,
 }
 
+# Signals an honest client can raise on its own: using its allowance (volume, burst), a
+# regular backend's cadence, its client software (client, persona), reusing its own prompt
+# shape (template), errors, where it lives (geo). Alone they may log or delay a request,
+# never refuse it: a denial needs a strong signal (anonymizer, fan-in, fan-out,
+# impatience, shared template, elicitation, prior).
+DEFAULT_WEAK_SIGNALS: frozenset[str] = frozenset(
+    {"volume", "burst", "cadence", "client", "persona", "geo", "errors", "template"}
+)
+
 DEFAULT_CLIENT_RISK: Mapping[str, float] = {
     "empty": 0.9,
     "browser": 0.0,
@@ -407,6 +416,19 @@ class Scoring:
     decided without its content and the app still receives the whole body. The default
     weights were tuned on the simulator's default mix (``abuseguard simulate``) and checked
     on its ``hard`` mix and other seeds.
+
+    ``volume_rate`` ramps the identity's long-run request rate as a share of its bucket's
+    rate (the bucket as configured; without a bucket, of 1 request per second): (0.5, 1.0)
+    means a client using half its allowance around the clock starts to count and one using
+    all of it counts in full. ``burst_ratio`` ramps how far the short-run rate (about 10 s)
+    rises above the identity's own long-run rate, as a share of what its bucket lets
+    through in 10 s (rate + burst / 10).
+
+    ``weak_signals`` names the signals an honest client can raise alone (its software, its
+    cadence, its use of its own allowance...). Unless a strong signal (any other) reached
+    ``reason_min`` within the last ``Enforcement.score_half_life`` seconds, the ladder stops
+    at its last step that serves the request (log, delay, degrade) and the risk does not
+    slow the bucket's refill. An empty set lets every signal refuse on its own.
     """
 
     enabled: bool = True
@@ -415,8 +437,8 @@ class Scoring:
     client_risk: Mapping[str, float] = field(default_factory=dict)
     reason_min: float = 0.6
     min_events: int = 8
-    volume_rate: tuple[float, float] = (0.2, 1.0)
-    burst_ratio: tuple[float, float] = (30.0, 120.0)
+    volume_rate: tuple[float, float] = (0.5, 1.0)
+    burst_ratio: tuple[float, float] = (0.5, 1.0)
     cadence_spread: tuple[float, float] = (0.2, 0.6)
     error_share: tuple[float, float] = (0.3, 0.8)
     impatience_share: tuple[float, float] = (0.15, 0.6)
@@ -426,9 +448,18 @@ class Scoring:
     content_max_bytes: int = 16384
     sketch_horizon: float = 3600.0
     content_read_timeout: float = 1.5
+    weak_signals: Iterable[str] = DEFAULT_WEAK_SIGNALS
 
     def __post_init__(self) -> None:
         check_fields(self, signed=("bias",))
+        weak = frozenset(self.weak_signals)
+        unknown = weak - set(DEFAULT_WEIGHTS)
+        if unknown:
+            raise ConfigError(
+                "Scoring.weak_signals",
+                f"unknown signals {sorted(unknown)}; use {sorted(DEFAULT_WEIGHTS)}",
+            )
+        object.__setattr__(self, "weak_signals", weak)
         weights = dict(DEFAULT_WEIGHTS)
         for name, value in dict(self.weights).items():
             if name not in DEFAULT_WEIGHTS:
@@ -480,7 +511,10 @@ class Enforcement:
     ``score_half_life`` while the client behaves (forgiveness). Reaching ``ban_at`` bans the
     identity for ``ban_seconds`` (0 = never). ``shadow`` decides and reports but enforces
     nothing; ``shadow_actions`` shadows only those actions. ``delay_seconds`` is the tarpit
-    of the delay action.
+    of the delay action. Refusal bodies name only the limit reasons (rate, quota,
+    concurrency, backend_unavailable), so a client learns which limit it hit but not which
+    risk signal to dodge; logs, metrics, observers and ``current_decision`` keep every
+    reason. ``reveal_reasons`` puts every reason in the body, for development.
     """
 
     ladder: tuple[LadderStep, ...] = (
@@ -498,6 +532,7 @@ class Enforcement:
     delay_seconds: float = 1.0
     shadow: bool = False
     shadow_actions: Iterable[Action | str] = ()
+    reveal_reasons: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -196,10 +196,11 @@ class WebSocketLimiter:
             self.middleware.guard.complete(info, decision)
         except Exception:
             logger.exception("abuseguard failed to record a WebSocket outcome")
+        reveal = self.middleware.policy.enforcement.reveal_reasons
         if throttled:
-            await _refuse(scope, receive, send, 429, CLOSE_TRY_AGAIN_LATER, decision)
+            await _refuse(scope, receive, send, 429, CLOSE_TRY_AGAIN_LATER, decision, reveal)
         else:
-            await _refuse(scope, receive, send, 403, CLOSE_POLICY_VIOLATION, decision)
+            await _refuse(scope, receive, send, 403, CLOSE_POLICY_VIOLATION, decision, reveal)
 
     def _admit(self, guard: Guard, info: RequestInfo, identity: str) -> Decision | None:
         """Charge the connect bucket and check open connections; a Decision when refused."""
@@ -365,15 +366,22 @@ def _size_over(message: Message, limit: int) -> bool:
 
 
 async def _refuse(
-    scope: Scope, receive: Receive, send: Send, status: int, code: int, decision: Decision
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    code: int,
+    decision: Decision,
+    reveal_reasons: bool = False,
 ) -> None:
-    """Refuse a handshake: an HTTP response when the server can send one, else a close."""
+    """Refuse a handshake: an HTTP response when the server can send one, else a close.
+    The body names limit reasons only, unless ``reveal_reasons``."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return  # the client is gone already
     extensions = scope.get("extensions") or {}
     if DENIAL_EXTENSION in extensions:
-        body = problem_body(status, decision)
+        body = problem_body(status, decision, reveal_reasons=reveal_reasons)
         headers = [
             (b"content-type", b"application/problem+json"),
             (b"content-length", str(len(body)).encode()),

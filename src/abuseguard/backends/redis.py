@@ -564,7 +564,7 @@ class RedisBackend(Backend):
         if not 0.0 <= cost < math.inf:  # NaN or infinite: the whole burst; negative: nothing
             cost = 0.0 if cost < 0.0 else (bucket.capacity if bucket is not None else 0.0)
         if bucket is not None:
-            smoothed = float(guard.engine.tables[L.KIND_KEY].data[key_row, L.F_SCORE])
+            smoothed = float(guard.engine.tables[L.KIND_KEY].data[key_row, L.F_COUPLING_SCORE])
             risk = smoothed - bucket.risk_floor
             factor = 1.0
             if risk > 0.0:

@@ -344,7 +344,7 @@ class Syncer:
                 if bucket is not None:
                     row = key_index.get(key)
                     if row is not None:
-                        risk = key_rows[row, L.F_SCORE] - bucket.risk_floor
+                        risk = key_rows[row, L.F_COUPLING_SCORE] - bucket.risk_floor
                         if risk > 0.0:
                             scaled = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
                             factor *= max(scaled, bucket.min_refill_factor)

@@ -161,13 +161,52 @@ def refill(row: np.ndarray, ts: float, rate: float, burst: float) -> None:
 
 
 @njit(cache=True)
+def pair_first_use(cms: np.ndarray, account_hash: np.uint64, template_id: int, epoch: int) -> bool:
+    """Whether this account has not used this template within the sketch horizon; marks it.
+
+    One bit per (account, template) pair in two rotating halves (like the HyperLogLog
+    sketches): a pair seen in either half is known, and it is marked in the current half, so
+    an account that keeps using a template is never counted twice. A collision makes a new
+    pair look known: the count errs low, never high."""
+    rows_per_half = L.CMS_PAIR_ROWS // 2
+    first_row = L.CMS_DEPTH + 1
+    old = int(cms[L.CMS_DEPTH, 1])
+    if epoch == old + 1:
+        start = first_row + (epoch & 1) * rows_per_half
+        for r in range(start, start + rows_per_half):
+            for j in range(L.CMS_WIDTH):
+                cms[r, j] = 0.0
+        cms[L.CMS_DEPTH, 1] = epoch
+    elif epoch > old:
+        for r in range(first_row, first_row + L.CMS_PAIR_ROWS):
+            for j in range(L.CMS_WIDTH):
+                cms[r, j] = 0.0
+        cms[L.CMS_DEPTH, 1] = epoch
+    bits_per_half = rows_per_half * L.CMS_WIDTH * 64
+    h = mix64(account_hash ^ mix64(np.uint64(template_id) ^ np.uint64(0x7E3A)))
+    bit = int(h % np.uint64(bits_per_half))
+    word = bit >> 6
+    mask = _U1 << np.uint64(bit & 63)
+    row = word // L.CMS_WIDTH
+    col = word % L.CMS_WIDTH
+    current = first_row + (epoch & 1) * rows_per_half + row
+    other = first_row + ((epoch + 1) & 1) * rows_per_half + row
+    mine = cms[current].view(np.uint64)
+    known = (mine[col] & mask) != 0 or (cms[other].view(np.uint64)[col] & mask) != 0
+    mine[col] |= mask
+    return not known
+
+
+@njit(cache=True)
 def template_step(
     key_row: np.ndarray,
     acc_row: np.ndarray,
     cms: np.ndarray,
     simhash: int,
     template_id: int,
+    account_hash: np.uint64,
     ts: float,
+    epoch: int,
     prm: np.ndarray,
 ) -> float:
     """Per-account template repeat rate and the accounts-per-template Count-Min estimate."""
@@ -191,7 +230,9 @@ def template_step(
     repeated = near or known
     acc_row[L.A_TEMPLATE] += 0.15 * ((1.0 if repeated else 0.0) - acc_row[L.A_TEMPLATE])
 
-    # Count-Min over template ids, counting each account once per template it (re)starts.
+    # Count-Min over template ids, counting each account once per template: the pair
+    # filter remembers the (account, template) pairs counted within the sketch horizon.
+    first_use = pair_first_use(cms, account_hash, template_id, epoch)
     last_decay = cms[L.CMS_DEPTH, 0]
     half_life = prm[L.P_CMS_HALF_LIFE]
     if last_decay == 0.0:
@@ -206,7 +247,7 @@ def template_step(
     tid = np.uint64(template_id)
     for d in range(L.CMS_DEPTH):
         j = int(mix64(tid + np.uint64(d) * np.uint64(0x632BE59BD9B4E019)) % np.uint64(L.CMS_WIDTH))
-        if not known:  # each account counts once per template it (re)starts
+        if first_use:
             cms[d, j] += 1.0
         if cms[d, j] < estimate:
             estimate = cms[d, j]
@@ -341,12 +382,17 @@ def decide(
         warm = count >= prm[L.P_MIN_EVENTS]
         sig = io[L.O_CONTRIB : L.O_CONTRIB + L.N_SIGNALS]  # signal values, then contributions
         if warm:
-            sig[L.S_VOLUME] = ramp(key_row[L.F_RATE_LONG], prm[L.P_VOLUME_LO], prm[L.P_VOLUME_HI])
+            # Volume and burst are shares of the identity's own allowance: the long-run
+            # rate of its bucket, and the rise of the short-run rate above the identity's
+            # baseline against what the bucket lets through in a short window.
+            allowance = prm[L.P_ALLOWANCE_RATE]
+            sig[L.S_VOLUME] = ramp(
+                key_row[L.F_RATE_LONG] / allowance, prm[L.P_VOLUME_LO], prm[L.P_VOLUME_HI]
+            )
             if ts - key_row[L.F_FIRST_SEEN] >= prm[L.P_BASELINE_AGE]:
-                base = key_row[L.F_RATE_LONG] if key_row[L.F_RATE_LONG] > 1e-3 else 1e-3
-                sig[L.S_BURST] = ramp(
-                    key_row[L.F_RATE_SHORT] / base, prm[L.P_BURST_LO], prm[L.P_BURST_HI]
-                )
+                short_allowance = allowance + prm[L.P_ALLOWANCE_BURST] / prm[L.P_TAU_SHORT]
+                rise = key_row[L.F_RATE_SHORT] - key_row[L.F_RATE_LONG]
+                sig[L.S_BURST] = ramp(rise / short_allowance, prm[L.P_BURST_LO], prm[L.P_BURST_HI])
             if key_row[L.F_IA_COUNT] >= prm[L.P_MIN_EVENTS]:
                 spread = math.sqrt(key_row[L.F_LIA_VAR]) if key_row[L.F_LIA_VAR] > 0.0 else 0.0
                 sig[L.S_CADENCE] = ramp(spread, prm[L.P_CADENCE_HI], prm[L.P_CADENCE_LO])
@@ -373,7 +419,15 @@ def decide(
             # Templates are counted per account; 0 means too short to have one ("hi").
             if has_account and iv[L.I_TEMPLATE_ID] != 0:
                 shared = template_step(
-                    key_row, acc_row, cms, iv[L.I_SIMHASH], iv[L.I_TEMPLATE_ID], ts, prm
+                    key_row,
+                    acc_row,
+                    cms,
+                    iv[L.I_SIMHASH],
+                    iv[L.I_TEMPLATE_ID],
+                    account_hash,
+                    ts,
+                    epoch,
+                    prm,
                 )
                 sig[L.S_SHARED_TEMPLATE] = ramp(shared, prm[L.P_SHARED_LO], prm[L.P_SHARED_HI])
                 if count >= 4.0:
@@ -383,13 +437,19 @@ def decide(
             sig[L.S_ELICIT] = io[L.X_ELICIT]
         sig[L.S_PRIOR] = key_row[L.F_PRIOR]
         z = prm[L.P_BIAS]
+        weak = int(prm[L.P_WEAK_MASK])
+        strong = False
         for s in range(L.N_SIGNALS):
             c = prm[L.P_WEIGHTS + s] * sig[s]
             io[L.O_CONTRIB + s] = c
             z += c
             if c >= prm[L.P_REASON_MIN]:
                 reasons |= 1 << s
+                if not weak & (1 << s):
+                    strong = True
         score = 1.0 / (1.0 + math.exp(-z))
+        if strong:
+            key_row[L.F_STRONG_UNTIL] = ts + prm[L.P_SCORE_HALF_LIFE]
 
     # Smoothed score: rises at once, falls with the EWMA and decays while idle (forgiveness).
     smoothed = key_row[L.F_SCORE]
@@ -402,20 +462,26 @@ def decide(
         smoothed += prm[L.P_SCORE_ALPHA] * (score - smoothed)
     key_row[L.F_SCORE] = smoothed
 
-    # Enforcement ladder with hysteresis.
+    # Enforcement ladder with hysteresis. Weak signals alone (no strong one within the
+    # score's half-life) stop at the last step that serves and leave the refill alone.
+    corroborated = prm[L.P_WEAK_MASK] == 0.0 or key_row[L.F_STRONG_UNTIL] >= ts
     level = int(key_row[L.F_LEVEL])
     n_levels = int(prm[L.P_LADDER_N])
     while level < n_levels and smoothed >= prm[L.P_LADDER + level]:
         level += 1
     while level > 0 and smoothed < prm[L.P_LADDER + level - 1] - prm[L.P_HYSTERESIS]:
         level -= 1
+    if not corroborated and level > prm[L.P_SERVING_LEVELS]:
+        level = int(prm[L.P_SERVING_LEVELS])
+    coupling_score = smoothed if corroborated else 0.0
+    key_row[L.F_COUPLING_SCORE] = coupling_score
     key_row[L.F_LEVEL] = level
     if prm[L.P_BAN_LEVEL] > 0 and level >= prm[L.P_BAN_LEVEL]:
         key_row[L.F_BANNED_UNTIL] = ts + prm[L.P_BAN_SECONDS]
 
     # Token buckets: refill adapted to risk (key) and load (all), then charge if affordable.
     load = io[L.X_LOAD]
-    risk = smoothed - prm[L.P_RISK_FLOOR]
+    risk = coupling_score - prm[L.P_RISK_FLOOR]
     risk_factor = 1.0
     if risk > 0.0:
         risk_factor = 1.0 - prm[L.P_COUPLING] * risk / (1.0 - prm[L.P_RISK_FLOOR])
@@ -608,7 +674,7 @@ def state_layout(rows: tuple[int, ...]) -> tuple[list[tuple[int, int]], int]:
     (the five identity tables, then the account table), and the vector's total size."""
     widths = (L.KEY_WIDTH, *(L.NET_WIDTH,) * (L.N_KINDS - 1), L.ACC_WIDTH)
     shapes = [(n, w) for n, w in zip(rows, widths, strict=True)]
-    shapes += [(L.CMS_DEPTH + 1, L.CMS_WIDTH), (1, L.N_INT_INPUTS), (1, L.IO_SIZE)]
+    shapes += [(L.CMS_ROWS, L.CMS_WIDTH), (1, L.N_INT_INPUTS), (1, L.IO_SIZE)]
     shapes += [(1, L.N_PARAMS)]
     regions = []
     offset = L.HEADER_SIZE

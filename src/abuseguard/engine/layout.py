@@ -42,7 +42,9 @@ F_WAIT_UNTIL = 13  # the client was told to come back at this time (Retry-After)
 F_IMPATIENCE = 14  # EWMA share of requests sent before WAIT_UNTIL
 F_PRIOR = 15  # risk prior written by the background lane (0..1)
 F_IA_COUNT = 16  # inter-arrival samples behind F_LIA_MEAN / F_LIA_VAR
-KEY_FIELDS = 17
+F_STRONG_UNTIL = 17  # a strong signal was seen: denials and risk coupling allowed until then
+F_COUPLING_SCORE = 18  # the smoothed score while F_STRONG_UNTIL holds, else 0 (bucket refill)
+KEY_FIELDS = 19
 
 # Network tables (IP, prefix, ASN, persona): a count of distinct accounts (fan-in).
 F_SKETCH_EPOCH = 5
@@ -213,7 +215,11 @@ P_LADDER_SERVES = 84  # per ladder level 0..8: 1 when that level's action serves
 P_RISK_FLOOR = 93  # smoothed scores below this leave the refill alone
 P_BASELINE_AGE = 94  # seconds of history before the burst signal trusts the baseline
 P_FANIN_SCALE = 95  # P_FANIN_SCALE + kind: a network kind's fan-in is divided by this
-N_PARAMS = 100
+P_ALLOWANCE_RATE = 100  # the key bucket's configured rate (1 without a bucket), for volume
+P_ALLOWANCE_BURST = 101  # ... and its burst (0 without a bucket), for burst
+P_WEAK_MASK = 102  # bitmask of the weak signals (alone they never refuse); 0 = none is weak
+P_SERVING_LEVELS = 103  # the highest ladder level whose action still serves the request
+N_PARAMS = 104
 
 # The engine keeps every table and vector in one float64 state vector, so that the kernel
 # takes one array argument (Numba converts each array argument at ~45 ns a call). The vector
@@ -231,3 +237,8 @@ N_CLIENT_CLASSES = 8
 MAX_LADDER = 8
 CMS_DEPTH = 4
 CMS_WIDTH = 4096
+# Below the Count-Min rows (and its bookkeeping row): a bit filter of the (account,
+# template) pairs already counted, two rotating halves of CMS_PAIR_ROWS // 2 rows each, so
+# that an account adds itself to a template's count once per sketch horizon.
+CMS_PAIR_ROWS = 16
+CMS_ROWS = CMS_DEPTH + 1 + CMS_PAIR_ROWS

@@ -42,6 +42,10 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
     prm[L.P_MIN_FACTOR] = bucket.min_refill_factor if bucket is not None else 1.0
     prm[L.P_RISK_FLOOR] = bucket.risk_floor if bucket is not None else 0.0
     prm[L.P_BASELINE_AGE] = 600.0
+    # Volume and burst are measured against the key bucket as configured, whether the kernel
+    # or a shared backend enforces it; without a bucket, against 1 request per second.
+    prm[L.P_ALLOWANCE_RATE] = bucket.per_second if bucket is not None else 1.0
+    prm[L.P_ALLOWANCE_BURST] = bucket.capacity if bucket is not None else 0.0
 
     scoring = policy.scoring if policy.scoring is not None else Scoring(enabled=False)
     prm[L.P_SCORING] = 1.0 if scoring.enabled else 0.0
@@ -62,8 +66,12 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
     prm[L.P_HAMMING] = 6.0
     prm[L.P_BIAS] = scoring.bias
     prm[L.P_REASON_MIN] = scoring.reason_min
+    weak_mask = 0
     for s, name in enumerate(L.SIGNAL_NAMES):
         prm[L.P_WEIGHTS + s] = scoring.weights[name]
+        if name in scoring.weak_signals:
+            weak_mask |= 1 << s
+    prm[L.P_WEAK_MASK] = float(weak_mask)
     for c, name in enumerate(_CLIENT_CLASS_ORDER):
         prm[L.P_CLIENT_RISK + c] = scoring.client_risk.get(name, DEFAULT_CLIENT_RISK[name])
     if network is not None:
@@ -94,6 +102,12 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
     for i, (threshold, action) in enumerate(ladder):
         prm[L.P_LADDER + i] = threshold
         prm[L.P_LADDER_SERVES + i + 1] = 1.0 if serves(action) else 0.0  # type: ignore[arg-type]
+    serving_levels = 0
+    for _, action in ladder:
+        if not serves(action):  # type: ignore[arg-type]
+            break
+        serving_levels += 1
+    prm[L.P_SERVING_LEVELS] = serving_levels
     prm[L.P_HYSTERESIS] = enforcement.hysteresis
     prm[L.P_SCORE_ALPHA] = enforcement.score_alpha
     prm[L.P_SCORE_HALF_LIFE] = enforcement.score_half_life
