@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,6 +35,7 @@ from abuseguard import (
 )
 from abuseguard.backends.redis_synced import SyncedRedisBackend
 from abuseguard.engine import layout as L
+from abuseguard.engine.held import HeldRows
 from abuseguard.testing import ManualClock
 from abuseguard.testing import serve as serve_app
 from tests.conftest import RedisServer
@@ -198,23 +200,33 @@ def test_held_rows_are_bounded_and_give_up_refusals_before_bans() -> None:
         assert decision.reasons == ("banned",), key
 
 
-def test_expired_holds_make_room_first() -> None:
-    """At the bound, a hold whose refusal already ended is given up before one in force."""
-    policy = ban_policy(16, bucket=TokenBucket(1.0, burst=1))
-    guard = Guard(policy)
-    held = guard.engine.tables[L.KIND_KEY].held
-    ts = 1000.0
-    banned = "banned"
-    guard.check(RequestInfo(ip="192.0.2.1", key=banned, ua=HEADLESS, ts=ts))
-    for i in range(held.capacity * 8):
-        ts += 0.01
-        key = f"refused-{i}"
-        guard.check(RequestInfo(ip="192.0.2.1", key=key, ua=SDK, ts=ts))
-        guard.check(RequestInfo(ip="192.0.2.1", key=key, ua=SDK, ts=ts))  # refused for 1 s
-    assert len(held) <= held.capacity
-    assert guard.check(RequestInfo(ip="192.0.2.1", key=banned, ua=SDK, ts=ts)).reasons == (
-        "banned",
-    )
+def held_row(banned_until: float = 0.0, wait_until: float = 0.0) -> np.ndarray:
+    row = np.zeros(L.KEY_WIDTH)
+    row[L.F_COUNT] = 1.0
+    row[L.F_BANNED_UNTIL] = banned_until
+    row[L.F_WAIT_UNTIL] = wait_until
+    return row
+
+
+def test_at_the_bound_an_ended_hold_goes_first_then_refusals_then_bans() -> None:
+    held = HeldRows(3, L.KEY_WIDTH)
+    held.hold("ban", held_row(banned_until=100.0), now=0.0)
+    held.hold("long", held_row(wait_until=50.0), now=0.0)
+    held.hold("short", held_row(wait_until=10.0), now=0.0)
+    held.hold("new-1", held_row(wait_until=90.0), now=20.0)  # "short" ended: it goes
+    assert set(held.index) == {"ban", "long", "new-1"} and held.dropped == 0
+    held.hold("new-2", held_row(wait_until=95.0), now=20.0)  # the refusal ending first
+    assert set(held.index) == {"ban", "new-1", "new-2"} and held.dropped == 1
+    held.hold("ban-2", held_row(banned_until=200.0), now=20.0)
+    held.hold("ban-3", held_row(banned_until=300.0), now=20.0)
+    assert set(held.index) == {"ban", "ban-2", "ban-3"} and held.dropped == 3
+    held.hold("ban-4", held_row(banned_until=400.0), now=20.0)  # the ban ending first
+    assert set(held.index) == {"ban-2", "ban-3", "ban-4"} and held.dropped == 4
+    held.hold("ban-5", held_row(banned_until=500.0), now=250.0)  # "ban-2" ended
+    assert set(held.index) == {"ban-3", "ban-4", "ban-5"} and held.dropped == 4
+    into = np.zeros(L.KEY_WIDTH)
+    assert held.restore("ban-4", into) and into[L.F_BANNED_UNTIL] == 400.0
+    assert not held.restore("ban-4", into) and len(held) == 2
 
 
 # -- Redis, synced mode ------------------------------------------------------------------------

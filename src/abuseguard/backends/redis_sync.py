@@ -383,6 +383,9 @@ class Syncer:
             synced[k] = mono
             row = tables[kind].index.get(key)
             if row is None:
+                if kind == L.KIND_KEY and left > 0.0:  # evicted here: the ban is held
+                    key_table = self.guard.engine.key_table
+                    key_table.hold_ban(key, now + left, now, self.bursts[L.KIND_KEY])
                 continue
             data = rows[kind]
             if sharing > 0:
