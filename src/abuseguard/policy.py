@@ -653,8 +653,9 @@ class Policy:
     ``ipv6_prefix`` groups IPv6 clients for IP identities (/64). ``load_target`` is the
     number of in-flight requests above which every refill slows in proportion (0 = off).
     ``exempt_paths`` are path prefixes the guard never touches. ``max_identities`` bounds
-    each state table; idle identities are evicted first. ``websocket`` adds limits on
-    WebSocket connections and messages (without it, WebSocket scopes pass through).
+    each state table; idle identities are evicted first, and a ban or refusal in force
+    outlives eviction. ``websocket`` adds limits on WebSocket connections and messages
+    (without it, WebSocket scopes pass through).
     ``fail_mode`` says what happens when a shared backend (Redis) fails: open or closed,
     per route, with an in-process fallback limiter.
     """
