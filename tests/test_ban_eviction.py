@@ -128,6 +128,27 @@ def test_a_banned_key_stays_banned_through_a_flood_of_unique_keys(
         assert get(client, SDK, **{"x-api-key": "sk-target"}).status_code == 200
 
 
+def test_a_ban_outlives_a_flood_of_identities_that_are_refused_too() -> None:
+    """Every fresh key spends its one token and is refused, so every row of the table
+    refuses and eviction has to push refusing rows out: they are held, up to the bound,
+    where the refusals give way and the ban stays."""
+    clock = ManualClock()
+    policy = ban_policy(16, bucket=TokenBucket("1/hour", burst=1))
+    app, middleware = guarded_app(policy, clock=clock)
+    key = {"x-api-key": "sk-target"}
+    with http(app) as client:
+        assert get(client, HEADLESS, **key).status_code == 403
+        for i in range(300):
+            clock.advance(0.001)
+            fresh = {"x-api-key": f"sk-fresh-{i}"}
+            assert [get(client, SDK, **fresh).status_code for _ in range(2)] == [200, 429]
+        assert is_ban(get(client, SDK, **key))
+        held = middleware.guard.engine.key_table.held
+        assert held.dropped > 0  # the bound was reached
+        clock.advance(BAN_SECONDS)
+        assert get(client, SDK, **key).status_code == 200
+
+
 def test_a_banned_ipv6_client_stays_banned_through_a_flood_of_unique_prefixes() -> None:
     clock = ManualClock()
     app, middleware = guarded_app(ban_policy(64), clock=clock)
