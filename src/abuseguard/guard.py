@@ -307,7 +307,7 @@ class Guard:
         identity = p.identity
         r_key = key_table.index.get(identity)
         if r_key is None:
-            r_key = key_table.row(identity)
+            r_key = key_table.row(identity, p.ts)
         r_acc = -1
         if p.has_account:
             accounts = self._accounts

@@ -714,10 +714,10 @@ class Policy:
     number of in-flight requests above which every refill slows in proportion (0 = off).
     ``exempt_paths`` are paths the guard never touches, with everything below them, matched
     by whole segments ("/health" covers "/health/live", not "/healthz"). ``max_identities``
-    bounds each state table; idle identities are evicted first. The tables reserve about
-    1 KB of memory per identity up front, so it is at most 10,000,000 (about 10 GB).
-    ``websocket`` adds limits on
-    WebSocket connections and messages (without it, WebSocket scopes pass through).
+    bounds each state table; idle identities are evicted first, and a ban or refusal in force
+    outlives eviction. The tables reserve about 1 KB of memory per identity up front, so it
+    is at most 10,000,000 (about 10 GB). ``websocket`` adds limits on WebSocket connections
+    and messages (without it, WebSocket scopes pass through).
     ``fail_mode`` says what happens when a shared backend (Redis) fails: open or closed,
     per route, with an in-process fallback limiter. ``secret`` keys the hash of API keys
     (a str; an empty one is warned about at startup).

@@ -14,7 +14,8 @@ call per identity, pipelined), which refills the shared bucket on Redis time, ch
 delta (possibly into debt: it was already served) and answers the shared tokens, how many
 workers share the bucket, and the ban. Written back into the local row: the worker's share
 of the tokens (``tokens / sharing`` while positive, the whole debt when negative) minus
-what was consumed here since the flush left, and the ban.
+what was consumed here since the flush left, and the ban (held by the key table when the
+identity's row was evicted here meanwhile, so it applies on its next request).
 
 Cold start: with ``workers`` > 1, an identity this worker has not synced within the share
 window starts with at most ``burst / workers`` locally until its first sync (the other
@@ -408,6 +409,9 @@ class Syncer:
             self.last_sync[k] = (sharing, tokens, now)
             row = tables[kind].index.get(key)
             if row is None:
+                if kind == L.KIND_KEY and left > 0.0:  # evicted here: the ban is held
+                    key_table = self.guard.engine.key_table
+                    key_table.hold_ban(key, now + left, now, self.bursts[L.KIND_KEY])
                 continue
             data = rows[kind]
             if sharing > 0:

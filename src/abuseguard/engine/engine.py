@@ -7,7 +7,7 @@ from typing import Any
 from abuseguard.engine import kernels
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import build_params
-from abuseguard.engine.table import StateTable
+from abuseguard.engine.table import KeyTable, StateTable
 from abuseguard.policy import Policy
 
 
@@ -31,10 +31,19 @@ class Engine:
         rows = (capacity, capacity, max(16, capacity // 2), small, small, capacity)
         self.state = kernels.new_state(rows)
         state = self.state
-        widths = (L.KEY_WIDTH, *(L.NET_WIDTH,) * (L.N_KINDS - 1))
-        self.tables = tuple(
-            StateTable(rows[kind], width, data=kernels.region(state, kind, width))
-            for kind, width in enumerate(widths)
+        # Key rows pushed out while banned or refused are held (see `table.KeyTable`).
+        self.key_table = KeyTable(
+            capacity,
+            L.KEY_WIDTH,
+            held_capacity=held_capacity(capacity),
+            data=kernels.region(state, L.KIND_KEY, L.KEY_WIDTH),
+        )
+        self.tables: tuple[StateTable, ...] = (
+            self.key_table,
+            *(
+                StateTable(rows[kind], L.NET_WIDTH, data=kernels.region(state, kind, L.NET_WIDTH))
+                for kind in range(1, L.N_KINDS)
+            ),
         )
         self.accounts = StateTable(
             capacity, L.ACC_WIDTH, data=kernels.region(state, L.REGION_ACC, L.ACC_WIDTH)
@@ -68,7 +77,13 @@ class Engine:
 
     @property
     def nbytes(self) -> int:
-        return int(self.state.nbytes)
+        return int(self.state.nbytes) + int(self.key_table.held.data.nbytes)
+
+
+def held_capacity(max_identities: int) -> int:
+    """How many banned or refused key rows are held past eviction: an eighth of the key
+    table, at least 64."""
+    return max(64, max_identities // 8)
 
 
 def _compiled_entry(dispatcher: Any) -> Any:
