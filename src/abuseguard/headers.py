@@ -123,6 +123,8 @@ def _detail(decision: Decision) -> str:
     reasons = set(decision.reasons)
     if "banned" in reasons:
         return "This client is temporarily banned."
+    if "unverified_key" in reasons:
+        return "Too many requests with API keys not recognized yet; retry later."
     if reasons & {"rate", "quota", "concurrency"} and reasons <= {"rate", "quota", "concurrency"}:
         return "Request limit exceeded; retry later."
     if "deny_list" in reasons or "geo" in reasons:
