@@ -78,7 +78,7 @@ class _Ceiling:
         self.max_growth = config.max_growth
         # More accepted keys than this cannot grow the ceiling further: not remembered.
         self.growth_keys = (
-            math.ceil((config.max_growth - 1) / config.growth_per_key)
+            math.ceil((config.max_growth - 1) / config.growth_per_key - 1e-9)
             if config.growth_per_key > 0
             else 0
         )
@@ -123,9 +123,13 @@ class _Ceiling:
         budget.tokens = max(budget.tokens - tokens, -self.capacity * self.scale(budget))
 
     def accept(self, budget: _Budget, identity: str) -> None:
+        """A key newly accepted behind this budget: while it can still grow, it grows by
+        the key and the token the key's first request drew comes back (so real keys
+        arriving together behind one NAT do not run it dry)."""
         accepted = budget.accepted
         if len(accepted) < self.growth_keys:
             accepted.add(identity)
+            budget.tokens = min(self.capacity * self.scale(budget), budget.tokens + 1.0)
 
 
 @dataclass(slots=True)
@@ -218,7 +222,8 @@ class UnverifiedKeyLimiter:
         """The app says this key is invalid: forget it was accepted (it no longer grows any
         ceiling) and charge its address and prefix ``invalid_key_cost`` tokens in all (a
         request with a key not accepted drew one already)."""
-        was_accepted = self.accepted.pop(identity, None) is not None
+        was_accepted = identity in self.accepted
+        self.accepted.pop(identity, None)
         self._charge(self.addresses.resolve(ip), now, identity, drawn=not was_accepted)
 
     def _charge(

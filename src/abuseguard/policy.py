@@ -658,9 +658,10 @@ class UnverifiedKeys:
     (`mark_invalid_key`, `Guard.report_invalid_key`), costs the address and the prefix
     ``invalid_key_cost`` tokens in all (their budgets go at most one full burst into
     debt). Accepted keys never draw, and each distinct key accepted behind an address
-    (or prefix) raises its ceiling (burst and rate) by ``growth_per_key`` of itself, up to
-    ``max_growth`` times, so many real keys behind one NAT keep their own limits; keys
-    refused or never answered raise nothing. ``max_accepted_keys`` bounds the accepted
+    (or prefix) gives back the token it drew and raises the ceiling (burst and rate) by
+    ``growth_per_key`` of itself, up to ``max_growth`` times (after that, keys accepted
+    there grow and give back nothing), so many real keys behind one NAT keep their own
+    limits; keys refused or never answered raise nothing. ``max_accepted_keys`` bounds the accepted
     keys remembered (keyed hashes, least recently accepted forgotten first) and
     ``max_addresses`` the addresses and the prefixes tracked. The state is in-process:
     with several workers each holds its own (see the identity concepts page).
@@ -675,8 +676,8 @@ class UnverifiedKeys:
     invalid_key_cost: float = 10.0
     invalid_statuses: Iterable[int] = (401, 403)
     accepted_statuses: Iterable[int] = range(200, 300)
-    growth_per_key: float = 0.5
-    max_growth: float = 20.0
+    growth_per_key: float = 0.1
+    max_growth: float = 6.0
     max_accepted_keys: int = 100_000
     max_addresses: int = 65_536
 
