@@ -57,6 +57,8 @@ def policy(**kw: Any) -> Policy:
     kw.setdefault("scoring", None)
     kw.setdefault("network", None)
     kw.setdefault("max_identities", 256)
+    # These limits are per key: keys are never answered here, so none is ever accepted.
+    kw.setdefault("unverified_keys", None)
     return Policy(**kw)
 
 
