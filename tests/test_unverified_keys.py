@@ -8,6 +8,7 @@ learning rules run on the Guard directly, in virtual time.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
 import time
@@ -26,6 +27,7 @@ from abuseguard import (
     AbuseGuard,
     Action,
     ConfigError,
+    Decision,
     Guard,
     Policy,
     RequestInfo,
@@ -298,3 +300,75 @@ def test_policy_checks_the_type() -> None:
     with pytest.raises(ConfigError) as excinfo:
         Policy(unverified_keys=TokenBucket("1/second"))  # type: ignore[arg-type]
     assert excinfo.value.field == "Policy.unverified_keys"
+
+
+# -- Redis inline: the budgets live in Redis, shared by every worker --------------------
+
+
+def inline_workers(url: str, n: int, policy: Policy, **kwargs: Any) -> list[Guard]:
+    from abuseguard.backends.redis import RedisBackend
+
+    name = f"uv{uuid.uuid4().hex[:8]}"
+    return [
+        Guard(policy, backend=RedisBackend(url, prefix=name, budget=0.5, **kwargs))
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.redis
+def test_the_inline_ceiling_is_one_for_every_worker(redis_server: RedisServer) -> None:
+    async def main() -> tuple[list[Decision], Any]:
+        guards = inline_workers(redis_server.url, 3, Policy(scoring=None, network=None))
+        decisions = [await guards[i % 3].acheck(request(f"invented-{i}", 1.0)) for i in range(120)]
+        store = getattr(guards[0].unverified_keys, "store", None)
+        for guard in guards:
+            await guard.shutdown()
+        return decisions, store
+
+    decisions, store = asyncio.run(main())
+    served = [d for d in decisions if d.action == Action.ALLOW]
+    # Three workers, one ceiling: with a per-worker budget it would be three times this
+    # (the Redis clock runs meanwhile: the refill of a few seconds at most is allowed).
+    assert IP_BURST <= len(served) <= IP_BURST + 3
+    assert store is not None and store.fallbacks == 0
+    refused = [d for d in decisions if d.action != Action.ALLOW]
+    assert all(d.reasons == ("unverified_key",) for d in refused)
+
+
+@pytest.mark.redis
+def test_inline_acceptances_and_charges_reach_every_worker(redis_server: RedisServer) -> None:
+    async def main() -> tuple[float, Decision]:
+        a, b = inline_workers(
+            redis_server.url, 2, Policy(scoring=None, network=None), server_time=False
+        )
+        for i in range(5):  # accepted on worker a: the address's ceiling grows everywhere
+            info = request(f"good-{i}", 1.0)
+            a.complete(info, await a.acheck(info), status=200)
+        await asyncio.sleep(0.2)  # acceptances are sent without waiting
+        grown = await refusal_quota(b, 2.0)  # drains the budget on worker b
+        info = request("guessed", 3.0)  # the refill since ts 2 pays for one more try...
+        decision = await b.acheck(info)
+        assert decision.action == Action.ALLOW
+        b.complete(info, decision, status=401)  # ...which the app refuses: 9 more
+        await asyncio.sleep(0.2)
+        after = await a.acheck(request("next", 3.0))
+        for guard in (a, b):
+            await guard.shutdown()
+        return grown, after
+
+    grown, after = asyncio.run(main())
+    scale = 1 + 5 * DEFAULTS.growth_per_key
+    assert grown == pytest.approx(IP_BURST * scale)
+    # Worker a waits for the debt worker b's 401 left (about 9 tokens at 0.75 a second),
+    # not for the half token a bare draw would have left.
+    assert after.reasons == ("unverified_key",)
+    assert after.retry_after is not None
+    assert after.retry_after > (DEFAULTS.invalid_key_cost - 2) / (IP_RATE * scale)
+
+
+async def refusal_quota(guard: Guard, ts: float) -> float:
+    for i in range(1000):
+        decision = await guard.acheck(request(f"probe-{ts}-{i}", ts))
+        if decision.reasons == ("unverified_key",):
+            return decision.policies[0].quota
+    raise AssertionError("the invented keys were never refused")

@@ -25,7 +25,7 @@ from abuseguard.identity import AddressBook, ClientAddress, hash_key
 from abuseguard.intel.agents import AgentClassifier, ClientClass
 from abuseguard.intel.geo import GeoIntel
 from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash, persona_mismatch
-from abuseguard.keyprobe import UNVERIFIED_KEY_REASON, UnverifiedKeyLimiter
+from abuseguard.keyprobe import UNVERIFIED_KEY_REASON, UnverifiedKeyLimiter, UnverifiedRefusal
 from abuseguard.network import NetworkProfile, NetworkView
 from abuseguard.policy import Policy, Quota, TokenBucket
 from abuseguard.request import RequestInfo
@@ -162,6 +162,10 @@ class Guard:
         attach = getattr(self.backend, "attach", None) if self.backend.shared else None
         if attach is not None:
             attach(self)  # a shared backend checks the policy and precomputes its numbers
+        if self.unverified_keys is not None and self._shared:
+            from abuseguard.backends.redis_unverified import redis_budgets
+
+            self.unverified_keys.store = redis_budgets(self.backend, self.unverified_keys)
 
     # -- identity ----------------------------------------------------------------------
 
@@ -432,7 +436,7 @@ class Guard:
 
     def _unverified_first(self, info: RequestInfo) -> Decision | None:
         """The unverified-key check ahead of a shared backend, which prepares the request
-        itself: a refused request never reaches it (nor Redis)."""
+        itself: a refused request never reaches it."""
         if self._exempt and info.path.startswith(self._exempt):
             return None
         identity, has_account, address = self.identity_of(info)
@@ -440,6 +444,20 @@ class Guard:
             return None
         ts = info.ts if info.ts is not None else self.clock()
         return self._refuse_unverified(info, identity, address, ts, self.cost_of(info))
+
+    async def _unverified_first_shared(self, info: RequestInfo) -> Decision | None:
+        """`_unverified_first` with the budgets in Redis (inline mode)."""
+        if self._exempt and info.path.startswith(self._exempt):
+            return None
+        identity, has_account, address = self.identity_of(info)
+        if not has_account:
+            return None
+        ts = info.ts if info.ts is not None else self.clock()
+        assert self.unverified_keys is not None and self.unverified_keys.store is not None
+        refusal = await self.unverified_keys.store.admit(identity, address, ts)
+        if refusal is None:
+            return None
+        return self._unverified_decision(info, identity, refusal, self.cost_of(info))
 
     def _refuse_unverified(
         self, info: RequestInfo, identity: str, address: ClientAddress, ts: float, cost: float
@@ -450,6 +468,11 @@ class Guard:
         refusal = self.unverified_keys.admit(identity, address, ts)
         if refusal is None:
             return None
+        return self._unverified_decision(info, identity, refusal, cost)
+
+    def _unverified_decision(
+        self, info: RequestInfo, identity: str, refusal: UnverifiedRefusal, cost: float
+    ) -> Decision:
         policy = self.policy
         decision = Decision(
             action=Action.THROTTLE,
@@ -496,7 +519,10 @@ class Guard:
         if not self._shared:
             return self.check(info)
         if self.unverified_keys is not None:
-            refusal = self._unverified_first(info)
+            if self.unverified_keys.store is not None:
+                refusal = await self._unverified_first_shared(info)
+            else:
+                refusal = self._unverified_first(info)
             if refusal is not None:
                 return refusal
         if self._check_now is not None:

@@ -13,14 +13,15 @@ with keys refused or never answered: only an accepted answer adds a key to an ad
 growth set. Memory is bounded whatever clients invent: the accepted keys are a fixed-size
 LRU of keyed hashes that only accepted answers enter, and the address and prefix budgets
 are fixed-size LRUs whose growth sets stop at the number of keys the growth cap needs.
-The state lives in the process (per worker).
+The state lives in the process (per worker), except the budgets with the inline Redis
+backend (`backends.redis_unverified`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from abuseguard.decision import PolicyState
 from abuseguard.identity import AddressBook, ClientAddress
@@ -106,17 +107,18 @@ class _Ceiling:
         budgets[key] = budget
         return budget
 
-    def wait(self, budget: _Budget, need: float) -> float:
-        """Seconds until ``budget`` holds ``need`` tokens."""
-        short = need - budget.tokens
-        return short / (self.per_second * self.scale(budget)) if short > 0 else 0.0
+    def wait(self, tokens: float, scale: float) -> float:
+        """Seconds until a budget holding ``tokens`` at ``scale`` holds one token."""
+        short = 1.0 - tokens
+        return short / (self.per_second * scale) if short > 0 else 0.0
 
-    def state(self, budget: _Budget, violated: bool) -> PolicyState:
-        scale = self.scale(budget)
+    def state(self, tokens: float, scale: float) -> PolicyState:
+        """The RateLimit state of a budget holding ``tokens`` at ``scale``."""
         capacity = self.capacity * scale
-        remaining = max(0.0, budget.tokens)
-        reset = (capacity - budget.tokens) / (self.per_second * scale)
-        return PolicyState(self.name, capacity, self.window, remaining, max(0.0, reset), violated)
+        reset = (capacity - tokens) / (self.per_second * scale)
+        return PolicyState(
+            self.name, capacity, self.window, max(0.0, tokens), max(0.0, reset), tokens < 1.0
+        )
 
     def charge(self, budget: _Budget, tokens: float) -> None:
         # Into debt by at most one full ceiling: an invalid key is paid back by waiting.
@@ -130,6 +132,19 @@ class _Ceiling:
         if len(accepted) < self.growth_keys:
             accepted.add(identity)
             budget.tokens = min(self.capacity * self.scale(budget), budget.tokens + 1.0)
+
+
+class SharedBudgets(Protocol):
+    """Budgets kept outside the process (Redis inline mode): the draw is awaited, the
+    acceptances and the charges are sent without waiting."""
+
+    async def admit(
+        self, identity: str, address: ClientAddress, now: float
+    ) -> UnverifiedRefusal | None: ...
+
+    def accept(self, identity: str, address: ClientAddress, now: float) -> None: ...
+
+    def charge(self, identity: str, address: ClientAddress, tokens: float, now: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -162,6 +177,8 @@ class UnverifiedKeyLimiter:
         self.invalid_statuses = frozenset(config.invalid_statuses)
         self.invalid_cost = config.invalid_key_cost
         self.refused = 0  # requests refused, for tests and stats
+        # Where the budgets live when not here: Redis in inline mode (redis_unverified).
+        self.store: SharedBudgets | None = None
         self.invalid = 0  # keys charged as invalid
 
     def is_accepted(self, identity: str) -> bool:
@@ -180,9 +197,20 @@ class UnverifiedKeyLimiter:
             for _, budget in budgets:
                 budget.tokens -= 1.0
             return None
+        return self.refusal([(budget.tokens, level.scale(budget)) for level, budget in budgets])
+
+    def refusal(self, budgets: list[tuple[float, float]]) -> UnverifiedRefusal:
+        """The refusal for budgets (tokens, scale) of each level, one of them short."""
         self.refused += 1
-        retry_after = max(level.wait(budget, 1.0) for level, budget in budgets)
-        policies = tuple(level.state(budget, budget.tokens < 1.0) for level, budget in budgets)
+        levels = [level for level, _ in self.levels]
+        retry_after = max(
+            level.wait(tokens, scale)
+            for level, (tokens, scale) in zip(levels, budgets, strict=True)
+        )
+        policies = tuple(
+            level.state(tokens, scale)
+            for level, (tokens, scale) in zip(levels, budgets, strict=True)
+        )
         return UnverifiedRefusal(retry_after, policies)
 
     def learn(
@@ -212,6 +240,9 @@ class UnverifiedKeyLimiter:
                 del accepted[next(iter(accepted))]  # the least recently accepted
             accepted[identity] = None
             address = self.addresses.resolve(ip)
+            if self.store is not None:
+                self.store.accept(identity, address, now)
+                return
             for level, is_prefix in self.levels:
                 key = address.prefix_key if is_prefix else address.ip_key
                 level.accept(level.budget(key, now), identity)
@@ -231,6 +262,9 @@ class UnverifiedKeyLimiter:
     ) -> None:
         self.invalid += 1
         tokens = self.invalid_cost - 1.0 if drawn else self.invalid_cost
+        if self.store is not None:
+            self.store.charge(identity, address, tokens, now)
+            return
         for level, is_prefix in self.levels:
             budget = level.budget(address.prefix_key if is_prefix else address.ip_key, now)
             budget.accepted.discard(identity)

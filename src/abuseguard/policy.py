@@ -663,8 +663,8 @@ class UnverifiedKeys:
     there grow and give back nothing), so many real keys behind one NAT keep their own
     limits; keys refused or never answered raise nothing. ``max_accepted_keys`` bounds the accepted
     keys remembered (keyed hashes, least recently accepted forgotten first) and
-    ``max_addresses`` the addresses and the prefixes tracked. The state is in-process:
-    with several workers each holds its own (see the identity concepts page).
+    ``max_addresses`` the addresses and the prefixes tracked. The budgets live in Redis
+    with the inline Redis backend, else in each worker (see the identity concepts page).
     """
 
     per_ip: TokenBucket | None = field(
