@@ -389,8 +389,8 @@ class Guard:
         locally: Redis in synced mode). Use `acheck` with the others."""
         if self._shared:
             if self._check_now is not None:
-                refusal = self._unverified_first(info) if self.unverified_keys else None
-                return refusal or self._check_now(self, info)
+                refusal = None if self.unverified_keys is None else self._unverified_first(info)
+                return self._check_now(self, info) if refusal is None else refusal
             raise RuntimeError(
                 "Guard.check() is synchronous; use 'await guard.acheck(info)' "
                 f"with the {type(self.backend).__name__}"
