@@ -129,6 +129,7 @@ def test_network_bucket_and_fan_in_sync_in_the_background(
         bucket=TokenBucket("100/second", burst=100),
         network=NetworkPolicy(per_ip=TokenBucket("1/hour", burst=5), nat_fairness=False),
         max_identities=256,
+        unverified_keys=None,  # keys never answered: about the network sync, not the keys
     )
 
     async def main() -> tuple[list[Decision], list[Decision], float]:

@@ -366,6 +366,46 @@ def test_inline_acceptances_and_charges_reach_every_worker(redis_server: RedisSe
     assert after.retry_after > (DEFAULTS.invalid_key_cost - 2) / (IP_RATE * scale)
 
 
+@pytest.mark.redis
+def test_an_inline_flood_refused_once_costs_redis_nothing_more(redis_server: RedisServer) -> None:
+    async def main() -> tuple[list[Decision], int]:
+        (guard,) = inline_workers(
+            redis_server.url, 1, Policy(scoring=None, network=None), server_time=False
+        )
+        await guard.startup()
+        stats = guard.backend.stats  # type: ignore[attr-defined]
+        first = [await guard.acheck(request(f"invented-{i}", 1.0)) for i in range(25)]
+        trips = stats()["round_trips"]
+        flood = [await guard.acheck(request(f"more-{i}", 1.0)) for i in range(200)]
+        extra = stats()["round_trips"] - trips
+        await guard.shutdown()
+        return first + flood, extra
+
+    decisions, extra = asyncio.run(main())
+    assert sum(d.action == Action.ALLOW for d in decisions) == IP_BURST
+    assert all(d.reasons == ("unverified_key",) for d in decisions[int(IP_BURST) :])
+    assert all(d.retry_after and d.retry_after > 0 for d in decisions[int(IP_BURST) :])
+    assert extra == 0  # refused in the worker until the address's budget can pay
+
+
+@pytest.mark.redis
+def test_the_inline_ceiling_holds_on_a_redis_cluster(redis_cluster: Any) -> None:
+    from tests.test_redis_cluster import cluster_backend
+
+    async def main() -> list[Decision]:
+        name = f"uv{uuid.uuid4().hex[:8]}"
+        policy = Policy(scoring=None, network=None)
+        guards = [Guard(policy, backend=cluster_backend(redis_cluster, name)) for _ in range(2)]
+        decisions = [await guards[i % 2].acheck(request(f"invented-{i}", 1.0)) for i in range(80)]
+        for guard in guards:
+            await guard.shutdown()
+        return decisions
+
+    decisions = asyncio.run(main())
+    served = sum(d.action == Action.ALLOW for d in decisions)
+    assert IP_BURST <= served <= IP_BURST + 3  # one ceiling for both workers
+
+
 async def refusal_quota(guard: Guard, ts: float) -> float:
     for i in range(1000):
         decision = await guard.acheck(request(f"probe-{ts}-{i}", ts))

@@ -8,7 +8,9 @@ worker has not seen accepted costs one ``EVALSHA`` of ``lua/unverified.lua`` bef
 usual one (a refused request costs only that one); acceptances and invalid-key charges
 are sent without waiting. Which keys are accepted is still learned per worker, so a real
 key draws once on each worker before its first answer there. The address's and the
-prefix's keys share the prefix's hash tag: one Cluster slot, one call.
+prefix's keys share the prefix's hash tag: one Cluster slot, one call. Once Redis refused
+an address (or a prefix), the worker refuses it without asking again until the budget
+can pay, so a flood of invented keys costs Redis nothing while it is refused.
 
 When Redis does not answer in time, or the circuit is open, the draw falls back to the
 worker's own budgets (per worker, as with the memory backend) for that request.
@@ -49,6 +51,10 @@ class RedisUnverifiedBudgets:
                 level.growth_keys,
             ]
         self.fallbacks = 0  # draws decided by the worker's own budgets (Redis did not answer)
+        # level name and address or prefix -> (until, the refusal): refused without a call
+        self.refused: dict[tuple[bool, str], tuple[float, UnverifiedRefusal]] = {}
+        self.max_refused = limiter.config.max_addresses
+        self.local_refusals = 0
 
     def keys(self, address: ClientAddress) -> list[str]:
         base = f"{self.backend.prefix}:{{uv:{address.prefix_key}}}"
@@ -69,6 +75,18 @@ class RedisUnverifiedBudgets:
         limiter = self.limiter
         if limiter.is_accepted(identity) or not self.levels:
             return None
+        memo = self.refused
+        if memo:
+            for is_prefix in self.levels:
+                key = (is_prefix, address.prefix_key if is_prefix else address.ip_key)
+                hit = memo.get(key)
+                if hit is not None:
+                    until, refusal = hit
+                    if now < until:
+                        self.local_refusals += 1
+                        limiter.refused += 1
+                        return UnverifiedRefusal(until - now, refusal.policies)
+                    del memo[key]
         backend = self.backend
         if backend._loop is not asyncio.get_running_loop():
             await backend.startup()
@@ -87,7 +105,17 @@ class RedisUnverifiedBudgets:
         if int(reply[0]) == 1:
             return None
         values = [float(v) for v in reply[1:]]
-        return limiter.refusal(list(zip(values[0::2], values[1::2], strict=True)))
+        budgets = list(zip(values[0::2], values[1::2], strict=True))
+        refusal = limiter.refusal(budgets)
+        if len(memo) >= self.max_refused:
+            memo.clear()
+        for is_prefix, (level, _), (tokens, scale) in zip(
+            self.levels, limiter.levels, budgets, strict=True
+        ):
+            if tokens < 1.0:
+                key = (is_prefix, address.prefix_key if is_prefix else address.ip_key)
+                memo[key] = (now + level.wait(tokens, scale), refusal)
+        return refusal
 
     def accept(self, identity: str, address: ClientAddress, now: float) -> None:
         self._send(self.command("accept", address, now, identity))
