@@ -268,6 +268,22 @@ def test_report_invalid_key_charges_and_forgets_acceptance() -> None:
     assert served == IP_BURST - DEFAULTS.invalid_key_cost
 
 
+def test_shadow_mode_reports_the_refusal_and_serves() -> None:
+    guard = Guard(Policy(scoring=None, network=None, shadow=True))
+    decisions = [guard.check(request(f"invented-{i}", 1.0)) for i in range(30)]
+    assert all(d.served for d in decisions)
+    shadowed = [d for d in decisions if d.reasons == ("unverified_key",)]
+    assert len(shadowed) == 30 - IP_BURST and all(d.shadow for d in shadowed)
+
+
+def test_exempt_paths_draw_nothing() -> None:
+    guard = Guard(Policy(scoring=None, network=None, exempt_paths=("/health",)))
+    for i in range(50):
+        guard.check(RequestInfo("198.51.100.7", ts=1.0, key=f"k{i}", path="/health"))
+    served = sum(guard.check(request(f"n{i}", 1.0)).action == Action.ALLOW for i in range(50))
+    assert served == IP_BURST
+
+
 def test_turned_off_invented_keys_are_limited_per_key_only() -> None:
     guard = Guard(Policy(scoring=None, network=None, unverified_keys=None))
     assert guard.unverified_keys is None
