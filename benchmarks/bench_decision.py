@@ -199,6 +199,11 @@ def run(
     warm = make_requests(5000, seed=3, body=content, fields=fields)
     stream = make_requests(n + stage_n, body=content, fields=fields, start=warm[-1].ts + 1.0)  # type: ignore[operator]
     total_part, stage_part = stream[:n], stream[n:]
+    # The origin has answered every account before (one a second, the hour before): their
+    # keys are accepted, as in a steady deployment, and draw from no unverified-key budget.
+    for i, c in enumerate(benchlib.benign_clients(ACCOUNTS)):
+        info = RequestInfo(ip=c.ip, ts=warm[0].ts - 3600.0 + i, key=c.key)  # type: ignore[operator]
+        guard.complete(info, guard.check(info), status=200)
     for info in warm:
         guard.check(info)
     result: dict[str, Any] = {

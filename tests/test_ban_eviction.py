@@ -64,6 +64,7 @@ def ban_policy(max_identities: int, **kw: Any) -> Policy:
         ),
         network=None,
         max_identities=max_identities,
+        unverified_keys=None,  # the flood's fresh keys stand for clients the app accepted
         **kw,
     )
 
@@ -176,7 +177,11 @@ def test_a_long_refusal_is_not_reset_to_a_full_bucket_by_eviction() -> None:
     fresh bucket by pushing its row out."""
     clock = ManualClock()
     policy = Policy(
-        bucket=TokenBucket("1/hour", burst=3), scoring=None, network=None, max_identities=32
+        bucket=TokenBucket("1/hour", burst=3),
+        scoring=None,
+        network=None,
+        max_identities=32,
+        unverified_keys=None,  # the flood's fresh keys stand for clients the app accepted
     )
     app, middleware = guarded_app(policy, clock=clock)
     key = {"x-api-key": "sk-target"}

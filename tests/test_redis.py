@@ -383,6 +383,7 @@ def test_a_ban_reaches_other_workers_then_costs_no_round_trip(redis_server: Redi
         scoring=Scoring(bias=2.0, weak_signals=()),
         enforcement=Enforcement(ladder=((0.5, Action.BLOCK),), ban_at="block", ban_seconds=60),
         max_identities=256,
+        unverified_keys=None,  # a key never answered draws (a call) each time
     )
 
     async def main() -> tuple[Decision, Decision, Decision, int]:
@@ -412,7 +413,10 @@ def test_a_ban_reaches_other_workers_then_costs_no_round_trip(redis_server: Redi
 
 
 def test_deny_cache_refuses_locally_until_the_bucket_may_pay(redis_server: RedisServer) -> None:
-    policy = simple_policy(bucket=TokenBucket("5/second", burst=2))
+    policy = simple_policy(
+        bucket=TokenBucket("5/second", burst=2),
+        unverified_keys=None,  # a key never answered draws (a call) each time
+    )
 
     async def main() -> tuple[list[Decision], int, Decision]:
         guard = Guard(policy, backend=backend(redis_server.url))
@@ -435,7 +439,11 @@ def test_deny_cache_refuses_locally_until_the_bucket_may_pay(redis_server: Redis
 
 
 def test_an_exhausted_quota_is_refused_locally_with_its_reset(redis_server: RedisServer) -> None:
-    policy = simple_policy(bucket=None, quotas=(Quota("2/minute"),))
+    policy = simple_policy(
+        bucket=None,
+        quotas=(Quota("2/minute"),),
+        unverified_keys=None,  # a key never answered draws (a call) each time
+    )
 
     async def main() -> tuple[list[Decision], int]:
         guard = Guard(policy, backend=backend(redis_server.url))

@@ -57,6 +57,8 @@ def policy(**kw: Any) -> Policy:
     kw.setdefault("scoring", None)
     kw.setdefault("network", None)
     kw.setdefault("max_identities", 256)
+    # These limits are per key: keys are never answered here, so none is ever accepted.
+    kw.setdefault("unverified_keys", None)
     return Policy(**kw)
 
 
@@ -127,6 +129,7 @@ def test_network_bucket_and_fan_in_sync_in_the_background(
         bucket=TokenBucket("100/second", burst=100),
         network=NetworkPolicy(per_ip=TokenBucket("1/hour", burst=5), nat_fairness=False),
         max_identities=256,
+        unverified_keys=None,  # keys never answered: about the network sync, not the keys
     )
 
     async def main() -> tuple[list[Decision], list[Decision], float]:

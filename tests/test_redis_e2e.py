@@ -53,6 +53,7 @@ def create_app() -> Any:
         network=None,
         max_identities=4096,
         fail_mode=FailMode(open=True, routes={"/closed": False}),
+        unverified_keys=None,  # a fresh key per request: about faults and buckets, not keys
     )
     app = Starlette(routes=[Route("/open", ok), Route("/closed", ok)])
     backend = (

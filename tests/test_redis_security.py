@@ -34,7 +34,11 @@ def one_shot(i: int) -> RequestInfo:
 def flood_policy() -> Policy:
     # The defaults (scoring and network limits on) with a bucket slow enough that every
     # client's bucket key is still in Redis when the flood ends: its real footprint.
-    return Policy(bucket=TokenBucket("1/minute", burst=50), max_identities=4096)
+    # Unverified keys off: the flood's keys stand for clients the app accepted (invented
+    # keys are refused before they write anything; tests/test_unverified_keys.py).
+    return Policy(
+        bucket=TokenBucket("1/minute", burst=50), max_identities=4096, unverified_keys=None
+    )
 
 
 async def flood(guard: Guard, clients: range) -> list[Decision]:
@@ -146,7 +150,8 @@ def test_an_outage_gives_the_victim_one_fallback_share_and_one_warning(
     worker 1/2 of the bucket once for the whole outage, whatever the re-opens."""
     server = RedisServer(tmp_path)
     server.start()
-    policy = simple_policy(bucket=TokenBucket("1/minute", burst=50))
+    # unverified_keys off: the test never answers the key, it is about the outage
+    policy = simple_policy(bucket=TokenBucket("1/minute", burst=50), unverified_keys=None)
     threshold = 1
 
     async def main() -> tuple[int, int, int]:
@@ -205,7 +210,7 @@ def test_fail_closed_recovers_within_seconds_of_redis_answering(tmp_path: Any) -
     back: the guard serves again within a few seconds, not after a 30 s cooldown."""
     server = RedisServer(tmp_path)
     server.start()
-    policy = simple_policy(fail_mode=FailMode(open=False))
+    policy = simple_policy(fail_mode=FailMode(open=False), unverified_keys=None)
 
     async def main() -> tuple[float, Decision]:
         b = backend(server.url, budget=0.2, breaker_threshold=1, breaker_cooldown=0.25)

@@ -68,6 +68,8 @@ def policy(rate: str = "1/hour", burst: int = 30, **kw: Any) -> Policy:
     kw.setdefault("scoring", None)
     kw.setdefault("network", None)
     kw.setdefault("max_identities", 256)
+    # These limits are per key: keys are never answered here, so none is ever accepted.
+    kw.setdefault("unverified_keys", None)
     return Policy(bucket=TokenBucket(rate, burst=burst), **kw)
 
 
@@ -490,6 +492,7 @@ def test_a_ban_reaches_the_other_workers(redis_server: RedisServer) -> None:
         scoring=Scoring(bias=2.0, weak_signals=()),
         enforcement=Enforcement(ladder=((0.5, Action.BLOCK),), ban_at="block", ban_seconds=60),
         max_identities=256,
+        unverified_keys=None,  # the key is never answered: about the ban, not the key
     )
 
     async def main() -> tuple[Decision, Decision, Decision]:

@@ -7,6 +7,7 @@ from abuseguard.decision import Action, Decision, PolicyState
 from abuseguard.enforce import Allow, Block, Challenge, Degrade, Delay, Enforcer, Log, Throttle
 from abuseguard.errors import BackendError, ConfigError
 from abuseguard.guard import Guard
+from abuseguard.keyprobe import mark_invalid_key
 from abuseguard.middleware import AbuseGuard, current_decision
 from abuseguard.policy import (
     AnonymizerRule,
@@ -18,6 +19,7 @@ from abuseguard.policy import (
     Quota,
     Scoring,
     TokenBucket,
+    UnverifiedKeys,
     WebSocketPolicy,
 )
 from abuseguard.request import RequestInfo
@@ -50,7 +52,9 @@ __all__ = [
     "Scoring",
     "Throttle",
     "TokenBucket",
+    "UnverifiedKeys",
     "WebSocketPolicy",
     "current_decision",
+    "mark_invalid_key",
 ]
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ _SERVED = frozenset({Action.ALLOW, Action.LOG, Action.DELAY, Action.DEGRADE})
 
 # Reason codes. Limit reasons say "over a configured limit"; every other reason is a risk
 # signal (the replay report splits "limited" from "mitigated" on this).
-LIMIT_REASONS: frozenset[str] = frozenset({"rate", "quota", "concurrency"})
+LIMIT_REASONS: frozenset[str] = frozenset({"rate", "quota", "concurrency", "unverified_key"})
 # Every risk signal of the kernel, then the reasons of the network rules and bans.
 RISK_REASONS: tuple[str, ...] = (*SIGNAL_NAMES, "deny_list", "banned")
 

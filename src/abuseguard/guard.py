@@ -27,6 +27,7 @@ from abuseguard.identity import AddressBook, ClientAddress, hash_key
 from abuseguard.intel.agents import AgentClassifier, ClientClass
 from abuseguard.intel.geo import GeoIntel
 from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash, persona_mismatch
+from abuseguard.keyprobe import UNVERIFIED_KEY_REASON, UnverifiedKeyLimiter, UnverifiedRefusal
 from abuseguard.network import NetworkProfile, NetworkView
 from abuseguard.policy import Policy, Quota, TokenBucket
 from abuseguard.precheck import precheck
@@ -164,9 +165,18 @@ class Guard:
         # A plain allow from the kernel is final unless a quota or a concurrency limit
         # still has to be asked.
         self._plain_allow_final = not policy.quotas and policy.concurrency is None
+        self.unverified_keys = (
+            UnverifiedKeyLimiter(policy.unverified_keys, self.addresses)
+            if policy.unverified_keys is not None
+            else None
+        )
         attach = getattr(self.backend, "attach", None) if self.backend.shared else None
         if attach is not None:
             attach(self)  # a shared backend checks the policy and precomputes its numbers
+        if self.unverified_keys is not None and self._shared:
+            from abuseguard.backends.redis_unverified import redis_budgets
+
+            self.unverified_keys.store = redis_budgets(self.backend, self.unverified_keys)
 
     # -- identity ----------------------------------------------------------------------
 
@@ -393,7 +403,8 @@ class Guard:
         locally: Redis in synced mode). Use `acheck` with the others."""
         if self._shared:
             if self._check_now is not None:
-                return self._check_now(self, info)
+                refusal = None if self.unverified_keys is None else self._unverified_first(info)
+                return self._check_now(self, info) if refusal is None else refusal
             raise RuntimeError(
                 "Guard.check() is synchronous; use 'await guard.acheck(info)' "
                 f"with the {type(self.backend).__name__}"
@@ -402,6 +413,10 @@ class Guard:
             return _EXEMPT
         p = self.prepare(info)
         self._now = p.ts
+        if p.has_account and self.unverified_keys is not None:
+            refusal = self._refuse_unverified(info, p.identity, p.address, p.ts, p.cost)
+            if refusal is not None:
+                return refusal
         return self._conclude(info, p, self._run(p))
 
     def precheck(self, info: RequestInfo) -> Decision | None:
@@ -433,7 +448,65 @@ class Guard:
                 f"Guard.check_prepared() is synchronous; not for the {type(self.backend).__name__}"
             )
         self._now = p.ts
+        if p.has_account and self.unverified_keys is not None:
+            refusal = self._refuse_unverified(info, p.identity, p.address, p.ts, p.cost)
+            if refusal is not None:
+                return refusal
         return self._conclude(info, p, self._run(p))
+
+    def _unverified_first(self, info: RequestInfo) -> Decision | None:
+        """The unverified-key check ahead of a shared backend, which prepares the request
+        itself: a refused request never reaches it."""
+        if self._exempt and self._exempt.matches(info.path):
+            return None
+        identity, has_account, address = self.identity_of(info)
+        if not has_account:
+            return None
+        ts = info.ts if info.ts is not None else self.clock()
+        return self._refuse_unverified(info, identity, address, ts, self.cost_of(info))
+
+    async def _unverified_first_shared(self, info: RequestInfo) -> Decision | None:
+        """`_unverified_first` with the budgets in Redis (inline mode)."""
+        if self._exempt and self._exempt.matches(info.path):
+            return None
+        identity, has_account, address = self.identity_of(info)
+        if not has_account:
+            return None
+        ts = info.ts if info.ts is not None else self.clock()
+        assert self.unverified_keys is not None and self.unverified_keys.store is not None
+        refusal = await self.unverified_keys.store.admit(identity, address, ts)
+        if refusal is None:
+            return None
+        return self._unverified_decision(info, identity, refusal, self.cost_of(info))
+
+    def _refuse_unverified(
+        self, info: RequestInfo, identity: str, address: ClientAddress, ts: float, cost: float
+    ) -> Decision | None:
+        """A refusal when the request's key is not accepted and its address's or prefix's
+        budget for such keys is empty (see `keyprobe`); None to go on."""
+        assert self.unverified_keys is not None
+        refusal = self.unverified_keys.admit(identity, address, ts)
+        if refusal is None:
+            return None
+        return self._unverified_decision(info, identity, refusal, cost)
+
+    def _unverified_decision(
+        self, info: RequestInfo, identity: str, refusal: UnverifiedRefusal, cost: float
+    ) -> Decision:
+        policy = self.policy
+        decision = Decision(
+            action=Action.THROTTLE,
+            reasons=(UNVERIFIED_KEY_REASON,),
+            retry_after=refusal.retry_after,
+            remaining=min(state.remaining for state in refusal.policies),
+            shadow=policy.shadow or Action.THROTTLE in policy.enforcement.shadow_actions,
+            identity=identity,
+            policies=refusal.policies,
+            cost=cost,
+        )
+        if self.observers:
+            self._notify(info, decision)
+        return decision
 
     def _conclude(self, info: RequestInfo, p: Prepared, plain: bool) -> Decision:
         """The Decision from the kernel's outputs (memory backend). ``plain``: the kernel
@@ -465,6 +538,13 @@ class Guard:
         """Decide for one request with any backend."""
         if not self._shared:
             return self.check(info)
+        if self.unverified_keys is not None:
+            if self.unverified_keys.store is not None:
+                refusal = await self._unverified_first_shared(info)
+            else:
+                refusal = self._unverified_first(info)
+            if refusal is not None:
+                return refusal
         if self._check_now is not None:
             return self._check_now(self, info)
         shared_check = getattr(self.backend, "check", None)
@@ -706,17 +786,29 @@ class Guard:
         status: int | None = None,
         cost: float | None = None,
         release: bool = True,
+        invalid_key: bool = False,
     ) -> None:
         """Feed the outcome back: status (error signals), real cost, concurrency release.
 
         ``release`` False: the caller released the decision's concurrency slots already
         (`release`). With a shared backend the release and the cost reconciliation are
         queued to it (sent in the background, never awaited here); the error signal stays
-        local.
+        local. The status also tells whether the request's API key was accepted or
+        invalid (`Policy.unverified_keys`); ``invalid_key`` True: the app said the key is
+        invalid, whatever the status.
         """
         if release and decision.held:
             self.release(decision)
         identity = decision.identity
+        unverified = self.unverified_keys
+        if (
+            unverified is not None
+            and identity[:2] == "k:"
+            and (status is not None or invalid_key)
+            and decision.served
+        ):
+            now = info.ts if info.ts is not None else self.clock()
+            unverified.learn(identity, info.ip, status, now, invalid=invalid_key)
         # A refusal teaches nothing: only the origin's answers count (the guard's own
         # refusals would feed themselves) and a refused request cost nothing.
         if not identity or not decision.served:
@@ -734,6 +826,23 @@ class Guard:
                 self.backend.reconcile(identity, cost - decision.cost)  # type: ignore[attr-defined]
             elif row is not None:
                 self.engine.charge(L.KIND_KEY, row, cost - decision.cost)
+
+    def report_invalid_key(self, info: RequestInfo) -> bool:
+        """The app found the API key of ``info`` invalid: charge the client's address and
+        prefix as for a 401 and forget that the key was ever accepted. For apps that tell
+        an invalid key some other way than 401/403 (the middleware's `mark_invalid_key`
+        does this through `complete`). False when there is nothing to charge: no key, or
+        `Policy.unverified_keys` is off."""
+        unverified = self.unverified_keys
+        if unverified is None:
+            return False
+        identity, has_account, _ = self.identity_of(info)
+        if not has_account:
+            return False
+        unverified.report_invalid(
+            identity, info.ip, info.ts if info.ts is not None else self.clock()
+        )
+        return True
 
     def release(self, decision: Decision) -> None:
         """Give back the concurrency slots a decision holds (once: `complete` then needs

@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable
 from http import HTTPStatus
 
-from abuseguard.decision import Decision, PolicyState
+from abuseguard.decision import LIMIT_REASONS, Decision, PolicyState
 
 
 def _int_up(value: float) -> int:
@@ -103,7 +103,7 @@ def rate_limit_headers(decision: Decision, *, legacy: bool = False) -> list[tupl
 
 # Reasons a refused client may read: the limits it hit. Risk reasons would tell an abuser
 # which signal to dodge; they stay in logs, metrics and the Decision.
-SHOWN_REASONS = frozenset({"rate", "quota", "concurrency", "backend_unavailable"})
+SHOWN_REASONS = LIMIT_REASONS | {"backend_unavailable"}
 
 
 def problem_body(
@@ -136,6 +136,8 @@ def _detail(shown_reasons: Iterable[str]) -> str:
     reasons = set(shown_reasons)
     if "banned" in reasons:
         return "This client is temporarily banned."
+    if "unverified_key" in reasons:
+        return "Too many requests with API keys not recognized yet; retry later."
     if reasons & {"rate", "quota", "concurrency"} and reasons <= {"rate", "quota", "concurrency"}:
         return "Request limit exceeded; retry later."
     if "deny_list" in reasons or "geo" in reasons:

@@ -40,6 +40,7 @@ from abuseguard.identity import (
     rightmost_list_items,
 )
 from abuseguard.intel.geo import GeoIntel
+from abuseguard.keyprobe import INVALID_KEY_STATE_KEY
 from abuseguard.policy import Policy
 from abuseguard.request import RequestInfo
 from abuseguard.websocket import WebSocketLimiter
@@ -333,9 +334,16 @@ class _Responder:
                     cost = float(state[COST_STATE_KEY])
                 except (TypeError, ValueError):
                     logger.warning("scope['state'][%r] is not a number", COST_STATE_KEY)
+        state = self.scope.get("state")
+        invalid_key = isinstance(state, dict) and state.get(INVALID_KEY_STATE_KEY) is True
         try:
             guard.complete(
-                self.info, decision, status=self.status, cost=cost, release=not self.released
+                self.info,
+                decision,
+                status=self.status,
+                cost=cost,
+                release=not self.released,
+                invalid_key=invalid_key,
             )
         except Exception:
             logger.exception("abuseguard failed to record the outcome")

@@ -699,6 +699,92 @@ class FailMode:
 
 
 @dataclass(frozen=True)
+class UnverifiedKeys:
+    """A ceiling on requests carrying API keys the app has not accepted yet, per client
+    address and per network prefix, that holds however many keys a client invents.
+
+    Every API key has its own bucket, so a client that invents a new key per request
+    would get a fresh allowance each time. A key counts as accepted once the app answered
+    a request carrying it with one of ``accepted_statuses`` (2xx). Until then each of its
+    requests first takes one token from the budgets of its address (``per_ip``; IPv6
+    grouped to ``Policy.ipv6_prefix``) and of its network prefix (``per_prefix``, the
+    prefix of `NetworkPolicy`, /24 and /48 by default); with either one empty the request
+    is refused (429, reason ``unverified_key``) before any per-key state is created.
+    Only the rate, burst and name of those buckets are used. An answer in
+    ``invalid_statuses`` for a key not accepted, or the app's own report
+    (`mark_invalid_key`, `Guard.report_invalid_key`), costs the address and the prefix
+    ``invalid_key_cost`` tokens in all (their budgets go at most one full burst into
+    debt). Accepted keys never draw, and each distinct key accepted behind an address
+    (or prefix) gives back the token it drew and raises the ceiling (burst and rate) by
+    ``growth_per_key`` of itself, up to ``max_growth`` times (after that, keys accepted
+    there grow and give back nothing), so many real keys behind one NAT keep their own
+    limits; keys refused or never answered raise nothing. ``max_accepted_keys`` bounds the accepted
+    keys remembered (keyed hashes, least recently accepted forgotten first) and
+    ``max_addresses`` the addresses and the prefixes tracked. The budgets live in Redis
+    with the inline Redis backend, else in each worker (see the identity concepts page).
+    """
+
+    per_ip: TokenBucket | None = field(
+        default_factory=lambda: TokenBucket("30/minute", burst=20, name="unverified-ip")
+    )
+    per_prefix: TokenBucket | None = field(
+        default_factory=lambda: TokenBucket("120/minute", burst=60, name="unverified-prefix")
+    )
+    invalid_key_cost: float = 10.0
+    invalid_statuses: Iterable[int] = (401, 403)
+    accepted_statuses: Iterable[int] = range(200, 300)
+    growth_per_key: float = 0.1
+    max_growth: float = 6.0
+    max_accepted_keys: int = 100_000
+    max_addresses: int = 65_536
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("per_ip", "per_prefix"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, TokenBucket):
+                raise ConfigError(
+                    f"UnverifiedKeys.{name}", f"expected TokenBucket or None, got {value!r}"
+                )
+        _positive("UnverifiedKeys.invalid_key_cost", self.invalid_key_cost)
+        if self.invalid_key_cost < 1:
+            raise ConfigError(
+                "UnverifiedKeys.invalid_key_cost",
+                f"must be >= 1 (a request draws 1), got {self.invalid_key_cost!r}",
+            )
+        invalid = _statuses("UnverifiedKeys.invalid_statuses", self.invalid_statuses)
+        accepted = _statuses("UnverifiedKeys.accepted_statuses", self.accepted_statuses)
+        if invalid & accepted:
+            raise ConfigError(
+                "UnverifiedKeys.accepted_statuses",
+                f"must not overlap invalid_statuses, both have {sorted(invalid & accepted)}",
+            )
+        object.__setattr__(self, "invalid_statuses", invalid)
+        object.__setattr__(self, "accepted_statuses", accepted)
+        _positive("UnverifiedKeys.growth_per_key", self.growth_per_key, allow_zero=True)
+        _positive("UnverifiedKeys.max_growth", self.max_growth)
+        if self.max_growth < 1:
+            raise ConfigError("UnverifiedKeys.max_growth", f"must be >= 1, got {self.max_growth}")
+        for name, least in (("max_accepted_keys", 1), ("max_addresses", 16)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(
+                    f"UnverifiedKeys.{name}", f"must be an int >= {least}, got {value!r}"
+                )
+
+
+def _statuses(field_name: str, values: Iterable[int]) -> frozenset[int]:
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ConfigError(field_name, f"expected HTTP status codes, got {values!r}")
+    out = set()
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+            raise ConfigError(field_name, f"expected HTTP status codes 100..599, got {value!r}")
+        out.add(value)
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
 class Policy:
     """Everything the guard enforces.
 
@@ -720,7 +806,9 @@ class Policy:
     and messages (without it, WebSocket scopes pass through).
     ``fail_mode`` says what happens when a shared backend (Redis) fails: open or closed,
     per route, with an in-process fallback limiter. ``secret`` keys the hash of API keys
-    (a str; an empty one is warned about at startup).
+    (a str; an empty one is warned about at startup). ``unverified_keys`` caps, per
+    address and per prefix, the requests with API keys the app has not accepted yet, so
+    invented keys cannot multiply the allowance (None turns it off).
     """
 
     bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))
@@ -742,6 +830,7 @@ class Policy:
     shadow: bool = False
     websocket: WebSocketPolicy | None = None
     fail_mode: FailMode = field(default_factory=FailMode)
+    unverified_keys: UnverifiedKeys | None = field(default_factory=UnverifiedKeys)
 
     def __post_init__(self) -> None:
         if isinstance(self.quotas, Quota):
@@ -810,3 +899,10 @@ class Policy:
             raise ConfigError("Policy.websocket", f"expected WebSocketPolicy or None, got {found}")
         if not isinstance(self.fail_mode, FailMode):
             raise ConfigError("Policy.fail_mode", f"expected FailMode, got {self.fail_mode!r}")
+        if self.unverified_keys is not None and not isinstance(
+            self.unverified_keys, UnverifiedKeys
+        ):
+            found = type(self.unverified_keys).__name__
+            raise ConfigError(
+                "Policy.unverified_keys", f"expected UnverifiedKeys or None, got {found}"
+            )
