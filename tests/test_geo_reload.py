@@ -149,6 +149,7 @@ def test_profile_cache_follows_the_date(tmp_path: Path) -> None:
 _OVERWRITE_CHILD = textwrap.dedent(
     """
     import sys
+    import threading
     from pathlib import Path
 
     import mmdb_fixtures as fx
@@ -185,6 +186,25 @@ _OVERWRITE_CHILD = textwrap.dedent(
             file.truncate(0)
             file.write(british)
         print("restored", countries(geo), flush=True)
+        # Again while another thread keeps looking up, with the file changing under it.
+        stop = threading.Event()
+        served = []
+
+        def serve_lookups():
+            while not stop.is_set():
+                served.append(countries(geo))
+
+        worker = threading.Thread(target=serve_lookups)
+        worker.start()
+        for content in (french, british) * 5:
+            with open(path, "r+b") as file:
+                file.truncate(len(content) // 2)
+                file.truncate(0)
+                file.write(content)
+        stop.set()
+        worker.join()
+        assert served and set(served) <= {"FR", "GB", "FRGB"}
+        print("concurrent", countries(geo), flush=True)
     """
 )
 
@@ -212,6 +232,7 @@ def test_overwrite_in_place_does_not_crash(tmp_path: Path) -> None:
         # The half file is refused (its metadata is gone): the last good copy serves.
         "halved FR",
         "restored GB",
+        "concurrent GB",
     ]
     assert "still serving the copy loaded before" in result.stderr
 
@@ -247,3 +268,12 @@ def test_copy_mode_without_memfd_leaves_no_temporary_file(
         write_city_atomically(city_file, "FR")
         assert intel.lookup(CLIENT).country == "FR"
         assert list(copies.iterdir()) == []
+
+
+def test_invalid_file_error_names_the_file_not_the_copy(tmp_path: Path) -> None:
+    garbage = fx.write_garbage(tmp_path / "garbage.mmdb")
+    with pytest.raises(IntelError) as raised:
+        GeoIntel(city=garbage)
+    message = str(raised.value)
+    assert "not a valid MaxMind DB" in message and "/proc/self/fd" not in message
+    assert message.count(str(garbage)) == 2, message

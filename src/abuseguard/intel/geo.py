@@ -321,7 +321,7 @@ def _open_private_copy(
                 with open(path, "rb") as source, open(fd, "wb", closefd=False) as copy:
                     shutil.copyfileobj(source, copy, 1 << 20)
                 settled = _signature(path) == signature
-                reader = maxminddb.open_database(f"/proc/self/fd/{fd}", maxminddb.MODE_AUTO)
+                reader = _open_copy(f"/proc/self/fd/{fd}", path)
             finally:
                 os.close(fd)  # the reader's mapping keeps the memory file alive
         else:
@@ -333,7 +333,7 @@ def _open_private_copy(
                         shutil.copyfileobj(source, copy, 1 << 20)
                     copy.flush()
                     settled = _signature(path) == signature
-                    reader = maxminddb.open_database(copy.name, maxminddb.MODE_AUTO)
+                    reader = _open_copy(copy.name, path)
                 finally:
                     os.unlink(copy.name)
         if settled:
@@ -341,6 +341,15 @@ def _open_private_copy(
         reader.close()
         signature = _signature(path)
     raise OSError(0, "the file kept changing while it was copied")
+
+
+def _open_copy(copy_path: str, original: Path) -> Any:
+    try:
+        return maxminddb.open_database(copy_path, maxminddb.MODE_AUTO)
+    except maxminddb.InvalidDatabaseError as exc:
+        # Name the file the operator knows, not the private copy.
+        message = str(exc).replace(copy_path, os.fspath(original))
+        raise maxminddb.InvalidDatabaseError(message) from None
 
 
 class Database:
