@@ -1,7 +1,9 @@
 """Network profile of a client: facts from the databases (or the request), rules, signals.
 
 A profile is computed once per client address (and per enrichment given with a request)
-and cached, so the request path pays one dict lookup for everything the network says.
+and cached, so the request path pays one dict lookup for everything the network says. The
+cache is dropped whenever the intel's answers change (a database reloaded, a new day); the
+intel's reload check runs on every profile request, cache hits included.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class NetworkView:
         self.anonymizers = cast("dict[str, AnonymizerRule]", policy.anonymizers)
         self._cache: dict[object, NetworkProfile] = {}
         self._cache_size = cache_size
+        self._intel_version = intel.data_version if intel is not None else 0
         self._address_matters = intel is not None or bool(self.allow_cidrs or self.deny_cidrs)
 
     def profile(
@@ -96,10 +99,16 @@ class NetworkView:
             # Without databases and CIDR rules the given fields are all a profile depends on:
             # a pool rotating through fresh addresses of one network shares one entry.
             cache_key = (asn, as_org, country, anon, anon_confidence)
+        intel = self.intel
+        if intel is not None:
+            intel_version = intel.current_data_version()
+            if intel_version != self._intel_version:
+                self._cache.clear()
+                self._intel_version = intel_version
         hit = self._cache.get(cache_key)
         if hit is not None:
             return hit
-        facts = self.intel.lookup(address.ip) if self.intel is not None else EMPTY_FACTS
+        facts = intel.lookup(address.ip) if intel is not None else EMPTY_FACTS
         if given:
             facts = facts_from_fields(
                 facts,
@@ -110,6 +119,8 @@ class NetworkView:
                 anon_confidence=anon_confidence,
             )
         result = self._build(address, facts)
+        if intel is not None and intel.data_version != self._intel_version:
+            return result  # reloaded meanwhile (another thread): the facts may be the old ones
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[cache_key] = result

@@ -29,7 +29,9 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
+import tempfile
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
@@ -287,6 +289,11 @@ def _expected_types(kind: str) -> str:
 
 FileSignature = tuple[int, int, int, int]
 
+# How a database file is opened (see `Database.open`).
+OPEN_MODES: tuple[str, ...] = ("copy", "mmap")
+# Attempts to take a copy while the file keeps changing under it.
+_COPY_ATTEMPTS = 3
+
 
 def _signature(path: Path) -> FileSignature | None:
     """Identity of the file's current content (device, inode, size, mtime); None if gone."""
@@ -295,6 +302,54 @@ def _signature(path: Path) -> FileSignature | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _open_private_copy(
+    path: Path, signature: FileSignature | None
+) -> tuple[Any, FileSignature | None]:
+    """A reader over a private copy of `path`, which no later write to `path` can reach,
+    and the signature of the file it copied.
+
+    The copy lives in an anonymous memory file (``memfd``, Linux) or, elsewhere, in a
+    temporary file unlinked as soon as it is mapped. The copy is only used when the file
+    did not change while it was being read (same signature before and after).
+    """
+    for _ in range(_COPY_ATTEMPTS):
+        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+            fd = os.memfd_create(f"abuseguard-{path.name}", os.MFD_CLOEXEC)
+            try:
+                with open(path, "rb") as source, open(fd, "wb", closefd=False) as copy:
+                    shutil.copyfileobj(source, copy, 1 << 20)
+                settled = _signature(path) == signature
+                reader = _open_copy(f"/proc/self/fd/{fd}", path)
+            finally:
+                os.close(fd)  # the reader's mapping keeps the memory file alive
+        else:
+            with tempfile.NamedTemporaryFile(
+                prefix="abuseguard-", suffix=".mmdb", delete=False
+            ) as copy:
+                try:
+                    with open(path, "rb") as source:
+                        shutil.copyfileobj(source, copy, 1 << 20)
+                    copy.flush()
+                    settled = _signature(path) == signature
+                    reader = _open_copy(copy.name, path)
+                finally:
+                    os.unlink(copy.name)
+        if settled:
+            return reader, signature
+        reader.close()
+        signature = _signature(path)
+    raise OSError(0, "the file kept changing while it was copied")
+
+
+def _open_copy(copy_path: str, original: Path) -> Any:
+    try:
+        return maxminddb.open_database(copy_path, maxminddb.MODE_AUTO)
+    except maxminddb.InvalidDatabaseError as exc:
+        # Name the file the operator knows, not the private copy.
+        message = str(exc).replace(copy_path, os.fspath(original))
+        raise maxminddb.InvalidDatabaseError(message) from None
 
 
 class Database:
@@ -311,6 +366,7 @@ class Database:
         build_epoch: int,
         signature: FileSignature | None,
         check_type: bool,
+        open_mode: str = "copy",
     ) -> None:
         self.kind = kind
         self.path = path
@@ -320,21 +376,36 @@ class Database:
         self.build_epoch = build_epoch
         self.signature = signature
         self.check_type = check_type
+        self.open_mode = open_mode
         self._warned = False
 
     @classmethod
     def open(
-        cls, path: str | Path, kind: str | None = None, *, check_type: bool = True
+        cls,
+        path: str | Path,
+        kind: str | None = None,
+        *,
+        check_type: bool = True,
+        open_mode: str = "copy",
     ) -> Database:
         """Open `path` (C extension when available) and check its type against `kind`.
 
         With ``kind=None`` the kind is detected from the metadata. With ``check_type=False``
         any well-formed file is accepted as `kind` (used to probe foreign or damaged files).
+        ``open_mode="copy"`` (the default) reads a private in-memory copy of the file, so
+        that rewriting or truncating the file in place cannot crash the process (a mapped
+        file that shrinks raises SIGBUS); it costs the file's size in memory per process.
+        ``"mmap"`` maps the file itself: no copy, the page cache is shared between
+        processes, but the file must only ever be replaced atomically (write, then rename).
         Raises IntelError naming the path, the kind and the problem.
         """
         label = kind or "MaxMind"
         if kind is not None and kind not in _KIND_PRODUCTS:
             raise IntelError(f"unknown database kind {kind!r}; known kinds: {', '.join(KINDS)}")
+        if open_mode not in OPEN_MODES:
+            raise IntelError(
+                f"open_mode: must be one of {', '.join(OPEN_MODES)}, got {open_mode!r}"
+            )
         if isinstance(path, str) and not path.strip():
             raise IntelError(f"{label} database: empty path")
         path = Path(path).expanduser()
@@ -342,7 +413,10 @@ class Database:
         if path.is_dir():
             raise IntelError(f"{label} database {path}: is a directory, not a file")
         try:
-            reader = maxminddb.open_database(os.fspath(path), maxminddb.MODE_AUTO)
+            if open_mode == "copy":
+                reader, signature = _open_private_copy(path, signature)
+            else:
+                reader = maxminddb.open_database(os.fspath(path), maxminddb.MODE_AUTO)
         except FileNotFoundError:
             raise IntelError(f"{label} database {path}: file not found") from None
         except OSError as exc:
@@ -350,10 +424,12 @@ class Database:
         except Exception as exc:
             raise IntelError(f"{label} database {path}: not a valid MaxMind DB ({exc})") from None
         try:
-            return cls._checked(reader, path, kind, check_type, signature)
+            database = cls._checked(reader, path, kind, check_type, signature)
         except BaseException:
             reader.close()
             raise
+        database.open_mode = open_mode
+        return database
 
     @classmethod
     def _checked(
@@ -409,7 +485,9 @@ class Database:
 
     def reopen(self) -> Database:
         """A fresh `Database` on the same path and kind (raises IntelError like `open`)."""
-        return Database.open(self.path, self.kind, check_type=self.check_type)
+        return Database.open(
+            self.path, self.kind, check_type=self.check_type, open_mode=self.open_mode
+        )
 
     def get(self, parsed: ParsedIP) -> tuple[object, int] | None:
         """(record or None, prefix length) for `parsed`; None when this file cannot answer.
@@ -621,11 +699,18 @@ class GeoIntel:
     `lookup(ip)` never raises: see the module doc for the treatment of bad input. Memory is
     bounded: at most `cache_size` entries per cache (by address and by network), evicted a
     generation (half the size) at a time. Files are checked for changes at most every
-    `reload_interval` seconds (0: on every lookup), from `lookup` itself; a changed file
-    whose replacement is missing, corrupt or of the wrong type keeps the old reader serving
-    and logs a warning once per replacement. Replace files atomically (write a temporary
-    file, then rename it over the old one, as ``geoipupdate`` does): the readers memory-map
-    the files, and rewriting a mapped file in place can crash the process.
+    `reload_interval` seconds (0: on every lookup), from `lookup` and `current_data_version`
+    (which callers that cache answers derived from the intel call on every use, hits
+    included); a changed file whose replacement is missing, corrupt or of the wrong type
+    keeps the old reader serving and logs a warning once per replacement. `data_version`
+    changes whenever earlier answers may be stale (a reader swapped, a new day).
+
+    ``open_mode`` is passed to `Database.open`: ``"copy"`` (default) serves a private
+    in-memory copy of each file, so a file rewritten or truncated in place cannot crash the
+    process (it costs each file's size in memory per process); ``"mmap"`` maps the files
+    themselves, which is only safe when they are replaced atomically (write a temporary
+    file, then rename it over the old one, as ``geoipupdate`` does): a mapped file that
+    shrinks kills the process with SIGBUS.
     """
 
     def __init__(
@@ -643,6 +728,7 @@ class GeoIntel:
         reload_interval: float = 10.0,
         recency_half_life_days: float = 30.0,
         today: Callable[[], datetime.date] | None = None,
+        open_mode: str = "copy",
     ) -> None:
         paths = {
             "asn": asn,
@@ -655,12 +741,16 @@ class GeoIntel:
             "connection_type": connection_type,
         }
         self._configure(cache_size, reload_interval, recency_half_life_days, today)
+        if open_mode not in OPEN_MODES:
+            raise IntelError(
+                f"open_mode: must be one of {', '.join(OPEN_MODES)}, got {open_mode!r}"
+            )
         opened: list[Database] = []
         try:
             for kind in KINDS:
                 path = paths[kind]
                 if path is not None:
-                    opened.append(Database.open(path, kind))
+                    opened.append(Database.open(path, kind, open_mode=open_mode))
         except BaseException:
             for database in opened:
                 database.close()
@@ -711,6 +801,7 @@ class GeoIntel:
                 f"recency_half_life_days: must be a number > 0, got {half_life_days!r}"
             )
         self._generation = cache_size // 2
+        self.data_version = 0
         self._hot: dict[object, NetworkFacts] = {}
         self._cold: dict[object, NetworkFacts] = {}
         self._net_hot: dict[int, NetworkFacts] = {}
@@ -745,6 +836,16 @@ class GeoIntel:
             return INVALID_FACTS
         # .get rather than [] + KeyError: a raised KeyError would add ~0.3 us to every miss.
         return self._lookup_slow(ip) if facts is None else facts
+
+    def current_data_version(self) -> int:
+        """Run the reload check when it is due, then return `data_version`.
+
+        Costs one clock read when no check is due: call it on every use of a cache of
+        answers derived from the intel, and drop that cache when the number changes.
+        """
+        if monotonic() >= self._next_check:
+            self._scheduled_check()
+        return self.data_version
 
     def cache_stats(self) -> dict[str, int]:
         """Entries held by the address cache and the network cache, and the bound of each."""
@@ -874,6 +975,7 @@ class GeoIntel:
     def _clear_caches(self) -> None:
         self._hot, self._cold = {}, {}
         self._net_hot, self._net_cold = {}, {}
+        self.data_version += 1
 
     # -- reload ------------------------------------------------------------------------
 
