@@ -136,11 +136,14 @@ def decisions_section() -> list[str]:
         "",
         "Actions, mildest first (the order a ladder must follow):",
         "",
-        "| action | served in full |",
-        "| --- | --- |",
+        "| action | served | served in full | refused with |",
+        "| --- | --- | --- | --- |",
     ]
     for action in Action:
-        lines.append(f"| `{action.value}` | {'yes' if action.serves_in_full else 'no'} |")
+        served = "yes" if action.serves else "no"
+        in_full = "yes" if action.serves_in_full else "no"
+        refusal = f"HTTP {action.refusal_status}" if action.refusal_status else "-"
+        lines.append(f"| `{action.value}` | {served} | {in_full} | {refusal} |")
     limit = ", ".join(f"`{r}`" for r in sorted(decision_module.LIMIT_REASONS))
     risk = ", ".join(f"`{r}`" for r in decision_module.RISK_REASONS)
     lines += [

@@ -9,7 +9,12 @@ from abuseguard.engine.layout import SIGNAL_NAMES
 
 
 class Action(StrEnum):
-    """Enforcement actions, in ladder order (mildest first)."""
+    """Enforcement actions, in ladder order (mildest first).
+
+    What each action means is declared once, in the table of :class:`ActionFacts` below:
+    ``action.facts`` or the shortcuts ``severity``, ``serves``, ``serves_in_full``,
+    ``denies`` and ``refusal_status``.
+    """
 
     ALLOW = "allow"
     LOG = "log"
@@ -20,17 +25,63 @@ class Action(StrEnum):
     BLOCK = "block"
 
     @property
+    def facts(self) -> ActionFacts:
+        return _FACTS[self]
+
+    @property
     def severity(self) -> int:
-        return _SEVERITY[self]
+        """Position on the enforcement ladder: higher is harsher."""
+        return _FACTS[self].severity
+
+    @property
+    def serves(self) -> bool:
+        """True when the request reaches the app (in full or degraded)."""
+        return _FACTS[self].serves
 
     @property
     def serves_in_full(self) -> bool:
         """True when the request reaches the app unchanged (allow, log, delay)."""
-        return self in (Action.ALLOW, Action.LOG, Action.DELAY)
+        return _FACTS[self].serves_in_full
+
+    @property
+    def denies(self) -> bool:
+        """True when the request is refused (the app never sees it)."""
+        return _FACTS[self].denies
+
+    @property
+    def refusal_status(self) -> int | None:
+        """The HTTP status the built-in enforcer refuses with; None when served."""
+        return _FACTS[self].refusal_status
 
 
-_SEVERITY = {action: i for i, action in enumerate(Action)}
-_SERVED = frozenset({Action.ALLOW, Action.LOG, Action.DELAY, Action.DEGRADE})
+@dataclass(frozen=True, slots=True)
+class ActionFacts:
+    """What one action means: see the table ``_FACTS``."""
+
+    severity: int
+    serves: bool
+    serves_in_full: bool
+    denies: bool
+    refusal_status: int | None
+
+
+# The one place that says what each action does; adding an action means a row here and
+# an enforcer in enforce.py.
+_FACTS: dict[Action, ActionFacts] = {
+    #                      severity, serves, serves_in_full, denies, refusal_status
+    Action.ALLOW: ActionFacts(0, True, True, False, None),
+    Action.LOG: ActionFacts(1, True, True, False, None),
+    Action.DELAY: ActionFacts(2, True, True, False, None),
+    Action.DEGRADE: ActionFacts(3, True, False, False, None),
+    # Without an app's challenge responder, the challenge answers as the throttle does.
+    Action.CHALLENGE: ActionFacts(4, False, False, True, 429),
+    Action.THROTTLE: ActionFacts(5, False, False, True, 429),
+    Action.BLOCK: ActionFacts(6, False, False, True, 403),
+}
+
+# Sets read from the table, for hot paths (a frozenset lookup beats a property call).
+SERVING_ACTIONS: frozenset[Action] = frozenset(a for a in Action if a.serves)
+DENIAL_ACTIONS: frozenset[Action] = frozenset(a for a in Action if a.denies)
 
 # Reason codes. Limit reasons say "over a configured limit"; every other reason is a risk
 # signal (the replay report splits "limited" from "mitigated" on this).
@@ -74,7 +125,7 @@ class Decision:
     @property
     def served(self) -> bool:
         """True when the app handles the request (in full, degraded, or under shadow)."""
-        return self.shadow or self.action in _SERVED
+        return self.shadow or self.action in SERVING_ACTIONS
 
     @property
     def limited(self) -> bool:

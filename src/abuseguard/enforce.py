@@ -28,6 +28,18 @@ DEGRADED_STATE_KEY = "abuseguard_degraded"
 DECISION_STATE_KEY = "abuseguard_decision"
 
 
+def _refusal_status(action: Action) -> int:
+    status = action.refusal_status
+    if status is None:
+        raise ValueError(f"{action} serves the request; it has no refusal status")
+    return status
+
+
+_CHALLENGE_STATUS = _refusal_status(Action.CHALLENGE)
+_THROTTLE_STATUS = _refusal_status(Action.THROTTLE)
+_BLOCK_STATUS = _refusal_status(Action.BLOCK)
+
+
 @runtime_checkable
 class Enforcer(Protocol):
     async def __call__(
@@ -138,7 +150,11 @@ class Challenge:
             await self.responder(scope, receive, send, decision)
             return
         await send_problem(
-            send, 429, decision, legacy=self.legacy_headers, reveal_reasons=self.reveal_reasons
+            send,
+            _CHALLENGE_STATUS,
+            decision,
+            legacy=self.legacy_headers,
+            reveal_reasons=self.reveal_reasons,
         )
 
 
@@ -153,7 +169,11 @@ class Throttle:
         self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
     ) -> None:
         await send_problem(
-            send, 429, decision, legacy=self.legacy_headers, reveal_reasons=self.reveal_reasons
+            send,
+            _THROTTLE_STATUS,
+            decision,
+            legacy=self.legacy_headers,
+            reveal_reasons=self.reveal_reasons,
         )
 
 
@@ -166,7 +186,7 @@ class Block:
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
     ) -> None:
-        await send_problem(send, 403, decision, reveal_reasons=self.reveal_reasons)
+        await send_problem(send, _BLOCK_STATUS, decision, reveal_reasons=self.reveal_reasons)
 
 
 def default_enforcers(

@@ -18,7 +18,7 @@ from typing import Any
 from abuseguard.backends.base import Backend, LimitSource, backend_from_uri
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.config_check import check_callables
-from abuseguard.decision import Action, Decision, PolicyState
+from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.engine import Engine
 from abuseguard.errors import ConfigError
@@ -872,7 +872,7 @@ _O_RESET = L.O_RESET
 _O_SCORE = L.O_SCORE
 
 
-_DENIALS = frozenset({Action.CHALLENGE, Action.THROTTLE, Action.BLOCK})
+_DENIALS = DENIAL_ACTIONS
 _SEVERITY = {action: action.severity for action in Action}
 _THROTTLE_SEVERITY = Action.THROTTLE.severity
 

@@ -48,7 +48,7 @@ from itertools import pairwise
 from types import ModuleType
 from typing import Any, Literal
 
-from abuseguard.decision import Action, Decision
+from abuseguard.decision import DENIAL_ACTIONS, SERVING_ACTIONS, Action, Decision
 from abuseguard.request import RequestInfo
 
 logger = logging.getLogger("abuseguard.metrics")
@@ -61,8 +61,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 NEAR_LIMIT_SHARE = 0.1
 MAX_LABEL_VALUES = 64
-_WOULD_BLOCK = frozenset({Action.CHALLENGE, Action.THROTTLE, Action.BLOCK})
-_SERVED = frozenset({Action.ALLOW, Action.LOG, Action.DELAY, Action.DEGRADE})
+_WOULD_BLOCK = DENIAL_ACTIONS
+_SERVED = SERVING_ACTIONS
 
 
 def _prometheus() -> ModuleType:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 
-from abuseguard.decision import Action
+from abuseguard.decision import DENIAL_ACTIONS, Action
 from abuseguard.identity import ClientAddress
 from abuseguard.intel.geo import (
     ANON_BITS,
@@ -27,11 +27,7 @@ from abuseguard.intel.hosting import hosting_asns
 from abuseguard.policy import AnonymizerRule, NetworkPolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_TREATMENT_ACTIONS = {
-    "challenge": Action.CHALLENGE,
-    "throttle": Action.THROTTLE,
-    "block": Action.BLOCK,
-}
+_TREATMENT_ACTIONS = {action.value: action for action in DENIAL_ACTIONS}
 _EYEBALL_DISTRUST = 0.3  # fan-in on residential, mobile or campus networks counts for less
 
 

@@ -53,9 +53,7 @@ BATCH = 256
 COST_MODES: tuple[str, ...] = ("auto", "after", "upfront", "ignore")
 
 REFUSAL_STATUS: dict[Action, int] = {
-    Action.CHALLENGE: 403,
-    Action.THROTTLE: 429,
-    Action.BLOCK: 403,
+    action: action.refusal_status for action in Action if action.refusal_status is not None
 }
 
 

@@ -40,6 +40,7 @@ MAX_TIMELINE_POINTS = 720
 GROUP_LABELS: tuple[str, ...] = ("benign", "abusive")
 UNKNOWN_LABEL = "unknown"
 
+# Degraded requests count as mitigated in the report, so "served" here means in full.
 _SERVED: frozenset[Action] = frozenset(a for a in Action if a.serves_in_full)
 _LIMIT_REASONS = LIMIT_REASONS
 

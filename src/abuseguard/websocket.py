@@ -23,17 +23,25 @@ logs see WebSocket limits like HTTP ones. The state lives in the process (per wo
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
-from abuseguard.decision import Action, Decision, PolicyState
-from abuseguard.enforce import DECISION_STATE_KEY, Message, Receive, Scope, Send
+from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
+from abuseguard.enforce import (
+    DECISION_STATE_KEY,
+    ASGIApp,
+    Enforcer,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 from abuseguard.headers import problem_body, rate_limit_headers, retry_after_value
-from abuseguard.policy import TokenBucket, WebSocketPolicy
+from abuseguard.policy import Policy, TokenBucket, WebSocketPolicy
 from abuseguard.request import RequestInfo
 
 if TYPE_CHECKING:
     from abuseguard.guard import Guard
-    from abuseguard.middleware import AbuseGuard
 
 logger = logging.getLogger("abuseguard.websocket")
 
@@ -43,7 +51,26 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 
-_DENIALS = (Action.CHALLENGE, Action.THROTTLE, Action.BLOCK)
+_DENIALS = DENIAL_ACTIONS
+
+
+class WebSocketHost(Protocol):
+    """What the limiter needs from the middleware it serves (``AbuseGuard`` is one)."""
+
+    @property
+    def app(self) -> ASGIApp: ...
+    @property
+    def guard(self) -> Guard: ...
+    @property
+    def policy(self) -> Policy: ...
+    @property
+    def enforcers(self) -> Mapping[Action, Enforcer]: ...
+    @property
+    def fail_open(self) -> bool: ...
+    @property
+    def started(self) -> bool: ...
+    async def startup(self) -> None: ...
+    def request_info(self, scope: Scope) -> RequestInfo: ...
 
 
 class Bucket:
@@ -110,7 +137,7 @@ class ConnectionTable:
 class WebSocketLimiter:
     """Applies a :class:`WebSocketPolicy` to the websocket scopes of one AbuseGuard."""
 
-    def __init__(self, middleware: AbuseGuard, policy: WebSocketPolicy) -> None:
+    def __init__(self, middleware: WebSocketHost, policy: WebSocketPolicy) -> None:
         self.middleware = middleware
         self.policy = policy
         self.table = ConnectionTable(middleware.policy.max_identities)
@@ -153,8 +180,7 @@ class WebSocketLimiter:
             return
 
         if decision is not None and decision.enforced_action in _DENIALS:
-            throttled = decision.enforced_action == Action.THROTTLE
-            await self._refuse_and_release(scope, receive, send, info, decision, throttled)
+            await self._refuse_and_release(scope, receive, send, info, decision)
             return
         refusal = self._admit(guard, info, identity)
         if refusal is not None:
@@ -190,17 +216,15 @@ class WebSocketLimiter:
         send: Send,
         info: RequestInfo,
         decision: Decision,
-        throttled: bool,
     ) -> None:
         try:
             self.middleware.guard.complete(info, decision)
         except Exception:
             logger.exception("abuseguard failed to record a WebSocket outcome")
+        status = decision.enforced_action.refusal_status or 403
+        code = CLOSE_TRY_AGAIN_LATER if status == 429 else CLOSE_POLICY_VIOLATION
         reveal = self.middleware.policy.enforcement.reveal_reasons
-        if throttled:
-            await _refuse(scope, receive, send, 429, CLOSE_TRY_AGAIN_LATER, decision, reveal)
-        else:
-            await _refuse(scope, receive, send, 403, CLOSE_POLICY_VIOLATION, decision, reveal)
+        await _refuse(scope, receive, send, status, code, decision, reveal)
 
     def _admit(self, guard: Guard, info: RequestInfo, identity: str) -> Decision | None:
         """Charge the connect bucket and check open connections; a Decision when refused."""

@@ -18,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from abuseguard.backends.breaker import CircuitBreaker
-from abuseguard.decision import Action, Decision
+from abuseguard.decision import DENIAL_ACTIONS, Action, Decision
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("abuseguard.backends")
 
 UNAVAILABLE = "backend_unavailable"
-DENIALS = (Action.CHALLENGE, Action.THROTTLE, Action.BLOCK)
+DENIALS = DENIAL_ACTIONS
 
 
 class UnknownLimits:
