@@ -41,6 +41,8 @@ class Engine:
         )
         self.cms = kernels.region(state, L.REGION_CMS, L.CMS_WIDTH)
         self.io = kernels.vector(state, L.REGION_IO, L.IO_SIZE)
+        # The rows the last decide() worked on (int64 words of the state vector).
+        self.rows = kernels.vector(state, L.REGION_IV, L.N_INT_INPUTS).view("int64")
         self.params = kernels.vector(state, L.REGION_PRM, L.N_PARAMS)
         self.params[:] = build_params(policy, local_buckets=local_buckets)
         self.decide_with = _compiled_entry(kernels.decide_with)
@@ -57,6 +59,13 @@ class Engine:
         burst = float(self.params[L.P_BUCKET + 2 * kind + 1])
         if burst > 0.0:
             kernels.charge(self.tables[kind].data, row, delta, burst)
+
+    def adjust_last(self, delta: float) -> None:
+        """Take ``delta`` more tokens (< 0: give back) from every bucket of the request the
+        kernel decided last (see `kernels.adjust_buckets`); call it before the next one."""
+        kernels.adjust_buckets(
+            tuple(table.data for table in self.tables), self.rows, self.params, delta
+        )
 
     def set_prior(self, key: object, prior: float) -> bool:
         """Background lane: write a risk prior (0..1) for an identity; False if unknown."""

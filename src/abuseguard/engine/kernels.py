@@ -468,7 +468,9 @@ def decide(
             tight_remaining = tokens
             tight_reset = (burst - tokens) / rate
     serves = prm[L.P_LADDER_SERVES + level] != 0.0
-    if denied == 0 and serves:
+    # A refusal of a shadowed bucket is served: charged as an allow, nobody told to wait.
+    enforced = denied & ~int(prm[L.P_SHADOW_KINDS])
+    if enforced == 0 and serves:
         for kind in range(L.N_KINDS):
             r = iv[L.I_ROW + kind]
             if r < 0 or prm[L.P_BUCKET + 2 * kind + 1] <= 0.0:
@@ -479,6 +481,7 @@ def decide(
             tight_reset += cost / (prm[L.P_BUCKET + 2 * tight_kind] * load + 1e-12)
     if denied != 0:
         reasons |= 1 << L.R_RATE
+    if enforced != 0:
         wait_until = ts + retry
         if wait_until > key_row[L.F_WAIT_UNTIL]:
             key_row[L.F_WAIT_UNTIL] = wait_until
@@ -507,6 +510,19 @@ def charge(table: np.ndarray, row: int, delta: float, burst: float) -> None:
     """Reconcile a bucket with the real cost: delta > 0 charges more, < 0 refunds."""
     tokens = table[row, L.F_TOKENS] - delta
     table[row, L.F_TOKENS] = burst if tokens > burst else tokens
+
+
+def adjust_buckets(
+    tables: tuple[np.ndarray, ...], rows: np.ndarray, prm: np.ndarray, delta: float
+) -> None:
+    """Take ``delta`` more tokens (< 0: give back) from every bucket the last `decide`
+    looked at: the refund of a request refused after its buckets were charged, or the
+    charge of a shadowed refusal the kernel did not charge. No cap: a refund restores a
+    level the bucket held a moment ago (its ceiling may have been grown by NAT fairness)."""
+    for kind in range(L.N_KINDS):
+        r = int(rows[L.I_ROW + kind])
+        if r >= 0 and prm[L.P_BUCKET + 2 * kind + 1] > 0.0:
+            tables[kind][r, L.F_TOKENS] -= delta
 
 
 @njit(cache=True, inline="always")

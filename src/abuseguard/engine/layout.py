@@ -213,7 +213,8 @@ P_LADDER_SERVES = 84  # per ladder level 0..8: 1 when that level's action serves
 P_RISK_FLOOR = 93  # smoothed scores below this leave the refill alone
 P_BASELINE_AGE = 94  # seconds of history before the burst signal trusts the baseline
 P_FANIN_SCALE = 95  # P_FANIN_SCALE + kind: a network kind's fan-in is divided by this
-N_PARAMS = 100
+P_SHADOW_KINDS = 100  # bitmask of kinds whose bucket refusals are shadowed (served anyway)
+N_PARAMS = 101
 
 # The engine keeps every table and vector in one float64 state vector, so that the kernel
 # takes one array argument (Numba converts each array argument at ~45 ns a call). The vector
