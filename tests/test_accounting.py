@@ -262,10 +262,17 @@ def test_limits_change_only_by_what_served_requests_really_cost(
     )
     clock = ManualClock()
     guard = fresh_guard(policy, clock=clock)
+    # The bucket as the engine keeps it: refilled when its identity sends a request, and a
+    # reconciliation applied to the tokens as they were at that refill (capped at the burst).
     tokens = {"a": 1000.0, "b": 1000.0}
+    refilled = {"a": clock.now, "b": clock.now}
     daily = {"a": 0, "b": 0}
     hourly = {"a": 0, "b": 0}
     held: dict[str, tuple[RequestInfo, Decision, int]] = {}
+
+    def refill(key: str) -> None:
+        tokens[key] = min(1000.0, tokens[key] + clock.now - refilled[key])
+        refilled[key] = clock.now
 
     def finish(key: str, request: RequestInfo, decision: Decision, real: int) -> None:
         guard.complete(request, decision, status=200, cost=real)
@@ -274,8 +281,7 @@ def test_limits_change_only_by_what_served_requests_really_cost(
 
     for key, estimate, real, hold, pause in steps:
         clock.advance(pause)
-        for k in tokens:
-            tokens[k] = min(1000.0, tokens[k] + pause)
+        refill(key)
         request = info(key, cost=estimate)
         decision = guard.check(request)
         expect_served = (
@@ -299,6 +305,7 @@ def test_limits_change_only_by_what_served_requests_really_cost(
         for k in tokens:
             if k in held or hourly[k] >= 40:
                 continue
+            refill(k)
             probe_request = info(k, cost=0)
             probe = guard.check(probe_request)
             if tokens[k] < 0:  # a debt: real costs above the estimates took the bucket below 0
@@ -312,3 +319,206 @@ def test_limits_change_only_by_what_served_requests_really_cost(
                 "hourly": 40 - hourly[k],
             }
             guard.complete(probe_request, probe, status=200)
+
+
+# -- Redis: inline (one script decides) and synced (local decisions merged) ------------------
+
+_redis_prefixes = iter(range(10**6))
+
+
+def _prefix() -> str:
+    import os
+
+    return f"acc{os.getpid()}x{next(_redis_prefixes)}"
+
+
+def _redis_get(url: str, key: str) -> str | None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        raw = client.get(key)
+    finally:
+        client.close()
+    return raw.decode() if raw is not None else None
+
+
+def _shared_tokens(url: str, key: str, burst: float) -> float:
+    raw = _redis_get(url, key)
+    return float(raw.split()[0]) if raw is not None else burst
+
+
+@pytest.mark.redis
+def test_concurrency_refusals_cost_nothing_on_redis_inline_over_http(redis_server: Any) -> None:
+    app, entered, release = holding_app()
+    backend = f"{redis_server.url}?prefix={_prefix()}&budget=0.5"
+    app.add_middleware(AbuseGuard, policy=ISSUE_POLICY, backend=backend)
+    with serve(app) as url:
+        concurrency_refusals_cost_nothing(url, entered, release)
+
+
+@pytest.mark.redis
+def test_a_quota_refusal_leaves_the_redis_bucket_and_quotas_alone(redis_server: Any) -> None:
+    policy = Policy(
+        bucket=TokenBucket("1/hour", burst=10),
+        quotas=(Quota("100/day", name="day"), Quota("2/hour", name="hour")),
+        scoring=None,
+    )
+
+    async def main() -> tuple[list[dict[str, float]], float]:
+        guard = Guard(policy, f"{redis_server.url}?prefix={_prefix()}&budget=0.5")
+        await guard.startup()
+        try:
+            decisions = [await guard.acheck(info()) for _ in range(5)]
+            backend: Any = guard.backend
+            key = backend.keys.of(decisions[0].identity).bucket
+        finally:
+            await guard.shutdown()
+        return [states(d) for d in decisions], _shared_tokens(redis_server.url, key, 10)
+
+    seen, tokens = asyncio.run(main())
+    assert [s["hour"] for s in seen] == [1, 0, 0, 0, 0]
+    assert [s["day"] for s in seen] == [99, 98, 98, 98, 98]
+    assert tokens == pytest.approx(8, abs=0.01)
+
+
+@pytest.mark.redis
+def test_complete_reconciles_quotas_and_network_buckets_on_redis_inline(redis_server: Any) -> None:
+    # (NAT fairness off: one account's fan-in estimate of ~1.004 would grow the IP's burst.)
+    network = NetworkPolicy(per_ip=TokenBucket("1/hour", burst=1000, name="ip"), nat_fairness=False)
+    policy = Policy(
+        bucket=TokenBucket("1/hour", burst=1000, cost=200),
+        quotas=(
+            QUOTA,
+            Quota("5000/day", by_cost=True, name="sliding", strategy="sliding-window-counter"),
+        ),
+        network=network,
+        scoring=None,
+    )
+    prefix = _prefix()
+
+    async def main() -> tuple[dict[str, float], float]:
+        guard = Guard(policy, f"{redis_server.url}?prefix={prefix}&budget=0.5")
+        await guard.startup()
+        try:
+            for real in (47, 10):
+                request = info()
+                decision = await guard.acheck(request)
+                assert decision.served
+                guard.complete(request, decision, status=200, cost=real)
+            after = states(await guard.acheck(info(cost=0)))
+            backend: Any = guard.backend
+            ip_key = guard.addresses.resolve("203.0.113.7").ip_key
+            ip_bucket = backend.keys.network_base(L.KIND_IP, ip_key) + ":b"
+        finally:
+            await guard.shutdown()
+        return after, _shared_tokens(redis_server.url, ip_bucket, 1000)
+
+    after, ip_tokens = asyncio.run(main())
+    assert after["daily"] == 5000 - 57
+    assert after["sliding"] == 5000 - 57
+    assert after["default"] == pytest.approx(1000 - 57, abs=0.1)
+    assert ip_tokens == pytest.approx(1000 - 57, abs=0.1)
+
+
+@pytest.mark.redis
+def test_shadowed_refusals_on_redis_inline_are_charged_and_tell_nobody_to_wait(
+    redis_server: Any,
+) -> None:
+    policy = Policy(bucket=TokenBucket("1/hour", burst=3), shadow=True)
+    prefix = _prefix()
+
+    async def main() -> tuple[list[Decision], float, float]:
+        guard = Guard(policy, f"{redis_server.url}?prefix={prefix}&budget=0.5")
+        await guard.startup()
+        try:
+            decisions = [await guard.acheck(info()) for _ in range(6)]
+            backend: Any = guard.backend
+            key = backend.keys.of(decisions[0].identity).bucket
+            key_table = guard.engine.tables[L.KIND_KEY]
+            wait_until = float(
+                key_table.data[key_table.index[decisions[0].identity], L.F_WAIT_UNTIL]
+            )
+        finally:
+            await guard.shutdown()
+        return decisions, _shared_tokens(redis_server.url, key, 3), wait_until
+
+    decisions, tokens, wait_until = asyncio.run(main())
+    assert all(d.served for d in decisions)
+    assert [d.shadow for d in decisions] == [False] * 3 + [True] * 3
+    assert tokens == pytest.approx(3 - 6, abs=0.01)
+    assert wait_until == 0.0
+
+
+def _synced(url: str, prefix: str) -> str:
+    return f"{url}?mode=synced&prefix={prefix}&sync_interval=0.005&budget=0.5"
+
+
+async def _until_synced(guard: Guard) -> None:
+    backend: Any = guard.backend
+    syncs = backend.stats()["syncs"]
+    for _ in range(2000):
+        await asyncio.sleep(0.005)
+        if backend.stats()["syncs"] >= syncs + 2 and backend.stats()["pending"] == 0:
+            return
+    raise AssertionError("no sync")
+
+
+@pytest.mark.redis
+def test_refusals_are_not_reported_as_usage_in_synced_mode(redis_server: Any) -> None:
+    network = NetworkPolicy(
+        per_ip=TokenBucket("1/hour", burst=100, name="ip"), deny_cidrs=("203.0.113.0/24",)
+    )
+    policy = Policy(bucket=TokenBucket("1/hour", burst=100, cost=30), network=network)
+    prefix = _prefix()
+
+    async def main() -> tuple[list[Decision], float, float]:
+        guard = Guard(policy, _synced(redis_server.url, prefix))
+        await guard.startup()
+        try:
+            decisions = [guard.check(info()) for _ in range(3)]
+            decisions.append(guard.check(info(ip="198.51.100.9")))
+            await _until_synced(guard)
+            backend: Any = guard.backend
+            key = backend.keys.of(decisions[0].identity).bucket
+        finally:
+            await guard.shutdown()
+        key_table = guard.engine.tables[L.KIND_KEY]
+        local = float(key_table.data[key_table.index[decisions[0].identity], L.F_TOKENS])
+        return decisions, _shared_tokens(redis_server.url, key, 100), local
+
+    decisions, shared, local = asyncio.run(main())
+    assert [d.served for d in decisions] == [False, False, False, True]
+    assert shared == pytest.approx(70, abs=0.01)
+    assert local == pytest.approx(70, abs=0.01)
+
+
+@pytest.mark.redis
+def test_complete_reconciles_network_buckets_in_synced_mode(redis_server: Any) -> None:
+    network = NetworkPolicy(per_ip=TokenBucket("1/hour", burst=1000, name="ip"), nat_fairness=False)
+    policy = Policy(bucket=TokenBucket("1/hour", burst=1000, cost=200), network=network)
+    prefix = _prefix()
+
+    async def main() -> tuple[float, float]:
+        guard = Guard(policy, _synced(redis_server.url, prefix))
+        await guard.startup()
+        try:
+            for real in (47, 10):
+                request = info()
+                decision = guard.check(request)
+                guard.complete(request, decision, status=200, cost=real)
+            await _until_synced(guard)
+            backend: Any = guard.backend
+            ip_key = guard.addresses.resolve("203.0.113.7").ip_key
+            ip_bucket = backend.keys.network_base(L.KIND_IP, ip_key) + ":b"
+            key = backend.keys.of(decision.identity).bucket
+        finally:
+            await guard.shutdown()
+        return (
+            _shared_tokens(redis_server.url, key, 1000),
+            _shared_tokens(redis_server.url, ip_bucket, 1000),
+        )
+
+    key_tokens, ip_tokens = asyncio.run(main())
+    assert key_tokens == pytest.approx(1000 - 57, abs=0.1)
+    assert ip_tokens == pytest.approx(1000 - 57, abs=0.1)

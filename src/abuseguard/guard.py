@@ -648,7 +648,7 @@ class Guard:
         if charged == served or not p.cost:
             return remaining
         self.engine.adjust_last(-p.cost if charged else p.cost)
-        if self._bucket is None or not self.local_buckets:
+        if self._bucket is None:
             return remaining
         tokens = float(self.engine.tables[L.KIND_KEY].data[self.engine.rows[0], L.F_TOKENS])
         left = tokens if tokens > 0.0 else 0.0
