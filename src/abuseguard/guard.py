@@ -654,8 +654,8 @@ class Guard:
         left = tokens if tokens > 0.0 else 0.0
         for state in policies:
             if state.name == self._bucket.name and state.quota == self._bucket.capacity:
-                refill = (left - state.remaining) / self._bucket.per_second
-                state.reset = max(0.0, state.reset + refill)
+                given_back = (left - state.remaining) / self._bucket.per_second
+                state.reset = max(0.0, state.reset - given_back)
                 state.remaining = left
                 break
         return left

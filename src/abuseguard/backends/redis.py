@@ -580,6 +580,7 @@ class RedisBackend(Backend):
                     lease,
                     self.leases.ttl_ms,
                     ("c:" + ident, key, lease),
+                    conc.shadow,
                 )
         return main, side
 

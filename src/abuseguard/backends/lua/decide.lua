@@ -25,7 +25,7 @@
 --   bucket  KEYS key           "rate burst cost ttl_rate shadow"
 --   quota   KEYS key           "strategy amount window_seconds cost shadow"
 --                              (strategy 1 fixed window, 2 sliding window counter)
---   conc    KEYS key           "limit lease_id lease_ttl_ms"
+--   conc    KEYS key           "limit lease_id lease_ttl_ms shadow"
 --
 -- Reply: {status, now, ban_seconds_left, sketch estimates..., denied_mask, charged, retry,
 --         tokens per bucket..., per quota: ran, ok, remaining, reset ..., per conc: ran,
@@ -174,7 +174,7 @@ local concs = {}
 for c = 1, n_conc do
     local key = KEYS[k]
     k = k + 1
-    local l, lease, t = string.match(ARGV[a], '^(%S+) (%S+) (%S+)$')
+    local l, lease, t, sh = string.match(ARGV[a], '^(%S+) (%S+) (%S+) (%d)$')
     a = a + 1
     local limit, ttl = num(l), num(t)
     local conc = {key = key, lease = lease, ttl = ttl, ran = gate, acquired = false}
@@ -183,7 +183,7 @@ for c = 1, n_conc do
         redis.call('ZREMRANGEBYSCORE', key, '-inf', now * 1000)
         if redis.call('ZCARD', key) < limit then
             conc.acquired = true
-        else
+        elseif sh ~= '1' then
             gate = false
         end
     end
