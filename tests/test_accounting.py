@@ -522,3 +522,35 @@ def test_complete_reconciles_network_buckets_in_synced_mode(redis_server: Any) -
     key_tokens, ip_tokens = asyncio.run(main())
     assert key_tokens == pytest.approx(1000 - 57, abs=0.1)
     assert ip_tokens == pytest.approx(1000 - 57, abs=0.1)
+
+
+SHADOW_WITH_QUOTA = Policy(
+    bucket=TokenBucket("1/hour", burst=2),
+    quotas=(Quota("100/day", name="day"),),
+    shadow=True,
+    scoring=None,
+)
+
+
+def test_a_shadowed_bucket_refusal_is_counted_in_the_quotas_as_an_allow() -> None:
+    guard = fresh_guard(SHADOW_WITH_QUOTA)
+    decisions = [guard.check(info()) for _ in range(4)]
+    assert [d.shadow for d in decisions] == [False, False, True, True]
+    assert [states(d)["day"] for d in decisions] == [99, 98, 97, 96]
+
+
+@pytest.mark.redis
+def test_a_shadowed_bucket_refusal_is_counted_in_the_quotas_on_redis_inline(
+    redis_server: Any,
+) -> None:
+    async def main() -> list[Decision]:
+        guard = Guard(SHADOW_WITH_QUOTA, f"{redis_server.url}?prefix={_prefix()}&budget=0.5")
+        await guard.startup()
+        try:
+            return [await guard.acheck(info()) for _ in range(4)]
+        finally:
+            await guard.shutdown()
+
+    decisions = asyncio.run(main())
+    assert [d.shadow for d in decisions] == [False, False, True, True]
+    assert [states(d)["day"] for d in decisions] == [99, 98, 97, 96]

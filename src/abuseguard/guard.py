@@ -530,9 +530,13 @@ class Guard:
             if denied:
                 if _SEVERITY[action] <= _THROTTLE_SEVERITY or action not in _DENIALS:
                     action = Action.THROTTLE
-                    shadow = self._bucket_shadow(denied)
+                    shadow = not denied & ~self._shadow_kinds
                 reasons.append("rate")
                 retry_after = io[L.O_RETRY_AFTER]
+        if not shadow and action != Action.ALLOW:
+            # A shadowed refusal is served as an allow: the quotas and concurrency an
+            # allow would meet still count it.
+            shadow = policy.shadow or action in enforcement.shadow_actions
         held: tuple[str, ...] = ()
         quotas_asked = False
         if action not in _DENIALS or shadow:

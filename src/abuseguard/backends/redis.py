@@ -474,6 +474,8 @@ class RedisBackend(Backend):
         else:
             action, shadow = guard.risk_action(level, profile)
             denial = action in DENIALS
+            enforcement = guard.policy.enforcement
+            shadow = shadow or guard.policy.shadow or action in enforcement.shadow_actions
             gate = not denial or shadow
             override = action.severity <= _THROTTLE_SEVERITY or not denial
         now: float | str = "" if self.server_time else p.ts
