@@ -545,8 +545,8 @@ class Guard:
             if policy.quotas:
                 if isinstance(limits, MemoryBackend):
                     # Asked now, counted below once the request is known to be served.
+                    quota_result, quota_fits = self._quotas_fit(p, limits)
                     quotas_asked = True
-                    quota_result = self._quotas_fit(p, limits)
                 else:
                     quota_states: list[PolicyState] = list(policies)
                     quota_result = self._quotas(p, quota_states, limits)  # type: ignore[arg-type]
@@ -575,7 +575,12 @@ class Guard:
         served = shadow or action_serves(action)
         remaining = self._settle_buckets(p, io, level, denied, served, policies, remaining)
         if quotas_asked:
-            policies = policies + self._count_quotas(p, limits, served)  # type: ignore[arg-type]
+            policies = policies + self._count_quotas(
+                p,
+                limits,  # type: ignore[arg-type]
+                served,
+                quota_fits,
+            )
         decision = Decision(
             action=action,
             reasons=tuple(dict.fromkeys(reasons)),
@@ -654,7 +659,7 @@ class Guard:
         self.engine.adjust_last(-p.cost if charged else p.cost)
         if self._bucket is None:
             return remaining
-        tokens = float(self.engine.tables[L.KIND_KEY].data[self.engine.rows[0], L.F_TOKENS])
+        tokens = self._key_rows[self.engine.rows[L.I_ROW + L.KIND_KEY], L.F_TOKENS]
         left = tokens if tokens > 0.0 else 0.0
         for state in policies:
             if state.name == self._bucket.name and state.quota == self._bucket.capacity:
@@ -664,27 +669,44 @@ class Guard:
                 break
         return left
 
-    def _quotas_fit(self, p: Prepared, limits: MemoryBackend) -> tuple[Quota, float] | None:
-        """The first quota that would refuse the request (and its reset), counting nothing."""
+    def _quotas_fit(
+        self, p: Prepared, limits: MemoryBackend
+    ) -> tuple[tuple[Quota, float] | None, list[tuple[float, float] | None]]:
+        """The first quota that would refuse the request (and its reset), and per quota
+        None when it admits the request, else its (remaining, reset); nothing is counted."""
+        violated: tuple[Quota, float] | None = None
+        fits: list[tuple[float, float] | None] = []
         for quota in self.policy.quotas:
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
             cost = max(0, round(p.cost)) if quota.by_cost else 1
-            if not limits.quota_fits(quota.limit, quota.strategy, ident, cost):
-                return quota, limits.quota_state(quota.limit, quota.strategy, ident)[1]
-        return None
+            if limits.quota_fits(quota.limit, quota.strategy, ident, cost):
+                fits.append(None)
+                continue
+            state = limits.quota_state(quota.limit, quota.strategy, ident)
+            fits.append(state)
+            if violated is None:
+                violated = quota, state[1]
+        return violated, fits
 
     def _count_quotas(
-        self, p: Prepared, limits: MemoryBackend, served: bool
+        self,
+        p: Prepared,
+        limits: MemoryBackend,
+        served: bool,
+        fits: list[tuple[float, float] | None],
     ) -> tuple[PolicyState, ...]:
         """Count a served request in every quota (a refused one in none); their states."""
         states = []
-        for quota in self.policy.quotas:
+        for quota, refused in zip(self.policy.quotas, fits, strict=True):
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             if served:
                 ok, remaining, reset = limits.hit_quota(quota.limit, quota.strategy, ident, cost)
+            elif refused is not None:
+                ok = False
+                remaining, reset = refused
             else:
-                ok = limits.quota_fits(quota.limit, quota.strategy, ident, cost)
+                ok = True
                 remaining, reset = limits.quota_state(quota.limit, quota.strategy, ident)
             states.append(
                 PolicyState(

@@ -512,19 +512,6 @@ def charge(table: np.ndarray, row: int, delta: float, burst: float) -> None:
     table[row, L.F_TOKENS] = burst if tokens > burst else tokens
 
 
-def adjust_buckets(
-    tables: tuple[np.ndarray, ...], rows: np.ndarray, prm: np.ndarray, delta: float
-) -> None:
-    """Take ``delta`` more tokens (< 0: give back) from every bucket the last `decide`
-    looked at: the refund of a request refused after its buckets were charged, or the
-    charge of a shadowed refusal the kernel did not charge. No cap: a refund restores a
-    level the bucket held a moment ago (its ceiling may have been grown by NAT fairness)."""
-    for kind in range(L.N_KINDS):
-        r = int(rows[L.I_ROW + kind])
-        if r >= 0 and prm[L.P_BUCKET + 2 * kind + 1] > 0.0:
-            tables[kind][r, L.F_TOKENS] -= delta
-
-
 @njit(cache=True, inline="always")
 def region(state: np.ndarray, index: int, width: int) -> np.ndarray:
     """Region ``index`` of the engine's state vector as a (rows, width) table (a view).
