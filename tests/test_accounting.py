@@ -554,3 +554,27 @@ def test_a_shadowed_bucket_refusal_is_counted_in_the_quotas_on_redis_inline(
     decisions = asyncio.run(main())
     assert [d.shadow for d in decisions] == [False, False, True, True]
     assert [states(d)["day"] for d in decisions] == [99, 98, 97, 96]
+
+
+@pytest.mark.redis
+def test_deny_listed_refusals_cost_nothing_in_synced_mode_over_http(redis_server: Any) -> None:
+    network = NetworkPolicy(
+        per_ip=TokenBucket("1/hour", burst=100, name="ip"), deny_cidrs=("203.0.113.0/24",)
+    )
+    policy = Policy(
+        bucket=TokenBucket("1/hour", burst=100, cost=30),
+        network=network,
+        trusted_proxies=("127.0.0.1/32",),
+    )
+    app, _, _ = holding_app()
+    app.add_middleware(AbuseGuard, policy=policy, backend=_synced(redis_server.url, _prefix()))
+    key = {"authorization": "Bearer sk-synced"}
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30, headers=key) as client:
+        denied = [
+            client.get("/", headers={"x-forwarded-for": "203.0.113.7"}).status_code
+            for _ in range(3)
+        ]
+        served = client.get("/", headers={"x-forwarded-for": "198.51.100.9"})
+    assert denied == [403] * 3
+    assert served.status_code == 200
+    assert remaining(served)["default"] == 70
