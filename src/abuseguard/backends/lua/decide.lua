@@ -27,6 +27,11 @@
 --                              (strategy 1 fixed window, 2 sliding window counter)
 --   conc    KEYS key           "limit lease_id lease_ttl_ms shadow"
 --
+-- A refused request costs nothing: every limit is asked first, and the buckets are charged,
+-- the quotas counted and the lease taken only when none of them refuses (a limit refusing
+-- in shadow mode does not refuse). Shadowed buckets that cannot afford the request are
+-- charged anyway: the request is served.
+--
 -- Reply: {status, now, ban_seconds_left, sketch estimates..., denied_mask, charged, retry,
 --         tokens per bucket..., per quota: ran, ok, remaining, reset ..., per conc: ran,
 --         acquired}. status 0: not banned; 1: banned, nothing else was done (the reply
