@@ -32,6 +32,15 @@ ISSUE_POLICY = Policy(
 )
 
 
+_redis_prefixes = iter(range(10**6))
+
+
+def _prefix() -> str:
+    import os
+
+    return f"acc{os.getpid()}x{next(_redis_prefixes)}"
+
+
 def serve(app: Any) -> Any:
     return serve_app(app, timeout=90.0)
 
@@ -174,10 +183,17 @@ def test_complete_reconciles_every_quota_strategy(strategy: Any) -> None:
     assert states(guard.check(info(cost=0)))["daily"] == 5000 - 457
 
 
-def test_the_next_response_shows_the_reconciled_quota_over_http() -> None:
+@pytest.mark.parametrize("where", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_the_next_response_shows_the_reconciled_quota_over_http(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    backend = "memory://"
+    if where == "redis":
+        redis_url = request.getfixturevalue("redis_server").url
+        backend = f"{redis_url}?prefix={_prefix()}&budget=0.5"
     app, _, _ = holding_app()
     bucket = TokenBucket("1/hour", burst=1000, cost=200, cost_header="x-tokens")
-    app.add_middleware(AbuseGuard, policy=Policy(bucket=bucket, quotas=(QUOTA,)))
+    app.add_middleware(AbuseGuard, policy=Policy(bucket=bucket, quotas=(QUOTA,)), backend=backend)
     with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         assert remaining(client.get("/?tokens=47")) == {"default": 800, "daily": 4800}
         # The estimate was 200 and the chat really used 47: both limits get 153 back.
@@ -322,14 +338,6 @@ def test_limits_change_only_by_what_served_requests_really_cost(
 
 
 # -- Redis: inline (one script decides) and synced (local decisions merged) ------------------
-
-_redis_prefixes = iter(range(10**6))
-
-
-def _prefix() -> str:
-    import os
-
-    return f"acc{os.getpid()}x{next(_redis_prefixes)}"
 
 
 def _redis_get(url: str, key: str) -> str | None:
