@@ -8,7 +8,9 @@ What it shows:
   ``request.state.abuseguard_cost`` (used by embeddings);
 * the **degrade** hook: when the guard marks a risky client with
   ``request.state.abuseguard_degraded``, the API caps ``max_tokens`` instead of refusing;
-* a concurrency limit and a daily token quota beside the bucket, and a risk ladder;
+* a concurrency limit and a daily token quota beside the bucket, and a risk ladder; the
+  quota counts model tokens too (``by_cost``): the real usage replaces the estimate there
+  as in the bucket, and a refused request costs neither anything;
 * trusted proxies: ``X-Forwarded-For`` is believed only from the CIDRs in
   ``ABUSEGUARD_TRUSTED_PROXIES`` (comma-separated; none by default).
 

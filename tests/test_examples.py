@@ -82,6 +82,9 @@ def test_llm_api_reconciles_chat_cost_from_the_usage_header(llm_api: ModuleType)
     # Each request is charged 300 up front; after the reply, the real 12 replaces it.
     assert ratelimit_remaining(first, "tokens") == 2000 - 300
     assert ratelimit_remaining(second, "tokens") == 2000 - 12 - 300
+    # The daily token quota counts the real tokens too (issue 14).
+    assert ratelimit_remaining(first, "daily-tokens") == 200_000 - 300
+    assert ratelimit_remaining(second, "daily-tokens") == 200_000 - 12 - 300
 
 
 def test_llm_api_reconciles_embeddings_from_request_state(llm_api: ModuleType) -> None:
@@ -94,6 +97,7 @@ def test_llm_api_reconciles_embeddings_from_request_state(llm_api: ModuleType) -
     assert first.json()["usage"]["total_tokens"] == 4
     assert ratelimit_remaining(first, "tokens") == 2000 - 20
     assert ratelimit_remaining(second, "tokens") == 2000 - 4 - 20
+    assert ratelimit_remaining(second, "daily-tokens") == 200_000 - 4 - 20
 
 
 def test_llm_api_throttles_big_completions_by_tokens(llm_api: ModuleType) -> None:

@@ -21,6 +21,8 @@ from abuseguard.config_check import check_callables
 from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.engine import Engine
+from abuseguard.engine.params import serves as action_serves
+from abuseguard.engine.params import shadow_kinds
 from abuseguard.errors import ConfigError
 from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import AddressBook, ClientAddress, hash_key
@@ -170,6 +172,11 @@ class Guard:
             if policy.unverified_keys is not None
             else None
         )
+        # What the kernel charged: it charges every bucket when no bucket it enforces
+        # refused and the ladder level serves (see `_settle_buckets`).
+        self._shadow_kinds = shadow_kinds(policy)
+        params = self.engine.params
+        self._level_serves = tuple(bool(params[L.P_LADDER_SERVES + i]) for i in range(9))
         attach = getattr(self.backend, "attach", None) if self.backend.shared else None
         if attach is not None:
             attach(self)  # a shared backend checks the policy and precomputes its numbers
@@ -623,17 +630,27 @@ class Guard:
             if denied:
                 if _SEVERITY[action] <= _THROTTLE_SEVERITY or action not in _DENIALS:
                     action = Action.THROTTLE
-                    shadow = self._bucket_shadow(denied)
+                    shadow = not denied & ~self._shadow_kinds
                 reasons.append("rate")
                 retry_after = io[L.O_RETRY_AFTER]
+        if not shadow and action != Action.ALLOW:
+            # A shadowed refusal is served as an allow: the quotas and concurrency an
+            # allow would meet still count it.
+            shadow = policy.shadow or action in enforcement.shadow_actions
         held: tuple[str, ...] = ()
+        quotas_asked = False
         if action not in _DENIALS or shadow:
             if limits is None:
                 limits = self.backend  # type: ignore[assignment]
             if policy.quotas:
-                quota_states: list[PolicyState] = list(policies)
-                quota_result = self._quotas(p, quota_states, limits)  # type: ignore[arg-type]
-                policies = tuple(quota_states)
+                if isinstance(limits, MemoryBackend):
+                    # Asked now, counted below once the request is known to be served.
+                    quota_result, quota_fits = self._quotas_fit(p, limits)
+                    quotas_asked = True
+                else:
+                    quota_states: list[PolicyState] = list(policies)
+                    quota_result = self._quotas(p, quota_states, limits)  # type: ignore[arg-type]
+                    policies = tuple(quota_states)
                 if quota_result is not None:
                     quota, reset = quota_result
                     if action not in _DENIALS or shadow:
@@ -655,6 +672,15 @@ class Guard:
             shadow = action != Action.ALLOW
         if action == Action.ALLOW:
             reasons = []
+        served = shadow or action_serves(action)
+        remaining = self._settle_buckets(p, io, level, denied, served, policies, remaining)
+        if quotas_asked:
+            policies = policies + self._count_quotas(
+                p,
+                limits,  # type: ignore[arg-type]
+                served,
+                quota_fits,
+            )
         decision = Decision(
             action=action,
             reasons=tuple(dict.fromkeys(reasons)),
@@ -704,6 +730,90 @@ class Guard:
                 if denied & (1 << kind) and bucket is not None:
                     shadows.append(bucket.shadow or network.shadow)
         return bool(shadows) and all(shadows)
+
+    def _settle_buckets(
+        self,
+        p: Prepared,
+        io: Sequence[float],
+        level: int,
+        denied: int,
+        served: bool,
+        policies: tuple[PolicyState, ...],
+        remaining: float | None,
+    ) -> float | None:
+        """Make the kernel's buckets charged exactly when the request is served: a request
+        refused after the kernel charged it (a quota, a concurrency limit, a network rule)
+        gets its tokens back; one served although the kernel did not charge it (a shadowed
+        ban or rule) is charged. Only for the kernel's own io (memory and synced modes),
+        right after its call. Returns the key bucket's remaining tokens."""
+        if io is not self._io:
+            return remaining
+        charged = (
+            not io[L.O_BANNED]
+            and not denied & ~self._shadow_kinds
+            and level < len(self._level_serves)
+            and self._level_serves[level]
+        )
+        if charged == served or not p.cost:
+            return remaining
+        self.engine.adjust_last(-p.cost if charged else p.cost)
+        if self._bucket is None:
+            return remaining
+        tokens = self._key_rows[self.engine.rows[L.I_ROW + L.KIND_KEY], L.F_TOKENS]
+        left = tokens if tokens > 0.0 else 0.0
+        for state in policies:
+            if state.name == self._bucket.name and state.quota == self._bucket.capacity:
+                given_back = (left - state.remaining) / self._bucket.per_second
+                state.reset = max(0.0, state.reset - given_back)
+                state.remaining = left
+                break
+        return left
+
+    def _quotas_fit(
+        self, p: Prepared, limits: MemoryBackend
+    ) -> tuple[tuple[Quota, float] | None, list[tuple[float, float] | None]]:
+        """The first quota that would refuse the request (and its reset), and per quota
+        None when it admits the request, else its (remaining, reset); nothing is counted."""
+        violated: tuple[Quota, float] | None = None
+        fits: list[tuple[float, float] | None] = []
+        for quota in self.policy.quotas:
+            ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+            cost = max(0, round(p.cost)) if quota.by_cost else 1
+            if limits.quota_fits(quota.limit, quota.strategy, ident, cost):
+                fits.append(None)
+                continue
+            state = limits.quota_state(quota.limit, quota.strategy, ident)
+            fits.append(state)
+            if violated is None:
+                violated = quota, state[1]
+        return violated, fits
+
+    def _count_quotas(
+        self,
+        p: Prepared,
+        limits: MemoryBackend,
+        served: bool,
+        fits: list[tuple[float, float] | None],
+    ) -> tuple[PolicyState, ...]:
+        """Count a served request in every quota (a refused one in none); their states."""
+        states = []
+        for quota, refused in zip(self.policy.quotas, fits, strict=True):
+            ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+            cost = max(0, round(p.cost)) if quota.by_cost else 1
+            if served:
+                ok, remaining, reset = limits.hit_quota(quota.limit, quota.strategy, ident, cost)
+            elif refused is not None:
+                ok = False
+                remaining, reset = refused
+            else:
+                ok = True
+                remaining, reset = limits.quota_state(quota.limit, quota.strategy, ident)
+            states.append(
+                PolicyState(
+                    quota.name or "quota", quota.amount, quota.window, remaining, reset, not ok
+                )
+            )
+        return tuple(states)
 
     def _quotas(
         self, p: Prepared, policies: list[PolicyState], limits: LimitSource
@@ -821,11 +931,75 @@ class Guard:
             # A success moves a zero error share nowhere: skip the call, the common case.
             if is_error or self._key_rows[row, L.F_ERR] != 0.0:
                 self.engine.record_outcome(row, is_error)
-        if cost is not None and cost == cost and cost >= 0 and "rate" not in decision.reasons:
-            if self._shared:
-                self.backend.reconcile(identity, cost - decision.cost)  # type: ignore[attr-defined]
-            elif row is not None:
-                self.engine.charge(L.KIND_KEY, row, cost - decision.cost)
+        if cost is not None and 0 <= cost < float("inf") and cost != decision.cost:
+            self._reconcile(info, decision, row, cost)
+
+    def _reconcile(
+        self, info: RequestInfo, decision: Decision, row: int | None, cost: float
+    ) -> None:
+        """Charge the difference between the real cost and the estimate to every limit that
+        counted the estimate: the key bucket, the network buckets and the by-cost quotas."""
+        identity = decision.identity
+        delta = cost - decision.cost
+        backend: Any = self.backend
+        policy = self.policy
+        network = policy.network
+        net_keys: list[tuple[int, object]] = []
+        if network is not None and (network.per_ip or network.per_prefix or network.per_asn):
+            net_keys = self._network_keys(info)
+        if self._shared:
+            backend.reconcile(identity, delta)
+            reconcile_network = getattr(backend, "reconcile_network", None)
+            if reconcile_network is not None:
+                for kind, key in net_keys:
+                    reconcile_network(kind, key, delta)
+        else:
+            if row is not None:
+                self.engine.charge(L.KIND_KEY, row, delta)
+            for kind, key in net_keys:
+                net_row = self._tables[kind].index.get(key)
+                if net_row is not None:
+                    self.engine.charge(kind, net_row, delta)
+        reconcile_quota = getattr(backend, "reconcile_quota", None)
+        if reconcile_quota is None:
+            return
+        hits = max(0, round(cost)) - max(0, round(decision.cost))
+        if not hits:
+            return
+        for index, quota in enumerate(policy.quotas):
+            if quota.by_cost:
+                ident = (
+                    identity
+                    if quota.per == "key"
+                    else "i:" + self.addresses.resolve(info.ip).ip_key
+                )
+                if self._shared:
+                    reconcile_quota(index, quota, ident, hits)
+                else:
+                    reconcile_quota(quota.limit, quota.strategy, ident, hits)
+
+    def _network_keys(self, info: RequestInfo) -> list[tuple[int, object]]:
+        """The network buckets' identities of a request (kind, key), as `_run` finds them."""
+        network = self.policy.network
+        view = self.network
+        if network is None or view is None:
+            return []
+        address = self.addresses.resolve(info.ip)
+        keys: list[tuple[int, object]] = []
+        if address.version:
+            if network.per_ip is not None:
+                keys.append((L.KIND_IP, address.ip_key))
+            if network.per_prefix is not None:
+                keys.append((L.KIND_PREFIX, address.prefix_key))
+        if network.per_asn is not None:
+            profile = view.profile(
+                address, info.asn, info.as_org, info.country, info.anon, info.anon_confidence
+            )
+            if profile.allowed:
+                return []
+            if profile.asn_key is not None:
+                keys.append((L.KIND_ASN, profile.asn_key))
+        return keys
 
     def report_invalid_key(self, info: RequestInfo) -> bool:
         """The app found the API key of ``info`` invalid: charge the client's address and

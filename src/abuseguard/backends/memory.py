@@ -88,9 +88,52 @@ class MemoryBackend(Backend):
         self, limit: str, strategy: str, identity: str, cost: int
     ) -> tuple[bool, float, float]:
         """Hit a window quota; return (admitted, remaining, seconds until reset)."""
+        admitted = cost <= 0 or self._limiter(strategy).hit(self._item(limit), identity, cost=cost)
+        return (admitted, *self.quota_state(limit, strategy, identity))
+
+    def quota_fits(self, limit: str, strategy: str, identity: str, cost: int) -> bool:
+        """Whether a hit of ``cost`` would be admitted, without counting it: the guard
+        asks every limit first and counts only the requests it serves."""
+        return cost <= 0 or self._limiter(strategy).test(self._item(limit), identity, cost=cost)
+
+    def reconcile_quota(self, limit: str, strategy: str, identity: str, delta: int) -> None:
+        """Count ``delta`` more (< 0: fewer) in a quota's current window: the real cost of
+        a served request minus the estimate it was counted with. A moving window gives
+        back its newest entries; a sliding window counter takes from the current window,
+        then from the previous one."""
+        storage = self._storage
+        if delta == 0 or storage is None:
+            return
+        item = self._item(limit)
+        key = item.key_for(identity)
+        expiry = item.get_expiry()
+        if strategy == "moving-window":
+            events = storage.events.get(key)
+            if delta < 0:
+                if events:
+                    del events[:-delta]
+            else:  # at most ``amount`` entries are kept: the oldest go first
+                if events is None:
+                    events = storage.events[key] = []
+                events[:0] = [storage.clock()] * min(delta, item.amount)
+                del events[item.amount :]
+        elif strategy == "sliding-window-counter":
+            previous_key, current_key = storage.sliding_window_keys(key, expiry, storage.clock())
+            if delta > 0:
+                storage.incr(current_key, 2 * expiry, delta)
+            else:
+                taken = min(-delta, storage.get(current_key))
+                storage.decr(current_key, taken)
+                storage.decr(previous_key, -delta - taken)
+        elif delta > 0:
+            storage.incr(key, expiry, delta)
+        else:
+            storage.decr(key, -delta)
+
+    def quota_state(self, limit: str, strategy: str, identity: str) -> tuple[float, float]:
+        """(remaining, seconds until reset) of a window quota."""
         item = self._item(limit)
         limiter = self._limiter(strategy)
-        admitted = limiter.hit(item, identity, cost=cost) if cost > 0 else True
         stats = limiter.get_window_stats(item, identity)
         now = self._clock() if self._clock else 0.0
         if strategy == "sliding-window-counter":
@@ -98,7 +141,7 @@ class MemoryBackend(Backend):
             reset = min(max(0.0, stats.reset_time - time.time()), float(item.get_expiry()))
         else:
             reset = max(0.0, stats.reset_time - now)
-        return admitted, float(stats.remaining), reset
+        return float(stats.remaining), reset
 
     def peek_quota(
         self, limit: str, strategy: str, identity: str, cost: int

@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any
 from abuseguard.backends.base import Backend, LimitSource
 from abuseguard.backends.breaker import CLOSED, CircuitBreaker
 from abuseguard.backends.deny_cache import DenyCache
-from abuseguard.backends.redis_call import Answers, Reply, ScriptCall, SketchSink
+from abuseguard.backends.redis_call import STRATEGY_CODES, Answers, Reply, ScriptCall, SketchSink
 from abuseguard.backends.redis_failover import DENIALS, UNAVAILABLE, UNKNOWN, Failover
 from abuseguard.backends.redis_keys import IdentityKeys, KeySpace
 from abuseguard.backends.redis_leases import Leases
@@ -84,7 +84,7 @@ from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import build_params
 from abuseguard.errors import ConfigError
-from abuseguard.policy import Concurrency
+from abuseguard.policy import Concurrency, Quota
 
 if TYPE_CHECKING:
     from abuseguard.guard import Guard, Prepared
@@ -219,7 +219,7 @@ class RedisBackend(Backend):
         self.client: Any = None
         self.pipe: Pipeliner | None = None
         self.scripts: dict[str, Script] = {
-            n: load_script(n) for n in ("decide", "reconcile", "renew")
+            n: load_script(n) for n in ("decide", "reconcile", "reconcile_quota", "renew")
         }
         self._decide_sha = self.scripts["decide"].sha
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -535,12 +535,14 @@ class RedisBackend(Backend):
         else:
             action, shadow = guard.risk_action(level, profile)
             denial = action in DENIALS
+            enforcement = guard.policy.enforcement
+            shadow = shadow or guard.policy.shadow or action in enforcement.shadow_actions
             gate = not denial or shadow
             override = action.severity <= _THROTTLE_SEVERITY or not denial
         now: float | str = "" if self.server_time else p.ts
         main = ScriptCall(
             now,
-            serves=self.serves[level] if level < 9 else False,
+            serves=gate and self.serves[level] if level < 9 else False,
             gate=gate,
             override=override,
             ban_gate=self.ban_gate,
@@ -578,7 +580,7 @@ class RedisBackend(Backend):
                 bucket.capacity,
                 cost,
                 self.key_ttl_rate,
-                bucket.shadow,
+                bool(guard._shadow_kinds & 1 << L.KIND_KEY),
                 (L.KIND_KEY, rate),
             )
         if network and standalone and self.net_buckets:
@@ -603,7 +605,7 @@ class RedisBackend(Backend):
                     burst,
                     cost,
                     net_bucket.per_second * self.load_floor,
-                    net_shadow,
+                    net_shadow or bool(guard._shadow_kinds & 1 << kind),
                     (kind, rate),
                 )
         side: ScriptCall | None = None
@@ -641,6 +643,7 @@ class RedisBackend(Backend):
                     lease,
                     self.leases.ttl_ms,
                     ("c:" + ident, key, lease),
+                    conc.shadow,
                 )
         return main, side
 
@@ -772,7 +775,8 @@ class RedisBackend(Backend):
             io[L.O_DENIED_KINDS] = float(denied_kinds)
             io[L.O_RETRY_AFTER] = reply.retry
             key_table = tables[L.KIND_KEY]
-            if key_table.keys[key_row] == p.identity:
+            # A shadowed refusal is served: nobody was told to wait.
+            if key_table.keys[key_row] == p.identity and denied_kinds & ~guard._shadow_kinds:
                 _told_to_wait(key_table.data, key_row, p.ts + reply.retry)
         bucket = self.bucket
         key_rate = 0.0
@@ -888,6 +892,45 @@ class RedisBackend(Backend):
                 now,
             )
         )
+
+    def reconcile_network(self, kind: int, key: object, delta: float) -> None:
+        """Charge (delta > 0) or refund (delta < 0) a network bucket after the fact."""
+        if delta == 0.0 or self.pipe is None or not self.breaker.closed:
+            return
+        for bucket_kind, net_bucket, _ in self.net_buckets:
+            if bucket_kind == kind:
+                self.pipe.send(
+                    (
+                        "EVALSHA",
+                        self.scripts["reconcile"].sha,
+                        1,
+                        self.keys.network_base(kind, key) + ":b",
+                        delta,
+                        net_bucket.capacity,
+                        net_bucket.per_second * self.load_floor,
+                        self._reconcile_now(),
+                    )
+                )
+
+    def reconcile_quota(self, index: int, quota: Quota, identity: str, delta: int) -> None:
+        """Count ``delta`` more (< 0: fewer) in a by-cost quota's current window."""
+        if delta == 0 or self.pipe is None or not self.breaker.closed:
+            return
+        self.pipe.send(
+            (
+                "EVALSHA",
+                self.scripts["reconcile_quota"].sha,
+                1,
+                self.keys.of(identity).quotas[index],
+                STRATEGY_CODES[quota.strategy],
+                quota.window,
+                delta,
+                self._reconcile_now(),
+            )
+        )
+
+    def _reconcile_now(self) -> float | str:
+        return "" if self.server_time else (self.guard.clock() if self.guard else "")
 
     # -- introspection -------------------------------------------------------------------------
 

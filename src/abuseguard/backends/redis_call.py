@@ -123,9 +123,11 @@ class ScriptCall:
         )
         self.quota_tags.append(tag)
 
-    def conc(self, key: str, limit: int, lease: str, ttl_ms: int, tag: Any) -> None:
+    def conc(
+        self, key: str, limit: int, lease: str, ttl_ms: int, tag: Any, shadow: bool = False
+    ) -> None:
         self.conc_keys.append(key)
-        self.conc_args.append(f"{limit} {lease} {ttl_ms}")
+        self.conc_args.append(f"{limit} {lease} {ttl_ms} {1 if shadow else 0}")
         self.conc_tags.append(tag)
 
     @property

@@ -215,22 +215,23 @@ class Syncer:
         data[row, L.F_TOKENS] = cap - charged
         return True
 
-    def charge(self, identity: str, delta: float) -> None:
+    def charge(self, identity: Any, delta: float, kind: int = L.KIND_KEY) -> None:
         """A cost reconciled after the response (``delta`` < 0 refunds): charged here and
-        owed to the shared bucket."""
+        owed to the shared bucket (the identity's, or a network's of that ``kind``)."""
         tables = self.guard.engine.tables
-        row = tables[L.KIND_KEY].find(identity)
+        row = tables[kind].find(identity)
         if row is not None:
-            self.guard.engine.charge(L.KIND_KEY, row, delta)
-        if self.paused or self.key_bucket is None:
+            self.guard.engine.charge(kind, row, delta)
+        has_bucket = self.key_bucket is not None if kind == L.KIND_KEY else kind in self.net_buckets
+        if self.paused or not has_bucket:
             return
-        k = (L.KIND_KEY, identity)
+        k = (kind, identity)
         entry = self.pending.get(k)
         if entry is None:
             entry = self._new(k, 0.0)
         if entry is not None:
             entry.delta += delta
-            if abs(entry.delta) >= self.thresholds[L.KIND_KEY]:
+            if abs(entry.delta) >= self.thresholds[kind]:
                 self.due[k] = entry
 
     # -- per flush -------------------------------------------------------------------------

@@ -293,21 +293,22 @@ class SyncedRedisBackend(RedisBackend):
             self._start()
         p = guard.prepare(info)
         plain = guard._run(p)  # the memory backend's path: kernel, then the Decision
+        # The guard charges the local buckets exactly when it serves the request.
+        decision = guard._conclude(info, p, plain)
         syncer = self.syncer
         assert syncer is not None, "SyncedRedisBackend.attach() was not called (use it via Guard)"
         if not syncer.paused:
             io = self._io
-            if plain:  # allowed, nothing refused: every bucket was charged
+            if plain and decision.served:  # allowed, nothing refused: every bucket charged
                 # Quiet while the tightest bucket keeps half its burst here.
                 low = io[L.O_TIGHT_REMAINING] < syncer.half[int(io[L.O_TIGHTEST_KIND])]
                 syncer.record(p, p.cost, io[L.O_FANIN], False, low)
             else:
                 level = int(io[L.O_ACTION])
                 banned = io[L.O_BANNED]
-                served = level < 9 and self.serves[level] and not banned
                 syncer.record(
                     p,
-                    p.cost if served and not io[L.O_DENIED_KINDS] else 0.0,
+                    p.cost if decision.served else 0.0,
                     io[L.O_FANIN],
                     self.ban_ms > 0 and 0 < self.ban_level <= level and not banned,
                     True,
@@ -317,7 +318,7 @@ class SyncedRedisBackend(RedisBackend):
                 self._plan_sketches(
                     syncer.sketches, p, profile, self.keys.of(p.identity), self._network_keys(p)
                 )
-        return guard._conclude(info, p, plain)
+        return decision
 
     # -- after the response -------------------------------------------------------------------
 
@@ -328,6 +329,11 @@ class SyncedRedisBackend(RedisBackend):
         """Charge (delta > 0) or refund (delta < 0) after the fact, here and in Redis."""
         if self.syncer is not None and delta == delta and not math.isinf(delta):
             self.syncer.charge(identity, delta)
+
+    def reconcile_network(self, kind: int, key: object, delta: float) -> None:
+        """The same for a network bucket (per IP, prefix or ASN)."""
+        if self.syncer is not None and delta == delta and not math.isinf(delta):
+            self.syncer.charge(key, delta, kind)
 
     # -- introspection -------------------------------------------------------------------------
 

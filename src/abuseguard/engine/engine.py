@@ -50,9 +50,15 @@ class Engine:
         )
         self.cms = kernels.region(state, L.REGION_CMS, L.CMS_WIDTH)
         self.io = kernels.vector(state, L.REGION_IO, L.IO_SIZE)
+        # The rows the last decide() worked on (int64 words of the state vector).
+        self.rows = kernels.vector(state, L.REGION_IV, L.N_INT_INPUTS).view("int64")
         self.params = kernels.vector(state, L.REGION_PRM, L.N_PARAMS)
         self.params[:] = build_params(policy, local_buckets=local_buckets)
         self.decide_with = _compiled_entry(kernels.decide_with)
+        # Python numbers without numpy's scalar objects, for the rare adjustments.
+        self._rows_view = memoryview(self.rows)  # type: ignore[arg-type]
+        self._params_view = memoryview(self.params)  # type: ignore[arg-type]
+        self._table_views: list[Any] = [memoryview(t.data) for t in self.tables]  # type: ignore[arg-type]
 
     def record_outcome(self, key_row: int, is_error: bool) -> None:
         kernels.record_outcome(
@@ -66,6 +72,17 @@ class Engine:
         burst = float(self.params[L.P_BUCKET + 2 * kind + 1])
         if burst > 0.0:
             kernels.charge(self.tables[kind].data, row, delta, burst)
+
+    def adjust_last(self, delta: float) -> None:
+        """Take ``delta`` more tokens (< 0: give back) from every bucket of the request the
+        kernel decided last; call it before the next one. No cap: a refund restores a level
+        the bucket held a moment ago (its ceiling may have been grown by NAT fairness)."""
+        rows = self._rows_view
+        params = self._params_view
+        for kind in range(L.N_KINDS):
+            row = rows[L.I_ROW + kind]
+            if row >= 0 and params[L.P_BUCKET + 2 * kind + 1] > 0.0:
+                self._table_views[kind][row, L.F_TOKENS] -= delta
 
     def set_prior(self, key: object, prior: float) -> bool:
         """Background lane: write a risk prior (0..1) for an identity; False if unknown."""

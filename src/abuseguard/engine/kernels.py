@@ -534,7 +534,9 @@ def decide(
             tight_remaining = tokens
             tight_reset = (burst - tokens) / rate
     serves = prm[L.P_LADDER_SERVES + level] != 0.0
-    if denied == 0 and serves:
+    # A refusal of a shadowed bucket is served: charged as an allow, nobody told to wait.
+    enforced = denied & ~int(prm[L.P_SHADOW_KINDS])
+    if enforced == 0 and serves:
         for kind in range(L.N_KINDS):
             r = iv[L.I_ROW + kind]
             if r < 0 or prm[L.P_BUCKET + 2 * kind + 1] <= 0.0:
@@ -545,6 +547,7 @@ def decide(
             tight_reset += cost / (prm[L.P_BUCKET + 2 * tight_kind] * load + 1e-12)
     if denied != 0:
         reasons |= 1 << L.R_RATE
+    if enforced != 0:
         wait_until = ts + retry
         if wait_until > key_row[L.F_WAIT_UNTIL]:
             key_row[L.F_WAIT_UNTIL] = wait_until

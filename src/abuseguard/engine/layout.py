@@ -219,7 +219,8 @@ P_ALLOWANCE_RATE = 100  # the key bucket's configured rate (1 without a bucket),
 P_ALLOWANCE_BURST = 101  # ... and its burst (0 without a bucket), for burst
 P_WEAK_MASK = 102  # bitmask of the weak signals (alone they never refuse); 0 = none is weak
 P_SERVING_LEVELS = 103  # the highest ladder level whose action still serves the request
-N_PARAMS = 104
+P_SHADOW_KINDS = 104  # bitmask of kinds whose bucket refusals are shadowed (served anyway)
+N_PARAMS = 105
 
 # The engine keeps every table and vector in one float64 state vector, so that the kernel
 # takes one array argument (Numba converts each array argument at ~45 ns a call). The vector

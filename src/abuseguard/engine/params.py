@@ -101,7 +101,9 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
     prm[L.P_LADDER_SERVES] = 1.0
     for i, (threshold, action) in enumerate(ladder):
         prm[L.P_LADDER + i] = threshold
-        prm[L.P_LADDER_SERVES + i + 1] = 1.0 if serves(action) else 0.0  # type: ignore[arg-type]
+        served = serves(action) or shadowed(policy, action)  # type: ignore[arg-type]
+        prm[L.P_LADDER_SERVES + i + 1] = 1.0 if served else 0.0
+    prm[L.P_SHADOW_KINDS] = float(shadow_kinds(policy))
     serving_levels = 0
     for _, action in ladder:
         if not serves(action):  # type: ignore[arg-type]
@@ -119,3 +121,30 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
 def serves(action: Action) -> bool:
     """Whether a request under this action reaches the app (and so spends tokens)."""
     return action in (Action.ALLOW, Action.LOG, Action.DELAY, Action.DEGRADE)
+
+
+def shadowed(policy: Policy, action: Action) -> bool:
+    """Whether a ladder level's action is only reported (shadow): its requests are served,
+    so they spend tokens as an allow does."""
+    enforcement = policy.enforcement
+    return policy.shadow or enforcement.shadow or action in enforcement.shadow_actions
+
+
+def shadow_kinds(policy: Policy) -> int:
+    """Bitmask of the kinds (key, ip, prefix, asn) whose bucket refusals are shadowed: such
+    a request is served, so it is charged as an allow and nobody is told to wait."""
+    if policy.shadow or Action.THROTTLE in policy.enforcement.shadow_actions:
+        return (1 << L.N_KINDS) - 1
+    mask = 0
+    if policy.bucket is not None and policy.bucket.shadow:
+        mask |= 1 << L.KIND_KEY
+    network = policy.network
+    if network is not None:
+        for kind, bucket in (
+            (L.KIND_IP, network.per_ip),
+            (L.KIND_PREFIX, network.per_prefix),
+            (L.KIND_ASN, network.per_asn),
+        ):
+            if bucket is not None and (bucket.shadow or network.shadow):
+                mask |= 1 << kind
+    return mask

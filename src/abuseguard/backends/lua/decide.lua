@@ -25,7 +25,12 @@
 --   bucket  KEYS key           "rate burst cost ttl_rate shadow"
 --   quota   KEYS key           "strategy amount window_seconds cost shadow"
 --                              (strategy 1 fixed window, 2 sliding window counter)
---   conc    KEYS key           "limit lease_id lease_ttl_ms"
+--   conc    KEYS key           "limit lease_id lease_ttl_ms shadow"
+--
+-- A refused request costs nothing: every limit is asked first, and the buckets are charged,
+-- the quotas counted and the lease taken only when none of them refuses (a limit refusing
+-- in shadow mode does not refuse). Shadowed buckets that cannot afford the request are
+-- charged anyway: the request is served.
 --
 -- Reply: {status, now, ban_seconds_left, sketch estimates..., denied_mask, charged, retry,
 --         tokens per bucket..., per quota: ran, ok, remaining, reset ..., per conc: ran,
@@ -90,8 +95,10 @@ for _ = 1, n_sketch do
     out[#out + 1] = redis.call('PFCOUNT', cur, prev)
 end
 
--- Token buckets: refill all, then charge all only when every one can afford the request.
-local denied, retry, charged = 0, 0, 0
+-- Token buckets: refill all; charged (below) only when the request is served: every bucket
+-- can afford it or refused it in shadow mode, and no quota or concurrency limit refuses it.
+-- Nothing is written before everything is decided: a refused request costs nothing.
+local denied, retry = 0, 0
 local bkeys, tokens, tstamp, rates, bursts, costs, ttl_rates = {}, {}, {}, {}, {}, {}, {}
 local all_shadow = true
 for i = 1, n_bucket do
@@ -123,12 +130,80 @@ for i = 1, n_bucket do
     end
     bkeys[i], tokens[i], tstamp[i], rates[i], bursts[i], costs[i], ttl_rates[i] = key, tk, ts, rate, burst, cost, ttl_rate
 end
-if not banned and (force or (denied == 0 and serves)) then
-    charged = 1
+local admit = not banned and serves and all_shadow
+local bucket_out = #out + 1
+out[bucket_out] = denied
+out[bucket_out + 1] = 0
+out[bucket_out + 2] = fmt(retry)
+for i = 1, n_bucket do out[bucket_out + 2 + i] = '0' end
+if denied ~= 0 and override then gate = all_shadow end
+if banned then gate = true end
+
+-- Window quotas, `limits` semantics: a fixed window starts at its first hit and counts
+-- every hit of a served request (INCRBY, EXPIRE on the first); a sliding window counter
+-- weighs the previous fixed window by the share of it still inside the sliding window.
+-- Asked first, counted below only for a served request.
+local first_violation, gate_after = true, gate
+local quotas = {}
+for q = 1, n_quota do
+    local key = KEYS[k]
+    k = k + 1
+    local st, am, w, c, sh = string.match(ARGV[a], '^(%d) (%S+) (%S+) (%S+) (%d)$')
+    a = a + 1
+    local strategy, amount, window, cost = num(st), num(am), num(w), num(c)
+    local shadow = sh == '1'
+    local quota = {key = key, strategy = strategy, amount = amount, window = window, cost = cost, ok = true, ran = gate}
+    quotas[q] = quota
+    if gate then
+        if strategy == 1 then
+            quota.ok = cost <= 0 or num(redis.call('GET', key) or '0') + cost <= amount
+        elseif cost > 0 then
+            local idx = math.floor(now / window)
+            local cur = num(redis.call('HGET', key, string.format('%d', idx)) or '0')
+            local prev = num(redis.call('HGET', key, string.format('%d', idx - 1)) or '0')
+            local prev_ttl = 0
+            if prev ~= 0 then prev_ttl = (1 - (((now - window) / window) % 1)) * window end
+            quota.ok = cost <= amount and math.floor(prev * prev_ttl / window + cur) + cost <= amount
+        end
+        if not quota.ok and first_violation then
+            first_violation = false
+            gate_after = shadow
+        end
+    end
+end
+if not first_violation then gate = gate_after end
+
+-- Concurrency: a sorted set of leases scored by their expiry; expired leases (a worker
+-- that died holding them) are dropped before counting.
+local concs = {}
+for c = 1, n_conc do
+    local key = KEYS[k]
+    k = k + 1
+    local l, lease, t, sh = string.match(ARGV[a], '^(%S+) (%S+) (%S+) (%d)$')
+    a = a + 1
+    local limit, ttl = num(l), num(t)
+    local conc = {key = key, lease = lease, ttl = ttl, ran = gate, acquired = false}
+    concs[c] = conc
+    if gate then
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', now * 1000)
+        if redis.call('ZCARD', key) < limit then
+            conc.acquired = true
+        elseif sh ~= '1' then
+            gate = false
+        end
+    end
+end
+
+-- Served (or a background batch, already served): charge and count. Refused: nothing.
+local served = gate
+local charged = force or (admit and gate)
+if charged then
+    out[bucket_out + 1] = 1
     for i = 1, n_bucket do tokens[i] = tokens[i] - costs[i] end
 end
 for i = 1, n_bucket do
     local tk = tokens[i]
+    out[bucket_out + 2 + i] = fmt(tk)
     if tk < bursts[i] then
         local ttl = math.ceil((bursts[i] - tk) / ttl_rates[i] * 1000) + 1000
         redis.call('SET', bkeys[i], fmt(tk) .. ' ' .. fmt(tstamp[i]), 'PX', ttl)
@@ -136,34 +211,18 @@ for i = 1, n_bucket do
         redis.call('DEL', bkeys[i])
     end
 end
-out[#out + 1] = denied
-out[#out + 1] = charged
-out[#out + 1] = fmt(retry)
-for i = 1, n_bucket do out[#out + 1] = fmt(tokens[i]) end
-if denied ~= 0 and override then gate = all_shadow end
-if banned then gate = true end
-
--- Window quotas, `limits` semantics: a fixed window starts at its first hit and counts
--- every hit (INCRBY, EXPIRE on the first); a sliding window counter weighs the previous
--- fixed window by the share of it still inside the sliding window.
-local first_violation, gate_after = true, gate
-for _ = 1, n_quota do
-    local key = KEYS[k]
-    k = k + 1
-    local st, am, w, c, sh = string.match(ARGV[a], '^(%d) (%S+) (%S+) (%S+) (%d)$')
-    a = a + 1
-    local strategy, amount, window, cost = num(st), num(am), num(w), num(c)
-    local shadow = sh == '1'
-    if not gate then
+for q = 1, n_quota do
+    local quota = quotas[q]
+    local key, strategy, amount, window, cost = quota.key, quota.strategy, quota.amount, quota.window, quota.cost
+    if not quota.ran then
         out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = '0'; out[#out + 1] = '0'
     else
-        local ok, remaining, reset = true, 0, 0
+        local remaining, reset = 0, 0
         if strategy == 1 then
             local value
-            if cost > 0 then
+            if served and cost > 0 then
                 value = redis.call('INCRBY', key, cost)
                 if value == cost then redis.call('PEXPIRE', key, math.ceil(window * 1000)) end
-                ok = value <= amount
             else
                 value = num(redis.call('GET', key) or '0')
             end
@@ -178,14 +237,10 @@ for _ = 1, n_quota do
             local prev = num(redis.call('HGET', key, prev_f) or '0')
             local prev_ttl = 0
             if prev ~= 0 then prev_ttl = (1 - (((now - window) / window) % 1)) * window end
-            if cost > 0 then
-                if cost > amount or math.floor(prev * prev_ttl / window + cur) + cost > amount then
-                    ok = false
-                else
-                    cur = redis.call('HINCRBY', key, cur_f, cost)
-                    redis.call('HDEL', key, string.format('%d', idx - 2))
-                    redis.call('PEXPIRE', key, math.ceil(2 * window * 1000))
-                end
+            if served and cost > 0 and quota.ok then
+                cur = redis.call('HINCRBY', key, cur_f, cost)
+                redis.call('HDEL', key, string.format('%d', idx - 2))
+                redis.call('PEXPIRE', key, math.ceil(2 * window * 1000))
             end
             remaining = amount - math.floor(prev * prev_ttl / window + cur)
             if remaining < 0 then remaining = 0 end
@@ -203,37 +258,21 @@ for _ = 1, n_quota do
             end
         end
         out[#out + 1] = 1
-        out[#out + 1] = ok and 1 or 0
+        out[#out + 1] = quota.ok and 1 or 0
         out[#out + 1] = fmt(remaining)
         out[#out + 1] = fmt(reset)
-        if not ok and first_violation then
-            first_violation = false
-            gate_after = shadow
-        end
     end
 end
-if not first_violation then gate = gate_after end
-
--- Concurrency: a sorted set of leases scored by their expiry; expired leases (a worker
--- that died holding them) are dropped before counting.
-for _ = 1, n_conc do
-    local key = KEYS[k]
-    k = k + 1
-    local l, lease, t = string.match(ARGV[a], '^(%S+) (%S+) (%S+)$')
-    a = a + 1
-    local limit, ttl = num(l), num(t)
-    if not gate then
+for c = 1, n_conc do
+    local conc = concs[c]
+    if not conc.ran then
         out[#out + 1] = 0; out[#out + 1] = 0
     else
-        local now_ms = now * 1000
-        redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
         local acquired = 0
-        if redis.call('ZCARD', key) < limit then
-            redis.call('ZADD', key, now_ms + ttl, lease)
-            redis.call('PEXPIRE', key, ttl)
+        if conc.acquired and served then
+            redis.call('ZADD', conc.key, now * 1000 + conc.ttl, conc.lease)
+            redis.call('PEXPIRE', conc.key, conc.ttl)
             acquired = 1
-        else
-            gate = false
         end
         out[#out + 1] = 1
         out[#out + 1] = acquired
