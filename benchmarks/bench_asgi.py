@@ -68,7 +68,7 @@ def scope_templates(clients: list[benchlib.Client], *, proxied: bool) -> list[di
     return out
 
 
-async def _receive() -> dict[str, Any]:
+async def receive_empty_body() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
@@ -121,7 +121,7 @@ async def drive(
     for i in range(start, start + count):
         scope = dict(templates[i % n])
         t0 = clock()
-        await app(scope, _receive, send)
+        await app(scope, receive_empty_body, send)
         samples.append(clock() - t0)
         statuses[recorder.status] += 1
     return samples
@@ -144,7 +144,7 @@ async def self_check(name: str, config: stacks.StackConfig, template: dict[str, 
     ]
     async with lifespan(app):
         for _ in range(2):
-            await app(dict(template), _receive, recorder.send)
+            await app(dict(template), receive_empty_body, recorder.send)
             out.append(recorder.status)
     return out
 

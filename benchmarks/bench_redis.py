@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
 import stacks
-from bench_asgi import Recorder, _receive, drive, lifespan, scope_templates, self_check
+from bench_asgi import Recorder, drive, lifespan, receive_empty_body, scope_templates, self_check
 
 STACK_NAMES = (
     "bare",
@@ -106,7 +106,7 @@ async def concurrent(
         n = len(templates)
         base = start + k * per_task
         for i in range(base, base + per_task):
-            await app(dict(templates[i % n]), _receive, recorder.send)
+            await app(dict(templates[i % n]), receive_empty_body, recorder.send)
             statuses[recorder.status] += 1
 
     cpu0, wall0 = time.process_time(), time.perf_counter()

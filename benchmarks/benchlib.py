@@ -89,6 +89,16 @@ def median(values: Sequence[float]) -> float:
     return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def nested_get(results: Any, *path: str) -> Any:
+    """``results[path[0]][path[1]]...``, or None when a key is missing or a level is not a dict
+    (a part that failed or was skipped leaves its keys out)."""
+    for key in path:
+        if not isinstance(results, dict) or key not in results:
+            return None
+        results = results[key]
+    return results
+
+
 # ----------------------------------------------------------------------------- processes
 
 

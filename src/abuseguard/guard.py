@@ -316,6 +316,20 @@ class Guard:
         self._run(p)
         return self.engine.io
 
+    def decision_from_engine(self, info: RequestInfo, p: Prepared) -> Decision:
+        """The Decision for a request from the outputs its `run_engine(p)` just left in the
+        io vector (memory backend): `check_prepared` in two steps, each of which can be
+        timed on its own (the benchmarks)."""
+        if self._shared:
+            raise RuntimeError(
+                "Guard.decision_from_engine() is for the memory backend; "
+                f"not for the {type(self.backend).__name__}"
+            )
+        self._now = p.ts
+        io = self._io
+        plain = io[L.O_ACTION] == 0.0 and io[L.O_DENIED_KINDS] == 0.0 and io[L.O_BANNED] == 0.0
+        return self._conclude(info, p, plain)
+
     def _run(self, p: Prepared) -> bool:
         """Find the rows and call the kernel once; True for a plain allow (see
         `kernels.decide_with`), the io vector holds the outputs."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from abuseguard.engine import kernels
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import build_params
@@ -91,6 +93,28 @@ class Engine:
             return False
         self.tables[L.KIND_KEY].data[row, L.F_PRIOR] = min(1.0, max(0.0, prior))
         return True
+
+    def last_kernel_inputs(self, *, scored: bool = True) -> tuple[Any, ...]:
+        """The arguments of the last ``decide_with`` call, state vector first, read back
+        from the state vector, where the kernel keeps its inputs: ``decide_with(*inputs)``
+        repeats that call on the state as it is now, which times the kernel alone on a real
+        request's inputs (the benchmarks). ``scored`` is not kept: False only when that
+        request came from an allow-listed network. Python ints and floats, as a guard
+        passes them."""
+        ints = kernels.vector(self.state, L.REGION_IV, L.N_INT_INPUTS).view(np.int64).tolist()
+        floats = self.io.tolist()
+        rows = ints[L.I_ROW : L.I_ROW + L.N_KINDS]
+        return (
+            self.state,
+            *rows,
+            ints[L.I_COUNTRY],
+            ints[L.I_SIMHASH],
+            ints[L.I_TEMPLATE_ID],
+            ints[L.I_UA_CLASS],
+            ints[L.I_ACC_ROW],
+            *floats[L.X_TS : L.X_NAT_ELIGIBLE + 1],
+            scored,
+        )
 
     @property
     def nbytes(self) -> int:

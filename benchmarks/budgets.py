@@ -1,0 +1,202 @@
+"""The budgets of DESIGN.md, each with the figure a benchmark run measured and whether it
+was met (and when missed, by how much). `run_all.py` prints them; `report_md.py` tables them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from benchlib import nested_get
+
+
+@dataclass
+class Budget:
+    name: str
+    limit: str
+    measured: str
+    verdict: str  # "met", "MISSED by ...", "not measured: ..."
+
+
+def _upper(
+    name: str,
+    value: float | None,
+    limit: float,
+    unit: str,
+    fmt: str = "{:.1f}",
+    why_missing: str = "",
+) -> Budget:
+    limit_text = f"≤ {fmt.format(limit)} {unit}"
+    if value is None:
+        return Budget(name, limit_text, "—", f"not measured: {why_missing}")
+    measured = f"{fmt.format(value)} {unit}"
+    if value <= limit:
+        return Budget(name, limit_text, measured, "met")
+    return Budget(
+        name,
+        limit_text,
+        measured,
+        f"**MISSED** by {fmt.format(value - limit)} {unit} ({value / limit:.1f}x the budget)",
+    )
+
+
+def _lower(
+    name: str, value: float | None, floor: float, unit: str, why_missing: str = ""
+) -> Budget:
+    limit_text = f"≥ {floor:,.0f} {unit}"
+    if value is None:
+        return Budget(name, limit_text, "—", f"not measured: {why_missing}")
+    measured = f"{value:,.0f} {unit}"
+    if value >= floor:
+        return Budget(name, limit_text, measured, "met")
+    return Budget(
+        name,
+        limit_text,
+        measured,
+        f"**MISSED** by {floor - value:,.0f} {unit} ({value / floor:.2f}x the budget)",
+    )
+
+
+def _ratio(name: str, value: float | None, floor: float, why_missing: str = "") -> Budget:
+    limit_text = f"≥ {floor:.0%} of bare"
+    if value is None:
+        return Budget(name, limit_text, "—", f"not measured: {why_missing}")
+    measured = f"{value:.0%} of bare"
+    if value >= floor:
+        return Budget(name, limit_text, measured, "met")
+    return Budget(
+        name, limit_text, measured, f"**MISSED** by {(floor - value) * 100:.0f} percentage points"
+    )
+
+
+def budgets(results: dict[str, Any]) -> list[Budget]:
+    out: list[Budget] = []
+    runs = nested_get(results, "decision", "runs") or []
+    base = next((r for r in runs if not r.get("content")), None)
+    why = nested_get(results, "decision", "error") or "the decision benchmark did not run"
+    out.append(
+        _upper(
+            "In-process decision, memory backend, p50 (Guard.check)",
+            nested_get(base, "total", "p50_us"),
+            5.0,
+            "µs",
+            why_missing=why,
+        )
+    )
+    out.append(
+        _upper(
+            "In-process decision, memory backend, p99 (Guard.check)",
+            nested_get(base, "total", "p99_us"),
+            20.0,
+            "µs",
+            why_missing=why,
+        )
+    )
+    out.append(
+        _upper(
+            "Scoring kernel: one Numba call, p50 (as the guard calls it)",
+            nested_get(base, "kernel", "p50_us"),
+            1.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        )
+    )
+    asgi = results.get("asgi") or {}
+    why = asgi.get("error") or "stack unavailable"
+    out.append(
+        _upper(
+            "ASGI overhead, abuseguard memory (scoring + intel), p50",
+            nested_get(asgi, "stacks", "abuseguard-memory", "overhead", "p50_us"),
+            10.0,
+            "µs",
+            why_missing=why,
+        )
+    )
+    out.append(
+        _upper(
+            "ASGI overhead, same behind a trusted proxy (X-Forwarded-For), p50",
+            nested_get(asgi, "stacks", "abuseguard-memory-proxied", "overhead", "p50_us"),
+            10.0,
+            "µs",
+            why_missing=why,
+        )
+    )
+    http = results.get("http") or {}
+    why = http.get("error") or http.get("skipped") or ""
+    ag_redis_why = nested_get(http, "unavailable", "abuseguard-redis-proxied") or why or "no result"
+    out.append(
+        _ratio(
+            "HTTP throughput, abuseguard memory (uvicorn + wrk)",
+            nested_get(http, "stacks", "abuseguard-memory-proxied", "ratio_to_bare", "median"),
+            0.90,
+            why_missing=why or "no result",
+        )
+    )
+    out.append(
+        _ratio(
+            "HTTP throughput, abuseguard Redis, inline mode (exact, one round trip)",
+            nested_get(http, "stacks", "abuseguard-redis-proxied", "ratio_to_bare", "median"),
+            0.50,
+            why_missing=ag_redis_why,
+        )
+    )
+    synced_why = (
+        nested_get(http, "unavailable", "abuseguard-redis-synced-proxied") or why or "no result"
+    )
+    out.append(
+        _ratio(
+            "HTTP throughput, abuseguard Redis, synced mode (local decisions, 10 ms sync)",
+            nested_get(
+                http, "stacks", "abuseguard-redis-synced-proxied", "ratio_to_bare", "median"
+            ),
+            0.50,
+            why_missing=synced_why,
+        )
+    )
+    scale = results.get("scale") or {}
+    ident = scale.get("identities") or {}
+    why = scale.get("error") or ident.get("error") or "no result"
+    label = "RSS with 1,000,000 tracked identities"
+    if ident.get("rss_at_1m_extrapolated"):
+        label += " (extrapolated in --quick)"
+    out.append(_upper(label, ident.get("rss_at_1m_mb"), 512.0, "MB", "{:.0f}", why_missing=why))
+    flood = scale.get("flood") or {}
+    if "growth_mb" in flood:
+        bound = 0.05 * flood["rss_before_flood_mb"]
+        verdict = (
+            "met"
+            if flood["growth_mb"] <= bound
+            else f"**MISSED**: grew {flood['growth_mb']:.0f} MB"
+        )
+        out.append(
+            Budget(
+                "IPv6 flood: memory stays at the table bound",
+                f"growth < 5% of RSS before the flood ({bound:.0f} MB)",
+                f"{flood['growth_mb']:+.1f} MB after {flood['flood_clients']:,} new clients",
+                verdict,
+            )
+        )
+    replay = scale.get("replay") or {}
+    default_replay = replay.get("default Policy()") or {}
+    out.append(
+        _lower(
+            "Replay decisions/s, default Policy() (memory backend, one core; issue #6)",
+            default_replay.get("decisions_per_second"),
+            50_000,
+            "decisions/s",
+            why_missing=replay.get("skipped") or default_replay.get("error") or why,
+        )
+    )
+    cold = nested_get(results, "decision", "cold_start", "default", "warm_cache")
+    if cold:
+        first_ms = cold["first_decision_s"] * 1000
+        out.append(
+            Budget(
+                "Start-up: kernels compile or load at construction, not on a request",
+                "first decision without compiling (< 10 ms)",
+                f"first decision {first_ms:.1f} ms after Guard()",
+                "met" if first_ms < 10 else "**MISSED**",
+            )
+        )
+    return out
