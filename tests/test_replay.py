@@ -71,7 +71,7 @@ def test_served_requests_complete_after_their_duration_refused_at_once() -> None
     assert completes == [
         ("b", 403, None),  # refused: the guard's own answer, at once
         ("t", 429, None),
-        ("c", 403, None),
+        ("c", 429, None),  # the built-in challenge answers as the throttle does
         ("d", 200, None),  # degraded requests are served
         ("s", 500, None),  # shadow: served, completes at ts + duration (4.5)
         ("a", 200, None),  # at ts 5, before the request at ts 6 is checked
