@@ -451,3 +451,20 @@ def test_websocket_exempt_paths_match_whole_segments() -> None:
     with serve(_websocket_app(exempt_paths=("/ws",))) as base:
         assert _handshakes(base, "/ws/lobby", [[]] * 4) == [True] * 4
         assert _handshakes(base, "/ws-admin", [[]] * 4) == [True, True, False, False]
+
+
+def test_fail_mode_routes_match_whole_path_segments() -> None:
+    # "/v1/admin" closed must not decide "/v1/administrator" (nor "/v1/admin-public"):
+    # the same whole-segment rule as exempt paths.
+    from abuseguard.policy import FailMode
+
+    mode = FailMode(open=True, routes={"/v1/admin": False, "POST /v1/chat": False})
+    assert not mode.fails_open("GET", "/v1/admin")
+    assert not mode.fails_open("GET", "/v1/admin/")
+    assert not mode.fails_open("GET", "/v1/admin/users")
+    assert mode.fails_open("GET", "/v1/administrator")
+    assert mode.fails_open("GET", "/v1/admin-public")
+    assert not mode.fails_open("POST", "/v1/chat/completions")
+    assert mode.fails_open("POST", "/v1/chatter")
+    root = FailMode(open=True, routes={"/": False})
+    assert not root.fails_open("GET", "/anything")

@@ -17,6 +17,7 @@ from typing import Literal
 from abuseguard.config_check import check_fields
 from abuseguard.decision import Action
 from abuseguard.errors import ConfigError
+from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import DEFAULT_PROXY_HEADER, PROXY_HEADERS
 from abuseguard.rates import parse_rate
 from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
@@ -656,8 +657,9 @@ class FailMode:
 
     ``open`` serves the request (True) or refuses it (False: 429 with the reason
     ``backend_unavailable`` and a Retry-After). ``routes`` overrides ``open`` per route:
-    keys are path prefixes ("/v1/admin") or a method and a path prefix ("POST /v1/chat");
-    the longest matching key wins. With ``fallback`` a request served while the circuit is
+    keys are paths ("/v1/admin") or a method and a path ("POST /v1/chat"), each covering
+    the paths below it by whole segments ("/v1/admin" is not "/v1/administrator"); the
+    longest matching key wins. With ``fallback`` a request served while the circuit is
     open still goes through the policy's token buckets, enforced in-process by each worker
     with rate and burst divided by the number of workers (``WEB_CONCURRENCY`` or
     ``--workers``; see the Redis backend). The memory backend cannot fail and ignores this.
@@ -688,12 +690,13 @@ class FailMode:
                 )
             rules.append((method.upper() or None, path, value))
         rules.sort(key=lambda rule: (len(rule[1]), rule[0] is not None), reverse=True)
-        object.__setattr__(self, "_rules", tuple(rules))
+        # Whole path segments, as for exempt paths: "/v1/admin" is not "/v1/administrator".
+        object.__setattr__(self, "_rules", tuple((m, ExemptPaths((p,)), v) for m, p, v in rules))
 
     def fails_open(self, method: str, path: str) -> bool:
         """Whether a request to ``method path`` is served while the backend fails."""
-        for rule_method, prefix, value in self._rules:  # type: ignore[attr-defined]
-            if path.startswith(prefix) and (rule_method is None or rule_method == method):
+        for rule_method, paths, value in self._rules:  # type: ignore[attr-defined]
+            if (rule_method is None or rule_method == method) and paths.matches(path):
                 return bool(value)
         return self.open
 
