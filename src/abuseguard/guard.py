@@ -28,9 +28,9 @@ from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import AddressBook, ClientAddress, hash_key
 from abuseguard.intel.agents import AgentClassifier, ClientClass
 from abuseguard.intel.geo import GeoIntel
+from abuseguard.intel.network import NetworkProfile, NetworkView
 from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash, persona_mismatch
 from abuseguard.keyprobe import UNVERIFIED_KEY_REASON, UnverifiedKeyLimiter, UnverifiedRefusal
-from abuseguard.network import NetworkProfile, NetworkView
 from abuseguard.policy import Policy, Quota, TokenBucket
 from abuseguard.precheck import precheck
 from abuseguard.request import RequestInfo
@@ -109,7 +109,7 @@ class Guard:
         self.agents = AgentClassifier()
         self.content: Any = None
         if scoring is not None and scoring.enabled and scoring.content:
-            from abuseguard.engine.content import ContentFingerprinter
+            from abuseguard.intel.content import ContentFingerprinter
 
             self.content = ContentFingerprinter(max_bytes=scoring.content_max_bytes)
         self.local_buckets = not self.backend.shared

@@ -102,7 +102,7 @@ from urllib.parse import unquote_plus
 import numpy as np
 import orjson
 
-from abuseguard.engine._content_kernels import (
+from abuseguard.intel._content_kernels import (
     F_INSTRUCTION,
     F_LABEL,
     MARKERS,
