@@ -15,8 +15,8 @@ from abuseguard.identity import (
     api_key_from_headers,
     client_ip,
     hash_key,
-    parse_ip,
 )
+from abuseguard.intel.ip import parse_address as parse_ip
 from abuseguard.routes import RouteResolver
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))

@@ -4,8 +4,9 @@ Proxy headers are believed only when the socket peer is a configured trusted pro
 only the one header the policy names (``Policy.proxy_header``); it is walked right to
 left: each hop that is itself a trusted proxy is skipped, and the first hop that is not
 is the client. A malformed hop ends the walk at the last address that could be verified.
-Every address is normalized: IPv4-mapped IPv6 becomes IPv4, a scope (``fe80::1%eth0``)
-is dropped, and anything that is not an IP becomes ``UNKNOWN_IP``.
+Every address is normalized by `abuseguard.intel.ip` (the parser the MaxMind intel uses
+too): IPv4-mapped and NAT64 IPv6 become IPv4, a scope (``fe80::1%eth0``) is dropped, and
+anything that is not an IP becomes ``UNKNOWN_IP``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from abuseguard.intel.geo import network_text, special_range
-from abuseguard.intel.geo import parse_ip as fast_parse_ip
+from abuseguard.intel.ip import (
+    network_text,
+    parse_address,
+    parse_ip,
+    special_network,
+    strip_port,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 UNKNOWN_IP = "unknown"
-_MAX_IP_TEXT = 64  # longer than any textual IP with a scope
 
 # The proxy headers `client_ip` can read; `Policy.proxy_header` names the one to trust.
 PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
@@ -45,29 +50,6 @@ class ClientAddress:
 
 
 UNKNOWN_ADDRESS = ClientAddress(UNKNOWN_IP, UNKNOWN_IP, UNKNOWN_IP, 0, False)
-
-
-def parse_ip(text: str) -> IPAddress | None:
-    """Parse one address, tolerating ports, brackets, scopes and IPv4-mapped IPv6."""
-    text = text.strip()
-    if not text or len(text) > _MAX_IP_TEXT:
-        return None
-    if text.startswith("["):  # "[2001:db8::1]:443" or "[::1]"
-        end = text.find("]")
-        if end < 0:
-            return None
-        text = text[1:end]
-    elif text.count(":") == 1:  # "1.2.3.4:5678"
-        text = text.split(":", 1)[0]
-    if "%" in text:
-        text = text.split("%", 1)[0]
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 class AddressBook:
@@ -102,11 +84,11 @@ class AddressBook:
     def _describe(self, text: str) -> ClientAddress:
         # inet_pton/inet_ntop (C) instead of ipaddress objects: a flood of new addresses
         # (IPv6 rotation) must stay cheap per address.
-        parsed = fast_parse_ip(_strip_port(text.strip()))
+        parsed = parse_ip(strip_port(text.strip()))
         if parsed is None:
             return UNKNOWN_ADDRESS
         version, value, _ = parsed
-        private = special_range(version, value) is not None
+        private = special_network(version, value) is not None
         if version == 4:
             ip = socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
             return ClientAddress(
@@ -120,16 +102,6 @@ class AddressBook:
             6,
             private,
         )
-
-
-def _strip_port(text: str) -> str:
-    """``[2001:db8::1]:443`` -> ``2001:db8::1``; ``192.0.2.1:8080`` -> ``192.0.2.1``."""
-    if text.startswith("["):
-        end = text.find("]")
-        return text[1:end] if end > 0 else ""
-    if text.count(":") == 1:
-        return text.split(":", 1)[0]
-    return text
 
 
 def _in_any(addr: IPAddress, networks: Iterable[IPNetwork]) -> bool:
@@ -187,7 +159,7 @@ def client_ip(
     X-Forwarded-For, from the right."""
     if peer is None or not trusted_proxies:
         return peer
-    peer_addr = parse_ip(peer)
+    peer_addr = parse_address(peer)
     if peer_addr is None or not _in_any(peer_addr, trusted_proxies):
         return peer
     value = headers.get(proxy_header)
@@ -199,7 +171,7 @@ def client_ip(
         hops = _items_from_right(value)
     client = peer
     for hop in hops:
-        addr = parse_ip(hop)
+        addr = parse_address(hop)
         if addr is None:
             break  # "unknown", obfuscated or malformed: stop at the last verified hop
         client = str(addr)
