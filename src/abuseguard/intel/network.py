@@ -15,15 +15,15 @@ from typing import cast
 
 from abuseguard.decision import DENIAL_ACTIONS, Action
 from abuseguard.identity import ClientAddress
-from abuseguard.intel.geo import (
+from abuseguard.intel.geo import GeoIntel
+from abuseguard.intel.hosting import hosting_asns
+from abuseguard.intel.records import (
     ANON_BITS,
     ANON_HOSTING,
     EMPTY_FACTS,
-    GeoIntel,
     NetworkFacts,
     facts_from_fields,
 )
-from abuseguard.intel.hosting import hosting_asns
 from abuseguard.policy import AnonymizerRule, NetworkPolicy
 from abuseguard.request import RequestInfo
 
