@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from abuseguard.engine._content_kernels import skeleton_hashes
-from abuseguard.engine.content import (
+from abuseguard.intel._content_kernels import skeleton_hashes
+from abuseguard.intel.content import (
     WORD_TABLE,
     ContentFingerprinter,
     elicitation_strength,

@@ -148,20 +148,9 @@ def _policy(content: bool, proxied: bool = False) -> Policy:
 
 
 def _client_stage(guard: Guard) -> Callable[[RequestInfo], Any] | None:
-    # The guard's cached client lookup has no public entry point yet (it awaits the
-    # request-pipeline refactor of guard.py); without it, the uncached classification.
-    client_of = getattr(guard, "_client_of", None)
-    if client_of is not None:
-        return lambda info: client_of(info.ua, info.headers)
-    from abuseguard.intel.persona import persona_hash, persona_mismatch
-
-    def classify(info: RequestInfo) -> Any:
-        agent = guard.agents.classify(info.ua)
-        return persona_hash(list(info.headers), info.headers, agent), persona_mismatch(
-            agent, info.headers
-        )
-
-    return classify
+    """The guard's cached client lookup (the client enricher's own entry point)."""
+    client_of = guard.client_enricher.client_of
+    return lambda info: client_of(info.ua, info.headers)
 
 
 def _kernel_call(guard: Guard, prepared: Prepared) -> tuple[Callable[[], Any], Callable[[], Any]]:

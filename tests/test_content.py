@@ -1,4 +1,4 @@
-"""Tests for prompt content fingerprinting (abuseguard.engine.content)."""
+"""Tests for prompt content fingerprinting (abuseguard.intel.content)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from abuseguard.engine import _content_kernels as kernels
-from abuseguard.engine.content import (
+from abuseguard.intel import _content_kernels as kernels
+from abuseguard.intel.content import (
     ELICITATION_MARKERS,
     EMPTY_CONTENT,
     WORD_TABLE,
@@ -899,7 +899,7 @@ def test_marker_set_validation() -> None:
 
 
 def test_context_id_cache_is_bounded_and_changes_nothing() -> None:
-    from abuseguard.engine import content
+    from abuseguard.intel import content
 
     long_context = "You are terse. " * 100  # too long to be cached
     ids = [content._context_id(f"system {i}") for i in range(content._CONTEXT_CACHE_SIZE + 5)]
@@ -992,7 +992,7 @@ _TRICKY_JSON = [
 
 @pytest.mark.parametrize("text", _TRICKY_JSON, ids=range(len(_TRICKY_JSON)))
 def test_loads_is_json_loads(text: str) -> None:
-    from abuseguard.engine import content
+    from abuseguard.intel import content
 
     try:
         expected = json.loads(text)
@@ -1060,7 +1060,7 @@ _FINGERPRINTERS: dict[int, ContentFingerprinter] = {}
     ],
 )
 def test_loads_matches_json_loads(text: str) -> None:
-    from abuseguard.engine.content import _NOT_JSON, _loads
+    from abuseguard.intel.content import _NOT_JSON, _loads
 
     try:
         expected: object = json.loads(text)

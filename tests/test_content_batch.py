@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from abuseguard.engine import _content_kernels as kernels
-from abuseguard.engine import content
-from abuseguard.engine.content import (
+from abuseguard.intel import _content_kernels as kernels
+from abuseguard.intel import content
+from abuseguard.intel.content import (
     _MARKER_SET,
     _MARKER_WEIGHTS,
     _WORKSPACE_MAX_BYTES,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from abuseguard.engine.content import ELICITATION_MARKERS, ContentFacts, ContentFingerprinter
+from abuseguard.intel.content import ELICITATION_MARKERS, ContentFacts, ContentFingerprinter
 from abuseguard.sim import simulate
 from tests.test_content import FREE_PROMPTS, TEMPLATES, random_passage, random_problem
 

@@ -21,7 +21,7 @@ from abuseguard import AbuseGuard, NetworkPolicy, Policy
 from abuseguard.identity import ClientAddress
 from abuseguard.intel import geo as geo_module
 from abuseguard.intel.geo import GeoIntel, IntelError
-from abuseguard.network import NetworkView
+from abuseguard.intel.network import NetworkView
 from abuseguard.testing import serve
 
 try:

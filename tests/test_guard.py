@@ -441,7 +441,8 @@ def test_client_cache_keys_on_persona_values_and_stays_bounded() -> None:
     # A flood of header shapes (random names) cannot grow the caches without bound.
     for i in range(20_000):
         guard._client_of("curl/8.0", {f"x-random-{i}": "1", "accept-encoding": str(i)})
-    assert len(guard._clients) <= 16384 and len(guard._shapes) <= 4096
+    clients = guard.client_enricher
+    assert len(clients.clients) <= 16384 and len(clients.shapes) <= 4096
 
 
 @pytest.mark.parametrize("network", [None, NetworkPolicy()])

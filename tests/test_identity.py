@@ -12,12 +12,12 @@ from starlette.routing import Mount, Route
 from abuseguard.identity import (
     UNKNOWN_IP,
     AddressBook,
-    RouteResolver,
     api_key_from_headers,
     client_ip,
     hash_key,
-    parse_ip,
 )
+from abuseguard.intel.ip import parse_address as parse_ip
+from abuseguard.routes import RouteResolver
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from abuseguard.backends import Backend, MemoryBackend
 from abuseguard.decision import Action, Decision, PolicyState
 from abuseguard.enforce import Allow, Block, Challenge, Degrade, Delay, Enforcer, Log, Throttle
 from abuseguard.errors import BackendError, ConfigError
 from abuseguard.guard import Guard
 from abuseguard.keyprobe import mark_invalid_key
-from abuseguard.middleware import AbuseGuard, current_decision
 from abuseguard.policy import (
     AnonymizerRule,
     Concurrency,
@@ -23,6 +24,9 @@ from abuseguard.policy import (
     WebSocketPolicy,
 )
 from abuseguard.request import RequestInfo
+
+if TYPE_CHECKING:
+    from abuseguard.middleware import AbuseGuard, current_decision
 
 __all__ = [
     "AbuseGuard",
@@ -58,3 +62,15 @@ __all__ = [
     "mark_invalid_key",
 ]
 __version__ = "0.1.0"
+
+# The ASGI adapter (and with it Starlette) is imported on first use, so that importing the
+# framework-free core (`abuseguard.guard`, `abuseguard.policy` ...) loads no web framework.
+_ADAPTER_NAMES = frozenset({"AbuseGuard", "current_decision"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ADAPTER_NAMES:
+        from abuseguard import middleware
+
+        return getattr(middleware, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,10 +27,10 @@ from abuseguard.errors import ConfigError
 from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import AddressBook, ClientAddress, hash_key
 from abuseguard.intel.agents import AgentClassifier, ClientClass
+from abuseguard.intel.client import ClientEnricher
 from abuseguard.intel.geo import GeoIntel
-from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash, persona_mismatch
+from abuseguard.intel.network import NetworkProfile, NetworkView
 from abuseguard.keyprobe import UNVERIFIED_KEY_REASON, UnverifiedKeyLimiter, UnverifiedRefusal
-from abuseguard.network import NetworkProfile, NetworkView
 from abuseguard.policy import Policy, Quota, TokenBucket
 from abuseguard.precheck import precheck
 from abuseguard.request import RequestInfo
@@ -109,7 +109,7 @@ class Guard:
         self.agents = AgentClassifier()
         self.content: Any = None
         if scoring is not None and scoring.enabled and scoring.content:
-            from abuseguard.engine.content import ContentFingerprinter
+            from abuseguard.intel.content import ContentFingerprinter
 
             self.content = ContentFingerprinter(max_bytes=scoring.content_max_bytes)
         self.local_buckets = not self.backend.shared
@@ -134,9 +134,8 @@ class Guard:
         self.observers: list[Observer] = list(observers)
         self.explain = explain
         self._key_hashes: dict[str, str] = {}
-        self._clients: dict[tuple[object, ...], tuple[int, int, float]] = {}
-        self._shapes: dict[tuple[str, ...], tuple[int, tuple[str, ...]]] = {}
-        self._next_shape = 0
+        self.client_enricher = ClientEnricher(self.agents)
+        self._client_of = self.client_enricher.client_of
         self._network_rows = (False, True, True, True, True)
         self._anonymous_network_rows = (
             False,
@@ -280,36 +279,6 @@ class Guard:
             elicitation,
             has_content,
         )
-
-    def _client_of(self, ua: str | None, headers: Mapping[str, str]) -> tuple[int, int, float]:
-        """Client class, persona and persona mismatch, cached per header shape: the UA,
-        the header names in order and the values of the few headers whose value is part of
-        the persona. Each list of names is looked up once and stands for a small number in
-        the second key, so a hit compares the names once, not twice."""
-        names = tuple(headers)
-        shape = self._shapes.get(names)
-        if shape is None:
-            if len(self._shapes) >= 4096:
-                self._shapes.clear()
-                self._clients.clear()  # their keys hold numbers of the shapes just dropped
-            value_names = tuple(n for n in names if n in FINGERPRINT_VALUE_HEADERS)
-            shape = self._shapes[names] = (self._next_shape, value_names)
-            self._next_shape += 1
-        shape_id, value_names = shape
-        key = (ua, shape_id, *[headers[n] for n in value_names]) if value_names else (ua, shape_id)
-        hit = self._clients.get(key)
-        if hit is not None:
-            return hit
-        agent = self.agents.classify(ua)
-        result = (
-            int(agent.client_class),
-            persona_hash(names, headers, agent),
-            persona_mismatch(agent, headers),
-        )
-        if len(self._clients) >= 16384:
-            self._clients.clear()
-        self._clients[key] = result
-        return result
 
     def run_engine(self, p: Prepared) -> Any:
         """Find the rows, call the kernel once, return the io vector."""

@@ -1,11 +1,12 @@
-"""Who is asking: client IP behind trusted proxies, IP grouping, API key identity, routes.
+"""Who is asking: client IP behind trusted proxies, IP grouping, API key identity.
 
 Proxy headers are believed only when the socket peer is a configured trusted proxy, and
 only the one header the policy names (``Policy.proxy_header``); it is walked right to
 left: each hop that is itself a trusted proxy is skipped, and the first hop that is not
 is the client. A malformed hop ends the walk at the last address that could be verified.
-Every address is normalized: IPv4-mapped IPv6 becomes IPv4, a scope (``fe80::1%eth0``)
-is dropped, and anything that is not an IP becomes ``UNKNOWN_IP``.
+Every address is normalized by `abuseguard.intel.ip` (the parser the MaxMind intel uses
+too): IPv4-mapped and NAT64 IPv6 become IPv4, a scope (``fe80::1%eth0``) is dropped, and
+anything that is not an IP becomes ``UNKNOWN_IP``.
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from starlette.routing import Match, Mount, Router
-
-from abuseguard.intel.geo import network_text, special_range
-from abuseguard.intel.geo import parse_ip as fast_parse_ip
+from abuseguard.intel.ip import (
+    network_text,
+    parse_address,
+    parse_ip,
+    special_network,
+    strip_port,
+)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 UNKNOWN_IP = "unknown"
-_MAX_IP_TEXT = 64  # longer than any textual IP with a scope
 
 # The proxy headers `client_ip` can read; `Policy.proxy_header` names the one to trust.
 PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
@@ -48,29 +50,6 @@ class ClientAddress:
 
 
 UNKNOWN_ADDRESS = ClientAddress(UNKNOWN_IP, UNKNOWN_IP, UNKNOWN_IP, 0, False)
-
-
-def parse_ip(text: str) -> IPAddress | None:
-    """Parse one address, tolerating ports, brackets, scopes and IPv4-mapped IPv6."""
-    text = text.strip()
-    if not text or len(text) > _MAX_IP_TEXT:
-        return None
-    if text.startswith("["):  # "[2001:db8::1]:443" or "[::1]"
-        end = text.find("]")
-        if end < 0:
-            return None
-        text = text[1:end]
-    elif text.count(":") == 1:  # "1.2.3.4:5678"
-        text = text.split(":", 1)[0]
-    if "%" in text:
-        text = text.split("%", 1)[0]
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 class AddressBook:
@@ -105,11 +84,11 @@ class AddressBook:
     def _describe(self, text: str) -> ClientAddress:
         # inet_pton/inet_ntop (C) instead of ipaddress objects: a flood of new addresses
         # (IPv6 rotation) must stay cheap per address.
-        parsed = fast_parse_ip(_strip_port(text.strip()))
+        parsed = parse_ip(strip_port(text.strip()))
         if parsed is None:
             return UNKNOWN_ADDRESS
         version, value, _ = parsed
-        private = special_range(version, value) is not None
+        private = special_network(version, value) is not None
         if version == 4:
             ip = socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
             return ClientAddress(
@@ -123,16 +102,6 @@ class AddressBook:
             6,
             private,
         )
-
-
-def _strip_port(text: str) -> str:
-    """``[2001:db8::1]:443`` -> ``2001:db8::1``; ``192.0.2.1:8080`` -> ``192.0.2.1``."""
-    if text.startswith("["):
-        end = text.find("]")
-        return text[1:end] if end > 0 else ""
-    if text.count(":") == 1:
-        return text.split(":", 1)[0]
-    return text
 
 
 def _in_any(addr: IPAddress, networks: Iterable[IPNetwork]) -> bool:
@@ -190,7 +159,7 @@ def client_ip(
     X-Forwarded-For, from the right."""
     if peer is None or not trusted_proxies:
         return peer
-    peer_addr = parse_ip(peer)
+    peer_addr = parse_address(peer)
     if peer_addr is None or not _in_any(peer_addr, trusted_proxies):
         return peer
     value = headers.get(proxy_header)
@@ -202,7 +171,7 @@ def client_ip(
         hops = _items_from_right(value)
     client = peer
     for hop in hops:
-        addr = parse_ip(hop)
+        addr = parse_address(hop)
         if addr is None:
             break  # "unknown", obfuscated or malformed: stop at the last verified hop
         client = str(addr)
@@ -232,71 +201,3 @@ def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
         key = key.strip()
         return key or None
     return None
-
-
-class RouteResolver:
-    """Route identity: method + route template (mount prefixes included), never the raw path.
-
-    The template is found by matching the app's Starlette router, the way Starlette itself
-    does, and cached per (method, path) in a bounded cache. Unmatched paths share the
-    identity ``"<unmatched>"`` so random paths cannot create identities.
-    """
-
-    UNMATCHED = "<unmatched>"
-
-    def __init__(self, cache_size: int = 4096, app: Any = None) -> None:
-        self._cache: dict[tuple[str, str], str] = {}
-        self._cache_size = cache_size
-        self._app = app
-
-    def template(self, scope: Mapping[str, Any]) -> str:
-        """The route template of ``scope``, from the router of ``scope["app"]`` (set by
-        Starlette when the middleware was added with ``add_middleware``) or else of the
-        ``app`` given here (a middleware that wraps the app sees no ``scope["app"]``)."""
-        path = scope.get("path", "/")
-        key = (scope.get("method", "GET"), path)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        router = _find_router(scope.get("app")) or _find_router(self._app)
-        found = _match(router.routes, dict(scope), "") if router is not None else None
-        result = found if found is not None else self.UNMATCHED
-        if len(self._cache) >= self._cache_size:
-            self._cache.clear()
-        self._cache[key] = result
-        return result
-
-
-def _find_router(app: Any) -> Router | None:
-    for _ in range(32):
-        if app is None:
-            return None
-        if isinstance(app, Router):
-            return app
-        router = getattr(app, "router", None)
-        if isinstance(router, Router):
-            return router
-        app = getattr(app, "app", None)
-    return None
-
-
-def _match(routes: Iterable[Any], scope: dict[str, Any], prefix: str) -> str | None:
-    partial: str | None = None
-    for route in routes:
-        try:
-            match, child = route.matches(scope)
-        except Exception:  # a custom route that cannot match this scope
-            continue
-        if match == Match.NONE:
-            continue
-        path = getattr(route, "path", "")
-        if isinstance(route, Mount):
-            sub_scope = {**scope, **child}
-            inner = _match(route.routes, sub_scope, prefix + path)
-            template = inner if inner is not None else prefix + path
-        else:
-            template = prefix + path
-        if match == Match.FULL:
-            return template
-        partial = partial or template  # method mismatch: still the same route
-    return partial

@@ -67,7 +67,7 @@ class TemplateCoverage:
 
     def _fingerprint(self, record: LaneRecord) -> tuple[int, int] | None:
         if self._fingerprinter is None:
-            from abuseguard.engine.content import ContentFingerprinter
+            from abuseguard.intel.content import ContentFingerprinter
 
             self._fingerprinter = ContentFingerprinter()
         facts = self._fingerprinter.fingerprint(record.body, record.content_type)  # type: ignore[attr-defined]

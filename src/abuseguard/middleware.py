@@ -34,7 +34,6 @@ from abuseguard.guard import Guard, Observer
 from abuseguard.headers import rate_limit_headers
 from abuseguard.identity import (
     CREDENTIAL_HEADERS,
-    RouteResolver,
     api_key_from_headers,
     client_ip,
     rightmost_list_items,
@@ -43,6 +42,7 @@ from abuseguard.intel.geo import GeoIntel
 from abuseguard.keyprobe import INVALID_KEY_STATE_KEY
 from abuseguard.policy import Policy
 from abuseguard.request import RequestInfo
+from abuseguard.routes import RouteResolver
 from abuseguard.websocket import WebSocketLimiter
 
 logger = logging.getLogger("abuseguard")

@@ -163,7 +163,8 @@ def open_intel(directory: str, day: datetime.date) -> Any:
     """GeoIntel over every MaxMind database in ``directory``, aged as of ``day``."""
     import maxminddb
 
-    from abuseguard.intel.geo import GeoIntel, kind_of_database_type
+    from abuseguard.intel.geo import GeoIntel
+    from abuseguard.intel.mmdb import kind_of_database_type
 
     folder = Path(directory)
     if not folder.is_dir():

@@ -29,11 +29,12 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import json.encoder
 import math
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -46,6 +47,64 @@ MAX_RECORDED_LINES = 20
 _ANON_KINDS = frozenset(ANONYMIZER_KINDS)
 _LABELS = frozenset(LABELS)
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+# ---------------------------------------------------------------------------- writing
+
+# How each trace field is written (the reader below accepts what these write). Strings are
+# JSON-escaped, ``body`` keeps non-ASCII characters as they are (prompts are the bulk of a
+# trace), times are written to the millisecond.
+_json = json.dumps
+_encode_text: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _millis(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _anon_list(value: Iterable[str]) -> str:
+    return _json(list(value))
+
+
+def _header_object(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
+    return _json(dict(value), separators=(",", ":"))
+
+
+TRACE_FIELD_WRITERS: dict[str, Callable[[Any], str]] = {
+    "ts": _millis,
+    "ip": _json,
+    "asn": str,
+    "as_org": _json,
+    "country": _json,
+    "anon": _anon_list,
+    "anon_confidence": str,
+    "key": _json,
+    "method": _json,
+    "path": _json,
+    "ua": _json,
+    "headers": _header_object,
+    "body": _encode_text,
+    "status": str,
+    "cost": str,
+    "duration": _millis,
+    "actor": _json,
+    "label": _json,
+    "kind": _json,
+}
+
+
+def trace_fields(**fields: Any) -> str:
+    """The ``"name":value`` members of a trace line for `fields`, in the order given and
+    comma-joined: a fragment a writer may cache (per address, per client) and join into
+    lines with `trace_line`. Raises KeyError for a name that is not a trace field."""
+    writers = TRACE_FIELD_WRITERS
+    return ",".join(f'"{name}":{writers[name](value)}' for name, value in fields.items())
+
+
+def trace_line(*fragments: str) -> str:
+    """One trace line (without its newline) from `trace_fields` fragments; empty ones are
+    skipped."""
+    return "{" + ",".join(fragment for fragment in fragments if fragment) + "}"
 
 
 class TraceError(ValueError):

@@ -88,7 +88,7 @@ from abuseguard.policy import Concurrency, Quota
 
 if TYPE_CHECKING:
     from abuseguard.guard import Guard, Prepared
-    from abuseguard.network import NetworkProfile
+    from abuseguard.intel.network import NetworkProfile
     from abuseguard.policy import Policy, TokenBucket
     from abuseguard.request import RequestInfo
 

@@ -13,7 +13,9 @@ import json
 import sys
 from typing import Any
 
-from abuseguard.intel.geo import Database, GeoIntel, IntelError, NetworkFacts
+from abuseguard.intel.geo import GeoIntel
+from abuseguard.intel.mmdb import Database, IntelError
+from abuseguard.intel.records import NetworkFacts
 
 EXIT_USAGE = 2
 

@@ -8,20 +8,16 @@ depend on any other source and the whole trace is reproducible from the seed.
 
 from __future__ import annotations
 
-import json
-import json.encoder
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from abuseguard.sim.personas import Persona
 from abuseguard.sim.world import World
+from abuseguard.traces import trace_fields, trace_line
 
 Source = Iterator[tuple[float, str]]
-
-# json.dumps(text, ensure_ascii=False) without building an encoder per call (C function).
-_encode_string: Callable[[str], str] = json.encoder.encode_basestring
 
 # Hourly activity of people, by local hour (peak 1.0).
 HUMAN_DAY = (
@@ -148,9 +144,9 @@ class Emitter:
     ) -> None:
         self.world = ctx.world
         self.start = ctx.start
-        self._head = f'"key":{json.dumps(key)}'
+        self._head = trace_fields(key=key)
         self._persona = persona.fragment()
-        self._tail = f',"actor":{json.dumps(actor)},"label":"{label}","kind":"{kind}"}}'
+        self._tail = trace_fields(actor=actor, label=label, kind=kind)
 
     def line(
         self,
@@ -162,12 +158,15 @@ class Emitter:
         outcome: Outcome,
         persona: str | None = None,
     ) -> tuple[float, str]:
-        body_part = "" if body is None else ',"body":' + _encode_string(body)
-        text = (
-            f'{{"ts":{self.start + t:.3f},{self.world.fragment(ip)},{self._head},'
-            f'"method":"{method}","path":"{path}",{persona or self._persona}{body_part},'
-            f'"status":{outcome.status},"cost":{outcome.cost},"duration":{outcome.duration:.3f}'
-            f"{self._tail}"
+        text = trace_line(
+            trace_fields(ts=self.start + t),
+            self.world.fragment(ip),
+            self._head,
+            trace_fields(method=method, path=path),
+            persona or self._persona,
+            "" if body is None else trace_fields(body=body),
+            trace_fields(status=outcome.status, cost=outcome.cost, duration=outcome.duration),
+            self._tail,
         )
         return t, text
 

@@ -12,9 +12,10 @@ every line of its actor reuses.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
+
+from abuseguard.traces import trace_fields
 
 WEB_ORIGIN = "https://chat.example.com"
 
@@ -57,8 +58,7 @@ class Persona:
 
     def fragment(self) -> str:
         """The trace-line JSON fragment for this persona."""
-        ua = json.dumps(self.ua)
-        return f'"ua":{ua},"headers":{json.dumps(dict(self.headers), separators=(",", ":"))}'
+        return trace_fields(ua=self.ua, headers=self.headers)
 
 
 def accept_language(rng: random.Random, country: str) -> str:

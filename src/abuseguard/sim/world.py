@@ -18,10 +18,11 @@ proxyware, or a mobile proxy shares their carrier-grade NAT).
 from __future__ import annotations
 
 import ipaddress
-import json
 import random
 import time
 from dataclasses import dataclass, field
+
+from abuseguard.traces import trace_fields
 
 # Network kinds.
 RESIDENTIAL = "residential"
@@ -314,17 +315,15 @@ class World:
         info = self.addresses[ip]
         if info.fragment:
             return info.fragment
-        parts = [f'"ip":"{ip}"']
+        fields: dict[str, object] = {"ip": ip}
         if self.enrich:
             net = info.network
-            parts.append(
-                f'"asn":{net.asn},"as_org":{json.dumps(net.org)},"country":"{net.country}"'
-            )
+            fields.update(asn=net.asn, as_org=net.org, country=net.country)
             if info.anon:
-                parts.append('"anon":' + json.dumps(list(info.anon)))
+                fields["anon"] = info.anon
                 if info.confidence is not None:
-                    parts.append(f'"anon_confidence":{info.confidence}')
-        info.fragment = ",".join(parts)
+                    fields["anon_confidence"] = info.confidence
+        info.fragment = trace_fields(**fields)
         return info.fragment
 
 

@@ -1019,7 +1019,8 @@ def compiled_entry(dispatcher: Any) -> Any:
     """The compiled function behind a dispatcher with exactly one compiled signature.
 
     Calling it skips the dispatcher's per-call type resolution; any other state of the
-    dispatcher falls back to the dispatcher itself (see ``engine._compiled_entry``).
+    dispatcher falls back to the dispatcher itself (see
+    ``abuseguard.engine.engine._compiled_entry``).
     """
     signatures = getattr(dispatcher, "signatures", [])
     overloads = getattr(dispatcher, "overloads", {})

@@ -96,13 +96,13 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from itertools import repeat
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote_plus
 
 import numpy as np
 import orjson
 
-from abuseguard.engine._content_kernels import (
+from abuseguard.intel._content_kernels import (
     F_INSTRUCTION,
     F_LABEL,
     MARKERS,
@@ -115,6 +115,10 @@ from abuseguard.engine._content_kernels import (
     word_table,
     workspace_words,
 )
+
+if TYPE_CHECKING:
+    from abuseguard.identity import ClientAddress
+    from abuseguard.request import RequestInfo
 
 MIN_TOKENS = 3
 
@@ -560,6 +564,15 @@ class ContentFingerprinter:
     @property
     def shingle(self) -> int:
         return self._shingle
+
+    # The `abuseguard.intel.enricher.Enricher` interface.
+    fills: tuple[str, ...] = ("simhash", "template_id", "elicitation", "has_content")
+
+    def enrich(self, info: RequestInfo, address: ClientAddress) -> ContentFacts | None:
+        """The fingerprint of the request's body; None when it has none."""
+        if not info.body:
+            return None
+        return self.fingerprint(info.body, info.headers.get("content-type"))
 
     def fingerprint(
         self, body: bytes | str | None, content_type: str | None = None

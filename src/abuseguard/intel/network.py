@@ -15,16 +15,17 @@ from typing import cast
 
 from abuseguard.decision import DENIAL_ACTIONS, Action
 from abuseguard.identity import ClientAddress
-from abuseguard.intel.geo import (
+from abuseguard.intel.geo import GeoIntel
+from abuseguard.intel.hosting import hosting_asns
+from abuseguard.intel.records import (
     ANON_BITS,
     ANON_HOSTING,
     EMPTY_FACTS,
-    GeoIntel,
     NetworkFacts,
     facts_from_fields,
 )
-from abuseguard.intel.hosting import hosting_asns
 from abuseguard.policy import AnonymizerRule, NetworkPolicy
+from abuseguard.request import RequestInfo
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _TREATMENT_ACTIONS = {action.value: action for action in DENIAL_ACTIONS}
@@ -76,6 +77,15 @@ class NetworkView:
         self._cache_size = cache_size
         self._intel_version = intel.data_version if intel is not None else 0
         self._address_matters = intel is not None or bool(self.allow_cidrs or self.deny_cidrs)
+
+    # The `abuseguard.intel.enricher.Enricher` interface.
+    fills: tuple[str, ...] = ("profile",)
+
+    def enrich(self, info: RequestInfo, address: ClientAddress) -> NetworkProfile:
+        """`profile` of the request's address and the enrichment fields it carries."""
+        return self.profile(
+            address, info.asn, info.as_org, info.country, info.anon, info.anon_confidence
+        )
 
     def profile(
         self,

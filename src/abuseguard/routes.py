@@ -1,0 +1,80 @@
+"""Route identity for the ASGI adapter: method + route template from the app's Starlette router.
+
+Only the middleware resolves routes; keeping the resolver here keeps Starlette out of the
+framework-free core (`abuseguard.guard` and what it imports).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from starlette.routing import Match, Mount, Router
+
+
+class RouteResolver:
+    """Route identity: method + route template (mount prefixes included), never the raw path.
+
+    The template is found by matching the app's Starlette router, the way Starlette itself
+    does, and cached per (method, path) in a bounded cache. Unmatched paths share the
+    identity ``"<unmatched>"`` so random paths cannot create identities.
+    """
+
+    UNMATCHED = "<unmatched>"
+
+    def __init__(self, cache_size: int = 4096, app: Any = None) -> None:
+        self._cache: dict[tuple[str, str], str] = {}
+        self._cache_size = cache_size
+        self._app = app
+
+    def template(self, scope: Mapping[str, Any]) -> str:
+        """The route template of ``scope``, from the router of ``scope["app"]`` (set by
+        Starlette when the middleware was added with ``add_middleware``) or else of the
+        ``app`` given here (a middleware that wraps the app sees no ``scope["app"]``)."""
+        path = scope.get("path", "/")
+        key = (scope.get("method", "GET"), path)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        router = _find_router(scope.get("app")) or _find_router(self._app)
+        found = _match(router.routes, dict(scope), "") if router is not None else None
+        result = found if found is not None else self.UNMATCHED
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[key] = result
+        return result
+
+
+def _find_router(app: Any) -> Router | None:
+    for _ in range(32):
+        if app is None:
+            return None
+        if isinstance(app, Router):
+            return app
+        router = getattr(app, "router", None)
+        if isinstance(router, Router):
+            return router
+        app = getattr(app, "app", None)
+    return None
+
+
+def _match(routes: Iterable[Any], scope: dict[str, Any], prefix: str) -> str | None:
+    partial: str | None = None
+    for route in routes:
+        try:
+            match, child = route.matches(scope)
+        except Exception:  # a custom route that cannot match this scope
+            continue
+        if match == Match.NONE:
+            continue
+        path = getattr(route, "path", "")
+        if isinstance(route, Mount):
+            sub_scope = {**scope, **child}
+            inner = _match(route.routes, sub_scope, prefix + path)
+            template = inner if inner is not None else prefix + path
+        else:
+            template = prefix + path
+        if match == Match.FULL:
+            return template
+        partial = partial or template  # method mismatch: still the same route
+    return partial
