@@ -230,3 +230,29 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     with pytest.raises(ImportError, match=r"pip install 'abuseguard\[otel\]'"):
         OpenTelemetryObserver()
+
+
+def test_two_observers_on_one_meter_provider_both_count(telemetry: Telemetry) -> None:
+    # A reloaded app or a second guard builds a second observer on the same provider: the
+    # SDK keeps the first instruments of a name, so the counts must be shared.
+    first = OpenTelemetryObserver(telemetry.meter_provider)
+    second = OpenTelemetryObserver(telemetry.meter_provider)
+    info = RequestInfo(ip="203.0.113.5")
+    first(info, Decision(Action.THROTTLE, reasons=("rate",)))
+    second(info, Decision(Action.THROTTLE, reasons=("rate",)))
+    assert telemetry.count("abuseguard.decisions", action="throttle", shadow=False) == 2
+    assert (
+        telemetry.count(
+            "abuseguard.decision.reasons", action="throttle", reason="rate", shadow=False
+        )
+        == 2
+    )
+
+
+def test_a_long_secret_keys_the_hash(telemetry: Telemetry) -> None:
+    observer = OpenTelemetryObserver(telemetry.meter_provider, secret="x" * 200)
+    hashed = observer.identity_hash("i:203.0.113.5")
+    assert hashed.startswith("i:") and "203.0.113.5" not in hashed
+    assert hashed != OpenTelemetryObserver(
+        telemetry.meter_provider, secret="y" * 200
+    ).identity_hash("i:203.0.113.5")

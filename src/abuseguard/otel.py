@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,70 @@ def _opentelemetry() -> tuple[ModuleType, ModuleType]:
             "pip install 'abuseguard[otel]'"
         ) from exc
     return metrics, trace
+
+
+class _Instruments:
+    """The instruments of one meter and the counts behind its counters.
+
+    The SDK keeps the first instrument registered under a name (a second one only logs a
+    warning), so every observer on one meter shares these: a reloaded app or a second
+    guard counts into the same series instead of losing its counts.
+    """
+
+    def __init__(self, meter: Any, observation: Any, bounds: Sequence[float]) -> None:
+        # The counters are plain dict counts reported when the SDK collects (observable
+        # counters): a synchronous SDK counter costs microseconds per add, on every request.
+        self.decision_counts: dict[tuple[Action, bool], int] = {}
+        self.reason_counts: dict[tuple[Action, str, bool], int] = {}
+        self.seen_reasons: set[str] = set()
+        self.observation = observation
+        meter.create_observable_counter(
+            "abuseguard.decisions",
+            callbacks=[self.observe_decisions],
+            unit="{decision}",
+            description="Decisions of the guard by action; shadow decisions were not enforced.",
+        )
+        meter.create_observable_counter(
+            "abuseguard.decision.reasons",
+            callbacks=[self.observe_reasons],
+            unit="{reason}",
+            description="Reasons behind non-allow decisions, one count per reason.",
+        )
+        self.score = meter.create_histogram(
+            "abuseguard.risk_score",
+            unit="1",
+            description="Risk score of every decision.",
+            explicit_bucket_boundaries_advisory=list(bounds),
+        )
+
+    def bounded_reason(self, reason: str) -> str:
+        seen = self.seen_reasons
+        if reason in seen:
+            return reason
+        if len(seen) >= MAX_LABEL_VALUES:
+            return "other"
+        seen.add(reason)
+        return reason
+
+    # Callbacks run in the SDK's collecting thread: copying a dict is atomic under the GIL,
+    # so a decision counted meanwhile never changes its size mid-iteration.
+    def observe_decisions(self, options: CallbackOptions) -> Iterable[Observation]:
+        observation = self.observation
+        return [
+            observation(count, {"action": action.value, "shadow": shadow})
+            for (action, shadow), count in self.decision_counts.copy().items()
+        ]
+
+    def observe_reasons(self, options: CallbackOptions) -> Iterable[Observation]:
+        observation = self.observation
+        return [
+            observation(count, {"action": action.value, "reason": reason, "shadow": shadow})
+            for (action, reason, shadow), count in self.reason_counts.copy().items()
+        ]
+
+
+# One set of instruments per meter, alive as long as the meter (its provider keeps it).
+_by_meter: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
 
 
 class OpenTelemetryObserver:
@@ -93,33 +158,18 @@ class OpenTelemetryObserver:
         from abuseguard import __version__
 
         meter = metrics.get_meter(INSTRUMENTATION_NAME, __version__, meter_provider=meter_provider)
-        # The counters are plain dict counts reported when the SDK collects (observable
-        # counters): a synchronous SDK counter costs microseconds per add, on every request.
-        self.decision_counts: dict[tuple[Action, bool], int] = {}
-        self.reason_counts: dict[tuple[Action, str, bool], int] = {}
-        self._observation = metrics.Observation
-        meter.create_observable_counter(
-            "abuseguard.decisions",
-            callbacks=[self._observe_decisions],
-            unit="{decision}",
-            description="Decisions of the guard by action; shadow decisions were not enforced.",
-        )
-        meter.create_observable_counter(
-            "abuseguard.decision.reasons",
-            callbacks=[self._observe_reasons],
-            unit="{reason}",
-            description="Reasons behind non-allow decisions, one count per reason.",
-        )
-        self.score = meter.create_histogram(
-            "abuseguard.risk_score",
-            unit="1",
-            description="Risk score of every decision.",
-            explicit_bucket_boundaries_advisory=bounds,
-        )
+        instruments = _by_meter.get(meter)
+        if instruments is None:
+            instruments = _by_meter[meter] = _Instruments(meter, metrics.Observation, bounds)
+        self.instruments = instruments
+        self.decision_counts = instruments.decision_counts
+        self.reason_counts = instruments.reason_counts
+        self.score = instruments.score
         self.spans = spans
         self.get_current_span = trace.get_current_span
-        self.secret = secret.encode("utf-8") if isinstance(secret, str) else secret
-        self._seen_reasons: set[str] = set()
+        # blake2b takes keys of up to 64 bytes: a longer secret is hashed down to one.
+        key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+        self.secret = key if len(key) <= 64 else hashlib.blake2b(key).digest()
 
     def __call__(self, info: RequestInfo, decision: Decision) -> None:
         action = decision.action
@@ -130,7 +180,7 @@ class OpenTelemetryObserver:
         if decision.reasons:
             reasons = self.reason_counts
             for reason in decision.reasons:
-                rkey = (action, self._bounded_reason(reason), shadow)
+                rkey = (action, self.instruments.bounded_reason(reason), shadow)
                 reasons[rkey] = reasons.get(rkey, 0) + 1
         score = decision.score
         if score == score:  # NaN never reaches the histogram
@@ -139,31 +189,6 @@ class OpenTelemetryObserver:
             span = self.get_current_span()
             if span.is_recording():
                 span.set_attributes(self.span_attributes(decision))
-
-    def _bounded_reason(self, reason: str) -> str:
-        seen = self._seen_reasons
-        if reason in seen:
-            return reason
-        if len(seen) >= MAX_LABEL_VALUES:
-            return "other"
-        seen.add(reason)
-        return reason
-
-    # Callbacks run in the SDK's collecting thread: copying a dict is atomic under the GIL,
-    # so a decision counted meanwhile never changes its size mid-iteration.
-    def _observe_decisions(self, options: CallbackOptions) -> Iterable[Observation]:
-        observation = self._observation
-        return [
-            observation(count, {"action": action.value, "shadow": shadow})
-            for (action, shadow), count in self.decision_counts.copy().items()
-        ]
-
-    def _observe_reasons(self, options: CallbackOptions) -> Iterable[Observation]:
-        observation = self._observation
-        return [
-            observation(count, {"action": action.value, "reason": reason, "shadow": shadow})
-            for (action, reason, shadow), count in self.reason_counts.copy().items()
-        ]
 
     def span_attributes(self, decision: Decision) -> dict[str, Any]:
         """The attributes this observer sets on the current span for ``decision``."""
