@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import importlib
 import inspect
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -111,12 +112,30 @@ def policy_classes() -> list[type]:
     return classes
 
 
+_SENTENCE_END = re.compile(r"(?<=\.)\s+(?=[A-Z`(\"])")
+
+
+def field_descriptions(cls: type) -> dict[str, str]:
+    """Each field's description: the sentences of the class docstring that name it
+    (as ``field``). A field no sentence names gets an empty description."""
+    paragraphs = [" ".join(p.split()) for p in _doc(cls).split("\n\n")]
+    sentences = [s for p in paragraphs for s in _SENTENCE_END.split(p) if s]
+    return {
+        f.name: " ".join(s for s in sentences if f"``{f.name}``" in s)
+        for f in dataclasses.fields(cls)
+    }
+
+
 def dataclass_section(cls: type) -> list[str]:
-    lines = [f"## {cls.__name__}", "", _doc(cls), "", "| field | type | default |",
-             "| --- | --- | --- |"]  # fmt: skip
+    lines = [f"## {cls.__name__}", "", _doc(cls), "", "| field | type | default | description |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    descriptions = field_descriptions(cls)
     for f in dataclasses.fields(cls):
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        lines.append(f"| `{f.name}` | {_cell(str(kind))} | {_cell(_default(f))} |")
+        lines.append(
+            f"| `{f.name}` | {_cell(str(kind))} | {_cell(_default(f))} "
+            f"| {_cell(descriptions[f.name])} |"
+        )
     return [*lines, ""]
 
 

@@ -72,6 +72,9 @@ class TokenBucket:
     after the response. Risk above ``risk_floor`` slows the refill: the factor is
     ``1 - risk_coupling * (risk - risk_floor) / (1 - risk_floor)``, never below
     ``min_refill_factor``; at or below the floor the refill is exactly ``rate``.
+    ``risk_coupling`` is how strongly risk slows the refill (0 = not at all).
+    ``name`` names the bucket in the RateLimit headers, in ``PolicyState`` and in
+    metrics. ``shadow`` decides and reports this bucket's refusals but never enforces them.
     """
 
     rate: str | float
@@ -129,6 +132,10 @@ class Quota:
     ``per`` is "key" (the main identity) or "ip". ``strategy`` is one of `limits`'
     fixed-window (the window starts at the first hit, as in `limits`), moving-window or
     sliding-window-counter. ``by_cost`` counts the request cost instead of 1.
+    ``limit`` is the allowance and its window in `limits` notation ("10000/day").
+    ``name`` names the quota in the RateLimit headers, unique per policy (default:
+    "quota-<amount>-<window seconds>s"). ``shadow`` reports the quota's refusals but never
+    enforces them.
     """
 
     limit: str
@@ -164,7 +171,12 @@ class Quota:
 
 @dataclass(frozen=True)
 class Concurrency:
-    """At most ``limit`` requests in flight per identity (streamed responses included)."""
+    """At most ``limit`` requests in flight per identity (streamed responses included).
+
+    ``per`` is "key" (the main identity) or "ip". ``name`` names the limit in the
+    RateLimit headers and ``PolicyState``. ``shadow`` reports its refusals but never
+    enforces them.
+    """
 
     limit: int
     per: Literal["key", "ip"] = "key"
@@ -246,6 +258,9 @@ class NetworkPolicy:
     """Where requests come from: lists, anonymizer treatments, per-network ceilings, fan-in.
 
     Allow lists always win over scoring and network rules. Deny lists block. Countries in
+    ``allow_countries`` (ISO codes), ASNs in ``allow_asns`` and networks in
+    ``allow_cidrs`` are always served; ``deny_countries`` (reason ``geo``), ``deny_asns``
+    and ``deny_cidrs`` (reason ``deny_list``) are blocked with 403. Countries in
     ``score_countries`` add the ``geo`` signal. ``per_ip``, ``per_prefix`` and ``per_asn``
     are token buckets shared by everybody behind that network (IPv4 prefixes are /24 and
     IPv6 /48 by default). With ``nat_fairness`` an IP or prefix on an eyeball network
@@ -256,6 +271,15 @@ class NetworkPolicy:
     persona), since more honest accounts share the wider ones.
     ``databases`` maps database kinds (asn, country, city, anonymous_ip, anonymous_plus,
     residential_proxy, ip_risk) to mmdb paths.
+    ``anonymizers`` maps each anonymizer kind (vpn, hosting, public_proxy,
+    residential_proxy, tor) to an `AnonymizerRule` or a treatment name. Networks of the
+    ASNs in ``hosting_asns``, and with ``builtin_hosting_asns`` those of a built-in list of
+    hosting and cloud ASNs, count as hosting. ``ipv4_prefix`` and ``ipv6_prefix`` are the
+    prefix lengths of a network prefix (per-prefix buckets, fan-in and fan-out).
+    ``fan_out_asns``, ``fan_out_countries`` and ``fan_out_prefixes`` are the (low, high)
+    ramps of the distinct ASNs, countries and prefixes one account comes from (the
+    ``fan_out`` signal). ``shadow`` reports the network rules' and buckets' refusals but
+    never enforces them.
     """
 
     allow_countries: Iterable[str] = ()
@@ -403,7 +427,20 @@ class Scoring:
 
     score = 1 / (1 + exp(-(bias + sum(weight[s] * signal[s])))). A signal whose
     contribution reaches ``reason_min`` is named in the decision's reasons. Thresholds are
-    (low, high) ramps.
+    (low, high) ramps. ``enabled`` False turns the risk model off (the limits and network
+    rules stay). ``bias`` sets the score of a client with no signal at all. ``weights``
+    overrides the weight of any signal (the others keep their defaults). ``client_risk``
+    overrides the risk of any User-Agent client class (browser, mobile, sdk, script,
+    headless, crawler, empty, unknown), the ``client`` signal.
+
+    Behaviour signals wait until the identity has sent ``min_events`` requests.
+    ``cadence_spread`` ramps how irregular the gaps between requests are (a low spread is
+    risky). ``error_share`` ramps the share of 4xx/5xx answers, ``impatience_share`` the
+    share of requests sent before the Retry-After the client was given,
+    ``template_share`` the share of an account's prompts that repeat one template, and
+    ``shared_template_accounts`` the number of accounts sending the same template.
+    ``sketch_horizon`` (seconds) is how long the fan-in, fan-out and template sketches
+    remember what they saw.
 
     ``content`` (on by default) reads the first ``content_max_bytes`` of POST/PUT/PATCH
     bodies for prompt templates and reasoning-elicitation markers; the body is replayed to
@@ -508,8 +545,9 @@ class Enforcement:
 
     ``ladder``: (threshold, action) steps with rising thresholds and rising severity. A
     client climbs a step when its smoothed score reaches the threshold and steps down once
-    it falls ``hysteresis`` below it. The smoothed score rises at once and decays with
-    ``score_half_life`` while the client behaves (forgiveness). Reaching ``ban_at`` bans the
+    it falls ``hysteresis`` below it. The smoothed score rises at once, falls back by
+    ``score_alpha`` of the gap per request, and decays with ``score_half_life`` while the
+    client is idle (forgiveness). Reaching ``ban_at`` bans the
     identity for ``ban_seconds`` (0 = never). ``shadow`` decides and reports but enforces
     nothing; ``shadow_actions`` shadows only those actions. ``delay_seconds`` is the tarpit
     of the delay action. Refusal bodies name only the limit reasons (rate, quota,
@@ -812,6 +850,12 @@ class Policy:
     (a str; an empty one is warned about at startup). ``unverified_keys`` caps, per
     address and per prefix, the requests with API keys the app has not accepted yet, so
     invented keys cannot multiply the allowance (None turns it off).
+    ``max_header_bytes`` is the longest header value the guard reads: a longer one is
+    ignored, as if absent, except the proxy header, cut to its right-most whole hops
+    within that many bytes. ``legacy_headers`` adds ``X-RateLimit-Limit``,
+    ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (the tightest limit) beside the
+    RateLimit headers. ``shadow`` puts the whole policy in shadow mode: every decision is
+    made and reported, none is enforced.
     """
 
     bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))
