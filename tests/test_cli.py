@@ -49,7 +49,7 @@ def test_lookup_names_anonymizer_flags_instead_of_a_bitmask(tmp_path: Path, caps
 def test_one_bad_address_does_not_abort_the_batch(tmp_path: Path, capsys: Any) -> None:
     build_world(tmp_path)
     argv = ["lookup", "--mmdb-dir", str(tmp_path), "--format", "json"]
-    assert main([*argv, VPN, "not-an-ip", TOR_EXIT]) == 1
+    assert main([*argv, VPN, "not-an-ip", TOR_EXIT]) == 2
     captured = capsys.readouterr()
     assert [json.loads(line)["ip"] for line in captured.out.splitlines()] == [VPN, TOR_EXIT]
     assert "not an IP address: 'not-an-ip'" in captured.err
