@@ -98,3 +98,53 @@ def test_simulate_shows_progress_on_a_terminal_only(
     monkeypatch.setattr("sys.stderr", piped)
     assert main(argv) == 0
     assert piped.getvalue() == ""
+
+
+def _report_for_plot() -> dict[str, Any]:
+    hist_abusive = [0] * 101
+    hist_abusive[95] = 40
+    hist_benign = [0] * 101
+    hist_benign[5] = 100
+    return {
+        "kinds": {
+            "bulk_harvest": {"label": "abusive", "score_histogram": hist_abusive},
+            "browser_chat": {"label": "benign", "score_histogram": hist_benign},
+        },
+        "timeline": {
+            "bin_seconds": 60.0,
+            # bin, benign requests/allowed/mitigated, abusive requests/allowed/mitigated
+            "rows": [[0, 10, 10, 0, 10, 10, 0], [1, 10, 9, 1, 10, 2, 8], [2, 10, 10, 0, 10, 0, 10]],
+        },
+    }
+
+
+def test_replay_plot_marks_the_ladder_and_windows_with_legends_off_the_data() -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from abuseguard.policy import Policy
+    from abuseguard.report import draw_report
+
+    ladder = Policy().enforcement.ladder
+    fig = draw_report(_report_for_plot(), ladder)
+    try:
+        ax_score, ax_leak = fig.axes
+        vertical = sorted(
+            line.get_xdata()[0] for line in ax_score.lines if len(set(line.get_xdata())) == 1
+        )
+        assert vertical == [threshold for threshold, _ in ladder]
+        assert {t.get_text() for t in ax_score.texts} == {str(a) for _, a in ladder}
+        fig.canvas.draw()
+        for ax in (ax_score, ax_leak):
+            legend_box = ax.get_legend().get_window_extent()
+            assert legend_box.y1 <= ax.get_window_extent().y0  # below the plotting area
+        per_window = next(
+            line for line in ax_leak.lines if line.get_label().startswith("abusive leakage per")
+        )
+        assert list(per_window.get_ydata()) == [1.0, 0.2, 0.0]
+        cumulative = next(
+            line for line in ax_leak.lines if line.get_label() == "abusive leakage (cumulative)"
+        )
+        assert list(cumulative.get_ydata()) == pytest.approx([1.0, 0.6, 0.4])
+    finally:
+        plt.close(fig)

@@ -369,7 +369,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     if args.plot:
         try:
-            plot_report(report, args.plot)
+            plot_report(report, args.plot, ladder=policy.enforcement.ladder)
         except ImportError as exc:
             raise CommandError(str(exc)) from None
         except OSError as exc:
