@@ -8,6 +8,8 @@ import gzip
 import importlib.resources
 import io
 import json
+import re
+import shlex
 import sys
 import tracemalloc
 from collections.abc import Iterator
@@ -411,3 +413,75 @@ def test_trace_reader_accepts_a_binary_stream_of_zstd() -> None:
     data = zstandard.ZstdCompressor().compress(_jsonl(_lines(10)))
     with TraceReader(io.BytesIO(data)) as reader:
         assert len(list(reader)) == 10
+
+
+# --- the worked example of docs/replay.md ---------------------------------------------
+
+REPLAY_DOC = Path(__file__).resolve().parent.parent / "docs" / "replay.md"
+
+
+def _doc_blocks(language: str) -> list[str]:
+    text = REPLAY_DOC.read_text(encoding="utf-8")
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_the_warehouse_worked_example_runs_as_documented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "warehouse" / "access_log").mkdir(parents=True)
+    # Two days of a warehouse log in its own column names: steady users, and on the day
+    # we replay one key that hammers the completions route.
+    duckdb.sql(
+        """
+        COPY (
+            SELECT TIMESTAMPTZ '2026-03-09 12:00:00+00' + i * INTERVAL '7 seconds'
+                       AS request_time,
+                   '198.51.100.' || (i % 40) AS client_addr,
+                   'user-' || (i % 40) AS api_key,
+                   'POST' AS http_method,
+                   '/v1/chat/completions' AS uri_path,
+                   200 AS http_status,
+                   'python-httpx/0.27' AS user_agent
+            FROM range(20000) t(i)
+            UNION ALL
+            SELECT TIMESTAMPTZ '2026-03-10 09:00:00+00' + i * INTERVAL '50 milliseconds',
+                   '203.0.113.9', 'harvester', 'POST', '/v1/chat/completions', 200,
+                   'python-requests/2.31'
+            FROM range(3000) t(i)
+        ) TO 'warehouse/access_log/part-0.parquet' (FORMAT parquet)
+        """
+    )
+    (cut_day, report_sql), (columns_toml,), (command,) = (
+        _doc_blocks("sql"),
+        _doc_blocks("toml"),
+        _doc_blocks("bash")[1:],
+    )
+    duckdb.sql(cut_day)
+    (day_rows,) = duckdb.sql("SELECT count(*) FROM 'day.parquet'").fetchall()
+    (tmp_path / "columns.toml").write_text(columns_toml.split("\n", 1)[1])
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "guard.py").write_text(
+        "from abuseguard import Policy\nPOLICY = Policy()\n"
+    )
+    argv = shlex.split(command)
+    assert argv[0] == "abuseguard"
+    assert main([*argv[1:], "--no-progress"]) == 0
+    assert "error" not in capsys.readouterr().err
+    assert (tmp_path / "report.txt").read_text().strip()
+    assert (tmp_path / "day.png").read_bytes()[:4] == b"\x89PNG"
+
+    results = [duckdb.sql(query).fetchall() for query in report_sql.split(";") if _sql(query)]
+    actions, hourly, reasons, refused_identities = results
+    assert sum(count for _, count, _ in actions) == day_rows[0]
+    assert sum(requests for _, _, requests in hourly) == day_rows[0]
+    refused = sum(refused_in_hour for _, refused_in_hour, _ in hourly)
+    assert refused > 0 and reasons and refused_identities
+    top_hash, top_count, routes = refused_identities[0]
+    assert len(top_hash) == 16 and routes == ["/v1/chat/completions"] and top_count <= refused
+
+
+def _sql(query: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in query.splitlines())
