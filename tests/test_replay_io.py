@@ -21,6 +21,7 @@ import pytest
 from abuseguard.cli import main
 from abuseguard.replay import run_replay
 from abuseguard.report import ReportBuilder
+from abuseguard.trace_inputs import open_trace
 from abuseguard.traces import TraceError, TraceReader, parse_object, read_trace
 
 pa = pytest.importorskip("pyarrow")
@@ -387,7 +388,7 @@ def test_parquet_reader_streams_by_row_group(tmp_path: Path) -> None:
     path = tmp_path / "log.parquet"
     pq.write_table(_warehouse_table(2000), path, row_group_size=100)
     mapping = _mapping({"ts": "request_time", "ip": "client_addr"})
-    with read_trace(path, mapping=mapping) as reader:
+    with open_trace(path, mapping=mapping) as reader:
         seen = 0
         progress: list[float | None] = []
         for _ in reader:

@@ -19,7 +19,8 @@ from typing import IO, Any
 from abuseguard.replay import COST_MODES, run_replay
 from abuseguard.report import ReportBuilder, plot_report, render_table
 from abuseguard.trace_columns import TIME_FORMATS, MappingError, load_mapping
-from abuseguard.traces import MissingExtraError, TraceReader, TraceRecord, TraceStats, read_trace
+from abuseguard.trace_inputs import open_trace
+from abuseguard.traces import MissingExtraError, TraceReader, TraceRecord, TraceStats
 
 # Exit status of a run that read no valid record although its input had lines.
 EXIT_NO_VALID_RECORD = 1
@@ -283,7 +284,7 @@ def _run(args: argparse.Namespace) -> int:
     except MappingError as exc:
         raise CommandError(str(exc)) from None
     try:
-        reader = read_trace(args.trace, mapping)
+        reader = open_trace(args.trace, mapping)
     except (FileNotFoundError, IsADirectoryError, PermissionError, MissingExtraError) as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:

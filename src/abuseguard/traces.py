@@ -3,9 +3,9 @@
 One JSON object per line; only ``ts`` and ``ip`` are required (the JSON Schema
 ``abuseguard/schemas/trace.schema.json`` states the same rules). The reader streams the
 file (plain, gzip or zstd, detected by their magic bytes, or ``-`` for stdin) and never
-holds more than one line in memory. Parquet files (detected the same way) are read one
-record batch at a time by :mod:`abuseguard.parquet_io`. A :class:`ColumnMapping` maps a
-user's own column names and time format onto the trace fields.
+holds more than one line in memory. Parquet files are read one record batch at a time by
+:mod:`abuseguard.parquet_io`; :func:`abuseguard.trace_inputs.open_trace` opens either.
+A :class:`ColumnMapping` maps a user's own column names and time format onto the fields.
 
 Bad input is never fatal:
 
@@ -398,19 +398,13 @@ def _peek(raw: IO[bytes], size: int) -> bytes:
 
 
 def read_trace(path: str | os.PathLike[str], mapping: ColumnMapping | None = None) -> TraceReader:
-    """Open a trace (JSONL, gzip, zstd or Parquet) for streaming; raises
-    FileNotFoundError / IsADirectoryError early, MissingExtraError when the format needs
-    an extra that is not installed."""
+    """Open a JSONL trace (plain, gzip or zstd) for streaming; raises FileNotFoundError /
+    IsADirectoryError early, MissingExtraError when zstd is not installed. Parquet files
+    too: :func:`abuseguard.trace_inputs.open_trace`."""
     if str(path) != "-":
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"trace not found: {p}")
         if p.is_dir():
             raise IsADirectoryError(f"trace is a directory: {p}")
-        with open(p, "rb") as probe:
-            is_parquet = probe.read(4) == PARQUET_MAGIC
-        if is_parquet:
-            from abuseguard.parquet_io import ParquetTraceReader
-
-            return ParquetTraceReader(p, mapping)
     return TraceReader(path, mapping)
