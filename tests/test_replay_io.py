@@ -158,6 +158,13 @@ def test_iso_time_without_zone_is_utc_and_auto_detects_strings(tmp_path: Path) -
     assert record.info.ts == DAY_START.timestamp() + 10
 
 
+def test_epoch_milliseconds_written_as_text() -> None:
+    remap = _mapping({"ts": "t"}, "epoch_ms").remapper()
+    assert remap({"t": "1773100800500", "ip": "a"})["ts"] == 1773100800.5
+    assert remap({"t": "yesterday", "ip": "a"})["ts"] == "yesterday"
+    assert remap({"t": None, "ip": "a"})["ts"] is None
+
+
 def _mapping(columns: dict[str, str], time_format: str = "auto") -> Any:
     from abuseguard.trace_columns import ColumnMapping
 

@@ -58,12 +58,6 @@ class ColumnMapping:
                 f"time_format must be one of {', '.join(TIME_FORMATS)}, got {self.time_format!r}"
             )
 
-    @property
-    def is_identity(self) -> bool:
-        """True when rows already are trace objects (nothing renamed, times in seconds)."""
-        renamed = any(name != column for name, column in self.columns.items())
-        return not renamed and self.time_format in ("auto", "epoch_s")
-
     def remapper(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """A function turning one row of the user's log into a trace object."""
         renames = [(name, column) for name, column in self.columns.items() if name != column]
@@ -95,7 +89,13 @@ def time_converter(time_format: str) -> Callable[[Any], Any]:
             if time_format == "iso8601":
                 return value
             return value / divisor if divisor is not None and divisor != 1.0 else value
-        if isinstance(value, str) and time_format in ("auto", "iso8601"):
+        if isinstance(value, str):
+            if divisor is not None:
+                # Text exports (CSV turned JSON) write epoch numbers as strings.
+                try:
+                    return float(value) / divisor
+                except ValueError:
+                    return value
             return _iso_seconds(value, allow_number=time_format == "auto")
         return value
 
