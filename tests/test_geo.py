@@ -783,9 +783,11 @@ def test_cli_lookup_text(world: dict[str, Path], capsys: pytest.CaptureFixture[s
 
 
 def test_cli_lookup_without_databases(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["lookup", "10.0.0.1", "--format", "json"]) == 0
-    record = json.loads(capsys.readouterr().out)
-    assert record["private"] is True and record["network"] == "10.0.0.0/8"
+    # Issue 19: without a database, lookup says what to pass and fails (it used to print
+    # an almost empty record and exit 0).
+    assert cli_main(["lookup", "10.0.0.1", "--format", "json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--mmdb-dir" in captured.err
 
 
 @pytest.mark.parametrize("problem", ["missing", "garbage", "foreign", "duplicate", "bad-ip"])

@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="abuseguard",
         description="Inspect networks, simulate traffic and replay traces through the guard.",
     )
+    parser.add_argument("--version", action="version", version=f"abuseguard {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         try:
@@ -30,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(subparsers)
     return parser
+
+
+def _version() -> str:
+    from abuseguard import __version__
+
+    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

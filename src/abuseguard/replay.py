@@ -133,11 +133,13 @@ def run_replay(
     limit: int | None = None,
     cost_mode: str = "auto",
     on_progress: Callable[[int], None] | None = None,
+    on_decision: Callable[[TraceRecord, Decision], None] | None = None,
 ) -> ReplayTiming:
     """Feed ``records`` (in time order) to ``guard``; counts go into ``builder``.
 
     ``limit`` stops after that many records. ``on_progress(n)`` is called every few
-    thousand records with the number replayed so far.
+    thousand records with the number replayed so far; ``on_decision(record, decision)``
+    with every decision (e.g. ``DecisionWriter.add``).
     """
     mode = resolve_cost_mode(guard, cost_mode)
     upfront = mode == "upfront"
@@ -193,6 +195,8 @@ def run_replay(
             guard_seconds += clock() - t0
             label = record.label or UNKNOWN_LABEL
             add(record.actor or info.key or info.ip, label, record.kind or label, decision, ts)
+            if on_decision is not None:
+                on_decision(record, decision)
             refused = None if decision.served else refusal.get(decision.action, 403)
             cost = record.cost if report_cost else None
             duration = record.duration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import importlib.util
@@ -17,7 +18,12 @@ from typing import IO, Any
 
 from abuseguard.replay import COST_MODES, run_replay
 from abuseguard.report import ReportBuilder, plot_report, render_table
-from abuseguard.traces import TraceReader, TraceRecord, read_trace
+from abuseguard.trace_columns import TIME_FORMATS, MappingError, load_mapping
+from abuseguard.trace_inputs import open_trace
+from abuseguard.traces import MissingExtraError, TraceReader, TraceRecord, TraceStats
+
+# Exit status of a run that read no valid record although its input had lines.
+EXIT_NO_VALID_RECORD = 1
 
 
 class CommandError(Exception):
@@ -27,14 +33,45 @@ class CommandError(Exception):
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "replay",
-        help="replay a JSONL trace through the guard and report what it decided",
+        help="replay a trace or access log through the guard and report what it decided",
         description=(
-            "Run every request of TRACE (JSONL, optionally gzip; '-' for stdin) through the "
-            "guard in virtual time and report, per label, kind and actor, what was allowed, "
-            "limited and mitigated."
+            "Run every request of TRACE (JSONL, plain, gzip or zstd; Parquet; '-' for stdin) "
+            "through the guard in virtual time and report, per label, kind and actor, what "
+            "was allowed, limited and mitigated. Logs with their own column names are mapped "
+            "with --columns or --column."
         ),
     )
-    parser.add_argument("trace", help="trace file (.jsonl or .jsonl.gz), or - for stdin")
+    parser.add_argument(
+        "trace",
+        help="trace file (.jsonl, .jsonl.gz, .jsonl.zst or .parquet, detected by content), "
+        "or - for stdin (JSONL)",
+    )
+    parser.add_argument(
+        "--columns",
+        metavar="MAPPING",
+        help="a JSON or TOML file mapping trace fields to your log's columns: "
+        "{'columns': {'ts': 'request_time', 'ip': 'client_addr', ...}, 'time_format': ...}",
+    )
+    parser.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="read trace field FIELD (ts, ip, key, path, ...) from COLUMN (repeatable; "
+        "wins over --columns)",
+    )
+    parser.add_argument(
+        "--time-format",
+        choices=TIME_FORMATS,
+        help="how the time column is written (default auto: numbers are epoch seconds, "
+        "strings ISO 8601, Parquet timestamps their own unit)",
+    )
+    parser.add_argument(
+        "--decisions-out",
+        metavar="OUT.parquet",
+        help="also write every decision as a Parquet table (time, identity_hash, route, "
+        "action, reasons, score, label) for DuckDB or pandas",
+    )
     parser.add_argument(
         "--policy",
         metavar="MODULE:ATTR",
@@ -220,14 +257,43 @@ class ProgressBar:
             self.stream.flush()
 
 
+def _decision_writer(path: str) -> Any:
+    try:
+        from abuseguard.parquet_io import DecisionWriter
+
+        return DecisionWriter(path)
+    except MissingExtraError as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc}") from None
+
+
+def _print_malformed(stats: TraceStats, stream: IO[str]) -> None:
+    """Each of the first malformed lines with its number and reason, then the count."""
+    for line, reason, detail in stats.malformed_examples:
+        stream.write(f"abuseguard replay: line {line}: {reason} {detail}".rstrip() + "\n")
+    hidden = stats.malformed - len(stats.malformed_examples)
+    if hidden > 0:
+        stream.write(f"abuseguard replay: ... and {hidden:,} more malformed line(s)\n")
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise CommandError("--plot needs matplotlib: pip install 'abuseguard[plot]'")
     try:
-        reader = read_trace(args.trace)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        mapping = load_mapping(args.columns, args.column, args.time_format)
+    except MappingError as exc:
         raise CommandError(str(exc)) from None
-    with reader:
+    try:
+        reader = open_trace(args.trace, mapping)
+    except (FileNotFoundError, IsADirectoryError, PermissionError, MissingExtraError) as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.trace}: {exc}") from None
+    with reader, contextlib.ExitStack() as outputs:
+        on_decision = None
+        if args.decisions_out:
+            on_decision = outputs.enter_context(_decision_writer(args.decisions_out)).add
         policy = load_policy(args.policy)
         records: Iterator[TraceRecord] = iter(reader)
         intel = None
@@ -249,10 +315,19 @@ def _run(args: argparse.Namespace) -> int:
                 limit=args.limit,
                 cost_mode=args.cost,
                 on_progress=progress,
+                on_decision=on_decision,
             )
         finally:
             progress.clear()
     stats = reader.stats
+    _print_malformed(stats, sys.stderr)
+    if stats.records == 0 and stats.malformed:
+        print(
+            f"abuseguard replay: error: no valid record in {args.trace}: "
+            f"{stats.malformed:,} malformed line(s)",
+            file=sys.stderr,
+        )
+        return EXIT_NO_VALID_RECORD
     dps = timing.decisions_per_second
     rps = timing.records_per_second
     first, last = stats.first_ts, stats.last_ts
@@ -274,6 +349,10 @@ def _run(args: argparse.Namespace) -> int:
             "hours": round((last - first) / 3600.0, 4) if first is not None and last else None,
             "malformed_line_numbers": list(stats.malformed_lines),
             "malformed_reasons": dict(stats.malformed_reasons.most_common()),
+            "malformed": [
+                {"line": line, "reason": reason, "detail": detail}
+                for line, reason, detail in stats.malformed_examples
+            ],
             "out_of_order": stats.out_of_order,
             "out_of_order_line_numbers": list(stats.out_of_order_lines),
         },
@@ -292,7 +371,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     if args.plot:
         try:
-            plot_report(report, args.plot)
+            plot_report(report, args.plot, ladder=policy.enforcement.ladder)
         except ImportError as exc:
             raise CommandError(str(exc)) from None
         except OSError as exc:

@@ -493,8 +493,13 @@ def render_table(report: Mapping[str, Any], top: int = 10) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_report(report: Mapping[str, Any], path: str) -> None:
-    """Score distribution per kind and cumulative leakage over time, as one PNG.
+def plot_report(
+    report: Mapping[str, Any],
+    path: str,
+    ladder: Iterable[tuple[float, Action | str]] = (),
+) -> None:
+    """Score distribution per kind (with the ladder's thresholds) and leakage over time
+    (per time window and cumulative), as one PNG.
 
     matplotlib is optional (the ``plot`` extra): ImportError carries an install hint.
     """
@@ -505,8 +510,18 @@ def plot_report(report: Mapping[str, Any], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError("--plot needs matplotlib: pip install 'abuseguard[plot]'") from exc
+    fig = draw_report(report, ladder)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
-    fig, (ax_score, ax_leak) = plt.subplots(1, 2, figsize=(14, 5.5))
+
+def draw_report(
+    report: Mapping[str, Any], ladder: Iterable[tuple[float, Action | str]] = ()
+) -> Any:
+    """The figure of :func:`plot_report` (a matplotlib Figure), for callers that keep it."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_score, ax_leak) = plt.subplots(1, 2, figsize=(15, 6.5))
     edges = [i / SCORE_BINS for i in range(SCORE_BINS + 1)]
     for kind, stats in report.get("kinds", {}).items():
         hist = stats.get("score_histogram")
@@ -518,15 +533,33 @@ def plot_report(report: Mapping[str, Any], path: str) -> None:
             edges, [c / total for c in hist], where="post", linestyle=style, label=f"{kind}"
         )
     ax_score.set_yscale("log")
+    ax_score.set_xlim(0, 1)
     ax_score.set_xlabel("risk score")
     ax_score.set_ylabel("share of the kind's requests")
-    ax_score.set_title("score distribution per kind (solid: abusive, dashed: benign)")
-    ax_score.legend(fontsize=7, ncol=2)
+    ax_score.set_title("score distribution per kind (solid: abusive, dashed: benign)", pad=22)
+    for threshold, action in ladder:
+        # The thresholds apply to the smoothed score the ladder climbs, drawn on this axis.
+        ax_score.axvline(threshold, color="0.35", linestyle=":", linewidth=1, zorder=0)
+        ax_score.annotate(
+            str(action),
+            xy=(threshold, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="0.25",
+        )
+    if ax_score.get_legend_handles_labels()[0]:
+        ax_score.legend(
+            fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False
+        )
 
     timeline = report.get("timeline", {})
     rows = timeline.get("rows", [])
     bin_hours = float(timeline.get("bin_seconds", TIME_BIN_SECONDS)) / 3600.0
-    hours, leak, fp = [], [], []
+    hours, leak, fp, window_leak, window_fp = [], [], [], [], []
     req = allowed = b_req = b_mit = 0
     for slot, b_r, _b_a, b_m, a_r, a_a, _a_m in rows:
         req += a_r
@@ -536,13 +569,28 @@ def plot_report(report: Mapping[str, Any], path: str) -> None:
         hours.append((slot + 1) * bin_hours)
         leak.append(allowed / req if req else math.nan)
         fp.append(b_mit / b_req if b_req else math.nan)
-    ax_leak.plot(hours, leak, label="abusive leakage (cumulative)")
-    ax_leak.plot(hours, fp, label="benign requests mitigated (cumulative)")
+        window_leak.append(a_a / a_r if a_r else math.nan)
+        window_fp.append(b_m / b_r if b_r else math.nan)
+    leak_color, fp_color = "tab:red", "tab:blue"
+    window = f"{bin_hours * 60:g} min"
+    ax_leak.step(
+        hours, window_leak, where="pre", color=leak_color, alpha=0.5, linewidth=1,
+        label=f"abusive leakage per {window} window",
+    )  # fmt: skip
+    ax_leak.plot(hours, leak, color=leak_color, linewidth=2, label="abusive leakage (cumulative)")
+    ax_leak.step(
+        hours, window_fp, where="pre", color=fp_color, alpha=0.5, linewidth=1,
+        label=f"benign requests mitigated per {window} window",
+    )  # fmt: skip
+    ax_leak.plot(
+        hours, fp, color=fp_color, linewidth=2, label="benign requests mitigated (cumulative)"
+    )
     ax_leak.set_xlabel("hours into the trace")
     ax_leak.set_ylabel("share")
     ax_leak.set_ylim(0, 1)
-    ax_leak.set_title("cumulative leakage over time")
-    ax_leak.legend(fontsize=8)
+    ax_leak.set_title("leakage over time: per window and cumulative", pad=22)
+    ax_leak.legend(
+        fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

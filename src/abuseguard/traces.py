@@ -1,8 +1,11 @@
 """Read JSONL traces (the DESIGN.md trace format) into RequestInfo plus ground truth.
 
-One JSON object per line; only ``ts`` and ``ip`` are required. The reader streams the
-file (plain or gzip, detected by its magic bytes, or ``-`` for stdin) and never holds more
-than one line in memory.
+One JSON object per line; only ``ts`` and ``ip`` are required (the JSON Schema
+``abuseguard/schemas/trace.schema.json`` states the same rules). The reader streams the
+file (plain, gzip or zstd, detected by their magic bytes, or ``-`` for stdin) and never
+holds more than one line in memory. Parquet files are read one record batch at a time by
+:mod:`abuseguard.parquet_io`; :func:`abuseguard.trace_inputs.open_trace` opens either.
+A :class:`ColumnMapping` maps a user's own column names and time format onto the fields.
 
 Bad input is never fatal:
 
@@ -27,6 +30,7 @@ finite number >= 0); replay uses it to release concurrency at ``ts + duration``.
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
 import json
 import json.encoder
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
+from abuseguard.trace_columns import ColumnMapping
 
 LABELS: tuple[str, ...] = ("benign", "abusive")
 MAX_RECORDED_LINES = 20
@@ -47,6 +52,23 @@ MAX_RECORDED_LINES = 20
 _ANON_KINDS = frozenset(ANONYMIZER_KINDS)
 _LABELS = frozenset(LABELS)
 _GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+PARQUET_MAGIC = b"PAR1"
+PARQUET_EXTRA_HINT = "pip install 'abuseguard[parquet]'"
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def import_extra(module: str, purpose: str) -> Any:
+    """Import ``module`` of the ``parquet`` extra, or raise MissingExtraError naming it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{purpose} needs {module.partition('.')[0]}: {PARQUET_EXTRA_HINT}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------- writing
@@ -140,16 +162,19 @@ class TraceStats:
     malformed: int = 0
     malformed_lines: list[int] = field(default_factory=list)
     malformed_reasons: Counter[str] = field(default_factory=Counter)
+    # (line number, reason, detail) of the first malformed lines, for the user to fix them.
+    malformed_examples: list[tuple[int, str, str]] = field(default_factory=list)
     out_of_order: int = 0
     out_of_order_lines: list[int] = field(default_factory=list)
     first_ts: float | None = None
     last_ts: float | None = None
 
-    def count_malformed(self, line_no: int, reason: str) -> None:
+    def count_malformed(self, line_no: int, reason: str, detail: str = "") -> None:
         self.malformed += 1
         self.malformed_reasons[reason] += 1
         if len(self.malformed_lines) < MAX_RECORDED_LINES:
             self.malformed_lines.append(line_no)
+            self.malformed_examples.append((line_no, reason, detail))
 
 
 def _reject_constant(name: str) -> Any:
@@ -181,11 +206,17 @@ def _number(value: Any, name: str) -> float | None:
 def _int_in(value: Any, name: str, low: int, high: int) -> int | None:
     if value is None:
         return None
-    if type(value) is not int:
+    number: int
+    if type(value) is int:
+        number = value
+    elif type(value) is float and value.is_integer():
+        # JSON Schema's integers, and what a nullable integer column exports as (200.0).
+        number = int(value)
+    else:
         raise TraceError("bad_type", name)
-    if not low <= value <= high:
+    if not low <= number <= high:
         raise TraceError("out_of_range", name)
-    return value
+    return number
 
 
 def _headers(value: Any) -> dict[str, str]:
@@ -260,13 +291,13 @@ def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
         raise TraceError("out_of_range", "duration")
     asn = get("asn")
     if asn is not None:
-        _int_in(asn, "asn", 0, 0xFFFFFFFF)
+        asn = _int_in(asn, "asn", 0, 0xFFFFFFFF)
     confidence = get("anon_confidence")
     if confidence is not None:
-        _int_in(confidence, "anon_confidence", 0, 100)
+        confidence = _int_in(confidence, "anon_confidence", 0, 100)
     status = get("status")
     if status is not None:
-        _int_in(status, "status", 100, 599)
+        status = _int_in(status, "status", 100, 599)
     anon = get("anon")
     if anon is not None:
         anon = _anon(anon)
@@ -296,13 +327,19 @@ def parse_line(line: str | bytes, line_no: int = 0) -> TraceRecord:
 class TraceReader:
     """Iterate the records of a trace file, counting what it has to skip.
 
-    ``source`` is a path (``.jsonl`` or gzip, detected by content), ``-`` for stdin, or a
-    binary stream. ``stats`` fills in while iterating. ``progress()`` is the share of the
-    input bytes consumed so far, or None when the size is unknown (stdin, pipes).
+    ``source`` is a path (``.jsonl``, gzip or zstd, detected by content), ``-`` for stdin,
+    or a binary stream. ``mapping`` renames the user's columns and converts their times.
+    ``stats`` fills in while iterating. ``progress()`` is the share of the input bytes
+    consumed so far, or None when the size is unknown (stdin, pipes).
     """
 
-    def __init__(self, source: str | os.PathLike[str] | IO[bytes]) -> None:
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | IO[bytes],
+        mapping: ColumnMapping | None = None,
+    ) -> None:
         self.stats = TraceStats()
+        self._remap = mapping.remapper() if mapping is not None else None
         self._raw: IO[bytes]
         self._owns = False
         if isinstance(source, (str, os.PathLike)):
@@ -328,17 +365,13 @@ class TraceReader:
             return None
 
     def _open_stream(self) -> IO[bytes]:
-        peek = getattr(self._raw, "peek", None)
-        if peek is not None:
-            head = peek(2)[:2]
-        elif self._raw.seekable():
-            here = self._raw.tell()
-            head = self._raw.read(2)
-            self._raw.seek(here)
-        else:
-            head = b""
-        if head == _GZIP_MAGIC:
+        head = _peek(self._raw, 4)
+        if head[:2] == _GZIP_MAGIC:
             return gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[return-value]
+        if head == _ZSTD_MAGIC:
+            zstandard = import_extra("zstandard", "reading a .zst trace")
+            decompressed = zstandard.ZstdDecompressor().stream_reader(self._raw, closefd=False)
+            return io.BufferedReader(decompressed)
         return self._raw
 
     def progress(self) -> float | None:
@@ -364,6 +397,7 @@ class TraceReader:
     def __iter__(self) -> Iterator[TraceRecord]:
         stats = self.stats
         decode = _DECODER.decode
+        remap = self._remap
         latest = -math.inf
         line_no = 0
         try:
@@ -378,12 +412,15 @@ class TraceReader:
                     stats.blank_lines += 1
                     continue
                 try:
-                    record = parse_object(decode(text), line_no)
+                    obj = decode(text)
+                    if remap is not None and type(obj) is dict:
+                        obj = remap(obj)
+                    record = parse_object(obj, line_no)
                 except TraceError as exc:
-                    stats.count_malformed(line_no, exc.reason)
+                    stats.count_malformed(line_no, exc.reason, exc.detail)
                     continue
-                except (ValueError, RecursionError):
-                    stats.count_malformed(line_no, "bad_json")
+                except (ValueError, RecursionError) as exc:
+                    stats.count_malformed(line_no, "bad_json", str(exc)[:80])
                     continue
                 ts = record.info.ts
                 assert ts is not None
@@ -407,12 +444,26 @@ class TraceReader:
                 stats.last_ts = latest
 
 
-def read_trace(path: str | os.PathLike[str]) -> TraceReader:
-    """Open a trace for streaming; raises FileNotFoundError / IsADirectoryError early."""
+def _peek(raw: IO[bytes], size: int) -> bytes:
+    peek = getattr(raw, "peek", None)
+    if peek is not None:
+        return bytes(peek(size)[:size])
+    if raw.seekable():
+        here = raw.tell()
+        head = raw.read(size)
+        raw.seek(here)
+        return head
+    return b""
+
+
+def read_trace(path: str | os.PathLike[str], mapping: ColumnMapping | None = None) -> TraceReader:
+    """Open a JSONL trace (plain, gzip or zstd) for streaming; raises FileNotFoundError /
+    IsADirectoryError early, MissingExtraError when zstd is not installed. Parquet files
+    too: :func:`abuseguard.trace_inputs.open_trace`."""
     if str(path) != "-":
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"trace not found: {p}")
         if p.is_dir():
             raise IsADirectoryError(f"trace is a directory: {p}")
-    return TraceReader(path)
+    return TraceReader(path, mapping)

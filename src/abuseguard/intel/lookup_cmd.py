@@ -1,8 +1,10 @@
-"""`abuseguard lookup IP [--db PATH ...] [--format json|text]`: print the enrichment record.
+"""`abuseguard lookup IP... [--mmdb-dir DIR] [--db PATH ...] [--format json|text]`.
 
-The kind of each database is read from its metadata, so users just pass paths. Errors
-(missing or corrupt file, unsupported type, two files of one kind, an address that is not
-an IP) print one line to stderr and exit 2.
+Prints the enrichment record of each address. The kind of each database is read from its
+metadata, so users just pass a folder (``--mmdb-dir``, as ``simulate`` and ``replay``) or
+paths. Database errors (none given, missing or corrupt file, unsupported type, two files
+of one kind) print one line to stderr and exit 2. An address that is not an IP is
+reported on stderr and the others are still printed; the exit status is then 2 too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from abuseguard.intel.geo import GeoIntel
@@ -33,6 +36,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("ips", nargs="+", metavar="IP", help="address(es) to look up")
     parser.add_argument(
+        "--mmdb-dir",
+        metavar="DIR",
+        help="a folder of MaxMind .mmdb files (every file in it is used)",
+    )
+    parser.add_argument(
         "--db",
         action="append",
         default=[],
@@ -44,22 +52,38 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    paths = list(args.db)
+    if args.mmdb_dir:
+        folder = Path(args.mmdb_dir)
+        if not folder.is_dir():
+            return _fail(f"--mmdb-dir: not a directory: {folder}")
+        found = sorted(str(path) for path in folder.glob("*.mmdb"))
+        if not found:
+            return _fail(f"--mmdb-dir: no MaxMind databases (*.mmdb) in {folder}")
+        paths.extend(found)
+    if not paths:
+        return _fail(
+            "no database to look in: pass --mmdb-dir DIR (a folder of .mmdb files) "
+            "or --db PATH (repeatable), e.g. GeoLite2-ASN.mmdb"
+        )
     try:
-        intel = _open(args.db)
+        intel = _open(paths)
     except IntelError as exc:
         return _fail(str(exc))
+    status = 0
     with intel:
-        results = [(ip, intel.lookup(ip)) for ip in args.ips]
-        bad = [ip for ip, facts in results if not facts.valid]
-        if bad:
-            return _fail(f"not an IP address: {bad[0]!r}")
-        for ip, facts in results:
+        for ip in args.ips:
+            facts = intel.lookup(ip)
+            if not facts.valid:
+                print(f"abuseguard lookup: error: not an IP address: {ip!r}", file=sys.stderr)
+                status = EXIT_USAGE
+                continue
             record = _record(ip, facts, intel.databases)
             if args.format == "json":
                 print(json.dumps(record, ensure_ascii=False))
             else:
                 print(_as_text(record))
-    return 0
+    return status
 
 
 def _open(paths: list[str]) -> GeoIntel:
@@ -76,8 +100,12 @@ def _open(paths: list[str]) -> GeoIntel:
 
 def _record(ip: str, facts: NetworkFacts, databases: dict[str, str]) -> dict[str, Any]:
     record: dict[str, Any] = {"ip": ip}
-    record.update(dataclasses.asdict(facts))
-    record["anon"] = list(facts.anon)
+    for name, value in dataclasses.asdict(facts).items():
+        # The anonymizer kinds by name, where the internal bitmask would be.
+        if name == "anon_flags":
+            record["anon"] = list(facts.anon)
+        else:
+            record[name] = value
     record["databases"] = databases
     return record
 

@@ -6,8 +6,9 @@ import argparse
 import dataclasses
 import datetime
 import sys
-from typing import Any
+from typing import IO, Any, cast
 
+from abuseguard.progress import ProgressLine, TraceWriteProgress
 from abuseguard.sim.scenarios import MIXES, SCENARIOS, parse_override
 from abuseguard.sim.writer import DEFAULT_START, open_output, simulate
 
@@ -60,6 +61,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--list", action="store_true", help="list scenarios and parameters")
     parser.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar even on a terminal"
+    )
     parser.set_defaults(func=run)
 
 
@@ -144,10 +148,12 @@ def run(args: argparse.Namespace) -> int:
         except MmdbUnavailable as exc:
             print(f"abuseguard simulate: error: {exc}", file=sys.stderr)
             return 2
+    progress = ProgressLine(sys.stderr, enabled=not args.no_progress, label="simulate")
     try:
         with open_output(args.output) as out:
+            tracked = TraceWriteProgress(out, progress, start, args.hours)
             summary = simulate(
-                out,
+                cast(IO[str], tracked),
                 mix=args.mix,
                 seed=args.seed,
                 hours=args.hours,
@@ -160,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"abuseguard simulate: error: cannot write {args.output}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        progress.clear()
     if args.mmdb_dir and summary.world is not None:
         from abuseguard.sim.mmdb import write_mmdb
 
