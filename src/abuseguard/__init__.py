@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abuseguard.backends import Backend, MemoryBackend
 from abuseguard.decision import Action, Decision, PolicyState
+from abuseguard.degrade import DegradeContext, DegradeOptions
 from abuseguard.enforce import Allow, Block, Challenge, Degrade, Delay, Enforcer, Log, Throttle
 from abuseguard.errors import BackendError, ConfigError
 from abuseguard.guard import Guard
@@ -37,6 +38,8 @@ __all__ = [
     "ConfigError",
     "Decision",
     "Degrade",
+    "DegradeContext",
+    "DegradeOptions",
     "Delay",
     "Enforcement",
     "Enforcer",
