@@ -358,7 +358,10 @@ class StreamFilter:
         """The event to send (itself, or rewritten), or None to withhold it."""
         if not _mentions_reasoning(event):
             if self.dropped_outputs or self.dropped_blocks:
-                return self._renumber(event)
+                renumbered = self._renumber(event)
+                if renumbered is not None:
+                    self.withheld += len(event) - len(renumbered)
+                return renumbered
             return event
         lines = _LINE_END.split(event)
         data_lines = [line for line in lines if line.startswith(b"data:")]
@@ -384,7 +387,7 @@ class StreamFilter:
             [line for line in lines if line and not line.startswith(b"data:")]
             + [b"data: " + _encoder.encode(parsed).encode(), b"", b""]
         )
-        self.withheld += max(0, len(event) - len(rebuilt))
+        self.withheld += len(event) - len(rebuilt)
         return rebuilt
 
     def _withhold(self, event: dict[str, Any]) -> bool:
