@@ -61,9 +61,8 @@ def chat_logprobs(words: list[str], top: int) -> dict[str, Any]:
                 "token": word,
                 "logprob": -0.25,
                 "bytes": list(word.encode()),
-                "top_logprobs": [
-                    {"token": word, "logprob": -0.25, "bytes": list(word.encode())}
-                ] * top,
+                "top_logprobs": [{"token": word, "logprob": -0.25, "bytes": list(word.encode())}]
+                * top,
             }
             for word in words
         ]

@@ -126,12 +126,14 @@ def test_degraded_responses_api_is_capped_and_parsed(degraded: tuple[str, Any]) 
 
 def test_degraded_responses_stream_is_renumbered_for_the_sdk(degraded: tuple[str, Any]) -> None:
     base, app = degraded
-    with sdk(base) as client:
-        # The SDK's stream helper indexes its snapshot by output_index: the reasoning item
-        # withheld at index 0, the message must arrive at index 0.
-        with client.responses.stream(model="tiny", input="hi", max_output_tokens=2000) as stream:
-            events = list(stream)
-            final = stream.get_final_response()
+    # The SDK's stream helper indexes its snapshot by output_index: the reasoning item
+    # withheld at index 0, the message must arrive at index 0.
+    with (
+        sdk(base) as client,
+        client.responses.stream(model="tiny", input="hi", max_output_tokens=2000) as stream,
+    ):
+        events = list(stream)
+        final = stream.get_final_response()
     assert last_received(app)["max_output_tokens"] == 1024
     kinds = {event.type for event in events}
     assert not [kind for kind in kinds if "reasoning" in kind]
@@ -210,18 +212,19 @@ def test_metrics_count_degraded_requests_and_withheld_bytes(example: ModuleType)
         len(full_plain.content) - len(plain.content)
     )
     assert expected > 0
-    assert registry.get_sample_value(
-        "abuseguard_degraded_requests_total", {"shadow": "false"}
-    ) == 2
-    assert registry.get_sample_value(
-        "abuseguard_degrade_withheld_bytes_total", {"shadow": "false"}
-    ) == expected
+    assert registry.get_sample_value("abuseguard_degraded_requests_total", {"shadow": "false"}) == 2
+    assert (
+        registry.get_sample_value("abuseguard_degrade_withheld_bytes_total", {"shadow": "false"})
+        == expected
+    )
 
 
 # -- streams from a hand-written app: chunking, malformed events, no buffering --------
 
 
-def sse_app(chunks: list[bytes], gate: threading.Event | None = None, opened: list[bool] | None = None) -> Any:
+def sse_app(
+    chunks: list[bytes], gate: threading.Event | None = None, opened: list[bool] | None = None
+) -> Any:
     """An ASGI app that streams ``chunks`` as body messages; with a ``gate``, it waits
     after the second chunk until the client has seen it (``opened`` records whether it
     did within ten seconds)."""

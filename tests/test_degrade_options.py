@@ -65,7 +65,7 @@ def test_options_are_validated() -> None:
         DegradeOptions(reasoning_effort="tiny")
     with pytest.raises(ConfigError, match="by_score"):
         DegradeOptions(by_score=((0.8, DegradeOptions()), (0.7, DegradeOptions())))
-    with pytest.raises(ConfigError, match="Enforcement.degrade"):
+    with pytest.raises(ConfigError, match=r"Enforcement\.degrade"):
         Enforcement(degrade={"max_output_tokens": 5})  # type: ignore[arg-type]
 
 
@@ -274,7 +274,10 @@ def test_crlf_events_keep_their_line_endings() -> None:
         b"data: [DONE]\r\n\r\n"
     )
     out, _ = _filtered(stream, [5])
-    assert out == b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\r\n\r\ndata: [DONE]\r\n\r\n'
+    assert (
+        out
+        == b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\r\n\r\ndata: [DONE]\r\n\r\n'
+    )
 
 
 # -- replay report -------------------------------------------------------------------

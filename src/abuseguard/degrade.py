@@ -108,9 +108,9 @@ class DegradeOptions:
     ``n`` to 1. ``reasoning_effort`` lowers a requested effort to this level (one of
     none, minimal, low, medium, high, xhigh; None leaves it; an absent effort stays
     absent). ``withhold_reasoning`` withholds reasoning from responses and streams.
-    ``step`` is the app's own :data:`DegradeStep`. ``by_score``: (smoothed score, options)
-    pairs with rising scores; the last one the decision's score reaches replaces these
-    options (degrade harder as the risk grows). ``routes``: request path to the options
+    ``step`` is the app's own :data:`DegradeStep`. ``by_score``: (score, options) pairs with
+    rising scores; the last one the decision's risk score reaches replaces these options
+    (degrade harder as the risk grows). ``routes``: request path to the options
     of that route (None: that route is served undegraded), checked before ``by_score``.
     ``max_body_bytes``: larger request bodies pass untouched;
     ``max_response_bytes``: larger JSON responses pass unfiltered (both logged).
@@ -303,8 +303,6 @@ def filter_json_body(raw: bytes) -> bytes | None:
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _LINE_END = re.compile(rb"\r\n|\n|\r")
-_OUTPUT_INDEX = re.compile(rb'(?<!\\)"output_index":\s*(\d+)')
-_BLOCK_INDEX = re.compile(rb'(?<!\\)"index":\s*(\d+)')
 
 
 def _shift(dropped: list[int], index: int) -> int:
@@ -334,11 +332,18 @@ class StreamFilter:
         data = self.buffer + chunk if self.buffer else chunk
         out: list[bytes] = []
         start = 0
+        plain = b"\r" not in data  # events end with a blank line: find() when only \n is used
         while True:
-            match = _EVENT_END.search(data, start)
-            if match is None:
-                break
-            end = match.end()
+            if plain:
+                end = data.find(b"\n\n", start)
+                if end < 0:
+                    break
+                end += 2
+            else:
+                match = _EVENT_END.search(data, start)
+                if match is None:
+                    break
+                end = match.end()
             event = data[start:end]
             kept = self.filter_event(event)
             if kept is not None:
@@ -359,15 +364,18 @@ class StreamFilter:
         if not _mentions_reasoning(event):
             if self.dropped_outputs or self.dropped_blocks:
                 renumbered = self._renumber(event)
-                if renumbered is not None:
-                    self.withheld += len(event) - len(renumbered)
+                self.withheld += len(event) - (0 if renumbered is None else len(renumbered))
                 return renumbered
             return event
-        lines = _LINE_END.split(event)
-        data_lines = [line for line in lines if line.startswith(b"data:")]
-        if not data_lines:
-            return event  # a comment or an event name that mentions reasoning: no data
-        payload = b"\n".join(line[5:].removeprefix(b" ") for line in data_lines)
+        lines: list[bytes] | None = None
+        if event.startswith(b"data:") and b"\n" not in event.rstrip():
+            payload = event[5:]  # one data line, the usual case (JSON ignores the blanks)
+        else:
+            lines = _LINE_END.split(event)
+            data_lines = [line for line in lines if line.startswith(b"data:")]
+            if not data_lines:
+                return event  # a comment or an event name that mentions reasoning: no data
+            payload = b"\n".join(line[5:].removeprefix(b" ") for line in data_lines)
         try:
             parsed = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
@@ -383,6 +391,8 @@ class StreamFilter:
             self.withheld += len(event)
             return None
         separator = b"\r\n" if b"\r\n" in event else b"\n"
+        if lines is None:
+            lines = _LINE_END.split(event)
         rebuilt = separator.join(
             [line for line in lines if line and not line.startswith(b"data:")]
             + [b"data: " + _encoder.encode(parsed).encode(), b"", b""]
@@ -435,25 +445,45 @@ class StreamFilter:
     def _renumber(self, event: bytes) -> bytes | None:
         """Renumber an event that does not mention reasoning, or None when it belongs to a
         withheld item (a content part's end, a block's stop)."""
-        if self.dropped_outputs and b'"output_index"' in event:
-            dropped = self.dropped_outputs
-            found = _OUTPUT_INDEX.search(event)
-            if found is not None and int(found.group(1)) in dropped:
-                self.withheld += len(event)
-                return None
-            event = _OUTPUT_INDEX.sub(
-                lambda m: b'"output_index":%d' % _shift(dropped, int(m.group(1))), event, 1
-            )
+        if self.dropped_outputs:
+            found = _int_after(event, b'"output_index":')
+            if found is not None:
+                value, start, end = found
+                if value in self.dropped_outputs:
+                    return None
+                event = b"%b%d%b" % (
+                    event[:start],
+                    _shift(self.dropped_outputs, value),
+                    event[end:],
+                )
         if self.dropped_blocks and b'"content_block_' in event:
-            blocks = self.dropped_blocks
-            found = _BLOCK_INDEX.search(event)
-            if found is not None and int(found.group(1)) in blocks:
-                self.withheld += len(event)
-                return None
-            event = _BLOCK_INDEX.sub(
-                lambda m: b'"index":%d' % _shift(blocks, int(m.group(1))), event, 1
-            )
+            found = _int_after(event, b'"index":')
+            if found is not None:
+                value, start, end = found
+                if value in self.dropped_blocks:
+                    return None
+                event = b"%b%d%b" % (event[:start], _shift(self.dropped_blocks, value), event[end:])
         return event
+
+
+def _int_after(event: bytes, key: bytes) -> tuple[int, int, int] | None:
+    """(value, start, end) of the integer that follows the JSON key ``key`` (written with
+    its quotes and colon) in ``event``; None when there is none."""
+    at = event.find(key)
+    while at > 0 and event[at - 1] == 0x5C:  # \" : the key's text inside a string
+        at = event.find(key, at + 1)
+    if at < 0:
+        return None
+    start = at + len(key)
+    size = len(event)
+    while start < size and event[start] == 0x20:
+        start += 1
+    end = start
+    while end < size and 0x30 <= event[end] <= 0x39:
+        end += 1
+    if end == start:
+        return None
+    return int(event[start:end]), start, end
 
 
 def _empty_chat_chunk(event: dict[str, Any]) -> bool:
