@@ -317,3 +317,32 @@ def test_replay_report_counts_degraded_requests_per_label() -> None:
     assert (abusive["degraded"], abusive["shadow_degraded"]) == (2, 1)
     assert (benign["degraded"], benign["shadow_degraded"]) == (1, 0)
     assert "requests degraded: " in render_table(report)
+
+
+def test_rewritten_request_carries_its_new_content_length() -> None:
+    from abuseguard import AbuseGuard
+
+    async def echo(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = dict(scope["headers"])
+        reply = json.dumps(
+            {"content_length": int(headers[b"content-length"]), "received": json.loads(body)}
+        ).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": reply})
+
+    guarded = AbuseGuard(echo, policy=degrade_everyone(DegradeOptions()))
+    sent = {"model": "m", "messages": MESSAGES, "max_tokens": 100000, "logit_bias": {"7": 1}}
+    with serve(guarded) as base:
+        reply = httpx.post(base + CHAT, json=sent, headers=AUTH).json()
+    received = reply["received"]
+    assert received == {"model": "m", "messages": MESSAGES, "max_tokens": 1024}
+    assert reply["content_length"] == len(json.dumps(received, separators=(",", ":")))
