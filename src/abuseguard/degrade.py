@@ -176,6 +176,13 @@ class DegradeOptions:
 # -- request rewriting -----------------------------------------------------------------
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_decode = json.JSONDecoder().decode
+
+
+def _loads(raw: bytes) -> Any:
+    """json.loads for UTF-8 bytes, without its guess at the encoding (a third of the time
+    of a small body). Raises ValueError (UnicodeDecodeError included) as json.loads does."""
+    return _decode(raw.decode())
 
 
 def rewrite_body(body: dict[str, Any], options: DegradeOptions, endpoint: str) -> bool:
@@ -231,7 +238,7 @@ def rewrite_request(
     """The degraded request body, or None when ``raw`` is left as it is (nothing to
     change, or not a JSON object: logged)."""
     try:
-        body = json.loads(raw)
+        body = _loads(raw)
     except (ValueError, UnicodeDecodeError):
         logger.info("abuseguard degrade: %s body is not JSON; passed through", context.path)
         return None
@@ -248,7 +255,7 @@ def rewrite_request(
             changed = True
         except Exception:
             logger.exception("abuseguard degrade: the degrade step failed; built-in rewrite only")
-            body = json.loads(raw)
+            body = _loads(raw)
             changed = rewrite_body(body, options, endpoint)
     if not changed:
         return None
@@ -262,25 +269,28 @@ def strip_reasoning(value: Any) -> bool:
     """Remove reasoning keys and reasoning items from a parsed JSON value in place; True
     when anything was removed."""
     removed = False
-    if isinstance(value, dict):
-        for key in [k for k in value if k in _REASONING_KEYS]:
-            del value[key]
+    kind = type(value)
+    if kind is dict:
+        if not _REASONING_KEYS.isdisjoint(value):
+            for key in _REASONING_KEYS.intersection(value):
+                del value[key]
             removed = True
-        for child in value.values():
-            if isinstance(child, dict | list) and strip_reasoning(child):
-                removed = True
-    elif isinstance(value, list):
-        kept = [
-            item
-            for item in value
-            if not (isinstance(item, dict) and item.get("type") in _REASONING_TYPES)
-        ]
-        if len(kept) != len(value):
-            value[:] = kept
+        children: Iterable[Any] = value.values()
+    elif kind is list:
+        if any(type(item) is dict and item.get("type") in _REASONING_TYPES for item in value):
+            value[:] = [
+                item
+                for item in value
+                if not (type(item) is dict and item.get("type") in _REASONING_TYPES)
+            ]
             removed = True
-        for child in value:
-            if isinstance(child, dict | list) and strip_reasoning(child):
-                removed = True
+        children = value
+    else:
+        return False
+    for child in children:
+        child_kind = type(child)
+        if (child_kind is dict or child_kind is list) and strip_reasoning(child):
+            removed = True
     return removed
 
 
@@ -293,7 +303,7 @@ def filter_json_body(raw: bytes) -> bytes | None:
     if not _mentions_reasoning(raw):
         return None
     try:
-        body = json.loads(raw)
+        body = _loads(raw)
     except (ValueError, UnicodeDecodeError):
         return None
     if not strip_reasoning(body):
@@ -377,7 +387,7 @@ class StreamFilter:
                 return event  # a comment or an event name that mentions reasoning: no data
             payload = b"\n".join(line[5:].removeprefix(b" ") for line in data_lines)
         try:
-            parsed = json.loads(payload)
+            parsed = _loads(payload)
         except (ValueError, UnicodeDecodeError):
             logger.info("abuseguard degrade: withheld an unparsable stream event")
             self.withheld += len(event)
