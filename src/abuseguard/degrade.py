@@ -226,7 +226,7 @@ def rewrite_body(body: dict[str, Any], options: DegradeOptions, endpoint: str) -
         reasoning = body.get("reasoning")
         if isinstance(reasoning, dict):
             effort = reasoning.get("effort")
-            if isinstance(effort, str) and _EFFORT_RANK.get(effort, 99) > rank:
+            if isinstance(effort, str) and _EFFORT_RANK.get(effort, len(REASONING_EFFORTS)) > rank:
                 body["reasoning"] = {**reasoning, "effort": target}
                 changed = True
     return changed
