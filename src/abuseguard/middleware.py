@@ -22,6 +22,7 @@ from abuseguard.enforce import (
     DECISION_STATE_KEY,
     Allow,
     ASGIApp,
+    Degrade,
     Enforcer,
     Message,
     Receive,
@@ -129,9 +130,10 @@ class AbuseGuard:
         self.started = False
         # The built-in Allow enforcer just calls the app: skip the indirection then.
         self.plain_allow = type(self.enforcers[Action.ALLOW]) is Allow
-        # A shadowed degrade is still computed and counted, by the degrade enforcer's shadow.
-        self.degrade_shadow: Enforcer | None = getattr(
-            self.enforcers[Action.DEGRADE], "shadow", None
+        # A shadowed degrade is still computed and counted, by the built-in degrade's shadow.
+        degrade = self.enforcers[Action.DEGRADE]
+        self.degrade_shadow: Enforcer | None = (
+            degrade.shadow if isinstance(degrade, Degrade) else None
         )
         backend = self.guard.backend
         # Only a backend that waits for I/O is awaited (synced mode decides in-process).
