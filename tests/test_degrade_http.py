@@ -296,3 +296,18 @@ def test_split_truncated_and_malformed_events_never_reach_the_client() -> None:
     contents = [p["choices"][0]["delta"].get("content") for p in parsed]
     assert contents == ["", "across chunks", "after"]
     assert b"hidden" not in body and b"unterminated" not in body and b"cut off" not in body
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("mode", ["inline", "synced"])
+def test_degrade_acts_with_the_redis_backends(
+    example: ModuleType, redis_server: Any, mode: str
+) -> None:
+    url = f"{redis_server.url}?prefix=degrade-{mode}" + ("&mode=synced" if mode == "synced" else "")
+    app = example.create_app(degrade_everyone(), backend=url)
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 4000, "n": 2, "stream": True}
+    with serve(app) as base, sdk(base) as client:
+        chunks = list(client.chat.completions.create(**body))
+    assert last_received(app)["max_tokens"] == 1024 and last_received(app)["n"] == 1
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "lorem " * 1024
+    assert all("reasoning_content" not in (c.choices[0].delta.model_extra or {}) for c in chunks)
