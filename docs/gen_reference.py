@@ -223,6 +223,8 @@ def render() -> str:
                 policy_module.DEFAULT_CLIENT_RISK,
                 ("client class", "risk (0..1)"),
             )
+        if cls.__name__ == "Enforcement":
+            lines += dataclass_section(importlib.import_module("abuseguard.degrade").DegradeOptions)
         if cls.__name__ == "NetworkPolicy":
             lines += mapping_section(
                 "Default anonymizer rules",

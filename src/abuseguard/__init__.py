@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from abuseguard.backends import Backend, MemoryBackend
 from abuseguard.decision import Action, Decision, PolicyState
+from abuseguard.degrade import DegradeContext, DegradeOptions
 from abuseguard.enforce import Allow, Block, Challenge, Degrade, Delay, Enforcer, Log, Throttle
 from abuseguard.errors import BackendError, ConfigError
 from abuseguard.guard import Guard
@@ -41,6 +42,8 @@ __all__ = [
     "ConfigError",
     "Decision",
     "Degrade",
+    "DegradeContext",
+    "DegradeOptions",
     "Delay",
     "Enforcement",
     "Enforcer",

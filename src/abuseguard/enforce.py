@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol, runtime_checkable
 
 from abuseguard.decision import Action, Decision
+from abuseguard.degrade import DegradeOptions, serve_degraded
 from abuseguard.headers import problem_body, rate_limit_headers, retry_after_value
 
 Scope = MutableMapping[str, Any]
@@ -110,14 +111,26 @@ class Delay:
 
 
 class Degrade:
-    """Serve, but mark ``request.state.abuseguard_degraded`` so the app can serve less
-    (cap max_tokens, pick a smaller model, drop optional fields)."""
+    """Serve less: rewrite OpenAI-style requests and withhold reasoning from their
+    responses as ``options`` say (see :mod:`abuseguard.degrade`; the default caps output
+    tokens at 1,024, drops log-probabilities and logit bias, forces ``n`` to 1 and
+    withholds reasoning). It also marks ``request.state.abuseguard_degraded`` so the app
+    can serve less on its own terms."""
+
+    def __init__(self, options: DegradeOptions | None = None) -> None:
+        self.options = options if options is not None else DegradeOptions()
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
     ) -> None:
         scope.setdefault("state", {})[DEGRADED_STATE_KEY] = True
-        await call_next(scope, receive, send)
+        await serve_degraded(scope, receive, send, decision, call_next, self.options)
+
+    async def shadow(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, call_next: ASGIApp
+    ) -> None:
+        """A shadowed degrade: computed and counted, the request served as it came."""
+        await serve_degraded(scope, receive, send, decision, call_next, self.options, apply=False)
 
 
 ChallengeResponder = Callable[[Scope, Receive, Send, Decision], Awaitable[None]]
@@ -190,15 +203,20 @@ class Block:
 
 
 def default_enforcers(
-    *, delay_seconds: float = 1.0, legacy_headers: bool = False, reveal_reasons: bool = False
+    *,
+    delay_seconds: float = 1.0,
+    legacy_headers: bool = False,
+    reveal_reasons: bool = False,
+    degrade: DegradeOptions | None = None,
 ) -> dict[Action, Enforcer]:
     """The built-in enforcer of every action. ``reveal_reasons`` puts every reason in the
-    refusal bodies (`Enforcement.reveal_reasons`); by default they name limit reasons only."""
+    refusal bodies (`Enforcement.reveal_reasons`); by default they name limit reasons only.
+    ``degrade`` is what the degrade action does (`Enforcement.degrade`)."""
     return {
         Action.ALLOW: Allow(),
         Action.LOG: Log(),
         Action.DELAY: Delay(delay_seconds),
-        Action.DEGRADE: Degrade(),
+        Action.DEGRADE: Degrade(degrade),
         Action.CHALLENGE: Challenge(legacy_headers=legacy_headers, reveal_reasons=reveal_reasons),
         Action.THROTTLE: Throttle(legacy_headers=legacy_headers, reveal_reasons=reveal_reasons),
         Action.BLOCK: Block(reveal_reasons=reveal_reasons),

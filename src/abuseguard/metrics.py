@@ -13,6 +13,8 @@ abuseguard_decision_reasons_total          counter   ``action``, ``reason``: one
 abuseguard_near_limit_total                counter   ``policy``: served with < 10% left
 abuseguard_shadow_would_block_total        counter   ``action``: shadowed challenge/throttle/block
 abuseguard_risk_score                      histogram the risk score of every decision
+abuseguard_degraded_requests_total         counter   ``shadow``: requests degraded (or would be)
+abuseguard_degrade_withheld_bytes_total    counter   ``shadow``: response bytes withheld
 abuseguard_backend_latency_seconds         gauge     ``backend``: the last round trip
 abuseguard_backend_round_trip_seconds      histogram ``backend``: every round trip
 abuseguard_backend_circuit_state           gauge     ``backend``: 0 closed, 1 half-open, 2 open
@@ -121,6 +123,9 @@ class DecisionCounts:
         self.reasons: dict[tuple[Action, str], int] = {}
         self.near_limit: dict[str, int] = {}
         self.would_block: dict[Action, int] = {}
+        # Counted by the degrade enforcer (record_degrade), keyed by shadow.
+        self.degraded: dict[bool, int] = {}
+        self.withheld_bytes: dict[bool, int] = {}
         self.bounds = _check_buckets("score_buckets", score_buckets)
         self.score_counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
         self.score_sum = 0.0
@@ -140,6 +145,10 @@ class DecisionCounts:
              f"(default {NEAR_LIMIT_SHARE:.0%}) of a policy.", ["policy"], self.near_limit),
             ("shadow_would_block", "Shadow decisions that would have challenged, throttled or "
              "blocked.", ["action"], self.would_block),
+            ("degraded_requests", "Requests served degraded; shadow ones were only "
+             "computed.", ["shadow"], self.degraded),
+            ("degrade_withheld_bytes", "Response bytes the degrade withheld (reasoning); "
+             "shadow ones would have been.", ["shadow"], self.withheld_bytes),
         )  # fmt: skip
         for name, doc, labels, counts in specs:
             family = CounterMetricFamily(p + name, doc, labels=labels)
@@ -355,6 +364,19 @@ def record_circuit_state(backend: str, state: CircuitState) -> None:
             logger.exception("abuseguard metrics: cannot record circuit state")
 
 
+def record_degrade(*, shadow: bool, withheld_bytes: int) -> None:
+    """Hook for the degrade enforcer: one request was degraded (or, with ``shadow``, would
+    have been) and ``withheld_bytes`` of its response were (would have been) withheld.
+    Never raises."""
+    if not _by_registry:
+        return
+    for families in _all_families():
+        counts = families.counts
+        counts.degraded[shadow] = counts.degraded.get(shadow, 0) + 1
+        if withheld_bytes > 0:
+            counts.withheld_bytes[shadow] = counts.withheld_bytes.get(shadow, 0) + withheld_bytes
+
+
 __all__ = [
     "CIRCUIT_VALUES",
     "LATENCY_BUCKETS",
@@ -365,4 +387,5 @@ __all__ = [
     "PrometheusObserver",
     "record_backend_latency",
     "record_circuit_state",
+    "record_degrade",
 ]

@@ -22,6 +22,7 @@ from abuseguard.enforce import (
     DECISION_STATE_KEY,
     Allow,
     ASGIApp,
+    Degrade,
     Enforcer,
     Message,
     Receive,
@@ -51,6 +52,7 @@ COST_STATE_KEY = "abuseguard_cost"
 _MAX_CACHED_CHAIN = 256  # proxy header values up to this long are cached per chain
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _ALLOW = Action.ALLOW
+_DEGRADE = Action.DEGRADE
 
 
 class AbuseGuard:
@@ -95,6 +97,7 @@ class AbuseGuard:
             delay_seconds=policy.enforcement.delay_seconds,
             legacy_headers=policy.legacy_headers,
             reveal_reasons=policy.enforcement.reveal_reasons,
+            degrade=policy.enforcement.degrade,
         )
         if enforcers is not None and not isinstance(enforcers, Mapping):
             raise ConfigError(
@@ -127,6 +130,11 @@ class AbuseGuard:
         self.started = False
         # The built-in Allow enforcer just calls the app: skip the indirection then.
         self.plain_allow = type(self.enforcers[Action.ALLOW]) is Allow
+        # A shadowed degrade is still computed and counted, by the built-in degrade's shadow.
+        degrade = self.enforcers[Action.DEGRADE]
+        self.degrade_shadow: Enforcer | None = (
+            degrade.shadow if isinstance(degrade, Degrade) else None
+        )
         backend = self.guard.backend
         # Only a backend that waits for I/O is awaited (synced mode decides in-process).
         self.shared = backend.shared and not backend.decides_locally
@@ -316,7 +324,10 @@ class _Responder:
                 await mw.app(scope, receive, self._send)
             else:
                 action = decision.enforced_action
-                await mw.enforcers[action](scope, receive, self._send, decision, mw.app)
+                enforcer = mw.enforcers[action]
+                if decision.shadow and decision.action is _DEGRADE and mw.degrade_shadow:
+                    enforcer = mw.degrade_shadow
+                await enforcer(scope, receive, self._send, decision, mw.app)
         finally:
             guard.inflight -= 1
             self._complete()

@@ -16,6 +16,7 @@ from typing import Literal
 
 from abuseguard.config_check import check_fields
 from abuseguard.decision import Action
+from abuseguard.degrade import DegradeOptions
 from abuseguard.errors import ConfigError
 from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import DEFAULT_PROXY_HEADER, PROXY_HEADERS
@@ -554,6 +555,8 @@ class Enforcement:
     concurrency, backend_unavailable), so a client learns which limit it hit but not which
     risk signal to dodge; logs, metrics, observers and ``current_decision`` keep every
     reason. ``reveal_reasons`` puts every reason in the body, for development.
+    ``degrade`` is what the built-in degrade action does to OpenAI-style requests and
+    responses (see :class:`DegradeOptions`; in shadow mode it is computed, not applied).
     """
 
     ladder: tuple[LadderStep, ...] = (
@@ -572,6 +575,7 @@ class Enforcement:
     shadow: bool = False
     shadow_actions: Iterable[Action | str] = ()
     reveal_reasons: bool = False
+    degrade: DegradeOptions = field(default_factory=DegradeOptions)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -10,6 +10,8 @@ Definitions (DESIGN.md, "Trace format"):
 * ``shadow``: decisions with ``shadow`` set; ``shadow_limited`` / ``shadow_mitigated``
   split the shadowed ones whose action would not have served in full, so a shadow-mode
   run still shows what enforcement would have done;
+* ``degraded`` / ``shadow_degraded``: requests served degraded, and those shadow mode
+  would have degraded (a degraded request also counts as mitigated);
 * ``leakage``: allowed / requests, for abusive traffic only (null for other labels);
 * an actor is mitigated once any of its requests was mitigated; ``first_mitigation`` is
   the number of requests it sent before that one (0: its first request was mitigated);
@@ -43,6 +45,7 @@ UNKNOWN_LABEL = "unknown"
 # Degraded requests count as mitigated in the report, so "served" here means in full.
 _SERVED: frozenset[Action] = frozenset(a for a in Action if a.serves_in_full)
 _LIMIT_REASONS = LIMIT_REASONS
+_DEGRADE = Action.DEGRADE
 
 # Outcome codes returned by ReportBuilder.add.
 ALLOWED, LIMITED, MITIGATED = 0, 1, 2
@@ -53,6 +56,7 @@ class ActorTally:
 
     __slots__ = (
         "allowed",
+        "degraded",
         "first_mitigation",
         "first_mitigation_ts",
         "kind",
@@ -61,6 +65,7 @@ class ActorTally:
         "mitigated",
         "requests",
         "shadow",
+        "shadow_degraded",
         "shadow_limited",
         "shadow_mitigated",
     )
@@ -75,6 +80,8 @@ class ActorTally:
         self.shadow = 0
         self.shadow_limited = 0
         self.shadow_mitigated = 0
+        self.degraded = 0
+        self.shadow_degraded = 0
         self.first_mitigation: int | None = None
         self.first_mitigation_ts: float | None = None
 
@@ -144,6 +151,11 @@ class ReportBuilder:
         tally.requests = before + 1
         action = decision.action
         reasons = decision.reasons
+        if action is _DEGRADE:
+            if decision.shadow:
+                tally.shadow_degraded += 1
+            else:
+                tally.degraded += 1
         if decision.shadow:
             tally.allowed += 1
             tally.shadow += 1
@@ -288,6 +300,10 @@ def _finish_group(label: str, group: list[ActorTally]) -> dict[str, Any]:
         "shadow": sum(t.shadow for t in group),
         "shadow_limited": sum(t.shadow_limited for t in group),
         "shadow_mitigated": sum(t.shadow_mitigated for t in group),
+        # Requests the degrade served less (with the built-in one: output capped, no
+        # reasoning), and those it would have under shadow.
+        "degraded": sum(t.degraded for t in group),
+        "shadow_degraded": sum(t.shadow_degraded for t in group),
         "actors_would_be_mitigated": sum(
             1 for t in group if t.first_mitigation is not None or t.shadow_mitigated
         ),
@@ -464,6 +480,14 @@ def render_table(report: Mapping[str, Any], top: int = 10) -> str:
         f"{_fmt_share(detection.get('benign_actors_mitigated_share'))} (requests "
         f"{_fmt_share(detection.get('benign_requests_mitigated_share'))})"
     )
+    degraded = [
+        f"{name} {_fmt_int(stats.get('degraded', 0))} "
+        f"(shadow {_fmt_int(stats.get('shadow_degraded', 0))})"
+        for name, stats in report["labels"].items()
+        if stats.get("degraded") or stats.get("shadow_degraded")
+    ]
+    if degraded:
+        lines.append("requests degraded: " + ", ".join(degraded))
     for label, reasons in report.get("reasons", {}).items():
         if reasons:
             text = ", ".join(f"{r} {_fmt_int(n)}" for r, n in list(reasons.items())[:12])

@@ -1,0 +1,763 @@
+"""The built-in degrade: serve a risky client less instead of refusing it.
+
+For OpenAI-style JSON APIs (chat completions, responses, legacy completions) the degrade
+enforcer (:class:`abuseguard.Degrade`) applies :class:`DegradeOptions`:
+
+* the **request** is rewritten before the app reads it: output tokens capped
+  (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``; the endpoint's own
+  field is added when the client sent none), ``logprobs``, ``top_logprobs`` and
+  ``logit_bias`` dropped, ``n`` forced to 1, ``reasoning_effort`` (or the Responses API's
+  ``reasoning.effort``) lowered; ``Content-Length`` is set to the new length;
+* the **response** has its reasoning withheld (``reasoning_content``, ``reasoning``,
+  ``thinking`` fields, reasoning output items and thinking content blocks), from JSON
+  bodies and from Server-Sent Event streams event by event; items after a withheld one
+  are renumbered so that SDKs that index by ``output_index`` or ``index`` keep working;
+* an optional :data:`DegradeStep` of the app's runs last on the parsed request body.
+
+A body that is not a JSON object, is compressed, or is over ``max_body_bytes`` is passed
+through untouched with a log line. A stream event that cannot be parsed while it mentions
+reasoning, or is cut off when the stream ends, is withheld rather than sent half-filtered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from abuseguard.config_check import check_fields
+from abuseguard.decision import Decision
+from abuseguard.errors import ConfigError
+from abuseguard.metrics import record_degrade
+
+logger = logging.getLogger("abuseguard.degrade")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Lowest first; an effort is lowered to the option's value, never raised.
+REASONING_EFFORTS: tuple[str, ...] = ("none", "minimal", "low", "medium", "high", "xhigh")
+_EFFORT_RANK = {name: rank for rank, name in enumerate(REASONING_EFFORTS)}
+
+CHAT = "chat"
+RESPONSES = "responses"
+COMPLETIONS = "completions"
+# The output-token field each endpoint gets when the client sent none.
+_TOKEN_FIELD = {
+    CHAT: "max_completion_tokens",
+    RESPONSES: "max_output_tokens",
+    COMPLETIONS: "max_tokens",
+}
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_RESPONSES_LOGPROBS_INCLUDE = "message.output_text.logprobs"
+_REASONING_KEYS = frozenset({"reasoning_content", "reasoning", "thinking"})
+_REASONING_TYPES = frozenset({"reasoning", "thinking", "redacted_thinking"})
+_THINKING_DELTAS = frozenset({"thinking_delta", "signature_delta"})
+_DEFAULT_MAX_BODY = 1 << 20
+_DEFAULT_MAX_RESPONSE = 8 << 20
+
+
+def endpoint_of(path: str) -> str | None:
+    """Which OpenAI-style endpoint ``path`` is (by its last segments), or None."""
+    if path.endswith("/chat/completions"):
+        return CHAT
+    if path.endswith("/responses"):
+        return RESPONSES
+    if path.endswith("/completions"):
+        return COMPLETIONS
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DegradeContext:
+    """What a :data:`DegradeStep` has in hand besides the body.
+
+    ``cohort`` is the id of the cluster of clients the request was attributed to; nothing
+    assigns one yet, so it is None today (a detection that groups clients will set it).
+    """
+
+    decision: Decision
+    path: str
+    endpoint: str
+    shadow: bool
+    cohort: str | None = None
+
+    @property
+    def identity(self) -> str:
+        return self.decision.identity
+
+
+# An app's own degrade step: change the parsed JSON request body in place (route to a
+# cheaper model, mark the system prompt for later attribution). Runs after the built-in
+# rewrite; if it raises, the built-in rewrite alone is applied and the error is logged.
+DegradeStep = Callable[[dict[str, Any], DegradeContext], None]
+
+
+@dataclass(frozen=True)
+class DegradeOptions:
+    """What the built-in ``degrade`` action does (``Enforcement.degrade``).
+
+    ``max_output_tokens``: cap on ``max_tokens`` / ``max_completion_tokens`` /
+    ``max_output_tokens`` (None leaves them). ``drop_logprobs`` drops ``logprobs`` and
+    ``top_logprobs``; ``drop_logit_bias`` drops ``logit_bias``; ``single_choice`` forces
+    ``n`` to 1. ``reasoning_effort`` lowers a requested effort to this level (one of
+    none, minimal, low, medium, high, xhigh; None leaves it; an absent effort stays
+    absent). ``withhold_reasoning`` withholds reasoning from responses and streams.
+    ``step`` is the app's own :data:`DegradeStep`. ``by_score``: (score, options) pairs with
+    rising scores; the last one the decision's risk score reaches replaces these options
+    (degrade harder as the risk grows). ``routes``: request path to the options
+    of that route (None: that route is served undegraded), checked before ``by_score``.
+    ``max_body_bytes``: larger request bodies pass untouched;
+    ``max_response_bytes``: larger JSON responses pass unfiltered (both logged).
+    """
+
+    max_output_tokens: int | None = 1024
+    drop_logprobs: bool = True
+    drop_logit_bias: bool = True
+    single_choice: bool = True
+    reasoning_effort: str | None = None
+    withhold_reasoning: bool = True
+    step: DegradeStep | None = None
+    by_score: tuple[tuple[float, DegradeOptions], ...] = ()
+    routes: Mapping[str, DegradeOptions | None] = field(default_factory=dict)
+    max_body_bytes: int = _DEFAULT_MAX_BODY
+    max_response_bytes: int = _DEFAULT_MAX_RESPONSE
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.max_output_tokens is not None and self.max_output_tokens < 1:
+            raise ConfigError("DegradeOptions.max_output_tokens", "must be >= 1 or None")
+        if self.reasoning_effort is not None and self.reasoning_effort not in _EFFORT_RANK:
+            raise ConfigError(
+                "DegradeOptions.reasoning_effort",
+                f"{self.reasoning_effort!r} is not one of {', '.join(REASONING_EFFORTS)}",
+            )
+        last = -1.0
+        for i, (score, _options) in enumerate(self.by_score):
+            if not 0.0 <= score <= 1.0 or score <= last:
+                raise ConfigError(
+                    f"DegradeOptions.by_score[{i}]", "scores must be within 0..1 and rise"
+                )
+            last = score
+        object.__setattr__(self, "routes", dict(self.routes))
+
+    def for_request(self, path: str, score: float) -> DegradeOptions | None:
+        """The options that apply to a request on ``path`` whose decision scored ``score``;
+        None when that route is served undegraded."""
+        options = self
+        if self.routes and path in self.routes:
+            routed = self.routes[path]
+            if routed is None:
+                return None
+            options = routed
+        chosen = options
+        for threshold, stricter in options.by_score:
+            if score >= threshold:
+                chosen = stricter
+        return chosen
+
+    @property
+    def rewrites(self) -> bool:
+        return (
+            self.max_output_tokens is not None
+            or self.drop_logprobs
+            or self.drop_logit_bias
+            or self.single_choice
+            or self.reasoning_effort is not None
+            or self.step is not None
+        )
+
+
+# -- request rewriting -----------------------------------------------------------------
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_decode = json.JSONDecoder().decode
+
+
+def _loads(raw: bytes) -> Any:
+    """json.loads for UTF-8 bytes, without its guess at the encoding (a third of the time
+    of a small body). Raises ValueError (UnicodeDecodeError included) as json.loads does."""
+    return _decode(raw.decode())
+
+
+def rewrite_body(body: dict[str, Any], options: DegradeOptions, endpoint: str) -> bool:
+    """Apply the built-in rewrite to a parsed request body in place; True when changed."""
+    changed = False
+    cap = options.max_output_tokens
+    if cap is not None:
+        present = False
+        for name in _TOKEN_FIELDS:
+            value = body.get(name)
+            if name in body and value is not None:
+                present = True
+                if not isinstance(value, int) or isinstance(value, bool) or value > cap:
+                    body[name] = cap
+                    changed = True
+        if not present:
+            body[_TOKEN_FIELD[endpoint]] = cap
+            changed = True
+    if options.drop_logprobs:
+        for name in ("logprobs", "top_logprobs"):
+            if name in body:
+                del body[name]
+                changed = True
+        include = body.get("include")
+        if isinstance(include, list) and _RESPONSES_LOGPROBS_INCLUDE in include:
+            body["include"] = [item for item in include if item != _RESPONSES_LOGPROBS_INCLUDE]
+            changed = True
+    if options.drop_logit_bias and "logit_bias" in body:
+        del body["logit_bias"]
+        changed = True
+    if options.single_choice and "n" in body and body["n"] != 1:
+        body["n"] = 1
+        changed = True
+    target = options.reasoning_effort
+    if target is not None:
+        rank = _EFFORT_RANK[target]
+        effort = body.get("reasoning_effort")
+        if isinstance(effort, str) and _EFFORT_RANK.get(effort, len(REASONING_EFFORTS)) > rank:
+            body["reasoning_effort"] = target
+            changed = True
+        reasoning = body.get("reasoning")
+        if isinstance(reasoning, dict):
+            effort = reasoning.get("effort")
+            if isinstance(effort, str) and _EFFORT_RANK.get(effort, len(REASONING_EFFORTS)) > rank:
+                body["reasoning"] = {**reasoning, "effort": target}
+                changed = True
+    return changed
+
+
+def rewrite_request(
+    raw: bytes, options: DegradeOptions, endpoint: str, context: DegradeContext
+) -> bytes | None:
+    """The degraded request body, or None when ``raw`` is left as it is (nothing to
+    change, or not a JSON object: logged)."""
+    try:
+        body = _loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        logger.info("abuseguard degrade: %s body is not JSON; passed through", context.path)
+        return None
+    if not isinstance(body, dict):
+        logger.info(
+            "abuseguard degrade: %s body is not a JSON object; passed through", context.path
+        )
+        return None
+    changed = rewrite_body(body, options, endpoint)
+    step = options.step
+    if step is not None:
+        try:
+            step(body, context)
+            changed = True
+        except Exception:
+            logger.exception("abuseguard degrade: the degrade step failed; built-in rewrite only")
+            body = _loads(raw)
+            changed = rewrite_body(body, options, endpoint)
+    if not changed:
+        return None
+    return _encoder.encode(body).encode()
+
+
+# -- response filtering ----------------------------------------------------------------
+
+
+def strip_reasoning(value: Any) -> bool:
+    """Remove reasoning keys and reasoning items from a parsed JSON value in place; True
+    when anything was removed."""
+    removed = False
+    kind = type(value)
+    if kind is dict:
+        if not _REASONING_KEYS.isdisjoint(value):
+            for key in _REASONING_KEYS.intersection(value):
+                del value[key]
+            removed = True
+        children: Iterable[Any] = value.values()
+    elif kind is list:
+        if any(type(item) is dict and item.get("type") in _REASONING_TYPES for item in value):
+            value[:] = [
+                item
+                for item in value
+                if not (type(item) is dict and item.get("type") in _REASONING_TYPES)
+            ]
+            removed = True
+        children = value
+    else:
+        return False
+    for child in children:
+        child_kind = type(child)
+        if (child_kind is dict or child_kind is list) and strip_reasoning(child):
+            removed = True
+    return removed
+
+
+def _mentions_reasoning(data: bytes) -> bool:
+    return b"reasoning" in data or b"thinking" in data
+
+
+def filter_json_body(raw: bytes) -> bytes | None:
+    """The JSON response without its reasoning, or None when ``raw`` stays as it is."""
+    if not _mentions_reasoning(raw):
+        return None
+    try:
+        body = _loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not strip_reasoning(body):
+        return None
+    return _encoder.encode(body).encode()
+
+
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE_END = re.compile(rb"\r\n|\n|\r")
+
+
+def _shift(dropped: list[int], index: int) -> int:
+    return index - sum(1 for d in dropped if d < index)
+
+
+class StreamFilter:
+    """Withholds reasoning from a Server-Sent Event stream, one complete event at a time.
+
+    ``feed`` takes the next chunk of the app's body and returns the bytes to send now:
+    complete events only, a partial event waits for its end. ``close`` returns what is
+    left to send at the end of the stream (a cut-off event is withheld). Events that do not
+    mention reasoning pass as they are (unless an earlier output item was withheld: then
+    their indexes are renumbered). ``withheld`` counts the bytes kept from the client.
+    """
+
+    __slots__ = ("buffer", "dropped_blocks", "dropped_outputs", "withheld")
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.withheld = 0
+        # Indexes of withheld Responses output items and of withheld thinking blocks.
+        self.dropped_outputs: list[int] = []
+        self.dropped_blocks: list[int] = []
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self.buffer + chunk if self.buffer else chunk
+        out: list[bytes] = []
+        start = 0
+        plain = b"\r" not in data  # events end with a blank line: find() when only \n is used
+        while True:
+            if plain:
+                end = data.find(b"\n\n", start)
+                if end < 0:
+                    break
+                end += 2
+            else:
+                match = _EVENT_END.search(data, start)
+                if match is None:
+                    break
+                end = match.end()
+            event = data[start:end]
+            kept = self.filter_event(event)
+            if kept is not None:
+                out.append(kept)
+            start = end
+        self.buffer = data[start:]
+        return b"".join(out) if len(out) != 1 else out[0]
+
+    def close(self) -> bytes:
+        if self.buffer.strip():
+            logger.info("abuseguard degrade: withheld an event cut off at the end of a stream")
+            self.withheld += len(self.buffer)
+        self.buffer = b""
+        return b""
+
+    def filter_event(self, event: bytes) -> bytes | None:
+        """The event to send (itself, or rewritten), or None to withhold it."""
+        if not _mentions_reasoning(event):
+            if self.dropped_outputs or self.dropped_blocks:
+                renumbered = self._renumber(event)
+                self.withheld += len(event) - (0 if renumbered is None else len(renumbered))
+                return renumbered
+            return event
+        lines: list[bytes] | None = None
+        if event.startswith(b"data:") and b"\n" not in event.rstrip():
+            payload = event[5:]  # one data line, the usual case (JSON ignores the blanks)
+        else:
+            lines = _LINE_END.split(event)
+            data_lines = [line for line in lines if line.startswith(b"data:")]
+            if not data_lines:
+                return event  # a comment or an event name that mentions reasoning: no data
+            payload = b"\n".join(line[5:].removeprefix(b" ") for line in data_lines)
+        try:
+            parsed = _loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            logger.info("abuseguard degrade: withheld an unparsable stream event")
+            self.withheld += len(event)
+            return None
+        if not isinstance(parsed, dict) or self._withhold(parsed):
+            self.withheld += len(event)
+            return None
+        self._renumber_parsed(parsed)
+        removed = strip_reasoning(parsed)
+        if removed and _empty_chat_chunk(parsed):
+            self.withheld += len(event)
+            return None
+        separator = b"\r\n" if b"\r\n" in event else b"\n"
+        if lines is None:
+            lines = _LINE_END.split(event)
+        rebuilt = separator.join(
+            [line for line in lines if line and not line.startswith(b"data:")]
+            + [b"data: " + _encoder.encode(parsed).encode(), b"", b""]
+        )
+        self.withheld += len(event) - len(rebuilt)
+        return rebuilt
+
+    def _withhold(self, event: dict[str, Any]) -> bool:
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            return False
+        if kind.startswith("response.reasoning"):
+            return True
+        output_index = event.get("output_index")
+        if isinstance(output_index, int):
+            if output_index in self.dropped_outputs:
+                return True
+            item = event.get("item")
+            if isinstance(item, dict) and item.get("type") in _REASONING_TYPES:
+                self.dropped_outputs.append(output_index)
+                return True
+        if kind.startswith("content_block_"):
+            index = event.get("index")
+            if isinstance(index, int):
+                if index in self.dropped_blocks:
+                    return True
+                block = event.get("content_block")
+                delta = event.get("delta")
+                if (isinstance(block, dict) and block.get("type") in _REASONING_TYPES) or (
+                    isinstance(delta, dict) and delta.get("type") in _THINKING_DELTAS
+                ):
+                    self.dropped_blocks.append(index)
+                    return True
+        return False
+
+    def _renumber_parsed(self, event: dict[str, Any]) -> None:
+        index = event.get("output_index")
+        if self.dropped_outputs and isinstance(index, int):
+            event["output_index"] = _shift(self.dropped_outputs, index)
+        kind = event.get("type")
+        index = event.get("index")
+        if (
+            self.dropped_blocks
+            and isinstance(kind, str)
+            and kind.startswith("content_block_")
+            and isinstance(index, int)
+        ):
+            event["index"] = _shift(self.dropped_blocks, index)
+
+    def _renumber(self, event: bytes) -> bytes | None:
+        """Renumber an event that does not mention reasoning, or None when it belongs to a
+        withheld item (a content part's end, a block's stop)."""
+        if self.dropped_outputs:
+            found = _int_after(event, b'"output_index":')
+            if found is not None:
+                value, start, end = found
+                if value in self.dropped_outputs:
+                    return None
+                event = b"%b%d%b" % (
+                    event[:start],
+                    _shift(self.dropped_outputs, value),
+                    event[end:],
+                )
+        if self.dropped_blocks and b'"content_block_' in event:
+            found = _int_after(event, b'"index":')
+            if found is not None:
+                value, start, end = found
+                if value in self.dropped_blocks:
+                    return None
+                event = b"%b%d%b" % (event[:start], _shift(self.dropped_blocks, value), event[end:])
+        return event
+
+
+def _int_after(event: bytes, key: bytes) -> tuple[int, int, int] | None:
+    """(value, start, end) of the integer that follows the JSON key ``key`` (written with
+    its quotes and colon) in ``event``; None when there is none."""
+    at = event.find(key)
+    while at > 0 and event[at - 1] == 0x5C:  # \" : the key's text inside a string
+        at = event.find(key, at + 1)
+    if at < 0:
+        return None
+    start = at + len(key)
+    size = len(event)
+    while start < size and event[start] == 0x20:
+        start += 1
+    end = start
+    while end < size and 0x30 <= event[end] <= 0x39:
+        end += 1
+    if end == start:
+        return None
+    return int(event[start:end]), start, end
+
+
+def _empty_chat_chunk(event: dict[str, Any]) -> bool:
+    """True for a chat completion chunk left with nothing once its reasoning is gone."""
+    choices = event.get("choices")
+    if not isinstance(choices, list) or not choices or event.get("usage"):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
+            return False
+        delta = choice.get("delta")
+        if not isinstance(delta, dict) or choice.get("finish_reason") or choice.get("logprobs"):
+            return False
+        if any(value is not None for key, value in delta.items() if key != "role"):
+            return False
+        if "role" in delta:
+            return False  # the first chunk announces the role: keep it
+    return True
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def is_json(content_type: bytes | None) -> bool:
+    if content_type is None:
+        return False
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+def is_event_stream(content_type: bytes | None) -> bool:
+    if content_type is None:
+        return False
+    return content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream"
+
+
+# -- the exchange ----------------------------------------------------------------------
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def serve_degraded(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    decision: Decision,
+    app: Callable[[Scope, Receive, Send], Awaitable[None]],
+    options: DegradeOptions,
+    *,
+    apply: bool = True,
+) -> None:
+    """Run ``app`` for a degraded request: its body rewritten, its response filtered.
+    With ``apply`` False (shadow) both are computed and counted, and the client and the
+    app see the original bytes."""
+    path = scope.get("path", "")
+    endpoint = endpoint_of(path)
+    chosen = options.for_request(path, decision.score) if endpoint is not None else None
+    if chosen is None or endpoint is None:
+        await app(scope, receive, send)
+        return
+    context = DegradeContext(decision, path, endpoint, shadow=not apply)
+    if chosen.rewrites and scope.get("method") in _BODY_METHODS:
+        receive = await _rewritten_receive(scope, receive, chosen, context, apply)
+    if not chosen.withhold_reasoning:
+        try:
+            await app(scope, receive, send)
+        finally:
+            record_degrade(shadow=not apply, withheld_bytes=0)
+        return
+    filtering = _FilteringSend(send, apply, chosen.max_response_bytes, path)
+    try:
+        await app(scope, receive, filtering)
+    finally:
+        record_degrade(shadow=not apply, withheld_bytes=filtering.withheld)
+
+
+async def _rewritten_receive(
+    scope: Scope, receive: Receive, options: DegradeOptions, context: DegradeContext, apply: bool
+) -> Receive:
+    """Read the request body, rewrite it, and return a receive that hands it to the app
+    (followed by whatever the client sends next)."""
+    headers = list(scope.get("headers") or ())
+    content_type = _header(headers, b"content-type")
+    encoding = _header(headers, b"content-encoding")
+    if not is_json(content_type) or encoding not in (None, b"identity"):
+        return receive
+    limit = options.max_body_bytes
+    messages: list[Message] = []
+    chunks: list[bytes] = []
+    size = 0
+    complete = False
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break  # the client went away: the app learns it from the replay
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            complete = True
+            break
+        if size > limit:
+            logger.info(
+                "abuseguard degrade: %s body over %d bytes; passed through", context.path, limit
+            )
+            break
+    if complete and size <= limit:
+        rewritten = rewrite_request(b"".join(chunks), options, context.endpoint, context)
+        if rewritten is not None and apply:
+            messages = [{"type": "http.request", "body": rewritten, "more_body": False}]
+            length = str(len(rewritten)).encode()
+            if _header(headers, b"content-length") is not None:
+                scope["headers"] = [
+                    (name, length if name.lower() == b"content-length" else value)
+                    for name, value in headers
+                ]
+    pending = iter(messages)
+
+    async def replaying_receive() -> Message:
+        for message in pending:
+            return message
+        return await receive()
+
+    return replaying_receive
+
+
+class _FilteringSend:
+    """The app's ``send``, withholding reasoning from JSON and event-stream responses."""
+
+    __slots__ = (
+        "apply",
+        "body",
+        "held_start",
+        "limit",
+        "mode",
+        "path",
+        "send",
+        "stream",
+        "withheld",
+    )
+
+    def __init__(self, send: Send, apply: bool, limit: int, path: str) -> None:
+        self.send = send
+        self.apply = apply
+        self.limit = limit
+        self.path = path
+        self.mode = ""  # "json", "sse" or "" (passed through)
+        self.held_start: Message | None = None
+        self.body: list[bytes] = []
+        self.stream = StreamFilter()
+        self.withheld = 0
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            await self._start(message)
+        elif kind == "http.response.body" and self.mode == "sse":
+            await self._stream_body(message)
+        elif kind == "http.response.body" and self.mode == "json":
+            await self._json_body(message)
+        else:
+            await self.send(message)
+
+    async def _start(self, message: Message) -> None:
+        headers = list(message.get("headers") or ())
+        content_type = _header(headers, b"content-type")
+        encoding = _header(headers, b"content-encoding")
+        stream = is_event_stream(content_type)
+        if (stream or is_json(content_type)) and encoding not in (None, b"identity"):
+            logger.info("abuseguard degrade: %s response is compressed; not filtered", self.path)
+        elif stream:
+            self.mode = "sse"
+            if self.apply:
+                kept = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+                message = {**message, "headers": kept}
+        elif is_json(content_type):
+            self.mode = "json"
+            if self.apply:
+                self.held_start = message  # its Content-Length waits for the filtered body
+                return
+        await self.send(message)
+
+    async def _stream_body(self, message: Message) -> None:
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        out = self.stream.feed(chunk) if chunk else b""
+        if not more:
+            out += self.stream.close()
+        self.withheld = self.stream.withheld
+        if not self.apply:
+            await self.send(message)
+        elif out or not more:  # a chunk without a complete event sends nothing yet
+            await self.send({"type": "http.response.body", "body": out, "more_body": more})
+
+    async def _json_body(self, message: Message) -> None:
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        self.body.append(chunk)
+        size = sum(len(part) for part in self.body)
+        if size > self.limit:
+            logger.info(
+                "abuseguard degrade: %s response over %d bytes; not filtered", self.path, self.limit
+            )
+            self.mode = ""
+            if self.apply:
+                await self._release_start(None)
+                await self.send(
+                    {"type": "http.response.body", "body": b"".join(self.body), "more_body": more}
+                )
+            else:
+                await self.send(message)
+            self.body = []
+            return
+        if more:
+            if not self.apply:
+                await self.send(message)
+            return
+        raw = b"".join(self.body)
+        self.body = []
+        filtered = filter_json_body(raw)
+        if filtered is not None:
+            self.withheld += len(raw) - len(filtered)
+        if not self.apply:
+            await self.send(message)
+            return
+        await self._release_start(None if filtered is None else len(filtered))
+        await self.send(
+            {
+                "type": "http.response.body",
+                "body": raw if filtered is None else filtered,
+                "more_body": False,
+            }
+        )
+
+    async def _release_start(self, length: int | None) -> None:
+        start = self.held_start
+        if start is None:
+            return
+        self.held_start = None
+        if length is not None:
+            value = str(length).encode()
+            headers = [
+                (k, value if k.lower() == b"content-length" else v)
+                for k, v in start.get("headers") or ()
+            ]
+            start = {**start, "headers": headers}
+        await self.send(start)
+
+
+__all__ = [
+    "REASONING_EFFORTS",
+    "DegradeContext",
+    "DegradeOptions",
+    "DegradeStep",
+    "StreamFilter",
+    "endpoint_of",
+    "filter_json_body",
+    "rewrite_body",
+    "rewrite_request",
+    "serve_degraded",
+    "strip_reasoning",
+]
