@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from abuseguard import Guard, NetworkPolicy, Policy, RequestInfo, Scoring, TokenBucket
+from abuseguard import Guard, NetworkPolicy, Policy, RequestInfo, Scoring
 from abuseguard.decision import RISK_REASONS
 from abuseguard.engine import kernels, signals
 from abuseguard.engine import layout as L
@@ -73,8 +73,8 @@ def test_no_offset_is_typed_in_by_hand() -> None:
 
 def test_table_widths_hold_their_sketches() -> None:
     assert L.KEY_WIDTH == L.KEY_FIELDS
-    assert L.NET_WIDTH == L.NET_FIELDS + L.sketch_words(L.NET_SKETCHES, L.NET_SKETCH_M)
-    assert L.ACC_WIDTH == L.ACC_FIELDS + L.sketch_words(L.KEY_SKETCHES, L.KEY_SKETCH_M)
+    assert L.NET_FIELDS + L.sketch_words(L.NET_SKETCHES, L.NET_SKETCH_M) == L.NET_WIDTH
+    assert L.ACC_FIELDS + L.sketch_words(L.KEY_SKETCHES, L.KEY_SKETCH_M) == L.ACC_WIDTH
     assert L.A_EST + L.KEY_SKETCHES <= L.A_RING
 
 
@@ -103,10 +103,10 @@ def test_the_state_vector_holds_every_region_without_overlap() -> None:
 
 def test_signal_declarations_feed_the_names_weights_weak_set_and_reasons() -> None:
     names = tuple(s.name for s in signals.SIGNALS)
-    assert L.SIGNAL_NAMES == names
-    assert L.N_SIGNALS == len(names)
+    assert names == L.SIGNAL_NAMES
+    assert len(names) == L.N_SIGNALS
     assert dict(DEFAULT_WEIGHTS) == {s.name: s.weight for s in signals.SIGNALS}
-    assert DEFAULT_WEAK_SIGNALS == {s.name for s in signals.SIGNALS if s.weak}
+    assert {s.name for s in signals.SIGNALS if s.weak} == DEFAULT_WEAK_SIGNALS
     assert RISK_REASONS[: len(names)] == names
     slots = {getattr(L, n) for n in dir(L) if n.startswith("S_") and n != "SIGNAL_NAMES"}
     assert slots == set(range(L.N_SIGNALS))
