@@ -191,3 +191,14 @@ def test_decide_with_writes_each_input_where_it_is_declared() -> None:
         stored = iv[offset] if vector == "iv" else engine.io[offset]
         assert stored == values[name], name
     assert engine.last_kernel_inputs()[1:-1] == tuple(inputs[1:-1])
+
+
+def test_the_kernel_cache_is_keyed_by_the_layout_signals_and_bucket_rules() -> None:
+    """Numba freezes layout offsets, signal slots and the bucket rules into the compiled
+    kernels; its on-disk cache must not hand back a kernel built from older ones."""
+    kernels.warm_up()
+    dispatcher: Any = kernels.decide_with
+    key = dispatcher._cache._index_key(dispatcher.signatures[0], dispatcher.targetctx.codegen())
+    assert kernels.ENGINE_SOURCES_HASH in key
+    for dispatcher in (kernels.record_outcome, kernels.charge, kernels.decide):
+        assert isinstance(dispatcher._cache, kernels._EngineCache)

@@ -10,15 +10,19 @@ in preallocated arrays; nothing is allocated per call.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numba import njit, types
+from numba.core.caching import FunctionCache
+from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
-from abuseguard.engine import bucket_rules
+from abuseguard.engine import bucket_rules, signals
 from abuseguard.engine import layout as L
 
 _U1 = np.uint64(1)
@@ -887,6 +891,28 @@ def decide_with(
     prm[L.P_SCORING] = scoring
     plain: bool = io[L.O_ACTION] == 0.0 and io[L.O_DENIED_KINDS] == 0.0 and io[L.O_BANNED] == 0.0
     return plain
+
+
+_FunctionCache: Any = FunctionCache
+
+
+class _EngineCache(_FunctionCache):  # type: ignore[misc]
+    """Numba's on-disk cache, keyed also by the engine modules the kernels read at compile
+    time: Numba keys a cached kernel by its own file and bytecode only, so an edited layout
+    offset, signal declaration or bucket rule would otherwise load a stale kernel."""
+
+    def _index_key(self, sig: Any, codegen: Any) -> Any:
+        key: tuple[Any, ...] = _FunctionCache._index_key(self, sig, codegen)
+        return (*key, ENGINE_SOURCES_HASH)
+
+
+ENGINE_SOURCES_HASH = hashlib.sha256(
+    b"".join(Path(m.__file__ or "").read_bytes() for m in (L, signals, bucket_rules))
+).hexdigest()
+for _kernel in [v for v in globals().values() if isinstance(v, Dispatcher)]:
+    if type(getattr(_kernel, "_cache", None)) is FunctionCache:
+        kernel: Any = _kernel
+        kernel._cache = _EngineCache(kernel.py_func)
 
 
 def state_layout(rows: tuple[int, ...]) -> tuple[list[tuple[int, int]], int]:
