@@ -167,16 +167,16 @@ def test_kernel_risk_scaled_refill_matches_the_python_rule(
         coupling_score = float(key[0, L.F_COUPLING_SCORE])
         if not strong:
             assert coupling_score == 0.0  # weak signals alone leave the refill alone
-        model.rate = rate * risk_refill_factor(coupling_score, coupling, floor, min_factor)
+        model.rate = rate * risk_refill_factor(coupling_score, floor, coupling, min_factor)
         admitted = model.take(ts, cost)
         assert (engine.io[L.O_DENIED_KINDS] == 0.0) == admitted, (ts, cost, model)
         assert key[0, L.F_TOKENS] == pytest.approx(model.tokens, rel=1e-9, abs=1e-9)
 
 
 def test_risk_refill_factor_examples() -> None:
-    assert risk_refill_factor(0.3, 0.8, 0.3, 0.1) == 1.0  # at the floor: untouched
-    assert risk_refill_factor(0.65, 0.8, 0.3, 0.1) == pytest.approx(0.6)
-    assert risk_refill_factor(1.0, 1.0, 0.3, 0.1) == 0.1  # never below the floor factor
+    assert risk_refill_factor(0.3, 0.3, 0.8, 0.1) == 1.0  # at the floor: untouched
+    assert risk_refill_factor(0.65, 0.3, 0.8, 0.1) == pytest.approx(0.6)
+    assert risk_refill_factor(1.0, 0.3, 1.0, 0.1) == 0.1  # never below the floor factor
 
 
 @settings(max_examples=60, deadline=None)
@@ -221,7 +221,8 @@ def test_kernel_nat_multiplier_matches_the_python_rule(
         ts += gap
         # Account n is key row n and account row n; all share IP row 0.
         _kernel_call(engine, account, 0, account, ts, cost, 1.0 if eligible else 0.0)
-        multiplier = nat_multiplier(float(engine.io[L.O_FANIN]), eligible, per_account, nat_max)
+        fan_in = float(engine.io[L.O_FANIN])
+        multiplier = nat_multiplier(fan_in, per_account, nat_max) if eligible else 1.0
         model.rate, model.burst = rate * multiplier, burst * multiplier
         admitted = model.take(ts, cost)
         assert (engine.io[L.O_DENIED_KINDS] == 0.0) == admitted, (ts, account, cost, model)
@@ -229,7 +230,6 @@ def test_kernel_nat_multiplier_matches_the_python_rule(
 
 
 def test_nat_multiplier_examples() -> None:
-    assert nat_multiplier(1.0, True, 0.5, 50.0) == 1.0  # one account: no growth
-    assert nat_multiplier(5.0, True, 0.5, 50.0) == 3.0
-    assert nat_multiplier(5.0, False, 0.5, 50.0) == 1.0  # not an eyeball network
-    assert nat_multiplier(500.0, True, 0.5, 50.0) == 50.0
+    assert nat_multiplier(1.0, 0.5, 50.0) == 1.0  # one account: no growth
+    assert nat_multiplier(5.0, 0.5, 50.0) == 3.0
+    assert nat_multiplier(500.0, 0.5, 50.0) == 50.0

@@ -11,32 +11,31 @@ from __future__ import annotations
 
 
 def risk_refill_factor(
-    coupling_score: float, coupling: float, risk_floor: float, min_factor: float
+    coupling_score: float, risk_floor: float, risk_coupling: float, min_refill_factor: float
 ) -> float:
     """The share of the key bucket's refill rate left at this risk.
 
     ``coupling_score`` is the smoothed score while a strong signal holds, else 0
     (`layout.F_COUPLING_SCORE`). Scores up to ``risk_floor`` leave the refill alone; above
-    it the factor falls linearly with ``coupling`` per unit of risk above the floor
-    (rescaled to 0..1), and never below ``min_factor``. With the policy's
-    `TokenBucket.risk_coupling`, `risk_floor` and `min_refill_factor`."""
+    it the factor falls linearly by ``risk_coupling`` per unit of risk above the floor
+    (rescaled to 0..1), and never below ``min_refill_factor``: the policy's
+    `TokenBucket.risk_floor`, `risk_coupling` and `min_refill_factor`."""
     factor = 1.0
     risk = coupling_score - risk_floor
     if risk > 0.0:
-        factor = 1.0 - coupling * risk / (1.0 - risk_floor)
-    if factor < min_factor:
-        factor = min_factor
+        factor = 1.0 - risk_coupling * risk / (1.0 - risk_floor)
+    if factor < min_refill_factor:
+        factor = min_refill_factor
     return factor
 
 
-def nat_multiplier(fan_in: float, eligible: bool, per_account: float, nat_max: float) -> float:
-    """How much an IP's or prefix's bucket (rate and burst) grows with the distinct
-    accounts behind it: ``1 + per_account * (fan_in - 1)``, at most ``nat_max``; 1 when the
-    network is not eligible (`NetworkProfile.nat_eligible`) or one account at most is seen.
-    ``per_account`` is 0 when `NetworkPolicy.nat_fairness` is off."""
-    multiplier = 1.0
-    if eligible and fan_in > 1.0:
-        multiplier = 1.0 + per_account * (fan_in - 1.0)
-        if multiplier > nat_max:
-            multiplier = nat_max
-    return multiplier
+def nat_multiplier(fan_in: float, per_account: float, most: float) -> float:
+    """How much the bucket (rate and burst) of a NAT-eligible IP or prefix grows with the
+    ``fan_in`` distinct accounts behind it: ``1 + per_account * (fan_in - 1)``, at most
+    ``most`` (`NetworkPolicy.nat_max`); ``per_account`` is 0 when
+    `NetworkPolicy.nat_fairness` is off. The caller checks the eligibility
+    (`NetworkProfile.nat_eligible`)."""
+    if fan_in <= 1.0:
+        return 1.0
+    multiplier = 1.0 + per_account * (fan_in - 1.0)
+    return most if multiplier > most else multiplier

@@ -588,11 +588,11 @@ def bucket_stage(
     Writes the limit outputs and the reasons."""
     load = io[L.X_LOAD]
     risk_factor = _risk_refill_factor(
-        coupling_score, prm[L.P_COUPLING], prm[L.P_RISK_FLOOR], prm[L.P_MIN_FACTOR]
+        coupling_score, prm[L.P_RISK_FLOOR], prm[L.P_COUPLING], prm[L.P_MIN_FACTOR]
     )
-    nat_multiplier = _nat_multiplier(
-        fan_in, io[L.X_NAT_ELIGIBLE] != 0.0, prm[L.P_NAT_PER_ACCOUNT], prm[L.P_NAT_MAX]
-    )
+    nat_multiplier = 1.0
+    if io[L.X_NAT_ELIGIBLE] != 0.0:
+        nat_multiplier = _nat_multiplier(fan_in, prm[L.P_NAT_PER_ACCOUNT], prm[L.P_NAT_MAX])
     denied = 0
     retry = 0.0
     tight_kind = -1
