@@ -17,6 +17,7 @@ from typing import Literal
 from abuseguard.config_check import check_fields
 from abuseguard.decision import Action
 from abuseguard.degrade import DegradeOptions
+from abuseguard.engine import signals
 from abuseguard.errors import ConfigError
 from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import DEFAULT_PROXY_HEADER, PROXY_HEADERS
@@ -383,32 +384,14 @@ class NetworkPolicy:
                 )
 
 
-DEFAULT_WEIGHTS: Mapping[str, float] = {
-    "volume": 1.5,
-    "burst": 0.8,
-    "cadence": 1.5,
-    "client": 2.2,
-    "persona": 2.0,
-    "anonymizer": 3.0,
-    "geo": 2.0,
-    "fan_in": 4.0,
-    "fan_out": 3.0,
-    "errors": 1.2,
-    "impatience": 2.5,
-    "template": 0.8,
-    "shared_template": 1.6,
-    "elicitation": 2.5,
-    "prior": 3.0,
-}
-
-# Signals an honest client can raise on its own: using its allowance (volume, burst), a
-# regular backend's cadence, its client software (client, persona), reusing its own prompt
-# shape (template), errors, where it lives (geo). Alone they may log or delay a request,
-# never refuse it: a denial needs a strong signal (anonymizer, fan-in, fan-out,
-# impatience, shared template, elicitation, prior).
-DEFAULT_WEAK_SIGNALS: frozenset[str] = frozenset(
-    {"volume", "burst", "cadence", "client", "persona", "geo", "errors", "template"}
-)
+# The signals, their default weights and which are weak are declared once, in
+# `engine.signals`. Weak: what an honest client can raise on its own (using its
+# allowance, a regular backend's cadence, its client software, reusing its own prompt
+# shape, errors, where it lives); alone they may log or delay a request, never refuse it:
+# a denial needs a strong signal (anonymizer, fan-in, fan-out, impatience, shared
+# template, elicitation, prior).
+DEFAULT_WEIGHTS: Mapping[str, float] = signals.DEFAULT_WEIGHTS
+DEFAULT_WEAK_SIGNALS: frozenset[str] = signals.DEFAULT_WEAK_SIGNALS
 
 DEFAULT_CLIENT_RISK: Mapping[str, float] = {
     "empty": 0.9,

@@ -101,20 +101,14 @@ class Engine:
         request's inputs (the benchmarks). ``scored`` is not kept: False only when that
         request came from an allow-listed network. Python ints and floats, as a guard
         passes them."""
-        ints = kernels.vector(self.state, L.REGION_IV, L.N_INT_INPUTS).view(np.int64).tolist()
-        floats = self.io.tolist()
-        rows = ints[L.I_ROW : L.I_ROW + L.N_KINDS]
-        return (
-            self.state,
-            *rows,
-            ints[L.I_COUNTRY],
-            ints[L.I_SIMHASH],
-            ints[L.I_TEMPLATE_ID],
-            ints[L.I_UA_CLASS],
-            ints[L.I_ACC_ROW],
-            *floats[L.X_TS : L.X_NAT_ELIGIBLE + 1],
-            scored,
-        )
+        vectors = {
+            "iv": kernels.vector(self.state, L.REGION_IV, L.N_INT_INPUTS).view(np.int64).tolist(),
+            "io": self.io.tolist(),
+        }
+        inputs = [
+            scored if vec == "flag" else vectors[vec][offset] for _, vec, offset in L.KERNEL_INPUTS
+        ]
+        return (self.state, *inputs)
 
     @property
     def nbytes(self) -> int:

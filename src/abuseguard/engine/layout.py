@@ -6,9 +6,42 @@ token bucket, the count); the key table adds the behaviour the score reads, the 
 tables a fan-in sketch, the account table what only accounts need (prompt rings, fan-out
 sketches). Sketches are stored as bytes at the end of a row (viewed as uint8 in the
 kernel). Indices are plain ints so that Numba treats them as compile-time constants.
+
+No offset is worked out by hand: each row, vector and parameter list is declared as a
+list of fields, and `allocate` hands out consecutive offsets (a field of several words
+names its size) and records them, so that tests/test_layout.py checks that no two fields
+overlap, that each constant is the offset of the field of its name, and that every
+region fits its table or vector. Numba freezes these ints into the compiled kernels, and
+its on-disk cache is keyed by kernels.py alone: a change here must come with a touch of
+kernels.py (any edit) or a cleared ``__pycache__``.
 """
 
 from __future__ import annotations
+
+from abuseguard.engine.signals import RAMPS, SIGNALS, signal_index
+
+# What `allocate` handed out: region -> [(constant name, offset, size)], in order.
+DECLARED: dict[str, list[tuple[str, int, int]]] = {}
+
+
+def allocate(
+    region: str, prefix: str, *spec: str | tuple[str, int], start: int = 0
+) -> tuple[int, ...]:
+    """Consecutive offsets for the fields of ``region`` from ``start``, then the end.
+
+    A field is a name (one word) or ``(name, size)``; its constant is
+    ``<prefix>_<NAME>``. ``F_A, F_B, END = allocate("row", "F", "a", ("b", 4))`` gives
+    ``F_A = 0, F_B = 1, END = 5``."""
+    fields = DECLARED.setdefault(region, [])
+    offsets = []
+    offset = start
+    for item in spec:
+        name, size = (item, 1) if isinstance(item, str) else item
+        fields.append((f"{prefix}_{name.upper()}", offset, size))
+        offsets.append(offset)
+        offset += size
+    return (*offsets, offset)
+
 
 # Identity kinds, one table each.
 KIND_KEY = 0  # the main identity: account / API key hash, or the client IP
@@ -20,60 +53,88 @@ N_KINDS = 5
 KIND_NAMES = ("key", "ip", "prefix", "asn", "persona")
 KIND_ACCOUNT = N_KINDS  # names the account table where a table is chosen by kind
 
-# Fields every row has (key and network tables).
-F_LAST_SEEN = 0  # ts of the last request; 0.0 marks an empty row
-F_TOKENS = 1
-F_BUCKET_TS = 2
-F_COUNT = 3
-F_FIRST_SEEN = 4
-ROW_FIELDS = 5
+# Fields every row has (key and network tables). F_LAST_SEEN: ts of the last request;
+# 0.0 marks an empty row.
+F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate(
+    "row", "F", "last_seen", "tokens", "bucket_ts", "count", "first_seen"
+)
 
 # Key table: the behaviour of one identity, which the score reads. An anonymous client
 # (an IP flood) costs this one narrow row and nothing else.
-F_RATE_SHORT = 5  # EWMA of request rate (1/s), short horizon
-F_RATE_LONG = 6  # EWMA of request rate (1/s), long horizon: the identity's own baseline
-F_LIA_MEAN = 7  # EWMA of log inter-arrival time
-F_LIA_VAR = 8  # EWMA of its squared deviation
-F_ERR = 9  # EWMA share of 4xx/5xx outcomes
-F_SCORE = 10  # smoothed risk score, decays toward 0 while idle
-F_LEVEL = 11  # enforcement ladder level (index into the ladder), with hysteresis
-F_BANNED_UNTIL = 12
-F_WAIT_UNTIL = 13  # the client was told to come back at this time (Retry-After)
-F_IMPATIENCE = 14  # EWMA share of requests sent before WAIT_UNTIL
-F_PRIOR = 15  # risk prior written by the background lane (0..1)
-F_IA_COUNT = 16  # inter-arrival samples behind F_LIA_MEAN / F_LIA_VAR
-F_STRONG_UNTIL = 17  # a strong signal was seen: denials and risk coupling allowed until then
-F_COUPLING_SCORE = 18  # the smoothed score while F_STRONG_UNTIL holds, else 0 (bucket refill)
-KEY_FIELDS = 19
+(
+    F_RATE_SHORT,  # EWMA of request rate (1/s), short horizon
+    F_RATE_LONG,  # EWMA of request rate (1/s), long horizon: the identity's own baseline
+    F_LIA_MEAN,  # EWMA of log inter-arrival time
+    F_LIA_VAR,  # EWMA of its squared deviation
+    F_ERR,  # EWMA share of 4xx/5xx outcomes
+    F_SCORE,  # smoothed risk score, decays toward 0 while idle
+    F_LEVEL,  # enforcement ladder level (index into the ladder), with hysteresis
+    F_BANNED_UNTIL,
+    F_WAIT_UNTIL,  # the client was told to come back at this time (Retry-After)
+    F_IMPATIENCE,  # EWMA share of requests sent before WAIT_UNTIL
+    F_PRIOR,  # risk prior written by the background lane (0..1)
+    F_IA_COUNT,  # inter-arrival samples behind F_LIA_MEAN / F_LIA_VAR
+    F_STRONG_UNTIL,  # a strong signal was seen: denials and risk coupling allowed until then
+    F_COUPLING_SCORE,  # the smoothed score while F_STRONG_UNTIL holds, else 0 (bucket refill)
+    KEY_FIELDS,
+) = allocate(
+    "key",
+    "F",
+    "rate_short",
+    "rate_long",
+    "lia_mean",
+    "lia_var",
+    "err",
+    "score",
+    "level",
+    "banned_until",
+    "wait_until",
+    "impatience",
+    "prior",
+    "ia_count",
+    "strong_until",
+    "coupling_score",
+    start=ROW_FIELDS,
+)
 
 # Network tables (IP, prefix, ASN, persona): a count of distinct accounts (fan-in).
-F_SKETCH_EPOCH = 5
-F_SKETCH_EST = 6  # cached distinct-account estimate of the row's sketch
-NET_FIELDS = 7
-
-# The account table holds what only accounts need: the repeat rate of prompt templates,
-# a ring of recent SimHashes and their template ids, and the fan-out sketches with their
-# cached estimates.
-A_EPOCH = 0  # sketch epoch of the fan-out sketches
-A_TEMPLATE = 1  # EWMA share of prompts that repeat a recent template
-A_RING_POS = 2
-A_EST = 3  # A_EST + SK_*: cached fan-out estimates (ips, prefixes, asns, countries)
-A_RING = 7  # recent SimHashes (int64 bit patterns)
-RING_SIZE = 8
-A_TRING = A_RING + RING_SIZE  # the template ids of the same requests
-ACC_FIELDS = A_TRING + RING_SIZE
+# F_SKETCH_EST caches the distinct-account estimate of the row's sketch.
+F_SKETCH_EPOCH, F_SKETCH_EST, NET_FIELDS = allocate(
+    "net", "F", "sketch_epoch", "sketch_est", start=ROW_FIELDS
+)
 
 # Sketches. The key table counts distinct IPs, prefixes, ASNs and countries (fan-out);
 # every other table counts distinct accounts (fan-in). Each sketch is two rotating halves
 # of m one-byte registers; the estimate is over their union (a sliding horizon).
-SK_IPS = 0
-SK_PREFIXES = 1
-SK_ASNS = 2
-SK_COUNTRIES = 3
-KEY_SKETCHES = 4
+SK_IPS, SK_PREFIXES, SK_ASNS, SK_COUNTRIES, KEY_SKETCHES = allocate(
+    "fan_out_sketches", "SK", "ips", "prefixes", "asns", "countries"
+)
 KEY_SKETCH_M = 32  # standard error 1.04/sqrt(32) = 18%
 NET_SKETCHES = 1
 NET_SKETCH_M = 64  # standard error 1.04/sqrt(64) = 13%
+RING_SIZE = 8
+
+# The account table holds what only accounts need: the repeat rate of prompt templates,
+# a ring of recent SimHashes and their template ids, and the fan-out sketches with their
+# cached estimates.
+(
+    A_EPOCH,  # sketch epoch of the fan-out sketches
+    A_TEMPLATE,  # EWMA share of prompts that repeat a recent template
+    A_RING_POS,
+    A_EST,  # A_EST + SK_*: cached fan-out estimates (ips, prefixes, asns, countries)
+    A_RING,  # recent SimHashes (int64 bit patterns)
+    A_TRING,  # the template ids of the same requests
+    ACC_FIELDS,
+) = allocate(
+    "acc",
+    "A",
+    "epoch",
+    "template",
+    "ring_pos",
+    ("est", KEY_SKETCHES),
+    ("ring", RING_SIZE),
+    ("tring", RING_SIZE),
+)
 
 
 def sketch_words(n_sketches: int, m: int) -> int:
@@ -85,157 +146,229 @@ ACC_WIDTH = ACC_FIELDS + sketch_words(KEY_SKETCHES, KEY_SKETCH_M)
 NET_WIDTH = NET_FIELDS + sketch_words(NET_SKETCHES, NET_SKETCH_M)
 
 # Integer inputs (int64 vector): rows in each table (-1 when absent), then values to count.
-I_ROW = 0  # I_ROW + kind
-I_COUNTRY = 5  # two ASCII letters packed, 0 when unknown
-I_SIMHASH = 6
-I_TEMPLATE_ID = 7
-I_UA_CLASS = 8
-I_HAS_ACCOUNT = 9
-I_ACC_ROW = 10  # row in the account table, -1 for anonymous clients
-N_INT_INPUTS = 11
+(
+    I_ROW,  # I_ROW + kind
+    I_COUNTRY,  # two ASCII letters packed, 0 when unknown
+    I_SIMHASH,
+    I_TEMPLATE_ID,
+    I_UA_CLASS,
+    I_HAS_ACCOUNT,
+    I_ACC_ROW,  # row in the account table, -1 for anonymous clients
+    N_INT_INPUTS,
+) = allocate(
+    "int_inputs",
+    "I",
+    ("row", N_KINDS),
+    "country",
+    "simhash",
+    "template_id",
+    "ua_class",
+    "has_account",
+    "acc_row",
+)
+
+# Signals, in contribution order (declared in `signals`); each has a weight in the
+# parameters, a slot in the io vector and a reason bit.
+N_SIGNALS = len(SIGNALS)
+SIGNAL_NAMES = tuple(s.name for s in SIGNALS)
+S_VOLUME = signal_index("volume")
+S_BURST = signal_index("burst")
+S_CADENCE = signal_index("cadence")
+S_CLIENT = signal_index("client")
+S_PERSONA = signal_index("persona")
+S_ANON = signal_index("anonymizer")
+S_GEO = signal_index("geo")
+S_FAN_IN = signal_index("fan_in")
+S_FAN_OUT = signal_index("fan_out")
+S_ERRORS = signal_index("errors")
+S_IMPATIENCE = signal_index("impatience")
+S_TEMPLATE = signal_index("template")
+S_SHARED_TEMPLATE = signal_index("shared_template")
+S_ELICIT = signal_index("elicitation")
+S_PRIOR = signal_index("prior")
+# Reason bits: the signals first (bit = signal index, room for MAX_SIGNALS), then
+# limit/other reasons.
+MAX_SIGNALS = 20
+R_RATE, R_BANNED, N_REASON_BITS = allocate("reason_bits", "R", "rate", "banned", start=MAX_SIGNALS)
 
 # Float inputs/outputs (one float64 vector, inputs first).
-X_TS = 0
-X_COST = 1
-X_LOAD = 2  # refill factor from server load, 0..1
-X_ANON = 3  # anonymizer signal 0..1 (graded, policy-weighted)
-X_GEO = 4  # country signal 0..1
-X_PERSONA = 5  # persona mismatch 0..1
-X_ELICIT = 6  # reasoning-elicitation strength 0..1
-X_HAS_CONTENT = 7
-X_NET_DISTRUST = 8  # 1 on hosting/anonymized networks, lower on eyeball networks
-X_NAT_ELIGIBLE = 9  # 1 when an IP/prefix may grow its ceiling with its account count
-N_FLOAT_INPUTS = 10
-
-O_ACTION = 10  # ladder level chosen (index into the ladder); -1 for a limit denial
-O_SCORE = 11
-O_REASONS = 12  # bitmask of REASON_BITS
-O_RETRY_AFTER = 13
-O_REMAINING = 14  # tokens left in the key bucket
-O_RESET = 15  # seconds until the key bucket is full again
-O_DENIED_KINDS = 16  # bitmask of kinds whose bucket could not afford the request
-O_TIGHTEST_KIND = 17  # kind of the bucket with the least room (for headers)
-O_TIGHT_REMAINING = 18
-O_TIGHT_RESET = 19
-O_FANIN = 20  # largest distinct-account estimate across network kinds
-O_FANOUT_IPS = 21
-O_FANOUT_ASNS = 22
-O_FANOUT_COUNTRIES = 23
-O_BANNED = 24
-O_CONTRIB = 25  # one slot per signal
-IO_SIZE = O_CONTRIB + 16
-
-# Signals, in contribution order; each has a weight in the parameters.
-S_VOLUME = 0
-S_BURST = 1
-S_CADENCE = 2
-S_CLIENT = 3
-S_PERSONA = 4
-S_ANON = 5
-S_GEO = 6
-S_FAN_IN = 7
-S_FAN_OUT = 8
-S_ERRORS = 9
-S_IMPATIENCE = 10
-S_TEMPLATE = 11
-S_SHARED_TEMPLATE = 12
-S_ELICIT = 13
-S_PRIOR = 14
-N_SIGNALS = 15
-SIGNAL_NAMES = (
-    "volume",
-    "burst",
-    "cadence",
-    "client",
-    "persona",
-    "anonymizer",
+(
+    X_TS,
+    X_COST,
+    X_LOAD,  # refill factor from server load, 0..1
+    X_ANON,  # anonymizer signal 0..1 (graded, policy-weighted)
+    X_GEO,  # country signal 0..1
+    X_PERSONA,  # persona mismatch 0..1
+    X_ELICIT,  # reasoning-elicitation strength 0..1
+    X_HAS_CONTENT,
+    X_NET_DISTRUST,  # 1 on hosting/anonymized networks, lower on eyeball networks
+    X_NAT_ELIGIBLE,  # 1 when an IP/prefix may grow its ceiling with its account count
+    N_FLOAT_INPUTS,
+) = allocate(
+    "io",
+    "X",
+    "ts",
+    "cost",
+    "load",
+    "anon",
     "geo",
-    "fan_in",
-    "fan_out",
-    "errors",
-    "impatience",
-    "template",
-    "shared_template",
-    "elicitation",
-    "prior",
+    "persona",
+    "elicit",
+    "has_content",
+    "net_distrust",
+    "nat_eligible",
 )
-# Reason bits: the signals first (bit = signal index), then limit/other reasons.
-R_RATE = 20
-R_BANNED = 21
+(
+    O_ACTION,  # ladder level chosen (index into the ladder); -1 for a limit denial
+    O_SCORE,
+    O_REASONS,  # bitmask of reason bits (signals, R_*)
+    O_RETRY_AFTER,
+    O_REMAINING,  # tokens left in the key bucket
+    O_RESET,  # seconds until the key bucket is full again
+    O_DENIED_KINDS,  # bitmask of kinds whose bucket could not afford the request
+    O_TIGHTEST_KIND,  # kind of the bucket with the least room (for headers)
+    O_TIGHT_REMAINING,
+    O_TIGHT_RESET,
+    O_FANIN,  # largest distinct-account estimate across network kinds
+    O_FANOUT_IPS,
+    O_FANOUT_ASNS,
+    O_FANOUT_COUNTRIES,
+    O_BANNED,
+    O_CONTRIB,  # one slot per signal: its value while scoring, then its contribution
+    IO_SIZE,
+) = allocate(
+    "io",
+    "O",
+    "action",
+    "score",
+    "reasons",
+    "retry_after",
+    "remaining",
+    "reset",
+    "denied_kinds",
+    "tightest_kind",
+    "tight_remaining",
+    "tight_reset",
+    "fanin",
+    "fanout_ips",
+    "fanout_asns",
+    "fanout_countries",
+    "banned",
+    ("contrib", N_SIGNALS),
+    start=N_FLOAT_INPUTS,
+)
+
+N_CLIENT_CLASSES = 8
+MAX_LADDER = 8
 
 # Parameters (float64 vector).
-P_BUCKET = 0  # P_BUCKET + 2*kind: rate (tokens/s), P_BUCKET + 2*kind + 1: burst (0 = none)
-P_COUPLING = 10  # how far risk scales refill down: factor = 1 - coupling * score
-P_MIN_FACTOR = 11  # floor of the refill factor
-P_TAU_SHORT = 12
-P_TAU_LONG = 13
-P_ALPHA_IA = 14  # EWMA weight for inter-arrival stats
-P_MIN_EVENTS = 15  # events before cadence/volume/errors signals count
-P_VOLUME_LO = 16
-P_VOLUME_HI = 17
-P_BURST_LO = 18
-P_BURST_HI = 19
-P_CADENCE_LO = 20  # std of log inter-arrival at which the cadence signal is full
-P_CADENCE_HI = 21  # ... and at which it is zero
-P_FANIN_LO = 22
-P_FANIN_HI = 23
-P_FANOUT_ASN_LO = 24
-P_FANOUT_ASN_HI = 25
-P_FANOUT_CC_LO = 26
-P_FANOUT_CC_HI = 27
-P_FANOUT_PFX_LO = 28
-P_FANOUT_PFX_HI = 29
-P_ERR_LO = 30
-P_ERR_HI = 31
-P_IMPATIENCE_LO = 32
-P_IMPATIENCE_HI = 33
-P_TEMPLATE_LO = 34
-P_TEMPLATE_HI = 35
-P_SHARED_LO = 36
-P_SHARED_HI = 37
-P_SCORE_ALPHA = 38  # weight of the newest score in the smoothed score
-P_SCORE_HALF_LIFE = 39  # idle decay of the smoothed score (forgiveness), seconds
-P_HYSTERESIS = 40
-P_BIAS = 41
-P_WEIGHTS = 42  # P_WEIGHTS + signal
-P_CLIENT_RISK = 57  # P_CLIENT_RISK + ua class (8 classes)
-P_LADDER_N = 65
-P_LADDER = 66  # thresholds of ladder levels 1..N (level 0 = allow), up to 8
-P_BAN_LEVEL = 74  # ladder level at which a ban starts (0 = never)
-P_BAN_SECONDS = 75
-P_HORIZON = 76  # sketch horizon in seconds (two halves)
-P_NAT_PER_ACCOUNT = 77  # extra ceiling share per distinct account on eligible networks
-P_NAT_MAX = 78  # cap of the NAT multiplier
-P_REASON_MIN = 79  # contribution a signal needs to be named as a reason
-P_CMS_HALF_LIFE = 80
-P_HAMMING = 81  # SimHash distance under which two prompts share a template
-P_SCORING = 82  # 1 when risk scoring is on
-P_ERR_ALPHA = 83
-P_LADDER_SERVES = 84  # per ladder level 0..8: 1 when that level's action serves the request
-P_RISK_FLOOR = 93  # smoothed scores below this leave the refill alone
-P_BASELINE_AGE = 94  # seconds of history before the burst signal trusts the baseline
-P_FANIN_SCALE = 95  # P_FANIN_SCALE + kind: a network kind's fan-in is divided by this
-P_ALLOWANCE_RATE = 100  # the key bucket's configured rate (1 without a bucket), for volume
-P_ALLOWANCE_BURST = 101  # ... and its burst (0 without a bucket), for burst
-P_WEAK_MASK = 102  # bitmask of the weak signals (alone they never refuse); 0 = none is weak
-P_SERVING_LEVELS = 103  # the highest ladder level whose action still serves the request
-P_SHADOW_KINDS = 104  # bitmask of kinds whose bucket refusals are shadowed (served anyway)
-N_PARAMS = 105
+(
+    P_BUCKET,  # P_BUCKET + 2*kind: rate (tokens/s), P_BUCKET + 2*kind + 1: burst (0 = none)
+    P_COUPLING,  # how far risk scales refill down: factor = 1 - coupling * score
+    P_MIN_FACTOR,  # floor of the refill factor
+    P_TAU_SHORT,
+    P_TAU_LONG,
+    P_ALPHA_IA,  # EWMA weight for inter-arrival stats
+    P_MIN_EVENTS,  # events before cadence/volume/errors signals count
+    P_SCORE_ALPHA,  # weight of the newest score in the smoothed score
+    P_SCORE_HALF_LIFE,  # idle decay of the smoothed score (forgiveness), seconds
+    P_HYSTERESIS,
+    P_BIAS,
+    P_WEIGHTS,  # P_WEIGHTS + signal
+    P_CLIENT_RISK,  # P_CLIENT_RISK + ua class
+    P_LADDER_N,
+    P_LADDER,  # thresholds of ladder levels 1..N (level 0 = allow)
+    P_BAN_LEVEL,  # ladder level at which a ban starts (0 = never)
+    P_BAN_SECONDS,
+    P_HORIZON,  # sketch horizon in seconds (two halves)
+    P_NAT_PER_ACCOUNT,  # extra ceiling share per distinct account on eligible networks
+    P_NAT_MAX,  # cap of the NAT multiplier
+    P_REASON_MIN,  # contribution a signal needs to be named as a reason
+    P_CMS_HALF_LIFE,
+    P_HAMMING,  # SimHash distance under which two prompts share a template
+    P_SCORING,  # 1 when risk scoring is on
+    P_ERR_ALPHA,
+    P_LADDER_SERVES,  # per ladder level 0..MAX_LADDER: 1 when that level's action serves
+    P_RISK_FLOOR,  # smoothed scores below this leave the refill alone
+    P_BASELINE_AGE,  # seconds of history before the burst signal trusts the baseline
+    P_FANIN_SCALE,  # P_FANIN_SCALE + kind: a network kind's fan-in is divided by this
+    P_ALLOWANCE_RATE,  # the key bucket's configured rate (1 without a bucket), for volume
+    P_ALLOWANCE_BURST,  # ... and its burst (0 without a bucket), for burst
+    P_WEAK_MASK,  # bitmask of the weak signals (alone they never refuse); 0 = none is weak
+    P_SERVING_LEVELS,  # the highest ladder level whose action still serves the request
+    P_SHADOW_KINDS,  # bitmask of kinds whose bucket refusals are shadowed (served anyway)
+    P_RAMPS,  # the signals' ramps follow, (low, high) each, in the order `signals.RAMPS`
+) = allocate(
+    "params",
+    "P",
+    ("bucket", 2 * N_KINDS),
+    "coupling",
+    "min_factor",
+    "tau_short",
+    "tau_long",
+    "alpha_ia",
+    "min_events",
+    "score_alpha",
+    "score_half_life",
+    "hysteresis",
+    "bias",
+    ("weights", N_SIGNALS),
+    ("client_risk", N_CLIENT_CLASSES),
+    "ladder_n",
+    ("ladder", MAX_LADDER),
+    "ban_level",
+    "ban_seconds",
+    "horizon",
+    "nat_per_account",
+    "nat_max",
+    "reason_min",
+    "cms_half_life",
+    "hamming",
+    "scoring",
+    "err_alpha",
+    ("ladder_serves", MAX_LADDER + 1),
+    "risk_floor",
+    "baseline_age",
+    ("fanin_scale", N_KINDS),
+    "allowance_rate",
+    "allowance_burst",
+    "weak_mask",
+    "serving_levels",
+    "shadow_kinds",
+)
+# The ramp parameters: P_<RAMP>_LO, P_<RAMP>_HI per ramp declared in `signals`.
+*_ramp_offsets, N_PARAMS = allocate(
+    "params", "P", *(f"{r.param}_{end}" for r in RAMPS for end in ("lo", "hi")), start=P_RAMPS
+)
+RAMP_PARAMS: dict[str, tuple[int, int]] = {
+    r.param: (_ramp_offsets[2 * i], _ramp_offsets[2 * i + 1]) for i, r in enumerate(RAMPS)
+}
+P_VOLUME_LO, P_VOLUME_HI = RAMP_PARAMS["volume"]
+P_BURST_LO, P_BURST_HI = RAMP_PARAMS["burst"]
+P_CADENCE_LO, P_CADENCE_HI = RAMP_PARAMS["cadence"]  # spread at which the signal is full / 0
+P_FANIN_LO, P_FANIN_HI = RAMP_PARAMS["fanin"]
+P_FANOUT_ASN_LO, P_FANOUT_ASN_HI = RAMP_PARAMS["fanout_asn"]
+P_FANOUT_CC_LO, P_FANOUT_CC_HI = RAMP_PARAMS["fanout_cc"]
+P_FANOUT_PFX_LO, P_FANOUT_PFX_HI = RAMP_PARAMS["fanout_pfx"]
+P_ERR_LO, P_ERR_HI = RAMP_PARAMS["err"]
+P_IMPATIENCE_LO, P_IMPATIENCE_HI = RAMP_PARAMS["impatience"]
+P_TEMPLATE_LO, P_TEMPLATE_HI = RAMP_PARAMS["template"]
+P_SHARED_LO, P_SHARED_HI = RAMP_PARAMS["shared"]
 
 # The engine keeps every table and vector in one float64 state vector, so that the kernel
 # takes one array argument (Numba converts each array argument at ~45 ns a call). The vector
 # starts with a header: for each region, its offset and its number of rows.
-REGION_TABLES = 0  # REGION_TABLES + kind: the five identity tables
-REGION_ACC = 5
-REGION_CMS = 6
-REGION_IV = 7  # the int64 inputs (N_INT_INPUTS words, viewed as int64)
-REGION_IO = 8
-REGION_PRM = 9
-N_REGIONS = 10
+(
+    REGION_TABLES,  # REGION_TABLES + kind: the five identity tables
+    REGION_ACC,
+    REGION_CMS,
+    REGION_IV,  # the int64 inputs (N_INT_INPUTS words, viewed as int64)
+    REGION_IO,
+    REGION_PRM,
+    N_REGIONS,
+) = allocate("regions", "REGION", ("tables", N_KINDS), "acc", "cms", "iv", "io", "prm")
 HEADER_SIZE = 2 * N_REGIONS
 
-N_CLIENT_CLASSES = 8
-MAX_LADDER = 8
 CMS_DEPTH = 4
 CMS_WIDTH = 4096
 # Below the Count-Min rows (and its bookkeeping row): a bit filter of the (account,
@@ -243,3 +376,32 @@ CMS_WIDTH = 4096
 # that an account adds itself to a template's count once per sketch horizon.
 CMS_PAIR_ROWS = 16
 CMS_ROWS = CMS_DEPTH + 1 + CMS_PAIR_ROWS
+
+# The per-request inputs of `kernels.decide_with`, in the order of its arguments after the
+# state vector: (argument name, the vector it is written to, offset there). "iv" is the
+# int64 input vector, "io" the float vector; ``scored`` is a flag the kernel does not keep.
+# `kernels.warm_up` and `Engine.last_kernel_inputs` are derived from this list, and
+# tests/test_layout.py checks it against the arguments of `decide_with`.
+KERNEL_INPUTS: tuple[tuple[str, str, int], ...] = (
+    ("r_key", "iv", I_ROW + KIND_KEY),
+    ("r_ip", "iv", I_ROW + KIND_IP),
+    ("r_pfx", "iv", I_ROW + KIND_PREFIX),
+    ("r_asn", "iv", I_ROW + KIND_ASN),
+    ("r_per", "iv", I_ROW + KIND_PERSONA),
+    ("country", "iv", I_COUNTRY),
+    ("simhash", "iv", I_SIMHASH),
+    ("template_id", "iv", I_TEMPLATE_ID),
+    ("ua_class", "iv", I_UA_CLASS),
+    ("r_acc", "iv", I_ACC_ROW),
+    ("ts", "io", X_TS),
+    ("cost", "io", X_COST),
+    ("load", "io", X_LOAD),
+    ("anon", "io", X_ANON),
+    ("geo", "io", X_GEO),
+    ("persona", "io", X_PERSONA),
+    ("elicit", "io", X_ELICIT),
+    ("has_content", "io", X_HAS_CONTENT),
+    ("distrust", "io", X_NET_DISTRUST),
+    ("nat", "io", X_NAT_ELIGIBLE),
+    ("scored", "flag", -1),
+)

@@ -1,4 +1,6 @@
-"""The kernel's parameter vector, built once from a Policy."""
+"""The kernel's parameter vector, built once from a Policy: the one place the kernel's
+numbers come from. The signals' weights, weak mask and ramps follow their declarations
+(`signals.SIGNALS`); the slots are allocated in `layout`."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import numpy as np
 
 from abuseguard.decision import Action
 from abuseguard.engine import layout as L
+from abuseguard.engine.signals import SIGNALS
 from abuseguard.policy import DEFAULT_CLIENT_RISK, Policy, Scoring, TokenBucket
 
 _CLIENT_CLASS_ORDER = (
@@ -54,31 +57,24 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
     prm[L.P_ALPHA_IA] = 0.1
     prm[L.P_ERR_ALPHA] = 0.1
     prm[L.P_MIN_EVENTS] = float(scoring.min_events)
-    prm[L.P_VOLUME_LO], prm[L.P_VOLUME_HI] = scoring.volume_rate
-    prm[L.P_BURST_LO], prm[L.P_BURST_HI] = scoring.burst_ratio
-    prm[L.P_CADENCE_LO], prm[L.P_CADENCE_HI] = scoring.cadence_spread
-    prm[L.P_ERR_LO], prm[L.P_ERR_HI] = scoring.error_share
-    prm[L.P_IMPATIENCE_LO], prm[L.P_IMPATIENCE_HI] = scoring.impatience_share
-    prm[L.P_TEMPLATE_LO], prm[L.P_TEMPLATE_HI] = scoring.template_share
-    prm[L.P_SHARED_LO], prm[L.P_SHARED_HI] = scoring.shared_template_accounts
     prm[L.P_HORIZON] = scoring.sketch_horizon
     prm[L.P_CMS_HALF_LIFE] = scoring.sketch_horizon
     prm[L.P_HAMMING] = 6.0
     prm[L.P_BIAS] = scoring.bias
     prm[L.P_REASON_MIN] = scoring.reason_min
     weak_mask = 0
-    for s, name in enumerate(L.SIGNAL_NAMES):
-        prm[L.P_WEIGHTS + s] = scoring.weights[name]
-        if name in scoring.weak_signals:
+    for s, signal in enumerate(SIGNALS):
+        prm[L.P_WEIGHTS + s] = scoring.weights[signal.name]
+        if signal.name in scoring.weak_signals:
             weak_mask |= 1 << s
+        for ramp in signal.ramps:
+            lo, hi = L.RAMP_PARAMS[ramp.param]
+            section = scoring if ramp.section == "scoring" else network
+            prm[lo], prm[hi] = ramp.absent if section is None else getattr(section, ramp.field)
     prm[L.P_WEAK_MASK] = float(weak_mask)
     for c, name in enumerate(_CLIENT_CLASS_ORDER):
         prm[L.P_CLIENT_RISK + c] = scoring.client_risk.get(name, DEFAULT_CLIENT_RISK[name])
     if network is not None:
-        prm[L.P_FANIN_LO], prm[L.P_FANIN_HI] = network.fan_in
-        prm[L.P_FANOUT_ASN_LO], prm[L.P_FANOUT_ASN_HI] = network.fan_out_asns
-        prm[L.P_FANOUT_CC_LO], prm[L.P_FANOUT_CC_HI] = network.fan_out_countries
-        prm[L.P_FANOUT_PFX_LO], prm[L.P_FANOUT_PFX_HI] = network.fan_out_prefixes
         prm[L.P_NAT_PER_ACCOUNT] = network.nat_per_account if network.nat_fairness else 0.0
         prm[L.P_NAT_MAX] = network.nat_max
         for kind, scale in zip(
@@ -89,10 +85,6 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
             prm[L.P_FANIN_SCALE + kind] = scale
     else:
         prm[L.P_FANIN_SCALE : L.P_FANIN_SCALE + L.N_KINDS] = 1.0
-        prm[L.P_FANIN_LO], prm[L.P_FANIN_HI] = 1e9, 2e9
-        prm[L.P_FANOUT_ASN_LO], prm[L.P_FANOUT_ASN_HI] = 1e9, 2e9
-        prm[L.P_FANOUT_CC_LO], prm[L.P_FANOUT_CC_HI] = 1e9, 2e9
-        prm[L.P_FANOUT_PFX_LO], prm[L.P_FANOUT_PFX_HI] = 1e9, 2e9
         prm[L.P_NAT_MAX] = 1.0
 
     enforcement = policy.enforcement
