@@ -15,7 +15,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from abuseguard.backends.base import Backend, LimitSource, backend_from_uri
+from abuseguard.backends.base import (
+    UNKNOWN_LIMITS,
+    Backend,
+    LimitSource,
+    LocalDecider,
+    LocalLimits,
+    RoundTripDecider,
+    backend_from_uri,
+    require_capabilities,
+)
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.config_check import check_callables
 from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
@@ -91,6 +100,7 @@ class Guard:
             raise ConfigError("explain", f"expected a bool, got {explain!r}")
         observers = check_callables("observers", observers)
         self.backend = backend_from_uri(backend)
+        require_capabilities(self.backend)
         self.clock = clock if clock is not None else time.time
         self._now = self.clock()
         policy = self.policy
@@ -160,9 +170,14 @@ class Guard:
         )
         self._key_func = policy.key_func
         self._shared = self.backend.shared
+        # Who answers the quotas and concurrency of a decision no store answered.
+        self._own_limits: LimitSource = (
+            self.backend if isinstance(self.backend, LocalLimits) else UNKNOWN_LIMITS
+        )
+        self._round_trip = self.backend if isinstance(self.backend, RoundTripDecider) else None
         # A shared backend that decides from local state (synced mode) answers in-process.
         self._check_now: Callable[[Guard, RequestInfo], Decision] | None = (
-            getattr(self.backend, "check_now", None) if self.backend.decides_locally else None
+            self.backend.check_now if isinstance(self.backend, LocalDecider) else None
         )
         # A plain allow from the kernel is final unless a quota or a concurrency limit
         # still has to be asked.
@@ -177,11 +192,10 @@ class Guard:
         self._shadow_kinds = shadow_kinds(policy)
         params = self.engine.params
         self._level_serves = tuple(bool(params[L.P_LADDER_SERVES + i]) for i in range(9))
-        attach = getattr(self.backend, "attach", None) if self.backend.shared else None
-        if attach is not None:
-            attach(self)  # a shared backend checks the policy and precomputes its numbers
+        if self._round_trip is not None:
+            self._round_trip.attach(self)  # a shared backend checks the policy, precomputes numbers
         if self.unverified_keys is not None and self._shared:
-            from abuseguard.backends.redis_unverified import redis_budgets
+            from abuseguard.backends.redis.unverified import redis_budgets
 
             self.unverified_keys.store = redis_budgets(self.backend, self.unverified_keys)
 
@@ -568,11 +582,9 @@ class Guard:
                 return refusal
         if self._check_now is not None:
             return self._check_now(self, info)
-        shared_check = getattr(self.backend, "check", None)
-        if shared_check is None:
+        if self._round_trip is None:
             raise RuntimeError(f"{type(self.backend).__name__} cannot decide requests")
-        decision: Decision = await shared_check(self, info)
-        return decision
+        return await self._round_trip.check(self, info)
 
     def _decide(
         self,
@@ -655,15 +667,15 @@ class Guard:
         quotas_asked = False
         if action not in _DENIALS or shadow:
             if limits is None:
-                limits = self.backend  # type: ignore[assignment]
+                limits = self._own_limits
             if policy.quotas:
-                if isinstance(limits, MemoryBackend):
+                if isinstance(limits, LocalLimits):
                     # Asked now, counted below once the request is known to be served.
                     quota_result, quota_fits = self._quotas_fit(p, limits)
                     quotas_asked = True
                 else:
                     quota_states: list[PolicyState] = list(policies)
-                    quota_result = self._quotas(p, quota_states, limits)  # type: ignore[arg-type]
+                    quota_result = self._quotas(p, quota_states, limits)
                     policies = tuple(quota_states)
                 if quota_result is not None:
                     quota, reset = quota_result
@@ -689,12 +701,8 @@ class Guard:
         served = shadow or action_serves(action)
         remaining = self._settle_buckets(p, io, level, denied, served, policies, remaining)
         if quotas_asked:
-            policies = policies + self._count_quotas(
-                p,
-                limits,  # type: ignore[arg-type]
-                served,
-                quota_fits,
-            )
+            assert isinstance(limits, LocalLimits)
+            policies = policies + self._count_quotas(p, limits, served, quota_fits)
         decision = Decision(
             action=action,
             reasons=tuple(dict.fromkeys(reasons)),
@@ -784,7 +792,7 @@ class Guard:
         return left
 
     def _quotas_fit(
-        self, p: Prepared, limits: MemoryBackend
+        self, p: Prepared, limits: LocalLimits
     ) -> tuple[tuple[Quota, float] | None, list[tuple[float, float] | None]]:
         """The first quota that would refuse the request (and its reset), and per quota
         None when it admits the request, else its (remaining, reset); nothing is counted."""
@@ -805,7 +813,7 @@ class Guard:
     def _count_quotas(
         self,
         p: Prepared,
-        limits: MemoryBackend,
+        limits: LocalLimits,
         served: bool,
         fits: list[tuple[float, float] | None],
     ) -> tuple[PolicyState, ...]:
@@ -955,7 +963,7 @@ class Guard:
         counted the estimate: the key bucket, the network buckets and the by-cost quotas."""
         identity = decision.identity
         delta = cost - decision.cost
-        backend: Any = self.backend
+        backend = self.backend
         policy = self.policy
         network = policy.network
         net_keys: list[tuple[int, object]] = []
@@ -963,10 +971,8 @@ class Guard:
             net_keys = self._network_keys(info)
         if self._shared:
             backend.reconcile(identity, delta)
-            reconcile_network = getattr(backend, "reconcile_network", None)
-            if reconcile_network is not None:
-                for kind, key in net_keys:
-                    reconcile_network(kind, key, delta)
+            for kind, key in net_keys:
+                backend.reconcile_network(kind, key, delta)
         else:
             if row is not None:
                 self.engine.charge(L.KIND_KEY, row, delta)
@@ -974,9 +980,6 @@ class Guard:
                 net_row = self._tables[kind].index.get(key)
                 if net_row is not None:
                     self.engine.charge(kind, net_row, delta)
-        reconcile_quota = getattr(backend, "reconcile_quota", None)
-        if reconcile_quota is None:
-            return
         hits = max(0, round(cost)) - max(0, round(decision.cost))
         if not hits:
             return
@@ -987,10 +990,10 @@ class Guard:
                     if quota.per == "key"
                     else "i:" + self.addresses.resolve(info.ip).ip_key
                 )
-                if self._shared:
-                    reconcile_quota(index, quota, ident, hits)
+                if isinstance(backend, LocalLimits):
+                    backend.reconcile_quota(quota.limit, quota.strategy, ident, hits)
                 else:
-                    reconcile_quota(quota.limit, quota.strategy, ident, hits)
+                    backend.reconcile_shared_quota(index, quota, ident, hits)
 
     def _network_keys(self, info: RequestInfo) -> list[tuple[int, object]]:
         """The network buckets' identities of a request (kind, key), as `_run` finds them."""
@@ -1037,7 +1040,7 @@ class Guard:
         ``release=False``). The middleware calls it as the last body message goes out."""
         backend = self.backend
         for ident in decision.held:
-            backend.release(ident)  # type: ignore[attr-defined]
+            backend.release(ident)
 
     def set_prior(self, identity: str, prior: float) -> bool:
         """Background lane: a risk prior (0..1) for an identity, read by the kernel."""

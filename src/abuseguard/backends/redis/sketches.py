@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis_call import ScriptCall
+from abuseguard.backends.redis.call import ScriptCall
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:

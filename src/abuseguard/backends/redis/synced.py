@@ -4,7 +4,7 @@ shared through Redis in the background. No Redis call on a request.
 Per request (``check_now``, synchronous: ``Guard.check`` works in this mode and the
 middleware does not await it): the guard prepares the request and the in-process kernel
 scores it and applies the token buckets itself (the identity's and its network buckets),
-exactly as with the memory backend; what the kernel charged is noted (`redis_sync`). Every
+exactly as with the memory backend; what the kernel charged is noted (`sync`). Every
 ``sync_interval`` seconds (10 ms by default) a background task sends, in one pipelined
 round trip (``lua/sync.lua``, up to 256 identities per script call on one server, one
 call per identity in a Cluster), what this worker consumed per identity since its last
@@ -42,7 +42,7 @@ given at different syncs can add up to more than the shared tokens when a burst 
 the syncs); a client busy on every worker that synced it already overshoots by about
 W·(r·τ + c), a burst after an idle time gets at most b + W·c (a known client starts each
 new entry with its share of what the shared bucket refilled since its last sync, see
-`redis_sync`; tests/test_redis_security.py), and a burst sent to every worker at once,
+`sync`; tests/test_redis_security.py), and a burst sent to every worker at once,
 before any sync, by at most (W-1)·b/W (tests/test_redis_synced.py). The split can also
 refuse early:
 a share smaller than one request's cost strands it, and a worker that stopped seeing a
@@ -55,7 +55,7 @@ Not synced: window quotas and concurrency limits (refused at construction: use t
 mode), risk scores and behaviour features (per worker, as with inline). The fan-in and
 fan-out sketches count what this worker saw unless ``shared_sketches=True`` (off by default
 in this mode): then a worker's new items are added to the shared HyperLogLogs with its next
-sync and the shared estimate comes back with the answer (`redis_sketchsync`); each new item
+sync and the shared estimate comes back with the answer (`sketches`); each new item
 costs Redis a two-sketch PFCOUNT merge, several times the cost of a bucket sync (on the
 benchmark's 10,000 clients, about 24 instead of 6 µs of Redis time per request).
 
@@ -79,10 +79,11 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis import RedisBackend, check_count, check_seconds
-from abuseguard.backends.redis_pipe import load_script
-from abuseguard.backends.redis_sync import MAX_FLUSH, Syncer
-from abuseguard.backends.redis_uri import redacted
+from abuseguard.backends.base import LocalDecider
+from abuseguard.backends.redis.backend import RedisBackend, check_count, check_seconds
+from abuseguard.backends.redis.pipe import load_script
+from abuseguard.backends.redis.sync import MAX_FLUSH, Syncer
+from abuseguard.backends.redis.uri import redacted
 from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import build_params
@@ -101,7 +102,7 @@ _SYNC_TIMEOUT = 0.25
 DEFAULT_SHARE_WINDOW = 5.0
 
 
-class SyncedRedisBackend(RedisBackend):
+class SyncedRedisBackend(RedisBackend, LocalDecider):
     """The Redis backend in synced mode: local decisions, background sync.
 
     Takes the options of `RedisBackend` (``budget`` bounds each sync's round trip, but
@@ -184,7 +185,7 @@ class SyncedRedisBackend(RedisBackend):
         guard.local_buckets = True  # and the Decision reports them as the memory backend's
         self._io = memoryview(guard.engine.io)  # type: ignore[arg-type]  # floats, no numpy
         self.syncer = Syncer(self, guard, max_pending=self.sync_max_pending, workers=self.workers)
-        # Fan-out and fan-in sketches are shared as inline (`redis_sketchsync`).
+        # Fan-out and fan-in sketches are shared as inline (`sketches`).
         self._sketching = self.shared_sketches and policy.network is not None
 
     # -- lifecycle -----------------------------------------------------------------------

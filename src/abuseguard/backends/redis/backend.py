@@ -7,7 +7,7 @@ standalone server, fan-in) HyperLogLogs, the token buckets (the main identity's 
 scaled by the local risk score exactly as the kernel would), the window quotas and the
 concurrency lease; the guard turns the answers and the local score into a Decision
 (``Guard._decide``, shared with the memory backend). Requests queued in the same loop
-tick share one pipeline (see `redis_pipe`), so the round trip is also shared under load.
+tick share one pipeline (see `pipe`), so the round trip is also shared under load.
 
 No Redis call at all for: a client banned (the kernel keeps the ban locally once seen), a
 client whose bucket or quota Redis just refused (`deny_cache`), an open circuit.
@@ -16,7 +16,7 @@ Standalone vs Cluster. On one server every key a request touches goes into the s
 script: network buckets (``per_ip``, ``per_prefix``, ``per_asn``) and fan-in sketches
 included, so everything is exact. In a Cluster the script may only touch the identity's
 slot: network buckets and fan-in sketches are then aggregated per network and sent by a
-background task every ``sync_interval`` seconds (`redis_netsync`); a network found short
+background task every ``sync_interval`` seconds (`netsync`); a network found short
 is refused locally until its debt is refilled. Staleness: a network ceiling can be
 overshot by what all workers admit in one ``sync_interval`` plus one round trip, and the
 debt is then paid back by refusing for longer, so the long-run rate holds; fan-in
@@ -34,10 +34,10 @@ after ``breaker_threshold`` consecutive failures and half-opens after
 2 s by default) to let one probe through: a PING, sent by the request that finds the
 breaker half-open, which is then decided normally if Redis answered and by the fail mode
 otherwise. ``Policy.fail_mode`` decides per route
-what a request gets meanwhile (`redis_failover`): fail closed, 429 ``backend_unavailable``;
+what a request gets meanwhile (`failover`): fail closed, 429 ``backend_unavailable``;
 fail open, the local verdict, and while the circuit is open the kernel's own buckets limit
 each worker to ``1/fallback_workers`` of every bucket. Concurrency leases expire after
-``lease_ttl`` unless the worker holding them renews them (`redis_leases`), so a crashed
+``lease_ttl`` unless the worker holding them renews them (`leases`), so a crashed
 worker cannot leak slots. Releases and cost reconciliation are queued, never awaited.
 
 Window quotas: ``fixed-window`` (INCRBY, EXPIRE on the first hit, as `limits`) and
@@ -50,7 +50,7 @@ into the engine's rows and score the following requests (one request of lag). A 
 does not send again, for ``sketch_refresh`` seconds, an item it has just added, so a
 steady client costs no sketch work and a worker that sees only old items reads estimates
 up to that old. A worker creates an owner's sketches only from its second request there
-(`redis_probation`; the first one's items go with it): a one-shot client leaves only its
+(`probation`; the first one's items go with it): a one-shot client leaves only its
 bucket keys in Redis, which expire as they refill. Sketch epochs follow the request
 clock, buckets and windows Redis' clock.
 
@@ -66,19 +66,19 @@ import dataclasses
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from abuseguard.backends.base import Backend, LimitSource
+from abuseguard.backends.base import Backend, LimitSource, RoundTripDecider
 from abuseguard.backends.breaker import CLOSED, CircuitBreaker
-from abuseguard.backends.deny_cache import DenyCache
-from abuseguard.backends.redis_call import STRATEGY_CODES, Answers, Reply, ScriptCall, SketchSink
-from abuseguard.backends.redis_failover import DENIALS, UNAVAILABLE, UNKNOWN, Failover
-from abuseguard.backends.redis_keys import IdentityKeys, KeySpace
-from abuseguard.backends.redis_leases import Leases
-from abuseguard.backends.redis_netsync import NetSync
-from abuseguard.backends.redis_pipe import Pipeliner, Script, load_script
-from abuseguard.backends.redis_probation import SketchProbation
-from abuseguard.backends.redis_uri import SYNCED_ONLY, redacted, split_backend_uri
+from abuseguard.backends.redis.call import STRATEGY_CODES, Answers, Reply, ScriptCall, SketchSink
+from abuseguard.backends.redis.deny_cache import DenyCache
+from abuseguard.backends.redis.failover import DENIALS, UNAVAILABLE, UNKNOWN, Failover
+from abuseguard.backends.redis.keys import IdentityKeys, KeySpace
+from abuseguard.backends.redis.leases import Leases
+from abuseguard.backends.redis.netsync import NetSync
+from abuseguard.backends.redis.pipe import Pipeliner, Script, load_script
+from abuseguard.backends.redis.probation import SketchProbation
+from abuseguard.backends.redis.uri import SYNCED_ONLY, redacted, split_backend_uri
 from abuseguard.backends.workers import detect_workers
 from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
@@ -119,18 +119,25 @@ def check_count(field: str, value: object) -> None:
         raise ConfigError(f"RedisBackend.{field}", f"expected an int >= 1, got {value!r}")
 
 
-class RedisBackend(Backend):
+class RedisBackend(Backend, RoundTripDecider):
     """Shared state in Redis (standalone, TLS, unix socket) or Redis Cluster (Valkey too).
 
     ``url``: ``redis://host:port/db``, ``rediss://...``, ``unix:///path?db=0``, or with
     ``cluster=True`` (URI schemes ``redis+cluster://``, ``rediss+cluster://``) a seed node.
     Options may also ride in the URI query (``?budget=0.02&fail_open=false``), and so may
-    the redis-py options listed in `redis_uri`; any other option is refused at construction.
+    the redis-py options listed in `uri`; any other option is refused at construction.
     One backend serves one Guard on one event loop.
     """
 
     shared = True
+    schemes = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
     mode = "inline"  # one round trip per request; "synced": SyncedRedisBackend
+    #: The backend class of each ``mode`` a URI may ask for; subclasses register theirs.
+    modes: ClassVar[dict[str, type[RedisBackend]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        RedisBackend.modes[cls.mode] = cls
 
     def __init__(
         self,
@@ -238,10 +245,8 @@ class RedisBackend(Backend):
         ``mode=synced`` makes a `SyncedRedisBackend`, ``mode=inline`` (default) this one."""
         url, kwargs = split_backend_uri(uri)
         mode = kwargs.pop("mode", cls.mode)
-        if mode == "synced":
-            from abuseguard.backends.redis_synced import SyncedRedisBackend
-
-            return SyncedRedisBackend(url, **kwargs)
+        if mode != RedisBackend.mode:
+            return RedisBackend.modes[mode](url, **kwargs)
         for name in SYNCED_ONLY:
             if name in kwargs:
                 raise ConfigError(f"RedisBackend.{name}", "is an option of mode=synced only")
@@ -659,7 +664,7 @@ class RedisBackend(Backend):
         networks. What this worker added recently is not sent again before sketch_refresh:
         a steady client costs no sketch work, a fanning-out one refreshes often. The items
         of an owner this worker sees for the first time wait for its second request
-        (`redis_probation`): a one-shot client creates no sketch key in Redis."""
+        (`probation`): a one-shot client creates no sketch key in Redis."""
         sent = self._sketch_sent
         if len(sent) >= 262144:
             sent.clear()
@@ -912,7 +917,7 @@ class RedisBackend(Backend):
                     )
                 )
 
-    def reconcile_quota(self, index: int, quota: Quota, identity: str, delta: int) -> None:
+    def reconcile_shared_quota(self, index: int, quota: Quota, identity: str, delta: int) -> None:
         """Count ``delta`` more (< 0: fewer) in a by-cost quota's current window."""
         if delta == 0 or self.pipe is None or not self.breaker.closed:
             return
@@ -958,5 +963,7 @@ def _told_to_wait(key_data: Any, row: int, until: float) -> None:
 
 
 _EXEMPT = Decision(Action.ALLOW)
+
+RedisBackend.modes[RedisBackend.mode] = RedisBackend
 
 __all__ = ["UNAVAILABLE", "RedisBackend"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
-    from abuseguard.backends.redis_call import SketchSink
+    from abuseguard.backends.redis.call import SketchSink
 
 SketchOp = tuple[str, str, int, list[Any], Any]  # the arguments of SketchSink.sketch
 MAX_OPS_PER_OWNER = 8  # the four fan-out dimensions, twice; fan-in holds one

@@ -18,11 +18,11 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis_call import ScriptCall
+from abuseguard.backends.redis.call import ScriptCall
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
-    from abuseguard.backends.redis import RedisBackend
+    from abuseguard.backends.redis.backend import RedisBackend
     from abuseguard.guard import Guard, Prepared
 
 logger = logging.getLogger("abuseguard.backends")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from abuseguard.backends.base import UNKNOWN_LIMITS
 from abuseguard.backends.breaker import CircuitBreaker
 from abuseguard.decision import DENIAL_ACTIONS, Action, Decision
 from abuseguard.engine import layout as L
@@ -32,19 +33,7 @@ UNAVAILABLE = "backend_unavailable"
 DENIALS = DENIAL_ACTIONS
 
 
-class UnknownLimits:
-    """Limits nobody could look up (Redis failed): admitted, and left out of the headers."""
-
-    def hit_quota(
-        self, limit: str, strategy: str, identity: str, cost: int
-    ) -> tuple[bool, float, float]:
-        return True, 0.0, 0.0
-
-    def acquire(self, identity: str, limit: int) -> bool:
-        return True
-
-
-UNKNOWN = UnknownLimits()
+UNKNOWN = UNKNOWN_LIMITS
 
 
 class Failover:
@@ -146,4 +135,4 @@ class Failover:
         self.active = on
 
 
-__all__ = ["DENIALS", "UNAVAILABLE", "UNKNOWN", "Failover", "UnknownLimits"]
+__all__ = ["DENIALS", "UNAVAILABLE", "UNKNOWN", "Failover"]

@@ -1,5 +1,5 @@
 """Synced mode's bookkeeping: what this worker consumed, sent to Redis in batches, and the
-shared state written back into the engine's rows (see `redis_synced` for the semantics).
+shared state written back into the engine's rows (see `synced` for the semantics).
 
 Per request (`Syncer.record`, no I/O): the cost the kernel charged to each synced bucket
 (the identity's, and its IP, prefix and ASN buckets when the policy has them) is added to
@@ -42,11 +42,11 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis_sketchsync import SketchQueue
+from abuseguard.backends.redis.sketches import SketchQueue
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
-    from abuseguard.backends.redis_synced import SyncedRedisBackend
+    from abuseguard.backends.redis.synced import SyncedRedisBackend
     from abuseguard.guard import Guard, Prepared
 
 CHUNK = 256  # identities per script call on a standalone server
