@@ -68,6 +68,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from abuseguard.backends.base import Backend, LimitSource, RoundTripDecider
 from abuseguard.backends.breaker import CLOSED, CircuitBreaker
 from abuseguard.backends.redis.call import STRATEGY_CODES, Answers, Reply, ScriptCall, SketchSink
@@ -80,16 +82,16 @@ from abuseguard.backends.redis.pipe import Pipeliner, Script, load_script
 from abuseguard.backends.redis.probation import SketchProbation
 from abuseguard.backends.redis.uri import SYNCED_ONLY, redacted, split_backend_uri
 from abuseguard.backends.workers import detect_workers
+from abuseguard.compiled import CompiledLimits, NetworkBucket
 from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
-from abuseguard.engine.params import build_params
 from abuseguard.errors import ConfigError
 from abuseguard.policy import Concurrency, Quota
 
 if TYPE_CHECKING:
     from abuseguard.guard import Guard, Prepared
     from abuseguard.network import NetworkProfile
-    from abuseguard.policy import Policy, TokenBucket
+    from abuseguard.policy import Policy
     from abuseguard.request import RequestInfo
 
 logger = logging.getLogger("abuseguard.backends")
@@ -265,25 +267,12 @@ class RedisBackend(Backend, RoundTripDecider):
         if len(policy.quotas) > 99:
             raise ConfigError("Policy.quotas", "the Redis backend takes at most 99 quotas")
         self.guard = guard
-        self.keys = KeySpace(self.prefix, tuple(q.name or "quota" for q in policy.quotas))
-        bucket = policy.bucket
-        self.bucket = bucket
-        load_floor = 0.1 if policy.load_target > 0 else 1.0
-        if bucket is not None:
-            self.key_ttl_rate = bucket.per_second * bucket.min_refill_factor * load_floor
-        self.net_buckets: list[tuple[int, TokenBucket, bool]] = []
-        network = policy.network
-        if network is not None:
-            for kind, net_bucket in (
-                (L.KIND_IP, network.per_ip),
-                (L.KIND_PREFIX, network.per_prefix),
-                (L.KIND_ASN, network.per_asn),
-            ):
-                if net_bucket is not None:
-                    self.net_buckets.append((kind, net_bucket, net_bucket.shadow or network.shadow))
-        self.load_floor = load_floor
-        self.nat_per_account = network.nat_per_account if network and network.nat_fairness else 0.0
-        self.nat_max = network.nat_max if network else 1.0
+        limits = self.limits = CompiledLimits.from_policy(policy)
+        self.keys = KeySpace(self.prefix, limits.quota_names)
+        bucket = self.bucket = limits.key_bucket
+        self.key_ttl_rate = limits.key_ttl_rate
+        self.net_buckets: tuple[NetworkBucket, ...] = limits.network_buckets
+        self.load_floor = limits.load_floor
         enforcement = policy.enforcement
         params = guard.engine.params
         self.serves = tuple(params[L.P_LADDER_SERVES + level] != 0.0 for level in range(9))
@@ -299,11 +288,10 @@ class RedisBackend(Backend, RoundTripDecider):
         fail_mode = policy.fail_mode
         if self.fail_open_override is not None:
             fail_mode = dataclasses.replace(fail_mode, open=self.fail_open_override)
-        local = build_params(policy, local_buckets=True)
         self.failover = Failover(
             self.breaker,
             fail_mode,
-            local[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] / float(self.fallback_workers),
+            np.array(limits.bucket_vector()) / float(self.fallback_workers),
             self.fallback_workers,
             has_bucket=bucket is not None,
         )
@@ -572,12 +560,7 @@ class RedisBackend(Backend, RoundTripDecider):
             cost = 0.0 if cost < 0.0 else (bucket.capacity if bucket is not None else 0.0)
         if bucket is not None:
             smoothed = float(guard.engine.tables[L.KIND_KEY].data[key_row, L.F_COUPLING_SCORE])
-            risk = smoothed - bucket.risk_floor
-            factor = 1.0
-            if risk > 0.0:
-                factor = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
-            if factor < bucket.min_refill_factor:
-                factor = bucket.min_refill_factor
+            factor = self.limits.key_refill_factor(smoothed)
             rate = max(bucket.per_second * load * factor, 1e-9)  # as the kernel clamps it
             main.bucket(
                 keys.bucket,
@@ -589,10 +572,9 @@ class RedisBackend(Backend, RoundTripDecider):
                 (L.KIND_KEY, rate),
             )
         if network and standalone and self.net_buckets:
-            fan_in = io[L.O_FANIN]
-            nat = 1.0
-            if profile is not None and profile.nat_eligible and fan_in > 1.0:
-                nat = min(1.0 + self.nat_per_account * (fan_in - 1.0), self.nat_max)
+            nat = self.limits.nat_multiplier(
+                profile is not None and profile.nat_eligible, io[L.O_FANIN]
+            )
             keys_by_kind = dict(net_keys)
             for kind, net_bucket, net_shadow in self.net_buckets:
                 net_key = keys_by_kind.get(kind)

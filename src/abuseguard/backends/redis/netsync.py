@@ -54,9 +54,7 @@ class NetSync:
     def add(self, p: Prepared, fan_in: float, load: float, served: bool) -> None:
         backend = self.backend
         profile = p.profile
-        nat = 1.0
-        if profile is not None and profile.nat_eligible and fan_in > 1.0:
-            nat = min(1.0 + backend.nat_per_account * (fan_in - 1.0), backend.nat_max)
+        nat = backend.limits.nat_multiplier(profile is not None and profile.nat_eligible, fan_in)
         for kind, key in backend._network_keys(p):
             found = self.buckets.get(kind)
             if found is None and not (p.has_account and backend.shared_sketches):

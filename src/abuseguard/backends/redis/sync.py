@@ -85,26 +85,21 @@ class Syncer:
         self.last_sync: dict[tuple[int, Any], tuple[int, float, float]] = {}
         self.paused = False  # Redis is away: nothing is recorded
         self.sketches = SketchQueue(guard, max_pending=max_pending)
-        policy = guard.policy
-        bucket = policy.bucket
+        limits = backend.limits
+        bucket = limits.key_bucket
         self.key_bucket = bucket
-        self.net_buckets = {kind: b for kind, b, _ in backend.net_buckets}
+        self.net_buckets = {net.kind: net.bucket for net in limits.network_buckets}
         self.ban_ms = backend.ban_ms if backend.ban_level > 0 else 0  # 0: bans not synced
         self.synced_key = bucket is not None or self.ban_ms > 0
-        self.bursts = [0.0] * L.N_KINDS
-        if bucket is not None:
-            self.bursts[L.KIND_KEY] = bucket.capacity
-        for kind, net_bucket in self.net_buckets.items():
-            self.bursts[kind] = net_bucket.capacity
+        vector = limits.bucket_vector()  # (rate, burst) per kind; 0, 0: no bucket
+        self.bursts = vector[1::2]
         # Per kind 0..3: "rate burst ttl_rate" (burst 0: no bucket), sent once per call.
-        self.rates = [0.0] * L.N_KINDS
+        self.rates = vector[0::2]
         ttl_rates = [1.0] * L.N_KINDS
         if bucket is not None:
-            self.rates[L.KIND_KEY] = bucket.per_second
-            ttl_rates[L.KIND_KEY] = backend.key_ttl_rate
+            ttl_rates[L.KIND_KEY] = limits.key_ttl_rate
         for kind, net_bucket in self.net_buckets.items():
-            self.rates[kind] = net_bucket.per_second
-            ttl_rates[kind] = net_bucket.per_second * backend.load_floor
+            ttl_rates[kind] = net_bucket.per_second * limits.load_floor
         self.defaults = tuple(
             f"{self.rates[kind]!r} {self.bursts[kind]!r} {ttl_rates[kind]!r}"
             for kind in (L.KIND_KEY, L.KIND_IP, L.KIND_PREFIX, L.KIND_ASN)
@@ -144,9 +139,7 @@ class Syncer:
         if not net or profile is None or profile.allowed:
             return
         backend = self.backend
-        scale = 1.0
-        if profile.nat_eligible and fan_in > 1.0 and backend.nat_per_account > 0.0:
-            scale = min(1.0 + backend.nat_per_account * (fan_in - 1.0), backend.nat_max)
+        scale = backend.limits.nat_multiplier(profile.nat_eligible, fan_in)
         address = p.address
         for kind in net:
             if kind == L.KIND_ASN:
@@ -340,16 +333,14 @@ class Syncer:
         key_index = guard.engine.tables[L.KIND_KEY].index
         key_rows = self.rows[L.KIND_KEY]
         bucket = self.key_bucket
+        refill_factor = backend.limits.key_refill_factor
         for (kind, key), entry in group:
             if kind == L.KIND_KEY:
                 factor = load
                 if bucket is not None:
                     row = key_index.get(key)
                     if row is not None:
-                        risk = key_rows[row, L.F_COUPLING_SCORE] - bucket.risk_floor
-                        if risk > 0.0:
-                            scaled = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
-                            factor *= max(scaled, bucket.min_refill_factor)
+                        factor *= refill_factor(key_rows[row, L.F_COUPLING_SCORE])
                 if factor == 1.0 and not entry.ban:
                     lines.append(f"0 {key} {entry.delta!r}")
                 else:

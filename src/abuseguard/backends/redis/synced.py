@@ -79,6 +79,8 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from abuseguard.backends.base import LocalDecider
 from abuseguard.backends.redis.backend import RedisBackend, check_count, check_seconds
 from abuseguard.backends.redis.pipe import load_script
@@ -86,7 +88,6 @@ from abuseguard.backends.redis.sync import MAX_FLUSH, Syncer
 from abuseguard.backends.redis.uri import redacted
 from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
-from abuseguard.engine.params import build_params
 from abuseguard.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
             )
         super().attach(guard)
         self.netsync = None
-        full = build_params(policy, local_buckets=True)[_BUCKETS].copy()
+        full = np.array(self.limits.bucket_vector())
         self._full = full
         self._divided = full.copy()
         self._divided[1::2] /= float(self.workers)  # bursts
