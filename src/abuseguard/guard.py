@@ -22,6 +22,7 @@ from abuseguard.backends.base import (
     LocalDecider,
     LocalLimits,
     RoundTripDecider,
+    Stages,
     backend_from_uri,
     require_capabilities,
 )
@@ -43,6 +44,7 @@ from abuseguard.network import NetworkProfile, NetworkView
 from abuseguard.policy import Policy, Quota, TokenBucket
 from abuseguard.precheck import precheck
 from abuseguard.request import RequestInfo
+from abuseguard.stages import GuardStages
 from abuseguard.startup_log import log_startup
 
 logger = logging.getLogger("abuseguard")
@@ -176,7 +178,7 @@ class Guard:
         )
         self._round_trip = self.backend if isinstance(self.backend, RoundTripDecider) else None
         # A shared backend that decides from local state (synced mode) answers in-process.
-        self._check_now: Callable[[Guard, RequestInfo], Decision] | None = (
+        self._check_now: Callable[[Stages, RequestInfo], Decision] | None = (
             self.backend.check_now if isinstance(self.backend, LocalDecider) else None
         )
         # A plain allow from the kernel is final unless a quota or a concurrency limit
@@ -192,8 +194,10 @@ class Guard:
         self._shadow_kinds = shadow_kinds(policy)
         params = self.engine.params
         self._level_serves = tuple(bool(params[L.P_LADDER_SERVES + i]) for i in range(9))
+        # What a shared backend gets instead of the Guard: the stages it may run.
+        self._stages = GuardStages(self)
         if self._round_trip is not None:
-            self._round_trip.attach(self)  # a shared backend checks the policy, precomputes numbers
+            self._round_trip.attach(self._stages)  # checks the policy, precomputes numbers
         if self.unverified_keys is not None and self._shared:
             from abuseguard.backends.redis.unverified import redis_budgets
 
@@ -439,7 +443,7 @@ class Guard:
         if self._shared:
             if self._check_now is not None:
                 refusal = None if self.unverified_keys is None else self._unverified_first(info)
-                return self._check_now(self, info) if refusal is None else refusal
+                return self._check_now(self._stages, info) if refusal is None else refusal
             raise RuntimeError(
                 "Guard.check() is synchronous; use 'await guard.acheck(info)' "
                 f"with the {type(self.backend).__name__}"
@@ -581,10 +585,10 @@ class Guard:
             if refusal is not None:
                 return refusal
         if self._check_now is not None:
-            return self._check_now(self, info)
+            return self._check_now(self._stages, info)
         if self._round_trip is None:
             raise RuntimeError(f"{type(self.backend).__name__} cannot decide requests")
-        return await self._round_trip.check(self, info)
+        return await self._round_trip.check(self._stages, info)
 
     def _decide(
         self,

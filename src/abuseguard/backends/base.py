@@ -28,8 +28,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from abuseguard.errors import ConfigError
 
 if TYPE_CHECKING:
-    from abuseguard.decision import Decision
-    from abuseguard.policy import Quota
+    from abuseguard.decision import Action, Decision
+    from abuseguard.engine.engine import Engine
+    from abuseguard.guard import Prepared
+    from abuseguard.network import NetworkProfile
+    from abuseguard.policy import Policy, Quota
     from abuseguard.request import RequestInfo
 
 
@@ -78,6 +81,53 @@ class Backend:
 
     def reconcile_shared_quota(self, index: int, quota: Quota, identity: str, delta: int) -> None:
         """Count ``delta`` more (< 0: fewer) in a shared by-cost quota's current window."""
+
+
+class Stages(Protocol):
+    """The Guard's pipeline stages a shared backend may run for one request, and the facts
+    it may read: what a backend gets instead of the Guard (`abuseguard.stages`)."""
+
+    policy: Policy
+    engine: Engine
+    ladder: tuple[Action, ...]
+    shadow_kinds: int  # bitmask of the kinds whose bucket refusals are shadowed
+
+    def clock(self) -> float: ...
+    def is_exempt(self, path: str) -> bool: ...
+    def prepare(self, info: RequestInfo) -> Prepared: ...
+    def run_engine(self, p: Prepared) -> Any:
+        """The kernel on a prepared request; its io vector."""
+        ...
+
+    def run_local(self, p: Prepared) -> bool:
+        """The kernel with its own buckets (synced mode); True: a plain allow."""
+        ...
+
+    def conclude(self, info: RequestInfo, p: Prepared, plain: bool) -> Decision:
+        """The Decision after `run_local`, the limits counted in this process."""
+        ...
+
+    def decide(
+        self,
+        info: RequestInfo,
+        p: Prepared,
+        io_vector: Any,
+        limits: LimitSource | None = None,
+        buckets_known: bool | None = None,
+    ) -> Decision:
+        """The Decision from the engine's outputs and the limits' answers."""
+        ...
+
+    def local_verdict(self, level: int, profile: NetworkProfile | None) -> tuple[Action, bool]:
+        """The action and shadow flag from the risk ladder and network rules alone."""
+        ...
+
+    def load_factor(self) -> float: ...
+    def buckets_shadowed(self, denied: int) -> bool: ...
+    @property
+    def observed(self) -> bool: ...
+    def notify(self, info: RequestInfo, decision: Decision) -> None: ...
+    def use_local_buckets(self) -> None: ...
 
 
 class LimitSource(Protocol):
@@ -147,14 +197,14 @@ class LocalLimits(ABC):
 class RoundTripDecider(ABC):
     """Capability of a shared backend: it answers a request's limits in a round trip."""
 
-    def attach(self, host: Any) -> None:  # noqa: B027 (most deciders precompute nothing)
+    def attach(self, stages: Stages) -> None:  # noqa: B027 (most deciders precompute nothing)
         """Check the policy and precompute its numbers (the Guard, at construction)."""
 
     @abstractmethod
-    async def check(self, host: Any, info: RequestInfo) -> Decision:
+    async def check(self, stages: Stages, info: RequestInfo) -> Decision:
         """Decide one request, awaiting the store."""
 
-    def precheck_limits(self, p: Any, io: list[float]) -> tuple[LimitSource, bool]:
+    def precheck_limits(self, p: Prepared, io: list[float]) -> tuple[LimitSource, bool]:
         """For `Guard.precheck`: what this worker knows of the limits without asking the
         store (read-only), and whether the bucket outputs written into ``io`` are known."""
         return UNKNOWN_LIMITS, False
@@ -164,7 +214,7 @@ class LocalDecider(ABC):
     """Capability of a shared backend that decides from local state (no waiting)."""
 
     @abstractmethod
-    def check_now(self, host: Any, info: RequestInfo) -> Decision:
+    def check_now(self, stages: Stages, info: RequestInfo) -> Decision:
         """Decide one request now; the store is merged in the background."""
 
 
@@ -230,6 +280,7 @@ __all__ = [
     "LocalDecider",
     "LocalLimits",
     "RoundTripDecider",
+    "Stages",
     "UnknownLimits",
     "backend_from_uri",
     "require_capabilities",

@@ -89,7 +89,8 @@ from abuseguard.errors import ConfigError
 from abuseguard.policy import Concurrency, Quota
 
 if TYPE_CHECKING:
-    from abuseguard.guard import Guard, Prepared
+    from abuseguard.backends.base import Stages
+    from abuseguard.guard import Prepared
     from abuseguard.network import NetworkProfile
     from abuseguard.policy import Policy
     from abuseguard.request import RequestInfo
@@ -235,7 +236,7 @@ class RedisBackend(Backend, RoundTripDecider):
         self._tasks: list[asyncio.Task[None]] = []
         self.leases = Leases(ttl=self.lease_ttl, max_hold=self.lease_max)
         self.netsync: NetSync | None = None
-        self.guard: Guard | None = None
+        self.stages: Stages | None = None
         self.failover: Failover | None = None
         self.local_denials = 0  # requests refused without a Redis call (bans, deny cache)
 
@@ -254,9 +255,10 @@ class RedisBackend(Backend, RoundTripDecider):
                 raise ConfigError(f"RedisBackend.{name}", "is an option of mode=synced only")
         return RedisBackend(url, **kwargs)
 
-    def attach(self, guard: Guard) -> None:
-        """Called by the Guard at construction: check the policy, precompute its numbers."""
-        policy: Policy = guard.policy
+    def attach(self, stages: Stages) -> None:
+        """Called by the Guard at construction, with its stages: check the policy,
+        precompute its numbers."""
+        policy: Policy = stages.policy
         for i, quota in enumerate(policy.quotas):
             if quota.strategy == "moving-window":
                 raise ConfigError(
@@ -266,7 +268,7 @@ class RedisBackend(Backend, RoundTripDecider):
                 )
         if len(policy.quotas) > 99:
             raise ConfigError("Policy.quotas", "the Redis backend takes at most 99 quotas")
-        self.guard = guard
+        self.stages = stages
         limits = self.limits = CompiledLimits.from_policy(policy)
         self.keys = KeySpace(self.prefix, limits.quota_names)
         bucket = self.bucket = limits.key_bucket
@@ -274,11 +276,11 @@ class RedisBackend(Backend, RoundTripDecider):
         self.net_buckets: tuple[NetworkBucket, ...] = limits.network_buckets
         self.load_floor = limits.load_floor
         enforcement = policy.enforcement
-        params = guard.engine.params
+        params = stages.engine.params
         self.serves = tuple(params[L.P_LADDER_SERVES + level] != 0.0 for level in range(9))
         self.ban_level = int(params[L.P_BAN_LEVEL])
         self.ban_ms = int(enforcement.ban_seconds * 1000)
-        ladder = guard.ladder
+        ladder = stages.ladder
         ban_action = ladder[self.ban_level] if 0 < self.ban_level < len(ladder) else Action.BLOCK
         self.ban_gate = enforcement.shadow or ban_action not in DENIALS
         scoring = policy.scoring
@@ -296,7 +298,7 @@ class RedisBackend(Backend, RoundTripDecider):
             has_bucket=bucket is not None,
         )
         if self.cluster:
-            self.netsync = NetSync(self, guard)
+            self.netsync = NetSync(self, stages)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -400,28 +402,28 @@ class RedisBackend(Backend, RoundTripDecider):
 
     # -- the decision ----------------------------------------------------------------------
 
-    async def check(self, guard: Guard, info: RequestInfo) -> Decision:
-        if guard._exempt and guard._exempt.matches(info.path):
+    async def check(self, stages: Stages, info: RequestInfo) -> Decision:
+        if stages.is_exempt(info.path):
             return _EXEMPT
         if self._loop is not asyncio.get_running_loop():
             await self.startup()
-        p = guard.prepare(info)
+        p = stages.prepare(info)
         breaker = self.breaker
         failover = self.failover
         assert failover is not None, "RedisBackend.attach() was not called (use it via Guard)"
         if breaker.state != CLOSED and not (breaker.allow() and await self._probe()):
-            return failover.while_open(guard, info, p)
+            return failover.while_open(stages, info, p)
         if failover.active:
-            failover.local_buckets(guard, on=False)
-        io = guard.run_engine(p).tolist()  # a copy: other requests run the kernel meanwhile
-        key_table = guard.engine.tables[L.KIND_KEY]
+            failover.local_buckets(stages, on=False)
+        io = stages.run_engine(p).tolist()  # a copy: other requests run the kernel meanwhile
+        key_table = stages.engine.tables[L.KIND_KEY]
         key_row = key_table.index[p.identity]
         # The kernel measures idle time (score forgiveness) from the bucket's last refill,
         # which it never moves with its buckets off: move it here.
         key_table.data[key_row, L.F_BUCKET_TS] = p.ts
         if io[L.O_BANNED] and not self.ban_gate:
             self.local_denials += 1
-            return guard._decide(info, p, io, UNKNOWN, False)
+            return stages.decide(info, p, io, UNKNOWN, False)
         deny = self.deny
         if deny.buckets and self.bucket is not None:
             short = deny.bucket_short(p.identity, p.cost)
@@ -433,22 +435,22 @@ class RedisBackend(Backend, RoundTripDecider):
                 io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
                 io[L.O_RESET] = (self.bucket.capacity - tokens) / rate
                 self.local_denials += 1
-                return guard._decide(info, p, io, UNKNOWN, True)
+                return stages.decide(info, p, io, UNKNOWN, True)
         if deny.quotas:
             exhausted = deny.quota_exhausted(p.identity)
             if exhausted is not None:
                 self.local_denials += 1
-                return self._quota_memo_decision(guard, info, p, io, exhausted)
+                return self._quota_memo_decision(stages, info, p, io, exhausted)
         netsync = self.netsync
         if netsync is not None and netsync.denied and p.profile is not None:
             mask, wait = netsync.blocked(p)
-            if mask and not guard._bucket_shadow(mask):
+            if mask and not stages.buckets_shadowed(mask):
                 io[L.O_DENIED_KINDS] = float(mask)
                 io[L.O_RETRY_AFTER] = wait
                 _told_to_wait(key_table.data, key_row, p.ts + wait)
                 self.local_denials += 1
-                return guard._decide(info, p, io, UNKNOWN, False)
-        main, side = self._plan(guard, p, io, key_row)
+                return stages.decide(info, p, io, UNKNOWN, False)
+        main, side = self._plan(stages, p, io, key_row)
         pipe = self.pipe
         assert pipe is not None
         try:
@@ -473,9 +475,9 @@ class RedisBackend(Backend, RoundTripDecider):
                 logger.warning("abuseguard: Redis call failed (%s: %s)", type(exc).__name__, exc)
             breaker.failure(exc)
             self._give_back(main, side)
-            return failover.failed(guard, info, p, io)
+            return failover.failed(stages, info, p, io)
         breaker.success()
-        return self._apply(guard, info, p, io, key_row, main, side, answers)
+        return self._apply(stages, info, p, io, key_row, main, side, answers)
 
     def precheck_limits(self, p: Prepared, io: list[float]) -> tuple[LimitSource, bool]:
         """For `Guard.precheck`: what this worker knows without asking Redis, read-only.
@@ -519,17 +521,17 @@ class RedisBackend(Backend, RoundTripDecider):
         return True
 
     def _plan(
-        self, guard: Guard, p: Prepared, io: list[float], key_row: int
+        self, stages: Stages, p: Prepared, io: list[float], key_row: int
     ) -> tuple[ScriptCall, ScriptCall | None]:
         level = int(io[L.O_ACTION])
         profile = p.profile
         if level == 0 and (profile is None or profile.rule_action is None):
             gate = override = True  # the common case: nothing local refuses the request
         else:
-            action, shadow = guard.risk_action(level, profile)
+            action, shadow = stages.local_verdict(level, profile)
             denial = action in DENIALS
-            enforcement = guard.policy.enforcement
-            shadow = shadow or guard.policy.shadow or action in enforcement.shadow_actions
+            enforcement = stages.policy.enforcement
+            shadow = shadow or stages.policy.shadow or action in enforcement.shadow_actions
             gate = not denial or shadow
             override = action.severity <= _THROTTLE_SEVERITY or not denial
         now: float | str = "" if self.server_time else p.ts
@@ -554,12 +556,12 @@ class RedisBackend(Backend, RoundTripDecider):
             assert profile is not None
             self._plan_sketches(main, p, profile, keys, net_keys if standalone else [])
         bucket = self.bucket
-        load = guard._load_factor()
+        load = stages.load_factor()
         cost = p.cost
         if not 0.0 <= cost < math.inf:  # NaN or infinite: the whole burst; negative: nothing
             cost = 0.0 if cost < 0.0 else (bucket.capacity if bucket is not None else 0.0)
         if bucket is not None:
-            smoothed = float(guard.engine.tables[L.KIND_KEY].data[key_row, L.F_COUPLING_SCORE])
+            smoothed = float(stages.engine.tables[L.KIND_KEY].data[key_row, L.F_COUPLING_SCORE])
             factor = self.limits.key_refill_factor(smoothed)
             rate = max(bucket.per_second * load * factor, 1e-9)  # as the kernel clamps it
             main.bucket(
@@ -568,7 +570,7 @@ class RedisBackend(Backend, RoundTripDecider):
                 bucket.capacity,
                 cost,
                 self.key_ttl_rate,
-                bool(guard._shadow_kinds & 1 << L.KIND_KEY),
+                bool(stages.shadow_kinds & 1 << L.KIND_KEY),
                 (L.KIND_KEY, rate),
             )
         if network and standalone and self.net_buckets:
@@ -592,11 +594,11 @@ class RedisBackend(Backend, RoundTripDecider):
                     burst,
                     cost,
                     net_bucket.per_second * self.load_floor,
-                    net_shadow or bool(guard._shadow_kinds & 1 << kind),
+                    net_shadow or bool(stages.shadow_kinds & 1 << kind),
                     (kind, rate),
                 )
         side: ScriptCall | None = None
-        policy = guard.policy
+        policy = stages.policy
         if gate and (policy.quotas or policy.concurrency is not None):
             ip_identity = "i:" + address.ip_key
             for i, quota in enumerate(policy.quotas):
@@ -655,8 +657,8 @@ class RedisBackend(Backend, RoundTripDecider):
         address = p.address
         v4or6 = address.version != 0
         country = profile.country_code
-        assert self.guard is not None
-        tables = self.guard.engine.tables
+        assert self.stages is not None
+        tables = self.stages.engine.tables
         probation = self._probation
         account_proven = probation.proven(tables[L.KIND_KEY], L.KIND_ACCOUNT, p.identity, call)
         whole = (p.identity, address.ip_key, profile.asn_key, country, p.persona)
@@ -728,7 +730,7 @@ class RedisBackend(Backend, RoundTripDecider):
 
     def _apply(
         self,
-        guard: Guard,
+        stages: Stages,
         info: RequestInfo,
         p: Prepared,
         io: list[float],
@@ -738,7 +740,7 @@ class RedisBackend(Backend, RoundTripDecider):
         replies: list[Reply],
     ) -> Decision:
         reply = replies[0]
-        tables = guard.engine.tables
+        tables = stages.engine.tables
         if reply.status == 1:  # banned: seen from another worker
             self._give_back(main, side)
             io[L.O_BANNED] = 1.0
@@ -748,9 +750,9 @@ class RedisBackend(Backend, RoundTripDecider):
             if table.keys[key_row] == p.identity:
                 cap = self.deny.max_seconds if self.deny.enabled else 0.0
                 table.data[key_row, L.F_BANNED_UNTIL] = p.ts + min(reply.ban_left, cap)
-            return guard._decide(info, p, io, UNKNOWN, False)
+            return stages.decide(info, p, io, UNKNOWN, False)
         for (kind, key, field), estimate in zip(main.sketch_tags, reply.sketches, strict=True):
-            table = guard.engine.accounts if kind == L.KIND_ACCOUNT else tables[kind]
+            table = stages.engine.accounts if kind == L.KIND_ACCOUNT else tables[kind]
             row = table.index.get(key)
             if row is not None:
                 table.data[row, field] = estimate
@@ -763,7 +765,7 @@ class RedisBackend(Backend, RoundTripDecider):
             io[L.O_RETRY_AFTER] = reply.retry
             key_table = tables[L.KIND_KEY]
             # A shadowed refusal is served: nobody was told to wait.
-            if key_table.keys[key_row] == p.identity and denied_kinds & ~guard._shadow_kinds:
+            if key_table.keys[key_row] == p.identity and denied_kinds & ~stages.shadow_kinds:
                 _told_to_wait(key_table.data, key_row, p.ts + reply.retry)
         bucket = self.bucket
         key_rate = 0.0
@@ -776,7 +778,7 @@ class RedisBackend(Backend, RoundTripDecider):
             io[L.O_BANNED] = 1.0
             io[L.O_ACTION] = float(self.ban_level)
             io[L.O_RETRY_AFTER] = reply.ban_left
-        quotas: list[tuple[bool, float, float] | None] = [None] * len(guard.policy.quotas)
+        quotas: list[tuple[bool, float, float] | None] = [None] * len(stages.policy.quotas)
         acquired: bool | None = None
         lease: tuple[str, str, str] | None = None
         for call, answer in zip((main, side), replies, strict=False):
@@ -795,14 +797,14 @@ class RedisBackend(Backend, RoundTripDecider):
         if lease is not None:
             self.leases.hold(*lease)
         answers = Answers(quotas, acquired)
-        decision = guard._decide(info, p, io, answers, bucket is not None)
+        decision = stages.decide(info, p, io, answers, bucket is not None)
         if lease is not None and not decision.held:
             self.release(lease[0])
         if not decision.shadow and decision.action is Action.THROTTLE:
             self._remember_denial(p, decision, denied_kinds, reply, key_rate, quotas)
         if self.netsync is not None:
             self.netsync.add(
-                p, io[L.O_FANIN], guard._load_factor(), decision.served and not decision.reasons
+                p, io[L.O_FANIN], stages.load_factor(), decision.served and not decision.reasons
             )
         return decision
 
@@ -832,7 +834,7 @@ class RedisBackend(Backend, RoundTripDecider):
 
     def _quota_memo_decision(
         self,
-        guard: Guard,
+        stages: Stages,
         info: RequestInfo,
         p: Prepared,
         io: list[float],
@@ -843,7 +845,7 @@ class RedisBackend(Backend, RoundTripDecider):
         quotas: list[tuple[bool, float, float] | None] = [
             (q[0], q[1], max(0.0, q[2] - now)) if q is not None else None for q in memo
         ]
-        decision = guard._decide(info, p, io, Answers(quotas, None), False)
+        decision = stages.decide(info, p, io, Answers(quotas, None), False)
         decision.held = ()
         return decision
 
@@ -866,7 +868,7 @@ class RedisBackend(Backend, RoundTripDecider):
             return
         if delta < 0:
             self.deny.forget_bucket(identity)
-        now: float | str = "" if self.server_time else (self.guard.clock() if self.guard else "")
+        now: float | str = "" if self.server_time else (self.stages.clock() if self.stages else "")
         self.pipe.send(
             (
                 "EVALSHA",
@@ -917,7 +919,7 @@ class RedisBackend(Backend, RoundTripDecider):
         )
 
     def _reconcile_now(self) -> float | str:
-        return "" if self.server_time else (self.guard.clock() if self.guard else "")
+        return "" if self.server_time else (self.stages.clock() if self.stages else "")
 
     # -- introspection -------------------------------------------------------------------------
 

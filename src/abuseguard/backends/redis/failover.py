@@ -23,7 +23,8 @@ from abuseguard.decision import DENIAL_ACTIONS, Action, Decision
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
-    from abuseguard.guard import Guard, Prepared
+    from abuseguard.backends.base import Stages
+    from abuseguard.guard import Prepared
     from abuseguard.policy import FailMode
     from abuseguard.request import RequestInfo
 
@@ -59,23 +60,23 @@ class Failover:
         mode = self.fail_mode
         return mode.fails_open(info.method, info.path) if mode.routes else mode.open
 
-    def while_open(self, guard: Guard, info: RequestInfo, p: Prepared) -> Decision:
+    def while_open(self, stages: Stages, info: RequestInfo, p: Prepared) -> Decision:
         """The circuit is open: no Redis call at all."""
         self.failures += 1
         if self.fallback and self.fails_open(info):
-            self.local_buckets(guard, on=True)
-            io = guard.run_engine(p).tolist()
-            decision = guard._decide(info, p, io, UNKNOWN, True)
+            self.local_buckets(stages, on=True)
+            io = stages.run_engine(p).tolist()
+            decision = stages.decide(info, p, io, UNKNOWN, True)
             decision.policies = decision.policies[:1]  # the bucket's state only
             decision.held = ()
             return decision
         if self.active:
-            self.local_buckets(guard, on=False)
-        return self.failed(guard, info, p, guard.run_engine(p).tolist(), counted=True)
+            self.local_buckets(stages, on=False)
+        return self.failed(stages, info, p, stages.run_engine(p).tolist(), counted=True)
 
     def failed(
         self,
-        guard: Guard,
+        stages: Stages,
         info: RequestInfo,
         p: Prepared,
         io: list[float],
@@ -87,13 +88,13 @@ class Failover:
             self.failures += 1
         level = int(io[L.O_ACTION])
         if io[L.O_BANNED]:
-            ladder = guard.ladder
+            ladder = stages.ladder
             action = ladder[level] if level < len(ladder) else Action.BLOCK
-            shadow = guard.policy.enforcement.shadow
+            shadow = stages.policy.enforcement.shadow
         else:
-            action, shadow = guard.risk_action(level, p.profile)
+            action, shadow = stages.local_verdict(level, p.profile)
         if self.fails_open(info) or (action in DENIALS and not shadow):
-            decision = guard._decide(info, p, io, UNKNOWN, False)
+            decision = stages.decide(info, p, io, UNKNOWN, False)
             decision.policies = ()
             decision.held = ()
             return decision
@@ -103,25 +104,25 @@ class Failover:
             io[L.O_SCORE],
             max(1.0, self.breaker.retry_after()),
             None,
-            guard.policy.shadow,
+            stages.policy.shadow,
             p.identity,
             (),
             (),
             p.cost,
         )
-        if guard.observers:
-            guard._notify(info, decision)
+        if stages.observed:
+            stages.notify(info, decision)
         return decision
 
-    def local_buckets(self, guard: Guard, *, on: bool) -> None:
+    def local_buckets(self, stages: Stages, *, on: bool) -> None:
         """Turn the kernel's own buckets on (fallback limiter) or off (Redis answers)."""
-        params = guard.engine.params
+        params = stages.engine.params
         if on:
             params[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] = self.fallback_params
             if self.episode != self.breaker.outages:
                 # A new outage: every client starts with a full (per-worker) bucket.
                 self.episode = self.breaker.outages
-                for kind, table in enumerate(guard.engine.tables):
+                for kind, table in enumerate(stages.engine.tables):
                     burst = float(self.fallback_params[2 * kind + 1])
                     if burst > 0.0:
                         table.data[:, L.F_TOKENS] = burst

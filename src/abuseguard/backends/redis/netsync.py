@@ -22,8 +22,9 @@ from abuseguard.backends.redis.call import ScriptCall
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
+    from abuseguard.backends.base import Stages
     from abuseguard.backends.redis.backend import RedisBackend
-    from abuseguard.guard import Guard, Prepared
+    from abuseguard.guard import Prepared
 
 logger = logging.getLogger("abuseguard.backends")
 
@@ -41,9 +42,9 @@ class _Pending:
 
 
 class NetSync:
-    def __init__(self, backend: RedisBackend, guard: Guard, *, max_pending: int = 65536) -> None:
+    def __init__(self, backend: RedisBackend, stages: Stages, *, max_pending: int = 65536) -> None:
         self.backend = backend
-        self.guard = guard
+        self.stages = stages
         self.max_pending = max_pending
         self.pending: dict[tuple[int, Any], _Pending] = {}
         self.denied: dict[tuple[int, Any], float] = {}  # refused until (monotonic seconds)
@@ -116,7 +117,7 @@ class NetSync:
         self.flushes += 1
         sha = backend.scripts["decide"].sha
         now: float | str = (
-            "" if backend.server_time else backend.guard.clock() if backend.guard else ""
+            "" if backend.server_time else backend.stages.clock() if backend.stages else ""
         )
         ttl_ms = backend.sketch_ttl_ms
         epoch = int(time.time() // backend.half_horizon)
@@ -155,7 +156,7 @@ class NetSync:
                 replies = await asyncio.gather(*futures, return_exceptions=True)
         except TimeoutError:
             return
-        tables = self.guard.engine.tables
+        tables = self.stages.engine.tables
         now_mono = time.monotonic()
         for (kind, key, call, rate), raw in zip(calls, replies, strict=True):
             if isinstance(raw, BaseException):

@@ -21,7 +21,7 @@ from abuseguard.backends.redis.call import ScriptCall
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
-    from abuseguard.guard import Guard
+    from abuseguard.backends.base import Stages
 
 PER_CALL = 99  # decide.lua counts its sketch ops in two digits
 
@@ -29,8 +29,8 @@ PER_CALL = 99  # decide.lua counts its sketch ops in two digits
 class SketchQueue:
     """Collects sketch ops (the `ScriptCall.sketch` signature) until the next flush."""
 
-    def __init__(self, guard: Guard, *, max_pending: int) -> None:
-        self.guard = guard
+    def __init__(self, stages: Stages, *, max_pending: int) -> None:
+        self.stages = stages
         self.max_pending = max_pending
         self.ops: list[tuple[str, str, int, list[Any], Any]] = []
         self.dropped = 0
@@ -59,7 +59,7 @@ class SketchQueue:
 
     def write_back(self, calls: list[ScriptCall], replies: list[Any]) -> None:
         """The shared estimates into the engine's rows; failed calls are dropped."""
-        engine = self.guard.engine
+        engine = self.stages.engine
         tables = engine.tables
         for call, raw in zip(calls, replies, strict=True):
             if isinstance(raw, BaseException):

@@ -46,8 +46,9 @@ from abuseguard.backends.redis.sketches import SketchQueue
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
+    from abuseguard.backends.base import Stages
     from abuseguard.backends.redis.synced import SyncedRedisBackend
-    from abuseguard.guard import Guard, Prepared
+    from abuseguard.guard import Prepared
 
 CHUNK = 256  # identities per script call on a standalone server
 MAX_FLUSH = 4096  # identities per flush; more wait for the next one
@@ -70,10 +71,10 @@ Pending = dict[tuple[int, Any], Entry]
 
 class Syncer:
     def __init__(
-        self, backend: SyncedRedisBackend, guard: Guard, *, max_pending: int, workers: int
+        self, backend: SyncedRedisBackend, stages: Stages, *, max_pending: int, workers: int
     ) -> None:
         self.backend = backend
-        self.guard = guard
+        self.stages = stages
         self.max_pending = max_pending
         self.workers = workers
         self.pending: Pending = {}  # every entry not sent yet
@@ -84,7 +85,7 @@ class Syncer:
         # At that write-back: the workers sharing it, the shared tokens, the engine's time.
         self.last_sync: dict[tuple[int, Any], tuple[int, float, float]] = {}
         self.paused = False  # Redis is away: nothing is recorded
-        self.sketches = SketchQueue(guard, max_pending=max_pending)
+        self.sketches = SketchQueue(stages, max_pending=max_pending)
         limits = backend.limits
         bucket = limits.key_bucket
         self.key_bucket = bucket
@@ -110,7 +111,7 @@ class Syncer:
         self.half = [b / 2 for b in self.bursts] + [-math.inf]
         self.thresholds = [b / (2 * workers) if b > 0 else math.inf for b in self.bursts]
         # The engine's tables as memoryviews: Python floats in and out, no numpy scalars.
-        self.rows: list[Any] = [memoryview(t.data) for t in guard.engine.tables]  # type: ignore[arg-type]
+        self.rows: list[Any] = [memoryview(t.data) for t in stages.engine.tables]  # type: ignore[arg-type]
         self.dropped = 0  # identities left out of a flush (pending full)
         self.flushes = 0
         self.entries_sent = 0
@@ -187,7 +188,7 @@ class Syncer:
                 sharing, tokens, at = known
                 sharing = workers if cold else sharing
                 if sharing > 1:
-                    refilled = tokens + self.rates[kind] * (self.guard.clock() - at)
+                    refilled = tokens + self.rates[kind] * (self.stages.clock() - at)
                     cap = min(burst, refilled) / sharing
                     if self._cold_start(k, charged, cap) and cold:
                         self.due[k] = entry
@@ -199,7 +200,7 @@ class Syncer:
         if cap <= 0.0:
             return False
         kind, key = k
-        row = self.guard.engine.tables[kind].index.get(key)
+        row = self.stages.engine.tables[kind].index.get(key)
         if row is None:
             return False
         data = self.rows[kind]
@@ -211,10 +212,10 @@ class Syncer:
     def charge(self, identity: Any, delta: float, kind: int = L.KIND_KEY) -> None:
         """A cost reconciled after the response (``delta`` < 0 refunds): charged here and
         owed to the shared bucket (the identity's, or a network's of that ``kind``)."""
-        tables = self.guard.engine.tables
+        tables = self.stages.engine.tables
         row = tables[kind].find(identity)
         if row is not None:
-            self.guard.engine.charge(kind, row, delta)
+            self.stages.engine.charge(kind, row, delta)
         has_bucket = self.key_bucket is not None if kind == L.KIND_KEY else kind in self.net_buckets
         if self.paused or not has_bucket:
             return
@@ -294,14 +295,14 @@ class Syncer:
         step = 1 if backend.cluster else CHUNK  # a Cluster script call: one slot's keys
         groups = [items[i : i + step] for i in range(0, len(items), step)]
         commands = [self._command(group) for group in groups]
-        now_arg: float | str = "" if backend.server_time else self.guard.clock()
+        now_arg: float | str = "" if backend.server_time else self.stages.clock()
         calls = sketches.calls(now_arg, cluster=backend.cluster)
         decide = backend.scripts["decide"].sha
         commands += [call.command(decide) for call in calls]
         replies = await asyncio.gather(*(pipe.call(c) for c in commands), return_exceptions=True)
         sketches.write_back(calls, replies[len(groups) :])
         error: BaseException | None = None
-        now = self.guard.clock()
+        now = self.stages.clock()
         mono = time.monotonic()
         for group, reply in zip(groups, replies[: len(groups)], strict=True):
             if isinstance(reply, BaseException):
@@ -327,10 +328,10 @@ class Syncer:
         argument, most of them a kind, an identity and a delta; the script names the keys
         (in a Cluster the one identity's bucket or ban key routes the call)."""
         backend = self.backend
-        guard = self.guard
+        stages = self.stages
         lines: list[str] = []
-        load = guard._load_factor()
-        key_index = guard.engine.tables[L.KIND_KEY].index
+        load = stages.load_factor()
+        key_index = stages.engine.tables[L.KIND_KEY].index
         key_rows = self.rows[L.KIND_KEY]
         bucket = self.key_bucket
         refill_factor = backend.limits.key_refill_factor
@@ -361,7 +362,7 @@ class Syncer:
             else:
                 names = backend.keys.of(key)
                 keys = (names.bucket if bucket is not None else names.ban,)
-        now: float | str = "" if backend.server_time else guard.clock()
+        now: float | str = "" if backend.server_time else stages.clock()
         return (
             "EVALSHA",
             backend.scripts["sync"].sha,
@@ -381,7 +382,7 @@ class Syncer:
     ) -> None:
         if not isinstance(reply, list) or len(reply) != 1 + 3 * len(group):
             raise ValueError(f"unexpected reply from sync.lua: {reply!r:.200}")
-        tables = self.guard.engine.tables
+        tables = self.stages.engine.tables
         rows = self.rows
         pending = self.pending
         synced = self.synced
@@ -402,7 +403,7 @@ class Syncer:
             row = tables[kind].index.get(key)
             if row is None:
                 if kind == L.KIND_KEY and left > 0.0:  # evicted here: the ban is held
-                    key_table = self.guard.engine.key_table
+                    key_table = self.stages.engine.key_table
                     key_table.hold_ban(key, now + left, now, self.bursts[L.KIND_KEY])
                 continue
             data = rows[kind]

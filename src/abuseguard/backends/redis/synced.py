@@ -91,7 +91,7 @@ from abuseguard.engine import layout as L
 from abuseguard.errors import ConfigError
 
 if TYPE_CHECKING:
-    from abuseguard.guard import Guard
+    from abuseguard.backends.base import Stages
     from abuseguard.request import RequestInfo
 
 logger = logging.getLogger("abuseguard.backends")
@@ -161,8 +161,8 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
 
     # -- construction --------------------------------------------------------------------
 
-    def attach(self, guard: Guard) -> None:
-        policy = guard.policy
+    def attach(self, stages: Stages) -> None:
+        policy = stages.policy
         if policy.quotas:
             raise ConfigError(
                 "Policy.quotas",
@@ -175,17 +175,17 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
                 "concurrency limits are not synced: use the Redis backend's inline mode "
                 "(mode=inline, the default) for a policy with a concurrency limit",
             )
-        super().attach(guard)
+        super().attach(stages)
         self.netsync = None
         full = np.array(self.limits.bucket_vector())
         self._full = full
         self._divided = full.copy()
         self._divided[1::2] /= float(self.workers)  # bursts
         self._divided[0::2] /= float(self.workers)  # rates
-        guard.engine.params[_BUCKETS] = full  # the kernel's own buckets decide,
-        guard.local_buckets = True  # and the Decision reports them as the memory backend's
-        self._io = memoryview(guard.engine.io)  # type: ignore[arg-type]  # floats, no numpy
-        self.syncer = Syncer(self, guard, max_pending=self.sync_max_pending, workers=self.workers)
+        stages.engine.params[_BUCKETS] = full  # the kernel's own buckets decide,
+        stages.use_local_buckets()  # and the Decision reports them as the memory backend's
+        self._io = memoryview(stages.engine.io)  # type: ignore[arg-type]  # floats, no numpy
+        self.syncer = Syncer(self, stages, max_pending=self.sync_max_pending, workers=self.workers)
         # Fan-out and fan-in sketches are shared as inline (`sketches`).
         self._sketching = self.shared_sketches and policy.network is not None
 
@@ -251,9 +251,9 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
         if syncer is not None:
             syncer.paused = True
             syncer.dropped += syncer.clear()
-        guard = self.guard
-        if guard is not None and self._divided is not None:
-            guard.engine.params[_BUCKETS] = self._divided
+        stages = self.stages
+        if stages is not None and self._divided is not None:
+            stages.engine.params[_BUCKETS] = self._divided
         logger.warning(
             "abuseguard: Redis at %s is not answering (%s: %s); deciding locally with 1/%d "
             "of every bucket per worker until it answers",
@@ -273,30 +273,30 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
             if syncer is not None:
                 syncer.clear()  # consumption during the outage stays with the divided buckets
                 syncer.paused = False
-            guard = self.guard
-            if guard is not None and self._full is not None:
-                guard.engine.params[_BUCKETS] = self._full
+            stages = self.stages
+            if stages is not None and self._full is not None:
+                stages.engine.params[_BUCKETS] = self._full
             logger.warning("abuseguard: Redis at %s answers again; syncing", redacted(self.url))
         return self.sync_interval
 
     # -- the decision ----------------------------------------------------------------------
 
-    async def check(self, guard: Guard, info: RequestInfo) -> Decision:
-        return self.check_now(guard, info)
+    async def check(self, stages: Stages, info: RequestInfo) -> Decision:
+        return self.check_now(stages, info)
 
-    def check_now(self, guard: Guard, info: RequestInfo) -> Decision:
+    def check_now(self, stages: Stages, info: RequestInfo) -> Decision:
         """Decide from local state, note what to sync; no I/O (``Guard.check`` calls it).
         The first call on an event loop starts the sync task there; outside a running loop
-        the decisions are local and are synced once a loop runs the guard."""
-        if guard._exempt and guard._exempt.matches(info.path):
+        the decisions are local and are synced once a loop runs the stages."""
+        if stages.is_exempt(info.path):
             return _EXEMPT
         loop = asyncio._get_running_loop()
         if self._loop is not loop and loop is not None:
             self._start()
-        p = guard.prepare(info)
-        plain = guard._run(p)  # the memory backend's path: kernel, then the Decision
+        p = stages.prepare(info)
+        plain = stages.run_local(p)  # the memory backend's path: kernel, then the Decision
         # The guard charges the local buckets exactly when it serves the request.
-        decision = guard._conclude(info, p, plain)
+        decision = stages.conclude(info, p, plain)
         syncer = self.syncer
         assert syncer is not None, "SyncedRedisBackend.attach() was not called (use it via Guard)"
         if not syncer.paused:
