@@ -4,6 +4,7 @@ imported only for a Redis URI."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -77,3 +78,54 @@ def test_the_memory_backend_imports_no_redis() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_shared_backend_gets_the_stages_never_the_guard() -> None:
+    """A round-trip backend drives the pipeline through the `Stages` port: what it is
+    given at construction and per request is not the Guard."""
+    from abuseguard.backends.base import UNKNOWN_LIMITS, RoundTripDecider, Stages
+    from abuseguard.decision import Decision
+
+    given: list[object] = []
+
+    class Recording(Backend, RoundTripDecider):
+        shared = True
+
+        def attach(self, stages: Stages) -> None:
+            given.append(stages)
+
+        async def check(self, stages: Stages, info: RequestInfo) -> Decision:
+            given.append(stages)
+            p = stages.prepare(info)
+            return stages.decide(info, p, stages.run_engine(p).tolist(), UNKNOWN_LIMITS, False)
+
+    guard = Guard(Policy(scoring=None), backend=Recording())
+    decision = asyncio.run(guard.acheck(RequestInfo(ip="192.0.2.1", key="k1", ts=1.0)))
+    assert decision.served and decision.identity.startswith("k:")
+    assert len(given) == 2 and all(not isinstance(g, Guard) for g in given)
+
+
+def test_no_backend_module_reads_the_guard() -> None:
+    """No module under backends/ names a Guard, imports it or has a ``guard`` (issue 15
+    item 1): the code, read with ``ast``, not its prose."""
+    import ast
+    from pathlib import Path
+
+    import abuseguard.backends
+
+    root = Path(abuseguard.backends.__file__).parent
+    offending = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Name):
+                names = [node.id]
+            elif isinstance(node, ast.arg):
+                names = [node.arg]
+            elif isinstance(node, ast.Attribute):
+                names = [node.attr]
+            elif isinstance(node, ast.ImportFrom):
+                names = [alias.name for alias in node.names]
+            if {"guard", "Guard"} & set(names):
+                offending.append(f"{path.relative_to(root)}:{getattr(node, 'lineno', '?')}")
+    assert not offending, offending

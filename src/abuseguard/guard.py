@@ -22,7 +22,6 @@ from abuseguard.backends.base import (
     LocalDecider,
     LocalLimits,
     RoundTripDecider,
-    Stages,
     backend_from_uri,
     require_capabilities,
 )
@@ -178,9 +177,7 @@ class Guard:
         )
         self._round_trip = self.backend if isinstance(self.backend, RoundTripDecider) else None
         # A shared backend that decides from local state (synced mode) answers in-process.
-        self._check_now: Callable[[Stages, RequestInfo], Decision] | None = (
-            self.backend.check_now if isinstance(self.backend, LocalDecider) else None
-        )
+        self._local_decider = self.backend if isinstance(self.backend, LocalDecider) else None
         # A plain allow from the kernel is final unless a quota or a concurrency limit
         # still has to be asked.
         self._plain_allow_final = not policy.quotas and policy.concurrency is None
@@ -441,9 +438,9 @@ class Guard:
         """Decide for one request (memory backend, or a shared backend that decides
         locally: Redis in synced mode). Use `acheck` with the others."""
         if self._shared:
-            if self._check_now is not None:
+            if self._local_decider is not None:
                 refusal = None if self.unverified_keys is None else self._unverified_first(info)
-                return self._check_now(self._stages, info) if refusal is None else refusal
+                return self._check_merged(info) if refusal is None else refusal
             raise RuntimeError(
                 "Guard.check() is synchronous; use 'await guard.acheck(info)' "
                 f"with the {type(self.backend).__name__}"
@@ -457,6 +454,20 @@ class Guard:
             if refusal is not None:
                 return refusal
         return self._conclude(info, p, self._run(p))
+
+    def _check_merged(self, info: RequestInfo) -> Decision:
+        """Decide from local state with a backend that merges it into a store in the
+        background (`LocalDecider`: Redis in synced mode): the memory backend's path, the
+        kernel's buckets charged exactly when the request is served, then the backend notes
+        what to merge."""
+        if self._exempt and self._exempt.matches(info.path):
+            return _EXEMPT
+        p = self.prepare(info)
+        plain = self._run(p)
+        decision = self._conclude(info, p, plain)
+        assert self._local_decider is not None
+        self._local_decider.note_decision(p, decision, plain)
+        return decision
 
     def precheck(self, info: RequestInfo) -> Decision | None:
         """Is this request refused whatever its body says? The refusal, decided from what
@@ -584,8 +595,8 @@ class Guard:
                 refusal = self._unverified_first(info)
             if refusal is not None:
                 return refusal
-        if self._check_now is not None:
-            return self._check_now(self._stages, info)
+        if self._local_decider is not None:
+            return self._check_merged(info)
         if self._round_trip is None:
             raise RuntimeError(f"{type(self.backend).__name__} cannot decide requests")
         return await self._round_trip.check(self._stages, info)

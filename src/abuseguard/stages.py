@@ -30,8 +30,6 @@ class GuardStages:
         self.clock = guard.clock
         self.prepare = guard.prepare
         self.run_engine = guard.run_engine
-        self.run_local = guard._run
-        self.conclude = guard._conclude
         self.decide = guard._decide
         self.local_verdict = guard.risk_action
         self.load_factor = guard._load_factor

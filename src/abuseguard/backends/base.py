@@ -7,8 +7,9 @@ A backend class declares its capabilities by the capability classes it derives f
   memory backend); the guard asks it for every quota and slot of a decision.
 - `RoundTripDecider` (``shared``): it answers the limits of a request in a round trip to
   a store (Redis in inline mode): the guard awaits `RoundTripDecider.check`.
-- `LocalDecider` (``shared``, ``decides_locally``): it decides from local state merged
-  with a store in the background (Redis in synced mode), so ``Guard.check`` works too.
+- `LocalDecider` (``shared``, ``decides_locally``): the Guard decides from local state,
+  which the backend merges with a store in the background (Redis in synced mode), so
+  ``Guard.check`` works too.
 
 Every backend takes the after-the-fact calls of the `Settlement` port: ``release`` of a
 concurrency slot, ``reconcile`` of the key bucket, ``reconcile_network``,
@@ -97,14 +98,6 @@ class Stages(Protocol):
     def prepare(self, info: RequestInfo) -> Prepared: ...
     def run_engine(self, p: Prepared) -> Any:
         """The kernel on a prepared request; its io vector."""
-        ...
-
-    def run_local(self, p: Prepared) -> bool:
-        """The kernel with its own buckets (synced mode); True: a plain allow."""
-        ...
-
-    def conclude(self, info: RequestInfo, p: Prepared, plain: bool) -> Decision:
-        """The Decision after `run_local`, the limits counted in this process."""
         ...
 
     def decide(
@@ -214,8 +207,9 @@ class LocalDecider(ABC):
     """Capability of a shared backend that decides from local state (no waiting)."""
 
     @abstractmethod
-    def check_now(self, stages: Stages, info: RequestInfo) -> Decision:
-        """Decide one request now; the store is merged in the background."""
+    def note_decision(self, p: Prepared, decision: Decision, plain: bool) -> None:
+        """The Guard decided ``p`` from local state (``plain``: the kernel's plain allow,
+        every bucket charged): note what to merge into the store; no I/O."""
 
 
 def require_capabilities(backend: Backend) -> None:

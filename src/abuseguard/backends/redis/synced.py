@@ -86,12 +86,13 @@ from abuseguard.backends.redis.backend import RedisBackend, check_count, check_s
 from abuseguard.backends.redis.pipe import load_script
 from abuseguard.backends.redis.sync import MAX_FLUSH, Syncer
 from abuseguard.backends.redis.uri import redacted
-from abuseguard.decision import Action, Decision
+from abuseguard.decision import Decision
 from abuseguard.engine import layout as L
 from abuseguard.errors import ConfigError
 
 if TYPE_CHECKING:
     from abuseguard.backends.base import Stages
+    from abuseguard.guard import Prepared
     from abuseguard.request import RequestInfo
 
 logger = logging.getLogger("abuseguard.backends")
@@ -282,21 +283,16 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
     # -- the decision ----------------------------------------------------------------------
 
     async def check(self, stages: Stages, info: RequestInfo) -> Decision:
-        return self.check_now(stages, info)
+        raise RuntimeError("SyncedRedisBackend decides through Guard.check or Guard.acheck")
 
-    def check_now(self, stages: Stages, info: RequestInfo) -> Decision:
-        """Decide from local state, note what to sync; no I/O (``Guard.check`` calls it).
-        The first call on an event loop starts the sync task there; outside a running loop
-        the decisions are local and are synced once a loop runs the stages."""
-        if stages.is_exempt(info.path):
-            return _EXEMPT
+    def note_decision(self, p: Prepared, decision: Decision, plain: bool) -> None:
+        """The Guard decided ``p`` from local state (``plain``: a plain allow from the
+        kernel, every bucket charged): note what to sync; no I/O. The first call on an
+        event loop starts the sync task there; outside a running loop the decisions are
+        synced once a loop runs the guard."""
         loop = asyncio._get_running_loop()
         if self._loop is not loop and loop is not None:
             self._start()
-        p = stages.prepare(info)
-        plain = stages.run_local(p)  # the memory backend's path: kernel, then the Decision
-        # The guard charges the local buckets exactly when it serves the request.
-        decision = stages.conclude(info, p, plain)
         syncer = self.syncer
         assert syncer is not None, "SyncedRedisBackend.attach() was not called (use it via Guard)"
         if not syncer.paused:
@@ -320,7 +316,6 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
                 self._plan_sketches(
                     syncer.sketches, p, profile, self.keys.of(p.identity), self._network_keys(p)
                 )
-        return decision
 
     # -- after the response -------------------------------------------------------------------
 
@@ -359,7 +354,5 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
             "failed_syncs": self.failed_syncs,
         }
 
-
-_EXEMPT = Decision(Action.ALLOW)
 
 __all__ = ["SyncedRedisBackend"]
