@@ -80,13 +80,24 @@ def test_the_memory_backend_imports_no_redis() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_a_shared_backend_gets_the_stages_never_the_guard() -> None:
-    """A round-trip backend drives the pipeline through the `Stages` port: what it is
-    given at construction and per request is not the Guard."""
-    from abuseguard.backends.base import UNKNOWN_LIMITS, RoundTripDecider, Stages
-    from abuseguard.decision import Decision
+def test_a_round_trip_backend_answers_limits_and_never_gets_the_guard() -> None:
+    """The Guard runs the pipeline with a round-trip backend: the backend is asked
+    whether its store is reachable, then for the limits of the prepared request (here a
+    quota it refuses), and the Guard decides. What it is given is never the Guard."""
+    from abuseguard.backends.base import LimitAnswer, RoundTripDecider, Stages
+    from abuseguard.guard import Prepared
+    from abuseguard.policy import Quota
 
     given: list[object] = []
+
+    class QuotaRefused:
+        def hit_quota(
+            self, limit: str, strategy: str, identity: str, cost: int
+        ) -> tuple[bool, float, float]:
+            return False, 0.0, 42.0
+
+        def acquire(self, identity: str, limit: int) -> bool:
+            return True
 
     class Recording(Backend, RoundTripDecider):
         shared = True
@@ -94,15 +105,25 @@ def test_a_shared_backend_gets_the_stages_never_the_guard() -> None:
         def attach(self, stages: Stages) -> None:
             given.append(stages)
 
-        async def check(self, stages: Stages, info: RequestInfo) -> Decision:
-            given.append(stages)
-            p = stages.prepare(info)
-            return stages.decide(info, p, stages.run_engine(p).tolist(), UNKNOWN_LIMITS, False)
+        async def reach(self, info: RequestInfo) -> bool:
+            given.append(info)
+            return True
 
-    guard = Guard(Policy(scoring=None), backend=Recording())
-    decision = asyncio.run(guard.acheck(RequestInfo(ip="192.0.2.1", key="k1", ts=1.0)))
-    assert decision.served and decision.identity.startswith("k:")
-    assert len(given) == 2 and all(not isinstance(g, Guard) for g in given)
+        async def answer(
+            self, info: RequestInfo, p: Prepared, io: list[float], reachable: bool
+        ) -> LimitAnswer:
+            given.append(p)
+            return LimitAnswer(QuotaRefused(), False, after=given.append)
+
+    guard = Guard(Policy(scoring=None, quotas=(Quota("5/minute"),)), backend=Recording())
+    info = RequestInfo(ip="192.0.2.1", key="k1", ts=1.0)
+    decision = asyncio.run(guard.acheck(info))
+    assert decision.action.value == "throttle" and decision.reasons == ("quota",)
+    assert decision.retry_after == 42.0
+    stages, reached, prepared, after = given
+    assert not isinstance(stages, Guard) and reached is info
+    assert isinstance(prepared, Prepared) and prepared.identity == decision.identity
+    assert after is decision
 
 
 def test_no_backend_module_reads_the_guard() -> None:

@@ -372,7 +372,10 @@ def test_sync_check_refuses_shared_backend_clearly() -> None:
     class FakeShared(MemoryBackendLike, RoundTripDecider):
         shared = True
 
-        async def check(self, host: object, info: RequestInfo) -> Decision:
+        async def reach(self, info: RequestInfo) -> bool:
+            raise NotImplementedError
+
+        async def answer(self, info: RequestInfo, p: object, io: object, ok: bool) -> object:
             raise NotImplementedError
 
     guard = Guard(Policy(scoring=None), backend=FakeShared())

@@ -466,7 +466,7 @@ class Guard:
         plain = self._run(p)
         decision = self._conclude(info, p, plain)
         assert self._local_decider is not None
-        self._local_decider.note_decision(p, decision, plain)
+        self._local_decider.note_decision(p, decision, plain, self._io)
         return decision
 
     def precheck(self, info: RequestInfo) -> Decision | None:
@@ -599,7 +599,30 @@ class Guard:
             return self._check_merged(info)
         if self._round_trip is None:
             raise RuntimeError(f"{type(self.backend).__name__} cannot decide requests")
-        return await self._round_trip.check(self._stages, info)
+        return await self._check_round_trip(self._round_trip, info)
+
+    async def _check_round_trip(self, backend: RoundTripDecider, info: RequestInfo) -> Decision:
+        """The pipeline with a backend that answers the limits in a round trip (Redis in
+        inline mode): prepare, the engine with the backend's buckets off (the fail mode may
+        turn the kernel's on), the limits from the backend, the Decision."""
+        if self._exempt and self._exempt.matches(info.path):
+            return _EXEMPT
+        reachable = await backend.reach(info)
+        p = self.prepare(info)
+        io = self.run_engine(p).tolist()  # a copy: other requests run the kernel meanwhile
+        answer = await backend.answer(info, p, io, reachable)
+        if answer.refusal is not None:
+            if self.observers:
+                self._notify(info, answer.refusal)
+            return answer.refusal
+        decision = self._decide(info, p, io, answer.limits, answer.buckets_known)
+        if answer.policies_kept >= 0:
+            decision.policies = decision.policies[: answer.policies_kept]
+        if not answer.holds:
+            decision.held = ()
+        if answer.after is not None:
+            answer.after(decision)
+        return decision
 
     def _decide(
         self,

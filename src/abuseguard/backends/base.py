@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from abuseguard.errors import ConfigError
 
 if TYPE_CHECKING:
     from abuseguard.decision import Action, Decision
-    from abuseguard.engine.engine import Engine
+    from abuseguard.engine.rows import EngineRows
     from abuseguard.guard import Prepared
     from abuseguard.network import NetworkProfile
     from abuseguard.policy import Policy, Quota
@@ -89,38 +91,37 @@ class Stages(Protocol):
     it may read: what a backend gets instead of the Guard (`abuseguard.stages`)."""
 
     policy: Policy
-    engine: Engine
+    rows: EngineRows  # the engine's rows by identity, its bucket parameters
     ladder: tuple[Action, ...]
     shadow_kinds: int  # bitmask of the kinds whose bucket refusals are shadowed
 
     def clock(self) -> float: ...
-    def is_exempt(self, path: str) -> bool: ...
-    def prepare(self, info: RequestInfo) -> Prepared: ...
-    def run_engine(self, p: Prepared) -> Any:
-        """The kernel on a prepared request; its io vector."""
-        ...
-
-    def decide(
-        self,
-        info: RequestInfo,
-        p: Prepared,
-        io_vector: Any,
-        limits: LimitSource | None = None,
-        buckets_known: bool | None = None,
-    ) -> Decision:
-        """The Decision from the engine's outputs and the limits' answers."""
-        ...
-
     def local_verdict(self, level: int, profile: NetworkProfile | None) -> tuple[Action, bool]:
         """The action and shadow flag from the risk ladder and network rules alone."""
         ...
 
     def load_factor(self) -> float: ...
     def buckets_shadowed(self, denied: int) -> bool: ...
-    @property
-    def observed(self) -> bool: ...
-    def notify(self, info: RequestInfo, decision: Decision) -> None: ...
     def use_local_buckets(self) -> None: ...
+
+
+@dataclass(slots=True)
+class LimitAnswer:
+    """What a round-trip backend answers for one request's limits; the Guard decides.
+
+    ``limits`` answers the quotas and the concurrency slot, ``buckets_known``: the bucket
+    outputs in the io vector are real. ``refusal``: the fail mode refused the request
+    without a decision from the limits (the Guard shows it to the observers).
+    ``policies_kept``: keep only this many of the decision's policy states (-1: all);
+    ``holds`` False: the decision holds no concurrency slot. ``after`` sees the decision
+    (a lease not held is given back, a refusal remembered)."""
+
+    limits: LimitSource
+    buckets_known: bool
+    refusal: Decision | None = None
+    policies_kept: int = -1
+    holds: bool = True
+    after: Callable[[Decision], None] | None = None
 
 
 class LimitSource(Protocol):
@@ -194,8 +195,16 @@ class RoundTripDecider(ABC):
         """Check the policy and precompute its numbers (the Guard, at construction)."""
 
     @abstractmethod
-    async def check(self, stages: Stages, info: RequestInfo) -> Decision:
-        """Decide one request, awaiting the store."""
+    async def reach(self, info: RequestInfo) -> bool:
+        """Before the engine runs for ``info``: can the store be asked? (Connect, probe;
+        set the kernel's own buckets for a fail mode that limits in-process.)"""
+
+    @abstractmethod
+    async def answer(
+        self, info: RequestInfo, p: Prepared, io: list[float], reachable: bool
+    ) -> LimitAnswer:
+        """The limits of one request: the store's answers, the bucket outputs written into
+        ``io`` (a copy of the engine's outputs), or the fail mode's when not ``reachable``."""
 
     def precheck_limits(self, p: Prepared, io: list[float]) -> tuple[LimitSource, bool]:
         """For `Guard.precheck`: what this worker knows of the limits without asking the
@@ -207,9 +216,12 @@ class LocalDecider(ABC):
     """Capability of a shared backend that decides from local state (no waiting)."""
 
     @abstractmethod
-    def note_decision(self, p: Prepared, decision: Decision, plain: bool) -> None:
+    def note_decision(
+        self, p: Prepared, decision: Decision, plain: bool, io: Sequence[float]
+    ) -> None:
         """The Guard decided ``p`` from local state (``plain``: the kernel's plain allow,
-        every bucket charged): note what to merge into the store; no I/O."""
+        every bucket charged; ``io``: the engine's outputs): note what to merge into the
+        store; no I/O."""
 
 
 def require_capabilities(backend: Backend) -> None:
@@ -270,6 +282,7 @@ def backend_from_uri(value: Backend | str | None) -> Backend:
 __all__ = [
     "UNKNOWN_LIMITS",
     "Backend",
+    "LimitAnswer",
     "LimitSource",
     "LocalDecider",
     "LocalLimits",

@@ -1,12 +1,13 @@
 """RedisBackend: limits shared by every worker and host, one round trip per request.
 
-Per request (``check``): the guard prepares the request and the in-process kernel scores
-it (its buckets are off with a shared backend); then ONE ``EVALSHA`` of ``lua/decide.lua``
+Per request (the Guard's pipeline asks ``reach``, then ``answer``): the guard prepares the
+request and the in-process kernel scores it (its buckets are off with a shared backend);
+then ONE ``EVALSHA`` of ``lua/decide.lua``
 applies, atomically and on Redis server time, the ban check, the fan-out (and, on a
 standalone server, fan-in) HyperLogLogs, the token buckets (the main identity's refill
 scaled by the local risk score exactly as the kernel would), the window quotas and the
-concurrency lease; the guard turns the answers and the local score into a Decision
-(``Guard._decide``, shared with the memory backend). Requests queued in the same loop
+concurrency lease; the guard turns the answers (a `LimitAnswer`) and the local score into
+a Decision, as with the memory backend. Requests queued in the same loop
 tick share one pipeline (see `pipe`), so the round trip is also shared under load.
 
 No Redis call at all for: a client banned (the kernel keeps the ban locally once seen), a
@@ -70,7 +71,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from abuseguard.backends.base import Backend, LimitSource, RoundTripDecider
+from abuseguard.backends.base import Backend, LimitAnswer, LimitSource, RoundTripDecider
 from abuseguard.backends.breaker import CLOSED, CircuitBreaker
 from abuseguard.backends.redis.call import STRATEGY_CODES, Answers, Reply, ScriptCall, SketchSink
 from abuseguard.backends.redis.deny_cache import DenyCache
@@ -90,6 +91,7 @@ from abuseguard.policy import Concurrency, Quota
 
 if TYPE_CHECKING:
     from abuseguard.backends.base import Stages
+    from abuseguard.engine.rows import EngineRows
     from abuseguard.guard import Prepared
     from abuseguard.network import NetworkProfile
     from abuseguard.policy import Policy
@@ -276,9 +278,9 @@ class RedisBackend(Backend, RoundTripDecider):
         self.net_buckets: tuple[NetworkBucket, ...] = limits.network_buckets
         self.load_floor = limits.load_floor
         enforcement = policy.enforcement
-        params = stages.engine.params
-        self.serves = tuple(params[L.P_LADDER_SERVES + level] != 0.0 for level in range(9))
-        self.ban_level = int(params[L.P_BAN_LEVEL])
+        rows = stages.rows
+        self.serves = tuple(rows.parameter(L.P_LADDER_SERVES + level) != 0.0 for level in range(9))
+        self.ban_level = int(rows.parameter(L.P_BAN_LEVEL))
         self.ban_ms = int(enforcement.ban_seconds * 1000)
         ladder = stages.ladder
         ban_action = ladder[self.ban_level] if 0 < self.ban_level < len(ladder) else Action.BLOCK
@@ -295,6 +297,7 @@ class RedisBackend(Backend, RoundTripDecider):
             fail_mode,
             np.array(limits.bucket_vector()) / float(self.fallback_workers),
             self.fallback_workers,
+            stages,
             has_bucket=bucket is not None,
         )
         if self.cluster:
@@ -402,28 +405,44 @@ class RedisBackend(Backend, RoundTripDecider):
 
     # -- the decision ----------------------------------------------------------------------
 
-    async def check(self, stages: Stages, info: RequestInfo) -> Decision:
-        if stages.is_exempt(info.path):
-            return _EXEMPT
+    async def reach(self, info: RequestInfo) -> bool:
+        """Before the engine runs: can Redis be asked? Connects on a new event loop and
+        probes a half-open breaker. The kernel's own buckets are turned on when the fail
+        mode limits in-process (`failover`), off otherwise."""
         if self._loop is not asyncio.get_running_loop():
             await self.startup()
-        p = stages.prepare(info)
         breaker = self.breaker
         failover = self.failover
         assert failover is not None, "RedisBackend.attach() was not called (use it via Guard)"
         if breaker.state != CLOSED and not (breaker.allow() and await self._probe()):
-            return failover.while_open(stages, info, p)
+            failover.before_engine(info)
+            return False
         if failover.active:
-            failover.local_buckets(stages, on=False)
-        io = stages.run_engine(p).tolist()  # a copy: other requests run the kernel meanwhile
-        key_table = stages.engine.tables[L.KIND_KEY]
-        key_row = key_table.index[p.identity]
+            failover.local_buckets(on=False)
+        return True
+
+    async def answer(
+        self, info: RequestInfo, p: Prepared, io: list[float], reachable: bool
+    ) -> LimitAnswer:
+        """The limits of one request, the engine's outputs in ``io`` (a copy: the bucket
+        outputs Redis answers are written in): one round trip, or none when this worker
+        already knows (a ban, the deny cache, a network short in a Cluster) or Redis is
+        unreachable (the fail mode)."""
+        failover = self.failover
+        assert failover is not None and self.stages is not None
+        stages = self.stages
+        if not reachable:
+            return failover.while_open(info, p, io)
+        breaker = self.breaker
+        rows = stages.rows
+        key_row = rows.row(L.KIND_KEY, p.identity)
+        assert key_row is not None  # the engine just ran on it
         # The kernel measures idle time (score forgiveness) from the bucket's last refill,
         # which it never moves with its buckets off: move it here.
-        key_table.data[key_row, L.F_BUCKET_TS] = p.ts
+        rows.put(L.KIND_KEY, key_row, L.F_BUCKET_TS, p.ts)
         if io[L.O_BANNED] and not self.ban_gate:
             self.local_denials += 1
-            return stages.decide(info, p, io, UNKNOWN, False)
+            return LimitAnswer(UNKNOWN, False)
         deny = self.deny
         if deny.buckets and self.bucket is not None:
             short = deny.bucket_short(p.identity, p.cost)
@@ -431,25 +450,25 @@ class RedisBackend(Backend, RoundTripDecider):
                 tokens, wait, rate = short
                 io[L.O_DENIED_KINDS] = 1.0
                 io[L.O_RETRY_AFTER] = wait
-                _told_to_wait(key_table.data, key_row, p.ts + wait)
+                _told_to_wait(rows, key_row, p.ts + wait)
                 io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
                 io[L.O_RESET] = (self.bucket.capacity - tokens) / rate
                 self.local_denials += 1
-                return stages.decide(info, p, io, UNKNOWN, True)
+                return LimitAnswer(UNKNOWN, True)
         if deny.quotas:
             exhausted = deny.quota_exhausted(p.identity)
             if exhausted is not None:
                 self.local_denials += 1
-                return self._quota_memo_decision(stages, info, p, io, exhausted)
+                return self._quota_memo_answer(exhausted)
         netsync = self.netsync
         if netsync is not None and netsync.denied and p.profile is not None:
             mask, wait = netsync.blocked(p)
             if mask and not stages.buckets_shadowed(mask):
                 io[L.O_DENIED_KINDS] = float(mask)
                 io[L.O_RETRY_AFTER] = wait
-                _told_to_wait(key_table.data, key_row, p.ts + wait)
+                _told_to_wait(rows, key_row, p.ts + wait)
                 self.local_denials += 1
-                return stages.decide(info, p, io, UNKNOWN, False)
+                return LimitAnswer(UNKNOWN, False)
         main, side = self._plan(stages, p, io, key_row)
         pipe = self.pipe
         assert pipe is not None
@@ -475,9 +494,9 @@ class RedisBackend(Backend, RoundTripDecider):
                 logger.warning("abuseguard: Redis call failed (%s: %s)", type(exc).__name__, exc)
             breaker.failure(exc)
             self._give_back(main, side)
-            return failover.failed(stages, info, p, io)
+            return failover.failed(info, p, io)
         breaker.success()
-        return self._apply(stages, info, p, io, key_row, main, side, answers)
+        return self._apply(stages, p, io, key_row, main, side, answers)
 
     def precheck_limits(self, p: Prepared, io: list[float]) -> tuple[LimitSource, bool]:
         """For `Guard.precheck`: what this worker knows without asking Redis, read-only.
@@ -561,7 +580,7 @@ class RedisBackend(Backend, RoundTripDecider):
         if not 0.0 <= cost < math.inf:  # NaN or infinite: the whole burst; negative: nothing
             cost = 0.0 if cost < 0.0 else (bucket.capacity if bucket is not None else 0.0)
         if bucket is not None:
-            smoothed = float(stages.engine.tables[L.KIND_KEY].data[key_row, L.F_COUPLING_SCORE])
+            smoothed = stages.rows.get(L.KIND_KEY, key_row, L.F_COUPLING_SCORE)
             factor = self.limits.key_refill_factor(smoothed)
             rate = max(bucket.per_second * load * factor, 1e-9)  # as the kernel clamps it
             main.bucket(
@@ -658,9 +677,9 @@ class RedisBackend(Backend, RoundTripDecider):
         v4or6 = address.version != 0
         country = profile.country_code
         assert self.stages is not None
-        tables = self.stages.engine.tables
+        rows = self.stages.rows
         probation = self._probation
-        account_proven = probation.proven(tables[L.KIND_KEY], L.KIND_ACCOUNT, p.identity, call)
+        account_proven = probation.proven(rows, L.KIND_KEY, L.KIND_ACCOUNT, p.identity, call)
         whole = (p.identity, address.ip_key, profile.asn_key, country, p.persona)
         last = sent.get(whole)
         if last is not None and now_mono - last < refresh:
@@ -699,7 +718,7 @@ class RedisBackend(Backend, RoundTripDecider):
                 [p.identity],
                 (kind, net_key, L.F_SKETCH_EST),
             )
-            if not probation.proven(tables[kind], kind, net_key, call):
+            if not probation.proven(rows, kind, kind, net_key, call):
                 probation.hold(kind, net_key, op)
                 all_proven = False
                 continue
@@ -731,31 +750,28 @@ class RedisBackend(Backend, RoundTripDecider):
     def _apply(
         self,
         stages: Stages,
-        info: RequestInfo,
         p: Prepared,
         io: list[float],
         key_row: int,
         main: ScriptCall,
         side: ScriptCall | None,
         replies: list[Reply],
-    ) -> Decision:
+    ) -> LimitAnswer:
         reply = replies[0]
-        tables = stages.engine.tables
+        rows = stages.rows
         if reply.status == 1:  # banned: seen from another worker
             self._give_back(main, side)
             io[L.O_BANNED] = 1.0
             io[L.O_ACTION] = float(self.ban_level)
             io[L.O_RETRY_AFTER] = reply.ban_left
-            table = tables[L.KIND_KEY]
-            if table.keys[key_row] == p.identity:
+            if rows.owns(L.KIND_KEY, key_row, p.identity):
                 cap = self.deny.max_seconds if self.deny.enabled else 0.0
-                table.data[key_row, L.F_BANNED_UNTIL] = p.ts + min(reply.ban_left, cap)
-            return stages.decide(info, p, io, UNKNOWN, False)
+                rows.put(L.KIND_KEY, key_row, L.F_BANNED_UNTIL, p.ts + min(reply.ban_left, cap))
+            return LimitAnswer(UNKNOWN, False)
         for (kind, key, field), estimate in zip(main.sketch_tags, reply.sketches, strict=True):
-            table = stages.engine.accounts if kind == L.KIND_ACCOUNT else tables[kind]
-            row = table.index.get(key)
+            row = rows.row(kind, key)
             if row is not None:
-                table.data[row, field] = estimate
+                rows.put(kind, row, field, estimate)
         denied_kinds = 0
         if reply.denied:
             for j, (kind, _) in enumerate(main.bucket_tags):
@@ -763,10 +779,9 @@ class RedisBackend(Backend, RoundTripDecider):
                     denied_kinds |= 1 << kind
             io[L.O_DENIED_KINDS] = float(denied_kinds)
             io[L.O_RETRY_AFTER] = reply.retry
-            key_table = tables[L.KIND_KEY]
             # A shadowed refusal is served: nobody was told to wait.
-            if key_table.keys[key_row] == p.identity and denied_kinds & ~stages.shadow_kinds:
-                _told_to_wait(key_table.data, key_row, p.ts + reply.retry)
+            if rows.owns(L.KIND_KEY, key_row, p.identity) and denied_kinds & ~stages.shadow_kinds:
+                _told_to_wait(rows, key_row, p.ts + reply.retry)
         bucket = self.bucket
         key_rate = 0.0
         if bucket is not None:
@@ -797,16 +812,17 @@ class RedisBackend(Backend, RoundTripDecider):
         if lease is not None:
             self.leases.hold(*lease)
         answers = Answers(quotas, acquired)
-        decision = stages.decide(info, p, io, answers, bucket is not None)
-        if lease is not None and not decision.held:
-            self.release(lease[0])
-        if not decision.shadow and decision.action is Action.THROTTLE:
-            self._remember_denial(p, decision, denied_kinds, reply, key_rate, quotas)
-        if self.netsync is not None:
-            self.netsync.add(
-                p, io[L.O_FANIN], stages.load_factor(), decision.served and not decision.reasons
-            )
-        return decision
+
+        def settle(decision: Decision) -> None:
+            if lease is not None and not decision.held:
+                self.release(lease[0])
+            if not decision.shadow and decision.action is Action.THROTTLE:
+                self._remember_denial(p, decision, denied_kinds, reply, key_rate, quotas)
+            if self.netsync is not None:
+                served_clean = decision.served and not decision.reasons
+                self.netsync.add(p, io[L.O_FANIN], stages.load_factor(), served_clean)
+
+        return LimitAnswer(answers, bucket is not None, after=settle)
 
     def _remember_denial(
         self,
@@ -832,22 +848,14 @@ class RedisBackend(Backend, RoundTripDecider):
                 memo = tuple((q[0], q[1], now + q[2]) if q is not None else None for q in quotas)
                 deny.note_quota(p.identity, min(resets), memo)
 
-    def _quota_memo_decision(
-        self,
-        stages: Stages,
-        info: RequestInfo,
-        p: Prepared,
-        io: list[float],
-        exhausted: tuple[float, tuple[Any, ...]],
-    ) -> Decision:
+    @staticmethod
+    def _quota_memo_answer(exhausted: tuple[float, tuple[Any, ...]]) -> LimitAnswer:
         _, memo = exhausted
         now = time.monotonic()
         quotas: list[tuple[bool, float, float] | None] = [
             (q[0], q[1], max(0.0, q[2] - now)) if q is not None else None for q in memo
         ]
-        decision = stages.decide(info, p, io, Answers(quotas, None), False)
-        decision.held = ()
-        return decision
+        return LimitAnswer(Answers(quotas, None), False, holds=False)
 
     # -- after the response -------------------------------------------------------------------
 
@@ -939,14 +947,12 @@ class RedisBackend(Backend, RoundTripDecider):
         }
 
 
-def _told_to_wait(key_data: Any, row: int, until: float) -> None:
+def _told_to_wait(rows: EngineRows, row: int, until: float) -> None:
     """A bucket refused the request: note when the client was told to come back, as the
     kernel does with its own buckets (a request before then counts as impatience)."""
-    if until > key_data[row, L.F_WAIT_UNTIL]:
-        key_data[row, L.F_WAIT_UNTIL] = until
+    if until > rows.get(L.KIND_KEY, row, L.F_WAIT_UNTIL):
+        rows.put(L.KIND_KEY, row, L.F_WAIT_UNTIL, until)
 
-
-_EXEMPT = Decision(Action.ALLOW)
 
 RedisBackend.modes[RedisBackend.mode] = RedisBackend
 

@@ -156,17 +156,16 @@ class NetSync:
                 replies = await asyncio.gather(*futures, return_exceptions=True)
         except TimeoutError:
             return
-        tables = self.stages.engine.tables
+        rows = self.stages.rows
         now_mono = time.monotonic()
         for (kind, key, call, rate), raw in zip(calls, replies, strict=True):
             if isinstance(raw, BaseException):
                 continue
             reply = call.parse(raw)
             if reply.sketches:
-                table = tables[kind]
-                row = table.index.get(key)
+                row = rows.row(kind, key)
                 if row is not None:
-                    table.data[row, L.F_SKETCH_EST] = reply.sketches[0]
+                    rows.put(kind, row, L.F_SKETCH_EST, reply.sketches[0])
             if reply.tokens and rate > 0.0:
                 tokens = reply.tokens[0]
                 if tokens < 1.0:

@@ -111,7 +111,7 @@ class Syncer:
         self.half = [b / 2 for b in self.bursts] + [-math.inf]
         self.thresholds = [b / (2 * workers) if b > 0 else math.inf for b in self.bursts]
         # The engine's tables as memoryviews: Python floats in and out, no numpy scalars.
-        self.rows: list[Any] = [memoryview(t.data) for t in stages.engine.tables]  # type: ignore[arg-type]
+        self.rows = stages.rows
         self.dropped = 0  # identities left out of a flush (pending full)
         self.flushes = 0
         self.entries_sent = 0
@@ -200,22 +200,21 @@ class Syncer:
         if cap <= 0.0:
             return False
         kind, key = k
-        row = self.stages.engine.tables[kind].index.get(key)
+        rows = self.rows
+        row = rows.row(kind, key)
         if row is None:
             return False
-        data = self.rows[kind]
-        if data[row, L.F_TOKENS] + charged <= cap:
+        if rows.get(kind, row, L.F_TOKENS) + charged <= cap:
             return False
-        data[row, L.F_TOKENS] = cap - charged
+        rows.put(kind, row, L.F_TOKENS, cap - charged)
         return True
 
     def charge(self, identity: Any, delta: float, kind: int = L.KIND_KEY) -> None:
         """A cost reconciled after the response (``delta`` < 0 refunds): charged here and
         owed to the shared bucket (the identity's, or a network's of that ``kind``)."""
-        tables = self.stages.engine.tables
-        row = tables[kind].find(identity)
+        row = self.rows.row(kind, identity)
         if row is not None:
-            self.stages.engine.charge(kind, row, delta)
+            self.rows.charge(kind, row, delta)
         has_bucket = self.key_bucket is not None if kind == L.KIND_KEY else kind in self.net_buckets
         if self.paused or not has_bucket:
             return
@@ -331,17 +330,16 @@ class Syncer:
         stages = self.stages
         lines: list[str] = []
         load = stages.load_factor()
-        key_index = stages.engine.tables[L.KIND_KEY].index
-        key_rows = self.rows[L.KIND_KEY]
+        rows = self.rows
         bucket = self.key_bucket
         refill_factor = backend.limits.key_refill_factor
         for (kind, key), entry in group:
             if kind == L.KIND_KEY:
                 factor = load
                 if bucket is not None:
-                    row = key_index.get(key)
+                    row = rows.row(L.KIND_KEY, key)
                     if row is not None:
-                        factor *= refill_factor(key_rows[row, L.F_COUPLING_SCORE])
+                        factor *= refill_factor(rows.get(L.KIND_KEY, row, L.F_COUPLING_SCORE))
                 if factor == 1.0 and not entry.ban:
                     lines.append(f"0 {key} {entry.delta!r}")
                 else:
@@ -382,7 +380,6 @@ class Syncer:
     ) -> None:
         if not isinstance(reply, list) or len(reply) != 1 + 3 * len(group):
             raise ValueError(f"unexpected reply from sync.lua: {reply!r:.200}")
-        tables = self.stages.engine.tables
         rows = self.rows
         pending = self.pending
         synced = self.synced
@@ -400,22 +397,20 @@ class Syncer:
                 sharing = max(sharing, workers) if sharing > 0 else 0
             synced[k] = mono
             self.last_sync[k] = (sharing, tokens, now)
-            row = tables[kind].index.get(key)
+            row = rows.row(kind, key)
             if row is None:
                 if kind == L.KIND_KEY and left > 0.0:  # evicted here: the ban is held
-                    key_table = self.stages.engine.key_table
-                    key_table.hold_ban(key, now + left, now, self.bursts[L.KIND_KEY])
+                    rows.hold_ban(key, now + left, now, self.bursts[L.KIND_KEY])
                 continue
-            data = rows[kind]
             if sharing > 0:
                 share = tokens / sharing if tokens > 0.0 else tokens
                 later = pending.get(k)
                 if later is not None:
                     share -= later.delta
-                data[row, L.F_TOKENS] = share
-                data[row, L.F_BUCKET_TS] = now
-            if left > 0.0 and now + left > data[row, L.F_BANNED_UNTIL]:
-                data[row, L.F_BANNED_UNTIL] = now + left
+                rows.put(kind, row, L.F_TOKENS, share)
+                rows.put(kind, row, L.F_BUCKET_TS, now)
+            if left > 0.0 and now + left > rows.get(kind, row, L.F_BANNED_UNTIL):
+                rows.put(kind, row, L.F_BANNED_UNTIL, now + left)
 
 
 __all__ = ["CHUNK", "MAX_FLUSH", "Entry", "Syncer"]

@@ -1,8 +1,8 @@
 """SyncedRedisBackend (``redis://host:6379/0?mode=synced``): decisions from local state,
 shared through Redis in the background. No Redis call on a request.
 
-Per request (``check_now``, synchronous: ``Guard.check`` works in this mode and the
-middleware does not await it): the guard prepares the request and the in-process kernel
+Per request (synchronous: ``Guard.check`` works in this mode and the middleware does not
+await it; the backend's ``note_decision``): the guard prepares the request and the in-process kernel
 scores it and applies the token buckets itself (the identity's and its network buckets),
 exactly as with the memory backend; what the kernel charged is noted (`sync`). Every
 ``sync_interval`` seconds (10 ms by default) a background task sends, in one pipelined
@@ -91,9 +91,10 @@ from abuseguard.engine import layout as L
 from abuseguard.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from abuseguard.backends.base import Stages
     from abuseguard.guard import Prepared
-    from abuseguard.request import RequestInfo
 
 logger = logging.getLogger("abuseguard.backends")
 
@@ -183,9 +184,8 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
         self._divided = full.copy()
         self._divided[1::2] /= float(self.workers)  # bursts
         self._divided[0::2] /= float(self.workers)  # rates
-        stages.engine.params[_BUCKETS] = full  # the kernel's own buckets decide,
+        stages.rows.set_bucket_parameters(full)  # the kernel's own buckets decide,
         stages.use_local_buckets()  # and the Decision reports them as the memory backend's
-        self._io = memoryview(stages.engine.io)  # type: ignore[arg-type]  # floats, no numpy
         self.syncer = Syncer(self, stages, max_pending=self.sync_max_pending, workers=self.workers)
         # Fan-out and fan-in sketches are shared as inline (`sketches`).
         self._sketching = self.shared_sketches and policy.network is not None
@@ -254,7 +254,7 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
             syncer.dropped += syncer.clear()
         stages = self.stages
         if stages is not None and self._divided is not None:
-            stages.engine.params[_BUCKETS] = self._divided
+            stages.rows.set_bucket_parameters(self._divided)
         logger.warning(
             "abuseguard: Redis at %s is not answering (%s: %s); deciding locally with 1/%d "
             "of every bucket per worker until it answers",
@@ -276,16 +276,15 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
                 syncer.paused = False
             stages = self.stages
             if stages is not None and self._full is not None:
-                stages.engine.params[_BUCKETS] = self._full
+                stages.rows.set_bucket_parameters(self._full)
             logger.warning("abuseguard: Redis at %s answers again; syncing", redacted(self.url))
         return self.sync_interval
 
     # -- the decision ----------------------------------------------------------------------
 
-    async def check(self, stages: Stages, info: RequestInfo) -> Decision:
-        raise RuntimeError("SyncedRedisBackend decides through Guard.check or Guard.acheck")
-
-    def note_decision(self, p: Prepared, decision: Decision, plain: bool) -> None:
+    def note_decision(
+        self, p: Prepared, decision: Decision, plain: bool, io: Sequence[float]
+    ) -> None:
         """The Guard decided ``p`` from local state (``plain``: a plain allow from the
         kernel, every bucket charged): note what to sync; no I/O. The first call on an
         event loop starts the sync task there; outside a running loop the decisions are
@@ -296,7 +295,6 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
         syncer = self.syncer
         assert syncer is not None, "SyncedRedisBackend.attach() was not called (use it via Guard)"
         if not syncer.paused:
-            io = self._io
             if plain and decision.served:  # allowed, nothing refused: every bucket charged
                 # Quiet while the tightest bucket keeps half its burst here.
                 low = io[L.O_TIGHT_REMAINING] < syncer.half[int(io[L.O_TIGHTEST_KIND])]
