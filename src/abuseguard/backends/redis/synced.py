@@ -288,7 +288,7 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
         """The Guard decided ``p`` from local state (``plain``: a plain allow from the
         kernel, every bucket charged): note what to sync; no I/O. The first call on an
         event loop starts the sync task there; outside a running loop the decisions are
-        synced once a loop runs the guard."""
+        synced once an event loop runs."""
         loop = asyncio._get_running_loop()
         if self._loop is not loop and loop is not None:
             self._start()
