@@ -197,10 +197,9 @@ class Guard:
         self._stages = GuardStages(self)
         if self._round_trip is not None:
             self._round_trip.attach(self._stages)  # checks the policy, precomputes numbers
-        if self.unverified_keys is not None and self._shared:
-            from abuseguard.backends.redis.unverified import redis_budgets
-
-            self.unverified_keys.store = redis_budgets(self.backend, self.unverified_keys)
+        if self.unverified_keys is not None:
+            # Budgets a round-trip backend keeps in its store; None: kept in this process.
+            self.unverified_keys.store = self.backend.unverified_budgets(self.unverified_keys)
 
     # -- identity ----------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from abuseguard.decision import Action, Decision
     from abuseguard.engine.rows import EngineRows
     from abuseguard.guard import Prepared
+    from abuseguard.keyprobe import SharedBudgets, UnverifiedKeyLimiter
     from abuseguard.network import NetworkProfile
     from abuseguard.policy import Policy, Quota
     from abuseguard.request import RequestInfo
@@ -70,6 +71,11 @@ class Backend:
 
     async def shutdown(self) -> None:
         """Release connections."""
+
+    def unverified_budgets(self, limiter: UnverifiedKeyLimiter) -> SharedBudgets | None:
+        """Where the unverified-key budgets of ``limiter`` live when not in this process
+        (`keyprobe.SharedBudgets`); None (the default): in this process."""
+        return None
 
     # -- the Settlement port: after the response (no-ops unless a backend counts there) --
 

@@ -81,6 +81,7 @@ from abuseguard.backends.redis.leases import Leases
 from abuseguard.backends.redis.netsync import NetSync
 from abuseguard.backends.redis.pipe import Pipeliner, Script, load_script
 from abuseguard.backends.redis.probation import SketchProbation
+from abuseguard.backends.redis.unverified import RedisUnverifiedBudgets
 from abuseguard.backends.redis.uri import SYNCED_ONLY, redacted, split_backend_uri
 from abuseguard.backends.workers import detect_workers
 from abuseguard.compiled import CompiledLimits, NetworkBucket
@@ -93,6 +94,7 @@ if TYPE_CHECKING:
     from abuseguard.backends.base import Stages
     from abuseguard.engine.rows import EngineRows
     from abuseguard.guard import Prepared
+    from abuseguard.keyprobe import SharedBudgets, UnverifiedKeyLimiter
     from abuseguard.network import NetworkProfile
     from abuseguard.policy import Policy
     from abuseguard.request import RequestInfo
@@ -856,6 +858,13 @@ class RedisBackend(Backend, RoundTripDecider):
             (q[0], q[1], max(0.0, q[2] - now)) if q is not None else None for q in memo
         ]
         return LimitAnswer(Answers(quotas, None), False, holds=False)
+
+    def unverified_budgets(self, limiter: UnverifiedKeyLimiter) -> SharedBudgets | None:
+        """The unverified-key budgets in Redis, shared by every worker (inline mode);
+        synced mode keeps the worker's own, in process."""
+        if self.decides_locally:
+            return None
+        return RedisUnverifiedBudgets(self, limiter)
 
     # -- after the response -------------------------------------------------------------------
 

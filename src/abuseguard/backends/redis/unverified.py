@@ -127,16 +127,3 @@ class RedisUnverifiedBudgets:
         pipe = self.backend.pipe
         if pipe is not None and self.backend.breaker.closed:
             pipe.send(command)
-
-
-def redis_budgets(backend: object, limiter: UnverifiedKeyLimiter) -> RedisUnverifiedBudgets | None:
-    """Redis budgets when ``backend`` is the Redis backend in inline mode, else None (the
-    synced mode decides in-process, with the worker's own budgets)."""
-    import sys
-
-    module = sys.modules.get("abuseguard.backends.redis.backend")
-    if module is None or not isinstance(backend, module.RedisBackend):
-        return None
-    if backend.decides_locally:
-        return None
-    return RedisUnverifiedBudgets(backend, limiter)
