@@ -186,7 +186,7 @@ def signature_section(title: str, text: str, func: Callable[..., Any]) -> list[s
 
 
 def redis_py_options_section() -> list[str]:
-    uri = importlib.import_module("abuseguard.backends.redis_uri")
+    uri = importlib.import_module("abuseguard.backends.redis.uri")
     lines = [
         "### redis-py options in a backend URI",
         "",
@@ -245,7 +245,7 @@ def render() -> str:
             "(`redis://host:6379/0?budget=0.02`). " + _doc(backend).split("\n\n")[0],
             backend.__init__,
         )  # fmt: skip
-        synced = importlib.import_module("abuseguard.backends.redis_synced").SyncedRedisBackend
+        synced = importlib.import_module("abuseguard.backends.redis.synced").SyncedRedisBackend
         lines += signature_section(
             "SyncedRedisBackend options (mode=synced)",
             "`SyncedRedisBackend(url, ...)`, or `?mode=synced` in a backend URI "

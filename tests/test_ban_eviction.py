@@ -33,7 +33,7 @@ from abuseguard import (
     Scoring,
     TokenBucket,
 )
-from abuseguard.backends.redis_synced import SyncedRedisBackend
+from abuseguard.backends.redis.synced import SyncedRedisBackend
 from abuseguard.engine import layout as L
 from abuseguard.engine.held import HeldRows
 from abuseguard.testing import ManualClock

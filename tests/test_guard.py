@@ -369,14 +369,21 @@ def test_bounded_state_under_a_flood_of_unique_ipv6_addresses() -> None:
 
 
 def test_sync_check_refuses_shared_backend_clearly() -> None:
-    class FakeShared(MemoryBackendLike):
+    class FakeShared(MemoryBackendLike, RoundTripDecider):
         shared = True
+
+        async def reach(self, info: RequestInfo) -> bool:
+            raise NotImplementedError
+
+        async def answer(self, info: RequestInfo, p: object, io: object, ok: bool) -> object:
+            raise NotImplementedError
 
     guard = Guard(Policy(scoring=None), backend=FakeShared())
     with pytest.raises(RuntimeError, match="acheck"):
         guard.check(RequestInfo(ip="192.0.2.1"))
 
 
+from abuseguard.backends.base import RoundTripDecider  # noqa: E402
 from abuseguard.backends.memory import MemoryBackend as MemoryBackendLike  # noqa: E402
 
 

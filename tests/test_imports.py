@@ -16,11 +16,7 @@ import abuseguard
 
 PACKAGE_DIR = Path(abuseguard.__file__).parent
 
-# The Redis backend and its synced subclass import each other; backends/ is being
-# restructured separately (issue 15 item 7), which removes this circle.
-KNOWN_CIRCLES: frozenset[frozenset[str]] = frozenset(
-    {frozenset({"abuseguard.backends.redis", "abuseguard.backends.redis_synced"})}
-)
+KNOWN_CIRCLES: frozenset[frozenset[str]] = frozenset()
 
 
 def module_files() -> dict[str, Path]:

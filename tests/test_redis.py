@@ -33,7 +33,7 @@ from abuseguard import (
 )
 from abuseguard.backends.base import backend_from_uri
 from abuseguard.backends.redis import UNAVAILABLE, RedisBackend
-from abuseguard.backends.redis_pipe import pack_commands
+from abuseguard.backends.redis.pipe import pack_commands
 from abuseguard.engine.layout import A_EST, F_SKETCH_EST, SK_ASNS
 from abuseguard.errors import ConfigError
 from abuseguard.policy import FailMode
@@ -836,7 +836,7 @@ def test_breaker_state_machine() -> None:
 def test_deny_cache_never_refuses_what_the_bucket_could_pay(
     tokens: float, rate: float, burst: float, elapsed: float, cost: float
 ) -> None:
-    from abuseguard.backends.deny_cache import DenyCache
+    from abuseguard.backends.redis.deny_cache import DenyCache
 
     now = [100.0]
     cache = DenyCache(max_seconds=60, clock=lambda: now[0])

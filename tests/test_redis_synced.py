@@ -3,7 +3,7 @@ workers sharing one bucket within the documented overshoot bound, convergence af
 sync, bans, reconciliation, and a Redis that dies, pauses and comes back while serving.
 
 No timing assertions: counts and bounds, and polling with a deadline for convergence.
-The bound (see abuseguard.backends.redis_synced): over t seconds W workers admit at most
+The bound (see abuseguard.backends.redis.synced): over t seconds W workers admit at most
 b + r·t + (W-1)·b + b/2 + W·(r·τ + c), τ = sync_interval + one sync's round trip (at most
 ``budget`` here), c = one request's cost.
 """
@@ -40,7 +40,7 @@ from abuseguard import (
 )
 from abuseguard.backends.base import backend_from_uri
 from abuseguard.backends.redis import RedisBackend
-from abuseguard.backends.redis_synced import SyncedRedisBackend
+from abuseguard.backends.redis.synced import SyncedRedisBackend
 from abuseguard.engine import layout as L
 from abuseguard.errors import ConfigError
 from tests.conftest import RedisClusterServers, RedisServer

@@ -20,7 +20,7 @@ import redis
 
 from abuseguard import AbuseGuard, Policy, TokenBucket
 from abuseguard.backends.redis import RedisBackend
-from abuseguard.backends.redis_uri import redacted, split_backend_uri
+from abuseguard.backends.redis.uri import redacted, split_backend_uri
 from abuseguard.errors import ConfigError
 from abuseguard.testing import serve
 from tests.conftest import RedisTLSServer

@@ -364,7 +364,7 @@ def test_exempt_paths_of_an_empty_policy_match_nothing() -> None:
 @pytest.mark.parametrize("mode", ["inline", "synced"])
 def test_exempt_paths_match_whole_segments_with_redis(redis_server: RedisServer, mode: str) -> None:
     from abuseguard.backends.redis import RedisBackend
-    from abuseguard.backends.redis_synced import SyncedRedisBackend
+    from abuseguard.backends.redis.synced import SyncedRedisBackend
 
     prefix = f"sec{os.getpid()}{mode}"
     backend = (

@@ -433,7 +433,7 @@ def test_inline_redis_refuses_a_trickling_client_it_refused_before(
 def test_synced_redis_refuses_a_trickling_client_over_its_bucket(
     redis_server: RedisServer,
 ) -> None:
-    from abuseguard.backends.redis_synced import SyncedRedisBackend
+    from abuseguard.backends.redis.synced import SyncedRedisBackend
 
     backend = SyncedRedisBackend(redis_server.url, prefix="slowbody-synced", workers=1)
     app, _, observed = guarded(content_policy(bucket=TokenBucket("1/minute", burst=1)), backend)

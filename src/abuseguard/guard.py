@@ -15,7 +15,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from abuseguard.backends.base import Backend, LimitSource, backend_from_uri
+from abuseguard.backends.base import (
+    UNKNOWN_LIMITS,
+    Backend,
+    LimitSource,
+    LocalDecider,
+    LocalLimits,
+    RoundTripDecider,
+    backend_from_uri,
+    require_capabilities,
+)
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.config_check import check_callables
 from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
@@ -34,6 +43,7 @@ from abuseguard.keyprobe import UNVERIFIED_KEY_REASON, UnverifiedKeyLimiter, Unv
 from abuseguard.policy import Policy, Quota, TokenBucket
 from abuseguard.precheck import precheck
 from abuseguard.request import RequestInfo
+from abuseguard.stages import GuardStages
 from abuseguard.startup_log import log_startup
 
 logger = logging.getLogger("abuseguard")
@@ -91,6 +101,7 @@ class Guard:
             raise ConfigError("explain", f"expected a bool, got {explain!r}")
         observers = check_callables("observers", observers)
         self.backend = backend_from_uri(backend)
+        require_capabilities(self.backend)
         self.clock = clock if clock is not None else time.time
         self._now = self.clock()
         policy = self.policy
@@ -159,10 +170,15 @@ class Guard:
         )
         self._key_func = policy.key_func
         self._shared = self.backend.shared
-        # A shared backend that decides from local state (synced mode) answers in-process.
-        self._check_now: Callable[[Guard, RequestInfo], Decision] | None = (
-            getattr(self.backend, "check_now", None) if self.backend.decides_locally else None
+        # Who answers the quotas and concurrency of a decision no store answered (an
+        # identity test in `_decide`: an ABC's isinstance costs ~150 ns).
+        self._local_limits = self.backend if isinstance(self.backend, LocalLimits) else None
+        self._own_limits: LimitSource = (
+            self._local_limits if self._local_limits is not None else UNKNOWN_LIMITS
         )
+        self._round_trip = self.backend if isinstance(self.backend, RoundTripDecider) else None
+        # A shared backend that decides from local state (synced mode) answers in-process.
+        self._local_decider = self.backend if isinstance(self.backend, LocalDecider) else None
         # A plain allow from the kernel is final unless a quota or a concurrency limit
         # still has to be asked.
         self._plain_allow_final = not policy.quotas and policy.concurrency is None
@@ -176,13 +192,13 @@ class Guard:
         self._shadow_kinds = shadow_kinds(policy)
         params = self.engine.params
         self._level_serves = tuple(bool(params[L.P_LADDER_SERVES + i]) for i in range(9))
-        attach = getattr(self.backend, "attach", None) if self.backend.shared else None
-        if attach is not None:
-            attach(self)  # a shared backend checks the policy and precomputes its numbers
-        if self.unverified_keys is not None and self._shared:
-            from abuseguard.backends.redis_unverified import redis_budgets
-
-            self.unverified_keys.store = redis_budgets(self.backend, self.unverified_keys)
+        # What a shared backend gets instead of the Guard: the stages it may run.
+        self._stages = GuardStages(self)
+        if self._round_trip is not None:
+            self._round_trip.attach(self._stages)  # checks the policy, precomputes numbers
+        if self.unverified_keys is not None:
+            # Budgets a round-trip backend keeps in its store; None: kept in this process.
+            self.unverified_keys.store = self.backend.unverified_budgets(self.unverified_keys)
 
     # -- identity ----------------------------------------------------------------------
 
@@ -392,9 +408,9 @@ class Guard:
         """Decide for one request (memory backend, or a shared backend that decides
         locally: Redis in synced mode). Use `acheck` with the others."""
         if self._shared:
-            if self._check_now is not None:
+            if self._local_decider is not None:
                 refusal = None if self.unverified_keys is None else self._unverified_first(info)
-                return self._check_now(self, info) if refusal is None else refusal
+                return self._check_merged(info) if refusal is None else refusal
             raise RuntimeError(
                 "Guard.check() is synchronous; use 'await guard.acheck(info)' "
                 f"with the {type(self.backend).__name__}"
@@ -408,6 +424,20 @@ class Guard:
             if refusal is not None:
                 return refusal
         return self._conclude(info, p, self._run(p))
+
+    def _check_merged(self, info: RequestInfo) -> Decision:
+        """Decide from local state with a backend that merges it into a store in the
+        background (`LocalDecider`: Redis in synced mode): the memory backend's path, the
+        kernel's buckets charged exactly when the request is served, then the backend notes
+        what to merge."""
+        if self._exempt and self._exempt.matches(info.path):
+            return _EXEMPT
+        p = self.prepare(info)
+        plain = self._run(p)
+        decision = self._conclude(info, p, plain)
+        assert self._local_decider is not None
+        self._local_decider.note_decision(p, decision, plain, self._io)
+        return decision
 
     def precheck(self, info: RequestInfo) -> Decision | None:
         """Is this request refused whatever its body says? The refusal, decided from what
@@ -535,12 +565,33 @@ class Guard:
                 refusal = self._unverified_first(info)
             if refusal is not None:
                 return refusal
-        if self._check_now is not None:
-            return self._check_now(self, info)
-        shared_check = getattr(self.backend, "check", None)
-        if shared_check is None:
+        if self._local_decider is not None:
+            return self._check_merged(info)
+        if self._round_trip is None:
             raise RuntimeError(f"{type(self.backend).__name__} cannot decide requests")
-        decision: Decision = await shared_check(self, info)
+        return await self._check_round_trip(self._round_trip, info)
+
+    async def _check_round_trip(self, backend: RoundTripDecider, info: RequestInfo) -> Decision:
+        """The pipeline with a backend that answers the limits in a round trip (Redis in
+        inline mode): prepare, the engine with the backend's buckets off (the fail mode may
+        turn the kernel's on), the limits from the backend, the Decision."""
+        if self._exempt and self._exempt.matches(info.path):
+            return _EXEMPT
+        reachable = await backend.reach(info)
+        p = self.prepare(info)
+        io = self.run_engine(p).tolist()  # a copy: other requests run the kernel meanwhile
+        answer = await backend.answer(info, p, io, reachable)
+        if answer.refusal is not None:
+            if self.observers:
+                self._notify(info, answer.refusal)
+            return answer.refusal
+        decision = self._decide(info, p, io, answer.limits, answer.buckets_known)
+        if answer.policies_kept >= 0:
+            decision.policies = decision.policies[: answer.policies_kept]
+        if not answer.holds:
+            decision.held = ()
+        if answer.after is not None:
+            answer.after(decision)
         return decision
 
     def _decide(
@@ -624,15 +675,16 @@ class Guard:
         quotas_asked = False
         if action not in _DENIALS or shadow:
             if limits is None:
-                limits = self.backend  # type: ignore[assignment]
+                limits = self._own_limits
+            local = self._local_limits
             if policy.quotas:
-                if isinstance(limits, MemoryBackend):
+                if local is not None and limits is local:
                     # Asked now, counted below once the request is known to be served.
-                    quota_result, quota_fits = self._quotas_fit(p, limits)
+                    quota_result, quota_fits = self._quotas_fit(p, local)
                     quotas_asked = True
                 else:
                     quota_states: list[PolicyState] = list(policies)
-                    quota_result = self._quotas(p, quota_states, limits)  # type: ignore[arg-type]
+                    quota_result = self._quotas(p, quota_states, limits)
                     policies = tuple(quota_states)
                 if quota_result is not None:
                     quota, reset = quota_result
@@ -658,12 +710,8 @@ class Guard:
         served = shadow or action_serves(action)
         remaining = self._settle_buckets(p, io, level, denied, served, policies, remaining)
         if quotas_asked:
-            policies = policies + self._count_quotas(
-                p,
-                limits,  # type: ignore[arg-type]
-                served,
-                quota_fits,
-            )
+            assert local is not None
+            policies = policies + self._count_quotas(p, local, served, quota_fits)
         decision = Decision(
             action=action,
             reasons=tuple(dict.fromkeys(reasons)),
@@ -753,7 +801,7 @@ class Guard:
         return left
 
     def _quotas_fit(
-        self, p: Prepared, limits: MemoryBackend
+        self, p: Prepared, limits: LocalLimits
     ) -> tuple[tuple[Quota, float] | None, list[tuple[float, float] | None]]:
         """The first quota that would refuse the request (and its reset), and per quota
         None when it admits the request, else its (remaining, reset); nothing is counted."""
@@ -774,7 +822,7 @@ class Guard:
     def _count_quotas(
         self,
         p: Prepared,
-        limits: MemoryBackend,
+        limits: LocalLimits,
         served: bool,
         fits: list[tuple[float, float] | None],
     ) -> tuple[PolicyState, ...]:
@@ -924,7 +972,7 @@ class Guard:
         counted the estimate: the key bucket, the network buckets and the by-cost quotas."""
         identity = decision.identity
         delta = cost - decision.cost
-        backend: Any = self.backend
+        backend = self.backend
         policy = self.policy
         network = policy.network
         net_keys: list[tuple[int, object]] = []
@@ -932,10 +980,8 @@ class Guard:
             net_keys = self._network_keys(info)
         if self._shared:
             backend.reconcile(identity, delta)
-            reconcile_network = getattr(backend, "reconcile_network", None)
-            if reconcile_network is not None:
-                for kind, key in net_keys:
-                    reconcile_network(kind, key, delta)
+            for kind, key in net_keys:
+                backend.reconcile_network(kind, key, delta)
         else:
             if row is not None:
                 self.engine.charge(L.KIND_KEY, row, delta)
@@ -943,9 +989,6 @@ class Guard:
                 net_row = self._tables[kind].index.get(key)
                 if net_row is not None:
                     self.engine.charge(kind, net_row, delta)
-        reconcile_quota = getattr(backend, "reconcile_quota", None)
-        if reconcile_quota is None:
-            return
         hits = max(0, round(cost)) - max(0, round(decision.cost))
         if not hits:
             return
@@ -956,10 +999,10 @@ class Guard:
                     if quota.per == "key"
                     else "i:" + self.addresses.resolve(info.ip).ip_key
                 )
-                if self._shared:
-                    reconcile_quota(index, quota, ident, hits)
+                if isinstance(backend, LocalLimits):
+                    backend.reconcile_quota(quota.limit, quota.strategy, ident, hits)
                 else:
-                    reconcile_quota(quota.limit, quota.strategy, ident, hits)
+                    backend.reconcile_shared_quota(index, quota, ident, hits)
 
     def _network_keys(self, info: RequestInfo) -> list[tuple[int, object]]:
         """The network buckets' identities of a request (kind, key), as `_run` finds them."""
@@ -1006,7 +1049,7 @@ class Guard:
         ``release=False``). The middleware calls it as the last body message goes out."""
         backend = self.backend
         for ident in decision.held:
-            backend.release(ident)  # type: ignore[attr-defined]
+            backend.release(ident)
 
     def set_prior(self, identity: str, prior: float) -> bool:
         """Background lane: a risk prior (0..1) for an identity, read by the kernel."""

@@ -14,7 +14,7 @@ growth set. Memory is bounded whatever clients invent: the accepted keys are a f
 LRU of keyed hashes that only accepted answers enter, and the address and prefix budgets
 are fixed-size LRUs whose growth sets stop at the number of keys the growth cap needs.
 The state lives in the process (per worker), except the budgets with the inline Redis
-backend (`backends.redis_unverified`).
+backend (`backends.redis.unverified`).
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ class UnverifiedKeyLimiter:
         self.invalid_statuses = frozenset(config.invalid_statuses)
         self.invalid_cost = config.invalid_key_cost
         self.refused = 0  # requests refused, for tests and stats
-        # Where the budgets live when not here: Redis in inline mode (redis_unverified).
+        # Where the budgets live when not here: Redis in inline mode (backends/redis/unverified.py).
         self.store: SharedBudgets | None = None
         self.invalid = 0  # keys charged as invalid
 

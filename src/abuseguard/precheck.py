@@ -29,7 +29,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from abuseguard.backends.base import LimitSource
+from abuseguard.backends.base import LimitSource, RoundTripDecider
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import Decision
 from abuseguard.engine import layout as L
@@ -117,9 +117,8 @@ def _answer(guard: Guard, info: RequestInfo, p: Prepared) -> Decision | None:
         if isinstance(guard.backend, MemoryBackend):
             limits = PeekedLimits(guard.backend)
     else:
-        remembered = getattr(guard.backend, "precheck_limits", None)
-        if remembered is not None:
-            limits, buckets_known = remembered(p, io)
+        if isinstance(guard.backend, RoundTripDecider):
+            limits, buckets_known = guard.backend.precheck_limits(p, io)
     profile = p.profile
     if (
         not io[L.O_DENIED_KINDS]

@@ -46,7 +46,7 @@ def _backend(guard: Guard) -> str:
     if isinstance(mode, str):
         parts.append(f"mode={mode}")
     if backend.uri:
-        from abuseguard.backends.redis_uri import redacted
+        from abuseguard.backends.redis.uri import redacted
 
         # Without the query: it may carry ssl_password or password.
         parts.append(f"url={redacted(backend.uri.partition('?')[0])}")

@@ -18,7 +18,7 @@ from limits.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 
-from abuseguard.backends.base import Backend
+from abuseguard.backends.base import Backend, LocalLimits
 from abuseguard.backends.clocked_storage import ClockedMemoryStorage
 from abuseguard.backends.workers import warn_if_multi_worker
 from abuseguard.errors import ConfigError
@@ -30,12 +30,13 @@ _STRATEGIES: dict[str, type[RateLimiter]] = {
 }
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(Backend, LocalLimits):
     """State in this process only. Under several workers every limit is per worker: the
     first construction in a process that looks like one of several workers (uvicorn or
     gunicorn ``--workers``, ``WEB_CONCURRENCY``) logs a warning."""
 
     shared = False
+    schemes = ("memory",)
     uri = "memory://"
 
     def __init__(self, *, max_keys: int = 200_000) -> None:

@@ -18,12 +18,13 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis_call import ScriptCall
+from abuseguard.backends.redis.call import ScriptCall
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
-    from abuseguard.backends.redis import RedisBackend
-    from abuseguard.guard import Guard, Prepared
+    from abuseguard.backends.base import Stages
+    from abuseguard.backends.redis.backend import RedisBackend
+    from abuseguard.guard import Prepared
 
 logger = logging.getLogger("abuseguard.backends")
 
@@ -41,9 +42,9 @@ class _Pending:
 
 
 class NetSync:
-    def __init__(self, backend: RedisBackend, guard: Guard, *, max_pending: int = 65536) -> None:
+    def __init__(self, backend: RedisBackend, stages: Stages, *, max_pending: int = 65536) -> None:
         self.backend = backend
-        self.guard = guard
+        self.stages = stages
         self.max_pending = max_pending
         self.pending: dict[tuple[int, Any], _Pending] = {}
         self.denied: dict[tuple[int, Any], float] = {}  # refused until (monotonic seconds)
@@ -54,9 +55,7 @@ class NetSync:
     def add(self, p: Prepared, fan_in: float, load: float, served: bool) -> None:
         backend = self.backend
         profile = p.profile
-        nat = 1.0
-        if profile is not None and profile.nat_eligible and fan_in > 1.0:
-            nat = min(1.0 + backend.nat_per_account * (fan_in - 1.0), backend.nat_max)
+        nat = backend.limits.nat_multiplier(profile is not None and profile.nat_eligible, fan_in)
         for kind, key in backend._network_keys(p):
             found = self.buckets.get(kind)
             if found is None and not (p.has_account and backend.shared_sketches):
@@ -118,7 +117,7 @@ class NetSync:
         self.flushes += 1
         sha = backend.scripts["decide"].sha
         now: float | str = (
-            "" if backend.server_time else backend.guard.clock() if backend.guard else ""
+            "" if backend.server_time else backend.stages.clock() if backend.stages else ""
         )
         ttl_ms = backend.sketch_ttl_ms
         epoch = int(time.time() // backend.half_horizon)
@@ -157,17 +156,16 @@ class NetSync:
                 replies = await asyncio.gather(*futures, return_exceptions=True)
         except TimeoutError:
             return
-        tables = self.guard.engine.tables
+        rows = self.stages.rows
         now_mono = time.monotonic()
         for (kind, key, call, rate), raw in zip(calls, replies, strict=True):
             if isinstance(raw, BaseException):
                 continue
             reply = call.parse(raw)
             if reply.sketches:
-                table = tables[kind]
-                row = table.index.get(key)
+                row = rows.row(kind, key)
                 if row is not None:
-                    table.data[row, L.F_SKETCH_EST] = reply.sketches[0]
+                    rows.put(kind, row, L.F_SKETCH_EST, reply.sketches[0])
             if reply.tokens and rate > 0.0:
                 tokens = reply.tokens[0]
                 if tokens < 1.0:

@@ -1,5 +1,5 @@
 -- abuseguard: the unverified-key budgets of one client address and its network prefix
--- (Policy.unverified_keys, Redis inline mode; see keyprobe.py and redis_unverified.py).
+-- (Policy.unverified_keys, Redis inline mode; see keyprobe.py and redis/unverified.py).
 -- KEYS: per level (address, then prefix; either may be off) its budget ("tokens ts", an
 -- absent key is a full budget) and the set of keys accepted behind it (its growth). All
 -- keys share the prefix's hash tag: one Cluster slot.

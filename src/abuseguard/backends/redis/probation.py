@@ -15,12 +15,14 @@ which undercounts that sketch by at most one item per worker.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
-    from abuseguard.backends.redis_call import SketchSink
+    from abuseguard.backends.redis.call import SketchSink
+    from abuseguard.engine.rows import EngineRows
 
 SketchOp = tuple[str, str, int, list[Any], Any]  # the arguments of SketchSink.sketch
 MAX_OPS_PER_OWNER = 8  # the four fan-out dimensions, twice; fan-in holds one
@@ -31,11 +33,14 @@ class SketchProbation:
         self.max_held = max_held
         self.held: dict[tuple[int, object], list[SketchOp]] = {}
 
-    def proven(self, table: Any, kind: int, key: object, sink: SketchSink) -> bool:
+    def proven(
+        self, rows: EngineRows, table_kind: int, kind: int, key: Hashable, sink: SketchSink
+    ) -> bool:
         """Has this worker seen the owner before the request being planned (its row in
-        ``table`` counts two requests)? If so, what was held for it goes to ``sink`` now."""
-        row = table.index.get(key)
-        if row is None or table.data[row, L.F_COUNT] < 2.0:
+        the ``table_kind`` table counts two requests)? If so, what was held for it goes to
+        ``sink`` now."""
+        row = rows.row(table_kind, key)
+        if row is None or rows.get(table_kind, row, L.F_COUNT) < 2.0:
             return False
         ops = self.held.pop((kind, key), None)
         if ops:

@@ -63,7 +63,7 @@ def pack_commands(commands: Sequence[Command]) -> bytes:
 
 
 def load_script(name: str) -> Script:
-    text = (resources.files("abuseguard.backends") / "lua" / f"{name}.lua").read_text("utf-8")
+    text = (resources.files("abuseguard.backends.redis") / "lua" / f"{name}.lua").read_text("utf-8")
     return Script(name, text)
 
 

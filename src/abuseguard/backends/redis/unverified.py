@@ -22,12 +22,12 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis_pipe import load_script
+from abuseguard.backends.redis.pipe import load_script
 from abuseguard.identity import ClientAddress
 from abuseguard.keyprobe import UnverifiedKeyLimiter, UnverifiedRefusal
 
 if TYPE_CHECKING:
-    from abuseguard.backends.redis import RedisBackend
+    from abuseguard.backends.redis.backend import RedisBackend
 
 logger = logging.getLogger("abuseguard.backends")
 
@@ -127,16 +127,3 @@ class RedisUnverifiedBudgets:
         pipe = self.backend.pipe
         if pipe is not None and self.backend.breaker.closed:
             pipe.send(command)
-
-
-def redis_budgets(backend: object, limiter: UnverifiedKeyLimiter) -> RedisUnverifiedBudgets | None:
-    """Redis budgets when ``backend`` is the Redis backend in inline mode, else None (the
-    synced mode decides in-process, with the worker's own budgets)."""
-    import sys
-
-    module = sys.modules.get("abuseguard.backends.redis")
-    if module is None or not isinstance(backend, module.RedisBackend):
-        return None
-    if backend.decides_locally:
-        return None
-    return RedisUnverifiedBudgets(backend, limiter)

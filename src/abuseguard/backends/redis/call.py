@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from abuseguard.backends.redis_pipe import Command
+from abuseguard.backends.redis.pipe import Command
 
 _FIXED_WINDOW = 1
 _SLIDING_WINDOW = 2
@@ -19,7 +19,7 @@ STRATEGY_CODES = {"fixed-window": _FIXED_WINDOW, "sliding-window-counter": _SLID
 
 class SketchSink(Protocol):
     """Where `RedisBackend._plan_sketches` puts sketch ops: a `ScriptCall`, or synced
-    mode's queue (`redis_sketchsync.SketchQueue`)."""
+    mode's queue (`sketches.SketchQueue`)."""
 
     def sketch(
         self, current: str, previous: str, ttl_ms: int, items: list[Any], tag: Any

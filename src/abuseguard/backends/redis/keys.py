@@ -13,7 +13,7 @@ ever reaches Redis. Layout, with the default prefix ``ag``::
 
 Every key carries a TTL (see decide.lua): Redis memory stays bounded by the active set.
 Sketch keys are created only for accounts and networks a worker saw twice
-(`redis_probation`), so a one-shot client costs Redis its bucket keys alone (about
+(`probation`), so a one-shot client costs Redis its bucket keys alone (about
 100 bytes each, until the bucket refills).
 """
 

@@ -1,5 +1,5 @@
 """Synced mode's bookkeeping: what this worker consumed, sent to Redis in batches, and the
-shared state written back into the engine's rows (see `redis_synced` for the semantics).
+shared state written back into the engine's rows (see `synced` for the semantics).
 
 Per request (`Syncer.record`, no I/O): the cost the kernel charged to each synced bucket
 (the identity's, and its IP, prefix and ASN buckets when the policy has them) is added to
@@ -42,12 +42,13 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis_sketchsync import SketchQueue
+from abuseguard.backends.redis.sketches import SketchQueue
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
-    from abuseguard.backends.redis_synced import SyncedRedisBackend
-    from abuseguard.guard import Guard, Prepared
+    from abuseguard.backends.base import Stages
+    from abuseguard.backends.redis.synced import SyncedRedisBackend
+    from abuseguard.guard import Prepared
 
 CHUNK = 256  # identities per script call on a standalone server
 MAX_FLUSH = 4096  # identities per flush; more wait for the next one
@@ -70,10 +71,10 @@ Pending = dict[tuple[int, Any], Entry]
 
 class Syncer:
     def __init__(
-        self, backend: SyncedRedisBackend, guard: Guard, *, max_pending: int, workers: int
+        self, backend: SyncedRedisBackend, stages: Stages, *, max_pending: int, workers: int
     ) -> None:
         self.backend = backend
-        self.guard = guard
+        self.stages = stages
         self.max_pending = max_pending
         self.workers = workers
         self.pending: Pending = {}  # every entry not sent yet
@@ -84,27 +85,22 @@ class Syncer:
         # At that write-back: the workers sharing it, the shared tokens, the engine's time.
         self.last_sync: dict[tuple[int, Any], tuple[int, float, float]] = {}
         self.paused = False  # Redis is away: nothing is recorded
-        self.sketches = SketchQueue(guard, max_pending=max_pending)
-        policy = guard.policy
-        bucket = policy.bucket
+        self.sketches = SketchQueue(stages, max_pending=max_pending)
+        limits = backend.limits
+        bucket = limits.key_bucket
         self.key_bucket = bucket
-        self.net_buckets = {kind: b for kind, b, _ in backend.net_buckets}
+        self.net_buckets = {net.kind: net.bucket for net in limits.network_buckets}
         self.ban_ms = backend.ban_ms if backend.ban_level > 0 else 0  # 0: bans not synced
         self.synced_key = bucket is not None or self.ban_ms > 0
-        self.bursts = [0.0] * L.N_KINDS
-        if bucket is not None:
-            self.bursts[L.KIND_KEY] = bucket.capacity
-        for kind, net_bucket in self.net_buckets.items():
-            self.bursts[kind] = net_bucket.capacity
+        vector = limits.bucket_vector()  # (rate, burst) per kind; 0, 0: no bucket
+        self.bursts = vector[1::2]
         # Per kind 0..3: "rate burst ttl_rate" (burst 0: no bucket), sent once per call.
-        self.rates = [0.0] * L.N_KINDS
+        self.rates = vector[0::2]
         ttl_rates = [1.0] * L.N_KINDS
         if bucket is not None:
-            self.rates[L.KIND_KEY] = bucket.per_second
-            ttl_rates[L.KIND_KEY] = backend.key_ttl_rate
+            ttl_rates[L.KIND_KEY] = limits.key_ttl_rate
         for kind, net_bucket in self.net_buckets.items():
-            self.rates[kind] = net_bucket.per_second
-            ttl_rates[kind] = net_bucket.per_second * backend.load_floor
+            ttl_rates[kind] = net_bucket.per_second * limits.load_floor
         self.defaults = tuple(
             f"{self.rates[kind]!r} {self.bursts[kind]!r} {ttl_rates[kind]!r}"
             for kind in (L.KIND_KEY, L.KIND_IP, L.KIND_PREFIX, L.KIND_ASN)
@@ -115,7 +111,7 @@ class Syncer:
         self.half = [b / 2 for b in self.bursts] + [-math.inf]
         self.thresholds = [b / (2 * workers) if b > 0 else math.inf for b in self.bursts]
         # The engine's tables as memoryviews: Python floats in and out, no numpy scalars.
-        self.rows: list[Any] = [memoryview(t.data) for t in guard.engine.tables]  # type: ignore[arg-type]
+        self.rows = stages.rows
         self.dropped = 0  # identities left out of a flush (pending full)
         self.flushes = 0
         self.entries_sent = 0
@@ -144,9 +140,7 @@ class Syncer:
         if not net or profile is None or profile.allowed:
             return
         backend = self.backend
-        scale = 1.0
-        if profile.nat_eligible and fan_in > 1.0 and backend.nat_per_account > 0.0:
-            scale = min(1.0 + backend.nat_per_account * (fan_in - 1.0), backend.nat_max)
+        scale = backend.limits.nat_multiplier(profile.nat_eligible, fan_in)
         address = p.address
         for kind in net:
             if kind == L.KIND_ASN:
@@ -194,7 +188,7 @@ class Syncer:
                 sharing, tokens, at = known
                 sharing = workers if cold else sharing
                 if sharing > 1:
-                    refilled = tokens + self.rates[kind] * (self.guard.clock() - at)
+                    refilled = tokens + self.rates[kind] * (self.stages.clock() - at)
                     cap = min(burst, refilled) / sharing
                     if self._cold_start(k, charged, cap) and cold:
                         self.due[k] = entry
@@ -206,22 +200,21 @@ class Syncer:
         if cap <= 0.0:
             return False
         kind, key = k
-        row = self.guard.engine.tables[kind].index.get(key)
+        rows = self.rows
+        row = rows.row(kind, key)
         if row is None:
             return False
-        data = self.rows[kind]
-        if data[row, L.F_TOKENS] + charged <= cap:
+        if rows.get(kind, row, L.F_TOKENS) + charged <= cap:
             return False
-        data[row, L.F_TOKENS] = cap - charged
+        rows.put(kind, row, L.F_TOKENS, cap - charged)
         return True
 
     def charge(self, identity: Any, delta: float, kind: int = L.KIND_KEY) -> None:
         """A cost reconciled after the response (``delta`` < 0 refunds): charged here and
         owed to the shared bucket (the identity's, or a network's of that ``kind``)."""
-        tables = self.guard.engine.tables
-        row = tables[kind].find(identity)
+        row = self.rows.row(kind, identity)
         if row is not None:
-            self.guard.engine.charge(kind, row, delta)
+            self.rows.charge(kind, row, delta)
         has_bucket = self.key_bucket is not None if kind == L.KIND_KEY else kind in self.net_buckets
         if self.paused or not has_bucket:
             return
@@ -301,14 +294,14 @@ class Syncer:
         step = 1 if backend.cluster else CHUNK  # a Cluster script call: one slot's keys
         groups = [items[i : i + step] for i in range(0, len(items), step)]
         commands = [self._command(group) for group in groups]
-        now_arg: float | str = "" if backend.server_time else self.guard.clock()
+        now_arg: float | str = "" if backend.server_time else self.stages.clock()
         calls = sketches.calls(now_arg, cluster=backend.cluster)
         decide = backend.scripts["decide"].sha
         commands += [call.command(decide) for call in calls]
         replies = await asyncio.gather(*(pipe.call(c) for c in commands), return_exceptions=True)
         sketches.write_back(calls, replies[len(groups) :])
         error: BaseException | None = None
-        now = self.guard.clock()
+        now = self.stages.clock()
         mono = time.monotonic()
         for group, reply in zip(groups, replies[: len(groups)], strict=True):
             if isinstance(reply, BaseException):
@@ -334,22 +327,19 @@ class Syncer:
         argument, most of them a kind, an identity and a delta; the script names the keys
         (in a Cluster the one identity's bucket or ban key routes the call)."""
         backend = self.backend
-        guard = self.guard
+        stages = self.stages
         lines: list[str] = []
-        load = guard._load_factor()
-        key_index = guard.engine.tables[L.KIND_KEY].index
-        key_rows = self.rows[L.KIND_KEY]
+        load = stages.load_factor()
+        rows = self.rows
         bucket = self.key_bucket
+        refill_factor = backend.limits.key_refill_factor
         for (kind, key), entry in group:
             if kind == L.KIND_KEY:
                 factor = load
                 if bucket is not None:
-                    row = key_index.get(key)
+                    row = rows.row(L.KIND_KEY, key)
                     if row is not None:
-                        risk = key_rows[row, L.F_COUPLING_SCORE] - bucket.risk_floor
-                        if risk > 0.0:
-                            scaled = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
-                            factor *= max(scaled, bucket.min_refill_factor)
+                        factor *= refill_factor(rows.get(L.KIND_KEY, row, L.F_COUPLING_SCORE))
                 if factor == 1.0 and not entry.ban:
                     lines.append(f"0 {key} {entry.delta!r}")
                 else:
@@ -370,7 +360,7 @@ class Syncer:
             else:
                 names = backend.keys.of(key)
                 keys = (names.bucket if bucket is not None else names.ban,)
-        now: float | str = "" if backend.server_time else guard.clock()
+        now: float | str = "" if backend.server_time else stages.clock()
         return (
             "EVALSHA",
             backend.scripts["sync"].sha,
@@ -390,7 +380,6 @@ class Syncer:
     ) -> None:
         if not isinstance(reply, list) or len(reply) != 1 + 3 * len(group):
             raise ValueError(f"unexpected reply from sync.lua: {reply!r:.200}")
-        tables = self.guard.engine.tables
         rows = self.rows
         pending = self.pending
         synced = self.synced
@@ -408,22 +397,20 @@ class Syncer:
                 sharing = max(sharing, workers) if sharing > 0 else 0
             synced[k] = mono
             self.last_sync[k] = (sharing, tokens, now)
-            row = tables[kind].index.get(key)
+            row = rows.row(kind, key)
             if row is None:
                 if kind == L.KIND_KEY and left > 0.0:  # evicted here: the ban is held
-                    key_table = self.guard.engine.key_table
-                    key_table.hold_ban(key, now + left, now, self.bursts[L.KIND_KEY])
+                    rows.hold_ban(key, now + left, now, self.bursts[L.KIND_KEY])
                 continue
-            data = rows[kind]
             if sharing > 0:
                 share = tokens / sharing if tokens > 0.0 else tokens
                 later = pending.get(k)
                 if later is not None:
                     share -= later.delta
-                data[row, L.F_TOKENS] = share
-                data[row, L.F_BUCKET_TS] = now
-            if left > 0.0 and now + left > data[row, L.F_BANNED_UNTIL]:
-                data[row, L.F_BANNED_UNTIL] = now + left
+                rows.put(kind, row, L.F_TOKENS, share)
+                rows.put(kind, row, L.F_BUCKET_TS, now)
+            if left > 0.0 and now + left > rows.get(kind, row, L.F_BANNED_UNTIL):
+                rows.put(kind, row, L.F_BANNED_UNTIL, now + left)
 
 
 __all__ = ["CHUNK", "MAX_FLUSH", "Entry", "Syncer"]

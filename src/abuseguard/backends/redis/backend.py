@@ -1,13 +1,14 @@
 """RedisBackend: limits shared by every worker and host, one round trip per request.
 
-Per request (``check``): the guard prepares the request and the in-process kernel scores
-it (its buckets are off with a shared backend); then ONE ``EVALSHA`` of ``lua/decide.lua``
+Per request (the Guard's pipeline asks ``reach``, then ``answer``): the guard prepares the
+request and the in-process kernel scores it (its buckets are off with a shared backend);
+then ONE ``EVALSHA`` of ``lua/decide.lua``
 applies, atomically and on Redis server time, the ban check, the fan-out (and, on a
 standalone server, fan-in) HyperLogLogs, the token buckets (the main identity's refill
 scaled by the local risk score exactly as the kernel would), the window quotas and the
-concurrency lease; the guard turns the answers and the local score into a Decision
-(``Guard._decide``, shared with the memory backend). Requests queued in the same loop
-tick share one pipeline (see `redis_pipe`), so the round trip is also shared under load.
+concurrency lease; the guard turns the answers (a `LimitAnswer`) and the local score into
+a Decision, as with the memory backend. Requests queued in the same loop
+tick share one pipeline (see `pipe`), so the round trip is also shared under load.
 
 No Redis call at all for: a client banned (the kernel keeps the ban locally once seen), a
 client whose bucket or quota Redis just refused (`deny_cache`), an open circuit.
@@ -16,7 +17,7 @@ Standalone vs Cluster. On one server every key a request touches goes into the s
 script: network buckets (``per_ip``, ``per_prefix``, ``per_asn``) and fan-in sketches
 included, so everything is exact. In a Cluster the script may only touch the identity's
 slot: network buckets and fan-in sketches are then aggregated per network and sent by a
-background task every ``sync_interval`` seconds (`redis_netsync`); a network found short
+background task every ``sync_interval`` seconds (`netsync`); a network found short
 is refused locally until its debt is refilled. Staleness: a network ceiling can be
 overshot by what all workers admit in one ``sync_interval`` plus one round trip, and the
 debt is then paid back by refusing for longer, so the long-run rate holds; fan-in
@@ -34,10 +35,10 @@ after ``breaker_threshold`` consecutive failures and half-opens after
 2 s by default) to let one probe through: a PING, sent by the request that finds the
 breaker half-open, which is then decided normally if Redis answered and by the fail mode
 otherwise. ``Policy.fail_mode`` decides per route
-what a request gets meanwhile (`redis_failover`): fail closed, 429 ``backend_unavailable``;
+what a request gets meanwhile (`failover`): fail closed, 429 ``backend_unavailable``;
 fail open, the local verdict, and while the circuit is open the kernel's own buckets limit
 each worker to ``1/fallback_workers`` of every bucket. Concurrency leases expire after
-``lease_ttl`` unless the worker holding them renews them (`redis_leases`), so a crashed
+``lease_ttl`` unless the worker holding them renews them (`leases`), so a crashed
 worker cannot leak slots. Releases and cost reconciliation are queued, never awaited.
 
 Window quotas: ``fixed-window`` (INCRBY, EXPIRE on the first hit, as `limits`) and
@@ -50,7 +51,7 @@ into the engine's rows and score the following requests (one request of lag). A 
 does not send again, for ``sketch_refresh`` seconds, an item it has just added, so a
 steady client costs no sketch work and a worker that sees only old items reads estimates
 up to that old. A worker creates an owner's sketches only from its second request there
-(`redis_probation`; the first one's items go with it): a one-shot client leaves only its
+(`probation`; the first one's items go with it): a one-shot client leaves only its
 bucket keys in Redis, which expire as they refill. Sketch epochs follow the request
 clock, buckets and windows Redis' clock.
 
@@ -66,30 +67,36 @@ import dataclasses
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from abuseguard.backends.base import Backend, LimitSource
+import numpy as np
+
+from abuseguard.backends.base import Backend, LimitAnswer, LimitSource, RoundTripDecider
 from abuseguard.backends.breaker import CLOSED, CircuitBreaker
-from abuseguard.backends.deny_cache import DenyCache
-from abuseguard.backends.redis_call import STRATEGY_CODES, Answers, Reply, ScriptCall, SketchSink
-from abuseguard.backends.redis_failover import DENIALS, UNAVAILABLE, UNKNOWN, Failover
-from abuseguard.backends.redis_keys import IdentityKeys, KeySpace
-from abuseguard.backends.redis_leases import Leases
-from abuseguard.backends.redis_netsync import NetSync
-from abuseguard.backends.redis_pipe import Pipeliner, Script, load_script
-from abuseguard.backends.redis_probation import SketchProbation
-from abuseguard.backends.redis_uri import SYNCED_ONLY, redacted, split_backend_uri
+from abuseguard.backends.redis.call import STRATEGY_CODES, Answers, Reply, ScriptCall, SketchSink
+from abuseguard.backends.redis.deny_cache import DenyCache
+from abuseguard.backends.redis.failover import DENIALS, UNAVAILABLE, UNKNOWN, Failover
+from abuseguard.backends.redis.keys import IdentityKeys, KeySpace
+from abuseguard.backends.redis.leases import Leases
+from abuseguard.backends.redis.netsync import NetSync
+from abuseguard.backends.redis.pipe import Pipeliner, Script, load_script
+from abuseguard.backends.redis.probation import SketchProbation
+from abuseguard.backends.redis.unverified import RedisUnverifiedBudgets
+from abuseguard.backends.redis.uri import SYNCED_ONLY, redacted, split_backend_uri
 from abuseguard.backends.workers import detect_workers
+from abuseguard.compiled import CompiledLimits, NetworkBucket
 from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
-from abuseguard.engine.params import build_params
 from abuseguard.errors import ConfigError
 from abuseguard.policy import Concurrency, Quota
 
 if TYPE_CHECKING:
-    from abuseguard.guard import Guard, Prepared
+    from abuseguard.backends.base import Stages
+    from abuseguard.engine.rows import EngineRows
+    from abuseguard.guard import Prepared
     from abuseguard.intel.network import NetworkProfile
-    from abuseguard.policy import Policy, TokenBucket
+    from abuseguard.keyprobe import SharedBudgets, UnverifiedKeyLimiter
+    from abuseguard.policy import Policy
     from abuseguard.request import RequestInfo
 
 logger = logging.getLogger("abuseguard.backends")
@@ -119,18 +126,25 @@ def check_count(field: str, value: object) -> None:
         raise ConfigError(f"RedisBackend.{field}", f"expected an int >= 1, got {value!r}")
 
 
-class RedisBackend(Backend):
+class RedisBackend(Backend, RoundTripDecider):
     """Shared state in Redis (standalone, TLS, unix socket) or Redis Cluster (Valkey too).
 
     ``url``: ``redis://host:port/db``, ``rediss://...``, ``unix:///path?db=0``, or with
     ``cluster=True`` (URI schemes ``redis+cluster://``, ``rediss+cluster://``) a seed node.
     Options may also ride in the URI query (``?budget=0.02&fail_open=false``), and so may
-    the redis-py options listed in `redis_uri`; any other option is refused at construction.
+    the redis-py options listed in `uri`; any other option is refused at construction.
     One backend serves one Guard on one event loop.
     """
 
     shared = True
+    schemes = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
     mode = "inline"  # one round trip per request; "synced": SyncedRedisBackend
+    #: The backend class of each ``mode`` a URI may ask for; subclasses register theirs.
+    modes: ClassVar[dict[str, type[RedisBackend]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        RedisBackend.modes[cls.mode] = cls
 
     def __init__(
         self,
@@ -226,7 +240,7 @@ class RedisBackend(Backend):
         self._tasks: list[asyncio.Task[None]] = []
         self.leases = Leases(ttl=self.lease_ttl, max_hold=self.lease_max)
         self.netsync: NetSync | None = None
-        self.guard: Guard | None = None
+        self.stages: Stages | None = None
         self.failover: Failover | None = None
         self.local_denials = 0  # requests refused without a Redis call (bans, deny cache)
 
@@ -238,18 +252,17 @@ class RedisBackend(Backend):
         ``mode=synced`` makes a `SyncedRedisBackend`, ``mode=inline`` (default) this one."""
         url, kwargs = split_backend_uri(uri)
         mode = kwargs.pop("mode", cls.mode)
-        if mode == "synced":
-            from abuseguard.backends.redis_synced import SyncedRedisBackend
-
-            return SyncedRedisBackend(url, **kwargs)
+        if mode != RedisBackend.mode:
+            return RedisBackend.modes[mode](url, **kwargs)
         for name in SYNCED_ONLY:
             if name in kwargs:
                 raise ConfigError(f"RedisBackend.{name}", "is an option of mode=synced only")
         return RedisBackend(url, **kwargs)
 
-    def attach(self, guard: Guard) -> None:
-        """Called by the Guard at construction: check the policy, precompute its numbers."""
-        policy: Policy = guard.policy
+    def attach(self, stages: Stages) -> None:
+        """Called by the Guard at construction, with its stages: check the policy,
+        precompute its numbers."""
+        policy: Policy = stages.policy
         for i, quota in enumerate(policy.quotas):
             if quota.strategy == "moving-window":
                 raise ConfigError(
@@ -259,32 +272,19 @@ class RedisBackend(Backend):
                 )
         if len(policy.quotas) > 99:
             raise ConfigError("Policy.quotas", "the Redis backend takes at most 99 quotas")
-        self.guard = guard
-        self.keys = KeySpace(self.prefix, tuple(q.name or "quota" for q in policy.quotas))
-        bucket = policy.bucket
-        self.bucket = bucket
-        load_floor = 0.1 if policy.load_target > 0 else 1.0
-        if bucket is not None:
-            self.key_ttl_rate = bucket.per_second * bucket.min_refill_factor * load_floor
-        self.net_buckets: list[tuple[int, TokenBucket, bool]] = []
-        network = policy.network
-        if network is not None:
-            for kind, net_bucket in (
-                (L.KIND_IP, network.per_ip),
-                (L.KIND_PREFIX, network.per_prefix),
-                (L.KIND_ASN, network.per_asn),
-            ):
-                if net_bucket is not None:
-                    self.net_buckets.append((kind, net_bucket, net_bucket.shadow or network.shadow))
-        self.load_floor = load_floor
-        self.nat_per_account = network.nat_per_account if network and network.nat_fairness else 0.0
-        self.nat_max = network.nat_max if network else 1.0
+        self.stages = stages
+        limits = self.limits = CompiledLimits.from_policy(policy)
+        self.keys = KeySpace(self.prefix, limits.quota_names)
+        bucket = self.bucket = limits.key_bucket
+        self.key_ttl_rate = limits.key_ttl_rate
+        self.net_buckets: tuple[NetworkBucket, ...] = limits.network_buckets
+        self.load_floor = limits.load_floor
         enforcement = policy.enforcement
-        params = guard.engine.params
-        self.serves = tuple(params[L.P_LADDER_SERVES + level] != 0.0 for level in range(9))
-        self.ban_level = int(params[L.P_BAN_LEVEL])
+        rows = stages.rows
+        self.serves = tuple(rows.parameter(L.P_LADDER_SERVES + level) != 0.0 for level in range(9))
+        self.ban_level = int(rows.parameter(L.P_BAN_LEVEL))
         self.ban_ms = int(enforcement.ban_seconds * 1000)
-        ladder = guard.ladder
+        ladder = stages.ladder
         ban_action = ladder[self.ban_level] if 0 < self.ban_level < len(ladder) else Action.BLOCK
         self.ban_gate = enforcement.shadow or ban_action not in DENIALS
         scoring = policy.scoring
@@ -294,16 +294,16 @@ class RedisBackend(Backend):
         fail_mode = policy.fail_mode
         if self.fail_open_override is not None:
             fail_mode = dataclasses.replace(fail_mode, open=self.fail_open_override)
-        local = build_params(policy, local_buckets=True)
         self.failover = Failover(
             self.breaker,
             fail_mode,
-            local[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] / float(self.fallback_workers),
+            np.array(limits.bucket_vector()) / float(self.fallback_workers),
             self.fallback_workers,
+            stages,
             has_bucket=bucket is not None,
         )
         if self.cluster:
-            self.netsync = NetSync(self, guard)
+            self.netsync = NetSync(self, stages)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -407,28 +407,44 @@ class RedisBackend(Backend):
 
     # -- the decision ----------------------------------------------------------------------
 
-    async def check(self, guard: Guard, info: RequestInfo) -> Decision:
-        if guard._exempt and guard._exempt.matches(info.path):
-            return _EXEMPT
+    async def reach(self, info: RequestInfo) -> bool:
+        """Before the engine runs: can Redis be asked? Connects on a new event loop and
+        probes a half-open breaker. The kernel's own buckets are turned on when the fail
+        mode limits in-process (`failover`), off otherwise."""
         if self._loop is not asyncio.get_running_loop():
             await self.startup()
-        p = guard.prepare(info)
         breaker = self.breaker
         failover = self.failover
         assert failover is not None, "RedisBackend.attach() was not called (use it via Guard)"
         if breaker.state != CLOSED and not (breaker.allow() and await self._probe()):
-            return failover.while_open(guard, info, p)
+            failover.before_engine(info)
+            return False
         if failover.active:
-            failover.local_buckets(guard, on=False)
-        io = guard.run_engine(p).tolist()  # a copy: other requests run the kernel meanwhile
-        key_table = guard.engine.tables[L.KIND_KEY]
-        key_row = key_table.index[p.identity]
+            failover.local_buckets(on=False)
+        return True
+
+    async def answer(
+        self, info: RequestInfo, p: Prepared, io: list[float], reachable: bool
+    ) -> LimitAnswer:
+        """The limits of one request, the engine's outputs in ``io`` (a copy: the bucket
+        outputs Redis answers are written in): one round trip, or none when this worker
+        already knows (a ban, the deny cache, a network short in a Cluster) or Redis is
+        unreachable (the fail mode)."""
+        failover = self.failover
+        assert failover is not None and self.stages is not None
+        stages = self.stages
+        if not reachable:
+            return failover.while_open(info, p, io)
+        breaker = self.breaker
+        rows = stages.rows
+        key_row = rows.row(L.KIND_KEY, p.identity)
+        assert key_row is not None  # the engine just ran on it
         # The kernel measures idle time (score forgiveness) from the bucket's last refill,
         # which it never moves with its buckets off: move it here.
-        key_table.data[key_row, L.F_BUCKET_TS] = p.ts
+        rows.put(L.KIND_KEY, key_row, L.F_BUCKET_TS, p.ts)
         if io[L.O_BANNED] and not self.ban_gate:
             self.local_denials += 1
-            return guard._decide(info, p, io, UNKNOWN, False)
+            return LimitAnswer(UNKNOWN, False)
         deny = self.deny
         if deny.buckets and self.bucket is not None:
             short = deny.bucket_short(p.identity, p.cost)
@@ -436,26 +452,26 @@ class RedisBackend(Backend):
                 tokens, wait, rate = short
                 io[L.O_DENIED_KINDS] = 1.0
                 io[L.O_RETRY_AFTER] = wait
-                _told_to_wait(key_table.data, key_row, p.ts + wait)
+                _told_to_wait(rows, key_row, p.ts + wait)
                 io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
                 io[L.O_RESET] = (self.bucket.capacity - tokens) / rate
                 self.local_denials += 1
-                return guard._decide(info, p, io, UNKNOWN, True)
+                return LimitAnswer(UNKNOWN, True)
         if deny.quotas:
             exhausted = deny.quota_exhausted(p.identity)
             if exhausted is not None:
                 self.local_denials += 1
-                return self._quota_memo_decision(guard, info, p, io, exhausted)
+                return self._quota_memo_answer(exhausted)
         netsync = self.netsync
         if netsync is not None and netsync.denied and p.profile is not None:
             mask, wait = netsync.blocked(p)
-            if mask and not guard._bucket_shadow(mask):
+            if mask and not stages.buckets_shadowed(mask):
                 io[L.O_DENIED_KINDS] = float(mask)
                 io[L.O_RETRY_AFTER] = wait
-                _told_to_wait(key_table.data, key_row, p.ts + wait)
+                _told_to_wait(rows, key_row, p.ts + wait)
                 self.local_denials += 1
-                return guard._decide(info, p, io, UNKNOWN, False)
-        main, side = self._plan(guard, p, io, key_row)
+                return LimitAnswer(UNKNOWN, False)
+        main, side = self._plan(stages, p, io, key_row)
         pipe = self.pipe
         assert pipe is not None
         try:
@@ -480,9 +496,9 @@ class RedisBackend(Backend):
                 logger.warning("abuseguard: Redis call failed (%s: %s)", type(exc).__name__, exc)
             breaker.failure(exc)
             self._give_back(main, side)
-            return failover.failed(guard, info, p, io)
+            return failover.failed(info, p, io)
         breaker.success()
-        return self._apply(guard, info, p, io, key_row, main, side, answers)
+        return self._apply(stages, p, io, key_row, main, side, answers)
 
     def precheck_limits(self, p: Prepared, io: list[float]) -> tuple[LimitSource, bool]:
         """For `Guard.precheck`: what this worker knows without asking Redis, read-only.
@@ -526,17 +542,17 @@ class RedisBackend(Backend):
         return True
 
     def _plan(
-        self, guard: Guard, p: Prepared, io: list[float], key_row: int
+        self, stages: Stages, p: Prepared, io: list[float], key_row: int
     ) -> tuple[ScriptCall, ScriptCall | None]:
         level = int(io[L.O_ACTION])
         profile = p.profile
         if level == 0 and (profile is None or profile.rule_action is None):
             gate = override = True  # the common case: nothing local refuses the request
         else:
-            action, shadow = guard.risk_action(level, profile)
+            action, shadow = stages.local_verdict(level, profile)
             denial = action in DENIALS
-            enforcement = guard.policy.enforcement
-            shadow = shadow or guard.policy.shadow or action in enforcement.shadow_actions
+            enforcement = stages.policy.enforcement
+            shadow = shadow or stages.policy.shadow or action in enforcement.shadow_actions
             gate = not denial or shadow
             override = action.severity <= _THROTTLE_SEVERITY or not denial
         now: float | str = "" if self.server_time else p.ts
@@ -561,18 +577,13 @@ class RedisBackend(Backend):
             assert profile is not None
             self._plan_sketches(main, p, profile, keys, net_keys if standalone else [])
         bucket = self.bucket
-        load = guard._load_factor()
+        load = stages.load_factor()
         cost = p.cost
         if not 0.0 <= cost < math.inf:  # NaN or infinite: the whole burst; negative: nothing
             cost = 0.0 if cost < 0.0 else (bucket.capacity if bucket is not None else 0.0)
         if bucket is not None:
-            smoothed = float(guard.engine.tables[L.KIND_KEY].data[key_row, L.F_COUPLING_SCORE])
-            risk = smoothed - bucket.risk_floor
-            factor = 1.0
-            if risk > 0.0:
-                factor = 1.0 - bucket.risk_coupling * risk / (1.0 - bucket.risk_floor)
-            if factor < bucket.min_refill_factor:
-                factor = bucket.min_refill_factor
+            smoothed = stages.rows.get(L.KIND_KEY, key_row, L.F_COUPLING_SCORE)
+            factor = self.limits.key_refill_factor(smoothed)
             rate = max(bucket.per_second * load * factor, 1e-9)  # as the kernel clamps it
             main.bucket(
                 keys.bucket,
@@ -580,14 +591,13 @@ class RedisBackend(Backend):
                 bucket.capacity,
                 cost,
                 self.key_ttl_rate,
-                bool(guard._shadow_kinds & 1 << L.KIND_KEY),
+                bool(stages.shadow_kinds & 1 << L.KIND_KEY),
                 (L.KIND_KEY, rate),
             )
         if network and standalone and self.net_buckets:
-            fan_in = io[L.O_FANIN]
-            nat = 1.0
-            if profile is not None and profile.nat_eligible and fan_in > 1.0:
-                nat = min(1.0 + self.nat_per_account * (fan_in - 1.0), self.nat_max)
+            nat = self.limits.nat_multiplier(
+                profile is not None and profile.nat_eligible, io[L.O_FANIN]
+            )
             keys_by_kind = dict(net_keys)
             for kind, net_bucket, net_shadow in self.net_buckets:
                 net_key = keys_by_kind.get(kind)
@@ -605,11 +615,11 @@ class RedisBackend(Backend):
                     burst,
                     cost,
                     net_bucket.per_second * self.load_floor,
-                    net_shadow or bool(guard._shadow_kinds & 1 << kind),
+                    net_shadow or bool(stages.shadow_kinds & 1 << kind),
                     (kind, rate),
                 )
         side: ScriptCall | None = None
-        policy = guard.policy
+        policy = stages.policy
         if gate and (policy.quotas or policy.concurrency is not None):
             ip_identity = "i:" + address.ip_key
             for i, quota in enumerate(policy.quotas):
@@ -659,7 +669,7 @@ class RedisBackend(Backend):
         networks. What this worker added recently is not sent again before sketch_refresh:
         a steady client costs no sketch work, a fanning-out one refreshes often. The items
         of an owner this worker sees for the first time wait for its second request
-        (`redis_probation`): a one-shot client creates no sketch key in Redis."""
+        (`probation`): a one-shot client creates no sketch key in Redis."""
         sent = self._sketch_sent
         if len(sent) >= 262144:
             sent.clear()
@@ -668,10 +678,10 @@ class RedisBackend(Backend):
         address = p.address
         v4or6 = address.version != 0
         country = profile.country_code
-        assert self.guard is not None
-        tables = self.guard.engine.tables
+        assert self.stages is not None
+        rows = self.stages.rows
         probation = self._probation
-        account_proven = probation.proven(tables[L.KIND_KEY], L.KIND_ACCOUNT, p.identity, call)
+        account_proven = probation.proven(rows, L.KIND_KEY, L.KIND_ACCOUNT, p.identity, call)
         whole = (p.identity, address.ip_key, profile.asn_key, country, p.persona)
         last = sent.get(whole)
         if last is not None and now_mono - last < refresh:
@@ -710,7 +720,7 @@ class RedisBackend(Backend):
                 [p.identity],
                 (kind, net_key, L.F_SKETCH_EST),
             )
-            if not probation.proven(tables[kind], kind, net_key, call):
+            if not probation.proven(rows, kind, kind, net_key, call):
                 probation.hold(kind, net_key, op)
                 all_proven = False
                 continue
@@ -741,32 +751,29 @@ class RedisBackend(Backend):
 
     def _apply(
         self,
-        guard: Guard,
-        info: RequestInfo,
+        stages: Stages,
         p: Prepared,
         io: list[float],
         key_row: int,
         main: ScriptCall,
         side: ScriptCall | None,
         replies: list[Reply],
-    ) -> Decision:
+    ) -> LimitAnswer:
         reply = replies[0]
-        tables = guard.engine.tables
+        rows = stages.rows
         if reply.status == 1:  # banned: seen from another worker
             self._give_back(main, side)
             io[L.O_BANNED] = 1.0
             io[L.O_ACTION] = float(self.ban_level)
             io[L.O_RETRY_AFTER] = reply.ban_left
-            table = tables[L.KIND_KEY]
-            if table.keys[key_row] == p.identity:
+            if rows.owns(L.KIND_KEY, key_row, p.identity):
                 cap = self.deny.max_seconds if self.deny.enabled else 0.0
-                table.data[key_row, L.F_BANNED_UNTIL] = p.ts + min(reply.ban_left, cap)
-            return guard._decide(info, p, io, UNKNOWN, False)
+                rows.put(L.KIND_KEY, key_row, L.F_BANNED_UNTIL, p.ts + min(reply.ban_left, cap))
+            return LimitAnswer(UNKNOWN, False)
         for (kind, key, field), estimate in zip(main.sketch_tags, reply.sketches, strict=True):
-            table = guard.engine.accounts if kind == L.KIND_ACCOUNT else tables[kind]
-            row = table.index.get(key)
+            row = rows.row(kind, key)
             if row is not None:
-                table.data[row, field] = estimate
+                rows.put(kind, row, field, estimate)
         denied_kinds = 0
         if reply.denied:
             for j, (kind, _) in enumerate(main.bucket_tags):
@@ -774,10 +781,9 @@ class RedisBackend(Backend):
                     denied_kinds |= 1 << kind
             io[L.O_DENIED_KINDS] = float(denied_kinds)
             io[L.O_RETRY_AFTER] = reply.retry
-            key_table = tables[L.KIND_KEY]
             # A shadowed refusal is served: nobody was told to wait.
-            if key_table.keys[key_row] == p.identity and denied_kinds & ~guard._shadow_kinds:
-                _told_to_wait(key_table.data, key_row, p.ts + reply.retry)
+            if rows.owns(L.KIND_KEY, key_row, p.identity) and denied_kinds & ~stages.shadow_kinds:
+                _told_to_wait(rows, key_row, p.ts + reply.retry)
         bucket = self.bucket
         key_rate = 0.0
         if bucket is not None:
@@ -789,7 +795,7 @@ class RedisBackend(Backend):
             io[L.O_BANNED] = 1.0
             io[L.O_ACTION] = float(self.ban_level)
             io[L.O_RETRY_AFTER] = reply.ban_left
-        quotas: list[tuple[bool, float, float] | None] = [None] * len(guard.policy.quotas)
+        quotas: list[tuple[bool, float, float] | None] = [None] * len(stages.policy.quotas)
         acquired: bool | None = None
         lease: tuple[str, str, str] | None = None
         for call, answer in zip((main, side), replies, strict=False):
@@ -808,16 +814,17 @@ class RedisBackend(Backend):
         if lease is not None:
             self.leases.hold(*lease)
         answers = Answers(quotas, acquired)
-        decision = guard._decide(info, p, io, answers, bucket is not None)
-        if lease is not None and not decision.held:
-            self.release(lease[0])
-        if not decision.shadow and decision.action is Action.THROTTLE:
-            self._remember_denial(p, decision, denied_kinds, reply, key_rate, quotas)
-        if self.netsync is not None:
-            self.netsync.add(
-                p, io[L.O_FANIN], guard._load_factor(), decision.served and not decision.reasons
-            )
-        return decision
+
+        def settle(decision: Decision) -> None:
+            if lease is not None and not decision.held:
+                self.release(lease[0])
+            if not decision.shadow and decision.action is Action.THROTTLE:
+                self._remember_denial(p, decision, denied_kinds, reply, key_rate, quotas)
+            if self.netsync is not None:
+                served_clean = decision.served and not decision.reasons
+                self.netsync.add(p, io[L.O_FANIN], stages.load_factor(), served_clean)
+
+        return LimitAnswer(answers, bucket is not None, after=settle)
 
     def _remember_denial(
         self,
@@ -843,22 +850,21 @@ class RedisBackend(Backend):
                 memo = tuple((q[0], q[1], now + q[2]) if q is not None else None for q in quotas)
                 deny.note_quota(p.identity, min(resets), memo)
 
-    def _quota_memo_decision(
-        self,
-        guard: Guard,
-        info: RequestInfo,
-        p: Prepared,
-        io: list[float],
-        exhausted: tuple[float, tuple[Any, ...]],
-    ) -> Decision:
+    @staticmethod
+    def _quota_memo_answer(exhausted: tuple[float, tuple[Any, ...]]) -> LimitAnswer:
         _, memo = exhausted
         now = time.monotonic()
         quotas: list[tuple[bool, float, float] | None] = [
             (q[0], q[1], max(0.0, q[2] - now)) if q is not None else None for q in memo
         ]
-        decision = guard._decide(info, p, io, Answers(quotas, None), False)
-        decision.held = ()
-        return decision
+        return LimitAnswer(Answers(quotas, None), False, holds=False)
+
+    def unverified_budgets(self, limiter: UnverifiedKeyLimiter) -> SharedBudgets | None:
+        """The unverified-key budgets in Redis, shared by every worker (inline mode);
+        synced mode keeps the worker's own, in process."""
+        if self.decides_locally:
+            return None
+        return RedisUnverifiedBudgets(self, limiter)
 
     # -- after the response -------------------------------------------------------------------
 
@@ -879,7 +885,7 @@ class RedisBackend(Backend):
             return
         if delta < 0:
             self.deny.forget_bucket(identity)
-        now: float | str = "" if self.server_time else (self.guard.clock() if self.guard else "")
+        now: float | str = "" if self.server_time else (self.stages.clock() if self.stages else "")
         self.pipe.send(
             (
                 "EVALSHA",
@@ -912,7 +918,7 @@ class RedisBackend(Backend):
                     )
                 )
 
-    def reconcile_quota(self, index: int, quota: Quota, identity: str, delta: int) -> None:
+    def reconcile_shared_quota(self, index: int, quota: Quota, identity: str, delta: int) -> None:
         """Count ``delta`` more (< 0: fewer) in a by-cost quota's current window."""
         if delta == 0 or self.pipe is None or not self.breaker.closed:
             return
@@ -930,7 +936,7 @@ class RedisBackend(Backend):
         )
 
     def _reconcile_now(self) -> float | str:
-        return "" if self.server_time else (self.guard.clock() if self.guard else "")
+        return "" if self.server_time else (self.stages.clock() if self.stages else "")
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -950,13 +956,13 @@ class RedisBackend(Backend):
         }
 
 
-def _told_to_wait(key_data: Any, row: int, until: float) -> None:
+def _told_to_wait(rows: EngineRows, row: int, until: float) -> None:
     """A bucket refused the request: note when the client was told to come back, as the
     kernel does with its own buckets (a request before then counts as impatience)."""
-    if until > key_data[row, L.F_WAIT_UNTIL]:
-        key_data[row, L.F_WAIT_UNTIL] = until
+    if until > rows.get(L.KIND_KEY, row, L.F_WAIT_UNTIL):
+        rows.put(L.KIND_KEY, row, L.F_WAIT_UNTIL, until)
 
 
-_EXEMPT = Decision(Action.ALLOW)
+RedisBackend.modes[RedisBackend.mode] = RedisBackend
 
 __all__ = ["UNAVAILABLE", "RedisBackend"]

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 
-from abuseguard.backends.redis_pipe import Pipeliner
+from abuseguard.backends.redis.pipe import Pipeliner
 
 
 class Leases:

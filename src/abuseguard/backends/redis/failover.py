@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from abuseguard.backends.base import UNKNOWN_LIMITS, LimitAnswer
 from abuseguard.backends.breaker import CircuitBreaker
 from abuseguard.decision import DENIAL_ACTIONS, Action, Decision
 from abuseguard.engine import layout as L
 
 if TYPE_CHECKING:
-    from abuseguard.guard import Guard, Prepared
+    from abuseguard.backends.base import Stages
+    from abuseguard.guard import Prepared
     from abuseguard.policy import FailMode
     from abuseguard.request import RequestInfo
 
@@ -32,19 +34,7 @@ UNAVAILABLE = "backend_unavailable"
 DENIALS = DENIAL_ACTIONS
 
 
-class UnknownLimits:
-    """Limits nobody could look up (Redis failed): admitted, and left out of the headers."""
-
-    def hit_quota(
-        self, limit: str, strategy: str, identity: str, cost: int
-    ) -> tuple[bool, float, float]:
-        return True, 0.0, 0.0
-
-    def acquire(self, identity: str, limit: int) -> bool:
-        return True
-
-
-UNKNOWN = UnknownLimits()
+UNKNOWN = UNKNOWN_LIMITS
 
 
 class Failover:
@@ -54,9 +44,11 @@ class Failover:
         fail_mode: FailMode,
         fallback_params: Any,
         fallback_workers: int,
+        stages: Stages,
         *,
         has_bucket: bool,
     ) -> None:
+        self.stages = stages
         self.breaker = breaker
         self.fail_mode = fail_mode
         self.fallback_params = fallback_params  # the kernel's bucket parameters, shared
@@ -70,80 +62,76 @@ class Failover:
         mode = self.fail_mode
         return mode.fails_open(info.method, info.path) if mode.routes else mode.open
 
-    def while_open(self, guard: Guard, info: RequestInfo, p: Prepared) -> Decision:
-        """The circuit is open: no Redis call at all."""
+    def before_engine(self, info: RequestInfo) -> None:
+        """The circuit is open: the kernel's own buckets limit this request when its route
+        fails open with the fallback limiter, and nothing else."""
+        if self.fallback and self.fails_open(info):
+            self.local_buckets(on=True)
+        elif self.active:
+            self.local_buckets(on=False)
+
+    def while_open(self, info: RequestInfo, p: Prepared, io: list[float]) -> LimitAnswer:
+        """The circuit is open: no Redis call at all (`before_engine` ran)."""
         self.failures += 1
         if self.fallback and self.fails_open(info):
-            self.local_buckets(guard, on=True)
-            io = guard.run_engine(p).tolist()
-            decision = guard._decide(info, p, io, UNKNOWN, True)
-            decision.policies = decision.policies[:1]  # the bucket's state only
-            decision.held = ()
-            return decision
-        if self.active:
-            self.local_buckets(guard, on=False)
-        return self.failed(guard, info, p, guard.run_engine(p).tolist(), counted=True)
+            return LimitAnswer(UNKNOWN, True, policies_kept=1, holds=False)  # the bucket's
+        return self.failed(info, p, io, counted=True)
 
     def failed(
         self,
-        guard: Guard,
         info: RequestInfo,
         p: Prepared,
         io: list[float],
         *,
         counted: bool = False,
-    ) -> Decision:
+    ) -> LimitAnswer:
         """Redis could not answer: the local verdict, then the route's fail mode."""
         if not counted:
             self.failures += 1
+        stages = self.stages
         level = int(io[L.O_ACTION])
         if io[L.O_BANNED]:
-            ladder = guard.ladder
+            ladder = stages.ladder
             action = ladder[level] if level < len(ladder) else Action.BLOCK
-            shadow = guard.policy.enforcement.shadow
+            shadow = stages.policy.enforcement.shadow
         else:
-            action, shadow = guard.risk_action(level, p.profile)
+            action, shadow = stages.local_verdict(level, p.profile)
         if self.fails_open(info) or (action in DENIALS and not shadow):
-            decision = guard._decide(info, p, io, UNKNOWN, False)
-            decision.policies = ()
-            decision.held = ()
-            return decision
-        decision = Decision(
+            return LimitAnswer(UNKNOWN, False, policies_kept=0, holds=False)
+        refusal = Decision(
             Action.THROTTLE,
             (UNAVAILABLE,),
             io[L.O_SCORE],
             max(1.0, self.breaker.retry_after()),
             None,
-            guard.policy.shadow,
+            stages.policy.shadow,
             p.identity,
             (),
             (),
             p.cost,
         )
-        if guard.observers:
-            guard._notify(info, decision)
-        return decision
+        return LimitAnswer(UNKNOWN, False, refusal=refusal)
 
-    def local_buckets(self, guard: Guard, *, on: bool) -> None:
+    def local_buckets(self, *, on: bool) -> None:
         """Turn the kernel's own buckets on (fallback limiter) or off (Redis answers)."""
-        params = guard.engine.params
+        rows = self.stages.rows
         if on:
-            params[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] = self.fallback_params
+            rows.set_bucket_parameters(self.fallback_params)
             if self.episode != self.breaker.outages:
                 # A new outage: every client starts with a full (per-worker) bucket.
                 self.episode = self.breaker.outages
-                for kind, table in enumerate(guard.engine.tables):
+                for kind in range(L.N_KINDS):
                     burst = float(self.fallback_params[2 * kind + 1])
                     if burst > 0.0:
-                        table.data[:, L.F_TOKENS] = burst
+                        rows.fill_tokens(kind, burst)
                 logger.warning(
                     "abuseguard: Redis unavailable; limiting in-process (1/%d of each "
                     "bucket per worker) until it answers",
                     self.fallback_workers,
                 )
         else:
-            params[L.P_BUCKET : L.P_BUCKET + 2 * L.N_KINDS] = 0.0
+            rows.set_bucket_parameters([0.0] * (2 * L.N_KINDS))
         self.active = on
 
 
-__all__ = ["DENIALS", "UNAVAILABLE", "UNKNOWN", "Failover", "UnknownLimits"]
+__all__ = ["DENIALS", "UNAVAILABLE", "UNKNOWN", "Failover"]

@@ -15,7 +15,7 @@
 --                     the identity was just banned here (kind 0 only)
 --   delta: cost consumed locally since the last sync (< 0: refunds), charged after the
 --   refill; the bucket may go into debt (the cost was already served).
--- Key names are built here as abuseguard.backends.redis_keys names them: kind 0
+-- Key names are built here as abuseguard.backends.redis.keys names them: kind 0
 -- "<prefix>:{ID}:b" (and ":ban"), kind K "<prefix>:{nK:ID}:b". On one server KEYS is
 -- empty; in a cluster the caller sends one identity per call and names its bucket (or ban)
 -- key in KEYS, which routes the call to the slot every key of the identity shares.

@@ -1,10 +1,10 @@
 """SyncedRedisBackend (``redis://host:6379/0?mode=synced``): decisions from local state,
 shared through Redis in the background. No Redis call on a request.
 
-Per request (``check_now``, synchronous: ``Guard.check`` works in this mode and the
-middleware does not await it): the guard prepares the request and the in-process kernel
+Per request (synchronous: ``Guard.check`` works in this mode and the middleware does not
+await it; the backend's ``note_decision``): the guard prepares the request and the in-process kernel
 scores it and applies the token buckets itself (the identity's and its network buckets),
-exactly as with the memory backend; what the kernel charged is noted (`redis_sync`). Every
+exactly as with the memory backend; what the kernel charged is noted (`sync`). Every
 ``sync_interval`` seconds (10 ms by default) a background task sends, in one pipelined
 round trip (``lua/sync.lua``, up to 256 identities per script call on one server, one
 call per identity in a Cluster), what this worker consumed per identity since its last
@@ -42,7 +42,7 @@ given at different syncs can add up to more than the shared tokens when a burst 
 the syncs); a client busy on every worker that synced it already overshoots by about
 W·(r·τ + c), a burst after an idle time gets at most b + W·c (a known client starts each
 new entry with its share of what the shared bucket refilled since its last sync, see
-`redis_sync`; tests/test_redis_security.py), and a burst sent to every worker at once,
+`sync`; tests/test_redis_security.py), and a burst sent to every worker at once,
 before any sync, by at most (W-1)·b/W (tests/test_redis_synced.py). The split can also
 refuse early:
 a share smaller than one request's cost strands it, and a worker that stopped seeing a
@@ -55,7 +55,7 @@ Not synced: window quotas and concurrency limits (refused at construction: use t
 mode), risk scores and behaviour features (per worker, as with inline). The fan-in and
 fan-out sketches count what this worker saw unless ``shared_sketches=True`` (off by default
 in this mode): then a worker's new items are added to the shared HyperLogLogs with its next
-sync and the shared estimate comes back with the answer (`redis_sketchsync`); each new item
+sync and the shared estimate comes back with the answer (`sketches`); each new item
 costs Redis a two-sketch PFCOUNT merge, several times the cost of a bucket sync (on the
 benchmark's 10,000 clients, about 24 instead of 6 µs of Redis time per request).
 
@@ -79,18 +79,22 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis import RedisBackend, check_count, check_seconds
-from abuseguard.backends.redis_pipe import load_script
-from abuseguard.backends.redis_sync import MAX_FLUSH, Syncer
-from abuseguard.backends.redis_uri import redacted
-from abuseguard.decision import Action, Decision
+import numpy as np
+
+from abuseguard.backends.base import LocalDecider
+from abuseguard.backends.redis.backend import RedisBackend, check_count, check_seconds
+from abuseguard.backends.redis.pipe import load_script
+from abuseguard.backends.redis.sync import MAX_FLUSH, Syncer
+from abuseguard.backends.redis.uri import redacted
+from abuseguard.decision import Decision
 from abuseguard.engine import layout as L
-from abuseguard.engine.params import build_params
 from abuseguard.errors import ConfigError
 
 if TYPE_CHECKING:
-    from abuseguard.guard import Guard
-    from abuseguard.request import RequestInfo
+    from collections.abc import Sequence
+
+    from abuseguard.backends.base import Stages
+    from abuseguard.guard import Prepared
 
 logger = logging.getLogger("abuseguard.backends")
 
@@ -101,7 +105,7 @@ _SYNC_TIMEOUT = 0.25
 DEFAULT_SHARE_WINDOW = 5.0
 
 
-class SyncedRedisBackend(RedisBackend):
+class SyncedRedisBackend(RedisBackend, LocalDecider):
     """The Redis backend in synced mode: local decisions, background sync.
 
     Takes the options of `RedisBackend` (``budget`` bounds each sync's round trip, but
@@ -159,8 +163,8 @@ class SyncedRedisBackend(RedisBackend):
 
     # -- construction --------------------------------------------------------------------
 
-    def attach(self, guard: Guard) -> None:
-        policy = guard.policy
+    def attach(self, stages: Stages) -> None:
+        policy = stages.policy
         if policy.quotas:
             raise ConfigError(
                 "Policy.quotas",
@@ -173,18 +177,17 @@ class SyncedRedisBackend(RedisBackend):
                 "concurrency limits are not synced: use the Redis backend's inline mode "
                 "(mode=inline, the default) for a policy with a concurrency limit",
             )
-        super().attach(guard)
+        super().attach(stages)
         self.netsync = None
-        full = build_params(policy, local_buckets=True)[_BUCKETS].copy()
+        full = np.array(self.limits.bucket_vector())
         self._full = full
         self._divided = full.copy()
         self._divided[1::2] /= float(self.workers)  # bursts
         self._divided[0::2] /= float(self.workers)  # rates
-        guard.engine.params[_BUCKETS] = full  # the kernel's own buckets decide,
-        guard.local_buckets = True  # and the Decision reports them as the memory backend's
-        self._io = memoryview(guard.engine.io)  # type: ignore[arg-type]  # floats, no numpy
-        self.syncer = Syncer(self, guard, max_pending=self.sync_max_pending, workers=self.workers)
-        # Fan-out and fan-in sketches are shared as inline (`redis_sketchsync`).
+        stages.rows.set_bucket_parameters(full)  # the kernel's own buckets decide,
+        stages.use_local_buckets()  # and the Decision reports them as the memory backend's
+        self.syncer = Syncer(self, stages, max_pending=self.sync_max_pending, workers=self.workers)
+        # Fan-out and fan-in sketches are shared as inline (`sketches`).
         self._sketching = self.shared_sketches and policy.network is not None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -249,9 +252,9 @@ class SyncedRedisBackend(RedisBackend):
         if syncer is not None:
             syncer.paused = True
             syncer.dropped += syncer.clear()
-        guard = self.guard
-        if guard is not None and self._divided is not None:
-            guard.engine.params[_BUCKETS] = self._divided
+        stages = self.stages
+        if stages is not None and self._divided is not None:
+            stages.rows.set_bucket_parameters(self._divided)
         logger.warning(
             "abuseguard: Redis at %s is not answering (%s: %s); deciding locally with 1/%d "
             "of every bucket per worker until it answers",
@@ -271,34 +274,27 @@ class SyncedRedisBackend(RedisBackend):
             if syncer is not None:
                 syncer.clear()  # consumption during the outage stays with the divided buckets
                 syncer.paused = False
-            guard = self.guard
-            if guard is not None and self._full is not None:
-                guard.engine.params[_BUCKETS] = self._full
+            stages = self.stages
+            if stages is not None and self._full is not None:
+                stages.rows.set_bucket_parameters(self._full)
             logger.warning("abuseguard: Redis at %s answers again; syncing", redacted(self.url))
         return self.sync_interval
 
     # -- the decision ----------------------------------------------------------------------
 
-    async def check(self, guard: Guard, info: RequestInfo) -> Decision:
-        return self.check_now(guard, info)
-
-    def check_now(self, guard: Guard, info: RequestInfo) -> Decision:
-        """Decide from local state, note what to sync; no I/O (``Guard.check`` calls it).
-        The first call on an event loop starts the sync task there; outside a running loop
-        the decisions are local and are synced once a loop runs the guard."""
-        if guard._exempt and guard._exempt.matches(info.path):
-            return _EXEMPT
+    def note_decision(
+        self, p: Prepared, decision: Decision, plain: bool, io: Sequence[float]
+    ) -> None:
+        """The Guard decided ``p`` from local state (``plain``: a plain allow from the
+        kernel, every bucket charged): note what to sync; no I/O. The first call on an
+        event loop starts the sync task there; outside a running loop the decisions are
+        synced once an event loop runs."""
         loop = asyncio._get_running_loop()
         if self._loop is not loop and loop is not None:
             self._start()
-        p = guard.prepare(info)
-        plain = guard._run(p)  # the memory backend's path: kernel, then the Decision
-        # The guard charges the local buckets exactly when it serves the request.
-        decision = guard._conclude(info, p, plain)
         syncer = self.syncer
         assert syncer is not None, "SyncedRedisBackend.attach() was not called (use it via Guard)"
         if not syncer.paused:
-            io = self._io
             if plain and decision.served:  # allowed, nothing refused: every bucket charged
                 # Quiet while the tightest bucket keeps half its burst here.
                 low = io[L.O_TIGHT_REMAINING] < syncer.half[int(io[L.O_TIGHTEST_KIND])]
@@ -318,7 +314,6 @@ class SyncedRedisBackend(RedisBackend):
                 self._plan_sketches(
                     syncer.sketches, p, profile, self.keys.of(p.identity), self._network_keys(p)
                 )
-        return decision
 
     # -- after the response -------------------------------------------------------------------
 
@@ -357,7 +352,5 @@ class SyncedRedisBackend(RedisBackend):
             "failed_syncs": self.failed_syncs,
         }
 
-
-_EXEMPT = Decision(Action.ALLOW)
 
 __all__ = ["SyncedRedisBackend"]

@@ -1,6 +1,6 @@
 -- abuseguard: every shared step of one request, atomically, on Redis server time.
 --
--- The caller (abuseguard.backends.redis) has already scored the request in-process; this
+-- The caller (abuseguard.backends.redis.backend) has already scored the request in-process; this
 -- script applies the limits of one identity and returns what the decision and the
 -- RateLimit headers need. Keys of one identity share a hash tag ({k:<hash>} or
 -- {i:<ip>}), so in Redis Cluster the whole call lands on one slot. Keys of other

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from abuseguard.backends.redis_call import ScriptCall
-from abuseguard.engine import layout as L
+from abuseguard.backends.redis.call import ScriptCall
 
 if TYPE_CHECKING:
-    from abuseguard.guard import Guard
+    from abuseguard.backends.base import Stages
 
 PER_CALL = 99  # decide.lua counts its sketch ops in two digits
 
@@ -29,8 +28,8 @@ PER_CALL = 99  # decide.lua counts its sketch ops in two digits
 class SketchQueue:
     """Collects sketch ops (the `ScriptCall.sketch` signature) until the next flush."""
 
-    def __init__(self, guard: Guard, *, max_pending: int) -> None:
-        self.guard = guard
+    def __init__(self, stages: Stages, *, max_pending: int) -> None:
+        self.stages = stages
         self.max_pending = max_pending
         self.ops: list[tuple[str, str, int, list[Any], Any]] = []
         self.dropped = 0
@@ -59,8 +58,7 @@ class SketchQueue:
 
     def write_back(self, calls: list[ScriptCall], replies: list[Any]) -> None:
         """The shared estimates into the engine's rows; failed calls are dropped."""
-        engine = self.guard.engine
-        tables = engine.tables
+        rows = self.stages.rows
         for call, raw in zip(calls, replies, strict=True):
             if isinstance(raw, BaseException):
                 self.dropped += len(call.sketch_tags)
@@ -68,10 +66,9 @@ class SketchQueue:
             reply = call.parse(raw)
             self.sent += len(call.sketch_tags)
             for (kind, key, field), estimate in zip(call.sketch_tags, reply.sketches, strict=True):
-                table = engine.accounts if kind == L.KIND_ACCOUNT else tables[kind]
-                row = table.index.get(key)
+                row = rows.row(kind, key)
                 if row is not None:
-                    table.data[row, field] = estimate
+                    rows.put(kind, row, field, estimate)
 
 
 __all__ = ["PER_CALL", "SketchQueue"]

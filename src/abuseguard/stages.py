@@ -1,0 +1,41 @@
+"""The Guard's pipeline stages, as a shared backend reaches them (the `Stages` port of
+`abuseguard.backends.base`).
+
+A backend never receives the Guard: it gets this object, built once by the Guard, with the
+few facts it may read (policy, ladder, shadowed bucket kinds, clock, load factor, the local
+verdict of the ladder and network rules, which bucket refusals are shadowed) and the
+engine's rows by identity and bucket parameters (`EngineRows`), never its arrays. The
+Guard runs the pipeline itself (`Guard.acheck`): the backend answers limits. The callables
+are the Guard's bound methods, so going through the port costs no extra call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from abuseguard.engine.rows import engine_rows
+
+if TYPE_CHECKING:
+    from abuseguard.guard import Guard
+
+
+class GuardStages:
+    """The `Stages` port of one Guard."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+        self.policy = guard.policy
+        self.rows = engine_rows(guard.engine)
+        self.ladder = guard.ladder
+        self.shadow_kinds = guard._shadow_kinds
+        self.clock = guard.clock
+        self.local_verdict = guard.risk_action
+        self.load_factor = guard._load_factor
+        self.buckets_shadowed = guard._bucket_shadow
+
+    def use_local_buckets(self) -> None:
+        """The kernel's own buckets decide (synced mode): decisions report them."""
+        self._guard.local_buckets = True
+
+
+__all__ = ["GuardStages"]
