@@ -3,9 +3,10 @@
 The Redis planner (inline mode), the syncer (synced mode), the Cluster network sync and the
 failover read the token buckets, quotas and concurrency limit from one `CompiledLimits`
 built when the backend is attached, and apply the kernel's two bucket rules through the
-functions here: the risk-scaled refill of the key bucket (`risk_refill_factor`) and the NAT
-multiplier of the per-IP and per-prefix buckets (`nat_multiplier`). Both are the Python
-mirror of what `engine/kernels.py` computes, bit for bit (tests/test_compiled_limits.py).
+functions re-exported here: the risk-scaled refill of the key bucket (`risk_refill_factor`)
+and the NAT multiplier of the per-IP and per-prefix buckets (`nat_multiplier`). They are
+`engine/bucket_rules.py`'s, the very functions the kernel compiles, so the Python side and
+the kernel cannot drift (tests/test_compiled_limits.py, tests/test_bucket_model.py).
 """
 
 from __future__ import annotations
@@ -14,32 +15,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from abuseguard.engine import layout as L
+from abuseguard.engine.bucket_rules import nat_multiplier, risk_refill_factor
 from abuseguard.policy import Concurrency, Policy, Quota, TokenBucket
-
-
-def risk_refill_factor(
-    coupling_score: float, risk_floor: float, risk_coupling: float, min_refill_factor: float
-) -> float:
-    """How much of its rate the key bucket refills at for a client whose smoothed,
-    corroborated score is ``coupling_score``: 1 at or below ``risk_floor``, then down
-    linearly by ``risk_coupling``, never below ``min_refill_factor`` (as the kernel)."""
-    risk = coupling_score - risk_floor
-    factor = 1.0
-    if risk > 0.0:
-        factor = 1.0 - risk_coupling * risk / (1.0 - risk_floor)
-    if factor < min_refill_factor:
-        factor = min_refill_factor
-    return factor
-
-
-def nat_multiplier(fan_in: float, per_account: float, most: float) -> float:
-    """The rate and burst multiplier of a NAT-eligible network seen with ``fan_in``
-    accounts: ``per_account`` of itself per extra account, at most ``most`` (as the
-    kernel). The caller checks the eligibility."""
-    if fan_in <= 1.0:
-        return 1.0
-    multiplier = 1.0 + per_account * (fan_in - 1.0)
-    return most if multiplier > most else multiplier
 
 
 class NetworkBucket(NamedTuple):
