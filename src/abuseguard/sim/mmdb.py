@@ -65,8 +65,7 @@ def _writer_module() -> Any:
         return importlib.import_module("mmdb_writer")
     except ImportError:
         raise MmdbUnavailable(
-            "--mmdb-dir needs the mmdb-writer package (a dev dependency): "
-            "pip install 'abuseguard[dev]' or pip install mmdb-writer"
+            "--mmdb-dir needs the mmdb-writer package: pip install 'abuseguard[sim]'"
         ) from None
 
 
