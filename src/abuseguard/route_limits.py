@@ -1,0 +1,222 @@
+"""Limits per route and per plan (`Policy.routes`, `Policy.plans`), beside the app-wide ones.
+
+The app-wide bucket stays in the kernel; route and plan limits are kept here, in Python,
+per identity and limit name: token buckets in a bounded dict, quotas and concurrency slots
+through the memory backend. A request is first tested against every limit
+that applies, without counting; it is counted only once the guard serves it, so a refused
+request costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from abuseguard.backends.base import Backend
+from abuseguard.backends.memory import MemoryBackend
+from abuseguard.decision import PolicyState
+from abuseguard.errors import ConfigError
+from abuseguard.policy import Limits, Policy, TokenBucket
+from abuseguard.request import RequestInfo
+
+
+def limit_name(prefix: str, key: str) -> str:
+    """A RateLimit-header-safe name for a route pattern or plan: "route-POST-v1-chat"."""
+    cleaned = "".join(c if c.isascii() and c.isalnum() else "-" for c in key)
+    return "-".join(part for part in (prefix, *cleaned.split("-")) if part)
+
+
+@dataclass(frozen=True, slots=True)
+class NamedLimits:
+    name: str
+    limits: Limits
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the route and plan limits say about one request, before anything is counted."""
+
+    applied: tuple[NamedLimits, ...]
+    violated: tuple[PolicyState, ...]
+    reasons: tuple[str, ...]
+    retry_after: float
+
+
+class RouteLimiter:
+    """Route and plan limits of a policy, kept per identity (memory backend only)."""
+
+    def __init__(self, policy: Policy, backend: Backend, max_buckets: int) -> None:
+        if not isinstance(backend, MemoryBackend):
+            part = "Policy.routes" if policy.routes else "Policy.plans"
+            raise ConfigError(part, f"{part} is not supported by the {type(backend).__name__} yet")
+        self._limits = backend
+        self.routes: dict[str, NamedLimits] = {
+            pattern: NamedLimits(limit_name("route", pattern), limits)
+            for pattern, limits in policy.routes.items()
+        }
+        self.plans: dict[str, NamedLimits] = {
+            plan: NamedLimits(limit_name("plan", plan), limits)
+            for plan, limits in policy.plans.items()
+        }
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        windows = [
+            named.limits.bucket.window
+            for named in (*self.routes.values(), *self.plans.values())
+            if named.limits.bucket is not None
+        ]
+        self._full_after = max(windows, default=0.0)
+        self._max_buckets = max_buckets
+
+    @classmethod
+    def build(cls, policy: Policy, backend: Backend) -> RouteLimiter | None:
+        if not policy.routes and not policy.plans:
+            return None
+        return cls(policy, backend, policy.max_identities)
+
+    def applying(self, info: RequestInfo) -> tuple[NamedLimits, ...]:
+        """The route's and the plan's limits for ``info`` (HEAD follows GET)."""
+        found: list[NamedLimits] = []
+        route = info.route or info.path
+        routes = self.routes
+        if routes:
+            hit = routes.get(f"{info.method} {route}")
+            if hit is None and info.method == "HEAD":
+                hit = routes.get(f"GET {route}")
+            if hit is None:
+                hit = routes.get(route)
+            if hit is not None:
+                found.append(hit)
+        if info.plan is not None:
+            plan = self.plans.get(info.plan)
+            if plan is not None:
+                found.append(plan)
+        return tuple(found)
+
+    # -- token buckets ------------------------------------------------------------------
+
+    def _tokens(self, key: tuple[str, str], bucket: TokenBucket, now: float) -> float:
+        state = self._buckets.get(key)
+        if state is None:
+            return bucket.capacity
+        tokens, last = state
+        return min(bucket.capacity, tokens + max(0.0, now - last) * bucket.per_second)
+
+    def _bucket_state(
+        self, name: str, bucket: TokenBucket, tokens: float, violated: bool
+    ) -> PolicyState:
+        reset = (bucket.capacity - tokens) / bucket.per_second
+        return PolicyState(name, bucket.capacity, bucket.window, tokens, reset, violated)
+
+    # -- decide and count -----------------------------------------------------------------
+
+    def test(
+        self, info: RequestInfo, identity: str, ip_key: str, cost: float, now: float
+    ) -> Verdict:
+        """Would every route and plan limit admit this request? Nothing is counted."""
+        applied = self.applying(info)
+        violated: list[PolicyState] = []
+        reasons: list[str] = []
+        retry_after = 0.0
+        for named in applied:
+            limits = named.limits
+            bucket = limits.bucket
+            if bucket is not None:
+                name = f"{named.name}-{bucket.name}"
+                tokens = self._tokens((identity, name), bucket, now)
+                if tokens < cost:
+                    state = self._bucket_state(name, bucket, tokens, True)
+                    violated.append(state)
+                    reasons.append("rate")
+                    retry_after = max(retry_after, (cost - tokens) / bucket.per_second)
+            for quota in limits.quotas:
+                ident = identity if quota.per == "key" else "i:" + ip_key
+                hits = max(0, round(cost)) if quota.by_cost else 1
+                key = f"{named.name}:{ident}"
+                if not self._limits.quota_fits(quota.limit, quota.strategy, key, hits):
+                    remaining, reset = self._limits.quota_state(quota.limit, quota.strategy, key)
+                    name = f"{named.name}-{quota.name}"
+                    violated.append(
+                        PolicyState(name, quota.amount, quota.window, remaining, reset, True)
+                    )
+                    reasons.append("quota")
+                    retry_after = max(retry_after, reset)
+            if limits.concurrency is not None:
+                slot = f"c:{identity}:{named.name}"
+                if not self._limits.slot_free(slot, limits.concurrency):
+                    name = f"{named.name}-concurrency"
+                    violated.append(PolicyState(name, limits.concurrency, 1.0, 0.0, 1.0, True))
+                    reasons.append("concurrency")
+                    retry_after = max(retry_after, 1.0)
+        return Verdict(applied, tuple(violated), tuple(dict.fromkeys(reasons)), retry_after)
+
+    def count(
+        self,
+        applied: tuple[NamedLimits, ...],
+        identity: str,
+        ip_key: str,
+        cost: float,
+        now: float,
+    ) -> tuple[tuple[PolicyState, ...], tuple[str, ...]]:
+        """Count a served request in every limit ``test`` found; their states and the
+        concurrency slots taken (to release with the decision)."""
+        states: list[PolicyState] = []
+        held: list[str] = []
+        for named in applied:
+            limits = named.limits
+            bucket = limits.bucket
+            if bucket is not None:
+                name = f"{named.name}-{bucket.name}"
+                key = (identity, name)
+                tokens = self._tokens(key, bucket, now) - cost
+                if key not in self._buckets and len(self._buckets) >= self._max_buckets:
+                    self._evict_full(now)
+                self._buckets[key] = (tokens, now)
+                states.append(self._bucket_state(name, bucket, max(0.0, tokens), False))
+            for quota in limits.quotas:
+                ident = identity if quota.per == "key" else "i:" + ip_key
+                hits = max(0, round(cost)) if quota.by_cost else 1
+                key_q = f"{named.name}:{ident}"
+                ok, remaining, reset = self._limits.hit_quota(
+                    quota.limit, quota.strategy, key_q, hits
+                )
+                name = f"{named.name}-{quota.name}"
+                states.append(
+                    PolicyState(name, quota.amount, quota.window, remaining, reset, not ok)
+                )
+            if limits.concurrency is not None:
+                slot = f"c:{identity}:{named.name}"
+                if self._limits.acquire(slot, limits.concurrency):
+                    held.append(slot)
+        return tuple(states), tuple(held)
+
+    def _evict_full(self, now: float) -> None:
+        """Forget the buckets idle long enough to be full again (a new one reads full);
+        when none is, forget them all rather than grow without bound."""
+        full_after = self._full_after
+        full = [key for key, (_, last) in self._buckets.items() if now - last >= full_after]
+        for key in full:
+            del self._buckets[key]
+        if not full:
+            self._buckets.clear()
+
+
+def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]) -> str:
+    """The route and plan limits as logfmt fields for the startup line."""
+
+    def one(named: NamedLimits) -> str:
+        limits = named.limits
+        parts = []
+        if limits.bucket is not None:
+            b = limits.bucket
+            parts.append(f"bucket:{b.per_second:g}/s:burst={b.capacity:g}")
+        parts.extend(f"{q.name}:{q.amount}/{q.window:g}s" for q in limits.quotas)
+        if limits.concurrency is not None:
+            parts.append(f"concurrency:{limits.concurrency}")
+        return f"{named.name}[{','.join(parts)}]"
+
+    fields = []
+    if routes:
+        fields.append("routes=" + ";".join(one(n) for n in routes.values()))
+    if plans:
+        fields.append("plans=" + ";".join(one(n) for n in plans.values()))
+    return " ".join(fields)
