@@ -48,7 +48,13 @@ class RouteLimiter:
     def __init__(self, policy: Policy, backend: Backend, max_buckets: int) -> None:
         if not isinstance(backend, MemoryBackend):
             part = "Policy.routes" if policy.routes else "Policy.plans"
-            raise ConfigError(part, f"{part} is not supported by the {type(backend).__name__} yet")
+            schemes = getattr(backend, "schemes", ())
+            where = (
+                "Redis backend"
+                if any(str(scheme).startswith("redis") for scheme in schemes)
+                else type(backend).__name__
+            )
+            raise ConfigError(part, f"{part} is not supported by the {where} yet")
         self._limits = backend
         self.routes: dict[str, NamedLimits] = {
             pattern: NamedLimits(limit_name("route", pattern), limits)
