@@ -842,8 +842,6 @@ class Limits:
             raise ConfigError("Limits.quotas", f"quota names must be unique, got {names}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError("Limits.concurrency", f"must be >= 1, got {self.concurrency!r}")
-        if self.bucket is None and not self.quotas and self.concurrency is None:
-            raise ConfigError("Limits", "set a bucket, quotas or a concurrency limit")
 
 
 _ROUTE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
