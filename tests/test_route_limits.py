@@ -91,6 +91,36 @@ def test_free_and_pro_keys_on_the_same_route_get_their_own_limits() -> None:
     assert '"plan-free-default";r=0' in refused.headers["ratelimit"]
 
 
+def test_a_plans_own_route_limits_replace_the_routes_for_its_clients() -> None:
+    policy = quiet_policy(
+        routes={"POST /v1/chat/completions": Limits(bucket=TokenBucket(SLOW, burst=3))},
+        plans={
+            "free": Limits(
+                routes={"POST /v1/chat/completions": Limits(bucket=TokenBucket(SLOW, burst=1))}
+            ),
+            "pro": Limits(),
+        },
+        plan_func=plan_of_user,
+    )
+    app = make_app(policy)
+    app.add_middleware(AuthenticationMiddleware, backend=PlanFromToken())
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        statuses = {
+            token: [
+                client.post(
+                    "/v1/chat/completions", headers={"authorization": f"Bearer {token}"}
+                ).status_code
+                for _ in range(4)
+            ]
+            for token in ("free-alice", "pro-bob")
+        }
+        refused = client.post(
+            "/v1/chat/completions", headers={"authorization": "Bearer free-alice"}
+        )
+    assert statuses == {"free-alice": [200] + [429] * 3, "pro-bob": [200] * 3 + [429]}
+    assert '"plan-free-route-POST-v1-chat-completions-default"' in refused.headers["ratelimit"]
+
+
 def test_plan_func_may_be_async() -> None:
     async def plan_func(conn: HTTPConnection) -> str:
         await asyncio.sleep(0)
@@ -161,6 +191,13 @@ def test_concurrent_requests_against_a_route_burst_admit_exactly_the_burst() -> 
         (quiet_policy(routes={"DELETE /v1/models": Limits(concurrency=1)}), "DELETE /v1/models"),
         (quiet_policy(routes={"/admin/stat": Limits(concurrency=1)}), "/admin/stat"),
         (quiet_policy(bucket=TokenBucket(SLOW, cost={"POST /v1/chat": 5})), "POST /v1/chat"),
+        (
+            quiet_policy(
+                plans={"pro": Limits(routes={"GET /v1/model": Limits(concurrency=1)})},
+                plan_func=plan_of_user,
+            ),
+            "GET /v1/model",
+        ),
     ],
 )
 def test_a_typo_in_a_route_pattern_fails_at_startup(
@@ -235,12 +272,21 @@ def test_shadow_reports_a_route_refusal_and_serves() -> None:
 def test_the_startup_line_lists_route_and_plan_limits() -> None:
     policy = quiet_policy(
         routes={"POST /v1/chat/completions": Limits(bucket=TokenBucket("60/minute", burst=20))},
-        plans={"pro": Limits(quotas=(Quota("1000/day", name="tokens"),), concurrency=4)},
+        plans={
+            "pro": Limits(
+                quotas=(Quota("1000/day", name="tokens"),),
+                concurrency=4,
+                routes={"/v1/models": Limits(concurrency=8)},
+            )
+        },
         plan_func=plan_of_user,
     )
     line = describe_policy(Guard(policy))
     assert "routes=route-POST-v1-chat-completions[bucket:1/s:burst=20]" in line
-    assert "plans=plan-pro[tokens:1000/86400s,concurrency:4]" in line
+    assert (
+        "plans=plan-pro[tokens:1000/86400s,concurrency:4];plan-pro-route-v1-models[concurrency:8]"
+        in line
+    )
 
 
 @pytest.mark.parametrize("mode", ["inline", "synced"])
@@ -263,5 +309,9 @@ def test_limits_and_route_patterns_are_validated() -> None:
         Policy(routes={"chat": Limits(concurrency=1)})
     with pytest.raises(ConfigError, match=r"Policy\.routes"):
         Policy(routes={"FETCH /chat": Limits(concurrency=1)})
+    with pytest.raises(ConfigError, match=r"Policy\.routes"):
+        Policy(routes={"/chat": Limits(routes={"/chat": Limits(concurrency=1)})})
+    with pytest.raises(ConfigError, match=r"Limits\.routes"):
+        Limits(routes={"chat": Limits(concurrency=1)})
     with pytest.raises(ConfigError, match=r"Policy\.plan_func"):
         Policy(plans={"pro": Limits(concurrency=1)})

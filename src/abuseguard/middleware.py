@@ -116,8 +116,10 @@ class AbuseGuard:
         self.fail_open = fail_open
         self.routes = RouteResolver(app=app)
         bucket = policy.bucket
-        self.needs_route = (bucket is not None and isinstance(bucket.cost, Mapping)) or bool(
-            policy.routes
+        self.needs_route = (
+            (bucket is not None and isinstance(bucket.cost, Mapping))
+            or bool(policy.routes)
+            or any(limits.routes for limits in policy.plans.values())
         )
         self.plan_func = policy.plan_func
         self.cost_header = (
@@ -183,6 +185,12 @@ class AbuseGuard:
         missing = unmatched_patterns(templates, policy.routes)
         if missing:
             raise ConfigError("Policy.routes", f"no route of the app matches {missing}")
+        for plan, limits in policy.plans.items():
+            missing = unmatched_patterns(templates, limits.routes)
+            if missing:
+                raise ConfigError(
+                    f"Policy.plans[{plan!r}].routes", f"no route of the app matches {missing}"
+                )
         bucket = policy.bucket
         if bucket is not None and isinstance(bucket.cost, Mapping):
             missing = unmatched_patterns(templates, bucket.cost)

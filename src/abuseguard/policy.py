@@ -822,12 +822,15 @@ class Limits:
     cost from the app-wide bucket), ``quotas`` window quotas, ``concurrency`` the requests
     in flight. Each keeps its own state per identity, and its own name in the RateLimit
     headers: the route or plan name, then the bucket's or quota's name
-    ("route-POST-v1-chat-completions-default", "plan-pro-tokens").
+    ("route-POST-v1-chat-completions-default", "plan-pro-tokens"). ``routes``, in a plan's
+    `Limits` only, replaces the limits of those routes (`Policy.routes`) for the plan's
+    clients, with the same patterns.
     """
 
     bucket: TokenBucket | None = None
     quotas: tuple[Quota, ...] = ()
     concurrency: int | None = None
+    routes: Mapping[str, Limits] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.quotas, Quota):
@@ -842,6 +845,12 @@ class Limits:
             raise ConfigError("Limits.quotas", f"quota names must be unique, got {names}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError("Limits.concurrency", f"must be >= 1, got {self.concurrency!r}")
+        for pattern, limits in self.routes.items():
+            _route_pattern("Limits.routes", pattern)
+            if not isinstance(limits, Limits) or limits.routes:
+                raise ConfigError(
+                    f"Limits.routes[{pattern!r}]", f"expected Limits without routes, got {limits!r}"
+                )
 
 
 _ROUTE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -998,8 +1007,10 @@ class Policy:
             )
         for pattern, limits in self.routes.items():
             _route_pattern("Policy.routes", pattern)
-            if not isinstance(limits, Limits):
-                raise ConfigError(f"Policy.routes[{pattern!r}]", f"expected Limits, got {limits!r}")
+            if not isinstance(limits, Limits) or limits.routes:
+                raise ConfigError(
+                    f"Policy.routes[{pattern!r}]", f"expected Limits without routes, got {limits!r}"
+                )
         for plan, limits in self.plans.items():
             _policy_name("Policy.plans", plan)
             if not isinstance(limits, Limits):

@@ -64,10 +64,23 @@ class RouteLimiter:
             plan: NamedLimits(limit_name("plan", plan), limits)
             for plan, limits in policy.plans.items()
         }
+        # a plan's own limits for some routes, in place of `Policy.routes` for its clients
+        self.plan_routes: dict[str, dict[str, NamedLimits]] = {
+            plan: {
+                pattern: NamedLimits(limit_name(f"plan-{plan}-route", pattern), route_limits)
+                for pattern, route_limits in limits.routes.items()
+            }
+            for plan, limits in policy.plans.items()
+            if limits.routes
+        }
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
         windows = [
             named.limits.bucket.window
-            for named in (*self.routes.values(), *self.plans.values())
+            for named in (
+                *self.routes.values(),
+                *self.plans.values(),
+                *(n for routes in self.plan_routes.values() for n in routes.values()),
+            )
             if named.limits.bucket is not None
         ]
         self._full_after = max(windows, default=0.0)
@@ -80,22 +93,18 @@ class RouteLimiter:
         return cls(policy, backend, policy.max_identities)
 
     def applying(self, info: RequestInfo) -> tuple[NamedLimits, ...]:
-        """The route's and the plan's limits for ``info`` (HEAD follows GET)."""
+        """The route's and the plan's limits for ``info`` (HEAD follows GET); a plan's own
+        limits for the route replace the route's."""
         found: list[NamedLimits] = []
-        route = info.route or info.path
-        routes = self.routes
-        if routes:
-            hit = routes.get(f"{info.method} {route}")
-            if hit is None and info.method == "HEAD":
-                hit = routes.get(f"GET {route}")
-            if hit is None:
-                hit = routes.get(route)
-            if hit is not None:
-                found.append(hit)
-        if info.plan is not None:
-            plan = self.plans.get(info.plan)
-            if plan is not None:
-                found.append(plan)
+        plan = info.plan
+        own_routes = self.plan_routes.get(plan) if plan is not None else None
+        route = (_match(own_routes, info) if own_routes else None) or _match(self.routes, info)
+        if route is not None:
+            found.append(route)
+        if plan is not None:
+            plan_limits = self.plans.get(plan)
+            if plan_limits is not None:
+                found.append(plan_limits)
         return tuple(found)
 
     # -- token buckets ------------------------------------------------------------------
@@ -206,6 +215,16 @@ class RouteLimiter:
             self._buckets.clear()
 
 
+def _match(routes: Mapping[str, NamedLimits], info: RequestInfo) -> NamedLimits | None:
+    if not routes:
+        return None
+    route = info.route or info.path
+    hit = routes.get(f"{info.method} {route}")
+    if hit is None and info.method == "HEAD":
+        hit = routes.get(f"GET {route}")
+    return hit if hit is not None else routes.get(route)
+
+
 def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]) -> str:
     """The route and plan limits as logfmt fields for the startup line."""
 
@@ -220,9 +239,16 @@ def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]
             parts.append(f"concurrency:{limits.concurrency}")
         return f"{named.name}[{','.join(parts)}]"
 
+    def plan(name: str, named: NamedLimits) -> str:
+        overrides = "".join(
+            f";{one(NamedLimits(limit_name(f'plan-{name}-route', pattern), limits))}"
+            for pattern, limits in named.limits.routes.items()
+        )
+        return one(named) + overrides
+
     fields = []
     if routes:
         fields.append("routes=" + ";".join(one(n) for n in routes.values()))
     if plans:
-        fields.append("plans=" + ";".join(one(n) for n in plans.values()))
+        fields.append("plans=" + ";".join(plan(name, n) for name, n in plans.items()))
     return " ".join(fields)
