@@ -17,6 +17,7 @@ from starlette.routing import Mount, Route
 from abuseguard import (
     AbuseGuard,
     ConfigError,
+    Decision,
     Guard,
     Limits,
     Policy,
@@ -315,3 +316,32 @@ def test_limits_and_route_patterns_are_validated() -> None:
         Limits(routes={"chat": Limits(concurrency=1)})
     with pytest.raises(ConfigError, match=r"Policy\.plan_func"):
         Policy(plans={"pro": Limits(concurrency=1)})
+
+
+def test_precheck_refuses_a_route_over_its_limit_before_the_body() -> None:
+    policy = quiet_policy(routes={"POST /v1/chat": Limits(bucket=TokenBucket(SLOW, burst=1))})
+    guard = Guard(policy)
+    info = RequestInfo("10.0.0.1", key="sk-p", method="POST", path="/v1/chat")
+    assert guard.precheck(info) is None
+    assert guard.check(info).served
+    refusal = guard.precheck(info)
+    assert refusal is not None and refusal.reasons == ("rate",)
+    assert refusal.policies[0].name == "route-POST-v1-chat-default"
+
+
+def test_observers_see_the_route_limits_answer() -> None:
+    seen: list[Decision] = []
+    policy = Policy(
+        network=None,
+        scoring=None,
+        unverified_keys=None,
+        shadow=True,
+        routes={"/v1/chat": Limits(bucket=TokenBucket(SLOW, burst=1))},
+    )
+    guard = Guard(policy, observers=[lambda info, decision: seen.append(decision)])
+    info = RequestInfo("10.0.0.1", key="sk-o", path="/v1/chat")
+    guard.check(info)
+    guard.check(info)
+    assert [d.reasons for d in seen] == [(), ("rate",)]
+    assert "route-v1-chat-default" in [state.name for state in seen[0].policies]
+    assert seen[1].shadow and seen[1].policies[-1].violated
