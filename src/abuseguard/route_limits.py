@@ -16,7 +16,7 @@ from abuseguard.backends.base import Backend
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import PolicyState
 from abuseguard.errors import ConfigError
-from abuseguard.policy import Limits, Policy, TokenBucket
+from abuseguard.policy import Limits, Policy
 from abuseguard.request import RequestInfo
 
 
@@ -26,10 +26,21 @@ def limit_name(prefix: str, key: str) -> str:
     return "-".join(part for part in (prefix, *cleaned.split("-")) if part)
 
 
-@dataclass(frozen=True, slots=True)
 class NamedLimits:
-    name: str
-    limits: Limits
+    """A route's or plan's `Limits` under its name, with what each request reads of them
+    worked out once (names, bucket shape)."""
+
+    __slots__ = ("bucket_name", "capacity", "limits", "name", "per_second", "quota_names", "window")
+
+    def __init__(self, name: str, limits: Limits) -> None:
+        self.name = name
+        self.limits = limits
+        bucket = limits.bucket
+        self.bucket_name = f"{name}-{bucket.name}" if bucket is not None else ""
+        self.capacity = bucket.capacity if bucket is not None else 0.0
+        self.per_second = bucket.per_second if bucket is not None else 0.0
+        self.window = bucket.window if bucket is not None else 0.0
+        self.quota_names = tuple(f"{name}-{quota.name}" for quota in limits.quotas)
 
 
 @dataclass(slots=True)
@@ -109,18 +120,18 @@ class RouteLimiter:
 
     # -- token buckets ------------------------------------------------------------------
 
-    def _tokens(self, key: tuple[str, str], bucket: TokenBucket, now: float) -> float:
+    def _tokens(self, key: tuple[str, str], named: NamedLimits, now: float) -> float:
         state = self._buckets.get(key)
         if state is None:
-            return bucket.capacity
+            return named.capacity
         tokens, last = state
-        return min(bucket.capacity, tokens + max(0.0, now - last) * bucket.per_second)
+        refilled = tokens + (now - last) * named.per_second if now > last else tokens
+        return refilled if refilled < named.capacity else named.capacity
 
-    def _bucket_state(
-        self, name: str, bucket: TokenBucket, tokens: float, violated: bool
-    ) -> PolicyState:
-        reset = (bucket.capacity - tokens) / bucket.per_second
-        return PolicyState(name, bucket.capacity, bucket.window, tokens, reset, violated)
+    @staticmethod
+    def _bucket_state(named: NamedLimits, tokens: float, violated: bool) -> PolicyState:
+        reset = (named.capacity - tokens) / named.per_second
+        return PolicyState(named.bucket_name, named.capacity, named.window, tokens, reset, violated)
 
     # -- decide and count -----------------------------------------------------------------
 
@@ -136,20 +147,17 @@ class RouteLimiter:
             limits = named.limits
             bucket = limits.bucket
             if bucket is not None:
-                name = f"{named.name}-{bucket.name}"
-                tokens = self._tokens((identity, name), bucket, now)
+                tokens = self._tokens((identity, named.bucket_name), named, now)
                 if tokens < cost:
-                    state = self._bucket_state(name, bucket, tokens, True)
-                    violated.append(state)
+                    violated.append(self._bucket_state(named, tokens, True))
                     reasons.append("rate")
-                    retry_after = max(retry_after, (cost - tokens) / bucket.per_second)
-            for quota in limits.quotas:
+                    retry_after = max(retry_after, (cost - tokens) / named.per_second)
+            for quota, name in zip(limits.quotas, named.quota_names, strict=True):
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 hits = max(0, round(cost)) if quota.by_cost else 1
                 key = f"{named.name}:{ident}"
                 if not self._limits.quota_fits(quota.limit, quota.strategy, key, hits):
                     remaining, reset = self._limits.quota_state(quota.limit, quota.strategy, key)
-                    name = f"{named.name}-{quota.name}"
                     violated.append(
                         PolicyState(name, quota.amount, quota.window, remaining, reset, True)
                     )
@@ -180,21 +188,19 @@ class RouteLimiter:
             limits = named.limits
             bucket = limits.bucket
             if bucket is not None:
-                name = f"{named.name}-{bucket.name}"
-                key = (identity, name)
-                tokens = self._tokens(key, bucket, now) - cost
+                key = (identity, named.bucket_name)
+                tokens = self._tokens(key, named, now) - cost
                 if key not in self._buckets and len(self._buckets) >= self._max_buckets:
                     self._evict_full(now)
                 self._buckets[key] = (tokens, now)
-                states.append(self._bucket_state(name, bucket, max(0.0, tokens), False))
-            for quota in limits.quotas:
+                states.append(self._bucket_state(named, tokens if tokens > 0.0 else 0.0, False))
+            for quota, name in zip(limits.quotas, named.quota_names, strict=True):
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 hits = max(0, round(cost)) if quota.by_cost else 1
                 key_q = f"{named.name}:{ident}"
                 ok, remaining, reset = self._limits.hit_quota(
                     quota.limit, quota.strategy, key_q, hits
                 )
-                name = f"{named.name}-{quota.name}"
                 states.append(
                     PolicyState(name, quota.amount, quota.window, remaining, reset, not ok)
                 )
