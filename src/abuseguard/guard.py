@@ -43,6 +43,7 @@ from abuseguard.keyprobe import UNVERIFIED_KEY_REASON, UnverifiedKeyLimiter, Unv
 from abuseguard.policy import Policy, Quota, TokenBucket
 from abuseguard.precheck import precheck
 from abuseguard.request import RequestInfo
+from abuseguard.route_limits import RouteLimiter, Verdict
 from abuseguard.stages import GuardStages
 from abuseguard.startup_log import log_startup
 
@@ -102,6 +103,7 @@ class Guard:
         observers = check_callables("observers", observers)
         self.backend = backend_from_uri(backend)
         require_capabilities(self.backend)
+        self.route_limits = RouteLimiter.build(self.policy, self.backend)
         self.clock = clock if clock is not None else time.time
         self._now = self.clock()
         policy = self.policy
@@ -423,6 +425,8 @@ class Guard:
             refusal = self._refuse_unverified(info, p.identity, p.address, p.ts, p.cost)
             if refusal is not None:
                 return refusal
+        if self.route_limits is not None:
+            return self._check_route_limits(info, p, self.route_limits)
         return self._conclude(info, p, self._run(p))
 
     def _check_merged(self, info: RequestInfo) -> Decision:
@@ -472,7 +476,63 @@ class Guard:
             refusal = self._refuse_unverified(info, p.identity, p.address, p.ts, p.cost)
             if refusal is not None:
                 return refusal
+        if self.route_limits is not None:
+            return self._check_route_limits(info, p, self.route_limits)
         return self._conclude(info, p, self._run(p))
+
+    def _check_route_limits(
+        self, info: RequestInfo, p: Prepared, route_limits: RouteLimiter
+    ) -> Decision:
+        """The pipeline with `Policy.routes` and `Policy.plans`: a request one of their
+        limits refuses goes no further (nothing counted, the kernel not run); a served one
+        is counted in each of them, with their states in the decision."""
+        verdict = route_limits.test(info, p.identity, p.address.ip_key, p.cost, p.ts)
+        refusal = self.route_refusal(info, p, verdict)
+        if refusal is not None:
+            return refusal
+        # Observers see the decision once it holds the route and plan limits' answers.
+        observers = self.observers
+        self.observers = []
+        try:
+            decision = self._conclude(info, p, self._run(p))
+        finally:
+            self.observers = observers
+        if verdict.violated and decision.action == Action.ALLOW:  # shadowed refusal
+            decision.action = Action.THROTTLE
+            decision.shadow = True
+            decision.reasons = verdict.reasons
+            decision.retry_after = verdict.retry_after
+            decision.policies = decision.policies + verdict.violated
+        elif decision.served and verdict.applied:
+            states, held = route_limits.count(
+                verdict.applied, p.identity, p.address.ip_key, p.cost, p.ts
+            )
+            decision.policies = decision.policies + states
+            decision.held = decision.held + held
+        if observers:
+            self._notify(info, decision)
+        return decision
+
+    def route_refusal(self, info: RequestInfo, p: Prepared, verdict: Verdict) -> Decision | None:
+        """The refusal when a route or plan limit refuses the request and it is enforced
+        (not shadowed); None otherwise. Shown to the observers."""
+        policy = self.policy
+        if not verdict.violated or (
+            policy.shadow or Action.THROTTLE in policy.enforcement.shadow_actions
+        ):
+            return None
+        decision = Decision(
+            action=Action.THROTTLE,
+            reasons=verdict.reasons,
+            retry_after=verdict.retry_after,
+            remaining=min(state.remaining for state in verdict.violated),
+            identity=p.identity,
+            policies=verdict.violated,
+            cost=p.cost,
+        )
+        if self.observers:
+            self._notify(info, decision)
+        return decision
 
     def _unverified_first(self, info: RequestInfo) -> Decision | None:
         """The unverified-key check ahead of a shared backend, which prepares the request

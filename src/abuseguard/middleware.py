@@ -11,6 +11,7 @@ part; other scopes pass through untouched.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -43,7 +44,7 @@ from abuseguard.intel.geo import GeoIntel
 from abuseguard.keyprobe import INVALID_KEY_STATE_KEY
 from abuseguard.policy import Policy
 from abuseguard.request import RequestInfo
-from abuseguard.routes import RouteResolver
+from abuseguard.routes import RouteResolver, route_templates, unmatched_patterns
 from abuseguard.websocket import WebSocketLimiter
 
 logger = logging.getLogger("abuseguard")
@@ -115,7 +116,12 @@ class AbuseGuard:
         self.fail_open = fail_open
         self.routes = RouteResolver(app=app)
         bucket = policy.bucket
-        self.needs_route = bucket is not None and isinstance(bucket.cost, Mapping)
+        self.needs_route = (
+            (bucket is not None and isinstance(bucket.cost, Mapping))
+            or bool(policy.routes)
+            or any(limits.routes for limits in policy.plans.values())
+        )
+        self.plan_func = policy.plan_func
         self.cost_header = (
             bucket.cost_header.lower().encode() if bucket and bucket.cost_header else None
         )
@@ -156,6 +162,7 @@ class AbuseGuard:
         async def wrapped() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.check_routes()
                 await self.startup()
             elif message["type"] == "lifespan.shutdown":
                 await self.guard.shutdown()
@@ -167,6 +174,39 @@ class AbuseGuard:
         if not self.started:
             self.started = True
             await self.guard.startup()
+
+    def check_routes(self) -> None:
+        """Fail startup when a route pattern (`Policy.routes`) or a cost-map key names no
+        route of the wrapped app: a typo would otherwise never apply (or cost 1)."""
+        templates = route_templates(self.app)
+        if templates is None:
+            return
+        policy = self.policy
+        missing = unmatched_patterns(templates, policy.routes)
+        if missing:
+            raise ConfigError("Policy.routes", f"no route of the app matches {missing}")
+        for plan, limits in policy.plans.items():
+            missing = unmatched_patterns(templates, limits.routes)
+            if missing:
+                raise ConfigError(
+                    f"Policy.plans[{plan!r}].routes", f"no route of the app matches {missing}"
+                )
+        bucket = policy.bucket
+        if bucket is not None and isinstance(bucket.cost, Mapping):
+            missing = unmatched_patterns(templates, bucket.cost)
+            if missing:
+                raise ConfigError("TokenBucket.cost", f"no route of the app matches {missing}")
+
+    async def plan_of(self, scope: Scope) -> str | None:
+        """The request's plan from `Policy.plan_func` (sync or async), which gets the
+        request as a Starlette ``HTTPConnection``; anything but a str is no plan."""
+        from starlette.requests import HTTPConnection
+
+        assert self.plan_func is not None
+        plan = self.plan_func(HTTPConnection(scope))
+        if inspect.isawaitable(plan):
+            plan = await plan
+        return plan if isinstance(plan, str) else None
 
     def _client_ip(self, peer: str | None, headers: dict[str, str]) -> str | None:
         """client_ip behind trusted proxies, cached per (peer, proxy header): parsing every
@@ -291,6 +331,8 @@ class _Responder:
         scope = self.scope
         try:
             info = self.info = mw.request_info(scope)
+            if mw.plan_func is not None:
+                info.plan = await mw.plan_of(scope)
             refusal = None
             if mw.read_body and info.method in _BODY_METHODS:
                 # What needs no body first: a client over a limit cannot hold its decision

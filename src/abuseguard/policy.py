@@ -9,10 +9,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
-from typing import Literal
+from typing import Any, Literal
 
 from abuseguard.config_check import check_fields
 from abuseguard.decision import Action
@@ -26,6 +26,8 @@ from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
 
 CostFn = Callable[[RequestInfo], float]
 KeyFunc = Callable[[RequestInfo], "str | None"]
+# Called with the request's starlette HTTPConnection (headers, scope["user"], state).
+PlanFunc = Callable[[Any], "str | Awaitable[str | None] | None"]
 Treatment = Literal["ignore", "score", "challenge", "throttle", "block"]
 TREATMENTS: tuple[str, ...] = ("ignore", "score", "challenge", "throttle", "block")
 # The engine reserves about 1 KB per identity up front: 10 million is about 10 GB.
@@ -813,6 +815,59 @@ def _statuses(field_name: str, values: Iterable[int]) -> frozenset[int]:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Limits of one route or one plan, beside the app-wide ones of `Policy`.
+
+    ``bucket`` is a token bucket (its ``rate`` and ``burst``; ``cost`` is the request's
+    cost from the app-wide bucket), ``quotas`` window quotas, ``concurrency`` the requests
+    in flight. Each keeps its own state per identity, and its own name in the RateLimit
+    headers: the route or plan name, then the bucket's or quota's name
+    ("route-POST-v1-chat-completions-default", "plan-pro-tokens"). ``routes``, in a plan's
+    `Limits` only, replaces the limits of those routes (`Policy.routes`) for the plan's
+    clients, with the same patterns.
+    """
+
+    bucket: TokenBucket | None = None
+    quotas: tuple[Quota, ...] = ()
+    concurrency: int | None = None
+    routes: Mapping[str, Limits] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quotas, Quota):
+            object.__setattr__(self, "quotas", (self.quotas,))
+        check_fields(self)
+        if self.bucket is not None and not isinstance(self.bucket, TokenBucket):
+            raise ConfigError("Limits.bucket", f"expected TokenBucket or None, got {self.bucket!r}")
+        if not all(isinstance(q, Quota) for q in self.quotas):
+            raise ConfigError("Limits.quotas", "expected Quota objects")
+        names = [q.name for q in self.quotas]
+        if len(set(names)) != len(names):
+            raise ConfigError("Limits.quotas", f"quota names must be unique, got {names}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError("Limits.concurrency", f"must be >= 1, got {self.concurrency!r}")
+        for pattern, limits in self.routes.items():
+            _route_pattern("Limits.routes", pattern)
+            if not isinstance(limits, Limits) or limits.routes:
+                raise ConfigError(
+                    f"Limits.routes[{pattern!r}]", f"expected Limits without routes, got {limits!r}"
+                )
+
+
+_ROUTE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _route_pattern(field_name: str, pattern: object) -> None:
+    if not isinstance(pattern, str):
+        raise ConfigError(field_name, f"route patterns are str, got {pattern!r}")
+    method, _, path = pattern.rpartition(" ")
+    if not path.startswith("/") or (method and method not in _ROUTE_METHODS):
+        raise ConfigError(
+            field_name,
+            f"expected '/path/{{param}}' or 'METHOD /path/{{param}}', got {pattern!r}",
+        )
+
+
+@dataclass(frozen=True)
 class Policy:
     """Everything the guard enforces.
 
@@ -843,6 +898,13 @@ class Policy:
     ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (the tightest limit) beside the
     RateLimit headers. ``shadow`` puts the whole policy in shadow mode: every decision is
     made and reported, none is enforced.
+    ``routes`` maps Starlette route templates, with or without a method
+    ("POST /v1/chat/completions", "/v1/models/{model}"), to `Limits` that apply beside the
+    app-wide ones to the requests that route serves (HEAD follows GET); a pattern that
+    matches no route of the app is an error at startup. ``plans`` maps plan names to
+    `Limits` for the clients of that plan; ``plan_func`` (sync or async) gets the request
+    (a Starlette ``HTTPConnection``: headers, ``user``, ``state``) and returns its plan
+    name; no plan or an unknown one gets no plan limits. Memory backend only for now.
     """
 
     bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))
@@ -865,6 +927,9 @@ class Policy:
     websocket: WebSocketPolicy | None = None
     fail_mode: FailMode = field(default_factory=FailMode)
     unverified_keys: UnverifiedKeys | None = field(default_factory=UnverifiedKeys)
+    routes: Mapping[str, Limits] = field(default_factory=dict)
+    plans: Mapping[str, Limits] = field(default_factory=dict)
+    plan_func: PlanFunc | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.quotas, Quota):
@@ -940,3 +1005,17 @@ class Policy:
             raise ConfigError(
                 "Policy.unverified_keys", f"expected UnverifiedKeys or None, got {found}"
             )
+        for pattern, limits in self.routes.items():
+            _route_pattern("Policy.routes", pattern)
+            if not isinstance(limits, Limits) or limits.routes:
+                raise ConfigError(
+                    f"Policy.routes[{pattern!r}]", f"expected Limits without routes, got {limits!r}"
+                )
+        for plan, limits in self.plans.items():
+            _policy_name("Policy.plans", plan)
+            if not isinstance(limits, Limits):
+                raise ConfigError(f"Policy.plans[{plan!r}]", f"expected Limits, got {limits!r}")
+        if self.plan_func is not None and not callable(self.plan_func):
+            raise ConfigError("Policy.plan_func", "must be callable")
+        if self.plans and self.plan_func is None:
+            raise ConfigError("Policy.plan_func", "Policy.plans needs a plan_func")

@@ -19,6 +19,8 @@ decision is). It refuses only what the full check would surely refuse:
 - quotas are tested with `limits`' ``test`` (no hit); concurrency slots are counted.
 - a shared backend that decides in Redis (inline mode) has only what this worker
   remembers: its bans and its deny cache (buckets and quotas Redis refused lately).
+- route and plan limits (`Policy.routes`, `Policy.plans`) are tested as the full check
+  tests them (nothing counted).
 - the risk ladder and the network buckets are left to the full check: the content and
   the fan-in the request brings may move them.
 """
@@ -83,6 +85,12 @@ def precheck(guard: Guard, info: RequestInfo) -> Decision | None:
     ):
         info = dataclasses.replace(info, cost=0.0)
     p = guard.prepare(info)
+    route_limits = guard.route_limits
+    if route_limits is not None:
+        verdict = route_limits.test(info, p.identity, p.address.ip_key, p.cost, p.ts)
+        refusal = guard.route_refusal(info, p, verdict)
+        if refusal is not None:
+            return refusal
     # The memory backend's quotas run on the guard's clock: this request's time, meanwhile.
     previous_now = guard._now
     guard._now = p.ts

@@ -21,7 +21,8 @@ class RequestInfo:
     ``ip`` is the client address after trusted proxies. ``key`` is the account or API key
     identity (raw; the guard hashes it before it is stored or reported). The enrichment
     fields (``asn``, ``as_org``, ``country``, ``anon``, ``anon_confidence``), when set,
-    are used instead of database lookups, as a CDN log line would carry them.
+    are used instead of database lookups, as a CDN log line would carry them. ``plan``
+    is the client's plan (`Policy.plans`), from `Policy.plan_func` in the middleware.
     """
 
     ip: str
@@ -39,3 +40,4 @@ class RequestInfo:
     country: str | None = None
     anon: tuple[str, ...] | None = None
     anon_confidence: int | None = None
+    plan: str | None = None

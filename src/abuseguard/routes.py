@@ -78,3 +78,54 @@ def _match(routes: Iterable[Any], scope: dict[str, Any], prefix: str) -> str | N
             return template
         partial = partial or template  # method mismatch: still the same route
     return partial
+
+
+def route_templates(app: Any) -> set[tuple[str | None, str]] | None:
+    """Every (method, template) the app's router serves, mounts and included routers
+    resolved (method None: any method; HEAD added wherever GET is, as Starlette does);
+    None when no Starlette router is found."""
+    router = _find_router(app)
+    if router is None:
+        return None
+    found: set[tuple[str | None, str]] = set()
+    _collect(router.routes, "", found)
+    return found
+
+
+def _collect(routes: Iterable[Any], prefix: str, found: set[tuple[str | None, str]]) -> None:
+    for route in routes:
+        path = prefix + getattr(route, "path", "")
+        if isinstance(route, Mount):
+            inner = route.routes
+            if inner:
+                _collect(inner, path, found)
+            else:  # a mounted app: everything below it is its own
+                found.add((None, path))
+            continue
+        methods = getattr(route, "methods", None)
+        if not methods:
+            found.add((None, path))
+            continue
+        for method in methods:
+            found.add((method, path))
+        if "GET" in methods:
+            found.add(("HEAD", path))
+
+
+def unmatched_patterns(
+    templates: set[tuple[str | None, str]], patterns: Iterable[str]
+) -> list[str]:
+    """The patterns ("METHOD /path" or "/path") that name no route in ``templates``."""
+    return [pattern for pattern in patterns if not _serves(templates, pattern)]
+
+
+def _serves(templates: set[tuple[str | None, str]], pattern: str) -> bool:
+    method, _, path = pattern.rpartition(" ")
+    for route_method, template in templates:
+        if route_method is not None and method and route_method != method:
+            continue
+        if template == path:
+            return True
+        if route_method is None and path.startswith(template.rstrip("/") + "/"):
+            return True  # below a mounted app, whose routes are its own
+    return False

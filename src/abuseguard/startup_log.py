@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from abuseguard.rates import parse_rate
+from abuseguard.route_limits import describe as describe_route_limits
 
 if TYPE_CHECKING:
     from abuseguard.guard import Guard
@@ -75,6 +76,9 @@ def describe_policy(guard: Guard) -> str:
         if concurrency is not None
         else "concurrency=none"
     )
+    route_limits = guard.route_limits
+    if route_limits is not None:
+        fields.append(describe_route_limits(route_limits.routes, route_limits.plans))
     scoring = policy.scoring
     fields.append(f"scoring={'on' if scoring is not None and scoring.enabled else 'off'}")
     fields.append(f"content={'on' if guard.content is not None else 'off'}")

@@ -1,0 +1,260 @@
+"""Limits per route and per plan (`Policy.routes`, `Policy.plans`), beside the app-wide ones.
+
+The app-wide bucket stays in the kernel; route and plan limits are kept here, in Python,
+per identity and limit name: token buckets in a bounded dict, quotas and concurrency slots
+through the memory backend. A request is first tested against every limit
+that applies, without counting; it is counted only once the guard serves it, so a refused
+request costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from abuseguard.backends.base import Backend
+from abuseguard.backends.memory import MemoryBackend
+from abuseguard.decision import PolicyState
+from abuseguard.errors import ConfigError
+from abuseguard.policy import Limits, Policy
+from abuseguard.request import RequestInfo
+
+
+def limit_name(prefix: str, key: str) -> str:
+    """A RateLimit-header-safe name for a route pattern or plan: "route-POST-v1-chat"."""
+    cleaned = "".join(c if c.isascii() and c.isalnum() else "-" for c in key)
+    return "-".join(part for part in (prefix, *cleaned.split("-")) if part)
+
+
+class NamedLimits:
+    """A route's or plan's `Limits` under its name, with what each request reads of them
+    worked out once (names, bucket shape)."""
+
+    __slots__ = ("bucket_name", "capacity", "limits", "name", "per_second", "quota_names", "window")
+
+    def __init__(self, name: str, limits: Limits) -> None:
+        self.name = name
+        self.limits = limits
+        bucket = limits.bucket
+        self.bucket_name = f"{name}-{bucket.name}" if bucket is not None else ""
+        self.capacity = bucket.capacity if bucket is not None else 0.0
+        self.per_second = bucket.per_second if bucket is not None else 0.0
+        self.window = bucket.window if bucket is not None else 0.0
+        self.quota_names = tuple(f"{name}-{quota.name}" for quota in limits.quotas)
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the route and plan limits say about one request, before anything is counted."""
+
+    applied: tuple[NamedLimits, ...]
+    violated: tuple[PolicyState, ...]
+    reasons: tuple[str, ...]
+    retry_after: float
+
+
+class RouteLimiter:
+    """Route and plan limits of a policy, kept per identity (memory backend only)."""
+
+    def __init__(self, policy: Policy, backend: Backend, max_buckets: int) -> None:
+        if not isinstance(backend, MemoryBackend):
+            part = "Policy.routes" if policy.routes else "Policy.plans"
+            schemes = getattr(backend, "schemes", ())
+            where = (
+                "Redis backend"
+                if any(str(scheme).startswith("redis") for scheme in schemes)
+                else type(backend).__name__
+            )
+            raise ConfigError(part, f"{part} is not supported by the {where} yet")
+        self._limits = backend
+        self.routes: dict[str, NamedLimits] = {
+            pattern: NamedLimits(limit_name("route", pattern), limits)
+            for pattern, limits in policy.routes.items()
+        }
+        self.plans: dict[str, NamedLimits] = {
+            plan: NamedLimits(limit_name("plan", plan), limits)
+            for plan, limits in policy.plans.items()
+        }
+        # a plan's own limits for some routes, in place of `Policy.routes` for its clients
+        self.plan_routes: dict[str, dict[str, NamedLimits]] = {
+            plan: {
+                pattern: NamedLimits(limit_name(f"plan-{plan}-route", pattern), route_limits)
+                for pattern, route_limits in limits.routes.items()
+            }
+            for plan, limits in policy.plans.items()
+            if limits.routes
+        }
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        windows = [
+            named.limits.bucket.window
+            for named in (
+                *self.routes.values(),
+                *self.plans.values(),
+                *(n for routes in self.plan_routes.values() for n in routes.values()),
+            )
+            if named.limits.bucket is not None
+        ]
+        self._full_after = max(windows, default=0.0)
+        self._max_buckets = max_buckets
+
+    @classmethod
+    def build(cls, policy: Policy, backend: Backend) -> RouteLimiter | None:
+        if not policy.routes and not policy.plans:
+            return None
+        return cls(policy, backend, policy.max_identities)
+
+    def applying(self, info: RequestInfo) -> tuple[NamedLimits, ...]:
+        """The route's and the plan's limits for ``info`` (HEAD follows GET); a plan's own
+        limits for the route replace the route's."""
+        found: list[NamedLimits] = []
+        plan = info.plan
+        own_routes = self.plan_routes.get(plan) if plan is not None else None
+        route = (_match(own_routes, info) if own_routes else None) or _match(self.routes, info)
+        if route is not None:
+            found.append(route)
+        if plan is not None:
+            plan_limits = self.plans.get(plan)
+            if plan_limits is not None:
+                found.append(plan_limits)
+        return tuple(found)
+
+    # -- token buckets ------------------------------------------------------------------
+
+    def _tokens(self, key: tuple[str, str], named: NamedLimits, now: float) -> float:
+        state = self._buckets.get(key)
+        if state is None:
+            return named.capacity
+        tokens, last = state
+        refilled = tokens + (now - last) * named.per_second if now > last else tokens
+        return refilled if refilled < named.capacity else named.capacity
+
+    @staticmethod
+    def _bucket_state(named: NamedLimits, tokens: float, violated: bool) -> PolicyState:
+        reset = (named.capacity - tokens) / named.per_second
+        return PolicyState(named.bucket_name, named.capacity, named.window, tokens, reset, violated)
+
+    # -- decide and count -----------------------------------------------------------------
+
+    def test(
+        self, info: RequestInfo, identity: str, ip_key: str, cost: float, now: float
+    ) -> Verdict:
+        """Would every route and plan limit admit this request? Nothing is counted."""
+        applied = self.applying(info)
+        violated: list[PolicyState] = []
+        reasons: list[str] = []
+        retry_after = 0.0
+        for named in applied:
+            limits = named.limits
+            bucket = limits.bucket
+            if bucket is not None:
+                tokens = self._tokens((identity, named.bucket_name), named, now)
+                if tokens < cost:
+                    violated.append(self._bucket_state(named, tokens, True))
+                    reasons.append("rate")
+                    retry_after = max(retry_after, (cost - tokens) / named.per_second)
+            for quota, name in zip(limits.quotas, named.quota_names, strict=True):
+                ident = identity if quota.per == "key" else "i:" + ip_key
+                hits = max(0, round(cost)) if quota.by_cost else 1
+                key = f"{named.name}:{ident}"
+                if not self._limits.quota_fits(quota.limit, quota.strategy, key, hits):
+                    remaining, reset = self._limits.quota_state(quota.limit, quota.strategy, key)
+                    violated.append(
+                        PolicyState(name, quota.amount, quota.window, remaining, reset, True)
+                    )
+                    reasons.append("quota")
+                    retry_after = max(retry_after, reset)
+            if limits.concurrency is not None:
+                slot = f"c:{identity}:{named.name}"
+                if not self._limits.slot_free(slot, limits.concurrency):
+                    name = f"{named.name}-concurrency"
+                    violated.append(PolicyState(name, limits.concurrency, 1.0, 0.0, 1.0, True))
+                    reasons.append("concurrency")
+                    retry_after = max(retry_after, 1.0)
+        return Verdict(applied, tuple(violated), tuple(dict.fromkeys(reasons)), retry_after)
+
+    def count(
+        self,
+        applied: tuple[NamedLimits, ...],
+        identity: str,
+        ip_key: str,
+        cost: float,
+        now: float,
+    ) -> tuple[tuple[PolicyState, ...], tuple[str, ...]]:
+        """Count a served request in every limit ``test`` found; their states and the
+        concurrency slots taken (to release with the decision)."""
+        states: list[PolicyState] = []
+        held: list[str] = []
+        for named in applied:
+            limits = named.limits
+            bucket = limits.bucket
+            if bucket is not None:
+                key = (identity, named.bucket_name)
+                tokens = self._tokens(key, named, now) - cost
+                if key not in self._buckets and len(self._buckets) >= self._max_buckets:
+                    self._evict_full(now)
+                self._buckets[key] = (tokens, now)
+                states.append(self._bucket_state(named, tokens if tokens > 0.0 else 0.0, False))
+            for quota, name in zip(limits.quotas, named.quota_names, strict=True):
+                ident = identity if quota.per == "key" else "i:" + ip_key
+                hits = max(0, round(cost)) if quota.by_cost else 1
+                key_q = f"{named.name}:{ident}"
+                ok, remaining, reset = self._limits.hit_quota(
+                    quota.limit, quota.strategy, key_q, hits
+                )
+                states.append(
+                    PolicyState(name, quota.amount, quota.window, remaining, reset, not ok)
+                )
+            if limits.concurrency is not None:
+                slot = f"c:{identity}:{named.name}"
+                if self._limits.acquire(slot, limits.concurrency):
+                    held.append(slot)
+        return tuple(states), tuple(held)
+
+    def _evict_full(self, now: float) -> None:
+        """Forget the buckets idle long enough to be full again (a new one reads full);
+        when none is, forget them all rather than grow without bound."""
+        full_after = self._full_after
+        full = [key for key, (_, last) in self._buckets.items() if now - last >= full_after]
+        for key in full:
+            del self._buckets[key]
+        if not full:
+            self._buckets.clear()
+
+
+def _match(routes: Mapping[str, NamedLimits], info: RequestInfo) -> NamedLimits | None:
+    if not routes:
+        return None
+    route = info.route or info.path
+    hit = routes.get(f"{info.method} {route}")
+    if hit is None and info.method == "HEAD":
+        hit = routes.get(f"GET {route}")
+    return hit if hit is not None else routes.get(route)
+
+
+def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]) -> str:
+    """The route and plan limits as logfmt fields for the startup line."""
+
+    def one(named: NamedLimits) -> str:
+        limits = named.limits
+        parts = []
+        if limits.bucket is not None:
+            b = limits.bucket
+            parts.append(f"bucket:{b.per_second:g}/s:burst={b.capacity:g}")
+        parts.extend(f"{q.name}:{q.amount}/{q.window:g}s" for q in limits.quotas)
+        if limits.concurrency is not None:
+            parts.append(f"concurrency:{limits.concurrency}")
+        return f"{named.name}[{','.join(parts)}]"
+
+    def plan(name: str, named: NamedLimits) -> str:
+        overrides = "".join(
+            f";{one(NamedLimits(limit_name(f'plan-{name}-route', pattern), limits))}"
+            for pattern, limits in named.limits.routes.items()
+        )
+        return one(named) + overrides
+
+    fields = []
+    if routes:
+        fields.append("routes=" + ";".join(one(n) for n in routes.values()))
+    if plans:
+        fields.append("plans=" + ";".join(plan(name, n) for name, n in plans.items()))
+    return " ".join(fields)
