@@ -122,7 +122,11 @@ class Guard:
         if scoring is not None and scoring.enabled and scoring.content:
             from abuseguard.intel.content import ContentFingerprinter
 
-            self.content = ContentFingerprinter(max_bytes=scoring.content_max_bytes)
+            # Kernels Numba has not cached compile in a background thread; until they are
+            # ready, requests are decided without content (as when the body read times out).
+            self.content = ContentFingerprinter(
+                max_bytes=scoring.content_max_bytes, background=True
+            )
         self.local_buckets = not self.backend.shared
         self.engine = Engine(policy, local_buckets=self.local_buckets)
         self._tables = self.engine.tables
@@ -274,7 +278,7 @@ class Guard:
         if self.scoring_on:
             headers = info.headers
             ua_class, persona, mismatch = self._client_of(info.ua, headers)
-            if self.content is not None and info.body:
+            if self.content is not None and info.body and self.content.ready:
                 facts = self.content.fingerprint(info.body, headers.get("content-type"))
                 if facts.prompt_found:
                     simhash, template_id = facts.simhash, facts.template_id
@@ -1057,6 +1061,8 @@ class Guard:
 
     async def startup(self) -> None:
         log_startup(self)
+        if self.content is not None:
+            self.content.start_compiling()
         await self.backend.startup()
 
     async def shutdown(self) -> None:
