@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import numba
 
-    cache_dir = numba.config.CACHE_DIR or "next to the installed sources (__pycache__)"
+    configured: str = getattr(numba.config, "CACHE_DIR", "")  # NUMBA_CACHE_DIR, read by Numba
+    cache_dir = configured or "next to the installed sources (__pycache__)"
     print(f"Numba cache: {cache_dir}", flush=True)
     started = time.perf_counter()
     for name, step in _steps():

@@ -1041,7 +1041,10 @@ def compiled_entry(dispatcher: Any) -> Any:
 _RUN_TEXT: Any = None
 _RUN_TEXTS: Any = None
 _COMPILE_LOCK = threading.Lock()
-_ENTRY_POINTS = ((_fingerprint_text, _TEXT_SIGNATURE), (_fingerprint_texts, _TEXTS_SIGNATURE))
+_ENTRY_POINTS: tuple[tuple[Any, str], ...] = (
+    (_fingerprint_text, _TEXT_SIGNATURE),
+    (_fingerprint_texts, _TEXTS_SIGNATURE),
+)
 
 
 def kernels_ready() -> bool:
