@@ -123,7 +123,7 @@ class Guard:
             from abuseguard.intel.content import ContentFingerprinter
 
             # Kernels Numba has not cached compile in a background thread; until they are
-            # ready, requests are decided without content (as when the body read times out).
+            # ready, fingerprint() finds no prompt (as when the body read times out).
             self.content = ContentFingerprinter(
                 max_bytes=scoring.content_max_bytes, background=True
             )
@@ -278,7 +278,7 @@ class Guard:
         if self.scoring_on:
             headers = info.headers
             ua_class, persona, mismatch = self._client_of(info.ua, headers)
-            if self.content is not None and info.body and self.content.ready:
+            if self.content is not None and info.body:
                 facts = self.content.fingerprint(info.body, headers.get("content-type"))
                 if facts.prompt_found:
                     simhash, template_id = facts.simhash, facts.template_id
@@ -1061,8 +1061,9 @@ class Guard:
 
     async def startup(self) -> None:
         log_startup(self)
-        if self.content is not None:
-            self.content.start_compiling()
+        start_compiling = getattr(self.content, "start_compiling", None)  # any fingerprinter
+        if start_compiling is not None:
+            start_compiling()
         await self.backend.startup()
 
     async def shutdown(self) -> None:
