@@ -86,6 +86,15 @@ class RedisServer:
         self.process = None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def content_kernels_compiled() -> None:
+    """A Guard compiles its content kernels in a background thread and decides without
+    content until they are ready; the tests expect content from the first request."""
+    from abuseguard.intel._content_kernels import compile_kernels
+
+    compile_kernels()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:

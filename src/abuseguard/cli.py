@@ -12,13 +12,17 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "abuseguard.intel.lookup_cmd",
     "abuseguard.replay_cmd",
     "abuseguard.sim.cmd",
+    "abuseguard.warmup_cmd",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="abuseguard",
-        description="Inspect networks, simulate traffic and replay traces through the guard.",
+        description=(
+            "Inspect networks, simulate traffic, replay traces through the guard and "
+            "warm the kernel cache."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"abuseguard {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -124,7 +124,11 @@ class Guard:
         if scoring is not None and scoring.enabled and scoring.content:
             from abuseguard.intel.content import ContentFingerprinter
 
-            self.content = ContentFingerprinter(max_bytes=scoring.content_max_bytes)
+            # Kernels Numba has not cached compile in a background thread; until they are
+            # ready, fingerprint() finds no prompt (as when the body read times out).
+            self.content = ContentFingerprinter(
+                max_bytes=scoring.content_max_bytes, background=True
+            )
         self.local_buckets = not self.backend.shared
         self.engine = Engine(policy, local_buckets=self.local_buckets)
         self._tables = self.engine.tables
@@ -1117,6 +1121,9 @@ class Guard:
 
     async def startup(self) -> None:
         log_startup(self)
+        start_compiling = getattr(self.content, "start_compiling", None)  # any fingerprinter
+        if start_compiling is not None:
+            start_compiling()
         await self.backend.startup()
 
     async def shutdown(self) -> None:

@@ -32,13 +32,15 @@ workspace serves every thread of a process.
 
 Two entry points: ``_fingerprint_text`` (one text, the request path) and
 ``_fingerprint_texts`` (many texts packed in one buffer, one call for a whole batch: replay's
-``ContentFingerprinter.prime``). Both are compiled eagerly (explicit signatures,
-``cache=True``) when this module is imported, so no request waits for Numba: about 12 s of
-CPU on a cold cache, under 1 s to load from the cache.
+``ContentFingerprinter.prime``). Importing this module compiles nothing: ``compile_kernels``
+compiles both for their one signature each (``cache=True``), about 12 s of CPU on a cold
+cache, under 1 s to load from the cache. The guard calls it in a background thread
+(``ContentFingerprinter(background=True)``), so no request waits for Numba.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -927,11 +929,18 @@ def _fingerprint_one(
     return simhash, template, count, int(np.int64(bits)), strength
 
 
-@njit(
+_TEXT_SIGNATURE = (
     "Tuple((int64, int64, int64, int64, float64))"
-    f"(uint8[::1], uint64[::1], float64[::1], int64, int64, uint64[::1], {_RO}, int64, int64)",
-    cache=True,
+    f"(uint8[::1], uint64[::1], float64[::1], int64, int64, uint64[::1], {_RO}, int64, int64)"
 )
+_TEXTS_SIGNATURE = (
+    "void(uint8[::1], uint64[::1], float64[::1], int64, int64, uint64[::1],"
+    f" {_RO}, int64[::1], int64[::1], float64[::1])"
+)
+
+
+# Compiled by ``compile_kernels`` for ``_TEXT_SIGNATURE`` only, not at import.
+@njit(cache=True)
 def _fingerprint_text(
     classes: np.ndarray,
     tables: np.ndarray,
@@ -955,11 +964,8 @@ def _fingerprint_text(
     return _fingerprint_one(classes, tables, weights, shingle, what, text, start, end, ws)
 
 
-@njit(
-    "void(uint8[::1], uint64[::1], float64[::1], int64, int64, uint64[::1],"
-    f" {_RO}, int64[::1], int64[::1], float64[::1])",
-    cache=True,
-)
+# Compiled by ``compile_kernels`` for ``_TEXTS_SIGNATURE`` only, not at import.
+@njit(cache=True)
 def _fingerprint_texts(
     classes: np.ndarray,
     tables: np.ndarray,
@@ -1031,8 +1037,65 @@ def compiled_entry(dispatcher: Any) -> Any:
     return dispatcher
 
 
-_RUN_TEXT = compiled_entry(_fingerprint_text)
-_RUN_TEXTS = compiled_entry(_fingerprint_texts)
+# The compiled entry points; None until ``compile_kernels`` has run.
+_RUN_TEXT: Any = None
+_RUN_TEXTS: Any = None
+_COMPILE_LOCK = threading.Lock()
+_ENTRY_POINTS: tuple[tuple[Any, str], ...] = (
+    (_fingerprint_text, _TEXT_SIGNATURE),
+    (_fingerprint_texts, _TEXTS_SIGNATURE),
+)
+
+
+def kernels_ready() -> bool:
+    """Whether ``compile_kernels`` has compiled (or loaded) both entry points."""
+    return _RUN_TEXTS is not None
+
+
+def compile_kernels() -> None:
+    """Compile both entry points for their one signature, or load them from Numba's
+    on-disk cache (``NUMBA_CACHE_DIR``); then no other signature is ever compiled.
+    Idempotent and thread-safe: concurrent callers wait for the one compilation."""
+    global _RUN_TEXT, _RUN_TEXTS
+    if _RUN_TEXTS is not None:
+        return
+    with _COMPILE_LOCK:
+        if _RUN_TEXTS is not None:
+            return
+        for dispatcher, signature in _ENTRY_POINTS:
+            dispatcher.compile(signature)
+            dispatcher.disable_compile()
+        _RUN_TEXT = compiled_entry(_fingerprint_text)
+        _RUN_TEXTS = compiled_entry(_fingerprint_texts)
+
+
+def kernels_cached() -> bool:
+    """Whether Numba's on-disk cache holds both entry points for this machine, so
+    ``compile_kernels`` would only load them (well under a second) instead of compiling.
+    Reads Numba's cache index through its internals; any surprise there answers False."""
+    if _RUN_TEXTS is not None:
+        return True
+    try:
+        for dispatcher, signature in _ENTRY_POINTS:
+            cache = dispatcher._cache
+            key = cache._index_key(signature, dispatcher.targetctx.codegen())
+            if key not in cache._cache_file._load_index():
+                return False
+    except Exception:  # numba internals changed: assume a compilation is needed
+        return False
+    return True
+
+
+def _run_text() -> Any:
+    compile_kernels()
+    return _RUN_TEXT
+
+
+def _run_texts() -> Any:
+    compile_kernels()
+    return _RUN_TEXTS
+
+
 BOTH_CLASSES = np.concatenate([SKELETON_CLASSES, MARKER_CLASSES])
 _NO_TABLE = np.zeros(0, dtype=np.uint64)
 _NO_WEIGHTS = np.zeros(0, dtype=np.float64)
@@ -1091,7 +1154,7 @@ def text_kernel(
     of up to n bytes; a longer text, or no workspace, makes the call allocate its own.
     Calls hold the GIL, so kernels may share one workspace across threads."""
     arguments = _kernel_arguments(words, markers, weights, shingle, what, workspace)
-    return partial(_RUN_TEXT, *arguments)
+    return partial(_run_text(), *arguments)
 
 
 def texts_kernel(
@@ -1109,7 +1172,7 @@ def texts_kernel(
     columns simhash, template hash, tokens and marker bits (out[k], out[count + k], ...),
     strengths[k] (float64) the strength."""
     arguments = _kernel_arguments(words, markers, weights, shingle, what, workspace)
-    return partial(_RUN_TEXTS, *arguments)
+    return partial(_run_texts(), *arguments)
 
 
 def skeleton_hashes(
@@ -1122,7 +1185,7 @@ def skeleton_hashes(
     0 for a text without tokens.
     """
     array = readonly_bytes(text)
-    result = _RUN_TEXT(
+    result = _run_text()(
         BOTH_CLASSES,
         pack_tables(words),
         _NO_WEIGHTS,
@@ -1199,7 +1262,7 @@ class MarkerSet:
     def bits(self, text: np.ndarray | bytes) -> int:
         """Bit m is set when phrase m occurs in lower-cased UTF-8 ``text``."""
         weights = np.zeros(len(self._hashes), dtype=np.float64)
-        result = _RUN_TEXT(
+        result = _run_text()(
             BOTH_CLASSES,
             self._tables,
             weights,

@@ -94,6 +94,7 @@ import contextlib
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import TYPE_CHECKING, NamedTuple
@@ -109,6 +110,11 @@ from abuseguard.intel._content_kernels import (
     MAX_SHINGLE,
     SKELETON,
     MarkerSet,
+    TextKernel,
+    TextsKernel,
+    compile_kernels,
+    kernels_cached,
+    kernels_ready,
     skeleton_text,
     text_kernel,
     texts_kernel,
@@ -197,7 +203,6 @@ FIELD_WORDS: frozenset[str] = frozenset(
 WORD_TABLE = word_table({F_INSTRUCTION: sorted(INSTRUCTION_WORDS), F_LABEL: sorted(FIELD_WORDS)})
 _MARKER_SET = MarkerSet([phrase for phrase, _ in ELICITATION_MARKERS])
 _MARKER_WEIGHTS = tuple(weight for _, weight in ELICITATION_MARKERS)
-_STRENGTH = text_kernel(WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, 1, MARKERS)
 _HAS_WORD = re.compile(r"[^\W_]")
 _DIGITS = re.compile(r"\d+")
 
@@ -305,7 +310,8 @@ def template_skeleton(text: str) -> str:
 
 def elicitation_strength(text: str) -> float:
     """``1 - prod(1 - weight)`` over the distinct ``ELICITATION_MARKERS`` found in ``text``."""
-    return _STRENGTH(_lower_bytes(text), 0, 0)[4]
+    strength = text_kernel(WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, 1, MARKERS)
+    return strength(_lower_bytes(text), 0, 0)[4]
 
 
 def _stable_hash(text: str) -> int:
@@ -527,9 +533,11 @@ _Prepared = tuple[bytes, int, int, int, str]
 class ContentFingerprinter:
     """Turns request bodies into ``ContentFacts``; thread-safe, never raises on a body."""
 
-    __slots__ = ("_max_bytes", "_primed", "_run", "_run_many", "_shingle")
+    __slots__ = ("_max_bytes", "_primed", "_run", "_run_many", "_shingle", "_workspace")
 
-    def __init__(self, *, max_bytes: int = 16384, shingle: int = 3) -> None:
+    def __init__(
+        self, *, max_bytes: int = 16384, shingle: int = 3, background: bool = False
+    ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
         if isinstance(shingle, bool) or not isinstance(shingle, int):
@@ -541,21 +549,59 @@ class ContentFingerprinter:
         # Fingerprints computed ahead by ``prime``: id(body) -> (body, content type, facts).
         self._primed: dict[int, tuple[object, str | None, ContentFacts]] = {}
         # One workspace for both kernels and every thread: kernel calls hold the GIL.
-        workspace = np.empty(workspace_words(min(max_bytes, _WORKSPACE_MAX_BYTES)), dtype=np.uint64)
-        what = SKELETON | MARKERS
-        self._run = text_kernel(WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, shingle, what, workspace)
-        self._run_many = texts_kernel(
-            WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, shingle, what, workspace
+        self._workspace = np.empty(
+            workspace_words(min(max_bytes, _WORKSPACE_MAX_BYTES)), dtype=np.uint64
         )
-        # The kernels are compiled (or loaded from cache) at import; these calls make sure
-        # the first request never pays for any set-up either.
-        self._run(_lower_bytes("warm up: the kernels"), 0, 8)
-        self._run_many(
+        self._run: TextKernel | None = None
+        self._run_many: TextsKernel | None = None
+        if not background or kernels_cached():
+            self._bind_kernels()  # compiles here unless Numba's cache has the kernels
+
+    @property
+    def ready(self) -> bool:
+        """Whether the kernels are compiled; until then ``fingerprint`` finds no prompt.
+
+        Only a ``background`` fingerprinter is ever not ready. The first check starts the
+        compilation in a background thread (``start_compiling``); the fingerprinter
+        becomes ready at the first check after it has finished."""
+        if self._run is None:
+            if not kernels_ready():
+                compile_in_background()
+                return False
+            self._bind_kernels()
+        return True
+
+    def start_compiling(self) -> None:
+        """Start compiling the kernels in a background thread unless they are ready; a
+        ``background`` fingerprinter's owner calls it once its own kernels are built (one
+        Numba compilation runs at a time, so an earlier start would delay them)."""
+        if self._run is None:
+            compile_in_background()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the kernels are compiled (at most ``timeout`` seconds); for batch
+        callers (replay) that must not decide without content. Returns ``ready``."""
+        self.start_compiling()
+        _KERNELS_COMPILED.wait(timeout)
+        return self.ready
+
+    def _bind_kernels(self) -> None:
+        workspace = self._workspace
+        what = SKELETON | MARKERS
+        shingle = self._shingle
+        run = text_kernel(WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, shingle, what, workspace)
+        run_many = texts_kernel(WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, shingle, what, workspace)
+        # Make sure the first request never pays for any set-up either.
+        run(_lower_bytes("warm up: the kernels"), 0, 8)
+        run_many(
             _lower_bytes("warm up: the kernels"),
             np.array([0, 0, 8, 20], dtype=np.int64),
             np.empty(4, dtype=np.int64),
             np.empty(1, dtype=np.float64),
         )
+        self._run_many = run_many
+        self._run = run
+        _KERNELS_COMPILED.set()
 
     @property
     def max_bytes(self) -> int:
@@ -577,7 +623,10 @@ class ContentFingerprinter:
     def fingerprint(
         self, body: bytes | str | None, content_type: str | None = None
     ) -> ContentFacts:
-        """Fingerprint the first ``max_bytes`` bytes of ``body``; never raises."""
+        """Fingerprint the first ``max_bytes`` bytes of ``body``; never raises. Before the
+        kernels are ready (see ``ready``), every body has no prompt (``EMPTY_CONTENT``)."""
+        if self._run is None and not self.ready:
+            return EMPTY_CONTENT
         if self._primed:
             hit = self._primed.pop(id(body), None)
             if hit is not None and hit[0] is body and hit[1] == content_type:
@@ -596,6 +645,7 @@ class ContentFingerprinter:
         primed before and not yet asked for, so at most one batch is held. Returns how
         many bodies were fingerprinted.
         """
+        self.wait_ready()
         prepare = self._prepare
         primed: dict[int, tuple[object, str | None, ContentFacts]] = {}
         # Bodies that need the kernel, and what ``_prepare`` made of them.
@@ -653,6 +703,7 @@ class ContentFingerprinter:
         bounds[-1] = offsets[-1] + lengths[-1]
         out = np.empty(4 * count, dtype=np.int64)
         strengths = np.empty(count, dtype=np.float64)
+        assert self._run_many is not None  # prime() waited for the kernels
         self._run_many(np.frombuffer(b"".join(texts), dtype=np.uint8), bounds, out, strengths)
         columns = out.reshape(4, count)
         hashes = columns[:2]
@@ -688,6 +739,7 @@ class ContentFingerprinter:
         if type(prepared) is ContentFacts:
             return prepared
         data, start, end, n_bytes, context = prepared  # type: ignore[misc]
+        assert self._run is not None  # fingerprint() checked ``ready``
         simhash, template_id, n_tokens, _, strength = self._run(
             np.frombuffer(data, dtype=np.uint8), start, end
         )
@@ -783,3 +835,31 @@ class ContentFingerprinter:
         if text is None:
             text = raw.decode("utf-8-sig", "replace")
         return _loads(text)
+
+
+_KERNELS_COMPILED = threading.Event()
+_COMPILER_THREAD_LOCK = threading.Lock()
+_compiler_thread: threading.Thread | None = None
+
+
+def compile_in_background() -> threading.Thread | None:
+    """Start compiling the content kernels in a daemon thread, once per process; returns
+    that thread (None when the kernels are already compiled)."""
+    global _compiler_thread
+    if kernels_ready():
+        _KERNELS_COMPILED.set()
+        return None
+    with _COMPILER_THREAD_LOCK:
+        if _compiler_thread is None:
+            _compiler_thread = threading.Thread(
+                target=_compile_and_signal, name="abuseguard-content-compile", daemon=True
+            )
+            _compiler_thread.start()
+        return _compiler_thread
+
+
+def _compile_and_signal() -> None:
+    try:
+        compile_kernels()
+    finally:  # a failed compilation must not leave ``wait_ready`` callers blocked
+        _KERNELS_COMPILED.set()
