@@ -21,11 +21,11 @@ from typing import Any
 from abuseguard.decision import Decision
 from abuseguard.trace_columns import ColumnMapping
 from abuseguard.traces import (
-    MAX_RECORDED_LINES,
     TraceError,
     TraceReader,
     TraceRecord,
     TraceStats,
+    count_in_time_order,
     import_extra,
     parse_object,
 )
@@ -87,18 +87,7 @@ class ParquetTraceReader(TraceReader):
                 except TraceError as exc:
                     stats.count_malformed(row_no, exc.reason, exc.detail)
                     continue
-                ts = record.info.ts
-                assert ts is not None
-                if ts < latest:
-                    stats.out_of_order += 1
-                    if len(stats.out_of_order_lines) < MAX_RECORDED_LINES:
-                        stats.out_of_order_lines.append(row_no)
-                    record.info.ts = latest
-                else:
-                    latest = ts
-                    if stats.first_ts is None:
-                        stats.first_ts = ts
-                stats.records += 1
+                latest = count_in_time_order(record, row_no, stats, latest)
                 yield record
         finally:
             stats.lines = row_no

@@ -422,18 +422,7 @@ class TraceReader:
                 except (ValueError, RecursionError) as exc:
                     stats.count_malformed(line_no, "bad_json", str(exc)[:80])
                     continue
-                ts = record.info.ts
-                assert ts is not None
-                if ts < latest:
-                    stats.out_of_order += 1
-                    if len(stats.out_of_order_lines) < MAX_RECORDED_LINES:
-                        stats.out_of_order_lines.append(line_no)
-                    record.info.ts = latest
-                else:
-                    latest = ts
-                    if stats.first_ts is None:
-                        stats.first_ts = ts
-                stats.records += 1
+                latest = count_in_time_order(record, line_no, stats, latest)
                 yield record
         except (OSError, EOFError):
             # A truncated gzip member or a read error ends the trace; the count says where.
@@ -454,6 +443,26 @@ def _peek(raw: IO[bytes], size: int) -> bytes:
         raw.seek(here)
         return head
     return b""
+
+
+def count_in_time_order(
+    record: TraceRecord, line_no: int, stats: TraceStats, latest: float
+) -> float:
+    """Count a parsed record in ``stats`` and keep the trace in time order: a record earlier
+    than the latest one seen is moved to it and counted as out of order. Every reader
+    (JSONL here, Parquet in `parquet_io`) calls this; it returns the new latest time."""
+    stats.records += 1
+    ts = record.info.ts
+    assert ts is not None
+    if ts < latest:
+        stats.out_of_order += 1
+        if len(stats.out_of_order_lines) < MAX_RECORDED_LINES:
+            stats.out_of_order_lines.append(line_no)
+        record.info.ts = latest
+        return latest
+    if stats.first_ts is None:
+        stats.first_ts = ts
+    return ts
 
 
 def read_trace(path: str | os.PathLike[str], mapping: ColumnMapping | None = None) -> TraceReader:
