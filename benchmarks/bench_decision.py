@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/bench_decision.py [--requests N] [--json out.json]
      [--quick] [--cold-start] [--intel {mmdb,fields}]
 
-Traffic: two thousand accounts (API keys), each on its own address in an ordinary network
+Traffic: ten thousand accounts (API keys), each on its own address in an ordinary network
 of the tests' small MaxMind world and with one User-Agent, in virtual time at about one
 request per second per account; generous limits, so the measured path is the common one
 (allowed). Intel comes from a GeoIntel over that world (``--intel mmdb``, the default), or
@@ -64,7 +64,7 @@ from abuseguard import (
 from abuseguard.guard import Prepared
 from abuseguard.headers import rate_limit_headers
 
-ACCOUNTS = 2000
+ACCOUNTS = 10_000  # distinct API keys, each on its own address (the budgets need >= 10,000)
 STAGE_REQUESTS_MAX = 20_000
 KEEP_SAMPLES = 4000
 

@@ -432,7 +432,8 @@ class Scoring:
     bodies for prompt templates and reasoning-elicitation markers; the body is replayed to
     the app unchanged and nothing of it is stored but two 64-bit fingerprints per account.
     It is what catches harvesting that stays under every rate limit (one template across
-    many accounts), and it costs about 10-20 us per request with a body: set
+    many accounts); the fingerprint costs about 6-7 us for a body of a few hundred bytes
+    (benchmarks/bench_content.py), plus reading the body: set
     ``content=False`` where that latency matters more. What needs no body (bans, deny
     rules, the identity's bucket, quotas, concurrency) is checked first, and a request it
     refuses is refused before its body is read. ``content_read_timeout`` (seconds, > 0)
