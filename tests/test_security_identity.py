@@ -468,3 +468,27 @@ def test_fail_mode_routes_match_whole_path_segments() -> None:
     assert mode.fails_open("POST", "/v1/chatter")
     root = FailMode(open=True, routes={"/": False})
     assert not root.fails_open("GET", "/anything")
+
+
+def test_a_banned_key_sent_with_a_second_credential_header_stays_banned() -> None:
+    """The issue's second case: a banned key plus a random second Authorization value was
+    served (the joined header hashed to a fresh identity)."""
+    from abuseguard.testing import ManualClock
+    from tests.test_ban_eviction import HEADLESS, SDK, ban_policy, guarded_app, http, is_ban
+
+    app, _ = guarded_app(ban_policy(1000), clock=ManualClock())
+    with http(app) as client:
+        banned = client.get(
+            "/", headers={"user-agent": HEADLESS, "authorization": "Bearer sk-real"}
+        )
+        assert banned.status_code == 403  # the ladder's block, which bans
+        for i in range(3):
+            response = client.get(
+                "/",
+                headers=[
+                    ("user-agent", SDK),
+                    ("authorization", "Bearer sk-real"),
+                    ("authorization", f"Bearer x{i}"),
+                ],
+            )
+            assert is_ban(response), (i, response.status_code, response.text)
