@@ -31,7 +31,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from abuseguard.backends.base import LimitSource, RoundTripDecider
+from abuseguard.backends.base import UNKNOWN_LIMITS, LimitSource, RoundTripDecider
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import Decision
 from abuseguard.engine import layout as L
@@ -40,18 +40,6 @@ from abuseguard.policy import Concurrency
 if TYPE_CHECKING:
     from abuseguard.guard import Guard, Prepared
     from abuseguard.request import RequestInfo
-
-
-class AdmitUnknown:
-    """Limits the pre-check cannot look up: admitted (the full check asks them)."""
-
-    def hit_quota(
-        self, limit: str, strategy: str, identity: str, cost: int
-    ) -> tuple[bool, float, float]:
-        return True, 0.0, 0.0
-
-    def acquire(self, identity: str, limit: int) -> bool:
-        return True
 
 
 class PeekedLimits:
@@ -69,7 +57,8 @@ class PeekedLimits:
         return self.backend.slot_free(identity, limit)
 
 
-_ADMIT = AdmitUnknown()
+# Limits the pre-check cannot look up are admitted: the full check asks them.
+_ADMIT = UNKNOWN_LIMITS
 
 
 def precheck(guard: Guard, info: RequestInfo) -> Decision | None:
@@ -208,4 +197,4 @@ def _refusal(
     return decision
 
 
-__all__ = ["AdmitUnknown", "PeekedLimits", "precheck"]
+__all__ = ["PeekedLimits", "precheck"]
