@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from abuseguard.progress import ProgressLine
 from abuseguard.replay import COST_MODES, run_replay
 from abuseguard.report import ReportBuilder, plot_report, render_table
 from abuseguard.trace_columns import TIME_FORMATS, MappingError, load_mapping
@@ -228,17 +229,15 @@ def open_intel(directory: str, day: datetime.date) -> Any:
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal stream; silent when not a TTY."""
+    """Replay's progress: a bar of the trace read and the rate, on a `ProgressLine`."""
 
     def __init__(self, reader: TraceReader, stream: IO[str], enabled: bool) -> None:
         self.reader = reader
-        self.stream = stream
-        self.enabled = enabled and stream.isatty()
+        self.line = ProgressLine(stream, enabled, "replay")
         self.started = time.perf_counter()
-        self.shown = False
 
     def __call__(self, count: int) -> None:
-        if not self.enabled:
+        if not self.line.enabled:
             return
         rate = count / max(time.perf_counter() - self.started, 1e-9)
         share = self.reader.progress()
@@ -247,14 +246,10 @@ class ProgressBar:
         else:
             filled = int(share * 30)
             bar = f"[{'#' * filled}{'.' * (30 - filled)}] {share * 100:5.1f}%  {count:,} records"
-        self.stream.write(f"\rreplay {bar}  {rate:,.0f}/s ")
-        self.stream.flush()
-        self.shown = True
+        self.line.show(f"{bar}  {rate:,.0f}/s")
 
     def clear(self) -> None:
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        self.line.clear()
 
 
 def _decision_writer(path: str) -> Any:
