@@ -30,8 +30,8 @@ from abuseguard.config_check import check_callables
 from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.engine import Engine
+from abuseguard.engine.params import bucket_kinds, shadow_kinds
 from abuseguard.engine.params import serves as action_serves
-from abuseguard.engine.params import shadow_kinds
 from abuseguard.errors import ConfigError
 from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import AddressBook, ClientAddress, hash_key
@@ -196,6 +196,7 @@ class Guard:
         # What the kernel charged: it charges every bucket when no bucket it enforces
         # refused and the ladder level serves (see `_settle_buckets`).
         self._shadow_kinds = shadow_kinds(policy)
+        self._bucket_kinds = bucket_kinds(policy)
         params = self.engine.params
         self._level_serves = tuple(bool(params[L.P_LADDER_SERVES + i]) for i in range(9))
         # What a shared backend gets instead of the Guard: the stages it may run.
@@ -811,20 +812,9 @@ class Guard:
         return action, shadow
 
     def _bucket_shadow(self, denied: int) -> bool:
-        policy = self.policy
-        shadows = []
-        if denied & (1 << L.KIND_KEY) and policy.bucket is not None:
-            shadows.append(policy.bucket.shadow)
-        network = policy.network
-        if network is not None:
-            for kind, bucket in (
-                (L.KIND_IP, network.per_ip),
-                (L.KIND_PREFIX, network.per_prefix),
-                (L.KIND_ASN, network.per_asn),
-            ):
-                if denied & (1 << kind) and bucket is not None:
-                    shadows.append(bucket.shadow or network.shadow)
-        return bool(shadows) and all(shadows)
+        """Whether every bucket that refused (``denied``, a bitmask of kinds) is shadowed."""
+        denied &= self._bucket_kinds
+        return bool(denied) and not denied & ~self._shadow_kinds
 
     def _settle_buckets(
         self,
