@@ -30,8 +30,8 @@ from abuseguard.config_check import check_callables
 from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.engine import Engine
+from abuseguard.engine.params import bucket_kinds, shadow_kinds
 from abuseguard.engine.params import serves as action_serves
-from abuseguard.engine.params import shadow_kinds
 from abuseguard.errors import ConfigError
 from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import AddressBook, ClientAddress, hash_key
@@ -41,7 +41,7 @@ from abuseguard.intel.geo import GeoIntel
 from abuseguard.intel.network import NetworkProfile, NetworkView
 from abuseguard.keyprobe import UNVERIFIED_KEY_REASON, UnverifiedKeyLimiter, UnverifiedRefusal
 from abuseguard.policy import Policy, Quota, TokenBucket
-from abuseguard.precheck import precheck
+from abuseguard.precheck import precheck_reading
 from abuseguard.request import RequestInfo
 from abuseguard.route_limits import RouteLimiter, Verdict
 from abuseguard.stages import GuardStages
@@ -196,6 +196,7 @@ class Guard:
         # What the kernel charged: it charges every bucket when no bucket it enforces
         # refused and the ladder level serves (see `_settle_buckets`).
         self._shadow_kinds = shadow_kinds(policy)
+        self._bucket_kinds = bucket_kinds(policy)
         params = self.engine.params
         self._level_serves = tuple(bool(params[L.P_LADDER_SERVES + i]) for i in range(9))
         # What a shared backend gets instead of the Guard: the stages it may run.
@@ -274,18 +275,9 @@ class Guard:
         ua_class = _UNKNOWN_CLASS
         persona = 0
         mismatch = 0.0
-        simhash = template_id = 0
-        elicitation = 0.0
-        has_content = False
         if self.scoring_on:
-            headers = info.headers
-            ua_class, persona, mismatch = self._client_of(info.ua, headers)
-            if self.content is not None and info.body:
-                facts = self.content.fingerprint(info.body, headers.get("content-type"))
-                if facts.prompt_found:
-                    simhash, template_id = facts.simhash, facts.template_id
-                    elicitation = facts.elicitation
-                    has_content = True
+            ua_class, persona, mismatch = self._client_of(info.ua, info.headers)
+        simhash, template_id, elicitation, has_content = self._content_of(info)
         return Prepared(
             ts,
             identity,
@@ -296,6 +288,38 @@ class Guard:
             ua_class,
             persona,
             mismatch,
+            simhash,
+            template_id,
+            elicitation,
+            has_content,
+        )
+
+    def _content_of(self, info: RequestInfo) -> tuple[int, int, float, bool]:
+        """The body's fingerprint: (simhash, template_id, elicitation, has_content)."""
+        if self.scoring_on and self.content is not None and info.body:
+            facts = self.content.fingerprint(info.body, info.headers.get("content-type"))
+            if facts.prompt_found:
+                return facts.simhash, facts.template_id, facts.elicitation, True
+        return _NO_CONTENT
+
+    def _with_body(self, info: RequestInfo, p: Prepared) -> Prepared:
+        """What `precheck` prepared without the body, completed once the body is read:
+        the decision's time, the cost (a cost callable may price the body) and the body's
+        fingerprint; the identity, network profile and client class are kept."""
+        ts = info.ts
+        if ts is None:
+            ts = self.clock()
+        simhash, template_id, elicitation, has_content = self._content_of(info)
+        return Prepared(
+            ts,
+            p.identity,
+            p.has_account,
+            p.address,
+            p.profile,
+            self._static_cost if info.cost is None and self._cost_is_static else self.cost_of(info),
+            p.ua_class,
+            p.persona,
+            p.persona_mismatch,
             simhash,
             template_id,
             elicitation,
@@ -410,20 +434,32 @@ class Guard:
             return 1.0
         return max(0.1, target / self.inflight)
 
-    def check(self, info: RequestInfo) -> Decision:
+    def check(self, info: RequestInfo, read_without_body: Prepared | None = None) -> Decision:
         """Decide for one request (memory backend, or a shared backend that decides
-        locally: Redis in synced mode). Use `acheck` with the others."""
+        locally: Redis in synced mode). Use `acheck` with the others.
+        ``read_without_body``: what `precheck_reading` prepared for this request before
+        its body was read; only the body's part is read again."""
         if self._shared:
             if self._local_decider is not None:
-                refusal = None if self.unverified_keys is None else self._unverified_first(info)
-                return self._check_merged(info) if refusal is None else refusal
+                refusal = (
+                    None
+                    if self.unverified_keys is None
+                    else self._unverified_first(info, read_without_body)
+                )
+                if refusal is not None:
+                    return refusal
+                return self._check_merged(info, read_without_body)
             raise RuntimeError(
                 "Guard.check() is synchronous; use 'await guard.acheck(info)' "
                 f"with the {type(self.backend).__name__}"
             )
         if self._exempt and self._exempt.matches(info.path):
             return _EXEMPT
-        p = self.prepare(info)
+        p = (
+            self.prepare(info)
+            if read_without_body is None
+            else self._with_body(info, read_without_body)
+        )
         self._now = p.ts
         if p.has_account and self.unverified_keys is not None:
             refusal = self._refuse_unverified(info, p.identity, p.address, p.ts, p.cost)
@@ -433,14 +469,20 @@ class Guard:
             return self._check_route_limits(info, p, self.route_limits)
         return self._conclude(info, p, self._run(p))
 
-    def _check_merged(self, info: RequestInfo) -> Decision:
+    def _check_merged(
+        self, info: RequestInfo, read_without_body: Prepared | None = None
+    ) -> Decision:
         """Decide from local state with a backend that merges it into a store in the
         background (`LocalDecider`: Redis in synced mode): the memory backend's path, the
         kernel's buckets charged exactly when the request is served, then the backend notes
         what to merge."""
         if self._exempt and self._exempt.matches(info.path):
             return _EXEMPT
-        p = self.prepare(info)
+        p = (
+            self.prepare(info)
+            if read_without_body is None
+            else self._with_body(info, read_without_body)
+        )
         plain = self._run(p)
         decision = self._conclude(info, p, plain)
         assert self._local_decider is not None
@@ -453,7 +495,13 @@ class Guard:
         concurrency) without changing any state, or None when it could be served: then
         decide it once, in full, with `check` or `acheck`. Never waits for a shared
         backend (see `abuseguard.precheck`)."""
-        return precheck(self, info)
+        return precheck_reading(self, info)[0]
+
+    def precheck_reading(self, info: RequestInfo) -> tuple[Decision | None, Prepared | None]:
+        """`precheck`, with what it prepared from the request without its body (None when
+        it prepared nothing): hand it to `check` or `acheck` with the body read, which then
+        reads only the body's part again."""
+        return precheck_reading(self, info)
 
     def prepare_many(self, infos: Iterable[RequestInfo]) -> list[Prepared | None]:
         """`prepare` for a batch of requests (None for an exempt path), for `check_prepared`.
@@ -538,12 +586,18 @@ class Guard:
             self._notify(info, decision)
         return decision
 
-    def _unverified_first(self, info: RequestInfo) -> Decision | None:
+    def _unverified_first(
+        self, info: RequestInfo, read_without_body: Prepared | None = None
+    ) -> Decision | None:
         """The unverified-key check ahead of a shared backend, which prepares the request
         itself: a refused request never reaches it."""
         if self._exempt and self._exempt.matches(info.path):
             return None
-        identity, has_account, address = self.identity_of(info)
+        if read_without_body is None:
+            identity, has_account, address = self.identity_of(info)
+        else:
+            p = read_without_body
+            identity, has_account, address = p.identity, p.has_account, p.address
         if not has_account:
             return None
         ts = info.ts if info.ts is not None else self.clock()
@@ -618,19 +672,22 @@ class Guard:
             return decision
         return self._decide(info, p, self._io)
 
-    async def acheck(self, info: RequestInfo) -> Decision:
-        """Decide for one request with any backend."""
+    async def acheck(
+        self, info: RequestInfo, read_without_body: Prepared | None = None
+    ) -> Decision:
+        """Decide for one request with any backend (``read_without_body``: as in `check`;
+        a backend that decides in a round trip prepares the request itself)."""
         if not self._shared:
-            return self.check(info)
+            return self.check(info, read_without_body)
         if self.unverified_keys is not None:
             if self.unverified_keys.store is not None:
                 refusal = await self._unverified_first_shared(info)
             else:
-                refusal = self._unverified_first(info)
+                refusal = self._unverified_first(info, read_without_body)
             if refusal is not None:
                 return refusal
         if self._local_decider is not None:
-            return self._check_merged(info)
+            return self._check_merged(info, read_without_body)
         if self._round_trip is None:
             raise RuntimeError(f"{type(self.backend).__name__} cannot decide requests")
         return await self._check_round_trip(self._round_trip, info)
@@ -811,20 +868,9 @@ class Guard:
         return action, shadow
 
     def _bucket_shadow(self, denied: int) -> bool:
-        policy = self.policy
-        shadows = []
-        if denied & (1 << L.KIND_KEY) and policy.bucket is not None:
-            shadows.append(policy.bucket.shadow)
-        network = policy.network
-        if network is not None:
-            for kind, bucket in (
-                (L.KIND_IP, network.per_ip),
-                (L.KIND_PREFIX, network.per_prefix),
-                (L.KIND_ASN, network.per_asn),
-            ):
-                if denied & (1 << kind) and bucket is not None:
-                    shadows.append(bucket.shadow or network.shadow)
-        return bool(shadows) and all(shadows)
+        """Whether every bucket that refused (``denied``, a bitmask of kinds) is shadowed."""
+        denied &= self._bucket_kinds
+        return bool(denied) and not denied & ~self._shadow_kinds
 
     def _settle_buckets(
         self,
@@ -1133,6 +1179,7 @@ class Guard:
 
 
 _UNKNOWN_CLASS = int(ClientClass.UNKNOWN)
+_NO_CONTENT = (0, 0, 0.0, False)
 _ALLOW = Action.ALLOW
 _O_REMAINING = L.O_REMAINING
 _O_RESET = L.O_RESET

@@ -144,6 +144,13 @@ class AbuseGuard:
         backend = self.guard.backend
         # Only a backend that waits for I/O is awaited (synced mode decides in-process).
         self.shared = backend.shared and not backend.decides_locally
+        # A Guard subclass that overrides precheck, check or acheck is called as before:
+        # precheck(info), then check(info) / acheck(info), each preparing the request.
+        guard_type = type(self.guard)
+        self.reuse_precheck = all(
+            getattr(guard_type, name) is getattr(Guard, name)
+            for name in ("precheck", "check", "acheck")
+        )
         self.legacy_headers = policy.legacy_headers
         self.websocket = WebSocketLimiter(self, policy.websocket) if policy.websocket else None
 
@@ -333,11 +340,14 @@ class _Responder:
             info = self.info = mw.request_info(scope)
             if mw.plan_func is not None:
                 info.plan = await mw.plan_of(scope)
-            refusal = None
+            refusal = read_without_body = None
             if mw.read_body and info.method in _BODY_METHODS:
                 # What needs no body first: a client over a limit cannot hold its decision
                 # open by trickling its body, and its refusal reads none of it.
-                refusal = guard.precheck(info)
+                if mw.reuse_precheck:
+                    refusal, read_without_body = guard.precheck_reading(info)
+                else:
+                    refusal = guard.precheck(info)
                 if refusal is None:
                     try:
                         info.body = await self._peek_body(mw.max_body, mw.body_timeout)
@@ -345,10 +355,14 @@ class _Responder:
                         return  # nothing decided, nothing charged
             if refusal is not None:
                 decision = self.decision = refusal
+            elif read_without_body is None:
+                decision = self.decision = (
+                    await guard.acheck(info) if mw.shared else guard.check(info)
+                )
             elif mw.shared:
-                decision = self.decision = await guard.acheck(info)
+                decision = self.decision = await guard.acheck(info, read_without_body)
             else:
-                decision = self.decision = guard.check(info)
+                decision = self.decision = guard.check(info, read_without_body)
         except Exception:
             logger.exception(
                 "abuseguard failed to decide; failing %s", "open" if mw.fail_open else "closed"

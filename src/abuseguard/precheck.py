@@ -63,8 +63,13 @@ _ADMIT = UNKNOWN_LIMITS
 
 def precheck(guard: Guard, info: RequestInfo) -> Decision | None:
     """The refusal of ``info`` decided without its body, or None when it could be served."""
+    return precheck_reading(guard, info)[0]
+
+
+def precheck_reading(guard: Guard, info: RequestInfo) -> tuple[Decision | None, Prepared | None]:
+    """`precheck`, with what it prepared from ``info`` (None when it prepared nothing)."""
     if guard._exempt and guard._exempt.matches(info.path):
-        return None
+        return None, None
     bucket = guard.policy.bucket
     if (
         info.cost is None
@@ -79,12 +84,12 @@ def precheck(guard: Guard, info: RequestInfo) -> Decision | None:
         verdict = route_limits.test(info, p.identity, p.address.ip_key, p.cost, p.ts)
         refusal = guard.route_refusal(info, p, verdict)
         if refusal is not None:
-            return refusal
+            return refusal, p
     # The memory backend's quotas run on the guard's clock: this request's time, meanwhile.
     previous_now = guard._now
     guard._now = p.ts
     try:
-        return _answer(guard, info, p)
+        return _answer(guard, info, p), p
     finally:
         guard._now = previous_now
 
@@ -197,4 +202,4 @@ def _refusal(
     return decision
 
 
-__all__ = ["PeekedLimits", "precheck"]
+__all__ = ["PeekedLimits", "precheck", "precheck_reading"]

@@ -149,15 +149,10 @@ class MemoryBackend(Backend, LocalLimits):
     ) -> tuple[bool, float, float]:
         """`hit_quota` without the hit (for `Guard.precheck`): would ``cost`` more hits be
         admitted now? Nothing is counted."""
-        item = self._item(limit)
-        limiter = self._limiter(strategy)
-        admitted = limiter.test(item, identity, cost=cost) if cost > 0 else True
-        stats = limiter.get_window_stats(item, identity)
-        if strategy == "sliding-window-counter":  # dated from time.time(), as in hit_quota
-            reset = min(max(0.0, stats.reset_time - time.time()), float(item.get_expiry()))
-        else:
-            reset = max(0.0, stats.reset_time - (self._clock() if self._clock else 0.0))
-        return admitted, float(stats.remaining), reset
+        return (
+            self.quota_fits(limit, strategy, identity, cost),
+            *self.quota_state(limit, strategy, identity),
+        )
 
     def quota_would_admit(self, limit: str, strategy: str, identity: str, cost: int) -> bool:
         """`peek_quota`'s answer alone (no window statistics)."""

@@ -140,3 +140,18 @@ def shadow_kinds(policy: Policy) -> int:
             if bucket is not None and (bucket.shadow or network.shadow):
                 mask |= 1 << kind
     return mask
+
+
+def bucket_kinds(policy: Policy) -> int:
+    """Bitmask of the kinds (key, ip, prefix, asn) that have a token bucket."""
+    mask = 1 << L.KIND_KEY if policy.bucket is not None else 0
+    network = policy.network
+    if network is not None:
+        for kind, bucket in (
+            (L.KIND_IP, network.per_ip),
+            (L.KIND_PREFIX, network.per_prefix),
+            (L.KIND_ASN, network.per_asn),
+        ):
+            if bucket is not None:
+                mask |= 1 << kind
+    return mask
