@@ -60,7 +60,7 @@ class ForcedGuard(Guard):
 
     forced = Action.ALLOW
 
-    def check(self, info: RequestInfo) -> Decision:
+    def check(self, info: RequestInfo, read_without_body: object = None) -> Decision:
         return Decision(self.forced, ("rate",), 0.5, 1.0, 0.0, False, "forced")
 
 

@@ -144,13 +144,6 @@ class AbuseGuard:
         backend = self.guard.backend
         # Only a backend that waits for I/O is awaited (synced mode decides in-process).
         self.shared = backend.shared and not backend.decides_locally
-        # A Guard subclass that overrides precheck, check or acheck is called as before:
-        # precheck(info), then check(info) / acheck(info), each preparing the request.
-        guard_type = type(self.guard)
-        self.reuse_precheck = all(
-            getattr(guard_type, name) is getattr(Guard, name)
-            for name in ("precheck", "check", "acheck")
-        )
         self.legacy_headers = policy.legacy_headers
         self.websocket = WebSocketLimiter(self, policy.websocket) if policy.websocket else None
 
@@ -344,10 +337,7 @@ class _Responder:
             if mw.read_body and info.method in _BODY_METHODS:
                 # What needs no body first: a client over a limit cannot hold its decision
                 # open by trickling its body, and its refusal reads none of it.
-                if mw.reuse_precheck:
-                    refusal, read_without_body = guard.precheck_reading(info)
-                else:
-                    refusal = guard.precheck(info)
+                refusal, read_without_body = guard.precheck_reading(info)
                 if refusal is None:
                     try:
                         info.body = await self._peek_body(mw.max_body, mw.body_timeout)
@@ -355,10 +345,6 @@ class _Responder:
                         return  # nothing decided, nothing charged
             if refusal is not None:
                 decision = self.decision = refusal
-            elif read_without_body is None:
-                decision = self.decision = (
-                    await guard.acheck(info) if mw.shared else guard.check(info)
-                )
             elif mw.shared:
                 decision = self.decision = await guard.acheck(info, read_without_body)
             else:
