@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from abuseguard.account import AccountFacts, Accounts
 from abuseguard.backends import Backend, MemoryBackend
 from abuseguard.decision import Action, Decision, PolicyState
 from abuseguard.degrade import DegradeContext, DegradeOptions
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AbuseGuard",
+    "AccountFacts",
+    "Accounts",
     "Action",
     "Allow",
     "AnonymizerRule",

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from abuseguard.account import AccountFacts, AccountRules
 from abuseguard.backends.base import (
     UNKNOWN_LIMITS,
     Backend,
@@ -69,6 +70,7 @@ class Prepared:
     template_id: int
     elicitation: float
     has_content: bool
+    account: AccountFacts | None = None
 
 
 class Guard:
@@ -151,6 +153,18 @@ class Guard:
         self.observers: list[Observer] = list(observers)
         self.explain = explain
         self._key_hashes: dict[str, str] = {}
+        secret = policy.secret
+        self._account_rules = (
+            AccountRules(
+                policy.accounts,
+                self.ladder,
+                lambda raw: "k:" + hash_key(secret, raw),
+                L.F_LEVEL_CAP,
+                L.F_PRIOR,
+            )
+            if policy.accounts is not None
+            else None
+        )
         self.client_enricher = ClientEnricher(self.agents)
         self._client_of = self.client_enricher.client_of
         self._network_rows = (False, True, True, True, True)
@@ -292,6 +306,7 @@ class Guard:
             template_id,
             elicitation,
             has_content,
+            info.account,
         )
 
     def _content_of(self, info: RequestInfo) -> tuple[int, int, float, bool]:
@@ -354,6 +369,9 @@ class Guard:
         r_key = key_table.index.get(identity)
         if r_key is None:
             r_key = key_table.row(identity, p.ts)
+        rules = self._account_rules
+        if rules is not None and (p.account is not None or rules.trusted_identities):
+            rules.apply(key_table.data[r_key], identity, p.account)
         r_acc = -1
         if p.has_account:
             accounts = self._accounts

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from abuseguard.account import AccountFacts, as_facts
 from abuseguard.backends.base import Backend
 from abuseguard.config_check import check_callables
 from abuseguard.decision import Action, Decision
@@ -122,6 +123,7 @@ class AbuseGuard:
             or any(limits.routes for limits in policy.plans.values())
         )
         self.plan_func = policy.plan_func
+        self.account_facts = policy.accounts.facts if policy.accounts is not None else None
         self.cost_header = (
             bucket.cost_header.lower().encode() if bucket and bucket.cost_header else None
         )
@@ -207,6 +209,22 @@ class AbuseGuard:
         if inspect.isawaitable(plan):
             plan = await plan
         return plan if isinstance(plan, str) else None
+
+    async def account_of(self, scope: Scope) -> AccountFacts | None:
+        """The request's account facts from `Accounts.facts` (sync or async), which gets the
+        request as a Starlette ``HTTPConnection``. A hook that raises is logged and the
+        request goes on without facts: the app's lookup failing must not fail requests."""
+        from starlette.requests import HTTPConnection
+
+        assert self.account_facts is not None
+        try:
+            facts = self.account_facts(HTTPConnection(scope))
+            if inspect.isawaitable(facts):
+                facts = await facts
+        except Exception:
+            logger.exception("abuseguard: Accounts.facts raised; the request has no account facts")
+            return None
+        return as_facts(facts)
 
     def _client_ip(self, peer: str | None, headers: dict[str, str]) -> str | None:
         """client_ip behind trusted proxies, cached per (peer, proxy header): parsing every
@@ -333,6 +351,8 @@ class _Responder:
             info = self.info = mw.request_info(scope)
             if mw.plan_func is not None:
                 info.plan = await mw.plan_of(scope)
+            if mw.account_facts is not None:
+                info.account = await mw.account_of(scope)
             refusal = read_without_body = None
             if mw.read_body and info.method in _BODY_METHODS:
                 # What needs no body first: a client over a limit cannot hold its decision

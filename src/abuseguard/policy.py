@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Literal
 
+from abuseguard.account import Accounts
 from abuseguard.config_check import check_fields
 from abuseguard.decision import Action
 from abuseguard.degrade import DegradeOptions
@@ -906,6 +907,11 @@ class Policy:
     `Limits` for the clients of that plan; ``plan_func`` (sync or async) gets the request
     (a Starlette ``HTTPConnection``: headers, ``user``, ``state``) and returns its plan
     name; no plan or an unknown one gets no plan limits. Memory backend only for now.
+    ``accounts`` brings in what the host app knows about each account (`Accounts`: a hook
+    returning `AccountFacts`, allow-lists of keys, organisations and tags whose risk
+    actions are capped while their limits still apply, a prior for young unverified
+    accounts). Without a ``facts`` hook nothing is known about accounts and only
+    ``trusted_keys`` act; None turns it all off.
     """
 
     bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))
@@ -931,6 +937,7 @@ class Policy:
     routes: Mapping[str, Limits] = field(default_factory=dict)
     plans: Mapping[str, Limits] = field(default_factory=dict)
     plan_func: PlanFunc | None = None
+    accounts: Accounts | None = field(default_factory=Accounts)
 
     def __post_init__(self) -> None:
         if isinstance(self.quotas, Quota):
@@ -1020,3 +1027,6 @@ class Policy:
             raise ConfigError("Policy.plan_func", "must be callable")
         if self.plans and self.plan_func is None:
             raise ConfigError("Policy.plan_func", "Policy.plans needs a plan_func")
+        if self.accounts is not None and not isinstance(self.accounts, Accounts):
+            found = type(self.accounts).__name__
+            raise ConfigError("Policy.accounts", f"expected Accounts or None, got {found}")

@@ -561,6 +561,9 @@ def ladder_stage(key_row: np.ndarray, smoothed: float, ts: float, prm: np.ndarra
         level -= 1
     if not corroborated and level > prm[L.P_SERVING_LEVELS]:
         level = int(prm[L.P_SERVING_LEVELS])
+    cap = key_row[L.F_LEVEL_CAP]
+    if cap > 0.0 and level > cap - 1.0:
+        level = int(cap - 1.0)  # a trusted account (Policy.accounts): served, still scored
     coupling_score = smoothed if corroborated else 0.0
     key_row[L.F_COUPLING_SCORE] = coupling_score
     key_row[L.F_LEVEL] = level

@@ -122,6 +122,10 @@ MIXES: dict[str, Mix] = {
 }
 
 
+# Mixes whose traces carry the host app's account facts (the ``account`` field) by default.
+FACTS_MIXES = frozenset({"capable"})
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``"resi_pool.jitter=0.3"`` -> ("resi_pool", "jitter", 0.3), typed by the field."""
     target, sep, raw = text.partition("=")
