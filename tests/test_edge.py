@@ -67,7 +67,9 @@ def test_a_browser_user_agent_over_a_library_handshake_is_a_forgery() -> None:
 
 def test_the_bot_score_counts_against_browsers_only() -> None:
     edge = reader()
-    assert edge.mismatch({"x-bot-score": "2"}, ClientClass.BROWSER) == pytest.approx(2 * (1 - 1 / 98) - 1)
+    assert edge.mismatch({"x-bot-score": "2"}, ClientClass.BROWSER) == pytest.approx(
+        2 * (1 - 1 / 98) - 1
+    )
     assert edge.mismatch({"x-bot-score": "90"}, ClientClass.BROWSER) == 0.0
     assert edge.mismatch({"x-bot-score": "2"}, ClientClass.SDK) == 0.0
     high = reader(bot_score_range=(0.0, 1.0), bot_score_low_is_bot=False)
