@@ -15,6 +15,7 @@ from abuseguard.keyprobe import mark_invalid_key
 from abuseguard.policy import (
     AnonymizerRule,
     Concurrency,
+    EdgeSignals,
     Enforcement,
     FailMode,
     Limits,
@@ -49,6 +50,7 @@ __all__ = [
     "DegradeContext",
     "DegradeOptions",
     "Delay",
+    "EdgeSignals",
     "Enforcement",
     "Enforcer",
     "FailMode",

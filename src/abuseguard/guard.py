@@ -153,6 +153,7 @@ class Guard:
         self.observers: list[Observer] = list(observers)
         self.explain = explain
         self._key_hashes: dict[str, str] = {}
+        self._edge = policy.edge.reader() if policy.edge is not None else None
         secret = policy.secret
         self._account_rules = (
             AccountRules(
@@ -291,6 +292,9 @@ class Guard:
         mismatch = 0.0
         if self.scoring_on:
             ua_class, persona, mismatch = self._client_of(info.ua, info.headers)
+            edge = self._edge
+            if edge is not None:
+                mismatch = max(mismatch, edge.mismatch(info.headers, ua_class))
         simhash, template_id, elicitation, has_content = self._content_of(info)
         return Prepared(
             ts,

@@ -39,6 +39,7 @@ from abuseguard.identity import (
     CREDENTIAL_HEADERS,
     api_key_from_headers,
     client_ip,
+    peer_is_trusted,
     rightmost_list_items,
 )
 from abuseguard.intel.geo import GeoIntel
@@ -123,6 +124,8 @@ class AbuseGuard:
             or any(limits.routes for limits in policy.plans.values())
         )
         self.plan_func = policy.plan_func
+        self.edge_headers = policy.edge.reader().headers if policy.edge is not None else ()
+        self._trusted_peers: dict[str | None, bool] = {}
         self.account_facts = policy.accounts.facts if policy.accounts is not None else None
         self.cost_header = (
             bucket.cost_header.lower().encode() if bucket and bucket.cost_header else None
@@ -226,6 +229,15 @@ class AbuseGuard:
             return None
         return as_facts(facts)
 
+    def _peer_is_trusted(self, peer: str | None) -> bool:
+        """Whether the direct peer is one of `Policy.trusted_proxies` (cached per peer)."""
+        known = self._trusted_peers.get(peer)
+        if known is None:
+            if len(self._trusted_peers) >= 4096:
+                self._trusted_peers.clear()
+            known = self._trusted_peers[peer] = peer_is_trusted(peer, self.trusted)  # type: ignore[arg-type]
+        return known
+
     def _client_ip(self, peer: str | None, headers: dict[str, str]) -> str | None:
         """client_ip behind trusted proxies, cached per (peer, proxy header): parsing every
         hop with ``ipaddress`` costs microseconds, and the same chains repeat."""
@@ -259,6 +271,9 @@ class AbuseGuard:
         client = scope.get("client")
         peer = client[0] if client else None
         ip = self._client_ip(peer, headers) if self.trusted else peer
+        if self.edge_headers and not self._peer_is_trusted(peer):
+            for name in self.edge_headers:  # a client could send its own
+                headers.pop(name, None)
         info = RequestInfo(
             ip or "unknown",
             None,

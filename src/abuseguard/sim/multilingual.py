@@ -41,8 +41,14 @@ SUBJECTS = (
 # Concrete items per subject, language-neutral (numbers, formulas, names).
 _ITEMS: dict[str, tuple[str, ...]] = {
     "algebra": ("x^2 - {a}x + {b} = 0", "{a}x + {b} = {c}x - 7", "|x - {a}| < {b}"),
-    "geometry": ("a triangle with sides {a}, {b}, {c}", "a circle of radius {a} inscribed in a square"),
-    "probability": ("{a} dice rolled at once, sum above {c}", "{a} red and {b} blue balls, drawing 3"),
+    "geometry": (
+        "a triangle with sides {a}, {b}, {c}",
+        "a circle of radius {a} inscribed in a square",
+    ),
+    "probability": (
+        "{a} dice rolled at once, sum above {c}",
+        "{a} red and {b} blue balls, drawing 3",
+    ),
     "calculus": ("the integral of x^{a} e^x", "the limit of (1 + {a}/n)^n", "d/dx of sin(x^{a})"),
     "number theory": ("{a}^{b} mod {c}", "the gcd of {a}{b} and {c}{a}", "primes below {c}0"),
     "physics": ("a {a} kg block on a {b} degree incline", "a pendulum of length {a} m"),
