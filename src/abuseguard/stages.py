@@ -27,11 +27,11 @@ class GuardStages:
         self.policy = guard.policy
         self.rows = engine_rows(guard.engine)
         self.ladder = guard.ladder
-        self.shadow_kinds = guard._shadow_kinds
+        self.shadow_kinds = guard.decider.shadow_kinds
         self.clock = guard.clock
-        self.local_verdict = guard.risk_action
+        self.local_verdict = guard.decider.risk_action
         self.load_factor = guard._load_factor
-        self.buckets_shadowed = guard._bucket_shadow
+        self.buckets_shadowed = guard.decider.bucket_shadow
 
     def use_local_buckets(self) -> None:
         """The kernel's own buckets decide (synced mode): decisions report them."""

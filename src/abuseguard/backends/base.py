@@ -230,6 +230,15 @@ class LocalDecider(ABC):
         store; no I/O."""
 
 
+def kernel_buckets(backend: Backend) -> bool:
+    """Whether the engine's own token buckets decide ``backend``'s requests, and decisions
+    report them: a local backend (nothing else holds them) and a `LocalDecider` (Redis
+    synced mode) do; a `RoundTripDecider` alone answers the buckets in its round trip
+    (its fail mode may turn the kernel's on meanwhile, through `EngineRows`). Read by the
+    Guard once, at construction."""
+    return not backend.shared or isinstance(backend, LocalDecider)
+
+
 def require_capabilities(backend: Backend) -> None:
     """A ConfigError unless ``backend`` declares what the guard needs of it: a local one
     counts its limits (`LocalLimits`); a shared one decides by a round trip or locally."""
@@ -296,5 +305,6 @@ __all__ = [
     "Stages",
     "UnknownLimits",
     "backend_from_uri",
+    "kernel_buckets",
     "require_capabilities",
 ]
