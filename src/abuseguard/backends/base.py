@@ -108,7 +108,6 @@ class Stages(Protocol):
 
     def load_factor(self) -> float: ...
     def buckets_shadowed(self, denied: int) -> bool: ...
-    def use_local_buckets(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -219,7 +218,8 @@ class RoundTripDecider(ABC):
 
 
 class LocalDecider(ABC):
-    """Capability of a shared backend that decides from local state (no waiting)."""
+    """Capability of a shared backend that decides from local state (no waiting): the
+    kernel's own buckets decide, and decisions report them (`kernel_buckets`)."""
 
     @abstractmethod
     def note_decision(
