@@ -34,7 +34,7 @@ from abuseguard.enforce import (
 )
 from abuseguard.errors import ConfigError
 from abuseguard.guard import Guard, Observer
-from abuseguard.headers import rate_limit_headers
+from abuseguard.headers import rate_limit_header_items
 from abuseguard.identity import (
     CREDENTIAL_HEADERS,
     api_key_from_headers,
@@ -415,15 +415,17 @@ class _Responder:
         if decision is None or self.info is None:
             return
         cost = self.real_cost
-        if cost is None:
-            state = self.scope.get("state")
-            if isinstance(state, dict) and COST_STATE_KEY in state:
+        invalid_key = False
+        state = self.scope.get("state")
+        # The state holds the decision (set in `run`); a cost or an invalid key is
+        # something more the app set.
+        if isinstance(state, dict) and (len(state) > 1 or DECISION_STATE_KEY not in state):
+            if cost is None and COST_STATE_KEY in state:
                 try:
                     cost = float(state[COST_STATE_KEY])
                 except (TypeError, ValueError):
                     logger.warning("scope['state'][%r] is not a number", COST_STATE_KEY)
-        state = self.scope.get("state")
-        invalid_key = isinstance(state, dict) and state.get(INVALID_KEY_STATE_KEY) is True
+            invalid_key = state.get(INVALID_KEY_STATE_KEY) is True
         try:
             guard.complete(
                 self.info,
@@ -453,7 +455,7 @@ class _Responder:
             # Refusals were answered by an enforcer that already sent these headers. The
             # app's message and header list may be reused (a module-level message): copies.
             if decision.served:
-                extra = rate_limit_headers(decision, legacy=mw.legacy_headers)
+                extra = rate_limit_header_items(decision, legacy=mw.legacy_headers)
                 if extra:
                     message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
         elif (
