@@ -152,18 +152,6 @@ class Guard:
         self.observers: list[Observer] = list(observers)
         self._key_hashes: dict[str, str] = {}
         self._edge = policy.edge.reader() if policy.edge is not None else None
-        secret = policy.secret
-        self._account_rules = (
-            AccountRules(
-                policy.accounts,
-                self.ladder,
-                lambda raw: "k:" + hash_key(secret, raw),
-                L.F_LEVEL_CAP,
-                L.F_PRIOR,
-            )
-            if policy.accounts is not None
-            else None
-        )
         self.client_enricher = ClientEnricher(self.agents)
         self._client_of = self.client_enricher.client_of
         self._network_rows = (False, True, True, True, True)
@@ -198,6 +186,18 @@ class Guard:
             policy, self.engine, self.backend, local_buckets=self.local_buckets, explain=explain
         )
         self.ladder = self.decider.ladder
+        secret = policy.secret
+        self._account_rules = (
+            AccountRules(
+                policy.accounts,
+                self.ladder,
+                lambda raw: "k:" + hash_key(secret, raw),
+                L.F_LEVEL_CAP,
+                L.F_PRIOR,
+            )
+            if policy.accounts is not None
+            else None
+        )
         self._io = self.decider.io  # the kernel's io vector, read as Python floats
         self._conclude = self.decider.conclude
         self.settlement = Settlement(
