@@ -391,24 +391,25 @@ class Guard:
             geo = profile.geo_signal
             distrust = profile.distrust
             nat = 1.0 if profile.nat_eligible else 0.0
+        h_key = hash(identity)
         r_key, r_ip, r_pfx, r_asn, r_per, r_acc, full = self._claim_rows(
-            self._index_vector, want, hash(identity), h_ip, h_prefix, h_asn, h_persona
+            self._index_vector, want, h_key, h_ip, h_prefix, h_asn, h_persona
         )
         if full:
-            # A table is full: the new identity takes an evicted row (in Python).
+            # A table is full and the identity new there: it takes an evicted row (Python).
             key_table, ip_table, prefix_table, asn_table, persona_table = self._tables
             if r_key == _FULL:
-                r_key = key_table.row(identity, p.ts)
+                r_key = key_table.evict_for(h_key, p.ts)
             if r_acc == _FULL:
-                r_acc = self._accounts.row(identity)
+                r_acc = self._accounts.evict_for(h_key, p.ts)
             if r_ip == _FULL:
-                r_ip = ip_table.row(p.address.ip_key)
+                r_ip = ip_table.evict_for(h_ip, p.ts)
             if r_pfx == _FULL:
-                r_pfx = prefix_table.row(p.address.prefix_key)
+                r_pfx = prefix_table.evict_for(h_prefix, p.ts)
             if r_asn == _FULL:
-                r_asn = asn_table.row(profile.asn_key)  # type: ignore[union-attr]
+                r_asn = asn_table.evict_for(h_asn, p.ts)
             if r_per == _FULL:
-                r_per = persona_table.row(p.persona)
+                r_per = persona_table.evict_for(h_persona, p.ts)
         return self._decide_with(  # type: ignore[no-any-return]
             self._state,
             r_key,
