@@ -20,7 +20,7 @@ backend (`backends.redis.unverified`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from abuseguard.decision import PolicyState
@@ -47,11 +47,12 @@ def mark_invalid_key(scope_or_request: Any) -> None:
 
 @dataclass(slots=True)
 class _Budget:
-    """One address's (or prefix's) unverified-key tokens and the keys accepted behind it."""
+    """One address's (or prefix's) unverified-key tokens and the keys accepted behind it
+    (a tuple: at most the few keys the growth cap needs, and far smaller than a set)."""
 
     tokens: float
     updated: float
-    accepted: set[str] = field(default_factory=set)
+    accepted: tuple[str, ...] = ()
 
 
 class _Ceiling:
@@ -130,7 +131,8 @@ class _Ceiling:
         arriving together behind one NAT do not run it dry)."""
         accepted = budget.accepted
         if len(accepted) < self.growth_keys:
-            accepted.add(identity)
+            if identity not in accepted:
+                budget.accepted = (*accepted, identity)
             budget.tokens = min(self.capacity * self.scale(budget), budget.tokens + 1.0)
 
 
@@ -267,7 +269,8 @@ class UnverifiedKeyLimiter:
             return
         for level, is_prefix in self.levels:
             budget = level.budget(address.prefix_key if is_prefix else address.ip_key, now)
-            budget.accepted.discard(identity)
+            if identity in budget.accepted:
+                budget.accepted = tuple(key for key in budget.accepted if key != identity)
             level.charge(budget, tokens)
 
     def stats(self) -> dict[str, int]:
