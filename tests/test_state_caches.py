@@ -49,18 +49,23 @@ def test_a_normalized_ipv4_address_is_kept_once() -> None:
 
 
 def test_tracked_api_key_clients_leave_no_python_objects_in_the_engine() -> None:
-    """5,000 API-key clients, each on its own address: the engine's tables hold them in
-    arrays; what the garbage collector tracks grows only by the bounded caches' entries
-    (address book, network profiles by address), not by anything per table."""
-    guard = Guard(Policy(max_identities=10_000, unverified_keys=None))
+    """5,000 API-key clients, each on its own address, each key accepted by the app: the
+    engine's tables hold them in arrays and the unverified-key budgets in slots; what the
+    garbage collector tracks grows only by the address book's entries (one
+    `ClientAddress` per address), not by anything per table row, profile or budget."""
+    guard = Guard(Policy(max_identities=10_000))
+
+    def serve(info: RequestInfo) -> None:
+        guard.complete(info, guard.check(info), status=200)
+
     for i in range(100):  # the caches' own first entries, the decision types, ...
-        guard.check(RequestInfo(ip=f"192.0.2.{i}", key=f"warm-{i}", ts=1.0 + i))
+        serve(RequestInfo(ip=f"192.0.2.{i}", key=f"warm-{i}", ts=1.0 + i))
     guard.addresses._cache.clear()
     gc.collect()
     before = len(gc.get_objects())
     n = 5_000
     for i in range(n):
-        guard.check(
+        serve(
             RequestInfo(
                 ip=f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}", key=f"k{i}", ts=200.0 + i
             )
@@ -68,10 +73,8 @@ def test_tracked_api_key_clients_leave_no_python_objects_in_the_engine() -> None
     gc.collect()
     grown = len(gc.get_objects()) - before
     assert len(guard.engine.tables[0]) == n + 100 and len(guard.engine.accounts) == n + 100
-    # One ClientAddress per new address (the address book's cache); no profile per address
-    # (the default policy has no database), no tracked object per table row.
+    assert guard.unverified_keys is not None
+    assert guard.unverified_keys.stats()["accepted_keys"] == n + 100
     assert grown <= n * 1.05, grown
-    assert (
-        guard.engine.tables[0].find(guard.identity_of(RequestInfo(ip="10.0.0.42", key="k42"))[0])
-        is not None
-    )
+    info = RequestInfo(ip="10.0.0.42", key="k42")
+    assert guard.engine.tables[0].find(guard.identity_of(info)[0]) is not None
