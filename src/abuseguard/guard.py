@@ -32,6 +32,7 @@ from abuseguard.backends.memory import MemoryBackend
 from abuseguard.config_check import check_callables
 from abuseguard.decide import Decider
 from abuseguard.decision import Action, Decision
+from abuseguard.engine import hashindex
 from abuseguard.engine import layout as L
 from abuseguard.engine.engine import Engine
 from abuseguard.errors import ConfigError
@@ -143,6 +144,8 @@ class Guard:
         # Python floats from the key table without numpy's scalar objects.
         self._key_rows = memoryview(self.engine.tables[L.KIND_KEY].data)  # type: ignore[arg-type]
         self._accounts = self.engine.accounts
+        self._index_vector = self.engine.index_vector
+        self._claim_rows = self.engine.claim_rows
         self._state = self.engine.state
         self._decide_with = self.engine.decide_with
         # load_target <= 0 means off: no in-flight count is ever above infinity.
@@ -154,13 +157,13 @@ class Guard:
         self._edge = policy.edge.reader() if policy.edge is not None else None
         self.client_enricher = ClientEnricher(self.agents)
         self._client_of = self.client_enricher.client_of
-        self._network_rows = (False, True, True, True, True)
-        self._anonymous_network_rows = (
-            False,
-            bool(network and network.per_ip),
-            bool(network and network.per_prefix),
-            bool(network and network.per_asn),
-            False,
+        # The network tables (bits of `hashindex.claim_rows`'s ``want``) a request with an
+        # account gets rows in, and an anonymous one (only those whose bucket it must pass).
+        self._network_want = _WANT_NETWORK | _WANT_ASN | _WANT_PERSONA
+        self._anonymous_network_want = (
+            (1 << L.KIND_IP if network and network.per_ip else 0)
+            | (1 << L.KIND_PREFIX if network and network.per_prefix else 0)
+            | (_WANT_ASN if network and network.per_asn else 0)
         )
         self.inflight = 0
         bucket = policy.bucket
@@ -354,6 +357,7 @@ class Guard:
             template_id,
             elicitation,
             has_content,
+            info.account,
         )
 
     def run_engine(self, p: Prepared) -> Any:
@@ -379,24 +383,14 @@ class Guard:
         """Find the rows and call the kernel once; True for a plain allow (see
         `kernels.decide_with`), the io vector holds the outputs."""
         # (Layout constants are read as locals here: an ``L.X`` lookup costs ~40 ns.)
-        key_table, ip_table, prefix_table, asn_table, persona_table = self._tables
         identity = p.identity
-        r_key = key_table.index.get(identity)
-        if r_key is None:
-            r_key = key_table.row(identity, p.ts)
-        rules = self._account_rules
-        if rules is not None and (p.account is not None or rules.trusted_identities):
-            rules.apply(key_table.data[r_key], identity, p.account)
-        r_acc = -1
-        if p.has_account:
-            accounts = self._accounts
-            r_acc = accounts.index.get(identity, -1)
-            if r_acc < 0:
-                r_acc = accounts.row(identity)
         inflight = self.inflight
         load = 1.0 if inflight <= self._load_target else self._load_factor()
         profile = p.profile
-        r_ip = r_pfx = r_asn = r_per = -1
+        # Which tables the request has a row in (bit kind; bit 5 the account table), and
+        # the hash of its identity in each (`engine.hashindex`).
+        want = _WANT_ACCOUNT if p.has_account else 0
+        h_ip = h_prefix = h_asn = h_persona = 0
         if profile is None or profile.allowed:
             # No network policy, or allow-listed: no network rows; an allow-listed request
             # passes its buckets but is not scored.
@@ -408,34 +402,48 @@ class Guard:
             # client has no account to count, so it only gets the rows whose bucket it must
             # pass: an IPv6 flood then costs one narrow key row per address and no more.
             scored = True
-            _, want_ip, want_prefix, want_asn, want_persona = (
-                self._network_rows if p.has_account else self._anonymous_network_rows
-            )
             address = p.address
             if address.version:
-                if want_ip:
-                    r_ip = ip_table.index.get(address.ip_key, -1)
-                    if r_ip < 0:
-                        r_ip = ip_table.row(address.ip_key)
-                if want_prefix:
-                    r_pfx = prefix_table.index.get(address.prefix_key, -1)
-                    if r_pfx < 0:
-                        r_pfx = prefix_table.row(address.prefix_key)
+                h_ip = hash(address.ip_key)
+                h_prefix = hash(address.prefix_key)
             asn_key = profile.asn_key
-            if asn_key is not None and want_asn:
-                r_asn = asn_table.index.get(asn_key, -1)
-                if r_asn < 0:
-                    r_asn = asn_table.row(asn_key)
+            if asn_key is not None:
+                h_asn = hash(asn_key)
             persona = p.persona
-            if persona and want_persona:
-                r_per = persona_table.index.get(persona, -1)
-                if r_per < 0:
-                    r_per = persona_table.row(persona)
+            if persona:
+                h_persona = hash(persona)
+            want |= (
+                (_WANT_NETWORK if address.version else 0)
+                | (_WANT_ASN if asn_key is not None else 0)
+                | (_WANT_PERSONA if persona else 0)
+            ) & (self._network_want if p.has_account else self._anonymous_network_want)
             country = profile.country_code
             anon = profile.anon_signal
             geo = profile.geo_signal
             distrust = profile.distrust
             nat = 1.0 if profile.nat_eligible else 0.0
+        h_key = hash(identity)
+        r_key, r_ip, r_pfx, r_asn, r_per, r_acc, full = self._claim_rows(
+            self._index_vector, want, h_key, h_ip, h_prefix, h_asn, h_persona
+        )
+        if full:
+            # A table is full and the identity new there: it takes an evicted row (Python).
+            key_table, ip_table, prefix_table, asn_table, persona_table = self._tables
+            if r_key == _FULL:
+                r_key = key_table.evict_for(h_key, p.ts)
+            if r_acc == _FULL:
+                r_acc = self._accounts.evict_for(h_key, p.ts)
+            if r_ip == _FULL:
+                r_ip = ip_table.evict_for(h_ip, p.ts)
+            if r_pfx == _FULL:
+                r_pfx = prefix_table.evict_for(h_prefix, p.ts)
+            if r_asn == _FULL:
+                r_asn = asn_table.evict_for(h_asn, p.ts)
+            if r_per == _FULL:
+                r_per = persona_table.evict_for(h_persona, p.ts)
+        rules = self._account_rules
+        if rules is not None and (p.account is not None or rules.trusted_identities):
+            rules.apply(self._tables[0].data[r_key], identity, p.account)
         return self._decide_with(  # type: ignore[no-any-return]
             self._state,
             r_key,
@@ -727,6 +735,12 @@ class Guard:
 
 
 _UNKNOWN_CLASS = int(ClientClass.UNKNOWN)
+_FULL = hashindex.FULL
+# Bits of `hashindex.claim_rows`'s ``want``: a table by kind, the account table at 5.
+_WANT_NETWORK = (1 << L.KIND_IP) | (1 << L.KIND_PREFIX)
+_WANT_ASN = 1 << L.KIND_ASN
+_WANT_PERSONA = 1 << L.KIND_PERSONA
+_WANT_ACCOUNT = 1 << L.KIND_ACCOUNT
 _NO_CONTENT = (0, 0, 0.0, False)
 
 _background: set[Any] = set()

@@ -91,6 +91,8 @@ class AddressBook:
         private = special_network(version, value) is not None
         if version == 4:
             ip = socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+            if ip == text:
+                ip = text  # the cache's key already holds this string: keep one copy
             return ClientAddress(
                 ip, ip, network_text(4, value, self.ipv4_network_prefix), 4, private
             )

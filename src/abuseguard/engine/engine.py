@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from abuseguard.engine import kernels
+from abuseguard.engine import hashindex, kernels
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import build_params
 from abuseguard.engine.table import KeyTable, StateTable
@@ -25,6 +25,7 @@ class Engine:
 
     def __init__(self, policy: Policy, *, local_buckets: bool = True) -> None:
         kernels.warm_up()
+        hashindex.warm_up()
         capacity = policy.max_identities
         small = max(16, min(capacity, 65536))
         # Key, IP, prefix, ASN and persona tables, then the account table: only accounts
@@ -33,23 +34,40 @@ class Engine:
         rows = (capacity, capacity, max(16, capacity // 2), small, small, capacity)
         self.state = kernels.new_state(rows)
         state = self.state
+        # Identity -> row indexes of the six tables, in kind order then the accounts': one
+        # int64 vector, so `hashindex.claim_rows` finds a request's rows in one call.
+        self.index_vector = hashindex.new_index_vector(rows)
+        index = self.index_vector
         # Key rows pushed out while banned or refused are held (see `table.KeyTable`).
         self.key_table = KeyTable(
             capacity,
             L.KEY_WIDTH,
             held_capacity=held_capacity(capacity),
             data=kernels.region(state, L.KIND_KEY, L.KEY_WIDTH),
+            index_vector=index,
+            index_base=int(index[L.KIND_KEY]),
         )
         self.tables: tuple[StateTable, ...] = (
             self.key_table,
             *(
-                StateTable(rows[kind], L.NET_WIDTH, data=kernels.region(state, kind, L.NET_WIDTH))
+                StateTable(
+                    rows[kind],
+                    L.NET_WIDTH,
+                    data=kernels.region(state, kind, L.NET_WIDTH),
+                    index_vector=index,
+                    index_base=int(index[kind]),
+                )
                 for kind in range(1, L.N_KINDS)
             ),
         )
         self.accounts = StateTable(
-            capacity, L.ACC_WIDTH, data=kernels.region(state, L.REGION_ACC, L.ACC_WIDTH)
+            capacity,
+            L.ACC_WIDTH,
+            data=kernels.region(state, L.REGION_ACC, L.ACC_WIDTH),
+            index_vector=index,
+            index_base=int(index[L.KIND_ACCOUNT]),
         )
+        self.claim_rows = _compiled_entry(hashindex.claim_rows)
         self.cms = kernels.region(state, L.REGION_CMS, L.CMS_WIDTH)
         self.io = kernels.vector(state, L.REGION_IO, L.IO_SIZE)
         # The rows the last decide() worked on (int64 words of the state vector).
@@ -112,7 +130,11 @@ class Engine:
 
     @property
     def nbytes(self) -> int:
-        return int(self.state.nbytes) + int(self.key_table.held.data.nbytes)
+        return (
+            int(self.state.nbytes)
+            + int(self.index_vector.nbytes)
+            + int(self.key_table.held.data.nbytes)
+        )
 
 
 def held_capacity(max_identities: int) -> int:
@@ -121,18 +143,5 @@ def held_capacity(max_identities: int) -> int:
     return max(64, max_identities // 8)
 
 
-def _compiled_entry(dispatcher: Any) -> Any:
-    """The compiled function behind a Numba dispatcher that warm_up() compiled once.
-
-    Calling it skips the dispatcher's per-call type resolution (about 0.3 us for the
-    kernel's arguments); its wrapper still converts each argument, so a Python int or
-    float is all it takes. Any other state of the dispatcher (no or several compiled
-    signatures) falls back to calling the dispatcher itself.
-    """
-    signatures = getattr(dispatcher, "signatures", [])
-    overloads = getattr(dispatcher, "overloads", {})
-    if len(signatures) == 1 and signatures[0] in overloads:
-        entry = getattr(overloads[signatures[0]], "entry_point", None)
-        if callable(entry):
-            return entry
-    return dispatcher
+# The compiled entry of a Numba dispatcher (kept here: other modules cite this name).
+_compiled_entry = hashindex.compiled_entry
