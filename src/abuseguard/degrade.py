@@ -697,8 +697,8 @@ async def serve_degraded(
     if chosen is None or endpoint is None:
         await app(scope, receive, send)
         return
-    context = DegradeContext(decision, path, endpoint, shadow=not apply)
     if chosen.rewrites and scope.get("method") in _BODY_METHODS:
+        context = DegradeContext(decision, path, endpoint, shadow=not apply)
         receive = await _rewritten_receive(scope, receive, chosen, context, apply)
     if not chosen.withhold_reasoning:
         try:
@@ -792,11 +792,24 @@ class _FilteringSend:
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
-        if kind == "http.response.start":
-            await self._start(message)
-        elif kind == "http.response.body" and self.mode == "sse":
-            await self._stream_body(message)
-        elif kind == "http.response.body" and self.mode == "json":
+        if kind != "http.response.body":
+            if kind == "http.response.start":
+                await self._start(message)
+            else:
+                await self.send(message)
+        elif self.mode == "sse":  # the stream body, inline: called once per event
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            stream = self.stream
+            out = stream.feed(chunk) if chunk else b""
+            if not more:
+                out += stream.close()
+            self.withheld = stream.withheld
+            if not self.apply or out is chunk:  # shadow, or the chunk passes as it came
+                await self.send(message)
+            elif out or not more:  # a chunk without a complete event sends nothing yet
+                await self.send({"type": "http.response.body", "body": out, "more_body": more})
+        elif self.mode == "json":
             await self._json_body(message)
         else:
             await self.send(message)
@@ -819,18 +832,6 @@ class _FilteringSend:
                 self.held_start = message  # its Content-Length waits for the filtered body
                 return
         await self.send(message)
-
-    async def _stream_body(self, message: Message) -> None:
-        chunk = message.get("body", b"")
-        more = message.get("more_body", False)
-        out = self.stream.feed(chunk) if chunk else b""
-        if not more:
-            out += self.stream.close()
-        self.withheld = self.stream.withheld
-        if not self.apply:
-            await self.send(message)
-        elif out or not more:  # a chunk without a complete event sends nothing yet
-            await self.send({"type": "http.response.body", "body": out, "more_body": more})
 
     async def _json_body(self, message: Message) -> None:
         chunk = message.get("body", b"")
