@@ -188,6 +188,7 @@ def budgets(results: dict[str, Any]) -> list[Budget]:
             why_missing=replay.get("skipped") or default_replay.get("error") or why,
         )
     )
+    out += _degrade_budgets(results)
     cold = nested_get(results, "decision", "cold_start", "default", "warm_cache")
     if cold:
         first_ms = cold["first_decision_s"] * 1000
@@ -200,3 +201,47 @@ def budgets(results: dict[str, Any]) -> list[Budget]:
             )
         )
     return out
+
+
+def _degrade_budgets(results: dict[str, Any]) -> list[Budget]:
+    """Issue 20: rewriting adds <= 5 µs to a degraded request of a few hundred bytes;
+    filtering a stream adds <= 2 µs per event (CPU time, bench_degrade.py)."""
+    degrade = results.get("degrade")
+    if degrade is None:
+        return []
+    why = degrade.get("error") or "no result"
+    size = degrade.get("body_bytes")
+    return [
+        _upper(
+            f"Degrade: request rewrite ({size or '?'}-byte chat body, parse + rewrite + encode)",
+            degrade.get("rewrite_us"),
+            5.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+        _upper(
+            "Degrade: stream filter per event, chat content (send wrapper, Degrade - Allow)",
+            degrade.get("exchange_stream_per_event_us"),
+            2.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+        _upper(
+            "Degrade: stream filter per event, chat reasoning chunk (parsed, withheld)",
+            degrade.get("filter_reasoning_us"),
+            2.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+        _upper(
+            "Degrade: stream filter per event, Responses delta renumbered after a withheld item",
+            degrade.get("filter_responses_renumbered_us"),
+            2.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+    ]

@@ -293,11 +293,50 @@ def _section_scale(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+_DEGRADE_ROWS = {
+    "yardstick_stdlib_roundtrip_us": "yardstick: stdlib `json.dumps(json.loads(body))`",
+    "rewrite_us": "request rewrite (`rewrite_request`)",
+    "exchange_json_us": "one exchange with a JSON reply, Degrade - Allow (read, rewrite, filter)",
+    "yardstick_stdlib_parse_chunk_us": "yardstick: stdlib `json.loads` of one chat chunk",
+    "filter_content_us": "stream filter, chat content chunk (`StreamFilter.feed`)",
+    "filter_reasoning_us": "stream filter, chat reasoning chunk (parsed, withheld)",
+    "filter_responses_renumbered_us": "stream filter, Responses delta renumbered",
+    "exchange_stream_per_event_us": "chat stream through the send wrapper, Degrade - Allow",
+}
+
+
+def _section_degrade(results: dict[str, Any]) -> list[str]:
+    if "degrade" not in results:
+        return []
+    deg = results.get("degrade") or {}
+    lines = ["## 5. Degrade cost (issue 20)", ""]
+    if "error" in deg:
+        return [*lines, f"Failed: {deg['error']}", "```", *deg.get("output_tail", []), "```", ""]
+    lines += [
+        f"`benchmarks/bench_degrade.py`: CPU time of the process (not wall time), median of "
+        f"repeats with their min-max. Request body {deg.get('body_bytes')} B, JSON reply "
+        f"{deg.get('reply_bytes')} B, chat chunk {deg.get('chat_chunk_bytes')} B, Responses "
+        f"delta {deg.get('responses_delta_bytes')} B; the stream exchange sends "
+        f"{deg.get('stream_events_per_exchange')} events, one per ASGI message. Requests that "
+        "are not degraded never reach this code (their enforcer is another one).",
+        "",
+        "| figure | µs | repeats min-max |",
+        "|---|---:|---|",
+    ]
+    spreads = deg.get("spreads_us") or {}
+    for key, label in _DEGRADE_ROWS.items():
+        spread = spreads.get(key)
+        spread_text = f"{spread[0]:.2f}-{spread[1]:.2f}" if spread else ""
+        lines.append(f"| {label} | {_f(deg.get(key), '{:.2f}')} | {spread_text} |")
+    lines.append("")
+    return lines
+
+
 def _section_extra(results: dict[str, Any]) -> list[str]:
     if "extra" not in results:
         return []
     extra = results.get("extra") or {}
-    lines = ["## 5. Other benchmarks (output kept as printed)", ""]
+    lines = ["## 6. Other benchmarks (output kept as printed)", ""]
     for script, entry in extra.items():
         if entry.get("missing"):
             lines += [f"`benchmarks/{script}`: not present in this checkout.", ""]
@@ -361,5 +400,6 @@ def write_report(results: dict[str, Any], plots: list[str], path: Path) -> None:
     lines += _section_asgi(results)
     lines += _section_http(results)
     lines += _section_scale(results)
+    lines += _section_degrade(results)
     lines += _section_extra(results)
     path.write_text("\n".join(lines).rstrip() + "\n")
