@@ -188,6 +188,7 @@ def budgets(results: dict[str, Any]) -> list[Budget]:
             why_missing=replay.get("skipped") or default_replay.get("error") or why,
         )
     )
+    out += _fast_path_budgets(results)
     out += _degrade_budgets(results)
     cold = nested_get(results, "decision", "cold_start", "default", "warm_cache")
     if cold:
@@ -245,3 +246,59 @@ def _degrade_budgets(results: dict[str, Any]) -> list[Budget]:
             why_missing=why,
         ),
     ]
+
+
+def _api_key_bytes(scale: dict[str, Any]) -> tuple[str, float] | None:
+    """bench_scale.py's memory per API-key client, wherever it reports it: the first
+    ``*bytes_per*`` figure whose name mentions a key."""
+    parts = [("", scale)] + [(f"{k}.", v) for k, v in scale.items() if isinstance(v, dict)]
+    for prefix, part in parts:
+        for name, value in part.items():
+            if "bytes_per" in name and "key" in name and isinstance(value, int | float):
+                return prefix + name, float(value)
+    return None
+
+
+def _fast_path_budgets(results: dict[str, Any]) -> list[Budget]:
+    """Issue 17's targets, each from >= 10,000 clients with their own keys and addresses."""
+    out: list[Budget] = []
+    asgi = results.get("asgi")
+    if asgi is not None:
+        why = asgi.get("error") or "stack unavailable"
+        for key, method, limit in (("stacks", "GET", 8.0), ("stacks_post", "POST", 14.0)):
+            out.append(
+                _upper(
+                    f"Issue 17: ASGI overhead, {method}, 10,000 keys each on its own address, p50",
+                    nested_get(asgi, key, "abuseguard-memory", "overhead", "p50_us"),
+                    limit,
+                    "µs",
+                    why_missing=why,
+                )
+            )
+    http = results.get("http")
+    if http is not None:
+        why = http.get("error") or http.get("skipped") or "no result"
+        for key, method in (("stacks", "GET"), ("stacks_post", "POST")):
+            out.append(
+                _ratio(
+                    f"Issue 17: HTTP throughput, {method}, abuseguard memory (10,000 clients)",
+                    nested_get(http, key, "abuseguard-memory-proxied", "ratio_to_bare", "median"),
+                    0.75,
+                    why_missing=why,
+                )
+            )
+    scale = results.get("scale")
+    if scale is not None:
+        found = _api_key_bytes(scale)
+        out.append(
+            _upper(
+                "Issue 17: memory per API-key client (own key, own address)"
+                + (f" [{found[0]}]" if found else ""),
+                found[1] if found else None,
+                400.0,
+                "B",
+                "{:.0f}",
+                why_missing=scale.get("error") or "bench_scale.py reports no API-key figure",
+            )
+        )
+    return out

@@ -6,8 +6,10 @@ Each part runs in its own process (so one part's memory, caches and compiled ker
 colour another's) and hands its figures back as JSON:
 
 - decision: bench_decision.py (in-process latency by stage, the kernel, cold start)
-- asgi:     bench_asgi.py (ASGI overhead without HTTP, against slowapi and fastapi-limiter)
-- http:     bench_http.py (uvicorn + wrk throughput, ratios to the bare app)
+- asgi:     bench_asgi.py (ASGI overhead without HTTP, GET and POST, against slowapi,
+            fastapi-limiter and hand-written middlewares over limits and throttled-py)
+- http:     bench_http.py (uvicorn + wrk: server CPU µs per request, throughput, ratios to
+            the bare app; GET and POST; server and wrk on separate cores)
 - scale:    bench_scale.py (memory per identity, RSS at 1M, IPv6 flood, replay speed)
 - degrade:  bench_degrade.py (the degrade action's request rewrite and stream filter, issue 20)
 - extra:    bench_redis.py and bench_content.py, when present, their output kept verbatim
