@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     rounds = 2 if quick else 5
     seconds = 2 if quick else 5
-    warmup = 2 if quick else 4  # every client seen (about) once before measuring
+    warmup = 2 if quick else 4  # seconds per stack and method before the measured rounds
     pinning = (
         f"servers pinned to core {min(SERVER_CORE)}, wrk to core {min(WRK_CORE)}"
         if SERVER_CORE is not None and WRK_CORE is not None
