@@ -443,3 +443,25 @@ def test_events_that_mention_reasoning_but_carry_none_pass_byte_for_byte() -> No
     stream = usage + word + b"data: [DONE]\n\n"
     for cuts in ([], [len(usage)], [3, len(usage) + 5]):
         assert _filtered(stream, cuts) == (stream, 0)
+
+
+CHAT_STREAM = b"".join([
+    _event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+    _event({"choices": [{"index": 0, "delta": {"reasoning_content": "plan"}}]}),
+    _event({"choices": [{"index": 0, "delta": {"content": "one"}}]}),
+    _event({"choices": [{"index": 0, "delta": {"content": "two", "reasoning": "why"}}]}),
+    _event({"choices": [{"index": 0, "delta": {"content": "thinking of three"}}]}),
+    _event({"choices": [], "usage": {"completion_tokens_details": {"reasoning_tokens": 3}}}),
+    b"data: [DONE]\n\n",
+])  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(CHAT_STREAM)), max_size=12))
+def test_chat_stream_filter_does_not_depend_on_chunking(cuts: list[int]) -> None:
+    whole = _filtered(CHAT_STREAM, [])
+    assert _filtered(CHAT_STREAM, cuts) == whole
+    out = whole[0]
+    assert b"plan" not in out and b"why" not in out
+    assert b'"thinking of three"' in out and b'"reasoning_tokens": 3' in out
+    assert whole[1] == len(CHAT_STREAM) - len(out)
