@@ -101,20 +101,28 @@ def _section_decision(results: dict[str, Any]) -> list[str]:
 
 def _asgi_rows(entries: dict[str, Any], unavailable: dict[str, str]) -> list[str]:
     lines = [
-        "| stack | p50 µs | p99 µs | + p50 µs | + p99 µs | round spread µs | statuses | "
-        "decisions | self-check |",
-        "|---|---:|---:|---:|---:|---|---|---|---|",
+        "| stack | CPU µs / request | + CPU µs (rounds) | p50 µs | p99 µs | + p50 µs | + p99 µs "
+        "| round spread µs | statuses | decisions | self-check |",
+        "|---|---:|---|---:|---:|---:|---:|---|---|---|---|",
     ]
     for name, e in entries.items():
         over = e.get("overhead") or {}
         spread = f"{over['round_p50_min_us']:.1f} to {over['round_p50_max_us']:.1f}" if over else ""
+        cpu = nested_get(e, "cpu_us_per_request", "median")
+        cpu_over = e.get("cpu_overhead_us") or {}
+        cpu_over_text = (
+            f"{cpu_over['median']:+.1f} ({cpu_over['min']:+.1f} to {cpu_over['max']:+.1f})"
+            if cpu_over
+            else ""
+        )
         lines.append(
-            f"| {name} | {e['latency']['p50_us']:.1f} | {e['latency']['p99_us']:.1f} | "
+            f"| {name} | {_f(cpu)} | {cpu_over_text} | "
+            f"{e['latency']['p50_us']:.1f} | {e['latency']['p99_us']:.1f} | "
             f"{_f(over.get('p50_us'))} | {_f(over.get('p99_us'))} | {spread} | "
             f"{e.get('statuses')} | {e.get('decisions')} | {e.get('self_check') or '—'} |"
         )
     for name, reason in unavailable.items():
-        lines.append(f"| {name} | not run: {reason} | | | | | | | |")
+        lines.append(f"| {name} | not run: {reason} | | | | | | | | | |")
     return [*lines, ""]
 
 
@@ -138,6 +146,9 @@ def _section_asgi(results: dict[str, Any]) -> list[str]:
         )
         + ", every client seen once before measuring. "
         f"Intel: {asgi.get('intel')}. "
+        "CPU µs / request = the event loop thread's CPU time over a round / its requests "
+        "(waiting, for Redis or for a core, is not in it; redis-server's work is not either); "
+        "+ CPU µs = its excess over the baseline's, median and range over rounds. "
         "Overhead = the stack's percentile minus its baseline's (bare Starlette; bare FastAPI "
         "for fastapi-limiter); spread = min and max of the per-round p50 differences. "
         "Self-check: with tiny limits the second request from one client must get 429.",
