@@ -180,7 +180,7 @@ def _http_rows(entries: dict[str, Any], unavailable: dict[str, str]) -> list[str
     lines = [
         "| stack | **CPU µs / request** (spread) | + bare CPU µs | CPU x bare | req/s (median) "
         "| spread | x bare | x own baseline | p50 ms | p99 ms | non-2xx | socket errors "
-        "| decisions seen by the endpoint |",
+        "| decisions seen by the endpoint (GET and POST) |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, e in entries.items():
@@ -287,6 +287,7 @@ _SHOWN_IDENTITY_FIELDS = frozenset(
     }
 )
 _SHOWN_SCALE_PARTS = frozenset({"identities", "flood", "replay", "seconds", "error"})
+_NOT_FIGURES = frozenset({"samples", "budget_mb"})  # the plot's points, a constant
 
 
 def _other_scale_figures(scale: dict[str, Any], ident: dict[str, Any]) -> list[str]:
@@ -300,6 +301,11 @@ def _other_scale_figures(scale: dict[str, Any], ident: dict[str, Any]) -> list[s
             rows += [(f"{part}.{k}", v) for k, v in value.items()]
         else:
             rows.append((part, value))
+    rows = [
+        (name, value)
+        for name, value in rows
+        if name.rsplit(".", 1)[-1] not in _NOT_FIGURES and not isinstance(value, list | dict)
+    ]
     if not rows:
         return []
     lines = ["Other figures of bench_scale.py:", "", "| figure | value |", "|---|---:|"]
