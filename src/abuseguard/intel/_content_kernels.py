@@ -41,6 +41,7 @@ cache, under 1 s to load from the cache. The guard calls it in a background thre
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -49,7 +50,9 @@ import numpy as np
 from numba import njit
 
 MAX_SHINGLE = 8
-MAX_MARKERS = 64
+MAX_MARKERS = 192
+MAX_PHRASE_TOKENS = 12  # the longest marker phrase, in tokens ("ステップバイステップ" has 10)
+_WINDOW = 16  # the marker scanner's ring of recent tokens (a power of two >= the above)
 
 # Mask codes: the skeleton replaces a masked span by one token with this code.
 PH_VAR, PH_NUM, PH_QUOTE, PH_CODE, PH_URL, PH_LONG = 1, 2, 3, 4, 5, 6
@@ -80,9 +83,12 @@ _PLAIN, _HEADER, _LABEL, _SWALLOWED = 0, 1, 2, 3
 # Token flags; F_INSTRUCTION and F_LABEL are also the flags of a ``word_table``.
 F_LITERAL, F_INSTRUCTION, F_LABEL, F_SENTENCE = 1, 2, 4, 8
 SKELETON, MARKERS = 1, 2  # what ``_fingerprint_text`` computes
-# Workspace (uint64 words): scratch for the SimHash counters and the marker window, then,
-# for the skeleton of n bytes, _SKELETON_WORDS * (n + 2) words of token and line arrays.
-_SCRATCH_WORDS = 64 + MAX_SHINGLE
+# Workspace (uint64 words): scratch for the SimHash counters, the marker window and the
+# markers' found flags (one byte each), then, for the skeleton of n bytes,
+# _SKELETON_WORDS * (n + 2) words of token and line arrays.
+_WINDOW_AT = 64
+_FOUND_AT = _WINDOW_AT + _WINDOW
+_SCRATCH_WORDS = _FOUND_AT + MAX_MARKERS // 8
 _SKELETON_WORDS = 15
 
 
@@ -815,19 +821,32 @@ def _skeleton_spans(
 
 
 @njit(cache=True, inline="always")
-def _marker_bits(
+def _find_markers(
     text: np.ndarray,
     classes: np.ndarray,
+    fold: np.ndarray,
     last_tokens: np.ndarray,
-    phrase_hashes: np.ndarray,
-    phrase_lengths: np.ndarray,
+    phrase_keys: np.ndarray,
+    phrase_index: np.ndarray,
+    length_mask: int,
     window: np.ndarray,
-) -> np.uint64:
+    found: np.ndarray,
+) -> None:
+    """Set found[m] to 1 for every marker phrase m that occurs in ``text``.
+
+    Tokens as the module docstring says, with Latin-1 accents folded inside words ("é" is
+    "e", "ü" is "u") and U+0451 read as U+0435 (Cyrillic yo as ie), so a phrase matches
+    with or without its accents.
+    At a token that ends some phrase (``last_tokens``), the hashes of the last L tokens,
+    for every phrase length L present (``length_mask``), are looked up in the phrase table
+    (``phrase_keys`` -> ``phrase_index``, 1-based): a few probes a token, whatever the
+    number of phrases."""
     n = text.shape[0]
-    window[:] = 0  # the last tokens, a ring of MAX_SHINGLE
-    ring = MAX_SHINGLE - 1
+    window[:] = 0  # the last tokens, a ring of _WINDOW
+    found[:] = 0
+    ring = _WINDOW - 1
+    slots = phrase_keys.shape[0] - 1
     count = 0
-    found = _U_ZERO
     i = 0
     while i < n:
         c = text[i]
@@ -839,6 +858,17 @@ def _marker_bits(
                 byte = text[i]
                 if classes[byte] != C_WORD:
                     break
+                if byte == 0xC3 and i + 1 < n and 0x80 <= text[i + 1] < 0xC0:
+                    folded = fold[text[i + 1] - 0x80]
+                    if folded != 0:
+                        value = (value ^ np.uint64(folded)) * _U_FNV_PRIME
+                        i += 2
+                        continue
+                elif byte == 0xD1 and i + 1 < n and text[i + 1] == 0x91:  # U+0451 -> U+0435
+                    value = (value ^ np.uint64(0xD0)) * _U_FNV_PRIME
+                    value = (value ^ np.uint64(0xB5)) * _U_FNV_PRIME
+                    i += 2
+                    continue
                 value = (value ^ np.uint64(byte)) * _U_FNV_PRIME
                 i += 1
         elif cls == C_WIDE:
@@ -864,23 +894,27 @@ def _marker_bits(
         count += 1
         if not _in_table(last_tokens, value):
             continue
-        for m in range(phrase_hashes.shape[0]):
-            length = np.int64(phrase_lengths[m])
-            if length > count:
+        top = count if count < MAX_PHRASE_TOKENS else MAX_PHRASE_TOKENS
+        for length in range(1, top + 1):
+            if not (length_mask >> length) & 1:
                 continue
             phrase = _U_FNV_OFFSET
             for j in range(count - length, count):
                 phrase = (phrase ^ window[j & ring]) * _U_FNV_PRIME
-            if _mix(phrase) == phrase_hashes[m]:
-                found |= _U_ONE << np.uint64(m)
-    return found
+            phrase = _mix(phrase)
+            slot = np.int64(phrase & np.uint64(slots))
+            while phrase_keys[slot] != _U_ZERO:
+                if phrase_keys[slot] == phrase:
+                    found[np.int64(phrase_index[slot]) - 1] = 1
+                    break
+                slot = (slot + 1) & slots
 
 
 # ---------------------------------------------------------------------------------------
 # The request kernel: skeleton hashes and marker strength in one call.
 
 _N_MASKS = len(MASK_NAMES)
-_HEADER_WORDS = 3
+_HEADER_WORDS = 5
 
 
 @njit(cache=True)
@@ -894,11 +928,13 @@ def _fingerprint_one(
     start: int,
     end: int,
     ws: np.ndarray,
-) -> tuple[int, int, int, int, float]:
+) -> tuple[int, int, int, int, float, int]:
     """The body of ``_fingerprint_text`` (which see), shared with ``_fingerprint_texts``."""
     n_words = np.int64(tables[0])
     n_last = np.int64(tables[1])
     n_markers = np.int64(tables[2])
+    n_slots = np.int64(tables[3])
+    length_mask = int(tables[4])
     at = np.int64(_HEADER_WORDS)
     words = tables[at : at + n_words]
     at += n_words
@@ -906,8 +942,8 @@ def _fingerprint_one(
     at += _N_MASKS
     last_tokens = tables[at : at + n_last]
     at += n_last
-    phrase_hashes = tables[at : at + n_markers]
-    phrase_lengths = tables[at + n_markers : at + 2 * n_markers]
+    phrase_keys = tables[at : at + n_slots]
+    phrase_index = tables[at + n_slots : at + 2 * n_slots]
     simhash = 0
     template = 0
     count = 0
@@ -917,20 +953,38 @@ def _fingerprint_one(
         simhash, template = _stream_hashes(hashes, count, shingle, ws[0:64].view(np.int64))
     bits = _U_ZERO
     strength = 0.0
+    phrase = 0
     if what & MARKERS:
         ws = _workspace_for(ws, 0, MARKERS)
-        window = ws[64 : 64 + MAX_SHINGLE]
-        bits = _marker_bits(text, classes[256:], last_tokens, phrase_hashes, phrase_lengths, window)
+        window = ws[_WINDOW_AT : _WINDOW_AT + _WINDOW]
+        found = ws[_FOUND_AT:_SCRATCH_WORDS].view(np.uint8)
+        _find_markers(
+            text,
+            classes[256:512],
+            classes[512:576],
+            last_tokens,
+            phrase_keys,
+            phrase_index,
+            length_mask,
+            window,
+            found,
+        )
         remaining = 1.0
+        heaviest = 0.0
         for m in range(n_markers):
-            if (bits >> np.uint64(m)) & _U_ONE:
+            if found[m]:
+                if m < 64:
+                    bits |= _U_ONE << np.uint64(m)
                 remaining *= 1.0 - weights[m]
+                if weights[m] > heaviest:
+                    heaviest = weights[m]
+                    phrase = m + 1
         strength = min(1.0, max(0.0, 1.0 - remaining))
-    return simhash, template, count, int(np.int64(bits)), strength
+    return simhash, template, count, int(np.int64(bits)), strength, phrase
 
 
 _TEXT_SIGNATURE = (
-    "Tuple((int64, int64, int64, int64, float64))"
+    "Tuple((int64, int64, int64, int64, float64, int64))"
     f"(uint8[::1], uint64[::1], float64[::1], int64, int64, uint64[::1], {_RO}, int64, int64)"
 )
 _TEXTS_SIGNATURE = (
@@ -951,9 +1005,12 @@ def _fingerprint_text(
     text: np.ndarray,
     start: int,
     end: int,
-) -> tuple[int, int, int, int, float]:
+) -> tuple[int, int, int, int, float, int]:
     """(simhash, template hash, skeleton tokens) of text[start:end] when ``what`` has
-    SKELETON; (marker bits, strength) of the whole text when it has MARKERS.
+    SKELETON; (marker bits, strength, heaviest marker) of the whole text when it has
+    MARKERS. The marker bits are those of the first 64 markers; the heaviest marker is the
+    1-based index of the found marker of the largest weight (the first of equals), 0 for
+    none.
 
     One call instead of two, and few arguments: each array argument costs about 35 ns to
     unbox. ``classes`` is the skeleton's then the markers' byte classes; ``tables`` is laid
@@ -984,7 +1041,7 @@ def _fingerprint_texts(
     each text ending where the next starts), its template is
     text[bounds[3k + 1]:bounds[3k + 2]]. Results go to out[k], out[count + k],
     out[2 * count + k] and out[3 * count + k] (simhash, template hash, skeleton tokens,
-    marker bits: one column each) and strengths[k].
+    marker bits, heaviest marker: one column each) and strengths[k].
     """
     count = (bounds.shape[0] - 1) // 3
     for k in range(count):
@@ -1005,6 +1062,7 @@ def _fingerprint_texts(
         out[count + k] = result[1]
         out[2 * count + k] = result[2]
         out[3 * count + k] = result[3]
+        out[4 * count + k] = result[5]
         strengths[k] = result[4]
 
 
@@ -1096,13 +1154,44 @@ def _run_texts() -> Any:
     return _RUN_TEXTS
 
 
-BOTH_CLASSES = np.concatenate([SKELETON_CLASSES, MARKER_CLASSES])
+def _accent_folds() -> np.ndarray:
+    """For U+00C0..U+00FF (UTF-8 C3 80..C3 BF): the lower-case ASCII letter the marker
+    scanner reads instead ("é" -> "e"), 0 to keep the character ("æ", "ß", the
+    multiplication sign)."""
+    folds = np.zeros(64, dtype=np.uint8)
+    for offset in range(64):
+        base = unicodedata.normalize("NFKD", chr(0xC0 + offset))[:1].lower()
+        if base.isascii() and base.isalpha():
+            folds[offset] = ord(base)
+    return folds
+
+
+ACCENT_FOLDS = _accent_folds()
+
+
+def fold_accents(text: str) -> str:
+    """``text`` with the accents the marker scanner folds, folded (for building tables)."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xC0 <= code <= 0xFF and ACCENT_FOLDS[code - 0xC0]:
+            out.append(chr(ACCENT_FOLDS[code - 0xC0]))
+        elif char == "\u0451":  # Cyrillic yo, read as ie
+            out.append("\u0435")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+# The skeleton's byte classes, the markers' byte classes, then the markers' accent folds.
+BOTH_CLASSES = np.concatenate([SKELETON_CLASSES, MARKER_CLASSES, ACCENT_FOLDS])
 _NO_TABLE = np.zeros(0, dtype=np.uint64)
 _NO_WEIGHTS = np.zeros(0, dtype=np.float64)
 _NO_WORKSPACE = np.zeros(0, dtype=np.uint64)  # calls given it allocate their own
 
-# kernel(text, start, end) -> (simhash, template hash, tokens, marker bits, strength)
-TextKernel = Callable[[np.ndarray, int, int], tuple[int, int, int, int, float]]
+# kernel(text, start, end)
+#   -> (simhash, template hash, tokens, marker bits, strength, heaviest marker)
+TextKernel = Callable[[np.ndarray, int, int], tuple[int, int, int, int, float, int]]
 # kernel(text, bounds, out, strengths): ``_fingerprint_texts``
 TextsKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
@@ -1110,13 +1199,17 @@ TextsKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 def pack_tables(
     words: np.ndarray,
     last_tokens: np.ndarray = _NO_TABLE,
-    phrase_hashes: np.ndarray = _NO_TABLE,
-    phrase_lengths: np.ndarray = _NO_TABLE,
+    phrase_keys: np.ndarray = _NO_TABLE,
+    phrase_index: np.ndarray = _NO_TABLE,
+    n_markers: int = 0,
+    length_mask: int = 0,
 ) -> np.ndarray:
-    """The ``tables`` argument of ``_fingerprint_text``: sizes, then the word table, the
-    mask hashes, the markers' last-token set, phrase hashes and phrase lengths."""
-    header = [len(words), len(last_tokens), len(phrase_hashes)]
-    parts = [header, words, MASK_HASHES, last_tokens, phrase_hashes, phrase_lengths]
+    """The ``tables`` argument of ``_fingerprint_text``: sizes (words, last tokens,
+    markers, phrase slots, the mask of phrase lengths), then the word table, the mask
+    hashes, the markers' last-token set, and the phrase table (keys, then 1-based marker
+    indices)."""
+    header = [len(words), len(last_tokens), n_markers, len(phrase_keys), length_mask]
+    parts = [header, words, MASK_HASHES, last_tokens, phrase_keys, phrase_index]
     return np.concatenate([np.asarray(part, dtype=np.uint64) for part in parts])
 
 
@@ -1214,9 +1307,9 @@ def skeleton_text(text: bytes, words: np.ndarray) -> str:
 
 
 def marker_tokens(phrase: str) -> list[bytes]:
-    """Tokens of a marker phrase as ``marker_bits`` sees them."""
+    """Tokens of a marker phrase as ``_find_markers`` sees them (accents folded)."""
     tokens: list[bytes] = []
-    data = phrase.lower().encode("utf-8")
+    data = fold_accents(phrase.lower()).encode("utf-8")
     i = 0
     n = len(data)
     while i < n:
@@ -1230,47 +1323,74 @@ def marker_tokens(phrase: str) -> list[bytes]:
                 j += 1
             tokens.append(data[i:j])
             i = j
+        elif MARKER_CLASSES[data[i]] == C_WIDE:
+            j = i + 1
+            while j < n and 0x80 <= data[j] < 0xC0:
+                j += 1
+            array = np.frombuffer(data, dtype=np.uint8)
+            if not _is_wide_separator.py_func(array, i):
+                tokens.append(data[i:j])
+            i = j
         else:
             i += 1
     return tokens
 
 
 class MarkerSet:
-    """Compiled lookup tables for ``marker_bits`` (at most ``MAX_MARKERS`` phrases)."""
+    """Compiled lookup tables for ``_find_markers`` (at most ``MAX_MARKERS`` phrases, of
+    at most ``MAX_PHRASE_TOKENS`` tokens, no two alike once accents are folded)."""
 
-    __slots__ = ("_hashes", "_last", "_lengths", "_tables")
+    __slots__ = ("_count", "_keys", "_last", "_length_mask", "_positions", "_tables")
 
     def __init__(self, phrases: list[str]) -> None:
         if not 0 < len(phrases) <= MAX_MARKERS:
             raise ValueError(f"between 1 and {MAX_MARKERS} marker phrases, got {len(phrases)}")
         tokens = [marker_tokens(phrase) for phrase in phrases]
         for phrase, items in zip(phrases, tokens, strict=True):
-            if not 0 < len(items) <= MAX_SHINGLE:
-                raise ValueError(f"marker {phrase!r} must have 1..{MAX_SHINGLE} tokens")
-        self._hashes = np.array([phrase_hash(items) for items in tokens], dtype=np.uint64)
-        self._lengths = np.array([len(items) for items in tokens], dtype=np.int64)
-        self._last = hash_table(sorted({token_hash(items[-1]) for items in tokens}))
+            if not 0 < len(items) <= MAX_PHRASE_TOKENS:
+                raise ValueError(f"marker {phrase!r} must have 1..{MAX_PHRASE_TOKENS} tokens")
+        hashes = [phrase_hash(items) for items in tokens]
+        seen: dict[int, str] = {}
+        for phrase, value in zip(phrases, hashes, strict=True):
+            if value in seen:
+                raise ValueError(f"markers {seen[value]!r} and {phrase!r} are the same phrase")
+            seen[value] = phrase
+        size = 512
+        while size < 2 * len(hashes):
+            size *= 2
+        self._keys = hash_table(hashes, size)
+        slot_of = {int(key): slot for slot, key in enumerate(self._keys.tolist()) if key}
+        self._positions = np.zeros(size, dtype=np.uint64)
+        for m, value in enumerate(hashes):
+            self._positions[slot_of[value]] = m + 1
+        self._length_mask = sum({1 << len(items) for items in tokens})
+        self._count = len(phrases)
+        self._last = hash_table(sorted({token_hash(items[-1]) for items in tokens}), 512)
         self._tables = self.tables(_NO_TABLE)
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return self._count
 
     def tables(self, words: np.ndarray) -> np.ndarray:
         """``pack_tables`` of ``words`` and these markers."""
-        return pack_tables(words, self._last, self._hashes, self._lengths)
+        return pack_tables(
+            words, self._last, self._keys, self._positions, self._count, self._length_mask
+        )
 
     def bits(self, text: np.ndarray | bytes) -> int:
         """Bit m is set when phrase m occurs in lower-cased UTF-8 ``text``."""
-        weights = np.zeros(len(self._hashes), dtype=np.float64)
-        result = _run_text()(
+        weights = np.zeros(self._count, dtype=np.float64)
+        workspace = np.zeros(workspace_words(0, MARKERS), dtype=np.uint64)
+        _run_text()(
             BOTH_CLASSES,
             self._tables,
             weights,
             1,
             MARKERS,
-            _NO_WORKSPACE,
+            workspace,
             readonly_bytes(text),
             0,
             0,
         )
-        return int(result[3]) & _MASK64
+        found = workspace[_FOUND_AT:_SCRATCH_WORDS].view(np.uint8)[: self._count]
+        return sum(1 << m for m in np.flatnonzero(found).tolist())
