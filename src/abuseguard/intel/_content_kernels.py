@@ -70,6 +70,10 @@ _U_MIX_1 = np.uint64(_MIX_1)
 _U_MIX_2 = np.uint64(_MIX_2)
 _U_ZERO = np.uint64(0)
 _U_ONE = np.uint64(1)
+# Byte v -> the word whose byte j is bit j of v (SimHash bit counting, eight lanes a word).
+_SPREAD = np.array(
+    [sum(((v >> j) & 1) << (8 * j) for j in range(8)) for v in range(256)], dtype=np.uint64
+)
 
 # Byte classes.
 C_SPACE, C_PUNCT, C_WORD, C_WIDE = 0, 1, 2, 3
@@ -86,15 +90,28 @@ SKELETON, MARKERS = 1, 2  # what ``_fingerprint_text`` computes
 # Workspace (uint64 words): scratch for the SimHash counters, the marker window and the
 # markers' found flags (one byte each), then, for the skeleton of n bytes,
 # _SKELETON_WORDS * (n + 2) words of token and line arrays.
-_WINDOW_AT = 64
+_WINDOW_AT = 80  # after the SimHash counters
 _FOUND_AT = _WINDOW_AT + _WINDOW
 _SCRATCH_WORDS = _FOUND_AT + MAX_MARKERS // 8
 _SKELETON_WORDS = 15
+_RECORD_WORDS = 6  # a chat message: kind, role start, role end, text start, text end, model
 
 
 def workspace_words(n_bytes: int, what: int = SKELETON | MARKERS) -> int:
-    """Size in uint64 words of a workspace for a text of ``n_bytes`` bytes."""
-    return _SCRATCH_WORDS + (_SKELETON_WORDS * (n_bytes + 2) if what & SKELETON else 0)
+    """Size in uint64 words of a workspace for a text, or a JSON body, of ``n_bytes``
+    bytes: the body's areas (``_body_words``), then the scratch and the skeleton's arrays
+    (a text needs less: its copy fits in the body's areas)."""
+    return (
+        _body_words(n_bytes)
+        + _SCRATCH_WORDS
+        + (_SKELETON_WORDS * (n_bytes + 2) if what & SKELETON else 0)
+    )
+
+
+def _body_words(n_bytes: int) -> int:
+    """Words of a body's areas: three byte areas (decoded strings, the elicitation text,
+    the context) and the message records."""
+    return 3 * ((n_bytes + 15) // 8) + _RECORD_WORDS * (n_bytes // 8 + 8)
 
 
 def _byte_classes(underscore_is_word: bool) -> np.ndarray:
@@ -774,7 +791,7 @@ def _stream_hashes(
     hashes: np.ndarray, count: int, shingle: int, ones: np.ndarray
 ) -> tuple[int, int]:
     """(simhash, template hash) of a token-hash stream; (0, 0) when it is empty. ``ones``
-    is scratch space for 64 int64 counters."""
+    is scratch space for 80 int64 counters (16 for the lanes, then 64)."""
     if count == 0:
         return 0, 0
     ones[:] = 0
@@ -783,16 +800,29 @@ def _stream_hashes(
         template = (template ^ hashes[t]) * _U_FNV_PRIME
     width = shingle if count >= shingle else count
     features = count - width + 1
+    # Bit counts eight at a time: _SPREAD[v] puts bit j of the byte v into byte j of a
+    # word, so lanes[k] holds, in byte j, the count of bit 8k + j; lanes are emptied into
+    # ``ones`` before a byte can overflow.
+    lanes = ones[0:8].view(np.uint64)  # (``ones`` was zeroed above)
+    pending = 0
     for t in range(features):
         feature = _U_FNV_OFFSET
         for j in range(t, t + width):
             feature = (feature ^ hashes[j]) * _U_FNV_PRIME
         feature = _mix(feature)
-        for b in range(64):
-            ones[b] += np.int64((feature >> np.uint64(b)) & _U_ONE)
+        for k in range(8):
+            lanes[k] += _SPREAD[np.int64((feature >> np.uint64(8 * k)) & np.uint64(0xFF))]
+        pending += 1
+        if pending == 255 or t == features - 1:
+            for k in range(8):
+                lane = lanes[k]
+                for j in range(8):
+                    ones[16 + 8 * k + j] += np.int64((lane >> np.uint64(8 * j)) & np.uint64(0xFF))
+                lanes[k] = _U_ZERO
+            pending = 0
     simhash = _U_ZERO
     for b in range(64):
-        if 2 * ones[b] > features:
+        if 2 * ones[16 + b] > features:
             simhash |= _U_ONE << np.uint64(b)
     template = _mix(template)
     if template == _U_ZERO:
@@ -950,7 +980,7 @@ def _fingerprint_one(
     if what & SKELETON:
         ws = _workspace_for(ws, end - start, what)
         hashes, _, _, count = _skeleton(text[start:end], classes[:256], words, masks, ws)
-        simhash, template = _stream_hashes(hashes, count, shingle, ws[0:64].view(np.int64))
+        simhash, template = _stream_hashes(hashes, count, shingle, ws[0:80].view(np.int64))
     bits = _U_ZERO
     strength = 0.0
     phrase = 0
@@ -981,6 +1011,612 @@ def _fingerprint_one(
                     phrase = m + 1
         strength = min(1.0, max(0.0, 1.0 - remaining))
     return simhash, template, count, int(np.int64(bits)), strength, phrase
+
+
+@njit(cache=True, inline="always")
+def _text_area(ws: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A writable copy area of n bytes at the start of ``ws`` and the workspace after it
+    (a new workspace when ``ws`` is too small). Every entry point hands ``_fingerprint_one``
+    text in such an area, so it is compiled for one array type only."""
+    words = (n + 15) // 8
+    if ws.shape[0] < words + _SCRATCH_WORDS:
+        ws = np.empty(words + _SCRATCH_WORDS, dtype=np.uint64)
+    return ws[:words].view(np.uint8)[:n], ws[words:]
+
+
+# ---------------------------------------------------------------------------------------
+# Chat bodies read in the kernel: the common request (an OpenAI or Anthropic chat body of
+# ASCII JSON) without a JSON parse into Python objects. What this reader does not take
+# for certain it leaves to the Python extraction (status _BODY_OTHER), which reads every
+# body alike; where it answers, it answers what the Python extraction would.
+
+_BODY_OTHER, _BODY_PROMPT, _BODY_NO_PROMPT = 0, 1, 2
+_KIND_SYSTEM, _KIND_USER, _KIND_OTHER = 0, 1, 2
+_MAX_DEPTH = 60
+_KEY_MESSAGES = np.frombuffer(b"messages", dtype=np.uint8)
+_KEY_SYSTEM = np.frombuffer(b"system", dtype=np.uint8)
+_KEY_ROLE = np.frombuffer(b"role", dtype=np.uint8)
+_KEY_CONTENT = np.frombuffer(b"content", dtype=np.uint8)
+_KEY_PARTS = np.frombuffer(b"parts", dtype=np.uint8)
+_ROLE_USER = np.frombuffer(b"user", dtype=np.uint8)
+_ROLE_SYSTEM = np.frombuffer(b"system", dtype=np.uint8)
+_ROLE_DEVELOPER = np.frombuffer(b"developer", dtype=np.uint8)
+_ROLE_MODEL = np.frombuffer(b"model", dtype=np.uint8)
+_ROLE_ASSISTANT = np.frombuffer(b"assistant", dtype=np.uint8)
+_TRUE = np.frombuffer(b"true", dtype=np.uint8)
+_FALSE = np.frombuffer(b"false", dtype=np.uint8)
+_NULL = np.frombuffer(b"null", dtype=np.uint8)
+
+
+@njit(cache=True, inline="always")
+def _json_space(body: np.ndarray, i: int, n: int) -> int:
+    while i < n and (body[i] == 0x20 or body[i] == 0x0A or body[i] == 0x0D or body[i] == 0x09):
+        i += 1
+    return i
+
+
+@njit(cache=True, inline="always")
+def _hex(c: int) -> int:
+    if 0x30 <= c <= 0x39:
+        return c - 0x30
+    if 0x61 <= c <= 0x66:
+        return c - 0x57
+    if 0x41 <= c <= 0x46:
+        return c - 0x37
+    return -1
+
+
+@njit(cache=True)
+def _json_string(body: np.ndarray, i: int, n: int, out: np.ndarray, at: int) -> tuple[int, int]:
+    """The JSON string opening at body[i]: (index after it, end of its decoded bytes in
+    ``out`` from ``at``); index -1 for what this reader leaves to Python (invalid JSON,
+    non-ASCII bytes or escapes). ``at`` < 0 checks without decoding. An escape-free
+    string is reported with end -2 - (its length) when not decoded."""
+    i += 1
+    while i < n:
+        c = body[i]
+        if c == 0x22:
+            return i + 1, at
+        if c < 0x20 or c >= 0x80:
+            return -1, at
+        if c == 0x5C:
+            if i + 1 >= n:
+                return -1, at
+            e = body[i + 1]
+            if e == 0x75:  # \uXXXX: ASCII only
+                if i + 5 >= n:
+                    return -1, at
+                code = 0
+                for j in range(i + 2, i + 6):
+                    h = _hex(body[j])
+                    if h < 0:
+                        return -1, at
+                    code = code * 16 + h
+                if code >= 0x80:
+                    return -1, at
+                c = code
+                i += 6
+            else:
+                if e == 0x22 or e == 0x5C or e == 0x2F:
+                    c = e
+                elif e == 0x62:
+                    c = 0x08
+                elif e == 0x66:
+                    c = 0x0C
+                elif e == 0x6E:
+                    c = 0x0A
+                elif e == 0x72:
+                    c = 0x0D
+                elif e == 0x74:
+                    c = 0x09
+                else:
+                    return -1, at
+                i += 2
+        else:
+            i += 1
+        if at >= 0:
+            out[at] = c
+            at += 1
+    return -1, at
+
+
+@njit(cache=True, inline="always")
+def _raw_key_is(body: np.ndarray, start: int, end: int, key: np.ndarray) -> bool:
+    """Is body[start + 1:end - 1] (a string without escapes) ``key``?"""
+    if end - start - 2 != key.shape[0]:
+        return False
+    for j in range(key.shape[0]):  # noqa: SIM110 (a loop compiles; all() of a generator, not)
+        if body[start + 1 + j] != key[j]:
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _bytes_are(data: np.ndarray, start: int, end: int, word: np.ndarray) -> bool:
+    if end - start != word.shape[0]:
+        return False
+    for j in range(word.shape[0]):  # noqa: SIM110 (as above)
+        if data[start + j] != word[j]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _json_number_or_literal(body: np.ndarray, i: int, n: int) -> int:
+    """Index after a JSON number, true, false or null at body[i]; -1 otherwise."""
+    c = body[i]
+    if c == 0x74 or c == 0x66 or c == 0x6E:  # true false null
+        word = _TRUE if c == 0x74 else (_FALSE if c == 0x66 else _NULL)
+        size: int = word.shape[0]
+        if i + size > n:
+            return -1
+        for j in range(size):
+            if body[i + j] != word[j]:
+                return -1
+        return i + size
+    if c == 0x2D:
+        i += 1
+    if i >= n:
+        return -1
+    if body[i] == 0x30:
+        i += 1
+    elif 0x31 <= body[i] <= 0x39:
+        while i < n and 0x30 <= body[i] <= 0x39:
+            i += 1
+    else:
+        return -1
+    if i < n and body[i] == 0x2E:
+        i += 1
+        if i >= n or not 0x30 <= body[i] <= 0x39:
+            return -1
+        while i < n and 0x30 <= body[i] <= 0x39:
+            i += 1
+    if i < n and (body[i] == 0x65 or body[i] == 0x45):
+        i += 1
+        if i < n and (body[i] == 0x2B or body[i] == 0x2D):
+            i += 1
+        if i >= n or not 0x30 <= body[i] <= 0x39:
+            return -1
+        while i < n and 0x30 <= body[i] <= 0x39:
+            i += 1
+    return i
+
+
+@njit(cache=True)
+def _json_skip(body: np.ndarray, i: int, n: int, scratch: np.ndarray) -> int:
+    """Index after the JSON value starting at body[i] (no space before it), checked but
+    not kept; -1 for what this reader leaves to Python. ``scratch``: any writable bytes
+    (``_json_string`` is compiled for one pair of array types)."""
+    stack = 0  # one bit per open container: 1 an object, 0 an array
+    depth = 0
+    while True:
+        i = _json_space(body, i, n)
+        if i >= n:
+            return -1
+        c = body[i]
+        if c == 0x7B or c == 0x5B:
+            close = 0x7D if c == 0x7B else 0x5D
+            i = _json_space(body, i + 1, n)
+            if i < n and body[i] == close:
+                i += 1
+            else:
+                if depth >= _MAX_DEPTH:
+                    return -1
+                depth += 1
+                stack = (stack << 1) | (1 if c == 0x7B else 0)
+                if c == 0x7B:  # the first key
+                    if i >= n or body[i] != 0x22:
+                        return -1
+                    i, _ = _json_string(body, i, n, scratch, -1)
+                    if i < 0:
+                        return -1
+                    i = _json_space(body, i, n)
+                    if i >= n or body[i] != 0x3A:
+                        return -1
+                    i += 1
+                continue
+        elif c == 0x22:
+            i, _ = _json_string(body, i, n, scratch, -1)
+        else:
+            i = _json_number_or_literal(body, i, n)
+        if i < 0:
+            return -1
+        # After a value: close what ends here, then the next member or element.
+        while True:
+            if depth == 0:
+                return i
+            i = _json_space(body, i, n)
+            if i >= n:
+                return -1
+            c = body[i]
+            in_object = stack & 1
+            if c == (0x7D if in_object else 0x5D):
+                i += 1
+                stack >>= 1
+                depth -= 1
+                continue
+            if c != 0x2C:
+                return -1
+            i = _json_space(body, i + 1, n)
+            if in_object:
+                if i >= n or body[i] != 0x22:
+                    return -1
+                i, _ = _json_string(body, i, n, scratch, -1)
+                if i < 0:
+                    return -1
+                i = _json_space(body, i, n)
+                if i >= n or body[i] != 0x3A:
+                    return -1
+                i += 1
+            break
+
+
+@njit(cache=True)
+def _read_chat(body: np.ndarray, raw: np.ndarray, records: np.ndarray) -> tuple[int, int, int, int]:
+    """Read a chat body: (messages, system start, system end, status) where status is 1
+    for a body of the shape this reader takes, 0 to leave it to Python. The strings
+    are decoded into ``raw``; ``records`` gets, per message with text, its kind, role and
+    text spans in ``raw`` and whether its role is "model"."""
+    n = len(body)
+    i = _json_space(body, 0, n)
+    if i >= n or body[i] != 0x7B:
+        return 0, 0, 0, 0
+    i = _json_space(body, i + 1, n)
+    at = 0
+    messages = 0
+    seen_messages = False
+    system_start = 0
+    system_end = 0
+    seen_system = False
+    max_records = records.shape[0] // _RECORD_WORDS
+    if i < n and body[i] == 0x7D:
+        return 0, 0, 0, 0  # {}: no messages
+    while True:
+        if i >= n or body[i] != 0x22:
+            return 0, 0, 0, 0
+        key_start = i
+        i, _ = _json_string(body, i, n, raw, -1)
+        if i < 0:
+            return 0, 0, 0, 0
+        for j in range(key_start + 1, i - 1):
+            if body[j] == 0x5C:
+                return 0, 0, 0, 0  # an escaped key: left to Python
+        is_messages = _raw_key_is(body, key_start, i, _KEY_MESSAGES)
+        is_system = _raw_key_is(body, key_start, i, _KEY_SYSTEM)
+        i = _json_space(body, i, n)
+        if i >= n or body[i] != 0x3A:
+            return 0, 0, 0, 0
+        i = _json_space(body, i + 1, n)
+        if i >= n:
+            return 0, 0, 0, 0
+        if is_system:
+            if seen_system:
+                return 0, 0, 0, 0
+            seen_system = True
+            if body[i] == 0x22:
+                system_start = at
+                i, at = _json_string(body, i, n, raw, at)
+                system_end = at
+            elif _json_number_or_literal(body, i, n) == i + 4 and body[i] == 0x6E:  # null
+                i += 4
+            else:
+                return 0, 0, 0, 0
+        elif is_messages:
+            if seen_messages or body[i] != 0x5B:
+                return 0, 0, 0, 0
+            seen_messages = True
+            i = _json_space(body, i + 1, n)
+            if i < n and body[i] == 0x5D:
+                i += 1
+            else:
+                while True:  # the messages
+                    if i >= n or body[i] != 0x7B:
+                        return 0, 0, 0, 0
+                    i = _json_space(body, i + 1, n)
+                    role_start = -1
+                    role_end = -1
+                    text_start = -1
+                    text_end = -1
+                    seen_content = False
+                    if i < n and body[i] == 0x7D:
+                        return 0, 0, 0, 0  # {}: read whole by Python
+                    while True:  # the members of one message
+                        if i >= n or body[i] != 0x22:
+                            return 0, 0, 0, 0
+                        key_start = i
+                        i, _ = _json_string(body, i, n, raw, -1)
+                        if i < 0:
+                            return 0, 0, 0, 0
+                        for j in range(key_start + 1, i - 1):
+                            if body[j] == 0x5C:
+                                return 0, 0, 0, 0
+                        is_role = _raw_key_is(body, key_start, i, _KEY_ROLE)
+                        is_content = _raw_key_is(body, key_start, i, _KEY_CONTENT)
+                        if _raw_key_is(body, key_start, i, _KEY_PARTS):
+                            return 0, 0, 0, 0
+                        i = _json_space(body, i, n)
+                        if i >= n or body[i] != 0x3A:
+                            return 0, 0, 0, 0
+                        i = _json_space(body, i + 1, n)
+                        if i >= n:
+                            return 0, 0, 0, 0
+                        if is_role:
+                            if role_start >= 0 or body[i] != 0x22:
+                                return 0, 0, 0, 0
+                            role_start = at
+                            i, at = _json_string(body, i, n, raw, at)
+                            role_end = at
+                        elif is_content:
+                            if seen_content:
+                                return 0, 0, 0, 0
+                            seen_content = True
+                            if body[i] == 0x22:
+                                text_start = at
+                                i, at = _json_string(body, i, n, raw, at)
+                                text_end = at
+                            elif _json_number_or_literal(body, i, n) == i + 4 and body[i] == 0x6E:
+                                i += 4
+                            else:
+                                return 0, 0, 0, 0
+                        else:
+                            i = _json_skip(body, i, n, raw)
+                        if i < 0:
+                            return 0, 0, 0, 0
+                        i = _json_space(body, i, n)
+                        if i < n and body[i] == 0x2C:
+                            i = _json_space(body, i + 1, n)
+                            continue
+                        if i < n and body[i] == 0x7D:
+                            i += 1
+                            break
+                        return 0, 0, 0, 0
+                    if role_start < 0 and not seen_content:
+                        return 0, 0, 0, 0  # a bare block: read by Python
+                    if text_end > text_start:  # a message without text is dropped
+                        if messages >= max_records:
+                            return 0, 0, 0, 0
+                        kind = _KIND_USER
+                        model = 0
+                        if role_start >= 0:
+                            if _bytes_are(raw, role_start, role_end, _ROLE_SYSTEM) or _bytes_are(
+                                raw, role_start, role_end, _ROLE_DEVELOPER
+                            ):
+                                kind = _KIND_SYSTEM
+                            elif not _bytes_are(raw, role_start, role_end, _ROLE_USER):
+                                kind = _KIND_OTHER
+                                model = _bytes_are(raw, role_start, role_end, _ROLE_MODEL)
+                        record = records[messages * _RECORD_WORDS : (messages + 1) * _RECORD_WORDS]
+                        record[0] = kind
+                        record[1] = role_start
+                        record[2] = role_end
+                        record[3] = text_start
+                        record[4] = text_end
+                        record[5] = model
+                        messages += 1
+                    i = _json_space(body, i, n)
+                    if i < n and body[i] == 0x2C:
+                        i = _json_space(body, i + 1, n)
+                        continue
+                    if i < n and body[i] == 0x5D:
+                        i += 1
+                        break
+                    return 0, 0, 0, 0
+        else:
+            i = _json_skip(body, i, n, raw)
+        if i < 0:
+            return 0, 0, 0, 0
+        i = _json_space(body, i, n)
+        if i < n and body[i] == 0x2C:
+            i = _json_space(body, i + 1, n)
+            continue
+        if i < n and body[i] == 0x7D:
+            i += 1
+            break
+        return 0, 0, 0, 0
+    if _json_space(body, i, n) != n or not seen_messages:
+        return 0, 0, 0, 0
+    return messages, system_start, system_end, 1
+
+
+@njit(cache=True, inline="always")
+def _put_lowered(raw: np.ndarray, start: int, end: int, out: np.ndarray, at: int) -> int:
+    for j in range(start, end):
+        c = raw[j]
+        out[at] = c + 0x20 if 0x41 <= c <= 0x5A else c
+        at += 1
+    return at
+
+
+@njit(cache=True, inline="always")
+def _put_context(
+    raw: np.ndarray, start: int, end: int, out: np.ndarray, at: int, digits: bool
+) -> tuple[int, bool]:
+    """Append raw[start:end] to the context with every run of digits as one "0"."""
+    for j in range(start, end):
+        c = raw[j]
+        if 0x30 <= c <= 0x39:
+            if not digits:
+                out[at] = 0x30
+                at += 1
+            digits = True
+        else:
+            out[at] = c
+            at += 1
+            digits = False
+    return at, digits
+
+
+@njit(cache=True)
+def _chat_texts(
+    raw: np.ndarray,
+    records: np.ndarray,
+    messages: int,
+    system_start: int,
+    system_end: int,
+    text: np.ndarray,
+    context: np.ndarray,
+) -> tuple[int, int, int, int]:
+    """The Python extraction's prompt of a chat read by ``_read_chat`` (see
+    ``content._from_turns``): the lowered pieces joined by newlines into ``text``, the
+    template's span in it, and the context (digits normalised) in ``context``.
+    Returns (text length, template start, template end, context length)."""
+    n_system = 1 if system_end > system_start else 0
+    n_texts = 0
+    last_user = -1
+    for m in range(messages):
+        kind = records[m * _RECORD_WORDS]
+        if kind == _KIND_SYSTEM:
+            n_system += 1
+        else:
+            if kind == _KIND_USER:
+                last_user = n_texts
+            n_texts += 1
+    at = 0
+    template_start = 0
+    template_end = 0
+    piece = 0
+    # The system texts: the top-level system first, then system and developer messages.
+    if system_end > system_start:
+        at = _put_lowered(raw, system_start, system_end, text, at)
+        template_end = at
+        piece += 1
+    for m in range(messages):
+        record = records[m * _RECORD_WORDS : (m + 1) * _RECORD_WORDS]
+        if record[0] == _KIND_SYSTEM:
+            if piece > 0:
+                text[at] = 0x0A
+                at += 1
+            template_start = at
+            at = _put_lowered(raw, record[3], record[4], text, at)
+            template_end = at
+            piece += 1
+    t = 0
+    for m in range(messages):
+        record = records[m * _RECORD_WORDS : (m + 1) * _RECORD_WORDS]
+        if record[0] == _KIND_SYSTEM:
+            continue
+        if last_user < 0 or t == last_user or t > last_user or record[0] == _KIND_USER:
+            if piece > 0:
+                text[at] = 0x0A
+                at += 1
+            start = at
+            at = _put_lowered(raw, record[3], record[4], text, at)
+            if last_user < 0 or t == last_user:
+                template_start = start
+                template_end = at
+            piece += 1
+        t += 1
+    # The context: none without a user turn; the system texts alone with one turn; else
+    # the system texts and "role: text" of every turn but the last user's.
+    c = 0
+    if last_user >= 0:
+        digits = False
+        first = True
+        if system_end > system_start:
+            c, digits = _put_context(raw, system_start, system_end, context, c, digits)
+            first = False
+        for m in range(messages):
+            record = records[m * _RECORD_WORDS : (m + 1) * _RECORD_WORDS]
+            if record[0] == _KIND_SYSTEM:
+                if not first:
+                    context[c] = 0x0A
+                    c += 1
+                    digits = False
+                c, digits = _put_context(raw, record[3], record[4], context, c, digits)
+                first = False
+        if n_texts > 1:
+            t = 0
+            for m in range(messages):
+                record = records[m * _RECORD_WORDS : (m + 1) * _RECORD_WORDS]
+                if record[0] == _KIND_SYSTEM:
+                    continue
+                if t != last_user:
+                    if not first:
+                        context[c] = 0x0A
+                        c += 1
+                        digits = False
+                    first = False
+                    if record[1] < 0:  # no role: a user turn
+                        for j in range(_ROLE_USER.shape[0]):
+                            context[c] = _ROLE_USER[j]
+                            c += 1
+                        digits = False
+                    elif record[5]:  # "model" is the assistant
+                        for j in range(_ROLE_ASSISTANT.shape[0]):
+                            context[c] = _ROLE_ASSISTANT[j]
+                            c += 1
+                        digits = False
+                    else:
+                        c, digits = _put_context(raw, record[1], record[2], context, c, digits)
+                    context[c] = 0x3A
+                    context[c + 1] = 0x20
+                    c += 2
+                    digits = False
+                    c, digits = _put_context(raw, record[3], record[4], context, c, digits)
+                t += 1
+    return at, template_start, template_end, c
+
+
+# The body is taken as ``bytes`` itself: no ``np.frombuffer`` per request.
+_BODY_SIGNATURE = (
+    "Tuple((int64, int64, int64, int64, int64, int64, float64))"
+    "(uint8[::1], uint64[::1], float64[::1], int64, int64, uint64[::1],"
+    " Bytes(uint8, 1, 'C', readonly=True))"
+)
+
+
+# Compiled by ``compile_kernels`` for ``_BODY_SIGNATURE`` only, not at import.
+@njit(cache=True)
+def _fingerprint_body(
+    classes: np.ndarray,
+    tables: np.ndarray,
+    weights: np.ndarray,
+    shingle: int,
+    what: int,
+    ws: np.ndarray,
+    body: np.ndarray,
+) -> tuple[int, int, int, int, int, int, float]:
+    """A chat body (OpenAI chat completions or Anthropic messages, ASCII JSON) read and
+    fingerprinted in one call: (status, simhash, template hash, skeleton tokens, heaviest
+    marker, context length, strength). Status 0: a body this reader leaves to the Python
+    extraction (any other shape, non-ASCII bytes or escapes, JSON that is not valid, a
+    workspace too small), the rest meaningless; 2: a chat without prompt text; 1: the
+    fingerprint, and the context (digits normalised) in the context area of ``ws``
+    (``body_context_start``), of the length given."""
+    n = len(body)
+    area = (n + 15) // 8
+    n_records = n // 8 + 8
+    body_words = 3 * area + _RECORD_WORDS * n_records
+    if ws.shape[0] < body_words + _SCRATCH_WORDS:
+        return _BODY_OTHER, 0, 0, 0, 0, 0, 0.0
+    raw = ws[0:area].view(np.uint8)
+    text = ws[area : 2 * area].view(np.uint8)
+    context = ws[2 * area : 3 * area].view(np.uint8)
+    records = ws[3 * area : body_words].view(np.int64)
+    messages, system_start, system_end, status = _read_chat(body, raw, records)
+    if status == 0:
+        return _BODY_OTHER, 0, 0, 0, 0, 0, 0.0
+    length, start, end, context_length = _chat_texts(
+        raw, records, messages, system_start, system_end, text, context
+    )
+    word = False
+    for j in range(length):
+        c = text[j]
+        if 0x61 <= c <= 0x7A or 0x30 <= c <= 0x39:
+            word = True
+            break
+    if not word:
+        return _BODY_NO_PROMPT, 0, 0, 0, 0, 0, 0.0
+    simhash, template, count, _, strength, phrase = _fingerprint_one(
+        classes, tables, weights, shingle, what, text[:length], start, end, ws[body_words:]
+    )
+    return _BODY_PROMPT, simhash, template, count, phrase, context_length, strength
+
+
+def body_context_start(n_bytes: int) -> int:
+    """Where, in bytes from the workspace's start, ``_fingerprint_body`` leaves the context
+    of a body of ``n_bytes`` bytes."""
+    return 16 * ((n_bytes + 15) // 8)
 
 
 _TEXT_SIGNATURE = (
@@ -1018,7 +1654,9 @@ def _fingerprint_text(
     (``workspace_words``); a smaller one (even empty) makes the call allocate its own.
     Kernels hold the GIL (no ``nogil``), so one workspace can serve every thread.
     """
-    return _fingerprint_one(classes, tables, weights, shingle, what, text, start, end, ws)
+    buffer, rest = _text_area(ws, text.shape[0])
+    buffer[:] = text
+    return _fingerprint_one(classes, tables, weights, shingle, what, buffer, start, end, rest)
 
 
 # Compiled by ``compile_kernels`` for ``_TEXTS_SIGNATURE`` only, not at import.
@@ -1045,18 +1683,19 @@ def _fingerprint_texts(
     """
     count = (bounds.shape[0] - 1) // 3
     for k in range(count):
-        item = text[bounds[3 * k] : bounds[3 * k + 3]]
         offset = bounds[3 * k]
+        buffer, rest = _text_area(ws, bounds[3 * k + 3] - offset)
+        buffer[:] = text[offset : bounds[3 * k + 3]]
         result = _fingerprint_one(
             classes,
             tables,
             weights,
             shingle,
             what,
-            item,
+            buffer,
             bounds[3 * k + 1] - offset,
             bounds[3 * k + 2] - offset,
-            ws,
+            rest,
         )
         out[k] = result[0]
         out[count + k] = result[1]
@@ -1099,9 +1738,11 @@ def compiled_entry(dispatcher: Any) -> Any:
 _RUN_TEXT: Any = None
 _RUN_TEXTS: Any = None
 _COMPILE_LOCK = threading.Lock()
+_RUN_BODY: Any = None
 _ENTRY_POINTS: tuple[tuple[Any, str], ...] = (
     (_fingerprint_text, _TEXT_SIGNATURE),
     (_fingerprint_texts, _TEXTS_SIGNATURE),
+    (_fingerprint_body, _BODY_SIGNATURE),
 )
 
 
@@ -1114,7 +1755,7 @@ def compile_kernels() -> None:
     """Compile both entry points for their one signature, or load them from Numba's
     on-disk cache (``NUMBA_CACHE_DIR``); then no other signature is ever compiled.
     Idempotent and thread-safe: concurrent callers wait for the one compilation."""
-    global _RUN_TEXT, _RUN_TEXTS
+    global _RUN_TEXT, _RUN_TEXTS, _RUN_BODY
     if _RUN_TEXTS is not None:
         return
     with _COMPILE_LOCK:
@@ -1124,6 +1765,7 @@ def compile_kernels() -> None:
             dispatcher.compile(signature)
             dispatcher.disable_compile()
         _RUN_TEXT = compiled_entry(_fingerprint_text)
+        _RUN_BODY = compiled_entry(_fingerprint_body)
         _RUN_TEXTS = compiled_entry(_fingerprint_texts)
 
 
@@ -1152,6 +1794,11 @@ def _run_text() -> Any:
 def _run_texts() -> Any:
     compile_kernels()
     return _RUN_TEXTS
+
+
+def _run_body() -> Any:
+    compile_kernels()
+    return _RUN_BODY
 
 
 def _accent_folds() -> np.ndarray:
@@ -1192,6 +1839,9 @@ _NO_WORKSPACE = np.zeros(0, dtype=np.uint64)  # calls given it allocate their ow
 # kernel(text, start, end)
 #   -> (simhash, template hash, tokens, marker bits, strength, heaviest marker)
 TextKernel = Callable[[np.ndarray, int, int], tuple[int, int, int, int, float, int]]
+# kernel(body) -> (status, simhash, template hash, tokens, heaviest marker, context length,
+#   strength): ``_fingerprint_body``
+BodyKernel = Callable[[bytes], tuple[int, int, int, int, int, int, float]]
 # kernel(text, bounds, out, strengths): ``_fingerprint_texts``
 TextsKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
@@ -1266,6 +1916,21 @@ def texts_kernel(
     strengths[k] (float64) the strength."""
     arguments = _kernel_arguments(words, markers, weights, shingle, what, workspace)
     return partial(_run_texts(), *arguments)
+
+
+def body_kernel(
+    words: np.ndarray,
+    markers: MarkerSet,
+    weights: Sequence[float],
+    shingle: int,
+    what: int,
+    workspace: np.ndarray,
+) -> BodyKernel:
+    """``kernel(body)`` over a raw request body (``bytes``): ``_fingerprint_body``
+    with ``text_kernel``'s settings; ``workspace`` (``workspace_words(n)`` words) bounds
+    the bodies it reads to n bytes (a longer one is answered status 0)."""
+    arguments = _kernel_arguments(words, markers, weights, shingle, what, workspace)
+    return partial(_run_body(), *arguments)
 
 
 def skeleton_hashes(
@@ -1380,17 +2045,10 @@ class MarkerSet:
     def bits(self, text: np.ndarray | bytes) -> int:
         """Bit m is set when phrase m occurs in lower-cased UTF-8 ``text``."""
         weights = np.zeros(self._count, dtype=np.float64)
-        workspace = np.zeros(workspace_words(0, MARKERS), dtype=np.uint64)
-        _run_text()(
-            BOTH_CLASSES,
-            self._tables,
-            weights,
-            1,
-            MARKERS,
-            workspace,
-            readonly_bytes(text),
-            0,
-            0,
-        )
-        found = workspace[_FOUND_AT:_SCRATCH_WORDS].view(np.uint8)[: self._count]
+        array = readonly_bytes(text)
+        workspace = np.zeros(workspace_words(len(array), MARKERS), dtype=np.uint64)
+        _run_text()(BOTH_CLASSES, self._tables, weights, 1, MARKERS, workspace, array, 0, 0)
+        # The flags are in the scratch after the text's copy (see ``_text_area``).
+        at = (len(array) + 15) // 8 + _FOUND_AT
+        found = workspace[at : at + MAX_MARKERS // 8].view(np.uint8)[: self._count]
         return sum(1 << m for m in np.flatnonzero(found).tolist())

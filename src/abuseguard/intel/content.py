@@ -114,9 +114,12 @@ from abuseguard.intel._content_kernels import (
     MARKERS,
     MAX_SHINGLE,
     SKELETON,
+    BodyKernel,
     MarkerSet,
     TextKernel,
     TextsKernel,
+    body_context_start,
+    body_kernel,
     compile_kernels,
     kernels_cached,
     kernels_ready,
@@ -442,6 +445,8 @@ class ContentFacts(NamedTuple):
 
 # ``ContentFacts(*values)`` without the keyword handling of its constructor: half the cost.
 _new_tuple = tuple.__new__
+_body_context_start = body_context_start
+_BODY_PROMPT, _BODY_NO_PROMPT = 1, 2  # what ``_fingerprint_body`` answers (0: not read)
 
 EMPTY_CONTENT = ContentFacts(
     simhash=0, template_id=0, elicitation=0.0, n_bytes=0, prompt_found=False
@@ -516,6 +521,22 @@ def _digits_normalised(text: str) -> bytes:
 _CONTEXT_CACHE_SIZE = 4096
 _CONTEXT_CACHE_CHARS = 1024
 _context_ids: dict[str, int] = {}
+
+
+# context_id by the normalised context bytes the chat-body kernel gives (the same bounds).
+_normalised_context_ids: dict[bytes, int] = {}
+
+
+def _normalised_context_id(normalised: bytes) -> int:
+    """``_context_id`` of a context given already normalised (as UTF-8 bytes)."""
+    found = _normalised_context_ids.get(normalised)
+    if found is None:
+        found = _stable_hash_bytes(normalised)
+        if len(normalised) <= _CONTEXT_CACHE_CHARS:
+            if len(_normalised_context_ids) >= _CONTEXT_CACHE_SIZE:
+                _normalised_context_ids.clear()
+            _normalised_context_ids[normalised] = found
+    return found
 
 
 def _context_id(context: str) -> int:
@@ -701,7 +722,19 @@ _Prepared = tuple[bytes, int, int, int, str]
 class ContentFingerprinter:
     """Turns request bodies into ``ContentFacts``; thread-safe, never raises on a body."""
 
-    __slots__ = ("_max_bytes", "_primed", "_run", "_run_many", "_shingle", "_workspace")
+    __slots__ = (
+        "_body_bytes",
+        "_body_lock",
+        "_body_max",
+        "_body_workspace",
+        "_max_bytes",
+        "_primed",
+        "_run",
+        "_run_body",
+        "_run_many",
+        "_shingle",
+        "_workspace",
+    )
 
     def __init__(
         self, *, max_bytes: int = 16384, shingle: int = 3, background: bool = False
@@ -720,8 +753,15 @@ class ContentFingerprinter:
         self._workspace = np.empty(
             workspace_words(min(max_bytes, _WORKSPACE_MAX_BYTES)), dtype=np.uint64
         )
+        # The chat-body kernel's own workspace, read after its call (the context), so used
+        # under a lock: one thread's call cannot overwrite another's context before it is read.
+        self._body_max = min(max_bytes, _WORKSPACE_MAX_BYTES)
+        self._body_workspace = np.empty(workspace_words(self._body_max), dtype=np.uint64)
+        self._body_bytes = memoryview(self._body_workspace.view(np.uint8).data)
+        self._body_lock = threading.Lock()
         self._run: TextKernel | None = None
         self._run_many: TextsKernel | None = None
+        self._run_body: BodyKernel | None = None
         if not background or kernels_cached():
             self._bind_kernels()  # compiles here unless Numba's cache has the kernels
 
@@ -767,6 +807,11 @@ class ContentFingerprinter:
             np.empty(5, dtype=np.int64),
             np.empty(1, dtype=np.float64),
         )
+        run_body = body_kernel(
+            WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, shingle, what, self._body_workspace
+        )
+        run_body(b'{"messages": [{"role": "user", "content": "warm up"}]}')
+        self._run_body = run_body
         self._run_many = run_many
         self._run = run
         _KERNELS_COMPILED.set()
@@ -799,7 +844,40 @@ class ContentFingerprinter:
             hit = self._primed.pop(id(body), None)
             if hit is not None and hit[0] is body and hit[1] == content_type:
                 return hit[2]
+        if type(body) is bytes and len(body) <= self._body_max:
+            facts = self._fingerprint_chat(body)
+            if facts is not None:
+                return facts
         return self._fingerprint_safely(body, content_type)
+
+    def _fingerprint_chat(self, body: bytes) -> ContentFacts | None:
+        """A chat body read and fingerprinted in one kernel call (``_fingerprint_body``),
+        the facts the Python extraction would give; None for a body that kernel leaves to
+        the Python extraction (another shape, non-ASCII, invalid JSON)."""
+        run_body = self._run_body
+        if run_body is None or not body:
+            return None
+        try:
+            with self._body_lock:
+                status, simhash, template_id, n_tokens, phrase, context_length, strength = run_body(
+                    body
+                )
+                if context_length:
+                    start = _body_context_start(len(body))
+                    context = self._body_bytes[start : start + context_length].tobytes()
+        except Exception:  # as in ``_fingerprint_safely``: the Python extraction decides
+            return None
+        if status == _BODY_PROMPT:
+            if n_tokens < MIN_TOKENS:
+                simhash = template_id = 0
+            context_id = _normalised_context_id(context) if context_length else 0
+            return _new_tuple(
+                ContentFacts,
+                (simhash, template_id, strength, len(body), True, context_id, phrase),
+            )
+        if status == _BODY_NO_PROMPT:
+            return ContentFacts(0, 0, 0.0, len(body), False)
+        return None
 
     def prime(self, items: Iterable[tuple[bytes | str | None, str | None]]) -> int:
         """Fingerprint a batch of bodies ahead of the requests that carry them.
@@ -820,8 +898,15 @@ class ContentFingerprinter:
         asked: list[tuple[bytes | str | None, str | None]] = []
         waiting: list[_Prepared] = []
         packed = 0  # bytes of text waiting
+        chat = self._fingerprint_chat
+        body_max = self._body_max
         for item in items:
             body, content_type = item
+            if type(body) is bytes and len(body) <= body_max:
+                facts = chat(body)
+                if facts is not None:
+                    primed[id(body)] = (body, content_type, facts)
+                    continue
             try:
                 prepared = prepare(body, content_type)
             except Exception:  # as in ``_fingerprint_safely``
