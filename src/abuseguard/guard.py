@@ -1038,8 +1038,13 @@ class Guard:
         cost: float | None = None,
         release: bool = True,
         invalid_key: bool = False,
+        usage: float | None = None,
     ) -> None:
         """Feed the outcome back: status (error signals), real cost, concurrency release.
+
+        The real ``cost`` reconciles the limits that counted the estimate and counts toward
+        the account's spend per day (the ``spend`` signal); ``usage`` (e.g. the tokens of
+        the response when the limits count requests) counts toward the spend only.
 
         ``release`` False: the caller released the decision's concurrency slots already
         (`release`). With a shared backend the release and the cost reconciliation are
@@ -1072,6 +1077,15 @@ class Guard:
             # A success moves a zero error share nowhere: skip the call, the common case.
             if is_error or self._key_rows[row, L.F_ERR] != 0.0:
                 self.engine.record_outcome(row, is_error)
+        spent = cost if usage is None else usage
+        if (
+            row is not None
+            and spent is not None
+            and 0 < spent < float("inf")
+            and self.scoring_on
+            and identity[:2] == "k:"
+        ):
+            self.engine.add_spend(row, spent, info.ts if info.ts is not None else self.clock())
         if cost is not None and 0 <= cost < float("inf") and cost != decision.cost:
             self._reconcile(info, decision, row, cost)
 
@@ -1161,6 +1175,14 @@ class Guard:
         for ident in decision.held:
             backend.release(ident)
 
+    def forgive(self, identity: str) -> bool:
+        """Clear the risk an identity (a `Decision.identity`) has built up in this process:
+        its accumulated evidence and the hold it caused, a ban, the smoothed score and
+        ladder level, the background lane's prior. Its limits (buckets, quotas) are kept.
+        False when the identity is not known here. With a shared backend, a ban that
+        another worker wrote to the store is not lifted."""
+        return self.engine.forgive(identity)
+
     def set_prior(self, identity: str, prior: float) -> bool:
         """Background lane: a risk prior (0..1) for an identity, read by the kernel."""
         return self.engine.set_prior(identity, prior)
@@ -1202,7 +1224,7 @@ def _reason_names(mask: int) -> tuple[str, ...]:
     """The signal names of a reason bitmask (a few hundred masks occur: cached)."""
     names = _REASON_NAMES.get(mask)
     if names is None:
-        names = tuple(name for s, name in enumerate(L.SIGNAL_NAMES) if mask & (1 << s))
+        names = tuple(name for bit, name in L.REASON_BIT_NAMES if mask & (1 << bit))
         if len(_REASON_NAMES) < 4096:
             _REASON_NAMES[mask] = names
     return names
