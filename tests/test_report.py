@@ -141,6 +141,9 @@ def test_kind_and_actor_counts_are_exact() -> None:
         "shadow_limited": 0,
         "shadow_mitigated": 0,
         "first_mitigation": 2,
+        "held_at": None,
+        "served_after_hold": 0,
+        "served_after_hold_share": None,
     }
     assert report["actors"]["pool/a2"]["first_mitigation"] == 0
     assert report["actors"]["alice"]["first_mitigation"] is None
