@@ -78,7 +78,8 @@ contribution = st.one_of(st.just(0.0), st.floats(0.0, 4.0, allow_nan=False))
     weak_mask=st.integers(0, (1 << L.N_SIGNALS) - 1),
     requests=st.lists(
         st.tuples(
-            st.floats(0.0, 3000.0), st.lists(contribution, min_size=L.N_SIGNALS, max_size=L.N_SIGNALS)
+            st.floats(0.0, 3000.0),
+            st.lists(contribution, min_size=L.N_SIGNALS, max_size=L.N_SIGNALS),
         ),
         min_size=1,
         max_size=40,
@@ -455,11 +456,6 @@ def test_bad_evidence_values_are_config_errors(kwargs: dict[str, Any], field: st
     with pytest.raises(ConfigError) as caught:
         Evidence(**kwargs)
     assert caught.value.args[0].startswith(field)
-
-
-def test_more_than_eight_steps_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="Evidence.steps"):
-        Evidence(steps=tuple((float(i + 1), "block") for i in range(9)))
 
 
 @pytest.mark.parametrize(

@@ -471,8 +471,6 @@ class Evidence:
             steps.append((float(threshold), action))
         if not steps and self.enabled:
             raise ConfigError("Evidence.steps", "at least one step (or enabled=False)")
-        if len(steps) > 8:
-            raise ConfigError("Evidence.steps", "at most 8 steps")
         object.__setattr__(self, "steps", tuple(steps))
         _positive("Evidence.drift", self.drift)
         _positive("Evidence.weak_cap", self.weak_cap, allow_zero=True)

@@ -75,11 +75,11 @@ class ActorTally:
         "limited",
         "mitigated",
         "requests",
+        "served_after_hold",
         "shadow",
         "shadow_degraded",
         "shadow_limited",
         "shadow_mitigated",
-        "served_after_hold",
     )
 
     def __init__(self, label: str, kind: str) -> None:

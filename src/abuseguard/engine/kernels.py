@@ -435,7 +435,8 @@ def spend_per_day(
     age = ts - first_seen
     if age < prm[L.P_SPEND_MIN_AGE]:
         age = prm[L.P_SPEND_MIN_AGE]
-    return spend / (tau * (1.0 - math.exp(-age / tau))) * 86400.0
+    per_day: float = spend / (tau * (1.0 - math.exp(-age / tau))) * 86400.0
+    return per_day
 
 
 @njit(cache=True, inline="always")
@@ -449,9 +450,7 @@ def spend_signal(per_day: float, cohort_q: float, cohort_n: float, prm: np.ndarr
         return ramp(per_day / allowance, prm[L.P_SPEND_SHARE_LO], prm[L.P_SPEND_SHARE_HI])
     if cohort_n < 50.0:
         return 0.0
-    return ramp(
-        per_day / math.exp(cohort_q), prm[L.P_SPEND_COHORT_LO], prm[L.P_SPEND_COHORT_HI]
-    )
+    return ramp(per_day / math.exp(cohort_q), prm[L.P_SPEND_COHORT_LO], prm[L.P_SPEND_COHORT_HI])
 
 
 @njit(cache=True, inline="always")
@@ -475,8 +474,9 @@ def evidence_step(sig: np.ndarray, prm: np.ndarray) -> float:
             strong += c
     if weak > prm[L.P_EV_WEAK_CAP]:
         weak = prm[L.P_EV_WEAK_CAP]
-    step = strong + weak - prm[L.P_EV_DRIFT]
-    return step if step < prm[L.P_EV_MAX_STEP] else prm[L.P_EV_MAX_STEP]
+    step: float = strong + weak - prm[L.P_EV_DRIFT]
+    max_step: float = prm[L.P_EV_MAX_STEP]
+    return step if step < max_step else max_step
 
 
 @njit(cache=True, inline="always")
@@ -793,8 +793,8 @@ def decide(
     prm: np.ndarray,
 ) -> None:
     """One request, stage by stage: ban, arrival, network rows and sketches, score,
-    accumulated evidence, smoothed score, ladder, buckets. Inputs in ``iv`` and the X_ slots of ``io``; outputs in its O_
-    slots."""
+    accumulated evidence, smoothed score, ladder, buckets. Inputs in ``iv`` and the X_
+    slots of ``io``; outputs in its O_ slots."""
     ts = io[L.X_TS]
     cost = io[L.X_COST]
     epoch = math.floor(ts / (prm[L.P_HORIZON] * 0.5))

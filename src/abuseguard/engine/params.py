@@ -149,9 +149,7 @@ def spend_allowance(policy: Policy) -> float:
     """The key's allowance of real cost per day: the key bucket's rate when it counts the
     cost a response header reports, else the tightest by-cost key quota; 0 when neither."""
     allowances = [
-        q.amount / q.window * SECONDS_PER_DAY
-        for q in policy.quotas
-        if q.by_cost and q.per == "key"
+        q.amount / q.window * SECONDS_PER_DAY for q in policy.quotas if q.by_cost and q.per == "key"
     ]
     bucket = policy.bucket
     if bucket is not None and bucket.cost_header is not None:
