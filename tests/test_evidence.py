@@ -158,10 +158,13 @@ def test_one_strong_signal_with_every_weak_one_does_not_accumulate_by_default() 
     for i in range(1000):
         kernels.evidence_stage(row, io, 1.0 + i, 0, prm)
     assert row[L.F_EVIDENCE] == 0.0
-    io[L.O_CONTRIB + L.S_FAN_OUT] = 1.0  # a second, independent one
+    io[L.O_CONTRIB + L.S_FAN_OUT] = 1.5  # a second, independent one
+    ev = Evidence()
+    per_request = ev.signal_cap + 1.5 + ev.weak_cap - ev.drift
+    assert per_request > 0
     for i in range(1000, 1012):
         kernels.evidence_stage(row, io, 1.0 + i, 0, prm)
-    assert row[L.F_EVIDENCE] == pytest.approx(12.0, rel=1e-3)
+    assert row[L.F_EVIDENCE] == pytest.approx(12 * per_request, rel=1e-3)
 
 
 # -- the guard, end to end -----------------------------------------------------------------

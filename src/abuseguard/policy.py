@@ -437,7 +437,7 @@ class Evidence:
 
     enabled: bool = True
     steps: tuple[EvidenceStep, ...] = ((24.0, Action.CHALLENGE), (60.0, Action.BLOCK))
-    drift: float = 3.0
+    drift: float = 3.5
     weak_cap: float = 1.0
     signal_cap: float = 2.0
     max_step: float = 2.0
