@@ -145,6 +145,14 @@ def _items_from_right(value: str) -> Iterator[str]:
         end = start
 
 
+def peer_is_trusted(peer: str | None, trusted_proxies: tuple[IPNetwork, ...]) -> bool:
+    """Whether the direct peer's address is in one of ``trusted_proxies``."""
+    if peer is None or not trusted_proxies:
+        return False
+    addr = parse_address(peer)
+    return addr is not None and _in_any(addr, trusted_proxies)
+
+
 def client_ip(
     peer: str | None,
     headers: Mapping[str, str],

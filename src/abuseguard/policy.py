@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Literal
 
+from abuseguard.account import Accounts
 from abuseguard.config_check import check_fields
 from abuseguard.decision import Action
 from abuseguard.degrade import DegradeOptions
@@ -21,6 +22,7 @@ from abuseguard.engine import signals
 from abuseguard.errors import ConfigError
 from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import DEFAULT_PROXY_HEADER, PROXY_HEADERS
+from abuseguard.intel.edge import TLS_KINDS, EdgeReader
 from abuseguard.rates import parse_rate
 from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
 
@@ -910,6 +912,64 @@ def _statuses(field_name: str, values: Iterable[int]) -> frozenset[int]:
 
 
 @dataclass(frozen=True)
+class EdgeSignals:
+    """What a trusted proxy or CDN in front of the app computed, passed on as headers.
+
+    ``bot_score_header`` names the header with the edge's bot score (e.g. a Cloudflare
+    transform rule writing ``cf.bot_management.score``); ``bot_score_range`` is its scale
+    and ``bot_score_low_is_bot`` its direction (Cloudflare: 1..99, low = automated).
+    ``ja4_header`` and ``ja3_header`` name headers with the TLS ClientHello's JA4 or JA3
+    fingerprint; ``tls_families`` maps exact fingerprints to what sends them ("browser",
+    "mobile", "sdk", "script", "headless", "crawler"). They feed the ``persona`` signal: a
+    browser User-Agent over a handshake no browser sends (JA4 without TLS 1.3, SNI or
+    HTTP/2), over a fingerprint mapped to another kind, or scored as automated by the edge,
+    is a forged persona; an SDK or script the edge calls automated is what it claims. The
+    headers are believed only from a peer in `Policy.trusted_proxies`. With no header named
+    it reads nothing.
+    """
+
+    bot_score_header: str | None = None
+    bot_score_range: tuple[float, float] = (1.0, 99.0)
+    bot_score_low_is_bot: bool = True
+    ja4_header: str | None = None
+    ja3_header: str | None = None
+    tls_families: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("bot_score_header", "ja4_header", "ja3_header"):
+            value = getattr(self, name)
+            if value is not None:
+                if not value.strip() or not value.isascii() or " " in value.strip():
+                    raise ConfigError(
+                        f"EdgeSignals.{name}", f"expected a header name, got {value!r}"
+                    )
+                object.__setattr__(self, name, value.strip().lower())
+        low, high = self.bot_score_range
+        if not low < high:
+            raise ConfigError(
+                "EdgeSignals.bot_score_range",
+                f"expected (low, high) with low < high, got {self.bot_score_range!r}",
+            )
+        for fingerprint, kind in self.tls_families.items():
+            if kind not in TLS_KINDS:
+                raise ConfigError(
+                    f"EdgeSignals.tls_families[{fingerprint!r}]",
+                    f"expected one of {', '.join(TLS_KINDS)}, got {kind!r}",
+                )
+
+    def reader(self) -> EdgeReader:
+        return EdgeReader(
+            self.bot_score_header,
+            self.bot_score_range,
+            self.bot_score_low_is_bot,
+            self.ja4_header,
+            self.ja3_header,
+            self.tls_families,
+        )
+
+
+@dataclass(frozen=True)
 class Limits:
     """Limits of one route or one plan, beside the app-wide ones of `Policy`.
 
@@ -1000,6 +1060,13 @@ class Policy:
     `Limits` for the clients of that plan; ``plan_func`` (sync or async) gets the request
     (a Starlette ``HTTPConnection``: headers, ``user``, ``state``) and returns its plan
     name; no plan or an unknown one gets no plan limits. Memory backend only for now.
+    ``accounts`` brings in what the host app knows about each account (`Accounts`: a hook
+    returning `AccountFacts`, allow-lists of keys, organisations and tags whose risk
+    actions are capped while their limits still apply, a prior for young unverified
+    accounts). Without a ``facts`` hook nothing is known about accounts and only
+    ``trusted_keys`` act; None turns it all off. ``edge`` reads what a trusted proxy or CDN
+    computed (`EdgeSignals`: a bot score, a JA4 or JA3 fingerprint) into the persona
+    signal.
     """
 
     bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))
@@ -1025,6 +1092,8 @@ class Policy:
     routes: Mapping[str, Limits] = field(default_factory=dict)
     plans: Mapping[str, Limits] = field(default_factory=dict)
     plan_func: PlanFunc | None = None
+    accounts: Accounts | None = field(default_factory=Accounts)
+    edge: EdgeSignals | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.quotas, Quota):
@@ -1114,3 +1183,16 @@ class Policy:
             raise ConfigError("Policy.plan_func", "must be callable")
         if self.plans and self.plan_func is None:
             raise ConfigError("Policy.plan_func", "Policy.plans needs a plan_func")
+        if self.accounts is not None and not isinstance(self.accounts, Accounts):
+            found = type(self.accounts).__name__
+            raise ConfigError("Policy.accounts", f"expected Accounts or None, got {found}")
+        if self.edge is not None:
+            if not isinstance(self.edge, EdgeSignals):
+                found = type(self.edge).__name__
+                raise ConfigError("Policy.edge", f"expected EdgeSignals or None, got {found}")
+            if not self.trusted_proxies:
+                raise ConfigError(
+                    "Policy.edge",
+                    "edge headers are believed only from Policy.trusted_proxies; list the "
+                    "proxy or CDN ranges that set them",
+                )

@@ -188,16 +188,11 @@ def _refusal(
 ) -> Decision | None:
     """The full check's decision from these outputs when it refuses; None otherwise.
     Observers see a refusal only: a request that may be served is decided later."""
-    observers = guard.observers
-    guard.observers = []
-    try:
-        decision = guard._decide(info, p, io, limits, buckets_known)
-    finally:
-        guard.observers = observers
+    decision = guard.decider.decide(p, io, limits, buckets_known)
     if decision.served:
         return None
     decision.held = ()  # never taken: a refusal asks no slot (the peek took none anyway)
-    if observers:
+    if guard.observers:
         guard.notify(info, decision)
     return decision
 

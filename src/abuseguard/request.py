@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from abuseguard.account import AccountFacts
 
 ANONYMIZER_KINDS: tuple[str, ...] = (
     "vpn",
@@ -23,6 +27,7 @@ class RequestInfo:
     fields (``asn``, ``as_org``, ``country``, ``anon``, ``anon_confidence``), when set,
     are used instead of database lookups, as a CDN log line would carry them. ``plan``
     is the client's plan (`Policy.plans`), from `Policy.plan_func` in the middleware.
+    ``account`` holds what the host app knows about the account (`Policy.accounts`).
     """
 
     ip: str
@@ -41,3 +46,4 @@ class RequestInfo:
     anon: tuple[str, ...] | None = None
     anon_confidence: int | None = None
     plan: str | None = None
+    account: AccountFacts | None = None

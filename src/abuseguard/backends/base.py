@@ -108,7 +108,6 @@ class Stages(Protocol):
 
     def load_factor(self) -> float: ...
     def buckets_shadowed(self, denied: int) -> bool: ...
-    def use_local_buckets(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -219,7 +218,8 @@ class RoundTripDecider(ABC):
 
 
 class LocalDecider(ABC):
-    """Capability of a shared backend that decides from local state (no waiting)."""
+    """Capability of a shared backend that decides from local state (no waiting): the
+    kernel's own buckets decide, and decisions report them (`kernel_buckets`)."""
 
     @abstractmethod
     def note_decision(
@@ -228,6 +228,15 @@ class LocalDecider(ABC):
         """The Guard decided ``p`` from local state (``plain``: the kernel's plain allow,
         every bucket charged; ``io``: the engine's outputs): note what to merge into the
         store; no I/O."""
+
+
+def kernel_buckets(backend: Backend) -> bool:
+    """Whether the engine's own token buckets decide ``backend``'s requests, and decisions
+    report them: a local backend (nothing else holds them) and a `LocalDecider` (Redis
+    synced mode) do; a `RoundTripDecider` alone answers the buckets in its round trip
+    (its fail mode may turn the kernel's on meanwhile, through `EngineRows`). Read by the
+    Guard once, at construction."""
+    return not backend.shared or isinstance(backend, LocalDecider)
 
 
 def require_capabilities(backend: Backend) -> None:
@@ -296,5 +305,6 @@ __all__ = [
     "Stages",
     "UnknownLimits",
     "backend_from_uri",
+    "kernel_buckets",
     "require_capabilities",
 ]

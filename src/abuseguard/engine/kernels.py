@@ -674,6 +674,9 @@ def ladder_stage(
         # Held by accumulated evidence (`evidence_stage`): the score may fall, the hold
         # stays until forgiven.
         level = int(key_row[L.F_STICKY])
+    cap = key_row[L.F_LEVEL_CAP]
+    if cap > 0.0 and level > cap - 1.0:
+        level = int(cap - 1.0)  # a trusted account (Policy.accounts): served, still scored
     coupling_score = smoothed if corroborated else 0.0
     key_row[L.F_COUPLING_SCORE] = coupling_score
     key_row[L.F_LEVEL] = level
@@ -841,6 +844,8 @@ def decide(
     smoothed = smooth_stage(key_row, score, ts, previous_seen, new_key, prm)
     coupling_score = ladder_stage(key_row, smoothed, ts, prm[L.P_SCORING] != 0.0, prm)
     level = int(key_row[L.F_LEVEL])
+    if level < key_row[L.F_STICKY]:
+        reasons &= ~(1 << L.R_EVIDENCE)  # a trusted account's cap: not held
     bucket_stage(tables, key_row, iv, io, prm, ts, cost, level, coupling_score, fan_in, reasons)
 
 

@@ -76,6 +76,7 @@ F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate
     F_IA_COUNT,  # inter-arrival samples behind F_LIA_MEAN / F_LIA_VAR
     F_STRONG_UNTIL,  # a strong signal was seen: denials and risk coupling allowed until then
     F_COUPLING_SCORE,  # the smoothed score while F_STRONG_UNTIL holds, else 0 (bucket refill)
+    F_LEVEL_CAP,  # highest ladder level + 1 for a trusted account (Policy.accounts); 0: none
     F_EVIDENCE,  # accumulated evidence (CUSUM of per-request log-likelihood ratios), >= 0
     F_EVIDENCE_TS,  # when F_EVIDENCE was last updated (it decays from there)
     F_EVIDENCE_HELD,  # last time the evidence stood at or above the first step's threshold
@@ -101,6 +102,7 @@ F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate
     "ia_count",
     "strong_until",
     "coupling_score",
+    "level_cap",
     "evidence",
     "evidence_ts",
     "evidence_held",

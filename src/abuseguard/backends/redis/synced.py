@@ -184,8 +184,9 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
         self._divided = full.copy()
         self._divided[1::2] /= float(self.workers)  # bursts
         self._divided[0::2] /= float(self.workers)  # rates
-        stages.rows.set_bucket_parameters(full)  # the kernel's own buckets decide,
-        stages.use_local_buckets()  # and the Decision reports them as the memory backend's
+        # The kernel's own buckets decide (a LocalDecider: the Guard built the engine with
+        # them on and reports them in its decisions); these are the whole buckets.
+        stages.rows.set_bucket_parameters(full)
         self.syncer = Syncer(self, stages, max_pending=self.sync_max_pending, workers=self.workers)
         # Fan-out and fan-in sketches are shared as inline (`sketches`).
         self._sketching = self.shared_sketches and policy.network is not None
