@@ -395,7 +395,7 @@ def _reason_names(mask: int) -> tuple[str, ...]:
     """The signal names of a reason bitmask (a few hundred masks occur: cached)."""
     names = _REASON_NAMES.get(mask)
     if names is None:
-        names = tuple(name for s, name in enumerate(L.SIGNAL_NAMES) if mask & (1 << s))
+        names = tuple(name for bit, name in L.REASON_BIT_NAMES if mask & (1 << bit))
         if len(_REASON_NAMES) < 4096:
             _REASON_NAMES[mask] = names
     return names

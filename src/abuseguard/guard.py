@@ -683,8 +683,13 @@ class Guard:
         cost: float | None = None,
         release: bool = True,
         invalid_key: bool = False,
+        usage: float | None = None,
     ) -> None:
         """Feed the outcome back: status (error signals), real cost, concurrency release.
+
+        The real ``cost`` reconciles the limits that counted the estimate and counts toward
+        the account's spend per day (the ``spend`` signal); ``usage`` (e.g. the tokens of
+        the response when the limits count requests) counts toward the spend only.
 
         ``release`` False: the caller released the decision's concurrency slots already
         (`release`). With a shared backend the release and the cost reconciliation are
@@ -693,7 +698,7 @@ class Guard:
         invalid (`Policy.unverified_keys`); ``invalid_key`` True: the app said the key is
         invalid, whatever the status. See `abuseguard.settle`.
         """
-        self.settlement.complete(info, decision, status, cost, release, invalid_key)
+        self.settlement.complete(info, decision, status, cost, release, invalid_key, usage)
 
     def report_invalid_key(self, info: RequestInfo) -> bool:
         """The app found the API key of ``info`` invalid: charge the client's address and
@@ -716,6 +721,14 @@ class Guard:
         """Give back the concurrency slots a decision holds (once: `complete` then needs
         ``release=False``). The middleware calls it as the last body message goes out."""
         self.settlement.release(decision)
+
+    def forgive(self, identity: str) -> bool:
+        """Clear the risk an identity (a `Decision.identity`) has built up in this process:
+        its accumulated evidence and the hold it caused, a ban, the smoothed score and
+        ladder level, the background lane's prior. Its limits (buckets, quotas) are kept.
+        False when the identity is not known here. With a shared backend, a ban that
+        another worker wrote to the store is not lifted."""
+        return self.engine.forgive(identity)
 
     def set_prior(self, identity: str, prior: float) -> bool:
         """Background lane: a risk prior (0..1) for an identity, read by the kernel."""

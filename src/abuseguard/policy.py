@@ -409,6 +409,85 @@ DEFAULT_CLIENT_RISK: Mapping[str, float] = {
 }
 
 
+EvidenceStep = tuple[float, Action | str]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Evidence that accumulates per account: a sequential test (CUSUM) over the signals of
+    every request, whose crossing holds the account at a ladder step until it is forgiven.
+
+    Each scored request adds its evidence, the log-likelihood ratio the score's logit
+    already carries (each signal's contribution, weight x value), less ``drift``; the sum
+    never goes below 0. No signal adds more than ``signal_cap`` and the weak signals
+    (`Scoring.weak_signals`) together no more than ``weak_cap``, which may not exceed
+    ``drift``: weak signals alone never accumulate, whatever their number. With
+    ``signal_cap + weak_cap <= drift`` (the defaults) one strong signal with every weak
+    one does not accumulate either: only two independent signals, request after request,
+    do. No request adds more than ``max_step``, so it takes at least
+    ``threshold / max_step`` requests to reach a threshold. The evidence halves every
+    ``half_life`` seconds (forgiveness over hours to days).
+
+    ``steps``: (evidence threshold, action) with rising thresholds and rising severity.
+    Reaching a threshold holds the account at the first ladder step
+    (`Enforcement.ladder`) at least as severe as the step's action (the top step when
+    none is), whatever its instantaneous score, with the reason ``evidence``; a ban
+    follows when that step is `Enforcement.ban_at` or above. The hold ends once the
+    evidence has stayed below the first threshold for ``quiet_period`` seconds, or at
+    `Guard.forgive`. ``enabled`` False turns accumulated evidence off.
+    """
+
+    enabled: bool = True
+    steps: tuple[EvidenceStep, ...] = ((24.0, Action.CHALLENGE), (60.0, Action.BLOCK))
+    drift: float = 3.5
+    weak_cap: float = 1.0
+    signal_cap: float = 2.0
+    max_step: float = 2.0
+    half_life: float = 43200.0
+    quiet_period: float = 21600.0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        steps: list[tuple[float, Action]] = []
+        last_threshold = 0.0
+        last_severity = 0
+        for i, step in enumerate(self.steps):
+            try:
+                threshold, action = step
+                action = Action(action)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"Evidence.steps[{i}]", f"expected (threshold, action), got {step!r}"
+                ) from None
+            _positive(f"Evidence.steps[{i}]", threshold)
+            if not action.denies and action != Action.DEGRADE:
+                raise ConfigError(
+                    f"Evidence.steps[{i}]",
+                    f"a held account is degraded or refused, not {action.value!r}",
+                )
+            if threshold <= last_threshold or action.severity <= last_severity:
+                raise ConfigError(
+                    f"Evidence.steps[{i}]", "thresholds and actions must rise step by step"
+                )
+            last_threshold, last_severity = threshold, action.severity
+            steps.append((float(threshold), action))
+        if not steps and self.enabled:
+            raise ConfigError("Evidence.steps", "at least one step (or enabled=False)")
+        object.__setattr__(self, "steps", tuple(steps))
+        _positive("Evidence.drift", self.drift)
+        _positive("Evidence.weak_cap", self.weak_cap, allow_zero=True)
+        _positive("Evidence.signal_cap", self.signal_cap)
+        _positive("Evidence.max_step", self.max_step)
+        _positive("Evidence.half_life", self.half_life)
+        _positive("Evidence.quiet_period", self.quiet_period, allow_zero=True)
+        if self.weak_cap > self.drift:
+            raise ConfigError(
+                "Evidence.weak_cap",
+                f"must not exceed drift ({self.drift!r}), or weak signals alone would "
+                f"accumulate; got {self.weak_cap!r}",
+            )
+
+
 @dataclass(frozen=True)
 class Scoring:
     """The risk model: a logistic combination of signals, each in 0..1.
@@ -456,6 +535,14 @@ class Scoring:
     ``reason_min`` within the last ``Enforcement.score_half_life`` seconds, the ladder stops
     at its last step that serves the request (log, delay, degrade) and the risk does not
     slow the bucket's refill. An empty set lets every signal refuse on its own.
+
+    ``evidence`` accumulates the signals per account into a sticky hold (see
+    :class:`Evidence`). ``spend_share`` ramps the real cost (tokens) an account was
+    reported to spend per day (`Guard.complete`'s ``cost`` or ``usage``) as a share of its
+    token allowance (the key bucket when it has a ``cost_header``, else the tightest
+    ``by_cost`` key quota); without such an allowance ``spend_cohort`` ramps it as a
+    multiple of the cohort's 90th percentile of spend per day (a running estimate over
+    every account that reported a cost).
     """
 
     enabled: bool = True
@@ -476,9 +563,14 @@ class Scoring:
     sketch_horizon: float = 3600.0
     content_read_timeout: float = 1.5
     weak_signals: Iterable[str] = DEFAULT_WEAK_SIGNALS
+    evidence: Evidence = field(default_factory=Evidence)
+    spend_share: tuple[float, float] = (0.8, 1.2)
+    spend_cohort: tuple[float, float] = (4.0, 16.0)
 
     def __post_init__(self) -> None:
         check_fields(self, signed=("bias",))
+        if not isinstance(self.evidence, Evidence):
+            raise ConfigError("Scoring.evidence", f"expected Evidence, got {self.evidence!r}")
         weak = frozenset(self.weak_signals)
         unknown = weak - set(DEFAULT_WEIGHTS)
         if unknown:
@@ -521,6 +613,8 @@ class Scoring:
             "impatience_share",
             "template_share",
             "shared_template_accounts",
+            "spend_share",
+            "spend_cohort",
         ):
             _range(f"Scoring.{name}", getattr(self, name))
 

@@ -63,8 +63,10 @@ class Settlement:
         cost: float | None,
         release: bool,
         invalid_key: bool,
+        usage: float | None = None,
     ) -> None:
-        """`Guard.complete`: release, what the status teaches, the real cost."""
+        """`Guard.complete`: release, what the status teaches, the real cost (and the
+        spend: ``usage``, else the cost)."""
         if release and decision.held:
             self.release(decision)
         identity = decision.identity
@@ -89,6 +91,15 @@ class Settlement:
             # A success moves a zero error share nowhere: skip the call, the common case.
             if is_error or self.key_rows[row, L.F_ERR] != 0.0:
                 self.engine.record_outcome(row, is_error)
+        spent = cost if usage is None else usage
+        if (
+            row is not None
+            and spent is not None
+            and 0 < spent < float("inf")
+            and self.scoring_on
+            and identity[:2] == "k:"
+        ):
+            self.engine.add_spend(row, spent, info.ts if info.ts is not None else self.clock())
         if cost is not None and 0 <= cost < float("inf") and cost != decision.cost:
             self.reconcile(info, decision, row, cost)
 

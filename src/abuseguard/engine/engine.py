@@ -112,6 +112,33 @@ class Engine:
         self.tables[L.KIND_KEY].data[row, L.F_PRIOR] = min(1.0, max(0.0, prior))
         return True
 
+    def add_spend(self, key_row: int, amount: float, ts: float) -> None:
+        """The real cost (tokens) of a served request of the identity at ``key_row``,
+        reported after its response: the spend signal reads it."""
+        kernels.add_spend(self.tables[L.KIND_KEY].data, self.cms, key_row, amount, ts, self.params)
+
+    def forgive(self, key: object) -> bool:
+        """Clear what an identity's risk has built up: its accumulated evidence and the
+        hold of its steps, a ban, the smoothed score and ladder level, the lane's prior.
+        Its limits (buckets, quotas) stay. False when the identity is unknown here."""
+        row = self.key_table.find(key)
+        data = self.key_table.data[row] if row is not None else self.key_table.held.row_of(key)
+        if data is None:
+            return False
+        for field in (
+            L.F_EVIDENCE,
+            L.F_EVIDENCE_HELD,
+            L.F_STICKY,
+            L.F_BANNED_UNTIL,
+            L.F_SCORE,
+            L.F_LEVEL,
+            L.F_COUPLING_SCORE,
+            L.F_STRONG_UNTIL,
+            L.F_PRIOR,
+        ):
+            data[field] = 0.0
+        return True
+
     def last_kernel_inputs(self, *, scored: bool = True) -> tuple[Any, ...]:
         """The arguments of the last ``decide_with`` call, state vector first, read back
         from the state vector, where the kernel keeps its inputs: ``decide_with(*inputs)``
