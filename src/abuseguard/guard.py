@@ -539,6 +539,20 @@ class Guard:
         limits refuses goes no further (nothing counted, the kernel not run); a served one
         is counted in each of them, with their states in the decision."""
         verdict = route_limits.test(info, p.identity, p.address.ip_key, p.cost, p.ts)
+        return self._route_decision(
+            info, p, route_limits, verdict, lambda: self._conclude(info, p, self._run(p))
+        )
+
+    def _route_decision(
+        self,
+        info: RequestInfo,
+        p: Prepared,
+        route_limits: RouteLimiter,
+        verdict: Verdict,
+        decide: Callable[[], Decision],
+    ) -> Decision:
+        """The decision with the route and plan limits' ``verdict``: their refusal, or
+        ``decide()``'s decision holding their states once counted."""
         refusal = self.route_refusal(info, p, verdict)
         if refusal is not None:
             return refusal
@@ -546,7 +560,7 @@ class Guard:
         observers = self.observers
         self.observers = []
         try:
-            decision = self._conclude(info, p, self._run(p))
+            decision = decide()
         finally:
             self.observers = observers
         if verdict.violated and decision.action == Action.ALLOW:  # shadowed refusal
@@ -556,9 +570,7 @@ class Guard:
             decision.retry_after = verdict.retry_after
             decision.policies = decision.policies + verdict.violated
         elif decision.served and verdict.applied:
-            states, held = route_limits.count(
-                verdict.applied, p.identity, p.address.ip_key, p.cost, p.ts
-            )
+            states, held = route_limits.count(verdict, p.identity, p.address.ip_key, p.cost, p.ts)
             decision.policies = decision.policies + states
             decision.held = decision.held + held
         if observers:
@@ -706,7 +718,13 @@ class Guard:
             if self.observers:
                 self._notify(info, answer.refusal)
             return answer.refusal
-        decision = self._decide(info, p, io, answer.limits, answer.buckets_known)
+        if answer.routes is not None and self.route_limits is not None:
+            decision = self._route_decision(
+                info, p, self.route_limits, answer.routes,
+                lambda: self._decide(info, p, io, answer.limits, answer.buckets_known),
+            )  # fmt: skip
+        else:
+            decision = self._decide(info, p, io, answer.limits, answer.buckets_known)
         if answer.policies_kept >= 0:
             decision.policies = decision.policies[: answer.policies_kept]
         if not answer.holds:
@@ -1102,6 +1120,9 @@ class Guard:
         hits = max(0, round(cost)) - max(0, round(decision.cost))
         if not hits:
             return
+        if self.route_limits is not None:
+            ip_key = self.addresses.resolve(info.ip).ip_key
+            self.route_limits.reconcile(info, identity, ip_key, hits)
         for index, quota in enumerate(policy.quotas):
             if quota.by_cost:
                 ident = (

@@ -1,10 +1,18 @@
 """Limits per route and per plan (`Policy.routes`, `Policy.plans`), beside the app-wide ones.
 
-The app-wide bucket stays in the kernel; route and plan limits are kept here, in Python,
-per identity and limit name: token buckets in a bounded dict, quotas and concurrency slots
-through the memory backend. A request is first tested against every limit
-that applies, without counting; it is counted only once the guard serves it, so a refused
-request costs nothing.
+The app-wide bucket stays in the kernel. Route and plan limits are kept per identity and
+limit name, where the backend keeps its limits:
+
+- memory backend: here, in Python: token buckets in a bounded dict, quotas and concurrency
+  slots through the memory backend. A request is first tested against every limit that
+  applies, without counting (`RouteLimiter.test`); it is counted only once the guard serves
+  it (`RouteLimiter.count`), so a refused request costs nothing.
+- a shared backend that answers a request's limits in one round trip
+  (``counts_route_limits``: Redis in inline mode): in its store, tested and counted
+  atomically in the same call as the app-wide limits (`backends.redis.route_ops`); its
+  answer comes back as a `Verdict` already counted.
+
+Other backends (Redis in synced mode) refuse route and plan limits at construction.
 """
 
 from __future__ import annotations
@@ -45,28 +53,39 @@ class NamedLimits:
 
 @dataclass(slots=True)
 class Verdict:
-    """What the route and plan limits say about one request, before anything is counted."""
+    """What the route and plan limits say about one request: before anything is counted
+    (``counted`` None, the memory backend), or as a round-trip backend answered it, with
+    the states of the limits it counted (``counted``) and the slots it took (``held``)."""
 
     applied: tuple[NamedLimits, ...]
     violated: tuple[PolicyState, ...]
     reasons: tuple[str, ...]
     retry_after: float
+    counted: tuple[PolicyState, ...] | None = None
+    held: tuple[str, ...] = ()
 
 
 class RouteLimiter:
-    """Route and plan limits of a policy, kept per identity (memory backend only)."""
+    """Route and plan limits of a policy, kept per identity: in this process with the
+    memory backend, in the store of a backend that ``counts_route_limits``."""
 
     def __init__(self, policy: Policy, backend: Backend, max_buckets: int) -> None:
-        if not isinstance(backend, MemoryBackend):
-            part = "Policy.routes" if policy.routes else "Policy.plans"
-            schemes = getattr(backend, "schemes", ())
-            where = (
-                "Redis backend"
-                if any(str(scheme).startswith("redis") for scheme in schemes)
-                else type(backend).__name__
+        part = "Policy.routes" if policy.routes else "Policy.plans"
+        self._memory: MemoryBackend | None = None
+        self._remote: Backend | None = None
+        if isinstance(backend, MemoryBackend):
+            self._memory = backend
+        elif backend.counts_route_limits:
+            self._remote = backend
+        elif backend.decides_locally:
+            raise ConfigError(
+                part,
+                f"{part} is not supported by the {type(backend).__name__} (Redis synced "
+                "mode): route and plan limits are tested and counted in the store with each "
+                "request, which synced mode never waits for; use mode=inline (the default)",
             )
-            raise ConfigError(part, f"{part} is not supported by the {where} yet")
-        self._limits = backend
+        else:
+            raise ConfigError(part, f"{part} is not supported by the {type(backend).__name__}")
         self.routes: dict[str, NamedLimits] = {
             pattern: NamedLimits(limit_name("route", pattern), limits)
             for pattern, limits in policy.routes.items()
@@ -138,8 +157,12 @@ class RouteLimiter:
     def test(
         self, info: RequestInfo, identity: str, ip_key: str, cost: float, now: float
     ) -> Verdict:
-        """Would every route and plan limit admit this request? Nothing is counted."""
+        """Would every route and plan limit admit this request? Nothing is counted. With
+        a round-trip backend nothing is known before its call: every limit admits."""
         applied = self.applying(info)
+        if self._memory is None:
+            return Verdict(applied, (), (), 0.0)
+        memory = self._memory
         violated: list[PolicyState] = []
         reasons: list[str] = []
         retry_after = 0.0
@@ -156,8 +179,8 @@ class RouteLimiter:
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 hits = max(0, round(cost)) if quota.by_cost else 1
                 key = f"{named.name}:{ident}"
-                if not self._limits.quota_fits(quota.limit, quota.strategy, key, hits):
-                    remaining, reset = self._limits.quota_state(quota.limit, quota.strategy, key)
+                if not memory.quota_fits(quota.limit, quota.strategy, key, hits):
+                    remaining, reset = memory.quota_state(quota.limit, quota.strategy, key)
                     violated.append(
                         PolicyState(name, quota.amount, quota.window, remaining, reset, True)
                     )
@@ -165,7 +188,7 @@ class RouteLimiter:
                     retry_after = max(retry_after, reset)
             if limits.concurrency is not None:
                 slot = f"c:{identity}:{named.name}"
-                if not self._limits.slot_free(slot, limits.concurrency):
+                if not memory.slot_free(slot, limits.concurrency):
                     name = f"{named.name}-concurrency"
                     violated.append(PolicyState(name, limits.concurrency, 1.0, 0.0, 1.0, True))
                     reasons.append("concurrency")
@@ -173,18 +196,18 @@ class RouteLimiter:
         return Verdict(applied, tuple(violated), tuple(dict.fromkeys(reasons)), retry_after)
 
     def count(
-        self,
-        applied: tuple[NamedLimits, ...],
-        identity: str,
-        ip_key: str,
-        cost: float,
-        now: float,
+        self, verdict: Verdict, identity: str, ip_key: str, cost: float, now: float
     ) -> tuple[tuple[PolicyState, ...], tuple[str, ...]]:
-        """Count a served request in every limit ``test`` found; their states and the
-        concurrency slots taken (to release with the decision)."""
+        """Count a served request in every limit ``verdict`` found; their states and the
+        concurrency slots taken (to release with the decision). A verdict a round-trip
+        backend answered was counted there: its states and slots."""
+        if verdict.counted is not None:
+            return verdict.counted, verdict.held
+        memory = self._memory
+        assert memory is not None
         states: list[PolicyState] = []
         held: list[str] = []
-        for named in applied:
+        for named in verdict.applied:
             limits = named.limits
             bucket = limits.bucket
             if bucket is not None:
@@ -198,17 +221,32 @@ class RouteLimiter:
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 hits = max(0, round(cost)) if quota.by_cost else 1
                 key_q = f"{named.name}:{ident}"
-                ok, remaining, reset = self._limits.hit_quota(
-                    quota.limit, quota.strategy, key_q, hits
-                )
+                ok, remaining, reset = memory.hit_quota(quota.limit, quota.strategy, key_q, hits)
                 states.append(
                     PolicyState(name, quota.amount, quota.window, remaining, reset, not ok)
                 )
             if limits.concurrency is not None:
                 slot = f"c:{identity}:{named.name}"
-                if self._limits.acquire(slot, limits.concurrency):
+                if memory.acquire(slot, limits.concurrency):
                     held.append(slot)
         return tuple(states), tuple(held)
+
+    def reconcile(self, info: RequestInfo, identity: str, ip_key: str, hits: int) -> None:
+        """Count ``hits`` more (< 0: fewer) in every by-cost quota of the route and plan
+        limits that applied to ``info``, served and counted at its estimated cost: the
+        real cost reported after the response minus the estimate, in whole units."""
+        if not hits:
+            return
+        for named in self.applying(info):
+            for quota in named.limits.quotas:
+                if not quota.by_cost:
+                    continue
+                ident = identity if quota.per == "key" else "i:" + ip_key
+                if self._memory is not None:
+                    key = f"{named.name}:{ident}"
+                    self._memory.reconcile_quota(quota.limit, quota.strategy, key, hits)
+                elif self._remote is not None:
+                    self._remote.reconcile_route_quota(named.name, quota, ident, hits)
 
     def _evict_full(self, now: float) -> None:
         """Forget the buckets idle long enough to be full again (a new one reads full);

@@ -32,6 +32,7 @@ class GuardStages:
         self.local_verdict = guard.risk_action
         self.load_factor = guard._load_factor
         self.buckets_shadowed = guard._bucket_shadow
+        self.route_limits = guard.route_limits
 
     def use_local_buckets(self) -> None:
         """The kernel's own buckets decide (synced mode): decisions report them."""
