@@ -121,6 +121,7 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
 
     mode = "synced"
     decides_locally = True
+    counts_route_limits = False  # refused at construction (`route_limits.RouteLimiter`)
 
     def __init__(
         self,
