@@ -540,8 +540,25 @@ class Guard:
         is counted in each of them, with their states in the decision."""
         verdict = route_limits.test(info, p.identity, p.address.ip_key, p.cost, p.ts)
         return self._route_decision(
-            info, p, route_limits, verdict, lambda: self._conclude(info, p, self._run(p))
+            info, p, route_limits, verdict, lambda: self._conclude_on_plan(info, p, route_limits)
         )
+
+    def _conclude_on_plan(
+        self, info: RequestInfo, p: Prepared, route_limits: RouteLimiter
+    ) -> Decision:
+        """`_conclude` after the kernel ran with the key bucket of the request's plan, when
+        plans carry their own bucket (it replaces the app-wide one: the key row's F_PLAN)."""
+        if not route_limits.plan_slots:
+            return self._conclude(info, p, self._run(p))
+        row = self._tables[L.KIND_KEY].row(p.identity, p.ts)
+        self._tables[L.KIND_KEY].data[row, L.F_PLAN] = route_limits.plan_slot(info)
+        decision = self._conclude(info, p, self._run(p))
+        io = self._io
+        decision.policies = route_limits.with_plan_bucket(
+            info, decision.policies, self._bucket, io[L.O_REMAINING], io[L.O_RESET],
+            bool(int(io[L.O_DENIED_KINDS]) & 1 << L.KIND_KEY),
+        )  # fmt: skip
+        return decision
 
     def _route_decision(
         self,

@@ -1,6 +1,10 @@
 """Limits per route and per plan (`Policy.routes`, `Policy.plans`), beside the app-wide ones.
 
-The app-wide bucket stays in the kernel. Route and plan limits are kept per identity and
+The app-wide bucket stays in the kernel. A plan's own bucket replaces it for the plan's
+clients (`Policy.plans`: the kernel reads the plan's bucket through the key row's
+``F_PLAN``, or a round-trip backend asks the plan's bucket in place of the app-wide one),
+with the app-wide bucket's risk and load scaling; it is named after the plan in the
+RateLimit headers ("plan-pro-default"). Route and plan limits are kept per identity and
 limit name, where the backend keeps its limits:
 
 - memory backend: here, in Python: token buckets in a bounded dict, quotas and concurrency
@@ -23,8 +27,10 @@ from dataclasses import dataclass
 from abuseguard.backends.base import Backend
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import PolicyState
+from abuseguard.engine.layout import MAX_PLAN_BUCKETS
+from abuseguard.engine.params import plan_buckets
 from abuseguard.errors import ConfigError
-from abuseguard.policy import Limits, Policy
+from abuseguard.policy import Limits, Policy, TokenBucket
 from abuseguard.request import RequestInfo
 
 
@@ -38,11 +44,22 @@ class NamedLimits:
     """A route's or plan's `Limits` under its name, with what each request reads of them
     worked out once (names, bucket shape)."""
 
-    __slots__ = ("bucket_name", "capacity", "limits", "name", "per_second", "quota_names", "window")
+    __slots__ = (
+        "bucket_name",
+        "capacity",
+        "limits",
+        "name",
+        "per_second",
+        "quota_names",
+        "replaces_key_bucket",
+        "window",
+    )
 
-    def __init__(self, name: str, limits: Limits) -> None:
+    def __init__(self, name: str, limits: Limits, *, replaces_key_bucket: bool = False) -> None:
         self.name = name
         self.limits = limits
+        # A plan's bucket takes the app-wide bucket's place (not kept beside it).
+        self.replaces_key_bucket = replaces_key_bucket and limits.bucket is not None
         bucket = limits.bucket
         self.bucket_name = f"{name}-{bucket.name}" if bucket is not None else ""
         self.capacity = bucket.capacity if bucket is not None else 0.0
@@ -91,9 +108,18 @@ class RouteLimiter:
             for pattern, limits in policy.routes.items()
         }
         self.plans: dict[str, NamedLimits] = {
-            plan: NamedLimits(limit_name("plan", plan), limits)
+            plan: NamedLimits(limit_name("plan", plan), limits, replaces_key_bucket=True)
             for plan, limits in policy.plans.items()
         }
+        # plan -> its slot in the kernel's plan buckets (memory backend: the kernel's key
+        # bucket takes the plan's shape; a round-trip backend asks the plan's bucket itself)
+        self.plan_slots = plan_buckets(policy) if self._memory is not None else {}
+        if len(self.plan_slots) > MAX_PLAN_BUCKETS:
+            raise ConfigError(
+                "Policy.plans",
+                f"at most {MAX_PLAN_BUCKETS} plans may carry their own bucket, got "
+                f"{len(self.plan_slots)}",
+            )
         # a plan's own limits for some routes, in place of `Policy.routes` for its clients
         self.plan_routes: dict[str, dict[str, NamedLimits]] = {
             plan: {
@@ -169,7 +195,7 @@ class RouteLimiter:
         for named in applied:
             limits = named.limits
             bucket = limits.bucket
-            if bucket is not None:
+            if bucket is not None and not named.replaces_key_bucket:
                 tokens = self._tokens((identity, named.bucket_name), named, now)
                 if tokens < cost:
                     violated.append(self._bucket_state(named, tokens, True))
@@ -210,7 +236,7 @@ class RouteLimiter:
         for named in verdict.applied:
             limits = named.limits
             bucket = limits.bucket
-            if bucket is not None:
+            if bucket is not None and not named.replaces_key_bucket:
                 key = (identity, named.bucket_name)
                 tokens = self._tokens(key, named, now) - cost
                 if key not in self._buckets and len(self._buckets) >= self._max_buckets:
@@ -230,6 +256,45 @@ class RouteLimiter:
                 if memory.acquire(slot, limits.concurrency):
                     held.append(slot)
         return tuple(states), tuple(held)
+
+    def plan_slot(self, info: RequestInfo) -> float:
+        """The key row's ``F_PLAN`` for this request: its plan's slot among the plans with
+        their own bucket, 0 (the policy's bucket) without one (memory backend)."""
+        plan = info.plan
+        return float(self.plan_slots.get(plan, 0)) if plan is not None else 0.0
+
+    def with_plan_bucket(
+        self,
+        info: RequestInfo,
+        policies: tuple[PolicyState, ...],
+        app_bucket: TokenBucket | None,
+        remaining: float,
+        reset: float,
+        violated: bool,
+    ) -> tuple[PolicyState, ...]:
+        """The decision's policy states with the key bucket's state named after the plan
+        whose bucket replaced the app-wide one (memory backend); unchanged otherwise.
+        ``remaining``, ``reset``, ``violated``: the kernel's key bucket outputs."""
+        plan = info.plan
+        named = self.plans.get(plan) if plan is not None and self.plan_slots else None
+        if named is None or not named.replaces_key_bucket:
+            return policies
+        own = PolicyState(
+            named.bucket_name, named.capacity, named.window, remaining, reset, violated
+        )
+        if app_bucket is None:
+            return (own, *policies)
+        out = list(policies)
+        for i, state in enumerate(out):
+            if state.name == app_bucket.name and state.quota == app_bucket.capacity:
+                own.remaining, own.reset, own.violated = (
+                    state.remaining,
+                    state.reset,
+                    state.violated,
+                )
+                out[i] = own
+                break
+        return tuple(out)
 
     def reconcile(self, info: RequestInfo, identity: str, ip_key: str, hits: int) -> None:
         """Count ``hits`` more (< 0: fewer) in every by-cost quota of the route and plan

@@ -76,6 +76,7 @@ F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate
     F_IA_COUNT,  # inter-arrival samples behind F_LIA_MEAN / F_LIA_VAR
     F_STRONG_UNTIL,  # a strong signal was seen: denials and risk coupling allowed until then
     F_COUPLING_SCORE,  # the smoothed score while F_STRONG_UNTIL holds, else 0 (bucket refill)
+    F_PLAN,  # 1 + the client's plan bucket in P_PLAN_BUCKET (`Policy.plans`); 0: the policy's
     KEY_FIELDS,
 ) = allocate(
     "key",
@@ -94,6 +95,7 @@ F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate
     "ia_count",
     "strong_until",
     "coupling_score",
+    "plan",
     start=ROW_FIELDS,
 )
 
@@ -260,6 +262,7 @@ R_RATE, R_BANNED, N_REASON_BITS = allocate("reason_bits", "R", "rate", "banned",
 
 N_CLIENT_CLASSES = 8
 MAX_LADDER = 8
+MAX_PLAN_BUCKETS = 16  # plans (`Policy.plans`) with their own bucket
 
 # Parameters (float64 vector).
 (
@@ -297,6 +300,7 @@ MAX_LADDER = 8
     P_WEAK_MASK,  # bitmask of the weak signals (alone they never refuse); 0 = none is weak
     P_SERVING_LEVELS,  # the highest ladder level whose action still serves the request
     P_SHADOW_KINDS,  # bitmask of kinds whose bucket refusals are shadowed (served anyway)
+    P_PLAN_BUCKET,  # P_PLAN_BUCKET + 2*(plan - 1): rate, + 1: burst of a plan's key bucket
     P_RAMPS,  # the signals' ramps follow, (low, high) each, in the order `signals.RAMPS`
 ) = allocate(
     "params",
@@ -335,6 +339,7 @@ MAX_LADDER = 8
     "weak_mask",
     "serving_levels",
     "shadow_kinds",
+    ("plan_bucket", 2 * MAX_PLAN_BUCKETS),
 )
 # The ramp parameters: P_<RAMP>_LO, P_<RAMP>_HI per ramp declared in `signals`.
 *_ramp_offsets, N_PARAMS = allocate(

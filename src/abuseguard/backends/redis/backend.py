@@ -619,9 +619,13 @@ class RedisBackend(Backend, RoundTripDecider):
         cost = p.cost
         if not 0.0 <= cost < math.inf:  # NaN or infinite: the whole burst; negative: nothing
             cost = 0.0 if cost < 0.0 else (bucket.capacity if bucket is not None else 0.0)
-        if bucket is not None:
-            smoothed = stages.rows.get(L.KIND_KEY, key_row, L.F_COUPLING_SCORE)
-            factor = self.limits.key_refill_factor(smoothed)
+        route_limits = stages.route_limits
+        applied = route_limits.applying(info) if route_limits is not None else ()
+        # a plan's own bucket takes the app-wide bucket's place (`route_ops`)
+        replaced = any(named.replaces_key_bucket for named in applied)
+        smoothed = stages.rows.get(L.KIND_KEY, key_row, L.F_COUPLING_SCORE)
+        factor = self.limits.key_refill_factor(smoothed)
+        if bucket is not None and not replaced:
             rate = max(bucket.per_second * load * factor, 1e-9)  # as the kernel clamps it
             main.bucket(
                 keys.bucket,
@@ -694,8 +698,6 @@ class RedisBackend(Backend, RoundTripDecider):
                     conc.shadow,
                 )
         routes: RoutePlan | None = None
-        route_limits = stages.route_limits
-        applied = route_limits.applying(info) if route_limits is not None else ()
         if applied:
             sides: list[ScriptCall] = [side] if side is not None else []
 
@@ -717,6 +719,8 @@ class RedisBackend(Backend, RoundTripDecider):
                 self.leases,
                 main,
                 side_for,
+                key_scale=load * factor,
+                key_ttl_scale=self.load_floor * (bucket.min_refill_factor if bucket else 1.0),
             )
             side = sides[0] if sides else None
         return main, side, routes
@@ -851,6 +855,8 @@ class RedisBackend(Backend, RoundTripDecider):
                 _told_to_wait(rows, key_row, p.ts + reply.retry)
         bucket = self.bucket
         key_rate = 0.0
+        if routes is not None and routes.replaces_key_bucket:
+            bucket = None  # the plan's bucket replaced it: a route op (`route_ops`)
         if bucket is not None:
             key_rate = main.bucket_tags[0][1]
             tokens = reply.tokens[0]

@@ -46,6 +46,7 @@ class RouteOp:
     name: str = ""  # the quota's RateLimit name
     amount: float = 0.0
     window: float = 0.0
+    rate: float = 0.0  # a bucket's refill rate, as asked
     slot: tuple[str, str, str] | None = None  # ("c:...", key, lease) of a lease
 
 
@@ -56,6 +57,7 @@ class RoutePlan:
     applied: tuple[NamedLimits, ...]
     cost: float
     ops: list[RouteOp] = field(default_factory=list)
+    replaces_key_bucket: bool = False  # a plan's bucket is asked in the app-wide one's place
 
     def conc_slots(self) -> list[tuple[str, str]]:
         """(key, lease) of every lease the calls may take (given back on a failure)."""
@@ -73,10 +75,15 @@ def plan_routes(
     leases: Leases,
     main: ScriptCall,
     side_for: Callable[[str], ScriptCall],
+    *,
+    key_scale: float = 1.0,
+    key_ttl_scale: float = 1.0,
 ) -> RoutePlan:
     """Put the ``applied`` limits into ``main`` (and, for a quota of another identity, the
     call ``side_for(identity)`` answers). ``gate``: the local verdict lets quotas and
-    concurrency be asked, as for the app-wide ones."""
+    concurrency be asked, as for the app-wide ones. A plan's bucket that replaces the
+    app-wide one is refilled as that one would be: its rate times ``key_scale`` (risk and
+    load), its key kept until it refills at its slowest (``key_ttl_scale``)."""
     plan = RoutePlan(applied, cost)
     main.mark_extra()
     hits = max(0, round(cost)) if math.isfinite(cost) else 0
@@ -85,8 +92,13 @@ def plan_routes(
         limits = named.limits
         if limits.bucket is not None:
             rate = max(named.per_second, 1e-9)
-            plan.ops.append(RouteOp(named, main, "bucket", len(main.bucket_tags)))
-            main.bucket(base + ":b", rate, named.capacity, cost, rate, shadow, None)
+            ttl_rate = rate
+            if named.replaces_key_bucket:
+                plan.replaces_key_bucket = True
+                rate = max(named.per_second * key_scale, 1e-9)
+                ttl_rate = max(named.per_second * key_ttl_scale, 1e-9)
+            plan.ops.append(RouteOp(named, main, "bucket", len(main.bucket_tags), rate=rate))
+            main.bucket(base + ":b", rate, named.capacity, cost, ttl_rate, shadow, None)
         if not gate:
             continue
         for quota, name in zip(limits.quotas, named.quota_names, strict=True):
@@ -137,7 +149,7 @@ def read_routes(plan: RoutePlan, replies: dict[int, Reply]) -> Verdict:
         named = op.named
         if op.kind == "bucket":
             tokens = reply.tokens[op.index]
-            rate = max(named.per_second, 1e-9)
+            rate = op.rate
             need = min(plan.cost, named.capacity)
             refused = bool(reply.denied & (1 << op.index))
             left = tokens if tokens > 0.0 else 0.0
