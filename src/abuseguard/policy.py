@@ -817,7 +817,8 @@ def _statuses(field_name: str, values: Iterable[int]) -> frozenset[int]:
 
 @dataclass(frozen=True)
 class Limits:
-    """Limits of one route or one plan, beside the app-wide ones of `Policy`.
+    """Limits of one route or one plan, beside the app-wide ones of `Policy` (a plan's
+    ``bucket`` replaces the app-wide bucket for the plan's clients).
 
     ``bucket`` is a token bucket (its ``rate`` and ``burst``; ``cost`` is the request's
     cost from the app-wide bucket), ``quotas`` window quotas, ``concurrency`` the requests
@@ -905,7 +906,9 @@ class Policy:
     matches no route of the app is an error at startup. ``plans`` maps plan names to
     `Limits` for the clients of that plan; ``plan_func`` (sync or async) gets the request
     (a Starlette ``HTTPConnection``: headers, ``user``, ``state``) and returns its plan
-    name; no plan or an unknown one gets no plan limits. Memory backend only for now.
+    name; no plan or an unknown one gets no plan limits. A plan's bucket replaces the
+    app-wide bucket for its clients. Memory and Redis inline backends (Redis synced mode
+    refuses them).
     """
 
     bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))

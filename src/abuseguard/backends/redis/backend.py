@@ -41,6 +41,10 @@ each worker to ``1/fallback_workers`` of every bucket. Concurrency leases expire
 ``lease_ttl`` unless the worker holding them renews them (`leases`), so a crashed
 worker cannot leak slots. Releases and cost reconciliation are queued, never awaited.
 
+Route and plan limits (`Policy.routes`, `Policy.plans`) ride in the same call, after the
+app-wide ones, in the identity's slot (`route_ops`): a refused request costs nothing in
+any of them; a plan's bucket is asked in the app-wide bucket's place.
+
 Window quotas: ``fixed-window`` (INCRBY, EXPIRE on the first hit, as `limits`) and
 ``sliding-window-counter`` (as `limits`' weighted two windows). ``moving-window`` keeps
 one entry per hit and is refused at construction.
