@@ -626,9 +626,11 @@ class RedisBackend(Backend, RoundTripDecider):
         route_limits = stages.route_limits
         applied = route_limits.applying(info) if route_limits is not None else ()
         # a plan's own bucket takes the app-wide bucket's place (`route_ops`)
-        replaced = any(named.replaces_key_bucket for named in applied)
-        smoothed = stages.rows.get(L.KIND_KEY, key_row, L.F_COUPLING_SCORE)
-        factor = self.limits.key_refill_factor(smoothed)
+        replaced = bool(applied) and any(named.replaces_key_bucket for named in applied)
+        factor = 1.0
+        if bucket is not None or replaced:
+            smoothed = stages.rows.get(L.KIND_KEY, key_row, L.F_COUPLING_SCORE)
+            factor = self.limits.key_refill_factor(smoothed)
         if bucket is not None and not replaced:
             rate = max(bucket.per_second * load * factor, 1e-9)  # as the kernel clamps it
             main.bucket(
