@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from abuseguard import Decision, Guard, Limits, Policy, Quota, RequestInfo, TokenBucket
+from abuseguard import (
+    ConfigError,
+    Decision,
+    Guard,
+    Limits,
+    Policy,
+    Quota,
+    RequestInfo,
+    TokenBucket,
+)
 from abuseguard.engine import layout as L
 
 SLOW = "1/hour"
@@ -135,3 +144,11 @@ def test_the_key_row_holds_the_plans_bucket_slot() -> None:
     assert tuple(guard.engine.params[slot : slot + 2]) == (1 / 3600, 30.0)
     guard.check(on_plan(None, "sk-row"))
     assert guard.engine.tables[L.KIND_KEY].data[row, L.F_PLAN] == 0.0
+
+
+def test_more_plan_buckets_than_the_kernel_holds_is_a_config_error() -> None:
+    plans = {f"tier{i}": Limits(bucket=TokenBucket(SLOW, burst=i + 1)) for i in range(17)}
+    with pytest.raises(ConfigError, match=r"^Policy\.plans: at most 16 plans"):
+        Guard(plans_policy(plans=plans))
+    del plans["tier16"]
+    Guard(plans_policy(plans=plans))  # 16 fit

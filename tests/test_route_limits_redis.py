@@ -290,3 +290,24 @@ def test_route_limits_are_exact_across_workers_on_a_cluster(
     assert sum(d.served for d in behind_one_address) == 3
     assert {d.reasons for d in behind_one_address if not d.served} == {("quota",)}
     assert all(d.served for d in others)
+
+
+def test_more_than_99_quotas_in_one_call_is_a_config_error(redis_server: RedisServer) -> None:
+    def quotas(n: int, prefix: str) -> tuple[Quota, ...]:
+        return tuple(Quota(f"{i + 1}/day", name=f"{prefix}{i}") for i in range(n))
+
+    policy = quiet_policy(
+        quotas=quotas(50, "app"),
+        routes={"/v1/chat": Limits(quotas=quotas(30, "route"))},
+        plans={"pro": Limits(quotas=quotas(20, "plan"))},
+        plan_func=lambda conn: "pro",
+    )
+    with pytest.raises(ConfigError, match=r"^Policy\.routes: .*at most 99 quotas per request"):
+        Guard(policy, backend(redis_server.url))
+    fits = quiet_policy(
+        quotas=quotas(50, "app"),
+        routes={"/v1/chat": Limits(quotas=quotas(29, "route"))},
+        plans={"pro": Limits(quotas=quotas(20, "plan"))},
+        plan_func=lambda conn: "pro",
+    )
+    Guard(fits, backend(redis_server.url))
