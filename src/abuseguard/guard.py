@@ -212,6 +212,7 @@ class Guard:
             unverified_keys=self.unverified_keys,
             scoring_on=self.scoring_on,
             clock=self.clock,
+            route_limits=self.route_limits,
         )
         self._unverified = (
             UnverifiedKeyGate(
@@ -592,10 +593,27 @@ class Guard:
         refusal = routes.refusal(p, verdict)
         if refusal is not None:
             return self._notified(info, refusal)
-        decision = self._conclude(p, self._run(p))
+        decision = self._conclude_on_plan(info, p, routes.limiter)
         routes.settle(verdict, decision, p)
         if self.observers:
             self._notify(info, decision)
+        return decision
+
+    def _conclude_on_plan(
+        self, info: RequestInfo, p: Prepared, route_limits: RouteLimiter
+    ) -> Decision:
+        """`_conclude` after the kernel ran with the key bucket of the request's plan, when
+        plans carry their own bucket (it replaces the app-wide one: the key row's F_PLAN)."""
+        if not route_limits.plan_slots:
+            return self._conclude(p, self._run(p))
+        key_table = self._tables[L.KIND_KEY]
+        key_table.data[key_table.row(p.identity, p.ts), L.F_PLAN] = route_limits.plan_slot(info)
+        decision = self._conclude(p, self._run(p))
+        io = self._io
+        decision.policies = route_limits.with_plan_bucket(
+            info, decision.policies, self.policy.bucket, io[L.O_REMAINING], io[L.O_RESET],
+            bool(int(io[L.O_DENIED_KINDS]) & 1 << L.KIND_KEY),
+        )  # fmt: skip
         return decision
 
     def route_refusal(self, info: RequestInfo, p: Prepared, verdict: Verdict) -> Decision | None:
@@ -638,7 +656,15 @@ class Guard:
         answer = await backend.answer(info, p, io, reachable)
         if answer.refusal is not None:
             return self._notified(info, answer.refusal)
-        decision = self.decider.decide(p, io, answer.limits, answer.buckets_known)
+        routes = self._routes
+        if answer.routes is not None and routes is not None:
+            refusal = routes.refusal(p, answer.routes)
+            if refusal is not None:
+                return self._notified(info, refusal)
+            decision = self.decider.decide(p, io, answer.limits, answer.buckets_known)
+            routes.settle(answer.routes, decision, p)
+        else:
+            decision = self.decider.decide(p, io, answer.limits, answer.buckets_known)
         if self.observers:
             self._notify(info, decision)
         if answer.policies_kept >= 0:

@@ -54,9 +54,7 @@ class RouteGate:
             decision.retry_after = verdict.retry_after
             decision.policies = decision.policies + verdict.violated
         elif decision.served and verdict.applied:
-            states, held = self.limiter.count(
-                verdict.applied, p.identity, p.address.ip_key, p.cost, p.ts
-            )
+            states, held = self.limiter.count(verdict, p.identity, p.address.ip_key, p.cost, p.ts)
             decision.policies = decision.policies + states
             decision.held = decision.held + held
 

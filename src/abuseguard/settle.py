@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from abuseguard.keyprobe import UnverifiedKeyLimiter
     from abuseguard.policy import Policy
     from abuseguard.request import RequestInfo
+    from abuseguard.route_limits import RouteLimiter
 
 
 class Settlement:
@@ -40,6 +41,7 @@ class Settlement:
         unverified_keys: UnverifiedKeyLimiter | None,
         scoring_on: bool,
         clock: Callable[[], float],
+        route_limits: RouteLimiter | None = None,
     ) -> None:
         self.policy = policy
         self.backend = backend
@@ -49,6 +51,7 @@ class Settlement:
         self.unverified_keys = unverified_keys
         self.scoring_on = scoring_on
         self.clock = clock
+        self.route_limits = route_limits
         self.shared = backend.shared
         self.tables = engine.tables
         self.key_index = engine.tables[L.KIND_KEY].index
@@ -136,6 +139,9 @@ class Settlement:
         hits = max(0, round(cost)) - max(0, round(decision.cost))
         if not hits:
             return
+        if self.route_limits is not None:
+            ip_key = self.addresses.resolve(info.ip).ip_key
+            self.route_limits.reconcile(info, identity, ip_key, hits)
         for index, quota in enumerate(policy.quotas):
             if quota.by_cost:
                 ident = (

@@ -34,6 +34,7 @@ class GuardStages:
         self.local_verdict = guard.decider.risk_action
         self.load_factor = guard._load_factor
         self.buckets_shadowed = guard.decider.bucket_shadow
+        self.route_limits = guard.route_limits
 
 
 __all__ = ["GuardStages"]

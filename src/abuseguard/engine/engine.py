@@ -8,6 +8,7 @@ import numpy as np
 
 from abuseguard.engine import hashindex, kernels
 from abuseguard.engine import layout as L
+from abuseguard.engine.bucket_rules import key_bucket_shape
 from abuseguard.engine.params import build_params
 from abuseguard.engine.table import KeyTable, StateTable
 from abuseguard.policy import Policy
@@ -88,8 +89,22 @@ class Engine:
             float(self.params[L.P_ERR_ALPHA]),
         )
 
+    def key_burst(self, row: int) -> float:
+        """The burst of a key row's bucket: its plan's (`Policy.plans`) or the policy's."""
+        params = self.params
+        burst = float(params[L.P_BUCKET + 1])
+        plan = int(self.tables[L.KIND_KEY].data[row, L.F_PLAN])
+        if plan > 0:
+            slot = L.P_PLAN_BUCKET + 2 * (plan - 1)
+            burst = key_bucket_shape(float(params[slot]), float(params[slot + 1]), 0.0, burst)[1]
+        return burst
+
     def charge(self, kind: int, row: int, delta: float) -> None:
-        burst = float(self.params[L.P_BUCKET + 2 * kind + 1])
+        burst = (
+            self.key_burst(row)
+            if kind == L.KIND_KEY
+            else float(self.params[L.P_BUCKET + 2 * kind + 1])
+        )
         if burst > 0.0:
             kernels.charge(self.tables[kind].data, row, delta, burst)
 
@@ -101,7 +116,10 @@ class Engine:
         params = self._params_view
         for kind in range(L.N_KINDS):
             row = rows[L.I_ROW + kind]
-            if row >= 0 and params[L.P_BUCKET + 2 * kind + 1] > 0.0:
+            if row >= 0 and (
+                params[L.P_BUCKET + 2 * kind + 1] > 0.0
+                or (kind == L.KIND_KEY and self._table_views[kind][row, L.F_PLAN] > 0.0)
+            ):
                 self._table_views[kind][row, L.F_TOKENS] -= delta
 
     def set_prior(self, key: object, prior: float) -> bool:

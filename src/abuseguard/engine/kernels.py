@@ -267,6 +267,19 @@ def template_step(
 
 _risk_refill_factor = njit(cache=True, inline="always")(bucket_rules.risk_refill_factor)
 _nat_multiplier = njit(cache=True, inline="always")(bucket_rules.nat_multiplier)
+_key_bucket_shape = njit(cache=True, inline="always")(bucket_rules.key_bucket_shape)
+
+
+@njit(cache=True, inline="always")
+def key_bucket(key_row: np.ndarray, prm: np.ndarray) -> tuple[float, float]:
+    """The key bucket's (rate, burst) for this row: its plan's (F_PLAN) or the policy's."""
+    rate = prm[L.P_BUCKET]
+    burst = prm[L.P_BUCKET + 1]
+    plan = int(key_row[L.F_PLAN])
+    if plan > 0:
+        slot = L.P_PLAN_BUCKET + 2 * (plan - 1)
+        rate, burst = _key_bucket_shape(prm[slot], prm[slot + 1], rate, burst)
+    return rate, burst
 
 
 @njit(cache=True, inline="always")
@@ -717,12 +730,19 @@ def bucket_stage(
     tight_reset = 0.0
     key_rate = 0.0
     key_burst = 0.0
+    tight_base_rate = 0.0
+    active = 0  # the kinds whose bucket this request meets
     for kind in range(L.N_KINDS):
         r = iv[L.I_ROW + kind]
-        rate = prm[L.P_BUCKET + 2 * kind]
-        burst = prm[L.P_BUCKET + 2 * kind + 1]
+        if kind == L.KIND_KEY:
+            rate, burst = key_bucket(key_row, prm)
+        else:
+            rate = prm[L.P_BUCKET + 2 * kind]
+            burst = prm[L.P_BUCKET + 2 * kind + 1]
         if r < 0 or burst <= 0.0:
             continue
+        active |= 1 << kind
+        base_rate = rate
         factor = load
         if kind == L.KIND_KEY:
             factor *= risk_factor
@@ -750,18 +770,17 @@ def bucket_stage(
             tight_kind = kind
             tight_remaining = tokens
             tight_reset = (burst - tokens) / rate
+            tight_base_rate = base_rate
     serves = prm[L.P_LADDER_SERVES + level] != 0.0
     # A refusal of a shadowed bucket is served: charged as an allow, nobody told to wait.
     enforced = denied & ~int(prm[L.P_SHADOW_KINDS])
     if enforced == 0 and serves:
         for kind in range(L.N_KINDS):
-            r = iv[L.I_ROW + kind]
-            if r < 0 or prm[L.P_BUCKET + 2 * kind + 1] <= 0.0:
-                continue
-            tables[kind][r][L.F_TOKENS] -= cost
+            if active & (1 << kind):
+                tables[kind][iv[L.I_ROW + kind]][L.F_TOKENS] -= cost
         tight_remaining -= cost
         if tight_kind >= 0:
-            tight_reset += cost / (prm[L.P_BUCKET + 2 * tight_kind] * load + 1e-12)
+            tight_reset += cost / (tight_base_rate * load + 1e-12)
     if denied != 0:
         reasons |= 1 << L.R_RATE
     if enforced != 0:
@@ -808,7 +827,7 @@ def decide(
 
     new_key = key_row[L.F_COUNT] == 0.0
     if new_key:
-        init_row(key_row, ts, prm[L.P_BUCKET + 1])
+        init_row(key_row, ts, key_bucket(key_row, prm)[1])
         key_row[L.F_LIA_MEAN] = 0.0
         key_row[L.F_LIA_VAR] = 0.0
     elif banned_stage(key_row, ts, io, prm):

@@ -84,6 +84,7 @@ F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate
     F_SPEND,  # decayed sum of the real cost (tokens) reported after responses
     F_SPEND_TS,  # when F_SPEND was last decayed
     F_SPEND_SAMPLED,  # when this account's spend last fed the cohort's quantile
+    F_PLAN,  # 1 + the client's plan bucket in P_PLAN_BUCKET (`Policy.plans`); 0: the policy's
     KEY_FIELDS,
 ) = allocate(
     "key",
@@ -110,6 +111,7 @@ F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate
     "spend",
     "spend_ts",
     "spend_sampled",
+    "plan",
     start=ROW_FIELDS,
 )
 
@@ -285,6 +287,7 @@ REASON_BIT_NAMES: tuple[tuple[int, str], ...] = (
 
 N_CLIENT_CLASSES = 8
 MAX_LADDER = 8
+MAX_PLAN_BUCKETS = 16  # plans (`Policy.plans`) with their own bucket
 
 # Parameters (float64 vector).
 (
@@ -337,6 +340,7 @@ MAX_LADDER = 8
     P_SPEND_QUANTILE,  # the cohort quantile the spend is compared to (e.g. 0.9)
     P_SPEND_STEP,  # step of the cohort quantile's estimator, in log units
     P_SPEND_SAMPLE,  # an account feeds the cohort's quantile at most once in this many s
+    P_PLAN_BUCKET,  # P_PLAN_BUCKET + 2*(plan - 1): rate, + 1: burst of a plan's key bucket
     P_RAMPS,  # the signals' ramps follow, (low, high) each, in the order `signals.RAMPS`
 ) = allocate(
     "params",
@@ -390,6 +394,7 @@ MAX_LADDER = 8
     "spend_quantile",
     "spend_step",
     "spend_sample",
+    ("plan_bucket", 2 * MAX_PLAN_BUCKETS),
 )
 # The ramp parameters: P_<RAMP>_LO, P_<RAMP>_HI per ramp declared in `signals`.
 *_ramp_offsets, N_PARAMS = allocate(

@@ -29,6 +29,17 @@ def _set_bucket(prm: np.ndarray, kind: int, bucket: TokenBucket | None) -> None:
         prm[L.P_BUCKET + 2 * kind + 1] = bucket.capacity
 
 
+def plan_buckets(policy: Policy) -> dict[str, int]:
+    """The plans (`Policy.plans`) with their own bucket, which replaces the policy's for
+    their clients: plan name -> its slot (1-based) in ``P_PLAN_BUCKET`` and the key row's
+    ``F_PLAN``, in policy order."""
+    slots: dict[str, int] = {}
+    for name, limits in policy.plans.items():
+        if limits.bucket is not None:
+            slots[name] = len(slots) + 1
+    return slots
+
+
 def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
     """Parameters for `kernels.decide`. With ``local_buckets`` False (a shared backend holds
     the buckets) every bucket is off in the kernel, which then only observes and scores."""
@@ -40,6 +51,11 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
             _set_bucket(prm, L.KIND_IP, network.per_ip)
             _set_bucket(prm, L.KIND_PREFIX, network.per_prefix)
             _set_bucket(prm, L.KIND_ASN, network.per_asn)
+        for name, slot in plan_buckets(policy).items():
+            plan_bucket = policy.plans[name].bucket
+            if slot <= L.MAX_PLAN_BUCKETS and plan_bucket is not None:
+                prm[L.P_PLAN_BUCKET + 2 * (slot - 1)] = plan_bucket.per_second
+                prm[L.P_PLAN_BUCKET + 2 * (slot - 1) + 1] = plan_bucket.capacity
     bucket = policy.bucket
     prm[L.P_COUPLING] = bucket.risk_coupling if bucket is not None else 0.0
     prm[L.P_MIN_FACTOR] = bucket.min_refill_factor if bucket is not None else 1.0
