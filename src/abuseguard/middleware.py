@@ -122,6 +122,13 @@ class AbuseGuard:
             or any(limits.routes for limits in policy.plans.values())
         )
         self.plan_func = policy.plan_func
+        # key_func and plan_func see the request as a Starlette HTTPConnection
+        # (RequestInfo.connection); the core never imports Starlette.
+        self.connection_type: Callable[[Scope], Any] | None = None
+        if policy.key_func is not None or policy.plan_func is not None:
+            from starlette.requests import HTTPConnection
+
+            self.connection_type = HTTPConnection
         self.cost_header = (
             bucket.cost_header.lower().encode() if bucket and bucket.cost_header else None
         )
@@ -197,13 +204,13 @@ class AbuseGuard:
             if missing:
                 raise ConfigError("TokenBucket.cost", f"no route of the app matches {missing}")
 
-    async def plan_of(self, scope: Scope) -> str | None:
+    async def plan_of(self, scope: Scope, connection: Any = None) -> str | None:
         """The request's plan from `Policy.plan_func` (sync or async), which gets the
         request as a Starlette ``HTTPConnection``; anything but a str is no plan."""
         from starlette.requests import HTTPConnection
 
         assert self.plan_func is not None
-        plan = self.plan_func(HTTPConnection(scope))
+        plan = self.plan_func(connection if connection is not None else HTTPConnection(scope))
         if inspect.isawaitable(plan):
             plan = await plan
         return plan if isinstance(plan, str) else None
@@ -253,6 +260,8 @@ class AbuseGuard:
         )
         if self.needs_route:
             info.route = self.routes.template(scope)
+        if self.connection_type is not None:
+            info.connection = self.connection_type(scope)
         return info
 
 
@@ -332,7 +341,7 @@ class _Responder:
         try:
             info = self.info = mw.request_info(scope)
             if mw.plan_func is not None:
-                info.plan = await mw.plan_of(scope)
+                info.plan = await mw.plan_of(scope, info.connection)
             refusal = read_without_body = None
             if mw.read_body and info.method in _BODY_METHODS:
                 # What needs no body first: a client over a limit cannot hold its decision

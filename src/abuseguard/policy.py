@@ -873,7 +873,10 @@ class Policy:
     """Everything the guard enforces.
 
     ``bucket`` limits the main identity (``key_func``: by default the hash of the API key
-    from ``Authorization: Bearer`` or ``x-api-key``, else the client IP). ``quotas`` and
+    from ``Authorization: Bearer`` or ``x-api-key``, else the client IP; a ``key_func``
+    gets the `RequestInfo`, whose ``connection`` is the Starlette ``HTTPConnection`` in the
+    middleware, with ``user`` and ``state`` set by authentication middleware, and None in
+    replay). ``quotas`` and
     ``concurrency`` sit beside it. ``network`` adds network intelligence and per-network
     ceilings; ``scoring`` the risk model; ``enforcement`` the ladder. ``trusted_proxies``
     lists the CIDRs whose proxy header is believed; ``proxy_header`` names that one header:
