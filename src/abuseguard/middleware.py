@@ -42,7 +42,8 @@ from abuseguard.identity import (
 )
 from abuseguard.intel.geo import GeoIntel
 from abuseguard.keyprobe import INVALID_KEY_STATE_KEY
-from abuseguard.policy import Policy
+from abuseguard.model_limits import MODEL_BODY_BYTES, has_models
+from abuseguard.policy import Policy, Scoring
 from abuseguard.request import RequestInfo
 from abuseguard.routes import RouteResolver, route_templates, unmatched_patterns
 from abuseguard.websocket import WebSocketLimiter
@@ -136,6 +137,11 @@ class AbuseGuard:
         self.read_body = bool(scoring and scoring.enabled and scoring.content)
         self.max_body = scoring.content_max_bytes if scoring else 0
         self.body_timeout = scoring.content_read_timeout if scoring else 0.0
+        if has_models(policy):
+            # Model limits read the body's model, often written after the prompt.
+            self.read_body = True
+            self.max_body = max(self.max_body, MODEL_BODY_BYTES)
+            self.body_timeout = self.body_timeout or Scoring().content_read_timeout
         self.max_header = policy.max_header_bytes
         self.trusted = policy.trusted_proxies
         self.proxy_header = policy.proxy_header

@@ -16,6 +16,7 @@ from abuseguard.backends.base import Backend
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import PolicyState
 from abuseguard.errors import ConfigError
+from abuseguard.model_limits import ModelLimits
 from abuseguard.policy import Limits, Policy
 from abuseguard.request import RequestInfo
 
@@ -85,13 +86,15 @@ class RouteLimiter:
             if limits.routes
         }
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        parents = (
+            *self.routes.values(),
+            *self.plans.values(),
+            *(n for routes in self.plan_routes.values() for n in routes.values()),
+        )
+        self.models = ModelLimits.build(parents, NamedLimits)
         windows = [
             named.limits.bucket.window
-            for named in (
-                *self.routes.values(),
-                *self.plans.values(),
-                *(n for routes in self.plan_routes.values() for n in routes.values()),
-            )
+            for named in (*parents, *(self.models.all() if self.models else ()))
             if named.limits.bucket is not None
         ]
         self._full_after = max(windows, default=0.0)
@@ -116,6 +119,8 @@ class RouteLimiter:
             plan_limits = self.plans.get(plan)
             if plan_limits is not None:
                 found.append(plan_limits)
+        if self.models is not None:
+            self.models.extend(found, info)
         return tuple(found)
 
     # -- token buckets ------------------------------------------------------------------
@@ -243,7 +248,11 @@ def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]
         parts.extend(f"{q.name}:{q.amount}/{q.window:g}s" for q in limits.quotas)
         if limits.concurrency is not None:
             parts.append(f"concurrency:{limits.concurrency}")
-        return f"{named.name}[{','.join(parts)}]"
+        models = "".join(
+            f";{one(NamedLimits(limit_name(f'{named.name}-model', model), model_limits))}"
+            for model, model_limits in limits.models.items()
+        )
+        return f"{named.name}[{','.join(parts)}]{models}"
 
     def plan(name: str, named: NamedLimits) -> str:
         overrides = "".join(
