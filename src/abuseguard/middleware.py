@@ -45,6 +45,8 @@ from abuseguard.keyprobe import INVALID_KEY_STATE_KEY
 from abuseguard.model_limits import MODEL_BODY_BYTES, has_models
 from abuseguard.policy import Policy, Scoring
 from abuseguard.request import RequestInfo
+from abuseguard.route_local import GUARD_STATE_KEY, find_route_limits
+from abuseguard.route_local import prepare as prepare_route_local
 from abuseguard.routes import RouteResolver, route_templates, unmatched_patterns
 from abuseguard.websocket import WebSocketLimiter
 
@@ -191,6 +193,8 @@ class AbuseGuard:
     def check_routes(self) -> None:
         """Fail startup when a route pattern (`Policy.routes`) or a cost-map key names no
         route of the wrapped app: a typo would otherwise never apply (or cost 1)."""
+        if find_route_limits(self.app):
+            prepare_route_local(self.app, self.guard)
         templates = route_templates(self.app)
         if templates is None:
             return
@@ -369,11 +373,14 @@ class _Responder:
                 "abuseguard failed to decide; failing %s", "open" if mw.fail_open else "closed"
             )
             if mw.fail_open:
+                scope.setdefault("state", {})[GUARD_STATE_KEY] = mw
                 await mw.app(scope, self._replaying_receive, self.send)
             else:
                 await self._send_unavailable()
             return
-        scope.setdefault("state", {})[DECISION_STATE_KEY] = decision
+        state = scope.setdefault("state", {})
+        state[DECISION_STATE_KEY] = decision
+        state[GUARD_STATE_KEY] = mw  # for route-local limits (abuseguard.route_local)
         receive = self._replaying_receive if self.buffered else self.receive
         guard.inflight += 1
         try:

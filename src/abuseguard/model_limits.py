@@ -77,10 +77,11 @@ class ModelLimits:
     __slots__ = ("_by_parent",)
 
     def __init__(
-        self, parents: Iterable[NamedLimits], make: Callable[[str, Limits], NamedLimits]
+        self,
+        parents: Iterable[NamedLimits],
+        make: Callable[[str, Limits], NamedLimits],
+        limit_name: Callable[[str, str], str],
     ) -> None:
-        from abuseguard.route_limits import limit_name
-
         self._by_parent: dict[str, dict[str, NamedLimits]] = {}
         for parent in parents:
             models = parent.limits.models
@@ -101,9 +102,14 @@ class ModelLimits:
 
     @classmethod
     def build(
-        cls, parents: Iterable[NamedLimits], make: Callable[[str, Limits], NamedLimits]
+        cls,
+        parents: Iterable[NamedLimits],
+        make: Callable[[str, Limits], NamedLimits],
+        limit_name: Callable[[str, str], str],
     ) -> ModelLimits | None:
-        table = cls(parents, make)
+        """The model limits of ``parents`` (None when none has any); ``make`` and
+        ``limit_name`` are route_limits' (which imports this module)."""
+        table = cls(parents, make, limit_name)
         return table if table._by_parent else None
 
     def all(self) -> tuple[NamedLimits, ...]:
@@ -123,4 +129,3 @@ class ModelLimits:
             hit = table.get(model)
             if hit is not None:
                 found.append(hit)
-

@@ -91,7 +91,7 @@ class RouteLimiter:
             *self.plans.values(),
             *(n for routes in self.plan_routes.values() for n in routes.values()),
         )
-        self.models = ModelLimits.build(parents, NamedLimits)
+        self.models = ModelLimits.build(parents, NamedLimits, limit_name)
         windows = [
             named.limits.bucket.window
             for named in (*parents, *(self.models.all() if self.models else ()))
@@ -144,7 +144,17 @@ class RouteLimiter:
         self, info: RequestInfo, identity: str, ip_key: str, cost: float, now: float
     ) -> Verdict:
         """Would every route and plan limit admit this request? Nothing is counted."""
-        applied = self.applying(info)
+        return self.test_limits(self.applying(info), identity, ip_key, cost, now)
+
+    def test_limits(
+        self,
+        applied: tuple[NamedLimits, ...],
+        identity: str,
+        ip_key: str,
+        cost: float,
+        now: float,
+    ) -> Verdict:
+        """`test` for the limits ``applied`` (route-local limits bring their own)."""
         violated: list[PolicyState] = []
         reasons: list[str] = []
         retry_after = 0.0
