@@ -24,7 +24,9 @@ the record (``TraceRecord.cost``) and is not put into ``RequestInfo.cost`` (whic
 cost charged up front); replay decides how to feed it to the guard.
 
 Beyond DESIGN.md the reader accepts ``duration`` (seconds the origin took to answer, a
-finite number >= 0); replay uses it to release concurrency at ``ts + duration``.
+finite number >= 0); replay uses it to release concurrency at ``ts + duration``. ``plan``
+(a string) is the client's plan (`Policy.plans`): replay uses it instead of calling
+``Policy.plan_func``.
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ TRACE_FIELD_WRITERS: dict[str, Callable[[Any], str]] = {
     "actor": _json,
     "label": _json,
     "kind": _json,
+    "plan": _json,
 }
 
 
@@ -184,7 +187,7 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-_STR_FIELDS = ("key", "ua", "body", "as_org", "country", "actor", "kind")
+_STR_FIELDS = ("key", "ua", "body", "as_org", "country", "actor", "kind", "plan")
 _NONE = type(None)
 
 
@@ -269,7 +272,8 @@ def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
     country = get("country")
     actor = get("actor")
     kind = get("kind")
-    for value in (key, ua, body, as_org, country, actor, kind):
+    plan = get("plan")
+    for value in (key, ua, body, as_org, country, actor, kind, plan):
         if value is not None and type(value) is not str:
             for name in _STR_FIELDS:
                 if type(get(name)) not in (str, _NONE):
@@ -303,7 +307,7 @@ def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
         anon = _anon(anon)
     info = RequestInfo(
         ip, ts, key, method, path, None, ua, _headers(get("headers")), body, None, asn,
-        as_org, country, anon, confidence,
+        as_org, country, anon, confidence, plan,
     )  # fmt: skip
     return TraceRecord(info, line_no, status, cost, duration, actor, label, kind)
 
