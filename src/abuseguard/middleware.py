@@ -44,8 +44,11 @@ from abuseguard.identity import (
 )
 from abuseguard.intel.geo import GeoIntel
 from abuseguard.keyprobe import INVALID_KEY_STATE_KEY
-from abuseguard.policy import Policy
+from abuseguard.model_limits import MODEL_BODY_BYTES, has_models
+from abuseguard.policy import Policy, Scoring
 from abuseguard.request import RequestInfo
+from abuseguard.route_local import GUARD_STATE_KEY, find_route_limits
+from abuseguard.route_local import prepare as prepare_route_local
 from abuseguard.routes import RouteResolver, route_templates, unmatched_patterns
 from abuseguard.websocket import WebSocketLimiter
 
@@ -127,6 +130,13 @@ class AbuseGuard:
         self.edge_headers = policy.edge.reader().headers if policy.edge is not None else ()
         self._trusted_peers: dict[str | None, bool] = {}
         self.account_facts = policy.accounts.facts if policy.accounts is not None else None
+        # key_func and plan_func see the request as a Starlette HTTPConnection
+        # (RequestInfo.connection); the core never imports Starlette.
+        self.connection_type: Callable[[Scope], Any] | None = None
+        if policy.key_func is not None or policy.plan_func is not None:
+            from starlette.requests import HTTPConnection
+
+            self.connection_type = HTTPConnection
         self.cost_header = (
             bucket.cost_header.lower().encode() if bucket and bucket.cost_header else None
         )
@@ -134,6 +144,11 @@ class AbuseGuard:
         self.read_body = bool(scoring and scoring.enabled and scoring.content)
         self.max_body = scoring.content_max_bytes if scoring else 0
         self.body_timeout = scoring.content_read_timeout if scoring else 0.0
+        if has_models(policy):
+            # Model limits read the body's model, often written after the prompt.
+            self.read_body = True
+            self.max_body = max(self.max_body, MODEL_BODY_BYTES)
+            self.body_timeout = self.body_timeout or Scoring().content_read_timeout
         self.max_header = policy.max_header_bytes
         self.trusted = policy.trusted_proxies
         self.proxy_header = policy.proxy_header
@@ -183,6 +198,8 @@ class AbuseGuard:
     def check_routes(self) -> None:
         """Fail startup when a route pattern (`Policy.routes`) or a cost-map key names no
         route of the wrapped app: a typo would otherwise never apply (or cost 1)."""
+        if find_route_limits(self.app):
+            prepare_route_local(self.app, self.guard)
         templates = route_templates(self.app)
         if templates is None:
             return
@@ -202,13 +219,13 @@ class AbuseGuard:
             if missing:
                 raise ConfigError("TokenBucket.cost", f"no route of the app matches {missing}")
 
-    async def plan_of(self, scope: Scope) -> str | None:
+    async def plan_of(self, scope: Scope, connection: Any = None) -> str | None:
         """The request's plan from `Policy.plan_func` (sync or async), which gets the
         request as a Starlette ``HTTPConnection``; anything but a str is no plan."""
         from starlette.requests import HTTPConnection
 
         assert self.plan_func is not None
-        plan = self.plan_func(HTTPConnection(scope))
+        plan = self.plan_func(connection if connection is not None else HTTPConnection(scope))
         if inspect.isawaitable(plan):
             plan = await plan
         return plan if isinstance(plan, str) else None
@@ -286,6 +303,8 @@ class AbuseGuard:
         )
         if self.needs_route:
             info.route = self.routes.template(scope)
+        if self.connection_type is not None:
+            info.connection = self.connection_type(scope)
         return info
 
 
@@ -365,7 +384,7 @@ class _Responder:
         try:
             info = self.info = mw.request_info(scope)
             if mw.plan_func is not None:
-                info.plan = await mw.plan_of(scope)
+                info.plan = await mw.plan_of(scope, info.connection)
             if mw.account_facts is not None:
                 info.account = await mw.account_of(scope)
             refusal = read_without_body = None
@@ -389,11 +408,14 @@ class _Responder:
                 "abuseguard failed to decide; failing %s", "open" if mw.fail_open else "closed"
             )
             if mw.fail_open:
+                scope.setdefault("state", {})[GUARD_STATE_KEY] = mw
                 await mw.app(scope, self._replaying_receive, self.send)
             else:
                 await self._send_unavailable()
             return
-        scope.setdefault("state", {})[DECISION_STATE_KEY] = decision
+        state = scope.setdefault("state", {})
+        state[DECISION_STATE_KEY] = decision
+        state[GUARD_STATE_KEY] = mw  # for route-local limits (abuseguard.route_local)
         receive = self._replaying_receive if self.buffered else self.receive
         guard.inflight += 1
         try:

@@ -980,13 +980,16 @@ class Limits:
     headers: the route or plan name, then the bucket's or quota's name
     ("route-POST-v1-chat-completions-default", "plan-pro-tokens"). ``routes``, in a plan's
     `Limits` only, replaces the limits of those routes (`Policy.routes`) for the plan's
-    clients, with the same patterns.
+    clients, with the same patterns. ``models`` maps model names to `Limits` that apply
+    beside these to the requests whose JSON body names that ``model`` (a body naming no
+    model, or a model not listed, gets these limits only; see `abuseguard.model_limits`).
     """
 
     bucket: TokenBucket | None = None
     quotas: tuple[Quota, ...] = ()
     concurrency: int | None = None
     routes: Mapping[str, Limits] = field(default_factory=dict)
+    models: Mapping[str, Limits] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.quotas, Quota):
@@ -1006,6 +1009,14 @@ class Limits:
             if not isinstance(limits, Limits) or limits.routes:
                 raise ConfigError(
                     f"Limits.routes[{pattern!r}]", f"expected Limits without routes, got {limits!r}"
+                )
+        for model, limits in self.models.items():
+            if not isinstance(model, str) or not model.strip():
+                raise ConfigError("Limits.models", f"model names are non-empty str, got {model!r}")
+            if not isinstance(limits, Limits) or limits.routes or limits.models:
+                raise ConfigError(
+                    f"Limits.models[{model!r}]",
+                    f"expected Limits without routes or models, got {limits!r}",
                 )
 
 
@@ -1028,7 +1039,10 @@ class Policy:
     """Everything the guard enforces.
 
     ``bucket`` limits the main identity (``key_func``: by default the hash of the API key
-    from ``Authorization: Bearer`` or ``x-api-key``, else the client IP). ``quotas`` and
+    from ``Authorization: Bearer`` or ``x-api-key``, else the client IP; a ``key_func``
+    gets the `RequestInfo`, whose ``connection`` is the Starlette ``HTTPConnection`` in the
+    middleware, with ``user`` and ``state`` set by authentication middleware, and None in
+    replay). ``quotas`` and
     ``concurrency`` sit beside it. ``network`` adds network intelligence and per-network
     ceilings; ``scoring`` the risk model; ``enforcement`` the ladder. ``trusted_proxies``
     lists the CIDRs whose proxy header is believed; ``proxy_header`` names that one header:

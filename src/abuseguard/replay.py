@@ -48,6 +48,8 @@ from typing import Any, Protocol
 
 from abuseguard.decision import Action, Decision
 from abuseguard.exempt import ExemptPaths
+from abuseguard.path_templates import PathTemplates
+from abuseguard.policy import Policy
 from abuseguard.report import ReportBuilder
 from abuseguard.request import RequestInfo
 from abuseguard.traces import TraceRecord
@@ -172,6 +174,9 @@ def run_replay(
         tuple[float, int, RequestInfo, Decision, int | None, float | None, float | None]
     ] = []
     prefetch = content_prefetch(guard)
+    # Route limits and cost maps name templates ("/v1/models/{model}"); a trace has paths.
+    policy = getattr(guard, "policy", None)
+    templates = PathTemplates.of_policy(policy) if isinstance(policy, Policy) else None
     # Batch entry points (abuseguard.Guard on the memory backend): read a batch, then decide.
     batched = hasattr(guard, "prepare_many") and not getattr(
         getattr(guard, "backend", None), "shared", False
@@ -190,6 +195,11 @@ def run_replay(
         if upfront:
             for record in batch:
                 record.info.cost = record.cost
+        if templates is not None:
+            for record in batch:
+                info = record.info
+                if info.route is None:
+                    info.route = templates.template(info.path)
         prepared: list[Any] | None = None
         t0 = clock()
         if prefetch is not None:

@@ -30,6 +30,7 @@ from abuseguard.decision import PolicyState
 from abuseguard.engine.layout import MAX_PLAN_BUCKETS
 from abuseguard.engine.params import plan_buckets
 from abuseguard.errors import ConfigError
+from abuseguard.model_limits import ModelLimits
 from abuseguard.policy import Limits, Policy, TokenBucket
 from abuseguard.request import RequestInfo
 
@@ -130,13 +131,15 @@ class RouteLimiter:
             if limits.routes
         }
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        parents = (
+            *self.routes.values(),
+            *self.plans.values(),
+            *(n for routes in self.plan_routes.values() for n in routes.values()),
+        )
+        self.models = ModelLimits.build(parents, NamedLimits, limit_name)
         windows = [
             named.limits.bucket.window
-            for named in (
-                *self.routes.values(),
-                *self.plans.values(),
-                *(n for routes in self.plan_routes.values() for n in routes.values()),
-            )
+            for named in (*parents, *(self.models.all() if self.models else ()))
             if named.limits.bucket is not None
         ]
         self._full_after = max(windows, default=0.0)
@@ -161,6 +164,8 @@ class RouteLimiter:
             plan_limits = self.plans.get(plan)
             if plan_limits is not None:
                 found.append(plan_limits)
+        if self.models is not None:
+            self.models.extend(found, info)
         return tuple(found)
 
     # -- token buckets ------------------------------------------------------------------
@@ -185,7 +190,17 @@ class RouteLimiter:
     ) -> Verdict:
         """Would every route and plan limit admit this request? Nothing is counted. With
         a round-trip backend nothing is known before its call: every limit admits."""
-        applied = self.applying(info)
+        return self.test_limits(self.applying(info), identity, ip_key, cost, now)
+
+    def test_limits(
+        self,
+        applied: tuple[NamedLimits, ...],
+        identity: str,
+        ip_key: str,
+        cost: float,
+        now: float,
+    ) -> Verdict:
+        """`test` for the limits ``applied`` (route-local limits bring their own)."""
         if self._memory is None:
             return Verdict(applied, (), (), 0.0)
         memory = self._memory
@@ -346,7 +361,11 @@ def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]
         parts.extend(f"{q.name}:{q.amount}/{q.window:g}s" for q in limits.quotas)
         if limits.concurrency is not None:
             parts.append(f"concurrency:{limits.concurrency}")
-        return f"{named.name}[{','.join(parts)}]"
+        models = "".join(
+            f";{one(NamedLimits(limit_name(f'{named.name}-model', model), model_limits))}"
+            for model, model_limits in limits.models.items()
+        )
+        return f"{named.name}[{','.join(parts)}]{models}"
 
     def plan(name: str, named: NamedLimits) -> str:
         overrides = "".join(

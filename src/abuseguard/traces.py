@@ -24,10 +24,12 @@ the record (``TraceRecord.cost``) and is not put into ``RequestInfo.cost`` (whic
 cost charged up front); replay decides how to feed it to the guard.
 
 Beyond DESIGN.md the reader accepts ``duration`` (seconds the origin took to answer, a
-finite number >= 0); replay uses it to release concurrency at ``ts + duration``; and
-``account``, what the host app knows about the account (an object with ``age_days``,
-``verified``, ``plan``, ``org``, ``payment``, ``tags``; see `abuseguard.account`), whose
-fields of the wrong type are dropped rather than rejecting the line.
+finite number >= 0); replay uses it to release concurrency at ``ts + duration``. ``plan``
+(a string) is the client's plan (`Policy.plans`): replay uses it instead of calling
+``Policy.plan_func``. ``account`` is what the host app knows about the account (an object
+with ``age_days``, ``verified``, ``plan``, ``org``, ``payment``, ``tags``; see
+`abuseguard.account`), whose fields of the wrong type are dropped rather than rejecting
+the line.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ TRACE_FIELD_WRITERS: dict[str, Callable[[Any], str]] = {
     "label": _json,
     "kind": _json,
     "account": _account_object,
+    "plan": _json,
 }
 
 
@@ -194,7 +197,7 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-_STR_FIELDS = ("key", "ua", "body", "as_org", "country", "actor", "kind")
+_STR_FIELDS = ("key", "ua", "body", "as_org", "country", "actor", "kind", "plan")
 _NONE = type(None)
 
 
@@ -279,7 +282,8 @@ def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
     country = get("country")
     actor = get("actor")
     kind = get("kind")
-    for value in (key, ua, body, as_org, country, actor, kind):
+    plan = get("plan")
+    for value in (key, ua, body, as_org, country, actor, kind, plan):
         if value is not None and type(value) is not str:
             for name in _STR_FIELDS:
                 if type(get(name)) not in (str, _NONE):
@@ -313,7 +317,7 @@ def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
         anon = _anon(anon)
     info = RequestInfo(
         ip, ts, key, method, path, None, ua, _headers(get("headers")), body, None, asn,
-        as_org, country, anon, confidence,
+        as_org, country, anon, confidence, plan,
     )  # fmt: skip
     account = get("account")
     if account is not None:
