@@ -80,12 +80,26 @@ def test_the_free_tier_shares_one_budget_per_address(client: httpx.Client) -> No
     assert statuses == [200, 200, 200, 429]  # two free keys, one address: 3 in all
 
 
-def test_tokens_per_minute_count_the_estimate_per_model(client: httpx.Client) -> None:
-    big = chat("gpt-mini", max_tokens=900)  # about 930 tokens up front
-    statuses = [client.post(CHAT, json=big, headers=FREE_A).status_code for _ in range(3)]
-    assert statuses == [200, 200, 429]  # 2,000 tokens a minute on free
-    refused = client.post(CHAT, json=big, headers=FREE_A)
-    assert '"plan-free-model-gpt-mini-tpm"' in refused.headers["ratelimit-policy"]
+def test_tokens_per_minute_charge_the_estimate_then_the_real_usage(client: httpx.Client) -> None:
+    big = chat("gpt-mini", max_tokens=900)  # about 930 tokens up front; the app answers ~70
+    name = "plan-free-model-gpt-mini-tpm"  # 2,000 tokens a minute on free
+    first = client.post(CHAT, json=big, headers=FREE_A)
+    estimate = len(first.request.content) // 4 + 900
+    assert first.status_code == 200
+    assert remaining(first, name) == 2000 - estimate  # the estimate, up front
+    used = int(first.headers["x-usage-total-tokens"])
+    assert used < estimate
+    # the real usage replaced the estimate once the response said it (the cost header)
+    second = client.post(CHAT, json=big, headers=FREE_A)
+    assert second.status_code == 200
+    assert remaining(second, name) == 2000 - used - estimate
+    # three estimates would not fit in 2,000; three real answers and one estimate do
+    third = client.post(CHAT, json=big, headers=FREE_A)
+    assert third.status_code == 200
+    huge = chat("gpt-mini", max_tokens=1900)
+    refused = client.post(CHAT, json=huge, headers=FREE_A)
+    assert refused.status_code == 429
+    assert f'"{name}"' in refused.headers["ratelimit-policy"]
 
 
 def test_the_real_token_cost_is_reported_after_the_response_streamed_or_not(
