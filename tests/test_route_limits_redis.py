@@ -311,3 +311,34 @@ def test_more_than_99_quotas_in_one_call_is_a_config_error(redis_server: RedisSe
         plan_func=lambda conn: "pro",
     )
     Guard(fits, backend(redis_server.url))
+
+
+def test_per_model_limits_on_redis_inline(redis_server: RedisServer) -> None:
+    """`Limits.models` on Redis in inline mode: each model of the body has its own state,
+    a body naming another model gets the route's limits only."""
+    policy = quiet_policy(
+        bucket=TokenBucket(SLOW, burst=50),
+        routes={
+            "POST /v1/chat": Limits(
+                models={"mini": Limits(bucket=TokenBucket(SLOW, burst=2))},
+            )
+        },
+    )
+
+    def body(model: str) -> bytes:
+        return ('{"model": "%s", "messages": []}' % model).encode()
+
+    async def main() -> tuple[list[Decision], list[Decision]]:
+        guard = Guard(policy, backend(redis_server.url))
+        await guard.startup()
+        minis = [await guard.acheck(chat(body=body("mini"))) for _ in range(4)]
+        others = [await guard.acheck(chat(body=body("large"))) for _ in range(4)]
+        await guard.shutdown()
+        return minis, others
+
+    minis, others = run(main())
+    assert [d.action for d in minis] == [Action.ALLOW] * 2 + [Action.THROTTLE] * 2
+    assert [d.action for d in others] == [Action.ALLOW] * 4
+    assert state(minis[1], "route-POST-v1-chat-model-mini-default").remaining == pytest.approx(
+        0, abs=1e-3
+    )
