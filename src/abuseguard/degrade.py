@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from dataclasses import dataclass, field
 from typing import Any
 
+from abuseguard.cohorts import cohort_of
 from abuseguard.config_check import check_fields
 from abuseguard.decision import Decision
 from abuseguard.errors import ConfigError
@@ -77,8 +78,8 @@ def endpoint_of(path: str) -> str | None:
 class DegradeContext:
     """What a :data:`DegradeStep` has in hand besides the body.
 
-    ``cohort`` is the id of the cluster of clients the request was attributed to; nothing
-    assigns one yet, so it is None today (a detection that groups clients will set it).
+    ``cohort`` is the id of the operation (cluster of accounts) the background lane last
+    linked the client's account into (`abuseguard.cohorts`), or None.
     """
 
     decision: Decision
@@ -558,7 +559,9 @@ async def serve_degraded(
     if chosen is None or endpoint is None:
         await app(scope, receive, send)
         return
-    context = DegradeContext(decision, path, endpoint, shadow=not apply)
+    context = DegradeContext(
+        decision, path, endpoint, shadow=not apply, cohort=cohort_of(decision.identity)
+    )
     if chosen.rewrites and scope.get("method") in _BODY_METHODS:
         receive = await _rewritten_receive(scope, receive, chosen, context, apply)
     if not chosen.withhold_reasoning:
