@@ -161,9 +161,7 @@ class BackgroundLane:
         created_of: Callable[[str], float | None] | None = None,
     ) -> None:
         self.guard = guard
-        self.analyzers: list[Analyzer] = (
-            list(analyzers) if analyzers is not None else [TemplateCoverage()]
-        )
+        self.analyzers: list[Analyzer] = list(analyzers) if analyzers is not None else []
         self.interval = interval
         self.body_bytes = body_bytes
         self.queue: deque[LaneRecord] = deque(maxlen=max_queue)

@@ -36,7 +36,7 @@ import orjson
 
 from abuseguard.intel.agents import AgentClassifier
 from abuseguard.intel.persona import persona_hash
-from abuseguard.operations.sketches import combine, stable_hash
+from abuseguard.operations.sketches import stable_hash
 
 KINDS: tuple[str, ...] = ("persona", "network", "system", "shape", "timing", "created")
 PERSONA, NETWORK, SYSTEM, SHAPE, TIMING, CREATED = range(len(KINDS))
@@ -48,9 +48,13 @@ _CONTENT_KEYS = frozenset(
 )
 _TOKEN_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _DIGITS = re.compile(r"\d+")
-_WORD = re.compile(r"[^\W\d_]+")
 TOPIC_WORDS = 6
 _MAX_AGENTS = 4096
+
+
+def item(kind: int, value: int) -> int:
+    """The item of ``value`` in ``kind``: a hash of integers, the same in every process."""
+    return hash((kind, value)) or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +111,9 @@ class EvidenceReader:
             request = None
         if isinstance(request, dict):
             system, shape, topic, single = _read_request(request)
-        timing = combine(TIMING, int(seen.ts // self.slot_seconds))
+        timing = item(TIMING, int(seen.ts // self.slot_seconds))
         created = (
-            combine(CREATED, int(seen.created // 86400.0)) if seen.created is not None else 0
+            item(CREATED, int(seen.created // 86400.0)) if seen.created is not None else 0
         )
         return Evidence(
             (persona, network, system, shape, timing, created), single, topic, seen.tokens
@@ -122,7 +126,7 @@ class EvidenceReader:
         if found is None:
             if len(self._personas) >= _MAX_AGENTS:
                 self._personas.clear()
-            found = self._personas[key] = combine(
+            found = self._personas[key] = item(
                 PERSONA, persona_hash(names, headers, self.agents.classify(ua))
             )
         return found
@@ -134,11 +138,11 @@ class EvidenceReader:
             except Exception:
                 asn = None
         if asn:
-            return combine(NETWORK, asn)
+            return item(NETWORK, asn)
         if not ip:
             return 0
         prefix = ":".join(ip.split(":")[:3]) if ":" in ip else ip.rpartition(".")[0]
-        return combine(NETWORK, stable_hash("prefix:" + prefix))
+        return item(NETWORK, stable_hash("prefix:" + prefix))
 
 
 def _text(content: object) -> str:
@@ -159,6 +163,32 @@ def _text(content: object) -> str:
     if isinstance(content, dict):
         return _text([content])
     return ""
+
+
+_MAX_CACHED = 4096
+_system_items: dict[str, int] = {}
+_shape_items: dict[tuple[object, ...], int] = {}
+
+
+def _system_item(text: str) -> int:
+    found = _system_items.get(text)
+    if found is None:
+        found = item(SYSTEM, stable_hash(_DIGITS.sub("0", text)))
+        if len(text) <= 2048:
+            if len(_system_items) >= _MAX_CACHED:
+                _system_items.clear()
+            _system_items[text] = found
+    return found
+
+
+def _shape_item(key: tuple[object, ...]) -> int:
+    found = _shape_items.get(key)
+    if found is None:
+        found = item(SHAPE, stable_hash("\x00".join(map(str, key))))
+        if len(_shape_items) >= _MAX_CACHED:
+            _shape_items.clear()
+        _shape_items[key] = found
+    return found
 
 
 def _read_request(request: dict[str, Any]) -> tuple[int, int, int, bool]:
@@ -198,17 +228,10 @@ def _read_request(request: dict[str, Any]) -> tuple[int, int, int, bool]:
                 users += 1
                 last_user = _text(content)
     system_text = "\n".join(part for part in system_parts if part)
-    system = combine(SYSTEM, stable_hash(_DIGITS.sub("0", system_text))) if system_text else 0
+    system = _system_item(system_text) if system_text else 0
     cap = next((request[k] for k in _TOKEN_CAPS if k in request), None)
     names = sorted(str(k) for k in request if k not in _CONTENT_KEYS)
-    shape = combine(
-        SHAPE,
-        stable_hash(
-            "\x00".join(
-                [str(request.get("model")), str(cap), str(request.get("stream")), *names]
-            )
-        ),
-    )
-    words = _WORD.findall(last_user[:400].lower())[:TOPIC_WORDS]
+    shape = _shape_item((str(request.get("model")), str(cap), str(request.get("stream")), *names))
+    words = last_user[:200].lower().split()[:TOPIC_WORDS]
     topic = stable_hash(" ".join(words)) if words else 0
     return system, shape, topic, users == 1 and answers == 0

@@ -44,8 +44,11 @@ from dataclasses import dataclass, field
 from abuseguard.config_check import check_fields
 from abuseguard.errors import ConfigError
 from abuseguard.operations.evidence import KINDS, N_KINDS, TIMING, Evidence
-from abuseguard.operations.sketches import DecayedItems, UnionFind, combine, set_signature
+from abuseguard.operations.sketches import DecayedItems, UnionFind, set_signature
 
+# Keys of the counts and buckets: (tag, signatures...), plain tuples of ints (hashed alike
+# in every process, unlike strings).
+Key = tuple[int, ...]
 JOIN_KINDS: tuple[int, ...] = tuple(k for k in range(N_KINDS) if k != TIMING)
 
 
@@ -121,7 +124,7 @@ class Account:
         ]
         self.signatures: tuple[int, ...] = (0,) * N_KINDS
         # (signature keys, sub-band keys, band keys) this account is counted under.
-        self.keys: tuple[list[int], list[int], list[int]] = ([], [], [])
+        self.keys: tuple[list[Key], list[Key], list[Key]] = ([], [], [])
         self.requests = 0
         self.single = 0
         self.tokens = 0.0
@@ -198,11 +201,10 @@ class OperationLinker:
         ]
         self.accounts: dict[str, Account] = {}
         self.item_holders: dict[tuple[int, int], int] = {}
-        self.signature_count: dict[int, int] = {}
-        self.sub_count: dict[int, int] = {}
-        self.buckets: dict[int, dict[str, None]] = {}
-        self.bucket_of: dict[int, tuple[int, tuple[int, ...]]] = {}
-        self.large: dict[int, None] = {}
+        self.signature_count: dict[Key, int] = {}
+        self.sub_count: dict[Key, int] = {}
+        self.buckets: dict[Key, dict[str, None]] = {}
+        self.large: dict[Key, None] = {}
         self.clusters: dict[str, Cluster] = {}
         self.priors: dict[str, float] = {}
         self.now = -math.inf
@@ -241,7 +243,14 @@ class OperationLinker:
                 account.topics[evidence.topic] = None
             account.last_ts = max(account.last_ts, ts)
             self.now = max(self.now, ts)
-        signatures = tuple(set_signature(items.weights) for items in account.items)
+        signatures = account.signatures
+        if any(items.changed for items in account.items):
+            signatures = tuple(
+                set_signature(items.weights) if items.changed else old
+                for items, old in zip(account.items, account.signatures, strict=True)
+            )
+            for items in account.items:
+                items.changed = False
         if signatures != account.signatures:
             self._unindex(account)
             account.signatures = signatures
@@ -261,23 +270,23 @@ class OperationLinker:
         counts = self.signature_count
         for kind, sig in enumerate(sigs):
             if sig:
-                key = combine(kind, sig)
+                key: Key = (kind, sig)
                 counts[key] = counts.get(key, 0) + 1
                 sig_keys.append(key)
+        sub_count = self.sub_count
         for index, sub in enumerate(self.subs):
             if all(sigs[k] for k in sub):
-                key = combine(1000 + index, *(sigs[k] for k in sub))
-                self.sub_count[key] = self.sub_count.get(key, 0) + 1
+                key = (index, *[sigs[k] for k in sub])
+                sub_count[key] = sub_count.get(key, 0) + 1
                 sub_keys.append(key)
         min_size = self.config.min_size
+        buckets = self.buckets
         for index, combo in enumerate(self.combos):
             if all(sigs[k] for k in combo):
-                values = tuple(sigs[k] for k in combo)
-                key = combine(2000 + index, *values)
-                members = self.buckets.get(key)
+                key = (index, *[sigs[k] for k in combo])
+                members = buckets.get(key)
                 if members is None:
-                    members = self.buckets[key] = {}
-                    self.bucket_of[key] = (index, values)
+                    members = buckets[key] = {}
                 members[account.identity] = None
                 if len(members) >= min_size:
                     self.large[key] = None
@@ -298,7 +307,6 @@ class OperationLinker:
             del members[account.identity]
             if not members:
                 del self.buckets[key]
-                del self.bucket_of[key]
             if len(members) < min_size:
                 self.large.pop(key, None)
         account.keys = ([], [], [])
@@ -318,21 +326,21 @@ class OperationLinker:
 
     # -- clustering ------------------------------------------------------------------
 
-    def bucket_lift(self, key: int) -> tuple[float, float]:
+    def bucket_lift(self, key: Key) -> tuple[float, float]:
         """(lift, surprise) of a bucket: the weakest over its kinds (see the module)."""
-        index, values = self.bucket_of[key]
+        index = key[0]
+        values = key[1:]
         members = len(self.buckets[key])
         total = len(self.accounts)
         lift = math.inf
         least_surprise = math.inf
         for position, kind in enumerate(self.combos[index]):
-            sub = self.subs[self._band_subs[index][position]]
-            sub_key = combine(
-                1000 + self._band_subs[index][position],
-                *(values[self.combos[index].index(k)] for k in sub),
+            sub_key = (
+                self._band_subs[index][position],
+                *[value for at, value in enumerate(values) if at != position],
             )
             agreeing = self.sub_count.get(sub_key, members)
-            share = self.signature_count.get(combine(kind, values[position]), 1) / total
+            share = self.signature_count.get((kind, values[position]), 1) / total
             lift = min(lift, members / (agreeing * share))
             least_surprise = min(least_surprise, surprise(members, agreeing, share))
         return lift, least_surprise
@@ -400,7 +408,7 @@ class OperationLinker:
     def recluster(self) -> None:
         config = self.config
         union = UnionFind()
-        linked: list[tuple[int, float]] = []
+        linked: list[tuple[Key, float]] = []
         for key in self.large:
             lift, strength = self.bucket_lift(key)
             if lift >= config.min_lift and strength >= config.min_surprise:
@@ -423,7 +431,7 @@ class OperationLinker:
             if at is None:
                 continue
             kinds, buckets, best = evidence[at]
-            kinds.update(KINDS[k] for k in self.combos[self.bucket_of[key][0]])
+            kinds.update(KINDS[k] for k in self.combos[key[0]])
             evidence[at] = (kinds, buckets + 1, max(best, lift))
         previous = self.clusters
         clusters: dict[str, Cluster] = {}

@@ -39,72 +39,116 @@ def combine(*values: int) -> int:
     return h or 1
 
 
-def minhash(items: Iterable[int], salt: int) -> int:
-    """The minimum of ``mix64(item ^ salt)`` over ``items`` (MASK64 + 1 for none): two sets
-    have the same minimum with probability equal to their Jaccard similarity."""
-    return min((mix64((item ^ salt) & MASK64) for item in items), default=MASK64 + 1)
+# Odd multipliers of the two permutations. Items are already uniform 64-bit hashes, so a
+# multiply-xor permutation (one multiplication) is as good as a full mix here, and cheaper.
+_MULTIPLIERS: tuple[int, int] = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)
+
+
+def permute(item: int, salt: int, multiplier: int) -> int:
+    """A salted bijection of 64-bit integers, the permutation a MinHash minimises over."""
+    return (((item ^ salt) & MASK64) * multiplier) & MASK64
+
+
+def minhash(items: Iterable[int], salt: int, multiplier: int = _MULTIPLIERS[0]) -> int:
+    """The minimum of ``permute(item, salt, multiplier)`` over ``items`` (MASK64 + 1 for
+    none): two sets have the same minimum with probability about their Jaccard
+    similarity (exactly, for a random permutation)."""
+    return min(
+        ((((item ^ salt) & MASK64) * multiplier) & MASK64 for item in items),
+        default=MASK64 + 1,
+    )
 
 
 def set_signature(items: Iterable[int]) -> int:
-    """One stable number for a set: a pair of MinHashes under the two fixed salts, combined.
+    """One stable number for a set: a pair of MinHashes under the two fixed permutations.
 
     Two sets share it with probability about J² (J their Jaccard similarity): equal for
     equal sets, rarely equal for sets that merely overlap. 0 for an empty set."""
     kept = list(items)
     if not kept:
         return 0
-    return combine(minhash(kept, MINHASH_SALTS[0]), minhash(kept, MINHASH_SALTS[1]))
+    if len(kept) == 1:
+        return kept[0] or 1
+    return combine(
+        minhash(kept, MINHASH_SALTS[0], _MULTIPLIERS[0]),
+        minhash(kept, MINHASH_SALTS[1], _MULTIPLIERS[1]),
+    )
 
 
 class DecayedItems:
     """Items with weights that halve every ``half_life`` seconds, at most ``capacity`` kept.
 
-    ``add(item, ts)`` decays every weight to ``ts`` and adds 1 to the item; when a new item
-    does not fit, the lightest item (the oldest on ties) is dropped and returned, so the
-    caller can keep counts of who holds what. Items under ``floor`` are dropped on decay.
+    ``add(item, ts)`` adds 1 to the item as of ``ts``; when a new item does not fit, the
+    lightest item (the first added on ties) is dropped and returned, so the caller can keep
+    counts of who holds what. Weights are kept in the frame of a reference time (an add at
+    a later time adds ``2 ** (age / half_life)``), so an add costs O(1); the frame moves
+    forward (and items under ``floor`` are dropped) once that factor passes ``rebase_at``,
+    or on ``decay_to``. ``weight(item, ts)`` is the decayed weight at ``ts``.
     """
 
-    __slots__ = ("capacity", "floor", "half_life", "ts", "weights")
+    __slots__ = ("capacity", "changed", "floor", "half_life", "rebase_at", "ref", "ts", "weights")
 
-    def __init__(self, capacity: int, half_life: float, floor: float = 0.05) -> None:
+    def __init__(
+        self, capacity: int, half_life: float, floor: float = 0.05, rebase_at: float = 256.0
+    ) -> None:
         self.capacity = capacity
         self.half_life = half_life
         self.floor = floor
+        self.rebase_at = rebase_at
         self.weights: dict[int, float] = {}
-        self.ts = -math.inf
+        self.ref = -math.inf  # the time the stored weights are expressed at
+        self.ts = -math.inf  # the latest time seen
+        # True once the set of items changed (not merely a weight); the owner resets it.
+        self.changed = False
 
     def decay_to(self, ts: float) -> list[int]:
-        """Decay every weight to ``ts``; return the items that fell under the floor."""
-        if ts <= self.ts:
-            return []
+        """Express the weights at ``ts`` (not before the latest time seen) and drop those
+        under the floor; return the dropped items."""
+        ts = max(ts, self.ts)
+        self.ts = ts
         dropped: list[int] = []
-        if self.weights and self.ts > -math.inf:
-            factor = 0.5 ** ((ts - self.ts) / self.half_life)
+        if self.ref > -math.inf and ts > self.ref:
+            factor = 0.5 ** ((ts - self.ref) / self.half_life)
             weights = self.weights
             for item in list(weights):
                 weight = weights[item] * factor
                 if weight < self.floor:
                     del weights[item]
                     dropped.append(item)
+                    self.changed = True
                 else:
                     weights[item] = weight
-        self.ts = ts
+        self.ref = ts
         return dropped
 
     def add(self, item: int, ts: float, weight: float = 1.0) -> list[int]:
-        """Add ``weight`` to ``item`` at ``ts`` (not before the last update: an earlier ``ts``
-        counts as the last one); return the items dropped (decayed away or evicted)."""
-        dropped = self.decay_to(ts)
+        """Add ``weight`` to ``item`` at ``ts`` (an earlier ``ts`` than the latest seen counts
+        as the latest); return the items dropped (decayed away or evicted)."""
+        dropped: list[int] = []
+        if ts > self.ts:
+            self.ts = ts
+        if self.ref == -math.inf:
+            self.ref = self.ts
+        scale = 2.0 ** ((self.ts - self.ref) / self.half_life)
+        if scale > self.rebase_at:
+            dropped = self.decay_to(self.ts)
+            scale = 1.0
         weights = self.weights
         if item in weights:
-            weights[item] += weight
+            weights[item] += weight * scale
             return dropped
         if len(weights) >= self.capacity:
             lightest = min(weights, key=weights.__getitem__)
             del weights[lightest]
             dropped.append(lightest)
-        weights[item] = weight
+        weights[item] = weight * scale
+        self.changed = True
         return dropped
+
+    def weight(self, item: int, ts: float) -> float:
+        """The weight of ``item`` decayed to ``ts`` (0 when not held)."""
+        stored = self.weights.get(item, 0.0)
+        return stored * 0.5 ** ((ts - self.ref) / self.half_life) if stored else 0.0
 
     def __len__(self) -> int:
         return len(self.weights)
