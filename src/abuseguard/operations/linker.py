@@ -18,13 +18,23 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    the ``k`` members must be at least ``min_lift`` times ``n * p`` and improbable by
    chance (Chernoff bound ``n * KL(k/n || p) >= min_surprise``, in nats). Common evidence
    (an SDK persona on half the accounts) cannot pass; rare evidence shared by many can.
+   And at least ``distinct_kinds`` of its kinds must be *distinctive* of the bucket: at
+   least ``distinct_share`` of all the accounts holding that signature are in it. Honest
+   crowds share one distinctive thing (the campus address, the app's cloud) and otherwise
+   what thousands of others hold too (the SDK's headers, the popular system prompt); the
+   lift alone would let a crowd through whose kinds are correlated by what it is (server
+   apps: the SDK, a cloud, a template system prompt).
 4. **Clusters.** Every ``recluster_every`` seconds (of the records' time) the members of
-   linking buckets are joined by union-find; components of at least ``min_size``
-   accounts are operations. Each carries its evidence: which kinds linked it and how
-   strongly. A cluster keeps its id while most of its members stay.
-5. **Joining.** An account seen since, in no cluster, joins one at once when at least
+   linking buckets are joined by union-find, and so are two linking buckets that agree on
+   all but one of their kinds (each passed the test on its own: an operation whose
+   accounts differ in their ASN mix falls into several buckets of one persona and one
+   request shape); components of at least ``min_size`` accounts are operations. Each
+   carries its evidence: which kinds linked it and how strongly. A cluster keeps its id while most of its members stay.
+5. **Joining.** An account seen since, in no cluster, joins one at once when its
+   signatures agree with a linking bucket of the cluster on all but one kind, each of
+   them held mostly (``join_share``) by members of the cluster; or when at least
    ``min_kinds`` of its kinds (not timing) lie mostly in that cluster's characteristic
-   items (held by many members, rare elsewhere): a new account of a known operation is
+   items (held by many members, rare elsewhere). A new account of a known operation is
    caught in its first requests.
 6. **Score.** ``size`` (ramp from ``min_size`` to 4x), ``single-turn share``, ``topic
    spread`` (distinct topics over the members' topics: members of an operation cover
@@ -61,9 +71,10 @@ class OperationsConfig:
     dropped first). ``idle_seconds``: an account unseen this long is dropped.
     ``min_kinds``: kinds of evidence a band combines. ``min_size``: accounts of the
     smallest operation. ``min_lift`` and ``min_surprise`` (nats): the lift test of each
-    kind of a linking bucket. ``recluster_every``: seconds between clusterings.
-    ``join_share``: share of a kind's weight that must lie in a cluster's characteristic
-    items for that kind to match. ``max_topics``: topics kept per account.
+    kind of a linking bucket; ``distinct_kinds`` of its kinds must have at least
+    ``distinct_share`` of their signature's holders in the bucket. ``recluster_every``:
+    seconds between clusterings. ``join_share``: the share of a signature's holders, or
+    of a kind's weight, that must be in a cluster for an account to join it by that kind. ``max_topics``: topics kept per account.
     ``tokens_per_hour``: (low, high) of the tokens-per-member-hour ramp of the score.
     """
 
@@ -75,6 +86,8 @@ class OperationsConfig:
     min_size: int = 8
     min_lift: float = 3.0
     min_surprise: float = 14.0
+    distinct_kinds: int = 2
+    distinct_share: float = 0.2
     recluster_every: float = 30.0
     join_share: float = 0.5
     max_topics: int = 64
@@ -91,6 +104,10 @@ class OperationsConfig:
                 raise ConfigError(f"OperationsConfig.{name}", "must be > 0")
         if self.items_per_kind < 1 or self.max_accounts < 1 or self.max_topics < 1:
             raise ConfigError("OperationsConfig", "sizes must be >= 1")
+        if not 1 <= self.distinct_kinds <= self.min_kinds:
+            raise ConfigError("OperationsConfig.distinct_kinds", "must be 1..min_kinds")
+        if not 0.0 < self.distinct_share <= 1.0:
+            raise ConfigError("OperationsConfig.distinct_share", "must be in (0, 1]")
         if not 0.0 < self.join_share <= 1.0:
             raise ConfigError("OperationsConfig.join_share", "must be in (0, 1]")
         low, high = self.tokens_per_hour
@@ -206,6 +223,8 @@ class OperationLinker:
         self.buckets: dict[Key, dict[str, None]] = {}
         self.large: dict[Key, None] = {}
         self.clusters: dict[str, Cluster] = {}
+        # Sub-band keys of the linking buckets that are held mostly by one cluster.
+        self.join_keys: dict[Key, str] = {}
         self.priors: dict[str, float] = {}
         self.now = -math.inf
         self._next_cluster = 0
@@ -326,24 +345,29 @@ class OperationLinker:
 
     # -- clustering ------------------------------------------------------------------
 
-    def bucket_lift(self, key: Key) -> tuple[float, float]:
-        """(lift, surprise) of a bucket: the weakest over its kinds (see the module)."""
+    def bucket_lift(self, key: Key) -> tuple[float, float, int]:
+        """(lift, surprise, distinctive kinds) of a bucket: the weakest lift and surprise
+        over its kinds, and how many are distinctive of it (see the module)."""
         index = key[0]
         values = key[1:]
         members = len(self.buckets[key])
         total = len(self.accounts)
         lift = math.inf
         least_surprise = math.inf
+        distinctive = 0
+        distinct_share = self.config.distinct_share
         for position, kind in enumerate(self.combos[index]):
             sub_key = (
                 self._band_subs[index][position],
                 *[value for at, value in enumerate(values) if at != position],
             )
             agreeing = self.sub_count.get(sub_key, members)
-            share = self.signature_count.get((kind, values[position]), 1) / total
+            holders = self.signature_count.get((kind, values[position]), 1)
+            share = holders / total
             lift = min(lift, members / (agreeing * share))
             least_surprise = min(least_surprise, surprise(members, agreeing, share))
-        return lift, least_surprise
+            distinctive += members >= distinct_share * holders
+        return lift, least_surprise, distinctive
 
     def update(self, now: float | None = None) -> bool:
         """Recluster when due (``now``: the latest record's time by default); True if it did."""
@@ -371,7 +395,14 @@ class OperationLinker:
             account = self.accounts.get(identity)
             if account is None or account.cluster is not None:
                 continue
-            cluster = self._matching_cluster(account)
+            cluster = None
+            for key in account.keys[1]:
+                found = self.join_keys.get(key)
+                if found is not None:
+                    cluster = self.clusters[found]
+                    break
+            if cluster is None:
+                cluster = self._matching_cluster(account)
             if cluster is not None:
                 account.cluster = cluster.id
                 cluster.members.append(identity)
@@ -409,15 +440,24 @@ class OperationLinker:
         config = self.config
         union = UnionFind()
         linked: list[tuple[Key, float]] = []
+        sub_owner: dict[Key, str] = {}
         for key in self.large:
-            lift, strength = self.bucket_lift(key)
-            if lift >= config.min_lift and strength >= config.min_surprise:
+            lift, strength, distinctive = self.bucket_lift(key)
+            if (
+                lift >= config.min_lift
+                and strength >= config.min_surprise
+                and distinctive >= config.distinct_kinds
+            ):
                 linking = iter(self.buckets[key])
                 first = next(linking)
                 union.add(first)
                 for other in linking:
                     union.union(first, other)
                 linked.append((key, lift))
+                for sub_key in self._sub_keys(key):
+                    owner = sub_owner.setdefault(sub_key, first)
+                    if owner != first:
+                        union.union(owner, first)
         components = [
             members for members in union.components().values() if len(members) >= config.min_size
         ]
@@ -465,10 +505,55 @@ class OperationLinker:
                 self.accounts[identity].cluster = cluster.id
                 members_now[identity] = None
                 self._set_prior(identity, cluster.score)
+        self.join_keys = self._join_keys(linked)
+        # Accounts that had joined (their buckets never linked) join again at once.
+        self.join_recent(
+            identity
+            for cluster in previous.values()
+            for identity in cluster.members
+            if identity not in members_now
+        )
+        for cluster in clusters.values():
+            members_now.update(dict.fromkeys(cluster.members))
         for identity in list(self.priors):
             if identity not in members_now:
                 del self.priors[identity]
                 self._dirty_priors[identity] = 0.0
+
+    def _sub_keys(self, key: Key) -> list[Key]:
+        """The sub-band keys of a band key: its signatures without each one of its kinds."""
+        index = key[0]
+        values = key[1:]
+        return [
+            (sub, *[value for at, value in enumerate(values) if at != position])
+            for position, sub in enumerate(self._band_subs[index])
+        ]
+
+    def _join_keys(self, linked: list[tuple[Key, float]]) -> dict[Key, str]:
+        """Sub-band keys of the linking buckets whose every signature is held mostly by the
+        members of the bucket's cluster: an account agreeing on one joins that cluster."""
+        share = self.config.join_share
+        held: dict[tuple[str, int, int], int] = {}
+        for cluster in self.clusters.values():
+            for identity in cluster.members:
+                for kind, sig in enumerate(self.accounts[identity].signatures):
+                    if sig:
+                        at = (cluster.id, kind, sig)
+                        held[at] = held.get(at, 0) + 1
+        keys: dict[Key, str] = {}
+        for key, _ in linked:
+            cluster_id = self.accounts[next(iter(self.buckets[key]))].cluster
+            if cluster_id is None:
+                continue
+            for sub_key in self._sub_keys(key):
+                kinds = self.subs[sub_key[0]]
+                if all(
+                    held.get((cluster_id, kind, sig), 0)
+                    >= share * self.signature_count.get((kind, sig), 1)
+                    for kind, sig in zip(kinds, sub_key[1:], strict=True)
+                ):
+                    keys.setdefault(sub_key, cluster_id)
+        return keys
 
     def _profile_and_score(self, cluster: Cluster) -> None:
         config = self.config
