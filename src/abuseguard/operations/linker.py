@@ -29,7 +29,8 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    all but one of their kinds (each passed the test on its own: an operation whose
    accounts differ in their ASN mix falls into several buckets of one persona and one
    request shape); components of at least ``min_size`` accounts are operations. Each
-   carries its evidence: which kinds linked it and how strongly. A cluster keeps its id while most of its members stay.
+   carries its evidence: which kinds linked it and how strongly. A cluster keeps its id
+   while most of its members stay.
 5. **Joining.** An account seen since, in no cluster, joins one at once when its
    signatures agree with a linking bucket of the cluster on all but one kind, each of
    them held mostly (``join_share``) by members of the cluster; or when at least
@@ -74,7 +75,8 @@ class OperationsConfig:
     kind of a linking bucket; ``distinct_kinds`` of its kinds must have at least
     ``distinct_share`` of their signature's holders in the bucket. ``recluster_every``:
     seconds between clusterings. ``join_share``: the share of a signature's holders, or
-    of a kind's weight, that must be in a cluster for an account to join it by that kind. ``max_topics``: topics kept per account.
+    of a kind's weight, that must be in a cluster for an account to join it by that kind.
+    ``max_topics``: topics kept per account.
     ``tokens_per_hour``: (low, high) of the tokens-per-member-hour ramp of the score.
     """
 
