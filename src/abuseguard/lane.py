@@ -172,9 +172,7 @@ class BackgroundLane:
             operations = OperationLinker()
         self.operations: OperationLinker | None = operations or None
         self.created_of = created_of
-        self.evidence = EvidenceReader(
-            asn_of=_asn_lookup(guard), slot_seconds=1800.0, agents=None
-        )
+        self.evidence = EvidenceReader(asn_of=_asn_lookup(guard), slot_seconds=1800.0, agents=None)
         # Per-account analyzers' last priors, combined with the operations' (bounded).
         self._account_priors: dict[str, float] = {}
         self._tokens: dict[str, float] = {}

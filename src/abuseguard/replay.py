@@ -251,9 +251,7 @@ def run_replay(
         lane_flushes += 1
     if track_inflight:
         guard_any.inflight = 0
-    timing = ReplayTiming(
-        count, guard_seconds, clock() - started, mode, lane_seconds, lane_flushes
-    )
+    timing = ReplayTiming(count, guard_seconds, clock() - started, mode, lane_seconds, lane_flushes)
     if on_progress is not None:
         on_progress(count)
     return timing

@@ -112,9 +112,7 @@ class EvidenceReader:
         if isinstance(request, dict):
             system, shape, topic, single = _read_request(request)
         timing = item(TIMING, int(seen.ts // self.slot_seconds))
-        created = (
-            item(CREATED, int(seen.created // 86400.0)) if seen.created is not None else 0
-        )
+        created = item(CREATED, int(seen.created // 86400.0)) if seen.created is not None else 0
         return Evidence(
             (persona, network, system, shape, timing, created), single, topic, seen.tokens
         )

@@ -138,9 +138,7 @@ class Account:
         self.identity = identity
         self.first_ts = ts
         self.last_ts = ts
-        self.items = [
-            DecayedItems(config.items_per_kind, config.half_life) for _ in range(N_KINDS)
-        ]
+        self.items = [DecayedItems(config.items_per_kind, config.half_life) for _ in range(N_KINDS)]
         self.signatures: tuple[int, ...] = (0,) * N_KINDS
         # (signature keys, sub-band keys, band keys) this account is counted under.
         self.keys: tuple[list[Key], list[Key], list[Key]] = ([], [], [])
@@ -464,9 +462,7 @@ class OperationLinker:
             members for members in union.components().values() if len(members) >= config.min_size
         ]
         root_of = {member: i for i, members in enumerate(components) for member in members}
-        evidence: list[tuple[Counter[str], int, float]] = [
-            (Counter(), 0, 0.0) for _ in components
-        ]
+        evidence: list[tuple[Counter[str], int, float]] = [(Counter(), 0, 0.0) for _ in components]
         for key, lift in linked:
             first = next(iter(self.buckets[key]))
             at = root_of.get(first)
