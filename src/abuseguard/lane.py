@@ -62,6 +62,8 @@ class Analyzer(Protocol):
 
 
 _MAX_ACCOUNTS = 100_000
+SAMPLE_AFTER = 8
+SAMPLE_EVERY = 4
 cohorts_set = cohorts.set_cohort
 
 
@@ -247,8 +249,19 @@ class BackgroundLane:
         read = self.evidence.read
         created_of = self.created_of
         tokens = self._tokens
+        accounts = linker.accounts
         for identity, records in cohorts.items():
             created = created_of(identity) if created_of is not None else None
+            known = accounts.get(identity)
+            seen = known.requests if known is not None else 0
+            # An account's evidence settles within its first requests: past SAMPLE_AFTER,
+            # every SAMPLE_EVERY-th request is read (its tokens all count).
+            if seen + len(records) > SAMPLE_AFTER:
+                records = [
+                    record
+                    for n, record in enumerate(records, seen)
+                    if n < SAMPLE_AFTER or n % SAMPLE_EVERY == 0
+                ] or records[-1:]
             spent = tokens.pop(identity, 0.0) / len(records)
             linker.observe(
                 identity,

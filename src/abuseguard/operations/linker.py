@@ -8,6 +8,8 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    (`DecayedItems`, at most ``items_per_kind``). Its *signature* for a kind is a MinHash
    pair of that item set (`set_signature`): one number, equal for accounts with the same
    items (one persona, one request shape), rarely equal for mere overlap (an ASN mix).
+   Only the items weighing at least ``heavy_share`` of the heaviest count: an account
+   that mixes a few shapes signs with those it uses most.
 2. **Bands over several kinds.** Every combination of ``min_kinds`` kinds is an LSH band:
    the accounts whose signatures agree on all of them share a bucket. One kind alone never
    makes a bucket, so a campus NAT (network only), an SDK's default headers (persona only)
@@ -31,11 +33,10 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    request shape); components of at least ``min_size`` accounts are operations. Each
    carries its evidence: which kinds linked it and how strongly. A cluster keeps its id
    while most of its members stay.
-5. **Joining.** An account seen since, in no cluster, joins one at once when its
-   signatures agree with a linking bucket of the cluster on all but one kind, each of
-   them held mostly (``join_share``) by members of the cluster; or when at least
-   ``min_kinds`` of its kinds (not timing) lie mostly in that cluster's characteristic
-   items (held by many members, rare elsewhere). A new account of a known operation is
+5. **Joining.** An account in no cluster joins one when its signatures agree with a
+   linking bucket of the cluster on all but one kind, each of them held for a good part
+   (``join_share``) by members of the cluster: every account at each clustering, and an
+   account seen since at the lane's next flush. A new account of a known operation is
    caught in its first requests.
 6. **Score.** ``size`` (ramp from ``min_size`` to 4x), ``single-turn share``, ``topic
    spread`` (distinct topics over the members' topics: members of an operation cover
@@ -50,17 +51,16 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from abuseguard.config_check import check_fields
 from abuseguard.errors import ConfigError
-from abuseguard.operations.evidence import KINDS, N_KINDS, TIMING, Evidence
-from abuseguard.operations.sketches import DecayedItems, UnionFind, set_signature
+from abuseguard.operations.evidence import KINDS, N_KINDS, Evidence
+from abuseguard.operations.sketches import DecayedItems, UnionFind, heavy_items, set_signature
 
 # Keys of the counts and buckets: (tag, signatures...), plain tuples of ints (hashed alike
 # in every process, unlike strings).
 Key = tuple[int, ...]
-JOIN_KINDS: tuple[int, ...] = tuple(k for k in range(N_KINDS) if k != TIMING)
 
 
 @dataclass(frozen=True)
@@ -68,20 +68,22 @@ class OperationsConfig:
     """How the lane links accounts into operations (see `abuseguard.operations.linker`).
 
     ``half_life``: seconds for an item's weight to halve. ``items_per_kind``: items kept
-    per account and kind. ``max_accounts``: accounts tracked (the least recently seen are
+    per account and kind; a kind's signature is of the items weighing at least
+    ``heavy_share`` of its heaviest. ``max_accounts``: accounts tracked (the least recently seen are
     dropped first). ``idle_seconds``: an account unseen this long is dropped.
     ``min_kinds``: kinds of evidence a band combines. ``min_size``: accounts of the
     smallest operation. ``min_lift`` and ``min_surprise`` (nats): the lift test of each
     kind of a linking bucket; ``distinct_kinds`` of its kinds must have at least
     ``distinct_share`` of their signature's holders in the bucket. ``recluster_every``:
-    seconds between clusterings. ``join_share``: the share of a signature's holders, or
-    of a kind's weight, that must be in a cluster for an account to join it by that kind.
+    seconds between clusterings. ``join_share``: the share of a signature's holders that
+    must be in a cluster for an account to join it by that signature.
     ``max_topics``: topics kept per account.
     ``tokens_per_hour``: (low, high) of the tokens-per-member-hour ramp of the score.
     """
 
     half_life: float = 6 * 3600.0
     items_per_kind: int = 8
+    heavy_share: float = 0.3
     max_accounts: int = 50_000
     idle_seconds: float = 48 * 3600.0
     min_kinds: int = 3
@@ -91,7 +93,7 @@ class OperationsConfig:
     distinct_kinds: int = 2
     distinct_share: float = 0.2
     recluster_every: float = 30.0
-    join_share: float = 0.5
+    join_share: float = 0.25
     max_topics: int = 64
     tokens_per_hour: tuple[float, float] = (5_000.0, 50_000.0)
 
@@ -110,6 +112,8 @@ class OperationsConfig:
             raise ConfigError("OperationsConfig.distinct_kinds", "must be 1..min_kinds")
         if not 0.0 < self.distinct_share <= 1.0:
             raise ConfigError("OperationsConfig.distinct_share", "must be in (0, 1]")
+        if not 0.0 < self.heavy_share <= 1.0:
+            raise ConfigError("OperationsConfig.heavy_share", "must be in (0, 1]")
         if not 0.0 < self.join_share <= 1.0:
             raise ConfigError("OperationsConfig.join_share", "must be in (0, 1]")
         low, high = self.tokens_per_hour
@@ -164,7 +168,6 @@ class Cluster:
     tokens_per_member_hour: float = 0.0
     joined: int = 0
     first_seen: float = 0.0
-    profile: dict[int, dict[int, None]] = field(default_factory=dict, repr=False)
 
     def summary(self, sample: int = 8) -> dict[str, object]:
         return {
@@ -217,7 +220,6 @@ class OperationLinker:
             for combo in self.combos
         ]
         self.accounts: dict[str, Account] = {}
-        self.item_holders: dict[tuple[int, int], int] = {}
         self.signature_count: dict[Key, int] = {}
         self.sub_count: dict[Key, int] = {}
         self.buckets: dict[Key, dict[str, None]] = {}
@@ -244,17 +246,11 @@ class OperationLinker:
             while len(self.accounts) >= config.max_accounts:
                 self._drop(next(iter(self.accounts)))
         self.accounts[identity] = account  # most recently seen last
-        holders = self.item_holders
+        kinds = account.items
         for ts, evidence in seen:
             for kind, item in enumerate(evidence.items):
-                if not item:
-                    continue
-                items = account.items[kind]
-                if item not in items:
-                    key = (kind, item)
-                    holders[key] = holders.get(key, 0) + 1
-                for gone in items.add(item, ts):
-                    self._release_item(kind, gone)
+                if item:
+                    kinds[kind].add(item, ts)
             account.requests += 1
             account.single += evidence.single_turn
             account.tokens += evidence.tokens
@@ -262,26 +258,24 @@ class OperationLinker:
                 account.topics[evidence.topic] = None
             account.last_ts = max(account.last_ts, ts)
             self.now = max(self.now, ts)
-        signatures = account.signatures
-        if any(items.changed for items in account.items):
-            signatures = tuple(
-                set_signature(items.weights) if items.changed else old
-                for items, old in zip(account.items, account.signatures, strict=True)
-            )
-            for items in account.items:
-                items.changed = False
+        # A kind's signature is of its heavy items: an account whose requests mix a few
+        # shapes or prompts signs with the ones it uses most, as its peers do; one that
+        # rotates evenly over a pool of exits signs with the whole pool.
+        # Weights shift slowly: a set that did not change is signed again every 4th call.
+        heavy = config.heavy_share
+        again = account.requests % 4 == 0
+        signatures = tuple(
+            set_signature(heavy_items(items.weights, heavy))
+            if items.changed or (again and len(items.weights) > 1)
+            else old
+            for items, old in zip(account.items, account.signatures, strict=True)
+        )
+        for items in account.items:
+            items.changed = False
         if signatures != account.signatures:
             self._unindex(account)
             account.signatures = signatures
             self._index(account)
-
-    def _release_item(self, kind: int, item: int) -> None:
-        key = (kind, item)
-        left = self.item_holders.get(key, 0) - 1
-        if left > 0:
-            self.item_holders[key] = left
-        else:
-            self.item_holders.pop(key, None)
 
     def _index(self, account: Account) -> None:
         sigs = account.signatures
@@ -333,9 +327,6 @@ class OperationLinker:
     def _drop(self, identity: str) -> None:
         account = self.accounts.pop(identity)
         self._unindex(account)
-        for kind, items in enumerate(account.items):
-            for item in items.weights:
-                self._release_item(kind, item)
         if account.cluster is not None:
             cluster = self.clusters.get(account.cluster)
             if cluster is not None and identity in cluster.members:
@@ -401,32 +392,11 @@ class OperationLinker:
                 if found is not None:
                     cluster = self.clusters[found]
                     break
-            if cluster is None:
-                cluster = self._matching_cluster(account)
             if cluster is not None:
                 account.cluster = cluster.id
                 cluster.members.append(identity)
                 cluster.joined += 1
                 self._set_prior(identity, cluster.score)
-
-    def _matching_cluster(self, account: Account) -> Cluster | None:
-        share = self.config.join_share
-        for cluster in self.clusters.values():
-            matched = 0
-            for kind in JOIN_KINDS:
-                weights = account.items[kind].weights
-                total = sum(weights.values())
-                if not total:
-                    continue
-                characteristic = cluster.profile.get(kind)
-                if not characteristic:
-                    continue
-                inside = sum(w for item, w in weights.items() if item in characteristic)
-                if inside >= share * total:
-                    matched += 1
-            if matched >= self.config.min_kinds:
-                return cluster
-        return None
 
     def _expire(self, now: float) -> None:
         idle = self.config.idle_seconds
@@ -498,21 +468,24 @@ class OperationLinker:
         self.clusters = clusters
         members_now: dict[str, None] = {}
         for cluster in clusters.values():
-            self._profile_and_score(cluster)
             for identity in cluster.members:
                 self.accounts[identity].cluster = cluster.id
                 members_now[identity] = None
-                self._set_prior(identity, cluster.score)
-        self.join_keys = self._join_keys(linked)
-        # Accounts that had joined (their buckets never linked) join again at once.
-        self.join_recent(
-            identity
-            for cluster in previous.values()
-            for identity in cluster.members
-            if identity not in members_now
-        )
+        # Every other account whose signatures agree with a linking bucket joins at once
+        # (those that had joined before, those not seen since the cluster formed); as they
+        # do, more signatures are held mostly by the cluster: a few rounds.
+        for _ in range(3):
+            self.join_keys = self._join_keys(linked)
+            before = sum(len(cluster.members) for cluster in clusters.values())
+            if self.join_keys:
+                self.join_recent(list(self.accounts))
+            if sum(len(cluster.members) for cluster in clusters.values()) == before:
+                break
         for cluster in clusters.values():
-            members_now.update(dict.fromkeys(cluster.members))
+            self._score(cluster)
+            for identity in cluster.members:
+                members_now[identity] = None
+                self._set_prior(identity, cluster.score)
         for identity in list(self.priors):
             if identity not in members_now:
                 del self.priors[identity]
@@ -553,25 +526,10 @@ class OperationLinker:
                     keys.setdefault(sub_key, cluster_id)
         return keys
 
-    def _profile_and_score(self, cluster: Cluster) -> None:
+    def _score(self, cluster: Cluster) -> None:
         config = self.config
         accounts = [self.accounts[m] for m in cluster.members]
         size = len(accounts)
-        total = len(self.accounts)
-        holders = self.item_holders
-        for kind in JOIN_KINDS:
-            counts: Counter[int] = Counter()
-            for account in accounts:
-                counts.update(account.items[kind].weights)
-            characteristic: dict[int, None] = {}
-            for item, held in counts.most_common():
-                share = held / size
-                if share < 0.1:
-                    break
-                if share >= config.min_lift * holders.get((kind, item), held) / total:
-                    characteristic[item] = None
-            if characteristic:
-                cluster.profile[kind] = characteristic
         requests = sum(a.requests for a in accounts)
         cluster.single_turn_share = sum(a.single for a in accounts) / max(requests, 1)
         topics: set[int] = set()

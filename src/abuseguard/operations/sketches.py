@@ -59,6 +59,14 @@ def minhash(items: Iterable[int], salt: int, multiplier: int = _MULTIPLIERS[0]) 
     )
 
 
+def heavy_items(weights: dict[int, float], share: float) -> list[int]:
+    """The items whose weight is at least ``share`` of the heaviest one's."""
+    if len(weights) <= 1:
+        return list(weights)
+    floor = share * max(weights.values())
+    return [item for item, weight in weights.items() if weight >= floor]
+
+
 def set_signature(items: Iterable[int]) -> int:
     """One stable number for a set: a pair of MinHashes under the two fixed permutations.
 
