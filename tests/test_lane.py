@@ -60,7 +60,8 @@ def test_lane_writes_priors_the_kernel_reads() -> None:
     guard = Guard(
         Policy(bucket=TokenBucket("100/second", burst=100), scoring=Scoring(content=False))
     )
-    lane = BackgroundLane(guard)
+    # TemplateCoverage is opt-in: it flags SDK backends (templated prompts, fresh fill-ins).
+    lane = BackgroundLane(guard, [TemplateCoverage()])
     guard.observers.append(lane)
     rng = random.Random(2)
     for i in range(60):
