@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from abuseguard import cohorts
+from abuseguard.account import AccountFacts
 from abuseguard.decision import Decision
 from abuseguard.guard import Guard
 from abuseguard.operations.evidence import EvidenceReader, Observed
@@ -51,6 +52,7 @@ class LaneRecord(NamedTuple):
     ua: str | None = None
     headers: Mapping[str, str] | None = None
     asn: int | None = None
+    account: AccountFacts | None = None
 
 
 _new_record = tuple.__new__
@@ -151,7 +153,8 @@ class BackgroundLane:
 
     ``operations`` links accounts into operations (an `OperationLinker`; the default
     builds one, None turns it off). ``created_of(identity)``, when given, answers the
-    account's creation time (epoch seconds) from the host app, one more kind of evidence.
+    account's creation time (epoch seconds) from the host app, one more kind of evidence;
+    without it, the age in the request's account facts (`Policy.accounts`) gives it.
     """
 
     def __init__(
@@ -200,6 +203,7 @@ class BackgroundLane:
                     info.ua,
                     headers,
                     info.asn,
+                    info.account,
                 ),
             )
         )
@@ -252,6 +256,12 @@ class BackgroundLane:
         accounts = linker.accounts
         for identity, records in cohorts.items():
             created = created_of(identity) if created_of is not None else None
+            if created is None:  # the account facts the host app gave (Policy.accounts)
+                for record in records:
+                    facts = record.account
+                    if facts is not None and facts.age_days is not None:
+                        created = record.ts - facts.age_days * 86400.0
+                        break
             known = accounts.get(identity)
             seen = known.requests if known is not None else 0
             # An account's evidence settles within its first requests: past SAMPLE_AFTER,
