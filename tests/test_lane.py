@@ -60,7 +60,8 @@ def test_lane_writes_priors_the_kernel_reads() -> None:
     guard = Guard(
         Policy(bucket=TokenBucket("100/second", burst=100), scoring=Scoring(content=False))
     )
-    lane = BackgroundLane(guard)
+    # TemplateCoverage is opt-in: it flags SDK backends (templated prompts, fresh fill-ins).
+    lane = BackgroundLane(guard, [TemplateCoverage()])
     guard.observers.append(lane)
     rng = random.Random(2)
     for i in range(60):
@@ -131,3 +132,31 @@ def test_lane_runs_in_the_event_loop_and_survives_a_broken_analyzer() -> None:
 
     asyncio.run(main())
     assert lane.priors_written == 1
+
+
+def test_the_lane_reads_the_creation_time_from_the_account_facts() -> None:
+    from abuseguard import AccountFacts, Decision
+    from abuseguard.decision import Action
+    from abuseguard.operations.evidence import Observed
+
+    guard = Guard(Policy(unverified_keys=None))
+    lane = BackgroundLane(guard)
+    seen: list[Observed] = []
+    read = lane.evidence.read
+
+    def spy(observed: Observed) -> object:
+        seen.append(observed)
+        return read(observed)
+
+    lane.evidence.read = spy  # type: ignore[method-assign]
+    info = RequestInfo(
+        ip="192.0.2.8",
+        ts=10 * 86400.0,
+        key="sk-a",
+        body=body("hello there"),
+        headers={"content-type": "application/json"},
+        account=AccountFacts(age_days=2.5),
+    )
+    lane(info, Decision(Action.ALLOW, identity="k:abc"))
+    lane.flush()
+    assert seen and seen[0].created == 7.5 * 86400.0

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from abuseguard.cohorts import cohort_of
 from abuseguard.config_check import check_fields
 from abuseguard.decision import Decision
 from abuseguard.errors import ConfigError
@@ -79,8 +80,8 @@ def endpoint_of(path: str) -> str | None:
 class DegradeContext:
     """What a :data:`DegradeStep` has in hand besides the body.
 
-    ``cohort`` is the id of the cluster of clients the request was attributed to; nothing
-    assigns one yet, so it is None today (a detection that groups clients will set it).
+    ``cohort`` is the id of the operation (cluster of accounts) the background lane last
+    linked the client's account into (`abuseguard.cohorts`), or None.
     """
 
     decision: Decision
@@ -698,7 +699,9 @@ async def serve_degraded(
         await app(scope, receive, send)
         return
     if chosen.rewrites and scope.get("method") in _BODY_METHODS:
-        context = DegradeContext(decision, path, endpoint, shadow=not apply)
+        context = DegradeContext(
+            decision, path, endpoint, shadow=not apply, cohort=cohort_of(decision.identity)
+        )
         receive = await _rewritten_receive(scope, receive, chosen, context, apply)
     if not chosen.withhold_reasoning:
         try:

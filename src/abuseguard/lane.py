@@ -6,7 +6,14 @@ identity), hands each cohort to its analyzers, and writes the prior they return 
 state the kernel reads (``Guard.set_prior``), where it becomes the ``prior`` signal of that
 identity's next requests. Nothing here runs on the request path except the queue append.
 
-The shipped analyzer, :class:`TemplateCoverage`, estimates how systematically an account
+Across accounts, the lane links accounts into operations (`abuseguard.operations`): each
+flush hands the queued requests' evidence to an `OperationLinker`, and every member of a
+cluster it finds gets the cluster's score as its prior (the larger of that and the
+per-account analyzers' priors), and the cluster id as its cohort (`abuseguard.cohorts`,
+read by the degrade step). Costs known after the response reach it through
+``completed(identity, cost)``.
+
+The shipped per-account analyzer, :class:`TemplateCoverage`, estimates how systematically an account
 sweeps prompt templates: harvesters send many prompts from few templates with a fresh
 fill-in each time (covering a template's input space), while people and most apps either
 vary their prompts or repeat the same few exactly.
@@ -18,28 +25,60 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from abuseguard import cohorts
+from abuseguard.account import AccountFacts
 from abuseguard.decision import Decision
 from abuseguard.guard import Guard
+from abuseguard.operations.evidence import EvidenceReader, Observed
+from abuseguard.operations.linker import OperationLinker
 from abuseguard.request import RequestInfo
 
 logger = logging.getLogger("abuseguard.lane")
 
 
-@dataclass(frozen=True, slots=True)
-class LaneRecord:
+class LaneRecord(NamedTuple):
+    """One queued request: references to what it carried, nothing parsed (a named tuple:
+    made on the request path, where a frozen dataclass costs ten times more)."""
+
     identity: str
     ts: float
     body: bytes | str | None
     content_type: str | None
+    ip: str = ""
+    ua: str | None = None
+    headers: Mapping[str, str] | None = None
+    asn: int | None = None
+    account: AccountFacts | None = None
+
+
+_new_record = tuple.__new__
 
 
 class Analyzer(Protocol):
     def analyze(self, identity: str, records: Sequence[LaneRecord]) -> float | None:
         """A prior in 0..1 for this cohort, or None to leave the current one."""
+
+
+_MAX_ACCOUNTS = 100_000
+SAMPLE_AFTER = 8
+SAMPLE_EVERY = 4
+cohorts_set = cohorts.set_cohort
+
+
+def _asn_lookup(guard: Guard) -> Callable[[str], int | None] | None:
+    """The guard's database lookup of an address's ASN (for requests that carry none)."""
+    intel = guard.intel
+    if intel is None:
+        return None
+
+    def asn_of(ip: str) -> int | None:
+        return intel.lookup(ip).asn or None
+
+    return asn_of
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
@@ -111,6 +150,11 @@ class BackgroundLane:
     ``flush()`` yourself (replay, tests) or ``start()`` it inside a running event loop.
     ``max_queue`` bounds memory: when full, the oldest records are dropped and counted.
     Only identities with an account are analyzed (``k:`` identities).
+
+    ``operations`` links accounts into operations (an `OperationLinker`; the default
+    builds one, None turns it off). ``created_of(identity)``, when given, answers the
+    account's creation time (epoch seconds) from the host app, one more kind of evidence;
+    without it, the age in the request's account facts (`Policy.accounts`) gives it.
     """
 
     def __init__(
@@ -121,17 +165,25 @@ class BackgroundLane:
         interval: float = 1.0,
         max_queue: int = 10_000,
         body_bytes: int = 16_384,
+        operations: OperationLinker | bool | None = True,
+        created_of: Callable[[str], float | None] | None = None,
     ) -> None:
         self.guard = guard
-        self.analyzers: list[Analyzer] = (
-            list(analyzers) if analyzers is not None else [TemplateCoverage()]
-        )
+        self.analyzers: list[Analyzer] = list(analyzers) if analyzers is not None else []
         self.interval = interval
         self.body_bytes = body_bytes
         self.queue: deque[LaneRecord] = deque(maxlen=max_queue)
         self.dropped = 0
         self.priors_written = 0
         self._task: asyncio.Task[None] | None = None
+        if operations is True:
+            operations = OperationLinker()
+        self.operations: OperationLinker | None = operations or None
+        self.created_of = created_of
+        self.evidence = EvidenceReader(asn_of=_asn_lookup(guard), slot_seconds=1800.0, agents=None)
+        # Per-account analyzers' last priors, combined with the operations' (bounded).
+        self._account_priors: dict[str, float] = {}
+        self._tokens: dict[str, float] = {}
 
     def __call__(self, info: RequestInfo, decision: Decision) -> None:
         if not decision.identity.startswith("k:") or not info.body:
@@ -140,13 +192,29 @@ class BackgroundLane:
             self.dropped += 1
         headers: Mapping[str, str] = info.headers
         self.queue.append(
-            LaneRecord(
-                decision.identity,
-                info.ts or 0.0,
-                info.body[: self.body_bytes],
-                headers.get("content-type"),
+            _new_record(
+                LaneRecord,
+                (
+                    decision.identity,
+                    info.ts or 0.0,
+                    info.body,
+                    headers.get("content-type"),
+                    info.ip,
+                    info.ua,
+                    headers,
+                    info.asn,
+                    info.account,
+                ),
             )
         )
+
+    def completed(self, identity: str, cost: float | None) -> None:
+        """The real cost (tokens) of a request of ``identity``, known after its response:
+        counted in the token volume of the operation the account belongs to."""
+        if cost and self.operations is not None and identity.startswith("k:"):
+            if identity not in self._tokens and len(self._tokens) >= _MAX_ACCOUNTS:
+                self._tokens.clear()
+            self._tokens[identity] = self._tokens.get(identity, 0.0) + float(cost)
 
     def flush(self) -> int:
         """Analyze what is queued and write the priors; return how many were written."""
@@ -167,7 +235,75 @@ class BackgroundLane:
                     continue
                 if prior is not None:
                     priors[identity] = max(prior, priors.get(identity, 0.0))
+        account_priors = self._account_priors
+        for identity, prior in priors.items():
+            if identity not in account_priors and len(account_priors) >= _MAX_ACCOUNTS:
+                account_priors.pop(next(iter(account_priors)))
+            account_priors[identity] = prior
+        if self.operations is not None and cohorts:
+            try:
+                self._link(cohorts, priors)
+            except Exception:
+                logger.exception("operations linker failed")
         return priors
+
+    def _link(self, cohorts: Mapping[str, list[LaneRecord]], priors: dict[str, float]) -> None:
+        linker = self.operations
+        assert linker is not None
+        read = self.evidence.read
+        created_of = self.created_of
+        tokens = self._tokens
+        accounts = linker.accounts
+        for identity, records in cohorts.items():
+            created = created_of(identity) if created_of is not None else None
+            if created is None:  # the account facts the host app gave (Policy.accounts)
+                for record in records:
+                    facts = record.account
+                    if facts is not None and facts.age_days is not None:
+                        created = record.ts - facts.age_days * 86400.0
+                        break
+            known = accounts.get(identity)
+            seen = known.requests if known is not None else 0
+            # An account's evidence settles within its first requests: past SAMPLE_AFTER,
+            # every SAMPLE_EVERY-th request is read (its tokens all count).
+            if seen + len(records) > SAMPLE_AFTER:
+                records = [
+                    record
+                    for n, record in enumerate(records, seen)
+                    if n < SAMPLE_AFTER or n % SAMPLE_EVERY == 0
+                ] or records[-1:]
+            spent = tokens.pop(identity, 0.0) / len(records)
+            linker.observe(
+                identity,
+                [
+                    (
+                        record.ts,
+                        read(
+                            Observed(
+                                record.ts,
+                                record.ip,
+                                record.ua,
+                                record.headers,
+                                record.body[: self.body_bytes] if record.body else None,
+                                record.asn,
+                                spent,
+                                created,
+                            )
+                        ),
+                    )
+                    for record in records
+                ],
+            )
+        linker.update()
+        linker.join_recent(cohorts)
+        changed = linker.take_changed()
+        for identity, prior in changed.items():
+            cohorts_set(identity, linker.cluster_of(identity))
+            priors[identity] = max(prior, self._account_priors.get(identity, 0.0))
+        for identity in list(priors):
+            ops = linker.prior_of(identity)
+            if ops > priors[identity]:
+                priors[identity] = ops
 
     def _apply(self, priors: Mapping[str, float]) -> int:
         written = sum(
@@ -175,6 +311,10 @@ class BackgroundLane:
         )
         self.priors_written += written
         return written
+
+    def clusters(self, sample: int = 8) -> list[dict[str, object]]:
+        """The operations found so far, largest first, each with its evidence."""
+        return self.operations.report(sample) if self.operations is not None else []
 
     def start(self) -> None:
         """Flush every ``interval`` seconds in the running event loop, off the request path."""

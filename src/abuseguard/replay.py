@@ -31,6 +31,13 @@ fingerprinted together first (``ContentFingerprinter.prime``, the batch entry po
 guard's own ``fingerprint`` call for each of them then answers what was computed, and the
 fingerprints are the same, so the decisions are those of a record-by-record replay.
 
+With a ``lane`` (an `abuseguard.lane.BackgroundLane` among the guard's observers), the
+lane runs in the records' time as production runs it in real time: it is flushed
+whenever a record's ``ts`` reaches the next multiple of its ``interval`` (before that
+record is decided), and once at the end; each served request's trace cost is handed to
+``lane.completed``. The flush points depend only on the records, so two replays of one
+trace give one report. ``lane_seconds`` is the time spent in its flushes.
+
 ``decisions_per_second`` counts only the time spent inside the guard (``check``,
 ``complete`` and the batch fingerprinting), so it measures the guard, not JSON parsing;
 ``records_per_second`` is the wall rate.
@@ -87,12 +94,16 @@ class ReplayTiming:
     guard_seconds: float = 0.0
     elapsed_seconds: float = 0.0
     cost_mode: str = "ignore"
+    lane_seconds: float = 0.0
+    lane_flushes: int = 0
 
     @property
     def decisions_per_second(self) -> float | None:
-        if not self.records or self.guard_seconds <= 0:
+        """Decisions per second of the guard, its background lane included."""
+        busy = self.guard_seconds + self.lane_seconds
+        if not self.records or busy <= 0:
             return None
-        return self.records / self.guard_seconds
+        return self.records / busy
 
     @property
     def records_per_second(self) -> float | None:
@@ -150,12 +161,14 @@ def run_replay(
     cost_mode: str = "auto",
     on_progress: Callable[[int], None] | None = None,
     on_decision: Callable[[TraceRecord, Decision], None] | None = None,
+    lane: Any = None,
 ) -> ReplayTiming:
     """Feed ``records`` (in time order) to ``guard``; counts go into ``builder``.
 
     ``limit`` stops after that many records. ``on_progress(n)`` is called every few
     thousand records with the number replayed so far; ``on_decision(record, decision)``
-    with every decision (e.g. ``DecisionWriter.add``).
+    with every decision (e.g. ``DecisionWriter.add``). ``lane``: a background lane
+    observing ``guard``, flushed in virtual time (see the module docstring).
     """
     mode = resolve_cost_mode(guard, cost_mode)
     upfront = mode == "upfront"
@@ -184,6 +197,11 @@ def run_replay(
     prepare_many = guard_any.prepare_many if batched else None
     check_prepared: Any = guard_any.check_prepared if batched else None
     guard_seconds = 0.0
+    lane_seconds = 0.0
+    lane_flushes = 0
+    interval = float(lane.interval) if lane is not None else 0.0
+    next_flush = -float("inf") if lane is not None else float("inf")
+    completed = lane.completed if lane is not None else None
     count = 0
     source = iter(records)
     started = clock()
@@ -220,6 +238,13 @@ def run_replay(
                         done_info, done_decision, status=status, cost=cost, usage=usage
                     )
                 guard_seconds += clock() - t0
+            if ts >= next_flush:
+                if next_flush > -float("inf"):
+                    t0 = clock()
+                    lane.flush()
+                    lane_seconds += clock() - t0
+                    lane_flushes += 1
+                next_flush = (ts // interval + 1.0) * interval
             if track_inflight:
                 guard_any.inflight = len(pending)
             t0 = clock()
@@ -230,6 +255,8 @@ def run_replay(
             if on_decision is not None:
                 on_decision(record, decision)
             refused = None if decision.served else refusal.get(decision.action, 403)
+            if completed is not None and refused is None:
+                completed(decision.identity, record.cost)
             cost = record.cost if report_cost else None
             usage = record.cost if report_usage else None
             duration = record.duration
@@ -255,9 +282,14 @@ def run_replay(
         else:
             guard_any.complete(done_info, done_decision, status=status, cost=cost, usage=usage)
     guard_seconds += clock() - t0
+    if lane is not None and count:
+        t0 = clock()
+        lane.flush()
+        lane_seconds += clock() - t0
+        lane_flushes += 1
     if track_inflight:
         guard_any.inflight = 0
-    timing = ReplayTiming(count, guard_seconds, clock() - started, mode)
+    timing = ReplayTiming(count, guard_seconds, clock() - started, mode, lane_seconds, lane_flushes)
     if on_progress is not None:
         on_progress(count)
     return timing

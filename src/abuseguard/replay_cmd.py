@@ -100,6 +100,19 @@ def register(subparsers: Any) -> None:
         "middleware reports a cost header), up front, or not at all; auto: 'after' when the "
         "policy's bucket has a cost_header, else 'ignore'",
     )
+    parser.add_argument(
+        "--no-lane",
+        action="store_true",
+        help="do not run the background lane (operations linking, template coverage); by "
+        "default it runs in the trace's time, flushed every --lane-interval seconds",
+    )
+    parser.add_argument(
+        "--lane-interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="the lane's interval in trace time (1)",
+    )
     parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE")
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar even on a terminal"
@@ -115,6 +128,58 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0: {text}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0: {text}")
+    return value
+
+
+class LaneRun:
+    """The background lane of a replay, and who each linked account is in the trace."""
+
+    def __init__(self, guard: Any, interval: float) -> None:
+        from abuseguard.lane import BackgroundLane
+
+        self.lane = BackgroundLane(guard, interval=interval)
+        guard.observers.append(self.lane)
+        self.actors: dict[str, tuple[str, str]] = {}
+
+    def note(self, record: TraceRecord, decision: Any) -> None:
+        identity = decision.identity
+        if identity not in self.actors and identity.startswith("k:"):
+            info = record.info
+            self.actors[identity] = (
+                record.actor or info.key or info.ip,
+                record.label or "unknown",
+            )
+
+    def report(self, timing: Any) -> dict[str, Any]:
+        clusters: list[dict[str, Any]] = []
+        linker = self.lane.operations
+        found = linker.clusters.values() if linker is not None else ()
+        for cluster in sorted(found, key=lambda c: (-len(c.members), c.id)):
+            summary = cluster.summary()
+            named = [self.actors.get(m, (m, "unknown")) for m in cluster.members]
+            labels: dict[str, int] = {}
+            for _, label in named:
+                labels[label] = labels.get(label, 0) + 1
+            summary["labels"] = dict(sorted(labels.items()))
+            summary["members_sample"] = sorted(actor for actor, _ in named)[:8]
+            clusters.append(summary)
+        return {
+            "lane_seconds": round(timing.lane_seconds, 3),
+            "flushes": timing.lane_flushes,
+            "interval": self.lane.interval,
+            "priors_written": self.lane.priors_written,
+            "dropped_records": self.lane.dropped,
+            "clusters": clusters,
+        }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -300,6 +365,15 @@ def _run(args: argparse.Namespace) -> int:
             if head is not None:
                 records = itertools.chain([head], records)
         guard = _make_guard(policy, intel)
+        lane_run = None if args.no_lane else LaneRun(guard, args.lane_interval)
+        if lane_run is not None:
+            write = on_decision
+
+            def on_decision(record: TraceRecord, decision: Any) -> None:
+                lane_run.note(record, decision)
+                if write is not None:
+                    write(record, decision)
+
         builder = ReportBuilder()
         progress = ProgressBar(reader, sys.stderr, enabled=not args.no_progress)
         try:
@@ -311,6 +385,7 @@ def _run(args: argparse.Namespace) -> int:
                 cost_mode=args.cost,
                 on_progress=progress,
                 on_decision=on_decision,
+                lane=lane_run.lane if lane_run is not None else None,
             )
         finally:
             progress.clear()
@@ -351,6 +426,7 @@ def _run(args: argparse.Namespace) -> int:
             "out_of_order": stats.out_of_order,
             "out_of_order_line_numbers": list(stats.out_of_order_lines),
         },
+        operations=lane_run.report(timing) if lane_run is not None else None,
     )
     text = (
         json.dumps(report, indent=1) + "\n"

@@ -478,6 +478,38 @@ def worst_actors(
     return {"abusive_leaked": abusive[:top], "benign_mitigated": benign[:top]}
 
 
+def _operations_lines(operations: Mapping[str, Any] | None, top: int) -> list[str]:
+    """The background lane's clusters: one row each, with the evidence that linked it."""
+    if not operations:
+        return []
+    clusters = operations.get("clusters", [])
+    lines = [
+        "",
+        f"operations (background lane, {_fmt_int(operations.get('flushes', 0))} flushes, "
+        f"{operations.get('lane_seconds', 0.0):.2f} s): {len(clusters)} cluster(s)",
+    ]
+    if not clusters:
+        return lines
+    header = ["cluster", "size", "score", "linked by", "lift", "1-turn", "topics", "labels"]
+    rows = [
+        [
+            c["id"],
+            _fmt_int(c["size"]),
+            f"{c['score']:.2f}",
+            ", ".join(f"{kind} {n}" for kind, n in c["linked_by"].items()),
+            f"{c['lift']:.1f}",
+            _fmt_share(c["single_turn_share"]),
+            _fmt_share(c["topic_spread"]),
+            ", ".join(f"{label} {n}" for label, n in c.get("labels", {}).items()),
+        ]
+        for c in clusters[:top]
+    ]
+    lines.extend(_table(header, rows))
+    for c in clusters[:top]:
+        lines.append(f"  {c['id']}: {', '.join(c['members_sample'])}")
+    return lines
+
+
 def render_table(report: Mapping[str, Any], top: int = 10) -> str:
     """A plain-text report for terminals: groups, reasons, worst actors."""
     lines: list[str] = []
@@ -541,6 +573,7 @@ def render_table(report: Mapping[str, Any], top: int = 10) -> str:
         if reasons:
             text = ", ".join(f"{r} {_fmt_int(n)}" for r, n in list(reasons.items())[:12])
             lines.append(f"reasons ({label}): {text}")
+    lines.extend(_operations_lines(report.get("operations"), top))
     worst = worst_actors(report, top)
     for title, key, column in (
         ("abusive actors with most requests allowed", "abusive_leaked", "allowed"),

@@ -1,0 +1,235 @@
+"""What one request says about the software, network and habits behind its account.
+
+`EvidenceReader.read` turns one queued request into an `Evidence`: one item (a stable
+64-bit number) per kind of evidence, or 0 when the request does not carry that kind.
+
+========== =========================================================================
+kind       item
+========== =========================================================================
+persona    the header persona (`abuseguard.intel.persona.persona_hash`): header names
+           in order, SDK fingerprint values, User-Agent class and family
+network    the ASN (given with the request or looked up), else the /24 (IPv4) or /48
+           (IPv6) prefix
+system     the system prompt (system / developer messages, Anthropic ``system``,
+           responses ``instructions``, Gemini ``systemInstruction``), digits normalised;
+           0 when there is none
+shape      the request's shape: model, the output-token cap, the set of top-level
+           parameter names and ``stream``
+timing     the activity slot: ``ts // slot_seconds``
+created    the account's creation day from the host app (``created_of``), when given
+========== =========================================================================
+
+Besides the items: whether the request is single-turn (one user message, no earlier
+answers), a topic (the first words of the last user message) and the tokens it cost.
+Reading never raises: a body that is not an LLM request in JSON has no system, shape
+or topic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from abuseguard.intel.agents import AgentClassifier
+from abuseguard.intel.persona import persona_hash
+from abuseguard.operations.sketches import stable_hash
+
+KINDS: tuple[str, ...] = ("persona", "network", "system", "shape", "timing", "created")
+PERSONA, NETWORK, SYSTEM, SHAPE, TIMING, CREATED = range(len(KINDS))
+N_KINDS = len(KINDS)
+
+# The parameters that carry the conversation, not its shape.
+_CONTENT_KEYS = frozenset(
+    {"messages", "input", "contents", "prompt", "system", "instructions", "systemInstruction"}
+)
+_TOKEN_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_DIGITS = re.compile(r"\d+")
+TOPIC_WORDS = 6
+_MAX_AGENTS = 4096
+
+
+def item(kind: int, value: int) -> int:
+    """The item of ``value`` in ``kind``: a hash of integers, the same in every process."""
+    return hash((kind, value)) or 1
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One request's evidence: ``items[kind]`` (0 = absent), and its behaviour."""
+
+    items: tuple[int, ...]
+    single_turn: bool
+    topic: int
+    tokens: float
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """The raw facts of one request the reader needs (what the lane queued)."""
+
+    ts: float
+    ip: str = ""
+    ua: str | None = None
+    headers: Mapping[str, str] | None = None
+    body: bytes | str | None = None
+    asn: int | None = None
+    tokens: float = 0.0
+    created: float | None = None
+
+
+class EvidenceReader:
+    """Reads `Evidence` from `Observed` requests; its caches are bounded.
+
+    ``asn_of(ip)`` looks an ASN up when the request did not carry one (None: use the
+    prefix). ``slot_seconds`` is the width of a timing slot.
+    """
+
+    def __init__(
+        self,
+        *,
+        asn_of: Callable[[str], int | None] | None = None,
+        slot_seconds: float = 1800.0,
+        agents: AgentClassifier | None = None,
+    ) -> None:
+        self.asn_of = asn_of
+        self.slot_seconds = slot_seconds
+        self.agents = agents if agents is not None else AgentClassifier()
+        self._personas: dict[tuple[object, ...], int] = {}
+
+    def read(self, seen: Observed) -> Evidence:
+        persona = self._persona(seen.ua, seen.headers or {})
+        network = self._network(seen.ip, seen.asn)
+        system = shape = topic = 0
+        single = False
+        try:
+            request = orjson.loads(seen.body) if seen.body else None
+        except orjson.JSONDecodeError:
+            request = None
+        if isinstance(request, dict):
+            system, shape, topic, single = _read_request(request)
+        timing = item(TIMING, int(seen.ts // self.slot_seconds))
+        created = item(CREATED, int(seen.created // 86400.0)) if seen.created is not None else 0
+        return Evidence(
+            (persona, network, system, shape, timing, created), single, topic, seen.tokens
+        )
+
+    def _persona(self, ua: str | None, headers: Mapping[str, str]) -> int:
+        names = tuple(headers)
+        key = (ua, names, *headers.values())
+        found = self._personas.get(key)
+        if found is None:
+            if len(self._personas) >= _MAX_AGENTS:
+                self._personas.clear()
+            found = self._personas[key] = item(
+                PERSONA, persona_hash(names, headers, self.agents.classify(ua))
+            )
+        return found
+
+    def _network(self, ip: str, asn: int | None) -> int:
+        if asn is None and self.asn_of is not None:
+            try:
+                asn = self.asn_of(ip)
+            except Exception:
+                asn = None
+        if asn:
+            return item(NETWORK, asn)
+        if not ip:
+            return 0
+        prefix = ":".join(ip.split(":")[:3]) if ":" in ip else ip.rpartition(".")[0]
+        return item(NETWORK, stable_hash("prefix:" + prefix))
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict):
+                text = block.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+                elif isinstance(block.get("parts"), list):
+                    parts.append(_text(block["parts"]))
+        return "\n".join(parts)
+    if isinstance(content, dict):
+        return _text([content])
+    return ""
+
+
+_MAX_CACHED = 4096
+_system_items: dict[str, int] = {}
+_shape_items: dict[tuple[object, ...], int] = {}
+
+
+def _system_item(text: str) -> int:
+    found = _system_items.get(text)
+    if found is None:
+        found = item(SYSTEM, stable_hash(_DIGITS.sub("0", text)))
+        if len(text) <= 2048:
+            if len(_system_items) >= _MAX_CACHED:
+                _system_items.clear()
+            _system_items[text] = found
+    return found
+
+
+def _shape_item(key: tuple[object, ...]) -> int:
+    found = _shape_items.get(key)
+    if found is None:
+        found = item(SHAPE, stable_hash("\x00".join(map(str, key))))
+        if len(_shape_items) >= _MAX_CACHED:
+            _shape_items.clear()
+        _shape_items[key] = found
+    return found
+
+
+def _read_request(request: dict[str, Any]) -> tuple[int, int, int, bool]:
+    """(system, shape, topic, single_turn) of a parsed LLM API request body."""
+    system_parts: list[str] = []
+    for name in ("system", "instructions", "systemInstruction"):
+        if name in request:
+            system_parts.append(_text(request[name]))
+    turns = request.get("messages")
+    if turns is None:
+        turns = request.get("contents")
+    if turns is None:
+        turns = request.get("input")
+    if turns is None and "prompt" in request:
+        prompt = request["prompt"]
+        turns = prompt if isinstance(prompt, list) else [prompt]
+    if isinstance(turns, str):
+        turns = [turns]
+    users = 0
+    answers = 0
+    last_user = ""
+    if isinstance(turns, list):
+        for turn in turns:
+            if isinstance(turn, str):
+                users += 1
+                last_user = turn
+                continue
+            if not isinstance(turn, dict):
+                continue
+            role = turn.get("role", "user")
+            content = turn.get("content", turn.get("parts"))
+            if role in ("system", "developer"):
+                system_parts.append(_text(content))
+            elif role in ("assistant", "model"):
+                answers += 1
+            else:
+                users += 1
+                last_user = _text(content)
+    system_text = "\n".join(part for part in system_parts if part)
+    system = _system_item(system_text) if system_text else 0
+    cap = next((request[k] for k in _TOKEN_CAPS if k in request), None)
+    names = sorted(str(k) for k in request if k not in _CONTENT_KEYS)
+    shape = _shape_item((str(request.get("model")), str(cap), str(request.get("stream")), *names))
+    words = last_user[:200].lower().split()[:TOPIC_WORDS]
+    topic = stable_hash(" ".join(words)) if words else 0
+    return system, shape, topic, users == 1 and answers == 0

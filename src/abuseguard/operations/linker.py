@@ -1,0 +1,567 @@
+"""Accounts linked into operations: streaming evidence per account, LSH bands over
+several kinds of evidence, a lift test against chance, union-find, a score per cluster.
+
+How two accounts get linked (all of it bounded, all of it deterministic):
+
+1. **Evidence per account.** Per kind (`abuseguard.operations.evidence.KINDS`) an
+   account keeps its recent items with weights halving every ``half_life``
+   (`DecayedItems`, at most ``items_per_kind``). Its *signature* for a kind is a MinHash
+   pair of that item set (`set_signature`): one number, equal for accounts with the same
+   items (one persona, one request shape), rarely equal for mere overlap (an ASN mix).
+   Only the items weighing at least ``heavy_share`` of the heaviest count: an account
+   that mixes a few shapes signs with those it uses most.
+2. **Bands over several kinds.** Every combination of ``min_kinds`` kinds is an LSH band:
+   the accounts whose signatures agree on all of them share a bucket. One kind alone never
+   makes a bucket, so a campus NAT (network only), an SDK's default headers (persona only)
+   or "You are a helpful assistant" (system only) cannot link anyone by itself.
+3. **A lift test, per kind.** A bucket links its members only when each of its kinds adds
+   evidence beyond the others: with ``n`` the accounts agreeing on the other kinds and
+   ``p`` the share of all accounts holding this kind's signature (its rarity, IDF-like),
+   the ``k`` members must be at least ``min_lift`` times ``n * p`` and improbable by
+   chance (Chernoff bound ``n * KL(k/n || p) >= min_surprise``, in nats). Common evidence
+   (an SDK persona on half the accounts) cannot pass; rare evidence shared by many can.
+   And at least ``distinct_kinds`` of its kinds must be *distinctive* of the bucket: at
+   least ``distinct_share`` of all the accounts holding that signature are in it. Honest
+   crowds share one distinctive thing (the campus address, the app's cloud) and otherwise
+   what thousands of others hold too (the SDK's headers, the popular system prompt); the
+   lift alone would let a crowd through whose kinds are correlated by what it is (server
+   apps: the SDK, a cloud, a template system prompt).
+4. **Clusters.** Every ``recluster_every`` seconds (of the records' time) the members of
+   linking buckets are joined by union-find, and so are two linking buckets that agree on
+   all but one of their kinds (each passed the test on its own: an operation whose
+   accounts differ in their ASN mix falls into several buckets of one persona and one
+   request shape); components of at least ``min_size`` accounts are operations. Each
+   carries its evidence: which kinds linked it and how strongly. A cluster keeps its id
+   while most of its members stay.
+5. **Joining.** An account in no cluster joins one when its signatures agree with a
+   linking bucket of the cluster on all but one kind, each of them held for a good part
+   (``join_share``) by members of the cluster: every account at each clustering, and an
+   account seen since at the lane's next flush. A new account of a known operation is
+   caught in its first requests.
+6. **Score.** ``size`` (ramp from ``min_size`` to 4x), ``single-turn share``, ``topic
+   spread`` (distinct topics over the members' topics: members of an operation cover
+   different ground, a class pasting one assignment does not) and ``tokens`` per member
+   hour when costs are known: ``score = size * (0.4 + 0.6 * mean(behaviour))``; each
+   member's prior is the score.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from abuseguard.config_check import check_fields
+from abuseguard.errors import ConfigError
+from abuseguard.operations.evidence import KINDS, N_KINDS, Evidence
+from abuseguard.operations.sketches import DecayedItems, UnionFind, heavy_items, set_signature
+
+# Keys of the counts and buckets: (tag, signatures...), plain tuples of ints (hashed alike
+# in every process, unlike strings).
+Key = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class OperationsConfig:
+    """How the lane links accounts into operations (see `abuseguard.operations.linker`).
+
+    ``half_life``: seconds for an item's weight to halve. ``items_per_kind``: items kept
+    per account and kind; a kind's signature is of the items weighing at least
+    ``heavy_share`` of its heaviest. ``max_accounts``: accounts tracked (the least recently seen are
+    dropped first). ``idle_seconds``: an account unseen this long is dropped.
+    ``min_kinds``: kinds of evidence a band combines. ``min_size``: accounts of the
+    smallest operation. ``min_lift`` and ``min_surprise`` (nats): the lift test of each
+    kind of a linking bucket; ``distinct_kinds`` of its kinds must have at least
+    ``distinct_share`` of their signature's holders in the bucket. ``recluster_every``:
+    seconds between clusterings. ``join_share``: the share of a signature's holders that
+    must be in a cluster for an account to join it by that signature.
+    ``max_topics``: topics kept per account.
+    ``tokens_per_hour``: (low, high) of the tokens-per-member-hour ramp of the score.
+    """
+
+    half_life: float = 6 * 3600.0
+    items_per_kind: int = 8
+    heavy_share: float = 0.3
+    max_accounts: int = 50_000
+    idle_seconds: float = 48 * 3600.0
+    min_kinds: int = 3
+    min_size: int = 8
+    min_lift: float = 3.0
+    min_surprise: float = 14.0
+    distinct_kinds: int = 2
+    distinct_share: float = 0.2
+    recluster_every: float = 30.0
+    join_share: float = 0.25
+    max_topics: int = 64
+    tokens_per_hour: tuple[float, float] = (5_000.0, 50_000.0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not 2 <= self.min_kinds <= N_KINDS:
+            raise ConfigError("OperationsConfig.min_kinds", f"must be 2..{N_KINDS}")
+        if self.min_size < 2:
+            raise ConfigError("OperationsConfig.min_size", "must be >= 2")
+        for name in ("half_life", "recluster_every", "idle_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"OperationsConfig.{name}", "must be > 0")
+        if self.items_per_kind < 1 or self.max_accounts < 1 or self.max_topics < 1:
+            raise ConfigError("OperationsConfig", "sizes must be >= 1")
+        if not 1 <= self.distinct_kinds <= self.min_kinds:
+            raise ConfigError("OperationsConfig.distinct_kinds", "must be 1..min_kinds")
+        if not 0.0 < self.distinct_share <= 1.0:
+            raise ConfigError("OperationsConfig.distinct_share", "must be in (0, 1]")
+        if not 0.0 < self.heavy_share <= 1.0:
+            raise ConfigError("OperationsConfig.heavy_share", "must be in (0, 1]")
+        if not 0.0 < self.join_share <= 1.0:
+            raise ConfigError("OperationsConfig.join_share", "must be in (0, 1]")
+        low, high = self.tokens_per_hour
+        if not low < high:
+            raise ConfigError("OperationsConfig.tokens_per_hour", "low must be < high")
+
+
+class Account:
+    """What the linker keeps of one account."""
+
+    __slots__ = (
+        "cluster",
+        "first_ts",
+        "identity",
+        "items",
+        "keys",
+        "last_ts",
+        "requests",
+        "signatures",
+        "single",
+        "tokens",
+        "topics",
+    )
+
+    def __init__(self, identity: str, ts: float, config: OperationsConfig) -> None:
+        self.identity = identity
+        self.first_ts = ts
+        self.last_ts = ts
+        self.items = [DecayedItems(config.items_per_kind, config.half_life) for _ in range(N_KINDS)]
+        self.signatures: tuple[int, ...] = (0,) * N_KINDS
+        # (signature keys, sub-band keys, band keys) this account is counted under.
+        self.keys: tuple[list[Key], list[Key], list[Key]] = ([], [], [])
+        self.requests = 0
+        self.single = 0
+        self.tokens = 0.0
+        self.topics: dict[int, None] = {}
+        self.cluster: str | None = None
+
+
+@dataclass
+class Cluster:
+    """One operation: its members and the evidence that linked them."""
+
+    id: str
+    members: list[str]
+    linked_by: dict[str, int]  # kind -> linking buckets that combined it
+    buckets: int
+    lift: float  # the strongest per-kind lift among its linking buckets (the weakest kind)
+    score: float = 0.0
+    single_turn_share: float = 0.0
+    topic_spread: float = 0.0
+    tokens_per_member_hour: float = 0.0
+    joined: int = 0
+    first_seen: float = 0.0
+
+    def summary(self, sample: int = 8) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "size": len(self.members),
+            "score": round(self.score, 3),
+            "linked_by": dict(sorted(self.linked_by.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "buckets": self.buckets,
+            "lift": round(self.lift, 2),
+            "single_turn_share": round(self.single_turn_share, 3),
+            "topic_spread": round(self.topic_spread, 3),
+            "tokens_per_member_hour": round(self.tokens_per_member_hour, 1),
+            "joined": self.joined,
+            "members_sample": self.members[:sample],
+        }
+
+
+def _ramp(x: float, lo: float, hi: float) -> float:
+    return min(1.0, max(0.0, (x - lo) / (hi - lo)))
+
+
+def surprise(k: int, n: int, p: float) -> float:
+    """``n * KL(k/n || p)`` in nats (0 when k/n <= p): minus the log of the Chernoff bound
+    on the chance of at least ``k`` successes in ``n`` trials of probability ``p``."""
+    if n <= 0 or p >= 1.0:
+        return 0.0
+    q = k / n
+    if q <= p:
+        return 0.0
+    p = max(p, 1e-12)
+    kl = q * math.log(q / p)
+    if q < 1.0:
+        kl += (1.0 - q) * math.log((1.0 - q) / (1.0 - p))
+    return n * kl
+
+
+class OperationLinker:
+    """Streaming account linking; see the module docstring. Not thread-safe: the lane calls
+    it from one thread at a time."""
+
+    def __init__(self, config: OperationsConfig | None = None) -> None:
+        self.config = config if config is not None else OperationsConfig()
+        m = self.config.min_kinds
+        self.combos = list(itertools.combinations(range(N_KINDS), m))
+        self.subs = list(itertools.combinations(range(N_KINDS), m - 1))
+        self._sub_index = {sub: i for i, sub in enumerate(self.subs)}
+        # For each band, the sub-band without each of its kinds, in the band's order.
+        self._band_subs = [
+            [self._sub_index[tuple(k for k in combo if k != drop)] for drop in combo]
+            for combo in self.combos
+        ]
+        self.accounts: dict[str, Account] = {}
+        self.signature_count: dict[Key, int] = {}
+        self.sub_count: dict[Key, int] = {}
+        self.buckets: dict[Key, dict[str, None]] = {}
+        self.large: dict[Key, None] = {}
+        self.clusters: dict[str, Cluster] = {}
+        # Sub-band keys of the linking buckets that are held mostly by one cluster.
+        self.join_keys: dict[Key, str] = {}
+        self.priors: dict[str, float] = {}
+        self.now = -math.inf
+        self._next_cluster = 0
+        self._next_recluster = -math.inf
+        self._dirty_priors: dict[str, float] = {}
+
+    # -- ingest ----------------------------------------------------------------------
+
+    def observe(self, identity: str, seen: Sequence[tuple[float, Evidence]]) -> None:
+        """Add one account's evidence (its requests since the last call, in time order)."""
+        if not seen:
+            return
+        config = self.config
+        account = self.accounts.pop(identity, None)
+        if account is None:
+            account = Account(identity, seen[0][0], config)
+            while len(self.accounts) >= config.max_accounts:
+                self._drop(next(iter(self.accounts)))
+        self.accounts[identity] = account  # most recently seen last
+        kinds = account.items
+        for ts, evidence in seen:
+            for kind, item in enumerate(evidence.items):
+                if item:
+                    kinds[kind].add(item, ts)
+            account.requests += 1
+            account.single += evidence.single_turn
+            account.tokens += evidence.tokens
+            if evidence.topic and len(account.topics) < config.max_topics:
+                account.topics[evidence.topic] = None
+            account.last_ts = max(account.last_ts, ts)
+            self.now = max(self.now, ts)
+        # A kind's signature is of its heavy items: an account whose requests mix a few
+        # shapes or prompts signs with the ones it uses most, as its peers do; one that
+        # rotates evenly over a pool of exits signs with the whole pool.
+        # Weights shift slowly: a set that did not change is signed again every 4th call.
+        heavy = config.heavy_share
+        again = account.requests % 4 == 0
+        signatures = tuple(
+            set_signature(heavy_items(items.weights, heavy))
+            if items.changed or (again and len(items.weights) > 1)
+            else old
+            for items, old in zip(account.items, account.signatures, strict=True)
+        )
+        for items in account.items:
+            items.changed = False
+        if signatures != account.signatures:
+            self._unindex(account)
+            account.signatures = signatures
+            self._index(account)
+
+    def _index(self, account: Account) -> None:
+        sigs = account.signatures
+        sig_keys, sub_keys, band_keys = account.keys
+        counts = self.signature_count
+        for kind, sig in enumerate(sigs):
+            if sig:
+                key: Key = (kind, sig)
+                counts[key] = counts.get(key, 0) + 1
+                sig_keys.append(key)
+        sub_count = self.sub_count
+        for index, sub in enumerate(self.subs):
+            if all(sigs[k] for k in sub):
+                key = (index, *[sigs[k] for k in sub])
+                sub_count[key] = sub_count.get(key, 0) + 1
+                sub_keys.append(key)
+        min_size = self.config.min_size
+        buckets = self.buckets
+        for index, combo in enumerate(self.combos):
+            if all(sigs[k] for k in combo):
+                key = (index, *[sigs[k] for k in combo])
+                members = buckets.get(key)
+                if members is None:
+                    members = buckets[key] = {}
+                members[account.identity] = None
+                if len(members) >= min_size:
+                    self.large[key] = None
+                band_keys.append(key)
+
+    def _unindex(self, account: Account) -> None:
+        sig_keys, sub_keys, band_keys = account.keys
+        for counts, keys in ((self.signature_count, sig_keys), (self.sub_count, sub_keys)):
+            for key in keys:
+                left = counts[key] - 1
+                if left:
+                    counts[key] = left
+                else:
+                    del counts[key]
+        min_size = self.config.min_size
+        for key in band_keys:
+            members = self.buckets[key]
+            del members[account.identity]
+            if not members:
+                del self.buckets[key]
+            if len(members) < min_size:
+                self.large.pop(key, None)
+        account.keys = ([], [], [])
+
+    def _drop(self, identity: str) -> None:
+        account = self.accounts.pop(identity)
+        self._unindex(account)
+        if account.cluster is not None:
+            cluster = self.clusters.get(account.cluster)
+            if cluster is not None and identity in cluster.members:
+                cluster.members.remove(identity)
+        if self.priors.pop(identity, 0.0):
+            self._dirty_priors[identity] = 0.0
+
+    # -- clustering ------------------------------------------------------------------
+
+    def bucket_lift(self, key: Key) -> tuple[float, float, int]:
+        """(lift, surprise, distinctive kinds) of a bucket: the weakest lift and surprise
+        over its kinds, and how many are distinctive of it (see the module)."""
+        index = key[0]
+        values = key[1:]
+        members = len(self.buckets[key])
+        total = len(self.accounts)
+        lift = math.inf
+        least_surprise = math.inf
+        distinctive = 0
+        distinct_share = self.config.distinct_share
+        for position, kind in enumerate(self.combos[index]):
+            sub_key = (
+                self._band_subs[index][position],
+                *[value for at, value in enumerate(values) if at != position],
+            )
+            agreeing = self.sub_count.get(sub_key, members)
+            holders = self.signature_count.get((kind, values[position]), 1)
+            share = holders / total
+            lift = min(lift, members / (agreeing * share))
+            least_surprise = min(least_surprise, surprise(members, agreeing, share))
+            distinctive += members >= distinct_share * holders
+        return lift, least_surprise, distinctive
+
+    def update(self, now: float | None = None) -> bool:
+        """Recluster when due (``now``: the latest record's time by default); True if it did."""
+        if now is None:
+            now = self.now
+        if now < self._next_recluster:
+            return False
+        self._expire(now)
+        self.recluster()
+        self._next_recluster = now + self.config.recluster_every
+        return True
+
+    def take_changed(self) -> dict[str, float]:
+        """The priors that changed since the last call (identity -> prior; 0 for an account
+        that left its cluster or was dropped)."""
+        changed = self._dirty_priors
+        self._dirty_priors = {}
+        return changed
+
+    def join_recent(self, identities: Iterable[str]) -> None:
+        """Let accounts in no cluster join the cluster whose characteristic items they hold."""
+        if not self.clusters:
+            return
+        for identity in identities:
+            account = self.accounts.get(identity)
+            if account is None or account.cluster is not None:
+                continue
+            cluster = None
+            for key in account.keys[1]:
+                found = self.join_keys.get(key)
+                if found is not None:
+                    cluster = self.clusters[found]
+                    break
+            if cluster is not None:
+                account.cluster = cluster.id
+                cluster.members.append(identity)
+                cluster.joined += 1
+                self._set_prior(identity, cluster.score)
+
+    def _expire(self, now: float) -> None:
+        idle = self.config.idle_seconds
+        while self.accounts:
+            identity, account = next(iter(self.accounts.items()))
+            if now - account.last_ts < idle:
+                break
+            self._drop(identity)
+
+    def recluster(self) -> None:
+        config = self.config
+        union = UnionFind()
+        linked: list[tuple[Key, float]] = []
+        sub_owner: dict[Key, str] = {}
+        for key in self.large:
+            lift, strength, distinctive = self.bucket_lift(key)
+            if (
+                lift >= config.min_lift
+                and strength >= config.min_surprise
+                and distinctive >= config.distinct_kinds
+            ):
+                linking = iter(self.buckets[key])
+                first = next(linking)
+                union.add(first)
+                for other in linking:
+                    union.union(first, other)
+                linked.append((key, lift))
+                for sub_key in self._sub_keys(key):
+                    owner = sub_owner.setdefault(sub_key, first)
+                    if owner != first:
+                        union.union(owner, first)
+        components = [
+            members for members in union.components().values() if len(members) >= config.min_size
+        ]
+        root_of = {member: i for i, members in enumerate(components) for member in members}
+        evidence: list[tuple[Counter[str], int, float]] = [(Counter(), 0, 0.0) for _ in components]
+        for key, lift in linked:
+            first = next(iter(self.buckets[key]))
+            at = root_of.get(first)
+            if at is None:
+                continue
+            kinds, buckets, best = evidence[at]
+            kinds.update(KINDS[k] for k in self.combos[key[0]])
+            evidence[at] = (kinds, buckets + 1, max(best, lift))
+        previous = self.clusters
+        clusters: dict[str, Cluster] = {}
+        for members, (kinds, buckets, best) in zip(components, evidence, strict=True):
+            votes = Counter(
+                self.accounts[m].cluster for m in members if self.accounts[m].cluster is not None
+            )
+            cluster_id = None
+            for candidate, _ in votes.most_common():
+                if candidate is not None and candidate not in clusters:
+                    cluster_id = candidate
+                    break
+            if cluster_id is None:
+                cluster_id = f"op{self._next_cluster}"
+                self._next_cluster += 1
+            old = previous.get(cluster_id)
+            first_seen = old.first_seen if old is not None else self.now
+            cluster = Cluster(cluster_id, list(members), dict(kinds), buckets, best)
+            cluster.first_seen = first_seen
+            clusters[cluster_id] = cluster
+        for cluster in previous.values():
+            for identity in cluster.members:
+                account = self.accounts.get(identity)
+                if account is not None:
+                    account.cluster = None
+        self.clusters = clusters
+        members_now: dict[str, None] = {}
+        for cluster in clusters.values():
+            for identity in cluster.members:
+                self.accounts[identity].cluster = cluster.id
+                members_now[identity] = None
+        # Every other account whose signatures agree with a linking bucket joins at once
+        # (those that had joined before, those not seen since the cluster formed); as they
+        # do, more signatures are held mostly by the cluster: a few rounds.
+        for _ in range(3):
+            self.join_keys = self._join_keys(linked)
+            before = sum(len(cluster.members) for cluster in clusters.values())
+            if self.join_keys:
+                self.join_recent(list(self.accounts))
+            if sum(len(cluster.members) for cluster in clusters.values()) == before:
+                break
+        for cluster in clusters.values():
+            self._score(cluster)
+            for identity in cluster.members:
+                members_now[identity] = None
+                self._set_prior(identity, cluster.score)
+        for identity in list(self.priors):
+            if identity not in members_now:
+                del self.priors[identity]
+                self._dirty_priors[identity] = 0.0
+
+    def _sub_keys(self, key: Key) -> list[Key]:
+        """The sub-band keys of a band key: its signatures without each one of its kinds."""
+        index = key[0]
+        values = key[1:]
+        return [
+            (sub, *[value for at, value in enumerate(values) if at != position])
+            for position, sub in enumerate(self._band_subs[index])
+        ]
+
+    def _join_keys(self, linked: list[tuple[Key, float]]) -> dict[Key, str]:
+        """Sub-band keys of the linking buckets whose every signature is held mostly by the
+        members of the bucket's cluster: an account agreeing on one joins that cluster."""
+        share = self.config.join_share
+        held: dict[tuple[str, int, int], int] = {}
+        for cluster in self.clusters.values():
+            for identity in cluster.members:
+                for kind, sig in enumerate(self.accounts[identity].signatures):
+                    if sig:
+                        at = (cluster.id, kind, sig)
+                        held[at] = held.get(at, 0) + 1
+        keys: dict[Key, str] = {}
+        for key, _ in linked:
+            cluster_id = self.accounts[next(iter(self.buckets[key]))].cluster
+            if cluster_id is None:
+                continue
+            for sub_key in self._sub_keys(key):
+                kinds = self.subs[sub_key[0]]
+                if all(
+                    held.get((cluster_id, kind, sig), 0)
+                    >= share * self.signature_count.get((kind, sig), 1)
+                    for kind, sig in zip(kinds, sub_key[1:], strict=True)
+                ):
+                    keys.setdefault(sub_key, cluster_id)
+        return keys
+
+    def _score(self, cluster: Cluster) -> None:
+        config = self.config
+        accounts = [self.accounts[m] for m in cluster.members]
+        size = len(accounts)
+        requests = sum(a.requests for a in accounts)
+        cluster.single_turn_share = sum(a.single for a in accounts) / max(requests, 1)
+        topics: set[int] = set()
+        topic_total = 0
+        for account in accounts:
+            topics.update(account.topics)
+            topic_total += len(account.topics)
+        cluster.topic_spread = len(topics) / topic_total if topic_total else 0.0
+        behaviour = [cluster.single_turn_share, cluster.topic_spread]
+        tokens = sum(a.tokens for a in accounts)
+        if tokens > 0:
+            hours = sum(max(a.last_ts - a.first_ts, 600.0) for a in accounts) / 3600.0
+            cluster.tokens_per_member_hour = tokens / hours
+            behaviour.append(_ramp(cluster.tokens_per_member_hour, *config.tokens_per_hour))
+        size_factor = 0.5 + 0.5 * _ramp(size, config.min_size, 4 * config.min_size)
+        cluster.score = size_factor * (0.4 + 0.6 * sum(behaviour) / len(behaviour))
+
+    def _set_prior(self, identity: str, prior: float) -> None:
+        if self.priors.get(identity) != prior:
+            self.priors[identity] = prior
+            self._dirty_priors[identity] = prior
+
+    # -- reading ---------------------------------------------------------------------
+
+    def prior_of(self, identity: str) -> float:
+        return self.priors.get(identity, 0.0)
+
+    def cluster_of(self, identity: str) -> str | None:
+        account = self.accounts.get(identity)
+        return account.cluster if account is not None else None
+
+    def report(self, sample: int = 8) -> list[dict[str, object]]:
+        """Every cluster's summary, largest first."""
+        ordered = sorted(self.clusters.values(), key=lambda c: (-len(c.members), c.id))
+        return [cluster.summary(sample) for cluster in ordered]

@@ -1,0 +1,562 @@
+"""Operations in the background lane: sketches against exact references, a planted
+operation among honest crowds, a new member joining, the lane writing priors and cohorts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from collections import defaultdict
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from abuseguard import Guard, Policy, RequestInfo, Scoring
+from abuseguard.cohorts import cohort_of
+from abuseguard.errors import ConfigError
+from abuseguard.lane import BackgroundLane
+from abuseguard.operations import EvidenceReader, Observed, OperationLinker, OperationsConfig
+from abuseguard.operations.evidence import KINDS
+from abuseguard.operations.linker import surprise
+from abuseguard.operations.sketches import (
+    MASK64,
+    DecayedItems,
+    UnionFind,
+    minhash,
+    permute,
+    set_signature,
+)
+
+# -- sketches against exact references ---------------------------------------------------
+
+
+@given(st.lists(st.integers(0, MASK64), min_size=1, max_size=30), st.integers(0, MASK64))
+def test_minhash_is_the_minimum_of_the_permutation(items: list[int], salt: int) -> None:
+    multiplier = 0x9E3779B97F4A7C15
+    assert minhash(items, salt, multiplier) == min(permute(i, salt, multiplier) for i in items)
+    assert minhash([], salt) == MASK64 + 1
+
+
+def test_minhash_collides_at_the_jaccard_similarity() -> None:
+    rng = random.Random(5)
+    universe = [rng.getrandbits(64) for _ in range(60)]
+    a = set(universe[:40])
+    b = set(universe[20:])  # Jaccard 20 / 60
+    trials = 3000
+    same = 0
+    for _ in range(trials):
+        salt = rng.getrandbits(64)
+        multiplier = rng.getrandbits(64) | 1
+        same += minhash(a, salt, multiplier) == minhash(b, salt, multiplier)
+    assert abs(same / trials - 1 / 3) < 0.04
+
+
+def test_set_signature_is_equal_for_equal_sets_and_zero_for_none() -> None:
+    assert set_signature([3, 9, 27]) == set_signature([27, 3, 9])
+    assert set_signature([]) == 0
+    assert set_signature([3, 9]) != set_signature([3, 10])
+    assert set_signature([0]) == 1
+
+
+@settings(max_examples=150)
+@given(st.lists(st.tuples(st.floats(0.0, 5000.0), st.integers(0, 6)), min_size=1, max_size=60))
+def test_decayed_items_match_exact_decayed_sums(steps: list[tuple[float, int]]) -> None:
+    half_life = 900.0
+    items = DecayedItems(capacity=100, half_life=half_life, floor=0.0, rebase_at=4.0)
+    added: dict[int, list[float]] = defaultdict(list)
+    ts = 0.0
+    for dt, item in steps:
+        ts += dt
+        items.add(item, ts)
+        added[item].append(ts)
+    for item, times in added.items():
+        exact = sum(0.5 ** ((ts - t) / half_life) for t in times)
+        assert items.weight(item, ts) == pytest.approx(exact, rel=1e-9)
+    assert items.weight(99, ts) == 0.0
+
+
+@settings(max_examples=150)
+@given(st.lists(st.tuples(st.floats(0.0, 3000.0), st.integers(0, 9)), max_size=80))
+def test_decayed_items_evict_the_lightest_and_report_it(steps: list[tuple[float, int]]) -> None:
+    half_life = 600.0
+    items = DecayedItems(capacity=3, half_life=half_life, floor=0.0)
+    reference: dict[int, float] = {}  # weights at the reference time ``now``
+    now = 0.0
+    for dt, item in steps:
+        new_now = now + dt
+        factor = 0.5 ** (dt / half_life)
+        reference = {k: w * factor for k, w in reference.items()}
+        now = new_now
+        expect_dropped: list[int] = []
+        if item not in reference and len(reference) >= 3:
+            lightest = min(reference.values())
+            candidates = [k for k, w in reference.items() if w <= lightest * (1 + 1e-9)]
+            dropped = items.add(item, now)
+            assert len(dropped) == 1 and dropped[0] in candidates
+            expect_dropped = dropped
+            del reference[dropped[0]]
+        else:
+            assert items.add(item, now) == []
+        reference[item] = reference.get(item, 0.0) + 1.0
+        assert set(items.weights) == set(reference), expect_dropped
+        for key, weight in reference.items():
+            assert items.weight(key, now) == pytest.approx(weight, rel=1e-9)
+
+
+def test_decayed_items_drop_what_decays_under_the_floor() -> None:
+    items = DecayedItems(capacity=8, half_life=10.0, floor=0.05)
+    items.add(1, 0.0)
+    items.changed = False
+    assert items.decay_to(50.0) == [1]  # 1/32 < 0.05
+    assert items.changed and len(items) == 0
+
+
+@settings(max_examples=150)
+@given(st.lists(st.tuples(st.integers(0, 15), st.integers(0, 15)), max_size=40))
+def test_union_find_matches_connected_components(edges: list[tuple[int, int]]) -> None:
+    union = UnionFind()
+    adjacency: dict[str, set[str]] = defaultdict(set)
+    for a, b in edges:
+        union.union(str(a), str(b))
+        adjacency[str(a)].add(str(b))
+        adjacency[str(b)].add(str(a))
+    seen: set[str] = set()
+    expected: list[set[str]] = []
+    for node in union.order:  # first-seen order
+        if node in seen:
+            continue
+        component = {node}
+        frontier = [node]
+        while frontier:
+            for other in adjacency[frontier.pop()]:
+                if other not in component:
+                    component.add(other)
+                    frontier.append(other)
+        seen |= component
+        expected.append(component)
+    got = union.components()
+    assert [set(members) for members in got.values()] == expected
+    for root, members in got.items():
+        assert root == members[0]  # the root is the member seen first
+
+
+@given(st.integers(1, 60), st.data())
+def test_surprise_is_a_chernoff_bound_of_the_binomial_tail(n: int, data: st.DataObject) -> None:
+    k = data.draw(st.integers(0, n))
+    p = data.draw(st.floats(0.01, 0.99))
+    tail = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+    assert surprise(k, n, p) <= -math.log(tail) + 1e-9
+    assert surprise(k, n, p) >= 0.0
+
+
+# -- a world of honest crowds and one planted operation -----------------------------------
+
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+SAFARI = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.5 Safari/605.1.15"
+)
+BROWSER_HEADERS = {
+    "accept": "*/*",
+    "accept-language": "en-US,en;q=0.9",
+    "accept-encoding": "gzip, deflate, br",
+    "content-type": "application/json",
+    "sec-fetch-site": "same-origin",
+    "sec-fetch-mode": "cors",
+    "sec-fetch-dest": "empty",
+}
+SDK_UA = "OpenAI/Python 1.59.7"
+
+
+def sdk_headers(version: str = "1.59.7", extra: tuple[str, ...] = ()) -> dict[str, str]:
+    headers = {
+        "accept": "application/json",
+        "accept-encoding": "gzip, deflate",
+        "content-type": "application/json",
+        "x-stainless-arch": "x64",
+        "x-stainless-lang": "python",
+        "x-stainless-os": "Linux",
+        "x-stainless-package-version": version,
+        "x-stainless-runtime": "CPython",
+        "x-stainless-runtime-version": "3.12.9",
+    }
+    for name in extra:
+        headers[name] = "1"
+    return headers
+
+
+TOPICS = [f"topic{i} subject{i % 37} area{i % 11} field{i % 7}" for i in range(5000)]
+RESIDENTIAL = [7922, 701, 20115, 22773, 11427, 209, 5650, 6128, 10796, 33363, 20001, 12271]
+CLOUD = [16509, 14618, 15169, 8075, 14061, 24940, 16276, 63949]
+
+
+def chat_body(rng: random.Random, *, system: str | None, shape: dict[str, object]) -> str:
+    messages: list[dict[str, str]] = []
+    if system is not None:
+        messages.append({"role": "system", "content": system})
+    turns = rng.randrange(1, 4)
+    for _ in range(turns - 1):
+        messages.append({"role": "user", "content": rng.choice(TOPICS)})
+        messages.append({"role": "assistant", "content": "an answer"})
+    messages.append({"role": "user", "content": rng.choice(TOPICS)})
+    return json.dumps({**shape, "messages": messages})
+
+
+Account = tuple[str, str, dict[str, str], list[int], str | None, dict[str, object], str]
+
+
+def honest_world(rng: random.Random, accounts: int = 2000) -> list[Account]:
+    """(identity, ua, headers, asns, system, shape, kind) of honest accounts, among them
+    three crowds: one campus NAT, one SDK's default headers, one popular system prompt."""
+    world: list[Account] = []
+    frontend = {"model": "atlas-1", "stream": True}
+    for i in range(accounts):
+        kind = "people"
+        ua = rng.choice([CHROME, FIREFOX, SAFARI])
+        headers = dict(BROWSER_HEADERS)
+        asns = [rng.choice(RESIDENTIAL + list(range(30000, 30400)))]
+        system: str | None = None
+        shape: dict[str, object] = frontend
+        if i < 150:  # the campus: one address's ASN, the web frontend
+            kind, asns = "campus", [64512]
+        elif i < 550:  # one SDK with its default headers, each app its own everything else
+            kind, ua, headers = "sdk", SDK_UA, sdk_headers()
+            asns = [rng.choice(CLOUD)]
+            shape = {"model": rng.choice(["atlas-1", "atlas-1-mini", "atlas-2"])}
+            shape["max_tokens"] = rng.choice([256, 512, 1024, 2048, 4096])
+            if rng.random() < 0.5:
+                shape["temperature"] = rng.choice([0.0, 0.2, 0.7])
+            system = rng.choice([None, f"You are the assistant of {rng.choice(TOPICS)}."])
+        elif i < 1050:  # a popular system prompt, shared by unrelated apps and people
+            kind, system = "popular_prompt", "You are a helpful assistant."
+            if rng.random() < 0.5:
+                version = f"1.{rng.randrange(20, 62)}.{rng.randrange(0, 3)}"
+                ua, headers = f"OpenAI/Python {version}", sdk_headers(version)
+                shape = {"model": rng.choice(["atlas-1", "atlas-1-mini", "atlas-2"])}
+                shape["max_tokens"] = rng.choice([256, 512, 1000, 1024, 2000, 2048, 4096])
+                shape["temperature"] = rng.choice([0.0, 0.2, 0.5, 0.7, 1.0])
+                asns = [rng.choice(CLOUD)]
+        if rng.random() < 0.3 and kind == "people":
+            asns.append(rng.choice(RESIDENTIAL))  # home and phone
+        world.append((f"k:honest{i}", ua, headers, asns, system, shape, kind))
+    return world
+
+
+def operation(rng: random.Random, members: int = 50, first: int = 0) -> list[Account]:
+    """Accounts of one operation: the official SDK's UA with one extra header the router
+    adds, residential exits from one pool, one request shape, no system prompt."""
+    headers = sdk_headers(extra=("x-router-trace",))
+    shape = {"model": "atlas-1-reasoning", "max_tokens": 8192, "temperature": 0.6, "top_p": 0.95}
+    return [
+        (f"k:op{first + i}", SDK_UA, headers, RESIDENTIAL, None, shape, "operation")
+        for i in range(members)
+    ]
+
+
+def requests_of(
+    rng: random.Random, world: list[Account], hours: float, rate: float
+) -> list[tuple[float, str, Observed]]:
+    out: list[tuple[float, str, Observed]] = []
+    for identity, ua, headers, asns, system, shape, _ in world:
+        ts = rng.uniform(0, 3600.0)
+        while ts < hours * 3600.0:
+            body = chat_body(rng, system=system, shape=shape)
+            if identity.startswith("k:op"):
+                prompt = [{"role": "user", "content": rng.choice(TOPICS)}]
+                body = json.dumps({**shape, "messages": prompt})
+            asn = rng.choice(asns)
+            out.append((ts, identity, Observed(ts, "", ua, headers, body, asn, 900.0)))
+            ts += rng.expovariate(rate)
+    out.sort(key=lambda r: r[0])
+    return out
+
+
+def run_linker(
+    linker: OperationLinker, requests: list[tuple[float, str, Observed]], interval: float = 10.0
+) -> None:
+    reader = EvidenceReader()
+    batch: dict[str, list[tuple[float, object]]] = {}
+    boundary = interval
+    for ts, identity, seen in requests:
+        if ts >= boundary:
+            _flush(linker, batch)
+            batch = {}
+            boundary = (ts // interval + 1) * interval
+        batch.setdefault(identity, []).append((ts, reader.read(seen)))
+    _flush(linker, batch)
+    linker.update(linker.now + linker.config.recluster_every)
+
+
+def _flush(linker: OperationLinker, batch: dict[str, list[tuple[float, object]]]) -> None:
+    for identity, seen in batch.items():
+        linker.observe(identity, seen)  # type: ignore[arg-type]
+    linker.update()
+    linker.join_recent(batch)
+
+
+@pytest.fixture(scope="module")
+def linked_world() -> tuple[OperationLinker, list[Account]]:
+    rng = random.Random(11)
+    world = honest_world(rng) + operation(rng)
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    run_linker(linker, requests_of(rng, world, hours=2.0, rate=1 / 240.0))
+    return linker, world
+
+
+def test_a_planted_operation_is_found_and_honest_crowds_are_not(
+    linked_world: tuple[OperationLinker, list[Account]],
+) -> None:
+    linker, world = linked_world
+    clustered = {m: c.id for c in linker.clusters.values() for m in c.members}
+    honest = [identity for identity, *_ in world if identity.startswith("k:honest")]
+    assert not [m for m in honest if m in clustered], "an honest account was linked"
+    op_clusters = {clustered.get(f"k:op{i}") for i in range(50)}
+    assert len(op_clusters) == 1 and None not in op_clusters
+    (cluster,) = linker.clusters.values()
+    assert len(cluster.members) == 50
+    # Explainable: the kinds that linked it (never one alone), its score, its behaviour.
+    summary = cluster.summary()
+    assert set(summary["linked_by"]) >= {"persona", "shape"}  # type: ignore[arg-type]
+    assert len(summary["linked_by"]) >= 3  # type: ignore[arg-type]
+    assert cluster.single_turn_share == 1.0 and cluster.score > 0.7
+    assert all(linker.prior_of(m) == cluster.score for m in cluster.members)
+    assert not any(linker.prior_of(m) for m in honest)
+
+
+def test_each_crowd_alone_makes_no_cluster() -> None:
+    """The crowds' accounts agree on one kind each (network, persona, system), and the
+    rest of their evidence is as common as any: nothing to link."""
+    rng = random.Random(3)
+    world = honest_world(rng)
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    run_linker(linker, requests_of(rng, world, hours=2.0, rate=1 / 240.0))
+    assert linker.clusters == {}
+    assert len(linker.large) > 0  # big buckets exist; the lift test turns them down
+
+
+def test_a_new_member_of_a_known_operation_gets_the_prior_within_a_few_requests(
+    linked_world: tuple[OperationLinker, list[Account]],
+) -> None:
+    linker, _ = linked_world
+    (cluster,) = linker.clusters.values()
+    reader = EvidenceReader()
+    rng = random.Random(8)
+    (newcomer,) = operation(rng, members=1, first=500)
+    identity, ua, headers, asns, _, shape, _ = newcomer
+    ts = linker.now + 5.0
+    for n in range(1, 4):
+        prompt = [{"role": "user", "content": rng.choice(TOPICS)}]
+        body = json.dumps({**shape, "messages": prompt})
+        seen = Observed(ts + n, "", ua, headers, body, rng.choice(asns), 900.0)
+        linker.observe(identity, [(ts + n, reader.read(seen))])
+        linker.update()
+        linker.join_recent([identity])
+        if linker.cluster_of(identity) is not None:
+            break
+    assert n <= 3
+    assert linker.cluster_of(identity) == cluster.id
+    assert linker.take_changed().get(identity) == cluster.score > 0.7
+    # An honest newcomer with the SDK's headers from a cloud joins nothing.
+    honest = sdk_headers()
+    body = json.dumps({"model": "atlas-1", "messages": [{"role": "user", "content": "hi"}]})
+    for n in range(5):
+        seen = Observed(ts + n, "", SDK_UA, honest, body, CLOUD[0], 10.0)
+        linker.observe("k:fresh", [(ts + n, reader.read(seen))])
+    linker.join_recent(["k:fresh"])
+    assert linker.cluster_of("k:fresh") is None
+
+
+def test_the_linker_counts_match_a_recount(
+    linked_world: tuple[OperationLinker, list[Account]],
+) -> None:
+    linker, _ = linked_world
+    signatures: dict[tuple[int, ...], int] = defaultdict(int)
+    subs: dict[tuple[int, ...], int] = defaultdict(int)
+    buckets: dict[tuple[int, ...], set[str]] = defaultdict(set)
+    for identity, account in linker.accounts.items():
+        sigs = account.signatures
+        for kind, sig in enumerate(sigs):
+            if sig:
+                signatures[(kind, sig)] += 1
+        for index, sub in enumerate(linker.subs):
+            if all(sigs[k] for k in sub):
+                subs[(index, *[sigs[k] for k in sub])] += 1
+        for index, combo in enumerate(linker.combos):
+            if all(sigs[k] for k in combo):
+                buckets[(index, *[sigs[k] for k in combo])].add(identity)
+    assert linker.signature_count == dict(signatures)
+    assert linker.sub_count == dict(subs)
+    assert {k: set(v) for k, v in linker.buckets.items()} == dict(buckets)
+    assert set(linker.large) == {k for k, v in buckets.items() if len(v) >= linker.config.min_size}
+
+
+def test_accounts_are_bounded_and_dropping_keeps_the_counts() -> None:
+    rng = random.Random(4)
+    linker = OperationLinker(OperationsConfig(max_accounts=100, min_size=4))
+    reader = EvidenceReader()
+    world = honest_world(rng, accounts=300)
+    for ts, identity, seen in requests_of(rng, world, hours=1.0, rate=1 / 600.0):
+        linker.observe(identity, [(ts, reader.read(seen))])
+    assert len(linker.accounts) == 100
+    for identity in list(linker.accounts):
+        linker._drop(identity)
+    assert linker.signature_count == {} and linker.sub_count == {}
+    assert linker.buckets == {} and linker.large == {}
+
+
+# -- what one request says ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        b"",
+        b"\xff\xfe garbage",
+        "not json at all",
+        "[1, 2, 3]",
+        '"a string"',
+        '{"messages": 7}',
+        '{"messages": [null, 3, {"role": 5, "content": {"x": 1}}]}',
+        '{"messages": [{"role": "user", "content": [{"type": "image"}, "text", 4]}]}',
+        '{"model": {"nested": [1]}, "max_tokens": "lots", "input": "hi"}',
+        '{"prompt": ["a", "b"], "system": {"parts": [{"text": "x"}]}}',
+        '{"contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}',
+        '{"' + "k" * 10_000 + '": 1}',
+    ],
+)
+def test_evidence_of_bad_bodies_never_raises(body: object) -> None:
+    seen = Observed(1.0, "203.0.113.9", None, {}, body, None)  # type: ignore[arg-type]
+    evidence = EvidenceReader().read(seen)
+    assert len(evidence.items) == len(KINDS)
+    assert evidence.items[KINDS.index("network")] != 0  # the /24 when no ASN
+    assert evidence.items[KINDS.index("created")] == 0
+
+
+def test_evidence_kinds_follow_what_the_request_says() -> None:
+    reader = EvidenceReader(asn_of=lambda ip: 7922 if ip.startswith("198.") else None)
+
+    def read(body: dict[str, object], **kw: object) -> tuple[int, ...]:
+        fields: dict[str, object] = {"ts": 100.0, "ip": "198.51.100.7", **kw}
+        seen = Observed(body=json.dumps(body), **fields)  # type: ignore[arg-type]
+        return reader.read(seen).items
+
+    def turns(system: str | None, user: str) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": system}] if system else []
+        return [*head, {"role": "user", "content": user}]
+
+    a = read({"model": "m", "max_tokens": 10, "messages": turns("Be terse. 2024", "x")})
+    b = read({"max_tokens": 10, "model": "m", "messages": turns("Be terse. 2025", "y")})
+    c = read({"model": "m", "max_tokens": 11, "messages": turns(None, "x")})
+    system, shape = KINDS.index("system"), KINDS.index("shape")
+    assert a[system] == b[system] != 0  # digits normalised
+    assert a[shape] == b[shape] != c[shape]  # key order does not matter; the cap does
+    assert c[system] == 0
+    assert read({}, ip="10.0.0.1")[1] != read({}, ip="198.51.100.9")[1]  # prefix vs ASN
+    created = read({}, created=86400.0 * 3 + 5)[KINDS.index("created")]
+    assert created == read({}, created=86400.0 * 3 + 900)[KINDS.index("created")] != 0
+    single = reader.read(Observed(1.0, body=json.dumps({"messages": turns(None, "q")})))
+    history = [*turns(None, "q"), {"role": "assistant", "content": "a"}, *turns(None, "r")]
+    multi = reader.read(Observed(1.0, body=json.dumps({"messages": history})))
+    assert single.single_turn and not multi.single_turn
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("min_kinds", 1),
+        ("min_kinds", 7),
+        ("min_size", 1),
+        ("half_life", 0.0),
+        ("recluster_every", -1.0),
+        ("join_share", 0.0),
+        ("join_share", 1.5),
+        ("max_accounts", 0),
+        ("tokens_per_hour", (5.0, 5.0)),
+        ("min_lift", "high"),
+    ],
+)
+def test_bad_operations_config_is_refused(field: str, value: object) -> None:
+    with pytest.raises(ConfigError):
+        OperationsConfig(**{field: value})  # type: ignore[arg-type]
+
+
+# -- through the lane and the guard --------------------------------------------------------
+
+
+def test_the_lane_links_accounts_writes_priors_the_kernel_reads_and_cohorts() -> None:
+    guard = Guard(Policy(scoring=Scoring(content=False), unverified_keys=None))
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    lane = BackgroundLane(guard, operations=linker)
+    guard.observers.append(lane)
+    rng = random.Random(21)
+    world = honest_world(rng, accounts=1100) + operation(rng, members=30)
+    flushes = 0
+    boundary = lane.interval
+    for ts, identity, seen in requests_of(rng, world, hours=1.25, rate=1 / 300.0):
+        if ts >= boundary:
+            lane.flush()
+            flushes += 1
+            boundary = (ts // lane.interval + 1) * lane.interval
+        info = RequestInfo(
+            ip=f"198.51.{seen.asn % 250}.{rng.randrange(1, 250)}",
+            key=identity[2:],
+            ts=ts,
+            method="POST",
+            path="/v1/chat/completions",
+            ua=seen.ua,
+            headers=seen.headers or {},
+            body=seen.body,
+            asn=seen.asn,
+        )
+        decision = guard.check(info)
+        guard.complete(info, decision, status=200)
+        lane.completed(decision.identity, 900.0)
+    lane.flush()
+    clusters = lane.clusters()
+    assert len(clusters) == 1
+    (cluster,) = clusters
+    from abuseguard.engine import layout
+
+    def identity(key: str) -> str:
+        return guard.identity_of(RequestInfo(ip="192.0.2.1", key=key))[0]
+
+    ops = {identity(f"op{i}"): f"op{i}" for i in range(30)}
+    assert lane.operations is not None
+    members = lane.operations.clusters[cluster["id"]].members  # type: ignore[index]
+    assert set(members) <= set(ops) and len(members) >= 28  # an account may stop early
+    op_key = ops[members[0]]
+    assert cohort_of(members[0]) == cluster["id"] and cohort_of(identity("honest300")) is None
+    assert cluster["tokens_per_member_hour"] > 0  # type: ignore[operator]
+    guard.check(RequestInfo(ip="192.0.2.1", key=op_key, ts=99_000.0))
+    weight = 3.0  # the prior signal's default weight
+    assert guard.engine.io[layout.O_CONTRIB + layout.S_PRIOR] == pytest.approx(
+        weight * cluster["score"],
+        abs=0.01,  # type: ignore[operator]
+    )
+    assert cluster["score"] > 0.3  # type: ignore[operator]
+    guard.check(RequestInfo(ip="192.0.2.1", key="honest300", ts=99_000.0))
+    assert guard.engine.io[layout.O_CONTRIB + layout.S_PRIOR] == 0.0
+
+
+def test_the_lane_without_operations_links_nothing() -> None:
+    guard = Guard(Policy(scoring=Scoring(content=False), unverified_keys=None))
+    lane = BackgroundLane(guard, operations=None)
+    assert lane.operations is None and lane.clusters() == []
+    decision = guard.check(RequestInfo(ip="192.0.2.1", key="a", ts=1.0, body="{}"))
+    lane(RequestInfo(ip="192.0.2.1", key="a", ts=1.0, body="{}"), decision)
+    lane.completed(decision.identity, 5.0)
+    assert lane.flush() == 0
+
+
+def test_combinations_cover_every_band() -> None:
+    linker = OperationLinker()
+    assert len(linker.combos) == math.comb(len(KINDS), 3)
+    assert all(len(set(c)) == 3 for c in linker.combos)
+    assert list(itertools.combinations(range(len(KINDS)), 2)) == linker.subs
