@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -326,7 +327,7 @@ def test_per_model_limits_on_redis_inline(redis_server: RedisServer) -> None:
     )
 
     def body(model: str) -> bytes:
-        return ('{"model": "%s", "messages": []}' % model).encode()
+        return json.dumps({"model": model, "messages": []}).encode()
 
     async def main() -> tuple[list[Decision], list[Decision]]:
         guard = Guard(policy, backend(redis_server.url))
