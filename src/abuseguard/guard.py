@@ -378,7 +378,10 @@ class Guard:
         self._now = p.ts
         io = self._io
         plain = io[L.O_ACTION] == 0.0 and io[L.O_DENIED_KINDS] == 0.0 and io[L.O_BANNED] == 0.0
-        return self._notified(info, self._conclude(p, plain))
+        decision = self._conclude(p, plain)
+        if self.observers:
+            self._notify(info, decision)
+        return decision
 
     def _run(self, p: Prepared) -> bool:
         """Find the rows and call the kernel once; True for a plain allow (see
