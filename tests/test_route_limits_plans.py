@@ -152,3 +152,14 @@ def test_more_plan_buckets_than_the_kernel_holds_is_a_config_error() -> None:
         Guard(plans_policy(plans=plans))
     del plans["tier16"]
     Guard(plans_policy(plans=plans))  # 16 fit
+
+
+def test_a_refund_fills_a_plans_bucket_up_to_its_own_burst() -> None:
+    guard = Guard(plans_policy(), clock=lambda: 1000.0)
+    info = on_plan("pro", "sk-refund")
+    info.cost = 20.0
+    decision = guard.check(info)
+    guard.complete(info, decision, status=200, cost=1.0)  # 19 given back
+    after = guard.check(on_plan("pro", "sk-refund"))
+    state = next(s for s in after.policies if s.name == "plan-pro-default")
+    assert state.remaining == pytest.approx(30 - 1 - 1, abs=1e-6)  # not capped at the app's 10
