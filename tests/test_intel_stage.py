@@ -148,6 +148,7 @@ def test_every_field_the_trace_writer_writes_reads_back() -> None:
         "actor": "abusive:0001",
         "label": "abusive",
         "kind": "bulk_harvest",
+        "plan": "pro",
     }
     assert set(fields) == set(TRACE_FIELD_WRITERS)
     line = trace_line(trace_fields(**fields))
@@ -174,6 +175,7 @@ def test_every_field_the_trace_writer_writes_reads_back() -> None:
     )
     assert (record.status, record.cost, record.duration) == (200, 12.5, 0.75)
     assert (record.actor, record.label, record.kind) == ("abusive:0001", "abusive", "bulk_harvest")
+    assert info.plan == "pro"
     with pytest.raises(KeyError):
         trace_fields(not_a_field=1)
 
