@@ -505,3 +505,20 @@ def test_an_evidence_hold_is_named_in_the_reasons() -> None:
     decisions = [guard.check(harvest_request(i, i * 45.0)) for i in range(20)]
     assert decisions[-1].reasons[-1] == "evidence"
     assert "evidence" not in decisions[0].reasons
+
+
+def test_a_trusted_account_is_capped_not_held() -> None:
+    """An allow-listed key (Policy.accounts) keeps its cap under accumulated evidence: its
+    requests are served and not reported as held."""
+    from abuseguard.policy import Accounts
+
+    policy = Policy(
+        unverified_keys=None,
+        scoring=Scoring(bias=-12.0),
+        accounts=Accounts(trusted_keys=["harvester"]),
+    )
+    guard = Guard(policy)
+    decisions = [guard.check(harvest_request(i, i * 45.0)) for i in range(40)]
+    row = guard._key_index[decisions[-1].identity]
+    assert guard.engine.key_table.data[row, L.F_STICKY] > 0  # the evidence crossed ...
+    assert all(d.served and not held(d) for d in decisions)  # ... the cap wins
