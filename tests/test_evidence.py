@@ -389,8 +389,11 @@ def test_spend_against_the_allowance_tells_reasoning_harvest_from_an_sdk_backend
     assert max(light) == 0.0
 
 
-def test_spend_against_the_cohort_without_an_allowance() -> None:
-    policy = Policy(unverified_keys=None)
+@pytest.mark.parametrize("cohort", [None, (4.0, 16.0)])
+def test_spend_against_the_cohort_without_an_allowance(
+    cohort: tuple[float, float] | None,
+) -> None:
+    policy = Policy(unverified_keys=None, scoring=Scoring(spend_cohort=cohort))
     assert spend_allowance(policy) == 0.0
     guard = Guard(policy)
     t = 0.0
@@ -405,7 +408,8 @@ def test_spend_against_the_cohort_without_an_allowance() -> None:
         info = RequestInfo(ip="198.51.100.3", key="heavy", ts=t + i * 4.0)
         decision = guard.check(info)
         guard.complete(info, decision, status=200, usage=2000.0)
-    assert spend_value(guard) > 0.0
+    # Off by default: the cohort is not compared.
+    assert (spend_value(guard) > 0.0) == (cohort is not None)
     # A light user stays under the cohort's ramp.
     info = RequestInfo(ip="192.0.2.1", key="user-1", ts=t + 2401.0)
     guard.check(info)
