@@ -389,8 +389,11 @@ def test_spend_against_the_allowance_tells_reasoning_harvest_from_an_sdk_backend
     assert max(light) == 0.0
 
 
-def test_spend_against_the_cohort_without_an_allowance() -> None:
-    policy = Policy(unverified_keys=None)
+@pytest.mark.parametrize("cohort", [None, (4.0, 16.0)])
+def test_spend_against_the_cohort_without_an_allowance(
+    cohort: tuple[float, float] | None,
+) -> None:
+    policy = Policy(unverified_keys=None, scoring=Scoring(spend_cohort=cohort))
     assert spend_allowance(policy) == 0.0
     guard = Guard(policy)
     t = 0.0
@@ -405,7 +408,8 @@ def test_spend_against_the_cohort_without_an_allowance() -> None:
         info = RequestInfo(ip="198.51.100.3", key="heavy", ts=t + i * 4.0)
         decision = guard.check(info)
         guard.complete(info, decision, status=200, usage=2000.0)
-    assert spend_value(guard) > 0.0
+    # Off by default: the cohort is not compared.
+    assert (spend_value(guard) > 0.0) == (cohort is not None)
     # A light user stays under the cohort's ramp.
     info = RequestInfo(ip="192.0.2.1", key="user-1", ts=t + 2401.0)
     guard.check(info)
@@ -505,3 +509,20 @@ def test_an_evidence_hold_is_named_in_the_reasons() -> None:
     decisions = [guard.check(harvest_request(i, i * 45.0)) for i in range(20)]
     assert decisions[-1].reasons[-1] == "evidence"
     assert "evidence" not in decisions[0].reasons
+
+
+def test_a_trusted_account_is_capped_not_held() -> None:
+    """An allow-listed key (Policy.accounts) keeps its cap under accumulated evidence: its
+    requests are served and not reported as held."""
+    from abuseguard.policy import Accounts
+
+    policy = Policy(
+        unverified_keys=None,
+        scoring=Scoring(bias=-12.0),
+        accounts=Accounts(trusted_keys=["harvester"]),
+    )
+    guard = Guard(policy)
+    decisions = [guard.check(harvest_request(i, i * 45.0)) for i in range(40)]
+    row = guard._key_index[decisions[-1].identity]
+    assert guard.engine.key_table.data[row, L.F_STICKY] > 0  # the evidence crossed ...
+    assert all(d.served and not held(d) for d in decisions)  # ... the cap wins

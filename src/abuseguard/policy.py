@@ -540,9 +540,11 @@ class Scoring:
     :class:`Evidence`). ``spend_share`` ramps the real cost (tokens) an account was
     reported to spend per day (`Guard.complete`'s ``cost`` or ``usage``) as a share of its
     token allowance (the key bucket when it has a ``cost_header``, else the tightest
-    ``by_cost`` key quota); without such an allowance ``spend_cohort`` ramps it as a
-    multiple of the cohort's 90th percentile of spend per day (a running estimate over
-    every account that reported a cost).
+    ``by_cost`` key quota); without such an allowance ``spend_cohort``, when set, ramps
+    it as a multiple of the cohort's 90th percentile of spend per day (a running estimate
+    over every account that reported a cost). It is None by default: on the simulator's
+    capable mix the cohort comparison fired on eval harnesses and SDK backends and almost
+    never on abuse, which spreads its volume over many light accounts.
     """
 
     enabled: bool = True
@@ -565,7 +567,7 @@ class Scoring:
     weak_signals: Iterable[str] = DEFAULT_WEAK_SIGNALS
     evidence: Evidence = field(default_factory=Evidence)
     spend_share: tuple[float, float] = (0.8, 1.2)
-    spend_cohort: tuple[float, float] = (4.0, 16.0)
+    spend_cohort: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, signed=("bias",))
@@ -614,9 +616,10 @@ class Scoring:
             "template_share",
             "shared_template_accounts",
             "spend_share",
-            "spend_cohort",
         ):
             _range(f"Scoring.{name}", getattr(self, name))
+        if self.spend_cohort is not None:
+            _range("Scoring.spend_cohort", self.spend_cohort)
 
 
 LadderStep = tuple[float, Action | str]

@@ -86,7 +86,8 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
         for ramp in signal.ramps:
             lo, hi = L.RAMP_PARAMS[ramp.param]
             section = scoring if ramp.section == "scoring" else network
-            prm[lo], prm[hi] = ramp.absent if section is None else getattr(section, ramp.field)
+            value = None if section is None else getattr(section, ramp.field)
+            prm[lo], prm[hi] = ramp.absent if value is None else value
     prm[L.P_WEAK_MASK] = float(weak_mask)
     for c, name in enumerate(_CLIENT_CLASS_ORDER):
         prm[L.P_CLIENT_RISK + c] = scoring.client_risk.get(name, DEFAULT_CLIENT_RISK[name])

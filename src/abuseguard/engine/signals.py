@@ -133,8 +133,8 @@ SIGNALS: tuple[Signal, ...] = (
         1.2,
         weak=True,
         feed="key row: real cost (tokens) per day reported after the responses, as a share "
-        "of the account's token allowance, or without one as a multiple of the cohort's "
-        "quantile (the larger of the two ramps)",
+        "of the account's token allowance, or without one (when Scoring.spend_cohort is "
+        "set) as a multiple of the cohort's 90th percentile",
         ramps=(
             Ramp("spend_share", "scoring", "spend_share"),
             Ramp("spend_cohort", "scoring", "spend_cohort"),
