@@ -560,3 +560,31 @@ def test_combinations_cover_every_band() -> None:
     assert len(linker.combos) == math.comb(len(KINDS), 3)
     assert all(len(set(c)) == 3 for c in linker.combos)
     assert list(itertools.combinations(range(len(KINDS)), 2)) == linker.subs
+
+
+def test_the_degrade_step_sees_the_cohort_the_lane_found() -> None:
+    """End to end over real HTTP: the cohort slot of `DegradeContext` carries the cluster id
+    `abuseguard.cohorts` holds for the identity (what the lane writes), else None."""
+    import httpx
+
+    from abuseguard.cohorts import COHORTS, set_cohort
+    from abuseguard.degrade import DegradeContext, DegradeOptions
+    from abuseguard.testing import serve
+    from tests.test_degrade_options import AUTH, CHAT, MESSAGES, degrade_everyone
+    from tests.test_examples import load
+
+    seen: list[str | None] = []
+
+    def step(body: dict[str, object], ctx: DegradeContext) -> None:
+        seen.append(ctx.cohort)
+        set_cohort(ctx.identity, "op7")  # as the lane does once it links the account
+
+    app = load("openai_compatible").create_app(degrade_everyone(DegradeOptions(step=step)))
+    with serve(app) as base:
+        for _ in range(2):
+            reply = httpx.post(base + CHAT, json={"model": "m", "messages": MESSAGES}, headers=AUTH)
+            assert reply.status_code == 200
+    assert seen == [None, "op7"]
+    identity = next(k for k, v in COHORTS.items() if v == "op7")
+    set_cohort(identity, None)
+    assert cohort_of(identity) is None
