@@ -284,6 +284,7 @@ def test_the_capable_mix_carries_account_facts_and_default_does_not() -> None:
     if hydra:
         assert max(a["age_days"] for a in hydra) < 50  # made in batches, recently
     assert any(a["age_days"] > 100 for a in honest)
+    assert all(d["plan"] == d["account"]["plan"] for d in rows)  # replay's plan field
     plain = io.StringIO()
     simulate(plain, mix="default", hours=0.25, scale=0.05, seed=3)
     assert '"account"' not in plain.getvalue()
@@ -291,7 +292,7 @@ def test_the_capable_mix_carries_account_facts_and_default_does_not() -> None:
     with_facts = io.StringIO()
     simulate(with_facts, mix="default", hours=0.25, scale=0.05, seed=3, account_facts=True)
     stripped = [
-        {k: v for k, v in json.loads(line).items() if k != "account"}
+        {k: v for k, v in json.loads(line).items() if k not in ("account", "plan")}
         for line in with_facts.getvalue().splitlines()
     ]
     assert stripped == [json.loads(line) for line in plain.getvalue().splitlines()]

@@ -151,7 +151,8 @@ class Emitter:
         self._tail = trace_fields(actor=actor, label=label, kind=kind)
         if ctx.account_facts:
             facts = account_facts(ctx.seed, actor, label, kind)
-            self._tail = trace_fields(account=facts) + "," + self._tail
+            # the plan also as the trace's own field, which replay reads for Policy.plans
+            self._tail = trace_fields(plan=facts["plan"], account=facts) + "," + self._tail
 
     def line(
         self,
