@@ -134,6 +134,8 @@ def test_every_ramp_parameter_comes_from_its_declared_policy_field() -> None:
         impatience_share=(0.51, 0.52),
         template_share=(0.61, 0.62),
         shared_template_accounts=(7.1, 7.2),
+        spend_share=(12.1, 12.2),
+        spend_cohort=(13.1, 13.2),
     )
     network = NetworkPolicy(
         fan_in=(8.1, 8.2),
@@ -157,6 +159,11 @@ def test_every_ramp_parameter_comes_from_its_declared_policy_field() -> None:
         if ramp.section == "network":
             lo, hi = L.RAMP_PARAMS[ramp.param]
             assert (prm[lo], prm[hi]) == ramp.absent
+    # A ramp field set to None (Scoring.spend_cohort by default) is out of reach too.
+    prm = build_params(Policy())
+    (cohort,) = [r for r in signals.RAMPS if r.field == "spend_cohort"]
+    lo, hi = L.RAMP_PARAMS[cohort.param]
+    assert (prm[lo], prm[hi]) == cohort.absent
 
 
 # -- the kernel's inputs, declared once --------------------------------------------------
