@@ -1,9 +1,12 @@
 """Cost of prompt content fingerprinting (a script, not a test).
 
-Prints, for OpenAI-style JSON chat bodies of 1, 4 and 16 KiB and for a typical 300-byte
-prompt, the median cost of ``ContentFingerprinter.fingerprint`` per call and per KiB of
-body, the same through ``prime`` (the batch path replay takes: 256 bodies a call), and a
-breakdown of the stages.
+Prints, first, the cost of ``ContentFingerprinter.fingerprint`` on 10,000 distinct
+~400-byte OpenAI chat bodies (a system prompt and a user prompt; never one hot body), read
+by the chat-body kernel (the request path) and, in the same run, by the Python extraction
+that reads every other body (what every body took before the kernel); then, for
+OpenAI-style JSON chat bodies of 1, 4 and 16 KiB and for a typical 300-byte prompt, the
+median cost per call and per KiB of body, the same through ``prime`` (the batch path
+replay takes: 256 bodies a call), and a breakdown of the stages.
 
     .venv/bin/python benchmarks/bench_content.py [--quick]
 
@@ -83,6 +86,50 @@ def chat_body(rng: random.Random, n_bytes: int) -> bytes:
     return build(text[:low])
 
 
+SYSTEM_PROMPTS = (
+    "You are a helpful assistant.",
+    "You are a helpful assistant. Answer precisely.",
+    "You are a senior Python engineer. Reply with code only.",
+    "You are a math tutor. Today is 2024-05-01.",
+)
+OPENERS = (
+    "Solve the following problem step by step: ",
+    "Summarize this text: ",
+    "",
+    "Can you help me with this? ",
+    "Translate into French: ",
+)
+
+
+def distinct_chat_bodies(rng: random.Random, count: int, size: int = 400) -> list[bytes]:
+    """``count`` distinct OpenAI chat bodies of about ``size`` bytes: a system prompt of a
+    few, an opener of a few, then prose."""
+    bodies = []
+    for _ in range(count):
+        system = rng.choice(SYSTEM_PROMPTS)
+        user = rng.choice(OPENERS) + prose(rng, size)
+        head = {"model": "gpt-4o", "temperature": 0.7}
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        body = json.dumps({**head, "messages": messages})
+        excess = len(body) - size
+        if excess > 0:
+            messages[1]["content"] = user[: max(20, len(user) - excess)]
+            body = json.dumps({**head, "messages": messages})
+        bodies.append(body.encode())
+    return bodies
+
+
+def per_body_us(func: Callable[[bytes], object], bodies: list[bytes], repeat: int) -> list[float]:
+    """CPU µs per body of ``func`` over all ``bodies`` (each once a pass), one per pass."""
+    runs = []
+    for _ in range(repeat):
+        start = time.process_time()
+        for body in bodies:
+            func(body)
+        runs.append((time.process_time() - start) / len(bodies) * 1e6)
+    return runs
+
+
 def median_us(func: Callable[[], object], number: int, repeat: int) -> float:
     # CPU time of this process: the machines are shared, wall time would count the others.
     runs = timeit.repeat(func, number=number, repeat=repeat, timer=time.process_time)
@@ -96,6 +143,32 @@ def main() -> None:
     repeat = 3 if args.quick else 7
     rng = random.Random(7)
     fingerprinter = ContentFingerprinter()
+
+    bodies = distinct_chat_bodies(rng, 10_000)
+    size = statistics.mean(map(len, bodies))
+    assert all(fingerprinter._fingerprint_chat(body) is not None for body in bodies[:100])
+    print(f"fingerprint() of {len(bodies):,} distinct chat bodies of {size:.0f} B on average")
+    print("(CPU µs per body; passes alternate between the two paths, so both see the same load):")
+
+    def python_path(body: bytes) -> object:
+        return fingerprinter._fingerprint_safely(body, None)
+
+    kernel_runs: list[float] = []
+    python_runs: list[float] = []
+    for _ in range(repeat):
+        kernel_runs += per_body_us(fingerprinter.fingerprint, bodies, 1)
+        python_runs += per_body_us(python_path, bodies, 1)
+    kernel = statistics.median(kernel_runs)
+    python = statistics.median(python_runs)
+    print(
+        f"  chat-body kernel (request path)  median {kernel:5.2f}  range "
+        f"{min(kernel_runs):.2f}-{max(kernel_runs):.2f}"
+    )
+    print(
+        f"  Python extraction (before)       median {python:5.2f}  range "
+        f"{min(python_runs):.2f}-{max(python_runs):.2f}"
+    )
+    print(f"  ratio before / after: {python / kernel:.2f}")
 
     print("fingerprint() on OpenAI chat JSON bodies (median):")
     print(f"  {'body':>9} {'µs/call':>9} {'µs/KiB':>8}")

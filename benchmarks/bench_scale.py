@@ -6,6 +6,13 @@ Each memory figure comes from a fresh child process (RSS from /proc/self/status)
 - ``identities``: ``Guard(Policy(max_identities=1_000_000))`` and 1,000,000 distinct IPv4
   clients through ``Guard.check`` (one request each, virtual time). RSS is sampled as the
   table fills; bytes per identity = (RSS at the end - RSS after construction) / clients.
+- ``keys``: API-key clients, each with its own key and its own address (the costliest
+  client: a key row, an account row, an IP row and, mostly, a prefix row of its own), in a
+  table sized for them, default Policy, each client's key accepted by the app (a 200), at
+  10,000 / 100,000 / 1,000,000 clients: RSS bytes per client, the
+  full ``gc.collect()`` pause (median of 3) and the objects the collector tracks, then
+  ``Guard.check`` p50/p99 of 20,000 requests from clients drawn at random among those
+  tracked (returning clients, each check timed alone).
 - ``flood``: a smaller table (``max_identities`` 100,000) first filled twice over with unique
   IPv6 clients (each in its own /64), then flooded with many more; RSS before and after the
   flood must stay flat: the table evicts, it does not grow.
@@ -125,6 +132,77 @@ def child_identities(count: int, capacity: int) -> dict[str, Any]:
     }
 
 
+def key_of(i: int) -> str:
+    return f"sk-live-{i:016x}{(i * _SPREAD) & 0xFFFFFFFF:08x}"
+
+
+TIMED_CHECKS = 20_000
+
+
+def gc_pause_ms() -> float:
+    """The median of three full collections, in milliseconds."""
+    pauses = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        gc.collect()
+        pauses.append((time.perf_counter() - t0) * 1e3)
+    return sorted(pauses)[1]
+
+
+def child_keys(count: int) -> dict[str, Any]:
+    """``count`` API-key clients (own key, own address) through ``guard.check``, each
+    answered 200 (``guard.complete``), so the app accepted its key, as a real client's."""
+    import random
+
+    from abuseguard import Guard, Policy, RequestInfo
+
+    guard = Guard(Policy(max_identities=max(16, count)))
+    gc.collect()
+    gc_empty_ms = gc_pause_ms()
+    tracked_empty = len(gc.get_objects())
+    rss_built = benchlib.rss_bytes()
+    ts0 = 1_700_000_000.0
+    check = guard.check
+    complete = guard.complete
+    done = 0
+    while done < count:
+        n = min(CHUNK, count - done)
+        infos = [
+            RequestInfo(ip=ipv4(i), key=key_of(i), ts=ts0 + i * 1e-4) for i in range(done, done + n)
+        ]
+        for info in infos:
+            complete(info, check(info), status=200)
+        del infos
+        done += n
+    gc.collect()
+    rss_end = benchlib.rss_bytes()
+    pause_ms = gc_pause_ms()
+    tracked = len(gc.get_objects())
+    rng = random.Random(7)
+    ts = ts0 + count * 1e-4 + 10.0
+    sample = [rng.randrange(count) for _ in range(TIMED_CHECKS)]
+    infos = [RequestInfo(ip=ipv4(i), key=key_of(i), ts=ts + j * 1e-3) for j, i in enumerate(sample)]
+    clock = time.perf_counter_ns
+    took = []
+    for info in infos:
+        t0 = clock()
+        check(info)
+        took.append(clock() - t0)
+    return {
+        "clients": count,
+        "max_identities": max(16, count),
+        "rss_after_guard_mb": rss_built / MIB,
+        "rss_end_mb": rss_end / MIB,
+        "bytes_per_client": (rss_end - rss_built) / count,
+        "engine_preallocated_mb": guard.engine.nbytes / MIB,
+        "gc_pause_empty_ms": gc_empty_ms,
+        "gc_pause_ms": pause_ms,
+        "gc_tracked_empty": tracked_empty,
+        "gc_tracked": tracked,
+        "check": benchlib.percentiles(took),
+    }
+
+
 def child_flood(capacity: int, fill: int, flood: int) -> dict[str, Any]:
     from abuseguard import Guard, Policy
 
@@ -175,6 +253,8 @@ def _cli() -> list[str] | None:
 
 
 REPLAY_RUNS = 3
+# API-key clients measured, full run and --quick.
+KEY_CLIENTS = {False: (10_000, 100_000, 1_000_000), True: (10_000, 100_000)}
 
 
 def replay(hours: float) -> dict[str, Any]:
@@ -247,6 +327,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         ident["rss_at_1m_extrapolated"] = identities != 1_000_000
     result["identities"] = ident
+    result["keys"] = [
+        _child(["--child", "keys", "--count", str(n)], timeout=1800) for n in KEY_CLIENTS[quick]
+    ]
     capacity = 100_000
     result["flood"] = _child(
         [
@@ -278,6 +361,18 @@ def report(result: dict[str, Any]) -> None:
             f"RSS at 1M {ident['rss_at_1m_mb']:.0f} MB{note} (budget {BUDGET_MB} MB), "
             f"{ident['checks_per_second']:.0f} checks/s (all new clients)"
         )
+    for keys in result.get("keys", []):
+        if "error" in keys:
+            print(f"  API-key clients: failed: {keys['error']}")
+            continue
+        timing = keys["check"]
+        print(
+            f"  {keys['clients']:,} API-key clients (own key, own address): "
+            f"{keys['bytes_per_client']:.0f} B per client (RSS), gc.collect() "
+            f"{keys['gc_pause_ms']:.1f} ms ({keys['gc_pause_empty_ms']:.1f} ms empty; "
+            f"{keys['gc_tracked']:,} objects tracked), Guard.check p50 "
+            f"{timing['p50_us']:.1f} us p99 {timing['p99_us']:.1f} us"
+        )
     flood = result["flood"]
     if "error" in flood:
         print(f"  flood: failed: {flood['error']}")
@@ -305,13 +400,15 @@ def report(result: dict[str, Any]) -> None:
 
 def _iter_child(argv: list[str]) -> Iterator[dict[str, Any]]:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--child", choices=("identities", "flood"))
+    parser.add_argument("--child", choices=("identities", "keys", "flood"))
     parser.add_argument("--count", type=int)
     parser.add_argument("--capacity", type=int)
     parser.add_argument("--fill", type=int)
     args = parser.parse_args(argv)
     if args.child == "identities":
         yield child_identities(args.count, args.capacity)
+    elif args.child == "keys":
+        yield child_keys(args.count)
     else:
         yield child_flood(args.capacity, args.fill, args.count)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import random
@@ -32,6 +33,8 @@ PACKAGES = (
     "fastapi",
     "slowapi",
     "limits",
+    "throttled-py",
+    "orjson",
     "fastapi-limiter",
     "pyrate-limiter",
     "uvicorn",
@@ -423,10 +426,30 @@ class Client:
     ua: str
 
 
+def chat_body(rng: random.Random, size: int = 400) -> bytes:
+    """An OpenAI-style chat request of about ``size`` bytes whose user prompt is ordinary
+    sentences, a different one for every call."""
+    room = size - 166  # what the rest of the body takes
+    prompt = benign_prompt(rng)
+    while len(prompt) < room:
+        prompt += " " + benign_prompt(rng)
+    prompt = prompt[:room].rsplit(" ", 1)[0] + "?"
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": prompt},
+        ],
+        "max_tokens": 512,
+        "temperature": 0.7,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def benign_clients(n: int, *, seed: int = 7) -> list[Client]:
-    """``n`` accounts, each on its own address in an ordinary network of the MaxMind world
-    (a cable ISP, a mobile carrier, a campus, a GB range, IPv6 cable, unlisted space) and
-    with one User-Agent, as real users and apps keep."""
+    """``n`` accounts, each on its own address (no two share one) in an ordinary network of
+    the MaxMind world (a cable ISP, a mobile carrier, a campus, a GB range, IPv6 cable,
+    unlisted space) and with one User-Agent, as real users and apps keep."""
     rng = random.Random(seed)
 
     def address() -> str:
@@ -444,4 +467,13 @@ def benign_clients(n: int, *, seed: int = 7) -> list[Client]:
         octets = (rng.randrange(11, 40), rng.randrange(256), rng.randrange(256))
         return ".".join(map(str, octets)) + f".{rng.randrange(1, 255)}"
 
-    return [Client(address(), f"sk-bench-{i:06d}", rng.choice(UAS)) for i in range(n)]
+    seen: set[str] = set()
+
+    def fresh_address() -> str:
+        while True:
+            ip = address()
+            if ip not in seen:
+                seen.add(ip)
+                return ip
+
+    return [Client(fresh_address(), f"sk-bench-{i:06d}", rng.choice(UAS)) for i in range(n)]

@@ -188,6 +188,8 @@ def budgets(results: dict[str, Any]) -> list[Budget]:
             why_missing=replay.get("skipped") or default_replay.get("error") or why,
         )
     )
+    out += _fast_path_budgets(results)
+    out += _degrade_budgets(results)
     cold = nested_get(results, "decision", "cold_start", "default", "warm_cache")
     if cold:
         first_ms = cold["first_decision_s"] * 1000
@@ -197,6 +199,107 @@ def budgets(results: dict[str, Any]) -> list[Budget]:
                 "first decision without compiling (< 10 ms)",
                 f"first decision {first_ms:.1f} ms after Guard()",
                 "met" if first_ms < 10 else "**MISSED**",
+            )
+        )
+    return out
+
+
+def _degrade_budgets(results: dict[str, Any]) -> list[Budget]:
+    """Issue 20: rewriting adds <= 5 µs to a degraded request of a few hundred bytes;
+    filtering a stream adds <= 2 µs per event (CPU time, bench_degrade.py)."""
+    degrade = results.get("degrade")
+    if degrade is None:
+        return []
+    why = degrade.get("error") or "no result"
+    size = degrade.get("body_bytes")
+    return [
+        _upper(
+            f"Degrade: request rewrite ({size or '?'}-byte chat body, parse + rewrite + encode)",
+            degrade.get("rewrite_us"),
+            5.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+        _upper(
+            "Degrade: stream filter per event, chat content (send wrapper, Degrade - Allow)",
+            degrade.get("exchange_stream_per_event_us"),
+            2.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+        _upper(
+            "Degrade: stream filter per event, chat reasoning chunk (parsed, withheld)",
+            degrade.get("filter_reasoning_us"),
+            2.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+        _upper(
+            "Degrade: stream filter per event, Responses delta renumbered after a withheld item",
+            degrade.get("filter_responses_renumbered_us"),
+            2.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+    ]
+
+
+def _api_key_bytes(scale: dict[str, Any]) -> tuple[str, float] | None:
+    """bench_scale.py's memory per API-key client, wherever it reports it: the first
+    ``*bytes_per*`` figure whose name mentions a key."""
+    parts = [("", scale)] + [(f"{k}.", v) for k, v in scale.items() if isinstance(v, dict)]
+    for prefix, part in parts:
+        for name, value in part.items():
+            if "bytes_per" in name and "key" in name and isinstance(value, int | float):
+                return prefix + name, float(value)
+    return None
+
+
+def _fast_path_budgets(results: dict[str, Any]) -> list[Budget]:
+    """Issue 17's targets, each from >= 10,000 clients with their own keys and addresses."""
+    out: list[Budget] = []
+    asgi = results.get("asgi")
+    if asgi is not None:
+        why = asgi.get("error") or "stack unavailable"
+        for key, method, limit in (("stacks", "GET", 8.0), ("stacks_post", "POST", 14.0)):
+            out.append(
+                _upper(
+                    f"Issue 17: ASGI overhead, {method}, 10,000 keys each on its own address "
+                    "(CPU µs added per request, median of rounds)",
+                    nested_get(asgi, key, "abuseguard-memory", "cpu_overhead_us", "median"),
+                    limit,
+                    "µs",
+                    why_missing=why,
+                )
+            )
+    http = results.get("http")
+    if http is not None:
+        why = http.get("error") or http.get("skipped") or "no result"
+        for key, method in (("stacks", "GET"), ("stacks_post", "POST")):
+            out.append(
+                _ratio(
+                    f"Issue 17: HTTP throughput, {method}, abuseguard memory (10,000 clients)",
+                    nested_get(http, key, "abuseguard-memory-proxied", "ratio_to_bare", "median"),
+                    0.75,
+                    why_missing=why,
+                )
+            )
+    scale = results.get("scale")
+    if scale is not None:
+        found = _api_key_bytes(scale)
+        out.append(
+            _upper(
+                "Issue 17: memory per API-key client (own key, own address)"
+                + (f" [{found[0]}]" if found else ""),
+                found[1] if found else None,
+                400.0,
+                "B",
+                "{:.0f}",
+                why_missing=scale.get("error") or "bench_scale.py reports no API-key figure",
             )
         )
     return out

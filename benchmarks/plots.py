@@ -117,22 +117,27 @@ def plot_asgi(results: dict[str, Any], path: Path) -> bool:
     ax1.set_ylabel("share of requests")
     ax1.set_title("ASGI latency per stack (no HTTP)")
     ax1.legend(fontsize=7)
+    posts = nested_get(results, "asgi", "stacks_post") or {}
     names = [n for n, e in stacks.items() if "overhead" in e]
-    p50 = [stacks[n]["overhead"]["p50_us"] for n in names]
-    lo = [
-        max(0.0, v - stacks[n]["overhead"]["round_p50_min_us"])
-        for n, v in zip(names, p50, strict=True)
-    ]
-    hi = [
-        max(0.0, stacks[n]["overhead"]["round_p50_max_us"] - v)
-        for n, v in zip(names, p50, strict=True)
-    ]
-    colors = ["#2ca02c" if n.startswith("abuseguard") else "#7f7f7f" for n in names]
-    ax2.barh(names, p50, xerr=[lo, hi], color=colors, capsize=3)
-    ax2.axvline(10, color="red", ls="--", lw=1, label="budget 10 µs (abuseguard memory)")
+    height = 0.4 if posts else 0.8
+    for offset, (method, entries, color) in enumerate(
+        (("GET", stacks, "#2ca02c"), ("POST ~400 B chat", posts, "#ff7f0e"))
+    ):
+        shown = [n for n in names if "overhead" in entries.get(n, {})]
+        if not shown:
+            continue
+        over = [entries[n]["overhead"] for n in shown]
+        p50 = [o["p50_us"] for o in over]
+        lo = [max(0.0, v - o["round_p50_min_us"]) for v, o in zip(p50, over, strict=True)]
+        hi = [max(0.0, o["round_p50_max_us"] - v) for v, o in zip(p50, over, strict=True)]
+        ys = [names.index(n) + (offset - 0.5) * height * bool(posts) for n in shown]
+        ax2.barh(ys, p50, height=height, xerr=[lo, hi], color=color, capsize=2, label=method)
+    ax2.set_yticks(range(len(names)), names)
+    ax2.axvline(8, color="red", ls="--", lw=1, label="issue 17: GET ≤ 8 µs")
+    ax2.axvline(14, color="purple", ls=":", lw=1, label="issue 17: POST ≤ 14 µs")
     ax2.invert_yaxis()
     ax2.set_xlabel("added µs at p50 vs its bare app (bars: spread of round p50s)")
-    ax2.set_title("What each middleware / limiter adds")
+    ax2.set_title("What each middleware / limiter adds (10,000 clients)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -144,42 +149,55 @@ def plot_http(results: dict[str, Any], path: Path) -> bool:
     stacks = nested_get(results, "http", "stacks")
     if not stacks:
         return False
+    posts = nested_get(results, "http", "stacks_post") or {}
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(10, 5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
     names = list(stacks)
-    med = [stacks[n].get("ratio_to_bare", {}).get("median", 1.0) for n in names]
-    lo = [
-        m - stacks[n].get("ratio_to_bare", {}).get("min", m)
-        for n, m in zip(names, med, strict=True)
-    ]
-    hi = [
-        stacks[n].get("ratio_to_bare", {}).get("max", m) - m
-        for n, m in zip(names, med, strict=True)
-    ]
-    colors = [
-        "#2ca02c"
-        if n.startswith("abuseguard")
-        else "#1f77b4"
-        if n in ("bare", "noop", "fastapi-bare")
-        else "#7f7f7f"
-        for n in names
-    ]
-    ax.barh(names, med, xerr=[lo, hi], color=colors, capsize=3)
-    for i, n in enumerate(names):
-        ax.text(
-            med[i] + hi[i] + 0.015,
-            i,
-            f"{stacks[n]['rps_median']:.0f} req/s",
-            va="center",
-            fontsize=8,
+    height = 0.4 if posts else 0.8
+    methods = (("GET", stacks, "#2ca02c"), ("POST ~400 B chat", posts, "#ff7f0e"))
+    for offset, (method, entries, color) in enumerate(methods):
+        shown = [n for n in names if n in entries]
+        if not shown:
+            continue
+        ys = [names.index(n) + (offset - 0.5) * height * bool(posts) for n in shown]
+        cpu = [entries[n]["cpu_us_per_request"] for n in shown]
+        med = [c["median"] for c in cpu]
+        ax1.barh(
+            ys,
+            med,
+            height=height,
+            xerr=[
+                [m - c["min"] for m, c in zip(med, cpu, strict=True)],
+                [c["max"] - m for m, c in zip(med, cpu, strict=True)],
+            ],
+            color=color,
+            capsize=2,
+            label=method,
         )
-    ax.axvline(0.9, color="red", ls="--", lw=1, label="budget memory ≥ 90%")
-    ax.axvline(0.5, color="orange", ls="--", lw=1, label="budget Redis ≥ 50%")
-    ax.invert_yaxis()
-    ax.set_xlim(0, max(1.2, max(med) + 0.25))
-    ax.set_xlabel("throughput / bare Starlette in the same round (median; bars: min-max)")
-    ax.set_title(nested_get(results, "http", "server") or "HTTP throughput")
-    ax.legend(fontsize=8, loc="lower right")
+        ratio = [entries[n].get("ratio_to_bare", {}) for n in shown]
+        rmed = [r.get("median", 1.0) for r in ratio]
+        ax2.barh(
+            ys,
+            rmed,
+            height=height,
+            xerr=[
+                [m - r.get("min", m) for m, r in zip(rmed, ratio, strict=True)],
+                [r.get("max", m) - m for m, r in zip(rmed, ratio, strict=True)],
+            ],
+            color=color,
+            capsize=2,
+            label=method,
+        )
+    for ax in (ax1, ax2):
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+    ax1.set_xlabel("server CPU µs per request (utime + stime / requests; bars: min-max)")
+    ax1.set_title("Server CPU per request (10,000 clients)")
+    ax1.legend(fontsize=8)
+    ax2.axvline(0.75, color="red", ls="--", lw=1, label="issue 17: ≥ 0.75 of bare")
+    ax2.set_xlabel("throughput / bare Starlette in the same round (median; bars: min-max)")
+    ax2.set_title(nested_get(results, "http", "server") or "HTTP throughput")
+    ax2.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

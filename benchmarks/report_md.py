@@ -99,6 +99,33 @@ def _section_decision(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _asgi_rows(entries: dict[str, Any], unavailable: dict[str, str]) -> list[str]:
+    lines = [
+        "| stack | CPU µs / request | + CPU µs (rounds) | p50 µs | p99 µs | + p50 µs | + p99 µs "
+        "| round spread µs | statuses | decisions | self-check |",
+        "|---|---:|---|---:|---:|---:|---:|---|---|---|---|",
+    ]
+    for name, e in entries.items():
+        over = e.get("overhead") or {}
+        spread = f"{over['round_p50_min_us']:.1f} to {over['round_p50_max_us']:.1f}" if over else ""
+        cpu = nested_get(e, "cpu_us_per_request", "median")
+        cpu_over = e.get("cpu_overhead_us") or {}
+        cpu_over_text = (
+            f"{cpu_over['median']:+.1f} ({cpu_over['min']:+.1f} to {cpu_over['max']:+.1f})"
+            if cpu_over
+            else ""
+        )
+        lines.append(
+            f"| {name} | {_f(cpu)} | {cpu_over_text} | "
+            f"{e['latency']['p50_us']:.1f} | {e['latency']['p99_us']:.1f} | "
+            f"{_f(over.get('p50_us'))} | {_f(over.get('p99_us'))} | {spread} | "
+            f"{e.get('statuses')} | {e.get('decisions')} | {e.get('self_check') or '—'} |"
+        )
+    for name, reason in unavailable.items():
+        lines.append(f"| {name} | not run: {reason} | | | | | | | | | |")
+    return [*lines, ""]
+
+
 def _section_asgi(results: dict[str, Any]) -> list[str]:
     if "asgi" not in results:
         return []
@@ -106,80 +133,123 @@ def _section_asgi(results: dict[str, Any]) -> list[str]:
     lines = ["## 2. ASGI overhead without HTTP", ""]
     if "error" in asgi:
         return [*lines, f"Failed: {asgi['error']}", "```", *asgi.get("output_tail", []), "```", ""]
+    addresses = asgi.get("distinct_addresses")
     lines += [
         f"A trivial Starlette app called directly as an ASGI callable (synthetic scope, receive "
         f"and send) in one {asgi.get('loop', '?')} event loop; {asgi.get('rounds')} alternating "
         f"rounds of {asgi.get('per_round'):,} requests per stack ({asgi.get('per_round_redis'):,} "
-        f"for Redis stacks) over {asgi.get('clients'):,} clients. Intel: {asgi.get('intel')}. "
+        f"for Redis stacks) over {asgi.get('clients'):,} clients"
+        + (
+            f", each with its own API key and address ({addresses:,} addresses)"
+            if addresses
+            else ""
+        )
+        + ", every client seen once before measuring. "
+        f"Intel: {asgi.get('intel')}. "
+        "CPU µs / request = the event loop thread's CPU time over a round / its requests "
+        "(waiting, for Redis or for a core, is not in it; redis-server's work is not either); "
+        "+ CPU µs = its excess over the baseline's, median and range over rounds. "
         "Overhead = the stack's percentile minus its baseline's (bare Starlette; bare FastAPI "
         "for fastapi-limiter); spread = min and max of the per-round p50 differences. "
         "Self-check: with tiny limits the second request from one client must get 429.",
         "",
-        "| stack | p50 µs | p99 µs | + p50 µs | + p99 µs | round spread µs | statuses | "
-        "decisions | self-check |",
-        "|---|---:|---:|---:|---:|---|---|---|---|",
-    ]
-    for name, e in (asgi.get("stacks") or {}).items():
-        over = e.get("overhead") or {}
-        spread = f"{over['round_p50_min_us']:.1f} to {over['round_p50_max_us']:.1f}" if over else ""
-        lines.append(
-            f"| {name} | {e['latency']['p50_us']:.1f} | {e['latency']['p99_us']:.1f} | "
-            f"{_f(over.get('p50_us'))} | {_f(over.get('p99_us'))} | {spread} | "
-            f"{e.get('statuses')} | {e.get('decisions')} | {e.get('self_check') or '—'} |"
-        )
-    for name, reason in (asgi.get("unavailable") or {}).items():
-        lines.append(f"| {name} | not run: {reason} | | | | | | | |")
-    lines += [
+        "GET `/`:",
         "",
+    ]
+    lines += _asgi_rows(asgi.get("stacks") or {}, asgi.get("unavailable") or {})
+    if asgi.get("stacks_post"):
+        lines += [
+            f"POST `/v1/chat/completions` with a chat body of about "
+            f"{asgi.get('post_body_bytes')} bytes (the endpoint reads it; abuseguard scores "
+            "its content):",
+            "",
+        ]
+        lines += _asgi_rows(asgi["stacks_post"], {})
+    lines += [
         "`abuseguard-memory`: the client connects directly. `abuseguard-memory-proxied`:"
         " the peer is a trusted loopback proxy and the client is read from "
-        "X-Forwarded-For (the path every HTTP figure below takes).",
+        "X-Forwarded-For (the path every HTTP figure below takes). `limits-asgi`, "
+        "`throttled-asgi`: a hand-written pure-ASGI middleware over `limits` / throttled-py "
+        "(fixed window per API key, one header scan, one premade header added).",
         "",
     ]
     return lines
+
+
+def _http_rows(entries: dict[str, Any], unavailable: dict[str, str]) -> list[str]:
+    lines = [
+        "| stack | **CPU µs / request** (spread) | + bare CPU µs | CPU x bare | req/s (median) "
+        "| spread | x bare | x own baseline | p50 ms | p99 ms | non-2xx | socket errors "
+        "| decisions seen by the endpoint (GET and POST) |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, e in entries.items():
+        ratio = e.get("ratio_to_bare") or {}
+        own = e.get("ratio_to_fastapi-bare") or {}
+        cpu = e.get("cpu_us_per_request") or {}
+        cpu_over = e.get("cpu_us_over_bare") or {}
+        cpu_ratio = e.get("cpu_ratio_to_bare") or {}
+        ratio_text = (
+            f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})" if ratio else "1.00"
+        )
+        own_text = f"{own['median']:.2f} vs FastAPI" if own else ""
+        cpu_text = f"**{cpu['median']:.1f}** ({cpu['min']:.1f}-{cpu['max']:.1f})" if cpu else "—"
+        over_text = (
+            f"{cpu_over['median']:+.1f} ({cpu_over['min']:+.1f} to {cpu_over['max']:+.1f})"
+            if cpu_over
+            else ""
+        )
+        cpu_ratio_text = f"{cpu_ratio['median']:.2f}" if cpu_ratio else "1.00"
+        lines.append(
+            f"| {name} | {cpu_text} | {over_text} | {cpu_ratio_text} | {e['rps_median']:.0f} | "
+            f"{e['rps_min']:.0f}-{e['rps_max']:.0f} | {ratio_text} | {own_text} | "
+            f"{e['p50_ms']:.2f} | {e['p99_ms']:.2f} | {e['non_2xx']} | {e['socket_errors']} | "
+            f"{e['decisions']} |"
+        )
+    for name, reason in unavailable.items():
+        lines.append(f"| {name} | not run: {reason} | | | | | | | | | | | |")
+    return [*lines, ""]
 
 
 def _section_http(results: dict[str, Any]) -> list[str]:
     if "http" not in results:
         return []
     http = results.get("http") or {}
-    lines = ["## 3. HTTP throughput (uvicorn + wrk, loopback)", ""]
+    lines = ["## 3. HTTP cost and throughput (uvicorn + wrk, loopback)", ""]
     if "error" in http:
         return [*lines, f"Failed: {http['error']}", "```", *http.get("output_tail", []), "```", ""]
     if "skipped" in http:
         return [*lines, f"Skipped: {http['skipped']}", ""]
     lines += [
-        f"Server: {http.get('server')}. Load: {http.get('load')}. {http.get('rounds')} rounds per "
-        f"stack, alternating, the order rotated each round. Intel: {http.get('intel')}. Ratios "
+        f"Server: {http.get('server')}. Load: {http.get('load')}. "
+        f"Cores: {http.get('pinning', 'not pinned')}. {http.get('rounds')} rounds per "
+        f"stack and method, alternating, the order rotated each round. Intel: "
+        f"{http.get('intel')}. The primary figure is the server's CPU time per request "
+        "(utime + stime of the server process over a round, from /proc, divided by the "
+        "requests completed): it moves less than requests/s on a shared machine. Ratios "
         "are taken against the bare app measured in the same round (median over rounds, with "
         "min-max). Limits are far above the offered load; every response must be 2xx and every "
         "guard decision `allow`.",
         "",
-        "| stack | req/s (median) | spread | x bare | x own baseline | p50 ms | p99 ms | "
-        "non-2xx | socket errors | decisions seen by the endpoint |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "GET `/`:",
+        "",
     ]
-    for name, e in (http.get("stacks") or {}).items():
-        ratio = e.get("ratio_to_bare") or {}
-        own = e.get("ratio_to_fastapi-bare") or {}
-        ratio_text = (
-            f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})" if ratio else "1.00"
-        )
-        own_text = f"{own['median']:.2f} vs FastAPI" if own else ""
-        lines.append(
-            f"| {name} | {e['rps_median']:.0f} | {e['rps_min']:.0f}-{e['rps_max']:.0f} | "
-            f"{ratio_text} | {own_text} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | "
-            f"{e['non_2xx']} | {e['socket_errors']} | {e['decisions']} |"
-        )
-    for name, reason in (http.get("unavailable") or {}).items():
-        lines.append(f"| {name} | not run: {reason} | | | | | | | | |")
-    for name, e in (http.get("stacks") or {}).items():
-        if e.get("server_log_lines"):
-            sample = "; ".join(f"`{x[:160]}`" for x in e.get("server_log_sample", [])[:3])
-            lines.append(
-                f"\nThe {name} server logged {e['server_log_lines']} lines during the "
-                f"run, e.g. {sample}"
-            )
+    lines += _http_rows(http.get("stacks") or {}, http.get("unavailable") or {})
+    if http.get("stacks_post"):
+        lines += [
+            f"POST `/v1/chat/completions` with a chat body of about "
+            f"{http.get('post_body_bytes')} bytes:",
+            "",
+        ]
+        lines += _http_rows(http["stacks_post"], {})
+    for key in ("stacks", "stacks_post"):
+        for name, e in (http.get(key) or {}).items():
+            if e.get("server_log_lines") and key == "stacks":
+                sample = "; ".join(f"`{x[:160]}`" for x in e.get("server_log_sample", [])[:3])
+                lines.append(
+                    f"\nThe {name} server logged {e['server_log_lines']} lines during the "
+                    f"run, e.g. {sample}"
+                )
     noop = nested_get(http, "stacks", "noop", "ratio_to_bare")
     if noop:
         lines.append(
@@ -189,11 +259,60 @@ def _section_http(results: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "slowapi keys on the peer address (every request comes from 127.0.0.1); "
-        "fastapi-limiter on X-Forwarded-For + path; abuseguard on the API key, with the "
-        "client address from X-Forwarded-For behind a trusted loopback proxy.",
+        "fastapi-limiter on X-Forwarded-For + path; `limits-asgi` and `throttled-asgi` on the "
+        "API key; abuseguard on the API key and the client address from X-Forwarded-For "
+        "behind a trusted loopback proxy.",
         "",
     ]
     return lines
+
+
+_SHOWN_IDENTITY_FIELDS = frozenset(
+    {
+        "max_identities",
+        "clients",
+        "rss_after_import_mb",
+        "rss_after_guard_mb",
+        "rss_end_mb",
+        "rss_end_anon_mb",
+        "rss_end_file_mb",
+        "rss_at_1m_mb",
+        "rss_at_1m_extrapolated",
+        "bytes_per_identity",
+        "engine_preallocated_mb",
+        "table_rows",
+        "table_row_bytes",
+        "checks_per_second",
+        "error",
+    }
+)
+_SHOWN_SCALE_PARTS = frozenset({"identities", "flood", "replay", "seconds", "error"})
+_NOT_FIGURES = frozenset({"samples", "budget_mb"})  # the plot's points, a constant
+
+
+def _other_scale_figures(scale: dict[str, Any], ident: dict[str, Any]) -> list[str]:
+    """Figures bench_scale.py reports beyond those tabled above (memory per API-key client,
+    for one), listed as they come so that a new field reaches RESULTS.md."""
+    rows = [(k, v) for k, v in ident.items() if k not in _SHOWN_IDENTITY_FIELDS]
+    for part, value in scale.items():
+        if part in _SHOWN_SCALE_PARTS:
+            continue
+        if isinstance(value, dict):
+            rows += [(f"{part}.{k}", v) for k, v in value.items()]
+        else:
+            rows.append((part, value))
+    rows = [
+        (name, value)
+        for name, value in rows
+        if name.rsplit(".", 1)[-1] not in _NOT_FIGURES and not isinstance(value, list | dict)
+    ]
+    if not rows:
+        return []
+    lines = ["Other figures of bench_scale.py:", "", "| figure | value |", "|---|---:|"]
+    for name, value in rows:
+        shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {name} | {shown[:200]} |")
+    return [*lines, ""]
 
 
 def _section_scale(results: dict[str, Any]) -> list[str]:
@@ -247,6 +366,7 @@ def _section_scale(results: dict[str, Any]) -> list[str]:
             f"| checks/s while every client is new | {ident['checks_per_second']:.0f} |",
             "",
         ]
+    lines += _other_scale_figures(scale, ident)
     flood = scale.get("flood") or {}
     if "error" in flood:
         lines.append(f"Flood: failed: {flood['error']}")
@@ -293,11 +413,50 @@ def _section_scale(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+_DEGRADE_ROWS = {
+    "yardstick_stdlib_roundtrip_us": "yardstick: stdlib `json.dumps(json.loads(body))`",
+    "rewrite_us": "request rewrite (`rewrite_request`)",
+    "exchange_json_us": "one exchange with a JSON reply, Degrade - Allow (read, rewrite, filter)",
+    "yardstick_stdlib_parse_chunk_us": "yardstick: stdlib `json.loads` of one chat chunk",
+    "filter_content_us": "stream filter, chat content chunk (`StreamFilter.feed`)",
+    "filter_reasoning_us": "stream filter, chat reasoning chunk (parsed, withheld)",
+    "filter_responses_renumbered_us": "stream filter, Responses delta renumbered",
+    "exchange_stream_per_event_us": "chat stream through the send wrapper, Degrade - Allow",
+}
+
+
+def _section_degrade(results: dict[str, Any]) -> list[str]:
+    if "degrade" not in results:
+        return []
+    deg = results.get("degrade") or {}
+    lines = ["## 5. Degrade cost (issue 20)", ""]
+    if "error" in deg:
+        return [*lines, f"Failed: {deg['error']}", "```", *deg.get("output_tail", []), "```", ""]
+    lines += [
+        f"`benchmarks/bench_degrade.py`: CPU time of the process (not wall time), median of "
+        f"repeats with their min-max. Request body {deg.get('body_bytes')} B, JSON reply "
+        f"{deg.get('reply_bytes')} B, chat chunk {deg.get('chat_chunk_bytes')} B, Responses "
+        f"delta {deg.get('responses_delta_bytes')} B; the stream exchange sends "
+        f"{deg.get('stream_events_per_exchange')} events, one per ASGI message. Requests that "
+        "are not degraded never reach this code (their enforcer is another one).",
+        "",
+        "| figure | µs | repeats min-max |",
+        "|---|---:|---|",
+    ]
+    spreads = deg.get("spreads_us") or {}
+    for key, label in _DEGRADE_ROWS.items():
+        spread = spreads.get(key)
+        spread_text = f"{spread[0]:.2f}-{spread[1]:.2f}" if spread else ""
+        lines.append(f"| {label} | {_f(deg.get(key), '{:.2f}')} | {spread_text} |")
+    lines.append("")
+    return lines
+
+
 def _section_extra(results: dict[str, Any]) -> list[str]:
     if "extra" not in results:
         return []
     extra = results.get("extra") or {}
-    lines = ["## 5. Other benchmarks (output kept as printed)", ""]
+    lines = ["## 6. Other benchmarks (output kept as printed)", ""]
     for script, entry in extra.items():
         if entry.get("missing"):
             lines += [f"`benchmarks/{script}`: not present in this checkout.", ""]
@@ -361,5 +520,6 @@ def write_report(results: dict[str, Any], plots: list[str], path: Path) -> None:
     lines += _section_asgi(results)
     lines += _section_http(results)
     lines += _section_scale(results)
+    lines += _section_degrade(results)
     lines += _section_extra(results)
     path.write_text("\n".join(lines).rstrip() + "\n")

@@ -1,14 +1,17 @@
 """Run every benchmark, then write benchmarks/RESULTS.md, results.json and the PNG plots.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--only decision asgi http scale extra]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--only decision asgi http scale degrade extra]
 
 Each part runs in its own process (so one part's memory, caches and compiled kernels do not
 colour another's) and hands its figures back as JSON:
 
 - decision: bench_decision.py (in-process latency by stage, the kernel, cold start)
-- asgi:     bench_asgi.py (ASGI overhead without HTTP, against slowapi and fastapi-limiter)
-- http:     bench_http.py (uvicorn + wrk throughput, ratios to the bare app)
+- asgi:     bench_asgi.py (ASGI overhead without HTTP, GET and POST, against slowapi,
+            fastapi-limiter and hand-written middlewares over limits and throttled-py)
+- http:     bench_http.py (uvicorn + wrk: server CPU µs per request, throughput, ratios to
+            the bare app; GET and POST; server and wrk on separate cores)
 - scale:    bench_scale.py (memory per identity, RSS at 1M, IPv6 flood, replay speed)
+- degrade:  bench_degrade.py (the degrade action's request rewrite and stream filter, issue 20)
 - extra:    bench_redis.py and bench_content.py, when present, their output kept verbatim
 
 The report states every budget of DESIGN.md with the figure measured here and, when a
@@ -43,7 +46,7 @@ from plots import PLOTS
 from report_md import write_report
 
 BENCH = benchlib.BENCH_DIR
-PARTS = ("decision", "asgi", "http", "scale", "extra")
+PARTS = ("decision", "asgi", "http", "scale", "degrade", "extra")
 EXTRA_SCRIPTS = ("bench_redis.py", "bench_content.py")
 PART_TIMEOUT = 900
 EXTRA_TIMEOUT = 240  # scripts written by others: bounded so `make bench` stays near 10 min
@@ -190,6 +193,8 @@ def main() -> None:
             results["http"] = json_part("bench_http.py", quick, tmp_path)
         if "scale" in parts:
             results["scale"] = json_part("bench_scale.py", quick, tmp_path)
+        if "degrade" in parts:
+            results["degrade"] = json_part("bench_degrade.py", quick, tmp_path)
         if "extra" in parts:
             results["extra"] = extra_parts(args.quick)
     results["seconds"] = time.monotonic() - started

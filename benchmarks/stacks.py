@@ -1,6 +1,8 @@
 """The application stacks compared by the ASGI and HTTP benchmarks.
 
-Every stack serves the same trivial endpoint (``GET /`` answers ``ok``). The endpoint
+Every stack serves the same two trivial endpoints: ``GET /`` answers ``ok``, and
+``POST /v1/chat/completions`` reads the request body (a chat prompt) and answers ``ok``. The
+endpoint
 counts the guard's decisions it sees (``none`` where no guard runs), the same work in every
 stack, so a run can prove that nothing was degraded or delayed. Limits are set so high that
 nothing is throttled (``generous=True``); ``generous=False`` sets tiny limits so a
@@ -8,7 +10,9 @@ self-check can prove each limiter really is in the path (the second request gets
 
 Middleware is added the way users add it (``app.add_middleware``), inside Starlette's own
 error middleware. fastapi-limiter is a FastAPI dependency, so it is compared with a bare
-FastAPI app as well as with the bare Starlette app.
+FastAPI app as well as with the bare Starlette app. ``limits-asgi`` and ``throttled-asgi``
+are what a careful user writes by hand: a pure-ASGI middleware over `limits` or throttled-py
+(fixed window per API key, one pass over the headers, one premade header added).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ STACKS: tuple[str, ...] = (
     "abuseguard-redis-synced-proxied",
     "slowapi-memory",
     "slowapi-redis",
+    "limits-asgi",
+    "throttled-asgi",
     "fastapi-bare",
     "fastapi-limiter-memory",
     "fastapi-limiter-redis",
@@ -82,6 +88,8 @@ def unavailable_reason(name: str, config: StackConfig) -> str | None:
         return "no redis-server on this machine"
     if name.startswith("abuseguard-redis") and not redis_backend_exists():
         return "abuseguard.backends.redis (RedisBackend) does not exist yet"
+    if name == "throttled-asgi" and importlib.util.find_spec("throttled") is None:
+        return "throttled-py is not installed (pip install '.[bench]')"
     return None
 
 
@@ -104,12 +112,27 @@ async def index(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+async def chat(request: Request) -> Response:
+    _seen(request)
+    await request.body()
+    return PlainTextResponse("ok")
+
+
 async def stats(request: Request) -> Response:
     return JSONResponse(dict(SEEN))
 
 
+CHAT_PATH = "/v1/chat/completions"
+
+
 def starlette_app() -> Starlette:
-    return Starlette(routes=[Route("/", index), Route("/__stats", stats)])
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route(CHAT_PATH, chat, methods=["POST"]),
+            Route("/__stats", stats),
+        ]
+    )
 
 
 class NoopMiddleware:
@@ -120,6 +143,99 @@ class NoopMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
+
+
+# ----------------------------------------------------------------------------- by hand
+
+_TOO_MANY_START = {
+    "type": "http.response.start",
+    "status": 429,
+    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"17")],
+}
+_TOO_MANY_BODY = {"type": "http.response.body", "body": b"too many requests"}
+
+
+def _api_key(scope: Any) -> bytes:
+    """The Authorization header (one pass over the headers), else the peer address."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return bytes(value)
+    client = scope.get("client")
+    return client[0].encode() if client else b""
+
+
+class _KeyedLimitMiddleware:
+    """A pure-ASGI limiter as a careful user writes one: the key from one header scan, one
+    fixed-window hit, 429 when refused, one premade header on the answer."""
+
+    header = (b"ratelimit-policy", f"{GENEROUS_PER_SECOND};w=1".encode())
+
+    def __init__(self, app: ASGIApp, generous: bool = True) -> None:
+        self.app = app
+
+    async def allowed(self, key: bytes) -> bool:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not await self.allowed(_api_key(scope)):
+            await send(_TOO_MANY_START)
+            await send(_TOO_MANY_BODY)
+            return
+        header = self.header
+
+        async def send_with_header(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+class LimitsMiddleware(_KeyedLimitMiddleware):
+    """Over `limits`: the synchronous fixed-window limiter on its memory storage (it never
+    blocks, so an async middleware may call it directly)."""
+
+    def __init__(self, app: ASGIApp, generous: bool = True) -> None:
+        from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
+        from limits.storage import MemoryStorage
+        from limits.strategies import FixedWindowRateLimiter
+
+        super().__init__(app)
+        self.limiter = FixedWindowRateLimiter(MemoryStorage())
+        self.item = (
+            RateLimitItemPerSecond(GENEROUS_PER_SECOND) if generous else RateLimitItemPerMinute(1)
+        )
+
+    async def allowed(self, key: bytes) -> bool:
+        return bool(self.limiter.hit(self.item, key.decode("latin-1")))
+
+
+class ThrottledMiddleware(_KeyedLimitMiddleware):
+    """Over throttled-py's asyncio API: fixed window, its memory store sized for every
+    client of the run (its default keeps 1,024 keys)."""
+
+    def __init__(self, app: ASGIApp, generous: bool = True) -> None:
+        from throttled.asyncio import MemoryStore, Throttled, per_min, per_sec
+
+        super().__init__(app)
+        self.throttle = Throttled(
+            using="fixed_window",
+            quota=per_sec(GENEROUS_PER_SECOND) if generous else per_min(1),
+            store=MemoryStore(options={"MAX_SIZE": 1 << 21}),
+        )
+
+    async def allowed(self, key: bytes) -> bool:
+        result = await self.throttle.limit(key.decode("latin-1"))
+        return not result.limited
+
+
+def by_hand_stack(config: StackConfig, middleware: type[_KeyedLimitMiddleware]) -> ASGIApp:
+    app = starlette_app()
+    app.add_middleware(middleware, generous=config.generous)
+    return app
 
 
 # ----------------------------------------------------------------------------- abuseguard
@@ -195,7 +311,13 @@ def fastapi_app(dependencies: list[Any] | None = None) -> ASGIApp:
         _seen(request)
         return PlainTextResponse("ok")
 
+    async def chat_root(request: FastAPIRequest) -> Response:
+        _seen(request)
+        await request.body()
+        return PlainTextResponse("ok")
+
     app.add_api_route("/", root, methods=["GET"], dependencies=dependencies)
+    app.add_api_route(CHAT_PATH, chat_root, methods=["POST"], dependencies=dependencies)
     app.add_api_route("/__stats", stats, methods=["GET"])
     return app
 
@@ -252,6 +374,8 @@ def build(name: str, config: StackConfig) -> ASGIApp:
         ),
         "slowapi-memory": lambda: slowapi_stack(config, "memory://"),
         "slowapi-redis": lambda: slowapi_stack(config, str(config.redis_url)),
+        "limits-asgi": lambda: by_hand_stack(config, LimitsMiddleware),
+        "throttled-asgi": lambda: by_hand_stack(config, ThrottledMiddleware),
         "fastapi-bare": lambda: fastapi_app(),
         "fastapi-limiter-memory": lambda: fastapi_limiter_stack(config, None),
         "fastapi-limiter-redis": lambda: fastapi_limiter_stack(config, config.redis_url),

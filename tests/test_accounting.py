@@ -586,3 +586,23 @@ def test_deny_listed_refusals_cost_nothing_in_synced_mode_over_http(redis_server
     assert denied == [403] * 3
     assert served.status_code == 200
     assert remaining(served)["default"] == 70
+
+
+def test_a_cost_set_in_the_state_counts_even_when_the_app_took_the_decision_out() -> None:
+    """The middleware reads the state once after the response, and only when the app set
+    something there: a cost is reconciled even when the app removed the decision it found
+    in the state (the state then holds only the cost)."""
+
+    async def chat(request: Request) -> PlainTextResponse:
+        state = request.scope["state"]
+        state.pop("abuseguard_decision")
+        state["abuseguard_cost"] = 0.0
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", chat)])
+    bucket = TokenBucket("1/hour", burst=1000, cost=200)
+    app.add_middleware(AbuseGuard, policy=Policy(bucket=bucket, scoring=None))
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert remaining(client.get("/")) == {"default": 800}
+        # The first request really cost nothing: its 200 are back before the second.
+        assert remaining(client.get("/")) == {"default": 800}

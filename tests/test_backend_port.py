@@ -150,3 +150,52 @@ def test_no_backend_module_reads_the_guard() -> None:
             if {"guard", "Guard"} & set(names):
                 offending.append(f"{path.relative_to(root)}:{getattr(node, 'lineno', '?')}")
     assert not offending, offending
+
+
+def test_whether_the_kernel_buckets_decide_is_declared_by_the_backend_not_set_by_it() -> None:
+    """The kernel's buckets decide (and decisions report them) for a local backend and a
+    `LocalDecider`, not for a round-trip decider alone: read from the backend's declared
+    capabilities when the Guard is built. The port a shared backend gets holds no
+    reference to the Guard, so no backend can flip that (or anything else) on it."""
+    from abuseguard.backends.base import (
+        LimitAnswer,
+        LocalDecider,
+        RoundTripDecider,
+        Stages,
+        kernel_buckets,
+    )
+    from abuseguard.backends.redis import RedisBackend
+    from abuseguard.backends.redis.synced import SyncedRedisBackend
+
+    given: list[Stages] = []
+
+    class RoundTrip(Backend, RoundTripDecider):
+        shared = True
+
+        def attach(self, stages: Stages) -> None:
+            given.append(stages)
+
+        async def reach(self, info: RequestInfo) -> bool:
+            raise NotImplementedError
+
+        async def answer(
+            self, info: RequestInfo, p: object, io: list[float], reachable: bool
+        ) -> LimitAnswer:
+            raise NotImplementedError
+
+    class Merging(RoundTrip, LocalDecider):
+        decides_locally = True
+
+        def note_decision(self, p: object, decision: object, plain: bool, io: object) -> None:
+            pass
+
+    assert kernel_buckets(MemoryBackend())
+    assert not kernel_buckets(RoundTrip()) and kernel_buckets(Merging())
+    assert not kernel_buckets(RedisBackend("redis://127.0.0.1:1/0"))
+    assert kernel_buckets(SyncedRedisBackend("redis://127.0.0.1:1/0"))
+    for backend, expected in ((RoundTrip(), False), (Merging(), True)):
+        guard = Guard(Policy(scoring=None), backend=backend)
+        assert guard.local_buckets is expected
+        stages = given.pop()
+        assert not hasattr(stages, "use_local_buckets")
+        assert all(value is not guard for value in vars(stages).values())

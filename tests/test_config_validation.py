@@ -52,6 +52,8 @@ SIGNED_FIELDS = {"Scoring.bias"}
 
 
 def _annotation_classes(tp: Any) -> Iterator[type]:
+    if get_origin(tp) is collections.abc.Callable:
+        return  # a field holding a function: what it returns is not configuration
     if isinstance(tp, type):
         yield tp
     for arg in get_args(tp):

@@ -873,7 +873,7 @@ def test_text_kernel_needs_a_weight_per_marker() -> None:
         kernels.text_kernel(WORD_TABLE, markers, [0.5], 3, kernels.MARKERS)
     kernel = kernels.text_kernel(WORD_TABLE, markers, [0.5, 0.25], 3, kernels.MARKERS)
     text = np.frombuffer(b"ok <think> then step-by-step", dtype=np.uint8)
-    assert kernel(text, 0, 0) == (0, 0, 0, 0b11, 1 - 0.5 * 0.75)
+    assert kernel(text, 0, 0) == (0, 0, 0, 0b11, 1 - 0.5 * 0.75, 1)  # the heaviest: 1st
 
 
 @settings(max_examples=200, deadline=None)

@@ -174,11 +174,14 @@ def test_batch_kernel_and_shared_workspace_match_fresh_calls(
         expected.append(result)
         bounds += (bounds[-1] + start, bounds[-1] + end, bounds[-1] + len(data))
         texts.append(data)
-    out = np.full(4 * len(items), -1, dtype=np.int64)
+    out = np.full(5 * len(items), -1, dtype=np.int64)
     strengths = np.full(len(items), -1.0)
     many(np.frombuffer(b"".join(texts), dtype=np.uint8), np.array(bounds), out, strengths)
-    columns = out.reshape(4, len(items))
-    got = [(*columns[:, k].tolist(), strengths[k].item()) for k in range(len(items))]
+    columns = out.reshape(5, len(items))
+    got = [
+        (*columns[:4, k].tolist(), strengths[k].item(), columns[4, k].item())
+        for k in range(len(items))
+    ]
     assert got == expected
 
 

@@ -126,7 +126,8 @@ _ALPHABET = (
     + ["\u2028", "\ufeff", "\x00", "\x7f", "😀", "👍🏽", "\ud800"]
 )
 _WORDS = [
-    *(phrase for phrase, _ in ELICITATION_MARKERS),
+    # The markers of the corpus as it was written (the list has grown since).
+    *(phrase for phrase, _ in ELICITATION_MARKERS[:40]),
     "please",
     "answer",
     "question:",

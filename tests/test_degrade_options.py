@@ -346,3 +346,122 @@ def test_rewritten_request_carries_its_new_content_length() -> None:
     received = reply["received"]
     assert received == {"model": "m", "messages": MESSAGES, "max_tokens": 1024}
     assert reply["content_length"] == len(json.dumps(received, separators=(",", ":")))
+
+
+# -- what orjson would refuse or change: the standard library's reading is kept ----------
+
+
+def test_rewrite_keeps_integers_beyond_64_bits_nan_and_lone_surrogates() -> None:
+    raw = (
+        b'{"max_tokens": 5000, "seed": 123456789012345678901234567890,'
+        b' "metadata": {"low": -9223372036854775809, "u64": 18446744073709551615},'
+        b' "temperature": NaN, "user": "\\ud800x", "note": "caf\xc3\xa9"}'
+    )
+    out = rewrite_request(raw, DegradeOptions(), "chat", context())
+    assert out is not None
+    expected = json.loads(raw)
+    expected["max_tokens"] = 1024
+    got = json.loads(out)
+    assert got.pop("temperature") != got.get("temperature")  # NaN, still NaN
+    del expected["temperature"]
+    assert got == expected
+    assert type(got["seed"]) is int and got["metadata"]["low"] == -9223372036854775809
+
+
+def test_rewrite_of_a_plain_body_is_compact_utf8() -> None:
+    raw = '{"model": "m", "max_tokens": 5000, "messages": [{"role": "user", "content": "café ☕"}]}'
+    out = rewrite_request(raw.encode(), DegradeOptions(), "chat", context())
+    expected = {
+        "model": "m",
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": "café ☕"}],
+    }
+    assert out == json.dumps(expected, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_filters_keep_big_integers_in_what_they_rewrite() -> None:
+    big = 2**70 + 1
+    body = {"id": big, "choices": [{"message": {"content": "hi", "reasoning_content": "x"}}]}
+    out = filter_json_body(json.dumps(body).encode())
+    assert out is not None and json.loads(out) == {
+        "id": big,
+        "choices": [{"message": {"content": "hi"}}],
+    }
+    event = {"id": big, "choices": [{"index": 0, "delta": {"content": "a", "reasoning": "r"}}]}
+    stream = b"data: " + json.dumps(event).encode() + b"\n\n"
+    kept, _ = _filtered(stream, [])
+    assert json.loads(kept.removeprefix(b"data: ")) == {
+        "id": big,
+        "choices": [{"index": 0, "delta": {"content": "a"}}],
+    }
+
+
+def test_items_whose_type_is_not_a_string_are_kept_not_a_crash() -> None:
+    body = {
+        "output": [{"type": ["reasoning"], "id": 1}, {"type": "reasoning"}],
+        "content": [{"type": {"k": 1}}],
+        "reasoning": "r",
+    }
+    out = filter_json_body(json.dumps(body).encode())
+    assert out is not None
+    assert json.loads(out) == {
+        "output": [{"type": ["reasoning"], "id": 1}],
+        "content": [{"type": {"k": 1}}],
+    }
+    odd = [
+        {"type": "response.output_item.added", "output_index": 0, "item": {"type": ["x"]},
+         "reasoning": "r"},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": {"a": 1}},
+         "thinking": "t"},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": [1]}, "thinking": "t"},
+    ]  # fmt: skip
+    kept, _ = _filtered(b"".join(_event(e) for e in odd), [])
+    assert [json.loads(e.removeprefix(b"data: ")) for e in kept.split(b"\n\n") if e] == [
+        {k: v for k, v in e.items() if k not in ("reasoning", "thinking")} for e in odd
+    ]
+
+
+def test_a_step_that_leaves_an_unencodable_value_falls_back_to_the_built_in_rewrite(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def sets(body: dict[str, Any], ctx: DegradeContext) -> None:
+        body["tags"] = {"a", "b"}
+
+    raw = b'{"model": "m", "max_tokens": 5000}'
+    with caplog.at_level(logging.ERROR, logger="abuseguard.degrade"):
+        out = rewrite_request(raw, DegradeOptions(step=sets), "chat", context())
+    assert out is not None and json.loads(out) == {"model": "m", "max_tokens": 1024}
+    assert any("degrade step failed" in r.getMessage() for r in caplog.records)
+
+
+def test_events_that_mention_reasoning_but_carry_none_pass_byte_for_byte() -> None:
+    usage = (
+        b'data: {"choices": [], "usage": {"completion_tokens_details": '
+        b'{"reasoning_tokens": 12}}}\n\n'
+    )
+    word = b'data: {"choices": [{"index": 0, "delta": {"content": "thinking aloud"}}]}\n\n'
+    stream = usage + word + b"data: [DONE]\n\n"
+    for cuts in ([], [len(usage)], [3, len(usage) + 5]):
+        assert _filtered(stream, cuts) == (stream, 0)
+
+
+CHAT_STREAM = b"".join([
+    _event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+    _event({"choices": [{"index": 0, "delta": {"reasoning_content": "plan"}}]}),
+    _event({"choices": [{"index": 0, "delta": {"content": "one"}}]}),
+    _event({"choices": [{"index": 0, "delta": {"content": "two", "reasoning": "why"}}]}),
+    _event({"choices": [{"index": 0, "delta": {"content": "thinking of three"}}]}),
+    _event({"choices": [], "usage": {"completion_tokens_details": {"reasoning_tokens": 3}}}),
+    b"data: [DONE]\n\n",
+])  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(CHAT_STREAM)), max_size=12))
+def test_chat_stream_filter_does_not_depend_on_chunking(cuts: list[int]) -> None:
+    whole = _filtered(CHAT_STREAM, [])
+    assert _filtered(CHAT_STREAM, cuts) == whole
+    out = whole[0]
+    assert b"plan" not in out and b"why" not in out
+    assert b'"thinking of three"' in out and b'"reasoning_tokens": 3' in out
+    assert whole[1] == len(CHAT_STREAM) - len(out)

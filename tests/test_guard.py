@@ -509,3 +509,50 @@ def test_explain_false_leaves_out_contributions_only() -> None:
     assert [(d.action, d.reasons, d.score) for d in bare] == [
         (d.action, d.reasons, d.score) for d in explained
     ]
+
+
+def test_observers_see_each_final_decision_once_on_every_path() -> None:
+    """The stages (gates, decide) show nothing to the observers; the Guard shows each
+    decision once, when it is final: an allow, a bucket refusal, an unverified-key
+    refusal, a route limit's refusal, a shadowed route refusal (with the route's answer
+    in it) and a pre-check's refusal."""
+    from abuseguard.policy import Limits, UnverifiedKeys
+
+    seen: list[Decision] = []
+
+    def guard_of(**kwargs: object) -> Guard:
+        policy = Policy(scoring=None, **kwargs)  # type: ignore[arg-type]
+        return Guard(policy, observers=[lambda info, d: seen.append(d)])
+
+    def one(guard: Guard, info: RequestInfo) -> Decision:
+        seen.clear()
+        decision = guard.check(info)
+        assert seen == [decision] and seen[0] is decision
+        return decision
+
+    bucket = guard_of(bucket=TokenBucket("1/hour", burst=1), unverified_keys=None)
+    assert one(bucket, RequestInfo(ip="192.0.2.1", ts=1.0)).action == Action.ALLOW
+    assert one(bucket, RequestInfo(ip="192.0.2.1", ts=2.0)).reasons == ("rate",)
+
+    unverified = guard_of(
+        unverified_keys=UnverifiedKeys(per_ip=TokenBucket("1/hour", burst=1), per_prefix=None)
+    )
+    assert one(unverified, RequestInfo(ip="192.0.2.2", key="a", ts=1.0)).served
+    refusal = one(unverified, RequestInfo(ip="192.0.2.2", key="b", ts=2.0))
+    assert refusal.reasons == ("unverified_key",)
+
+    for shadow in (False, True):
+        routes = guard_of(
+            routes={"/chat": Limits(bucket=TokenBucket("1/hour", burst=1))},
+            unverified_keys=None,
+            shadow=shadow,
+        )
+        info = RequestInfo(ip="192.0.2.3", path="/chat", route="/chat", ts=1.0)
+        assert one(routes, info).action == Action.ALLOW
+        second = one(routes, RequestInfo(ip="192.0.2.3", path="/chat", route="/chat", ts=2.0))
+        assert second.action == Action.THROTTLE and second.shadow is shadow
+        assert any(state.violated for state in second.policies)
+
+    seen.clear()
+    refused, _ = bucket.precheck_reading(RequestInfo(ip="192.0.2.1", ts=3.0))
+    assert refused is not None and seen == [refused]

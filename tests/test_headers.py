@@ -60,3 +60,39 @@ def test_several_policies_take_the_generic_path() -> None:
     out = dict(rate_limit_headers(decision(a, b)))
     assert out[b"ratelimit"] == b'"default";r=4;t=1, "quota-100-86400s";r=99;t=4'
     assert out[b"ratelimit-policy"] == b'"default";q=10;w=1, "quota-100-86400s";q=100;w=86400'
+
+
+@given(remaining=tokens, reset=seconds, quota=st.integers(1, 10**9), window=seconds)
+def test_the_prebuilt_header_items_say_what_the_generic_formatter_says(
+    remaining: float, reset: float, quota: int, window: float
+) -> None:
+    """The served response's headers come prebuilt per (policy, remaining, reset): the same
+    items as the generic formatter, and the same tuple again for the same values."""
+    state = PolicyState("default", float(quota), max(window, 1.0), remaining, reset)
+    expected = (
+        (b"ratelimit-policy", ratelimit_policy_value([state]).encode()),
+        (b"ratelimit", ratelimit_value([state]).encode()),
+    )
+    first = headers.rate_limit_header_items(decision(state))
+    assert first == expected
+    assert headers.rate_limit_header_items(decision(state)) is first
+    twin = PolicyState("default", float(quota), max(window, 1.0), remaining, reset)
+    assert headers.rate_limit_header_items(decision(twin)) is first
+
+
+def test_prebuilt_items_for_several_policies_or_legacy_headers_are_the_generic_ones() -> None:
+    a = PolicyState("default", 10.0, 60.0, 3.0, 12.5)
+    b = PolicyState("quota", 1000.0, 86400.0, 999.0, 400.0)
+    assert headers.rate_limit_header_items(decision(a, b)) == tuple(
+        rate_limit_headers(decision(a, b))
+    )
+    assert headers.rate_limit_header_items(decision(a), legacy=True) == tuple(
+        rate_limit_headers(decision(a), legacy=True)
+    )
+    assert headers.rate_limit_header_items(decision()) == ()
+
+
+def test_the_prebuilt_items_stay_bounded() -> None:
+    for remaining in range(5000):
+        headers.rate_limit_header_items(decision(PolicyState("default", 1e9, 60.0, remaining, 0)))
+    assert len(headers._ITEMS) <= 4096

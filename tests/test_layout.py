@@ -29,8 +29,9 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
     "fan-out sketches": (("fan_out_sketches",), L.KEY_SKETCHES),
     "state header": (("regions",), L.N_REGIONS),
     "reason bits": (("reason_bits",), L.N_REASON_BITS),
+    "count-min bookkeeping row": (("cms_book",), L.CMS_BOOK_FIELDS),
 }
-PREFIXES = ("F_", "A_", "I_", "X_", "O_", "P_", "R_", "SK_", "REGION_")
+PREFIXES = ("F_", "A_", "I_", "X_", "O_", "P_", "R_", "SK_", "REGION_", "CB_")
 
 
 def _words(regions: tuple[str, ...]) -> list[tuple[str, int, int]]:

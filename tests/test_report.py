@@ -141,6 +141,9 @@ def test_kind_and_actor_counts_are_exact() -> None:
         "shadow_limited": 0,
         "shadow_mitigated": 0,
         "first_mitigation": 2,
+        "held_at": None,
+        "served_after_hold": 0,
+        "served_after_hold_share": None,
     }
     assert report["actors"]["pool/a2"]["first_mitigation"] == 0
     assert report["actors"]["alice"]["first_mitigation"] is None
@@ -153,6 +156,10 @@ def test_detection_summary_reasons_and_actions() -> None:
         "abusive_leakage": 0.5,
         "benign_actors_mitigated_share": 0.5,
         "benign_requests_mitigated_share": round(1 / 7, 6),
+        "abusive_actors_held_share": 0.0,
+        "abusive_requests_to_hold": {"median": None, "p90": None, "max": None},
+        "abusive_served_after_hold_share": None,
+        "benign_actors_held_share": 0.0,
     }
     assert report["reasons"]["abusive"] == {
         "cadence": 3,

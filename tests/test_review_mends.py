@@ -56,8 +56,9 @@ def test_peek_quota_answers_what_hit_quota_would_without_counting(strategy: str)
 
 
 def _per_bucket_shadow(policy: Policy, denied: int) -> bool:
-    """The definition `Guard._bucket_shadow` had before it read the shadow-kinds mask:
-    every refusing bucket shadowed by its own flag (or, for a network one, the network's)."""
+    """The definition `Guard._bucket_shadow` (now `Decider.bucket_shadow`) had before it
+    read the shadow-kinds mask: every refusing bucket shadowed by its own flag (or, for a
+    network one, the network's)."""
     shadows = []
     if denied & (1 << L.KIND_KEY) and policy.bucket is not None:
         shadows.append(policy.bucket.shadow)
@@ -119,7 +120,7 @@ def test_bucket_shadow_from_the_mask_agrees_with_the_per_bucket_definition(
                 expected = _per_bucket_shadow(policy, denied)
                 if policy_wide != "off":
                     expected = bool(denied & bucket_kinds(policy))
-                assert guard._bucket_shadow(denied) == expected, (policy, denied)
+                assert guard.decider.bucket_shadow(denied) == expected, (policy, denied)
                 compared += 1
     assert compared > 1000
 

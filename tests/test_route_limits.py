@@ -290,19 +290,6 @@ def test_the_startup_line_lists_route_and_plan_limits() -> None:
     )
 
 
-@pytest.mark.parametrize("mode", ["inline", "synced"])
-def test_redis_backends_refuse_route_and_plan_limits_at_construction(
-    redis_server: object, mode: str
-) -> None:
-    url = f"{redis_server.url}?mode={mode}"  # type: ignore[attr-defined]
-    routes = quiet_policy(routes={"/v1/models": Limits(concurrency=1)})
-    with pytest.raises(ConfigError, match=r"Policy\.routes is not supported by the Redis backend"):
-        Guard(routes, url)
-    plans = quiet_policy(plans={"pro": Limits(concurrency=1)}, plan_func=plan_of_user)
-    with pytest.raises(ConfigError, match=r"Policy\.plans is not supported by the Redis backend"):
-        Guard(plans, url)
-
-
 def test_limits_and_route_patterns_are_validated() -> None:
     with pytest.raises(ConfigError, match=r"Limits\.concurrency"):
         Limits(concurrency=0)

@@ -13,7 +13,7 @@ import pytest
 
 from abuseguard.cli import main
 from abuseguard.sim import ABUSIVE, BENIGN, MIXES, SCENARIOS, World, simulate
-from abuseguard.sim.scenarios import parse_override
+from abuseguard.sim.scenarios import CLASSIC, parse_override
 from abuseguard.sim.writer import DEFAULT_START
 from abuseguard.traces import TraceReader
 
@@ -66,9 +66,14 @@ def test_gzip_output_is_deterministic(tmp_path: Path) -> None:
 
 def test_every_scenario_produces_its_label_and_kind(small_default: list[dict[str, Any]]) -> None:
     kinds = {(d["kind"], d["label"]) for d in small_default}
-    expected = {(name, SCENARIOS[name].label) for name in SCENARIOS}
+    # the default mix keeps to the first version's scenarios; the capable mix has the rest
+    expected = {(name, SCENARIOS[name].label) for name in CLASSIC}
     assert kinds == expected
     assert set(BENIGN) | set(ABUSIVE) == set(SCENARIOS)
+    capable = [json.loads(line) for line in _trace(seed=11, mix="capable").splitlines()]
+    capable_kinds = {(d["kind"], d["label"]) for d in capable}
+    assert capable_kinds == {(name, SCENARIOS[name].label) for name in MIXES["capable"]}
+    assert set(MIXES["default"]) | set(MIXES["capable"]) == set(SCENARIOS)
 
 
 def test_lines_are_valid_ordered_and_inside_the_window(tmp_path: Path) -> None:

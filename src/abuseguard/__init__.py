@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from abuseguard.account import AccountFacts, Accounts
 from abuseguard.backends import Backend, MemoryBackend
 from abuseguard.decision import Action, Decision, PolicyState
 from abuseguard.degrade import DegradeContext, DegradeOptions
@@ -14,7 +15,9 @@ from abuseguard.keyprobe import mark_invalid_key
 from abuseguard.policy import (
     AnonymizerRule,
     Concurrency,
+    EdgeSignals,
     Enforcement,
+    Evidence,
     FailMode,
     Limits,
     NetworkPolicy,
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AbuseGuard",
+    "AccountFacts",
+    "Accounts",
     "Action",
     "Allow",
     "AnonymizerRule",
@@ -46,8 +51,10 @@ __all__ = [
     "DegradeContext",
     "DegradeOptions",
     "Delay",
+    "EdgeSignals",
     "Enforcement",
     "Enforcer",
+    "Evidence",
     "FailMode",
     "Guard",
     "Limits",

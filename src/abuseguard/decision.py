@@ -86,8 +86,9 @@ DENIAL_ACTIONS: frozenset[Action] = frozenset(a for a in Action if a.denies)
 # Reason codes. Limit reasons say "over a configured limit"; every other reason is a risk
 # signal (the replay report splits "limited" from "mitigated" on this).
 LIMIT_REASONS: frozenset[str] = frozenset({"rate", "quota", "concurrency", "unverified_key"})
-# Every risk signal of the kernel, then the reasons of the network rules and bans.
-RISK_REASONS: tuple[str, ...] = (*SIGNAL_NAMES, "deny_list", "banned")
+# Every risk signal of the kernel, then the reasons of the network rules, bans and the
+# hold of accumulated evidence (`policy.Evidence`).
+RISK_REASONS: tuple[str, ...] = (*SIGNAL_NAMES, "deny_list", "banned", "evidence")
 
 
 @dataclass(slots=True)

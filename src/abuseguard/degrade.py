@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from abuseguard.cohorts import cohort_of
 from abuseguard.config_check import check_fields
 from abuseguard.decision import Decision
@@ -176,14 +178,49 @@ class DegradeOptions:
 
 # -- request rewriting -----------------------------------------------------------------
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
-_decode = json.JSONDecoder().decode
+# orjson parses and encodes; the standard library takes over where orjson would refuse
+# or change what it reads: NaN and Infinity (orjson writes them as null), lone surrogates,
+# numbers beyond a double's range, deep nesting, and integers beyond 64 bits, which orjson
+# reads as floats (rounded). Such a float is written back with an exponent of at least
+# 18 ("e+18"), so output without "e+" proves none was rounded; where it holds "e+", the
+# value is read again by the standard library (a request body is checked before it is
+# read, so that the app's step runs once).
+_DIGITS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_NUMBER = b"0" * 19  # 19 digits in a row: maybe beyond orjson's 64-bit integers
+_std_decode = json.JSONDecoder().decode
+_std_encoder = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 
 
-def _loads(raw: bytes) -> Any:
-    """json.loads for UTF-8 bytes, without its guess at the encoding (a third of the time
-    of a small body). Raises ValueError (UnicodeDecodeError included) as json.loads does."""
-    return _decode(raw.decode())
+def _std_parse(raw: bytes) -> Any:
+    try:
+        return _std_decode(raw.decode())
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _parse(raw: bytes) -> tuple[Any, bool]:
+    """``raw`` (UTF-8 JSON) parsed, and whether orjson read it (then orjson writes it
+    back). Raises ValueError (UnicodeDecodeError included) when ``raw`` is not JSON."""
+    try:
+        return orjson.loads(raw), True
+    except orjson.JSONDecodeError:
+        return _std_parse(raw), False
+
+
+def _dumps(value: Any, by_orjson: bool) -> bytes:
+    """Compact JSON bytes (no blanks between tokens): by orjson when it read the value,
+    else (or when orjson cannot write it) by the standard library, non-ASCII escaped."""
+    if by_orjson:
+        try:
+            return orjson.dumps(value)
+        except TypeError:  # orjson.JSONEncodeError: too deep, a big integer, a foreign type
+            pass
+    return _std_encoder.encode(value).encode()
+
+
+def _maybe_rounded(encoded: bytes) -> bool:
+    """True when orjson's output may hold an integer it read beyond 64 bits (see above)."""
+    return b"e+" in encoded
 
 
 def rewrite_body(body: dict[str, Any], options: DegradeOptions, endpoint: str) -> bool:
@@ -239,8 +276,11 @@ def rewrite_request(
     """The degraded request body, or None when ``raw`` is left as it is (nothing to
     change, or not a JSON object: logged)."""
     try:
-        body = _loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        if _LONG_NUMBER in raw.translate(_DIGITS):
+            body, by_orjson = _std_parse(raw), False
+        else:
+            body, by_orjson = _parse(raw)
+    except ValueError:
         logger.info("abuseguard degrade: %s body is not JSON; passed through", context.path)
         return None
     if not isinstance(body, dict):
@@ -253,17 +293,24 @@ def rewrite_request(
     if step is not None:
         try:
             step(body, context)
-            changed = True
+            return _dumps(body, by_orjson)  # a value it cannot encode fails the step
         except Exception:
             logger.exception("abuseguard degrade: the degrade step failed; built-in rewrite only")
-            body = _loads(raw)
+            body = _std_parse(raw) if not by_orjson else orjson.loads(raw)
             changed = rewrite_body(body, options, endpoint)
     if not changed:
         return None
-    return _encoder.encode(body).encode()
+    return _dumps(body, by_orjson)
 
 
 # -- response filtering ----------------------------------------------------------------
+
+
+def _is_reasoning_item(item: Any) -> bool:
+    if type(item) is not dict:
+        return False
+    kind = item.get("type")
+    return type(kind) is str and kind in _REASONING_TYPES
 
 
 def strip_reasoning(value: Any) -> bool:
@@ -276,22 +323,24 @@ def strip_reasoning(value: Any) -> bool:
             for key in _REASONING_KEYS.intersection(value):
                 del value[key]
             removed = True
-        children: Iterable[Any] = value.values()
-    elif kind is list:
-        if any(type(item) is dict and item.get("type") in _REASONING_TYPES for item in value):
-            value[:] = [
-                item
-                for item in value
-                if not (type(item) is dict and item.get("type") in _REASONING_TYPES)
-            ]
-            removed = True
-        children = value
-    else:
+        for child in value.values():
+            child_kind = type(child)
+            if (child_kind is dict or child_kind is list) and strip_reasoning(child):
+                removed = True
+        return removed
+    if kind is not list:
         return False
-    for child in children:
-        child_kind = type(child)
-        if (child_kind is dict or child_kind is list) and strip_reasoning(child):
+    drop = False
+    for item in value:
+        if _is_reasoning_item(item):
+            drop = True
+            continue
+        child_kind = type(item)
+        if (child_kind is dict or child_kind is list) and strip_reasoning(item):
             removed = True
+    if drop:
+        value[:] = [item for item in value if not _is_reasoning_item(item)]
+        removed = True
     return removed
 
 
@@ -304,12 +353,17 @@ def filter_json_body(raw: bytes) -> bytes | None:
     if not _mentions_reasoning(raw):
         return None
     try:
-        body = _loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body, by_orjson = _parse(raw)
+    except ValueError:
         return None
     if not strip_reasoning(body):
         return None
-    return _encoder.encode(body).encode()
+    filtered = _dumps(body, by_orjson)
+    if by_orjson and _maybe_rounded(filtered):
+        body = _std_parse(raw)
+        strip_reasoning(body)
+        filtered = _dumps(body, False)
+    return filtered
 
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -326,8 +380,9 @@ class StreamFilter:
     ``feed`` takes the next chunk of the app's body and returns the bytes to send now:
     complete events only, a partial event waits for its end. ``close`` returns what is
     left to send at the end of the stream (a cut-off event is withheld). Events that do not
-    mention reasoning pass as they are (unless an earlier output item was withheld: then
-    their indexes are renumbered). ``withheld`` counts the bytes kept from the client.
+    mention reasoning pass as they are, unparsed (unless an earlier output item was
+    withheld: then their indexes are renumbered); so do events that mention it but carry
+    none (a reasoning token count). ``withheld`` counts the bytes kept from the client.
     """
 
     __slots__ = ("buffer", "dropped_blocks", "dropped_outputs", "withheld")
@@ -341,9 +396,32 @@ class StreamFilter:
 
     def feed(self, chunk: bytes) -> bytes:
         data = self.buffer + chunk if self.buffer else chunk
+        if b"\r" in data:
+            return self._feed_events(data, False)
+        mentions = b"reasoning" in data or b"thinking" in data
+        if not (mentions or self.dropped_outputs or self.dropped_blocks):
+            # The usual chunk: no event in it mentions reasoning and none needs
+            # renumbering, so its complete events pass as they are, neither split nor copied.
+            end = data.rfind(b"\n\n")
+            if end < 0:
+                self.buffer = data
+                return b""
+            end += 2
+            if end == len(data):
+                self.buffer = b""
+                return data
+            self.buffer = data[end:]
+            return data[:end]
+        if data.find(b"\n\n") == len(data) - 2:  # one whole event, as most chunks are
+            self.buffer = b""
+            kept = self._filter(data, True) if mentions else self._renumbered(data)
+            return b"" if kept is None else kept
+        return self._feed_events(data, True)
+
+    def _feed_events(self, data: bytes, plain: bool) -> bytes:
+        """Filter the complete events in ``data``, keep the rest; ``plain``: no \\r in it."""
         out: list[bytes] = []
         start = 0
-        plain = b"\r" not in data  # events end with a blank line: find() when only \n is used
         while True:
             if plain:
                 end = data.find(b"\n\n", start)
@@ -356,7 +434,12 @@ class StreamFilter:
                     break
                 end = match.end()
             event = data[start:end]
-            kept = self.filter_event(event)
+            if b"reasoning" in event or b"thinking" in event:
+                kept = self._filter(event, plain)
+            elif self.dropped_outputs or self.dropped_blocks:
+                kept = self._renumbered(event)
+            else:
+                kept = event
             if kept is not None:
                 out.append(kept)
             start = end
@@ -372,15 +455,26 @@ class StreamFilter:
 
     def filter_event(self, event: bytes) -> bytes | None:
         """The event to send (itself, or rewritten), or None to withhold it."""
-        if not _mentions_reasoning(event):
-            if self.dropped_outputs or self.dropped_blocks:
-                renumbered = self._renumber(event)
-                self.withheld += len(event) - (0 if renumbered is None else len(renumbered))
-                return renumbered
-            return event
+        if _mentions_reasoning(event):
+            return self._filter(event, False)
+        if self.dropped_outputs or self.dropped_blocks:
+            return self._renumbered(event)
+        return event
+
+    def _renumbered(self, event: bytes) -> bytes | None:
+        """An event that does not mention reasoning, renumbered after withheld items."""
+        kept = self._renumber(event)
+        self.withheld += len(event) - (0 if kept is None else len(kept))
+        return kept
+
+    def _filter(self, event: bytes, plain: bool) -> bytes | None:
+        """An event that mentions reasoning, filtered; ``plain``: it ends with its only
+        \\n\\n and holds no \\r."""
         lines: list[bytes] | None = None
-        if event.startswith(b"data:") and b"\n" not in event.rstrip():
-            payload = event[5:]  # one data line, the usual case (JSON ignores the blanks)
+        if plain and event.startswith(b"data:") and event.find(b"\n") == len(event) - 2:
+            payload = event[5:-2]  # one data line, the usual case (JSON ignores the blanks)
+        elif not plain and _one_data_line(event):
+            payload = event.rstrip(b"\r\n")[5:]
         else:
             lines = _LINE_END.split(event)
             data_lines = [line for line in lines if line.startswith(b"data:")]
@@ -388,26 +482,38 @@ class StreamFilter:
                 return event  # a comment or an event name that mentions reasoning: no data
             payload = b"\n".join(line[5:].removeprefix(b" ") for line in data_lines)
         try:
-            parsed = _loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            parsed, by_orjson = _parse(payload)
+        except ValueError:
             logger.info("abuseguard degrade: withheld an unparsable stream event")
             self.withheld += len(event)
             return None
-        if not isinstance(parsed, dict) or self._withhold(parsed):
+        if type(parsed) is not dict or self._withhold(parsed):
             self.withheld += len(event)
             return None
-        self._renumber_parsed(parsed)
-        removed = strip_reasoning(parsed)
+        renumbered = bool(self.dropped_outputs or self.dropped_blocks) and self._renumber_parsed(
+            parsed
+        )
+        removed = _strip_event(parsed, payload)
+        if not (removed or renumbered):
+            return event  # it mentions reasoning (a token count, a word) but carries none
         if removed and _empty_chat_chunk(parsed):
             self.withheld += len(event)
             return None
+        encoded = _dumps(parsed, by_orjson)
+        if by_orjson and _maybe_rounded(encoded):
+            parsed = _std_parse(payload)
+            self._renumber_parsed(parsed)
+            strip_reasoning(parsed)
+            encoded = _dumps(parsed, False)
         separator = b"\r\n" if b"\r\n" in event else b"\n"
+        data_line = b"data: " + encoded
         if lines is None:
-            lines = _LINE_END.split(event)
-        rebuilt = separator.join(
-            [line for line in lines if line and not line.startswith(b"data:")]
-            + [b"data: " + _encoder.encode(parsed).encode(), b"", b""]
-        )
+            rebuilt = data_line + separator + separator
+        else:
+            rebuilt = separator.join(
+                [line for line in lines if line and not line.startswith(b"data:")]
+                + [data_line, b"", b""]
+            )
         self.withheld += len(event) - len(rebuilt)
         return rebuilt
 
@@ -422,7 +528,7 @@ class StreamFilter:
             if output_index in self.dropped_outputs:
                 return True
             item = event.get("item")
-            if isinstance(item, dict) and item.get("type") in _REASONING_TYPES:
+            if _is_reasoning_item(item):
                 self.dropped_outputs.append(output_index)
                 return True
         if kind.startswith("content_block_"):
@@ -432,17 +538,23 @@ class StreamFilter:
                     return True
                 block = event.get("content_block")
                 delta = event.get("delta")
-                if (isinstance(block, dict) and block.get("type") in _REASONING_TYPES) or (
-                    isinstance(delta, dict) and delta.get("type") in _THINKING_DELTAS
+                delta_kind = delta.get("type") if type(delta) is dict else None
+                if _is_reasoning_item(block) or (
+                    type(delta_kind) is str and delta_kind in _THINKING_DELTAS
                 ):
                     self.dropped_blocks.append(index)
                     return True
         return False
 
-    def _renumber_parsed(self, event: dict[str, Any]) -> None:
+    def _renumber_parsed(self, event: dict[str, Any]) -> bool:
+        """Renumber a parsed event after withheld items; True when an index changed."""
+        changed = False
         index = event.get("output_index")
         if self.dropped_outputs and isinstance(index, int):
-            event["output_index"] = _shift(self.dropped_outputs, index)
+            shifted = _shift(self.dropped_outputs, index)
+            if shifted != index:
+                event["output_index"] = shifted
+                changed = True
         kind = event.get("type")
         index = event.get("index")
         if (
@@ -451,7 +563,11 @@ class StreamFilter:
             and kind.startswith("content_block_")
             and isinstance(index, int)
         ):
-            event["index"] = _shift(self.dropped_blocks, index)
+            shifted = _shift(self.dropped_blocks, index)
+            if shifted != index:
+                event["index"] = shifted
+                changed = True
+        return changed
 
     def _renumber(self, event: bytes) -> bytes | None:
         """Renumber an event that does not mention reasoning, or None when it belongs to a
@@ -462,19 +578,24 @@ class StreamFilter:
                 value, start, end = found
                 if value in self.dropped_outputs:
                     return None
-                event = b"%b%d%b" % (
-                    event[:start],
-                    _shift(self.dropped_outputs, value),
-                    event[end:],
-                )
+                shifted = _shift(self.dropped_outputs, value)
+                if shifted != value:
+                    event = b"%b%d%b" % (event[:start], shifted, event[end:])
         if self.dropped_blocks and b'"content_block_' in event:
             found = _int_after(event, b'"index":')
             if found is not None:
                 value, start, end = found
                 if value in self.dropped_blocks:
                     return None
-                event = b"%b%d%b" % (event[:start], _shift(self.dropped_blocks, value), event[end:])
+                shifted = _shift(self.dropped_blocks, value)
+                if shifted != value:
+                    event = b"%b%d%b" % (event[:start], shifted, event[end:])
         return event
+
+
+def _one_data_line(event: bytes) -> bool:
+    single = event.rstrip(b"\r\n")
+    return single.startswith(b"data:") and b"\n" not in single and b"\r" not in single
 
 
 def _int_after(event: bytes, key: bytes) -> tuple[int, int, int] | None:
@@ -497,6 +618,26 @@ def _int_after(event: bytes, key: bytes) -> tuple[int, int, int] | None:
     return int(event[start:end]), start, end
 
 
+def _strip_event(event: dict[str, Any], payload: bytes) -> bool:
+    """strip_reasoning for a parsed stream event. A chat chunk whose one mention of
+    reasoning (in ``payload``, its text) is its delta's reasoning key, the usual reasoning
+    chunk, loses that key without a walk of the whole event."""
+    choices = event.get("choices")
+    if (
+        type(choices) is list
+        and len(choices) == 1
+        and payload.count(b"reasoning") + payload.count(b"thinking") == 1
+    ):
+        choice = choices[0]
+        delta = choice.get("delta") if type(choice) is dict else None
+        if type(delta) is dict:
+            for key in _REASONING_KEYS:
+                if key in delta:
+                    del delta[key]
+                    return True
+    return strip_reasoning(event)
+
+
 def _empty_chat_chunk(event: dict[str, Any]) -> bool:
     """True for a chat completion chunk left with nothing once its reasoning is gone."""
     choices = event.get("choices")
@@ -508,10 +649,8 @@ def _empty_chat_chunk(event: dict[str, Any]) -> bool:
         delta = choice.get("delta")
         if not isinstance(delta, dict) or choice.get("finish_reason") or choice.get("logprobs"):
             return False
-        if any(value is not None for key, value in delta.items() if key != "role"):
-            return False
-        if "role" in delta:
-            return False  # the first chunk announces the role: keep it
+        if delta and ("role" in delta or any(value is not None for value in delta.values())):
+            return False  # what is left says something (the first chunk announces the role)
     return True
 
 
@@ -559,10 +698,10 @@ async def serve_degraded(
     if chosen is None or endpoint is None:
         await app(scope, receive, send)
         return
-    context = DegradeContext(
-        decision, path, endpoint, shadow=not apply, cohort=cohort_of(decision.identity)
-    )
     if chosen.rewrites and scope.get("method") in _BODY_METHODS:
+        context = DegradeContext(
+            decision, path, endpoint, shadow=not apply, cohort=cohort_of(decision.identity)
+        )
         receive = await _rewritten_receive(scope, receive, chosen, context, apply)
     if not chosen.withhold_reasoning:
         try:
@@ -656,11 +795,24 @@ class _FilteringSend:
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
-        if kind == "http.response.start":
-            await self._start(message)
-        elif kind == "http.response.body" and self.mode == "sse":
-            await self._stream_body(message)
-        elif kind == "http.response.body" and self.mode == "json":
+        if kind != "http.response.body":
+            if kind == "http.response.start":
+                await self._start(message)
+            else:
+                await self.send(message)
+        elif self.mode == "sse":  # the stream body, inline: called once per event
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            stream = self.stream
+            out = stream.feed(chunk) if chunk else b""
+            if not more:
+                out += stream.close()
+            self.withheld = stream.withheld
+            if not self.apply or out is chunk:  # shadow, or the chunk passes as it came
+                await self.send(message)
+            elif out or not more:  # a chunk without a complete event sends nothing yet
+                await self.send({"type": "http.response.body", "body": out, "more_body": more})
+        elif self.mode == "json":
             await self._json_body(message)
         else:
             await self.send(message)
@@ -683,18 +835,6 @@ class _FilteringSend:
                 self.held_start = message  # its Content-Length waits for the filtered body
                 return
         await self.send(message)
-
-    async def _stream_body(self, message: Message) -> None:
-        chunk = message.get("body", b"")
-        more = message.get("more_body", False)
-        out = self.stream.feed(chunk) if chunk else b""
-        if not more:
-            out += self.stream.close()
-        self.withheld = self.stream.withheld
-        if not self.apply:
-            await self.send(message)
-        elif out or not more:  # a chunk without a complete event sends nothing yet
-            await self.send({"type": "http.response.body", "body": out, "more_body": more})
 
     async def _json_body(self, message: Message) -> None:
         chunk = message.get("body", b"")

@@ -71,6 +71,33 @@ def _policy_value(policies: tuple[PolicyState, ...]) -> bytes:
     return value
 
 
+HeaderItems = tuple[tuple[bytes, bytes], ...]
+# The whole RateLimit-Policy and RateLimit pair of one policy by (name, quota, window,
+# remaining, reset), as the response of a plain allow carries it: a served request's
+# headers are one lookup, no formatting and no list (callers copy the items, never
+# change them).
+_ITEMS: dict[tuple[str, float, float, int, int], HeaderItems] = {}
+
+
+def rate_limit_header_items(decision: Decision, *, legacy: bool = False) -> HeaderItems:
+    """`rate_limit_headers` as a tuple, prebuilt per (policy, remaining, reset) for one
+    policy without the legacy headers (the common answer): not to be changed."""
+    policies = decision.policies
+    if len(policies) != 1 or legacy:
+        return tuple(rate_limit_headers(decision, legacy=legacy))
+    p = policies[0]
+    remaining = int(p.remaining) if p.remaining > 0 else 0
+    reset = math.ceil(p.reset - 1e-9)
+    key = (p.name, p.quota, p.window, remaining, reset if reset > 0 else 0)
+    items = _ITEMS.get(key)
+    if items is None:
+        items = tuple(rate_limit_headers(decision))
+        if len(_ITEMS) >= 4096:
+            _ITEMS.clear()
+        _ITEMS[key] = items
+    return items
+
+
 def rate_limit_headers(decision: Decision, *, legacy: bool = False) -> list[tuple[bytes, bytes]]:
     """RateLimit-Policy and RateLimit (and optionally X-RateLimit-*) for a decision."""
     policies = decision.policies

@@ -91,6 +91,8 @@ class AddressBook:
         private = special_network(version, value) is not None
         if version == 4:
             ip = socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+            if ip == text:
+                ip = text  # the cache's key already holds this string: keep one copy
             return ClientAddress(
                 ip, ip, network_text(4, value, self.ipv4_network_prefix), 4, private
             )
@@ -143,6 +145,14 @@ def _items_from_right(value: str) -> Iterator[str]:
         start = value.rfind(",", 0, end)
         yield value[start + 1 : end]
         end = start
+
+
+def peer_is_trusted(peer: str | None, trusted_proxies: tuple[IPNetwork, ...]) -> bool:
+    """Whether the direct peer's address is in one of ``trusted_proxies``."""
+    if peer is None or not trusted_proxies:
+        return False
+    addr = parse_address(peer)
+    return addr is not None and _in_any(addr, trusted_proxies)
 
 
 def client_ip(

@@ -20,7 +20,8 @@ backend (`backends.redis.unverified`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from abuseguard.decision import PolicyState
@@ -45,20 +46,17 @@ def mark_invalid_key(scope_or_request: Any) -> None:
     scope.setdefault("state", {})[INVALID_KEY_STATE_KEY] = True
 
 
-@dataclass(slots=True)
-class _Budget:
-    """One address's (or prefix's) unverified-key tokens and the keys accepted behind it."""
-
-    tokens: float
-    updated: float
-    accepted: set[str] = field(default_factory=set)
-
-
 class _Ceiling:
     """The budgets of one level (addresses or prefixes): token buckets whose burst and rate
-    grow with the distinct keys accepted behind them, in a bounded LRU."""
+    grow with the distinct keys accepted behind them, in a bounded LRU.
+
+    A budget is a slot: its tokens and when they were last refilled in two arrays of
+    doubles, the keys accepted behind it in a tuple (at most the few keys the growth cap
+    needs), and the LRU a dict from the address or prefix to the slot. No object per
+    budget for the garbage collector to walk (a tuple of strings it stops tracking)."""
 
     __slots__ = (
+        "accepted",
         "budgets",
         "capacity",
         "growth_keys",
@@ -67,6 +65,8 @@ class _Ceiling:
         "max_growth",
         "name",
         "per_second",
+        "tokens",
+        "updated",
         "window",
     )
 
@@ -84,28 +84,39 @@ class _Ceiling:
             else 0
         )
         self.max_entries = config.max_addresses
-        self.budgets: dict[str, _Budget] = {}
+        self.budgets: dict[str, int] = {}  # address or prefix -> slot, least recent first
+        self.tokens = array("d")
+        self.updated = array("d")
+        self.accepted: list[tuple[str, ...]] = []
 
-    def scale(self, budget: _Budget) -> float:
-        return min(self.max_growth, 1.0 + self.growth_per_key * len(budget.accepted))
+    def scale(self, slot: int) -> float:
+        return min(self.max_growth, 1.0 + self.growth_per_key * len(self.accepted[slot]))
 
-    def budget(self, key: str, now: float) -> _Budget:
-        """The budget of ``key``, refilled up to ``now`` and made the most recently used."""
+    def budget(self, key: str, now: float) -> int:
+        """The slot of the budget of ``key``, refilled up to ``now`` and made the most
+        recently used."""
         budgets = self.budgets
-        budget = budgets.pop(key, None)
-        if budget is None:
+        slot = budgets.pop(key, None)
+        if slot is None:
             if len(budgets) >= self.max_entries:
-                del budgets[next(iter(budgets))]  # the least recently used
-            budget = _Budget(self.capacity, now)
-        elif now > budget.updated:
-            scale = self.scale(budget)
-            budget.tokens = min(
+                slot = budgets.pop(next(iter(budgets)))  # the least recently used's slot
+                self.tokens[slot] = self.capacity
+                self.updated[slot] = now
+                self.accepted[slot] = ()
+            else:
+                slot = len(self.tokens)
+                self.tokens.append(self.capacity)
+                self.updated.append(now)
+                self.accepted.append(())
+        elif now > self.updated[slot]:
+            scale = self.scale(slot)
+            self.tokens[slot] = min(
                 self.capacity * scale,
-                budget.tokens + (now - budget.updated) * self.per_second * scale,
+                self.tokens[slot] + (now - self.updated[slot]) * self.per_second * scale,
             )
-            budget.updated = now
-        budgets[key] = budget
-        return budget
+            self.updated[slot] = now
+        budgets[key] = slot
+        return slot
 
     def wait(self, tokens: float, scale: float) -> float:
         """Seconds until a budget holding ``tokens`` at ``scale`` holds one token."""
@@ -120,18 +131,25 @@ class _Ceiling:
             self.name, capacity, self.window, max(0.0, tokens), max(0.0, reset), tokens < 1.0
         )
 
-    def charge(self, budget: _Budget, tokens: float) -> None:
+    def charge(self, slot: int, tokens: float) -> None:
         # Into debt by at most one full ceiling: an invalid key is paid back by waiting.
-        budget.tokens = max(budget.tokens - tokens, -self.capacity * self.scale(budget))
+        self.tokens[slot] = max(self.tokens[slot] - tokens, -self.capacity * self.scale(slot))
 
-    def accept(self, budget: _Budget, identity: str) -> None:
+    def accept(self, slot: int, identity: str) -> None:
         """A key newly accepted behind this budget: while it can still grow, it grows by
         the key and the token the key's first request drew comes back (so real keys
         arriving together behind one NAT do not run it dry)."""
-        accepted = budget.accepted
+        accepted = self.accepted[slot]
         if len(accepted) < self.growth_keys:
-            accepted.add(identity)
-            budget.tokens = min(self.capacity * self.scale(budget), budget.tokens + 1.0)
+            if identity not in accepted:
+                self.accepted[slot] = (*accepted, identity)
+            self.tokens[slot] = min(self.capacity * self.scale(slot), self.tokens[slot] + 1.0)
+
+    def forget(self, slot: int, identity: str) -> None:
+        """``identity`` no longer grows this budget (the app said its key is invalid)."""
+        accepted = self.accepted[slot]
+        if identity in accepted:
+            self.accepted[slot] = tuple(key for key in accepted if key != identity)
 
 
 class SharedBudgets(Protocol):
@@ -189,15 +207,15 @@ class UnverifiedKeyLimiter:
         budget); else the refusal, with nothing drawn."""
         if identity in self.accepted or not self.levels:
             return None
-        budgets = [
+        slots = [
             (level, level.budget(address.prefix_key if is_prefix else address.ip_key, now))
             for level, is_prefix in self.levels
         ]
-        if all(budget.tokens >= 1.0 for _, budget in budgets):
-            for _, budget in budgets:
-                budget.tokens -= 1.0
+        if all(level.tokens[slot] >= 1.0 for level, slot in slots):
+            for level, slot in slots:
+                level.tokens[slot] -= 1.0
             return None
-        return self.refusal([(budget.tokens, level.scale(budget)) for level, budget in budgets])
+        return self.refusal([(level.tokens[slot], level.scale(slot)) for level, slot in slots])
 
     def refusal(self, budgets: list[tuple[float, float]]) -> UnverifiedRefusal:
         """The refusal for budgets (tokens, scale) of each level, one of them short."""
@@ -266,9 +284,9 @@ class UnverifiedKeyLimiter:
             self.store.charge(identity, address, tokens, now)
             return
         for level, is_prefix in self.levels:
-            budget = level.budget(address.prefix_key if is_prefix else address.ip_key, now)
-            budget.accepted.discard(identity)
-            level.charge(budget, tokens)
+            slot = level.budget(address.prefix_key if is_prefix else address.ip_key, now)
+            level.forget(slot, identity)
+            level.charge(slot, tokens)
 
     def stats(self) -> dict[str, int]:
         return {

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from abuseguard.account import AccountFacts, as_facts
 from abuseguard.backends.base import Backend
 from abuseguard.config_check import check_callables
 from abuseguard.decision import Action, Decision
@@ -33,17 +34,21 @@ from abuseguard.enforce import (
 )
 from abuseguard.errors import ConfigError
 from abuseguard.guard import Guard, Observer
-from abuseguard.headers import rate_limit_headers
+from abuseguard.headers import rate_limit_header_items
 from abuseguard.identity import (
     CREDENTIAL_HEADERS,
     api_key_from_headers,
     client_ip,
+    peer_is_trusted,
     rightmost_list_items,
 )
 from abuseguard.intel.geo import GeoIntel
 from abuseguard.keyprobe import INVALID_KEY_STATE_KEY
-from abuseguard.policy import Policy
+from abuseguard.model_limits import MODEL_BODY_BYTES, has_models
+from abuseguard.policy import Policy, Scoring
 from abuseguard.request import RequestInfo
+from abuseguard.route_local import GUARD_STATE_KEY, find_route_limits
+from abuseguard.route_local import prepare as prepare_route_local
 from abuseguard.routes import RouteResolver, route_templates, unmatched_patterns
 from abuseguard.websocket import WebSocketLimiter
 
@@ -122,6 +127,16 @@ class AbuseGuard:
             or any(limits.routes for limits in policy.plans.values())
         )
         self.plan_func = policy.plan_func
+        self.edge_headers = policy.edge.reader().headers if policy.edge is not None else ()
+        self._trusted_peers: dict[str | None, bool] = {}
+        self.account_facts = policy.accounts.facts if policy.accounts is not None else None
+        # key_func and plan_func see the request as a Starlette HTTPConnection
+        # (RequestInfo.connection); the core never imports Starlette.
+        self.connection_type: Callable[[Scope], Any] | None = None
+        if policy.key_func is not None or policy.plan_func is not None:
+            from starlette.requests import HTTPConnection
+
+            self.connection_type = HTTPConnection
         self.cost_header = (
             bucket.cost_header.lower().encode() if bucket and bucket.cost_header else None
         )
@@ -129,6 +144,11 @@ class AbuseGuard:
         self.read_body = bool(scoring and scoring.enabled and scoring.content)
         self.max_body = scoring.content_max_bytes if scoring else 0
         self.body_timeout = scoring.content_read_timeout if scoring else 0.0
+        if has_models(policy):
+            # Model limits read the body's model, often written after the prompt.
+            self.read_body = True
+            self.max_body = max(self.max_body, MODEL_BODY_BYTES)
+            self.body_timeout = self.body_timeout or Scoring().content_read_timeout
         self.max_header = policy.max_header_bytes
         self.trusted = policy.trusted_proxies
         self.proxy_header = policy.proxy_header
@@ -178,6 +198,8 @@ class AbuseGuard:
     def check_routes(self) -> None:
         """Fail startup when a route pattern (`Policy.routes`) or a cost-map key names no
         route of the wrapped app: a typo would otherwise never apply (or cost 1)."""
+        if find_route_limits(self.app):
+            prepare_route_local(self.app, self.guard)
         templates = route_templates(self.app)
         if templates is None:
             return
@@ -197,16 +219,41 @@ class AbuseGuard:
             if missing:
                 raise ConfigError("TokenBucket.cost", f"no route of the app matches {missing}")
 
-    async def plan_of(self, scope: Scope) -> str | None:
+    async def plan_of(self, scope: Scope, connection: Any = None) -> str | None:
         """The request's plan from `Policy.plan_func` (sync or async), which gets the
         request as a Starlette ``HTTPConnection``; anything but a str is no plan."""
         from starlette.requests import HTTPConnection
 
         assert self.plan_func is not None
-        plan = self.plan_func(HTTPConnection(scope))
+        plan = self.plan_func(connection if connection is not None else HTTPConnection(scope))
         if inspect.isawaitable(plan):
             plan = await plan
         return plan if isinstance(plan, str) else None
+
+    async def account_of(self, scope: Scope) -> AccountFacts | None:
+        """The request's account facts from `Accounts.facts` (sync or async), which gets the
+        request as a Starlette ``HTTPConnection``. A hook that raises is logged and the
+        request goes on without facts: the app's lookup failing must not fail requests."""
+        from starlette.requests import HTTPConnection
+
+        assert self.account_facts is not None
+        try:
+            facts = self.account_facts(HTTPConnection(scope))
+            if inspect.isawaitable(facts):
+                facts = await facts
+        except Exception:
+            logger.exception("abuseguard: Accounts.facts raised; the request has no account facts")
+            return None
+        return as_facts(facts)
+
+    def _peer_is_trusted(self, peer: str | None) -> bool:
+        """Whether the direct peer is one of `Policy.trusted_proxies` (cached per peer)."""
+        known = self._trusted_peers.get(peer)
+        if known is None:
+            if len(self._trusted_peers) >= 4096:
+                self._trusted_peers.clear()
+            known = self._trusted_peers[peer] = peer_is_trusted(peer, self.trusted)  # type: ignore[arg-type]
+        return known
 
     def _client_ip(self, peer: str | None, headers: dict[str, str]) -> str | None:
         """client_ip behind trusted proxies, cached per (peer, proxy header): parsing every
@@ -241,6 +288,9 @@ class AbuseGuard:
         client = scope.get("client")
         peer = client[0] if client else None
         ip = self._client_ip(peer, headers) if self.trusted else peer
+        if self.edge_headers and not self._peer_is_trusted(peer):
+            for name in self.edge_headers:  # a client could send its own
+                headers.pop(name, None)
         info = RequestInfo(
             ip or "unknown",
             None,
@@ -253,6 +303,8 @@ class AbuseGuard:
         )
         if self.needs_route:
             info.route = self.routes.template(scope)
+        if self.connection_type is not None:
+            info.connection = self.connection_type(scope)
         return info
 
 
@@ -332,7 +384,9 @@ class _Responder:
         try:
             info = self.info = mw.request_info(scope)
             if mw.plan_func is not None:
-                info.plan = await mw.plan_of(scope)
+                info.plan = await mw.plan_of(scope, info.connection)
+            if mw.account_facts is not None:
+                info.account = await mw.account_of(scope)
             refusal = read_without_body = None
             if mw.read_body and info.method in _BODY_METHODS:
                 # What needs no body first: a client over a limit cannot hold its decision
@@ -354,11 +408,14 @@ class _Responder:
                 "abuseguard failed to decide; failing %s", "open" if mw.fail_open else "closed"
             )
             if mw.fail_open:
+                scope.setdefault("state", {})[GUARD_STATE_KEY] = mw
                 await mw.app(scope, self._replaying_receive, self.send)
             else:
                 await self._send_unavailable()
             return
-        scope.setdefault("state", {})[DECISION_STATE_KEY] = decision
+        state = scope.setdefault("state", {})
+        state[DECISION_STATE_KEY] = decision
+        state[GUARD_STATE_KEY] = mw  # for route-local limits (abuseguard.route_local)
         receive = self._replaying_receive if self.buffered else self.receive
         guard.inflight += 1
         try:
@@ -380,15 +437,17 @@ class _Responder:
         if decision is None or self.info is None:
             return
         cost = self.real_cost
-        if cost is None:
-            state = self.scope.get("state")
-            if isinstance(state, dict) and COST_STATE_KEY in state:
+        invalid_key = False
+        state = self.scope.get("state")
+        # The state holds the decision (set in `run`); a cost or an invalid key is
+        # something more the app set.
+        if isinstance(state, dict) and (len(state) > 1 or DECISION_STATE_KEY not in state):
+            if cost is None and COST_STATE_KEY in state:
                 try:
                     cost = float(state[COST_STATE_KEY])
                 except (TypeError, ValueError):
                     logger.warning("scope['state'][%r] is not a number", COST_STATE_KEY)
-        state = self.scope.get("state")
-        invalid_key = isinstance(state, dict) and state.get(INVALID_KEY_STATE_KEY) is True
+            invalid_key = state.get(INVALID_KEY_STATE_KEY) is True
         try:
             guard.complete(
                 self.info,
@@ -418,7 +477,7 @@ class _Responder:
             # Refusals were answered by an enforcer that already sent these headers. The
             # app's message and header list may be reused (a module-level message): copies.
             if decision.served:
-                extra = rate_limit_headers(decision, legacy=mw.legacy_headers)
+                extra = rate_limit_header_items(decision, legacy=mw.legacy_headers)
                 if extra:
                     message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
         elif (

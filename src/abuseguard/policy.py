@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Literal
 
+from abuseguard.account import Accounts
 from abuseguard.config_check import check_fields
 from abuseguard.decision import Action
 from abuseguard.degrade import DegradeOptions
@@ -21,6 +22,7 @@ from abuseguard.engine import signals
 from abuseguard.errors import ConfigError
 from abuseguard.exempt import ExemptPaths
 from abuseguard.identity import DEFAULT_PROXY_HEADER, PROXY_HEADERS
+from abuseguard.intel.edge import TLS_KINDS, EdgeReader
 from abuseguard.rates import parse_rate
 from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
 
@@ -407,6 +409,85 @@ DEFAULT_CLIENT_RISK: Mapping[str, float] = {
 }
 
 
+EvidenceStep = tuple[float, Action | str]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Evidence that accumulates per account: a sequential test (CUSUM) over the signals of
+    every request, whose crossing holds the account at a ladder step until it is forgiven.
+
+    Each scored request adds its evidence, the log-likelihood ratio the score's logit
+    already carries (each signal's contribution, weight x value), less ``drift``; the sum
+    never goes below 0. No signal adds more than ``signal_cap`` and the weak signals
+    (`Scoring.weak_signals`) together no more than ``weak_cap``, which may not exceed
+    ``drift``: weak signals alone never accumulate, whatever their number. With
+    ``signal_cap + weak_cap <= drift`` (the defaults) one strong signal with every weak
+    one does not accumulate either: only two independent signals, request after request,
+    do. No request adds more than ``max_step``, so it takes at least
+    ``threshold / max_step`` requests to reach a threshold. The evidence halves every
+    ``half_life`` seconds (forgiveness over hours to days).
+
+    ``steps``: (evidence threshold, action) with rising thresholds and rising severity.
+    Reaching a threshold holds the account at the first ladder step
+    (`Enforcement.ladder`) at least as severe as the step's action (the top step when
+    none is), whatever its instantaneous score, with the reason ``evidence``; a ban
+    follows when that step is `Enforcement.ban_at` or above. The hold ends once the
+    evidence has stayed below the first threshold for ``quiet_period`` seconds, or at
+    `Guard.forgive`. ``enabled`` False turns accumulated evidence off.
+    """
+
+    enabled: bool = True
+    steps: tuple[EvidenceStep, ...] = ((24.0, Action.CHALLENGE), (60.0, Action.BLOCK))
+    drift: float = 3.5
+    weak_cap: float = 1.0
+    signal_cap: float = 2.0
+    max_step: float = 2.0
+    half_life: float = 43200.0
+    quiet_period: float = 21600.0
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        steps: list[tuple[float, Action]] = []
+        last_threshold = 0.0
+        last_severity = 0
+        for i, step in enumerate(self.steps):
+            try:
+                threshold, action = step
+                action = Action(action)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"Evidence.steps[{i}]", f"expected (threshold, action), got {step!r}"
+                ) from None
+            _positive(f"Evidence.steps[{i}]", threshold)
+            if not action.denies and action != Action.DEGRADE:
+                raise ConfigError(
+                    f"Evidence.steps[{i}]",
+                    f"a held account is degraded or refused, not {action.value!r}",
+                )
+            if threshold <= last_threshold or action.severity <= last_severity:
+                raise ConfigError(
+                    f"Evidence.steps[{i}]", "thresholds and actions must rise step by step"
+                )
+            last_threshold, last_severity = threshold, action.severity
+            steps.append((float(threshold), action))
+        if not steps and self.enabled:
+            raise ConfigError("Evidence.steps", "at least one step (or enabled=False)")
+        object.__setattr__(self, "steps", tuple(steps))
+        _positive("Evidence.drift", self.drift)
+        _positive("Evidence.weak_cap", self.weak_cap, allow_zero=True)
+        _positive("Evidence.signal_cap", self.signal_cap)
+        _positive("Evidence.max_step", self.max_step)
+        _positive("Evidence.half_life", self.half_life)
+        _positive("Evidence.quiet_period", self.quiet_period, allow_zero=True)
+        if self.weak_cap > self.drift:
+            raise ConfigError(
+                "Evidence.weak_cap",
+                f"must not exceed drift ({self.drift!r}), or weak signals alone would "
+                f"accumulate; got {self.weak_cap!r}",
+            )
+
+
 @dataclass(frozen=True)
 class Scoring:
     """The risk model: a logistic combination of signals, each in 0..1.
@@ -454,6 +535,14 @@ class Scoring:
     ``reason_min`` within the last ``Enforcement.score_half_life`` seconds, the ladder stops
     at its last step that serves the request (log, delay, degrade) and the risk does not
     slow the bucket's refill. An empty set lets every signal refuse on its own.
+
+    ``evidence`` accumulates the signals per account into a sticky hold (see
+    :class:`Evidence`). ``spend_share`` ramps the real cost (tokens) an account was
+    reported to spend per day (`Guard.complete`'s ``cost`` or ``usage``) as a share of its
+    token allowance (the key bucket when it has a ``cost_header``, else the tightest
+    ``by_cost`` key quota); without such an allowance ``spend_cohort`` ramps it as a
+    multiple of the cohort's 90th percentile of spend per day (a running estimate over
+    every account that reported a cost).
     """
 
     enabled: bool = True
@@ -474,9 +563,14 @@ class Scoring:
     sketch_horizon: float = 3600.0
     content_read_timeout: float = 1.5
     weak_signals: Iterable[str] = DEFAULT_WEAK_SIGNALS
+    evidence: Evidence = field(default_factory=Evidence)
+    spend_share: tuple[float, float] = (0.8, 1.2)
+    spend_cohort: tuple[float, float] = (4.0, 16.0)
 
     def __post_init__(self) -> None:
         check_fields(self, signed=("bias",))
+        if not isinstance(self.evidence, Evidence):
+            raise ConfigError("Scoring.evidence", f"expected Evidence, got {self.evidence!r}")
         weak = frozenset(self.weak_signals)
         unknown = weak - set(DEFAULT_WEIGHTS)
         if unknown:
@@ -519,6 +613,8 @@ class Scoring:
             "impatience_share",
             "template_share",
             "shared_template_accounts",
+            "spend_share",
+            "spend_cohort",
         ):
             _range(f"Scoring.{name}", getattr(self, name))
 
@@ -816,8 +912,67 @@ def _statuses(field_name: str, values: Iterable[int]) -> frozenset[int]:
 
 
 @dataclass(frozen=True)
+class EdgeSignals:
+    """What a trusted proxy or CDN in front of the app computed, passed on as headers.
+
+    ``bot_score_header`` names the header with the edge's bot score (e.g. a Cloudflare
+    transform rule writing ``cf.bot_management.score``); ``bot_score_range`` is its scale
+    and ``bot_score_low_is_bot`` its direction (Cloudflare: 1..99, low = automated).
+    ``ja4_header`` and ``ja3_header`` name headers with the TLS ClientHello's JA4 or JA3
+    fingerprint; ``tls_families`` maps exact fingerprints to what sends them ("browser",
+    "mobile", "sdk", "script", "headless", "crawler"). They feed the ``persona`` signal: a
+    browser User-Agent over a handshake no browser sends (JA4 without TLS 1.3, SNI or
+    HTTP/2), over a fingerprint mapped to another kind, or scored as automated by the edge,
+    is a forged persona; an SDK or script the edge calls automated is what it claims. The
+    headers are believed only from a peer in `Policy.trusted_proxies`. With no header named
+    it reads nothing.
+    """
+
+    bot_score_header: str | None = None
+    bot_score_range: tuple[float, float] = (1.0, 99.0)
+    bot_score_low_is_bot: bool = True
+    ja4_header: str | None = None
+    ja3_header: str | None = None
+    tls_families: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("bot_score_header", "ja4_header", "ja3_header"):
+            value = getattr(self, name)
+            if value is not None:
+                if not value.strip() or not value.isascii() or " " in value.strip():
+                    raise ConfigError(
+                        f"EdgeSignals.{name}", f"expected a header name, got {value!r}"
+                    )
+                object.__setattr__(self, name, value.strip().lower())
+        low, high = self.bot_score_range
+        if not low < high:
+            raise ConfigError(
+                "EdgeSignals.bot_score_range",
+                f"expected (low, high) with low < high, got {self.bot_score_range!r}",
+            )
+        for fingerprint, kind in self.tls_families.items():
+            if kind not in TLS_KINDS:
+                raise ConfigError(
+                    f"EdgeSignals.tls_families[{fingerprint!r}]",
+                    f"expected one of {', '.join(TLS_KINDS)}, got {kind!r}",
+                )
+
+    def reader(self) -> EdgeReader:
+        return EdgeReader(
+            self.bot_score_header,
+            self.bot_score_range,
+            self.bot_score_low_is_bot,
+            self.ja4_header,
+            self.ja3_header,
+            self.tls_families,
+        )
+
+
+@dataclass(frozen=True)
 class Limits:
-    """Limits of one route or one plan, beside the app-wide ones of `Policy`.
+    """Limits of one route or one plan, beside the app-wide ones of `Policy` (a plan's
+    ``bucket`` replaces the app-wide bucket for the plan's clients).
 
     ``bucket`` is a token bucket (its ``rate`` and ``burst``; ``cost`` is the request's
     cost from the app-wide bucket), ``quotas`` window quotas, ``concurrency`` the requests
@@ -825,13 +980,16 @@ class Limits:
     headers: the route or plan name, then the bucket's or quota's name
     ("route-POST-v1-chat-completions-default", "plan-pro-tokens"). ``routes``, in a plan's
     `Limits` only, replaces the limits of those routes (`Policy.routes`) for the plan's
-    clients, with the same patterns.
+    clients, with the same patterns. ``models`` maps model names to `Limits` that apply
+    beside these to the requests whose JSON body names that ``model`` (a body naming no
+    model, or a model not listed, gets these limits only; see `abuseguard.model_limits`).
     """
 
     bucket: TokenBucket | None = None
     quotas: tuple[Quota, ...] = ()
     concurrency: int | None = None
     routes: Mapping[str, Limits] = field(default_factory=dict)
+    models: Mapping[str, Limits] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.quotas, Quota):
@@ -851,6 +1009,14 @@ class Limits:
             if not isinstance(limits, Limits) or limits.routes:
                 raise ConfigError(
                     f"Limits.routes[{pattern!r}]", f"expected Limits without routes, got {limits!r}"
+                )
+        for model, limits in self.models.items():
+            if not isinstance(model, str) or not model.strip():
+                raise ConfigError("Limits.models", f"model names are non-empty str, got {model!r}")
+            if not isinstance(limits, Limits) or limits.routes or limits.models:
+                raise ConfigError(
+                    f"Limits.models[{model!r}]",
+                    f"expected Limits without routes or models, got {limits!r}",
                 )
 
 
@@ -873,7 +1039,10 @@ class Policy:
     """Everything the guard enforces.
 
     ``bucket`` limits the main identity (``key_func``: by default the hash of the API key
-    from ``Authorization: Bearer`` or ``x-api-key``, else the client IP). ``quotas`` and
+    from ``Authorization: Bearer`` or ``x-api-key``, else the client IP; a ``key_func``
+    gets the `RequestInfo`, whose ``connection`` is the Starlette ``HTTPConnection`` in the
+    middleware, with ``user`` and ``state`` set by authentication middleware, and None in
+    replay). ``quotas`` and
     ``concurrency`` sit beside it. ``network`` adds network intelligence and per-network
     ceilings; ``scoring`` the risk model; ``enforcement`` the ladder. ``trusted_proxies``
     lists the CIDRs whose proxy header is believed; ``proxy_header`` names that one header:
@@ -905,7 +1074,16 @@ class Policy:
     matches no route of the app is an error at startup. ``plans`` maps plan names to
     `Limits` for the clients of that plan; ``plan_func`` (sync or async) gets the request
     (a Starlette ``HTTPConnection``: headers, ``user``, ``state``) and returns its plan
-    name; no plan or an unknown one gets no plan limits. Memory backend only for now.
+    name; no plan or an unknown one gets no plan limits. A plan's bucket replaces the
+    app-wide bucket for its clients. Memory and Redis inline backends (Redis synced mode
+    refuses them).
+    ``accounts`` brings in what the host app knows about each account (`Accounts`: a hook
+    returning `AccountFacts`, allow-lists of keys, organisations and tags whose risk
+    actions are capped while their limits still apply, a prior for young unverified
+    accounts). Without a ``facts`` hook nothing is known about accounts and only
+    ``trusted_keys`` act; None turns it all off. ``edge`` reads what a trusted proxy or CDN
+    computed (`EdgeSignals`: a bot score, a JA4 or JA3 fingerprint) into the persona
+    signal.
     """
 
     bucket: TokenBucket | None = field(default_factory=lambda: TokenBucket("10/second", burst=40))
@@ -931,6 +1109,8 @@ class Policy:
     routes: Mapping[str, Limits] = field(default_factory=dict)
     plans: Mapping[str, Limits] = field(default_factory=dict)
     plan_func: PlanFunc | None = None
+    accounts: Accounts | None = field(default_factory=Accounts)
+    edge: EdgeSignals | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.quotas, Quota):
@@ -1020,3 +1200,16 @@ class Policy:
             raise ConfigError("Policy.plan_func", "must be callable")
         if self.plans and self.plan_func is None:
             raise ConfigError("Policy.plan_func", "Policy.plans needs a plan_func")
+        if self.accounts is not None and not isinstance(self.accounts, Accounts):
+            found = type(self.accounts).__name__
+            raise ConfigError("Policy.accounts", f"expected Accounts or None, got {found}")
+        if self.edge is not None:
+            if not isinstance(self.edge, EdgeSignals):
+                found = type(self.edge).__name__
+                raise ConfigError("Policy.edge", f"expected EdgeSignals or None, got {found}")
+            if not self.trusted_proxies:
+                raise ConfigError(
+                    "Policy.edge",
+                    "edge headers are believed only from Policy.trusted_proxies; list the "
+                    "proxy or CDN ranges that set them",
+                )

@@ -35,6 +35,7 @@ from abuseguard.backends.base import UNKNOWN_LIMITS, LimitSource, RoundTripDecid
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import Decision
 from abuseguard.engine import layout as L
+from abuseguard.engine.bucket_rules import key_bucket_shape
 from abuseguard.policy import Concurrency
 
 if TYPE_CHECKING:
@@ -156,15 +157,21 @@ def _key_bucket(guard: Guard, p: Prepared, row: int | None, io: list[float]) -> 
     """The identity's bucket as the kernel would find it, at the fastest refill it may
     have: written into ``io`` as the kernel writes a refusal (or the room left)."""
     params = guard.engine.params
-    burst = float(params[L.P_BUCKET + 1])
+    rows = guard._key_rows
+    base_rate, burst = float(params[L.P_BUCKET]), float(params[L.P_BUCKET + 1])
+    plan = int(rows[row, L.F_PLAN]) if row is not None else 0
+    if plan > 0:  # the plan's own bucket, as the kernel reads it (`Policy.plans`)
+        slot = L.P_PLAN_BUCKET + 2 * (plan - 1)
+        base_rate, burst = key_bucket_shape(
+            float(params[slot]), float(params[slot + 1]), base_rate, burst
+        )
     if burst <= 0.0:
         return
     if row is None:  # a new identity starts with a full bucket
         io[L.O_REMAINING] = burst
         return
-    rows = guard._key_rows
     load = 1.0 if guard.inflight <= guard._load_target else guard._load_factor()
-    rate = max(float(params[L.P_BUCKET]) * load, 1e-9)
+    rate = max(base_rate * load, 1e-9)
     tokens: float = rows[row, L.F_TOKENS]
     elapsed = p.ts - rows[row, L.F_BUCKET_TS]
     if elapsed > 0.0:
@@ -188,16 +195,16 @@ def _refusal(
 ) -> Decision | None:
     """The full check's decision from these outputs when it refuses; None otherwise.
     Observers see a refusal only: a request that may be served is decided later."""
-    observers = guard.observers
-    guard.observers = []
-    try:
-        decision = guard._decide(info, p, io, limits, buckets_known)
-    finally:
-        guard.observers = observers
+    decision = guard.decider.decide(p, io, limits, buckets_known)
     if decision.served:
         return None
+    if guard.route_limits is not None:  # a plan's own bucket is named after the plan
+        decision.policies = guard.route_limits.with_plan_bucket(
+            info, decision.policies, guard.policy.bucket, io[L.O_REMAINING], io[L.O_RESET],
+            bool(int(io[L.O_DENIED_KINDS]) & 1 << L.KIND_KEY),
+        )  # fmt: skip
     decision.held = ()  # never taken: a refusal asks no slot (the peek took none anyway)
-    if observers:
+    if guard.observers:
         guard.notify(info, decision)
     return decision
 

@@ -21,6 +21,10 @@ what the guard learns of it:
 * ``auto`` (default): ``after`` when the policy's bucket names a ``cost_header``, else
   ``ignore``, so the trace's unit (tokens) is only used where the policy counts in it.
 
+Whatever the mode, a served request's cost reaches a guard whose ``complete`` takes
+``usage`` (``abuseguard.Guard``) after its response, as the account's spend: the
+``spend`` signal counts the real cost per day whether or not the limits count in it.
+
 Records are taken in batches of ``BATCH`` records. When the guard fingerprints request
 bodies (``guard.content``, a ``ContentFingerprinter``), the bodies of a batch are
 fingerprinted together first (``ContentFingerprinter.prime``, the batch entry point): the
@@ -42,6 +46,7 @@ trace give one report. ``lane_seconds`` is the time spent in its flushes.
 from __future__ import annotations
 
 import heapq
+import inspect
 import itertools
 import time
 from collections.abc import Callable, Iterable
@@ -50,6 +55,8 @@ from typing import Any, Protocol
 
 from abuseguard.decision import Action, Decision
 from abuseguard.exempt import ExemptPaths
+from abuseguard.path_templates import PathTemplates
+from abuseguard.policy import Policy
 from abuseguard.report import ReportBuilder
 from abuseguard.request import RequestInfo
 from abuseguard.traces import TraceRecord
@@ -115,6 +122,15 @@ def resolve_cost_mode(guard: Any, mode: str) -> str:
     return "after" if getattr(bucket, "cost_header", None) else "ignore"
 
 
+def takes_usage(complete: Callable[..., object]) -> bool:
+    """Whether ``complete`` takes a ``usage`` keyword (the spend of a served request)."""
+    try:
+        parameters = inspect.signature(complete).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "usage" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 def content_prefetch(guard: Any) -> Callable[[list[TraceRecord]], object] | None:
     """A function fingerprinting the bodies of a batch of records ahead of ``guard``, or
     None when the guard fingerprints no bodies."""
@@ -157,6 +173,7 @@ def run_replay(
     mode = resolve_cost_mode(guard, cost_mode)
     upfront = mode == "upfront"
     report_cost = mode == "after"
+    report_usage = not report_cost and takes_usage(guard.complete)
     track_inflight = isinstance(getattr(guard, "inflight", None), int)
     guard_any: Any = guard
     check = guard.check
@@ -166,8 +183,13 @@ def run_replay(
     push = heapq.heappush
     pop = heapq.heappop
     refusal = REFUSAL_STATUS
-    pending: list[tuple[float, int, RequestInfo, Decision, int | None, float | None]] = []
+    pending: list[
+        tuple[float, int, RequestInfo, Decision, int | None, float | None, float | None]
+    ] = []
     prefetch = content_prefetch(guard)
+    # Route limits and cost maps name templates ("/v1/models/{model}"); a trace has paths.
+    policy = getattr(guard, "policy", None)
+    templates = PathTemplates.of_policy(policy) if isinstance(policy, Policy) else None
     # Batch entry points (abuseguard.Guard on the memory backend): read a batch, then decide.
     batched = hasattr(guard, "prepare_many") and not getattr(
         getattr(guard, "backend", None), "shared", False
@@ -191,6 +213,11 @@ def run_replay(
         if upfront:
             for record in batch:
                 record.info.cost = record.cost
+        if templates is not None:
+            for record in batch:
+                info = record.info
+                if info.route is None:
+                    info.route = templates.template(info.path)
         prepared: list[Any] | None = None
         t0 = clock()
         if prefetch is not None:
@@ -202,9 +229,14 @@ def run_replay(
             info = record.info
             ts: float = info.ts  # type: ignore[assignment]  # the reader always sets ts
             while pending and pending[0][0] <= ts:
-                _, _, done_info, done_decision, status, cost = pop(pending)
+                _, _, done_info, done_decision, status, cost, usage = pop(pending)
                 t0 = clock()
-                complete(done_info, done_decision, status=status, cost=cost)
+                if usage is None:
+                    complete(done_info, done_decision, status=status, cost=cost)
+                else:
+                    guard_any.complete(
+                        done_info, done_decision, status=status, cost=cost, usage=usage
+                    )
                 guard_seconds += clock() - t0
             if ts >= next_flush:
                 if next_flush > -float("inf"):
@@ -226,12 +258,15 @@ def run_replay(
             if completed is not None and refused is None:
                 completed(decision.identity, record.cost)
             cost = record.cost if report_cost else None
+            usage = record.cost if report_usage else None
             duration = record.duration
             if refused is None and duration:
-                push(pending, (ts + duration, count, info, decision, record.status, cost))
+                push(pending, (ts + duration, count, info, decision, record.status, cost, usage))
             else:
                 t0 = clock()
-                if refused is None:
+                if refused is None and usage is not None:
+                    guard_any.complete(info, decision, status=record.status, usage=usage)
+                elif refused is None:
                     complete(info, decision, status=record.status, cost=cost)
                 else:
                     complete(info, decision, status=refused, cost=None)
@@ -241,8 +276,11 @@ def run_replay(
                 on_progress(count)
     t0 = clock()
     while pending:
-        _, _, done_info, done_decision, status, cost = pop(pending)
-        complete(done_info, done_decision, status=status, cost=cost)
+        _, _, done_info, done_decision, status, cost, usage = pop(pending)
+        if usage is None:
+            complete(done_info, done_decision, status=status, cost=cost)
+        else:
+            guard_any.complete(done_info, done_decision, status=status, cost=cost, usage=usage)
     guard_seconds += clock() - t0
     if lane is not None and count:
         t0 = clock()

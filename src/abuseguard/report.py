@@ -18,6 +18,12 @@ Definitions (DESIGN.md, "Trace format"):
 * the benign false-positive rates are the shares of benign actors and of benign
   requests that were mitigated (limited requests are not false positives: they are the
   configured limits doing their job);
+* an actor is held once a decision names the ``evidence`` reason (its accumulated
+  evidence crossed a step, `abuseguard.policy.Evidence`); ``held_at`` is the number of
+  requests it sent before that one (the time to detection, in requests), and
+  ``served_after_hold`` counts its requests from that one on that were allowed;
+  ``served_after_hold_share`` is that count over the actor's (or group's) requests from
+  the hold on;
 * ``reasons`` counts reason codes per label over every decision that carries any (a
   ``log`` or ``delay`` decision has reasons too); ``actions`` counts decided actions,
   ``shadow:<action>`` for shadowed ones.
@@ -47,6 +53,9 @@ _SERVED: frozenset[Action] = frozenset(a for a in Action if a.serves_in_full)
 _LIMIT_REASONS = LIMIT_REASONS
 _DEGRADE = Action.DEGRADE
 
+# The reason of a decision made under the hold of accumulated evidence.
+HELD_REASON = "evidence"
+
 # Outcome codes returned by ReportBuilder.add.
 ALLOWED, LIMITED, MITIGATED = 0, 1, 2
 
@@ -55,15 +64,18 @@ class ActorTally:
     """Counters of one actor; the hot path updates these attributes directly."""
 
     __slots__ = (
+        "after_hold",
         "allowed",
         "degraded",
         "first_mitigation",
         "first_mitigation_ts",
+        "held_at",
         "kind",
         "label",
         "limited",
         "mitigated",
         "requests",
+        "served_after_hold",
         "shadow",
         "shadow_degraded",
         "shadow_limited",
@@ -84,6 +96,9 @@ class ActorTally:
         self.shadow_degraded = 0
         self.first_mitigation: int | None = None
         self.first_mitigation_ts: float | None = None
+        self.held_at: int | None = None
+        self.after_hold = 0
+        self.served_after_hold = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +112,9 @@ class ActorTally:
             "shadow_limited": self.shadow_limited,
             "shadow_mitigated": self.shadow_mitigated,
             "first_mitigation": self.first_mitigation,
+            "held_at": self.held_at,
+            "served_after_hold": self.served_after_hold,
+            "served_after_hold_share": _ratio(self.served_after_hold, self.after_hold),
         }
 
 
@@ -183,6 +201,12 @@ class ReportBuilder:
                     tally.first_mitigation_ts = ts
         if reasons:
             self.reasons[label].update(reasons)
+            if tally.held_at is None and HELD_REASON in reasons:
+                tally.held_at = before
+        if tally.held_at is not None:
+            tally.after_hold += 1
+            if outcome == ALLOWED:
+                tally.served_after_hold += 1
         score = decision.score
         if not 0.0 <= score <= 1.0:
             score = 0.0 if score != score else min(max(score, 0.0), 1.0)
@@ -230,6 +254,10 @@ class ReportBuilder:
             "abusive_leakage": abusive["leakage"],
             "benign_actors_mitigated_share": benign["actors_mitigated_share"],
             "benign_requests_mitigated_share": benign["mitigated_share"],
+            "abusive_actors_held_share": abusive["actors_held_share"],
+            "abusive_requests_to_hold": abusive["held_at"],
+            "abusive_served_after_hold_share": abusive["served_after_hold_share"],
+            "benign_actors_held_share": benign["actors_held_share"],
         }
         report["labels"] = labels
         report["kinds"] = dict(sorted(kinds.items(), key=lambda kv: (kv[1]["label"], kv[0])))
@@ -289,6 +317,7 @@ def _finish_group(label: str, group: list[ActorTally]) -> dict[str, Any]:
     allowed = sum(t.allowed for t in group)
     mitigated = sum(t.mitigated for t in group)
     firsts = sorted(t.first_mitigation for t in group if t.first_mitigation is not None)
+    held = sorted(t.held_at for t in group if t.held_at is not None)
     actors = len(group)
     stats: dict[str, Any] = {
         "actors": actors,
@@ -315,6 +344,16 @@ def _finish_group(label: str, group: list[ActorTally]) -> dict[str, Any]:
             "p90": _quantile(firsts, 0.9),
             "max": firsts[-1] if firsts else None,
         },
+        "actors_held": len(held),
+        "actors_held_share": _ratio(len(held), actors),
+        "held_at": {
+            "median": _quantile(held, 0.5),
+            "p90": _quantile(held, 0.9),
+            "max": held[-1] if held else None,
+        },
+        "served_after_hold_share": _ratio(
+            sum(t.served_after_hold for t in group), sum(t.after_hold for t in group)
+        ),
     }
     if label == "benign":
         stats["false_positive_actors"] = stats["actors_mitigated_share"]
@@ -512,6 +551,16 @@ def render_table(report: Mapping[str, Any], top: int = 10) -> str:
         f"{_fmt_share(detection.get('benign_actors_mitigated_share'))} (requests "
         f"{_fmt_share(detection.get('benign_requests_mitigated_share'))})"
     )
+    if "abusive_actors_held_share" in detection:
+        to_hold = detection.get("abusive_requests_to_hold") or {}
+        lines.append(
+            "held by accumulated evidence: abusive actors "
+            f"{_fmt_share(detection.get('abusive_actors_held_share'))} (requests before the "
+            f"hold: median {_fmt_num(to_hold.get('median'))}, p90 "
+            f"{_fmt_num(to_hold.get('p90'))}), their requests served after the hold "
+            f"{_fmt_share(detection.get('abusive_served_after_hold_share'))}; benign actors "
+            f"{_fmt_share(detection.get('benign_actors_held_share'))}"
+        )
     degraded = [
         f"{name} {_fmt_int(stats.get('degraded', 0))} "
         f"(shadow {_fmt_int(stats.get('shadow_degraded', 0))})"

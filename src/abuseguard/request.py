@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from abuseguard.account import AccountFacts
 
 ANONYMIZER_KINDS: tuple[str, ...] = (
     "vpn",
@@ -23,6 +27,11 @@ class RequestInfo:
     fields (``asn``, ``as_org``, ``country``, ``anon``, ``anon_confidence``), when set,
     are used instead of database lookups, as a CDN log line would carry them. ``plan``
     is the client's plan (`Policy.plans`), from `Policy.plan_func` in the middleware.
+    ``account`` holds what the host app knows about the account (`Policy.accounts`).
+    ``connection`` is the framework's request object when an adapter has one: the
+    middleware sets a Starlette ``HTTPConnection`` (scope, headers, ``user`` and ``state``
+    set by authentication middleware) when the policy has a ``key_func`` or a
+    ``plan_func``; it is None in replay and when the core is driven directly.
     """
 
     ip: str
@@ -41,3 +50,5 @@ class RequestInfo:
     anon: tuple[str, ...] | None = None
     anon_confidence: int | None = None
     plan: str | None = None
+    account: AccountFacts | None = None
+    connection: Any = None

@@ -1,10 +1,22 @@
 """Limits per route and per plan (`Policy.routes`, `Policy.plans`), beside the app-wide ones.
 
-The app-wide bucket stays in the kernel; route and plan limits are kept here, in Python,
-per identity and limit name: token buckets in a bounded dict, quotas and concurrency slots
-through the memory backend. A request is first tested against every limit
-that applies, without counting; it is counted only once the guard serves it, so a refused
-request costs nothing.
+The app-wide bucket stays in the kernel. A plan's own bucket replaces it for the plan's
+clients (`Policy.plans`: the kernel reads the plan's bucket through the key row's
+``F_PLAN``, or a round-trip backend asks the plan's bucket in place of the app-wide one),
+with the app-wide bucket's risk and load scaling; it is named after the plan in the
+RateLimit headers ("plan-pro-default"). Route and plan limits are kept per identity and
+limit name, where the backend keeps its limits:
+
+- memory backend: here, in Python: token buckets in a bounded dict, quotas and concurrency
+  slots through the memory backend. A request is first tested against every limit that
+  applies, without counting (`RouteLimiter.test`); it is counted only once the guard serves
+  it (`RouteLimiter.count`), so a refused request costs nothing.
+- a shared backend that answers a request's limits in one round trip
+  (``counts_route_limits``: Redis in inline mode): in its store, tested and counted
+  atomically in the same call as the app-wide limits (`backends.redis.route_ops`); its
+  answer comes back as a `Verdict` already counted.
+
+Other backends (Redis in synced mode) refuse route and plan limits at construction.
 """
 
 from __future__ import annotations
@@ -15,8 +27,11 @@ from dataclasses import dataclass
 from abuseguard.backends.base import Backend
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import PolicyState
+from abuseguard.engine.layout import MAX_PLAN_BUCKETS
+from abuseguard.engine.params import plan_buckets
 from abuseguard.errors import ConfigError
-from abuseguard.policy import Limits, Policy
+from abuseguard.model_limits import ModelLimits
+from abuseguard.policy import Limits, Policy, TokenBucket
 from abuseguard.request import RequestInfo
 
 
@@ -30,11 +45,22 @@ class NamedLimits:
     """A route's or plan's `Limits` under its name, with what each request reads of them
     worked out once (names, bucket shape)."""
 
-    __slots__ = ("bucket_name", "capacity", "limits", "name", "per_second", "quota_names", "window")
+    __slots__ = (
+        "bucket_name",
+        "capacity",
+        "limits",
+        "name",
+        "per_second",
+        "quota_names",
+        "replaces_key_bucket",
+        "window",
+    )
 
-    def __init__(self, name: str, limits: Limits) -> None:
+    def __init__(self, name: str, limits: Limits, *, replaces_key_bucket: bool = False) -> None:
         self.name = name
         self.limits = limits
+        # A plan's bucket takes the app-wide bucket's place (not kept beside it).
+        self.replaces_key_bucket = replaces_key_bucket and limits.bucket is not None
         bucket = limits.bucket
         self.bucket_name = f"{name}-{bucket.name}" if bucket is not None else ""
         self.capacity = bucket.capacity if bucket is not None else 0.0
@@ -45,36 +71,56 @@ class NamedLimits:
 
 @dataclass(slots=True)
 class Verdict:
-    """What the route and plan limits say about one request, before anything is counted."""
+    """What the route and plan limits say about one request: before anything is counted
+    (``counted`` None, the memory backend), or as a round-trip backend answered it, with
+    the states of the limits it counted (``counted``) and the slots it took (``held``)."""
 
     applied: tuple[NamedLimits, ...]
     violated: tuple[PolicyState, ...]
     reasons: tuple[str, ...]
     retry_after: float
+    counted: tuple[PolicyState, ...] | None = None
+    held: tuple[str, ...] = ()
 
 
 class RouteLimiter:
-    """Route and plan limits of a policy, kept per identity (memory backend only)."""
+    """Route and plan limits of a policy, kept per identity: in this process with the
+    memory backend, in the store of a backend that ``counts_route_limits``."""
 
     def __init__(self, policy: Policy, backend: Backend, max_buckets: int) -> None:
-        if not isinstance(backend, MemoryBackend):
-            part = "Policy.routes" if policy.routes else "Policy.plans"
-            schemes = getattr(backend, "schemes", ())
-            where = (
-                "Redis backend"
-                if any(str(scheme).startswith("redis") for scheme in schemes)
-                else type(backend).__name__
+        part = "Policy.routes" if policy.routes else "Policy.plans"
+        self._memory: MemoryBackend | None = None
+        self._remote: Backend | None = None
+        if isinstance(backend, MemoryBackend):
+            self._memory = backend
+        elif backend.counts_route_limits:
+            self._remote = backend
+        elif backend.decides_locally:
+            raise ConfigError(
+                part,
+                f"{part} is not supported by the {type(backend).__name__} (Redis synced "
+                "mode): route and plan limits are tested and counted in the store with each "
+                "request, which synced mode never waits for; use mode=inline (the default)",
             )
-            raise ConfigError(part, f"{part} is not supported by the {where} yet")
-        self._limits = backend
+        else:
+            raise ConfigError(part, f"{part} is not supported by the {type(backend).__name__}")
         self.routes: dict[str, NamedLimits] = {
             pattern: NamedLimits(limit_name("route", pattern), limits)
             for pattern, limits in policy.routes.items()
         }
         self.plans: dict[str, NamedLimits] = {
-            plan: NamedLimits(limit_name("plan", plan), limits)
+            plan: NamedLimits(limit_name("plan", plan), limits, replaces_key_bucket=True)
             for plan, limits in policy.plans.items()
         }
+        # plan -> its slot in the kernel's plan buckets (memory backend: the kernel's key
+        # bucket takes the plan's shape; a round-trip backend asks the plan's bucket itself)
+        self.plan_slots = plan_buckets(policy) if self._memory is not None else {}
+        if len(self.plan_slots) > MAX_PLAN_BUCKETS:
+            raise ConfigError(
+                "Policy.plans",
+                f"at most {MAX_PLAN_BUCKETS} plans may carry their own bucket, got "
+                f"{len(self.plan_slots)}",
+            )
         # a plan's own limits for some routes, in place of `Policy.routes` for its clients
         self.plan_routes: dict[str, dict[str, NamedLimits]] = {
             plan: {
@@ -85,13 +131,15 @@ class RouteLimiter:
             if limits.routes
         }
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        parents = (
+            *self.routes.values(),
+            *self.plans.values(),
+            *(n for routes in self.plan_routes.values() for n in routes.values()),
+        )
+        self.models = ModelLimits.build(parents, NamedLimits, limit_name)
         windows = [
             named.limits.bucket.window
-            for named in (
-                *self.routes.values(),
-                *self.plans.values(),
-                *(n for routes in self.plan_routes.values() for n in routes.values()),
-            )
+            for named in (*parents, *(self.models.all() if self.models else ()))
             if named.limits.bucket is not None
         ]
         self._full_after = max(windows, default=0.0)
@@ -116,6 +164,8 @@ class RouteLimiter:
             plan_limits = self.plans.get(plan)
             if plan_limits is not None:
                 found.append(plan_limits)
+        if self.models is not None:
+            self.models.extend(found, info)
         return tuple(found)
 
     # -- token buckets ------------------------------------------------------------------
@@ -138,15 +188,29 @@ class RouteLimiter:
     def test(
         self, info: RequestInfo, identity: str, ip_key: str, cost: float, now: float
     ) -> Verdict:
-        """Would every route and plan limit admit this request? Nothing is counted."""
-        applied = self.applying(info)
+        """Would every route and plan limit admit this request? Nothing is counted. With
+        a round-trip backend nothing is known before its call: every limit admits."""
+        return self.test_limits(self.applying(info), identity, ip_key, cost, now)
+
+    def test_limits(
+        self,
+        applied: tuple[NamedLimits, ...],
+        identity: str,
+        ip_key: str,
+        cost: float,
+        now: float,
+    ) -> Verdict:
+        """`test` for the limits ``applied`` (route-local limits bring their own)."""
+        if self._memory is None:
+            return Verdict(applied, (), (), 0.0)
+        memory = self._memory
         violated: list[PolicyState] = []
         reasons: list[str] = []
         retry_after = 0.0
         for named in applied:
             limits = named.limits
             bucket = limits.bucket
-            if bucket is not None:
+            if bucket is not None and not named.replaces_key_bucket:
                 tokens = self._tokens((identity, named.bucket_name), named, now)
                 if tokens < cost:
                     violated.append(self._bucket_state(named, tokens, True))
@@ -156,8 +220,8 @@ class RouteLimiter:
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 hits = max(0, round(cost)) if quota.by_cost else 1
                 key = f"{named.name}:{ident}"
-                if not self._limits.quota_fits(quota.limit, quota.strategy, key, hits):
-                    remaining, reset = self._limits.quota_state(quota.limit, quota.strategy, key)
+                if not memory.quota_fits(quota.limit, quota.strategy, key, hits):
+                    remaining, reset = memory.quota_state(quota.limit, quota.strategy, key)
                     violated.append(
                         PolicyState(name, quota.amount, quota.window, remaining, reset, True)
                     )
@@ -165,7 +229,7 @@ class RouteLimiter:
                     retry_after = max(retry_after, reset)
             if limits.concurrency is not None:
                 slot = f"c:{identity}:{named.name}"
-                if not self._limits.slot_free(slot, limits.concurrency):
+                if not memory.slot_free(slot, limits.concurrency):
                     name = f"{named.name}-concurrency"
                     violated.append(PolicyState(name, limits.concurrency, 1.0, 0.0, 1.0, True))
                     reasons.append("concurrency")
@@ -173,21 +237,21 @@ class RouteLimiter:
         return Verdict(applied, tuple(violated), tuple(dict.fromkeys(reasons)), retry_after)
 
     def count(
-        self,
-        applied: tuple[NamedLimits, ...],
-        identity: str,
-        ip_key: str,
-        cost: float,
-        now: float,
+        self, verdict: Verdict, identity: str, ip_key: str, cost: float, now: float
     ) -> tuple[tuple[PolicyState, ...], tuple[str, ...]]:
-        """Count a served request in every limit ``test`` found; their states and the
-        concurrency slots taken (to release with the decision)."""
+        """Count a served request in every limit ``verdict`` found; their states and the
+        concurrency slots taken (to release with the decision). A verdict a round-trip
+        backend answered was counted there: its states and slots."""
+        if verdict.counted is not None:
+            return verdict.counted, verdict.held
+        memory = self._memory
+        assert memory is not None
         states: list[PolicyState] = []
         held: list[str] = []
-        for named in applied:
+        for named in verdict.applied:
             limits = named.limits
             bucket = limits.bucket
-            if bucket is not None:
+            if bucket is not None and not named.replaces_key_bucket:
                 key = (identity, named.bucket_name)
                 tokens = self._tokens(key, named, now) - cost
                 if key not in self._buckets and len(self._buckets) >= self._max_buckets:
@@ -198,17 +262,71 @@ class RouteLimiter:
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 hits = max(0, round(cost)) if quota.by_cost else 1
                 key_q = f"{named.name}:{ident}"
-                ok, remaining, reset = self._limits.hit_quota(
-                    quota.limit, quota.strategy, key_q, hits
-                )
+                ok, remaining, reset = memory.hit_quota(quota.limit, quota.strategy, key_q, hits)
                 states.append(
                     PolicyState(name, quota.amount, quota.window, remaining, reset, not ok)
                 )
             if limits.concurrency is not None:
                 slot = f"c:{identity}:{named.name}"
-                if self._limits.acquire(slot, limits.concurrency):
+                if memory.acquire(slot, limits.concurrency):
                     held.append(slot)
         return tuple(states), tuple(held)
+
+    def plan_slot(self, info: RequestInfo) -> float:
+        """The key row's ``F_PLAN`` for this request: its plan's slot among the plans with
+        their own bucket, 0 (the policy's bucket) without one (memory backend)."""
+        plan = info.plan
+        return float(self.plan_slots.get(plan, 0)) if plan is not None else 0.0
+
+    def with_plan_bucket(
+        self,
+        info: RequestInfo,
+        policies: tuple[PolicyState, ...],
+        app_bucket: TokenBucket | None,
+        remaining: float,
+        reset: float,
+        violated: bool,
+    ) -> tuple[PolicyState, ...]:
+        """The decision's policy states with the key bucket's state named after the plan
+        whose bucket replaced the app-wide one (memory backend); unchanged otherwise.
+        ``remaining``, ``reset``, ``violated``: the kernel's key bucket outputs."""
+        plan = info.plan
+        named = self.plans.get(plan) if plan is not None and self.plan_slots else None
+        if named is None or not named.replaces_key_bucket:
+            return policies
+        own = PolicyState(
+            named.bucket_name, named.capacity, named.window, remaining, reset, violated
+        )
+        if app_bucket is None:
+            return (own, *policies)
+        out = list(policies)
+        for i, state in enumerate(out):
+            if state.name == app_bucket.name and state.quota == app_bucket.capacity:
+                own.remaining, own.reset, own.violated = (
+                    state.remaining,
+                    state.reset,
+                    state.violated,
+                )
+                out[i] = own
+                break
+        return tuple(out)
+
+    def reconcile(self, info: RequestInfo, identity: str, ip_key: str, hits: int) -> None:
+        """Count ``hits`` more (< 0: fewer) in every by-cost quota of the route and plan
+        limits that applied to ``info``, served and counted at its estimated cost: the
+        real cost reported after the response minus the estimate, in whole units."""
+        if not hits:
+            return
+        for named in self.applying(info):
+            for quota in named.limits.quotas:
+                if not quota.by_cost:
+                    continue
+                ident = identity if quota.per == "key" else "i:" + ip_key
+                if self._memory is not None:
+                    key = f"{named.name}:{ident}"
+                    self._memory.reconcile_quota(quota.limit, quota.strategy, key, hits)
+                elif self._remote is not None:
+                    self._remote.reconcile_route_quota(named.name, quota, ident, hits)
 
     def _evict_full(self, now: float) -> None:
         """Forget the buckets idle long enough to be full again (a new one reads full);
@@ -243,7 +361,11 @@ def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]
         parts.extend(f"{q.name}:{q.amount}/{q.window:g}s" for q in limits.quotas)
         if limits.concurrency is not None:
             parts.append(f"concurrency:{limits.concurrency}")
-        return f"{named.name}[{','.join(parts)}]"
+        models = "".join(
+            f";{one(NamedLimits(limit_name(f'{named.name}-model', model), model_limits))}"
+            for model, model_limits in limits.models.items()
+        )
+        return f"{named.name}[{','.join(parts)}]{models}"
 
     def plan(name: str, named: NamedLimits) -> str:
         overrides = "".join(

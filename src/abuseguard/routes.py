@@ -6,10 +6,10 @@ framework-free core (`abuseguard.guard` and what it imports).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from starlette.routing import Match, Mount, Router
+from starlette.routing import Match, Mount, Route, Router
 
 
 class RouteResolver:
@@ -58,9 +58,47 @@ def _find_router(app: Any) -> Router | None:
     return None
 
 
+_INCLUDED: dict[int, tuple[Any, list[Any]]] = {}
+
+
+def _expanded(routes: Iterable[Any]) -> Iterator[Any]:
+    """``routes`` with FastAPI's lazily included routers (``app.include_router`` in recent
+    FastAPI: one route object for the whole router, whose own ``path`` is empty) replaced
+    by a Starlette route per route they serve, at its full path."""
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if not callable(contexts):
+            yield route
+            continue
+        hit = _INCLUDED.get(id(route))
+        if hit is None or hit[0] is not route:
+            if len(_INCLUDED) >= 256:
+                _INCLUDED.clear()
+            hit = _INCLUDED[id(route)] = (route, _routes_of(contexts()))
+        yield from hit[1]
+
+
+def _routes_of(contexts: Iterable[Any]) -> list[Any]:
+    found: list[Any] = []
+    for context in contexts:
+        route = getattr(context, "starlette_route", None)
+        if route is None:
+            methods = getattr(getattr(context, "original_route", None), "methods", None)
+            path = getattr(context, "path", None)
+            if not methods or not isinstance(path, str):
+                continue
+            route = Route(path, _never_called, methods=list(methods))
+        found.append(route)
+    return found
+
+
+async def _never_called(request: Any) -> None:  # pragma: no cover - only matched
+    raise RuntimeError("abuseguard.routes matches this route; it never serves it")
+
+
 def _match(routes: Iterable[Any], scope: dict[str, Any], prefix: str) -> str | None:
     partial: str | None = None
-    for route in routes:
+    for route in _expanded(routes):
         try:
             match, child = route.matches(scope)
         except Exception:  # a custom route that cannot match this scope
@@ -93,7 +131,7 @@ def route_templates(app: Any) -> set[tuple[str | None, str]] | None:
 
 
 def _collect(routes: Iterable[Any], prefix: str, found: set[tuple[str | None, str]]) -> None:
-    for route in routes:
+    for route in _expanded(routes):
         path = prefix + getattr(route, "path", "")
         if isinstance(route, Mount):
             inner = route.routes

@@ -6,7 +6,10 @@ few facts it may read (policy, ladder, shadowed bucket kinds, clock, load factor
 verdict of the ladder and network rules, which bucket refusals are shadowed) and the
 engine's rows by identity and bucket parameters (`EngineRows`), never its arrays. The
 Guard runs the pipeline itself (`Guard.acheck`): the backend answers limits. The callables
-are the Guard's bound methods, so going through the port costs no extra call.
+are the stages' bound methods, so going through the port costs no extra call. It holds no
+reference to the Guard, so a backend cannot change it: what the Guard needs to know of a
+backend (whether the kernel's buckets decide) is a capability the backend declares
+(`backends.base.kernel_buckets`), read at construction.
 """
 
 from __future__ import annotations
@@ -23,19 +26,15 @@ class GuardStages:
     """The `Stages` port of one Guard."""
 
     def __init__(self, guard: Guard) -> None:
-        self._guard = guard
         self.policy = guard.policy
         self.rows = engine_rows(guard.engine)
         self.ladder = guard.ladder
-        self.shadow_kinds = guard._shadow_kinds
+        self.shadow_kinds = guard.decider.shadow_kinds
         self.clock = guard.clock
-        self.local_verdict = guard.risk_action
+        self.local_verdict = guard.decider.risk_action
         self.load_factor = guard._load_factor
-        self.buckets_shadowed = guard._bucket_shadow
-
-    def use_local_buckets(self) -> None:
-        """The kernel's own buckets decide (synced mode): decisions report them."""
-        self._guard.local_buckets = True
+        self.buckets_shadowed = guard.decider.bucket_shadow
+        self.route_limits = guard.route_limits
 
 
 __all__ = ["GuardStages"]

@@ -28,6 +28,7 @@ from typing import Any
 TRACE_FIELDS: tuple[str, ...] = (
     "ts", "ip", "key", "method", "path", "ua", "headers", "body", "status", "cost",
     "duration", "asn", "as_org", "country", "anon", "anon_confidence", "actor", "label", "kind",
+    "plan",
 )  # fmt: skip
 TIME_FORMATS: tuple[str, ...] = ("auto", "epoch_s", "epoch_ms", "epoch_us", "iso8601")
 _EPOCH_DIVISOR = {"epoch_s": 1.0, "epoch_ms": 1e3, "epoch_us": 1e6}

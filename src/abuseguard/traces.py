@@ -24,7 +24,12 @@ the record (``TraceRecord.cost``) and is not put into ``RequestInfo.cost`` (whic
 cost charged up front); replay decides how to feed it to the guard.
 
 Beyond DESIGN.md the reader accepts ``duration`` (seconds the origin took to answer, a
-finite number >= 0); replay uses it to release concurrency at ``ts + duration``.
+finite number >= 0); replay uses it to release concurrency at ``ts + duration``. ``plan``
+(a string) is the client's plan (`Policy.plans`): replay uses it instead of calling
+``Policy.plan_func``. ``account`` is what the host app knows about the account (an object
+with ``age_days``, ``verified``, ``plan``, ``org``, ``payment``, ``tags``; see
+`abuseguard.account`), whose fields of the wrong type are dropped rather than rejecting
+the line.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from abuseguard.account import AccountFacts
 from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
 from abuseguard.trace_columns import ColumnMapping
 
@@ -92,6 +98,11 @@ def _header_object(value: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
     return _json(dict(value), separators=(",", ":"))
 
 
+def _account_object(value: AccountFacts | Mapping[str, Any]) -> str:
+    facts = value if isinstance(value, AccountFacts) else AccountFacts.from_mapping(value)
+    return _json(facts.as_mapping(), separators=(",", ":"), ensure_ascii=False)
+
+
 TRACE_FIELD_WRITERS: dict[str, Callable[[Any], str]] = {
     "ts": _millis,
     "ip": _json,
@@ -112,6 +123,8 @@ TRACE_FIELD_WRITERS: dict[str, Callable[[Any], str]] = {
     "actor": _json,
     "label": _json,
     "kind": _json,
+    "account": _account_object,
+    "plan": _json,
 }
 
 
@@ -184,7 +197,7 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-_STR_FIELDS = ("key", "ua", "body", "as_org", "country", "actor", "kind")
+_STR_FIELDS = ("key", "ua", "body", "as_org", "country", "actor", "kind", "plan")
 _NONE = type(None)
 
 
@@ -269,7 +282,8 @@ def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
     country = get("country")
     actor = get("actor")
     kind = get("kind")
-    for value in (key, ua, body, as_org, country, actor, kind):
+    plan = get("plan")
+    for value in (key, ua, body, as_org, country, actor, kind, plan):
         if value is not None and type(value) is not str:
             for name in _STR_FIELDS:
                 if type(get(name)) not in (str, _NONE):
@@ -303,8 +317,13 @@ def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
         anon = _anon(anon)
     info = RequestInfo(
         ip, ts, key, method, path, None, ua, _headers(get("headers")), body, None, asn,
-        as_org, country, anon, confidence,
+        as_org, country, anon, confidence, plan,
     )  # fmt: skip
+    account = get("account")
+    if account is not None:
+        if type(account) is not dict:
+            raise TraceError("bad_type", "account")
+        info.account = AccountFacts.from_mapping(account)
     return TraceRecord(info, line_no, status, cost, duration, actor, label, kind)
 
 

@@ -64,7 +64,11 @@ def _content() -> str:
     from abuseguard.intel import _content_kernels
 
     _content_kernels.compile_kernels()
-    dispatchers = (_content_kernels._fingerprint_text, _content_kernels._fingerprint_texts)
+    dispatchers = (
+        _content_kernels._fingerprint_text,
+        _content_kernels._fingerprint_texts,
+        _content_kernels._fingerprint_body,
+    )
     return _compiled_or_loaded(dispatchers)
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from abuseguard.keyprobe import SharedBudgets, UnverifiedKeyLimiter
     from abuseguard.policy import Policy, Quota
     from abuseguard.request import RequestInfo
+    from abuseguard.route_limits import RouteLimiter, Verdict
 
 
 class Backend:
@@ -52,6 +53,9 @@ class Backend:
 
     shared: ClassVar[bool] = False
     decides_locally: ClassVar[bool] = False
+    #: A shared backend that tests and counts route and plan limits (`Policy.routes`,
+    #: `Policy.plans`) in its store, in the round trip of each request (Redis inline).
+    counts_route_limits: ClassVar[bool] = False
     #: The URI schemes this class answers (``backend_from_uri``); registered at definition.
     schemes: ClassVar[tuple[str, ...]] = ()
     uri: str = ""
@@ -91,6 +95,9 @@ class Backend:
     def reconcile_shared_quota(self, index: int, quota: Quota, identity: str, delta: int) -> None:
         """Count ``delta`` more (< 0: fewer) in a shared by-cost quota's current window."""
 
+    def reconcile_route_quota(self, limits: str, quota: Quota, identity: str, delta: int) -> None:
+        """The same for a by-cost quota of the route or plan limits named ``limits``."""
+
 
 class Stages(Protocol):
     """The Guard's pipeline stages a shared backend may run for one request, and the facts
@@ -98,6 +105,7 @@ class Stages(Protocol):
 
     policy: Policy
     rows: EngineRows  # the engine's rows by identity, its bucket parameters
+    route_limits: RouteLimiter | None  # `Policy.routes` and `Policy.plans`, when set
     ladder: tuple[Action, ...]
     shadow_kinds: int  # bitmask of the kinds whose bucket refusals are shadowed
 
@@ -108,7 +116,6 @@ class Stages(Protocol):
 
     def load_factor(self) -> float: ...
     def buckets_shadowed(self, denied: int) -> bool: ...
-    def use_local_buckets(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -120,7 +127,8 @@ class LimitAnswer:
     without a decision from the limits (the Guard shows it to the observers).
     ``policies_kept``: keep only this many of the decision's policy states (-1: all);
     ``holds`` False: the decision holds no concurrency slot. ``after`` sees the decision
-    (a lease not held is given back, a refusal remembered)."""
+    (a lease not held is given back, a refusal remembered). ``routes``: the route and
+    plan limits' answer, counted in the same call (None: none applied or none was asked)."""
 
     limits: LimitSource
     buckets_known: bool
@@ -128,6 +136,7 @@ class LimitAnswer:
     policies_kept: int = -1
     holds: bool = True
     after: Callable[[Decision], None] | None = None
+    routes: Verdict | None = None
 
 
 class LimitSource(Protocol):
@@ -219,7 +228,8 @@ class RoundTripDecider(ABC):
 
 
 class LocalDecider(ABC):
-    """Capability of a shared backend that decides from local state (no waiting)."""
+    """Capability of a shared backend that decides from local state (no waiting): the
+    kernel's own buckets decide, and decisions report them (`kernel_buckets`)."""
 
     @abstractmethod
     def note_decision(
@@ -228,6 +238,15 @@ class LocalDecider(ABC):
         """The Guard decided ``p`` from local state (``plain``: the kernel's plain allow,
         every bucket charged; ``io``: the engine's outputs): note what to merge into the
         store; no I/O."""
+
+
+def kernel_buckets(backend: Backend) -> bool:
+    """Whether the engine's own token buckets decide ``backend``'s requests, and decisions
+    report them: a local backend (nothing else holds them) and a `LocalDecider` (Redis
+    synced mode) do; a `RoundTripDecider` alone answers the buckets in its round trip
+    (its fail mode may turn the kernel's on meanwhile, through `EngineRows`). Read by the
+    Guard once, at construction."""
+    return not backend.shared or isinstance(backend, LocalDecider)
 
 
 def require_capabilities(backend: Backend) -> None:
@@ -296,5 +315,6 @@ __all__ = [
     "Stages",
     "UnknownLimits",
     "backend_from_uri",
+    "kernel_buckets",
     "require_capabilities",
 ]

@@ -29,6 +29,17 @@ def risk_refill_factor(
     return factor
 
 
+def key_bucket_shape(
+    plan_rate: float, plan_burst: float, rate: float, burst: float
+) -> tuple[float, float]:
+    """The key bucket's (rate, burst) for one client: its plan's bucket (`Policy.plans`)
+    when the plan has one (``plan_burst`` > 0), in place of the policy's (``rate``,
+    ``burst``). Risk, load and the shadow flag then apply to it as to the policy's."""
+    if plan_burst > 0.0:
+        return plan_rate, plan_burst
+    return rate, burst
+
+
 def nat_multiplier(fan_in: float, per_account: float, most: float) -> float:
     """How much the bucket (rate and burst) of a NAT-eligible IP or prefix grows with the
     ``fan_in`` distinct accounts behind it: ``1 + per_account * (fan_in - 1)``, at most

@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from abuseguard.engine import kernels
+from abuseguard.engine import hashindex, kernels
 from abuseguard.engine import layout as L
+from abuseguard.engine.bucket_rules import key_bucket_shape
 from abuseguard.engine.params import build_params
 from abuseguard.engine.table import KeyTable, StateTable
 from abuseguard.policy import Policy
@@ -25,6 +26,7 @@ class Engine:
 
     def __init__(self, policy: Policy, *, local_buckets: bool = True) -> None:
         kernels.warm_up()
+        hashindex.warm_up()
         capacity = policy.max_identities
         small = max(16, min(capacity, 65536))
         # Key, IP, prefix, ASN and persona tables, then the account table: only accounts
@@ -33,23 +35,40 @@ class Engine:
         rows = (capacity, capacity, max(16, capacity // 2), small, small, capacity)
         self.state = kernels.new_state(rows)
         state = self.state
+        # Identity -> row indexes of the six tables, in kind order then the accounts': one
+        # int64 vector, so `hashindex.claim_rows` finds a request's rows in one call.
+        self.index_vector = hashindex.new_index_vector(rows)
+        index = self.index_vector
         # Key rows pushed out while banned or refused are held (see `table.KeyTable`).
         self.key_table = KeyTable(
             capacity,
             L.KEY_WIDTH,
             held_capacity=held_capacity(capacity),
             data=kernels.region(state, L.KIND_KEY, L.KEY_WIDTH),
+            index_vector=index,
+            index_base=int(index[L.KIND_KEY]),
         )
         self.tables: tuple[StateTable, ...] = (
             self.key_table,
             *(
-                StateTable(rows[kind], L.NET_WIDTH, data=kernels.region(state, kind, L.NET_WIDTH))
+                StateTable(
+                    rows[kind],
+                    L.NET_WIDTH,
+                    data=kernels.region(state, kind, L.NET_WIDTH),
+                    index_vector=index,
+                    index_base=int(index[kind]),
+                )
                 for kind in range(1, L.N_KINDS)
             ),
         )
         self.accounts = StateTable(
-            capacity, L.ACC_WIDTH, data=kernels.region(state, L.REGION_ACC, L.ACC_WIDTH)
+            capacity,
+            L.ACC_WIDTH,
+            data=kernels.region(state, L.REGION_ACC, L.ACC_WIDTH),
+            index_vector=index,
+            index_base=int(index[L.KIND_ACCOUNT]),
         )
+        self.claim_rows = _compiled_entry(hashindex.claim_rows)
         self.cms = kernels.region(state, L.REGION_CMS, L.CMS_WIDTH)
         self.io = kernels.vector(state, L.REGION_IO, L.IO_SIZE)
         # The rows the last decide() worked on (int64 words of the state vector).
@@ -70,8 +89,22 @@ class Engine:
             float(self.params[L.P_ERR_ALPHA]),
         )
 
+    def key_burst(self, row: int) -> float:
+        """The burst of a key row's bucket: its plan's (`Policy.plans`) or the policy's."""
+        params = self.params
+        burst = float(params[L.P_BUCKET + 1])
+        plan = int(self.tables[L.KIND_KEY].data[row, L.F_PLAN])
+        if plan > 0:
+            slot = L.P_PLAN_BUCKET + 2 * (plan - 1)
+            burst = key_bucket_shape(float(params[slot]), float(params[slot + 1]), 0.0, burst)[1]
+        return burst
+
     def charge(self, kind: int, row: int, delta: float) -> None:
-        burst = float(self.params[L.P_BUCKET + 2 * kind + 1])
+        burst = (
+            self.key_burst(row)
+            if kind == L.KIND_KEY
+            else float(self.params[L.P_BUCKET + 2 * kind + 1])
+        )
         if burst > 0.0:
             kernels.charge(self.tables[kind].data, row, delta, burst)
 
@@ -83,7 +116,10 @@ class Engine:
         params = self._params_view
         for kind in range(L.N_KINDS):
             row = rows[L.I_ROW + kind]
-            if row >= 0 and params[L.P_BUCKET + 2 * kind + 1] > 0.0:
+            if row >= 0 and (
+                params[L.P_BUCKET + 2 * kind + 1] > 0.0
+                or (kind == L.KIND_KEY and self._table_views[kind][row, L.F_PLAN] > 0.0)
+            ):
                 self._table_views[kind][row, L.F_TOKENS] -= delta
 
     def set_prior(self, key: object, prior: float) -> bool:
@@ -92,6 +128,33 @@ class Engine:
         if row is None:
             return False
         self.tables[L.KIND_KEY].data[row, L.F_PRIOR] = min(1.0, max(0.0, prior))
+        return True
+
+    def add_spend(self, key_row: int, amount: float, ts: float) -> None:
+        """The real cost (tokens) of a served request of the identity at ``key_row``,
+        reported after its response: the spend signal reads it."""
+        kernels.add_spend(self.tables[L.KIND_KEY].data, self.cms, key_row, amount, ts, self.params)
+
+    def forgive(self, key: object) -> bool:
+        """Clear what an identity's risk has built up: its accumulated evidence and the
+        hold of its steps, a ban, the smoothed score and ladder level, the lane's prior.
+        Its limits (buckets, quotas) stay. False when the identity is unknown here."""
+        row = self.key_table.find(key)
+        data = self.key_table.data[row] if row is not None else self.key_table.held.row_of(key)
+        if data is None:
+            return False
+        for field in (
+            L.F_EVIDENCE,
+            L.F_EVIDENCE_HELD,
+            L.F_STICKY,
+            L.F_BANNED_UNTIL,
+            L.F_SCORE,
+            L.F_LEVEL,
+            L.F_COUPLING_SCORE,
+            L.F_STRONG_UNTIL,
+            L.F_PRIOR,
+        ):
+            data[field] = 0.0
         return True
 
     def last_kernel_inputs(self, *, scored: bool = True) -> tuple[Any, ...]:
@@ -112,7 +175,11 @@ class Engine:
 
     @property
     def nbytes(self) -> int:
-        return int(self.state.nbytes) + int(self.key_table.held.data.nbytes)
+        return (
+            int(self.state.nbytes)
+            + int(self.index_vector.nbytes)
+            + int(self.key_table.held.data.nbytes)
+        )
 
 
 def held_capacity(max_identities: int) -> int:
@@ -121,18 +188,5 @@ def held_capacity(max_identities: int) -> int:
     return max(64, max_identities // 8)
 
 
-def _compiled_entry(dispatcher: Any) -> Any:
-    """The compiled function behind a Numba dispatcher that warm_up() compiled once.
-
-    Calling it skips the dispatcher's per-call type resolution (about 0.3 us for the
-    kernel's arguments); its wrapper still converts each argument, so a Python int or
-    float is all it takes. Any other state of the dispatcher (no or several compiled
-    signatures) falls back to calling the dispatcher itself.
-    """
-    signatures = getattr(dispatcher, "signatures", [])
-    overloads = getattr(dispatcher, "overloads", {})
-    if len(signatures) == 1 and signatures[0] in overloads:
-        entry = getattr(overloads[signatures[0]], "entry_point", None)
-        if callable(entry):
-            return entry
-    return dispatcher
+# The compiled entry of a Numba dispatcher (kept here: other modules cite this name).
+_compiled_entry = hashindex.compiled_entry

@@ -3,9 +3,10 @@
 An attacker can make unlimited fresh identities (random API keys, unique IPv6 /64s), so
 eviction alone would let a banned or refused identity come back with a clean row. The
 key table (`table.KeyTable`) evicts rows that are neither banned nor refusing first; when
-every candidate is one of those, the row is copied here, keyed by its identity, and copied
-back when the identity returns, so the ban, the refusal and everything else the row knew
-(bucket, score, ladder level) are as they were.
+every candidate is one of those, the row is copied here, keyed as the key table keys it
+(the identity's ``hash()``, see `hashindex`), and copied back when the identity returns,
+so the ban, the refusal and everything else the row knew (bucket, score, ladder level)
+are as they were.
 
 Bounded: ``capacity`` rows, preallocated. At the bound the hold that matters least makes
 room: one whose ban and refusal both ended, else the refusal that ends soonest, else the

@@ -267,6 +267,19 @@ def template_step(
 
 _risk_refill_factor = njit(cache=True, inline="always")(bucket_rules.risk_refill_factor)
 _nat_multiplier = njit(cache=True, inline="always")(bucket_rules.nat_multiplier)
+_key_bucket_shape = njit(cache=True, inline="always")(bucket_rules.key_bucket_shape)
+
+
+@njit(cache=True, inline="always")
+def key_bucket(key_row: np.ndarray, prm: np.ndarray) -> tuple[float, float]:
+    """The key bucket's (rate, burst) for this row: its plan's (F_PLAN) or the policy's."""
+    rate = prm[L.P_BUCKET]
+    burst = prm[L.P_BUCKET + 1]
+    plan = int(key_row[L.F_PLAN])
+    if plan > 0:
+        slot = L.P_PLAN_BUCKET + 2 * (plan - 1)
+        rate, burst = _key_bucket_shape(prm[slot], prm[slot + 1], rate, burst)
+    return rate, burst
 
 
 @njit(cache=True, inline="always")
@@ -421,6 +434,102 @@ def fan_out_signal(asns: float, countries: float, prefixes: float, prm: np.ndarr
 
 
 @njit(cache=True, inline="always")
+def spend_per_day(
+    spend: float, spend_ts: float, first_seen: float, ts: float, prm: np.ndarray
+) -> float:
+    """The real cost an account spends per day: its decayed sum of reported costs over
+    what a steady rate would have summed since it was first seen (at least
+    ``P_SPEND_MIN_AGE``), so a young account is neither under- nor over-counted."""
+    if spend <= 0.0:
+        return 0.0
+    tau = prm[L.P_SPEND_TAU]
+    if ts > spend_ts:
+        spend *= math.exp(-(ts - spend_ts) / tau)
+    age = ts - first_seen
+    if age < prm[L.P_SPEND_MIN_AGE]:
+        age = prm[L.P_SPEND_MIN_AGE]
+    per_day: float = spend / (tau * (1.0 - math.exp(-age / tau))) * 86400.0
+    return per_day
+
+
+@njit(cache=True, inline="always")
+def spend_signal(per_day: float, cohort_q: float, cohort_n: float, prm: np.ndarray) -> float:
+    """Spend against the account's allowance when one is configured, else against the
+    cohort's quantile (once it has seen 50 accounts' spends)."""
+    if per_day <= 0.0:
+        return 0.0
+    allowance = prm[L.P_SPEND_ALLOWANCE]
+    if allowance > 0.0:
+        return ramp(per_day / allowance, prm[L.P_SPEND_SHARE_LO], prm[L.P_SPEND_SHARE_HI])
+    if cohort_n < 50.0:
+        return 0.0
+    return ramp(per_day / math.exp(cohort_q), prm[L.P_SPEND_COHORT_LO], prm[L.P_SPEND_COHORT_HI])
+
+
+@njit(cache=True, inline="always")
+def evidence_step(sig: np.ndarray, prm: np.ndarray) -> float:
+    """What one request adds to the accumulated evidence: each signal's contribution (its
+    log-likelihood ratio, capped at ``signal_cap``), the weak ones together capped at
+    ``weak_cap``, less the drift; at most ``max_step``."""
+    weak_mask = int(prm[L.P_WEAK_MASK])
+    cap = prm[L.P_EV_SIGNAL_CAP]
+    weak = 0.0
+    strong = 0.0
+    for s in range(L.N_SIGNALS):
+        c = sig[s]
+        if c <= 0.0:
+            continue
+        if c > cap:
+            c = cap
+        if weak_mask & (1 << s):
+            weak += c
+        else:
+            strong += c
+    if weak > prm[L.P_EV_WEAK_CAP]:
+        weak = prm[L.P_EV_WEAK_CAP]
+    step: float = strong + weak - prm[L.P_EV_DRIFT]
+    max_step: float = prm[L.P_EV_MAX_STEP]
+    return step if step < max_step else max_step
+
+
+@njit(cache=True, inline="always")
+def evidence_stage(
+    key_row: np.ndarray, io: np.ndarray, ts: float, reasons: int, prm: np.ndarray
+) -> int:
+    """The account's accumulated evidence (a CUSUM over the signals' contributions, which
+    halves every ``half_life``) and the ladder level its steps hold the account at. The
+    hold outlasts the score: it ends once the evidence has stayed below the first
+    threshold for ``quiet_period`` seconds. Returns the reasons, with R_EVIDENCE while the
+    account is held."""
+    n_steps = int(prm[L.P_EV_STEPS_N])
+    if n_steps == 0:
+        return reasons
+    sig = io[L.O_CONTRIB : L.O_CONTRIB + L.N_SIGNALS]
+    evidence = key_row[L.F_EVIDENCE]
+    last = key_row[L.F_EVIDENCE_TS]
+    if ts > last:
+        if evidence > 0.0:
+            evidence *= 0.5 ** ((ts - last) / prm[L.P_EV_HALF_LIFE])
+        key_row[L.F_EVIDENCE_TS] = ts
+    evidence += evidence_step(sig, prm)
+    if evidence < 0.0:
+        evidence = 0.0
+    key_row[L.F_EVIDENCE] = evidence
+    sticky = key_row[L.F_STICKY]
+    if evidence >= prm[L.P_EV_THRESHOLD]:
+        key_row[L.F_EVIDENCE_HELD] = ts
+    elif sticky > 0.0 and ts - key_row[L.F_EVIDENCE_HELD] >= prm[L.P_EV_QUIET]:
+        sticky = 0.0
+    for i in range(n_steps):
+        if evidence >= prm[L.P_EV_THRESHOLD + i] and prm[L.P_EV_LEVEL + i] > sticky:
+            sticky = prm[L.P_EV_LEVEL + i]
+    key_row[L.F_STICKY] = sticky
+    if sticky > 0.0:
+        reasons |= 1 << L.R_EVIDENCE
+    return reasons
+
+
+@njit(cache=True, inline="always")
 def combine_signals(
     sig: np.ndarray, key_row: np.ndarray, ts: float, prm: np.ndarray
 ) -> tuple[float, int]:
@@ -521,6 +630,15 @@ def score_stage(
                 )
         sig[L.S_ELICIT] = io[L.X_ELICIT]
     sig[L.S_PRIOR] = key_row[L.F_PRIOR]
+    if key_row[L.F_SPEND] > 0.0:
+        sig[L.S_SPEND] = spend_signal(
+            spend_per_day(
+                key_row[L.F_SPEND], key_row[L.F_SPEND_TS], key_row[L.F_FIRST_SEEN], ts, prm
+            ),
+            cms[L.CMS_DEPTH, L.CB_SPEND_Q],
+            cms[L.CMS_DEPTH, L.CB_SPEND_N],
+            prm,
+        )
     return combine_signals(sig, key_row, ts, prm)
 
 
@@ -548,10 +666,14 @@ def smooth_stage(
 
 
 @njit(cache=True, inline="always")
-def ladder_stage(key_row: np.ndarray, smoothed: float, ts: float, prm: np.ndarray) -> float:
+def ladder_stage(
+    key_row: np.ndarray, smoothed: float, ts: float, scored: bool, prm: np.ndarray
+) -> float:
     """The enforcement ladder with hysteresis, and a ban at its ban level. Weak signals
     alone (no strong one within the score's half-life) stop at the last step that serves
-    and leave the refill alone. Returns the score that scales the key bucket's refill."""
+    and leave the refill alone; a scored request of an account held by its accumulated
+    evidence is at least at the held level. Returns the score that scales the key
+    bucket's refill."""
     corroborated = prm[L.P_WEAK_MASK] == 0.0 or key_row[L.F_STRONG_UNTIL] >= ts
     level = int(key_row[L.F_LEVEL])
     n_levels = int(prm[L.P_LADDER_N])
@@ -561,6 +683,13 @@ def ladder_stage(key_row: np.ndarray, smoothed: float, ts: float, prm: np.ndarra
         level -= 1
     if not corroborated and level > prm[L.P_SERVING_LEVELS]:
         level = int(prm[L.P_SERVING_LEVELS])
+    if scored and level < key_row[L.F_STICKY]:
+        # Held by accumulated evidence (`evidence_stage`): the score may fall, the hold
+        # stays until forgiven.
+        level = int(key_row[L.F_STICKY])
+    cap = key_row[L.F_LEVEL_CAP]
+    if cap > 0.0 and level > cap - 1.0:
+        level = int(cap - 1.0)  # a trusted account (Policy.accounts): served, still scored
     coupling_score = smoothed if corroborated else 0.0
     key_row[L.F_COUPLING_SCORE] = coupling_score
     key_row[L.F_LEVEL] = level
@@ -601,12 +730,19 @@ def bucket_stage(
     tight_reset = 0.0
     key_rate = 0.0
     key_burst = 0.0
+    tight_base_rate = 0.0
+    active = 0  # the kinds whose bucket this request meets
     for kind in range(L.N_KINDS):
         r = iv[L.I_ROW + kind]
-        rate = prm[L.P_BUCKET + 2 * kind]
-        burst = prm[L.P_BUCKET + 2 * kind + 1]
+        if kind == L.KIND_KEY:
+            rate, burst = key_bucket(key_row, prm)
+        else:
+            rate = prm[L.P_BUCKET + 2 * kind]
+            burst = prm[L.P_BUCKET + 2 * kind + 1]
         if r < 0 or burst <= 0.0:
             continue
+        active |= 1 << kind
+        base_rate = rate
         factor = load
         if kind == L.KIND_KEY:
             factor *= risk_factor
@@ -634,18 +770,17 @@ def bucket_stage(
             tight_kind = kind
             tight_remaining = tokens
             tight_reset = (burst - tokens) / rate
+            tight_base_rate = base_rate
     serves = prm[L.P_LADDER_SERVES + level] != 0.0
     # A refusal of a shadowed bucket is served: charged as an allow, nobody told to wait.
     enforced = denied & ~int(prm[L.P_SHADOW_KINDS])
     if enforced == 0 and serves:
         for kind in range(L.N_KINDS):
-            r = iv[L.I_ROW + kind]
-            if r < 0 or prm[L.P_BUCKET + 2 * kind + 1] <= 0.0:
-                continue
-            tables[kind][r][L.F_TOKENS] -= cost
+            if active & (1 << kind):
+                tables[kind][iv[L.I_ROW + kind]][L.F_TOKENS] -= cost
         tight_remaining -= cost
         if tight_kind >= 0:
-            tight_reset += cost / (prm[L.P_BUCKET + 2 * tight_kind] * load + 1e-12)
+            tight_reset += cost / (tight_base_rate * load + 1e-12)
     if denied != 0:
         reasons |= 1 << L.R_RATE
     if enforced != 0:
@@ -679,9 +814,9 @@ def decide(
     io: np.ndarray,
     prm: np.ndarray,
 ) -> None:
-    """One request, stage by stage: ban, arrival, network rows and sketches, score, smoothed
-    score, ladder, buckets. Inputs in ``iv`` and the X_ slots of ``io``; outputs in its O_
-    slots."""
+    """One request, stage by stage: ban, arrival, network rows and sketches, score,
+    accumulated evidence, smoothed score, ladder, buckets. Inputs in ``iv`` and the X_
+    slots of ``io``; outputs in its O_ slots."""
     ts = io[L.X_TS]
     cost = io[L.X_COST]
     epoch = math.floor(ts / (prm[L.P_HORIZON] * 0.5))
@@ -692,7 +827,7 @@ def decide(
 
     new_key = key_row[L.F_COUNT] == 0.0
     if new_key:
-        init_row(key_row, ts, prm[L.P_BUCKET + 1])
+        init_row(key_row, ts, key_bucket(key_row, prm)[1])
         key_row[L.F_LIA_MEAN] = 0.0
         key_row[L.F_LIA_VAR] = 0.0
     elif banned_stage(key_row, ts, io, prm):
@@ -723,10 +858,13 @@ def decide(
             ts,
             epoch,
         )
+        reasons = evidence_stage(key_row, io, ts, reasons, prm)
     io[L.O_SCORE] = score
     smoothed = smooth_stage(key_row, score, ts, previous_seen, new_key, prm)
-    coupling_score = ladder_stage(key_row, smoothed, ts, prm)
+    coupling_score = ladder_stage(key_row, smoothed, ts, prm[L.P_SCORING] != 0.0, prm)
     level = int(key_row[L.F_LEVEL])
+    if level < key_row[L.F_STICKY]:
+        reasons &= ~(1 << L.R_EVIDENCE)  # a trusted account's cap: not held
     bucket_stage(tables, key_row, iv, io, prm, ts, cost, level, coupling_score, fan_in, reasons)
 
 
@@ -740,6 +878,41 @@ def charge(table: np.ndarray, row: int, delta: float, burst: float) -> None:
     """Reconcile a bucket with the real cost: delta > 0 charges more, < 0 refunds."""
     tokens = table[row, L.F_TOKENS] - delta
     table[row, L.F_TOKENS] = burst if tokens > burst else tokens
+
+
+@njit(cache=True)
+def add_spend(
+    key_t: np.ndarray, cms: np.ndarray, row: int, amount: float, ts: float, prm: np.ndarray
+) -> None:
+    """The real cost of a served request, reported after its response: added to the
+    account's decayed spend, and, at most once every ``P_SPEND_SAMPLE`` seconds per
+    account, its spend per day fed to the cohort's quantile (a stochastic-approximation
+    estimator in log units: up by ``step * q`` above it, down by ``step * (1 - q)``
+    below)."""
+    r = key_t[row]
+    tau = prm[L.P_SPEND_TAU]
+    last = r[L.F_SPEND_TS]
+    if ts > last:
+        if r[L.F_SPEND] > 0.0:
+            r[L.F_SPEND] *= math.exp(-(ts - last) / tau)
+        r[L.F_SPEND_TS] = ts
+    r[L.F_SPEND] += amount
+    sampled = r[L.F_SPEND_SAMPLED]
+    if sampled != 0.0 and ts - sampled < prm[L.P_SPEND_SAMPLE]:
+        return
+    r[L.F_SPEND_SAMPLED] = ts
+    per_day = spend_per_day(r[L.F_SPEND], r[L.F_SPEND_TS], r[L.F_FIRST_SEEN], ts, prm)
+    if per_day <= 0.0:
+        return
+    x = math.log(per_day)
+    book = cms[L.CMS_DEPTH]
+    if book[L.CB_SPEND_N] == 0.0:
+        book[L.CB_SPEND_Q] = x
+    elif x > book[L.CB_SPEND_Q]:
+        book[L.CB_SPEND_Q] += prm[L.P_SPEND_STEP] * prm[L.P_SPEND_QUANTILE]
+    else:
+        book[L.CB_SPEND_Q] -= prm[L.P_SPEND_STEP] * (1.0 - prm[L.P_SPEND_QUANTILE])
+    book[L.CB_SPEND_N] += 1.0
 
 
 @njit(cache=True, inline="always")
@@ -956,3 +1129,4 @@ def warm_up() -> None:
         decide_with(state, *inputs)
     record_outcome(key_t, 0, 1.0, 0.1)
     charge(key_t, 0, 1.0, 1.0)
+    add_spend(key_t, region(state, L.REGION_CMS, L.CMS_WIDTH), 0, 1.0, 1.0, prm)

@@ -76,6 +76,15 @@ F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate
     F_IA_COUNT,  # inter-arrival samples behind F_LIA_MEAN / F_LIA_VAR
     F_STRONG_UNTIL,  # a strong signal was seen: denials and risk coupling allowed until then
     F_COUPLING_SCORE,  # the smoothed score while F_STRONG_UNTIL holds, else 0 (bucket refill)
+    F_LEVEL_CAP,  # highest ladder level + 1 for a trusted account (Policy.accounts); 0: none
+    F_EVIDENCE,  # accumulated evidence (CUSUM of per-request log-likelihood ratios), >= 0
+    F_EVIDENCE_TS,  # when F_EVIDENCE was last updated (it decays from there)
+    F_EVIDENCE_HELD,  # last time the evidence stood at or above the first step's threshold
+    F_STICKY,  # ladder level held by the evidence steps (0 = none): kept until forgiven
+    F_SPEND,  # decayed sum of the real cost (tokens) reported after responses
+    F_SPEND_TS,  # when F_SPEND was last decayed
+    F_SPEND_SAMPLED,  # when this account's spend last fed the cohort's quantile
+    F_PLAN,  # 1 + the client's plan bucket in P_PLAN_BUCKET (`Policy.plans`); 0: the policy's
     KEY_FIELDS,
 ) = allocate(
     "key",
@@ -94,6 +103,15 @@ F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate
     "ia_count",
     "strong_until",
     "coupling_score",
+    "level_cap",
+    "evidence",
+    "evidence_ts",
+    "evidence_held",
+    "sticky",
+    "spend",
+    "spend_ts",
+    "spend_sampled",
+    "plan",
     start=ROW_FIELDS,
 )
 
@@ -186,10 +204,19 @@ S_TEMPLATE = signal_index("template")
 S_SHARED_TEMPLATE = signal_index("shared_template")
 S_ELICIT = signal_index("elicitation")
 S_PRIOR = signal_index("prior")
+S_SPEND = signal_index("spend")
 # Reason bits: the signals first (bit = signal index, room for MAX_SIGNALS), then
 # limit/other reasons.
 MAX_SIGNALS = 20
-R_RATE, R_BANNED, N_REASON_BITS = allocate("reason_bits", "R", "rate", "banned", start=MAX_SIGNALS)
+R_RATE, R_BANNED, R_EVIDENCE, N_REASON_BITS = allocate(
+    "reason_bits", "R", "rate", "banned", "evidence", start=MAX_SIGNALS
+)
+# The reason names of the bits the guard names from the kernel's reasons bitmask: the
+# signals, then the evidence steps' sticky state (rate and banned are named by the guard).
+REASON_BIT_NAMES: tuple[tuple[int, str], ...] = (
+    *enumerate(SIGNAL_NAMES),
+    (R_EVIDENCE, "evidence"),
+)
 
 # Float inputs/outputs (one float64 vector, inputs first).
 (
@@ -260,6 +287,7 @@ R_RATE, R_BANNED, N_REASON_BITS = allocate("reason_bits", "R", "rate", "banned",
 
 N_CLIENT_CLASSES = 8
 MAX_LADDER = 8
+MAX_PLAN_BUCKETS = 16  # plans (`Policy.plans`) with their own bucket
 
 # Parameters (float64 vector).
 (
@@ -297,6 +325,22 @@ MAX_LADDER = 8
     P_WEAK_MASK,  # bitmask of the weak signals (alone they never refuse); 0 = none is weak
     P_SERVING_LEVELS,  # the highest ladder level whose action still serves the request
     P_SHADOW_KINDS,  # bitmask of kinds whose bucket refusals are shadowed (served anyway)
+    P_EV_STEPS_N,  # evidence steps (0 = no accumulated evidence)
+    P_EV_THRESHOLD,  # P_EV_THRESHOLD + i: the evidence at which step i holds the account
+    P_EV_LEVEL,  # P_EV_LEVEL + i: the ladder level step i holds
+    P_EV_DRIFT,  # evidence a request must carry to add any (the CUSUM's drift)
+    P_EV_WEAK_CAP,  # the most the weak signals of one request add together
+    P_EV_SIGNAL_CAP,  # the most one signal of one request adds
+    P_EV_MAX_STEP,  # the most one request adds in all
+    P_EV_HALF_LIFE,  # seconds for the evidence to halve
+    P_EV_QUIET,  # seconds below the first threshold before the sticky state lets go
+    P_SPEND_TAU,  # time constant (s) of the decayed spend sum
+    P_SPEND_MIN_AGE,  # the spend rate is read over at least this many seconds
+    P_SPEND_ALLOWANCE,  # the account's allowance in cost units per day (0 = not configured)
+    P_SPEND_QUANTILE,  # the cohort quantile the spend is compared to (e.g. 0.9)
+    P_SPEND_STEP,  # step of the cohort quantile's estimator, in log units
+    P_SPEND_SAMPLE,  # an account feeds the cohort's quantile at most once in this many s
+    P_PLAN_BUCKET,  # P_PLAN_BUCKET + 2*(plan - 1): rate, + 1: burst of a plan's key bucket
     P_RAMPS,  # the signals' ramps follow, (low, high) each, in the order `signals.RAMPS`
 ) = allocate(
     "params",
@@ -335,6 +379,22 @@ MAX_LADDER = 8
     "weak_mask",
     "serving_levels",
     "shadow_kinds",
+    "ev_steps_n",
+    ("ev_threshold", MAX_LADDER),
+    ("ev_level", MAX_LADDER),
+    "ev_drift",
+    "ev_weak_cap",
+    "ev_signal_cap",
+    "ev_max_step",
+    "ev_half_life",
+    "ev_quiet",
+    "spend_tau",
+    "spend_min_age",
+    "spend_allowance",
+    "spend_quantile",
+    "spend_step",
+    "spend_sample",
+    ("plan_bucket", 2 * MAX_PLAN_BUCKETS),
 )
 # The ramp parameters: P_<RAMP>_LO, P_<RAMP>_HI per ramp declared in `signals`.
 *_ramp_offsets, N_PARAMS = allocate(
@@ -354,6 +414,8 @@ P_ERR_LO, P_ERR_HI = RAMP_PARAMS["err"]
 P_IMPATIENCE_LO, P_IMPATIENCE_HI = RAMP_PARAMS["impatience"]
 P_TEMPLATE_LO, P_TEMPLATE_HI = RAMP_PARAMS["template"]
 P_SHARED_LO, P_SHARED_HI = RAMP_PARAMS["shared"]
+P_SPEND_SHARE_LO, P_SPEND_SHARE_HI = RAMP_PARAMS["spend_share"]
+P_SPEND_COHORT_LO, P_SPEND_COHORT_HI = RAMP_PARAMS["spend_cohort"]
 
 # The engine keeps every table and vector in one float64 state vector, so that the kernel
 # takes one array argument (Numba converts each array argument at ~45 ns a call). The vector
@@ -376,6 +438,10 @@ CMS_WIDTH = 4096
 # that an account adds itself to a template's count once per sketch horizon.
 CMS_PAIR_ROWS = 16
 CMS_ROWS = CMS_DEPTH + 1 + CMS_PAIR_ROWS
+# The bookkeeping row (row CMS_DEPTH) holds, after the Count-Min's decay time (word 0) and
+# the pair filter's epoch (word 1), the state that is shared by every account: the
+# cohort's spend quantile (log of cost units per day) and how many spends it has seen.
+CB_SPEND_Q, CB_SPEND_N, CMS_BOOK_FIELDS = allocate("cms_book", "CB", "spend_q", "spend_n", start=2)
 
 # The per-request inputs of `kernels.decide_with`, in the order of its arguments after the
 # state vector: (argument name, the vector it is written to, offset there). "iv" is the

@@ -29,6 +29,17 @@ def _set_bucket(prm: np.ndarray, kind: int, bucket: TokenBucket | None) -> None:
         prm[L.P_BUCKET + 2 * kind + 1] = bucket.capacity
 
 
+def plan_buckets(policy: Policy) -> dict[str, int]:
+    """The plans (`Policy.plans`) with their own bucket, which replaces the policy's for
+    their clients: plan name -> its slot (1-based) in ``P_PLAN_BUCKET`` and the key row's
+    ``F_PLAN``, in policy order."""
+    slots: dict[str, int] = {}
+    for name, limits in policy.plans.items():
+        if limits.bucket is not None:
+            slots[name] = len(slots) + 1
+    return slots
+
+
 def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
     """Parameters for `kernels.decide`. With ``local_buckets`` False (a shared backend holds
     the buckets) every bucket is off in the kernel, which then only observes and scores."""
@@ -40,6 +51,11 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
             _set_bucket(prm, L.KIND_IP, network.per_ip)
             _set_bucket(prm, L.KIND_PREFIX, network.per_prefix)
             _set_bucket(prm, L.KIND_ASN, network.per_asn)
+        for name, slot in plan_buckets(policy).items():
+            plan_bucket = policy.plans[name].bucket
+            if slot <= L.MAX_PLAN_BUCKETS and plan_bucket is not None:
+                prm[L.P_PLAN_BUCKET + 2 * (slot - 1)] = plan_bucket.per_second
+                prm[L.P_PLAN_BUCKET + 2 * (slot - 1) + 1] = plan_bucket.capacity
     bucket = policy.bucket
     prm[L.P_COUPLING] = bucket.risk_coupling if bucket is not None else 0.0
     prm[L.P_MIN_FACTOR] = bucket.min_refill_factor if bucket is not None else 1.0
@@ -107,7 +123,63 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
     prm[L.P_SCORE_HALF_LIFE] = enforcement.score_half_life
     prm[L.P_BAN_LEVEL] = enforcement.ban_level()
     prm[L.P_BAN_SECONDS] = enforcement.ban_seconds
+    _set_evidence(prm, scoring, ladder)
+    _set_spend(prm, policy)
     return prm
+
+
+# Spend is read as cost units per day; the decayed sum forgets over a day.
+SECONDS_PER_DAY = 86400.0
+SPEND_MIN_AGE = 3600.0
+SPEND_QUANTILE = 0.9
+SPEND_STEP = 0.05
+SPEND_SAMPLE_SECONDS = 600.0
+
+
+def _set_evidence(
+    prm: np.ndarray, scoring: Scoring, ladder: tuple[tuple[float, Action | str], ...]
+) -> None:
+    """The evidence steps as ladder levels: each holds the first ladder step at least as
+    severe as its action (the top step when none is). No ladder, no steps."""
+    evidence = scoring.evidence
+    prm[L.P_EV_DRIFT] = evidence.drift
+    prm[L.P_EV_WEAK_CAP] = evidence.weak_cap
+    prm[L.P_EV_SIGNAL_CAP] = evidence.signal_cap
+    prm[L.P_EV_MAX_STEP] = evidence.max_step
+    prm[L.P_EV_HALF_LIFE] = evidence.half_life
+    prm[L.P_EV_QUIET] = evidence.quiet_period
+    if not evidence.enabled or not ladder:
+        return
+    for i, (threshold, action) in enumerate(evidence.steps):
+        severity = Action(action).severity
+        level = next(
+            (n + 1 for n, (_, a) in enumerate(ladder) if Action(a).severity >= severity),
+            len(ladder),
+        )
+        prm[L.P_EV_THRESHOLD + i] = threshold
+        prm[L.P_EV_LEVEL + i] = level
+    prm[L.P_EV_STEPS_N] = len(evidence.steps)
+
+
+def spend_allowance(policy: Policy) -> float:
+    """The key's allowance of real cost per day: the key bucket's rate when it counts the
+    cost a response header reports, else the tightest by-cost key quota; 0 when neither."""
+    allowances = [
+        q.amount / q.window * SECONDS_PER_DAY for q in policy.quotas if q.by_cost and q.per == "key"
+    ]
+    bucket = policy.bucket
+    if bucket is not None and bucket.cost_header is not None:
+        allowances.append(bucket.per_second * SECONDS_PER_DAY)
+    return min(allowances) if allowances else 0.0
+
+
+def _set_spend(prm: np.ndarray, policy: Policy) -> None:
+    prm[L.P_SPEND_TAU] = SECONDS_PER_DAY
+    prm[L.P_SPEND_MIN_AGE] = SPEND_MIN_AGE
+    prm[L.P_SPEND_ALLOWANCE] = spend_allowance(policy)
+    prm[L.P_SPEND_QUANTILE] = SPEND_QUANTILE
+    prm[L.P_SPEND_STEP] = SPEND_STEP
+    prm[L.P_SPEND_SAMPLE] = SPEND_SAMPLE_SECONDS
 
 
 def serves(action: Action) -> bool:

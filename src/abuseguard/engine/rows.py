@@ -66,10 +66,10 @@ class _Rows:
         self._views: list[Any] = [memoryview(t.data) for t in self._tables]  # type: ignore[arg-type]
 
     def row(self, kind: int, key: Hashable) -> int | None:
-        return self._tables[kind].index.get(key)
+        return self._tables[kind].find(key)
 
     def owns(self, kind: int, row: int, key: Hashable) -> bool:
-        return bool(self._tables[kind].keys[row] == key)
+        return self._tables[kind].owns(row, key)
 
     def get(self, kind: int, row: int, field: int) -> float:
         value: float = self._views[kind][row, field]

@@ -128,6 +128,18 @@ SIGNALS: tuple[Signal, ...] = (
     ),
     Signal("elicitation", 2.5, weak=False, feed="input elicit (content fingerprint, 0..1)"),
     Signal("prior", 3.0, weak=False, feed="key row: prior written by the background lane"),
+    Signal(
+        "spend",
+        1.2,
+        weak=True,
+        feed="key row: real cost (tokens) per day reported after the responses, as a share "
+        "of the account's token allowance, or without one as a multiple of the cohort's "
+        "quantile (the larger of the two ramps)",
+        ramps=(
+            Ramp("spend_share", "scoring", "spend_share"),
+            Ramp("spend_cohort", "scoring", "spend_cohort"),
+        ),
+    ),
 )
 
 SIGNAL_NAMES: tuple[str, ...] = tuple(s.name for s in SIGNALS)

@@ -41,6 +41,7 @@ cache, under 1 s to load from the cache. The guard calls it in a background thre
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -49,7 +50,9 @@ import numpy as np
 from numba import njit
 
 MAX_SHINGLE = 8
-MAX_MARKERS = 64
+MAX_MARKERS = 192
+MAX_PHRASE_TOKENS = 12  # the longest marker phrase, in tokens ("ステップバイステップ" has 10)
+_WINDOW = 16  # the marker scanner's ring of recent tokens (a power of two >= the above)
 
 # Mask codes: the skeleton replaces a masked span by one token with this code.
 PH_VAR, PH_NUM, PH_QUOTE, PH_CODE, PH_URL, PH_LONG = 1, 2, 3, 4, 5, 6
@@ -67,6 +70,10 @@ _U_MIX_1 = np.uint64(_MIX_1)
 _U_MIX_2 = np.uint64(_MIX_2)
 _U_ZERO = np.uint64(0)
 _U_ONE = np.uint64(1)
+# Byte v -> the word whose byte j is bit j of v (SimHash bit counting, eight lanes a word).
+_SPREAD = np.array(
+    [sum(((v >> j) & 1) << (8 * j) for j in range(8)) for v in range(256)], dtype=np.uint64
+)
 
 # Byte classes.
 C_SPACE, C_PUNCT, C_WORD, C_WIDE = 0, 1, 2, 3
@@ -80,15 +87,31 @@ _PLAIN, _HEADER, _LABEL, _SWALLOWED = 0, 1, 2, 3
 # Token flags; F_INSTRUCTION and F_LABEL are also the flags of a ``word_table``.
 F_LITERAL, F_INSTRUCTION, F_LABEL, F_SENTENCE = 1, 2, 4, 8
 SKELETON, MARKERS = 1, 2  # what ``_fingerprint_text`` computes
-# Workspace (uint64 words): scratch for the SimHash counters and the marker window, then,
-# for the skeleton of n bytes, _SKELETON_WORDS * (n + 2) words of token and line arrays.
-_SCRATCH_WORDS = 64 + MAX_SHINGLE
+# Workspace (uint64 words): scratch for the SimHash counters, the marker window and the
+# markers' found flags (one byte each), then, for the skeleton of n bytes,
+# _SKELETON_WORDS * (n + 2) words of token and line arrays.
+_WINDOW_AT = 80  # after the SimHash counters
+_FOUND_AT = _WINDOW_AT + _WINDOW
+_SCRATCH_WORDS = _FOUND_AT + MAX_MARKERS // 8
 _SKELETON_WORDS = 15
+_RECORD_WORDS = 6  # a chat message: kind, role start, role end, text start, text end, model
 
 
 def workspace_words(n_bytes: int, what: int = SKELETON | MARKERS) -> int:
-    """Size in uint64 words of a workspace for a text of ``n_bytes`` bytes."""
-    return _SCRATCH_WORDS + (_SKELETON_WORDS * (n_bytes + 2) if what & SKELETON else 0)
+    """Size in uint64 words of a workspace for a text, or a JSON body, of ``n_bytes``
+    bytes: the body's areas (``_body_words``), then the scratch and the skeleton's arrays
+    (a text needs less: its copy fits in the body's areas)."""
+    return (
+        _body_words(n_bytes)
+        + _SCRATCH_WORDS
+        + (_SKELETON_WORDS * (n_bytes + 2) if what & SKELETON else 0)
+    )
+
+
+def _body_words(n_bytes: int) -> int:
+    """Words of a body's areas: three byte areas (decoded strings, the elicitation text,
+    the context) and the message records."""
+    return 3 * ((n_bytes + 15) // 8) + _RECORD_WORDS * (n_bytes // 8 + 8)
 
 
 def _byte_classes(underscore_is_word: bool) -> np.ndarray:
@@ -768,7 +791,7 @@ def _stream_hashes(
     hashes: np.ndarray, count: int, shingle: int, ones: np.ndarray
 ) -> tuple[int, int]:
     """(simhash, template hash) of a token-hash stream; (0, 0) when it is empty. ``ones``
-    is scratch space for 64 int64 counters."""
+    is scratch space for 80 int64 counters (16 for the lanes, then 64)."""
     if count == 0:
         return 0, 0
     ones[:] = 0
@@ -777,16 +800,29 @@ def _stream_hashes(
         template = (template ^ hashes[t]) * _U_FNV_PRIME
     width = shingle if count >= shingle else count
     features = count - width + 1
+    # Bit counts eight at a time: _SPREAD[v] puts bit j of the byte v into byte j of a
+    # word, so lanes[k] holds, in byte j, the count of bit 8k + j; lanes are emptied into
+    # ``ones`` before a byte can overflow.
+    lanes = ones[0:8].view(np.uint64)  # (``ones`` was zeroed above)
+    pending = 0
     for t in range(features):
         feature = _U_FNV_OFFSET
         for j in range(t, t + width):
             feature = (feature ^ hashes[j]) * _U_FNV_PRIME
         feature = _mix(feature)
-        for b in range(64):
-            ones[b] += np.int64((feature >> np.uint64(b)) & _U_ONE)
+        for k in range(8):
+            lanes[k] += _SPREAD[np.int64((feature >> np.uint64(8 * k)) & np.uint64(0xFF))]
+        pending += 1
+        if pending == 255 or t == features - 1:
+            for k in range(8):
+                lane = lanes[k]
+                for j in range(8):
+                    ones[16 + 8 * k + j] += np.int64((lane >> np.uint64(8 * j)) & np.uint64(0xFF))
+                lanes[k] = _U_ZERO
+            pending = 0
     simhash = _U_ZERO
     for b in range(64):
-        if 2 * ones[b] > features:
+        if 2 * ones[16 + b] > features:
             simhash |= _U_ONE << np.uint64(b)
     template = _mix(template)
     if template == _U_ZERO:
@@ -815,19 +851,32 @@ def _skeleton_spans(
 
 
 @njit(cache=True, inline="always")
-def _marker_bits(
+def _find_markers(
     text: np.ndarray,
     classes: np.ndarray,
+    fold: np.ndarray,
     last_tokens: np.ndarray,
-    phrase_hashes: np.ndarray,
-    phrase_lengths: np.ndarray,
+    phrase_keys: np.ndarray,
+    phrase_index: np.ndarray,
+    length_mask: int,
     window: np.ndarray,
-) -> np.uint64:
+    found: np.ndarray,
+) -> None:
+    """Set found[m] to 1 for every marker phrase m that occurs in ``text``.
+
+    Tokens as the module docstring says, with Latin-1 accents folded inside words ("é" is
+    "e", "ü" is "u") and U+0451 read as U+0435 (Cyrillic yo as ie), so a phrase matches
+    with or without its accents.
+    At a token that ends some phrase (``last_tokens``), the hashes of the last L tokens,
+    for every phrase length L present (``length_mask``), are looked up in the phrase table
+    (``phrase_keys`` -> ``phrase_index``, 1-based): a few probes a token, whatever the
+    number of phrases."""
     n = text.shape[0]
-    window[:] = 0  # the last tokens, a ring of MAX_SHINGLE
-    ring = MAX_SHINGLE - 1
+    window[:] = 0  # the last tokens, a ring of _WINDOW
+    found[:] = 0
+    ring = _WINDOW - 1
+    slots = phrase_keys.shape[0] - 1
     count = 0
-    found = _U_ZERO
     i = 0
     while i < n:
         c = text[i]
@@ -839,6 +888,17 @@ def _marker_bits(
                 byte = text[i]
                 if classes[byte] != C_WORD:
                     break
+                if byte == 0xC3 and i + 1 < n and 0x80 <= text[i + 1] < 0xC0:
+                    folded = fold[text[i + 1] - 0x80]
+                    if folded != 0:
+                        value = (value ^ np.uint64(folded)) * _U_FNV_PRIME
+                        i += 2
+                        continue
+                elif byte == 0xD1 and i + 1 < n and text[i + 1] == 0x91:  # U+0451 -> U+0435
+                    value = (value ^ np.uint64(0xD0)) * _U_FNV_PRIME
+                    value = (value ^ np.uint64(0xB5)) * _U_FNV_PRIME
+                    i += 2
+                    continue
                 value = (value ^ np.uint64(byte)) * _U_FNV_PRIME
                 i += 1
         elif cls == C_WIDE:
@@ -864,23 +924,27 @@ def _marker_bits(
         count += 1
         if not _in_table(last_tokens, value):
             continue
-        for m in range(phrase_hashes.shape[0]):
-            length = np.int64(phrase_lengths[m])
-            if length > count:
+        top = count if count < MAX_PHRASE_TOKENS else MAX_PHRASE_TOKENS
+        for length in range(1, top + 1):
+            if not (length_mask >> length) & 1:
                 continue
             phrase = _U_FNV_OFFSET
             for j in range(count - length, count):
                 phrase = (phrase ^ window[j & ring]) * _U_FNV_PRIME
-            if _mix(phrase) == phrase_hashes[m]:
-                found |= _U_ONE << np.uint64(m)
-    return found
+            phrase = _mix(phrase)
+            slot = np.int64(phrase & np.uint64(slots))
+            while phrase_keys[slot] != _U_ZERO:
+                if phrase_keys[slot] == phrase:
+                    found[np.int64(phrase_index[slot]) - 1] = 1
+                    break
+                slot = (slot + 1) & slots
 
 
 # ---------------------------------------------------------------------------------------
 # The request kernel: skeleton hashes and marker strength in one call.
 
 _N_MASKS = len(MASK_NAMES)
-_HEADER_WORDS = 3
+_HEADER_WORDS = 5
 
 
 @njit(cache=True)
@@ -894,11 +958,13 @@ def _fingerprint_one(
     start: int,
     end: int,
     ws: np.ndarray,
-) -> tuple[int, int, int, int, float]:
+) -> tuple[int, int, int, int, float, int]:
     """The body of ``_fingerprint_text`` (which see), shared with ``_fingerprint_texts``."""
     n_words = np.int64(tables[0])
     n_last = np.int64(tables[1])
     n_markers = np.int64(tables[2])
+    n_slots = np.int64(tables[3])
+    length_mask = int(tables[4])
     at = np.int64(_HEADER_WORDS)
     words = tables[at : at + n_words]
     at += n_words
@@ -906,31 +972,655 @@ def _fingerprint_one(
     at += _N_MASKS
     last_tokens = tables[at : at + n_last]
     at += n_last
-    phrase_hashes = tables[at : at + n_markers]
-    phrase_lengths = tables[at + n_markers : at + 2 * n_markers]
+    phrase_keys = tables[at : at + n_slots]
+    phrase_index = tables[at + n_slots : at + 2 * n_slots]
     simhash = 0
     template = 0
     count = 0
     if what & SKELETON:
         ws = _workspace_for(ws, end - start, what)
         hashes, _, _, count = _skeleton(text[start:end], classes[:256], words, masks, ws)
-        simhash, template = _stream_hashes(hashes, count, shingle, ws[0:64].view(np.int64))
+        simhash, template = _stream_hashes(hashes, count, shingle, ws[0:80].view(np.int64))
     bits = _U_ZERO
     strength = 0.0
+    phrase = 0
     if what & MARKERS:
         ws = _workspace_for(ws, 0, MARKERS)
-        window = ws[64 : 64 + MAX_SHINGLE]
-        bits = _marker_bits(text, classes[256:], last_tokens, phrase_hashes, phrase_lengths, window)
+        window = ws[_WINDOW_AT : _WINDOW_AT + _WINDOW]
+        found = ws[_FOUND_AT:_SCRATCH_WORDS].view(np.uint8)
+        _find_markers(
+            text,
+            classes[256:512],
+            classes[512:576],
+            last_tokens,
+            phrase_keys,
+            phrase_index,
+            length_mask,
+            window,
+            found,
+        )
         remaining = 1.0
+        heaviest = 0.0
         for m in range(n_markers):
-            if (bits >> np.uint64(m)) & _U_ONE:
+            if found[m]:
+                if m < 64:
+                    bits |= _U_ONE << np.uint64(m)
                 remaining *= 1.0 - weights[m]
+                if weights[m] > heaviest:
+                    heaviest = weights[m]
+                    phrase = m + 1
         strength = min(1.0, max(0.0, 1.0 - remaining))
-    return simhash, template, count, int(np.int64(bits)), strength
+    return simhash, template, count, int(np.int64(bits)), strength, phrase
+
+
+@njit(cache=True, inline="always")
+def _text_area(ws: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A writable copy area of n bytes at the start of ``ws`` and the workspace after it
+    (a new workspace when ``ws`` is too small). Every entry point hands ``_fingerprint_one``
+    text in such an area, so it is compiled for one array type only."""
+    words = (n + 15) // 8
+    if ws.shape[0] < words + _SCRATCH_WORDS:
+        ws = np.empty(words + _SCRATCH_WORDS, dtype=np.uint64)
+    return ws[:words].view(np.uint8)[:n], ws[words:]
+
+
+# ---------------------------------------------------------------------------------------
+# Chat bodies read in the kernel: the common request (an OpenAI or Anthropic chat body of
+# ASCII JSON) without a JSON parse into Python objects. What this reader does not take
+# for certain it leaves to the Python extraction (status _BODY_OTHER), which reads every
+# body alike; where it answers, it answers what the Python extraction would.
+
+_BODY_OTHER, _BODY_PROMPT, _BODY_NO_PROMPT = 0, 1, 2
+_KIND_SYSTEM, _KIND_USER, _KIND_OTHER = 0, 1, 2
+_MAX_DEPTH = 60
+_KEY_MESSAGES = np.frombuffer(b"messages", dtype=np.uint8)
+_KEY_SYSTEM = np.frombuffer(b"system", dtype=np.uint8)
+_KEY_ROLE = np.frombuffer(b"role", dtype=np.uint8)
+_KEY_CONTENT = np.frombuffer(b"content", dtype=np.uint8)
+_KEY_PARTS = np.frombuffer(b"parts", dtype=np.uint8)
+_ROLE_USER = np.frombuffer(b"user", dtype=np.uint8)
+_ROLE_SYSTEM = np.frombuffer(b"system", dtype=np.uint8)
+_ROLE_DEVELOPER = np.frombuffer(b"developer", dtype=np.uint8)
+_ROLE_MODEL = np.frombuffer(b"model", dtype=np.uint8)
+_ROLE_ASSISTANT = np.frombuffer(b"assistant", dtype=np.uint8)
+_TRUE = np.frombuffer(b"true", dtype=np.uint8)
+_FALSE = np.frombuffer(b"false", dtype=np.uint8)
+_NULL = np.frombuffer(b"null", dtype=np.uint8)
+
+
+@njit(cache=True, inline="always")
+def _json_space(body: np.ndarray, i: int, n: int) -> int:
+    while i < n and (body[i] == 0x20 or body[i] == 0x0A or body[i] == 0x0D or body[i] == 0x09):
+        i += 1
+    return i
+
+
+@njit(cache=True, inline="always")
+def _hex(c: int) -> int:
+    if 0x30 <= c <= 0x39:
+        return c - 0x30
+    if 0x61 <= c <= 0x66:
+        return c - 0x57
+    if 0x41 <= c <= 0x46:
+        return c - 0x37
+    return -1
+
+
+@njit(cache=True)
+def _json_string(body: np.ndarray, i: int, n: int, out: np.ndarray, at: int) -> tuple[int, int]:
+    """The JSON string opening at body[i]: (index after it, end of its decoded bytes in
+    ``out`` from ``at``); index -1 for what this reader leaves to Python (invalid JSON,
+    non-ASCII bytes or escapes). ``at`` < 0 checks without decoding. An escape-free
+    string is reported with end -2 - (its length) when not decoded."""
+    i += 1
+    while i < n:
+        c = body[i]
+        if c == 0x22:
+            return i + 1, at
+        if c < 0x20 or c >= 0x80:
+            return -1, at
+        if c == 0x5C:
+            if i + 1 >= n:
+                return -1, at
+            e = body[i + 1]
+            if e == 0x75:  # \uXXXX: ASCII only
+                if i + 5 >= n:
+                    return -1, at
+                code = 0
+                for j in range(i + 2, i + 6):
+                    h = _hex(body[j])
+                    if h < 0:
+                        return -1, at
+                    code = code * 16 + h
+                if code >= 0x80:
+                    return -1, at
+                c = code
+                i += 6
+            else:
+                if e == 0x22 or e == 0x5C or e == 0x2F:
+                    c = e
+                elif e == 0x62:
+                    c = 0x08
+                elif e == 0x66:
+                    c = 0x0C
+                elif e == 0x6E:
+                    c = 0x0A
+                elif e == 0x72:
+                    c = 0x0D
+                elif e == 0x74:
+                    c = 0x09
+                else:
+                    return -1, at
+                i += 2
+        else:
+            i += 1
+        if at >= 0:
+            out[at] = c
+            at += 1
+    return -1, at
+
+
+@njit(cache=True, inline="always")
+def _raw_key_is(body: np.ndarray, start: int, end: int, key: np.ndarray) -> bool:
+    """Is body[start + 1:end - 1] (a string without escapes) ``key``?"""
+    if end - start - 2 != key.shape[0]:
+        return False
+    for j in range(key.shape[0]):  # noqa: SIM110 (a loop compiles; all() of a generator, not)
+        if body[start + 1 + j] != key[j]:
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _bytes_are(data: np.ndarray, start: int, end: int, word: np.ndarray) -> bool:
+    if end - start != word.shape[0]:
+        return False
+    for j in range(word.shape[0]):  # noqa: SIM110 (as above)
+        if data[start + j] != word[j]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _json_number_or_literal(body: np.ndarray, i: int, n: int) -> int:
+    """Index after a JSON number, true, false or null at body[i]; -1 otherwise."""
+    c = body[i]
+    if c == 0x74 or c == 0x66 or c == 0x6E:  # true false null
+        word = _TRUE if c == 0x74 else (_FALSE if c == 0x66 else _NULL)
+        size: int = word.shape[0]
+        if i + size > n:
+            return -1
+        for j in range(size):
+            if body[i + j] != word[j]:
+                return -1
+        return i + size
+    if c == 0x2D:
+        i += 1
+    if i >= n:
+        return -1
+    if body[i] == 0x30:
+        i += 1
+    elif 0x31 <= body[i] <= 0x39:
+        while i < n and 0x30 <= body[i] <= 0x39:
+            i += 1
+    else:
+        return -1
+    if i < n and body[i] == 0x2E:
+        i += 1
+        if i >= n or not 0x30 <= body[i] <= 0x39:
+            return -1
+        while i < n and 0x30 <= body[i] <= 0x39:
+            i += 1
+    if i < n and (body[i] == 0x65 or body[i] == 0x45):
+        i += 1
+        if i < n and (body[i] == 0x2B or body[i] == 0x2D):
+            i += 1
+        if i >= n or not 0x30 <= body[i] <= 0x39:
+            return -1
+        while i < n and 0x30 <= body[i] <= 0x39:
+            i += 1
+    return i
+
+
+@njit(cache=True)
+def _json_skip(body: np.ndarray, i: int, n: int, scratch: np.ndarray) -> int:
+    """Index after the JSON value starting at body[i] (no space before it), checked but
+    not kept; -1 for what this reader leaves to Python. ``scratch``: any writable bytes
+    (``_json_string`` is compiled for one pair of array types)."""
+    stack = 0  # one bit per open container: 1 an object, 0 an array
+    depth = 0
+    while True:
+        i = _json_space(body, i, n)
+        if i >= n:
+            return -1
+        c = body[i]
+        if c == 0x7B or c == 0x5B:
+            close = 0x7D if c == 0x7B else 0x5D
+            i = _json_space(body, i + 1, n)
+            if i < n and body[i] == close:
+                i += 1
+            else:
+                if depth >= _MAX_DEPTH:
+                    return -1
+                depth += 1
+                stack = (stack << 1) | (1 if c == 0x7B else 0)
+                if c == 0x7B:  # the first key
+                    if i >= n or body[i] != 0x22:
+                        return -1
+                    i, _ = _json_string(body, i, n, scratch, -1)
+                    if i < 0:
+                        return -1
+                    i = _json_space(body, i, n)
+                    if i >= n or body[i] != 0x3A:
+                        return -1
+                    i += 1
+                continue
+        elif c == 0x22:
+            i, _ = _json_string(body, i, n, scratch, -1)
+        else:
+            i = _json_number_or_literal(body, i, n)
+        if i < 0:
+            return -1
+        # After a value: close what ends here, then the next member or element.
+        while True:
+            if depth == 0:
+                return i
+            i = _json_space(body, i, n)
+            if i >= n:
+                return -1
+            c = body[i]
+            in_object = stack & 1
+            if c == (0x7D if in_object else 0x5D):
+                i += 1
+                stack >>= 1
+                depth -= 1
+                continue
+            if c != 0x2C:
+                return -1
+            i = _json_space(body, i + 1, n)
+            if in_object:
+                if i >= n or body[i] != 0x22:
+                    return -1
+                i, _ = _json_string(body, i, n, scratch, -1)
+                if i < 0:
+                    return -1
+                i = _json_space(body, i, n)
+                if i >= n or body[i] != 0x3A:
+                    return -1
+                i += 1
+            break
+
+
+@njit(cache=True)
+def _read_chat(body: np.ndarray, raw: np.ndarray, records: np.ndarray) -> tuple[int, int, int, int]:
+    """Read a chat body: (messages, system start, system end, status) where status is 1
+    for a body of the shape this reader takes, 0 to leave it to Python. The strings
+    are decoded into ``raw``; ``records`` gets, per message with text, its kind, role and
+    text spans in ``raw`` and whether its role is "model"."""
+    n = len(body)
+    i = _json_space(body, 0, n)
+    if i >= n or body[i] != 0x7B:
+        return 0, 0, 0, 0
+    i = _json_space(body, i + 1, n)
+    at = 0
+    messages = 0
+    seen_messages = False
+    system_start = 0
+    system_end = 0
+    seen_system = False
+    max_records = records.shape[0] // _RECORD_WORDS
+    if i < n and body[i] == 0x7D:
+        return 0, 0, 0, 0  # {}: no messages
+    while True:
+        if i >= n or body[i] != 0x22:
+            return 0, 0, 0, 0
+        key_start = i
+        i, _ = _json_string(body, i, n, raw, -1)
+        if i < 0:
+            return 0, 0, 0, 0
+        for j in range(key_start + 1, i - 1):
+            if body[j] == 0x5C:
+                return 0, 0, 0, 0  # an escaped key: left to Python
+        is_messages = _raw_key_is(body, key_start, i, _KEY_MESSAGES)
+        is_system = _raw_key_is(body, key_start, i, _KEY_SYSTEM)
+        i = _json_space(body, i, n)
+        if i >= n or body[i] != 0x3A:
+            return 0, 0, 0, 0
+        i = _json_space(body, i + 1, n)
+        if i >= n:
+            return 0, 0, 0, 0
+        if is_system:
+            if seen_system:
+                return 0, 0, 0, 0
+            seen_system = True
+            if body[i] == 0x22:
+                system_start = at
+                i, at = _json_string(body, i, n, raw, at)
+                system_end = at
+            elif _json_number_or_literal(body, i, n) == i + 4 and body[i] == 0x6E:  # null
+                i += 4
+            else:
+                return 0, 0, 0, 0
+        elif is_messages:
+            if seen_messages or body[i] != 0x5B:
+                return 0, 0, 0, 0
+            seen_messages = True
+            i = _json_space(body, i + 1, n)
+            if i < n and body[i] == 0x5D:
+                i += 1
+            else:
+                while True:  # the messages
+                    if i >= n or body[i] != 0x7B:
+                        return 0, 0, 0, 0
+                    i = _json_space(body, i + 1, n)
+                    role_start = -1
+                    role_end = -1
+                    text_start = -1
+                    text_end = -1
+                    seen_content = False
+                    if i < n and body[i] == 0x7D:
+                        return 0, 0, 0, 0  # {}: read whole by Python
+                    while True:  # the members of one message
+                        if i >= n or body[i] != 0x22:
+                            return 0, 0, 0, 0
+                        key_start = i
+                        i, _ = _json_string(body, i, n, raw, -1)
+                        if i < 0:
+                            return 0, 0, 0, 0
+                        for j in range(key_start + 1, i - 1):
+                            if body[j] == 0x5C:
+                                return 0, 0, 0, 0
+                        is_role = _raw_key_is(body, key_start, i, _KEY_ROLE)
+                        is_content = _raw_key_is(body, key_start, i, _KEY_CONTENT)
+                        if _raw_key_is(body, key_start, i, _KEY_PARTS):
+                            return 0, 0, 0, 0
+                        i = _json_space(body, i, n)
+                        if i >= n or body[i] != 0x3A:
+                            return 0, 0, 0, 0
+                        i = _json_space(body, i + 1, n)
+                        if i >= n:
+                            return 0, 0, 0, 0
+                        if is_role:
+                            if role_start >= 0 or body[i] != 0x22:
+                                return 0, 0, 0, 0
+                            role_start = at
+                            i, at = _json_string(body, i, n, raw, at)
+                            role_end = at
+                        elif is_content:
+                            if seen_content:
+                                return 0, 0, 0, 0
+                            seen_content = True
+                            if body[i] == 0x22:
+                                text_start = at
+                                i, at = _json_string(body, i, n, raw, at)
+                                text_end = at
+                            elif _json_number_or_literal(body, i, n) == i + 4 and body[i] == 0x6E:
+                                i += 4
+                            else:
+                                return 0, 0, 0, 0
+                        else:
+                            i = _json_skip(body, i, n, raw)
+                        if i < 0:
+                            return 0, 0, 0, 0
+                        i = _json_space(body, i, n)
+                        if i < n and body[i] == 0x2C:
+                            i = _json_space(body, i + 1, n)
+                            continue
+                        if i < n and body[i] == 0x7D:
+                            i += 1
+                            break
+                        return 0, 0, 0, 0
+                    if role_start < 0 and not seen_content:
+                        return 0, 0, 0, 0  # a bare block: read by Python
+                    if text_end > text_start:  # a message without text is dropped
+                        if messages >= max_records:
+                            return 0, 0, 0, 0
+                        kind = _KIND_USER
+                        model = 0
+                        if role_start >= 0:
+                            if _bytes_are(raw, role_start, role_end, _ROLE_SYSTEM) or _bytes_are(
+                                raw, role_start, role_end, _ROLE_DEVELOPER
+                            ):
+                                kind = _KIND_SYSTEM
+                            elif not _bytes_are(raw, role_start, role_end, _ROLE_USER):
+                                kind = _KIND_OTHER
+                                model = _bytes_are(raw, role_start, role_end, _ROLE_MODEL)
+                        record = records[messages * _RECORD_WORDS : (messages + 1) * _RECORD_WORDS]
+                        record[0] = kind
+                        record[1] = role_start
+                        record[2] = role_end
+                        record[3] = text_start
+                        record[4] = text_end
+                        record[5] = model
+                        messages += 1
+                    i = _json_space(body, i, n)
+                    if i < n and body[i] == 0x2C:
+                        i = _json_space(body, i + 1, n)
+                        continue
+                    if i < n and body[i] == 0x5D:
+                        i += 1
+                        break
+                    return 0, 0, 0, 0
+        else:
+            i = _json_skip(body, i, n, raw)
+        if i < 0:
+            return 0, 0, 0, 0
+        i = _json_space(body, i, n)
+        if i < n and body[i] == 0x2C:
+            i = _json_space(body, i + 1, n)
+            continue
+        if i < n and body[i] == 0x7D:
+            i += 1
+            break
+        return 0, 0, 0, 0
+    if _json_space(body, i, n) != n or not seen_messages:
+        return 0, 0, 0, 0
+    return messages, system_start, system_end, 1
+
+
+@njit(cache=True, inline="always")
+def _put_lowered(raw: np.ndarray, start: int, end: int, out: np.ndarray, at: int) -> int:
+    for j in range(start, end):
+        c = raw[j]
+        out[at] = c + 0x20 if 0x41 <= c <= 0x5A else c
+        at += 1
+    return at
+
+
+@njit(cache=True, inline="always")
+def _put_context(
+    raw: np.ndarray, start: int, end: int, out: np.ndarray, at: int, digits: bool
+) -> tuple[int, bool]:
+    """Append raw[start:end] to the context with every run of digits as one "0"."""
+    for j in range(start, end):
+        c = raw[j]
+        if 0x30 <= c <= 0x39:
+            if not digits:
+                out[at] = 0x30
+                at += 1
+            digits = True
+        else:
+            out[at] = c
+            at += 1
+            digits = False
+    return at, digits
+
+
+@njit(cache=True)
+def _chat_texts(
+    raw: np.ndarray,
+    records: np.ndarray,
+    messages: int,
+    system_start: int,
+    system_end: int,
+    text: np.ndarray,
+    context: np.ndarray,
+) -> tuple[int, int, int, int]:
+    """The Python extraction's prompt of a chat read by ``_read_chat`` (see
+    ``content._from_turns``): the lowered pieces joined by newlines into ``text``, the
+    template's span in it, and the context (digits normalised) in ``context``.
+    Returns (text length, template start, template end, context length)."""
+    n_system = 1 if system_end > system_start else 0
+    n_texts = 0
+    last_user = -1
+    for m in range(messages):
+        kind = records[m * _RECORD_WORDS]
+        if kind == _KIND_SYSTEM:
+            n_system += 1
+        else:
+            if kind == _KIND_USER:
+                last_user = n_texts
+            n_texts += 1
+    at = 0
+    template_start = 0
+    template_end = 0
+    piece = 0
+    # The system texts: the top-level system first, then system and developer messages.
+    if system_end > system_start:
+        at = _put_lowered(raw, system_start, system_end, text, at)
+        template_end = at
+        piece += 1
+    for m in range(messages):
+        record = records[m * _RECORD_WORDS : (m + 1) * _RECORD_WORDS]
+        if record[0] == _KIND_SYSTEM:
+            if piece > 0:
+                text[at] = 0x0A
+                at += 1
+            template_start = at
+            at = _put_lowered(raw, record[3], record[4], text, at)
+            template_end = at
+            piece += 1
+    t = 0
+    for m in range(messages):
+        record = records[m * _RECORD_WORDS : (m + 1) * _RECORD_WORDS]
+        if record[0] == _KIND_SYSTEM:
+            continue
+        if last_user < 0 or t == last_user or t > last_user or record[0] == _KIND_USER:
+            if piece > 0:
+                text[at] = 0x0A
+                at += 1
+            start = at
+            at = _put_lowered(raw, record[3], record[4], text, at)
+            if last_user < 0 or t == last_user:
+                template_start = start
+                template_end = at
+            piece += 1
+        t += 1
+    # The context: none without a user turn; the system texts alone with one turn; else
+    # the system texts and "role: text" of every turn but the last user's.
+    c = 0
+    if last_user >= 0:
+        digits = False
+        first = True
+        if system_end > system_start:
+            c, digits = _put_context(raw, system_start, system_end, context, c, digits)
+            first = False
+        for m in range(messages):
+            record = records[m * _RECORD_WORDS : (m + 1) * _RECORD_WORDS]
+            if record[0] == _KIND_SYSTEM:
+                if not first:
+                    context[c] = 0x0A
+                    c += 1
+                    digits = False
+                c, digits = _put_context(raw, record[3], record[4], context, c, digits)
+                first = False
+        if n_texts > 1:
+            t = 0
+            for m in range(messages):
+                record = records[m * _RECORD_WORDS : (m + 1) * _RECORD_WORDS]
+                if record[0] == _KIND_SYSTEM:
+                    continue
+                if t != last_user:
+                    if not first:
+                        context[c] = 0x0A
+                        c += 1
+                        digits = False
+                    first = False
+                    if record[1] < 0:  # no role: a user turn
+                        for j in range(_ROLE_USER.shape[0]):
+                            context[c] = _ROLE_USER[j]
+                            c += 1
+                        digits = False
+                    elif record[5]:  # "model" is the assistant
+                        for j in range(_ROLE_ASSISTANT.shape[0]):
+                            context[c] = _ROLE_ASSISTANT[j]
+                            c += 1
+                        digits = False
+                    else:
+                        c, digits = _put_context(raw, record[1], record[2], context, c, digits)
+                    context[c] = 0x3A
+                    context[c + 1] = 0x20
+                    c += 2
+                    digits = False
+                    c, digits = _put_context(raw, record[3], record[4], context, c, digits)
+                t += 1
+    return at, template_start, template_end, c
+
+
+# The body is taken as ``bytes`` itself: no ``np.frombuffer`` per request.
+_BODY_SIGNATURE = (
+    "Tuple((int64, int64, int64, int64, int64, int64, float64))"
+    "(uint8[::1], uint64[::1], float64[::1], int64, int64, uint64[::1],"
+    " Bytes(uint8, 1, 'C', readonly=True))"
+)
+
+
+# Compiled by ``compile_kernels`` for ``_BODY_SIGNATURE`` only, not at import.
+@njit(cache=True)
+def _fingerprint_body(
+    classes: np.ndarray,
+    tables: np.ndarray,
+    weights: np.ndarray,
+    shingle: int,
+    what: int,
+    ws: np.ndarray,
+    body: np.ndarray,
+) -> tuple[int, int, int, int, int, int, float]:
+    """A chat body (OpenAI chat completions or Anthropic messages, ASCII JSON) read and
+    fingerprinted in one call: (status, simhash, template hash, skeleton tokens, heaviest
+    marker, context length, strength). Status 0: a body this reader leaves to the Python
+    extraction (any other shape, non-ASCII bytes or escapes, JSON that is not valid, a
+    workspace too small), the rest meaningless; 2: a chat without prompt text; 1: the
+    fingerprint, and the context (digits normalised) in the context area of ``ws``
+    (``body_context_start``), of the length given."""
+    n = len(body)
+    area = (n + 15) // 8
+    n_records = n // 8 + 8
+    body_words = 3 * area + _RECORD_WORDS * n_records
+    if ws.shape[0] < body_words + _SCRATCH_WORDS:
+        return _BODY_OTHER, 0, 0, 0, 0, 0, 0.0
+    raw = ws[0:area].view(np.uint8)
+    text = ws[area : 2 * area].view(np.uint8)
+    context = ws[2 * area : 3 * area].view(np.uint8)
+    records = ws[3 * area : body_words].view(np.int64)
+    messages, system_start, system_end, status = _read_chat(body, raw, records)
+    if status == 0:
+        return _BODY_OTHER, 0, 0, 0, 0, 0, 0.0
+    length, start, end, context_length = _chat_texts(
+        raw, records, messages, system_start, system_end, text, context
+    )
+    word = False
+    for j in range(length):
+        c = text[j]
+        if 0x61 <= c <= 0x7A or 0x30 <= c <= 0x39:
+            word = True
+            break
+    if not word:
+        return _BODY_NO_PROMPT, 0, 0, 0, 0, 0, 0.0
+    simhash, template, count, _, strength, phrase = _fingerprint_one(
+        classes, tables, weights, shingle, what, text[:length], start, end, ws[body_words:]
+    )
+    return _BODY_PROMPT, simhash, template, count, phrase, context_length, strength
+
+
+def body_context_start(n_bytes: int) -> int:
+    """Where, in bytes from the workspace's start, ``_fingerprint_body`` leaves the context
+    of a body of ``n_bytes`` bytes."""
+    return 16 * ((n_bytes + 15) // 8)
 
 
 _TEXT_SIGNATURE = (
-    "Tuple((int64, int64, int64, int64, float64))"
+    "Tuple((int64, int64, int64, int64, float64, int64))"
     f"(uint8[::1], uint64[::1], float64[::1], int64, int64, uint64[::1], {_RO}, int64, int64)"
 )
 _TEXTS_SIGNATURE = (
@@ -951,9 +1641,12 @@ def _fingerprint_text(
     text: np.ndarray,
     start: int,
     end: int,
-) -> tuple[int, int, int, int, float]:
+) -> tuple[int, int, int, int, float, int]:
     """(simhash, template hash, skeleton tokens) of text[start:end] when ``what`` has
-    SKELETON; (marker bits, strength) of the whole text when it has MARKERS.
+    SKELETON; (marker bits, strength, heaviest marker) of the whole text when it has
+    MARKERS. The marker bits are those of the first 64 markers; the heaviest marker is the
+    1-based index of the found marker of the largest weight (the first of equals), 0 for
+    none.
 
     One call instead of two, and few arguments: each array argument costs about 35 ns to
     unbox. ``classes`` is the skeleton's then the markers' byte classes; ``tables`` is laid
@@ -961,7 +1654,9 @@ def _fingerprint_text(
     (``workspace_words``); a smaller one (even empty) makes the call allocate its own.
     Kernels hold the GIL (no ``nogil``), so one workspace can serve every thread.
     """
-    return _fingerprint_one(classes, tables, weights, shingle, what, text, start, end, ws)
+    buffer, rest = _text_area(ws, text.shape[0])
+    buffer[:] = text
+    return _fingerprint_one(classes, tables, weights, shingle, what, buffer, start, end, rest)
 
 
 # Compiled by ``compile_kernels`` for ``_TEXTS_SIGNATURE`` only, not at import.
@@ -984,27 +1679,29 @@ def _fingerprint_texts(
     each text ending where the next starts), its template is
     text[bounds[3k + 1]:bounds[3k + 2]]. Results go to out[k], out[count + k],
     out[2 * count + k] and out[3 * count + k] (simhash, template hash, skeleton tokens,
-    marker bits: one column each) and strengths[k].
+    marker bits, heaviest marker: one column each) and strengths[k].
     """
     count = (bounds.shape[0] - 1) // 3
     for k in range(count):
-        item = text[bounds[3 * k] : bounds[3 * k + 3]]
         offset = bounds[3 * k]
+        buffer, rest = _text_area(ws, bounds[3 * k + 3] - offset)
+        buffer[:] = text[offset : bounds[3 * k + 3]]
         result = _fingerprint_one(
             classes,
             tables,
             weights,
             shingle,
             what,
-            item,
+            buffer,
             bounds[3 * k + 1] - offset,
             bounds[3 * k + 2] - offset,
-            ws,
+            rest,
         )
         out[k] = result[0]
         out[count + k] = result[1]
         out[2 * count + k] = result[2]
         out[3 * count + k] = result[3]
+        out[4 * count + k] = result[5]
         strengths[k] = result[4]
 
 
@@ -1041,9 +1738,11 @@ def compiled_entry(dispatcher: Any) -> Any:
 _RUN_TEXT: Any = None
 _RUN_TEXTS: Any = None
 _COMPILE_LOCK = threading.Lock()
+_RUN_BODY: Any = None
 _ENTRY_POINTS: tuple[tuple[Any, str], ...] = (
     (_fingerprint_text, _TEXT_SIGNATURE),
     (_fingerprint_texts, _TEXTS_SIGNATURE),
+    (_fingerprint_body, _BODY_SIGNATURE),
 )
 
 
@@ -1056,7 +1755,7 @@ def compile_kernels() -> None:
     """Compile both entry points for their one signature, or load them from Numba's
     on-disk cache (``NUMBA_CACHE_DIR``); then no other signature is ever compiled.
     Idempotent and thread-safe: concurrent callers wait for the one compilation."""
-    global _RUN_TEXT, _RUN_TEXTS
+    global _RUN_TEXT, _RUN_TEXTS, _RUN_BODY
     if _RUN_TEXTS is not None:
         return
     with _COMPILE_LOCK:
@@ -1066,6 +1765,7 @@ def compile_kernels() -> None:
             dispatcher.compile(signature)
             dispatcher.disable_compile()
         _RUN_TEXT = compiled_entry(_fingerprint_text)
+        _RUN_BODY = compiled_entry(_fingerprint_body)
         _RUN_TEXTS = compiled_entry(_fingerprint_texts)
 
 
@@ -1096,13 +1796,52 @@ def _run_texts() -> Any:
     return _RUN_TEXTS
 
 
-BOTH_CLASSES = np.concatenate([SKELETON_CLASSES, MARKER_CLASSES])
+def _run_body() -> Any:
+    compile_kernels()
+    return _RUN_BODY
+
+
+def _accent_folds() -> np.ndarray:
+    """For U+00C0..U+00FF (UTF-8 C3 80..C3 BF): the lower-case ASCII letter the marker
+    scanner reads instead ("é" -> "e"), 0 to keep the character ("æ", "ß", the
+    multiplication sign)."""
+    folds = np.zeros(64, dtype=np.uint8)
+    for offset in range(64):
+        base = unicodedata.normalize("NFKD", chr(0xC0 + offset))[:1].lower()
+        if base.isascii() and base.isalpha():
+            folds[offset] = ord(base)
+    return folds
+
+
+ACCENT_FOLDS = _accent_folds()
+
+
+def fold_accents(text: str) -> str:
+    """``text`` with the accents the marker scanner folds, folded (for building tables)."""
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xC0 <= code <= 0xFF and ACCENT_FOLDS[code - 0xC0]:
+            out.append(chr(ACCENT_FOLDS[code - 0xC0]))
+        elif char == "\u0451":  # Cyrillic yo, read as ie
+            out.append("\u0435")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+# The skeleton's byte classes, the markers' byte classes, then the markers' accent folds.
+BOTH_CLASSES = np.concatenate([SKELETON_CLASSES, MARKER_CLASSES, ACCENT_FOLDS])
 _NO_TABLE = np.zeros(0, dtype=np.uint64)
 _NO_WEIGHTS = np.zeros(0, dtype=np.float64)
 _NO_WORKSPACE = np.zeros(0, dtype=np.uint64)  # calls given it allocate their own
 
-# kernel(text, start, end) -> (simhash, template hash, tokens, marker bits, strength)
-TextKernel = Callable[[np.ndarray, int, int], tuple[int, int, int, int, float]]
+# kernel(text, start, end)
+#   -> (simhash, template hash, tokens, marker bits, strength, heaviest marker)
+TextKernel = Callable[[np.ndarray, int, int], tuple[int, int, int, int, float, int]]
+# kernel(body) -> (status, simhash, template hash, tokens, heaviest marker, context length,
+#   strength): ``_fingerprint_body``
+BodyKernel = Callable[[bytes], tuple[int, int, int, int, int, int, float]]
 # kernel(text, bounds, out, strengths): ``_fingerprint_texts``
 TextsKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
@@ -1110,13 +1849,17 @@ TextsKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 def pack_tables(
     words: np.ndarray,
     last_tokens: np.ndarray = _NO_TABLE,
-    phrase_hashes: np.ndarray = _NO_TABLE,
-    phrase_lengths: np.ndarray = _NO_TABLE,
+    phrase_keys: np.ndarray = _NO_TABLE,
+    phrase_index: np.ndarray = _NO_TABLE,
+    n_markers: int = 0,
+    length_mask: int = 0,
 ) -> np.ndarray:
-    """The ``tables`` argument of ``_fingerprint_text``: sizes, then the word table, the
-    mask hashes, the markers' last-token set, phrase hashes and phrase lengths."""
-    header = [len(words), len(last_tokens), len(phrase_hashes)]
-    parts = [header, words, MASK_HASHES, last_tokens, phrase_hashes, phrase_lengths]
+    """The ``tables`` argument of ``_fingerprint_text``: sizes (words, last tokens,
+    markers, phrase slots, the mask of phrase lengths), then the word table, the mask
+    hashes, the markers' last-token set, and the phrase table (keys, then 1-based marker
+    indices)."""
+    header = [len(words), len(last_tokens), n_markers, len(phrase_keys), length_mask]
+    parts = [header, words, MASK_HASHES, last_tokens, phrase_keys, phrase_index]
     return np.concatenate([np.asarray(part, dtype=np.uint64) for part in parts])
 
 
@@ -1175,6 +1918,21 @@ def texts_kernel(
     return partial(_run_texts(), *arguments)
 
 
+def body_kernel(
+    words: np.ndarray,
+    markers: MarkerSet,
+    weights: Sequence[float],
+    shingle: int,
+    what: int,
+    workspace: np.ndarray,
+) -> BodyKernel:
+    """``kernel(body)`` over a raw request body (``bytes``): ``_fingerprint_body``
+    with ``text_kernel``'s settings; ``workspace`` (``workspace_words(n)`` words) bounds
+    the bodies it reads to n bytes (a longer one is answered status 0)."""
+    arguments = _kernel_arguments(words, markers, weights, shingle, what, workspace)
+    return partial(_run_body(), *arguments)
+
+
 def skeleton_hashes(
     text: np.ndarray | bytes, shingle: int, words: np.ndarray
 ) -> tuple[int, int, int]:
@@ -1214,9 +1972,9 @@ def skeleton_text(text: bytes, words: np.ndarray) -> str:
 
 
 def marker_tokens(phrase: str) -> list[bytes]:
-    """Tokens of a marker phrase as ``marker_bits`` sees them."""
+    """Tokens of a marker phrase as ``_find_markers`` sees them (accents folded)."""
     tokens: list[bytes] = []
-    data = phrase.lower().encode("utf-8")
+    data = fold_accents(phrase.lower()).encode("utf-8")
     i = 0
     n = len(data)
     while i < n:
@@ -1230,47 +1988,67 @@ def marker_tokens(phrase: str) -> list[bytes]:
                 j += 1
             tokens.append(data[i:j])
             i = j
+        elif MARKER_CLASSES[data[i]] == C_WIDE:
+            j = i + 1
+            while j < n and 0x80 <= data[j] < 0xC0:
+                j += 1
+            array = np.frombuffer(data, dtype=np.uint8)
+            if not _is_wide_separator.py_func(array, i):
+                tokens.append(data[i:j])
+            i = j
         else:
             i += 1
     return tokens
 
 
 class MarkerSet:
-    """Compiled lookup tables for ``marker_bits`` (at most ``MAX_MARKERS`` phrases)."""
+    """Compiled lookup tables for ``_find_markers`` (at most ``MAX_MARKERS`` phrases, of
+    at most ``MAX_PHRASE_TOKENS`` tokens, no two alike once accents are folded)."""
 
-    __slots__ = ("_hashes", "_last", "_lengths", "_tables")
+    __slots__ = ("_count", "_keys", "_last", "_length_mask", "_positions", "_tables")
 
     def __init__(self, phrases: list[str]) -> None:
         if not 0 < len(phrases) <= MAX_MARKERS:
             raise ValueError(f"between 1 and {MAX_MARKERS} marker phrases, got {len(phrases)}")
         tokens = [marker_tokens(phrase) for phrase in phrases]
         for phrase, items in zip(phrases, tokens, strict=True):
-            if not 0 < len(items) <= MAX_SHINGLE:
-                raise ValueError(f"marker {phrase!r} must have 1..{MAX_SHINGLE} tokens")
-        self._hashes = np.array([phrase_hash(items) for items in tokens], dtype=np.uint64)
-        self._lengths = np.array([len(items) for items in tokens], dtype=np.int64)
-        self._last = hash_table(sorted({token_hash(items[-1]) for items in tokens}))
+            if not 0 < len(items) <= MAX_PHRASE_TOKENS:
+                raise ValueError(f"marker {phrase!r} must have 1..{MAX_PHRASE_TOKENS} tokens")
+        hashes = [phrase_hash(items) for items in tokens]
+        seen: dict[int, str] = {}
+        for phrase, value in zip(phrases, hashes, strict=True):
+            if value in seen:
+                raise ValueError(f"markers {seen[value]!r} and {phrase!r} are the same phrase")
+            seen[value] = phrase
+        size = 512
+        while size < 2 * len(hashes):
+            size *= 2
+        self._keys = hash_table(hashes, size)
+        slot_of = {int(key): slot for slot, key in enumerate(self._keys.tolist()) if key}
+        self._positions = np.zeros(size, dtype=np.uint64)
+        for m, value in enumerate(hashes):
+            self._positions[slot_of[value]] = m + 1
+        self._length_mask = sum({1 << len(items) for items in tokens})
+        self._count = len(phrases)
+        self._last = hash_table(sorted({token_hash(items[-1]) for items in tokens}), 512)
         self._tables = self.tables(_NO_TABLE)
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return self._count
 
     def tables(self, words: np.ndarray) -> np.ndarray:
         """``pack_tables`` of ``words`` and these markers."""
-        return pack_tables(words, self._last, self._hashes, self._lengths)
+        return pack_tables(
+            words, self._last, self._keys, self._positions, self._count, self._length_mask
+        )
 
     def bits(self, text: np.ndarray | bytes) -> int:
         """Bit m is set when phrase m occurs in lower-cased UTF-8 ``text``."""
-        weights = np.zeros(len(self._hashes), dtype=np.float64)
-        result = _run_text()(
-            BOTH_CLASSES,
-            self._tables,
-            weights,
-            1,
-            MARKERS,
-            _NO_WORKSPACE,
-            readonly_bytes(text),
-            0,
-            0,
-        )
-        return int(result[3]) & _MASK64
+        weights = np.zeros(self._count, dtype=np.float64)
+        array = readonly_bytes(text)
+        workspace = np.zeros(workspace_words(len(array), MARKERS), dtype=np.uint64)
+        _run_text()(BOTH_CLASSES, self._tables, weights, 1, MARKERS, workspace, array, 0, 0)
+        # The flags are in the scratch after the text's copy (see ``_text_area``).
+        at = (len(array) + 15) // 8 + _FOUND_AT
+        found = workspace[at : at + MAX_MARKERS // 8].view(np.uint8)[: self._count]
+        return sum(1 << m for m in np.flatnonzero(found).tolist())

@@ -73,11 +73,16 @@ Pipeline, for at most ``max_bytes`` bytes of body:
    half of them. Both are 0 when the skeleton has fewer than ``MIN_TOKENS`` tokens ("hi",
    "thanks"): such prompts carry no template evidence and consumers should skip them.
 
-4. **Elicitation.** ``ELICITATION_MARKERS`` lists phrases with weights, matched as token
-   sequences (case-insensitive; any punctuation or whitespace between words, so
-   "step-by-step", "step_by_step" and "let\u2019s" match; ``<tag>`` is one token). The
-   strength is ``1 - prod(1 - weight)`` over the distinct phrases found; a phrase inside a
-   longer one counts too ("think step by step" is 0.9 and 0.6, so 0.96).
+4. **Elicitation.** ``ELICITATION_MARKERS`` lists phrases with weights, in English,
+   Chinese, Japanese, Korean, Russian, Spanish, French, German and Portuguese, matched as
+   token sequences (case-insensitive; any punctuation or whitespace between words, so
+   "step-by-step", "step_by_step" and "let\u2019s" match; ``<tag>`` is one token; each CJK
+   character or Hangul syllable is a token, so "一步一步" matches inside a sentence without
+   spaces; Latin-1 accents are folded, so "etape par etape" matches "étape par étape").
+   The strength is ``1 - prod(1 - weight)`` over the distinct phrases found; a phrase
+   inside a longer one counts too ("think step by step" is 0.9 and 0.6, so 0.96).
+   ``phrase`` names the heaviest phrase found, so that the engine can learn how common
+   each phrase is across all clients and weigh a universal one less.
 
 Known limits: a fill-in spliced into a sentence without delimiters ("Write a poem about
 {topic} in the style of {poet}") changes the template id; so does a fill-in paragraph dense
@@ -109,9 +114,12 @@ from abuseguard.intel._content_kernels import (
     MARKERS,
     MAX_SHINGLE,
     SKELETON,
+    BodyKernel,
     MarkerSet,
     TextKernel,
     TextsKernel,
+    body_context_start,
+    body_kernel,
     compile_kernels,
     kernels_cached,
     kernels_ready,
@@ -171,6 +179,166 @@ ELICITATION_MARKERS: tuple[tuple[str, float], ...] = (
     ("walk me through", 0.3),
     ("before answering", 0.3),
     ("before you answer", 0.3),
+    ("full derivation", 0.7),
+    ("complete derivation", 0.7),
+    # Chinese (simplified and traditional): each character is a token, so a phrase matches
+    # inside a sentence without spaces. "逐步" alone also means "gradually": only with a verb.
+    ("一步一步", 0.6),
+    ("一步步", 0.6),
+    ("一步一步思考", 0.9),
+    ("一步一步地思考", 0.9),
+    ("逐步推理", 0.9),
+    ("逐步思考", 0.9),
+    ("逐步分析", 0.6),
+    ("逐步解答", 0.6),
+    ("分步骤", 0.6),
+    ("思维链", 1.0),
+    ("思維鏈", 1.0),
+    ("推理过程", 0.7),
+    ("推理過程", 0.7),
+    ("思考过程", 0.7),
+    ("思考過程", 0.7),
+    ("推导过程", 0.7),
+    ("完整推导", 0.8),
+    ("详细推导", 0.7),
+    ("解释你的推理", 0.7),
+    ("展示你的推理", 0.9),
+    ("仔细思考", 0.4),
+    ("认真思考", 0.4),
+    # Japanese (思考過程 and 推論過程 are shared with Chinese above).
+    ("ステップバイステップ", 0.6),
+    ("ステップ・バイ・ステップ", 0.6),
+    ("段階的に考え", 0.9),
+    ("段階的に説明", 0.6),
+    ("段階を踏んで", 0.6),
+    ("一歩ずつ", 0.6),
+    ("順を追って", 0.6),
+    ("推論過程", 0.7),
+    ("思考の過程", 0.7),
+    ("推論の過程", 0.7),
+    ("思考の連鎖", 1.0),
+    ("途中式", 0.6),
+    ("導出過程", 0.7),
+    ("よく考えて", 0.4),
+    ("じっくり考えて", 0.4),
+    # Korean (each syllable is a token; words are separated by spaces).
+    ("단계별로", 0.6),
+    ("단계적으로", 0.6),
+    ("차근차근", 0.6),
+    ("한 단계씩", 0.6),
+    ("단계별로 생각", 0.9),
+    ("차근차근 생각", 0.9),
+    ("사고 과정", 0.7),
+    ("추론 과정", 0.7),
+    ("사고의 사슬", 1.0),
+    ("생각의 사슬", 1.0),
+    ("풀이 과정", 0.6),
+    ("신중하게 생각", 0.4),
+    ("꼼꼼히 생각", 0.4),
+    # Russian (yo, U+0451, is read as ie, U+0435).
+    ("шаг за шагом", 0.6),
+    ("пошагово", 0.6),
+    ("поэтапно", 0.6),
+    ("подумай шаг за шагом", 0.9),
+    ("подумайте шаг за шагом", 0.9),
+    ("рассуждай шаг за шагом", 0.9),
+    ("рассуждайте шаг за шагом", 0.9),
+    ("цепочка рассуждений", 1.0),
+    ("цепочку рассуждений", 1.0),
+    ("цепочка мыслей", 1.0),
+    ("ход рассуждений", 0.7),
+    ("ход мыслей", 0.7),
+    ("объясни свои рассуждения", 0.7),
+    ("объясните свои рассуждения", 0.7),
+    ("покажи все шаги", 0.6),
+    ("покажите все шаги", 0.6),
+    ("промежуточные шаги", 0.7),
+    ("подумай внимательно", 0.4),
+    ("тщательно подумай", 0.4),
+    # Spanish (accents are folded: "razonamiento detallado" matches with or without them).
+    ("paso a paso", 0.6),
+    ("piensa paso a paso", 0.9),
+    ("piense paso a paso", 0.9),
+    ("pensemos paso a paso", 0.9),
+    ("razona paso a paso", 0.9),
+    ("cadena de pensamiento", 1.0),
+    ("cadena de razonamiento", 1.0),
+    ("muestra tu razonamiento", 0.9),
+    ("muestra tu trabajo", 0.6),
+    ("muestra todos los pasos", 0.6),
+    ("explica tu razonamiento", 0.7),
+    ("explique su razonamiento", 0.7),
+    ("proceso de razonamiento", 0.7),
+    ("proceso de pensamiento", 0.7),
+    ("razonamiento detallado", 0.7),
+    ("razonamiento completo", 0.8),
+    ("derivación completa", 0.7),
+    ("pasos intermedios", 0.7),
+    ("piensa con cuidado", 0.4),
+    ("piensa detenidamente", 0.4),
+    # French.
+    ("étape par étape", 0.6),
+    ("pas à pas", 0.6),
+    ("réfléchis étape par étape", 0.9),
+    ("réfléchissez étape par étape", 0.9),
+    ("réfléchissons étape par étape", 0.9),
+    ("chaîne de pensée", 1.0),
+    ("chaîne de raisonnement", 1.0),
+    ("montre ton raisonnement", 0.9),
+    ("montrez votre raisonnement", 0.9),
+    ("montre toutes les étapes", 0.6),
+    ("montrez toutes les étapes", 0.6),
+    ("explique ton raisonnement", 0.7),
+    ("expliquez votre raisonnement", 0.7),
+    ("processus de réflexion", 0.7),
+    ("processus de raisonnement", 0.7),
+    ("raisonnement détaillé", 0.7),
+    ("raisonnement complet", 0.8),
+    ("démonstration complète", 0.7),
+    ("étapes intermédiaires", 0.7),
+    ("réfléchis bien", 0.4),
+    ("réfléchissez bien", 0.4),
+    # German ("ü" is read as "u"; "fuer" is how it is typed without umlauts).
+    ("schritt für schritt", 0.6),
+    ("schritt fuer schritt", 0.6),
+    ("schrittweise", 0.6),
+    ("denke schritt für schritt", 0.9),
+    ("denk schritt für schritt", 0.9),
+    ("denken sie schritt für schritt", 0.9),
+    ("schritt für schritt denken", 0.9),
+    ("gedankenkette", 1.0),
+    ("gedankengang", 0.7),
+    ("denkprozess", 0.7),
+    ("rechenweg", 0.6),
+    ("lösungsweg", 0.5),
+    ("zwischenschritte", 0.7),
+    ("erkläre deine überlegungen", 0.7),
+    ("erklären sie ihre überlegungen", 0.7),
+    ("vollständige herleitung", 0.7),
+    ("ausführliche herleitung", 0.7),
+    ("denke sorgfältig", 0.4),
+    ("denke gründlich", 0.4),
+    # Portuguese.
+    ("passo a passo", 0.6),
+    ("pense passo a passo", 0.9),
+    ("pensemos passo a passo", 0.9),
+    ("raciocine passo a passo", 0.9),
+    ("vamos pensar passo a passo", 0.9),
+    ("cadeia de pensamento", 1.0),
+    ("cadeia de raciocínio", 1.0),
+    ("mostre seu raciocínio", 0.9),
+    ("mostre o seu raciocínio", 0.9),
+    ("mostre seu trabalho", 0.6),
+    ("mostre todos os passos", 0.6),
+    ("explique seu raciocínio", 0.7),
+    ("explique o seu raciocínio", 0.7),
+    ("processo de raciocínio", 0.7),
+    ("raciocínio detalhado", 0.7),
+    ("raciocínio completo", 0.8),
+    ("derivação completa", 0.7),
+    ("passos intermediários", 0.7),
+    ("pense com cuidado", 0.4),
+    ("pense cuidadosamente", 0.4),
 )
 
 # Words that mark a paragraph as the instructions of a template rather than its fill-in
@@ -261,7 +429,9 @@ class ContentFacts(NamedTuple):
     ``elicitation``: 0..1 strength of reasoning-elicitation markers. ``n_bytes``: bytes
     examined (after the cap). ``prompt_found``: False when no prompt text could be
     extracted. ``context_id``: signed int64 hash of the system prompt and the turns other
-    than the last user message (digits normalised), 0 when there are none.
+    than the last user message (digits normalised), 0 when there are none. ``phrase``:
+    which marker weighs most in ``elicitation`` (1 + its index in
+    ``ELICITATION_MARKERS``), 0 for none; the engine learns how common each one is.
     """
 
     simhash: int
@@ -270,10 +440,13 @@ class ContentFacts(NamedTuple):
     n_bytes: int
     prompt_found: bool
     context_id: int = 0
+    phrase: int = 0
 
 
 # ``ContentFacts(*values)`` without the keyword handling of its constructor: half the cost.
 _new_tuple = tuple.__new__
+_body_context_start = body_context_start
+_BODY_PROMPT, _BODY_NO_PROMPT = 1, 2  # what ``_fingerprint_body`` answers (0: not read)
 
 EMPTY_CONTENT = ContentFacts(
     simhash=0, template_id=0, elicitation=0.0, n_bytes=0, prompt_found=False
@@ -348,6 +521,22 @@ def _digits_normalised(text: str) -> bytes:
 _CONTEXT_CACHE_SIZE = 4096
 _CONTEXT_CACHE_CHARS = 1024
 _context_ids: dict[str, int] = {}
+
+
+# context_id by the normalised context bytes the chat-body kernel gives (the same bounds).
+_normalised_context_ids: dict[bytes, int] = {}
+
+
+def _normalised_context_id(normalised: bytes) -> int:
+    """``_context_id`` of a context given already normalised (as UTF-8 bytes)."""
+    found = _normalised_context_ids.get(normalised)
+    if found is None:
+        found = _stable_hash_bytes(normalised)
+        if len(normalised) <= _CONTEXT_CACHE_CHARS:
+            if len(_normalised_context_ids) >= _CONTEXT_CACHE_SIZE:
+                _normalised_context_ids.clear()
+            _normalised_context_ids[normalised] = found
+    return found
 
 
 def _context_id(context: str) -> int:
@@ -533,7 +722,19 @@ _Prepared = tuple[bytes, int, int, int, str]
 class ContentFingerprinter:
     """Turns request bodies into ``ContentFacts``; thread-safe, never raises on a body."""
 
-    __slots__ = ("_max_bytes", "_primed", "_run", "_run_many", "_shingle", "_workspace")
+    __slots__ = (
+        "_body_bytes",
+        "_body_lock",
+        "_body_max",
+        "_body_workspace",
+        "_max_bytes",
+        "_primed",
+        "_run",
+        "_run_body",
+        "_run_many",
+        "_shingle",
+        "_workspace",
+    )
 
     def __init__(
         self, *, max_bytes: int = 16384, shingle: int = 3, background: bool = False
@@ -552,8 +753,15 @@ class ContentFingerprinter:
         self._workspace = np.empty(
             workspace_words(min(max_bytes, _WORKSPACE_MAX_BYTES)), dtype=np.uint64
         )
+        # The chat-body kernel's own workspace, read after its call (the context), so used
+        # under a lock: one thread's call cannot overwrite another's context before it is read.
+        self._body_max = min(max_bytes, _WORKSPACE_MAX_BYTES)
+        self._body_workspace = np.empty(workspace_words(self._body_max), dtype=np.uint64)
+        self._body_bytes = memoryview(self._body_workspace.view(np.uint8).data)
+        self._body_lock = threading.Lock()
         self._run: TextKernel | None = None
         self._run_many: TextsKernel | None = None
+        self._run_body: BodyKernel | None = None
         if not background or kernels_cached():
             self._bind_kernels()  # compiles here unless Numba's cache has the kernels
 
@@ -596,9 +804,14 @@ class ContentFingerprinter:
         run_many(
             _lower_bytes("warm up: the kernels"),
             np.array([0, 0, 8, 20], dtype=np.int64),
-            np.empty(4, dtype=np.int64),
+            np.empty(5, dtype=np.int64),
             np.empty(1, dtype=np.float64),
         )
+        run_body = body_kernel(
+            WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, shingle, what, self._body_workspace
+        )
+        run_body(b'{"messages": [{"role": "user", "content": "warm up"}]}')
+        self._run_body = run_body
         self._run_many = run_many
         self._run = run
         _KERNELS_COMPILED.set()
@@ -631,7 +844,40 @@ class ContentFingerprinter:
             hit = self._primed.pop(id(body), None)
             if hit is not None and hit[0] is body and hit[1] == content_type:
                 return hit[2]
+        if type(body) is bytes and len(body) <= self._body_max:
+            facts = self._fingerprint_chat(body)
+            if facts is not None:
+                return facts
         return self._fingerprint_safely(body, content_type)
+
+    def _fingerprint_chat(self, body: bytes) -> ContentFacts | None:
+        """A chat body read and fingerprinted in one kernel call (``_fingerprint_body``),
+        the facts the Python extraction would give; None for a body that kernel leaves to
+        the Python extraction (another shape, non-ASCII, invalid JSON)."""
+        run_body = self._run_body
+        if run_body is None or not body:
+            return None
+        try:
+            with self._body_lock:
+                status, simhash, template_id, n_tokens, phrase, context_length, strength = run_body(
+                    body
+                )
+                if context_length:
+                    start = _body_context_start(len(body))
+                    context = self._body_bytes[start : start + context_length].tobytes()
+        except Exception:  # as in ``_fingerprint_safely``: the Python extraction decides
+            return None
+        if status == _BODY_PROMPT:
+            if n_tokens < MIN_TOKENS:
+                simhash = template_id = 0
+            context_id = _normalised_context_id(context) if context_length else 0
+            return _new_tuple(
+                ContentFacts,
+                (simhash, template_id, strength, len(body), True, context_id, phrase),
+            )
+        if status == _BODY_NO_PROMPT:
+            return ContentFacts(0, 0, 0.0, len(body), False)
+        return None
 
     def prime(self, items: Iterable[tuple[bytes | str | None, str | None]]) -> int:
         """Fingerprint a batch of bodies ahead of the requests that carry them.
@@ -652,8 +898,15 @@ class ContentFingerprinter:
         asked: list[tuple[bytes | str | None, str | None]] = []
         waiting: list[_Prepared] = []
         packed = 0  # bytes of text waiting
+        chat = self._fingerprint_chat
+        body_max = self._body_max
         for item in items:
             body, content_type = item
+            if type(body) is bytes and len(body) <= body_max:
+                facts = chat(body)
+                if facts is not None:
+                    primed[id(body)] = (body, content_type, facts)
+                    continue
             try:
                 prepared = prepare(body, content_type)
             except Exception:  # as in ``_fingerprint_safely``
@@ -701,11 +954,11 @@ class ContentFingerprinter:
         bounds[1::3] = offsets + np.array(starts, dtype=np.int64)
         bounds[2::3] = offsets + np.array(ends, dtype=np.int64)
         bounds[-1] = offsets[-1] + lengths[-1]
-        out = np.empty(4 * count, dtype=np.int64)
+        out = np.empty(5 * count, dtype=np.int64)
         strengths = np.empty(count, dtype=np.float64)
         assert self._run_many is not None  # prime() waited for the kernels
         self._run_many(np.frombuffer(b"".join(texts), dtype=np.uint8), bounds, out, strengths)
-        columns = out.reshape(4, count)
+        columns = out.reshape(5, count)
         hashes = columns[:2]
         hashes[:, columns[2] < MIN_TOKENS] = 0  # too short to carry a template
         simhashes, template_ids = hashes.tolist()
@@ -713,7 +966,15 @@ class ContentFingerprinter:
         facts = map(
             _new_tuple,
             repeat(ContentFacts),
-            zip(simhashes, template_ids, strengths.tolist(), n_bytes, repeat(True), context_ids),
+            zip(
+                simhashes,
+                template_ids,
+                strengths.tolist(),
+                n_bytes,
+                repeat(True),
+                context_ids,
+                columns[4].tolist(),
+            ),
         )
         for (body, content_type), fact in zip(asked, facts, strict=True):
             primed[id(body)] = (body, content_type, fact)
@@ -740,13 +1001,15 @@ class ContentFingerprinter:
             return prepared
         data, start, end, n_bytes, context = prepared  # type: ignore[misc]
         assert self._run is not None  # fingerprint() checked ``ready``
-        simhash, template_id, n_tokens, _, strength = self._run(
+        simhash, template_id, n_tokens, _, strength, phrase = self._run(
             np.frombuffer(data, dtype=np.uint8), start, end
         )
         if n_tokens < MIN_TOKENS:
             simhash = template_id = 0
         context_id = _context_id(context) if context else 0
-        return _new_tuple(ContentFacts, (simhash, template_id, strength, n_bytes, True, context_id))
+        return _new_tuple(
+            ContentFacts, (simhash, template_id, strength, n_bytes, True, context_id, phrase)
+        )
 
     def _prepare(self, body: object, content_type: str | None) -> ContentFacts | _Prepared:
         """The facts of a body without a prompt, else what the kernel needs of it."""

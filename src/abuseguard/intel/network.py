@@ -29,6 +29,7 @@ from abuseguard.request import RequestInfo
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _TREATMENT_ACTIONS = {action.value: action for action in DENIAL_ACTIONS}
+_ANY_ADDRESS = object()  # the cache key of the one profile of every address
 _EYEBALL_DISTRUST = 0.3  # fan-in on residential, mobile or campus networks counts for less
 
 
@@ -74,6 +75,7 @@ class NetworkView:
         self.deny_cidrs = tuple(cast("Iterable[IPNetwork]", policy.deny_cidrs))
         self.anonymizers = cast("dict[str, AnonymizerRule]", policy.anonymizers)
         self._cache: dict[object, NetworkProfile] = {}
+        self._by_facts: dict[NetworkFacts, NetworkProfile] = {}
         self._cache_size = cache_size
         self._intel_version = intel.data_version if intel is not None else 0
         self._address_matters = intel is not None or bool(self.allow_cidrs or self.deny_cidrs)
@@ -98,7 +100,8 @@ class NetworkView:
     ) -> NetworkProfile:
         given = asn is not None or country is not None or anon is not None or as_org is not None
         if not given:
-            cache_key: object = address.ip
+            # Without databases and CIDR rules every address has the same profile: one entry.
+            cache_key: object = address.ip if self._address_matters else _ANY_ADDRESS
         elif self._address_matters:
             cache_key = (address.ip, asn, as_org, country, anon, anon_confidence)
         else:
@@ -110,6 +113,7 @@ class NetworkView:
             intel_version = intel.current_data_version()
             if intel_version != self._intel_version:
                 self._cache.clear()
+                self._by_facts.clear()
                 self._intel_version = intel_version
         hit = self._cache.get(cache_key)
         if hit is not None:
@@ -124,7 +128,17 @@ class NetworkView:
                 anon=anon,
                 anon_confidence=anon_confidence,
             )
-        result = self._build(address, facts)
+        if self.allow_cidrs or self.deny_cidrs:
+            result = self._build(address, facts)
+        else:
+            # The profile depends on the facts alone, which the intel shares per network:
+            # addresses of one network share one profile object, not one each.
+            result = self._by_facts.get(facts)  # type: ignore[assignment]
+            if result is None:
+                result = self._build(address, facts)
+                if len(self._by_facts) >= self._cache_size:
+                    self._by_facts.clear()
+                self._by_facts[facts] = result
         if intel is not None and intel.data_version != self._intel_version:
             return result  # reloaded meanwhile (another thread): the facts may be the old ones
         if len(self._cache) >= self._cache_size:
@@ -134,6 +148,7 @@ class NetworkView:
 
     def clear(self) -> None:
         self._cache.clear()
+        self._by_facts.clear()
 
     def _build(self, address: ClientAddress, facts: NetworkFacts) -> NetworkProfile:
         policy = self.policy

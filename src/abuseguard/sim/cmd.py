@@ -52,6 +52,13 @@ def register(subparsers: Any) -> None:
         help="trace start, epoch seconds or ISO 8601 (default 2026-03-10T14:00:00Z)",
     )
     parser.add_argument(
+        "--account-facts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write what the host app knows about each account (age, verification, plan, "
+        "payment fingerprint, tags) in an 'account' field (default: on for the capable mix)",
+    )
+    parser.add_argument(
         "--no-enrichment",
         action="store_true",
         help="leave out asn/as_org/country/anon fields (let the guard use --mmdb-dir files)",
@@ -162,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
                 enrich=not args.no_enrichment,
                 only=only,
                 overrides=overrides,
+                account_facts=args.account_facts,
             )
     except OSError as exc:
         print(f"abuseguard simulate: error: cannot write {args.output}: {exc}", file=sys.stderr)

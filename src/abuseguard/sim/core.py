@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from abuseguard.sim.accounts import account_facts
 from abuseguard.sim.personas import Persona
 from abuseguard.sim.world import World
 from abuseguard.traces import trace_fields, trace_line
@@ -47,6 +48,7 @@ class SimContext:
     start: float
     hours: float
     scale: float
+    account_facts: bool = False
 
     @property
     def horizon(self) -> float:
@@ -147,6 +149,9 @@ class Emitter:
         self._head = trace_fields(key=key)
         self._persona = persona.fragment()
         self._tail = trace_fields(actor=actor, label=label, kind=kind)
+        if ctx.account_facts:
+            facts = account_facts(ctx.seed, actor, label, kind)
+            self._tail = trace_fields(account=facts) + "," + self._tail
 
     def line(
         self,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from abuseguard.sim import abusive, benign
+from abuseguard.sim import abusive, benign, capable
 from abuseguard.sim.core import SimContext, Source
 
 
@@ -46,9 +46,24 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("bulk_harvest", "abusive", abusive.BulkHarvest, abusive.bulk_harvest),
         Scenario("low_and_slow", "abusive", abusive.LowAndSlow, abusive.low_and_slow),
         Scenario("tor", "abusive", abusive.Tor, abusive.tor),
+        Scenario("eval_harness", "benign", capable.EvalHarness, capable.eval_harness),
+        Scenario("researcher", "benign", capable.Researcher, capable.researcher),
+        Scenario("prompt_dev", "benign", capable.PromptDev, capable.prompt_dev),
+        Scenario(
+            "multilingual_chat", "benign", capable.MultilingualChat, capable.multilingual_chat
+        ),
+        Scenario("hydra", "abusive", capable.Hydra, capable.hydra),
+        Scenario("trace_coercion", "abusive", capable.TraceCoercion, capable.trace_coercion),
+        Scenario("reseller", "abusive", capable.Reseller, capable.reseller),
     )
 }
 
+# The first version's scenarios: the ``default`` and ``hard`` mixes keep to them, so their
+# reports stay comparable across releases.
+CLASSIC = (
+    "browser_chat", "sdk_backend", "campus_nat", "mobile_roaming", "corporate_vpn",
+    "resi_pool", "router", "bulk_harvest", "low_and_slow", "tor",
+)  # fmt: skip
 BENIGN = tuple(name for name, s in SCENARIOS.items() if s.label == "benign")
 ABUSIVE = tuple(name for name, s in SCENARIOS.items() if s.label == "abusive")
 
@@ -56,9 +71,9 @@ Mix = dict[str, dict[str, Any]]
 
 MIXES: dict[str, Mix] = {
     # The detection targets are measured on this one: every scenario at its defaults.
-    "default": {name: {} for name in SCENARIOS},
-    "benign": {name: {} for name in BENIGN},
-    "abusive": {name: {} for name in ABUSIVE},
+    "default": {name: {} for name in CLASSIC},
+    "benign": {name: {} for name in BENIGN if name in CLASSIC},
+    "abusive": {name: {} for name in ABUSIVE if name in CLASSIC},
     # Harder variants of every scenario: fewer flagged exits, looser cadence, better
     # forgeries, more legitimate automation. For checking that tuning generalises.
     "hard": {
@@ -84,7 +99,31 @@ MIXES: dict[str, Mix] = {
         },
         "tor": {"browser_share": 0.7},
     },
+    # The capable adversary of 2026 (sim/capable.py: hydra operations on unflagged
+    # residential exits with genuine personas, a multilingual trace-coercion campaign, a
+    # reseller forging the SDK exactly) among the honest users a detector hurts: eval
+    # harnesses, researchers asking for step-by-step reasoning, students behind one NAT
+    # pasting one assignment, SDK backends, prompt developers, people writing in their own
+    # language. Written from public accounts, not from the detector.
+    "capable": {
+        "browser_chat": {},
+        "sdk_backend": {"apps": 30},
+        "campus_nat": {"assignment_share": 0.6},
+        "mobile_roaming": {},
+        "corporate_vpn": {},
+        "eval_harness": {},
+        "researcher": {},
+        "prompt_dev": {},
+        "multilingual_chat": {},
+        "hydra": {},
+        "trace_coercion": {},
+        "reseller": {},
+    },
 }
+
+
+# Mixes whose traces carry the host app's account facts (the ``account`` field) by default.
+FACTS_MIXES = frozenset({"capable"})
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from abuseguard.sim.core import SimContext, Source
-from abuseguard.sim.scenarios import MIXES, SCENARIOS
+from abuseguard.sim.scenarios import FACTS_MIXES, MIXES, SCENARIOS
 from abuseguard.sim.world import World
 
 # 2026-03-10 14:00 UTC, a Tuesday afternoon in Europe and morning in the Americas.
@@ -68,8 +68,11 @@ def simulate(
     enrich: bool = True,
     only: tuple[str, ...] = (),
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    account_facts: bool | None = None,
 ) -> SimSummary:
-    """Write the trace of ``mix`` to ``out``; same arguments give byte-identical output."""
+    """Write the trace of ``mix`` to ``out``; same arguments give byte-identical output.
+    ``account_facts`` adds what the host app knows about each account (the ``account``
+    field); None: the mix's own choice (on for ``capable``)."""
     if not hours > 0:
         raise ValueError(f"hours must be > 0, got {hours}")
     if not scale > 0:
@@ -85,7 +88,11 @@ def simulate(
         raise ValueError(f"not in the mix (add it with --set): {', '.join(absent)}")
     started = time.perf_counter()
     world = World(seed=seed, start=start, enrich=enrich)
-    ctx = SimContext(world=world, seed=seed, start=start, hours=hours, scale=scale)
+    if account_facts is None:
+        account_facts = isinstance(mix, str) and mix in FACTS_MIXES
+    ctx = SimContext(
+        world=world, seed=seed, start=start, hours=hours, scale=scale, account_facts=account_facts
+    )
     summary = SimSummary(world=world)
     counts: Counter[str] = Counter()
     streams = [_tagged(name, source, counts) for name, source in build_sources(ctx, chosen, only)]

@@ -41,6 +41,10 @@ each worker to ``1/fallback_workers`` of every bucket. Concurrency leases expire
 ``lease_ttl`` unless the worker holding them renews them (`leases`), so a crashed
 worker cannot leak slots. Releases and cost reconciliation are queued, never awaited.
 
+Route and plan limits (`Policy.routes`, `Policy.plans`) ride in the same call, after the
+app-wide ones, in the identity's slot (`route_ops`): a refused request costs nothing in
+any of them; a plan's bucket is asked in the app-wide bucket's place.
+
 Window quotas: ``fixed-window`` (INCRBY, EXPIRE on the first hit, as `limits`) and
 ``sliding-window-counter`` (as `limits`' weighted two windows). ``moving-window`` keeps
 one entry per hit and is refused at construction.
@@ -81,6 +85,7 @@ from abuseguard.backends.redis.leases import Leases
 from abuseguard.backends.redis.netsync import NetSync
 from abuseguard.backends.redis.pipe import Pipeliner, Script, load_script
 from abuseguard.backends.redis.probation import SketchProbation
+from abuseguard.backends.redis.route_ops import RoutePlan, plan_routes, read_routes
 from abuseguard.backends.redis.unverified import RedisUnverifiedBudgets
 from abuseguard.backends.redis.uri import SYNCED_ONLY, redacted, split_backend_uri
 from abuseguard.backends.workers import detect_workers
@@ -137,6 +142,7 @@ class RedisBackend(Backend, RoundTripDecider):
     """
 
     shared = True
+    counts_route_limits = True  # in the same call (`route_ops`); synced mode does not
     schemes = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
     mode = "inline"  # one round trip per request; "synced": SyncedRedisBackend
     #: The backend class of each ``mode`` a URI may ask for; subclasses register theirs.
@@ -272,7 +278,11 @@ class RedisBackend(Backend, RoundTripDecider):
                 )
         if len(policy.quotas) > 99:
             raise ConfigError("Policy.quotas", "the Redis backend takes at most 99 quotas")
+        self._check_route_quotas(policy)
         self.stages = stages
+        # A route or plan limit's refusal is shadowed as the guard shadows it (served and
+        # counted by the script, reported by the guard).
+        self.route_shadow = policy.shadow or Action.THROTTLE in policy.enforcement.shadow_actions
         limits = self.limits = CompiledLimits.from_policy(policy)
         self.keys = KeySpace(self.prefix, limits.quota_names)
         bucket = self.bucket = limits.key_bucket
@@ -304,6 +314,38 @@ class RedisBackend(Backend, RoundTripDecider):
         )
         if self.cluster:
             self.netsync = NetSync(self, stages)
+
+    @staticmethod
+    def _check_route_quotas(policy: Policy) -> None:
+        """Route and plan quotas ride in the app-wide ones' call: the same strategies, and
+        at most 99 quotas in one call."""
+        most = 0
+        for where, limits in (
+            *((f"Policy.routes[{k!r}]", v) for k, v in policy.routes.items()),
+            *((f"Policy.plans[{k!r}]", v) for k, v in policy.plans.items()),
+            *(
+                (f"Policy.plans[{plan!r}].routes[{k!r}]", v)
+                for plan, plan_limits in policy.plans.items()
+                for k, v in plan_limits.routes.items()
+            ),
+        ):
+            for i, quota in enumerate(limits.quotas):
+                if quota.strategy == "moving-window":
+                    raise ConfigError(
+                        f"{where}.quotas[{i}].strategy",
+                        "moving-window is not supported by the Redis backend; use "
+                        "fixed-window or sliding-window-counter",
+                    )
+        route_most = max((len(v.quotas) for v in policy.routes.values()), default=0)
+        for plan_limits in policy.plans.values():
+            own = max((len(v.quotas) for v in plan_limits.routes.values()), default=0)
+            most = max(most, len(plan_limits.quotas) + max(own, route_most))
+        if len(policy.quotas) + max(most, route_most) > 99:
+            raise ConfigError(
+                "Policy.routes" if policy.routes else "Policy.plans",
+                "the Redis backend takes at most 99 quotas per request (app-wide, route "
+                "and plan quotas together)",
+            )
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -471,7 +513,7 @@ class RedisBackend(Backend, RoundTripDecider):
                 _told_to_wait(rows, key_row, p.ts + wait)
                 self.local_denials += 1
                 return LimitAnswer(UNKNOWN, False)
-        main, side = self._plan(stages, p, io, key_row)
+        main, side, routes = self._plan(stages, p, io, key_row, info)
         pipe = self.pipe
         assert pipe is not None
         try:
@@ -498,7 +540,7 @@ class RedisBackend(Backend, RoundTripDecider):
             self._give_back(main, side)
             return failover.failed(info, p, io)
         breaker.success()
-        return self._apply(stages, p, io, key_row, main, side, answers)
+        return self._apply(stages, p, io, key_row, main, side, answers, routes)
 
     def precheck_limits(self, p: Prepared, io: list[float]) -> tuple[LimitSource, bool]:
         """For `Guard.precheck`: what this worker knows without asking Redis, read-only.
@@ -542,8 +584,8 @@ class RedisBackend(Backend, RoundTripDecider):
         return True
 
     def _plan(
-        self, stages: Stages, p: Prepared, io: list[float], key_row: int
-    ) -> tuple[ScriptCall, ScriptCall | None]:
+        self, stages: Stages, p: Prepared, io: list[float], key_row: int, info: RequestInfo
+    ) -> tuple[ScriptCall, ScriptCall | None, RoutePlan | None]:
         level = int(io[L.O_ACTION])
         profile = p.profile
         if level == 0 and (profile is None or profile.rule_action is None):
@@ -581,9 +623,15 @@ class RedisBackend(Backend, RoundTripDecider):
         cost = p.cost
         if not 0.0 <= cost < math.inf:  # NaN or infinite: the whole burst; negative: nothing
             cost = 0.0 if cost < 0.0 else (bucket.capacity if bucket is not None else 0.0)
-        if bucket is not None:
+        route_limits = stages.route_limits
+        applied = route_limits.applying(info) if route_limits is not None else ()
+        # a plan's own bucket takes the app-wide bucket's place (`route_ops`)
+        replaced = bool(applied) and any(named.replaces_key_bucket for named in applied)
+        factor = 1.0
+        if bucket is not None or replaced:
             smoothed = stages.rows.get(L.KIND_KEY, key_row, L.F_COUPLING_SCORE)
             factor = self.limits.key_refill_factor(smoothed)
+        if bucket is not None and not replaced:
             rate = max(bucket.per_second * load * factor, 1e-9)  # as the kernel clamps it
             main.bucket(
                 keys.bucket,
@@ -655,7 +703,33 @@ class RedisBackend(Backend, RoundTripDecider):
                     ("c:" + ident, key, lease),
                     conc.shadow,
                 )
-        return main, side
+        routes: RoutePlan | None = None
+        if applied:
+            sides: list[ScriptCall] = [side] if side is not None else []
+
+            def side_for(identity: str) -> ScriptCall:
+                if not self.cluster:
+                    return main
+                if not sides:
+                    sides.append(ScriptCall(now, gate=gate, override=override))
+                return sides[0]
+
+            routes = plan_routes(
+                applied,
+                p.identity,
+                "i:" + address.ip_key,
+                cost,
+                gate,
+                self.route_shadow,
+                self.keys,
+                self.leases,
+                main,
+                side_for,
+                key_scale=load * factor,
+                key_ttl_scale=self.load_floor * (bucket.min_refill_factor if bucket else 1.0),
+            )
+            side = sides[0] if sides else None
+        return main, side, routes
 
     def _plan_sketches(
         self,
@@ -758,6 +832,7 @@ class RedisBackend(Backend, RoundTripDecider):
         main: ScriptCall,
         side: ScriptCall | None,
         replies: list[Reply],
+        routes: RoutePlan | None = None,
     ) -> LimitAnswer:
         reply = replies[0]
         rows = stages.rows
@@ -776,7 +851,7 @@ class RedisBackend(Backend, RoundTripDecider):
                 rows.put(kind, row, field, estimate)
         denied_kinds = 0
         if reply.denied:
-            for j, (kind, _) in enumerate(main.bucket_tags):
+            for j, (kind, _) in enumerate(main.bucket_tags[: main.app_ops[0]]):
                 if reply.denied & (1 << j):
                     denied_kinds |= 1 << kind
             io[L.O_DENIED_KINDS] = float(denied_kinds)
@@ -786,6 +861,8 @@ class RedisBackend(Backend, RoundTripDecider):
                 _told_to_wait(rows, key_row, p.ts + reply.retry)
         bucket = self.bucket
         key_rate = 0.0
+        if routes is not None and routes.replaces_key_bucket:
+            bucket = None  # the plan's bucket replaced it: a route op (`route_ops`)
         if bucket is not None:
             key_rate = main.bucket_tags[0][1]
             tokens = reply.tokens[0]
@@ -801,12 +878,13 @@ class RedisBackend(Backend, RoundTripDecider):
         for call, answer in zip((main, side), replies, strict=False):
             if call is None:
                 continue
+            _, n_quotas, n_conc = call.app_ops
             for index, (ran, ok, remaining, reset) in zip(
-                call.quota_tags, answer.quotas, strict=True
+                call.quota_tags[:n_quotas], answer.quotas[:n_quotas], strict=True
             ):
                 if ran:
                     quotas[index] = (ok, remaining, reset)
-            for tag, (ran, got) in zip(call.conc_tags, answer.conc, strict=True):
+            for tag, (ran, got) in zip(call.conc_tags[:n_conc], answer.conc[:n_conc], strict=True):
                 if ran:
                     acquired = got
                     if got:
@@ -814,17 +892,30 @@ class RedisBackend(Backend, RoundTripDecider):
         if lease is not None:
             self.leases.hold(*lease)
         answers = Answers(quotas, acquired)
+        verdict = None
+        if routes is not None:
+            by_call = {
+                id(call): answer for call, answer in zip((main, side), replies, strict=False)
+            }
+            verdict = read_routes(routes, by_call)
+            for op in routes.ops:
+                if op.slot is not None and op.slot[0] in verdict.held:
+                    self.leases.hold(*op.slot)
 
         def settle(decision: Decision) -> None:
-            if lease is not None and not decision.held:
+            if lease is not None and lease[0] not in decision.held:
                 self.release(lease[0])
+            if verdict is not None:
+                for slot in verdict.held:
+                    if slot not in decision.held:
+                        self.release(slot)
             if not decision.shadow and decision.action is Action.THROTTLE:
                 self._remember_denial(p, decision, denied_kinds, reply, key_rate, quotas)
             if self.netsync is not None:
                 served_clean = decision.served and not decision.reasons
                 self.netsync.add(p, io[L.O_FANIN], stages.load_factor(), served_clean)
 
-        return LimitAnswer(answers, bucket is not None, after=settle)
+        return LimitAnswer(answers, bucket is not None, after=settle, routes=verdict)
 
     def _remember_denial(
         self,
@@ -928,6 +1019,24 @@ class RedisBackend(Backend, RoundTripDecider):
                 self.scripts["reconcile_quota"].sha,
                 1,
                 self.keys.of(identity).quotas[index],
+                STRATEGY_CODES[quota.strategy],
+                quota.window,
+                delta,
+                self._reconcile_now(),
+            )
+        )
+
+    def reconcile_route_quota(self, limits: str, quota: Quota, identity: str, delta: int) -> None:
+        """Count ``delta`` more (< 0: fewer) in a by-cost quota of the route or plan limits
+        named ``limits`` (`route_ops`)."""
+        if delta == 0 or self.pipe is None or not self.breaker.closed:
+            return
+        self.pipe.send(
+            (
+                "EVALSHA",
+                self.scripts["reconcile_quota"].sha,
+                1,
+                self.keys.route(identity, limits) + f":q:{quota.name}",
                 STRATEGY_CODES[quota.strategy],
                 quota.window,
                 delta,

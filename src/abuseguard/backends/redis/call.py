@@ -40,6 +40,7 @@ class ScriptCall:
         "conc_args",
         "conc_keys",
         "conc_tags",
+        "extra_from",
         "force",
         "gate",
         "now",
@@ -84,6 +85,20 @@ class ScriptCall:
         self.conc_keys: list[str] = []
         self.conc_args: list[str] = []
         self.conc_tags: list[Any] = []
+        self.extra_from: tuple[int, int, int] | None = None
+
+    def mark_extra(self) -> None:
+        """The ops added from now on are not the app-wide limits' (route and plan limits,
+        `route_ops`): `app_ops` counts the ops before them."""
+        if self.extra_from is None:
+            self.extra_from = (len(self.bucket_tags), len(self.quota_tags), len(self.conc_tags))
+
+    @property
+    def app_ops(self) -> tuple[int, int, int]:
+        """How many bucket, quota and concurrency ops are the app-wide limits'."""
+        if self.extra_from is not None:
+            return self.extra_from
+        return len(self.bucket_tags), len(self.quota_tags), len(self.conc_tags)
 
     def ban(self, key: str, *, ban_ms: int = 0, check: bool = True) -> None:
         self.ban_key = key

@@ -8,6 +8,8 @@ ever reaches Redis. Layout, with the default prefix ``ag``::
     ag:{k:ab12..}:q:<name>      window quota (fixed: counter; sliding: hash of windows)
     ag:{k:ab12..}:c             concurrency leases (sorted set scored by lease expiry)
     ag:{k:ab12..}:fo:<dim>:<e>  fan-out HyperLogLog of one half-horizon epoch
+    ag:{k:ab12..}:r:<limits>:b  a route's or plan's token bucket (:q:<name> its quotas,
+                                :c its concurrency leases; see `route_ops`)
     ag:{n1:203.0.113.7}:b       network bucket of an IP (n2 prefix, n3 ASN)
     ag:{n1:203.0.113.7}:fi:<e>  fan-in HyperLogLog (accounts seen behind that network)
 
@@ -79,6 +81,11 @@ class KeySpace:
                 self._identities.clear()
             keys = self._identities[identity] = IdentityKeys(self.base(identity), self.quota_names)
         return keys
+
+    def route(self, identity: str, limits: str) -> str:
+        """Base of the keys of the route or plan limits named ``limits`` ("route-v1-chat",
+        letters, digits and dashes) for one identity: in the identity's slot."""
+        return f"{self.prefix}:{{{identity}}}:r:{limits}"
 
     def fanout(self, identity: str, keys: IdentityKeys, epoch: int) -> tuple[str, ...]:
         return keys.fanout_keys(self.base(identity), epoch)

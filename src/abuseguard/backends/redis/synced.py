@@ -51,10 +51,11 @@ client keeps its share for up to the share window.
 Staleness. Busy identities: other workers' consumption and bans arrive within τ. Quiet
 ones: within the share window, or as soon as they stop being quiet here.
 
-Not synced: window quotas and concurrency limits (refused at construction: use the inline
-mode), risk scores and behaviour features (per worker, as with inline). The fan-in and
-fan-out sketches count what this worker saw unless ``shared_sketches=True`` (off by default
-in this mode): then a worker's new items are added to the shared HyperLogLogs with its next
+Not synced: window quotas, concurrency limits and route and plan limits
+(`Policy.routes`, `Policy.plans`; refused at construction: use the inline mode), risk
+scores and behaviour features (per worker, as with inline). The fan-in and fan-out
+sketches count what this worker saw unless ``shared_sketches=True`` (off by default in
+this mode): then a worker's new items are added to the shared HyperLogLogs with its next
 sync and the shared estimate comes back with the answer (`sketches`); each new item
 costs Redis a two-sketch PFCOUNT merge, several times the cost of a bucket sync (on the
 benchmark's 10,000 clients, about 24 instead of 6 µs of Redis time per request).
@@ -121,6 +122,7 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
 
     mode = "synced"
     decides_locally = True
+    counts_route_limits = False  # refused at construction (`route_limits.RouteLimiter`)
 
     def __init__(
         self,
@@ -184,8 +186,9 @@ class SyncedRedisBackend(RedisBackend, LocalDecider):
         self._divided = full.copy()
         self._divided[1::2] /= float(self.workers)  # bursts
         self._divided[0::2] /= float(self.workers)  # rates
-        stages.rows.set_bucket_parameters(full)  # the kernel's own buckets decide,
-        stages.use_local_buckets()  # and the Decision reports them as the memory backend's
+        # The kernel's own buckets decide (a LocalDecider: the Guard built the engine with
+        # them on and reports them in its decisions); these are the whole buckets.
+        stages.rows.set_bucket_parameters(full)
         self.syncer = Syncer(self, stages, max_pending=self.sync_max_pending, workers=self.workers)
         # Fan-out and fan-in sketches are shared as inline (`sketches`).
         self._sketching = self.shared_sketches and policy.network is not None

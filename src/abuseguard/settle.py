@@ -1,0 +1,182 @@
+"""The settle stage: what the response teaches, after the app answered.
+
+`Settlement.complete` feeds one outcome back: the concurrency slots a decision holds are
+released, a status teaches the unverified-key budgets whether the key was accepted and
+the key's error share, and a real cost that differs from the estimate is charged to every
+limit that counted the estimate (`Settlement.reconcile`). With a shared backend the release
+and the reconciliation go through the backend port (queued, never awaited); the error
+signal stays in the local engine. A refused request teaches nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from abuseguard.backends.base import Backend, LocalLimits
+from abuseguard.engine import layout as L
+
+if TYPE_CHECKING:
+    from abuseguard.decision import Decision
+    from abuseguard.engine.engine import Engine
+    from abuseguard.identity import AddressBook
+    from abuseguard.intel.network import NetworkView
+    from abuseguard.keyprobe import UnverifiedKeyLimiter
+    from abuseguard.policy import Policy
+    from abuseguard.request import RequestInfo
+    from abuseguard.route_limits import RouteLimiter
+
+
+class Settlement:
+    """The settle stage of one Guard."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        backend: Backend,
+        engine: Engine,
+        *,
+        addresses: AddressBook,
+        network: NetworkView | None,
+        unverified_keys: UnverifiedKeyLimiter | None,
+        scoring_on: bool,
+        clock: Callable[[], float],
+        route_limits: RouteLimiter | None = None,
+    ) -> None:
+        self.policy = policy
+        self.backend = backend
+        self.engine = engine
+        self.addresses = addresses
+        self.network = network
+        self.unverified_keys = unverified_keys
+        self.scoring_on = scoring_on
+        self.clock = clock
+        self.route_limits = route_limits
+        self.shared = backend.shared
+        self.tables = engine.tables
+        self.key_index = engine.tables[L.KIND_KEY].index
+        # Python floats from the key table without numpy's scalar objects.
+        self.key_rows = memoryview(engine.tables[L.KIND_KEY].data)  # type: ignore[arg-type]
+
+    def complete(
+        self,
+        info: RequestInfo,
+        decision: Decision,
+        status: int | None,
+        cost: float | None,
+        release: bool,
+        invalid_key: bool,
+        usage: float | None = None,
+    ) -> None:
+        """`Guard.complete`: release, what the status teaches, the real cost (and the
+        spend: ``usage``, else the cost)."""
+        if release and decision.held:
+            self.release(decision)
+        identity = decision.identity
+        unverified = self.unverified_keys
+        if (
+            unverified is not None
+            and identity[:2] == "k:"
+            and (status is not None or invalid_key)
+            and decision.served
+        ):
+            now = info.ts if info.ts is not None else self.clock()
+            unverified.learn(identity, info.ip, status, now, invalid=invalid_key)
+        # A refusal teaches nothing: only the origin's answers count (the guard's own
+        # refusals would feed themselves) and a refused request cost nothing.
+        if not identity or not decision.served:
+            return
+        row = self.key_index.get(identity)
+        if row is None and not self.shared:
+            return
+        if row is not None and status is not None and self.scoring_on:
+            is_error = 400 <= status < 600 and status != 429
+            # A success moves a zero error share nowhere: skip the call, the common case.
+            if is_error or self.key_rows[row, L.F_ERR] != 0.0:
+                self.engine.record_outcome(row, is_error)
+        spent = cost if usage is None else usage
+        if (
+            row is not None
+            and spent is not None
+            and 0 < spent < float("inf")
+            and self.scoring_on
+            and identity[:2] == "k:"
+        ):
+            self.engine.add_spend(row, spent, info.ts if info.ts is not None else self.clock())
+        if cost is not None and 0 <= cost < float("inf") and cost != decision.cost:
+            self.reconcile(info, decision, row, cost)
+
+    def release(self, decision: Decision) -> None:
+        """Give back the concurrency slots a decision holds."""
+        backend = self.backend
+        for ident in decision.held:
+            backend.release(ident)
+
+    def reconcile(
+        self, info: RequestInfo, decision: Decision, row: int | None, cost: float
+    ) -> None:
+        """Charge the difference between the real cost and the estimate to every limit that
+        counted the estimate: the key bucket, the network buckets and the by-cost quotas."""
+        identity = decision.identity
+        delta = cost - decision.cost
+        backend = self.backend
+        policy = self.policy
+        network = policy.network
+        net_keys: list[tuple[int, object]] = []
+        if network is not None and (network.per_ip or network.per_prefix or network.per_asn):
+            net_keys = self.network_keys(info)
+        if self.shared:
+            backend.reconcile(identity, delta)
+            for kind, key in net_keys:
+                backend.reconcile_network(kind, key, delta)
+        else:
+            if row is not None:
+                self.engine.charge(L.KIND_KEY, row, delta)
+            for kind, key in net_keys:
+                net_row = self.tables[kind].index.get(key)
+                if net_row is not None:
+                    self.engine.charge(kind, net_row, delta)
+        hits = max(0, round(cost)) - max(0, round(decision.cost))
+        if not hits:
+            return
+        if self.route_limits is not None:
+            ip_key = self.addresses.resolve(info.ip).ip_key
+            self.route_limits.reconcile(info, identity, ip_key, hits)
+        for index, quota in enumerate(policy.quotas):
+            if quota.by_cost:
+                ident = (
+                    identity
+                    if quota.per == "key"
+                    else "i:" + self.addresses.resolve(info.ip).ip_key
+                )
+                if isinstance(backend, LocalLimits):
+                    backend.reconcile_quota(quota.limit, quota.strategy, ident, hits)
+                else:
+                    backend.reconcile_shared_quota(index, quota, ident, hits)
+
+    def network_keys(self, info: RequestInfo) -> list[tuple[int, object]]:
+        """The network buckets' identities of a request (kind, key), as the engine stage
+        finds them (`Guard._run`)."""
+        network = self.policy.network
+        view = self.network
+        if network is None or view is None:
+            return []
+        address = self.addresses.resolve(info.ip)
+        keys: list[tuple[int, object]] = []
+        if address.version:
+            if network.per_ip is not None:
+                keys.append((L.KIND_IP, address.ip_key))
+            if network.per_prefix is not None:
+                keys.append((L.KIND_PREFIX, address.prefix_key))
+        if network.per_asn is not None:
+            profile = view.profile(
+                address, info.asn, info.as_org, info.country, info.anon, info.anon_confidence
+            )
+            if profile.allowed:
+                return []
+            if profile.asn_key is not None:
+                keys.append((L.KIND_ASN, profile.asn_key))
+        return keys
+
+
+__all__ = ["Settlement"]
