@@ -477,6 +477,7 @@ def test_evidence_kinds_follow_what_the_request_says() -> None:
         ("recluster_every", -1.0),
         ("join_share", 0.0),
         ("join_share", 1.5),
+        ("min_single_turn", 1.5),
         ("max_accounts", 0),
         ("tokens_per_hour", (5.0, 5.0)),
         ("min_lift", "high"),

@@ -30,7 +30,9 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    linking buckets are joined by union-find, and so are two linking buckets that agree on
    all but one of their kinds (each passed the test on its own: an operation whose
    accounts differ in their ASN mix falls into several buckets of one persona and one
-   request shape); components of at least ``min_size`` accounts are operations. Each
+   request shape); components of at least ``min_size`` accounts whose requests are mostly
+   single-turn (``min_single_turn``: harvesting asks one question at a time; a campus on
+   its own web app behind its NAT links too, but chats) are operations. Each
    carries its evidence: which kinds linked it and how strongly. A cluster keeps its id
    while most of its members stay.
 5. **Joining.** An account in no cluster joins one when its signatures agree with a
@@ -55,7 +57,7 @@ from dataclasses import dataclass
 
 from abuseguard.config_check import check_fields
 from abuseguard.errors import ConfigError
-from abuseguard.operations.evidence import KINDS, N_KINDS, Evidence
+from abuseguard.operations.evidence import KINDS, N_KINDS, TIMING, Evidence
 from abuseguard.operations.sketches import DecayedItems, UnionFind, heavy_items, set_signature
 
 # Keys of the counts and buckets: (tag, signatures...), plain tuples of ints (hashed alike
@@ -74,7 +76,9 @@ class OperationsConfig:
     ``min_kinds``: kinds of evidence a band combines. ``min_size``: accounts of the
     smallest operation. ``min_lift`` and ``min_surprise`` (nats): the lift test of each
     kind of a linking bucket; ``distinct_kinds`` of its kinds must have at least
-    ``distinct_share`` of their signature's holders in the bucket. ``recluster_every``:
+    ``distinct_share`` of their signature's holders in the bucket. ``min_single_turn``:
+    the share of single-turn requests below which a linked group is not an operation
+    (people chatting: a campus behind its NAT on its own web app). ``recluster_every``:
     seconds between clusterings. ``join_share``: the share of a signature's holders that
     must be in a cluster for an account to join it by that signature.
     ``max_topics``: topics kept per account.
@@ -92,6 +96,7 @@ class OperationsConfig:
     min_surprise: float = 14.0
     distinct_kinds: int = 2
     distinct_share: float = 0.2
+    min_single_turn: float = 0.5
     recluster_every: float = 30.0
     join_share: float = 0.25
     max_topics: int = 64
@@ -112,6 +117,8 @@ class OperationsConfig:
             raise ConfigError("OperationsConfig.distinct_kinds", "must be 1..min_kinds")
         if not 0.0 < self.distinct_share <= 1.0:
             raise ConfigError("OperationsConfig.distinct_share", "must be in (0, 1]")
+        if not 0.0 <= self.min_single_turn <= 1.0:
+            raise ConfigError("OperationsConfig.min_single_turn", "must be in [0, 1]")
         if not 0.0 < self.heavy_share <= 1.0:
             raise ConfigError("OperationsConfig.heavy_share", "must be in (0, 1]")
         if not 0.0 < self.join_share <= 1.0:
@@ -425,11 +432,16 @@ class OperationLinker:
                     union.union(first, other)
                 linked.append((key, lift))
                 for sub_key in self._sub_keys(key):
+                    if TIMING in self.subs[sub_key[0]]:
+                        continue  # everyone active at the same hours shares a slot set
                     owner = sub_owner.setdefault(sub_key, first)
                     if owner != first:
                         union.union(owner, first)
         components = [
-            members for members in union.components().values() if len(members) >= config.min_size
+            members
+            for members in union.components().values()
+            if len(members) >= config.min_size
+            and self._single_turn(members) >= config.min_single_turn
         ]
         root_of = {member: i for i, members in enumerate(components) for member in members}
         evidence: list[tuple[Counter[str], int, float]] = [(Counter(), 0, 0.0) for _ in components]
@@ -491,6 +503,10 @@ class OperationLinker:
                 del self.priors[identity]
                 self._dirty_priors[identity] = 0.0
 
+    def _single_turn(self, members: Sequence[str]) -> float:
+        accounts = [self.accounts[m] for m in members]
+        return sum(a.single for a in accounts) / max(sum(a.requests for a in accounts), 1)
+
     def _sub_keys(self, key: Key) -> list[Key]:
         """The sub-band keys of a band key: its signatures without each one of its kinds."""
         index = key[0]
@@ -518,6 +534,8 @@ class OperationLinker:
                 continue
             for sub_key in self._sub_keys(key):
                 kinds = self.subs[sub_key[0]]
+                if TIMING in kinds:
+                    continue
                 if all(
                     held.get((cluster_id, kind, sig), 0)
                     >= share * self.signature_count.get((kind, sig), 1)
