@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from abuseguard.account import AccountFacts
 from abuseguard.guard import Guard, Prepared
 from abuseguard.identity import UNKNOWN_IP, AddressBook, client_ip
 from abuseguard.intel.content import ContentFingerprinter
@@ -149,6 +150,7 @@ def test_every_field_the_trace_writer_writes_reads_back() -> None:
         "label": "abusive",
         "kind": "bulk_harvest",
         "plan": "pro",
+        "account": {"age_days": 2.5, "verified": False, "org": "Acmé", "tags": ["benchmark"]},
     }
     assert set(fields) == set(TRACE_FIELD_WRITERS)
     line = trace_line(trace_fields(**fields))
@@ -176,6 +178,9 @@ def test_every_field_the_trace_writer_writes_reads_back() -> None:
     assert (record.status, record.cost, record.duration) == (200, 12.5, 0.75)
     assert (record.actor, record.label, record.kind) == ("abusive:0001", "abusive", "bulk_harvest")
     assert info.plan == "pro"
+    assert info.account == AccountFacts(
+        age_days=2.5, verified=False, org="Acmé", tags=frozenset({"benchmark"})
+    )
     with pytest.raises(KeyError):
         trace_fields(not_a_field=1)
 
