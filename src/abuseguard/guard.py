@@ -502,18 +502,7 @@ class Guard:
             if read_without_body is None
             else self._with_body(info, read_without_body)
         )
-        # (`_check_local`, inline: one Python call less on every request)
-        self._now = p.ts
-        if p.has_account and self._unverified is not None:
-            refusal = self._unverified.refuse(p.identity, p.address, p.ts, p.cost)
-            if refusal is not None:
-                return self._notified(info, refusal)
-        if self._routes is not None:
-            return self._check_routes(info, p, self._routes)
-        decision = self._conclude(p, self._run(p))
-        if self.observers:
-            self._notify(info, decision)
-        return decision
+        return self._check_local(info, p)
 
     def _check_local(self, info: RequestInfo, p: Prepared) -> Decision:
         """The pipeline after `prepare`, memory backend: the gates, the engine, the

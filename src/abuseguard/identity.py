@@ -167,10 +167,7 @@ def client_ip(
     from the client, so any other would let the client choose its address. ``x-real-ip``
     holds one address, but a repeated one (the client's, then the proxy's) is read like
     X-Forwarded-For, from the right."""
-    if peer is None or not trusted_proxies:
-        return peer
-    peer_addr = parse_address(peer)
-    if peer_addr is None or not _in_any(peer_addr, trusted_proxies):
+    if not peer_is_trusted(peer, trusted_proxies):
         return peer
     value = headers.get(proxy_header)
     if not value:

@@ -1083,7 +1083,7 @@ def _json_string(body: np.ndarray, i: int, n: int, out: np.ndarray, at: int) -> 
             if i + 1 >= n:
                 return -1, at
             e = body[i + 1]
-            if e == 0x75:  # \uXXXX: ASCII only
+            if e == 0x75:  # a \u escape (four hex digits): ASCII code points only
                 if i + 5 >= n:
                     return -1, at
                 code = 0
