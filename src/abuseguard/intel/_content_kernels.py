@@ -1056,6 +1056,18 @@ def _json_space(body: np.ndarray, i: int, n: int) -> int:
 
 
 @njit(cache=True, inline="always")
+def _json_after_item(body: np.ndarray, i: int, n: int, close: int) -> tuple[int, int]:
+    """After a member or an element: (where the next one starts, 1) past a comma, (past
+    ``close``, 0) at the end of its object or array, (i, -1) on anything else."""
+    i = _json_space(body, i, n)
+    if i < n and body[i] == 0x2C:
+        return _json_space(body, i + 1, n), 1
+    if i < n and body[i] == close:
+        return i + 1, 0
+    return i, -1
+
+
+@njit(cache=True, inline="always")
 def _hex(c: int) -> int:
     if 0x30 <= c <= 0x39:
         return c - 0x30
@@ -1362,14 +1374,12 @@ def _read_chat(body: np.ndarray, raw: np.ndarray, records: np.ndarray) -> tuple[
                             i = _json_skip(body, i, n, raw)
                         if i < 0:
                             return 0, 0, 0, 0
-                        i = _json_space(body, i, n)
-                        if i < n and body[i] == 0x2C:
-                            i = _json_space(body, i + 1, n)
+                        i, more = _json_after_item(body, i, n, 0x7D)
+                        if more > 0:
                             continue
-                        if i < n and body[i] == 0x7D:
-                            i += 1
-                            break
-                        return 0, 0, 0, 0
+                        if more < 0:
+                            return 0, 0, 0, 0
+                        break
                     if role_start < 0 and not seen_content:
                         return 0, 0, 0, 0  # a bare block: read by Python
                     if text_end > text_start:  # a message without text is dropped
@@ -1393,26 +1403,22 @@ def _read_chat(body: np.ndarray, raw: np.ndarray, records: np.ndarray) -> tuple[
                         record[4] = text_end
                         record[5] = model
                         messages += 1
-                    i = _json_space(body, i, n)
-                    if i < n and body[i] == 0x2C:
-                        i = _json_space(body, i + 1, n)
+                    i, more = _json_after_item(body, i, n, 0x5D)
+                    if more > 0:
                         continue
-                    if i < n and body[i] == 0x5D:
-                        i += 1
-                        break
-                    return 0, 0, 0, 0
+                    if more < 0:
+                        return 0, 0, 0, 0
+                    break
         else:
             i = _json_skip(body, i, n, raw)
         if i < 0:
             return 0, 0, 0, 0
-        i = _json_space(body, i, n)
-        if i < n and body[i] == 0x2C:
-            i = _json_space(body, i + 1, n)
+        i, more = _json_after_item(body, i, n, 0x7D)
+        if more > 0:
             continue
-        if i < n and body[i] == 0x7D:
-            i += 1
-            break
-        return 0, 0, 0, 0
+        if more < 0:
+            return 0, 0, 0, 0
+        break
     if _json_space(body, i, n) != n or not seen_messages:
         return 0, 0, 0, 0
     return messages, system_start, system_end, 1
