@@ -57,6 +57,40 @@ def _unit(field_name: str, value: float) -> None:
         raise ConfigError(field_name, f"must be within 0..1, got {value!r}")
 
 
+def _rising_steps(
+    field_name: str,
+    steps: Iterable[Any],
+    check_threshold: Callable[[str, float], None],
+    check_action: Callable[[str, Action], None] | None = None,
+) -> list[tuple[float, Action]]:
+    """(threshold, action) pairs whose thresholds and actions both rise step by step."""
+    out: list[tuple[float, Action]] = []
+    last_threshold = 0.0
+    last_severity = 0
+    for i, step in enumerate(steps):
+        name = f"{field_name}[{i}]"
+        try:
+            threshold, action = step
+            action = Action(action)
+        except (TypeError, ValueError):
+            raise ConfigError(name, f"expected (threshold, action), got {step!r}") from None
+        check_threshold(name, threshold)
+        if check_action is not None:
+            check_action(name, action)
+        if threshold <= last_threshold or action.severity <= last_severity:
+            raise ConfigError(name, "thresholds and actions must rise step by step")
+        last_threshold, last_severity = threshold, action.severity
+        out.append((float(threshold), action))
+    return out
+
+
+def _held_action(field_name: str, action: Action) -> None:
+    if not action.denies and action != Action.DEGRADE:
+        raise ConfigError(
+            field_name, f"a held account is degraded or refused, not {action.value!r}"
+        )
+
+
 def _range(field_name: str, value: tuple[float, float]) -> None:
     if not isinstance(value, tuple) or len(value) != 2:
         raise ConfigError(field_name, f"expected a (low, high) pair, got {value!r}")
@@ -448,29 +482,7 @@ class Evidence:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        steps: list[tuple[float, Action]] = []
-        last_threshold = 0.0
-        last_severity = 0
-        for i, step in enumerate(self.steps):
-            try:
-                threshold, action = step
-                action = Action(action)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"Evidence.steps[{i}]", f"expected (threshold, action), got {step!r}"
-                ) from None
-            _positive(f"Evidence.steps[{i}]", threshold)
-            if not action.denies and action != Action.DEGRADE:
-                raise ConfigError(
-                    f"Evidence.steps[{i}]",
-                    f"a held account is degraded or refused, not {action.value!r}",
-                )
-            if threshold <= last_threshold or action.severity <= last_severity:
-                raise ConfigError(
-                    f"Evidence.steps[{i}]", "thresholds and actions must rise step by step"
-                )
-            last_threshold, last_severity = threshold, action.severity
-            steps.append((float(threshold), action))
+        steps = _rising_steps("Evidence.steps", self.steps, _positive, _held_action)
         if not steps and self.enabled:
             raise ConfigError("Evidence.steps", "at least one step (or enabled=False)")
         object.__setattr__(self, "steps", tuple(steps))
@@ -664,24 +676,7 @@ class Enforcement:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        steps: list[tuple[float, Action]] = []
-        last_threshold = 0.0
-        last_severity = 0
-        for i, step in enumerate(self.ladder):
-            try:
-                threshold, action = step
-                action = Action(action)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"Enforcement.ladder[{i}]", f"expected (threshold, action), got {step!r}"
-                ) from None
-            _unit(f"Enforcement.ladder[{i}]", threshold)
-            if threshold <= last_threshold or action.severity <= last_severity:
-                raise ConfigError(
-                    f"Enforcement.ladder[{i}]", "thresholds and actions must rise step by step"
-                )
-            last_threshold, last_severity = threshold, action.severity
-            steps.append((float(threshold), action))
+        steps = _rising_steps("Enforcement.ladder", self.ladder, _unit)
         if len(steps) > 8:
             raise ConfigError("Enforcement.ladder", "at most 8 steps")
         object.__setattr__(self, "ladder", tuple(steps))
