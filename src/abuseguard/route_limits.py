@@ -31,7 +31,7 @@ from abuseguard.engine.layout import MAX_PLAN_BUCKETS
 from abuseguard.engine.params import plan_buckets
 from abuseguard.errors import ConfigError
 from abuseguard.model_limits import ModelLimits
-from abuseguard.policy import Limits, Policy, TokenBucket
+from abuseguard.policy import Concurrency, Limits, Policy, TokenBucket
 from abuseguard.request import RequestInfo
 
 
@@ -349,18 +349,30 @@ def _match(routes: Mapping[str, NamedLimits], info: RequestInfo) -> NamedLimits 
     return hit if hit is not None else routes.get(route)
 
 
-def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]) -> str:
-    """The route and plan limits as logfmt fields for the startup line."""
+def describe(
+    routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits], policy: Policy
+) -> str:
+    """The route and plan limits as logfmt fields for the startup line. A plan shows its
+    effective limits: its own, and ``app:`` before each app-wide one it leaves in force
+    (`plan_overrides`)."""
 
-    def one(named: NamedLimits) -> str:
+    def one(named: NamedLimits, inherits: bool = False) -> str:
         limits = named.limits
         parts = []
         if limits.bucket is not None:
             b = limits.bucket
             parts.append(f"bucket:{b.per_second:g}/s:burst={b.capacity:g}")
+        elif inherits and policy.bucket is not None:
+            b = policy.bucket
+            parts.append(f"app:bucket:{b.per_second:g}/s:burst={b.capacity:g}")
         parts.extend(f"{q.name}:{q.amount}/{q.window:g}s" for q in limits.quotas)
+        if inherits and not limits.quotas:
+            parts.extend(f"app:{q.name}:{q.amount}/{q.window:g}s" for q in policy.quotas)
         if limits.concurrency is not None:
             parts.append(f"concurrency:{limits.concurrency}")
+        elif inherits and isinstance(policy.concurrency, Concurrency):
+            c = policy.concurrency
+            parts.append(f"app:{c.name}:{c.limit}/{c.per}")
         models = "".join(
             f";{one(NamedLimits(limit_name(f'{named.name}-model', model), model_limits))}"
             for model, model_limits in limits.models.items()
@@ -372,7 +384,7 @@ def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]
             f";{one(NamedLimits(limit_name(f'plan-{name}-route', pattern), limits))}"
             for pattern, limits in named.limits.routes.items()
         )
-        return one(named) + overrides
+        return one(named, inherits=True) + overrides
 
     fields = []
     if routes:
