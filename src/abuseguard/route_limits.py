@@ -4,8 +4,10 @@ The app-wide bucket stays in the kernel. A plan's own bucket replaces it for the
 clients (`Policy.plans`: the kernel reads the plan's bucket through the key row's
 ``F_PLAN``, or a round-trip backend asks the plan's bucket in place of the app-wide one),
 with the app-wide bucket's risk and load scaling; it is named after the plan in the
-RateLimit headers ("plan-pro-default"). Route and plan limits are kept per identity and
-limit name, where the backend keeps its limits:
+RateLimit headers ("plan-pro-default"). A plan's quotas and concurrency are kept here
+like any plan limit; when the plan sets them, the app-wide ones no longer apply to its
+clients (`plan_overrides`). Route and plan limits are kept per identity and limit name,
+where the backend keeps its limits:
 
 - memory backend: here, in Python: token buckets in a bounded dict, quotas and concurrency
   slots through the memory backend. A request is first tested against every limit that
