@@ -320,3 +320,45 @@ def test_replay_applies_a_plans_quota_in_place_of_the_app_wide_one(
     report = json.loads(capsys.readouterr().out)
     limited = {actor: stats["limited"] for actor, stats in report["actors"].items()}
     assert limited == {"free": 7, "pro": 2, "none": 7}
+
+
+def test_a_plans_quota_in_shadow_mode_reports_and_serves(backend: str | None) -> None:
+    """A plan's ``Quota(shadow=True)`` is shadowed like the app-wide one it replaces: its
+    refusal is reported (reason, violated state) and the request served."""
+    shadowed = Quota("2/day", name="daily", shadow=True)
+    policy = policy_with(
+        quotas=(shadowed,), concurrency=None, plans={"pro": Limits(quotas=(shadowed,))}
+    )
+    requests = [on_plan(plan, f"sk-shadow-{plan}") for plan in ("pro", None) for _ in range(4)]
+    decisions = decide_all(policy, backend, requests)
+    assert all(d.served for d in decisions)
+    seen = [(d.shadow, d.reasons) for d in decisions]
+    assert (
+        seen
+        == [(False, ())] * 2
+        + [(True, ("quota",))] * 2
+        + [(False, ())] * 2
+        + [(True, ("quota",))] * 2
+    )
+    pro_over = decisions[2]
+    assert pro_over.policies[-1].name == "plan-pro-daily" and pro_over.policies[-1].violated
+    assert [s.name for s in pro_over.policies].count("plan-pro-daily") == 1
+
+
+def test_a_shadowed_route_refusal_is_counted_as_an_allow() -> None:
+    """Shadow mode serves a route limit's refusal and counts it as it counts an allow, on
+    the memory backend as Redis' script does (issue 14: a shadowed refusal costs what an
+    allow costs): the route bucket goes into debt, so the wait grows with each request."""
+    policy = policy_with(
+        quotas=(),
+        concurrency=None,
+        plans={},
+        plan_func=None,
+        shadow=True,
+        routes={"/v1/models": Limits(bucket=TokenBucket(SLOW, burst=2))},
+    )
+    decisions = decide_all(policy, None, [on_plan(None, "sk-debt") for _ in range(5)])
+    assert all(d.served for d in decisions)
+    assert [d.shadow for d in decisions] == [False, False, True, True, True]
+    # 4 requests charged: 2 - 4 = -2 tokens; the 5th needs 1, refilled at 1 an hour
+    assert decisions[-1].retry_after == pytest.approx(3 * 3600, rel=1e-3)

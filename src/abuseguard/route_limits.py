@@ -75,7 +75,9 @@ class NamedLimits:
 class Verdict:
     """What the route and plan limits say about one request: before anything is counted
     (``counted`` None, the memory backend), or as a round-trip backend answered it, with
-    the states of the limits it counted (``counted``) and the slots it took (``held``)."""
+    the states of the limits it counted (``counted``) and the slots it took (``held``).
+    ``shadowed``: every limit in ``violated`` is in shadow mode (``Quota.shadow``), so
+    the refusal is reported and the request served."""
 
     applied: tuple[NamedLimits, ...]
     violated: tuple[PolicyState, ...]
@@ -83,6 +85,7 @@ class Verdict:
     retry_after: float
     counted: tuple[PolicyState, ...] | None = None
     held: tuple[str, ...] = ()
+    shadowed: bool = False
 
 
 class RouteLimiter:
@@ -209,6 +212,7 @@ class RouteLimiter:
         violated: list[PolicyState] = []
         reasons: list[str] = []
         retry_after = 0.0
+        enforced = False  # a violated limit not in shadow mode
         for named in applied:
             limits = named.limits
             bucket = limits.bucket
@@ -216,6 +220,7 @@ class RouteLimiter:
                 tokens = self._tokens((identity, named.bucket_name), named, now)
                 if tokens < cost:
                     violated.append(self._bucket_state(named, tokens, True))
+                    enforced = True
                     reasons.append("rate")
                     retry_after = max(retry_after, (cost - tokens) / named.per_second)
             for quota, name in zip(limits.quotas, named.quota_names, strict=True):
@@ -227,6 +232,7 @@ class RouteLimiter:
                     violated.append(
                         PolicyState(name, quota.amount, quota.window, remaining, reset, True)
                     )
+                    enforced = enforced or not quota.shadow
                     reasons.append("quota")
                     retry_after = max(retry_after, reset)
             if limits.concurrency is not None:
@@ -234,9 +240,16 @@ class RouteLimiter:
                 if not memory.slot_free(slot, limits.concurrency):
                     name = f"{named.name}-concurrency"
                     violated.append(PolicyState(name, limits.concurrency, 1.0, 0.0, 1.0, True))
+                    enforced = True
                     reasons.append("concurrency")
                     retry_after = max(retry_after, 1.0)
-        return Verdict(applied, tuple(violated), tuple(dict.fromkeys(reasons)), retry_after)
+        return Verdict(
+            applied,
+            tuple(violated),
+            tuple(dict.fromkeys(reasons)),
+            retry_after,
+            shadowed=bool(violated) and not enforced,
+        )
 
     def count(
         self, verdict: Verdict, identity: str, ip_key: str, cost: float, now: float
