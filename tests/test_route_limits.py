@@ -285,8 +285,8 @@ def test_the_startup_line_lists_route_and_plan_limits() -> None:
     line = describe_policy(Guard(policy))
     assert "routes=route-POST-v1-chat-completions[bucket:1/s:burst=20]" in line
     assert (
-        "plans=plan-pro[tokens:1000/86400s,concurrency:4];plan-pro-route-v1-models[concurrency:8]"
-        in line
+        "plans=plan-pro[app:bucket:0.000277778/s:burst=100,tokens:1000/86400s,concurrency:4];"
+        "plan-pro-route-v1-models[concurrency:8]" in line
     )
 
 

@@ -18,6 +18,7 @@ from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import bucket_kinds, shadow_kinds
 from abuseguard.engine.params import serves as action_serves
+from abuseguard.plan_overrides import AppWideLimits, PlanOverrides
 
 if TYPE_CHECKING:
     from abuseguard.engine.engine import Engine
@@ -61,6 +62,10 @@ class Decider:
         self.own_limits: LimitSource = (
             self.local_limits if self.local_limits is not None else UNKNOWN_LIMITS
         )
+        # The app-wide quotas and concurrency a request meets: a plan may replace them.
+        self.plan_overrides = PlanOverrides(policy)
+        self.app_limits: AppWideLimits = self.plan_overrides.default
+        self.limits_for_plan = self.plan_overrides.for_plan
         # A plain allow from the kernel is final unless a quota or a concurrency limit
         # still has to be asked.
         self.plain_allow_final = not policy.quotas and policy.concurrency is None
@@ -132,12 +137,13 @@ class Decider:
         if denied & ~1:
             policies = policies + self.network_bucket_states(denied, io)
         remaining = io[L.O_REMAINING] if bucket is not None else None
+        app_quotas, conc = self.app_limits if p.plan is None else self.limits_for_plan(p.plan)
         if (
             level == 0
             and not denied
             and not io[L.O_BANNED]
-            and not policy.quotas
-            and policy.concurrency is None
+            and not app_quotas
+            and conc is None
             and (profile is None or profile.rule_action is None)
         ):
             return Decision(
@@ -173,14 +179,14 @@ class Decider:
             if limits is None:
                 limits = self.own_limits
             local = self.local_limits
-            if policy.quotas:
+            if app_quotas:
                 if local is not None and limits is local:
                     # Asked now, counted below once the request is known to be served.
-                    quota_result, quota_fits = self.quotas_fit(p, local)
+                    quota_result, quota_fits = self.quotas_fit(p, local, app_quotas)
                     quotas_asked = True
                 else:
                     quota_states: list[PolicyState] = list(policies)
-                    quota_result = self.hit_quotas(p, quota_states, limits)
+                    quota_result = self.hit_quotas(p, quota_states, limits, app_quotas)
                     policies = tuple(quota_states)
                 if quota_result is not None:
                     quota, reset = quota_result
@@ -188,15 +194,14 @@ class Decider:
                         action, shadow = Action.THROTTLE, quota.shadow
                     reasons.append("quota")
                     retry_after = max(retry_after or 0.0, reset)
-            conc = policy.concurrency
             if conc is not None and (action not in _DENIALS or shadow):
-                ident = p.identity if conc.per == "key" else "i:" + p.address.ip_key  # type: ignore[union-attr]
+                ident = p.identity if conc.per == "key" else "i:" + p.address.ip_key
                 ident = f"c:{ident}"
-                if limits.acquire(ident, conc.limit):  # type: ignore[union-attr]
+                if limits.acquire(ident, conc.limit):
                     held = (ident,)
                 else:
                     if action not in _DENIALS or shadow:
-                        action, shadow = Action.THROTTLE, conc.shadow  # type: ignore[union-attr]
+                        action, shadow = Action.THROTTLE, conc.shadow
                     reasons.append("concurrency")
                     retry_after = max(retry_after or 0.0, 1.0)
         if not shadow and (policy.shadow or action in enforcement.shadow_actions):
@@ -207,7 +212,7 @@ class Decider:
         remaining = self.settle_buckets(p, io, level, denied, served, policies, remaining)
         if quotas_asked:
             assert local is not None
-            policies = policies + self.count_quotas(p, local, served, quota_fits)
+            policies = policies + self.count_quotas(p, local, served, quota_fits, app_quotas)
         return Decision(
             action=action,
             reasons=tuple(dict.fromkeys(reasons)),
@@ -282,13 +287,14 @@ class Decider:
         return left
 
     def quotas_fit(
-        self, p: Prepared, limits: LocalLimits
+        self, p: Prepared, limits: LocalLimits, quotas: tuple[Quota, ...]
     ) -> tuple[tuple[Quota, float] | None, list[tuple[float, float] | None]]:
-        """The first quota that would refuse the request (and its reset), and per quota
-        None when it admits the request, else its (remaining, reset); nothing is counted."""
+        """The first of ``quotas`` that would refuse the request (and its reset), and per
+        quota None when it admits the request, else its (remaining, reset); nothing is
+        counted."""
         violated: tuple[Quota, float] | None = None
         fits: list[tuple[float, float] | None] = []
-        for quota in self.policy.quotas:
+        for quota in quotas:
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             if limits.quota_fits(quota.limit, quota.strategy, ident, cost):
@@ -306,10 +312,12 @@ class Decider:
         limits: LocalLimits,
         served: bool,
         fits: list[tuple[float, float] | None],
+        quotas: tuple[Quota, ...],
     ) -> tuple[PolicyState, ...]:
-        """Count a served request in every quota (a refused one in none); their states."""
+        """Count a served request in every one of ``quotas`` (a refused one in none);
+        their states."""
         states = []
-        for quota, refused in zip(self.policy.quotas, fits, strict=True):
+        for quota, refused in zip(quotas, fits, strict=True):
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             if served:
@@ -328,12 +336,17 @@ class Decider:
         return tuple(states)
 
     def hit_quotas(
-        self, p: Prepared, policies: list[PolicyState], limits: LimitSource
+        self,
+        p: Prepared,
+        policies: list[PolicyState],
+        limits: LimitSource,
+        quotas: tuple[Quota, ...],
     ) -> tuple[Quota, float] | None:
-        """Hit every quota through ``limits`` (a shared backend's answers), appending their
-        states to ``policies``; the first quota that refused, and its reset."""
+        """Hit every one of ``quotas`` through ``limits`` (a shared backend's answers),
+        appending their states to ``policies``; the first quota that refused, and its
+        reset."""
         violated: tuple[Quota, float] | None = None
-        for quota in self.policy.quotas:
+        for quota in quotas:
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             ok, remaining, reset = limits.hit_quota(quota.limit, quota.strategy, ident, cost)

@@ -76,6 +76,7 @@ class Prepared:
     elicitation: float
     has_content: bool
     account: AccountFacts | None = None
+    plan: str | None = None  # `Policy.plans`: its limits replace the app-wide ones
 
 
 class Guard:
@@ -326,6 +327,7 @@ class Guard:
             elicitation,
             has_content,
             info.account,
+            info.plan,
         )
 
     def _content_of(self, info: RequestInfo) -> tuple[int, int, float, bool]:
@@ -359,6 +361,7 @@ class Guard:
             elicitation,
             has_content,
             info.account,
+            info.plan,
         )
 
     def run_engine(self, p: Prepared) -> Any:

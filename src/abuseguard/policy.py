@@ -969,8 +969,10 @@ class EdgeSignals:
 
 @dataclass(frozen=True)
 class Limits:
-    """Limits of one route or one plan, beside the app-wide ones of `Policy` (a plan's
-    ``bucket`` replaces the app-wide bucket for the plan's clients).
+    """Limits of one route (beside the app-wide ones of `Policy`) or one plan (in place
+    of them for the plan's clients: a plan's ``bucket``, ``quotas`` and ``concurrency``
+    each replace the app-wide one when set; left unset, ``None`` or ``()``, the
+    app-wide one applies).
 
     ``bucket`` is a token bucket (its ``rate`` and ``burst``; ``cost`` is the request's
     cost from the app-wide bucket), ``quotas`` window quotas, ``concurrency`` the requests
@@ -1072,8 +1074,9 @@ class Policy:
     matches no route of the app is an error at startup. ``plans`` maps plan names to
     `Limits` for the clients of that plan; ``plan_func`` (sync or async) gets the request
     (a Starlette ``HTTPConnection``: headers, ``user``, ``state``) and returns its plan
-    name; no plan or an unknown one gets no plan limits. A plan's bucket replaces the
-    app-wide bucket for its clients. Memory and Redis inline backends (Redis synced mode
+    name; no plan or an unknown one gets no plan limits. A plan in ``plans`` replaces the
+    app-wide bucket, quotas and concurrency for its clients, each one it sets (one it
+    leaves unset is inherited). Memory and Redis inline backends (Redis synced mode
     refuses them).
     ``accounts`` brings in what the host app knows about each account (`Accounts`: a hook
     returning `AccountFacts`, allow-lists of keys, organisations and tags whose risk

@@ -36,7 +36,6 @@ from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import Decision
 from abuseguard.engine import layout as L
 from abuseguard.engine.bucket_rules import key_bucket_shape
-from abuseguard.policy import Concurrency
 
 if TYPE_CHECKING:
     from abuseguard.guard import Guard, Prepared
@@ -135,19 +134,18 @@ def _answer(guard: Guard, info: RequestInfo, p: Prepared) -> Decision | None:
 def _limits_may_refuse(guard: Guard, p: Prepared, limits: LimitSource) -> bool:
     """Could a quota or the concurrency limit refuse the request? A quick look before the
     full answer: only the memory backend's limits are tested here (nothing counted)."""
-    policy = guard.policy
-    if limits is _ADMIT or not (policy.quotas or policy.concurrency):
+    quotas, conc = guard.decider.limits_for_plan(p.plan)  # a plan may replace them
+    if limits is _ADMIT or not (quotas or conc):
         return False
     if not isinstance(limits, PeekedLimits):
         return True  # remembered answers (Redis): `_refusal` reads them
     backend = limits.backend
-    for quota in policy.quotas:
+    for quota in quotas:
         ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
         cost = max(0, round(p.cost)) if quota.by_cost else 1
         if cost > 0 and not backend.quota_would_admit(quota.limit, quota.strategy, ident, cost):
             return True
-    conc = policy.concurrency
-    if isinstance(conc, Concurrency):
+    if conc is not None:
         ident = p.identity if conc.per == "key" else "i:" + p.address.ip_key
         return not backend.slot_free(f"c:{ident}", conc.limit)
     return False

@@ -31,7 +31,7 @@ class RouteGate:
     def refusal(self, p: Prepared, verdict: Verdict) -> Decision | None:
         """The refusal when a route or plan limit refuses the request and it is enforced
         (not shadowed); None otherwise."""
-        if not verdict.violated or self.shadowed:
+        if not verdict.violated or self.shadowed or verdict.shadowed:
             return None
         return Decision(
             action=Action.THROTTLE,
@@ -45,18 +45,22 @@ class RouteGate:
 
     def settle(self, verdict: Verdict, decision: Decision, p: Prepared) -> None:
         """The route and plan limits' part of ``decision``, decided without them: a
-        shadowed refusal reported, or a served request counted in every limit that
-        applies."""
+        served request counted in every limit that applies, as an allow when one of them
+        refused it in shadow mode (then the refusal is reported, its limits last)."""
+        if not decision.served or not verdict.applied:
+            return
+        states, held = self.limiter.count(verdict, p.identity, p.address.ip_key, p.cost, p.ts)
+        decision.held = decision.held + held
         if verdict.violated and decision.action == Action.ALLOW:  # shadowed refusal
             decision.action = Action.THROTTLE
             decision.shadow = True
             decision.reasons = verdict.reasons
             decision.retry_after = verdict.retry_after
-            decision.policies = decision.policies + verdict.violated
-        elif decision.served and verdict.applied:
-            states, held = self.limiter.count(verdict, p.identity, p.address.ip_key, p.cost, p.ts)
+            refused = {state.name for state in verdict.violated}
+            states = tuple(state for state in states if state.name not in refused)
+            decision.policies = decision.policies + states + verdict.violated
+        else:
             decision.policies = decision.policies + states
-            decision.held = decision.held + held
 
 
 __all__ = ["RouteGate"]

@@ -4,8 +4,10 @@ The app-wide bucket stays in the kernel. A plan's own bucket replaces it for the
 clients (`Policy.plans`: the kernel reads the plan's bucket through the key row's
 ``F_PLAN``, or a round-trip backend asks the plan's bucket in place of the app-wide one),
 with the app-wide bucket's risk and load scaling; it is named after the plan in the
-RateLimit headers ("plan-pro-default"). Route and plan limits are kept per identity and
-limit name, where the backend keeps its limits:
+RateLimit headers ("plan-pro-default"). A plan's quotas and concurrency are kept here
+like any plan limit; when the plan sets them, the app-wide ones no longer apply to its
+clients (`plan_overrides`). Route and plan limits are kept per identity and limit name,
+where the backend keeps its limits:
 
 - memory backend: here, in Python: token buckets in a bounded dict, quotas and concurrency
   slots through the memory backend. A request is first tested against every limit that
@@ -31,7 +33,7 @@ from abuseguard.engine.layout import MAX_PLAN_BUCKETS
 from abuseguard.engine.params import plan_buckets
 from abuseguard.errors import ConfigError
 from abuseguard.model_limits import ModelLimits
-from abuseguard.policy import Limits, Policy, TokenBucket
+from abuseguard.policy import Concurrency, Limits, Policy, TokenBucket
 from abuseguard.request import RequestInfo
 
 
@@ -73,7 +75,9 @@ class NamedLimits:
 class Verdict:
     """What the route and plan limits say about one request: before anything is counted
     (``counted`` None, the memory backend), or as a round-trip backend answered it, with
-    the states of the limits it counted (``counted``) and the slots it took (``held``)."""
+    the states of the limits it counted (``counted``) and the slots it took (``held``).
+    ``shadowed``: every limit in ``violated`` is in shadow mode (``Quota.shadow``), so
+    the refusal is reported and the request served."""
 
     applied: tuple[NamedLimits, ...]
     violated: tuple[PolicyState, ...]
@@ -81,6 +85,7 @@ class Verdict:
     retry_after: float
     counted: tuple[PolicyState, ...] | None = None
     held: tuple[str, ...] = ()
+    shadowed: bool = False
 
 
 class RouteLimiter:
@@ -207,6 +212,7 @@ class RouteLimiter:
         violated: list[PolicyState] = []
         reasons: list[str] = []
         retry_after = 0.0
+        enforced = False  # a violated limit not in shadow mode
         for named in applied:
             limits = named.limits
             bucket = limits.bucket
@@ -214,6 +220,7 @@ class RouteLimiter:
                 tokens = self._tokens((identity, named.bucket_name), named, now)
                 if tokens < cost:
                     violated.append(self._bucket_state(named, tokens, True))
+                    enforced = True
                     reasons.append("rate")
                     retry_after = max(retry_after, (cost - tokens) / named.per_second)
             for quota, name in zip(limits.quotas, named.quota_names, strict=True):
@@ -225,6 +232,7 @@ class RouteLimiter:
                     violated.append(
                         PolicyState(name, quota.amount, quota.window, remaining, reset, True)
                     )
+                    enforced = enforced or not quota.shadow
                     reasons.append("quota")
                     retry_after = max(retry_after, reset)
             if limits.concurrency is not None:
@@ -232,9 +240,16 @@ class RouteLimiter:
                 if not memory.slot_free(slot, limits.concurrency):
                     name = f"{named.name}-concurrency"
                     violated.append(PolicyState(name, limits.concurrency, 1.0, 0.0, 1.0, True))
+                    enforced = True
                     reasons.append("concurrency")
                     retry_after = max(retry_after, 1.0)
-        return Verdict(applied, tuple(violated), tuple(dict.fromkeys(reasons)), retry_after)
+        return Verdict(
+            applied,
+            tuple(violated),
+            tuple(dict.fromkeys(reasons)),
+            retry_after,
+            shadowed=bool(violated) and not enforced,
+        )
 
     def count(
         self, verdict: Verdict, identity: str, ip_key: str, cost: float, now: float
@@ -349,18 +364,30 @@ def _match(routes: Mapping[str, NamedLimits], info: RequestInfo) -> NamedLimits 
     return hit if hit is not None else routes.get(route)
 
 
-def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]) -> str:
-    """The route and plan limits as logfmt fields for the startup line."""
+def describe(
+    routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits], policy: Policy
+) -> str:
+    """The route and plan limits as logfmt fields for the startup line. A plan shows its
+    effective limits: its own, and ``app:`` before each app-wide one it leaves in force
+    (`plan_overrides`)."""
 
-    def one(named: NamedLimits) -> str:
+    def one(named: NamedLimits, inherits: bool = False) -> str:
         limits = named.limits
         parts = []
         if limits.bucket is not None:
             b = limits.bucket
             parts.append(f"bucket:{b.per_second:g}/s:burst={b.capacity:g}")
+        elif inherits and policy.bucket is not None:
+            b = policy.bucket
+            parts.append(f"app:bucket:{b.per_second:g}/s:burst={b.capacity:g}")
         parts.extend(f"{q.name}:{q.amount}/{q.window:g}s" for q in limits.quotas)
+        if inherits and not limits.quotas:
+            parts.extend(f"app:{q.name}:{q.amount}/{q.window:g}s" for q in policy.quotas)
         if limits.concurrency is not None:
             parts.append(f"concurrency:{limits.concurrency}")
+        elif inherits and isinstance(policy.concurrency, Concurrency):
+            c = policy.concurrency
+            parts.append(f"app:{c.name}:{c.limit}/{c.per}")
         models = "".join(
             f";{one(NamedLimits(limit_name(f'{named.name}-model', model), model_limits))}"
             for model, model_limits in limits.models.items()
@@ -372,7 +399,7 @@ def describe(routes: Mapping[str, NamedLimits], plans: Mapping[str, NamedLimits]
             f";{one(NamedLimits(limit_name(f'plan-{name}-route', pattern), limits))}"
             for pattern, limits in named.limits.routes.items()
         )
-        return one(named) + overrides
+        return one(named, inherits=True) + overrides
 
     fields = []
     if routes:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from abuseguard.backends.base import Backend, LocalLimits
 from abuseguard.engine import layout as L
+from abuseguard.plan_overrides import PlanOverrides
 
 if TYPE_CHECKING:
     from abuseguard.decision import Decision
@@ -52,6 +53,7 @@ class Settlement:
         self.scoring_on = scoring_on
         self.clock = clock
         self.route_limits = route_limits
+        self.plan_overrides = PlanOverrides(policy)
         self.shared = backend.shared
         self.tables = engine.tables
         self.key_index = engine.tables[L.KIND_KEY].index
@@ -116,7 +118,8 @@ class Settlement:
         self, info: RequestInfo, decision: Decision, row: int | None, cost: float
     ) -> None:
         """Charge the difference between the real cost and the estimate to every limit that
-        counted the estimate: the key bucket, the network buckets and the by-cost quotas."""
+        counted the estimate: the key bucket, the network buckets and the by-cost quotas
+        (the plan's own instead of the app-wide ones when its plan replaced them)."""
         identity = decision.identity
         delta = cost - decision.cost
         backend = self.backend
@@ -142,8 +145,9 @@ class Settlement:
         if self.route_limits is not None:
             ip_key = self.addresses.resolve(info.ip).ip_key
             self.route_limits.reconcile(info, identity, ip_key, hits)
+        replaced = not self.plan_overrides.for_plan(info.plan).quotas
         for index, quota in enumerate(policy.quotas):
-            if quota.by_cost:
+            if quota.by_cost and not replaced:
                 ident = (
                     identity
                     if quota.per == "key"

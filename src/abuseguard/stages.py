@@ -3,8 +3,9 @@
 
 A backend never receives the Guard: it gets this object, built once by the Guard, with the
 few facts it may read (policy, ladder, shadowed bucket kinds, clock, load factor, the local
-verdict of the ladder and network rules, which bucket refusals are shadowed) and the
-engine's rows by identity and bucket parameters (`EngineRows`), never its arrays. The
+verdict of the ladder and network rules, which bucket refusals are shadowed, the app-wide
+quotas and concurrency a plan leaves in force) and the engine's rows by identity and
+bucket parameters (`EngineRows`), never its arrays. The
 Guard runs the pipeline itself (`Guard.acheck`): the backend answers limits. The callables
 are the stages' bound methods, so going through the port costs no extra call. It holds no
 reference to the Guard, so a backend cannot change it: what the Guard needs to know of a
@@ -35,6 +36,7 @@ class GuardStages:
         self.load_factor = guard._load_factor
         self.buckets_shadowed = guard.decider.bucket_shadow
         self.route_limits = guard.route_limits
+        self.app_limits_for = guard.decider.limits_for_plan
 
 
 __all__ = ["GuardStages"]

@@ -78,7 +78,7 @@ def describe_policy(guard: Guard) -> str:
     )
     route_limits = guard.route_limits
     if route_limits is not None:
-        fields.append(describe_route_limits(route_limits.routes, route_limits.plans))
+        fields.append(describe_route_limits(route_limits.routes, route_limits.plans, policy))
     scoring = policy.scoring
     fields.append(f"scoring={'on' if scoring is not None and scoring.enabled else 'off'}")
     fields.append(f"content={'on' if guard.content is not None else 'off'}")

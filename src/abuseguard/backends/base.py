@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from abuseguard.guard import Prepared
     from abuseguard.intel.network import NetworkProfile
     from abuseguard.keyprobe import SharedBudgets, UnverifiedKeyLimiter
+    from abuseguard.plan_overrides import AppWideLimits
     from abuseguard.policy import Policy, Quota
     from abuseguard.request import RequestInfo
     from abuseguard.route_limits import RouteLimiter, Verdict
@@ -116,6 +117,10 @@ class Stages(Protocol):
 
     def load_factor(self) -> float: ...
     def buckets_shadowed(self, denied: int) -> bool: ...
+    def app_limits_for(self, plan: str | None) -> AppWideLimits:
+        """The app-wide quotas and concurrency a client of ``plan`` meets (a plan may
+        replace them: `abuseguard.plan_overrides`)."""
+        ...
 
 
 @dataclass(slots=True)

@@ -93,7 +93,7 @@ from abuseguard.compiled import CompiledLimits, NetworkBucket
 from abuseguard.decision import Action, Decision
 from abuseguard.engine import layout as L
 from abuseguard.errors import ConfigError
-from abuseguard.policy import Concurrency, Quota
+from abuseguard.policy import Quota
 
 if TYPE_CHECKING:
     from abuseguard.backends.base import Stages
@@ -499,7 +499,9 @@ class RedisBackend(Backend, RoundTripDecider):
                 io[L.O_RESET] = (self.bucket.capacity - tokens) / rate
                 self.local_denials += 1
                 return LimitAnswer(UNKNOWN, True)
-        if deny.quotas:
+        # a quota refusal remembered for this identity was the app-wide quotas': not for
+        # a client whose plan replaced them (`plan_overrides`)
+        if deny.quotas and stages.app_limits_for(p.plan).quotas:
             exhausted = deny.quota_exhausted(p.identity)
             if exhausted is not None:
                 self.local_denials += 1
@@ -559,7 +561,7 @@ class RedisBackend(Backend, RoundTripDecider):
                 io[L.O_REMAINING] = tokens if tokens > 0.0 else 0.0
                 io[L.O_RESET] = (self.bucket.capacity - tokens) / rate
                 return UNKNOWN, True
-        if deny.quotas:
+        if deny.quotas and self.stages is not None and self.stages.app_limits_for(p.plan).quotas:
             exhausted = deny.peek_quota(p.identity)
             if exhausted is not None:
                 now = time.monotonic()
@@ -667,10 +669,12 @@ class RedisBackend(Backend, RoundTripDecider):
                     (kind, rate),
                 )
         side: ScriptCall | None = None
-        policy = stages.policy
-        if gate and (policy.quotas or policy.concurrency is not None):
+        # the app-wide quotas and concurrency, unless the request's plan replaced them
+        app_quotas, conc = stages.app_limits_for(p.plan)
+        if gate and (app_quotas or conc is not None):
             ip_identity = "i:" + address.ip_key
-            for i, quota in enumerate(policy.quotas):
+            # app_quotas is the policy's tuple or empty: i is the quota's index in the policy
+            for i, quota in enumerate(app_quotas):
                 ident = p.identity if quota.per == "key" else ip_identity
                 hits = max(0, round(cost)) if quota.by_cost else 1
                 target = main
@@ -686,8 +690,7 @@ class RedisBackend(Backend, RoundTripDecider):
                     quota.shadow,
                     i,
                 )
-            conc = policy.concurrency
-            if isinstance(conc, Concurrency):
+            if conc is not None:
                 ident = p.identity if conc.per == "key" else ip_identity
                 target = main
                 if ident != p.identity and self.cluster:

@@ -13,8 +13,9 @@ the app-wide ones)::
 
 A route bucket is not scaled by risk or load (as in the memory backend). Refusals are
 enforced unless the policy shadows throttling (`Policy.shadow`, or ``throttle`` in
-`Enforcement.shadow_actions`): then the script serves and counts the request, and the
-guard reports the refusal in shadow. Not in the deny cache: every request with route or
+`Enforcement.shadow_actions`) or the refusing quota is in shadow mode (``Quota.shadow``):
+then the script serves and counts the request, and the guard reports the refusal in
+shadow. Not in the deny cache: every request with route or
 plan limits asks Redis (the app-wide refusals it remembers are still answered locally).
 """
 
@@ -48,6 +49,7 @@ class RouteOp:
     window: float = 0.0
     rate: float = 0.0  # a bucket's refill rate, as asked
     slot: tuple[str, str, str] | None = None  # ("c:...", key, lease) of a lease
+    shadow: bool = False  # its refusal is reported, the request served
 
 
 @dataclass(slots=True)
@@ -97,7 +99,9 @@ def plan_routes(
                 plan.replaces_key_bucket = True
                 rate = max(named.per_second * key_scale, 1e-9)
                 ttl_rate = max(named.per_second * key_ttl_scale, 1e-9)
-            plan.ops.append(RouteOp(named, main, "bucket", len(main.bucket_tags), rate=rate))
+            plan.ops.append(
+                RouteOp(named, main, "bucket", len(main.bucket_tags), rate=rate, shadow=shadow)
+            )
             main.bucket(base + ":b", rate, named.capacity, cost, ttl_rate, shadow, None)
         if not gate:
             continue
@@ -105,9 +109,17 @@ def plan_routes(
             ident = identity if quota.per == "key" else ip_identity
             call = main if ident == identity else side_for(ident)
             call.mark_extra()
+            quota_shadow = shadow or quota.shadow
             plan.ops.append(
                 RouteOp(
-                    named, call, "quota", len(call.quota_tags), name, quota.amount, quota.window
+                    named,
+                    call,
+                    "quota",
+                    len(call.quota_tags),
+                    name,
+                    quota.amount,
+                    quota.window,
+                    shadow=quota_shadow,
                 )
             )
             call.quota(
@@ -116,14 +128,21 @@ def plan_routes(
                 quota.amount,
                 quota.window,
                 hits if quota.by_cost else 1,
-                shadow,
+                quota_shadow,
                 None,
             )
         if limits.concurrency is not None:
             key = base + ":c"
             slot = (f"c:{identity}:{named.name}", key, leases.new_id())
             plan.ops.append(
-                RouteOp(named, main, "conc", len(main.conc_tags), amount=limits.concurrency)
+                RouteOp(
+                    named,
+                    main,
+                    "conc",
+                    len(main.conc_tags),
+                    amount=limits.concurrency,
+                    shadow=shadow,
+                )
             )
             plan.ops[-1].slot = slot
             main.conc(key, limits.concurrency, slot[2], leases.ttl_ms, slot, shadow)
@@ -138,6 +157,7 @@ def read_routes(plan: RoutePlan, replies: dict[int, Reply]) -> Verdict:
     reasons: list[str] = []
     held: list[str] = []
     retry_after = 0.0
+    enforced = False  # a violated limit not in shadow mode
     last_conc: dict[int, int] = {}
     for op in plan.ops:
         if op.kind == "conc":
@@ -163,6 +183,7 @@ def read_routes(plan: RoutePlan, replies: dict[int, Reply]) -> Verdict:
             )
             if refused:
                 violated.append(state)
+                enforced = enforced or not op.shadow
                 reasons.append("rate")
                 retry_after = max(retry_after, (need - tokens) / rate)
             else:
@@ -176,6 +197,7 @@ def read_routes(plan: RoutePlan, replies: dict[int, Reply]) -> Verdict:
                 states.append(state)
             else:
                 violated.append(state)
+                enforced = enforced or not op.shadow
                 reasons.append("quota")
                 retry_after = max(retry_after, reset)
         else:
@@ -188,6 +210,7 @@ def read_routes(plan: RoutePlan, replies: dict[int, Reply]) -> Verdict:
                 # gate, so no later lease of the call is asked)
                 name = f"{named.name}-concurrency"
                 violated.append(PolicyState(name, op.amount, 1.0, 0.0, 1.0, True))
+                enforced = enforced or not op.shadow
                 reasons.append("concurrency")
                 retry_after = max(retry_after, 1.0)
     return Verdict(
@@ -197,6 +220,7 @@ def read_routes(plan: RoutePlan, replies: dict[int, Reply]) -> Verdict:
         retry_after,
         counted=tuple(states),
         held=tuple(held),
+        shadowed=bool(violated) and not enforced,
     )
 
 
