@@ -142,7 +142,7 @@ class Guard:
         self._tables = self.engine.tables
         self._key_index = self.engine.tables[L.KIND_KEY].index
         # Python floats from the key table without numpy's scalar objects.
-        self._key_rows = memoryview(self.engine.tables[L.KIND_KEY].data)  # type: ignore[arg-type]
+        self._key_rows = self.engine.tables[L.KIND_KEY].data_view
         self._accounts = self.engine.accounts
         self._index_vector = self.engine.index_vector
         self._claim_rows = self.engine.claim_rows
@@ -448,7 +448,7 @@ class Guard:
         rules = self._account_rules
         if rules is not None and (p.account is not None or rules.trusted_identities):
             rules.apply(self._tables[0].data[r_key], identity, p.account)
-        return self._decide_with(  # type: ignore[no-any-return]
+        return self._decide_with(
             self._state,
             r_key,
             r_ip,
