@@ -18,6 +18,7 @@ from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import bucket_kinds, shadow_kinds
 from abuseguard.engine.params import serves as action_serves
+from abuseguard.policy import Concurrency
 
 if TYPE_CHECKING:
     from abuseguard.engine.engine import Engine
@@ -189,14 +190,14 @@ class Decider:
                     reasons.append("quota")
                     retry_after = max(retry_after or 0.0, reset)
             conc = policy.concurrency
-            if conc is not None and (action not in _DENIALS or shadow):
-                ident = p.identity if conc.per == "key" else "i:" + p.address.ip_key  # type: ignore[union-attr]
+            if isinstance(conc, Concurrency) and (action not in _DENIALS or shadow):
+                ident = p.identity if conc.per == "key" else "i:" + p.address.ip_key
                 ident = f"c:{ident}"
-                if limits.acquire(ident, conc.limit):  # type: ignore[union-attr]
+                if limits.acquire(ident, conc.limit):
                     held = (ident,)
                 else:
                     if action not in _DENIALS or shadow:
-                        action, shadow = Action.THROTTLE, conc.shadow  # type: ignore[union-attr]
+                        action, shadow = Action.THROTTLE, conc.shadow
                     reasons.append("concurrency")
                     retry_after = max(retry_after or 0.0, 1.0)
         if not shadow and (policy.shadow or action in enforcement.shadow_actions):
