@@ -121,7 +121,7 @@ class Guard:
             ipv6_network_prefix=network.ipv6_prefix if network else 48,
         )
         if intel is None and network is not None and network.databases:
-            intel = GeoIntel(**dict(network.databases))  # type: ignore[arg-type]
+            intel = GeoIntel.from_paths(network.databases)
         self.intel = intel
         self.network = NetworkView(network, intel) if network is not None else None
         scoring = policy.scoring
