@@ -280,8 +280,9 @@ class Guard:
             if value is None:
                 value = cost.get(route, 1.0)
             return float(value)
+        assert callable(cost)  # a number made the cost static (returned above)
         try:
-            value = float(cost(info))  # type: ignore[operator]
+            value = float(cost(info))
         except Exception:
             logger.exception("TokenBucket.cost callable failed; charging 1")
             return 1.0
