@@ -21,7 +21,7 @@ def test_derived_fields_are_declared_but_are_no_settings() -> None:
         "TokenBucket": ["_capacity", "_per_second"],
         "Quota": ["_amount", "_window"],
         "FailMode": ["_rules"],
-        "Policy": ["_trusted_networks"],
+        "Policy": [],
     }
     bucket = TokenBucket("100/minute", burst=20)
     assert (bucket.per_second, bucket.capacity) == (100 / 60, 20.0)
@@ -48,3 +48,8 @@ def test_trusted_networks_are_the_parsed_trusted_proxies() -> None:
     assert policy.trusted_networks == (IPv4Network("10.0.0.0/8"), IPv6Network("2001:db8::/32"))
     assert policy.trusted_networks == policy.trusted_proxies
     assert Policy().trusted_networks == ()
+
+
+def test_a_policy_is_rebuilt_from_its_attributes() -> None:
+    policy = Policy(trusted_proxies=["10.0.0.0/8"], concurrency=2)
+    assert Policy(**{**vars(policy), "scoring": None}).trusted_proxies == policy.trusted_proxies

@@ -1124,9 +1124,6 @@ class Policy:
     plan_func: PlanFunc | None = None
     accounts: Accounts | None = field(default_factory=Accounts)
     edge: EdgeSignals | None = None
-    _trusted_networks: tuple[IPv4Network | IPv6Network, ...] = field(
-        init=False, repr=False, compare=False
-    )
 
     def __post_init__(self) -> None:
         if isinstance(self.quotas, Quota):
@@ -1161,9 +1158,9 @@ class Policy:
             )
         if self.key_func is not None and not callable(self.key_func):
             raise ConfigError("Policy.key_func", "must be callable")
-        trusted_networks = _cidrs("Policy.trusted_proxies", self.trusted_proxies)
-        object.__setattr__(self, "trusted_proxies", trusted_networks)
-        object.__setattr__(self, "_trusted_networks", trusted_networks)
+        object.__setattr__(
+            self, "trusted_proxies", _cidrs("Policy.trusted_proxies", self.trusted_proxies)
+        )
         proxy_header = (
             self.proxy_header.strip().lower() if isinstance(self.proxy_header, str) else None
         )
@@ -1232,5 +1229,7 @@ class Policy:
 
     @property
     def trusted_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
-        """`trusted_proxies` as the networks they were parsed into."""
-        return self._trusted_networks
+        """`trusted_proxies` as networks (what __post_init__ parsed them into), typed so.
+        No private field holds them: a Policy's ``__dict__`` stays its settings, which
+        ``Policy(**vars(policy))`` relies on."""
+        return _cidrs("Policy.trusted_proxies", self.trusted_proxies)
