@@ -67,7 +67,7 @@ def _format(value: Any) -> str:
 
 def _format_dataclass(value: Any) -> str:
     cls = type(value)
-    fields = dataclasses.fields(value)
+    fields = [f for f in dataclasses.fields(value) if f.init]
     required = {f.name: getattr(value, f.name) for f in fields if _is_required(f)}
     try:
         baseline = cls(**required)
@@ -123,6 +123,7 @@ def field_descriptions(cls: type) -> dict[str, str]:
     return {
         f.name: " ".join(s for s in sentences if f"``{f.name}``" in s)
         for f in dataclasses.fields(cls)
+        if f.init
     }
 
 
@@ -131,6 +132,8 @@ def dataclass_section(cls: type) -> list[str]:
              "| --- | --- | --- | --- |"]  # fmt: skip
     descriptions = field_descriptions(cls)
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue  # derived in __post_init__, not a setting
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         lines.append(
             f"| `{f.name}` | {_cell(str(kind))} | {_cell(_default(f))} "

@@ -194,9 +194,14 @@ def negative_is_wrong(qualified: str, tp: Any) -> bool:
     return qualified not in SIGNED_FIELDS and bool(allowed_kinds(tp) & {"int", "float"})
 
 
+def settings(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields a user sets (a field(init=False) is derived in __post_init__)."""
+    return [f for f in dataclasses.fields(cls) if f.init]
+
+
 def base_kwargs(cls: type) -> dict[str, object]:
     kwargs: dict[str, object] = {}
-    for f in dataclasses.fields(cls):
+    for f in settings(cls):
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             qualified = f"{cls.__name__}.{f.name}"
             assert qualified in REQUIRED_SAMPLES, f"add a valid sample for {qualified}"
@@ -211,7 +216,7 @@ def default_of(cls: type, name: str) -> object:
 def field_cases() -> Iterator[Any]:
     for cls in CLASSES:
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
+        for f in settings(cls):
             qualified = f"{cls.__name__}.{f.name}"
             tp = hints[f.name]
             default = default_of(cls, f.name)
@@ -260,7 +265,7 @@ def accepted_values(tp: Any, default: object) -> Iterator[tuple[str, object]]:
 def accept_cases() -> Iterator[Any]:
     for cls in CLASSES:
         hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
+        for f in settings(cls):
             default = default_of(cls, f.name)
             for label, value in accepted_values(hints[f.name], default):
                 yield pytest.param(cls, f.name, value, id=f"{cls.__name__}.{f.name}={label}")

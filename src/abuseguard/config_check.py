@@ -50,6 +50,8 @@ def check_fields(instance: Any, *, signed: Collection[str] = ()) -> None:
     cls = type(instance)
     hints = _hints(cls)
     for f in dataclasses.fields(instance):
+        if not f.init:
+            continue  # derived in __post_init__, not given
         value = getattr(instance, f.name)
         annotation = hints[f.name]
         if isinstance(value, Iterator) or (
@@ -125,6 +127,11 @@ def describe(annotation: Any) -> str:
     return str(annotation)
 
 
+def expected(annotation: Any, value: object) -> str:
+    """The message for a ``value`` that does not fit ``annotation`` ("expected ..., got ...")."""
+    return _expected(annotation, value)[1]
+
+
 def _expected(annotation: Any, value: object) -> Problem:
     unset = " (an unset environment variable?)" if value is None and annotation is str else ""
     return "", f"expected {describe(annotation)}, got {_show(value)}{unset}"
@@ -159,8 +166,9 @@ def _problem(value: object, annotation: Any) -> Problem | None:
         fits = isinstance(value, int) and not isinstance(value, bool)
         return None if fits else _expected(annotation, value)
     if annotation is float:
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        return None if number and math.isfinite(value) else _expected(annotation, value)  # type: ignore[arg-type]
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return None
+        return _expected(annotation, value)
     if annotation is str:
         return None if isinstance(value, str) else _expected(annotation, value)
     if origin is tuple:

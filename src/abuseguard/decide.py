@@ -44,9 +44,9 @@ class Decider:
         self.local_buckets = local_buckets
         self.explain = explain
         # Python floats from the io vector without numpy's scalar objects (~25 ns a read).
-        self.io = memoryview(engine.io)  # type: ignore[arg-type]
+        self.io = engine.io_view
         # Python floats from the key table without numpy's scalar objects.
-        self.key_rows = memoryview(engine.tables[L.KIND_KEY].data)  # type: ignore[arg-type]
+        self.key_rows = engine.tables[L.KIND_KEY].data_view
         self.ladder: tuple[Action, ...] = (
             Action.ALLOW,
             *(Action(a) for _, a in policy.enforcement.ladder),

@@ -122,7 +122,7 @@ class Guard:
             ipv6_network_prefix=network.ipv6_prefix if network else 48,
         )
         if intel is None and network is not None and network.databases:
-            intel = GeoIntel(**dict(network.databases))  # type: ignore[arg-type]
+            intel = GeoIntel.from_paths(network.databases)
         self.intel = intel
         self.network = NetworkView(network, intel) if network is not None else None
         scoring = policy.scoring
@@ -143,7 +143,7 @@ class Guard:
         self._tables = self.engine.tables
         self._key_index = self.engine.tables[L.KIND_KEY].index
         # Python floats from the key table without numpy's scalar objects.
-        self._key_rows = memoryview(self.engine.tables[L.KIND_KEY].data)  # type: ignore[arg-type]
+        self._key_rows = self.engine.tables[L.KIND_KEY].data_view
         self._accounts = self.engine.accounts
         self._index_vector = self.engine.index_vector
         self._claim_rows = self.engine.claim_rows
@@ -281,8 +281,9 @@ class Guard:
             if value is None:
                 value = cost.get(route, 1.0)
             return float(value)
+        assert callable(cost)  # a number made the cost static (returned above)
         try:
-            value = float(cost(info))  # type: ignore[operator]
+            value = float(cost(info))
         except Exception:
             logger.exception("TokenBucket.cost callable failed; charging 1")
             return 1.0
@@ -451,7 +452,7 @@ class Guard:
         rules = self._account_rules
         if rules is not None and (p.account is not None or rules.trusted_identities):
             rules.apply(self._tables[0].data[r_key], identity, p.account)
-        return self._decide_with(  # type: ignore[no-any-return]
+        return self._decide_with(
             self._state,
             r_key,
             r_ip,

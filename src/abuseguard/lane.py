@@ -27,7 +27,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from abuseguard import cohorts
 from abuseguard.account import AccountFacts
@@ -36,6 +36,9 @@ from abuseguard.guard import Guard
 from abuseguard.operations.evidence import EvidenceReader, Observed
 from abuseguard.operations.linker import OperationLinker
 from abuseguard.request import RequestInfo
+
+if TYPE_CHECKING:
+    from abuseguard.intel.content import ContentFingerprinter
 
 logger = logging.getLogger("abuseguard.lane")
 
@@ -102,14 +105,14 @@ class TemplateCoverage:
     history: int = 200
     max_accounts: int = 50_000
     _seen: dict[str, deque[tuple[int, int]]] = field(default_factory=dict)
-    _fingerprinter: object | None = None
+    _fingerprinter: ContentFingerprinter | None = None
 
     def _fingerprint(self, record: LaneRecord) -> tuple[int, int] | None:
         if self._fingerprinter is None:
             from abuseguard.intel.content import ContentFingerprinter
 
             self._fingerprinter = ContentFingerprinter()
-        facts = self._fingerprinter.fingerprint(record.body, record.content_type)  # type: ignore[attr-defined]
+        facts = self._fingerprinter.fingerprint(record.body, record.content_type)
         if not facts.prompt_found or facts.template_id == 0:
             return None
         # The SimHash is of the masked skeleton (the same for every fill-in): fresh content

@@ -150,7 +150,7 @@ class AbuseGuard:
             self.max_body = max(self.max_body, MODEL_BODY_BYTES)
             self.body_timeout = self.body_timeout or Scoring().content_read_timeout
         self.max_header = policy.max_header_bytes
-        self.trusted = policy.trusted_proxies
+        self.trusted = policy.trusted_networks
         self.proxy_header = policy.proxy_header
         self._proxied: dict[tuple[str | None, str | None], str | None] = {}
         self.started = False
@@ -252,7 +252,7 @@ class AbuseGuard:
         if known is None:
             if len(self._trusted_peers) >= 4096:
                 self._trusted_peers.clear()
-            known = self._trusted_peers[peer] = peer_is_trusted(peer, self.trusted)  # type: ignore[arg-type]
+            known = self._trusted_peers[peer] = peer_is_trusted(peer, self.trusted)
         return known
 
     def _client_ip(self, peer: str | None, headers: dict[str, str]) -> str | None:
@@ -262,7 +262,7 @@ class AbuseGuard:
         key = (peer, chain)
         if key in self._proxied:
             return self._proxied[key]
-        ip = client_ip(peer, headers, self.trusted, self.proxy_header)  # type: ignore[arg-type]
+        ip = client_ip(peer, headers, self.trusted, self.proxy_header)
         if chain is not None and len(chain) > _MAX_CACHED_CHAIN:
             return ip  # long chains are rare: caching them would let clients fill memory
         if len(self._proxied) >= 65536:

@@ -12,10 +12,10 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from abuseguard.account import Accounts
-from abuseguard.config_check import check_fields
+from abuseguard.config_check import check_fields, expected
 from abuseguard.decision import Action
 from abuseguard.degrade import DegradeOptions
 from abuseguard.engine import signals
@@ -126,6 +126,8 @@ class TokenBucket:
     risk_floor: float = 0.3
     name: str = "default"
     shadow: bool = False
+    _per_second: float = field(init=False, repr=False, compare=False)
+    _capacity: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -153,11 +155,11 @@ class TokenBucket:
     @property
     def per_second(self) -> float:
         """Refill in tokens per second."""
-        return float(self._per_second)  # type: ignore[attr-defined]
+        return float(self._per_second)
 
     @property
     def capacity(self) -> float:
-        return float(self._capacity)  # type: ignore[attr-defined]
+        return float(self._capacity)
 
     @property
     def window(self) -> float:
@@ -184,6 +186,8 @@ class Quota:
     by_cost: bool = False
     name: str | None = None
     shadow: bool = False
+    _amount: float = field(init=False, repr=False, compare=False)
+    _window: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -196,17 +200,19 @@ class Quota:
             raise ConfigError("Quota.limit", "use limits' notation, e.g. '10000/day'")
         object.__setattr__(self, "_amount", amount)
         object.__setattr__(self, "_window", window)
-        if self.name is None:
-            object.__setattr__(self, "name", f"quota-{int(amount)}-{int(window)}s")
-        _policy_name("Quota.name", self.name)  # type: ignore[arg-type]
+        name = self.name
+        if name is None:
+            name = f"quota-{int(amount)}-{int(window)}s"
+            object.__setattr__(self, "name", name)
+        _policy_name("Quota.name", name)
 
     @property
     def amount(self) -> int:
-        return int(self._amount)  # type: ignore[attr-defined]
+        return int(self._amount)
 
     @property
     def window(self) -> float:
-        return float(self._window)  # type: ignore[attr-defined]
+        return float(self._window)
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,10 @@ class Concurrency:
             raise ConfigError("Concurrency.limit", f"must be an int >= 1, got {self.limit!r}")
         if self.per not in ("key", "ip"):
             raise ConfigError("Concurrency.per", f"must be 'key' or 'ip', got {self.per!r}")
+
+
+def _is_treatment(value: str) -> TypeGuard[Treatment]:
+    return value in TREATMENTS
 
 
 @dataclass(frozen=True)
@@ -379,8 +389,10 @@ class NetworkPolicy:
                     "NetworkPolicy.anonymizers", f"unknown kind {kind!r}; use {ANONYMIZER_KINDS}"
                 )
             if isinstance(rule, str):
+                if not _is_treatment(rule):
+                    raise ConfigError("AnonymizerRule.treatment", expected(Treatment, rule))
                 default = DEFAULT_ANONYMIZERS.get(kind, AnonymizerRule())
-                rule = AnonymizerRule(rule, weight=default.weight)  # type: ignore[arg-type]
+                rule = AnonymizerRule(rule, weight=default.weight)
             if not isinstance(rule, AnonymizerRule):
                 raise ConfigError(
                     f"NetworkPolicy.anonymizers[{kind!r}]",
@@ -790,6 +802,9 @@ class FailMode:
     open: bool = True
     routes: Mapping[str, bool] = field(default_factory=dict)
     fallback: bool = True
+    _rules: tuple[tuple[str | None, ExemptPaths, bool], ...] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -817,7 +832,7 @@ class FailMode:
 
     def fails_open(self, method: str, path: str) -> bool:
         """Whether a request to ``method path`` is served while the backend fails."""
-        for rule_method, paths, value in self._rules:  # type: ignore[attr-defined]
+        for rule_method, paths, value in self._rules:
             if (rule_method is None or rule_method == method) and paths.matches(path):
                 return bool(value)
         return self.open
@@ -1214,3 +1229,10 @@ class Policy:
                     "edge headers are believed only from Policy.trusted_proxies; list the "
                     "proxy or CDN ranges that set them",
                 )
+
+    @property
+    def trusted_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """`trusted_proxies` as networks (what __post_init__ parsed them into), typed so.
+        No private field holds them: a Policy's ``__dict__`` stays its settings, which
+        ``Policy(**vars(policy))`` relies on."""
+        return _cidrs("Policy.trusted_proxies", self.trusted_proxies)

@@ -227,7 +227,9 @@ def run_replay(
         guard_seconds += clock() - t0
         for j, record in enumerate(batch):
             info = record.info
-            ts: float = info.ts  # type: ignore[assignment]  # the reader always sets ts
+            ts = info.ts
+            if ts is None:  # every trace reader sets it; a hand-made record may not
+                raise TypeError(f"run_replay needs timed records; line {record.line_no} has no ts")
             while pending and pending[0][0] <= ts:
                 _, _, done_info, done_decision, status, cost, usage = pop(pending)
                 t0 = clock()

@@ -288,7 +288,7 @@ def open_intel(directory: str, day: datetime.date) -> Any:
     if not paths:
         raise CommandError(f"--mmdb-dir: no MaxMind databases in {folder}")
     try:
-        return GeoIntel(**paths, today=lambda: day)  # type: ignore[arg-type]
+        return GeoIntel.from_paths(paths, today=lambda: day)
     except ValueError as exc:
         raise CommandError(f"--mmdb-dir: {exc}") from None
 

@@ -81,10 +81,9 @@ class RouteLimit:
         """Count the request of ``scope``; the seconds to wait when it is refused, None
         when it is served. Raises RuntimeError without the middleware in front."""
         state = scope.get("state")
-        mw = state.get(GUARD_STATE_KEY) if isinstance(state, dict) else None
-        if mw is None:
+        if not isinstance(state, dict) or (mw := state.get(GUARD_STATE_KEY)) is None:
             raise RuntimeError(_NO_MIDDLEWARE.format(what=self.what))
-        decision: Decision | None = state.get(DECISION_STATE_KEY)  # type: ignore[union-attr]
+        decision: Decision | None = state.get(DECISION_STATE_KEY)
         if decision is None or not decision.identity:
             return None  # the guard failed open, or the path is exempt
         guard: Guard = mw.guard

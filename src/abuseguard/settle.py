@@ -58,7 +58,7 @@ class Settlement:
         self.tables = engine.tables
         self.key_index = engine.tables[L.KIND_KEY].index
         # Python floats from the key table without numpy's scalar objects.
-        self.key_rows = memoryview(engine.tables[L.KIND_KEY].data)  # type: ignore[arg-type]
+        self.key_rows = engine.tables[L.KIND_KEY].data_view
 
     def complete(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from abuseguard.policy import Concurrency
 from abuseguard.rates import parse_rate
 from abuseguard.route_limits import describe as describe_route_limits
 
@@ -72,8 +73,8 @@ def describe_policy(guard: Guard) -> str:
     fields.append(f"quotas={','.join(quotas) or 'none'}")
     concurrency = policy.concurrency
     fields.append(
-        f"concurrency={concurrency.limit}/{concurrency.per}"  # type: ignore[union-attr]
-        if concurrency is not None
+        f"concurrency={concurrency.limit}/{concurrency.per}"
+        if isinstance(concurrency, Concurrency)
         else "concurrency=none"
     )
     route_limits = guard.route_limits

@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from abuseguard.account import AccountFacts
 from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
@@ -343,6 +343,14 @@ def parse_line(line: str | bytes, line_no: int = 0) -> TraceRecord:
     return parse_object(obj, line_no)
 
 
+class _LineStream(Protocol):
+    """What a trace is read through: its lines as bytes, then closed."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
 class TraceReader:
     """Iterate the records of a trace file, counting what it has to skip.
 
@@ -370,7 +378,7 @@ class TraceReader:
         else:
             self._raw = source
         self._size = self._measure()
-        self._stream: IO[bytes] = self._open_stream()
+        self._stream: _LineStream = self._open_stream()
 
     def _measure(self) -> int | None:
         try:
@@ -383,10 +391,10 @@ class TraceReader:
         except (OSError, ValueError):
             return None
 
-    def _open_stream(self) -> IO[bytes]:
+    def _open_stream(self) -> _LineStream:
         head = _peek(self._raw, 4)
         if head[:2] == _GZIP_MAGIC:
-            return gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[return-value]
+            return gzip.GzipFile(fileobj=self._raw, mode="rb")
         if head == _ZSTD_MAGIC:
             zstandard = import_extra("zstandard", "reading a .zst trace")
             decompressed = zstandard.ZstdDecompressor().stream_reader(self._raw, closefd=False)

@@ -233,7 +233,8 @@ class WebSocketLimiter:
         spec = policy.connect
         if spec is not None:
             bucket = self.table.bucket(identity, spec, now)
-            ok, wait = bucket.take(float(spec.cost), now)  # type: ignore[arg-type]
+            cost = _numeric_cost(spec)
+            ok, wait = bucket.take(cost, now)
             if not ok:
                 return Decision(
                     Action.THROTTLE,
@@ -243,7 +244,7 @@ class WebSocketLimiter:
                     shadow=self._shadow or spec.shadow,
                     identity=identity,
                     policies=(bucket.state(spec.name, True),),
-                    cost=float(spec.cost),  # type: ignore[arg-type]
+                    cost=cost,
                 )
         limit = policy.max_connections
         if limit is not None and self.table.open.get(identity, 0) >= limit:
@@ -301,7 +302,7 @@ class _Connection:
         self.raw_send = send
         self.decision = decision
         self.spec = limiter.policy.messages
-        self.message_cost = float(self.spec.cost) if self.spec is not None else 0.0  # type: ignore[arg-type]
+        self.message_cost = _numeric_cost(self.spec) if self.spec is not None else 0.0
         self.bucket = (
             Bucket(self.spec.capacity, self.spec.per_second, guard.clock())
             if self.spec is not None
@@ -375,6 +376,14 @@ class _Connection:
             if extra:
                 message = {**message, "headers": [*(message.get("headers") or []), *extra]}
         await self.raw_send(message)
+
+
+def _numeric_cost(bucket: TokenBucket) -> float:
+    """A WebSocket bucket's cost: always a number (`WebSocketPolicy` refuses the others)."""
+    cost = bucket.cost
+    if not isinstance(cost, int | float):
+        raise TypeError(f"a WebSocket bucket's cost must be a number, got {cost!r}")
+    return float(cost)
 
 
 def _size_over(message: Message, limit: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from abuseguard.engine import layout as L
 from abuseguard.engine.bucket_rules import key_bucket_shape
 from abuseguard.engine.params import build_params
 from abuseguard.engine.table import KeyTable, StateTable
+from abuseguard.engine.views import float_view, int_view
 from abuseguard.policy import Policy
 
 
@@ -71,15 +73,18 @@ class Engine:
         self.claim_rows = _compiled_entry(hashindex.claim_rows)
         self.cms = kernels.region(state, L.REGION_CMS, L.CMS_WIDTH)
         self.io = kernels.vector(state, L.REGION_IO, L.IO_SIZE)
+        # The io vector read as Python floats, without numpy's scalar objects.
+        self.io_view = float_view(self.io)
         # The rows the last decide() worked on (int64 words of the state vector).
         self.rows = kernels.vector(state, L.REGION_IV, L.N_INT_INPUTS).view("int64")
         self.params = kernels.vector(state, L.REGION_PRM, L.N_PARAMS)
         self.params[:] = build_params(policy, local_buckets=local_buckets)
-        self.decide_with = _compiled_entry(kernels.decide_with)
+        # The signature `kernels.decide_with` declares (Numba's entry point is untyped).
+        self.decide_with: Callable[..., bool] = _compiled_entry(kernels.decide_with)
         # Python numbers without numpy's scalar objects, for the rare adjustments.
-        self._rows_view = memoryview(self.rows)  # type: ignore[arg-type]
-        self._params_view = memoryview(self.params)  # type: ignore[arg-type]
-        self._table_views: list[Any] = [memoryview(t.data) for t in self.tables]  # type: ignore[arg-type]
+        self._rows_view = int_view(self.rows)
+        self._params_view = float_view(self.params)
+        self._table_views = [t.data_view for t in self.tables]
 
     def record_outcome(self, key_row: int, is_error: bool) -> None:
         kernels.record_outcome(

@@ -933,8 +933,9 @@ def vector(state: np.ndarray, index: int, size: int) -> np.ndarray:
     return state[offset : offset + size]
 
 
-_FLOAT64_POINTER: Any = types.CPointer(types.float64)  # type: ignore[no-untyped-call]
-_INT64_POINTER: Any = types.CPointer(types.int64)  # type: ignore[no-untyped-call]
+# Numba's type constructors are unannotated.
+_FLOAT64_POINTER: Any = types.CPointer(types.float64)  # type: ignore[no-untyped-call]  # numba
+_INT64_POINTER: Any = types.CPointer(types.int64)  # type: ignore[no-untyped-call]  # numba
 
 
 @intrinsic
@@ -1066,10 +1067,12 @@ def decide_with(
     return plain
 
 
+# Numba ships py.typed but leaves FunctionCache unannotated: subclassing it as is makes
+# mypy flag its untyped __init__ and _index_key, so it is subclassed as Any.
 _FunctionCache: Any = FunctionCache
 
 
-class _EngineCache(_FunctionCache):  # type: ignore[misc]
+class _EngineCache(_FunctionCache):  # type: ignore[misc]  # numba: unannotated class
     """Numba's on-disk cache, keyed also by the engine modules the kernels read at compile
     time: Numba keys a cached kernel by its own file and bytecode only, so an edited layout
     offset, signal declaration or bucket rule would otherwise load a stale kernel."""

@@ -110,12 +110,12 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
     prm[L.P_LADDER_SERVES] = 1.0
     for i, (threshold, action) in enumerate(ladder):
         prm[L.P_LADDER + i] = threshold
-        served = serves(action) or shadowed(policy, action)  # type: ignore[arg-type]
+        served = serves(Action(action)) or shadowed(policy, Action(action))
         prm[L.P_LADDER_SERVES + i + 1] = 1.0 if served else 0.0
     prm[L.P_SHADOW_KINDS] = float(shadow_kinds(policy))
     serving_levels = 0
     for _, action in ladder:
-        if not serves(action):  # type: ignore[arg-type]
+        if not serves(Action(action)):
             break
         serving_levels += 1
     prm[L.P_SERVING_LEVELS] = serving_levels

@@ -11,7 +11,7 @@ the account table); fields are the layout's ``F_*`` / ``A_*`` columns.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from numpy.typing import ArrayLike
 
@@ -63,7 +63,7 @@ class _Rows:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._tables = (*engine.tables, engine.accounts)  # index L.KIND_ACCOUNT: accounts
-        self._views: list[Any] = [memoryview(t.data) for t in self._tables]  # type: ignore[arg-type]
+        self._views = [t.data_view for t in self._tables]
 
     def row(self, kind: int, key: Hashable) -> int | None:
         return self._tables[kind].find(key)

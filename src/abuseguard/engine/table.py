@@ -20,6 +20,7 @@ from abuseguard.engine.layout import (
     F_TOKENS,
     F_WAIT_UNTIL,
 )
+from abuseguard.engine.views import float_view, int_view
 
 _EVICTION_SAMPLE = 16
 
@@ -91,6 +92,8 @@ class StateTable:
         elif data.shape != (capacity, width) or data.dtype != np.float64:
             raise ValueError(f"table data must be float64 of shape {(capacity, width)}")
         self.data = data
+        # Python floats from the table without numpy's scalar objects.
+        self.data_view = float_view(data)
         if index_vector is None:
             index_vector, index_base = hashindex.new_block(capacity), 0
         self.index_vector = index_vector
@@ -99,7 +102,7 @@ class StateTable:
         row_hash = hashindex.block_words(index_vector, index_base)[3]
         # The hash of the identity that holds each row (rows are handed out in order).
         self.row_hashes = index_vector[row_hash : row_hash + capacity]
-        self._row_hashes = memoryview(self.row_hashes)  # type: ignore[arg-type]
+        self._row_hashes = int_view(self.row_hashes)
         self.evictions = 0
         self._rng = np.random.default_rng(seed)
 

@@ -383,7 +383,9 @@ _BINARY_SNIFF = 1024
 _NOT_JSON = object()
 # json.loads(text) for a str is this scanner between optional whitespace (the C scanner of
 # json's default decoder), without the layers of Python calls around it.
-_SCAN_JSON: Callable[[str, int], tuple[object, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+# typeshed's JSONDecoder stub leaves out scan_once (set in __init__); json.scanner's
+# make_scanner stub wants a make_scanner, not the decoder, so either way needs an ignore.
+_SCAN_JSON: Callable[[str, int], tuple[object, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # typeshed
 _JSON_SPACE = re.compile(r"[ \t\n\r]*").match  # json.decoder.WHITESPACE: always matches
 _JSON_WHITESPACE = " \t\n\r"
 
@@ -911,12 +913,12 @@ class ContentFingerprinter:
                 prepared = prepare(body, content_type)
             except Exception:  # as in ``_fingerprint_safely``
                 prepared = EMPTY_CONTENT
-            if type(prepared) is ContentFacts:
+            if isinstance(prepared, ContentFacts):
                 primed[id(body)] = (body, content_type, prepared)
                 continue
             asked.append(item)
-            waiting.append(prepared)  # type: ignore[arg-type]  # not ContentFacts: _Prepared
-            packed += len(prepared[0])  # type: ignore[arg-type]
+            waiting.append(prepared)
+            packed += len(prepared[0])
             if packed >= _PACKED_BYTES:  # the kernel reads texts still in the CPU's caches
                 self._finish_safely(primed, asked, waiting)
                 asked = []
@@ -997,9 +999,9 @@ class ContentFingerprinter:
 
     def _fingerprint(self, body: object, content_type: str | None) -> ContentFacts:
         prepared = self._prepare(body, content_type)
-        if type(prepared) is ContentFacts:
+        if isinstance(prepared, ContentFacts):
             return prepared
-        data, start, end, n_bytes, context = prepared  # type: ignore[misc]
+        data, start, end, n_bytes, context = prepared
         assert self._run is not None  # fingerprint() checked ``ready``
         simhash, template_id, n_tokens, _, strength, phrase = self._run(
             np.frombuffer(data, dtype=np.uint8), start, end

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from time import monotonic
 
 from abuseguard.intel.ip import (
@@ -144,14 +144,14 @@ class GeoIntel:
     def __init__(
         self,
         *,
-        asn: str | Path | None = None,
-        country: str | Path | None = None,
-        city: str | Path | None = None,
-        anonymous_ip: str | Path | None = None,
-        anonymous_plus: str | Path | None = None,
-        residential_proxy: str | Path | None = None,
-        ip_risk: str | Path | None = None,
-        connection_type: str | Path | None = None,
+        asn: str | os.PathLike[str] | None = None,
+        country: str | os.PathLike[str] | None = None,
+        city: str | os.PathLike[str] | None = None,
+        anonymous_ip: str | os.PathLike[str] | None = None,
+        anonymous_plus: str | os.PathLike[str] | None = None,
+        residential_proxy: str | os.PathLike[str] | None = None,
+        ip_risk: str | os.PathLike[str] | None = None,
+        connection_type: str | os.PathLike[str] | None = None,
         cache_size: int = 65536,
         reload_interval: float = 10.0,
         recency_half_life_days: float = 30.0,
@@ -184,6 +184,32 @@ class GeoIntel:
                 database.close()
             raise
         self._databases: tuple[Database, ...] = tuple(opened)
+
+    @classmethod
+    def from_paths(
+        cls,
+        paths: Mapping[str, str | os.PathLike[str]],
+        *,
+        today: Callable[[], datetime.date] | None = None,
+    ) -> GeoIntel:
+        """Open the files of ``paths``, kind -> path (as `NetworkPolicy.databases`).
+
+        Raises IntelError for a kind that is not one of the databases' (see `KINDS`).
+        """
+        for kind in paths:
+            if kind not in KINDS:
+                raise IntelError(f"unknown database kind {kind!r}; known kinds: {', '.join(KINDS)}")
+        return cls(
+            asn=paths.get("asn"),
+            country=paths.get("country"),
+            city=paths.get("city"),
+            anonymous_ip=paths.get("anonymous_ip"),
+            anonymous_plus=paths.get("anonymous_plus"),
+            residential_proxy=paths.get("residential_proxy"),
+            ip_risk=paths.get("ip_risk"),
+            connection_type=paths.get("connection_type"),
+            today=today,
+        )
 
     @classmethod
     def from_databases(

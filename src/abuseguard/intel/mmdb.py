@@ -172,7 +172,7 @@ class Database:
     @classmethod
     def open(
         cls,
-        path: str | Path,
+        path: str | os.PathLike[str],
         kind: str | None = None,
         *,
         check_type: bool = True,

@@ -128,12 +128,13 @@ class NetworkView:
                 anon=anon,
                 anon_confidence=anon_confidence,
             )
+        result: NetworkProfile | None
         if self.allow_cidrs or self.deny_cidrs:
             result = self._build(address, facts)
         else:
             # The profile depends on the facts alone, which the intel shares per network:
             # addresses of one network share one profile object, not one each.
-            result = self._by_facts.get(facts)  # type: ignore[assignment]
+            result = self._by_facts.get(facts)
             if result is None:
                 result = self._build(address, facts)
                 if len(self._by_facts) >= self._cache_size:
