@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 from abuseguard.account import AccountFacts, as_facts
@@ -537,27 +537,39 @@ class _Responder:
         """Read up to ``limit`` bytes of the body for at most ``timeout`` seconds; the app
         later receives every message. None when the time ran out first: the request is
         decided without its content (the bytes read are replayed, the rest streams).
-        Raises _ClientGone when the client disconnected meanwhile."""
+        Raises _ClientGone when the client disconnected meanwhile.
+
+        A timer is armed only once a ``receive`` has to wait: a small body the server
+        already holds (the common case) is read without scheduling one."""
         chunks: list[bytes] = []
         size = 0
-        try:
-            # A receive cut short by the timeout loses nothing: the server keeps the bytes
-            # it has not handed out yet (uvicorn does; tests/test_slow_body.py).
-            async with asyncio.timeout(timeout):
-                while size < limit:
-                    message = await self.receive()
-                    if message["type"] == "http.disconnect":
-                        raise _ClientGone
-                    self.buffered.append(message)
-                    if message["type"] != "http.request":
-                        break
-                    chunk = message.get("body", b"")
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            return None
+        deadline: float | None = None
+        while size < limit:
+            waiting = self.receive().__await__()
+            try:
+                pending = waiting.send(None)
+            except StopIteration as answered:
+                message = answered.value  # answered without waiting
+            else:
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + timeout
+                # A receive cut short by the timeout loses nothing: the server keeps the
+                # bytes it has not handed out yet (uvicorn does; tests/test_slow_body.py).
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await _Resumed(waiting, pending)
+                except TimeoutError:
+                    return None
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            self.buffered.append(message)
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                break
         return b"".join(chunks)[:limit]
 
     async def _replaying_receive(self) -> Message:
@@ -583,6 +595,35 @@ class _Responder:
 
 class _ClientGone(Exception):
     """The client disconnected before the guard decided."""
+
+
+class _Resumed:
+    """Awaits the rest of an awaitable's iterator (``__await__()``) that was stepped once by
+    hand and is suspended on ``pending``: what ``await`` would have done from its start
+    (values and exceptions, cancellation included, are passed through to it)."""
+
+    __slots__ = ("coroutine", "pending")
+
+    def __init__(self, coroutine: Any, pending: Any) -> None:
+        self.coroutine = coroutine
+        self.pending = pending
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine = self.coroutine
+        pending = self.pending
+        while True:
+            try:
+                sent = yield pending
+            except BaseException as exc:  # thrown in (a cancellation): the coroutine's to handle
+                try:
+                    pending = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    pending = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 def current_decision(scope_or_request: Any) -> Decision | None:
