@@ -197,13 +197,16 @@ def hash_key(secret: str, raw: str) -> str:
 
 def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
     """The raw API key from ``Authorization: Bearer …`` or ``x-api-key``, if any."""
-    auth = headers.get("authorization")
+    return api_key_from_values(headers.get("authorization"), headers.get("x-api-key"))
+
+
+def api_key_from_values(auth: str | None, key: str | None) -> str | None:
+    """`api_key_from_headers` from the two headers' values (None when absent)."""
     if auth:
         scheme, _, token = auth.strip().partition(" ")
         token = token.strip()
         if scheme.lower() == "bearer" and token:
             return token
-    key = headers.get("x-api-key")
     if key:
         key = key.strip()
         return key or None

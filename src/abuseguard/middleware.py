@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 from abuseguard.account import AccountFacts, as_facts
@@ -38,6 +38,7 @@ from abuseguard.headers import rate_limit_header_items
 from abuseguard.identity import (
     CREDENTIAL_HEADERS,
     api_key_from_headers,
+    api_key_from_values,
     client_ip,
     peer_is_trusted,
     rightmost_list_items,
@@ -50,6 +51,7 @@ from abuseguard.request import RequestInfo
 from abuseguard.route_local import GUARD_STATE_KEY, find_route_limits
 from abuseguard.route_local import prepare as prepare_route_local
 from abuseguard.routes import RouteResolver, route_templates, unmatched_patterns
+from abuseguard.scope_headers import ScopeHeaders
 from abuseguard.websocket import WebSocketLimiter
 
 logger = logging.getLogger("abuseguard")
@@ -128,6 +130,7 @@ class AbuseGuard:
         )
         self.plan_func = policy.plan_func
         self.edge_headers = policy.edge.reader().headers if policy.edge is not None else ()
+        self.edge_names = tuple(name.encode("latin-1") for name in self.edge_headers)
         self._trusted_peers: dict[str | None, bool] = {}
         self.account_facts = policy.accounts.facts if policy.accounts is not None else None
         # key_func and plan_func see the request as a Starlette HTTPConnection
@@ -152,6 +155,7 @@ class AbuseGuard:
         self.max_header = policy.max_header_bytes
         self.trusted = policy.trusted_networks
         self.proxy_header = policy.proxy_header
+        self.proxy_name = policy.proxy_header.encode("latin-1")
         self._proxied: dict[tuple[str | None, str | None], str | None] = {}
         self.started = False
         # The built-in Allow enforcer just calls the app: skip the indirection then.
@@ -255,14 +259,16 @@ class AbuseGuard:
             known = self._trusted_peers[peer] = peer_is_trusted(peer, self.trusted)
         return known
 
-    def _client_ip(self, peer: str | None, headers: dict[str, str]) -> str | None:
-        """client_ip behind trusted proxies, cached per (peer, proxy header): parsing every
-        hop with ``ipaddress`` costs microseconds, and the same chains repeat."""
-        chain = headers.get(self.proxy_header)
+    def _client_ip(self, peer: str | None, chain: str | None) -> str | None:
+        """client_ip behind trusted proxies from the proxy header's value ``chain``, cached
+        per (peer, chain): parsing every hop with ``ipaddress`` costs microseconds, and the
+        same chains repeat."""
         key = (peer, chain)
         if key in self._proxied:
             return self._proxied[key]
-        ip = client_ip(peer, headers, self.trusted, self.proxy_header)
+        proxy_header = self.proxy_header
+        headers = {proxy_header: chain} if chain is not None else {}
+        ip = client_ip(peer, headers, self.trusted, proxy_header)
         if chain is not None and len(chain) > _MAX_CACHED_CHAIN:
             return ip  # long chains are rare: caching them would let clients fill memory
         if len(self._proxied) >= 65536:
@@ -274,20 +280,54 @@ class AbuseGuard:
         raw: Sequence[tuple[bytes, bytes]] = scope.get("headers") or ()
         if not isinstance(raw, list | tuple):
             raw = list(raw)  # any iterable of pairs is valid ASGI
-        limit = self.max_header
-        # ASGI servers lower-case header names; bytes are decoded as latin-1, which never
-        # fails. Oversized values are ignored, as if absent; repeated names are joined
-        # (see _joined_headers for credentials and the proxy header).
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in raw
-            if len(value) <= limit
-        }
-        if len(headers) != len(raw):
-            headers = _joined_headers(raw, limit, self.proxy_header)
         client = scope.get("client")
         peer = client[0] if client else None
-        ip = self._client_ip(peer, headers) if self.trusted else peer
+        # One C-level pass over the raw pairs; the few headers the guard needs are read
+        # from it and the others are decoded only if something asks (ScopeHeaders).
+        by_name: dict[bytes, bytes] = dict(raw)
+        limit = self.max_header
+        if len(by_name) != len(raw) or (
+            len(b"".join(by_name.values())) > limit and max(map(len, by_name.values())) > limit
+        ):
+            return self._request_info_joined(scope, raw, peer)
+        get = by_name.get
+        if self.trusted:
+            chain = get(self.proxy_name)
+            ip = self._client_ip(peer, chain.decode("latin-1") if chain is not None else None)
+        else:
+            ip = peer
+        if self.edge_names and not self._peer_is_trusted(peer):
+            for name in self.edge_names:  # a client could send its own
+                by_name.pop(name, None)
+        auth = get(b"authorization")
+        api_key = get(b"x-api-key")
+        ua = get(b"user-agent")
+        info = RequestInfo(
+            ip or "unknown",
+            None,
+            api_key_from_values(
+                auth.decode("latin-1") if auth else None,
+                api_key.decode("latin-1") if api_key else None,
+            ),
+            scope.get("method", "GET"),
+            scope.get("path", "/"),
+            None,
+            ua.decode("latin-1") if ua is not None else None,
+            ScopeHeaders(by_name),
+        )
+        if self.needs_route:
+            info.route = self.routes.template(scope)
+        if self.connection_type is not None:
+            info.connection = self.connection_type(scope)
+        return info
+
+    def _request_info_joined(
+        self, scope: Scope, raw: Sequence[tuple[bytes, bytes]], peer: str | None
+    ) -> RequestInfo:
+        """`request_info` when a name repeats or a value is over the size limit: the
+        headers decoded into a dict by `_joined_headers`."""
+        headers = _joined_headers(raw, self.max_header, self.proxy_header)
+        ip = self._client_ip(peer, headers.get(self.proxy_header)) if self.trusted else peer
         if self.edge_headers and not self._peer_is_trusted(peer):
             for name in self.edge_headers:  # a client could send its own
                 headers.pop(name, None)
@@ -497,27 +537,39 @@ class _Responder:
         """Read up to ``limit`` bytes of the body for at most ``timeout`` seconds; the app
         later receives every message. None when the time ran out first: the request is
         decided without its content (the bytes read are replayed, the rest streams).
-        Raises _ClientGone when the client disconnected meanwhile."""
+        Raises _ClientGone when the client disconnected meanwhile.
+
+        A timer is armed only once a ``receive`` has to wait: a small body the server
+        already holds (the common case) is read without scheduling one."""
         chunks: list[bytes] = []
         size = 0
-        try:
-            # A receive cut short by the timeout loses nothing: the server keeps the bytes
-            # it has not handed out yet (uvicorn does; tests/test_slow_body.py).
-            async with asyncio.timeout(timeout):
-                while size < limit:
-                    message = await self.receive()
-                    if message["type"] == "http.disconnect":
-                        raise _ClientGone
-                    self.buffered.append(message)
-                    if message["type"] != "http.request":
-                        break
-                    chunk = message.get("body", b"")
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            return None
+        deadline: float | None = None
+        while size < limit:
+            waiting = self.receive().__await__()
+            try:
+                pending = waiting.send(None)
+            except StopIteration as answered:
+                message = answered.value  # answered without waiting
+            else:
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + timeout
+                # A receive cut short by the timeout loses nothing: the server keeps the
+                # bytes it has not handed out yet (uvicorn does; tests/test_slow_body.py).
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await _Resumed(waiting, pending)
+                except TimeoutError:
+                    return None
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            self.buffered.append(message)
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                break
         return b"".join(chunks)[:limit]
 
     async def _replaying_receive(self) -> Message:
@@ -543,6 +595,35 @@ class _Responder:
 
 class _ClientGone(Exception):
     """The client disconnected before the guard decided."""
+
+
+class _Resumed:
+    """Awaits the rest of an awaitable's iterator (``__await__()``) that was stepped once by
+    hand and is suspended on ``pending``: what ``await`` would have done from its start
+    (values and exceptions, cancellation included, are passed through to it)."""
+
+    __slots__ = ("coroutine", "pending")
+
+    def __init__(self, coroutine: Any, pending: Any) -> None:
+        self.coroutine = coroutine
+        self.pending = pending
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine = self.coroutine
+        pending = self.pending
+        while True:
+            try:
+                sent = yield pending
+            except BaseException as exc:  # thrown in (a cancellation): the coroutine's to handle
+                try:
+                    pending = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    pending = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 def current_decision(scope_or_request: Any) -> Decision | None:

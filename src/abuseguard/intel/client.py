@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from abuseguard.intel.agents import AgentClassifier
 from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash, persona_mismatch
+from abuseguard.scope_headers import ScopeHeaders
 
 if TYPE_CHECKING:
     from abuseguard.identity import ClientAddress
@@ -29,7 +30,7 @@ class ClientEnricher:
     def __init__(self, agents: AgentClassifier | None = None) -> None:
         self.agents = agents if agents is not None else AgentClassifier()
         self.clients: dict[tuple[object, ...], ClientFacts] = {}
-        self.shapes: dict[tuple[str, ...], tuple[int, tuple[str, ...]]] = {}
+        self.shapes: dict[tuple[object, ...], tuple[int, tuple[str, ...]]] = {}
         self._next_shape = 0
 
     def enrich(self, info: RequestInfo, address: ClientAddress) -> ClientFacts:
@@ -40,13 +41,16 @@ class ClientEnricher:
         the header names in order and the values of the few headers whose value is part of
         the persona. Each list of names is looked up once and stands for a small number in
         the second key, so a hit compares the names once, not twice."""
-        names = tuple(headers)
+        # Headers read from the raw ASGI pairs are keyed by their undecoded names.
+        names: tuple[object, ...] = (
+            headers.raw_names() if type(headers) is ScopeHeaders else tuple(headers)
+        )
         shape = self.shapes.get(names)
         if shape is None:
             if len(self.shapes) >= _MAX_SHAPES:
                 self.shapes.clear()
                 self.clients.clear()  # their keys hold numbers of the shapes just dropped
-            value_names = tuple(n for n in names if n in FINGERPRINT_VALUE_HEADERS)
+            value_names = tuple(n for n in headers if n in FINGERPRINT_VALUE_HEADERS)
             shape = self.shapes[names] = (self._next_shape, value_names)
             self._next_shape += 1
         shape_id, value_names = shape
@@ -57,7 +61,7 @@ class ClientEnricher:
         agent = self.agents.classify(ua)
         result = (
             int(agent.client_class),
-            persona_hash(names, headers, agent),
+            persona_hash(tuple(headers), headers, agent),
             persona_mismatch(agent, headers),
         )
         if len(self.clients) >= _MAX_CLIENTS:
