@@ -368,10 +368,51 @@ def filter_json_body(raw: bytes) -> bytes | None:
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _LINE_END = re.compile(rb"\r\n|\n|\r")
+_BLANKS = b" \t"
+_NOT_AN_INTEGER_AFTER = frozenset(b".eE")
+_ABSENT = -1  # _top_level_value: the key is not there
+_UNSURE = -2  # _top_level_value: the bytes alone cannot tell; parse the event
 
 
 def _shift(dropped: list[int], index: int) -> int:
-    return index - sum(1 for d in dropped if d < index)
+    below = 0
+    for withheld_index in dropped:
+        if withheld_index < index:
+            below += 1
+    return index - below
+
+
+def _top_level_value(event: bytes, key: bytes) -> int:
+    """Where the value of the top-level JSON key ``key`` (written with its quotes and its
+    colon) starts in ``event``, _ABSENT, or _UNSURE when the bytes alone cannot tell: its
+    first occurrence may be nested or inside a string, or it is written with a blank before
+    its colon. It is at the top level when the only ``{`` before it opens the event's
+    object and no ``[`` but empty arrays precede it (a bracket inside a string makes it
+    _UNSURE, never wrong)."""
+    at = event.find(key)
+    if at < 0:
+        return _UNSURE if event.find(key[:-1]) >= 0 else _ABSENT
+    if event[at - 1] == 0x5C or event.count(b"{", 0, at) != 1:
+        return _UNSURE
+    if event.find(b"[", 0, at) >= 0 and event.count(b"[", 0, at) != event.count(b"[]", 0, at):
+        return _UNSURE
+    at += len(key)
+    size = len(event)
+    while at < size and event[at] in _BLANKS:
+        at += 1
+    return at
+
+
+def _digits_at(event: bytes, start: int) -> int:
+    """The end of the non-negative integer that starts at ``start``, or ``start`` when
+    none does (a string, null, a negative or fractional number)."""
+    end = start
+    size = len(event)
+    while end < size and 0x30 <= event[end] <= 0x39:
+        end += 1
+    if end < size and event[end] in _NOT_AN_INTEGER_AFTER:
+        return start
+    return end
 
 
 class StreamFilter:
@@ -381,11 +422,28 @@ class StreamFilter:
     complete events only, a partial event waits for its end. ``close`` returns what is
     left to send at the end of the stream (a cut-off event is withheld). Events that do not
     mention reasoning pass as they are, unparsed (unless an earlier output item was
-    withheld: then their indexes are renumbered); so do events that mention it but carry
-    none (a reasoning token count). ``withheld`` counts the bytes kept from the client.
+    withheld: then their indexes are renumbered in place, or after a parse where the bytes
+    alone cannot tell); so do events that mention it but carry none (a reasoning token
+    count). ``withheld`` counts the bytes kept from the client.
+
+    An event that mentions reasoning is parsed, which also proves it whole. One exception:
+    once a one-line chat chunk that carried only reasoning was withheld, the next events
+    made of the same bytes around a different reasoning text (the usual run of reasoning
+    deltas) are withheld without a parse; the parse would withhold them too, whole or not,
+    as long as that text cannot end the JSON string early (it holds no quote, line end or
+    final backslash).
     """
 
-    __slots__ = ("buffer", "dropped_blocks", "dropped_outputs", "withheld")
+    __slots__ = (
+        "buffer",
+        "drop_prefix",
+        "drop_suffix",
+        "dropped_blocks",
+        "dropped_outputs",
+        "moved_blocks",
+        "moved_outputs",
+        "withheld",
+    )
 
     def __init__(self) -> None:
         self.buffer = b""
@@ -393,12 +451,23 @@ class StreamFilter:
         # Indexes of withheld Responses output items and of withheld thinking blocks.
         self.dropped_outputs: list[int] = []
         self.dropped_blocks: list[int] = []
+        # An index's digits -> its renumbered digits, or None: it belongs to a withheld item.
+        self.moved_outputs: dict[bytes, bytes | None] = {}
+        self.moved_blocks: dict[bytes, bytes | None] = {}
+        # The last withheld reasoning-only chat event, cut around its reasoning text.
+        self.drop_prefix = b""
+        self.drop_suffix = b""
 
     def feed(self, chunk: bytes) -> bytes:
         data = self.buffer + chunk if self.buffer else chunk
-        if b"\r" in data:
+        if 13 in data:  # \r: events may end with \r\n\r\n or \r\r
             return self._feed_events(data, False)
-        mentions = b"reasoning" in data or b"thinking" in data
+        prefix = self.drop_prefix
+        if prefix and data.startswith(prefix) and self._fits_drop_template(data):
+            self.buffer = b""
+            self.withheld += len(data)
+            return b""
+        mentions = data.find(b"reasoning") >= 0 or data.find(b"thinking") >= 0
         if not (mentions or self.dropped_outputs or self.dropped_blocks):
             # The usual chunk: no event in it mentions reasoning and none needs
             # renumbering, so its complete events pass as they are, neither split nor copied.
@@ -412,7 +481,14 @@ class StreamFilter:
                 return data
             self.buffer = data[end:]
             return data[:end]
-        if data.find(b"\n\n") == len(data) - 2:  # one whole event, as most chunks are
+        # One whole event of one or two lines, as most chunks are: one search for \n\n
+        # costs more than two for \n.
+        last = len(data) - 2
+        first = data.find(10)
+        if data[-1:] == b"\n" and (
+            first == last
+            or (0 <= first < last and data[first + 1] != 10 and data.find(10, first + 1) == last)
+        ):
             self.buffer = b""
             kept = self._filter(data, True) if mentions else self._renumbered(data)
             return b"" if kept is None else kept
@@ -434,7 +510,10 @@ class StreamFilter:
                     break
                 end = match.end()
             event = data[start:end]
-            if b"reasoning" in event or b"thinking" in event:
+            if plain and self.drop_prefix and self._fits_drop_template(event):
+                self.withheld += len(event)
+                kept = None
+            elif b"reasoning" in event or b"thinking" in event:
                 kept = self._filter(event, plain)
             elif self.dropped_outputs or self.dropped_blocks:
                 kept = self._renumbered(event)
@@ -470,17 +549,9 @@ class StreamFilter:
     def _filter(self, event: bytes, plain: bool) -> bytes | None:
         """An event that mentions reasoning, filtered; ``plain``: it ends with its only
         \\n\\n and holds no \\r."""
-        lines: list[bytes] | None = None
-        if plain and event.startswith(b"data:") and event.find(b"\n") == len(event) - 2:
-            payload = event[5:-2]  # one data line, the usual case (JSON ignores the blanks)
-        elif not plain and _one_data_line(event):
-            payload = event.rstrip(b"\r\n")[5:]
-        else:
-            lines = _LINE_END.split(event)
-            data_lines = [line for line in lines if line.startswith(b"data:")]
-            if not data_lines:
-                return event  # a comment or an event name that mentions reasoning: no data
-            payload = b"\n".join(line[5:].removeprefix(b" ") for line in data_lines)
+        lines, payload = _split_event(event, plain)
+        if payload is None:
+            return event  # a comment or an event name that mentions reasoning: no data
         try:
             parsed, by_orjson = _parse(payload)
         except ValueError:
@@ -497,6 +568,8 @@ class StreamFilter:
         if not (removed or renumbered):
             return event  # it mentions reasoning (a token count, a word) but carries none
         if removed and _empty_chat_chunk(parsed):
+            if lines is None and plain and type(removed) is tuple:
+                self._learn_drop_template(event, *removed)
             self.withheld += len(event)
             return None
         encoded = _dumps(parsed, by_orjson)
@@ -505,17 +578,48 @@ class StreamFilter:
             self._renumber_parsed(parsed)
             strip_reasoning(parsed)
             encoded = _dumps(parsed, False)
-        separator = b"\r\n" if b"\r\n" in event else b"\n"
-        data_line = b"data: " + encoded
-        if lines is None:
-            rebuilt = data_line + separator + separator
-        else:
-            rebuilt = separator.join(
-                [line for line in lines if line and not line.startswith(b"data:")]
-                + [data_line, b"", b""]
-            )
+        rebuilt = _rebuilt(event, lines, encoded)
         self.withheld += len(event) - len(rebuilt)
         return rebuilt
+
+    def _fits_drop_template(self, event: bytes) -> bool:
+        """True when ``event`` (one event, or a chunk that is one event if so; no \\r in
+        it) is the last withheld reasoning-only chat event with another reasoning text, one
+        that cannot end its JSON string early."""
+        prefix, suffix = self.drop_prefix, self.drop_suffix
+        if not (event.startswith(prefix) and event.endswith(suffix)):
+            return False
+        text = event[len(prefix) : len(event) - len(suffix)]
+        return (
+            len(prefix) + len(suffix) <= len(event)
+            and 0x22 not in text
+            and 0x0A not in text
+            and text[-1:] != b"\\"
+        )
+
+    def _learn_drop_template(self, event: bytes, key: str, value: object) -> None:
+        """Remember ``event`` (one data line, withheld: its only content was ``key``'s text
+        ``value``) cut around that text, when the bytes around it hold no escape."""
+        if type(value) is not str:
+            return
+        at = event.find(b'"%b"' % key.encode())
+        if at < 0 or event.find(b"\\", 0, at) >= 0:
+            return
+        at += len(key) + 2
+        size = len(event)
+        while at < size and event[at] in _BLANKS:
+            at += 1
+        if at == size or event[at] != 0x3A:
+            return
+        at += 1
+        while at < size and event[at] in _BLANKS:
+            at += 1
+        text = orjson.dumps(value)
+        end = at + len(text) - 1  # the closing quote
+        if not event.startswith(text, at) or event.find(b"\\", end) >= 0:
+            return
+        self.drop_prefix = event[: at + 1]
+        self.drop_suffix = event[end:]
 
     def _withhold(self, event: dict[str, Any]) -> bool:
         kind = event.get("type")
@@ -524,16 +628,17 @@ class StreamFilter:
         if kind.startswith("response.reasoning"):
             return True
         output_index = event.get("output_index")
-        if isinstance(output_index, int):
+        if type(output_index) is int:
             if output_index in self.dropped_outputs:
                 return True
             item = event.get("item")
             if _is_reasoning_item(item):
                 self.dropped_outputs.append(output_index)
+                self.moved_outputs.clear()
                 return True
         if kind.startswith("content_block_"):
             index = event.get("index")
-            if isinstance(index, int):
+            if type(index) is int:
                 if index in self.dropped_blocks:
                     return True
                 block = event.get("content_block")
@@ -543,6 +648,7 @@ class StreamFilter:
                     type(delta_kind) is str and delta_kind in _THINKING_DELTAS
                 ):
                     self.dropped_blocks.append(index)
+                    self.moved_blocks.clear()
                     return True
         return False
 
@@ -550,7 +656,7 @@ class StreamFilter:
         """Renumber a parsed event after withheld items; True when an index changed."""
         changed = False
         index = event.get("output_index")
-        if self.dropped_outputs and isinstance(index, int):
+        if self.dropped_outputs and type(index) is int:
             shifted = _shift(self.dropped_outputs, index)
             if shifted != index:
                 event["output_index"] = shifted
@@ -561,7 +667,7 @@ class StreamFilter:
             self.dropped_blocks
             and isinstance(kind, str)
             and kind.startswith("content_block_")
-            and isinstance(index, int)
+            and type(index) is int
         ):
             shifted = _shift(self.dropped_blocks, index)
             if shifted != index:
@@ -571,26 +677,122 @@ class StreamFilter:
 
     def _renumber(self, event: bytes) -> bytes | None:
         """Renumber an event that does not mention reasoning, or None when it belongs to a
-        withheld item (a content part's end, a block's stop)."""
+        withheld item (a content part's end, a block's stop). The indexes are rewritten in
+        place; an event whose bytes leave a doubt (a nested or escaped key) is parsed."""
         if self.dropped_outputs:
-            found = _int_after(event, b'"output_index":')
-            if found is not None:
-                value, start, end = found
-                if value in self.dropped_outputs:
-                    return None
-                shifted = _shift(self.dropped_outputs, value)
-                if shifted != value:
-                    event = b"%b%d%b" % (event[:start], shifted, event[end:])
-        if self.dropped_blocks and b'"content_block_' in event:
-            found = _int_after(event, b'"index":')
-            if found is not None:
-                value, start, end = found
-                if value in self.dropped_blocks:
-                    return None
-                shifted = _shift(self.dropped_blocks, value)
-                if shifted != value:
-                    event = b"%b%d%b" % (event[:start], shifted, event[end:])
+            # _top_level_value and _digits_at, inline: this runs for every later event.
+            start = event.find(b'"output_index":')
+            if start < 0:
+                if event.find(b'"output_index"') >= 0:
+                    return self._renumber_by_parse(event)
+            elif (
+                event[start - 1] == 0x5C
+                or event.count(b"{", 0, start) != 1
+                or (
+                    event.find(b"[", 0, start) >= 0
+                    and event.count(b"[", 0, start) != event.count(b"[]", 0, start)
+                )
+            ):
+                return self._renumber_by_parse(event)
+            else:
+                start += 15
+                size = len(event)
+                while start < size and event[start] in _BLANKS:
+                    start += 1
+                end = start
+                while end < size and 0x30 <= event[end] <= 0x39:
+                    end += 1
+                if end > start and (end == size or event[end] not in _NOT_AN_INTEGER_AFTER):
+                    digits = event[start:end]
+                    moved = self.moved_outputs.get(digits, digits)
+                    if moved is digits:
+                        moved = self._moved(digits, self.dropped_outputs, self.moved_outputs)
+                    if moved is None:
+                        return None
+                    if moved != digits:
+                        event = event[:start] + moved + event[end:]
+        if self.dropped_blocks and event.find(b'"content_block_') >= 0:
+            kind = _top_level_value(event, b'"type":')
+            start = _top_level_value(event, b'"index":')
+            if kind == _UNSURE or start == _UNSURE:
+                return self._renumber_by_parse(event)
+            if kind >= 0 and start >= 0 and event.startswith(b'"content_block_', kind):
+                end = _digits_at(event, start)
+                if end > start:
+                    digits = event[start:end]
+                    moved = self.moved_blocks.get(digits, digits)
+                    if moved is digits:
+                        moved = self._moved(digits, self.dropped_blocks, self.moved_blocks)
+                    if moved is None:
+                        return None
+                    if moved != digits:
+                        event = event[:start] + moved + event[end:]
         return event
+
+    @staticmethod
+    def _moved(digits: bytes, dropped: list[int], moved: dict[bytes, bytes | None]) -> bytes | None:
+        index = int(digits)
+        found = None if index in dropped else b"%d" % _shift(dropped, index)
+        moved[digits] = found
+        return found
+
+    def _renumber_by_parse(self, event: bytes) -> bytes | None:
+        """_renumber for an event parsed (an unparsable one is sent as it came)."""
+        lines, payload = _split_event(event, False)
+        if payload is None:
+            return event
+        try:
+            parsed, by_orjson = _parse(payload)
+        except ValueError:
+            return event
+        if type(parsed) is not dict:
+            return event
+        index = parsed.get("output_index")
+        if type(index) is int and index in self.dropped_outputs:
+            return None
+        kind = parsed.get("type")
+        index = parsed.get("index")
+        if (
+            type(index) is int
+            and index in self.dropped_blocks
+            and type(kind) is str
+            and kind.startswith("content_block_")
+        ):
+            return None
+        if not self._renumber_parsed(parsed):
+            return event
+        encoded = _dumps(parsed, by_orjson)
+        if by_orjson and _maybe_rounded(encoded):
+            parsed = _std_parse(payload)
+            self._renumber_parsed(parsed)
+            encoded = _dumps(parsed, False)
+        return _rebuilt(event, lines, encoded)
+
+
+def _split_event(event: bytes, plain: bool) -> tuple[list[bytes] | None, bytes | None]:
+    """An event's lines (None when it is one data line) and its data (None when it has no
+    data line); ``plain``: it ends with its only \\n\\n and holds no \\r."""
+    if plain and event.startswith(b"data:") and event.find(b"\n") == len(event) - 2:
+        return None, event[5:-2]  # one data line, the usual case (JSON ignores the blanks)
+    if not plain and _one_data_line(event):
+        return None, event.rstrip(b"\r\n")[5:]
+    lines = _LINE_END.split(event)
+    data_lines = [line for line in lines if line.startswith(b"data:")]
+    if not data_lines:
+        return lines, None
+    return lines, b"\n".join(line[5:].removeprefix(b" ") for line in data_lines)
+
+
+def _rebuilt(event: bytes, lines: list[bytes] | None, encoded: bytes) -> bytes:
+    """``event`` with its data replaced by the one line ``encoded``, its other lines and
+    line endings kept."""
+    separator = b"\r\n" if b"\r\n" in event else b"\n"
+    data_line = b"data: " + encoded
+    if lines is None:
+        return data_line + separator + separator
+    return separator.join(
+        [line for line in lines if line and not line.startswith(b"data:")] + [data_line, b"", b""]
+    )
 
 
 def _one_data_line(event: bytes) -> bool:
@@ -598,30 +800,11 @@ def _one_data_line(event: bytes) -> bool:
     return single.startswith(b"data:") and b"\n" not in single and b"\r" not in single
 
 
-def _int_after(event: bytes, key: bytes) -> tuple[int, int, int] | None:
-    """(value, start, end) of the integer that follows the JSON key ``key`` (written with
-    its quotes and colon) in ``event``; None when there is none."""
-    at = event.find(key)
-    while at > 0 and event[at - 1] == 0x5C:  # \" : the key's text inside a string
-        at = event.find(key, at + 1)
-    if at < 0:
-        return None
-    start = at + len(key)
-    size = len(event)
-    while start < size and event[start] == 0x20:
-        start += 1
-    end = start
-    while end < size and 0x30 <= event[end] <= 0x39:
-        end += 1
-    if end == start:
-        return None
-    return int(event[start:end]), start, end
-
-
-def _strip_event(event: dict[str, Any], payload: bytes) -> bool:
+def _strip_event(event: dict[str, Any], payload: bytes) -> tuple[str, object] | bool:
     """strip_reasoning for a parsed stream event. A chat chunk whose one mention of
     reasoning (in ``payload``, its text) is its delta's reasoning key, the usual reasoning
-    chunk, loses that key without a walk of the whole event."""
+    chunk, loses that key without a walk of the whole event: then the key and its value
+    are returned."""
     choices = event.get("choices")
     if (
         type(choices) is list
@@ -633,24 +816,26 @@ def _strip_event(event: dict[str, Any], payload: bytes) -> bool:
         if type(delta) is dict:
             for key in _REASONING_KEYS:
                 if key in delta:
-                    del delta[key]
-                    return True
+                    return key, delta.pop(key)
     return strip_reasoning(event)
 
 
 def _empty_chat_chunk(event: dict[str, Any]) -> bool:
     """True for a chat completion chunk left with nothing once its reasoning is gone."""
     choices = event.get("choices")
-    if not isinstance(choices, list) or not choices or event.get("usage"):
+    if type(choices) is not list or not choices or event.get("usage"):
         return False
     for choice in choices:
-        if not isinstance(choice, dict):
+        if type(choice) is not dict:
             return False
         delta = choice.get("delta")
-        if not isinstance(delta, dict) or choice.get("finish_reason") or choice.get("logprobs"):
+        if type(delta) is not dict or choice.get("finish_reason") or choice.get("logprobs"):
             return False
-        if delta and ("role" in delta or any(value is not None for value in delta.values())):
-            return False  # what is left says something (the first chunk announces the role)
+        if "role" in delta:
+            return False  # the first chunk announces the role
+        for value in delta.values():
+            if value is not None:
+                return False  # what is left says something
     return True
 
 
