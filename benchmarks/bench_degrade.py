@@ -9,8 +9,10 @@ Prints medians, in microseconds:
   a do-nothing app: what degrading adds to a request. Requests that are not degraded never
   reach this code (their enforcer is another one), so they pay nothing;
 * ``filter``: ``StreamFilter`` per Server-Sent Event, for chat chunks without reasoning,
-  chat chunks that carry only reasoning (parsed and withheld), and Responses API text
-  deltas after a withheld reasoning item (renumbered), fed one event per chunk; and the
+  chat chunks that carry only reasoning (a run of alike chunks, withheld without a parse
+  after the first; and the same with a different envelope each, all parsed), chat chunks
+  that carry content and reasoning (parsed, re-encoded), and Responses API text deltas
+  after a withheld reasoning item (renumbered in place), fed one event per chunk; and the
   same chat stream through the enforcer's ``send`` wrapper, one event per ASGI message.
 
     .venv/bin/python benchmarks/bench_degrade.py [--quick] [--json out.json]
@@ -61,13 +63,14 @@ BODY = json.dumps(
 DECISION = Decision(Action.DEGRADE, ("cadence",), 0.7, identity="key:bench")
 
 
-def chat_event(delta: dict[str, Any]) -> bytes:
+def chat_event(delta: dict[str, Any], **extra: Any) -> bytes:
     chunk = {
         "id": "chatcmpl-123",
         "object": "chat.completion.chunk",
         "created": 1_700_000_000,
         "model": "gpt-4o-mini",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+        **extra,
     }
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
@@ -209,6 +212,16 @@ def measure(quick: bool) -> dict[str, Any]:
 
     content = [chat_event({"content": f"word{i} "}) for i in range(events)]
     reasoning = [chat_event({"reasoning_content": f"step{i} "}) for i in range(events)]
+    # Each with its own envelope (a per-chunk padding field, as OpenAI's "obfuscation"), so
+    # that none is withheld by the shortcut for a run of alike chunks: each is parsed.
+    reasoning_parsed = [
+        chat_event({"reasoning_content": f"step{i} "}, obfuscation="x" * (i % 7))
+        for i in range(events)
+    ]
+    mixed = [
+        chat_event({"content": f"word{i} ", "reasoning_content": f"step{i} "})
+        for i in range(events)
+    ]
     withheld_item = (
         b'event: response.output_item.added\ndata: {"type":"response.output_item.added",'
         b'"output_index":0,"item":{"type":"reasoning","id":"rs_1","summary":[]}}\n\n'
@@ -223,6 +236,8 @@ def measure(quick: bool) -> dict[str, Any]:
     for name, stream, prime in (
         ("filter_content_us", content, b""),
         ("filter_reasoning_us", reasoning, b""),
+        ("filter_reasoning_parsed_us", reasoning_parsed, b""),
+        ("filter_mixed_us", mixed, b""),
         ("filter_responses_renumbered_us", responses, withheld_item),
     ):
         out[name] = 1e6 * bench_filter(stream, repeats, name, prime)
@@ -244,6 +259,8 @@ LABELS = {
     "yardstick_stdlib_parse_chunk_us": "yardstick: json.loads(one chat chunk) (stdlib)",
     "filter_content_us": "filter, chat content chunks, per event",
     "filter_reasoning_us": "filter, chat reasoning chunks (withheld), per event",
+    "filter_reasoning_parsed_us": "filter, same, each envelope its own (parsed), per event",
+    "filter_mixed_us": "filter, chat content + reasoning chunks (re-encoded), per event",
     "filter_responses_renumbered_us": "filter, Responses deltas (renumbered), per event",
     "exchange_stream_per_event_us": "Degrade - Allow, chat stream, per event",
 }

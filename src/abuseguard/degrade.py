@@ -59,6 +59,8 @@ _TOKEN_FIELD = {
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _RESPONSES_LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _REASONING_KEYS = frozenset({"reasoning_content", "reasoning", "thinking"})
+_REASONING_KEY_ORDER = ("reasoning_content", "reasoning", "thinking")  # likeliest first
+_QUOTED_KEYS = {key: b'"%b"' % key.encode() for key in _REASONING_KEYS}
 _REASONING_TYPES = frozenset({"reasoning", "thinking", "redacted_thinking"})
 _THINKING_DELTAS = frozenset({"thinking_delta", "signature_delta"})
 _DEFAULT_MAX_BODY = 1 << 20
@@ -220,7 +222,7 @@ def _dumps(value: Any, by_orjson: bool) -> bytes:
 
 def _maybe_rounded(encoded: bytes) -> bool:
     """True when orjson's output may hold an integer it read beyond 64 bits (see above)."""
-    return b"e+" in encoded
+    return encoded.find(b"e+") >= 0
 
 
 def rewrite_body(body: dict[str, Any], options: DegradeOptions, endpoint: str) -> bool:
@@ -440,6 +442,8 @@ class StreamFilter:
         "drop_suffix",
         "dropped_blocks",
         "dropped_outputs",
+        "learn_backoff",
+        "learn_wait",
         "moved_blocks",
         "moved_outputs",
         "withheld",
@@ -457,15 +461,26 @@ class StreamFilter:
         # The last withheld reasoning-only chat event, cut around its reasoning text.
         self.drop_prefix = b""
         self.drop_suffix = b""
+        # Parsed withholdings to let pass before cutting the next one: a stream whose
+        # envelope changes with every chunk never uses what is learned, so it learns ever
+        # less often (at most every 64th); a match starts over.
+        self.learn_wait = 0
+        self.learn_backoff = 0
 
     def feed(self, chunk: bytes) -> bytes:
         data = self.buffer + chunk if self.buffer else chunk
         if 13 in data:  # \r: events may end with \r\n\r\n or \r\r
             return self._feed_events(data, False)
         prefix = self.drop_prefix
-        if prefix and data.startswith(prefix) and self._fits_drop_template(data):
+        if (
+            prefix
+            and data.startswith(prefix)
+            and data.endswith(self.drop_suffix)
+            and self._fits_drop_template(data)
+        ):
             self.buffer = b""
             self.withheld += len(data)
+            self.learn_backoff = 0
             return b""
         mentions = data.find(b"reasoning") >= 0 or data.find(b"thinking") >= 0
         if not (mentions or self.dropped_outputs or self.dropped_blocks):
@@ -512,6 +527,7 @@ class StreamFilter:
             event = data[start:end]
             if plain and self.drop_prefix and self._fits_drop_template(event):
                 self.withheld += len(event)
+                self.learn_backoff = 0
                 kept = None
             elif b"reasoning" in event or b"thinking" in event:
                 kept = self._filter(event, plain)
@@ -553,12 +569,15 @@ class StreamFilter:
         if payload is None:
             return event  # a comment or an event name that mentions reasoning: no data
         try:
-            parsed, by_orjson = _parse(payload)
-        except ValueError:
-            logger.info("abuseguard degrade: withheld an unparsable stream event")
-            self.withheld += len(event)
-            return None
-        if type(parsed) is not dict or self._withhold(parsed):
+            parsed, by_orjson = orjson.loads(payload), True  # _parse, inline
+        except orjson.JSONDecodeError:
+            try:
+                parsed, by_orjson = _std_parse(payload), False
+            except ValueError:
+                logger.info("abuseguard degrade: withheld an unparsable stream event")
+                self.withheld += len(event)
+                return None
+        if type(parsed) is not dict or ("type" in parsed and self._withhold(parsed)):
             self.withheld += len(event)
             return None
         renumbered = bool(self.dropped_outputs or self.dropped_blocks) and self._renumber_parsed(
@@ -569,7 +588,12 @@ class StreamFilter:
             return event  # it mentions reasoning (a token count, a word) but carries none
         if removed and _empty_chat_chunk(parsed):
             if lines is None and plain and type(removed) is tuple:
-                self._learn_drop_template(event, *removed)
+                if self.learn_wait:
+                    self.learn_wait -= 1
+                else:
+                    self._learn_drop_template(event, *removed)
+                    self.learn_wait = self.learn_backoff
+                    self.learn_backoff = min(2 * self.learn_backoff + 1, 63)
             self.withheld += len(event)
             return None
         encoded = _dumps(parsed, by_orjson)
@@ -602,10 +626,11 @@ class StreamFilter:
         ``value``) cut around that text, when the bytes around it hold no escape."""
         if type(value) is not str:
             return
-        at = event.find(b'"%b"' % key.encode())
+        quoted = _QUOTED_KEYS[key]
+        at = event.find(quoted)
         if at < 0 or event.find(b"\\", 0, at) >= 0:
             return
-        at += len(key) + 2
+        at += len(quoted)
         size = len(event)
         while at < size and event[at] in _BLANKS:
             at += 1
@@ -772,7 +797,7 @@ class StreamFilter:
 def _split_event(event: bytes, plain: bool) -> tuple[list[bytes] | None, bytes | None]:
     """An event's lines (None when it is one data line) and its data (None when it has no
     data line); ``plain``: it ends with its only \\n\\n and holds no \\r."""
-    if plain and event.startswith(b"data:") and event.find(b"\n") == len(event) - 2:
+    if plain and event.find(10) == len(event) - 2 and event.startswith(b"data:"):
         return None, event[5:-2]  # one data line, the usual case (JSON ignores the blanks)
     if not plain and _one_data_line(event):
         return None, event.rstrip(b"\r\n")[5:]
@@ -786,7 +811,12 @@ def _split_event(event: bytes, plain: bool) -> tuple[list[bytes] | None, bytes |
 def _rebuilt(event: bytes, lines: list[bytes] | None, encoded: bytes) -> bytes:
     """``event`` with its data replaced by the one line ``encoded``, its other lines and
     line endings kept."""
-    separator = b"\r\n" if b"\r\n" in event else b"\n"
+    if 13 not in event:
+        if lines is None:
+            return b"data: %b\n\n" % encoded
+        separator = b"\n"
+    else:
+        separator = b"\r\n" if event.find(b"\r\n") >= 0 else b"\n"
     data_line = b"data: " + encoded
     if lines is None:
         return data_line + separator + separator
@@ -814,7 +844,7 @@ def _strip_event(event: dict[str, Any], payload: bytes) -> tuple[str, object] | 
         choice = choices[0]
         delta = choice.get("delta") if type(choice) is dict else None
         if type(delta) is dict:
-            for key in _REASONING_KEYS:
+            for key in _REASONING_KEY_ORDER:
                 if key in delta:
                     return key, delta.pop(key)
     return strip_reasoning(event)
@@ -896,9 +926,12 @@ async def serve_degraded(
         return
     filtering = _FilteringSend(send, apply, chosen.max_response_bytes, path)
     try:
-        await app(scope, receive, filtering)
+        # The bound method, not the object: calling an object's __call__ costs more.
+        await app(scope, receive, filtering.__call__)
     finally:
-        record_degrade(shadow=not apply, withheld_bytes=filtering.withheld)
+        record_degrade(
+            shadow=not apply, withheld_bytes=filtering.withheld + filtering.stream.withheld
+        )
 
 
 async def _rewritten_receive(
@@ -953,7 +986,9 @@ async def _rewritten_receive(
 
 
 class _FilteringSend:
-    """The app's ``send``, withholding reasoning from JSON and event-stream responses."""
+    """The app's ``send``, withholding reasoning from JSON and event-stream responses.
+    ``withheld`` counts the bytes kept from a JSON response, ``stream.withheld`` those
+    kept from an event stream."""
 
     __slots__ = (
         "apply",
@@ -992,7 +1027,6 @@ class _FilteringSend:
             out = stream.feed(chunk) if chunk else b""
             if not more:
                 out += stream.close()
-            self.withheld = stream.withheld
             if not self.apply or out is chunk:  # shadow, or the chunk passes as it came
                 await self.send(message)
             elif out or not more:  # a chunk without a complete event sends nothing yet
