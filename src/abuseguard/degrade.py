@@ -446,6 +446,7 @@ class StreamFilter:
         "learn_wait",
         "moved_blocks",
         "moved_outputs",
+        "moved_pairs",
         "withheld",
     )
 
@@ -457,6 +458,7 @@ class StreamFilter:
         self.dropped_blocks: list[int] = []
         # An index's digits -> its renumbered digits, or None: it belongs to a withheld item.
         self.moved_outputs: dict[bytes, bytes | None] = {}
+        self.moved_pairs: dict[bytes, bytes | None] = {}  # see _renumber
         self.moved_blocks: dict[bytes, bytes | None] = {}
         # The last withheld reasoning-only chat event, cut around its reasoning text.
         self.drop_prefix = b""
@@ -660,6 +662,7 @@ class StreamFilter:
             if _is_reasoning_item(item):
                 self.dropped_outputs.append(output_index)
                 self.moved_outputs.clear()
+                self.moved_pairs.clear()
                 return True
         if kind.startswith("content_block_"):
             index = event.get("index")
@@ -720,22 +723,20 @@ class StreamFilter:
             ):
                 return self._renumber_by_parse(event)
             else:
+                # A one-digit index and the byte after it, as read before: no reading again.
                 start += 15
-                size = len(event)
-                while start < size and event[start] in _BLANKS:
-                    start += 1
-                end = start
-                while end < size and 0x30 <= event[end] <= 0x39:
-                    end += 1
-                if end > start and (end == size or event[end] not in _NOT_AN_INTEGER_AFTER):
-                    digits = event[start:end]
-                    moved = self.moved_outputs.get(digits, digits)
-                    if moved is digits:
-                        moved = self._moved(digits, self.dropped_outputs, self.moved_outputs)
-                    if moved is None:
+                pair = event[start : start + 2]
+                moved_pair = self.moved_pairs.get(pair, pair)
+                if moved_pair is None:
+                    return None
+                if moved_pair is not pair:
+                    if moved_pair != pair:
+                        event = event[:start] + moved_pair + event[start + 2 :]
+                else:
+                    moved_event = self._output_index_moved(event, start)
+                    if moved_event is None:
                         return None
-                    if moved != digits:
-                        event = event[:start] + moved + event[end:]
+                    event = moved_event
         if self.dropped_blocks and event.find(b'"content_block_') >= 0:
             kind = _top_level_value(event, b'"type":')
             start = _top_level_value(event, b'"index":')
@@ -753,6 +754,30 @@ class StreamFilter:
                     if moved != digits:
                         event = event[:start] + moved + event[end:]
         return event
+
+    def _output_index_moved(self, event: bytes, start: int) -> bytes | None:
+        """_renumber for the output index whose value starts at or after ``start``
+        (blanks first): ``event`` renumbered, or None when the index is withheld."""
+        size = len(event)
+        while start < size and event[start] in _BLANKS:
+            start += 1
+        end = start
+        while end < size and 0x30 <= event[end] <= 0x39:
+            end += 1
+        if end == start or (end < size and event[end] in _NOT_AN_INTEGER_AFTER):
+            return event  # not a non-negative integer: a parse would leave it too
+        digits = event[start:end]
+        moved = self.moved_outputs.get(digits, digits)
+        if moved is digits:
+            moved = self._moved(digits, self.dropped_outputs, self.moved_outputs)
+        if end - start == 1 and end < size and event[start - 1] == 0x3A:
+            after = event[end : end + 1]
+            self.moved_pairs[digits + after] = None if moved is None else moved + after
+        if moved is None:
+            return None
+        if moved == digits:
+            return event
+        return event[:start] + moved + event[end:]
 
     @staticmethod
     def _moved(digits: bytes, dropped: list[int], moved: dict[bytes, bytes | None]) -> bytes | None:
