@@ -215,7 +215,7 @@ def measure(quick: bool) -> dict[str, Any]:
     # Each with its own envelope (a per-chunk padding field, as OpenAI's "obfuscation"), so
     # that none is withheld by the shortcut for a run of alike chunks: each is parsed.
     reasoning_parsed = [
-        chat_event({"reasoning_content": f"step{i} "}, obfuscation="x" * (i % 7))
+        chat_event({"reasoning_content": f"step{i} "}, obfuscation=f"{i * 2654435761 % 2**32:x}")
         for i in range(events)
     ]
     mixed = [

@@ -588,12 +588,16 @@ class StreamFilter:
         removed = _strip_event(parsed, payload)
         if not (removed or renumbered):
             return event  # it mentions reasoning (a token count, a word) but carries none
-        if removed and _empty_chat_chunk(parsed):
-            if lines is None and plain and type(removed) is tuple:
+        if type(removed) is tuple:
+            key, value, empty = removed
+        else:
+            key, value, empty = "", None, removed and _empty_chat_chunk(parsed)
+        if empty:
+            if key and lines is None and plain:
                 if self.learn_wait:
                     self.learn_wait -= 1
                 else:
-                    self._learn_drop_template(event, *removed)
+                    self._learn_drop_template(event, key, value)
                     self.learn_wait = self.learn_backoff
                     self.learn_backoff = min(2 * self.learn_backoff + 1, 63)
             self.withheld += len(event)
@@ -855,11 +859,11 @@ def _one_data_line(event: bytes) -> bool:
     return single.startswith(b"data:") and b"\n" not in single and b"\r" not in single
 
 
-def _strip_event(event: dict[str, Any], payload: bytes) -> tuple[str, object] | bool:
+def _strip_event(event: dict[str, Any], payload: bytes) -> tuple[str, object, bool] | bool:
     """strip_reasoning for a parsed stream event. A chat chunk whose one mention of
     reasoning (in ``payload``, its text) is its delta's reasoning key, the usual reasoning
-    chunk, loses that key without a walk of the whole event: then the key and its value
-    are returned."""
+    chunk, loses that key without a walk of the whole event: then the key, its value and
+    whether the chunk is left empty (_empty_chat_chunk) are returned."""
     choices = event.get("choices")
     if (
         type(choices) is list
@@ -871,7 +875,18 @@ def _strip_event(event: dict[str, Any], payload: bytes) -> tuple[str, object] | 
         if type(delta) is dict:
             for key in _REASONING_KEY_ORDER:
                 if key in delta:
-                    return key, delta.pop(key)
+                    value = delta.pop(key)
+                    if (
+                        "role" in delta
+                        or event.get("usage")
+                        or choice.get("finish_reason")
+                        or choice.get("logprobs")
+                    ):
+                        return key, value, False
+                    for left in delta.values():
+                        if left is not None:
+                            return key, value, False
+                    return key, value, True
     return strip_reasoning(event)
 
 
