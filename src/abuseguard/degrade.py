@@ -9,9 +9,10 @@ enforcer (:class:`abuseguard.Degrade`) applies :class:`DegradeOptions`:
   ``logit_bias`` dropped, ``n`` forced to 1, ``reasoning_effort`` (or the Responses API's
   ``reasoning.effort``) lowered; ``Content-Length`` is set to the new length;
 * the **response** has its reasoning withheld (``reasoning_content``, ``reasoning``,
-  ``thinking`` fields, reasoning output items and thinking content blocks), from JSON
-  bodies and from Server-Sent Event streams event by event; items after a withheld one
-  are renumbered so that SDKs that index by ``output_index`` or ``index`` keep working;
+  ``reasoning_details``, ``thinking`` fields, reasoning output items and thinking content
+  blocks), from JSON bodies and from Server-Sent Event streams event by event; items after
+  a withheld one are renumbered so that SDKs that index by ``output_index`` or ``index``
+  keep working;
 * an optional :data:`DegradeStep` of the app's runs last on the parsed request body.
 
 A body that is not a JSON object, is compressed, or is over ``max_body_bytes`` is passed
@@ -58,8 +59,10 @@ _TOKEN_FIELD = {
 }
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _RESPONSES_LOGPROBS_INCLUDE = "message.output_text.logprobs"
-_REASONING_KEYS = frozenset({"reasoning_content", "reasoning", "thinking"})
-_REASONING_KEY_ORDER = ("reasoning_content", "reasoning", "thinking")  # likeliest first
+# reasoning_details: OpenRouter's structured copy of the reasoning, beside "reasoning".
+_REASONING_KEYS = frozenset({"reasoning_content", "reasoning", "reasoning_details", "thinking"})
+# Likeliest first.
+_REASONING_KEY_ORDER = ("reasoning_content", "reasoning", "thinking", "reasoning_details")
 _QUOTED_KEYS = {key: b'"%b"' % key.encode() for key in _REASONING_KEYS}
 _REASONING_TYPES = frozenset({"reasoning", "thinking", "redacted_thinking"})
 _THINKING_DELTAS = frozenset({"thinking_delta", "signature_delta"})
