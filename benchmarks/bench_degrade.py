@@ -11,8 +11,9 @@ Prints medians, in microseconds:
 * ``filter``: ``StreamFilter`` per Server-Sent Event, for chat chunks without reasoning,
   chat chunks that carry only reasoning (a run of alike chunks, withheld without a parse
   after the first; and the same with a different envelope each, all parsed), chat chunks
-  that carry content and reasoning (parsed, re-encoded), and Responses API text deltas
-  after a withheld reasoning item (renumbered in place), fed one event per chunk; and the
+  that carry content and reasoning (parsed, re-encoded), Responses API text deltas
+  after a withheld reasoning item (renumbered in place) and Anthropic thinking deltas
+  (withheld like the run of chat chunks), fed one event per chunk; and the
   same chat stream through the enforcer's ``send`` wrapper, one event per ASGI message.
 
     .venv/bin/python benchmarks/bench_degrade.py [--quick] [--json out.json]
@@ -227,6 +228,15 @@ def measure(quick: bool) -> dict[str, Any]:
         b'"output_index":0,"item":{"type":"reasoning","id":"rs_1","summary":[]}}\n\n'
     )
     responses = [responses_event(i) for i in range(events)]
+    thinking_block = (
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"thinking","thinking":""}}\n\n'
+    )
+    thinking = [
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"thinking_delta","thinking":"step%d "}}\n\n' % i
+        for i in range(events)
+    ]
     out["chat_chunk_bytes"] = len(content[0])
     out["responses_delta_bytes"] = len(responses[0])
     chunk_json = content[0][6:]
@@ -239,6 +249,7 @@ def measure(quick: bool) -> dict[str, Any]:
         ("filter_reasoning_parsed_us", reasoning_parsed, b""),
         ("filter_mixed_us", mixed, b""),
         ("filter_responses_renumbered_us", responses, withheld_item),
+        ("filter_thinking_us", thinking, thinking_block),
     ):
         out[name] = 1e6 * bench_filter(stream, repeats, name, prime)
     n_stream = 100
@@ -262,6 +273,7 @@ LABELS = {
     "filter_reasoning_parsed_us": "filter, same, each envelope its own (parsed), per event",
     "filter_mixed_us": "filter, chat content + reasoning chunks (re-encoded), per event",
     "filter_responses_renumbered_us": "filter, Responses deltas (renumbered), per event",
+    "filter_thinking_us": "filter, Anthropic thinking deltas (withheld), per event",
     "exchange_stream_per_event_us": "Degrade - Allow, chat stream, per event",
 }
 

@@ -257,6 +257,14 @@ def _degrade_budgets(results: dict[str, Any]) -> list[Budget]:
             why_missing=why,
         ),
         _upper(
+            "Degrade: stream filter per event, Anthropic thinking delta (withheld)",
+            degrade.get("filter_thinking_us"),
+            2.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+        _upper(
             "Degrade: stream filter per event, Responses delta renumbered after a withheld item",
             degrade.get("filter_responses_renumbered_us"),
             2.0,

@@ -425,6 +425,7 @@ _DEGRADE_ROWS = {
     "(parsed, withheld)",
     "filter_mixed_us": "stream filter, chat chunk with content and reasoning (re-encoded)",
     "filter_responses_renumbered_us": "stream filter, Responses delta renumbered in place",
+    "filter_thinking_us": "stream filter, Anthropic thinking delta (withheld)",
     "exchange_stream_per_event_us": "chat stream through the send wrapper, Degrade - Allow",
 }
 

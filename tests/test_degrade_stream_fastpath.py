@@ -24,7 +24,7 @@ class FullParse(StreamFilter):
     """StreamFilter without its byte-level shortcuts: every event that mentions reasoning
     or needs renumbering is parsed."""
 
-    def _learn_drop_template(self, event: bytes, key: str, value: object) -> None:
+    def _learn_drop_template(self, event: bytes) -> None:
         pass
 
     def _renumber(self, event: bytes) -> bytes | None:
@@ -80,6 +80,7 @@ TRICKY = st.sampled_from([
     "reasoning", "thinking", '"type":"content_block_delta"', "\\u0022", "\u2028",
 ])  # fmt: skip
 TEXT = st.lists(st.one_of(TRICKY, st.text(max_size=4)), max_size=5).map("".join)
+PLAIN_OR_TRICKY = st.one_of(st.text(alphabet="ab é☕", max_size=6), TEXT)
 SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), TEXT)
 NESTED = st.recursive(
     SCALAR,
@@ -113,7 +114,7 @@ def chat_streams(draw: st.DrawFn) -> bytes:
         kind = draw(st.sampled_from(["reasoning", "reasoning", "null content", "mixed",
                                      "content", "role", "finish", "other envelope", "spliced",
                                      "cut"]))  # fmt: skip
-        text = draw(TEXT)
+        text = draw(PLAIN_OR_TRICKY)
         if kind == "reasoning":
             chunk = chat_chunk(envelope, {key: text})
         elif kind == "null content":
@@ -188,21 +189,29 @@ def responses_streams(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def anthropic_streams(draw: st.DrawFn) -> bytes:
-    """An Anthropic messages stream whose first content block is thinking (withheld)."""
+    """An Anthropic messages stream whose first content block is thinking (withheld), with
+    runs of thinking deltas that share their other members."""
     compact, ascii_only = draw(FORMAT)
+    shared = draw(EXTRA)
     events: list[dict[str, Any]] = [
         {"type": "content_block_start", "index": 0,
          "content_block": {"type": "thinking", "thinking": ""}},
     ]  # fmt: skip
-    for _ in range(draw(st.integers(1, 6))):
+    for _ in range(draw(st.integers(1, 8))):
         kind = draw(st.sampled_from(["content_block_start", "content_block_delta",
-                                     "content_block_stop", "message_delta"]))  # fmt: skip
+                                     "content_block_stop", "message_delta", "thinking_delta",
+                                     "thinking_delta"]))  # fmt: skip
         event: dict[str, Any] = {"type": kind, "index": draw(st.integers(0, 4))}
-        if kind == "content_block_delta":
-            event["delta"] = {"type": "text_delta", "text": draw(TEXT)}
-        event.update(draw(EXTRA))
-        if draw(st.booleans()):
-            event = dict(sorted(event.items()))
+        if kind == "thinking_delta":
+            thinking = {"type": "thinking_delta", "thinking": draw(PLAIN_OR_TRICKY)}
+            index = draw(st.sampled_from([0, 0, 1]))
+            event = {"type": "content_block_delta", "index": index, "delta": thinking, **shared}
+        else:
+            if kind == "content_block_delta":
+                event["delta"] = {"type": "text_delta", "text": draw(TEXT)}
+            event.update(draw(EXTRA))
+            if draw(st.booleans()):
+                event = dict(sorted(event.items()))
         events.append(event)
     return b"".join(
         b"event: " + e["type"].encode() + b"\ndata: " + encode(e, compact, ascii_only) + b"\n\n"

@@ -63,7 +63,10 @@ _RESPONSES_LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _REASONING_KEYS = frozenset({"reasoning_content", "reasoning", "reasoning_details", "thinking"})
 # Likeliest first.
 _REASONING_KEY_ORDER = ("reasoning_content", "reasoning", "thinking", "reasoning_details")
-_QUOTED_KEYS = {key: b'"%b"' % key.encode() for key in _REASONING_KEYS}
+# A reasoning key and the quote that opens its text, compact or with a blank.
+_QUOTED_KEY_TEXTS = tuple(
+    b'"%b":%b"' % (key.encode(), blank) for key in _REASONING_KEYS for blank in (b"", b" ")
+)
 _REASONING_TYPES = frozenset({"reasoning", "thinking", "redacted_thinking"})
 _THINKING_DELTAS = frozenset({"thinking_delta", "signature_delta"})
 _DEFAULT_MAX_BODY = 1 << 20
@@ -582,27 +585,25 @@ class StreamFilter:
                 logger.info("abuseguard degrade: withheld an unparsable stream event")
                 self.withheld += len(event)
                 return None
-        if type(parsed) is not dict or ("type" in parsed and self._withhold(parsed)):
+        if type(parsed) is not dict:
+            self.withheld += len(event)
+            return None
+        if "type" in parsed and self._withhold(parsed):
+            if plain:
+                self._learn(event)
             self.withheld += len(event)
             return None
         renumbered = bool(self.dropped_outputs or self.dropped_blocks) and self._renumber_parsed(
             parsed
         )
-        removed = _strip_event(parsed, payload)
+        removed, empty = _strip_event(parsed, payload)
         if not (removed or renumbered):
             return event  # it mentions reasoning (a token count, a word) but carries none
-        if type(removed) is tuple:
-            key, value, empty = removed
-        else:
-            key, value, empty = "", None, removed and _empty_chat_chunk(parsed)
+        if empty is None:
+            empty = removed and _empty_chat_chunk(parsed)
         if empty:
-            if key and lines is None and plain:
-                if self.learn_wait:
-                    self.learn_wait -= 1
-                else:
-                    self._learn_drop_template(event, key, value)
-                    self.learn_wait = self.learn_backoff
-                    self.learn_backoff = min(2 * self.learn_backoff + 1, 63)
+            if plain:
+                self._learn(event)
             self.withheld += len(event)
             return None
         encoded = _dumps(parsed, by_orjson)
@@ -630,29 +631,34 @@ class StreamFilter:
             and text[-1:] != b"\\"
         )
 
-    def _learn_drop_template(self, event: bytes, key: str, value: object) -> None:
-        """Remember ``event`` (one data line, withheld: its only content was ``key``'s text
-        ``value``) cut around that text, when the bytes around it hold no escape."""
-        if type(value) is not str:
+    def _learn(self, event: bytes) -> None:
+        """_learn_drop_template for a withheld parsed ``event``, unless waiting."""
+        if self.learn_wait:
+            self.learn_wait -= 1
             return
-        quoted = _QUOTED_KEYS[key]
-        at = event.find(quoted)
-        if at < 0 or event.find(b"\\", 0, at) >= 0:
+        self.learn_wait = self.learn_backoff
+        self.learn_backoff = min(2 * self.learn_backoff + 1, 63)
+        self._learn_drop_template(event)
+
+    def _learn_drop_template(self, event: bytes) -> None:
+        """Remember the withheld ``event`` (no \\r in it) cut around the text of its one
+        reasoning key, when it holds no escape: then every quote in it opens or closes a
+        string, so what is found is that key and its text. The text does not decide
+        whether an event is withheld: the same bytes around another text are withheld too
+        (the withheld items only grow)."""
+        if event.find(b"\\") >= 0:
             return
-        at += len(quoted)
-        size = len(event)
-        while at < size and event[at] in _BLANKS:
-            at += 1
-        if at == size or event[at] != 0x3A:
+        at = -1
+        for quoted in _QUOTED_KEY_TEXTS:
+            found = event.find(quoted)
+            if found >= 0:
+                if at >= 0 or event.find(quoted, found + 1) >= 0:
+                    return  # two reasoning texts
+                at = found + len(quoted)
+        end = event.find(b'"', at) if at >= 0 else -1
+        if end < 0:
             return
-        at += 1
-        while at < size and event[at] in _BLANKS:
-            at += 1
-        text = orjson.dumps(value)
-        end = at + len(text) - 1  # the closing quote
-        if not event.startswith(text, at) or event.find(b"\\", end) >= 0:
-            return
-        self.drop_prefix = event[: at + 1]
+        self.drop_prefix = event[:at]
         self.drop_suffix = event[end:]
 
     def _withhold(self, event: dict[str, Any]) -> bool:
@@ -862,11 +868,11 @@ def _one_data_line(event: bytes) -> bool:
     return single.startswith(b"data:") and b"\n" not in single and b"\r" not in single
 
 
-def _strip_event(event: dict[str, Any], payload: bytes) -> tuple[str, object, bool] | bool:
-    """strip_reasoning for a parsed stream event. A chat chunk whose one mention of
+def _strip_event(event: dict[str, Any], payload: bytes) -> tuple[bool, bool | None]:
+    """strip_reasoning for a parsed stream event, and whether it is a chat chunk left
+    empty (_empty_chat_chunk; None: not known yet). A chat chunk whose one mention of
     reasoning (in ``payload``, its text) is its delta's reasoning key, the usual reasoning
-    chunk, loses that key without a walk of the whole event: then the key, its value and
-    whether the chunk is left empty (_empty_chat_chunk) are returned."""
+    chunk, loses that key without a walk of the whole event, and is known empty or not."""
     choices = event.get("choices")
     if (
         type(choices) is list
@@ -878,19 +884,19 @@ def _strip_event(event: dict[str, Any], payload: bytes) -> tuple[str, object, bo
         if type(delta) is dict:
             for key in _REASONING_KEY_ORDER:
                 if key in delta:
-                    value = delta.pop(key)
+                    del delta[key]
                     if (
                         "role" in delta
                         or event.get("usage")
                         or choice.get("finish_reason")
                         or choice.get("logprobs")
                     ):
-                        return key, value, False
+                        return True, False
                     for left in delta.values():
                         if left is not None:
-                            return key, value, False
-                    return key, value, True
-    return strip_reasoning(event)
+                            return True, False
+                    return True, True
+    return strip_reasoning(event), None
 
 
 def _empty_chat_chunk(event: dict[str, Any]) -> bool:
