@@ -435,11 +435,11 @@ class StreamFilter:
     count). ``withheld`` counts the bytes kept from the client.
 
     An event that mentions reasoning is parsed, which also proves it whole. One exception:
-    once a one-line chat chunk that carried only reasoning was withheld, the next events
-    made of the same bytes around a different reasoning text (the usual run of reasoning
-    deltas) are withheld without a parse; the parse would withhold them too, whole or not,
-    as long as that text cannot end the JSON string early (it holds no quote, line end or
-    final backslash).
+    once an event with one reasoning text was parsed and withheld (a chat chunk that
+    carried only reasoning, a thinking delta), the next events made of the same bytes
+    around another reasoning text (the usual run of reasoning deltas) are withheld without
+    a parse; the parse would withhold them too, whole or not, as long as that text cannot
+    end the JSON string early (it holds no quote, line end or final backslash).
     """
 
     __slots__ = (
@@ -466,7 +466,7 @@ class StreamFilter:
         self.moved_outputs: dict[bytes, bytes | None] = {}
         self.moved_pairs: dict[bytes, bytes | None] = {}  # see _renumber
         self.moved_blocks: dict[bytes, bytes | None] = {}
-        # The last withheld reasoning-only chat event, cut around its reasoning text.
+        # The last withheld event learned from, cut around its one reasoning text.
         self.drop_prefix = b""
         self.drop_suffix = b""
         # Parsed withholdings to let pass before cutting the next one: a stream whose
@@ -618,8 +618,8 @@ class StreamFilter:
 
     def _fits_drop_template(self, event: bytes) -> bool:
         """True when ``event`` (one event, or a chunk that is one event if so; no \\r in
-        it) is the last withheld reasoning-only chat event with another reasoning text, one
-        that cannot end its JSON string early."""
+        it) is the last withheld event learned from with another reasoning text, one that
+        cannot end its JSON string early."""
         prefix, suffix = self.drop_prefix, self.drop_suffix
         if not (event.startswith(prefix) and event.endswith(suffix)):
             return False
