@@ -513,8 +513,15 @@ class StreamFilter:
             or (0 <= first < last and data[first + 1] != 10 and data.find(10, first + 1) == last)
         ):
             self.buffer = b""
-            kept = self._filter(data, True) if mentions else self._renumbered(data)
-            return b"" if kept is None else kept
+            if mentions:
+                kept = self._filter(data, True)
+                return b"" if kept is None else kept
+            kept = self._renumber(data)  # _renumbered, inline
+            if kept is None:
+                self.withheld += len(data)
+                return b""
+            self.withheld += len(data) - len(kept)
+            return kept
         return self._feed_events(data, True)
 
     def _feed_events(self, data: bytes, plain: bool) -> bytes:
