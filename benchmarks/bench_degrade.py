@@ -9,8 +9,11 @@ Prints medians, in microseconds:
   a do-nothing app: what degrading adds to a request. Requests that are not degraded never
   reach this code (their enforcer is another one), so they pay nothing;
 * ``filter``: ``StreamFilter`` per Server-Sent Event, for chat chunks without reasoning,
-  chat chunks that carry only reasoning (parsed and withheld), and Responses API text
-  deltas after a withheld reasoning item (renumbered), fed one event per chunk; and the
+  chat chunks that carry only reasoning (a run of alike chunks, withheld without a parse
+  after the first; and the same with a different envelope each, all parsed), chat chunks
+  that carry content and reasoning (parsed, re-encoded), Responses API text deltas
+  after a withheld reasoning item (renumbered in place) and Anthropic thinking deltas
+  (withheld like the run of chat chunks), fed one event per chunk; and the
   same chat stream through the enforcer's ``send`` wrapper, one event per ASGI message.
 
     .venv/bin/python benchmarks/bench_degrade.py [--quick] [--json out.json]
@@ -61,13 +64,14 @@ BODY = json.dumps(
 DECISION = Decision(Action.DEGRADE, ("cadence",), 0.7, identity="key:bench")
 
 
-def chat_event(delta: dict[str, Any]) -> bytes:
+def chat_event(delta: dict[str, Any], **extra: Any) -> bytes:
     chunk = {
         "id": "chatcmpl-123",
         "object": "chat.completion.chunk",
         "created": 1_700_000_000,
         "model": "gpt-4o-mini",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+        **extra,
     }
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
@@ -209,11 +213,30 @@ def measure(quick: bool) -> dict[str, Any]:
 
     content = [chat_event({"content": f"word{i} "}) for i in range(events)]
     reasoning = [chat_event({"reasoning_content": f"step{i} "}) for i in range(events)]
+    # Each with its own envelope (a per-chunk padding field, as OpenAI's "obfuscation"), so
+    # that none is withheld by the shortcut for a run of alike chunks: each is parsed.
+    reasoning_parsed = [
+        chat_event({"reasoning_content": f"step{i} "}, obfuscation=f"{i * 2654435761 % 2**32:x}")
+        for i in range(events)
+    ]
+    mixed = [
+        chat_event({"content": f"word{i} ", "reasoning_content": f"step{i} "})
+        for i in range(events)
+    ]
     withheld_item = (
         b'event: response.output_item.added\ndata: {"type":"response.output_item.added",'
         b'"output_index":0,"item":{"type":"reasoning","id":"rs_1","summary":[]}}\n\n'
     )
     responses = [responses_event(i) for i in range(events)]
+    thinking_block = (
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"thinking","thinking":""}}\n\n'
+    )
+    thinking = [
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"thinking_delta","thinking":"step%d "}}\n\n' % i
+        for i in range(events)
+    ]
     out["chat_chunk_bytes"] = len(content[0])
     out["responses_delta_bytes"] = len(responses[0])
     chunk_json = content[0][6:]
@@ -223,7 +246,10 @@ def measure(quick: bool) -> dict[str, Any]:
     for name, stream, prime in (
         ("filter_content_us", content, b""),
         ("filter_reasoning_us", reasoning, b""),
+        ("filter_reasoning_parsed_us", reasoning_parsed, b""),
+        ("filter_mixed_us", mixed, b""),
         ("filter_responses_renumbered_us", responses, withheld_item),
+        ("filter_thinking_us", thinking, thinking_block),
     ):
         out[name] = 1e6 * bench_filter(stream, repeats, name, prime)
     n_stream = 100
@@ -244,7 +270,10 @@ LABELS = {
     "yardstick_stdlib_parse_chunk_us": "yardstick: json.loads(one chat chunk) (stdlib)",
     "filter_content_us": "filter, chat content chunks, per event",
     "filter_reasoning_us": "filter, chat reasoning chunks (withheld), per event",
+    "filter_reasoning_parsed_us": "filter, same, each envelope its own (parsed), per event",
+    "filter_mixed_us": "filter, chat content + reasoning chunks (re-encoded), per event",
     "filter_responses_renumbered_us": "filter, Responses deltas (renumbered), per event",
+    "filter_thinking_us": "filter, Anthropic thinking deltas (withheld), per event",
     "exchange_stream_per_event_us": "Degrade - Allow, chat stream, per event",
 }
 

@@ -230,8 +230,35 @@ def _degrade_budgets(results: dict[str, Any]) -> list[Budget]:
             why_missing=why,
         ),
         _upper(
-            "Degrade: stream filter per event, chat reasoning chunk (parsed, withheld)",
+            "Degrade: stream filter per event, chat reasoning chunk in a run of alike chunks "
+            "(withheld unparsed)",
             degrade.get("filter_reasoning_us"),
+            2.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+        _upper(
+            "Degrade: stream filter per event, chat reasoning chunk with its own envelope "
+            "(parsed, withheld)",
+            degrade.get("filter_reasoning_parsed_us"),
+            2.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+        _upper(
+            "Degrade: stream filter per event, chat chunk with content and reasoning "
+            "(parsed, re-encoded)",
+            degrade.get("filter_mixed_us"),
+            2.0,
+            "µs",
+            "{:.2f}",
+            why_missing=why,
+        ),
+        _upper(
+            "Degrade: stream filter per event, Anthropic thinking delta (withheld)",
+            degrade.get("filter_thinking_us"),
             2.0,
             "µs",
             "{:.2f}",

@@ -419,8 +419,13 @@ _DEGRADE_ROWS = {
     "exchange_json_us": "one exchange with a JSON reply, Degrade - Allow (read, rewrite, filter)",
     "yardstick_stdlib_parse_chunk_us": "yardstick: stdlib `json.loads` of one chat chunk",
     "filter_content_us": "stream filter, chat content chunk (`StreamFilter.feed`)",
-    "filter_reasoning_us": "stream filter, chat reasoning chunk (parsed, withheld)",
-    "filter_responses_renumbered_us": "stream filter, Responses delta renumbered",
+    "filter_reasoning_us": "stream filter, chat reasoning chunk in a run of alike ones "
+    "(withheld unparsed)",
+    "filter_reasoning_parsed_us": "stream filter, chat reasoning chunk, own envelope "
+    "(parsed, withheld)",
+    "filter_mixed_us": "stream filter, chat chunk with content and reasoning (re-encoded)",
+    "filter_responses_renumbered_us": "stream filter, Responses delta renumbered in place",
+    "filter_thinking_us": "stream filter, Anthropic thinking delta (withheld)",
     "exchange_stream_per_event_us": "chat stream through the send wrapper, Degrade - Allow",
 }
 

@@ -280,6 +280,27 @@ def test_crlf_events_keep_their_line_endings() -> None:
     )
 
 
+# -- OpenRouter's structured copy of the reasoning (fails on the code before) ------------
+
+
+def test_openrouters_reasoning_details_are_withheld_with_the_reasoning() -> None:
+    details = [{"type": "reasoning.text", "text": "secret plan", "format": "unknown", "index": 0}]
+    delta = {"role": "assistant", "content": "", "reasoning": "secret plan",
+             "reasoning_details": details}  # fmt: skip
+    chunk = {"id": "gen-1", "object": "chat.completion.chunk",
+             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}  # fmt: skip
+    kept = StreamFilter().feed(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    assert b"secret" not in kept
+    assert json.loads(kept.removeprefix(b"data: "))["choices"][0]["delta"] == {
+        "role": "assistant",
+        "content": "",
+    }
+    message = {"role": "assistant", "content": "hi", "reasoning": "secret plan",
+               "reasoning_details": details}  # fmt: skip
+    body = filter_json_body(json.dumps({"choices": [{"index": 0, "message": message}]}).encode())
+    assert body is not None and b"secret" not in body
+
+
 # -- replay report -------------------------------------------------------------------
 
 

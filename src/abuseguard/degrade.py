@@ -9,9 +9,10 @@ enforcer (:class:`abuseguard.Degrade`) applies :class:`DegradeOptions`:
   ``logit_bias`` dropped, ``n`` forced to 1, ``reasoning_effort`` (or the Responses API's
   ``reasoning.effort``) lowered; ``Content-Length`` is set to the new length;
 * the **response** has its reasoning withheld (``reasoning_content``, ``reasoning``,
-  ``thinking`` fields, reasoning output items and thinking content blocks), from JSON
-  bodies and from Server-Sent Event streams event by event; items after a withheld one
-  are renumbered so that SDKs that index by ``output_index`` or ``index`` keep working;
+  ``reasoning_details``, ``thinking`` fields, reasoning output items and thinking content
+  blocks), from JSON bodies and from Server-Sent Event streams event by event; items after
+  a withheld one are renumbered so that SDKs that index by ``output_index`` or ``index``
+  keep working;
 * an optional :data:`DegradeStep` of the app's runs last on the parsed request body.
 
 A body that is not a JSON object, is compressed, or is over ``max_body_bytes`` is passed
@@ -58,7 +59,14 @@ _TOKEN_FIELD = {
 }
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _RESPONSES_LOGPROBS_INCLUDE = "message.output_text.logprobs"
-_REASONING_KEYS = frozenset({"reasoning_content", "reasoning", "thinking"})
+# reasoning_details: OpenRouter's structured copy of the reasoning, beside "reasoning".
+_REASONING_KEYS = frozenset({"reasoning_content", "reasoning", "reasoning_details", "thinking"})
+# Likeliest first.
+_REASONING_KEY_ORDER = ("reasoning_content", "reasoning", "thinking", "reasoning_details")
+# A reasoning key and the quote that opens its text, compact or with a blank.
+_QUOTED_KEY_TEXTS = tuple(
+    b'"%b":%b"' % (key.encode(), blank) for key in _REASONING_KEYS for blank in (b"", b" ")
+)
 _REASONING_TYPES = frozenset({"reasoning", "thinking", "redacted_thinking"})
 _THINKING_DELTAS = frozenset({"thinking_delta", "signature_delta"})
 _DEFAULT_MAX_BODY = 1 << 20
@@ -220,7 +228,7 @@ def _dumps(value: Any, by_orjson: bool) -> bytes:
 
 def _maybe_rounded(encoded: bytes) -> bool:
     """True when orjson's output may hold an integer it read beyond 64 bits (see above)."""
-    return b"e+" in encoded
+    return encoded.find(b"e+") >= 0
 
 
 def rewrite_body(body: dict[str, Any], options: DegradeOptions, endpoint: str) -> bool:
@@ -368,10 +376,51 @@ def filter_json_body(raw: bytes) -> bytes | None:
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _LINE_END = re.compile(rb"\r\n|\n|\r")
+_BLANKS = b" \t"
+_NOT_AN_INTEGER_AFTER = frozenset(b".eE")
+_ABSENT = -1  # _top_level_value: the key is not there
+_UNSURE = -2  # _top_level_value: the bytes alone cannot tell; parse the event
 
 
 def _shift(dropped: list[int], index: int) -> int:
-    return index - sum(1 for d in dropped if d < index)
+    below = 0
+    for withheld_index in dropped:
+        if withheld_index < index:
+            below += 1
+    return index - below
+
+
+def _top_level_value(event: bytes, key: bytes) -> int:
+    """Where the value of the top-level JSON key ``key`` (written with its quotes and its
+    colon) starts in ``event``, _ABSENT, or _UNSURE when the bytes alone cannot tell: its
+    first occurrence may be nested or inside a string, or it is written with a blank before
+    its colon. It is at the top level when the only ``{`` before it opens the event's
+    object and no ``[`` but empty arrays precede it (a bracket inside a string makes it
+    _UNSURE, never wrong)."""
+    at = event.find(key)
+    if at < 0:
+        return _UNSURE if event.find(key[:-1]) >= 0 else _ABSENT
+    if event[at - 1] == 0x5C or event.count(b"{", 0, at) != 1:
+        return _UNSURE
+    if event.find(b"[", 0, at) >= 0 and event.count(b"[", 0, at) != event.count(b"[]", 0, at):
+        return _UNSURE
+    at += len(key)
+    size = len(event)
+    while at < size and event[at] in _BLANKS:
+        at += 1
+    return at
+
+
+def _digits_at(event: bytes, start: int) -> int:
+    """The end of the non-negative integer that starts at ``start``, or ``start`` when
+    none does (a string, null, a negative or fractional number)."""
+    end = start
+    size = len(event)
+    while end < size and 0x30 <= event[end] <= 0x39:
+        end += 1
+    if end < size and event[end] in _NOT_AN_INTEGER_AFTER:
+        return start
+    return end
 
 
 class StreamFilter:
@@ -381,11 +430,31 @@ class StreamFilter:
     complete events only, a partial event waits for its end. ``close`` returns what is
     left to send at the end of the stream (a cut-off event is withheld). Events that do not
     mention reasoning pass as they are, unparsed (unless an earlier output item was
-    withheld: then their indexes are renumbered); so do events that mention it but carry
-    none (a reasoning token count). ``withheld`` counts the bytes kept from the client.
+    withheld: then their indexes are renumbered in place, or after a parse where the bytes
+    alone cannot tell); so do events that mention it but carry none (a reasoning token
+    count). ``withheld`` counts the bytes kept from the client.
+
+    An event that mentions reasoning is parsed, which also proves it whole. One exception:
+    once an event with one reasoning text was parsed and withheld (a chat chunk that
+    carried only reasoning, a thinking delta), the next events made of the same bytes
+    around another reasoning text (the usual run of reasoning deltas) are withheld without
+    a parse; the parse would withhold them too, whole or not, as long as that text cannot
+    end the JSON string early (it holds no quote, line end or final backslash).
     """
 
-    __slots__ = ("buffer", "dropped_blocks", "dropped_outputs", "withheld")
+    __slots__ = (
+        "buffer",
+        "drop_prefix",
+        "drop_suffix",
+        "dropped_blocks",
+        "dropped_outputs",
+        "learn_backoff",
+        "learn_wait",
+        "moved_blocks",
+        "moved_outputs",
+        "moved_pairs",
+        "withheld",
+    )
 
     def __init__(self) -> None:
         self.buffer = b""
@@ -393,12 +462,35 @@ class StreamFilter:
         # Indexes of withheld Responses output items and of withheld thinking blocks.
         self.dropped_outputs: list[int] = []
         self.dropped_blocks: list[int] = []
+        # An index's digits -> its renumbered digits, or None: it belongs to a withheld item.
+        self.moved_outputs: dict[bytes, bytes | None] = {}
+        self.moved_pairs: dict[bytes, bytes | None] = {}  # see _renumber
+        self.moved_blocks: dict[bytes, bytes | None] = {}
+        # The last withheld event learned from, cut around its one reasoning text.
+        self.drop_prefix = b""
+        self.drop_suffix = b""
+        # Parsed withholdings to let pass before cutting the next one: a stream whose
+        # envelope changes with every chunk never uses what is learned, so it learns ever
+        # less often (at most every 64th); a match starts over.
+        self.learn_wait = 0
+        self.learn_backoff = 0
 
     def feed(self, chunk: bytes) -> bytes:
         data = self.buffer + chunk if self.buffer else chunk
-        if b"\r" in data:
+        if 13 in data:  # \r: events may end with \r\n\r\n or \r\r
             return self._feed_events(data, False)
-        mentions = b"reasoning" in data or b"thinking" in data
+        prefix = self.drop_prefix
+        if (
+            prefix
+            and data.startswith(prefix)
+            and data.endswith(self.drop_suffix)
+            and self._fits_drop_template(data)
+        ):
+            self.buffer = b""
+            self.withheld += len(data)
+            self.learn_backoff = 0
+            return b""
+        mentions = data.find(b"reasoning") >= 0 or data.find(b"thinking") >= 0
         if not (mentions or self.dropped_outputs or self.dropped_blocks):
             # The usual chunk: no event in it mentions reasoning and none needs
             # renumbering, so its complete events pass as they are, neither split nor copied.
@@ -412,10 +504,24 @@ class StreamFilter:
                 return data
             self.buffer = data[end:]
             return data[:end]
-        if data.find(b"\n\n") == len(data) - 2:  # one whole event, as most chunks are
+        # One whole event of one or two lines, as most chunks are: one search for \n\n
+        # costs more than two for \n.
+        last = len(data) - 2
+        first = data.find(10)
+        if data[-1:] == b"\n" and (
+            first == last
+            or (0 <= first < last and data[first + 1] != 10 and data.find(10, first + 1) == last)
+        ):
             self.buffer = b""
-            kept = self._filter(data, True) if mentions else self._renumbered(data)
-            return b"" if kept is None else kept
+            if mentions:
+                kept = self._filter(data, True)
+                return b"" if kept is None else kept
+            kept = self._renumber(data)  # _renumbered, inline
+            if kept is None:
+                self.withheld += len(data)
+                return b""
+            self.withheld += len(data) - len(kept)
+            return kept
         return self._feed_events(data, True)
 
     def _feed_events(self, data: bytes, plain: bool) -> bytes:
@@ -434,7 +540,11 @@ class StreamFilter:
                     break
                 end = match.end()
             event = data[start:end]
-            if b"reasoning" in event or b"thinking" in event:
+            if plain and self.drop_prefix and self._fits_drop_template(event):
+                self.withheld += len(event)
+                self.learn_backoff = 0
+                kept = None
+            elif b"reasoning" in event or b"thinking" in event:
                 kept = self._filter(event, plain)
             elif self.dropped_outputs or self.dropped_blocks:
                 kept = self._renumbered(event)
@@ -470,33 +580,37 @@ class StreamFilter:
     def _filter(self, event: bytes, plain: bool) -> bytes | None:
         """An event that mentions reasoning, filtered; ``plain``: it ends with its only
         \\n\\n and holds no \\r."""
-        lines: list[bytes] | None = None
-        if plain and event.startswith(b"data:") and event.find(b"\n") == len(event) - 2:
-            payload = event[5:-2]  # one data line, the usual case (JSON ignores the blanks)
-        elif not plain and _one_data_line(event):
-            payload = event.rstrip(b"\r\n")[5:]
-        else:
-            lines = _LINE_END.split(event)
-            data_lines = [line for line in lines if line.startswith(b"data:")]
-            if not data_lines:
-                return event  # a comment or an event name that mentions reasoning: no data
-            payload = b"\n".join(line[5:].removeprefix(b" ") for line in data_lines)
+        lines, payload = _split_event(event, plain)
+        if payload is None:
+            return event  # a comment or an event name that mentions reasoning: no data
         try:
-            parsed, by_orjson = _parse(payload)
-        except ValueError:
-            logger.info("abuseguard degrade: withheld an unparsable stream event")
+            parsed, by_orjson = orjson.loads(payload), True  # _parse, inline
+        except orjson.JSONDecodeError:
+            try:
+                parsed, by_orjson = _std_parse(payload), False
+            except ValueError:
+                logger.info("abuseguard degrade: withheld an unparsable stream event")
+                self.withheld += len(event)
+                return None
+        if type(parsed) is not dict:
             self.withheld += len(event)
             return None
-        if type(parsed) is not dict or self._withhold(parsed):
+        if "type" in parsed and self._withhold(parsed):
+            if plain:
+                self._learn(event)
             self.withheld += len(event)
             return None
         renumbered = bool(self.dropped_outputs or self.dropped_blocks) and self._renumber_parsed(
             parsed
         )
-        removed = _strip_event(parsed, payload)
+        removed, empty = _strip_event(parsed, payload)
         if not (removed or renumbered):
             return event  # it mentions reasoning (a token count, a word) but carries none
-        if removed and _empty_chat_chunk(parsed):
+        if empty is None:
+            empty = removed and _empty_chat_chunk(parsed)
+        if empty:
+            if plain:
+                self._learn(event)
             self.withheld += len(event)
             return None
         encoded = _dumps(parsed, by_orjson)
@@ -505,17 +619,54 @@ class StreamFilter:
             self._renumber_parsed(parsed)
             strip_reasoning(parsed)
             encoded = _dumps(parsed, False)
-        separator = b"\r\n" if b"\r\n" in event else b"\n"
-        data_line = b"data: " + encoded
-        if lines is None:
-            rebuilt = data_line + separator + separator
-        else:
-            rebuilt = separator.join(
-                [line for line in lines if line and not line.startswith(b"data:")]
-                + [data_line, b"", b""]
-            )
+        rebuilt = _rebuilt(event, lines, encoded)
         self.withheld += len(event) - len(rebuilt)
         return rebuilt
+
+    def _fits_drop_template(self, event: bytes) -> bool:
+        """True when ``event`` (one event, or a chunk that is one event if so; no \\r in
+        it) is the last withheld event learned from with another reasoning text, one that
+        cannot end its JSON string early."""
+        prefix, suffix = self.drop_prefix, self.drop_suffix
+        if not (event.startswith(prefix) and event.endswith(suffix)):
+            return False
+        text = event[len(prefix) : len(event) - len(suffix)]
+        return (
+            len(prefix) + len(suffix) <= len(event)
+            and 0x22 not in text
+            and 0x0A not in text
+            and text[-1:] != b"\\"
+        )
+
+    def _learn(self, event: bytes) -> None:
+        """_learn_drop_template for a withheld parsed ``event``, unless waiting."""
+        if self.learn_wait:
+            self.learn_wait -= 1
+            return
+        self.learn_wait = self.learn_backoff
+        self.learn_backoff = min(2 * self.learn_backoff + 1, 63)
+        self._learn_drop_template(event)
+
+    def _learn_drop_template(self, event: bytes) -> None:
+        """Remember the withheld ``event`` (no \\r in it) cut around the text of its one
+        reasoning key, when it holds no escape: then every quote in it opens or closes a
+        string, so what is found is that key and its text. The text does not decide
+        whether an event is withheld: the same bytes around another text are withheld too
+        (the withheld items only grow)."""
+        if event.find(b"\\") >= 0:
+            return
+        at = -1
+        for quoted in _QUOTED_KEY_TEXTS:
+            found = event.find(quoted)
+            if found >= 0:
+                if at >= 0 or event.find(quoted, found + 1) >= 0:
+                    return  # two reasoning texts
+                at = found + len(quoted)
+        end = event.find(b'"', at) if at >= 0 else -1
+        if end < 0:
+            return
+        self.drop_prefix = event[:at]
+        self.drop_suffix = event[end:]
 
     def _withhold(self, event: dict[str, Any]) -> bool:
         kind = event.get("type")
@@ -524,16 +675,18 @@ class StreamFilter:
         if kind.startswith("response.reasoning"):
             return True
         output_index = event.get("output_index")
-        if isinstance(output_index, int):
+        if type(output_index) is int:
             if output_index in self.dropped_outputs:
                 return True
             item = event.get("item")
             if _is_reasoning_item(item):
                 self.dropped_outputs.append(output_index)
+                self.moved_outputs.clear()
+                self.moved_pairs.clear()
                 return True
         if kind.startswith("content_block_"):
             index = event.get("index")
-            if isinstance(index, int):
+            if type(index) is int:
                 if index in self.dropped_blocks:
                     return True
                 block = event.get("content_block")
@@ -543,6 +696,7 @@ class StreamFilter:
                     type(delta_kind) is str and delta_kind in _THINKING_DELTAS
                 ):
                     self.dropped_blocks.append(index)
+                    self.moved_blocks.clear()
                     return True
         return False
 
@@ -550,7 +704,7 @@ class StreamFilter:
         """Renumber a parsed event after withheld items; True when an index changed."""
         changed = False
         index = event.get("output_index")
-        if self.dropped_outputs and isinstance(index, int):
+        if self.dropped_outputs and type(index) is int:
             shifted = _shift(self.dropped_outputs, index)
             if shifted != index:
                 event["output_index"] = shifted
@@ -561,7 +715,7 @@ class StreamFilter:
             self.dropped_blocks
             and isinstance(kind, str)
             and kind.startswith("content_block_")
-            and isinstance(index, int)
+            and type(index) is int
         ):
             shifted = _shift(self.dropped_blocks, index)
             if shifted != index:
@@ -571,26 +725,149 @@ class StreamFilter:
 
     def _renumber(self, event: bytes) -> bytes | None:
         """Renumber an event that does not mention reasoning, or None when it belongs to a
-        withheld item (a content part's end, a block's stop)."""
+        withheld item (a content part's end, a block's stop). The indexes are rewritten in
+        place; an event whose bytes leave a doubt (a nested or escaped key) is parsed."""
         if self.dropped_outputs:
-            found = _int_after(event, b'"output_index":')
-            if found is not None:
-                value, start, end = found
-                if value in self.dropped_outputs:
+            # _top_level_value and _digits_at, inline: this runs for every later event.
+            start = event.find(b'"output_index":')
+            if start < 0:
+                if event.find(b'"output_index"') >= 0:
+                    return self._renumber_by_parse(event)
+            elif (
+                event[start - 1] == 0x5C
+                or event.count(b"{", 0, start) != 1
+                or (
+                    event.find(b"[", 0, start) >= 0
+                    and event.count(b"[", 0, start) != event.count(b"[]", 0, start)
+                )
+            ):
+                return self._renumber_by_parse(event)
+            else:
+                # A one-digit index and the byte after it, as read before: no reading again.
+                start += 15
+                pair = event[start : start + 2]
+                moved_pair = self.moved_pairs.get(pair, pair)
+                if moved_pair is None:
                     return None
-                shifted = _shift(self.dropped_outputs, value)
-                if shifted != value:
-                    event = b"%b%d%b" % (event[:start], shifted, event[end:])
-        if self.dropped_blocks and b'"content_block_' in event:
-            found = _int_after(event, b'"index":')
-            if found is not None:
-                value, start, end = found
-                if value in self.dropped_blocks:
-                    return None
-                shifted = _shift(self.dropped_blocks, value)
-                if shifted != value:
-                    event = b"%b%d%b" % (event[:start], shifted, event[end:])
+                if moved_pair is not pair:
+                    if moved_pair != pair:
+                        event = event[:start] + moved_pair + event[start + 2 :]
+                else:
+                    moved_event = self._output_index_moved(event, start)
+                    if moved_event is None:
+                        return None
+                    event = moved_event
+        if self.dropped_blocks and event.find(b'"content_block_') >= 0:
+            kind = _top_level_value(event, b'"type":')
+            start = _top_level_value(event, b'"index":')
+            if kind == _UNSURE or start == _UNSURE:
+                return self._renumber_by_parse(event)
+            if kind >= 0 and start >= 0 and event.startswith(b'"content_block_', kind):
+                end = _digits_at(event, start)
+                if end > start:
+                    digits = event[start:end]
+                    moved = self.moved_blocks.get(digits, digits)
+                    if moved is digits:
+                        moved = self._moved(digits, self.dropped_blocks, self.moved_blocks)
+                    if moved is None:
+                        return None
+                    if moved != digits:
+                        event = event[:start] + moved + event[end:]
         return event
+
+    def _output_index_moved(self, event: bytes, start: int) -> bytes | None:
+        """_renumber for the output index whose value starts at or after ``start``
+        (blanks first): ``event`` renumbered, or None when the index is withheld."""
+        size = len(event)
+        while start < size and event[start] in _BLANKS:
+            start += 1
+        end = start
+        while end < size and 0x30 <= event[end] <= 0x39:
+            end += 1
+        if end == start or (end < size and event[end] in _NOT_AN_INTEGER_AFTER):
+            return event  # not a non-negative integer: a parse would leave it too
+        digits = event[start:end]
+        moved = self.moved_outputs.get(digits, digits)
+        if moved is digits:
+            moved = self._moved(digits, self.dropped_outputs, self.moved_outputs)
+        if end - start == 1 and end < size and event[start - 1] == 0x3A:
+            after = event[end : end + 1]
+            self.moved_pairs[digits + after] = None if moved is None else moved + after
+        if moved is None:
+            return None
+        if moved == digits:
+            return event
+        return event[:start] + moved + event[end:]
+
+    @staticmethod
+    def _moved(digits: bytes, dropped: list[int], moved: dict[bytes, bytes | None]) -> bytes | None:
+        index = int(digits)
+        found = None if index in dropped else b"%d" % _shift(dropped, index)
+        moved[digits] = found
+        return found
+
+    def _renumber_by_parse(self, event: bytes) -> bytes | None:
+        """_renumber for an event parsed (an unparsable one is sent as it came)."""
+        lines, payload = _split_event(event, False)
+        if payload is None:
+            return event
+        try:
+            parsed, by_orjson = _parse(payload)
+        except ValueError:
+            return event
+        if type(parsed) is not dict:
+            return event
+        index = parsed.get("output_index")
+        if type(index) is int and index in self.dropped_outputs:
+            return None
+        kind = parsed.get("type")
+        index = parsed.get("index")
+        if (
+            type(index) is int
+            and index in self.dropped_blocks
+            and type(kind) is str
+            and kind.startswith("content_block_")
+        ):
+            return None
+        if not self._renumber_parsed(parsed):
+            return event
+        encoded = _dumps(parsed, by_orjson)
+        if by_orjson and _maybe_rounded(encoded):
+            parsed = _std_parse(payload)
+            self._renumber_parsed(parsed)
+            encoded = _dumps(parsed, False)
+        return _rebuilt(event, lines, encoded)
+
+
+def _split_event(event: bytes, plain: bool) -> tuple[list[bytes] | None, bytes | None]:
+    """An event's lines (None when it is one data line) and its data (None when it has no
+    data line); ``plain``: it ends with its only \\n\\n and holds no \\r."""
+    if plain and event.find(10) == len(event) - 2 and event.startswith(b"data:"):
+        return None, event[5:-2]  # one data line, the usual case (JSON ignores the blanks)
+    if not plain and _one_data_line(event):
+        return None, event.rstrip(b"\r\n")[5:]
+    lines = _LINE_END.split(event)
+    data_lines = [line for line in lines if line.startswith(b"data:")]
+    if not data_lines:
+        return lines, None
+    return lines, b"\n".join(line[5:].removeprefix(b" ") for line in data_lines)
+
+
+def _rebuilt(event: bytes, lines: list[bytes] | None, encoded: bytes) -> bytes:
+    """``event`` with its data replaced by the one line ``encoded``, its other lines and
+    line endings kept."""
+    if 13 not in event:
+        if lines is None:
+            return b"data: %b\n\n" % encoded
+        separator = b"\n"
+    else:
+        separator = b"\r\n" if event.find(b"\r\n") >= 0 else b"\n"
+    data_line = b"data: " + encoded
+    if lines is None:
+        return data_line + separator + separator
+    return separator.join(
+        [line for line in lines if line and not line.startswith(b"data:")] + [data_line, b"", b""]
+    )
 
 
 def _one_data_line(event: bytes) -> bool:
@@ -598,30 +875,11 @@ def _one_data_line(event: bytes) -> bool:
     return single.startswith(b"data:") and b"\n" not in single and b"\r" not in single
 
 
-def _int_after(event: bytes, key: bytes) -> tuple[int, int, int] | None:
-    """(value, start, end) of the integer that follows the JSON key ``key`` (written with
-    its quotes and colon) in ``event``; None when there is none."""
-    at = event.find(key)
-    while at > 0 and event[at - 1] == 0x5C:  # \" : the key's text inside a string
-        at = event.find(key, at + 1)
-    if at < 0:
-        return None
-    start = at + len(key)
-    size = len(event)
-    while start < size and event[start] == 0x20:
-        start += 1
-    end = start
-    while end < size and 0x30 <= event[end] <= 0x39:
-        end += 1
-    if end == start:
-        return None
-    return int(event[start:end]), start, end
-
-
-def _strip_event(event: dict[str, Any], payload: bytes) -> bool:
-    """strip_reasoning for a parsed stream event. A chat chunk whose one mention of
+def _strip_event(event: dict[str, Any], payload: bytes) -> tuple[bool, bool | None]:
+    """strip_reasoning for a parsed stream event, and whether it is a chat chunk left
+    empty (_empty_chat_chunk; None: not known yet). A chat chunk whose one mention of
     reasoning (in ``payload``, its text) is its delta's reasoning key, the usual reasoning
-    chunk, loses that key without a walk of the whole event."""
+    chunk, loses that key without a walk of the whole event, and is known empty or not."""
     choices = event.get("choices")
     if (
         type(choices) is list
@@ -631,26 +889,39 @@ def _strip_event(event: dict[str, Any], payload: bytes) -> bool:
         choice = choices[0]
         delta = choice.get("delta") if type(choice) is dict else None
         if type(delta) is dict:
-            for key in _REASONING_KEYS:
+            for key in _REASONING_KEY_ORDER:
                 if key in delta:
                     del delta[key]
-                    return True
-    return strip_reasoning(event)
+                    if (
+                        "role" in delta
+                        or event.get("usage")
+                        or choice.get("finish_reason")
+                        or choice.get("logprobs")
+                    ):
+                        return True, False
+                    for left in delta.values():
+                        if left is not None:
+                            return True, False
+                    return True, True
+    return strip_reasoning(event), None
 
 
 def _empty_chat_chunk(event: dict[str, Any]) -> bool:
     """True for a chat completion chunk left with nothing once its reasoning is gone."""
     choices = event.get("choices")
-    if not isinstance(choices, list) or not choices or event.get("usage"):
+    if type(choices) is not list or not choices or event.get("usage"):
         return False
     for choice in choices:
-        if not isinstance(choice, dict):
+        if type(choice) is not dict:
             return False
         delta = choice.get("delta")
-        if not isinstance(delta, dict) or choice.get("finish_reason") or choice.get("logprobs"):
+        if type(delta) is not dict or choice.get("finish_reason") or choice.get("logprobs"):
             return False
-        if delta and ("role" in delta or any(value is not None for value in delta.values())):
-            return False  # what is left says something (the first chunk announces the role)
+        if "role" in delta:
+            return False  # the first chunk announces the role
+        for value in delta.values():
+            if value is not None:
+                return False  # what is left says something
     return True
 
 
@@ -711,9 +982,12 @@ async def serve_degraded(
         return
     filtering = _FilteringSend(send, apply, chosen.max_response_bytes, path)
     try:
-        await app(scope, receive, filtering)
+        # The bound method, not the object: calling an object's __call__ costs more.
+        await app(scope, receive, filtering.__call__)
     finally:
-        record_degrade(shadow=not apply, withheld_bytes=filtering.withheld)
+        record_degrade(
+            shadow=not apply, withheld_bytes=filtering.withheld + filtering.stream.withheld
+        )
 
 
 async def _rewritten_receive(
@@ -768,7 +1042,9 @@ async def _rewritten_receive(
 
 
 class _FilteringSend:
-    """The app's ``send``, withholding reasoning from JSON and event-stream responses."""
+    """The app's ``send``, withholding reasoning from JSON and event-stream responses.
+    ``withheld`` counts the bytes kept from a JSON response, ``stream.withheld`` those
+    kept from an event stream."""
 
     __slots__ = (
         "apply",
@@ -807,7 +1083,6 @@ class _FilteringSend:
             out = stream.feed(chunk) if chunk else b""
             if not more:
                 out += stream.close()
-            self.withheld = stream.withheld
             if not self.apply or out is chunk:  # shadow, or the chunk passes as it came
                 await self.send(message)
             elif out or not more:  # a chunk without a complete event sends nothing yet

@@ -1,0 +1,307 @@
+"""Issue 20: the stream filter's byte-level shortcuts give what a full parse gives.
+
+Two shortcuts keep a stream event within the 2 µs budget: a run of withheld events (chat
+chunks carrying only reasoning, thinking deltas) that share their bytes around the
+reasoning text is withheld without a parse after the first
+(`StreamFilter.drop_prefix`/`drop_suffix`), and an index after a withheld item is
+rewritten in place (`StreamFilter._renumber`). `FullParse` is the same filter with both
+turned off; generated streams (escapes, unicode, nested objects, keys inside string
+values, malformed events, any chunking) must come out of both the same: byte for byte,
+or the same JSON where the full parse re-encoded an event.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from abuseguard.degrade import StreamFilter
+
+
+class FullParse(StreamFilter):
+    """StreamFilter without its byte-level shortcuts: every event that mentions reasoning
+    or needs renumbering is parsed."""
+
+    def _learn_drop_template(self, event: bytes) -> None:
+        pass
+
+    def _renumber(self, event: bytes) -> bytes | None:
+        return self._renumber_by_parse(event)
+
+
+def run(flt: StreamFilter, stream: bytes, cuts: list[int]) -> bytes:
+    out = []
+    last = 0
+    for cut in [*sorted(set(cuts)), len(stream)]:
+        out.append(flt.feed(stream[last:cut]))
+        last = cut
+    out.append(flt.close())
+    return b"".join(out)
+
+
+def run_by_event(flt: StreamFilter, stream: bytes) -> bytes:
+    """One event a chunk, as most apps send them."""
+    out = [flt.feed(event + b"\n\n") for event in stream.split(b"\n\n")[:-1]]
+    return b"".join(out) + flt.close()
+
+
+def events_of(stream: bytes) -> list[bytes]:
+    return [event for event in stream.split(b"\n\n") if event]
+
+
+def same_events(fast: bytes, full: bytes) -> None:
+    """Byte for byte, or the same lines with the same JSON in their data."""
+    fast_events, full_events = events_of(fast), events_of(full)
+    assert len(fast_events) == len(full_events), (fast, full)
+    for mine, theirs in zip(fast_events, full_events, strict=True):
+        if mine == theirs:
+            continue
+        mine_lines, their_lines = mine.split(b"\n"), theirs.split(b"\n")
+        assert [x for x in mine_lines if not x.startswith(b"data:")] == [
+            x for x in their_lines if not x.startswith(b"data:")
+        ]
+        mine_data = b"\n".join(x[5:] for x in mine_lines if x.startswith(b"data:"))
+        their_data = b"\n".join(x[5:] for x in their_lines if x.startswith(b"data:"))
+        assert json.loads(mine_data) == json.loads(their_data), (mine, theirs)
+
+
+def encode(value: Any, compact: bool, ascii_only: bool) -> bytes:
+    separators = (",", ":") if compact else (", ", ": ")
+    return json.dumps(value, separators=separators, ensure_ascii=ascii_only).encode()
+
+
+# Text with what trips byte-level code: quotes, backslashes, line ends, braces, brackets,
+# non-ASCII, and the very keys the filter looks for.
+TRICKY = st.sampled_from([
+    '"', "\\", "\n", "\r", "{", "}", "[", "]", "[]", ":", ",", "é", "☕", "\U0001f600",
+    '"output_index":', '"output_index": 0', '"index":', '"reasoning_content":"x"',
+    "reasoning", "thinking", '"type":"content_block_delta"', "\\u0022", "\u2028",
+])  # fmt: skip
+TEXT = st.lists(st.one_of(TRICKY, st.text(max_size=4)), max_size=5).map("".join)
+PLAIN_OR_TRICKY = st.one_of(st.text(alphabet="ab é☕", max_size=6), TEXT)
+SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), TEXT)
+NESTED = st.recursive(
+    SCALAR,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["a", "output_index", "index", "type", "b"]), inner,
+                        max_size=3),
+    ),
+    max_leaves=6,
+)  # fmt: skip
+EXTRA = st.dictionaries(st.sampled_from(["id", "model", "note", "meta", "x"]), NESTED, max_size=3)
+FORMAT = st.tuples(st.booleans(), st.booleans())  # compact, ASCII only
+
+
+def chat_chunk(
+    envelope: dict[str, Any], delta: dict[str, Any], finish: Any = None
+) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return {**envelope, "object": "chat.completion.chunk", "choices": [choice]}
+
+
+@st.composite
+def chat_streams(draw: st.DrawFn) -> bytes:
+    """A chat stream with runs of reasoning-only chunks sharing one envelope, mixed and
+    content chunks, and events cut or spliced so that they are no longer JSON."""
+    envelope = draw(EXTRA)
+    compact, ascii_only = draw(FORMAT)
+    key = draw(st.sampled_from(["reasoning_content", "reasoning", "thinking"]))
+    parts: list[bytes] = []
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["reasoning", "reasoning", "null content", "mixed",
+                                     "content", "role", "finish", "other envelope", "spliced",
+                                     "cut"]))  # fmt: skip
+        text = draw(PLAIN_OR_TRICKY)
+        if kind == "reasoning":
+            chunk = chat_chunk(envelope, {key: text})
+        elif kind == "null content":
+            chunk = chat_chunk(envelope, {"content": None, key: text})
+        elif kind == "mixed":
+            chunk = chat_chunk(envelope, {"content": draw(TEXT), key: text})
+        elif kind == "content":
+            chunk = chat_chunk(envelope, {"content": text})
+        elif kind == "role":
+            chunk = chat_chunk(envelope, {"role": "assistant", key: text})
+        elif kind == "finish":
+            chunk = chat_chunk(envelope, {key: text}, finish="stop")
+        elif kind == "other envelope":
+            chunk = chat_chunk(draw(EXTRA), {key: text})
+        else:
+            # A reasoning-only chunk whose text is replaced by raw bytes (quotes, backslashes,
+            # control characters, invalid UTF-8), or cut short: no longer (the same) JSON.
+            whole = encode(chat_chunk(envelope, {key: "PLACEHOLDER"}), compact, ascii_only)
+            if kind == "spliced":
+                raw = draw(
+                    st.binary(max_size=6).filter(lambda b: b"\n" not in b and b"\r" not in b)
+                )
+                whole = whole.replace(b"PLACEHOLDER", raw)
+            else:
+                whole = whole[: draw(st.integers(1, len(whole) - 1))]
+            parts.append(b"data: " + whole + b"\n\n")
+            continue
+        parts.append(b"data: " + encode(chunk, compact, ascii_only) + b"\n\n")
+    parts.append(b"data: [DONE]\n\n")
+    return b"".join(parts)
+
+
+RESPONSES_EVENTS = [
+    "response.output_text.delta",
+    "response.output_item.added",
+    "response.content_part.done",
+    "response.completed",
+]
+
+
+@st.composite
+def responses_streams(draw: st.DrawFn) -> bytes:
+    """A Responses API stream whose first output item is reasoning (withheld), then events
+    of later items in either key order, with blanks, nested objects holding the same keys,
+    arrays before the index, and indexes that are not plain integers."""
+    compact, ascii_only = draw(FORMAT)
+    parts = [
+        b"event: response.output_item.added\ndata: "
+        + encode({"type": "response.output_item.added", "output_index": 0,
+                  "item": {"type": "reasoning", "id": "rs_1", "summary": []}},
+                 compact, ascii_only)
+        + b"\n\n"
+    ]  # fmt: skip
+    for sequence in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(RESPONSES_EVENTS))
+        members: list[tuple[str, Any]] = [("type", kind), ("sequence_number", sequence)]
+        index = draw(st.one_of(st.integers(0, 12), st.sampled_from([1.5, -1, None, "2", True])))
+        if kind != "response.completed":
+            members.append(("output_index", index))
+        members += [("item_id", "msg_1"), ("delta", draw(TEXT)), ("logprobs", [])]
+        members += list(draw(EXTRA).items())
+        if draw(st.booleans()):
+            members.sort()  # the SDK's order: the index after arrays and nested objects
+        if draw(st.booleans()):
+            members.insert(draw(st.integers(0, len(members))), ("nested", draw(NESTED)))
+        data = encode(dict(members), compact, ascii_only)
+        if draw(st.booleans()):
+            data = data.replace(b'"output_index":', b'"output_index" :', 1)
+        parts.append(b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n")
+    return b"".join(parts)
+
+
+@st.composite
+def anthropic_streams(draw: st.DrawFn) -> bytes:
+    """An Anthropic messages stream whose first content block is thinking (withheld), with
+    runs of thinking deltas that share their other members."""
+    compact, ascii_only = draw(FORMAT)
+    shared = draw(EXTRA)
+    events: list[dict[str, Any]] = [
+        {"type": "content_block_start", "index": 0,
+         "content_block": {"type": "thinking", "thinking": ""}},
+    ]  # fmt: skip
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["content_block_start", "content_block_delta",
+                                     "content_block_stop", "message_delta", "thinking_delta",
+                                     "thinking_delta"]))  # fmt: skip
+        event: dict[str, Any] = {"type": kind, "index": draw(st.integers(0, 4))}
+        if kind == "thinking_delta":
+            thinking = {"type": "thinking_delta", "thinking": draw(PLAIN_OR_TRICKY)}
+            index = draw(st.sampled_from([0, 0, 1]))
+            event = {"type": "content_block_delta", "index": index, "delta": thinking, **shared}
+        else:
+            if kind == "content_block_delta":
+                event["delta"] = {"type": "text_delta", "text": draw(TEXT)}
+            event.update(draw(EXTRA))
+            if draw(st.booleans()):
+                event = dict(sorted(event.items()))
+        events.append(event)
+    return b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: " + encode(e, compact, ascii_only) + b"\n\n"
+        for e in events
+    )
+
+
+CUTS = st.lists(st.integers(min_value=0, max_value=4000), max_size=10)
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(chat_streams(), CUTS)
+def test_reasoning_only_chunks_withheld_unparsed_as_a_parse_would(
+    stream: bytes, cuts: list[int]
+) -> None:
+    full = run(FullParse(), stream, [])
+    same_events(run(StreamFilter(), stream, []), full)
+    same_events(run_by_event(StreamFilter(), stream), full)
+    same_events(run(StreamFilter(), stream, [c for c in cuts if c < len(stream)]), full)
+
+
+@SETTINGS
+@given(responses_streams(), CUTS)
+def test_output_indexes_renumbered_in_place_as_a_parse_would(
+    stream: bytes, cuts: list[int]
+) -> None:
+    full = run(FullParse(), stream, [])
+    same_events(run(StreamFilter(), stream, []), full)
+    same_events(run_by_event(StreamFilter(), stream), full)
+    same_events(run(StreamFilter(), stream, [c for c in cuts if c < len(stream)]), full)
+
+
+@SETTINGS
+@given(anthropic_streams(), CUTS)
+def test_block_indexes_renumbered_in_place_as_a_parse_would(stream: bytes, cuts: list[int]) -> None:
+    full = run(FullParse(), stream, [])
+    same_events(run(StreamFilter(), stream, []), full)
+    same_events(run_by_event(StreamFilter(), stream), full)
+    same_events(run(StreamFilter(), stream, [c for c in cuts if c < len(stream)]), full)
+
+
+def test_a_run_of_reasoning_chunks_is_withheld_without_a_parse_and_counted() -> None:
+    def chunk(delta: dict[str, Any]) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        body = {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
+        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+    flt = StreamFilter()
+    first = chunk({"reasoning_content": "Let me think"})
+    assert flt.feed(first) == b""
+    assert flt.drop_prefix.endswith(b'"reasoning_content":"') and flt.drop_suffix.startswith(b'"}')
+    run_of = [chunk({"reasoning_content": text}) for text in (" about", " it é", "")]
+    for event in run_of:
+        assert flt.feed(event) == b""
+    content = chunk({"content": "Answer"})
+    assert flt.feed(content) == content
+    assert flt.withheld == len(first) + sum(len(e) for e in run_of)
+    # A text that would end the JSON string early is parsed: its content is kept.
+    sneaky = first.replace(b"Let me think", b'x","content":"kept')
+    assert json.loads(flt.feed(sneaky)[6:])["choices"][0]["delta"] == {"content": "kept"}
+
+
+# -- what the old in-place renumbering got wrong (each fails on the code before) --------
+
+
+def _after_withheld_item(event: dict[str, Any] | bytes) -> bytes:
+    flt = StreamFilter()
+    withheld = {"type": "response.output_item.added", "output_index": 0,
+                "item": {"type": "reasoning", "summary": []}}  # fmt: skip
+    assert flt.feed(b"data: " + json.dumps(withheld).encode() + b"\n\n") == b""
+    data = event if isinstance(event, bytes) else json.dumps(event).encode()
+    return flt.feed(b"data: " + data + b"\n\n")
+
+
+def _data(event: bytes) -> Any:
+    return json.loads(event.removeprefix(b"data: "))
+
+
+def test_an_output_index_nested_before_the_events_own_is_left_alone() -> None:
+    event = {"type": "response.output_text.delta", "meta": {"output_index": 7}, "output_index": 2}
+    assert _data(_after_withheld_item(event)) == {**event, "output_index": 1}
+
+
+def test_an_output_index_written_with_a_blank_before_its_colon_is_renumbered() -> None:
+    raw = b'{"type": "response.output_text.delta", "output_index" : 2, "delta": "a"}'
+    assert _data(_after_withheld_item(raw))["output_index"] == 1
+
+
+def test_an_output_index_that_is_not_an_integer_is_left_alone() -> None:
+    raw = b'{"type": "response.output_text.delta", "output_index": 1.5, "delta": "a"}'
+    assert _data(_after_withheld_item(raw))["output_index"] == 1.5
