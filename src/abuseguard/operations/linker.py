@@ -83,6 +83,9 @@ class OperationsConfig:
     must be in a cluster for an account to join it by that signature.
     ``max_topics``: topics kept per account.
     ``tokens_per_hour``: (low, high) of the tokens-per-member-hour ramp of the score.
+    ``hold_score``: a cluster scoring at least this is an operation's verdict: the lane
+    holds each member at the first accumulated-evidence step from the moment it is linked
+    (None: members get the prior only).
     """
 
     half_life: float = 6 * 3600.0
@@ -101,6 +104,7 @@ class OperationsConfig:
     join_share: float = 0.25
     max_topics: int = 64
     tokens_per_hour: tuple[float, float] = (5_000.0, 50_000.0)
+    hold_score: float | None = 0.7
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -126,6 +130,8 @@ class OperationsConfig:
         low, high = self.tokens_per_hour
         if not low < high:
             raise ConfigError("OperationsConfig.tokens_per_hour", "low must be < high")
+        if self.hold_score is not None and not 0.0 < self.hold_score <= 1.0:
+            raise ConfigError("OperationsConfig.hold_score", "must be in (0, 1] or None")
 
 
 class Account:
