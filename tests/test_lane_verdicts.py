@@ -244,3 +244,42 @@ def test_the_lane_stamps_requests_without_a_time_with_the_guard_clock() -> None:
     info = RequestInfo(ip="198.51.100.7", key="live", body=_chat("hello there, a question"))
     lane(info, guard.check(info))
     assert lane.queue[0].ts == now[0]
+
+
+def test_an_app_sharing_only_persona_and_network_with_an_operation_is_not_held() -> None:
+    """Resellers forge the official SDK's headers exactly and run from the clouds honest
+    apps use: an account that joins an operation through persona and network alone gets
+    its prior, but no hold; the members linked through the operation's request shape are
+    held."""
+    guard = _guard()
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    lane = BackgroundLane(guard, operations=linker)
+    guard.observers.append(lane)
+    rng = random.Random(21)
+    ops = [(i, ua, h, [64600], sy, sh, k) for i, ua, h, _, sy, sh, k in operation(rng, 30)]
+    _, ua, headers, _, _, _, _ = ops[0]
+    twin = ("k:twin", ua, headers, [64600], "You are Acme's assistant.", {"model": "x"}, "")
+    world = honest_world(rng, accounts=1100) + ops + [twin]
+    boundary = lane.interval
+    for ts, identity, seen in requests_of(rng, world, hours=1.25, rate=1 / 300.0):
+        if ts >= boundary:
+            lane.flush()
+            boundary = (ts // lane.interval + 1) * lane.interval
+        info = RequestInfo(
+            ip="198.51.100.9",
+            key=identity[2:],
+            ts=ts,
+            ua=seen.ua,
+            headers=seen.headers or {},
+            body=seen.body,
+            asn=seen.asn,
+        )
+        guard.check(info)
+    lane.flush()
+    (cluster,) = lane.clusters()
+    assert cluster["score"] >= linker.config.hold_score  # type: ignore[operator]
+    twin_id = guard.identity_of(RequestInfo(ip="192.0.2.1", key="twin"))[0]
+    assert linker.cluster_of(twin_id) == cluster["id"] and linker.prior_of(twin_id) > 0.0
+    assert twin_id not in linker.firm
+    assert lane.accounts_held >= 28
+    assert "evidence" not in guard.check(RequestInfo(ip="192.0.2.1", key="twin", ts=5e3)).reasons

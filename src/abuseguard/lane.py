@@ -354,7 +354,7 @@ class BackgroundLane:
         for identity, prior in changed.items():
             cohorts_set(identity, linker.cluster_of(identity))
             priors[identity] = max(prior, self._account_priors.get(identity, 0.0))
-            if hold_score is not None and prior >= hold_score:
+            if hold_score is not None and prior >= hold_score and identity in linker.firm:
                 holds[identity] = linker.now
         for identity in list(priors):
             ops = linker.prior_of(identity)

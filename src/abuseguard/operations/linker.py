@@ -57,12 +57,26 @@ from dataclasses import dataclass
 
 from abuseguard.config_check import check_fields
 from abuseguard.errors import ConfigError
-from abuseguard.operations.evidence import KINDS, N_KINDS, TIMING, Evidence
+from abuseguard.operations.evidence import (
+    CREATED,
+    KINDS,
+    N_KINDS,
+    SHAPE,
+    SYSTEM,
+    TIMING,
+    Evidence,
+)
 from abuseguard.operations.sketches import DecayedItems, UnionFind, heavy_items, set_signature
 
 # Keys of the counts and buckets: (tag, signatures...), plain tuples of ints (hashed alike
 # in every process, unlike strings).
 Key = tuple[int, ...]
+
+# The kinds an operator chooses (the system prompt and request shape its software sends, the
+# batch its accounts were made in), as opposed to what an honest account shares with
+# thousands by what it is (the SDK's headers, a cloud's ASN, busy hours). Only a link
+# through one of them makes a member's verdict firm enough to hold it (`firm`).
+CHOSEN_KINDS = frozenset({SYSTEM, SHAPE, CREATED})
 
 
 @dataclass(frozen=True)
@@ -84,8 +98,11 @@ class OperationsConfig:
     ``max_topics``: topics kept per account.
     ``tokens_per_hour``: (low, high) of the tokens-per-member-hour ramp of the score.
     ``hold_score``: a cluster scoring at least this is an operation's verdict: the lane
-    holds each member at the first accumulated-evidence step from the moment it is linked
-    (None: members get the prior only).
+    holds each member at the first accumulated-evidence step from the moment it is linked,
+    when the member's link went through a kind the operator chose (system prompt, request
+    shape or creation batch: `OperationLinker.firm`); a member linked only by persona and
+    network (an honest app on the same SDK in the same cloud) gets the prior alone. None:
+    members get the prior only.
     """
 
     half_life: float = 6 * 3600.0
@@ -241,6 +258,8 @@ class OperationLinker:
         # Sub-band keys of the linking buckets that are held mostly by one cluster.
         self.join_keys: dict[Key, str] = {}
         self.priors: dict[str, float] = {}
+        # Members linked through a chosen kind (CHOSEN_KINDS): the lane may hold these.
+        self.firm: dict[str, None] = {}
         self.now = -math.inf
         self._next_cluster = 0
         self._next_recluster = -math.inf
@@ -344,6 +363,7 @@ class OperationLinker:
             cluster = self.clusters.get(account.cluster)
             if cluster is not None and identity in cluster.members:
                 cluster.members.remove(identity)
+        self.firm.pop(identity, None)
         if self.priors.pop(identity, 0.0):
             self._dirty_priors[identity] = 0.0
 
@@ -400,15 +420,20 @@ class OperationLinker:
             if account is None or account.cluster is not None:
                 continue
             cluster = None
+            firm = False
             for key in account.keys[1]:
                 found = self.join_keys.get(key)
-                if found is not None:
+                if found is not None and (cluster is None or found == cluster.id):
                     cluster = self.clusters[found]
-                    break
+                    firm = firm or not CHOSEN_KINDS.isdisjoint(self.subs[key[0]])
+                    if firm:
+                        break
             if cluster is not None:
                 account.cluster = cluster.id
                 cluster.members.append(identity)
                 cluster.joined += 1
+                if firm:
+                    self.firm[identity] = None
                 self._set_prior(identity, cluster.score)
 
     def _expire(self, now: float) -> None:
@@ -424,6 +449,7 @@ class OperationLinker:
         union = UnionFind()
         linked: list[tuple[Key, float]] = []
         sub_owner: dict[Key, str] = {}
+        firm: dict[str, None] = {}
         for key in self.large:
             lift, strength, distinctive = self.bucket_lift(key)
             if (
@@ -431,6 +457,8 @@ class OperationLinker:
                 and strength >= config.min_surprise
                 and distinctive >= config.distinct_kinds
             ):
+                if not CHOSEN_KINDS.isdisjoint(self.combos[key[0]]):
+                    firm.update(self.buckets[key])
                 linking = iter(self.buckets[key])
                 first = next(linking)
                 union.add(first)
@@ -484,6 +512,7 @@ class OperationLinker:
                 if account is not None:
                     account.cluster = None
         self.clusters = clusters
+        self.firm = firm
         members_now: dict[str, None] = {}
         for cluster in clusters.values():
             for identity in cluster.members:
