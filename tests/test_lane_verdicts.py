@@ -9,11 +9,17 @@ import random
 
 import pytest
 
-from abuseguard import Action, Guard, Policy, RequestInfo, Scoring
+from abuseguard import AccountFacts, Action, Guard, Policy, RequestInfo, Scoring
 from abuseguard.errors import ConfigError
 from abuseguard.intel.content import COERCION_MARKERS, coercion_strength, elicitation_strength
 from abuseguard.lane import BackgroundLane, ReasoningCoercion
-from abuseguard.operations import OperationLinker, OperationsConfig
+from abuseguard.operations import (
+    Evidence,
+    EvidenceReader,
+    Observed,
+    OperationLinker,
+    OperationsConfig,
+)
 from tests.test_operations import honest_world, operation, requests_of
 
 # -- the coercion markers -----------------------------------------------------------------
@@ -283,3 +289,74 @@ def test_an_app_sharing_only_persona_and_network_with_an_operation_is_not_held()
     assert twin_id not in linker.firm
     assert lane.accounts_held >= 28
     assert "evidence" not in guard.check(RequestInfo(ip="192.0.2.1", key="twin", ts=5e3)).reasons
+
+
+def _linked_with_cards(cards: dict[str, str]) -> OperationLinker:
+    """The planted operation among honest crowds, linked with the payment fingerprints
+    ``cards`` (identity -> fingerprint) given to the linker."""
+    rng = random.Random(11)
+    world = honest_world(rng, accounts=1100) + operation(rng, members=30)
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    reader = EvidenceReader()
+    batch: dict[str, list[tuple[float, Evidence]]] = {}
+    boundary = 10.0
+    for ts, identity, seen in requests_of(rng, world, hours=1.25, rate=1 / 300.0):
+        if ts >= boundary:
+            for who, evidence in batch.items():
+                linker.observe(who, evidence, cards.get(who))
+            linker.update()
+            linker.join_recent(batch)
+            batch = {}
+            boundary = (ts // 10.0 + 1) * 10.0
+        batch.setdefault(identity, []).append((ts, reader.read(seen)))
+    linker.update(linker.now + linker.config.recluster_every)
+    return linker
+
+
+def _newcomer(linker: OperationLinker, identity: str, card: str | None) -> None:
+    """One request of a new account with a persona, network and shape of its own."""
+    body = json.dumps({"model": "z-9", "messages": [{"role": "user", "content": "hi there you"}]})
+    seen = Observed(linker.now + 5.0, "203.0.113.5", "Mozilla/5.0 Firefox/133.0", {}, body, 99999)
+    linker.observe(identity, [(seen.ts, EvidenceReader().read(seen))], card)
+    linker.join_recent([identity])
+
+
+def test_a_new_account_paying_with_an_operations_card_joins_it_at_first_sight() -> None:
+    cards = {f"k:op{i}": f"card-{i % 3}" for i in range(30)}  # three shared cards
+    cards.update({f"k:honest{i}": f"own-{i}" for i in range(1100)})
+    linker = _linked_with_cards(cards)
+    (cluster,) = linker.clusters.values()
+    _newcomer(linker, "k:new-on-card", "card-1")
+    _newcomer(linker, "k:new-own-card", "card-new")
+    _newcomer(linker, "k:new-on-honest-card", "own-7")
+    assert linker.cluster_of("k:new-on-card") == cluster.id and "k:new-on-card" in linker.firm
+    assert linker.prior_of("k:new-on-card") == cluster.score
+    assert linker.cluster_of("k:new-own-card") is None
+    assert linker.cluster_of("k:new-on-honest-card") is None
+
+
+def test_a_card_the_operation_shares_with_many_others_is_no_link() -> None:
+    # Two members pay with a card that 20 honest accounts use too (a shared family or
+    # company card): too few of its holders are in the cluster to join by it.
+    cards = {"k:op0": "common", "k:op1": "common"}
+    cards.update({f"k:honest{i}": "common" for i in range(20)})
+    linker = _linked_with_cards(cards)
+    assert linker.clusters and not linker.join_payments
+    _newcomer(linker, "k:new-on-common", "common")
+    assert linker.cluster_of("k:new-on-common") is None
+
+
+def test_the_lane_gives_the_linker_the_card_of_accounts_outside_an_organisation() -> None:
+    guard = _guard()
+    lane = BackgroundLane(guard)
+    for key, facts in (
+        ("solo", AccountFacts(age_days=3.0, payment="card-x")),
+        ("staff", AccountFacts(age_days=300.0, org="org-acme", payment="card-acme")),
+    ):
+        info = _info(key, 1000.0, _chat("a question about tides"))
+        info.account = facts
+        lane(info, guard.check(info))
+    lane.flush()
+    assert lane.operations is not None
+    payments = {a.payment for a in lane.operations.accounts.values()}
+    assert payments == {"card-x", ""}

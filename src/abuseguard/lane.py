@@ -307,12 +307,15 @@ class BackgroundLane:
         accounts = linker.accounts
         for identity, records in cohorts.items():
             created = created_of(identity) if created_of is not None else None
-            if created is None:  # the account facts the host app gave (Policy.accounts)
-                for record in records:
-                    facts = record.account
-                    if facts is not None and facts.age_days is not None:
+            payment = None
+            for record in records:  # the account facts the host app gave (Policy.accounts)
+                facts = record.account
+                if facts is not None:
+                    if created is None and facts.age_days is not None:
                         created = record.ts - facts.age_days * 86400.0
-                        break
+                    if facts.org is None:
+                        payment = facts.payment
+                    break
             known = accounts.get(identity)
             seen = known.requests if known is not None else 0
             # An account's evidence settles within its first requests: past SAMPLE_AFTER,
@@ -342,7 +345,7 @@ class BackgroundLane:
                 )
                 for record in records
             ]
-            linker.observe(identity, seen_now)
+            linker.observe(identity, seen_now, payment)
             if self.coercion is not None and self._coerced(identity, seen_now):
                 priors[identity] = 1.0
                 self._account_priors[identity] = 1.0

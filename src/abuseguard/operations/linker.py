@@ -161,6 +161,7 @@ class Account:
         "items",
         "keys",
         "last_ts",
+        "payment",
         "requests",
         "signatures",
         "single",
@@ -181,6 +182,7 @@ class Account:
         self.tokens = 0.0
         self.topics: dict[int, None] = {}
         self.cluster: str | None = None
+        self.payment = ""
 
 
 @dataclass
@@ -260,6 +262,9 @@ class OperationLinker:
         self.priors: dict[str, float] = {}
         # Members linked through a chosen kind (CHOSEN_KINDS): the lane may hold these.
         self.firm: dict[str, None] = {}
+        # Accounts per payment fingerprint, and the fingerprints held mostly by one cluster.
+        self.payment_count: dict[str, int] = {}
+        self.join_payments: dict[str, str] = {}
         self.now = -math.inf
         self._next_cluster = 0
         self._next_recluster = -math.inf
@@ -267,8 +272,12 @@ class OperationLinker:
 
     # -- ingest ----------------------------------------------------------------------
 
-    def observe(self, identity: str, seen: Sequence[tuple[float, Evidence]]) -> None:
-        """Add one account's evidence (its requests since the last call, in time order)."""
+    def observe(
+        self, identity: str, seen: Sequence[tuple[float, Evidence]], payment: str | None = None
+    ) -> None:
+        """Add one account's evidence (its requests since the last call, in time order);
+        ``payment``: its payment fingerprint from the host app (None: unknown, or an
+        account of an organisation, which pays for its members as a matter of course)."""
         if not seen:
             return
         config = self.config
@@ -278,6 +287,10 @@ class OperationLinker:
             while len(self.accounts) >= config.max_accounts:
                 self._drop(next(iter(self.accounts)))
         self.accounts[identity] = account  # most recently seen last
+        if payment and payment != account.payment:
+            self._count_payment(account.payment, -1)
+            account.payment = payment
+            self._count_payment(payment, 1)
         kinds = account.items
         for ts, evidence in seen:
             for kind, item in enumerate(evidence.items):
@@ -356,9 +369,18 @@ class OperationLinker:
                 self.large.pop(key, None)
         account.keys = ([], [], [])
 
+    def _count_payment(self, payment: str, delta: int) -> None:
+        if payment:
+            left = self.payment_count.get(payment, 0) + delta
+            if left > 0:
+                self.payment_count[payment] = left
+            else:
+                self.payment_count.pop(payment, None)
+
     def _drop(self, identity: str) -> None:
         account = self.accounts.pop(identity)
         self._unindex(account)
+        self._count_payment(account.payment, -1)
         if account.cluster is not None:
             cluster = self.clusters.get(account.cluster)
             if cluster is not None and identity in cluster.members:
@@ -428,6 +450,12 @@ class OperationLinker:
                     firm = firm or not CHOSEN_KINDS.isdisjoint(self.subs[key[0]])
                     if firm:
                         break
+            if not firm and account.payment:
+                # The card that pays for the cluster's accounts: chosen by its operator.
+                found = self.join_payments.get(account.payment)
+                if found is not None and (cluster is None or found == cluster.id):
+                    cluster = self.clusters[found]
+                    firm = True
             if cluster is not None:
                 account.cluster = cluster.id
                 cluster.members.append(identity)
@@ -523,8 +551,9 @@ class OperationLinker:
         # do, more signatures are held mostly by the cluster: a few rounds.
         for _ in range(3):
             self.join_keys = self._join_keys(linked)
+            self.join_payments = self._join_payments()
             before = sum(len(cluster.members) for cluster in clusters.values())
-            if self.join_keys:
+            if self.join_keys or self.join_payments:
                 self.join_recent(list(self.accounts))
             if sum(len(cluster.members) for cluster in clusters.values()) == before:
                 break
@@ -578,6 +607,25 @@ class OperationLinker:
                 ):
                     keys.setdefault(sub_key, cluster_id)
         return keys
+
+    def _join_payments(self) -> dict[str, str]:
+        """Payment fingerprints held by at least two members of one cluster, making at least
+        ``join_share`` of the accounts that pay with them: an account paying with one
+        joins that cluster."""
+        held: dict[tuple[str, str], int] = {}
+        for cluster in self.clusters.values():
+            for identity in cluster.members:
+                payment = self.accounts[identity].payment
+                if payment:
+                    at = (cluster.id, payment)
+                    held[at] = held.get(at, 0) + 1
+        share = self.config.join_share
+        counts = self.payment_count
+        return {
+            payment: cluster_id
+            for (cluster_id, payment), n in held.items()
+            if n >= 2 and n >= share * counts.get(payment, 1)
+        }
 
     def _score(self, cluster: Cluster) -> None:
         config = self.config
