@@ -39,7 +39,10 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    linking bucket of the cluster on all but one kind, each of them held for a good part
    (``join_share``) by members of the cluster: every account at each clustering, and an
    account seen since at the lane's next flush. A new account of a known operation is
-   caught in its first requests.
+   caught in its first requests. So does an account paying with a card (the host app's
+   payment fingerprint, for accounts outside an organisation) that at least two members
+   of one cluster pay with, when they are at least ``join_share`` of the card's accounts:
+   bulk-made accounts are paid by a few shared cards.
 6. **Score.** ``size`` (ramp from ``min_size`` to 4x), ``single-turn share``, ``topic
    spread`` (distinct topics over the members' topics: members of an operation cover
    different ground, a class pasting one assignment does not) and ``tokens`` per member
