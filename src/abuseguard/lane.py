@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from abuseguard import cohorts
 from abuseguard.account import AccountFacts
+from abuseguard.config_check import check_fields
 from abuseguard.decision import Decision
+from abuseguard.errors import ConfigError
 from abuseguard.guard import Guard
-from abuseguard.operations.evidence import EvidenceReader, Observed
+from abuseguard.operations.evidence import Evidence, EvidenceReader, Observed
 from abuseguard.operations.linker import OperationLinker
 from abuseguard.request import RequestInfo
 
@@ -145,6 +147,34 @@ class TemplateCoverage:
         )
 
 
+@dataclass(frozen=True)
+class ReasoningCoercion:
+    """The lane's verdict on an account that keeps demanding the model's own reasoning.
+
+    Public accounts of distillation (GTIG, February 2026) describe campaigns that coerce
+    reasoning models into writing out their internal thinking in full, in the language of
+    the question. Asking for reasoning is ordinary ("explain step by step", "show your
+    work": the ``elicitation`` signal); demanding the model's *internal* or *hidden*
+    thinking verbatim is not (`abuseguard.intel.content.COERCION_MARKERS`). An account
+    whose prompts read by the lane hold at least ``min_prompts`` such demands (coercion
+    strength >= ``strength``), making at least ``min_share`` of its prompts, gets the prior
+    1.0 and is held at the first accumulated-evidence step (a challenge by default),
+    released like any hold (``Evidence.quiet_period``, `Guard.forgive`).
+    """
+
+    min_prompts: int = 3
+    min_share: float = 0.5
+    strength: float = 0.8
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.min_prompts < 1:
+            raise ConfigError("ReasoningCoercion.min_prompts", "must be >= 1")
+        for name in ("min_share", "strength"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"ReasoningCoercion.{name}", "must be in (0, 1]")
+
+
 class BackgroundLane:
     """Batches recent requests per cohort and writes analyzers' priors back to the guard.
 
@@ -158,6 +188,11 @@ class BackgroundLane:
     builds one, None turns it off). ``created_of(identity)``, when given, answers the
     account's creation time (epoch seconds) from the host app, one more kind of evidence;
     without it, the age in the request's account facts (`Policy.accounts`) gives it.
+    An operation scoring at least ``OperationsConfig.hold_score`` holds each member at the
+    first accumulated-evidence step from the flush that links it (`Engine.hold`), so a new
+    account of a known operation is held from its next request. ``coercion`` (a
+    `ReasoningCoercion`; None: off) judges accounts that keep demanding the model's
+    internal reasoning, from the evidence the linker reads (so only with ``operations``).
     """
 
     def __init__(
@@ -170,6 +205,7 @@ class BackgroundLane:
         body_bytes: int = 16_384,
         operations: OperationLinker | bool | None = True,
         created_of: Callable[[str], float | None] | None = None,
+        coercion: ReasoningCoercion | None = ReasoningCoercion(),
     ) -> None:
         self.guard = guard
         self.analyzers: list[Analyzer] = list(analyzers) if analyzers is not None else []
@@ -178,11 +214,18 @@ class BackgroundLane:
         self.queue: deque[LaneRecord] = deque(maxlen=max_queue)
         self.dropped = 0
         self.priors_written = 0
+        # Accounts held by a lane verdict (an operation's, a reasoning coercion's): the
+        # hold is written again while the verdict stands; counted once.
+        self.accounts_held = 0
+        self._held: dict[str, None] = {}
         self._task: asyncio.Task[None] | None = None
         if operations is True:
             operations = OperationLinker()
         self.operations: OperationLinker | None = operations or None
         self.created_of = created_of
+        self.coercion = coercion if self.operations is not None else None
+        # Per account: [prompts demanding internal reasoning (-1 once judged), prompts read].
+        self._coercion_counts: dict[str, list[int]] = {}
         self.evidence = EvidenceReader(asn_of=_asn_lookup(guard), slot_seconds=1800.0, agents=None)
         # Per-account analyzers' last priors, combined with the operations' (bounded).
         self._account_priors: dict[str, float] = {}
@@ -199,7 +242,7 @@ class BackgroundLane:
                 LaneRecord,
                 (
                     decision.identity,
-                    info.ts or 0.0,
+                    info.ts if info.ts is not None else self.guard.clock(),
                     info.body,
                     headers.get("content-type"),
                     info.ip,
@@ -221,9 +264,11 @@ class BackgroundLane:
 
     def flush(self) -> int:
         """Analyze what is queued and write the priors; return how many were written."""
-        return self._apply(self._analyze())
+        return self._apply(*self._analyze())
 
-    def _analyze(self) -> dict[str, float]:
+    def _analyze(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(priors, holds): the priors to write, and the accounts an operation's verdict
+        holds (identity -> the time it was linked)."""
         cohorts: dict[str, list[LaneRecord]] = {}
         while self.queue:
             record = self.queue.popleft()
@@ -243,14 +288,20 @@ class BackgroundLane:
             if identity not in account_priors and len(account_priors) >= _MAX_ACCOUNTS:
                 account_priors.pop(next(iter(account_priors)))
             account_priors[identity] = prior
+        holds: dict[str, float] = {}
         if self.operations is not None and cohorts:
             try:
-                self._link(cohorts, priors)
+                self._link(cohorts, priors, holds)
             except Exception:
                 logger.exception("operations linker failed")
-        return priors
+        return priors, holds
 
-    def _link(self, cohorts: Mapping[str, list[LaneRecord]], priors: dict[str, float]) -> None:
+    def _link(
+        self,
+        cohorts: Mapping[str, list[LaneRecord]],
+        priors: dict[str, float],
+        holds: dict[str, float],
+    ) -> None:
         linker = self.operations
         assert linker is not None
         read = self.evidence.read
@@ -259,12 +310,15 @@ class BackgroundLane:
         accounts = linker.accounts
         for identity, records in cohorts.items():
             created = created_of(identity) if created_of is not None else None
-            if created is None:  # the account facts the host app gave (Policy.accounts)
-                for record in records:
-                    facts = record.account
-                    if facts is not None and facts.age_days is not None:
+            payment = None
+            for record in records:  # the account facts the host app gave (Policy.accounts)
+                facts = record.account
+                if facts is not None:
+                    if created is None and facts.age_days is not None:
                         created = record.ts - facts.age_days * 86400.0
-                        break
+                    if facts.org is None:
+                        payment = facts.payment
+                    break
             known = accounts.get(identity)
             seen = known.requests if known is not None else 0
             # An account's evidence settles within its first requests: past SAMPLE_AFTER,
@@ -276,43 +330,76 @@ class BackgroundLane:
                     if n < SAMPLE_AFTER or n % SAMPLE_EVERY == 0
                 ] or records[-1:]
             spent = tokens.pop(identity, 0.0) / len(records)
-            linker.observe(
-                identity,
-                [
-                    (
-                        record.ts,
-                        read(
-                            Observed(
-                                record.ts,
-                                record.ip,
-                                record.ua,
-                                record.headers,
-                                record.body[: self.body_bytes] if record.body else None,
-                                record.asn,
-                                spent,
-                                created,
-                            )
-                        ),
-                    )
-                    for record in records
-                ],
-            )
+            seen_now = [
+                (
+                    record.ts,
+                    read(
+                        Observed(
+                            record.ts,
+                            record.ip,
+                            record.ua,
+                            record.headers,
+                            record.body[: self.body_bytes] if record.body else None,
+                            record.asn,
+                            spent,
+                            created,
+                        )
+                    ),
+                )
+                for record in records
+            ]
+            linker.observe(identity, seen_now, payment)
+            if self.coercion is not None and self._coerced(identity, seen_now):
+                priors[identity] = 1.0
+                self._account_priors[identity] = 1.0
+                holds[identity] = seen_now[-1][0]
         linker.update()
         linker.join_recent(cohorts)
         changed = linker.take_changed()
+        hold_score = linker.config.hold_score
         for identity, prior in changed.items():
             cohorts_set(identity, linker.cluster_of(identity))
             priors[identity] = max(prior, self._account_priors.get(identity, 0.0))
+            if hold_score is not None and prior >= hold_score and identity in linker.firm:
+                holds[identity] = linker.now
         for identity in list(priors):
             ops = linker.prior_of(identity)
             if ops > priors[identity]:
                 priors[identity] = ops
 
-    def _apply(self, priors: Mapping[str, float]) -> int:
+    def _coerced(self, identity: str, seen: Sequence[tuple[float, Evidence]]) -> bool:
+        """Count the account's prompts that demand the model's internal reasoning; True
+        the first time they reach the verdict (`ReasoningCoercion`)."""
+        rule = self.coercion
+        assert rule is not None
+        counts = self._coercion_counts.get(identity)
+        if counts is None:
+            if len(self._coercion_counts) >= _MAX_ACCOUNTS:
+                self._coercion_counts.pop(next(iter(self._coercion_counts)))
+            counts = self._coercion_counts[identity] = [0, 0]
+        if counts[0] < 0:
+            return False  # already judged
+        for _, evidence in seen:
+            counts[1] += 1
+            counts[0] += evidence.coercion >= rule.strength
+        if counts[0] >= rule.min_prompts and counts[0] >= rule.min_share * counts[1]:
+            counts[0] = -1
+            return True
+        return False
+
+    def _apply(self, priors: Mapping[str, float], holds: Mapping[str, float]) -> int:
         written = sum(
             1 for identity, prior in priors.items() if self.guard.set_prior(identity, prior)
         )
         self.priors_written += written
+        hold = self.guard.engine.hold
+        held = self._held
+        for identity, ts in holds.items():
+            if hold(identity, ts) and identity not in held:
+                if len(held) >= _MAX_ACCOUNTS:
+                    held.pop(next(iter(held)))
+                held[identity] = None
+                self.accounts_held += 1
         return written
 
     def clusters(self, sample: int = 8) -> list[dict[str, object]]:
@@ -337,4 +424,4 @@ class BackgroundLane:
             if self.queue:
                 # Fingerprinting runs in a worker thread; the priors are written back on the
                 # loop, so the kernel's state is only ever touched from one thread.
-                self._apply(await asyncio.to_thread(self._analyze))
+                self._apply(*await asyncio.to_thread(self._analyze))

@@ -177,6 +177,7 @@ class LaneRun:
             "flushes": timing.lane_flushes,
             "interval": self.lane.interval,
             "priors_written": self.lane.priors_written,
+            "accounts_held": self.lane.accounts_held,
             "dropped_records": self.lane.dropped,
             "clusters": clusters,
         }

@@ -486,7 +486,8 @@ def _operations_lines(operations: Mapping[str, Any] | None, top: int) -> list[st
     lines = [
         "",
         f"operations (background lane, {_fmt_int(operations.get('flushes', 0))} flushes, "
-        f"{operations.get('lane_seconds', 0.0):.2f} s): {len(clusters)} cluster(s)",
+        f"{operations.get('lane_seconds', 0.0):.2f} s): {len(clusters)} cluster(s), "
+        f"{_fmt_int(operations.get('accounts_held', 0))} account(s) held by a lane verdict",
     ]
     if not clusters:
         return lines

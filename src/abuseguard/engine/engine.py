@@ -135,6 +135,20 @@ class Engine:
         self.tables[L.KIND_KEY].data[row, L.F_PRIOR] = min(1.0, max(0.0, prior))
         return True
 
+    def hold(self, key: object, ts: float) -> bool:
+        """Background lane: hold an identity at the first accumulated-evidence step from
+        ``ts`` on, as if its own evidence had crossed that step then (reason ``evidence``).
+        The hold ends like any other: once the identity's evidence stayed below the first
+        threshold for ``Evidence.quiet_period``, or at `forgive`. False when the identity
+        is unknown here or accumulated evidence is off."""
+        row = self.tables[L.KIND_KEY].find(key)
+        if row is None or self.params[L.P_EV_STEPS_N] == 0:
+            return False
+        data = self.tables[L.KIND_KEY].data[row]
+        data[L.F_EVIDENCE_HELD] = max(data[L.F_EVIDENCE_HELD], ts)
+        data[L.F_STICKY] = max(data[L.F_STICKY], self.params[L.P_EV_LEVEL])
+        return True
+
     def add_spend(self, key_row: int, amount: float, ts: float) -> None:
         """The real cost (tokens) of a served request of the identity at ``key_row``,
         reported after its response: the spend signal reads it."""

@@ -371,6 +371,168 @@ FIELD_WORDS: frozenset[str] = frozenset(
 WORD_TABLE = word_table({F_INSTRUCTION: sorted(INSTRUCTION_WORDS), F_LABEL: sorted(FIELD_WORDS)})
 _MARKER_SET = MarkerSet([phrase for phrase, _ in ELICITATION_MARKERS])
 _MARKER_WEIGHTS = tuple(weight for _, weight in ELICITATION_MARKERS)
+
+# Reasoning-trace coercion (GTIG, February 2026: prompts demanding the model's own thinking
+# written out in full, in the language of the question, mostly not in English). Not a
+# request for reasoning ("explain step by step", "show your work": ELICITATION_MARKERS)
+# but for the model's *internal* or *hidden* thinking, *verbatim*, *omitting nothing*,
+# *with its abandoned attempts*. Strong: the internal/hidden/raw thinking itself; medium:
+# the demands that come with it, which ordinary prompts also make now and then. Read by
+# the background lane (`coercion_strength`), not on the request path.
+COERCION_MARKERS: tuple[tuple[str, float], ...] = (
+    ("internal reasoning", 1.0),
+    ("internal thinking", 1.0),
+    ("internal thought", 1.0),
+    ("internal thoughts", 1.0),
+    ("internal monologue", 1.0),
+    ("inner monologue", 1.0),
+    ("hidden reasoning", 1.0),
+    ("hidden thinking", 1.0),
+    ("hidden thoughts", 1.0),
+    ("raw reasoning", 1.0),
+    ("raw thinking", 1.0),
+    ("raw thoughts", 1.0),
+    ("private reasoning", 1.0),
+    ("thinking tokens", 1.0),
+    ("reasoning trace", 1.0),
+    ("thinking trace", 1.0),
+    ("chain of thought verbatim", 1.0),
+    ("everything you think", 0.8),
+    ("everything you thought", 0.8),
+    ("discarded attempts", 0.7),
+    ("abandoned attempts", 0.7),
+    ("failed attempts", 0.5),
+    ("dead ends", 0.4),
+    ("verbatim", 0.4),
+    ("word for word", 0.4),
+    ("without omitting anything", 0.5),
+    ("omit nothing", 0.5),
+    ("omitting nothing", 0.5),
+    ("do not summarize", 0.5),
+    ("don't summarize", 0.5),
+    ("same language as the question", 0.5),
+    ("same language as the user", 0.5),
+    # Chinese (simplified and traditional).
+    ("内部思考", 1.0),
+    ("內部思考", 1.0),
+    ("内部推理", 1.0),
+    ("內部推理", 1.0),
+    ("内心独白", 1.0),
+    ("內心獨白", 1.0),
+    ("隐藏的推理", 1.0),
+    ("隐藏的思考", 1.0),
+    ("原始思考", 1.0),
+    ("思考的全部过程", 0.9),
+    ("思考的全部過程", 0.9),
+    ("完整的思考过程", 0.8),
+    ("放弃的尝试", 0.7),
+    ("放棄的嘗試", 0.7),
+    ("原样", 0.4),
+    ("原樣", 0.4),
+    ("逐字", 0.4),
+    ("一字不差", 0.5),
+    ("不要省略", 0.5),
+    ("不要遗漏", 0.5),
+    ("毫无保留", 0.4),
+    ("与问题相同的语言", 0.5),
+    # Japanese.
+    ("内部の思考", 1.0),
+    ("内部の推論", 1.0),
+    ("内なる独白", 1.0),
+    ("隠れた推論", 1.0),
+    ("思考過程をすべて", 0.8),
+    ("諦めた試み", 0.7),
+    ("放棄した試み", 0.7),
+    ("そのまま出力", 0.5),
+    ("省略せず", 0.5),
+    ("一字一句", 0.5),
+    ("質問と同じ言語", 0.5),
+    # Korean.
+    ("내부 사고", 1.0),
+    ("내부 추론", 1.0),
+    ("내면의 독백", 1.0),
+    ("숨겨진 추론", 1.0),
+    ("포기한 시도", 0.7),
+    ("빠짐없이", 0.5),
+    ("그대로 출력", 0.5),
+    ("생략하지 말고", 0.5),
+    ("질문과 같은 언어", 0.5),
+    # Russian.
+    ("внутренний ход рассуждений", 1.0),
+    ("внутренние рассуждения", 1.0),
+    ("внутренних рассуждений", 1.0),
+    ("внутренние размышления", 1.0),
+    ("внутренний монолог", 1.0),
+    ("скрытые рассуждения", 1.0),
+    ("отброшенные попытки", 0.7),
+    ("ничего не опуская", 0.5),
+    ("дословно", 0.4),
+    ("слово в слово", 0.4),
+    ("на том же языке", 0.4),
+    # Spanish.
+    ("pensamiento interno", 1.0),
+    ("pensamientos internos", 1.0),
+    ("razonamiento interno", 1.0),
+    ("razonamiento oculto", 1.0),
+    ("monologo interior", 1.0),
+    ("intentos descartados", 0.7),
+    ("sin omitir nada", 0.5),
+    ("textualmente", 0.4),
+    ("palabra por palabra", 0.4),
+    ("mismo idioma que la pregunta", 0.5),
+    # French.
+    ("raisonnement interne", 1.0),
+    ("reflexion interne", 1.0),
+    ("pensee interne", 1.0),
+    ("pensees internes", 1.0),
+    ("monologue interieur", 1.0),
+    ("raisonnement cache", 1.0),
+    ("tentatives abandonnees", 0.7),
+    ("sans rien omettre", 0.5),
+    ("mot pour mot", 0.4),
+    ("textuellement", 0.4),
+    ("meme langue que la question", 0.5),
+    # German.
+    ("internen gedankengang", 1.0),
+    ("interner gedankengang", 1.0),
+    ("internen uberlegungen", 1.0),
+    ("interne uberlegungen", 1.0),
+    ("internes denken", 1.0),
+    ("inneren monolog", 1.0),
+    ("innerer monolog", 1.0),
+    ("verworfene ansatze", 0.7),
+    ("verworfenen versuche", 0.7),
+    ("ohne etwas auszulassen", 0.5),
+    ("wortwortlich", 0.4),
+    ("gleichen sprache wie die frage", 0.5),
+    # Portuguese.
+    ("raciocinio interno", 1.0),
+    ("pensamento interno", 1.0),
+    ("pensamentos internos", 1.0),
+    ("monologo interno", 1.0),
+    ("raciocinio oculto", 1.0),
+    ("tentativas descartadas", 0.7),
+    ("sem omitir nada", 0.5),
+    ("palavra por palavra", 0.4),
+    ("mesmo idioma da pergunta", 0.5),
+)
+_COERCION_SET = MarkerSet([phrase for phrase, _ in COERCION_MARKERS])
+_COERCION_WEIGHTS = tuple(weight for _, weight in COERCION_MARKERS)
+_coercion_kernel: TextKernel | None = None
+
+
+def coercion_strength(text: str) -> float:
+    """``1 - prod(1 - weight)`` over the distinct ``COERCION_MARKERS`` found in ``text``:
+    how plainly it demands the model's own internal reasoning, written out in full."""
+    global _coercion_kernel
+    kernel = _coercion_kernel
+    if kernel is None:
+        kernel = _coercion_kernel = text_kernel(
+            WORD_TABLE, _COERCION_SET, _COERCION_WEIGHTS, 1, MARKERS
+        )
+    return float(kernel(_lower_bytes(text), 0, 0)[4])
+
+
 _HAS_WORD = re.compile(r"[^\W_]")
 _DIGITS = re.compile(r"\d+")
 

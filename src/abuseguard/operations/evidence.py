@@ -20,7 +20,10 @@ created    the account's creation day from the host app (``created_of``), when g
 ========== =========================================================================
 
 Besides the items: whether the request is single-turn (one user message, no earlier
-answers), a topic (the first words of the last user message) and the tokens it cost.
+answers), a topic (the first words of the last user message), the tokens it cost and how
+plainly it demands the model's own internal reasoning written out
+(`abuseguard.intel.content.coercion_strength` of the system text and the last user
+message).
 Reading never raises: a body that is not an LLM request in JSON has no system, shape
 or topic.
 """
@@ -35,6 +38,7 @@ from typing import Any
 import orjson
 
 from abuseguard.intel.agents import AgentClassifier
+from abuseguard.intel.content import coercion_strength
 from abuseguard.intel.persona import persona_hash
 from abuseguard.operations.sketches import stable_hash
 
@@ -50,6 +54,7 @@ _TOKEN_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _DIGITS = re.compile(r"\d+")
 TOPIC_WORDS = 6
 _MAX_AGENTS = 4096
+_COERCION_CHARS = 4096  # of the last user message and of the system text each
 
 
 def item(kind: int, value: int) -> int:
@@ -65,6 +70,7 @@ class Evidence:
     single_turn: bool
     topic: int
     tokens: float
+    coercion: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +111,21 @@ class EvidenceReader:
         network = self._network(seen.ip, seen.asn)
         system = shape = topic = 0
         single = False
+        coercion = 0.0
         try:
             request = orjson.loads(seen.body) if seen.body else None
         except orjson.JSONDecodeError:
             request = None
         if isinstance(request, dict):
-            system, shape, topic, single = _read_request(request)
+            system, shape, topic, single, coercion = _read_request(request)
         timing = item(TIMING, int(seen.ts // self.slot_seconds))
         created = item(CREATED, int(seen.created // 86400.0)) if seen.created is not None else 0
         return Evidence(
-            (persona, network, system, shape, timing, created), single, topic, seen.tokens
+            (persona, network, system, shape, timing, created),
+            single,
+            topic,
+            seen.tokens,
+            coercion,
         )
 
     def _persona(self, ua: str | None, headers: Mapping[str, str]) -> int:
@@ -189,8 +200,8 @@ def _shape_item(key: tuple[object, ...]) -> int:
     return found
 
 
-def _read_request(request: dict[str, Any]) -> tuple[int, int, int, bool]:
-    """(system, shape, topic, single_turn) of a parsed LLM API request body."""
+def _read_request(request: dict[str, Any]) -> tuple[int, int, int, bool, float]:
+    """(system, shape, topic, single_turn, coercion) of a parsed LLM API request body."""
     system_parts: list[str] = []
     for name in ("system", "instructions", "systemInstruction"):
         if name in request:
@@ -232,4 +243,8 @@ def _read_request(request: dict[str, Any]) -> tuple[int, int, int, bool]:
     shape = _shape_item((str(request.get("model")), str(cap), str(request.get("stream")), *names))
     words = last_user[:200].lower().split()[:TOPIC_WORDS]
     topic = stable_hash(" ".join(words)) if words else 0
-    return system, shape, topic, users == 1 and answers == 0
+    asked = last_user[:_COERCION_CHARS]
+    if system_text:
+        asked = system_text[:_COERCION_CHARS] + "\n" + asked
+    coercion = coercion_strength(asked) if asked else 0.0
+    return system, shape, topic, users == 1 and answers == 0, coercion

@@ -39,7 +39,10 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    linking bucket of the cluster on all but one kind, each of them held for a good part
    (``join_share``) by members of the cluster: every account at each clustering, and an
    account seen since at the lane's next flush. A new account of a known operation is
-   caught in its first requests.
+   caught in its first requests. So does an account paying with a card (the host app's
+   payment fingerprint, for accounts outside an organisation) that at least two members
+   of one cluster pay with, when they are at least ``join_share`` of the card's accounts:
+   bulk-made accounts are paid by a few shared cards.
 6. **Score.** ``size`` (ramp from ``min_size`` to 4x), ``single-turn share``, ``topic
    spread`` (distinct topics over the members' topics: members of an operation cover
    different ground, a class pasting one assignment does not) and ``tokens`` per member
@@ -57,12 +60,26 @@ from dataclasses import dataclass
 
 from abuseguard.config_check import check_fields
 from abuseguard.errors import ConfigError
-from abuseguard.operations.evidence import KINDS, N_KINDS, TIMING, Evidence
+from abuseguard.operations.evidence import (
+    CREATED,
+    KINDS,
+    N_KINDS,
+    SHAPE,
+    SYSTEM,
+    TIMING,
+    Evidence,
+)
 from abuseguard.operations.sketches import DecayedItems, UnionFind, heavy_items, set_signature
 
 # Keys of the counts and buckets: (tag, signatures...), plain tuples of ints (hashed alike
 # in every process, unlike strings).
 Key = tuple[int, ...]
+
+# The kinds an operator chooses (the system prompt and request shape its software sends, the
+# batch its accounts were made in), as opposed to what an honest account shares with
+# thousands by what it is (the SDK's headers, a cloud's ASN, busy hours). Only a link
+# through one of them makes a member's verdict firm enough to hold it (`firm`).
+CHOSEN_KINDS = frozenset({SYSTEM, SHAPE, CREATED})
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,12 @@ class OperationsConfig:
     must be in a cluster for an account to join it by that signature.
     ``max_topics``: topics kept per account.
     ``tokens_per_hour``: (low, high) of the tokens-per-member-hour ramp of the score.
+    ``hold_score``: a cluster scoring at least this is an operation's verdict: the lane
+    holds each member at the first accumulated-evidence step from the moment it is linked,
+    when the member's link went through a kind the operator chose (system prompt, request
+    shape or creation batch: `OperationLinker.firm`); a member linked only by persona and
+    network (an honest app on the same SDK in the same cloud) gets the prior alone. None:
+    members get the prior only.
     """
 
     half_life: float = 6 * 3600.0
@@ -101,6 +124,7 @@ class OperationsConfig:
     join_share: float = 0.25
     max_topics: int = 64
     tokens_per_hour: tuple[float, float] = (5_000.0, 50_000.0)
+    hold_score: float | None = 0.7
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -126,6 +150,8 @@ class OperationsConfig:
         low, high = self.tokens_per_hour
         if not low < high:
             raise ConfigError("OperationsConfig.tokens_per_hour", "low must be < high")
+        if self.hold_score is not None and not 0.0 < self.hold_score <= 1.0:
+            raise ConfigError("OperationsConfig.hold_score", "must be in (0, 1] or None")
 
 
 class Account:
@@ -138,6 +164,7 @@ class Account:
         "items",
         "keys",
         "last_ts",
+        "payment",
         "requests",
         "signatures",
         "single",
@@ -158,6 +185,7 @@ class Account:
         self.tokens = 0.0
         self.topics: dict[int, None] = {}
         self.cluster: str | None = None
+        self.payment = ""
 
 
 @dataclass
@@ -235,6 +263,11 @@ class OperationLinker:
         # Sub-band keys of the linking buckets that are held mostly by one cluster.
         self.join_keys: dict[Key, str] = {}
         self.priors: dict[str, float] = {}
+        # Members linked through a chosen kind (CHOSEN_KINDS): the lane may hold these.
+        self.firm: dict[str, None] = {}
+        # Accounts per payment fingerprint, and the fingerprints held mostly by one cluster.
+        self.payment_count: dict[str, int] = {}
+        self.join_payments: dict[str, str] = {}
         self.now = -math.inf
         self._next_cluster = 0
         self._next_recluster = -math.inf
@@ -242,8 +275,12 @@ class OperationLinker:
 
     # -- ingest ----------------------------------------------------------------------
 
-    def observe(self, identity: str, seen: Sequence[tuple[float, Evidence]]) -> None:
-        """Add one account's evidence (its requests since the last call, in time order)."""
+    def observe(
+        self, identity: str, seen: Sequence[tuple[float, Evidence]], payment: str | None = None
+    ) -> None:
+        """Add one account's evidence (its requests since the last call, in time order);
+        ``payment``: its payment fingerprint from the host app (None: unknown, or an
+        account of an organisation, which pays for its members as a matter of course)."""
         if not seen:
             return
         config = self.config
@@ -253,6 +290,10 @@ class OperationLinker:
             while len(self.accounts) >= config.max_accounts:
                 self._drop(next(iter(self.accounts)))
         self.accounts[identity] = account  # most recently seen last
+        if payment and payment != account.payment:
+            self._count_payment(account.payment, -1)
+            account.payment = payment
+            self._count_payment(payment, 1)
         kinds = account.items
         for ts, evidence in seen:
             for kind, item in enumerate(evidence.items):
@@ -331,13 +372,23 @@ class OperationLinker:
                 self.large.pop(key, None)
         account.keys = ([], [], [])
 
+    def _count_payment(self, payment: str, delta: int) -> None:
+        if payment:
+            left = self.payment_count.get(payment, 0) + delta
+            if left > 0:
+                self.payment_count[payment] = left
+            else:
+                self.payment_count.pop(payment, None)
+
     def _drop(self, identity: str) -> None:
         account = self.accounts.pop(identity)
         self._unindex(account)
+        self._count_payment(account.payment, -1)
         if account.cluster is not None:
             cluster = self.clusters.get(account.cluster)
             if cluster is not None and identity in cluster.members:
                 cluster.members.remove(identity)
+        self.firm.pop(identity, None)
         if self.priors.pop(identity, 0.0):
             self._dirty_priors[identity] = 0.0
 
@@ -394,15 +445,26 @@ class OperationLinker:
             if account is None or account.cluster is not None:
                 continue
             cluster = None
+            firm = False
             for key in account.keys[1]:
                 found = self.join_keys.get(key)
-                if found is not None:
+                if found is not None and (cluster is None or found == cluster.id):
                     cluster = self.clusters[found]
-                    break
+                    firm = firm or not CHOSEN_KINDS.isdisjoint(self.subs[key[0]])
+                    if firm:
+                        break
+            if not firm and account.payment:
+                # The card that pays for the cluster's accounts: chosen by its operator.
+                found = self.join_payments.get(account.payment)
+                if found is not None and (cluster is None or found == cluster.id):
+                    cluster = self.clusters[found]
+                    firm = True
             if cluster is not None:
                 account.cluster = cluster.id
                 cluster.members.append(identity)
                 cluster.joined += 1
+                if firm:
+                    self.firm[identity] = None
                 self._set_prior(identity, cluster.score)
 
     def _expire(self, now: float) -> None:
@@ -418,6 +480,7 @@ class OperationLinker:
         union = UnionFind()
         linked: list[tuple[Key, float]] = []
         sub_owner: dict[Key, str] = {}
+        firm: dict[str, None] = {}
         for key in self.large:
             lift, strength, distinctive = self.bucket_lift(key)
             if (
@@ -425,6 +488,8 @@ class OperationLinker:
                 and strength >= config.min_surprise
                 and distinctive >= config.distinct_kinds
             ):
+                if not CHOSEN_KINDS.isdisjoint(self.combos[key[0]]):
+                    firm.update(self.buckets[key])
                 linking = iter(self.buckets[key])
                 first = next(linking)
                 union.add(first)
@@ -478,6 +543,7 @@ class OperationLinker:
                 if account is not None:
                     account.cluster = None
         self.clusters = clusters
+        self.firm = firm
         members_now: dict[str, None] = {}
         for cluster in clusters.values():
             for identity in cluster.members:
@@ -488,8 +554,9 @@ class OperationLinker:
         # do, more signatures are held mostly by the cluster: a few rounds.
         for _ in range(3):
             self.join_keys = self._join_keys(linked)
+            self.join_payments = self._join_payments()
             before = sum(len(cluster.members) for cluster in clusters.values())
-            if self.join_keys:
+            if self.join_keys or self.join_payments:
                 self.join_recent(list(self.accounts))
             if sum(len(cluster.members) for cluster in clusters.values()) == before:
                 break
@@ -543,6 +610,25 @@ class OperationLinker:
                 ):
                     keys.setdefault(sub_key, cluster_id)
         return keys
+
+    def _join_payments(self) -> dict[str, str]:
+        """Payment fingerprints held by at least two members of one cluster, making at least
+        ``join_share`` of the accounts that pay with them: an account paying with one
+        joins that cluster."""
+        held: dict[tuple[str, str], int] = {}
+        for cluster in self.clusters.values():
+            for identity in cluster.members:
+                payment = self.accounts[identity].payment
+                if payment:
+                    at = (cluster.id, payment)
+                    held[at] = held.get(at, 0) + 1
+        share = self.config.join_share
+        counts = self.payment_count
+        return {
+            payment: cluster_id
+            for (cluster_id, payment), n in held.items()
+            if n >= 2 and n >= share * counts.get(payment, 1)
+        }
 
     def _score(self, cluster: Cluster) -> None:
         config = self.config
