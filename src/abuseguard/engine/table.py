@@ -4,7 +4,7 @@ eviction of idle rows."""
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numba import njit
@@ -21,7 +21,18 @@ from abuseguard.engine.layout import (
     F_WAIT_UNTIL,
 )
 
+if TYPE_CHECKING:
+    from abuseguard.engine.kernel_set import KernelSet
+
 _EVICTION_SAMPLE = 16
+
+
+def _kernels_or_compiled(kernels: KernelSet | None) -> KernelSet:
+    if kernels is not None:
+        return kernels
+    from abuseguard.engine import kernel_set  # it imports this module
+
+    return kernel_set.compiled()
 
 
 class RowIndex:
@@ -31,11 +42,10 @@ class RowIndex:
 
     __slots__ = ("_base", "_find", "_vec")
 
-    def __init__(self, vec: np.ndarray, base: int) -> None:
+    def __init__(self, vec: np.ndarray, base: int, kernels: KernelSet | None = None) -> None:
         self._vec = vec
         self._base = base
-        hashindex.warm_up()
-        self._find = hashindex.compiled_entry(hashindex.find)
+        self._find = _kernels_or_compiled(kernels).find
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         row: int = self._find(self._vec, self._base, hash(key))
@@ -80,10 +90,13 @@ class StateTable:
         data: np.ndarray | None = None,
         index_vector: np.ndarray | None = None,
         index_base: int = 0,
+        kernels: KernelSet | None = None,
     ) -> None:
         """``data``: a zeroed (capacity, width) float64 array to hold the rows (a view into
         the engine's state vector); a new one when omitted. ``index_vector``: an int64
-        array with an empty index block for ``capacity`` rows at ``index_base``."""
+        array with an empty index block for ``capacity`` rows at ``index_base``.
+        ``kernels``: the index functions to use (`kernel_set`; the compiled ones when
+        omitted), switched later with `use_kernels`."""
         self.capacity = capacity
         self.width = width
         if data is None:
@@ -95,13 +108,20 @@ class StateTable:
             index_vector, index_base = hashindex.new_block(capacity), 0
         self.index_vector = index_vector
         self.index_base = index_base
-        self.index = RowIndex(index_vector, index_base)
+        self._kernels = _kernels_or_compiled(kernels)
+        self.index = RowIndex(index_vector, index_base, self._kernels)
         row_hash = hashindex.block_words(index_vector, index_base)[3]
         # The hash of the identity that holds each row (rows are handed out in order).
         self.row_hashes = index_vector[row_hash : row_hash + capacity]
         self._row_hashes = memoryview(self.row_hashes)  # type: ignore[arg-type]
         self.evictions = 0
         self._rng = np.random.default_rng(seed)
+
+    def use_kernels(self, kernels: KernelSet) -> None:
+        """Switch to another implementation of the same kernels (same arrays, same
+        results): the compiled ones once they are ready."""
+        self._kernels = kernels
+        self.index._find = kernels.find
 
     def __len__(self) -> int:
         return len(self.index)
@@ -122,14 +142,14 @@ class StateTable:
         """The row of ``key``; a new identity takes a free or evicted row (zeroed).
         ``now``: the request's time, which `KeyTable` needs to tell the rows it holds."""
         h = hash(key)
-        row = int(hashindex.claim(self.index_vector, self.index_base, h))
+        row = int(self._kernels.claim(self.index_vector, self.index_base, h))
         return row if row >= 0 else self.evict_for(h, now)
 
     def evict_for(self, h: int, now: float) -> int:
         """Give the identity of hash ``h`` (absent, table full) the row of a victim."""
         row = self._victim(now)
         self._evicting(self._row_hashes[row], row, now)
-        hashindex.replace(self.index_vector, self.index_base, row, h)
+        self._kernels.replace(self.index_vector, self.index_base, row, h)
         self.data[row] = 0.0
         self.evictions += 1
         self._taking(h, row)
@@ -176,16 +196,22 @@ class KeyTable(StateTable):
         data: np.ndarray | None = None,
         index_vector: np.ndarray | None = None,
         index_base: int = 0,
+        kernels: KernelSet | None = None,
     ) -> None:
         super().__init__(
-            capacity, width, seed=seed, data=data, index_vector=index_vector, index_base=index_base
+            capacity,
+            width,
+            seed=seed,
+            data=data,
+            index_vector=index_vector,
+            index_base=index_base,
+            kernels=kernels,
         )
         self.held = HeldRows(held_capacity, width)
         self._rng_state = np.array([seed | 1], dtype=np.uint64)
-        pick_victim(self.data, self._rng_state, 0.0)  # compiled (or loaded) now, not on a request
 
     def _victim(self, now: float) -> int:
-        return int(pick_victim(self.data, self._rng_state, now))
+        return int(self._kernels.pick_victim(self.data, self._rng_state, now))
 
     def _evicting(self, h: int, row: int, now: float) -> None:
         data = self.data
@@ -202,7 +228,7 @@ class KeyTable(StateTable):
         Redis): written into its row, its held row, or, when it has neither, a new held
         row (a known client with ``tokens`` in its bucket, banned)."""
         h = hash(key)
-        row = int(hashindex.find(self.index_vector, self.index_base, h))
+        row = int(self._kernels.find(self.index_vector, self.index_base, h))
         target = self.data[row] if row >= 0 else self.held.row_of(h)
         if target is not None:
             if until > target[F_BANNED_UNTIL]:
