@@ -219,11 +219,11 @@ def test_an_empty_numba_cache_decides_before_content_kernels_compile(tmp_path: P
 _NO_COMPILE_SCRIPT = r"""
 import json
 from abuseguard import Guard, Policy
-from abuseguard.engine import kernels, table
+from abuseguard.engine import eviction, kernels
 from abuseguard.intel import _content_kernels
 
 guard = Guard(Policy())
-dispatchers = (kernels.decide_with, kernels.record_outcome, kernels.charge, table.pick_victim,
+dispatchers = (kernels.decide_with, kernels.record_outcome, kernels.charge, eviction.pick_victim,
                _content_kernels._fingerprint_text, _content_kernels._fingerprint_texts)
 misses = sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
 hits = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)

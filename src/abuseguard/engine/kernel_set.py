@@ -3,7 +3,7 @@
 On an empty Numba cache, compiling the decision kernel, the identity index and the eviction
 sampler takes tens of seconds of CPU. A server must answer before that and must never
 compile inside a request, so a guard whose kernels are not in the cache starts on the
-*twin*: the same modules (`kernels`, `hashindex`, `table`) loaded a second time, under other
+*twin*: the same modules (`kernels`, `hashindex`, `eviction`) loaded a second time, under other
 names, with ``numba.config.DISABLE_JIT`` set while they are executed, so that every
 ``@njit`` gives back the plain function. The twin runs the very same code as Python over
 the very same state arrays: identical decisions and state, only slower per call (about a
@@ -11,7 +11,7 @@ millisecond instead of a microsecond). Meanwhile a daemon thread compiles (or lo
 real kernels; when they are ready, the guard switches to them (`compile_in_background`).
 
 Where Python and Numba read the same code differently, the twin replaces a few helpers
-(`_python_twin`): the kernels' zero-copy table views (a Numba intrinsic) become numpy views,
+(`python_twin`): the kernels' zero-copy table views (a Numba intrinsic) become numpy views,
 and the index's integer mixing, written for Numba's wrapping 64-bit integers, is spelled
 out with Python ints. tests/test_cold_start.py checks that both sets give the same
 decisions and the same state on a sequence of requests.
@@ -30,7 +30,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from abuseguard.engine import hashindex, kernels, table
+from abuseguard.engine import eviction, hashindex, kernels
 from abuseguard.engine.layout import KEY_WIDTH
 
 log = logging.getLogger("abuseguard")
@@ -63,7 +63,7 @@ def _dispatchers() -> tuple[Any, ...]:
         hashindex.claim,
         hashindex.replace,
         hashindex.remove,
-        table.pick_victim,
+        eviction.pick_victim,
     )
 
 
@@ -79,7 +79,7 @@ def compiled() -> KernelSet:
             kernels.warm_up()
             hashindex.warm_up()
             data = np.zeros((2, KEY_WIDTH))
-            table.pick_victim(data, np.ones(1, dtype=np.uint64), 0.0)
+            eviction.pick_victim(data, np.ones(1, dtype=np.uint64), 0.0)
             entry = hashindex.compiled_entry
             _compiled = KernelSet(
                 decide_with=entry(kernels.decide_with),
@@ -87,7 +87,7 @@ def compiled() -> KernelSet:
                 find=entry(hashindex.find),
                 claim=hashindex.claim,
                 replace=hashindex.replace,
-                pick_victim=table.pick_victim,
+                pick_victim=eviction.pick_victim,
                 record_outcome=kernels.record_outcome,
                 charge=kernels.charge,
                 add_spend=kernels.add_spend,
@@ -152,7 +152,7 @@ def _kernel_signatures(name: str) -> Callable[[], list[tuple[Any, ...]]]:
         if name in ("find", "claim", "remove"):
             return [_signature(getattr(hashindex, name), ints, 0, 1)]
         if name == "pick_victim":
-            return [_signature(table.pick_victim, floats, np.ones(1, dtype=np.uint64), 0.0)]
+            return [_signature(eviction.pick_victim, floats, np.ones(1, dtype=np.uint64), 0.0)]
         return []
 
     return signatures
@@ -238,7 +238,7 @@ def python_twin() -> KernelSet:
             h = _load_without_jit(hashindex)
             h._mixed = _mixed
             h._home = _home
-            t = _load_without_jit(table)
+            t = _load_without_jit(eviction)
             _twin = KernelSet(
                 decide_with=_quiet(k.decide_with, bool),
                 claim_rows=_quiet(

@@ -4,13 +4,13 @@ eviction of idle rows."""
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from numba import njit
 
 from abuseguard.engine import hashindex
 from abuseguard.engine.held import HeldRows
+from abuseguard.engine.kernel_set import KernelSet, compiled
 from abuseguard.engine.layout import (
     F_BANNED_UNTIL,
     F_BUCKET_TS,
@@ -21,18 +21,11 @@ from abuseguard.engine.layout import (
     F_WAIT_UNTIL,
 )
 
-if TYPE_CHECKING:
-    from abuseguard.engine.kernel_set import KernelSet
-
 _EVICTION_SAMPLE = 16
 
 
 def _kernels_or_compiled(kernels: KernelSet | None) -> KernelSet:
-    if kernels is not None:
-        return kernels
-    from abuseguard.engine import kernel_set  # it imports this module
-
-    return kernel_set.compiled()
+    return kernels if kernels is not None else compiled()
 
 
 class RowIndex:
@@ -244,29 +237,3 @@ class KeyTable(StateTable):
     def clear(self) -> None:
         super().clear()
         self.held.clear()
-
-
-_HELD_PENALTY = 1e18  # added to a held row's recency: taken only when the sample is all held
-
-
-@njit(cache=True)
-def pick_victim(data: np.ndarray, rng_state: np.ndarray, now: float) -> int:
-    """The least recently seen of ``_EVICTION_SAMPLE`` random rows, preferring rows whose
-    ban or refusal is over (xorshift64* over ``rng_state[0]``)."""
-    rows = data.shape[0]
-    x = rng_state[0]
-    best = 0
-    best_key = np.inf
-    for _ in range(_EVICTION_SAMPLE):
-        x ^= x >> np.uint64(12)
-        x ^= x << np.uint64(25)
-        x ^= x >> np.uint64(27)
-        r = int((x * np.uint64(0x2545F4914F6CDD1D)) % np.uint64(rows))
-        key = data[r, F_LAST_SEEN]
-        if data[r, F_BANNED_UNTIL] > now or data[r, F_WAIT_UNTIL] > now:
-            key += _HELD_PENALTY
-        if key < best_key:
-            best_key = key
-            best = r
-    rng_state[0] = x
-    return best
