@@ -15,6 +15,11 @@ Where Python and Numba read the same code differently, the twin replaces a few h
 and the index's integer mixing, written for Numba's wrapping 64-bit integers, is spelled
 out with Python ints. tests/test_cold_start.py checks that both sets give the same
 decisions and the same state on a sequence of requests.
+
+``DISABLE_JIT`` is a process-wide setting, read when ``@njit`` is applied: it is on only
+while the twin's three modules execute (milliseconds, once per process), so a module that
+another thread imports at that very moment would get plain functions too. abuseguard's own
+modules are all imported before a guard is built.
 """
 
 from __future__ import annotations
