@@ -141,9 +141,13 @@ TIMED_CHECKS = 20_000
 
 
 def started(guard: Any) -> Any:
-    """``guard`` after the start-up a server's lifespan gives it (`Guard.startup`)."""
+    """``guard`` after the start-up a server's lifespan gives it (`Guard.startup`), on the
+    compiled kernels (with an empty Numba cache it waits for them, as a warmed server)."""
     import asyncio
 
+    from abuseguard.engine import kernel_set
+
+    kernel_set.wait_compiled()
     asyncio.run(guard.startup())
     return guard
 
