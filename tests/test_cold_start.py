@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -330,3 +331,38 @@ def test_the_switch_to_compiled_kernels_keeps_the_state(monkeypatch: pytest.Monk
         twin.complete(info, got, status=status, cost=cost)
         reference.complete(info, expected, status=status, cost=cost)
     assert np.array_equal(twin.engine.state, reference.engine.state, equal_nan=True)
+
+
+def test_a_server_answers_on_the_twin_then_switches_to_the_compiled_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    switches: list[Any] = []
+    monkeypatch.setattr(kernel_set, "cached", lambda: False)
+    monkeypatch.setattr(kernel_set, "compile_in_background", switches.append)
+    app = Starlette(routes=[Route("/v1/chat", echo, methods=["POST"])])
+    middleware = AbuseGuard(app, policy=Policy(), freeze_gc=False)
+    guard = middleware.guard
+
+    def seen() -> float:
+        row = guard.engine.key_table.find("i:127.0.0.1")  # the anonymous client's identity
+        assert row is not None
+        return float(guard.engine.key_table.data[row, L.F_COUNT])
+
+    with serve(middleware) as base, httpx.Client(base_url=base, timeout=WAIT) as client:
+        answer = client.post(
+            "/v1/chat", content=PROMPT, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 200
+        assert "ratelimit-policy" in answer.headers  # decided, by the twin
+        assert not guard.kernels_compiled
+        after_twin = seen()
+        assert after_twin >= 1.0
+        (on_ready,) = switches  # what the compiling thread calls once it is done
+        on_ready(kernel_set.compiled())
+        assert guard.kernels_compiled
+        answer = client.post(
+            "/v1/chat", content=PROMPT, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 200
+        assert "ratelimit-policy" in answer.headers
+        assert seen() > after_twin  # the compiled kernel went on from the twin's state
