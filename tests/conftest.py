@@ -89,9 +89,13 @@ class RedisServer:
 @pytest.fixture(scope="session", autouse=True)
 def content_kernels_compiled() -> None:
     """A Guard compiles its content kernels in a background thread and decides without
-    content until they are ready; the tests expect content from the first request."""
+    content until they are ready; the tests expect content from the first request. Same
+    for the decision kernels: a Guard that finds them neither compiled nor in Numba's
+    cache runs their Python twin until they are (tests/test_cold_start.py tests that)."""
+    from abuseguard.engine import kernel_set
     from abuseguard.intel._content_kernels import compile_kernels
 
+    kernel_set.compiled()
     compile_kernels()
 
 

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from abuseguard import AbuseGuard, Guard, Policy
+from abuseguard import AbuseGuard, Guard, Policy, RequestInfo
 from abuseguard.cli import main
+from abuseguard.engine import kernel_set
 from abuseguard.engine import layout as L
 from abuseguard.intel import content
 from abuseguard.testing import serve
@@ -118,8 +122,6 @@ def test_requests_are_answered_while_content_kernels_compile_then_content_switch
 
 
 def test_first_use_starts_the_compilation_without_a_lifespan(slow_compile: SlowCompile) -> None:
-    from abuseguard import RequestInfo
-
     guard = Guard(Policy())
     assert guard.content is not None
     info = RequestInfo(
@@ -152,10 +154,11 @@ def test_warmup_command_compiles_every_kernel_and_exits_0(
 
 
 # In a fresh process on an empty Numba cache: build a guard, start it, decide a request
-# with a prompt, report, then wait for the content kernels and decide again.
+# with a prompt, report, then wait for the decision and content kernels and decide again.
 _LAZY_SCRIPT = r"""
 import asyncio, json
 from abuseguard import Guard, Policy, RequestInfo
+from abuseguard.engine import kernel_set, kernels
 from abuseguard.engine import layout as L
 from abuseguard.intel import _content_kernels
 
@@ -168,11 +171,15 @@ guard.check(info)
 first = {
     "content_compiled": bool(_content_kernels._fingerprint_text.signatures),
     "had_content": bool(guard.engine.last_kernel_inputs()[has_content]),
+    "on_compiled_kernels": guard.kernels_compiled,
+    "decision_kernel_compiled": bool(kernels.decide_with.signatures),
 }
 print(json.dumps(first), flush=True)
+compiled = kernel_set.wait_compiled(600)
 ready = guard.content.wait_ready(600)
 guard.check(info)
-after = {"ready": ready, "had_content": bool(guard.engine.last_kernel_inputs()[has_content])}
+after = {"ready": ready, "had_content": bool(guard.engine.last_kernel_inputs()[has_content]),
+         "on_compiled_kernels": compiled and guard.kernels_compiled}
 print(json.dumps(after))
 """
 
@@ -193,21 +200,31 @@ def test_an_empty_numba_cache_decides_before_content_kernels_compile(tmp_path: P
     done = run_python(_LAZY_SCRIPT % PROMPT, tmp_path)
     lines = done.stdout.strip().splitlines()
     assert lines, done.stderr
-    # The first request was decided while the content kernels were still compiling...
-    assert json.loads(lines[0]) == {"content_compiled": False, "had_content": False}
-    # ...and content scoring switched on once they were compiled.
+    # The first request was decided while the decision kernel and the content kernels
+    # were still compiling (by the decision kernel's Python twin, without content)...
+    assert json.loads(lines[0]) == {
+        "content_compiled": False,
+        "had_content": False,
+        "on_compiled_kernels": False,
+        "decision_kernel_compiled": False,
+    }
+    # ...then the guard switched to the compiled kernels and content scoring switched on.
     assert done.returncode == 0, done.stderr
-    assert json.loads(lines[-1]) == {"ready": True, "had_content": True}
+    assert json.loads(lines[-1]) == {
+        "ready": True,
+        "had_content": True,
+        "on_compiled_kernels": True,
+    }
 
 
 _NO_COMPILE_SCRIPT = r"""
 import json
 from abuseguard import Guard, Policy
-from abuseguard.engine import kernels, table
+from abuseguard.engine import eviction, kernels
 from abuseguard.intel import _content_kernels
 
 guard = Guard(Policy())
-dispatchers = (kernels.decide_with, kernels.record_outcome, kernels.charge, table.pick_victim,
+dispatchers = (kernels.decide_with, kernels.record_outcome, kernels.charge, eviction.pick_victim,
                _content_kernels._fingerprint_text, _content_kernels._fingerprint_texts)
 misses = sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
 hits = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
@@ -230,3 +247,122 @@ def test_warmup_fills_an_empty_cache_so_a_server_compiles_nothing(tmp_path: Path
     assert report["ready"]  # content scoring on from the first request
     assert report["misses"] == 0  # every kernel loaded from the cache
     assert report["hits"] == 6
+
+
+# -- the decision kernels: their Python twin serves until they are compiled ---------------
+
+
+def recorded_requests(count: int, seed: int) -> list[tuple[RequestInfo, int, float]]:
+    """A mixed sequence: API keys (some hammering, some with prompts), anonymous clients,
+    a few networks, irregular gaps; (request, status, real cost) each."""
+    rng = random.Random(seed)
+    keys = [f"sk-{i:03d}" for i in range(40)]
+    hot = keys[:3]
+    ts = 1.7e9
+    sequence = []
+    for i in range(count):
+        ts += rng.choice((0.0, 0.001, 0.02, 0.3, 2.0, 45.0)) * rng.random()
+        key = rng.choice(hot) if rng.random() < 0.4 else rng.choice([*keys, None])
+        net = rng.choice(("73.20.30", "73.20.31", "198.51.100", "203.0.113"))
+        body = PROMPT if rng.random() < 0.3 else None
+        info = RequestInfo(
+            ip=f"{net}.{rng.randrange(1, 60)}",
+            ts=ts,
+            key=key,
+            method="POST" if body else "GET",
+            path="/v1/chat" if body else f"/v1/items/{i % 7}",
+            headers={"content-type": "application/json"} if body else {},
+            body=body,
+            ua=rng.choice(("OpenAI/Python 1.40.0", "curl/8.5.0", "python-requests/2.31")),
+        )
+        sequence.append((info, rng.choice((200, 200, 200, 429, 500)), rng.uniform(0.5, 3.0)))
+    return sequence
+
+
+def test_the_python_twin_decides_exactly_as_the_compiled_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = Policy(max_identities=32)  # evictions, held rows and bans all happen
+    compiled = Guard(policy)
+    assert compiled.kernels_compiled
+    switches: list[object] = []
+    monkeypatch.setattr(kernel_set, "cached", lambda: False)
+    monkeypatch.setattr(kernel_set, "compile_in_background", switches.append)
+    twin = Guard(policy)
+    assert not twin.kernels_compiled  # started on the twin, waiting for the compilation
+    assert len(switches) == 1
+    # The index blocks' salts are drawn per guard: start both from the same words.
+    np.copyto(twin.engine.index_vector, compiled.engine.index_vector)
+
+    actions = set()
+    for info, status, cost in recorded_requests(3000, seed=17):
+        expected = compiled.check(info)
+        got = twin.check(info)
+        assert got == expected
+        assert got.policies == expected.policies
+        actions.add(expected.action)
+        compiled.complete(info, expected, status=status, cost=cost)
+        twin.complete(info, got, status=status, cost=cost)
+    assert len(actions) >= 3  # not only allows: the ladder and the buckets were exercised
+    assert compiled.engine.key_table.evictions > 0
+    assert np.array_equal(twin.engine.state, compiled.engine.state, equal_nan=True)
+    assert np.array_equal(twin.engine.index_vector, compiled.engine.index_vector)
+    assert np.array_equal(
+        twin.engine.key_table.held.data, compiled.engine.key_table.held.data, equal_nan=True
+    )
+
+
+def test_the_switch_to_compiled_kernels_keeps_the_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = Policy(max_identities=32)
+    reference = Guard(policy)
+    switches: list[object] = []
+    monkeypatch.setattr(kernel_set, "cached", lambda: False)
+    monkeypatch.setattr(kernel_set, "compile_in_background", switches.append)
+    twin = Guard(policy)
+    np.copyto(twin.engine.index_vector, reference.engine.index_vector)
+    sequence = recorded_requests(600, seed=5)
+    for n, (info, status, cost) in enumerate(sequence):
+        if n == 300:  # the compiling thread calls back mid-stream
+            (on_ready,) = switches
+            on_ready(kernel_set.compiled())  # type: ignore[operator]
+            assert twin.kernels_compiled
+        got, expected = twin.check(info), reference.check(info)
+        assert got == expected
+        twin.complete(info, got, status=status, cost=cost)
+        reference.complete(info, expected, status=status, cost=cost)
+    assert np.array_equal(twin.engine.state, reference.engine.state, equal_nan=True)
+
+
+def test_a_server_answers_on_the_twin_then_switches_to_the_compiled_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    switches: list[Any] = []
+    monkeypatch.setattr(kernel_set, "cached", lambda: False)
+    monkeypatch.setattr(kernel_set, "compile_in_background", switches.append)
+    app = Starlette(routes=[Route("/v1/chat", echo, methods=["POST"])])
+    middleware = AbuseGuard(app, policy=Policy(), freeze_gc=False)
+    guard = middleware.guard
+
+    def seen() -> float:
+        row = guard.engine.key_table.find("i:127.0.0.1")  # the anonymous client's identity
+        assert row is not None
+        return float(guard.engine.key_table.data[row, L.F_COUNT])
+
+    with serve(middleware) as base, httpx.Client(base_url=base, timeout=WAIT) as client:
+        answer = client.post(
+            "/v1/chat", content=PROMPT, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 200
+        assert "ratelimit-policy" in answer.headers  # decided, by the twin
+        assert not guard.kernels_compiled
+        after_twin = seen()
+        assert after_twin >= 1.0
+        (on_ready,) = switches  # what the compiling thread calls once it is done
+        on_ready(kernel_set.compiled())
+        assert guard.kernels_compiled
+        answer = client.post(
+            "/v1/chat", content=PROMPT, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 200
+        assert "ratelimit-policy" in answer.headers
+        assert seen() > after_twin  # the compiled kernel went on from the twin's state

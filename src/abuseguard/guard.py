@@ -32,11 +32,12 @@ from abuseguard.backends.memory import MemoryBackend
 from abuseguard.config_check import check_callables
 from abuseguard.decide import Decider
 from abuseguard.decision import Action, Decision
-from abuseguard.engine import hashindex
+from abuseguard.engine import hashindex, kernel_set
 from abuseguard.engine import layout as L
 from abuseguard.engine.engine import Engine
 from abuseguard.errors import ConfigError
 from abuseguard.exempt import ExemptPaths
+from abuseguard.heap import freeze_startup_objects
 from abuseguard.identity import AddressBook, ClientAddress, hash_key
 from abuseguard.intel.agents import AgentClassifier, ClientClass
 from abuseguard.intel.client import ClientEnricher
@@ -87,6 +88,10 @@ class Guard:
     ``intel`` overrides the databases named in ``policy.network.databases``. ``explain``
     False leaves `Decision.contributions` empty, for bulk runs that only count decisions
     (the replay command: building them costs about a microsecond per refusal).
+    ``freeze_gc`` (default True): once `startup` is over, and again when kernels compiled in
+    the background take over, collect and ``gc.freeze()`` the process's objects, so full
+    collections no longer walk them (`abuseguard.heap`; process-wide, see
+    docs/deployment.md); False leaves the garbage collector alone.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class Guard:
         intel: GeoIntel | None = None,
         observers: Iterable[Observer] = (),
         explain: bool = True,
+        freeze_gc: bool = True,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         if not isinstance(self.policy, Policy):
@@ -108,6 +114,10 @@ class Guard:
             raise ConfigError("intel", f"expected a GeoIntel or None, got {intel!r}")
         if not isinstance(explain, bool):
             raise ConfigError("explain", f"expected a bool, got {explain!r}")
+        if not isinstance(freeze_gc, bool):
+            raise ConfigError("freeze_gc", f"expected a bool, got {freeze_gc!r}")
+        self.freeze_gc = freeze_gc
+        self._started = False
         observers = check_callables("observers", observers)
         self.backend = backend_from_uri(backend)
         require_capabilities(self.backend)
@@ -139,7 +149,12 @@ class Guard:
             )
         # Whether the kernel's own buckets decide, as the backend declares it.
         self.local_buckets = kernel_buckets(self.backend)
-        self.engine = Engine(policy, local_buckets=self.local_buckets)
+        # Kernels not in Numba's cache compile in a background thread; until then the
+        # engine runs their Python twin (same decisions, slower): a guard never waits for
+        # a compilation, and no request compiles.
+        self.engine = Engine(
+            policy, local_buckets=self.local_buckets, implementation=_kernels_at_construction()
+        )
         self._tables = self.engine.tables
         self._key_index = self.engine.tables[L.KIND_KEY].index
         # Python floats from the key table without numpy's scalar objects.
@@ -237,6 +252,22 @@ class Guard:
         if self.unverified_keys is not None:
             # Budgets a round-trip backend keeps in its store; None: kept in this process.
             self.unverified_keys.store = self.backend.unverified_budgets(self.unverified_keys)
+        if not self.engine.kernels.compiled:
+            kernel_set.compile_in_background(self._use_kernels)
+
+    def _use_kernels(self, chosen: kernel_set.KernelSet) -> None:
+        """Switch to ``chosen`` (the compiled kernels, from the compiling thread): same
+        functions over the same arrays, so a request in flight may use either."""
+        self.engine.use_kernels(chosen)
+        self._claim_rows = chosen.claim_rows
+        self._decide_with = chosen.decide_with
+        if self.freeze_gc and self._started:
+            freeze_startup_objects("kernels")  # the compilation's survivors
+
+    @property
+    def kernels_compiled(self) -> bool:
+        """Whether decisions run on the compiled kernels (False while they compile)."""
+        return bool(self.engine.kernels.compiled)
 
     # -- identity ----------------------------------------------------------------------
 
@@ -762,11 +793,19 @@ class Guard:
         if start_compiling is not None:
             start_compiling()
         await self.backend.startup()
+        self._started = True
+        if self.freeze_gc:
+            freeze_startup_objects()
 
     async def shutdown(self) -> None:
         await self.backend.shutdown()
         if self.intel is not None:
             self.intel.close()
+
+
+def _kernels_at_construction() -> kernel_set.KernelSet:
+    """The compiled kernels when Numba can load them now, else their Python twin."""
+    return kernel_set.compiled() if kernel_set.cached() else kernel_set.python_twin()
 
 
 _UNKNOWN_CLASS = int(ClientClass.UNKNOWN)

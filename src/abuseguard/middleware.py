@@ -71,6 +71,8 @@ class AbuseGuard:
     decision (sync or async callables of ``(info, decision)``). ``fail_open``: when the
     guard itself fails (a bug, a backend outage it cannot absorb) the request is served
     (True) or refused with 503 (False); either way it is logged and never a 500.
+    ``freeze_gc``: `Guard`'s (ignored with ``guard``, which has its own): after start-up,
+    ``gc.freeze()`` the process's objects so full collections skip them.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class AbuseGuard:
         clock: Callable[[], float] | None = None,
         intel: GeoIntel | None = None,
         fail_open: bool = True,
+        freeze_gc: bool = True,
     ) -> None:
         self.app = app
         if not isinstance(fail_open, bool):
@@ -95,7 +98,14 @@ class AbuseGuard:
         self.guard = (
             guard
             if guard is not None
-            else Guard(policy, backend, clock=clock, intel=intel, observers=observers)
+            else Guard(
+                policy,
+                backend,
+                clock=clock,
+                intel=intel,
+                observers=observers,
+                freeze_gc=freeze_gc,
+            )
         )
         if guard is not None:
             self.guard.observers.extend(observers)

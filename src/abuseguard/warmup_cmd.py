@@ -51,12 +51,19 @@ def _steps() -> list[tuple[str, Callable[[], str]]]:
 
 
 def _engine() -> str:
-    from abuseguard.engine import kernels, table
+    from abuseguard.engine import eviction, hashindex, kernels
     from abuseguard.engine.engine import Engine
     from abuseguard.policy import Policy
 
     Engine(Policy())  # compiles (or loads) the decision kernel, its helpers and pick_victim
-    dispatchers = (kernels.decide_with, kernels.record_outcome, kernels.charge, table.pick_victim)
+    dispatchers = (
+        kernels.decide_with,
+        kernels.record_outcome,
+        kernels.charge,
+        kernels.add_spend,
+        hashindex.claim_rows,
+        eviction.pick_victim,
+    )
     return _compiled_or_loaded(dispatchers)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from abuseguard.engine import hashindex, kernels
+from abuseguard.engine import hashindex, kernel_set, kernels
 from abuseguard.engine import layout as L
 from abuseguard.engine.bucket_rules import key_bucket_shape
 from abuseguard.engine.params import build_params
@@ -23,12 +23,19 @@ class Engine:
     ``decide_with(state, *inputs)`` (see `kernels.decide_with`).
 
     Not thread-safe: one engine serves one event loop (as the middleware does). The kernels
-    are compiled or loaded from Numba's on-disk cache at construction, never on a request.
+    (``implementation``, a `kernel_set.KernelSet`) are compiled or loaded from Numba's on-disk
+    cache at construction when not given, never on a request; a guard may start on their
+    Python twin and switch with `use_kernels`.
     """
 
-    def __init__(self, policy: Policy, *, local_buckets: bool = True) -> None:
-        kernels.warm_up()
-        hashindex.warm_up()
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        local_buckets: bool = True,
+        implementation: kernel_set.KernelSet | None = None,
+    ) -> None:
+        self.kernels = implementation if implementation is not None else kernel_set.compiled()
         capacity = policy.max_identities
         small = max(16, min(capacity, 65536))
         # Key, IP, prefix, ASN and persona tables, then the account table: only accounts
@@ -46,9 +53,10 @@ class Engine:
             capacity,
             L.KEY_WIDTH,
             held_capacity=held_capacity(capacity),
-            data=kernels.region(state, L.KIND_KEY, L.KEY_WIDTH),
+            data=_region(state, L.KIND_KEY, L.KEY_WIDTH),
             index_vector=index,
             index_base=int(index[L.KIND_KEY]),
+            kernels=self.kernels,
         )
         self.tables: tuple[StateTable, ...] = (
             self.key_table,
@@ -56,9 +64,10 @@ class Engine:
                 StateTable(
                     rows[kind],
                     L.NET_WIDTH,
-                    data=kernels.region(state, kind, L.NET_WIDTH),
+                    data=_region(state, kind, L.NET_WIDTH),
                     index_vector=index,
                     index_base=int(index[kind]),
+                    kernels=self.kernels,
                 )
                 for kind in range(1, L.N_KINDS)
             ),
@@ -66,28 +75,37 @@ class Engine:
         self.accounts = StateTable(
             capacity,
             L.ACC_WIDTH,
-            data=kernels.region(state, L.REGION_ACC, L.ACC_WIDTH),
+            data=_region(state, L.REGION_ACC, L.ACC_WIDTH),
             index_vector=index,
             index_base=int(index[L.KIND_ACCOUNT]),
+            kernels=self.kernels,
         )
-        self.claim_rows = _compiled_entry(hashindex.claim_rows)
-        self.cms = kernels.region(state, L.REGION_CMS, L.CMS_WIDTH)
-        self.io = kernels.vector(state, L.REGION_IO, L.IO_SIZE)
+        self.claim_rows = self.kernels.claim_rows
+        self.cms = _region(state, L.REGION_CMS, L.CMS_WIDTH)
+        self.io = _vector(state, L.REGION_IO, L.IO_SIZE)
         # The io vector read as Python floats, without numpy's scalar objects.
         self.io_view = float_view(self.io)
         # The rows the last decide() worked on (int64 words of the state vector).
-        self.rows = kernels.vector(state, L.REGION_IV, L.N_INT_INPUTS).view("int64")
-        self.params = kernels.vector(state, L.REGION_PRM, L.N_PARAMS)
+        self.rows = _vector(state, L.REGION_IV, L.N_INT_INPUTS).view("int64")
+        self.params = _vector(state, L.REGION_PRM, L.N_PARAMS)
         self.params[:] = build_params(policy, local_buckets=local_buckets)
-        # The signature `kernels.decide_with` declares (Numba's entry point is untyped).
-        self.decide_with: Callable[..., bool] = _compiled_entry(kernels.decide_with)
+        self.decide_with: Callable[..., bool] = self.kernels.decide_with
         # Python numbers without numpy's scalar objects, for the rare adjustments.
         self._rows_view = int_view(self.rows)
         self._params_view = float_view(self.params)
         self._table_views = [t.data_view for t in self.tables]
 
+    def use_kernels(self, chosen: kernel_set.KernelSet) -> None:
+        """Switch every table and entry point to ``chosen`` (another implementation of
+        the same functions over the same arrays: results do not change)."""
+        for state_table in (*self.tables, self.accounts):
+            state_table.use_kernels(chosen)
+        self.claim_rows = chosen.claim_rows
+        self.decide_with = chosen.decide_with
+        self.kernels = chosen
+
     def record_outcome(self, key_row: int, is_error: bool) -> None:
-        kernels.record_outcome(
+        self.kernels.record_outcome(
             self.tables[L.KIND_KEY].data,
             key_row,
             1.0 if is_error else 0.0,
@@ -111,7 +129,7 @@ class Engine:
             else float(self.params[L.P_BUCKET + 2 * kind + 1])
         )
         if burst > 0.0:
-            kernels.charge(self.tables[kind].data, row, delta, burst)
+            self.kernels.charge(self.tables[kind].data, row, delta, burst)
 
     def adjust_last(self, delta: float) -> None:
         """Take ``delta`` more tokens (< 0: give back) from every bucket of the request the
@@ -152,7 +170,9 @@ class Engine:
     def add_spend(self, key_row: int, amount: float, ts: float) -> None:
         """The real cost (tokens) of a served request of the identity at ``key_row``,
         reported after its response: the spend signal reads it."""
-        kernels.add_spend(self.tables[L.KIND_KEY].data, self.cms, key_row, amount, ts, self.params)
+        self.kernels.add_spend(
+            self.tables[L.KIND_KEY].data, self.cms, key_row, amount, ts, self.params
+        )
 
     def forgive(self, key: object) -> bool:
         """Clear what an identity's risk has built up: its accumulated evidence and the
@@ -184,7 +204,7 @@ class Engine:
         request came from an allow-listed network. Python ints and floats, as a guard
         passes them."""
         vectors = {
-            "iv": kernels.vector(self.state, L.REGION_IV, L.N_INT_INPUTS).view(np.int64).tolist(),
+            "iv": _vector(self.state, L.REGION_IV, L.N_INT_INPUTS).view(np.int64).tolist(),
             "io": self.io.tolist(),
         }
         inputs = [
@@ -206,6 +226,10 @@ def held_capacity(max_identities: int) -> int:
     table, at least 64."""
     return max(64, max_identities // 8)
 
+
+# The views of the state vector as plain Python (calling the njit ones would compile them).
+_region = kernels.region.py_func
+_vector = kernels.vector.py_func
 
 # The compiled entry of a Numba dispatcher (kept here: other modules cite this name).
 _compiled_entry = hashindex.compiled_entry

@@ -7,10 +7,10 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 import numpy as np
-from numba import njit
 
 from abuseguard.engine import hashindex
 from abuseguard.engine.held import HeldRows
+from abuseguard.engine.kernel_set import KernelSet, compiled
 from abuseguard.engine.layout import (
     F_BANNED_UNTIL,
     F_BUCKET_TS,
@@ -25,6 +25,10 @@ from abuseguard.engine.views import float_view, int_view
 _EVICTION_SAMPLE = 16
 
 
+def _kernels_or_compiled(kernels: KernelSet | None) -> KernelSet:
+    return kernels if kernels is not None else compiled()
+
+
 class RowIndex:
     """The identity -> row index of a table, read as a mapping (``get``, ``[]``, ``in``,
     ``len``). Identities are not kept: a key is found by its ``hash()``, so iterating
@@ -32,11 +36,10 @@ class RowIndex:
 
     __slots__ = ("_base", "_find", "_vec")
 
-    def __init__(self, vec: np.ndarray, base: int) -> None:
+    def __init__(self, vec: np.ndarray, base: int, kernels: KernelSet | None = None) -> None:
         self._vec = vec
         self._base = base
-        hashindex.warm_up()
-        self._find = hashindex.compiled_entry(hashindex.find)
+        self._find = _kernels_or_compiled(kernels).find
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         row: int = self._find(self._vec, self._base, hash(key))
@@ -81,10 +84,13 @@ class StateTable:
         data: np.ndarray | None = None,
         index_vector: np.ndarray | None = None,
         index_base: int = 0,
+        kernels: KernelSet | None = None,
     ) -> None:
         """``data``: a zeroed (capacity, width) float64 array to hold the rows (a view into
         the engine's state vector); a new one when omitted. ``index_vector``: an int64
-        array with an empty index block for ``capacity`` rows at ``index_base``."""
+        array with an empty index block for ``capacity`` rows at ``index_base``.
+        ``kernels``: the index functions to use (`kernel_set`; the compiled ones when
+        omitted), switched later with `use_kernels`."""
         self.capacity = capacity
         self.width = width
         if data is None:
@@ -98,13 +104,20 @@ class StateTable:
             index_vector, index_base = hashindex.new_block(capacity), 0
         self.index_vector = index_vector
         self.index_base = index_base
-        self.index = RowIndex(index_vector, index_base)
+        self._kernels = _kernels_or_compiled(kernels)
+        self.index = RowIndex(index_vector, index_base, self._kernels)
         row_hash = hashindex.block_words(index_vector, index_base)[3]
         # The hash of the identity that holds each row (rows are handed out in order).
         self.row_hashes = index_vector[row_hash : row_hash + capacity]
         self._row_hashes = int_view(self.row_hashes)
         self.evictions = 0
         self._rng = np.random.default_rng(seed)
+
+    def use_kernels(self, kernels: KernelSet) -> None:
+        """Switch to another implementation of the same kernels (same arrays, same
+        results): the compiled ones once they are ready."""
+        self._kernels = kernels
+        self.index._find = kernels.find
 
     def __len__(self) -> int:
         return len(self.index)
@@ -125,14 +138,14 @@ class StateTable:
         """The row of ``key``; a new identity takes a free or evicted row (zeroed).
         ``now``: the request's time, which `KeyTable` needs to tell the rows it holds."""
         h = hash(key)
-        row = int(hashindex.claim(self.index_vector, self.index_base, h))
+        row = int(self._kernels.claim(self.index_vector, self.index_base, h))
         return row if row >= 0 else self.evict_for(h, now)
 
     def evict_for(self, h: int, now: float) -> int:
         """Give the identity of hash ``h`` (absent, table full) the row of a victim."""
         row = self._victim(now)
         self._evicting(self._row_hashes[row], row, now)
-        hashindex.replace(self.index_vector, self.index_base, row, h)
+        self._kernels.replace(self.index_vector, self.index_base, row, h)
         self.data[row] = 0.0
         self.evictions += 1
         self._taking(h, row)
@@ -179,16 +192,22 @@ class KeyTable(StateTable):
         data: np.ndarray | None = None,
         index_vector: np.ndarray | None = None,
         index_base: int = 0,
+        kernels: KernelSet | None = None,
     ) -> None:
         super().__init__(
-            capacity, width, seed=seed, data=data, index_vector=index_vector, index_base=index_base
+            capacity,
+            width,
+            seed=seed,
+            data=data,
+            index_vector=index_vector,
+            index_base=index_base,
+            kernels=kernels,
         )
         self.held = HeldRows(held_capacity, width)
         self._rng_state = np.array([seed | 1], dtype=np.uint64)
-        pick_victim(self.data, self._rng_state, 0.0)  # compiled (or loaded) now, not on a request
 
     def _victim(self, now: float) -> int:
-        return int(pick_victim(self.data, self._rng_state, now))
+        return int(self._kernels.pick_victim(self.data, self._rng_state, now))
 
     def _evicting(self, h: int, row: int, now: float) -> None:
         data = self.data
@@ -205,7 +224,7 @@ class KeyTable(StateTable):
         Redis): written into its row, its held row, or, when it has neither, a new held
         row (a known client with ``tokens`` in its bucket, banned)."""
         h = hash(key)
-        row = int(hashindex.find(self.index_vector, self.index_base, h))
+        row = int(self._kernels.find(self.index_vector, self.index_base, h))
         target = self.data[row] if row >= 0 else self.held.row_of(h)
         if target is not None:
             if until > target[F_BANNED_UNTIL]:
@@ -221,29 +240,3 @@ class KeyTable(StateTable):
     def clear(self) -> None:
         super().clear()
         self.held.clear()
-
-
-_HELD_PENALTY = 1e18  # added to a held row's recency: taken only when the sample is all held
-
-
-@njit(cache=True)
-def pick_victim(data: np.ndarray, rng_state: np.ndarray, now: float) -> int:
-    """The least recently seen of ``_EVICTION_SAMPLE`` random rows, preferring rows whose
-    ban or refusal is over (xorshift64* over ``rng_state[0]``)."""
-    rows = data.shape[0]
-    x = rng_state[0]
-    best = 0
-    best_key = np.inf
-    for _ in range(_EVICTION_SAMPLE):
-        x ^= x >> np.uint64(12)
-        x ^= x << np.uint64(25)
-        x ^= x >> np.uint64(27)
-        r = int((x * np.uint64(0x2545F4914F6CDD1D)) % np.uint64(rows))
-        key = data[r, F_LAST_SEEN]
-        if data[r, F_BANNED_UNTIL] > now or data[r, F_WAIT_UNTIL] > now:
-            key += _HELD_PENALTY
-        if key < best_key:
-            best_key = key
-            best = r
-    rng_state[0] = x
-    return best
