@@ -332,3 +332,59 @@ def test_observers_see_the_route_limits_answer() -> None:
     assert [d.reasons for d in seen] == [(), ("rate",)]
     assert "route-v1-chat-default" in [state.name for state in seen[0].policies]
     assert seen[1].shadow and seen[1].policies[-1].violated
+
+
+def test_a_route_bucket_in_shadow_mode_reports_and_serves() -> None:
+    """``TokenBucket(shadow=True)`` on a route: its refusal is reported, the request served
+    (it used to be enforced: the route limiter ignored the bucket's own shadow flag)."""
+    policy = quiet_policy(
+        routes={"/v1/chat": Limits(bucket=TokenBucket(SLOW, burst=1, shadow=True))},
+    )
+    guard = Guard(policy)
+    info = RequestInfo("10.0.0.1", key="sk-bs", path="/v1/chat")
+    decisions = [guard.check(info) for _ in range(3)]
+    assert all(d.served for d in decisions)
+    assert [(d.shadow, d.reasons) for d in decisions] == [
+        (False, ()),
+        (True, ("rate",)),
+        (True, ("rate",)),
+    ]
+    assert decisions[1].policies[-1].name == "route-v1-chat-default"
+    assert decisions[1].policies[-1].violated
+
+
+def test_a_route_bucket_in_shadow_mode_still_lets_other_limits_refuse() -> None:
+    """A shadowed route bucket does not shadow the route's enforced quota."""
+    policy = quiet_policy(
+        routes={
+            "/v1/chat": Limits(
+                bucket=TokenBucket(SLOW, burst=1, shadow=True),
+                quotas=(Quota("2/day", name="daily"),),
+            )
+        },
+    )
+    guard = Guard(policy)
+    info = RequestInfo("10.0.0.1", key="sk-bq", path="/v1/chat")
+    decisions = [guard.check(info) for _ in range(3)]
+    assert [d.served for d in decisions] == [True, True, False]
+    assert decisions[2].reasons == ("rate", "quota")
+
+
+def test_a_plan_bucket_cannot_differ_from_the_app_wide_bucket_in_shadow_mode() -> None:
+    with pytest.raises(ConfigError, match=r"Policy\.plans\['pro'\]\.bucket"):
+        quiet_policy(
+            plans={"pro": Limits(bucket=TokenBucket(SLOW, burst=5, shadow=True))},
+            plan_func=plan_of_user,
+        )
+    with pytest.raises(ConfigError, match=r"shadow=True"):
+        quiet_policy(
+            bucket=TokenBucket(SLOW, burst=100, shadow=True),
+            plans={"pro": Limits(bucket=TokenBucket(SLOW, burst=5))},
+            plan_func=plan_of_user,
+        )
+    both = quiet_policy(
+        bucket=TokenBucket(SLOW, burst=100, shadow=True),
+        plans={"pro": Limits(bucket=TokenBucket(SLOW, burst=5, shadow=True))},
+        plan_func=plan_of_user,
+    )
+    assert both.plans["pro"].bucket is not None

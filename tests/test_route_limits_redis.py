@@ -343,3 +343,26 @@ def test_per_model_limits_on_redis_inline(redis_server: RedisServer) -> None:
     assert state(minis[1], "route-POST-v1-chat-model-mini-default").remaining == pytest.approx(
         0, abs=1e-3
     )
+
+
+def test_a_route_bucket_in_shadow_mode_reports_and_serves(redis_server: RedisServer) -> None:
+    """``TokenBucket(shadow=True)`` on a route is shadowed in Redis' script too (it used to
+    be enforced there: only the policy's shadow mode reached the route's bucket)."""
+    policy = quiet_policy(
+        routes={"/v1/chat": Limits(bucket=TokenBucket(SLOW, 1, shadow=True))},
+    )
+
+    async def main() -> list[Decision]:
+        guard = Guard(policy, backend(redis_server.url))
+        await guard.startup()
+        out = [await guard.acheck(chat()) for _ in range(3)]
+        await guard.shutdown()
+        return out
+
+    decisions = run(main())
+    assert all(d.served for d in decisions)
+    assert [(d.shadow, d.reasons) for d in decisions] == [
+        (False, ()),
+        (True, ("rate",)),
+        (True, ("rate",)),
+    ]

@@ -1212,6 +1212,14 @@ class Policy:
             _policy_name("Policy.plans", plan)
             if not isinstance(limits, Limits):
                 raise ConfigError(f"Policy.plans[{plan!r}]", f"expected Limits, got {limits!r}")
+            app_shadow = self.bucket is not None and self.bucket.shadow
+            if limits.bucket is not None and limits.bucket.shadow != app_shadow:
+                raise ConfigError(
+                    f"Policy.plans[{plan!r}].bucket",
+                    "a plan's bucket takes the app-wide bucket's place and shares its shadow "
+                    f"setting: shadow={app_shadow} (shadow a plan's limits with "
+                    "Policy.shadow or Enforcement.shadow_actions instead)",
+                )
         if self.plan_func is not None and not callable(self.plan_func):
             raise ConfigError("Policy.plan_func", "must be callable")
         if self.plans and self.plan_func is None:

@@ -220,7 +220,7 @@ class RouteLimiter:
                 tokens = self._tokens((identity, named.bucket_name), named, now)
                 if tokens < cost:
                     violated.append(self._bucket_state(named, tokens, True))
-                    enforced = True
+                    enforced = enforced or not bucket.shadow
                     reasons.append("rate")
                     retry_after = max(retry_after, (cost - tokens) / named.per_second)
             for quota, name in zip(limits.quotas, named.quota_names, strict=True):

@@ -13,7 +13,8 @@ the app-wide ones)::
 
 A route bucket is not scaled by risk or load (as in the memory backend). Refusals are
 enforced unless the policy shadows throttling (`Policy.shadow`, or ``throttle`` in
-`Enforcement.shadow_actions`) or the refusing quota is in shadow mode (``Quota.shadow``):
+`Enforcement.shadow_actions`) or the refusing bucket or quota is in shadow mode
+(``TokenBucket.shadow``, ``Quota.shadow``):
 then the script serves and counts the request, and the guard reports the refusal in
 shadow. Not in the deny cache: every request with route or
 plan limits asks Redis (the app-wide refusals it remembers are still answered locally).
@@ -99,10 +100,13 @@ def plan_routes(
                 plan.replaces_key_bucket = True
                 rate = max(named.per_second * key_scale, 1e-9)
                 ttl_rate = max(named.per_second * key_ttl_scale, 1e-9)
+            bucket_shadow = shadow or limits.bucket.shadow
             plan.ops.append(
-                RouteOp(named, main, "bucket", len(main.bucket_tags), rate=rate, shadow=shadow)
+                RouteOp(
+                    named, main, "bucket", len(main.bucket_tags), rate=rate, shadow=bucket_shadow
+                )
             )
-            main.bucket(base + ":b", rate, named.capacity, cost, ttl_rate, shadow, None)
+            main.bucket(base + ":b", rate, named.capacity, cost, ttl_rate, bucket_shadow, None)
         if not gate:
             continue
         for quota, name in zip(limits.quotas, named.quota_names, strict=True):
