@@ -252,6 +252,7 @@ def server_stats(port: int) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    benchlib.warm_kernels()  # fills Numba's cache here: the servers only load the kernels
     quick = args.quick
     rounds = 2 if quick else 5
     seconds = 2 if quick else 5

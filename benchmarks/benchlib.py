@@ -52,6 +52,18 @@ PACKAGES = (
 # ----------------------------------------------------------------------------- statistics
 
 
+def warm_kernels() -> None:
+    """Compile (or load from Numba's cache) the decision and content kernels now, as
+    `abuseguard warmup` does for a server image: the guards built after this run on the
+    compiled kernels from their first request. Without it, on an empty cache, a benchmark
+    would time the kernels' pure-Python twin and requests without content scoring."""
+    from abuseguard.engine import kernel_set
+    from abuseguard.intel import _content_kernels
+
+    kernel_set.compiled()
+    _content_kernels.compile_kernels()
+
+
 def percentiles(samples_ns: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99/p99.9 and mean of nanosecond samples, in microseconds."""
     if not samples_ns:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchlib
 import stacks
 import uvicorn
 
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--mmdb-dir", type=Path)
     args = parser.parse_args()
     os.environ[_ENV] = f"{args.stack}|{args.redis_url or ''}|{args.mmdb_dir or ''}"
+    if args.stack.startswith("abuseguard"):
+        benchlib.warm_kernels()  # a warmed server: no request runs on the kernels' twin
     uvicorn.run(
         "serve:app_factory",
         factory=True,
