@@ -1,13 +1,15 @@
 """Issue 20: the stream filter's byte-level shortcuts give what a full parse gives.
 
-Two shortcuts keep a stream event within the 2 µs budget: a run of withheld events (chat
-chunks carrying only reasoning, thinking deltas) that share their bytes around the
-reasoning text is withheld without a parse after the first
-(`StreamFilter.drop_prefix`/`drop_suffix`), and an index after a withheld item is
-rewritten in place (`StreamFilter._renumber`). `FullParse` is the same filter with both
-turned off; generated streams (escapes, unicode, nested objects, keys inside string
-values, malformed events, any chunking) must come out of both the same: byte for byte,
-or the same JSON where the full parse re-encoded an event.
+Two shortcuts keep a stream event within the 2 µs budget: an event made of the bytes of
+the last one parsed with other texts in the holes of its template
+(`StreamFilter.drop_prefix`/`drop_middles`/`drop_suffix`: the reasoning text, its sibling
+texts, a per-chunk padding field) is withheld, or loses its reasoning member in place,
+without a parse; and an index after a withheld item is rewritten in place
+(`StreamFilter._renumber`). `FullParse` is the same filter with both turned off;
+generated streams (escapes, unicode, nested objects, keys inside string values, padding
+fields, decisive keys that vary, raw bytes a JSON string may not hold, malformed events,
+any chunking) must come out of both the same: byte for byte, or the same JSON where one
+of them wrote an event again or cut it.
 """
 
 from __future__ import annotations

@@ -380,6 +380,8 @@ _BLANKS = b" \t"
 _NOT_AN_INTEGER_AFTER = frozenset(b".eE")
 _ABSENT = -1  # _top_level_value: the key is not there
 _UNSURE = -2  # _top_level_value: the bytes alone cannot tell; parse the event
+# How many first bytes of two parsed events must be alike for the second to be learned from.
+_LEARN_HEAD = 64
 # What a template match returns when the event is not made of the template's bytes.
 _UNMATCHED = b"\0unmatched"
 # A string token, or a byte of JSON structure, in data known to hold no backslash.
@@ -536,6 +538,7 @@ class StreamFilter:
         "dropped_blocks",
         "dropped_outputs",
         "learn_backoff",
+        "learn_head",
         "learn_wait",
         "moved_blocks",
         "moved_outputs",
@@ -564,9 +567,12 @@ class StreamFilter:
         self.drop_whole = False  # one hole, withheld: the usual run of reasoning deltas
         # Parsed withholdings to let pass before cutting the next one: a stream whose
         # envelope changes with every chunk never uses what is learned, so it learns ever
-        # less often (at most every 64th); a match starts over.
+        # less often (at most every 256th); a match starts over. After the first, an event
+        # is learned from only when it begins as the one tried before it: a stream whose
+        # events begin with other bytes each (an id of their own) learns no more.
         self.learn_wait = 0
         self.learn_backoff = 0
+        self.learn_head = b""
 
     def feed(self, chunk: bytes) -> bytes:
         data = self.buffer + chunk if self.buffer else chunk
@@ -697,7 +703,10 @@ class StreamFilter:
             return None
         if "type" in parsed and self._withhold(parsed):
             if plain:
-                self._learn(event, None)
+                if self.learn_wait:  # _learn, inline while waiting
+                    self.learn_wait -= 1
+                else:
+                    self._learn(event, None)
             self.withheld += len(event)
             return None
         renumbered = bool(self.dropped_outputs or self.dropped_blocks) and self._renumber_parsed(
@@ -710,11 +719,17 @@ class StreamFilter:
             empty = removed and _empty_chat_chunk(parsed)
         if empty:
             if plain:
-                self._learn(event, None)
+                if self.learn_wait:  # _learn, inline while waiting
+                    self.learn_wait -= 1
+                else:
+                    self._learn(event, None)
             self.withheld += len(event)
             return None
         if plain and not (self.dropped_outputs or self.dropped_blocks):
-            self._learn(event, parsed)
+            if self.learn_wait:
+                self.learn_wait -= 1
+            else:
+                self._learn(event, parsed)
         encoded = _dumps(parsed, by_orjson)
         if by_orjson and _maybe_rounded(encoded):
             parsed = _std_parse(payload)
@@ -778,8 +793,12 @@ class StreamFilter:
             self.learn_wait -= 1
             return
         self.learn_wait = self.learn_backoff
-        self.learn_backoff = min(2 * self.learn_backoff + 1, 63)
-        self._learn_drop_template(event, kept)
+        self.learn_backoff = min(4 * self.learn_backoff + 3, 255)
+        head = event[:_LEARN_HEAD]
+        tried = self.learn_head
+        self.learn_head = head
+        if head == tried or not tried:
+            self._learn_drop_template(event, kept)
 
     def _learn_drop_template(self, event: bytes, kept: dict[str, Any] | None) -> None:
         """Remember ``event`` (no \\r in it), withheld (``kept`` None) or kept as ``kept``
