@@ -521,11 +521,14 @@ class StreamFilter:
     count). ``withheld`` counts the bytes kept from the client.
 
     An event that mentions reasoning is parsed, which also proves it whole. One exception:
-    once an event with one reasoning text was parsed and withheld (a chat chunk that
-    carried only reasoning, a thinking delta), the next events made of the same bytes
-    around another reasoning text (the usual run of reasoning deltas) are withheld without
-    a parse; the parse would withhold them too, whole or not, as long as that text cannot
-    end the JSON string early (it holds no quote, line end or final backslash).
+    once an event with one reasoning text was parsed, its bytes become a template whose
+    holes are the texts that do not decide what becomes of it (_template_holes: the
+    reasoning text, its sibling texts, a per-chunk padding field). The next events made
+    of the same bytes around other texts (the usual run of reasoning deltas) go without a
+    parse: withheld, when it was (the parse would withhold them too, whole or not, as
+    long as no text can end its JSON string early: no quote, line end or final
+    backslash), or, when it was kept, with its reasoning member cut from the bytes, as
+    long as every text is a JSON string as written (_kept_text).
     """
 
     __slots__ = (
