@@ -452,3 +452,19 @@ def test_a_mixed_chunk_whose_text_is_not_a_plain_json_string_is_parsed() -> None
     for bad in (b"\x01", b"\xff\xfe", b"tab\there"):  # not JSON: withheld, not sent as it is
         assert flt.feed(raw.replace(b"TEXT", bad)) == b""
     assert flt.parses == 5
+
+
+def test_two_events_in_one_chunk_are_not_taken_for_one_made_of_the_template() -> None:
+    flt = CountingParses()
+    assert flt.feed(openai_chunk({"reasoning_content": "a"}, obfuscation="p")) == b""
+    # The first begins as the template, the second ends as it: each is filtered alone.
+    content = openai_chunk({"content": "kept"}, obfuscation="q")
+    two = openai_chunk({"reasoning_content": "b"}, obfuscation="r") + content
+    assert flt.feed(two) == content
+    flt = CountingParses()
+    flt.feed(openai_chunk({"content": "x", "reasoning_content": "a"}, obfuscation="p"))
+    two = openai_chunk({"content": "y", "reasoning_content": "b"}, obfuscation="r") + content
+    assert [_data(e + b"\n\n") for e in events_of(flt.feed(two))] == [
+        _data(openai_chunk({"content": "y"}, obfuscation="r")),
+        _data(content),
+    ]
