@@ -10,11 +10,14 @@ Prints medians, in microseconds:
   reach this code (their enforcer is another one), so they pay nothing;
 * ``filter``: ``StreamFilter`` per Server-Sent Event, for chat chunks without reasoning,
   chat chunks that carry only reasoning (a run of alike chunks, withheld without a parse
-  after the first; and the same with a different envelope each, all parsed), chat chunks
-  that carry content and reasoning (parsed, re-encoded), Responses API text deltas
-  after a withheld reasoning item (renumbered in place) and Anthropic thinking deltas
-  (withheld like the run of chat chunks), fed one event per chunk; and the
-  same chat stream through the enforcer's ``send`` wrapper, one event per ASGI message.
+  after the first; the same each with its own padding field, as OpenAI's
+  ``obfuscation``, withheld by a template with holes; the same each with its own ``id``,
+  which no template covers: all parsed), chat chunks that carry content and reasoning (the
+  reasoning cut from the bytes after the first; with their own ``id``: parsed,
+  re-encoded), Responses API text deltas after a withheld reasoning item (renumbered in
+  place) and Anthropic thinking deltas (withheld like the run of chat chunks), fed one
+  event per chunk; and the same chat stream through the enforcer's ``send`` wrapper, one
+  event per ASGI message.
 
     .venv/bin/python benchmarks/bench_degrade.py [--quick] [--json out.json]
 
@@ -213,14 +216,23 @@ def measure(quick: bool) -> dict[str, Any]:
 
     content = [chat_event({"content": f"word{i} "}) for i in range(events)]
     reasoning = [chat_event({"reasoning_content": f"step{i} "}) for i in range(events)]
-    # Each with its own envelope (a per-chunk padding field, as OpenAI's "obfuscation"), so
-    # that none is withheld by the shortcut for a run of alike chunks: each is parsed.
+    # Each with its own envelope: a per-chunk padding field, as OpenAI's "obfuscation" (a
+    # hole of the template), or its own id (before the reasoning: no template fits, each
+    # is parsed).
+    pads = [f"{i * 2654435761 % 2**32:x}" for i in range(events)]
     reasoning_parsed = [
-        chat_event({"reasoning_content": f"step{i} "}, obfuscation=f"{i * 2654435761 % 2**32:x}")
+        chat_event({"reasoning_content": f"step{i} "}, obfuscation=pads[i]) for i in range(events)
+    ]
+    reasoning_unmatched = [
+        chat_event({"reasoning_content": f"step{i} "}, id=f"chatcmpl-{pads[i]}")
         for i in range(events)
     ]
     mixed = [
         chat_event({"content": f"word{i} ", "reasoning_content": f"step{i} "})
+        for i in range(events)
+    ]
+    mixed_unmatched = [
+        chat_event({"content": f"word{i} ", "reasoning_content": f"step{i} "}, id=f"c-{pads[i]}")
         for i in range(events)
     ]
     withheld_item = (
@@ -247,7 +259,9 @@ def measure(quick: bool) -> dict[str, Any]:
         ("filter_content_us", content, b""),
         ("filter_reasoning_us", reasoning, b""),
         ("filter_reasoning_parsed_us", reasoning_parsed, b""),
+        ("filter_reasoning_unmatched_us", reasoning_unmatched, b""),
         ("filter_mixed_us", mixed, b""),
+        ("filter_mixed_unmatched_us", mixed_unmatched, b""),
         ("filter_responses_renumbered_us", responses, withheld_item),
         ("filter_thinking_us", thinking, thinking_block),
     ):
@@ -270,8 +284,10 @@ LABELS = {
     "yardstick_stdlib_parse_chunk_us": "yardstick: json.loads(one chat chunk) (stdlib)",
     "filter_content_us": "filter, chat content chunks, per event",
     "filter_reasoning_us": "filter, chat reasoning chunks (withheld), per event",
-    "filter_reasoning_parsed_us": "filter, same, each envelope its own (parsed), per event",
-    "filter_mixed_us": "filter, chat content + reasoning chunks (re-encoded), per event",
+    "filter_reasoning_parsed_us": "filter, same, own pad each (template), per event",
+    "filter_reasoning_unmatched_us": "filter, same, own id each (parsed), per event",
+    "filter_mixed_us": "filter, chat content + reasoning (cut), per event",
+    "filter_mixed_unmatched_us": "filter, same, own id each (re-encoded), per event",
     "filter_responses_renumbered_us": "filter, Responses deltas (renumbered), per event",
     "filter_thinking_us": "filter, Anthropic thinking deltas (withheld), per event",
     "exchange_stream_per_event_us": "Degrade - Allow, chat stream, per event",

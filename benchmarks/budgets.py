@@ -239,8 +239,8 @@ def _degrade_budgets(results: dict[str, Any]) -> list[Budget]:
             why_missing=why,
         ),
         _upper(
-            "Degrade: stream filter per event, chat reasoning chunk with its own envelope "
-            "(parsed, withheld)",
+            "Degrade: stream filter per event, chat reasoning chunk with its own padding field "
+            "(withheld unparsed)",
             degrade.get("filter_reasoning_parsed_us"),
             2.0,
             "µs",
@@ -249,7 +249,7 @@ def _degrade_budgets(results: dict[str, Any]) -> list[Budget]:
         ),
         _upper(
             "Degrade: stream filter per event, chat chunk with content and reasoning "
-            "(parsed, re-encoded)",
+            "(reasoning cut from the bytes)",
             degrade.get("filter_mixed_us"),
             2.0,
             "µs",

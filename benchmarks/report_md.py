@@ -421,9 +421,13 @@ _DEGRADE_ROWS = {
     "filter_content_us": "stream filter, chat content chunk (`StreamFilter.feed`)",
     "filter_reasoning_us": "stream filter, chat reasoning chunk in a run of alike ones "
     "(withheld unparsed)",
-    "filter_reasoning_parsed_us": "stream filter, chat reasoning chunk, own envelope "
-    "(parsed, withheld)",
-    "filter_mixed_us": "stream filter, chat chunk with content and reasoning (re-encoded)",
+    "filter_reasoning_parsed_us": "stream filter, chat reasoning chunk, own padding field "
+    "(withheld unparsed, template with holes)",
+    "filter_reasoning_unmatched_us": "stream filter, chat reasoning chunk, own id (parsed)",
+    "filter_mixed_us": "stream filter, chat chunk with content and reasoning "
+    "(reasoning cut from the bytes)",
+    "filter_mixed_unmatched_us": "stream filter, chat chunk with content and reasoning, "
+    "own id (parsed, re-encoded)",
     "filter_responses_renumbered_us": "stream filter, Responses delta renumbered in place",
     "filter_thinking_us": "stream filter, Anthropic thinking delta (withheld)",
     "exchange_stream_per_event_us": "chat stream through the send wrapper, Degrade - Allow",

@@ -311,3 +311,33 @@ def test_degrade_acts_with_the_redis_backends(
     assert last_received(app)["max_tokens"] == 1024 and last_received(app)["n"] == 1
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "lorem " * 1024
     assert all("reasoning_content" not in (c.choices[0].delta.model_extra or {}) for c in chunks)
+
+
+def test_padded_and_mixed_chunks_reach_the_sdk_without_their_reasoning() -> None:
+    """Runs that go by the stream filter's templates (each chunk with its own pad, as
+    OpenAI's ``obfuscation``; chunks with content and reasoning, cut from their bytes)
+    reach the openai SDK as chunks it parses, without a word of the reasoning."""
+
+    def padded(delta: dict[str, Any], i: int) -> bytes:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                              "finish_reason": None}],
+                 "obfuscation": "pad" * (i % 4)}  # fmt: skip
+        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+    chunks = [chat_event({"role": "assistant", "content": ""})]
+    chunks += [padded({"reasoning_content": f"secret{i} "}, i) for i in range(20)]
+    chunks += [padded({"content": f"w{i} ", "reasoning_content": f"secret{i} "}, i)
+               for i in range(20)]  # fmt: skip
+    chunks += [chat_event({}, "stop"), b"data: [DONE]\n\n"]
+    app = AbuseGuard(sse_app(chunks), policy=degrade_everyone())
+    with serve(app) as base, sdk(base) as client:
+        stream = client.chat.completions.with_raw_response.create(
+            model="m", messages=MESSAGES, stream=True
+        )
+        body = stream.http_response.read()
+        received = list(stream.parse())
+    assert b"secret" not in body
+    text = "".join(c.choices[0].delta.content or "" for c in received)
+    assert text == "".join(f"w{i} " for i in range(20))
+    assert received[-1].choices[0].finish_reason == "stop"

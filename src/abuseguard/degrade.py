@@ -380,6 +380,92 @@ _BLANKS = b" \t"
 _NOT_AN_INTEGER_AFTER = frozenset(b".eE")
 _ABSENT = -1  # _top_level_value: the key is not there
 _UNSURE = -2  # _top_level_value: the bytes alone cannot tell; parse the event
+# How many first bytes of two parsed events must be alike for the second to be learned from.
+_LEARN_HEAD = 64
+# What a template match returns when the event is not made of the template's bytes.
+_UNMATCHED = b"\0unmatched"
+# A string token, or a byte of JSON structure, in data known to hold no backslash.
+_JSON_TOKEN = re.compile(rb'"[^"]*"|[{}\[\]:,]')
+# Keys whose string value decides what the filter does with an event: never a template hole.
+_DECISIVE_KEYS = frozenset({b"type", b"finish_reason", b"usage", b"logprobs", b"role"})
+_REASONING_KEY_BYTES = frozenset(key.encode() for key in _REASONING_KEYS)
+# What a kept event's varying text may not hold: then it is a valid JSON string as written
+# (when valid UTF-8), so the event parses as the one learned from, with other texts.
+_UNSAFE_KEPT_TEXT = re.compile(rb'["\\\x00-\x1f]')
+
+
+def _template_holes(event: bytes) -> tuple[list[tuple[int, int]], int, int, int] | None:
+    """Where a template of ``event`` (one event ending with its only \\n\\n, its data on its
+    last line, no \\r and no backslash in it) lets the bytes vary: the spans of the string
+    values that do not decide what the filter does (the reasoning text, the other string
+    members of its object, the top-level string members after it: a per-chunk padding
+    field), in order; which span is the reasoning text; and the span of that member with one
+    comma beside it (what a kept event loses). None unless the event has exactly one
+    reasoning key, and its value is a string.
+
+    With no backslash, every quote opens or closes a string, so the tokens are exact."""
+    size = len(event) - 2
+    line = event.rfind(b"\n", 0, size) + 1
+    if not event.startswith(b"data:", line) or event.find(b'"', 0, line) >= 0:
+        return None
+    if line and (event.startswith(b"data:") or event.find(b"\ndata:", 0, line) >= 0):
+        return None  # two data lines
+    containers: list[int] = []
+    opened = 0
+    values: list[tuple[int, int, bytes, int, int]] = []  # text start, end, key, object, depth
+    reasoning = -1
+    reasoning_keys = 0
+    key = b""
+    key_start = -1
+    member_key_start = -1
+    previous = 0
+    for token in _JSON_TOKEN.finditer(event, line + 5, size):
+        start = token.start()
+        first = event[start]
+        if first == 0x22:
+            if previous == 0x3A and containers:
+                if key in _REASONING_KEY_BYTES:
+                    reasoning = len(values)
+                    member_key_start = key_start
+                values.append((start + 1, token.end() - 1, key, containers[-1], len(containers)))
+            else:
+                key = event[start + 1 : token.end() - 1]
+                key_start = start
+        elif first == 0x3A:
+            if key in _REASONING_KEY_BYTES:
+                reasoning_keys += 1
+        elif first == 0x7B or first == 0x5B:
+            opened += 1
+            containers.append(opened)
+        elif first == 0x7D or first == 0x5D:
+            if not containers:
+                return None
+            containers.pop()
+        previous = first
+    if reasoning < 0 or reasoning_keys != 1:
+        return None
+    text_start, text_end, _, reasoning_object, _ = values[reasoning]
+    holes: list[tuple[int, int]] = []
+    hole = -1
+    for index, (start, end, value_key, container, depth) in enumerate(values):
+        if index == reasoning:
+            hole = len(holes)
+        elif (
+            value_key in _DECISIVE_KEYS
+            or value_key in _REASONING_KEY_BYTES
+            or (container != reasoning_object and not (depth == 1 and start > text_end))
+        ):
+            continue
+        holes.append((start, end))
+    member_start, member_end = member_key_start, text_end + 1
+    before = event[:member_start].rstrip(_BLANKS)
+    if before.endswith(b","):
+        member_start = len(before) - 1
+    else:
+        after = len(event) - len(event[member_end:].lstrip(_BLANKS))
+        if event.startswith(b",", after):
+            member_end = after + 1
+    return holes, hole, text_start - member_start, member_end - text_end
 
 
 def _shift(dropped: list[int], index: int) -> int:
@@ -435,20 +521,27 @@ class StreamFilter:
     count). ``withheld`` counts the bytes kept from the client.
 
     An event that mentions reasoning is parsed, which also proves it whole. One exception:
-    once an event with one reasoning text was parsed and withheld (a chat chunk that
-    carried only reasoning, a thinking delta), the next events made of the same bytes
-    around another reasoning text (the usual run of reasoning deltas) are withheld without
-    a parse; the parse would withhold them too, whole or not, as long as that text cannot
-    end the JSON string early (it holds no quote, line end or final backslash).
+    once an event with one reasoning text was parsed, its bytes become a template whose
+    holes are the texts that do not decide what becomes of it (_template_holes: the
+    reasoning text, its sibling texts, a per-chunk padding field). The next events made
+    of the same bytes around other texts (the usual run of reasoning deltas) go without a
+    parse: withheld, when it was (the parse would withhold them too, whole or not, as
+    long as no text can end its JSON string early: no quote, line end or final
+    backslash), or, when it was kept, with its reasoning member cut from the bytes, as
+    long as every text is a JSON string as written (_kept_text).
     """
 
     __slots__ = (
         "buffer",
+        "drop_cut",
+        "drop_middles",
         "drop_prefix",
         "drop_suffix",
+        "drop_whole",
         "dropped_blocks",
         "dropped_outputs",
         "learn_backoff",
+        "learn_head",
         "learn_wait",
         "moved_blocks",
         "moved_outputs",
@@ -466,30 +559,47 @@ class StreamFilter:
         self.moved_outputs: dict[bytes, bytes | None] = {}
         self.moved_pairs: dict[bytes, bytes | None] = {}  # see _renumber
         self.moved_blocks: dict[bytes, bytes | None] = {}
-        # The last withheld event learned from, cut around its one reasoning text.
+        # The last event learned from (see _learn_drop_template): its bytes before its
+        # first hole, between its holes (each starting with the quote that ends the hole
+        # before), after its last hole; for a kept event, which hole is its reasoning text
+        # and how many bytes before and after that text its member spans (else -1).
         self.drop_prefix = b""
+        self.drop_middles: tuple[bytes, ...] = ()
         self.drop_suffix = b""
+        self.drop_cut: tuple[int, int, int] = (-1, 0, 0)
+        self.drop_whole = False  # one hole, withheld: the usual run of reasoning deltas
         # Parsed withholdings to let pass before cutting the next one: a stream whose
         # envelope changes with every chunk never uses what is learned, so it learns ever
-        # less often (at most every 64th); a match starts over.
+        # less often (at most every 256th); a match starts over. After the first, an event
+        # is learned from only when it begins as the one tried before it: a stream whose
+        # events begin with other bytes each (an id of their own) learns no more.
         self.learn_wait = 0
         self.learn_backoff = 0
+        self.learn_head = b""
 
     def feed(self, chunk: bytes) -> bytes:
         data = self.buffer + chunk if self.buffer else chunk
         if 13 in data:  # \r: events may end with \r\n\r\n or \r\r
             return self._feed_events(data, False)
         prefix = self.drop_prefix
-        if (
-            prefix
-            and data.startswith(prefix)
-            and data.endswith(self.drop_suffix)
-            and self._fits_drop_template(data)
-        ):
-            self.buffer = b""
-            self.withheld += len(data)
-            self.learn_backoff = 0
-            return b""
+        if prefix and data.startswith(prefix) and data.endswith(self.drop_suffix):
+            if self.drop_whole:  # _by_template, inline for its usual case
+                text = data[len(prefix) : len(data) - len(self.drop_suffix)]
+                if (
+                    len(prefix) + len(self.drop_suffix) <= len(data)
+                    and 0x22 not in text
+                    and 0x0A not in text
+                    and text[-1:] != b"\\"
+                ):
+                    self.buffer = b""
+                    self.withheld += len(data)
+                    self.learn_backoff = 0
+                    return b""
+            else:
+                kept = self._by_template(data)
+                if kept is not _UNMATCHED:
+                    self.buffer = b""
+                    return b"" if kept is None else kept
         mentions = data.find(b"reasoning") >= 0 or data.find(b"thinking") >= 0
         if not (mentions or self.dropped_outputs or self.dropped_blocks):
             # The usual chunk: no event in it mentions reasoning and none needs
@@ -540,10 +650,9 @@ class StreamFilter:
                     break
                 end = match.end()
             event = data[start:end]
-            if plain and self.drop_prefix and self._fits_drop_template(event):
-                self.withheld += len(event)
-                self.learn_backoff = 0
-                kept = None
+            kept = self._by_template(event) if plain and self.drop_prefix else _UNMATCHED
+            if kept is not _UNMATCHED:
+                pass
             elif b"reasoning" in event or b"thinking" in event:
                 kept = self._filter(event, plain)
             elif self.dropped_outputs or self.dropped_blocks:
@@ -597,7 +706,10 @@ class StreamFilter:
             return None
         if "type" in parsed and self._withhold(parsed):
             if plain:
-                self._learn(event)
+                if self.learn_wait:  # _learn, inline while waiting
+                    self.learn_wait -= 1
+                else:
+                    self._learn(event, None)
             self.withheld += len(event)
             return None
         renumbered = bool(self.dropped_outputs or self.dropped_blocks) and self._renumber_parsed(
@@ -610,9 +722,17 @@ class StreamFilter:
             empty = removed and _empty_chat_chunk(parsed)
         if empty:
             if plain:
-                self._learn(event)
+                if self.learn_wait:  # _learn, inline while waiting
+                    self.learn_wait -= 1
+                else:
+                    self._learn(event, None)
             self.withheld += len(event)
             return None
+        if plain and not (self.dropped_outputs or self.dropped_blocks):
+            if self.learn_wait:
+                self.learn_wait -= 1
+            else:
+                self._learn(event, parsed)
         encoded = _dumps(parsed, by_orjson)
         if by_orjson and _maybe_rounded(encoded):
             parsed = _std_parse(payload)
@@ -623,50 +743,99 @@ class StreamFilter:
         self.withheld += len(event) - len(rebuilt)
         return rebuilt
 
-    def _fits_drop_template(self, event: bytes) -> bool:
-        """True when ``event`` (one event, or a chunk that is one event if so; no \\r in
-        it) is the last withheld event learned from with another reasoning text, one that
-        cannot end its JSON string early."""
+    def _by_template(self, event: bytes) -> bytes | None:
+        """What becomes of ``event`` (one event, or a chunk that is one event if so; no \\r
+        in it) when it is the last event learned from with other texts in its holes, texts
+        that cannot end their JSON strings early: None (withheld), or, for a kept event,
+        the event without its reasoning member. _UNMATCHED when it is not."""
         prefix, suffix = self.drop_prefix, self.drop_suffix
         if not (event.startswith(prefix) and event.endswith(suffix)):
-            return False
-        text = event[len(prefix) : len(event) - len(suffix)]
-        return (
-            len(prefix) + len(suffix) <= len(event)
-            and 0x22 not in text
-            and 0x0A not in text
-            and text[-1:] != b"\\"
-        )
+            return _UNMATCHED
+        reasoning_hole, lead, trail = self.drop_cut
+        keep = reasoning_hole >= 0
+        if keep and (self.dropped_outputs or self.dropped_blocks):
+            return _UNMATCHED  # a parse would renumber it
+        at = len(prefix)
+        cut_start = cut_end = 0
+        hole = 0
+        for middle in self.drop_middles:
+            end = event.find(b'"', at)
+            if end < 0 or not event.startswith(middle, end):
+                return _UNMATCHED
+            if keep:
+                if not _kept_text(event[at:end]):
+                    return _UNMATCHED
+                if hole == reasoning_hole:
+                    cut_start, cut_end = at - lead, end + trail
+            elif event.find(10, at, end) >= 0 or event[end - 1] == 0x5C:
+                return _UNMATCHED
+            hole += 1
+            at = end + len(middle)
+        end = len(event) - len(suffix)
+        if end < at:
+            return _UNMATCHED
+        text = event[at:end]
+        if keep:
+            if not _kept_text(text):
+                return _UNMATCHED
+            if hole == reasoning_hole:
+                cut_start, cut_end = at - lead, end + trail
+            kept = event[:cut_start] + event[cut_end:]
+            self.withheld += len(event) - len(kept)
+            self.learn_backoff = 0
+            return kept
+        if 0x22 in text or 0x0A in text or text[-1:] == b"\\":
+            return _UNMATCHED
+        self.withheld += len(event)
+        self.learn_backoff = 0
+        return None
 
-    def _learn(self, event: bytes) -> None:
-        """_learn_drop_template for a withheld parsed ``event``, unless waiting."""
+    def _learn(self, event: bytes, kept: dict[str, Any] | None) -> None:
+        """_learn_drop_template for a parsed ``event``, unless waiting."""
         if self.learn_wait:
             self.learn_wait -= 1
             return
         self.learn_wait = self.learn_backoff
-        self.learn_backoff = min(2 * self.learn_backoff + 1, 63)
-        self._learn_drop_template(event)
+        self.learn_backoff = min(4 * self.learn_backoff + 3, 255)
+        head = event[:_LEARN_HEAD]
+        tried = self.learn_head
+        self.learn_head = head
+        if head == tried or not tried:
+            self._learn_drop_template(event, kept)
 
-    def _learn_drop_template(self, event: bytes) -> None:
-        """Remember the withheld ``event`` (no \\r in it) cut around the text of its one
-        reasoning key, when it holds no escape: then every quote in it opens or closes a
-        string, so what is found is that key and its text. The text does not decide
-        whether an event is withheld: the same bytes around another text are withheld too
-        (the withheld items only grow)."""
+    def _learn_drop_template(self, event: bytes, kept: dict[str, Any] | None) -> None:
+        """Remember ``event`` (no \\r in it), withheld (``kept`` None) or kept as ``kept``
+        (parsed, its reasoning removed, renumbered by nothing), cut around its holes
+        (_template_holes), when it holds no escape: every quote in it opens or closes a
+        string. Events made of the same bytes around other texts in the holes parse into
+        the same structure with other strings where nothing reads them: a withheld one is
+        withheld too (whether those texts are JSON or not: the withheld items only grow),
+        a kept one loses the same member (its texts are proved valid JSON strings). A kept
+        event is learned only when cutting that member from its bytes gives ``kept``."""
         if event.find(b"\\") >= 0:
             return
-        at = -1
-        for quoted in _QUOTED_KEY_TEXTS:
-            found = event.find(quoted)
-            if found >= 0:
-                if at >= 0 or event.find(quoted, found + 1) >= 0:
-                    return  # two reasoning texts
-                at = found + len(quoted)
-        end = event.find(b'"', at) if at >= 0 else -1
-        if end < 0:
+        found = _template_holes(event)
+        if found is None:
             return
-        self.drop_prefix = event[:at]
-        self.drop_suffix = event[end:]
+        holes, reasoning_hole, lead, trail = found
+        cut = (-1, 0, 0)
+        if kept is not None:
+            text_start, text_end = holes[reasoning_hole]
+            spliced = event[: text_start - lead] + event[text_end + trail :]
+            _, payload = _split_event(spliced, False)
+            try:
+                if payload is None or orjson.loads(payload) != kept:
+                    return
+            except orjson.JSONDecodeError:
+                return
+            cut = (reasoning_hole, lead, trail)
+        self.drop_prefix = event[: holes[0][0]]
+        self.drop_middles = tuple(
+            event[end : holes[i + 1][0]] for i, (_, end) in enumerate(holes[:-1])
+        )
+        self.drop_suffix = event[holes[-1][1] :]
+        self.drop_cut = cut
+        self.drop_whole = kept is None and len(holes) == 1
 
     def _withhold(self, event: dict[str, Any]) -> bool:
         kind = event.get("type")
@@ -837,6 +1006,20 @@ class StreamFilter:
             self._renumber_parsed(parsed)
             encoded = _dumps(parsed, False)
         return _rebuilt(event, lines, encoded)
+
+
+def _kept_text(text: bytes) -> bool:
+    """True when ``text`` written between quotes is a JSON string as it is: no quote,
+    backslash or control character, valid UTF-8."""
+    if _UNSAFE_KEPT_TEXT.search(text) is not None:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _split_event(event: bytes, plain: bool) -> tuple[list[bytes] | None, bytes | None]:
