@@ -4,7 +4,9 @@ wrong stubs force, naming that library in a trailing comment (item 7)."""
 
 from __future__ import annotations
 
+import gc
 import re
+import types
 from pathlib import Path
 
 import abuseguard
@@ -59,3 +61,43 @@ def test_the_backends_touch_no_guard_privates() -> None:
         if re.search(r"guard\._", line)
     ]
     assert touching == []
+
+
+def _reachable(roots: list[object], skip: tuple[type, ...]) -> list[object]:
+    """Every object reachable from ``roots`` through references, not entering ``skip``'s
+    instances, modules or classes."""
+    seen: dict[int, object] = {}
+    todo = list(roots)
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (*skip, type, types.ModuleType)):
+            continue
+        seen[id(obj)] = obj
+        todo.extend(gc.get_referents(obj))
+    return list(seen.values())
+
+
+def test_no_stage_and_no_backend_port_holds_the_guard() -> None:
+    """Data flows one way: the stages get the parts they read, never the Guard, and a
+    round-trip backend's port (`GuardStages`) reaches nothing of it. Backends are not
+    entered: the memory backend's clock is the guard's request time (``_virtual_now``)."""
+    from abuseguard import Guard, Limits, Policy, TokenBucket
+    from abuseguard.backends.base import Backend
+
+    policy = Policy(
+        bucket=TokenBucket("10/second", burst=10),
+        routes={"/chat": Limits(bucket=TokenBucket("5/second", burst=5))},
+    )
+    memory_guard = Guard(policy, observers=[lambda info, decision: None])
+    stages = [
+        memory_guard.reader,
+        memory_guard.engine_run,
+        memory_guard.decider,
+        memory_guard.settlement,
+        memory_guard.route_limits,
+    ]
+    assert not any(obj is memory_guard for obj in _reachable(stages, (Backend,)))
+    redis_guard = Guard(policy, "redis://127.0.0.1:1/0")  # attached, never connected
+    port = getattr(redis_guard.backend, "stages", None)
+    assert port is not None
+    assert not any(obj is redis_guard for obj in _reachable([port], (Backend,)))

@@ -206,7 +206,7 @@ def test_claimed_defaults_load_and_uvicorn(monkeypatch: pytest.MonkeyPatch) -> N
 
     guard = fresh_guard(Policy(load_target=10))
     guard.inflight = 1000
-    assert guard._load_factor() == 0.1  # "never below a tenth"
+    assert guard.engine_run.load_factor() == 0.1  # "never below a tenth"
     assert "never below a tenth" in _doc("concepts/limits.md")
     monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
     config = uvicorn.Config(app=None)

@@ -260,7 +260,7 @@ def test_the_hold_outlasts_the_score_until_the_quiet_period() -> None:
         t = i * 45.0
         decision = guard.check(harvest_request(i, t))
     assert held(decision)
-    row = guard._key_index[decision.identity]
+    row = guard.engine.key_table.index[decision.identity]
     # Clean requests: the score is low; the evidence falls once the account's fan-out
     # sketches forget the harvest (an hour), the hold stays a quiet period more.
     below_since = None
@@ -293,11 +293,12 @@ def test_forgive_clears_the_hold_and_a_ban_but_not_the_limits() -> None:
     decisions = [guard.check(harvest_request(i, i * 45.0)) for i in range(40)]
     banned = guard.check(clean_request(40 * 45.0))
     assert banned.action == Action.BLOCK and "banned" in banned.reasons
-    tokens_before = guard.engine.key_table.data[guard._key_index[banned.identity], L.F_TOKENS]
+    key_table = guard.engine.key_table
+    tokens_before = key_table.data[key_table.index[banned.identity], L.F_TOKENS]
     assert guard.forgive(decisions[-1].identity)
     after = guard.check(clean_request(40 * 45.0 + 1))
     assert after.action == Action.ALLOW and not held(after)
-    row = guard._key_index[after.identity]
+    row = guard.engine.key_table.index[after.identity]
     assert guard.engine.key_table.data[row, L.F_EVIDENCE] == 0.0
     # The bucket was not refilled by the forgiveness (1 token a second, 1 request taken).
     assert guard.engine.key_table.data[row, L.F_TOKENS] <= tokens_before + 1.0
@@ -420,7 +421,7 @@ def test_a_refused_request_spends_nothing_and_usage_skips_reconciliation() -> No
     guard = Guard(Policy(unverified_keys=None, bucket=TokenBucket("1/second", burst=5)))
     info = RequestInfo(ip="192.0.2.9", key="k", ts=0.0)
     decision = guard.check(info)
-    row = guard._key_index[decision.identity]
+    row = guard.engine.key_table.index[decision.identity]
     tokens = guard.engine.key_table.data[row, L.F_TOKENS]
     guard.complete(info, decision, status=200, usage=500.0)
     assert guard.engine.key_table.data[row, L.F_SPEND] == 500.0
@@ -523,6 +524,6 @@ def test_a_trusted_account_is_capped_not_held() -> None:
     )
     guard = Guard(policy)
     decisions = [guard.check(harvest_request(i, i * 45.0)) for i in range(40)]
-    row = guard._key_index[decisions[-1].identity]
+    row = guard.engine.key_table.index[decisions[-1].identity]
     assert guard.engine.key_table.data[row, L.F_STICKY] > 0  # the evidence crossed ...
     assert all(d.served and not held(d) for d in decisions)  # ... the cap wins

@@ -439,15 +439,15 @@ def test_client_cache_keys_on_persona_values_and_stays_bounded() -> None:
     guard = Guard(Policy())
     sdk = {"user-agent": "OpenAI/Python 1.40.0", "x-stainless-lang": "python"}
     fresh = Guard(Policy())
-    first = guard._client_of(sdk["user-agent"], sdk)
+    first = guard.reader.client_of(sdk["user-agent"], sdk)
     # Same names, another value of a persona header: another persona, not a cache hit.
-    other = guard._client_of(sdk["user-agent"], {**sdk, "x-stainless-lang": "js"})
+    other = guard.reader.client_of(sdk["user-agent"], {**sdk, "x-stainless-lang": "js"})
     assert first[1] != other[1]
-    assert other == fresh._client_of(sdk["user-agent"], {**sdk, "x-stainless-lang": "js"})
-    assert guard._client_of(sdk["user-agent"], dict(sdk)) == first
+    assert other == fresh.reader.client_of(sdk["user-agent"], {**sdk, "x-stainless-lang": "js"})
+    assert guard.reader.client_of(sdk["user-agent"], dict(sdk)) == first
     # A flood of header shapes (random names) cannot grow the caches without bound.
     for i in range(20_000):
-        guard._client_of("curl/8.0", {f"x-random-{i}": "1", "accept-encoding": str(i)})
+        guard.reader.client_of("curl/8.0", {f"x-random-{i}": "1", "accept-encoding": str(i)})
     clients = guard.client_enricher
     assert len(clients.clients) <= 16384 and len(clients.shapes) <= 4096
 

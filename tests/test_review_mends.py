@@ -137,7 +137,8 @@ async def _echo(request: Request) -> JSONResponse:
 def _count_reads(guard: Guard) -> Counter[str]:
     """Count the guard's reads of a request: identity, client class, body fingerprint."""
     reads: Counter[str] = Counter()
-    identity_of, client_of, prepare = guard.identity_of, guard._client_of, guard.prepare
+    reader = guard.reader  # the identify and enrich stage reads identities and clients
+    identity_of, client_of, prepare = reader.identity_of, reader.client_of, guard.prepare
 
     def counted_identity_of(info: RequestInfo) -> Any:
         reads["identity"] += 1
@@ -152,8 +153,8 @@ def _count_reads(guard: Guard) -> Counter[str]:
         reads["prepared with content"] += prepared.has_content
         return prepared
 
-    guard.identity_of = counted_identity_of  # type: ignore[method-assign]
-    guard._client_of = counted_client_of
+    reader.identity_of = counted_identity_of  # type: ignore[method-assign]
+    reader.client_of = counted_client_of
     guard.prepare = counted_prepare  # type: ignore[method-assign]
     return reads
 

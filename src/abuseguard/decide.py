@@ -22,9 +22,9 @@ from abuseguard.plan_overrides import AppWideLimits, PlanOverrides
 
 if TYPE_CHECKING:
     from abuseguard.engine.engine import Engine
-    from abuseguard.guard import Prepared
     from abuseguard.intel.network import NetworkProfile
     from abuseguard.policy import Policy, Quota
+    from abuseguard.prepare import Prepared
 
 
 class Decider:

@@ -18,9 +18,9 @@ from abuseguard.keyprobe import UNVERIFIED_KEY_REASON, UnverifiedKeyLimiter, Unv
 
 if TYPE_CHECKING:
     from abuseguard.exempt import ExemptPaths
-    from abuseguard.guard import Prepared
     from abuseguard.identity import ClientAddress
     from abuseguard.policy import Policy
+    from abuseguard.prepare import Prepared
     from abuseguard.request import RequestInfo
 
 IdentityOf = Callable[["RequestInfo"], "tuple[str, bool, ClientAddress]"]

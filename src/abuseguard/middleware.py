@@ -467,7 +467,8 @@ class _Responder:
         state[DECISION_STATE_KEY] = decision
         state[GUARD_STATE_KEY] = mw  # for route-local limits (abuseguard.route_local)
         receive = self._replaying_receive if self.buffered else self.receive
-        guard.inflight += 1
+        engine_run = guard.engine_run  # it counts the requests in flight (load factor)
+        engine_run.inflight += 1
         try:
             if decision.action is _ALLOW and mw.plain_allow:
                 await mw.app(scope, receive, self._send)
@@ -478,7 +479,7 @@ class _Responder:
                     enforcer = mw.degrade_shadow
                 await enforcer(scope, receive, self._send, decision, mw.app)
         finally:
-            guard.inflight -= 1
+            engine_run.inflight -= 1
             self._complete()
 
     def _complete(self) -> None:

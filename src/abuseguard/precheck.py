@@ -38,7 +38,8 @@ from abuseguard.engine import layout as L
 from abuseguard.engine.bucket_rules import key_bucket_shape
 
 if TYPE_CHECKING:
-    from abuseguard.guard import Guard, Prepared
+    from abuseguard.guard import Guard
+    from abuseguard.prepare import Prepared
     from abuseguard.request import RequestInfo
 
 
@@ -96,8 +97,9 @@ def precheck_reading(guard: Guard, info: RequestInfo) -> tuple[Decision | None, 
 
 def _answer(guard: Guard, info: RequestInfo, p: Prepared) -> Decision | None:
     io = [0.0] * L.IO_SIZE
-    rows = guard._key_rows  # Python floats without numpy's scalars
-    row = guard._key_index.get(p.identity)
+    key_table = guard.engine.key_table
+    rows = key_table.data_view  # Python floats without numpy's scalars
+    row = key_table.index.get(p.identity)
     if row is not None and rows[row, L.F_COUNT] == 0.0:
         row = None  # a row handed out but never written: a new identity
     if row is not None:
@@ -155,7 +157,7 @@ def _key_bucket(guard: Guard, p: Prepared, row: int | None, io: list[float]) -> 
     """The identity's bucket as the kernel would find it, at the fastest refill it may
     have: written into ``io`` as the kernel writes a refusal (or the room left)."""
     params = guard.engine.params
-    rows = guard._key_rows
+    rows = guard.engine.key_table.data_view
     base_rate, burst = float(params[L.P_BUCKET]), float(params[L.P_BUCKET + 1])
     plan = int(rows[row, L.F_PLAN]) if row is not None else 0
     if plan > 0:  # the plan's own bucket, as the kernel reads it (`Policy.plans`)
@@ -168,7 +170,8 @@ def _key_bucket(guard: Guard, p: Prepared, row: int | None, io: list[float]) -> 
     if row is None:  # a new identity starts with a full bucket
         io[L.O_REMAINING] = burst
         return
-    load = 1.0 if guard.inflight <= guard._load_target else guard._load_factor()
+    engine_run = guard.engine_run
+    load = 1.0 if engine_run.inflight <= engine_run.load_target else engine_run.load_factor()
     rate = max(base_rate * load, 1e-9)
     tokens: float = rows[row, L.F_TOKENS]
     elapsed = p.ts - rows[row, L.F_BUCKET_TS]

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from abuseguard.decision import Action, Decision
 
 if TYPE_CHECKING:
-    from abuseguard.guard import Prepared
     from abuseguard.policy import Policy
+    from abuseguard.prepare import Prepared
     from abuseguard.route_limits import RouteLimiter, Verdict
 
 

@@ -33,11 +33,11 @@ from abuseguard.errors import ConfigError
 if TYPE_CHECKING:
     from abuseguard.decision import Action, Decision
     from abuseguard.engine.rows import EngineRows
-    from abuseguard.guard import Prepared
     from abuseguard.intel.network import NetworkProfile
     from abuseguard.keyprobe import SharedBudgets, UnverifiedKeyLimiter
     from abuseguard.plan_overrides import AppWideLimits
     from abuseguard.policy import Policy, Quota
+    from abuseguard.prepare import Prepared
     from abuseguard.request import RequestInfo
     from abuseguard.route_limits import RouteLimiter, Verdict
 
