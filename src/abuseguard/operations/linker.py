@@ -109,7 +109,8 @@ _PAIRED = frozenset(PAIR_KINDS)
 # are what one *tool* fixes for all its users (a coding agent's headers, prompt and
 # parameters; a harness at its defaults), so a pair of them is an honest crowd as often
 # as an operation; accounts made in one batch are what an operation has and a tool's
-# users do not.
+# users do not. (Pairs of any two of the four link `honest_world`'s SDK crowd in
+# tests/test_operations.py: its apps share the SDK's headers and one template prompt.)
 PAIRS: tuple[tuple[int, int], ...] = tuple((CREATED, kind) for kind in (PERSONA, SYSTEM, SHAPE))
 
 
