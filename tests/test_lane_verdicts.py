@@ -264,7 +264,9 @@ def test_an_app_sharing_only_persona_and_network_with_an_operation_is_not_held()
     rng = random.Random(21)
     ops = [(i, ua, h, [64600], sy, sh, k) for i, ua, h, _, sy, sh, k in operation(rng, 30)]
     _, ua, headers, _, _, _, _ = ops[0]
-    twin = ("k:twin", ua, headers, [64600], "You are Acme's assistant.", {"model": "x"}, "")
+    # An app asking one question at a time (`requests_of` sends "k:op..." single-turn): an
+    # account that mostly chats joins no operation at all.
+    twin = ("k:op-twin", ua, headers, [64600], "You are Acme's assistant.", {"model": "x"}, "")
     world = honest_world(rng, accounts=1100) + ops + [twin]
     boundary = lane.interval
     for ts, identity, seen in requests_of(rng, world, hours=1.25, rate=1 / 300.0):
@@ -284,11 +286,12 @@ def test_an_app_sharing_only_persona_and_network_with_an_operation_is_not_held()
     lane.flush()
     (cluster,) = lane.clusters()
     assert cluster["score"] >= linker.config.hold_score  # type: ignore[operator]
-    twin_id = guard.identity_of(RequestInfo(ip="192.0.2.1", key="twin"))[0]
+    twin_id = guard.identity_of(RequestInfo(ip="192.0.2.1", key="op-twin"))[0]
     assert linker.cluster_of(twin_id) == cluster["id"] and linker.prior_of(twin_id) > 0.0
     assert twin_id not in linker.firm
     assert lane.accounts_held >= 28
-    assert "evidence" not in guard.check(RequestInfo(ip="192.0.2.1", key="twin", ts=5e3)).reasons
+    twin_check = RequestInfo(ip="192.0.2.1", key="op-twin", ts=5e3)
+    assert "evidence" not in guard.check(twin_check).reasons
 
 
 def _linked_with_cards(cards: dict[str, str]) -> OperationLinker:

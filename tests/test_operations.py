@@ -372,6 +372,134 @@ def test_a_new_member_of_a_known_operation_gets_the_prior_within_a_few_requests(
     assert linker.cluster_of("k:fresh") is None
 
 
+DAY = 86400.0
+# The trace runs on day 400 after the epoch; batches were made 3, 9 and 20 days before.
+NOW = 400 * DAY
+BATCHES = [NOW - (days + 0.5) * DAY for days in (3, 9, 20)]
+
+
+def spread_operation(rng: random.Random, members: int = 48) -> list[Account]:
+    """An operation its accounts' tooling varies a little: one router persona, but each
+    account streams or not and sets ``top_p`` or not (four request shapes), made in three
+    batches. No bucket of three kinds holds more than a few of its accounts."""
+    headers = sdk_headers(extra=("x-router-trace",))
+    accounts: list[Account] = []
+    for i in range(members):
+        shape: dict[str, object] = {"model": "atlas-1-reasoning", "max_tokens": 8192}
+        shape["stream"] = i % 2 == 0
+        if i % 4 >= 2:
+            shape["top_p"] = 0.95
+        accounts.append((f"k:spread{i}", SDK_UA, headers, RESIDENTIAL, None, shape, "operation"))
+    return accounts
+
+
+def created_of_world(rng: random.Random, world: list[Account]) -> dict[str, float]:
+    """Creation times: honest accounts spread over years (a few made in the last days),
+    the operation's accounts in its batches (within a few hours of each)."""
+    created: dict[str, float] = {}
+    for index, (identity, *_) in enumerate(world):
+        if identity.startswith("k:spread"):
+            created[identity] = BATCHES[index % len(BATCHES)] + rng.uniform(-3, 3) * 3600.0
+        elif rng.random() < 0.03:
+            created[identity] = NOW - rng.uniform(0.0, 3.0) * DAY
+        else:
+            created[identity] = NOW - rng.lognormvariate(math.log(220.0), 1.3) * DAY
+    return created
+
+
+def requests_with_created(
+    rng: random.Random,
+    world: list[Account],
+    created: dict[str, float],
+    hours: float,
+    rate: float,
+    chats: frozenset[str] = frozenset(),
+) -> list[tuple[float, str, Observed]]:
+    """`requests_of` on day 400, each request carrying its account's creation time; the
+    operation asks one question at a time, and so does every account not in ``chats``
+    whose world says so (honest people chat in 1-3 turns)."""
+    out: list[tuple[float, str, Observed]] = []
+    for identity, ua, headers, asns, system, shape, _ in world:
+        ts = NOW + rng.uniform(0, 3600.0)
+        while ts < NOW + hours * 3600.0:
+            body = chat_body(rng, system=system, shape=shape)
+            if identity.startswith("k:spread"):
+                prompt = [{"role": "user", "content": rng.choice(TOPICS)}]
+                body = json.dumps({**shape, "messages": prompt})
+            elif identity in chats:
+                turns = [
+                    {"role": "user", "content": "earlier"},
+                    {"role": "assistant", "content": "a"},
+                ]
+                prompt = [*turns, {"role": "user", "content": rng.choice(TOPICS)}]
+                body = json.dumps({**shape, "messages": prompt})
+            seen = Observed(ts, "", ua, headers, body, rng.choice(asns), 900.0, created[identity])
+            out.append((ts, identity, seen))
+            ts += rng.expovariate(rate)
+    out.sort(key=lambda r: r[0])
+    return out
+
+
+def batch_day_crowds(rng: random.Random) -> tuple[list[Account], frozenset[str]]:
+    """Honest accounts made on a batch's day that share something with the operation by
+    chance: a few behind the same router persona with their own request shapes, and a few
+    with the router persona and one of the operation's shapes who chat (fewer than a
+    bucket's ``min_size`` with the operation's accounts of that shape and batch)."""
+    headers = sdk_headers(extra=("x-router-trace",))
+    crowd: list[Account] = []
+    for i in range(4):
+        shape = {"model": "atlas-2", "max_tokens": 300 + 7 * i, "temperature": 0.1 * i}
+        crowd.append((f"k:sameday{i}", SDK_UA, headers, CLOUD, None, shape, "sameday"))
+    chats = []
+    for i in range(3):
+        shape = {"model": "atlas-1-reasoning", "max_tokens": 8192, "stream": True}
+        crowd.append((f"k:chatty{i}", SDK_UA, headers, CLOUD, None, shape, "chatty"))
+        chats.append(f"k:chatty{i}")
+    return crowd, frozenset(chats)
+
+
+def _spread_world(config: OperationsConfig, hours: float) -> tuple[OperationLinker, list[str]]:
+    rng = random.Random(17)
+    crowd, chats = batch_day_crowds(rng)
+    world = honest_world(rng) + crowd + spread_operation(rng)
+    created = created_of_world(rng, world)
+    for identity, *_ in crowd:
+        created[identity] = BATCHES[0] + rng.uniform(-3, 3) * 3600.0
+    linker = OperationLinker(config)
+    run_linker(linker, requests_with_created(rng, world, created, hours, 1 / 240.0, chats))
+    return linker, [identity for identity, *_ in world if not identity.startswith("k:spread")]
+
+
+def test_an_operation_spread_over_batches_and_shapes_links_by_its_pairs_in_its_first_hour() -> None:
+    """Each of its accounts has sent a handful of requests: its buckets of three kinds are
+    too small to link, its pairs (batch and persona) are as large as a batch."""
+    config = OperationsConfig(recluster_every=60.0)
+    linker, honest = _spread_world(config, hours=1.25)
+    clustered = {m: c.id for c in linker.clusters.values() for m in c.members}
+    members = [f"k:spread{i}" for i in range(48)]
+    assert len({clustered.get(m) for m in members}) == 1, "the batches are one operation"
+    assert all(m in clustered for m in members)
+    assert not [m for m in honest if m in clustered], "an honest account was linked"
+    (cluster,) = linker.clusters.values()
+    assert "created" in cluster.linked_by and "persona" in cluster.linked_by
+    assert all(m in linker.firm for m in members) and cluster.score >= 0.7
+    # The same requests without pair links: nothing links yet.
+    without, _ = _spread_world(OperationsConfig(recluster_every=60.0, pair_links=False), 1.25)
+    assert without.clusters == {}
+
+
+def test_a_chance_holder_of_an_operations_pair_is_not_linked() -> None:
+    """Accounts made on a batch's day behind the router persona hold the operation's pair
+    (batch, persona): those that agree with it on nothing else, and those that do but chat,
+    are not linked, not even after hours, nor join it."""
+    linker, honest = _spread_world(OperationsConfig(recluster_every=60.0), hours=3.0)
+    assert linker.clusters
+    crowd = [m for m in honest if m.startswith(("k:sameday", "k:chatty"))]
+    assert len(crowd) == 7
+    assert all(linker.accounts[m].signatures[KINDS.index("created")] for m in crowd)
+    assert not [m for m in honest if linker.cluster_of(m) is not None]
+
+
 def test_the_linker_counts_match_a_recount(
     linked_world: tuple[OperationLinker, list[Account]],
 ) -> None:
@@ -394,6 +522,15 @@ def test_the_linker_counts_match_a_recount(
     assert linker.sub_count == dict(subs)
     assert {k: set(v) for k, v in linker.buckets.items()} == dict(buckets)
     assert set(linker.large) == {k for k, v in buckets.items() if len(v) >= linker.config.min_size}
+    pairs: dict[tuple[int, ...], set[str]] = defaultdict(set)
+    for identity, account in linker.accounts.items():
+        sigs = account.signatures
+        for index, (a, b) in enumerate(linker.pair_combos):
+            if sigs[a] and sigs[b]:
+                pairs[(-1 - index, sigs[a], sigs[b])].add(identity)
+    assert {k: set(v) for k, v in linker.pairs.items()} == dict(pairs)
+    min_size = linker.config.min_size
+    assert set(linker.large_pairs) == {k for k, v in pairs.items() if len(v) >= min_size}
 
 
 def test_accounts_are_bounded_and_dropping_keeps_the_counts() -> None:
@@ -408,6 +545,7 @@ def test_accounts_are_bounded_and_dropping_keeps_the_counts() -> None:
         linker._drop(identity)
     assert linker.signature_count == {} and linker.sub_count == {}
     assert linker.buckets == {} and linker.large == {}
+    assert linker.pairs == {} and linker.large_pairs == {}
 
 
 # -- what one request says ----------------------------------------------------------------

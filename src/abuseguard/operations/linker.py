@@ -26,6 +26,21 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    what thousands of others hold too (the SDK's headers, the popular system prompt); the
    lift alone would let a crowd through whose kinds are correlated by what it is (server
    apps: the SDK, a cloud, a template system prompt).
+3b. **Pair links.** With ``pair_links``, the creation batch paired with the persona, the
+   system prompt or the request shape links too, through the same lift, surprise and
+   distinctiveness tests (both kinds distinctive). An operation whose accounts vary on a
+   third kind (streaming or not, which of its batches, the browser each account keeps)
+   falls into many small buckets of three kinds and links only once one of them reaches
+   ``min_size``; its pairs are as large as the operation from its first hour. A pair
+   always holds the batch: persona, system prompt and request shape are what one tool
+   fixes for all its users, accounts made together are what an operation has and a tool's
+   users do not. Network and activity slot never pair (what a campus or a cloud crowd
+   shares by where it is; everyone busy at the same hours). A holder of a linking pair is
+   linked only when it agrees with another holder on a third of persona, system prompt,
+   request shape and batch, and does not mostly chat (``min_single_turn`` of its own
+   requests): a few honest accounts made on a batch's day with the web app's shape hold
+   the pair by chance. Linking pairs of one persona, prompt or shape with different
+   batches are one operation.
 4. **Clusters.** Every ``recluster_every`` seconds (of the records' time) the members of
    linking buckets are joined by union-find, and so are two linking buckets that agree on
    all but one of their kinds (each passed the test on its own: an operation whose
@@ -39,10 +54,13 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    linking bucket of the cluster on all but one kind, each of them held for a good part
    (``join_share``) by members of the cluster: every account at each clustering, and an
    account seen since at the lane's next flush. A new account of a known operation is
-   caught in its first requests. So does an account paying with a card (the host app's
-   payment fingerprint, for accounts outside an organisation) that at least two members
-   of one cluster pay with, when they are at least ``join_share`` of the card's accounts:
-   bulk-made accounts are paid by a few shared cards.
+   caught in its first requests. A linking pair lets an account join by the pair itself,
+   when the account agrees on a third kind with a member (as in step 3b). So does an
+   account paying with a card (the host app's payment fingerprint, for accounts outside
+   an organisation) that at least two members of one cluster pay with, when they are at
+   least ``join_share`` of the card's accounts: bulk-made accounts are paid by a few
+   shared cards. No account that mostly chats (``min_single_turn`` of its own requests)
+   joins by any of these.
 6. **Score.** ``size`` (ramp from ``min_size`` to 4x), ``single-turn share``, ``topic
    spread`` (distinct topics over the members' topics: members of an operation cover
    different ground, a class pasting one assignment does not) and ``tokens`` per member
@@ -64,6 +82,7 @@ from abuseguard.operations.evidence import (
     CREATED,
     KINDS,
     N_KINDS,
+    PERSONA,
     SHAPE,
     SYSTEM,
     TIMING,
@@ -80,6 +99,19 @@ Key = tuple[int, ...]
 # thousands by what it is (the SDK's headers, a cloud's ASN, busy hours). Only a link
 # through one of them makes a member's verdict firm enough to hold it (`firm`).
 CHOSEN_KINDS = frozenset({SYSTEM, SHAPE, CREATED})
+# The kinds a pair link may combine (`OperationsConfig.pair_links`): what the operation's
+# software and sign-up fix for all its accounts. Not the network (the one thing a
+# distributed operation varies on purpose, and what a campus or a cloud crowd shares by
+# where it is) nor the activity slot (everyone busy at the same hours shares one).
+PAIR_KINDS: tuple[int, ...] = (PERSONA, SYSTEM, SHAPE, CREATED)
+_PAIRED = frozenset(PAIR_KINDS)
+# Every pair link holds the creation batch: the persona, system prompt and request shape
+# are what one *tool* fixes for all its users (a coding agent's headers, prompt and
+# parameters; a harness at its defaults), so a pair of them is an honest crowd as often
+# as an operation; accounts made in one batch are what an operation has and a tool's
+# users do not. (Pairs of any two of the four link `honest_world`'s SDK crowd in
+# tests/test_operations.py: its apps share the SDK's headers and one template prompt.)
+PAIRS: tuple[tuple[int, int], ...] = tuple((CREATED, kind) for kind in (PERSONA, SYSTEM, SHAPE))
 
 
 @dataclass(frozen=True)
@@ -100,6 +132,8 @@ class OperationsConfig:
     must be in a cluster for an account to join it by that signature.
     ``max_topics``: topics kept per account.
     ``tokens_per_hour``: (low, high) of the tokens-per-member-hour ramp of the score.
+    ``pair_links``: also link by a *pair* of kinds, the creation batch and one of persona,
+    system prompt or request shape (`PAIRS`), see the module (step 3b).
     ``hold_score``: a cluster scoring at least this is an operation's verdict: the lane
     holds each member at the first accumulated-evidence step from the moment it is linked,
     when the member's link went through a kind the operator chose (system prompt, request
@@ -124,6 +158,7 @@ class OperationsConfig:
     join_share: float = 0.25
     max_topics: int = 64
     tokens_per_hour: tuple[float, float] = (5_000.0, 50_000.0)
+    pair_links: bool = True
     hold_score: float | None = 0.7
 
     def __post_init__(self) -> None:
@@ -178,8 +213,8 @@ class Account:
         self.last_ts = ts
         self.items = [DecayedItems(config.items_per_kind, config.half_life) for _ in range(N_KINDS)]
         self.signatures: tuple[int, ...] = (0,) * N_KINDS
-        # (signature keys, sub-band keys, band keys) this account is counted under.
-        self.keys: tuple[list[Key], list[Key], list[Key]] = ([], [], [])
+        # (signature keys, sub-band keys, band keys, pair keys) this account is counted under.
+        self.keys: tuple[list[Key], list[Key], list[Key], list[Key]] = ([], [], [], [])
         self.requests = 0
         self.single = 0
         self.tokens = 0.0
@@ -259,6 +294,10 @@ class OperationLinker:
         self.sub_count: dict[Key, int] = {}
         self.buckets: dict[Key, dict[str, None]] = {}
         self.large: dict[Key, None] = {}
+        # Pair links: keys (-1 - pair index, signatures...), never equal to a sub-band key.
+        self.pair_combos = list(PAIRS) if self.config.pair_links else []
+        self.pairs: dict[Key, dict[str, None]] = {}
+        self.large_pairs: dict[Key, None] = {}
         self.clusters: dict[str, Cluster] = {}
         # Sub-band keys of the linking buckets that are held mostly by one cluster.
         self.join_keys: dict[Key, str] = {}
@@ -327,7 +366,7 @@ class OperationLinker:
 
     def _index(self, account: Account) -> None:
         sigs = account.signatures
-        sig_keys, sub_keys, band_keys = account.keys
+        sig_keys, sub_keys, band_keys, pair_keys = account.keys
         counts = self.signature_count
         for kind, sig in enumerate(sigs):
             if sig:
@@ -352,9 +391,20 @@ class OperationLinker:
                 if len(members) >= min_size:
                     self.large[key] = None
                 band_keys.append(key)
+        pairs = self.pairs
+        for index, (a, b) in enumerate(self.pair_combos):
+            if sigs[a] and sigs[b]:
+                key = (-1 - index, sigs[a], sigs[b])
+                members = pairs.get(key)
+                if members is None:
+                    members = pairs[key] = {}
+                members[account.identity] = None
+                if len(members) >= min_size:
+                    self.large_pairs[key] = None
+                pair_keys.append(key)
 
     def _unindex(self, account: Account) -> None:
-        sig_keys, sub_keys, band_keys = account.keys
+        sig_keys, sub_keys, band_keys, pair_keys = account.keys
         for counts, keys in ((self.signature_count, sig_keys), (self.sub_count, sub_keys)):
             for key in keys:
                 left = counts[key] - 1
@@ -363,14 +413,18 @@ class OperationLinker:
                 else:
                     del counts[key]
         min_size = self.config.min_size
-        for key in band_keys:
-            members = self.buckets[key]
-            del members[account.identity]
-            if not members:
-                del self.buckets[key]
-            if len(members) < min_size:
-                self.large.pop(key, None)
-        account.keys = ([], [], [])
+        for groups, large, keys in (
+            (self.buckets, self.large, band_keys),
+            (self.pairs, self.large_pairs, pair_keys),
+        ):
+            for key in keys:
+                members = groups[key]
+                del members[account.identity]
+                if not members:
+                    del groups[key]
+                if len(members) < min_size:
+                    large.pop(key, None)
+        account.keys = ([], [], [], [])
 
     def _count_payment(self, payment: str, delta: int) -> None:
         if payment:
@@ -418,6 +472,72 @@ class OperationLinker:
             distinctive += members >= distinct_share * holders
         return lift, least_surprise, distinctive
 
+    def pair_lift(self, key: Key) -> tuple[float, float, int]:
+        """(lift, surprise, distinctive kinds) of a pair link, as `bucket_lift` does for a
+        bucket: each kind against the holders of the other's signature."""
+        a, b = self.pair_combos[-1 - key[0]]
+        members = len(self.pairs[key])
+        total = len(self.accounts)
+        holders_a = self.signature_count.get((a, key[1]), 1)
+        holders_b = self.signature_count.get((b, key[2]), 1)
+        lift = members * total / (holders_a * holders_b)
+        least_surprise = min(
+            surprise(members, holders_b, holders_a / total),
+            surprise(members, holders_a, holders_b / total),
+        )
+        share = self.config.distinct_share
+        distinctive = (members >= share * holders_a) + (members >= share * holders_b)
+        return lift, least_surprise, distinctive
+
+    def _third_kind_buckets(self, account: Account, pair: tuple[int, ...]) -> list[Key]:
+        """The band keys of ``account`` made of ``pair`` and one more of `PAIR_KINDS`."""
+        return [
+            key
+            for key in account.keys[2]
+            if set(self.combos[key[0]]) >= set(pair) and set(self.combos[key[0]]) <= _PAIRED
+        ]
+
+    def _confirmed(self, key: Key) -> dict[str, None]:
+        """The holders of a linking pair that agree with another holder on a third of
+        `PAIR_KINDS` too. A pair of kinds, one of them common (a web app's request shape),
+        is also held by a few accounts that merely happen to (made the day a batch was):
+        they rarely agree with the operation on a third thing its software fixes."""
+        pair = self.kinds_of(key)
+        confirmed: dict[str, None] = {}
+        chat_below = self.config.min_single_turn
+        for identity in self.pairs[key]:
+            if identity in confirmed:
+                continue
+            account = self.accounts[identity]
+            if account.single < chat_below * account.requests:
+                continue
+            for band in self._third_kind_buckets(account, pair):
+                mates = self.buckets[band]
+                if len(mates) >= 2:
+                    confirmed[identity] = None
+                    break
+        return confirmed
+
+    def _agrees_with(self, account: Account, key: Key, cluster_id: str) -> bool:
+        """Whether ``account``, holding the pair ``key``, agrees on a third of `PAIR_KINDS`
+        with a member of the cluster (as `_confirmed` asks of a pair's holders)."""
+        accounts = self.accounts
+        for band in self._third_kind_buckets(account, self.kinds_of(key)):
+            for mate in self.buckets[band]:
+                other = accounts.get(mate)
+                if other is not None and other.cluster == cluster_id:
+                    return True
+        return False
+
+    def kinds_of(self, key: Key) -> tuple[int, ...]:
+        """The kinds of a band key (index >= 0) or a pair key (index < 0)."""
+        index = key[0]
+        return self.combos[index] if index >= 0 else self.pair_combos[-1 - index]
+
+    def members_of(self, key: Key) -> dict[str, None]:
+        """The accounts under a band key or a pair key."""
+        return self.buckets[key] if key[0] >= 0 else self.pairs[key]
+
     def update(self, now: float | None = None) -> bool:
         """Recluster when due (``now``: the latest record's time by default); True if it did."""
         if now is None:
@@ -440,17 +560,23 @@ class OperationLinker:
         """Let accounts in no cluster join the cluster whose characteristic items they hold."""
         if not self.clusters:
             return
+        chat_below = self.config.min_single_turn
         for identity in identities:
             account = self.accounts.get(identity)
             if account is None or account.cluster is not None:
                 continue
+            if account.single < chat_below * account.requests:
+                continue  # it mostly chats: what it shares with an operation is chance
             cluster = None
             firm = False
-            for key in account.keys[1]:
+            for key in itertools.chain(account.keys[1], account.keys[3]):
                 found = self.join_keys.get(key)
+                if found is not None and key[0] < 0 and not self._agrees_with(account, key, found):
+                    continue
                 if found is not None and (cluster is None or found == cluster.id):
                     cluster = self.clusters[found]
-                    firm = firm or not CHOSEN_KINDS.isdisjoint(self.subs[key[0]])
+                    kinds = self.subs[key[0]] if key[0] >= 0 else self.kinds_of(key)
+                    firm = firm or not CHOSEN_KINDS.isdisjoint(kinds)
                     if firm:
                         break
             if not firm and account.payment:
@@ -502,6 +628,26 @@ class OperationLinker:
                     owner = sub_owner.setdefault(sub_key, first)
                     if owner != first:
                         union.union(owner, first)
+        pair_owner: dict[tuple[int, int], str] = {}
+        for key in self.large_pairs:
+            lift, strength, distinctive = self.pair_lift(key)
+            if lift >= config.min_lift and strength >= config.min_surprise and distinctive == 2:
+                confirmed = self._confirmed(key)
+                if len(confirmed) < config.min_size:
+                    continue
+                if not CHOSEN_KINDS.isdisjoint(self.kinds_of(key)):
+                    firm.update(confirmed)
+                linking = iter(confirmed)
+                first = next(linking)
+                union.add(first)
+                for other in linking:
+                    union.union(first, other)
+                linked.append((key, lift))
+                # Pairs of one persona, prompt or shape with different batches: one operation
+                # (as two linking buckets that agree on all but one kind).
+                owner = pair_owner.setdefault((key[0], key[2]), first)
+                if owner != first:
+                    union.union(owner, first)
         components = [
             members
             for members in union.components().values()
@@ -511,12 +657,12 @@ class OperationLinker:
         root_of = {member: i for i, members in enumerate(components) for member in members}
         evidence: list[tuple[Counter[str], int, float]] = [(Counter(), 0, 0.0) for _ in components]
         for key, lift in linked:
-            first = next(iter(self.buckets[key]))
+            first = next(iter(self.members_of(key)))
             at = root_of.get(first)
             if at is None:
                 continue
             kinds, buckets, best = evidence[at]
-            kinds.update(KINDS[k] for k in self.combos[key[0]])
+            kinds.update(KINDS[k] for k in self.kinds_of(key))
             evidence[at] = (kinds, buckets + 1, max(best, lift))
         previous = self.clusters
         clusters: dict[str, Cluster] = {}
@@ -596,11 +742,13 @@ class OperationLinker:
                         held[at] = held.get(at, 0) + 1
         keys: dict[Key, str] = {}
         for key, _ in linked:
-            cluster_id = self.accounts[next(iter(self.buckets[key]))].cluster
+            cluster_id = self.accounts[next(iter(self.members_of(key)))].cluster
             if cluster_id is None:
                 continue
-            for sub_key in self._sub_keys(key):
-                kinds = self.subs[sub_key[0]]
+            # A pair link joins by its own pair; a band by its sub-bands.
+            candidates = [key] if key[0] < 0 else self._sub_keys(key)
+            for sub_key in candidates:
+                kinds = self.subs[sub_key[0]] if sub_key[0] >= 0 else self.kinds_of(sub_key)
                 if TIMING in kinds:
                     continue
                 if all(
