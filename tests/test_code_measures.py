@@ -63,6 +63,17 @@ def test_the_backends_touch_no_guard_privates() -> None:
     assert touching == []
 
 
+def test_no_module_reads_the_guards_privates() -> None:
+    """Stages, the middleware and the WebSocket guard use the Guard's public attributes
+    (``exempt_paths``, ``request_time``), never its private ones."""
+    touching = [
+        f"{where}:{number}: {line.strip()}"
+        for where, number, line in _lines(PACKAGE_DIR)
+        if re.search(r"\bguard\._", line) and where != "abuseguard/guard.py"
+    ]
+    assert touching == []
+
+
 def _reachable(roots: list[object], skip: tuple[type, ...]) -> list[object]:
     """Every object reachable from ``roots`` through references, not entering ``skip``'s
     instances, modules or classes."""
@@ -79,8 +90,8 @@ def _reachable(roots: list[object], skip: tuple[type, ...]) -> list[object]:
 
 def test_no_stage_and_no_backend_port_holds_the_guard() -> None:
     """Data flows one way: the stages get the parts they read, never the Guard, and a
-    round-trip backend's port (`GuardStages`) reaches nothing of it. Backends are not
-    entered: the memory backend's clock is the guard's request time (``_virtual_now``)."""
+    round-trip backend's port (`GuardStages`) reaches nothing of it; nor does the memory
+    backend (its clock is the guard's `RequestTime`, not a method of the Guard)."""
     from abuseguard import Guard, Limits, Policy, TokenBucket
     from abuseguard.backends.base import Backend
 
@@ -97,6 +108,7 @@ def test_no_stage_and_no_backend_port_holds_the_guard() -> None:
         memory_guard.route_limits,
     ]
     assert not any(obj is memory_guard for obj in _reachable(stages, (Backend,)))
+    assert not any(obj is memory_guard for obj in _reachable([memory_guard.backend], ()))
     redis_guard = Guard(policy, "redis://127.0.0.1:1/0")  # attached, never connected
     port = getattr(redis_guard.backend, "stages", None)
     assert port is not None

@@ -325,7 +325,7 @@ def _snapshot(guard: Guard) -> tuple[Any, ...]:
         dict(storage.counters),
         dict(storage.expirations),
         dict(backend.inflight),
-        guard._now,
+        guard.request_time.now,
     )
 
 

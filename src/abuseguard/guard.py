@@ -30,7 +30,7 @@ from abuseguard.pipeline import build_pipeline, check_arguments
 from abuseguard.policy import Policy, TokenBucket
 from abuseguard.precheck import precheck_reading
 from abuseguard.prepare import Prepared
-from abuseguard.request import RequestInfo
+from abuseguard.request import RequestInfo, RequestTime
 from abuseguard.route_limits import Verdict
 from abuseguard.startup_log import log_startup
 
@@ -65,9 +65,10 @@ class Guard:
         self._started = False
         self.observers: list[Observer] = list(check_callables("observers", observers))
         self.clock = clock if clock is not None else time.time
-        self._now = self.clock()  # the memory backend's clock: the request's time
+        # The memory backend's clock: the time of the request being decided.
+        self.request_time = RequestTime(self.clock())
         pipeline = build_pipeline(
-            policy, backend, clock=self.clock, virtual_now=self._virtual_now, intel=intel,
+            policy, backend, clock=self.clock, virtual_now=self.request_time, intel=intel,
             explain=explain, observers=self.observers,
         )  # fmt: skip
         self.backend, self.engine = pipeline.backend, pipeline.engine
@@ -91,7 +92,9 @@ class Guard:
         """Find a `Prepared` request's rows, call the kernel once, return the io vector."""
         self._with_body, self._run = pipeline.reader.with_body, pipeline.engine_run.run
         self._conclude, self._io = pipeline.decider.conclude, pipeline.decider.io
-        self._exempt, self._shared = pipeline.exempt, pipeline.backend.shared
+        self.exempt_paths = pipeline.exempt
+        """The paths `Policy.exempt` lets through undecided (an `ExemptPaths`), or None."""
+        self._shared = pipeline.backend.shared
         self._unverified, self._routes = pipeline.unverified_gate, pipeline.route_gate
         self._round_trip, self._local_decider = pipeline.round_trip, pipeline.local_decider
         self._on_plan = pipeline.plan_run
@@ -130,9 +133,6 @@ class Guard:
     def content(self, fingerprinter: Any) -> None:
         self.reader.content = fingerprinter
 
-    def _virtual_now(self) -> float:
-        return self._now
-
     # -- the decision ------------------------------------------------------------------
 
     def check(self, info: RequestInfo, read_without_body: Prepared | None = None) -> Decision:
@@ -151,7 +151,7 @@ class Guard:
                 "Guard.check() is synchronous; use 'await guard.acheck(info)' "
                 f"with the {type(self.backend).__name__}"
             )
-        if self._exempt and self._exempt.matches(info.path):
+        if self.exempt_paths and self.exempt_paths.matches(info.path):
             return _EXEMPT
         p = (
             self.prepare(info)
@@ -163,7 +163,7 @@ class Guard:
     def _check_local(self, info: RequestInfo, p: Prepared) -> Decision:
         """The pipeline after `prepare`, memory backend: the gates, the engine, the
         decision."""
-        self._now = p.ts
+        self.request_time.now = p.ts
         if p.has_account and self._unverified is not None:
             refusal = self._unverified.refuse(p.identity, p.address, p.ts, p.cost)
             if refusal is not None:
@@ -182,7 +182,7 @@ class Guard:
         background (`LocalDecider`: Redis in synced mode): the memory backend's path, the
         kernel's buckets charged exactly when the request is served, then the backend notes
         what to merge."""
-        if self._exempt and self._exempt.matches(info.path):
+        if self.exempt_paths and self.exempt_paths.matches(info.path):
             return _EXEMPT
         p = (
             self.prepare(info)
@@ -232,7 +232,7 @@ class Guard:
             return self._check_merged(info, read_without_body)
         if self._round_trip is None:
             raise RuntimeError(f"{type(self.backend).__name__} cannot decide requests")
-        if self._exempt and self._exempt.matches(info.path):
+        if self.exempt_paths and self.exempt_paths.matches(info.path):
             return _EXEMPT
         return await self._round_trip.check(info)
 
@@ -257,7 +257,7 @@ class Guard:
         depends on the request alone, not on the state earlier requests leave, so a batch
         entry point (replay) reads a batch at once, which keeps that code and its caches
         hot, then decides the requests in order."""
-        exempt = self._exempt
+        exempt = self.exempt_paths
         prepare = self.prepare
         return [None if exempt and exempt.matches(info.path) else prepare(info) for info in infos]
 
@@ -281,7 +281,7 @@ class Guard:
                 "Guard.decision_from_engine() is for the memory backend; "
                 f"not for the {type(self.backend).__name__}"
             )
-        self._now = p.ts
+        self.request_time.now = p.ts
         io = self._io
         plain = io[L.O_ACTION] == 0.0 and io[L.O_DENIED_KINDS] == 0.0 and io[L.O_BANNED] == 0.0
         decision = self._conclude(p, plain)
@@ -344,16 +344,7 @@ class Guard:
         an invalid key some other way than 401/403 (the middleware's `mark_invalid_key`
         does this through `complete`). False when there is nothing to charge: no key, or
         `Policy.unverified_keys` is off."""
-        unverified = self.unverified_keys
-        if unverified is None:
-            return False
-        identity, has_account, _ = self.identity_of(info)
-        if not has_account:
-            return False
-        unverified.report_invalid(
-            identity, info.ip, info.ts if info.ts is not None else self.clock()
-        )
-        return True
+        return self.settlement.report_invalid_key(info, self.identity_of(info))
 
     def release(self, decision: Decision) -> None:
         """Give back the concurrency slots a decision holds (once: `complete` then needs

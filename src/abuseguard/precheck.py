@@ -69,7 +69,8 @@ def precheck(guard: Guard, info: RequestInfo) -> Decision | None:
 
 def precheck_reading(guard: Guard, info: RequestInfo) -> tuple[Decision | None, Prepared | None]:
     """`precheck`, with what it prepared from ``info`` (None when it prepared nothing)."""
-    if guard._exempt and guard._exempt.matches(info.path):
+    exempt = guard.exempt_paths
+    if exempt and exempt.matches(info.path):
         return None, None
     bucket = guard.policy.bucket
     if (
@@ -87,12 +88,13 @@ def precheck_reading(guard: Guard, info: RequestInfo) -> tuple[Decision | None, 
         if refusal is not None:
             return refusal, p
     # The memory backend's quotas run on the guard's clock: this request's time, meanwhile.
-    previous_now = guard._now
-    guard._now = p.ts
+    request_time = guard.request_time
+    previous_now = request_time.now
+    request_time.now = p.ts
     try:
         return _answer(guard, info, p), p
     finally:
-        guard._now = previous_now
+        request_time.now = previous_now
 
 
 def _answer(guard: Guard, info: RequestInfo, p: Prepared) -> Decision | None:

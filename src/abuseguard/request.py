@@ -52,3 +52,17 @@ class RequestInfo:
     plan: str | None = None
     account: AccountFacts | None = None
     connection: Any = None
+
+
+class RequestTime:
+    """The time of the request being decided, as a clock: the memory backend's quotas and
+    leases read it (``time()``), so that a replayed request counts at its own time. The
+    Guard sets ``now`` before deciding; `precheck` sets and restores it."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -20,7 +20,7 @@ from abuseguard.plan_overrides import PlanOverrides
 if TYPE_CHECKING:
     from abuseguard.decision import Decision
     from abuseguard.engine.engine import Engine
-    from abuseguard.identity import AddressBook
+    from abuseguard.identity import AddressBook, ClientAddress
     from abuseguard.intel.network import NetworkView
     from abuseguard.keyprobe import UnverifiedKeyLimiter
     from abuseguard.policy import Policy
@@ -107,6 +107,20 @@ class Settlement:
             self.engine.add_spend(row, spent, info.ts if info.ts is not None else self.clock())
         if cost is not None and 0 <= cost < float("inf") and cost != decision.cost:
             self.reconcile(info, decision, row, cost)
+
+    def report_invalid_key(
+        self, info: RequestInfo, identified: tuple[str, bool, ClientAddress]
+    ) -> bool:
+        """`Guard.report_invalid_key` for the request ``info``, whose (identity, has an
+        account, address) is ``identified``."""
+        unverified = self.unverified_keys
+        identity, has_account, _ = identified
+        if unverified is None or not has_account:
+            return False
+        unverified.report_invalid(
+            identity, info.ip, info.ts if info.ts is not None else self.clock()
+        )
+        return True
 
     def release(self, decision: Decision) -> None:
         """Give back the concurrency slots a decision holds."""

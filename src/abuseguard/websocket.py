@@ -159,7 +159,8 @@ class WebSocketLimiter:
         try:
             info = mw.request_info(scope)
             info.method = "GET"
-            if guard._exempt and guard._exempt.matches(info.path):
+            exempt = guard.exempt_paths
+            if exempt and exempt.matches(info.path):
                 await mw.app(scope, receive, send)
                 return
             decision = await guard.acheck(info) if policy.guard_handshake else None
