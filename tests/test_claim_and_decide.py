@@ -5,6 +5,7 @@ twin; and a full table is reported before anything is decided."""
 
 from __future__ import annotations
 
+import inspect
 import random
 
 import numpy as np
@@ -134,3 +135,22 @@ def test_a_full_table_is_reported_before_anything_is_decided(implementation: str
     assert decided == -(1 | 32)  # the key table and the account table
     assert np.array_equal(engine.state, state, equal_nan=True)  # nothing decided
     assert engine.tables[0].evictions == 0
+
+
+def test_its_decision_arguments_are_those_of_decide_with_without_the_rows() -> None:
+    from abuseguard.engine import kernels
+
+    rows = {"r_key", "r_ip", "r_pfx", "r_asn", "r_per", "r_acc"}
+    parameters = list(inspect.signature(kernels.claim_and_decide.py_func).parameters)
+    decision = [name for name, _, _ in L.KERNEL_INPUTS if name not in rows]
+    assert parameters == [
+        "state",
+        "index",
+        "want",
+        "h_key",
+        "h_ip",
+        "h_prefix",
+        "h_asn",
+        "h_persona",
+        *decision,
+    ]
