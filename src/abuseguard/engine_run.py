@@ -1,8 +1,7 @@
 """The engine stage: a `Prepared` request's rows claimed in the state tables and the request
 decided, in one kernel call (`kernels.claim_and_decide`), its outputs left in the engine's
-io vector. It also
-keeps the count of requests in flight (the middleware's), which slows refills under load
-(`Policy.load_target`)."""
+io vector. It also keeps the count of requests in flight (the middleware's), which slows
+refills under load (`Policy.load_target`)."""
 
 from __future__ import annotations
 

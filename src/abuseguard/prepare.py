@@ -79,12 +79,11 @@ class RequestReader:
         self._edge = policy.edge.reader() if policy.edge is not None else None
         self._key_func = policy.key_func
         self._key_hashes: dict[str, str] = {}
-        # (key, ip) -> where its `ClientRecord` starts in ``_record_fields`` (four fields a
-        # record), for requests that carry no enrichment fields of their own, when no
-        # key_func reads the request: one lookup for the identity, the address and the
-        # profile. One flat list, not a tuple per client: a record is no object for the
-        # garbage collector to track (the dict's (str, str) keys it untracks). Dropped
-        # when the intel's answers change.
+        # (key, ip) -> `ClientRecord`, for requests that carry no enrichment fields of
+        # their own, when no key_func reads the request: one lookup for the identity, the
+        # address and the profile. Dropped when the intel's answers change. Each record
+        # is a tuple the garbage collector tracks (it holds the address): a flat list of
+        # fields instead measured 0.15 us slower a request, most of what the record saves.
         self._records: dict[tuple[str | None, str | None], ClientRecord] = {}
         self._intel = network.intel if network is not None else None
         self._records_version = self._intel.data_version if self._intel is not None else 0
@@ -156,7 +155,7 @@ class RequestReader:
             return self._read_client(info)
         intel = self._intel
         if intel is not None and intel.current_data_version() != self._records_version:
-            self._clear_records()
+            self._records.clear()
             self._records_version = intel.data_version
         client = (info.key, info.ip)
         record = self._records.get(client)
@@ -165,12 +164,9 @@ class RequestReader:
             record = self._read_client(info)
             if intel is None or intel.data_version == version:  # not reloaded meanwhile
                 if len(self._records) >= CLIENT_RECORDS:
-                    self._clear_records()
+                    self._records.clear()
                 self._records[client] = record
         return record
-
-    def _clear_records(self) -> None:
-        self._records.clear()
 
     def _read_client(self, info: RequestInfo) -> ClientRecord:
         identity, has_account, address = self.identity_of(info)
