@@ -224,8 +224,9 @@ from abuseguard.engine import eviction, kernels
 from abuseguard.intel import _content_kernels
 
 guard = Guard(Policy())
-dispatchers = (kernels.decide_with, kernels.record_outcome, kernels.charge, eviction.pick_victim,
-               _content_kernels._fingerprint_text, _content_kernels._fingerprint_texts)
+dispatchers = (kernels.decide_with, kernels.claim_and_decide, kernels.record_outcome,
+               kernels.charge, eviction.pick_victim, _content_kernels._fingerprint_text,
+               _content_kernels._fingerprint_texts)
 misses = sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
 hits = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
 print(json.dumps({"ready": guard.content.ready, "misses": misses, "hits": hits}))
@@ -246,7 +247,7 @@ def test_warmup_fills_an_empty_cache_so_a_server_compiles_nothing(tmp_path: Path
     report = json.loads(server.stdout.strip().splitlines()[-1])
     assert report["ready"]  # content scoring on from the first request
     assert report["misses"] == 0  # every kernel loaded from the cache
-    assert report["hits"] == 6
+    assert report["hits"] == 7
 
 
 # -- the decision kernels: their Python twin serves until they are compiled ---------------

@@ -1,7 +1,7 @@
-"""The engine stage: a `Prepared` request's rows claimed in the state tables and the kernel
-called once (`kernels.decide_with`), its outputs left in the engine's io vector. It also
-keeps the count of requests in flight (the middleware's), which slows refills under load
-(`Policy.load_target`)."""
+"""The engine stage: a `Prepared` request's rows claimed in the state tables and the request
+decided, in one kernel call (`kernels.claim_and_decide`), its outputs left in the engine's
+io vector. It also keeps the count of requests in flight (the middleware's), which slows
+refills under load (`Policy.load_target`)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class EngineRun:
         self._index_vector = engine.index_vector
         self._state = engine.state
         self._claim_rows = engine.claim_rows
-        self._decide_with = engine.decide_with
+        self._claim_and_decide = engine.claim_and_decide
         network = policy.network
         # The network tables (bits of `hashindex.claim_rows`'s ``want``) a request with an
         # account gets rows in, and an anonymous one (only those whose bucket it must pass).
@@ -52,7 +52,7 @@ class EngineRun:
     def use_kernels(self, chosen: kernel_set.KernelSet) -> None:
         """Call ``chosen`` from now on (the engine switched its arrays' kernels already)."""
         self._claim_rows = chosen.claim_rows
-        self._decide_with = chosen.decide_with
+        self._claim_and_decide = chosen.claim_and_decide
 
     def load_factor(self) -> float:
         target = self.load_target
@@ -66,8 +66,9 @@ class EngineRun:
         return self.engine.io
 
     def run(self, p: Prepared) -> bool:
-        """Find the rows and call the kernel once; True for a plain allow (see
-        `kernels.decide_with`), the io vector holds the outputs."""
+        """Claim the rows and decide in one kernel call (two when a table is full: Python
+        evicts in between); True for a plain allow (see `kernels.claim_and_decide`), the io
+        vector holds the outputs."""
         # (Layout constants are read as locals here: an ``L.X`` lookup costs ~40 ns.)
         identity = p.identity
         inflight = self.inflight
@@ -109,51 +110,85 @@ class EngineRun:
             distrust = profile.distrust
             nat = 1.0 if profile.nat_eligible else 0.0
         h_key = hash(identity)
-        r_key, r_ip, r_pfx, r_asn, r_per, r_acc, full = self._claim_rows(
+        ts = p.ts
+        rules = self._account_rules
+        if rules is not None and (p.account is not None or rules.trusted_identities):
+            # The account's rules write its key row before the decision: claim first.
+            r_key = self._claim(want, h_key, h_ip, h_prefix, h_asn, h_persona, ts)
+            rules.apply(self._tables[0].data[r_key], identity, p.account)
+        while True:
+            decided = self._claim_and_decide(
+                self._state,
+                self._index_vector,
+                want,
+                h_key,
+                h_ip,
+                h_prefix,
+                h_asn,
+                h_persona,
+                country,
+                p.simhash,
+                p.template_id,
+                p.ua_class,
+                ts,
+                p.cost,
+                load,
+                anon,
+                geo,
+                p.persona_mismatch if scored else 0.0,
+                p.elicitation,
+                1.0 if p.has_content else 0.0,
+                distrust,
+                nat,
+                scored,
+            )
+            if decided >= 0:
+                return decided == 1
+            # A table is full and the identity new there: it takes an evicted row there
+            # (Python), and the next call finds every row.
+            self._evict(-decided, h_key, h_ip, h_prefix, h_asn, h_persona, ts)
+
+    def _claim(
+        self, want: int, h_key: int, h_ip: int, h_prefix: int, h_asn: int, h_persona: int, ts: float
+    ) -> int:
+        """Claim the request's rows now (evicting where a table is full); its key row."""
+        *rows, full = self._claim_rows(
             self._index_vector, want, h_key, h_ip, h_prefix, h_asn, h_persona
         )
         if full:
-            # A table is full and the identity new there: it takes an evicted row (Python).
-            key_table, ip_table, prefix_table, asn_table, persona_table = self._tables
-            if r_key == _FULL:
-                r_key = key_table.evict_for(h_key, p.ts)
-            if r_acc == _FULL:
-                r_acc = self._accounts.evict_for(h_key, p.ts)
-            if r_ip == _FULL:
-                r_ip = ip_table.evict_for(h_ip, p.ts)
-            if r_pfx == _FULL:
-                r_pfx = prefix_table.evict_for(h_prefix, p.ts)
-            if r_asn == _FULL:
-                r_asn = asn_table.evict_for(h_asn, p.ts)
-            if r_per == _FULL:
-                r_per = persona_table.evict_for(h_persona, p.ts)
-        rules = self._account_rules
-        if rules is not None and (p.account is not None or rules.trusted_identities):
-            rules.apply(self._tables[0].data[r_key], identity, p.account)
-        return self._decide_with(
-            self._state,
-            r_key,
-            r_ip,
-            r_pfx,
-            r_asn,
-            r_per,
-            country,
-            p.simhash,
-            p.template_id,
-            p.ua_class,
-            r_acc,
-            p.ts,
-            p.cost,
-            load,
-            anon,
-            geo,
-            p.persona_mismatch if scored else 0.0,
-            p.elicitation,
-            1.0 if p.has_content else 0.0,
-            distrust,
-            nat,
-            scored,
-        )
+            full_bits = sum(1 << bit for bit, row in enumerate(rows) if row == _FULL)
+            evicted = self._evict(full_bits, h_key, h_ip, h_prefix, h_asn, h_persona, ts)
+            if rows[0] == _FULL:
+                return evicted
+        return int(rows[0])
+
+    def _evict(
+        self,
+        full_bits: int,
+        h_key: int,
+        h_ip: int,
+        h_prefix: int,
+        h_asn: int,
+        h_persona: int,
+        ts: float,
+    ) -> int:
+        """Give the identity a row, by eviction, in each table of ``full_bits`` (bit kind,
+        bit 5 the account table); its key row if the key table was one, else -1."""
+        key_table, ip_table, prefix_table, asn_table, persona_table = self._tables
+        key_row = -1
+        if full_bits & 1:
+            key_row = key_table.evict_for(h_key, ts)
+        if full_bits & 32:
+            self._accounts.evict_for(h_key, ts)
+        if full_bits & 2:
+            ip_table.evict_for(h_ip, ts)
+        if full_bits & 4:
+            prefix_table.evict_for(h_prefix, ts)
+        if full_bits & 8:
+            asn_table.evict_for(h_asn, ts)
+        if full_bits & 16:
+            persona_table.evict_for(h_persona, ts)
+        return key_row
 
 
 __all__ = ["EngineRun"]

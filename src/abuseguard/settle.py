@@ -5,7 +5,9 @@ released, a status teaches the unverified-key budgets whether the key was accept
 the key's error share, and a real cost that differs from the estimate is charged to every
 limit that counted the estimate (`Settlement.reconcile`). With a shared backend the release
 and the reconciliation go through the backend port (queued, never awaited); the error
-signal stays in the local engine. A refused request teaches nothing.
+signal stays in the local engine. A refused request teaches nothing, and neither does, to
+the engine, a served success without a cost of a key whose error share is zero (known
+without looking its row up: `Settlement._erring`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from typing import TYPE_CHECKING
 from abuseguard.backends.base import Backend, LocalLimits
 from abuseguard.engine import layout as L
 from abuseguard.plan_overrides import PlanOverrides
+
+# Bits of the filter of identities whose key row may hold a non-zero error share (one
+# bit per identity hash, 1 MiB): a served success of any other identity has nothing to
+# record, so its key row is not even looked up.
+_ERRING_BITS = 1 << 23
+_ERRING_MASK = _ERRING_BITS - 1
 
 if TYPE_CHECKING:
     from abuseguard.decision import Decision
@@ -59,6 +67,11 @@ class Settlement:
         self.key_index = engine.tables[L.KIND_KEY].index
         # Python floats from the key table without numpy's scalar objects.
         self.key_rows = engine.tables[L.KIND_KEY].data_view
+        # A Bloom filter with one hash, never cleared: an identity whose key row was ever
+        # given an error (`Engine.record_outcome`, the only writer of the error share) has
+        # its bit set, so a clear bit means a zero share. Bits, not a set of identities:
+        # no Python object per client, and no bound to pass.
+        self._erring = bytearray(_ERRING_BITS // 8)
 
     def complete(
         self,
@@ -88,14 +101,23 @@ class Settlement:
         # refusals would feed themselves) and a refused request cost nothing.
         if not identity or not decision.served:
             return
+        outcome = status is not None and self.scoring_on
+        is_error = outcome and status is not None and 400 <= status < 600 and status != 429
+        if cost is None and usage is None and not is_error:
+            h = hash(identity) & _ERRING_MASK
+            if not self._erring[h >> 3] & (1 << (h & 7)):
+                # Nothing to record: a success moves a zero error share nowhere, and
+                # there is no cost to reconcile or spend to add.
+                return
         row = self.key_index.get(identity)
         if row is None and not self.shared:
             return
-        if row is not None and status is not None and self.scoring_on:
-            is_error = 400 <= status < 600 and status != 429
-            # A success moves a zero error share nowhere: skip the call, the common case.
-            if is_error or self.key_rows[row, L.F_ERR] != 0.0:
-                self.engine.record_outcome(row, is_error)
+        # A success moves a zero error share nowhere: skip the call, the common case.
+        if row is not None and outcome and (is_error or self.key_rows[row, L.F_ERR] != 0.0):
+            if is_error:
+                h = hash(identity) & _ERRING_MASK
+                self._erring[h >> 3] |= 1 << (h & 7)
+            self.engine.record_outcome(row, is_error)
         spent = cost if usage is None else usage
         if (
             row is not None

@@ -58,6 +58,7 @@ def _engine() -> str:
     Engine(Policy())  # compiles (or loads) the decision kernel, its helpers and pick_victim
     dispatchers = (
         kernels.decide_with,
+        kernels.claim_and_decide,
         kernels.record_outcome,
         kernels.charge,
         kernels.add_spend,

@@ -81,6 +81,9 @@ class Engine:
             kernels=self.kernels,
         )
         self.claim_rows = self.kernels.claim_rows
+        # ``claim_rows`` and ``decide_with`` in one call, the request path's (see
+        # `kernels.claim_and_decide`).
+        self.claim_and_decide: Callable[..., int] = self.kernels.claim_and_decide
         self.cms = _region(state, L.REGION_CMS, L.CMS_WIDTH)
         self.io = _vector(state, L.REGION_IO, L.IO_SIZE)
         # The io vector read as Python floats, without numpy's scalar objects.
@@ -101,6 +104,7 @@ class Engine:
         for state_table in (*self.tables, self.accounts):
             state_table.use_kernels(chosen)
         self.claim_rows = chosen.claim_rows
+        self.claim_and_decide = chosen.claim_and_decide
         self.decide_with = chosen.decide_with
         self.kernels = chosen
 

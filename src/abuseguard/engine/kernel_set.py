@@ -46,6 +46,7 @@ class KernelSet:
     """The functions the engine and its tables call, all from one implementation."""
 
     decide_with: Any
+    claim_and_decide: Any
     claim_rows: Any
     find: Any
     claim: Any
@@ -60,6 +61,7 @@ class KernelSet:
 def _dispatchers() -> tuple[Any, ...]:
     return (
         kernels.decide_with,
+        kernels.claim_and_decide,
         kernels.record_outcome,
         kernels.charge,
         kernels.add_spend,
@@ -88,6 +90,7 @@ def compiled() -> KernelSet:
             entry = hashindex.compiled_entry
             _compiled = KernelSet(
                 decide_with=entry(kernels.decide_with),
+                claim_and_decide=entry(kernels.claim_and_decide),
                 claim_rows=entry(hashindex.claim_rows),
                 find=entry(hashindex.find),
                 claim=hashindex.claim,
@@ -144,6 +147,13 @@ def _kernel_signatures(name: str) -> Callable[[], list[tuple[Any, ...]]]:
             inputs: list[Any] = [1 if vec == "iv" else 1.0 for _, vec, _ in L.KERNEL_INPUTS]
             inputs[-1] = True
             return [_signature(kernels.decide_with, state, *inputs)]
+        if name == "claim_and_decide":
+            from abuseguard.engine import layout as L
+
+            inputs = [1 if vec == "iv" else 1.0 for _, vec, _ in L.KERNEL_INPUTS]
+            inputs[-1] = True
+            probe = kernels.claim_and_decide_probe(inputs)
+            return [_signature(kernels.claim_and_decide, state, ints, *probe)]
         if name == "record_outcome":
             return [_signature(kernels.record_outcome, floats, 0, 1.0, 0.1)]
         if name == "charge":
@@ -167,6 +177,7 @@ _WARM_SIGNATURES: dict[str, Callable[[], list[tuple[Any, ...]]]] = {
     name: _kernel_signatures(name)
     for name in (
         "decide_with",
+        "claim_and_decide",
         "record_outcome",
         "charge",
         "add_spend",
@@ -236,16 +247,18 @@ def python_twin() -> KernelSet:
     global _twin
     with _twin_lock:
         if _twin is None:
+            h = _load_without_jit(hashindex)
+            h._mixed = _mixed
+            h._home = _home
             k = _load_without_jit(kernels)
             k.borrowed = k.region
             k.borrowed_vector = k.vector
             k.borrowed_ints = lambda state, index, size: k.vector(state, index, size).view(np.int64)
-            h = _load_without_jit(hashindex)
-            h._mixed = _mixed
-            h._home = _home
+            k.hashindex = h  # claim_and_decide claims through the twin's index functions
             t = _load_without_jit(eviction)
             _twin = KernelSet(
                 decide_with=_quiet(k.decide_with, bool),
+                claim_and_decide=_quiet(k.claim_and_decide, int),
                 claim_rows=_quiet(
                     h.claim_rows, lambda rows: (*(int(r) for r in rows[:6]), bool(rows[6]))
                 ),

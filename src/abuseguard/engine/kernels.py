@@ -22,7 +22,7 @@ from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 from numba.np.numpy_support import carray
 
-from abuseguard.engine import bucket_rules, signals
+from abuseguard.engine import bucket_rules, hashindex, signals
 from abuseguard.engine import layout as L
 
 _U1 = np.uint64(1)
@@ -1067,6 +1067,82 @@ def decide_with(
     return plain
 
 
+@njit(cache=True)
+def claim_and_decide(
+    state: np.ndarray,
+    index: np.ndarray,
+    want: int,
+    h_key: int,
+    h_ip: int,
+    h_prefix: int,
+    h_asn: int,
+    h_persona: int,
+    country: int,
+    simhash: int,
+    template_id: int,
+    ua_class: int,
+    ts: float,
+    cost: float,
+    load: float,
+    anon: float,
+    geo: float,
+    persona: float,
+    elicit: float,
+    has_content: float,
+    distrust: float,
+    nat: float,
+    scored: bool,
+) -> int:
+    """`hashindex.claim_rows` then `decide_with` in one call (entering a compiled function
+    from Python costs more than either's work on a known identity). ``index`` is the
+    engine's index vector, ``want`` and the hashes as for ``claim_rows``, the rest as for
+    ``decide_with``. Returns 1 for a plain allow, 0 for any other decision, or, when a
+    table is full and the identity new there, minus the bits of those tables (bit
+    ``kind``, bit 5 the account table) without deciding: the caller evicts a row in each
+    (which indexes the identity there) and calls again, which finds every row."""
+    r_key = hashindex._claim(index, index[0], h_key)
+    r_ip = hashindex._claim(index, index[1], h_ip) if want & 2 else -1
+    r_pfx = hashindex._claim(index, index[2], h_prefix) if want & 4 else -1
+    r_asn = hashindex._claim(index, index[3], h_asn) if want & 8 else -1
+    r_per = hashindex._claim(index, index[4], h_persona) if want & 16 else -1
+    r_acc = hashindex._claim(index, index[5], h_key) if want & 32 else -1
+    full = (
+        (1 if r_key == hashindex.FULL else 0)
+        | (2 if r_ip == hashindex.FULL else 0)
+        | (4 if r_pfx == hashindex.FULL else 0)
+        | (8 if r_asn == hashindex.FULL else 0)
+        | (16 if r_per == hashindex.FULL else 0)
+        | (32 if r_acc == hashindex.FULL else 0)
+    )
+    if full:
+        return -full
+    plain = decide_with(
+        state,
+        r_key,
+        r_ip,
+        r_pfx,
+        r_asn,
+        r_per,
+        country,
+        simhash,
+        template_id,
+        ua_class,
+        r_acc,
+        ts,
+        cost,
+        load,
+        anon,
+        geo,
+        persona,
+        elicit,
+        has_content,
+        distrust,
+        nat,
+        scored,
+    )
+    return 1 if plain else 0
+
+
 # Numba ships py.typed but leaves FunctionCache unannotated: subclassing it as is makes
 # mypy flag its untyped __init__ and _index_key, so it is subclassed as Any.
 _FunctionCache: Any = FunctionCache
@@ -1083,12 +1159,21 @@ class _EngineCache(_FunctionCache):  # type: ignore[misc]  # numba: unannotated 
 
 
 ENGINE_SOURCES_HASH = hashlib.sha256(
-    b"".join(Path(m.__file__ or "").read_bytes() for m in (L, signals, bucket_rules))
+    b"".join(Path(m.__file__ or "").read_bytes() for m in (L, signals, bucket_rules, hashindex))
 ).hexdigest()
 for _kernel in [v for v in globals().values() if isinstance(v, Dispatcher)]:
     if type(getattr(_kernel, "_cache", None)) is FunctionCache:
         kernel: Any = _kernel
         kernel._cache = _EngineCache(kernel.py_func)
+
+
+def claim_and_decide_probe(decide_inputs: list[Any]) -> list[Any]:
+    """Arguments of `claim_and_decide` after ``index`` (``want`` 63, hashes 1..5) from
+    those of `decide_with` after ``state``: the ones that compile its one signature."""
+    rows = {"r_key", "r_ip", "r_pfx", "r_asn", "r_per", "r_acc"}
+    named = zip(L.KERNEL_INPUTS, decide_inputs, strict=True)
+    rest = [value for (name, _, _), value in named if name not in rows]
+    return [63, 1, 2, 3, 4, 5, *rest]
 
 
 def state_layout(rows: tuple[int, ...]) -> tuple[list[tuple[int, int]], int]:
@@ -1130,6 +1215,9 @@ def warm_up() -> None:
     for scored in (True, False):
         inputs[-1] = scored
         decide_with(state, *inputs)
+    # Hashes 1..5 in tables of two rows each: every row is free, nothing to evict.
+    index = hashindex.new_index_vector((2, 2, 2, 2, 2, 2))
+    claim_and_decide(state, index, *claim_and_decide_probe(inputs))
     record_outcome(key_t, 0, 1.0, 0.1)
     charge(key_t, 0, 1.0, 1.0)
     add_spend(key_t, region(state, L.REGION_CMS, L.CMS_WIDTH), 0, 1.0, 1.0, prm)
