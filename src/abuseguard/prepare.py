@@ -44,14 +44,6 @@ class Prepared:
 
 ClientOf = Callable[[str | None, Mapping[str, str]], ClientFacts]
 
-# What a client's (key, address) pair gives, whatever the request: (identity, has_account,
-# address, network profile).
-ClientRecord = tuple[str, bool, ClientAddress, NetworkProfile | None]
-
-# Records kept at most; a full table is cleared (as the address and profile caches are),
-# so a flood of fresh keys or addresses cannot grow it.
-CLIENT_RECORDS = 65_536
-
 
 class RequestReader:
     """Reads requests for one Guard: ``identity_of``, ``cost_of``, ``prepare`` and
@@ -79,14 +71,6 @@ class RequestReader:
         self._edge = policy.edge.reader() if policy.edge is not None else None
         self._key_func = policy.key_func
         self._key_hashes: dict[str, str] = {}
-        # (key, ip) -> `ClientRecord`, for requests that carry no enrichment fields of
-        # their own, when no key_func reads the request: one lookup for the identity, the
-        # address and the profile. Dropped when the intel's answers change. Each record
-        # is a tuple the garbage collector tracks (it holds the address): a flat list of
-        # fields instead measured 0.15 us slower a request, most of what the record saves.
-        self._records: dict[tuple[str | None, str | None], ClientRecord] = {}
-        self._intel = network.intel if network is not None else None
-        self._records_version = self._intel.data_version if self._intel is not None else 0
         bucket = policy.bucket
         self._cost_is_static = bucket is None or isinstance(bucket.cost, int | float)
         self._static_cost = (
@@ -141,34 +125,10 @@ class RequestReader:
             return 1.0
         return value if 0.0 <= value < float("inf") else 1.0
 
-    def client_of_request(self, info: RequestInfo) -> ClientRecord:
-        """(identity, has_account, address, network profile) of the request: its client's
-        record when the request carries no enrichment fields and no key_func reads it."""
-        if (
-            self._key_func is not None
-            or info.asn is not None
-            or info.country is not None
-            or info.anon is not None
-            or info.as_org is not None
-            or info.anon_confidence is not None
-        ):
-            return self._read_client(info)
-        intel = self._intel
-        if intel is not None and intel.current_data_version() != self._records_version:
-            self._records.clear()
-            self._records_version = intel.data_version
-        client = (info.key, info.ip)
-        record = self._records.get(client)
-        if record is None:
-            version = self._records_version
-            record = self._read_client(info)
-            if intel is None or intel.data_version == version:  # not reloaded meanwhile
-                if len(self._records) >= CLIENT_RECORDS:
-                    self._records.clear()
-                self._records[client] = record
-        return record
-
-    def _read_client(self, info: RequestInfo) -> ClientRecord:
+    def prepare(self, info: RequestInfo) -> Prepared:
+        ts = info.ts
+        if ts is None:
+            ts = self.clock()
         identity, has_account, address = self.identity_of(info)
         network = self.network
         profile = (
@@ -178,13 +138,6 @@ class RequestReader:
             if network is not None
             else None
         )
-        return identity, has_account, address, profile
-
-    def prepare(self, info: RequestInfo) -> Prepared:
-        ts = info.ts
-        if ts is None:
-            ts = self.clock()
-        identity, has_account, address, profile = self.client_of_request(info)
         ua_class = _UNKNOWN_CLASS
         persona = 0
         mismatch = 0.0
