@@ -583,6 +583,49 @@ def test_an_app_template_prompt_on_scattered_creation_days_is_not_pooled(
         assert not [m for m in honest if linker.cluster_of(m) is not None]
 
 
+def test_a_chance_holder_of_a_pooled_shape_is_not_linked() -> None:
+    """The operation's request shape is a harness's default, on 150 honest accounts made
+    over years: the batches pool by it too. A person made on a batch's day who runs the
+    harness from a browser holds the shape and agrees with two or three of the batch on
+    the browser, as a fragment of that size does by chance: not linked, not even after
+    hours; every member of the operation is."""
+    rng = random.Random(31)
+    harness = {"model": "atlas-1-reasoning", "max_tokens": 4000}
+    operation = [
+        (identity, ua, headers, asns, system, harness, kind)
+        for identity, ua, headers, asns, system, _, kind in small_batches_operation()
+    ]
+    crowd = [
+        (f"k:harness{i}", SDK_UA, sdk_headers(), [rng.choice(CLOUD)], None, harness, "harness")
+        for i in range(150)
+    ]
+    browsers = [CHROME, FIREFOX, SAFARI]
+    chance = [
+        (f"k:sameday{i}", browsers[i % 3], dict(BROWSER_HEADERS), RESIDENTIAL, None, harness, "p")
+        for i in range(8)
+    ]
+    world = honest_world(rng) + crowd + chance + operation
+    created = created_of_world(rng, world)
+    for identity, *_ in operation:
+        batch = SMALL_BATCHES[int(identity.removeprefix("k:small")) // 5]
+        created[identity] = batch + rng.uniform(-3, 3) * 3600.0
+    for i, (identity, *_) in enumerate(chance):
+        created[identity] = SMALL_BATCHES[i] + rng.uniform(-3, 3) * 3600.0
+    single = frozenset(identity for identity, *_ in crowd + chance)
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    run_linker(linker, requests_with_created(rng, world, created, 3.0, 1 / 240.0, single=single))
+    assert all(linker.cluster_of(f"k:small{i}") is not None for i in range(40))
+    shape_pools = [
+        held
+        for fragments, _ in linker._pooled_fragments()
+        for key, held in fragments
+        if linker.kinds_of(key) == (KINDS.index("created"), KINDS.index("shape"))
+    ]
+    assert shape_pools, "the batches pool by the harness's shape"
+    honest = [identity for identity, *_ in world if not identity.startswith("k:small")]
+    assert not [m for m in honest if linker.cluster_of(m) is not None]
+
+
 def test_a_pool_does_not_merge_two_operations_that_share_a_prompt() -> None:
     """Two operations, each linked by its own persona and request shape (and exits), both
     send one leaked system prompt from accounts made five a day: the prompt's batches pool,

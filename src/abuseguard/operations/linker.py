@@ -53,9 +53,11 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    value's holders. Chance bumps do not add up: an app's template prompt on ~200
    accounts made over years holds two of three new accounts on many days, and its best
    subset is what that many days would give. A fragment's holder is linked when it
-   agrees with another holder on a third kind beyond chance too (``min_lift`` times the
-   third value's share of the fragment: ten holders of a fragment agree on the commonest
-   browser by chance). A pool links into at most one group that buckets or pairs linked
+   agrees on a third of persona, system prompt and shape beyond chance (``min_lift``
+   times the third value's share of all accounts) both with its batch and with the pool
+   across batches: ten holders of a fragment agree on the commonest browser by chance,
+   two harness users made on one day agree on the SDK's headers; an operation's accounts
+   agree across batches on what its software fixes. A pool links into at most one group that buckets or pairs linked
    already (two operations sharing a browser's persona stay two; each one's score is its
    own), and is no door for joining (step 5); each clustering confirms it anew.
 4. **Clusters.** Every ``recluster_every`` seconds (of the records' time) the members of
@@ -634,17 +636,48 @@ class OperationLinker:
             lift = held * total / (sum(n for _, _, n, _ in chosen) * holders)
             if lift < config.min_lift or held < config.distinct_share * holders:
                 continue
+            # A holder links when it agrees beyond chance both with its batch and with
+            # the pool across batches (on a third of persona, system prompt and shape).
+            across = self._agreeing(kind, [key for _, _, _, key in chosen])
             linking = []
             for _, _, _, key in chosen:
-                confirmed = self._confirmed(key, beyond_chance=True)
-                if len(confirmed) >= 2:
-                    linking.append((key, confirmed))
+                both = {m: None for m in self._confirmed(key, beyond_chance=True) if m in across}
+                if len(both) >= 2:
+                    linking.append((key, both))
             if (
                 len(linking) >= 2
                 and sum(len(confirmed) for _, confirmed in linking) >= config.min_size
             ):
                 found.append((linking, lift))
         return found
+
+    def _agreeing(self, pooled_kind: int, keys: list[Key]) -> set[str]:
+        """The holders of a pool's fragments that share a third of `PAIR_KINDS` (not the
+        batch, not the pooled kind) with other holders of the pool, more of them than its
+        rarity explains (``min_lift`` times its share of all accounts), and do not mostly
+        chat. An operation's accounts agree across its batches on what its software fixes
+        (its system prompt, its shape); an honest account that holds a fragment by chance
+        (two harness users made on one day, a person made on a batch's day) agrees with
+        the pool on the commonest browser or the SDK's headers at most, as any would."""
+        config = self.config
+        holders = [m for key in keys for m in self.pairs[key]]
+        expected = config.min_lift * len(holders) / max(len(self.accounts), 1)
+        counts = self.signature_count
+        thirds = [k for k in PAIR_KINDS if k not in (CREATED, pooled_kind)]
+        agreeing: set[str] = set()
+        for third in thirds:
+            by_value: dict[int, list[str]] = {}
+            for m in holders:
+                sig = self.accounts[m].signatures[third]
+                if sig:
+                    by_value.setdefault(sig, []).append(m)
+            for sig, sharing in by_value.items():
+                if len(sharing) >= 2 and len(sharing) >= expected * counts.get((third, sig), 1):
+                    agreeing.update(sharing)
+        chat_below = config.min_single_turn
+        return {
+            m for m in agreeing if self.accounts[m].single >= chat_below * self.accounts[m].requests
+        }
 
     def _confirmed(self, key: Key, beyond_chance: bool = False) -> dict[str, None]:
         """The holders of a linking pair that agree with another holder on a third of
