@@ -57,9 +57,10 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    times the third value's share of all accounts) both with its batch and with the pool
    across batches: ten holders of a fragment agree on the commonest browser by chance,
    two harness users made on one day agree on the SDK's headers; an operation's accounts
-   agree across batches on what its software fixes. A pool links into at most one group that buckets or pairs linked
-   already (two operations sharing a browser's persona stay two; each one's score is its
-   own), and is no door for joining (step 5); each clustering confirms it anew.
+   agree across batches on what its software fixes. A pool links into at most one group
+   that buckets or pairs linked already (two operations sharing a browser's persona stay
+   two; each one's score is its own), and is no door for joining (step 5); each
+   clustering confirms it anew.
 4. **Clusters.** Every ``recluster_every`` seconds (of the records' time) the members of
    linking buckets are joined by union-find, and so are two linking buckets that agree on
    all but one of their kinds (each passed the test on its own: an operation whose
