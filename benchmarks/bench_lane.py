@@ -129,11 +129,29 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=int, default=120)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--created",
+        action="store_true",
+        help="give accounts creation times (people over years, operations in batches of 10 "
+        "a week apart): pair links and pooled batches do their work too",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     people = population(rng, args.accounts, args.operations, args.members)
     guard = Guard(Policy(scoring=Scoring(content=False), unverified_keys=None), explain=False)
-    lane = BackgroundLane(guard)
+    created_of = None
+    if args.created:
+        day = 86400.0
+        created: dict[str, float] = {}
+        for who in people:
+            identity = guard.identity_of(RequestInfo(ip="192.0.2.1", key=who["key"]))[0]
+            if who["label"] == "benign":
+                created[identity] = 1_000_000.0 - rng.lognormvariate(5.4, 1.3) * day
+            else:
+                batch = int(who["key"].rsplit("-", 1)[1]) // 10
+                created[identity] = 1_000_000.0 - (3 + 7 * batch) * day
+        created_of = created.get
+    lane = BackgroundLane(guard, created_of=created_of)
     guard.observers.append(lane)
     per_second = int(args.rate)
     # Every account once first (distinct identities from the start), then at random.

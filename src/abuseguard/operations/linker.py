@@ -41,6 +41,26 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    requests): a few honest accounts made on a batch's day with the web app's shape hold
    the pair by chance. Linking pairs of one persona, prompt or shape with different
    batches are one operation.
+3c. **Pooled batches.** With ``pool_batches`` (and pair links), the batches that share
+   one persona, system prompt or request shape are pooled when each is too small to link
+   alone: an operation that makes a few accounts a day. A *fragment* is the pair of one
+   batch and the value, held by at least two accounts, a good part of its batch
+   (``distinct_share``) and ``min_lift`` times what the value's rarity gives. The pooled
+   count of the best subset of a value's fragments (a prefix of them by the share of
+   their batch holding the value: linear-time subset scanning) must pass the lift and
+   surprise tests *after* paying ``log C(batches, picked)`` nats for having picked that
+   subset among all the batches holding the value, and hold ``distinct_share`` of the
+   value's holders. Chance bumps do not add up: an app's template prompt on ~200
+   accounts made over years holds two of three new accounts on many days, and its best
+   subset is what that many days would give. A fragment's holder is linked when it
+   agrees on a third of persona, system prompt and shape beyond chance (``min_lift``
+   times the third value's share of all accounts) both with its batch and with the pool
+   across batches: ten holders of a fragment agree on the commonest browser by chance,
+   two harness users made on one day agree on the SDK's headers; an operation's accounts
+   agree across batches on what its software fixes. A pool links into at most one group
+   that buckets or pairs linked already (two operations sharing a browser's persona stay
+   two; each one's score is its own), and is no door for joining (step 5); each
+   clustering confirms it anew.
 4. **Clusters.** Every ``recluster_every`` seconds (of the records' time) the members of
    linking buckets are joined by union-find, and so are two linking buckets that agree on
    all but one of their kinds (each passed the test on its own: an operation whose
@@ -134,6 +154,8 @@ class OperationsConfig:
     ``tokens_per_hour``: (low, high) of the tokens-per-member-hour ramp of the score.
     ``pair_links``: also link by a *pair* of kinds, the creation batch and one of persona,
     system prompt or request shape (`PAIRS`), see the module (step 3b).
+    ``pool_batches``: pool the batches sharing a persona, system prompt or request shape
+    that are each too small to link (step 3c; needs ``pair_links``).
     ``hold_score``: a cluster scoring at least this is an operation's verdict: the lane
     holds each member at the first accumulated-evidence step from the moment it is linked,
     when the member's link went through a kind the operator chose (system prompt, request
@@ -159,6 +181,7 @@ class OperationsConfig:
     max_topics: int = 64
     tokens_per_hour: tuple[float, float] = (5_000.0, 50_000.0)
     pair_links: bool = True
+    pool_batches: bool = True
     hold_score: float | None = 0.7
 
     def __post_init__(self) -> None:
@@ -238,6 +261,7 @@ class Cluster:
     tokens_per_member_hour: float = 0.0
     joined: int = 0
     first_seen: float = 0.0
+    pooled: int = 0  # batch fragments linked by pooling (step 3c)
 
     def summary(self, sample: int = 8) -> dict[str, object]:
         return {
@@ -251,12 +275,17 @@ class Cluster:
             "topic_spread": round(self.topic_spread, 3),
             "tokens_per_member_hour": round(self.tokens_per_member_hour, 1),
             "joined": self.joined,
+            "pooled_batches": self.pooled,
             "members_sample": self.members[:sample],
         }
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
     return min(1.0, max(0.0, (x - lo) / (hi - lo)))
+
+
+def _log_choose(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
 
 
 def surprise(k: int, n: int, p: float) -> float:
@@ -497,15 +526,176 @@ class OperationLinker:
             if set(self.combos[key[0]]) >= set(pair) and set(self.combos[key[0]]) <= _PAIRED
         ]
 
-    def _confirmed(self, key: Key) -> dict[str, None]:
+    def _pool(
+        self,
+        union: UnionFind,
+        linked: list[tuple[Key, float]],
+        firm: dict[str, None],
+        pooled_keys: set[Key],
+    ) -> None:
+        """Link the pooled fragments (`_pooled_fragments`) into one group per value. A
+        group linked already by buckets or pairs (at least ``min_size`` accounts) takes in
+        the pool's other holders; two such groups are not merged by a pool: a value that
+        two operations share across their batches (a common browser's persona) is weaker
+        evidence than what linked each, and one operation's score is not the other's."""
+        min_size = self.config.min_size
+        # Groups as buckets and pairs linked them (an unlinked account is its own group);
+        # a group a pool puts into another is renamed to it.
+        group_of = {x: union.find(x) for x in union.parent}
+        sizes = Counter(group_of.values())
+        renamed: dict[str, str] = {}
+
+        def group(member: str) -> str:
+            found = group_of.get(member, member)
+            while found in renamed:
+                found = renamed[found]
+            return found
+
+        for fragments, lift in self._pooled_fragments():
+            established = Counter(
+                g
+                for _, confirmed in fragments
+                for m in confirmed
+                if sizes[g := group(m)] >= min_size
+            )
+            anchor = established.most_common(1)[0][0] if established else None
+            for key, confirmed in fragments:
+                taken = []
+                for member in confirmed:
+                    found = group(member)
+                    if found != anchor and sizes[found] >= min_size:
+                        continue  # another operation's: a pool does not merge two
+                    taken.append(member)
+                    if anchor is None:
+                        anchor = found
+                    elif found != anchor:
+                        renamed[found] = anchor
+                        sizes[anchor] += max(sizes.pop(found, 0), 1)
+                    union.union(anchor, member)
+                if taken:
+                    firm.update(dict.fromkeys(taken))
+                    pooled_keys.add(key)
+                    linked.append((key, lift))
+
+    def _pooled_fragments(self) -> list[tuple[list[tuple[Key, dict[str, None]]], float]]:
+        """Batches of one operation that share a persona, system prompt or request shape,
+        each too small to link alone (step 3c): per value, its *fragments* (the pair of a
+        batch and the value) that each look like an operation's batch, pooled when the
+        best subset of them passes the lift, surprise and distinctiveness tests after a
+        correction for having chosen that subset. Returns (fragments with their confirmed
+        holders, the pooled lift) per linking value."""
+        config = self.config
+        total = len(self.accounts)
+        if not total:
+            return []
+        counts = self.signature_count
+        # (pair index, value) -> batches holding the value, and the candidate fragments.
+        batches_of: dict[tuple[int, int], int] = {}
+        candidates: dict[tuple[int, int], list[tuple[float, int, int, Key]]] = {}
+        for key, members in self.pairs.items():
+            index, batch, value = key
+            group = (index, value)
+            batches_of[group] = batches_of.get(group, 0) + 1
+            held = len(members)
+            if held < 2:
+                continue
+            kind = self.pair_combos[-1 - index][1]
+            in_batch = counts.get((CREATED, batch), held)
+            share = counts.get((kind, value), held) / total
+            # The fragment itself: the value is a good part of its batch, well above chance.
+            if held < config.distinct_share * in_batch or held < config.min_lift * in_batch * share:
+                continue
+            candidates.setdefault(group, []).append((held / in_batch, held, in_batch, key))
+        found: list[tuple[list[tuple[Key, dict[str, None]]], float]] = []
+        for group, fragments in candidates.items():
+            if len(fragments) < 2:
+                continue
+            index, value = group
+            kind = self.pair_combos[-1 - index][1]
+            holders = counts.get((kind, value), 1)
+            share = holders / total
+            tested = batches_of[group]
+            # The subset of batches with the most surprising pooled count is a prefix of
+            # the batches by share holding the value (linear-time subset scanning); having
+            # picked ``taken`` of ``tested`` batches costs log C(tested, taken) nats.
+            fragments.sort(key=lambda f: (-f[0], f[3]))
+            best = 0.0
+            best_taken = 0
+            held = in_batches = 0
+            for taken, (_, k, n, _) in enumerate(fragments, start=1):
+                held += k
+                in_batches += n
+                if taken < 2:
+                    continue
+                corrected = surprise(held, in_batches, share) - _log_choose(tested, taken)
+                if corrected > best:
+                    best, best_taken = corrected, taken
+            if best < config.min_surprise:
+                continue
+            chosen = fragments[:best_taken]
+            held = sum(k for _, k, _, _ in chosen)
+            lift = held * total / (sum(n for _, _, n, _ in chosen) * holders)
+            if lift < config.min_lift or held < config.distinct_share * holders:
+                continue
+            # A holder links when it agrees beyond chance both with its batch and with
+            # the pool across batches (on a third of persona, system prompt and shape).
+            across = self._agreeing(kind, [key for _, _, _, key in chosen])
+            linking = []
+            for _, _, _, key in chosen:
+                both = {m: None for m in self._confirmed(key, beyond_chance=True) if m in across}
+                if len(both) >= 2:
+                    linking.append((key, both))
+            if (
+                len(linking) >= 2
+                and sum(len(confirmed) for _, confirmed in linking) >= config.min_size
+            ):
+                found.append((linking, lift))
+        return found
+
+    def _agreeing(self, pooled_kind: int, keys: list[Key]) -> set[str]:
+        """The holders of a pool's fragments that share a third of `PAIR_KINDS` (not the
+        batch, not the pooled kind) with other holders of the pool, more of them than its
+        rarity explains (``min_lift`` times its share of all accounts), and do not mostly
+        chat. An operation's accounts agree across its batches on what its software fixes
+        (its system prompt, its shape); an honest account that holds a fragment by chance
+        (two harness users made on one day, a person made on a batch's day) agrees with
+        the pool on the commonest browser or the SDK's headers at most, as any would."""
+        config = self.config
+        holders = [m for key in keys for m in self.pairs[key]]
+        expected = config.min_lift * len(holders) / max(len(self.accounts), 1)
+        counts = self.signature_count
+        thirds = [k for k in PAIR_KINDS if k not in (CREATED, pooled_kind)]
+        agreeing: set[str] = set()
+        for third in thirds:
+            by_value: dict[int, list[str]] = {}
+            for m in holders:
+                sig = self.accounts[m].signatures[third]
+                if sig:
+                    by_value.setdefault(sig, []).append(m)
+            for sig, sharing in by_value.items():
+                if len(sharing) >= 2 and len(sharing) >= expected * counts.get((third, sig), 1):
+                    agreeing.update(sharing)
+        chat_below = config.min_single_turn
+        return {
+            m for m in agreeing if self.accounts[m].single >= chat_below * self.accounts[m].requests
+        }
+
+    def _confirmed(self, key: Key, beyond_chance: bool = False) -> dict[str, None]:
         """The holders of a linking pair that agree with another holder on a third of
         `PAIR_KINDS` too. A pair of kinds, one of them common (a web app's request shape),
         is also held by a few accounts that merely happen to (made the day a batch was):
-        they rarely agree with the operation on a third thing its software fixes."""
+        they rarely agree with the operation on a third thing its software fixes.
+        ``beyond_chance``: the agreement counts only when more of the pair's holders share
+        the third thing than its rarity explains (``min_lift`` times): among ten holders
+        of a pooled fragment, a few with the commonest browser agree by chance."""
         pair = self.kinds_of(key)
+        holders = self.pairs[key]
         confirmed: dict[str, None] = {}
         chat_below = self.config.min_single_turn
-        for identity in self.pairs[key]:
+        # Holders sharing a third thing of share p must number min_lift * holders * p.
+        expected = self.config.min_lift * len(holders) / max(len(self.accounts), 1)
+        counts = self.signature_count
+        for identity in holders:
             if identity in confirmed:
                 continue
             account = self.accounts[identity]
@@ -513,9 +703,14 @@ class OperationLinker:
                 continue
             for band in self._third_kind_buckets(account, pair):
                 mates = self.buckets[band]
-                if len(mates) >= 2:
-                    confirmed[identity] = None
-                    break
+                if len(mates) < 2:
+                    continue
+                if beyond_chance:
+                    (third,) = set(self.combos[band[0]]) - set(pair)
+                    if len(mates) < expected * counts.get((third, account.signatures[third]), 1):
+                        continue
+                confirmed[identity] = None
+                break
         return confirmed
 
     def _agrees_with(self, account: Account, key: Key, cluster_id: str) -> bool:
@@ -648,6 +843,9 @@ class OperationLinker:
                 owner = pair_owner.setdefault((key[0], key[2]), first)
                 if owner != first:
                     union.union(owner, first)
+        pooled_keys: set[Key] = set()
+        if config.pool_batches:
+            self._pool(union, linked, firm, pooled_keys)
         components = [
             members
             for members in union.components().values()
@@ -656,6 +854,7 @@ class OperationLinker:
         ]
         root_of = {member: i for i, members in enumerate(components) for member in members}
         evidence: list[tuple[Counter[str], int, float]] = [(Counter(), 0, 0.0) for _ in components]
+        pooled = [0] * len(components)
         for key, lift in linked:
             first = next(iter(self.members_of(key)))
             at = root_of.get(first)
@@ -664,9 +863,12 @@ class OperationLinker:
             kinds, buckets, best = evidence[at]
             kinds.update(KINDS[k] for k in self.kinds_of(key))
             evidence[at] = (kinds, buckets + 1, max(best, lift))
+            pooled[at] += key in pooled_keys
         previous = self.clusters
         clusters: dict[str, Cluster] = {}
-        for members, (kinds, buckets, best) in zip(components, evidence, strict=True):
+        for members, (kinds, buckets, best), fragments in zip(
+            components, evidence, pooled, strict=True
+        ):
             votes = Counter(
                 self.accounts[m].cluster for m in members if self.accounts[m].cluster is not None
             )
@@ -682,6 +884,7 @@ class OperationLinker:
             first_seen = old.first_seen if old is not None else self.now
             cluster = Cluster(cluster_id, list(members), dict(kinds), buckets, best)
             cluster.first_seen = first_seen
+            cluster.pooled = fragments
             clusters[cluster_id] = cluster
         for cluster in previous.values():
             for identity in cluster.members:
@@ -699,7 +902,9 @@ class OperationLinker:
         # (those that had joined before, those not seen since the cluster formed); as they
         # do, more signatures are held mostly by the cluster: a few rounds.
         for _ in range(3):
-            self.join_keys = self._join_keys(linked)
+            # A pooled fragment is no door in: its chance holders agree with a member on
+            # something common (the browser); each clustering confirms its holders anew.
+            self.join_keys = self._join_keys([kl for kl in linked if kl[0] not in pooled_keys])
             self.join_payments = self._join_payments()
             before = sum(len(cluster.members) for cluster in clusters.values())
             if self.join_keys or self.join_payments:
