@@ -17,6 +17,11 @@ ratios).
 
 Limits are far above what wrk can send; every response must be 2xx (wrk's non-2xx count)
 and every guard decision seen by the endpoint ``allow`` (read from ``/__stats`` at the end).
+Before measuring, each server is sent every client in turn while its memory-backend guard's
+clock moves on 0.5 s a request (`serve.WarmUp`), so that the 10,000 keys are accepted
+customers when the measurement starts, not 10,000 new keys in one second that the
+unverified-key budgets of the busiest networks would refuse (``warm_up_non_2xx`` counts
+that warm-up's refusals).
 
     .venv/bin/python benchmarks/bench_http.py [--quick] [--json out.json]
 """
@@ -69,10 +74,13 @@ def _lua_string(data: bytes) -> str:
                          for b in data) + '"'  # fmt: skip
 
 
-def lua_script(clients: list[benchlib.Client], bodies: list[bytes] | None = None) -> str:
+def lua_script(
+    clients: list[benchlib.Client], bodies: list[bytes] | None = None, *, in_turn: bool = False
+) -> str:
     """A wrk script that sends prebuilt requests, one per client, clients drawn at random
     (round-robin would give every client a metronome's cadence, which the guard scores);
-    with ``bodies``, each client POSTs its own chat body."""
+    with ``bodies``, each client POSTs its own chat body. ``in_turn``: the clients in turn
+    instead, for the warm-up (every client seen within its first 10,000 requests)."""
     if bodies is None:
         rows = ",\n".join(f'  {{"{c.ip}", "{c.key}", "{c.ua}"}}' for c in clients)
         method, path, extra, body = "GET", "/", "", "nil"
@@ -97,11 +105,20 @@ for idx, c in ipairs(clients) do
 {extra}  }}, {body})
 end
 local n = #reqs
-local random = math.random
+""" + (
+        """local turn = 0
+request = function()
+  turn = turn % n + 1
+  return reqs[turn]
+end
+"""
+        if in_turn
+        else """local random = math.random
 request = function()
   return reqs[random(n)]
 end
 """
+    )
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -245,6 +262,12 @@ def servers(
                 process.wait()
 
 
+def end_warm_up(port: int) -> None:
+    """Tell the server its warm-up is over (`serve.WarmUp`): its clock runs in real time."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{serve.WARMED_PATH}", timeout=10):
+        pass
+
+
 def server_stats(port: int) -> dict[str, int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/__stats", timeout=10) as response:
         stats: dict[str, int] = json.loads(response.read())
@@ -308,10 +331,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scripts = {"GET": tmp_path / "get.lua", "POST": tmp_path / "post.lua"}
         scripts["GET"].write_text(lua_script(clients))
         scripts["POST"].write_text(lua_script(clients, bodies))
+        warm_up_script = tmp_path / "warm_up.lua"
+        warm_up_script.write_text(lua_script(clients, in_turn=True))
         runs: dict[tuple[str, str], list[dict[str, Any]]] = {
             (method, name): [] for method in METHODS for name in names
         }
+        warm_up_statuses: dict[str, int] = {}
+        result["warm_up_non_2xx"] = warm_up_statuses
         with servers(names, config, tmp_path) as (ports, pids):
+            for name in names:  # every client once at least, on the servers' warm-up clock
+                warm_up_statuses[name] = run_wrk(ports[name], warm_up_script, warmup)["non_2xx"]
+                end_warm_up(ports[name])
             for method in METHODS:
                 for name in names:
                     run_wrk(ports[name], scripts[method], warmup)

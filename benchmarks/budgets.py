@@ -276,8 +276,19 @@ def _degrade_budgets(results: dict[str, Any]) -> list[Budget]:
 
 
 def _api_key_bytes(scale: dict[str, Any]) -> tuple[str, float] | None:
-    """bench_scale.py's memory per API-key client, wherever it reports it: the first
+    """bench_scale.py's memory per API-key client: RSS per client of its largest run with
+    API-key clients (``keys``, one entry per client count), else the first
     ``*bytes_per*`` figure whose name mentions a key."""
+    runs = [
+        run
+        for run in scale.get("keys") or ()
+        if isinstance(run, dict) and isinstance(run.get("bytes_per_client"), int | float)
+    ]
+    if runs:
+        largest = max(runs, key=lambda run: run.get("clients", 0))
+        return f"RSS per client at {largest.get('clients', 0):,} clients", float(
+            largest["bytes_per_client"]
+        )
     parts = [("", scale)] + [(f"{k}.", v) for k, v in scale.items() if isinstance(v, dict)]
     for prefix, part in parts:
         for name, value in part.items():
