@@ -411,6 +411,7 @@ class _Responder:
         "scope",
         "send",
         "status",
+        "suspended",
     )
 
     def __init__(self, guard_mw: AbuseGuard, scope: Scope, receive: Receive, send: Send) -> None:
@@ -424,6 +425,9 @@ class _Responder:
         self.decision: Decision | None = None
         self.info: RequestInfo | None = None
         self.released = False
+        # A receive stepped by hand that had to wait (`_body_at_hand`): (its iterator, what
+        # it waits on), for `_peek_body` (or the app, through `_replaying_receive`).
+        self.suspended: tuple[Any, Any] | None = None
 
     async def run(self) -> None:
         mw = self.guard_mw
@@ -439,14 +443,27 @@ class _Responder:
                 info.account = await mw.account_of(scope)
             refusal = read_without_body = None
             if mw.read_body and info.method in _BODY_METHODS:
-                # What needs no body first: a client over a limit cannot hold its decision
-                # open by trickling its body, and its refusal reads none of it.
-                refusal, read_without_body = guard.precheck_reading(info)
-                if refusal is None:
-                    try:
-                        info.body = await self._peek_body(mw.max_body, mw.body_timeout)
-                    except _ClientGone:
-                        return  # nothing decided, nothing charged
+                try:
+                    body = self._body_at_hand(mw.max_body)
+                except _ClientGone:
+                    return  # nothing decided, nothing charged
+                if body is not None:
+                    # The server already holds the whole body (the common case for a small
+                    # one): there is nothing to trickle, so the request is decided once,
+                    # with its content, and the pre-check is not needed.
+                    info.body = body
+                else:
+                    # What needs no body first: a client over a limit cannot hold its
+                    # decision open by trickling its body, and its refusal reads no more.
+                    refusal, read_without_body = guard.precheck_reading(info)
+                    if refusal is None:
+                        try:
+                            info.body = await self._peek_body(mw.max_body, mw.body_timeout)
+                        except _ClientGone:
+                            return  # nothing decided, nothing charged
+                    elif self.suspended is not None:
+                        self.suspended[0].close()  # refused: the rest is never read
+                        self.suspended = None
             if refusal is not None:
                 decision = self.decision = refusal
             elif mw.shared:
@@ -466,7 +483,7 @@ class _Responder:
         state = scope.setdefault("state", {})
         state[DECISION_STATE_KEY] = decision
         state[GUARD_STATE_KEY] = mw  # for route-local limits (abuseguard.route_local)
-        receive = self._replaying_receive if self.buffered else self.receive
+        receive = self._replaying_receive if self.buffered or self.suspended else self.receive
         engine_run = guard.engine_run  # it counts the requests in flight (load factor)
         engine_run.inflight += 1
         try:
@@ -544,6 +561,34 @@ class _Responder:
             self.guard_mw.guard.release(decision)
         await self.send(message)
 
+    def _body_at_hand(self, limit: int) -> bytes | None:
+        """The body (its first ``limit`` bytes) when the server hands it over without
+        waiting; else None, with what was read kept (``buffered``) and a ``receive`` left
+        suspended (``suspended``) for `_peek_body` to go on with. Raises _ClientGone when
+        the client disconnected."""
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            waiting = self.receive().__await__()
+            try:
+                pending = waiting.send(None)
+            except StopIteration as answered:
+                message = answered.value
+            else:
+                self.suspended = (waiting, pending)
+                return None
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            self.buffered.append(message)
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)[:limit]
+
     async def _peek_body(self, limit: int, timeout: float) -> bytes | None:
         """Read up to ``limit`` bytes of the body for at most ``timeout`` seconds; the app
         later receives every message. None when the time ran out first: the request is
@@ -552,16 +597,27 @@ class _Responder:
 
         A timer is armed only once a ``receive`` has to wait: a small body the server
         already holds (the common case) is read without scheduling one."""
-        chunks: list[bytes] = []
-        size = 0
+        # What `_body_at_hand` read already, and the receive it left waiting.
+        chunks: list[bytes] = [
+            m.get("body", b"") for m in self.buffered if m["type"] == "http.request"
+        ]
+        size = sum(map(len, chunks))
         deadline: float | None = None
+        suspended, self.suspended = self.suspended, None
         while size < limit:
-            waiting = self.receive().__await__()
-            try:
-                pending = waiting.send(None)
-            except StopIteration as answered:
-                message = answered.value  # answered without waiting
+            if suspended is not None:
+                waiting, pending = suspended
+                suspended = None
+                answered_now = False
             else:
+                waiting = self.receive().__await__()
+                try:
+                    pending = waiting.send(None)
+                    answered_now = False
+                except StopIteration as answered:
+                    message = answered.value  # answered without waiting
+                    answered_now = True
+            if not answered_now:
                 if deadline is None:
                     deadline = asyncio.get_running_loop().time() + timeout
                 # A receive cut short by the timeout loses nothing: the server keeps the
@@ -586,6 +642,11 @@ class _Responder:
     async def _replaying_receive(self) -> Message:
         if self.buffered:
             return self.buffered.pop(0)
+        suspended = self.suspended
+        if suspended is not None:
+            self.suspended = None
+            message: Message = await _Resumed(*suspended)
+            return message
         return await self.receive()
 
     async def _send_unavailable(self) -> None:
