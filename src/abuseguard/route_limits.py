@@ -122,11 +122,11 @@ class RouteLimiter:
         # allowances; a round-trip backend asks the plan's bucket itself, and its kernel
         # measures every client against the app-wide allowances)
         self.plan_slots = plan_slots(policy) if self._memory is not None else {}
-        if len(self.plan_slots) > MAX_PLAN_BUCKETS:
+        with_bucket = sum(1 for limits in policy.plans.values() if limits.bucket is not None)
+        if self._memory is not None and with_bucket > MAX_PLAN_BUCKETS:
             raise ConfigError(
                 "Policy.plans",
-                f"at most {MAX_PLAN_BUCKETS} plans may carry their own bucket or quotas, got "
-                f"{len(self.plan_slots)}",
+                f"at most {MAX_PLAN_BUCKETS} plans may carry their own bucket, got {with_bucket}",
             )
         # a plan's own limits for some routes, in place of `Policy.routes` for its clients
         self.plan_routes: dict[str, dict[str, NamedLimits]] = {

@@ -33,10 +33,16 @@ def plan_slots(policy: Policy) -> dict[str, int]:
     """The plans (`Policy.plans`) the kernel tells apart: those with their own bucket, which
     replaces the policy's for their clients, or their own quotas, which replace the policy's
     (and so the spend allowance). Plan name -> its slot (1-based) in ``P_PLAN_BUCKET``,
-    ``P_PLAN_ALLOWANCE`` and the key row's ``F_PLAN``, in policy order."""
+    ``P_PLAN_ALLOWANCE`` and the key row's ``F_PLAN``: the plans with a bucket first (each
+    needs its slot; more than ``MAX_PLAN_BUCKETS`` of them is an error where the slots are
+    used), then the plans with only quotas while slots remain (one left without a slot has
+    its clients' signals measured against the app-wide allowances), each in policy order."""
     slots: dict[str, int] = {}
     for name, limits in policy.plans.items():
-        if limits.bucket is not None or limits.quotas:
+        if limits.bucket is not None:
+            slots[name] = len(slots) + 1
+    for name, limits in policy.plans.items():
+        if limits.bucket is None and limits.quotas and len(slots) < L.MAX_PLAN_BUCKETS:
             slots[name] = len(slots) + 1
     return slots
 
