@@ -154,6 +154,24 @@ def test_more_plan_buckets_than_the_kernel_holds_is_a_config_error() -> None:
     Guard(plans_policy(plans=plans))  # 16 fit
 
 
+def test_plans_with_only_quotas_take_the_slots_left_and_are_never_an_error() -> None:
+    """Slots go to the plans with a bucket first; plans with only quotas take what is left
+    (their clients' signals use the plan's allowance) and any beyond are measured against
+    the app-wide allowances, never refused at construction."""
+    from abuseguard.engine.params import plan_slots
+
+    plans: dict[str, Limits] = {
+        f"q{i}": Limits(quotas=(Quota("1000/day", by_cost=True, name="tokens"),)) for i in range(20)
+    }
+    plans["own"] = Limits(bucket=TokenBucket(SLOW, burst=5))
+    policy = plans_policy(plans=plans)
+    slots = plan_slots(policy)
+    assert slots["own"] == 1
+    assert [slots[f"q{i}"] for i in range(15)] == list(range(2, 17))
+    assert all(f"q{i}" not in slots for i in range(15, 20))
+    Guard(policy)  # no ConfigError
+
+
 def test_a_refund_fills_a_plans_bucket_up_to_its_own_burst() -> None:
     guard = Guard(plans_policy(), clock=lambda: 1000.0)
     info = on_plan("pro", "sk-refund")

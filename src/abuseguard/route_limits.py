@@ -30,7 +30,7 @@ from abuseguard.backends.base import Backend
 from abuseguard.backends.memory import MemoryBackend
 from abuseguard.decision import PolicyState
 from abuseguard.engine.layout import MAX_PLAN_BUCKETS
-from abuseguard.engine.params import plan_buckets
+from abuseguard.engine.params import plan_slots
 from abuseguard.errors import ConfigError
 from abuseguard.model_limits import ModelLimits
 from abuseguard.policy import Concurrency, Limits, Policy, TokenBucket
@@ -117,14 +117,16 @@ class RouteLimiter:
             plan: NamedLimits(limit_name("plan", plan), limits, replaces_key_bucket=True)
             for plan, limits in policy.plans.items()
         }
-        # plan -> its slot in the kernel's plan buckets (memory backend: the kernel's key
-        # bucket takes the plan's shape; a round-trip backend asks the plan's bucket itself)
-        self.plan_slots = plan_buckets(policy) if self._memory is not None else {}
-        if len(self.plan_slots) > MAX_PLAN_BUCKETS:
+        # plan -> its slot in the kernel's plan parameters (memory backend: the kernel's key
+        # bucket takes the plan's shape and the risk signals measure against the plan's
+        # allowances; a round-trip backend asks the plan's bucket itself, and its kernel
+        # measures every client against the app-wide allowances)
+        self.plan_slots = plan_slots(policy) if self._memory is not None else {}
+        with_bucket = sum(1 for limits in policy.plans.values() if limits.bucket is not None)
+        if self._memory is not None and with_bucket > MAX_PLAN_BUCKETS:
             raise ConfigError(
                 "Policy.plans",
-                f"at most {MAX_PLAN_BUCKETS} plans may carry their own bucket, got "
-                f"{len(self.plan_slots)}",
+                f"at most {MAX_PLAN_BUCKETS} plans may carry their own bucket, got {with_bucket}",
             )
         # a plan's own limits for some routes, in place of `Policy.routes` for its clients
         self.plan_routes: dict[str, dict[str, NamedLimits]] = {

@@ -283,6 +283,17 @@ def key_bucket(key_row: np.ndarray, prm: np.ndarray) -> tuple[float, float]:
 
 
 @njit(cache=True, inline="always")
+def risk_allowances(key_row: np.ndarray, prm: np.ndarray) -> tuple[float, float, float]:
+    """What volume, burst and spend measure this row against: the key bucket's configured
+    rate and burst and the spend allowance per day, its plan's (F_PLAN) or the policy's."""
+    plan = int(key_row[L.F_PLAN])
+    if plan > 0:
+        slot = L.P_PLAN_ALLOWANCE + L.PLAN_ALLOWANCE_WIDTH * (plan - 1)
+        return prm[slot + L.PA_RATE], prm[slot + L.PA_BURST], prm[slot + L.PA_SPEND]
+    return prm[L.P_ALLOWANCE_RATE], prm[L.P_ALLOWANCE_BURST], prm[L.P_SPEND_ALLOWANCE]
+
+
+@njit(cache=True, inline="always")
 def banned_stage(key_row: np.ndarray, ts: float, io: np.ndarray, prm: np.ndarray) -> bool:
     """A banned identity: count the arrival, answer with the ban; True when banned."""
     if key_row[L.F_BANNED_UNTIL] <= ts:
@@ -453,12 +464,13 @@ def spend_per_day(
 
 
 @njit(cache=True, inline="always")
-def spend_signal(per_day: float, cohort_q: float, cohort_n: float, prm: np.ndarray) -> float:
-    """Spend against the account's allowance when one is configured, else against the
-    cohort's quantile (once it has seen 50 accounts' spends)."""
+def spend_signal(
+    per_day: float, allowance: float, cohort_q: float, cohort_n: float, prm: np.ndarray
+) -> float:
+    """Spend against the account's allowance (cost units per day) when one is configured,
+    else against the cohort's quantile (once it has seen 50 accounts' spends)."""
     if per_day <= 0.0:
         return 0.0
-    allowance = prm[L.P_SPEND_ALLOWANCE]
     if allowance > 0.0:
         return ramp(per_day / allowance, prm[L.P_SPEND_SHARE_LO], prm[L.P_SPEND_SHARE_HI])
     if cohort_n < 50.0:
@@ -571,17 +583,18 @@ def score_stage(
     vector, zeroed before), then their score and reasons. Behaviour signals (volume, burst,
     cadence, errors) wait until the identity has ``min_events`` requests."""
     sig = io[L.O_CONTRIB : L.O_CONTRIB + L.N_SIGNALS]
+    allowance_rate, allowance_burst, allowance_spend = risk_allowances(key_row, prm)
     if key_row[L.F_COUNT] >= prm[L.P_MIN_EVENTS]:
         # Volume: the long-run rate as a share of the bucket's configured rate.
         sig[L.S_VOLUME] = ramp(
-            key_row[L.F_RATE_LONG] / prm[L.P_ALLOWANCE_RATE], prm[L.P_VOLUME_LO], prm[L.P_VOLUME_HI]
+            key_row[L.F_RATE_LONG] / allowance_rate, prm[L.P_VOLUME_LO], prm[L.P_VOLUME_HI]
         )
         sig[L.S_BURST] = burst_signal(
             ts - key_row[L.F_FIRST_SEEN],
             key_row[L.F_RATE_SHORT],
             key_row[L.F_RATE_LONG],
-            prm[L.P_ALLOWANCE_RATE],
-            prm[L.P_ALLOWANCE_BURST],
+            allowance_rate,
+            allowance_burst,
             prm,
         )
         sig[L.S_CADENCE] = cadence_signal(key_row[L.F_IA_COUNT], key_row[L.F_LIA_VAR], prm)
@@ -635,6 +648,7 @@ def score_stage(
             spend_per_day(
                 key_row[L.F_SPEND], key_row[L.F_SPEND_TS], key_row[L.F_FIRST_SEEN], ts, prm
             ),
+            allowance_spend,
             cms[L.CMS_DEPTH, L.CB_SPEND_Q],
             cms[L.CMS_DEPTH, L.CB_SPEND_N],
             prm,

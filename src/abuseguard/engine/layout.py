@@ -84,7 +84,7 @@ F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate
     F_SPEND,  # decayed sum of the real cost (tokens) reported after responses
     F_SPEND_TS,  # when F_SPEND was last decayed
     F_SPEND_SAMPLED,  # when this account's spend last fed the cohort's quantile
-    F_PLAN,  # 1 + the client's plan bucket in P_PLAN_BUCKET (`Policy.plans`); 0: the policy's
+    F_PLAN,  # 1 + the client's plan slot in P_PLAN_BUCKET, P_PLAN_ALLOWANCE; 0: the policy's
     KEY_FIELDS,
 ) = allocate(
     "key",
@@ -287,7 +287,12 @@ REASON_BIT_NAMES: tuple[tuple[int, str], ...] = (
 
 N_CLIENT_CLASSES = 8
 MAX_LADDER = 8
-MAX_PLAN_BUCKETS = 16  # plans (`Policy.plans`) with their own bucket
+MAX_PLAN_BUCKETS = 16  # plans (`Policy.plans`) with their own bucket or quotas (a slot each)
+# A plan slot's allowances in P_PLAN_ALLOWANCE: its key bucket's rate and burst (the app-wide
+# bucket's when the plan has none) and its spend allowance (cost units per day, 0 = none).
+PA_RATE, PA_BURST, PA_SPEND, PLAN_ALLOWANCE_WIDTH = allocate(
+    "plan_allowance", "PA", "rate", "burst", "spend"
+)
 
 # Parameters (float64 vector).
 (
@@ -341,6 +346,9 @@ MAX_PLAN_BUCKETS = 16  # plans (`Policy.plans`) with their own bucket
     P_SPEND_STEP,  # step of the cohort quantile's estimator, in log units
     P_SPEND_SAMPLE,  # an account feeds the cohort's quantile at most once in this many s
     P_PLAN_BUCKET,  # P_PLAN_BUCKET + 2*(plan - 1): rate, + 1: burst of a plan's key bucket
+    # P_PLAN_ALLOWANCE + PLAN_ALLOWANCE_WIDTH*(plan - 1) + PA_*: what the risk signals measure
+    # a plan's client against, in place of P_ALLOWANCE_RATE, _BURST and P_SPEND_ALLOWANCE
+    P_PLAN_ALLOWANCE,
     P_RAMPS,  # the signals' ramps follow, (low, high) each, in the order `signals.RAMPS`
 ) = allocate(
     "params",
@@ -395,6 +403,7 @@ MAX_PLAN_BUCKETS = 16  # plans (`Policy.plans`) with their own bucket
     "spend_step",
     "spend_sample",
     ("plan_bucket", 2 * MAX_PLAN_BUCKETS),
+    ("plan_allowance", PLAN_ALLOWANCE_WIDTH * MAX_PLAN_BUCKETS),
 )
 # The ramp parameters: P_<RAMP>_LO, P_<RAMP>_HI per ramp declared in `signals`.
 *_ramp_offsets, N_PARAMS = allocate(

@@ -29,13 +29,20 @@ def _set_bucket(prm: np.ndarray, kind: int, bucket: TokenBucket | None) -> None:
         prm[L.P_BUCKET + 2 * kind + 1] = bucket.capacity
 
 
-def plan_buckets(policy: Policy) -> dict[str, int]:
-    """The plans (`Policy.plans`) with their own bucket, which replaces the policy's for
-    their clients: plan name -> its slot (1-based) in ``P_PLAN_BUCKET`` and the key row's
-    ``F_PLAN``, in policy order."""
+def plan_slots(policy: Policy) -> dict[str, int]:
+    """The plans (`Policy.plans`) the kernel tells apart: those with their own bucket, which
+    replaces the policy's for their clients, or their own quotas, which replace the policy's
+    (and so the spend allowance). Plan name -> its slot (1-based) in ``P_PLAN_BUCKET``,
+    ``P_PLAN_ALLOWANCE`` and the key row's ``F_PLAN``: the plans with a bucket first (each
+    needs its slot; more than ``MAX_PLAN_BUCKETS`` of them is an error where the slots are
+    used), then the plans with only quotas while slots remain (one left without a slot has
+    its clients' signals measured against the app-wide allowances), each in policy order."""
     slots: dict[str, int] = {}
     for name, limits in policy.plans.items():
         if limits.bucket is not None:
+            slots[name] = len(slots) + 1
+    for name, limits in policy.plans.items():
+        if limits.bucket is None and limits.quotas and len(slots) < L.MAX_PLAN_BUCKETS:
             slots[name] = len(slots) + 1
     return slots
 
@@ -51,7 +58,7 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
             _set_bucket(prm, L.KIND_IP, network.per_ip)
             _set_bucket(prm, L.KIND_PREFIX, network.per_prefix)
             _set_bucket(prm, L.KIND_ASN, network.per_asn)
-        for name, slot in plan_buckets(policy).items():
+        for name, slot in plan_slots(policy).items():
             plan_bucket = policy.plans[name].bucket
             if slot <= L.MAX_PLAN_BUCKETS and plan_bucket is not None:
                 prm[L.P_PLAN_BUCKET + 2 * (slot - 1)] = plan_bucket.per_second
@@ -126,6 +133,7 @@ def build_params(policy: Policy, *, local_buckets: bool = True) -> np.ndarray:
     prm[L.P_BAN_SECONDS] = enforcement.ban_seconds
     _set_evidence(prm, scoring, ladder)
     _set_spend(prm, policy)
+    _set_plan_allowances(prm, policy)
     return prm
 
 
@@ -162,15 +170,21 @@ def _set_evidence(
     prm[L.P_EV_STEPS_N] = len(evidence.steps)
 
 
-def spend_allowance(policy: Policy) -> float:
+def spend_allowance(policy: Policy, plan: str | None = None) -> float:
     """The key's allowance of real cost per day: the key bucket's rate when it counts the
-    cost a response header reports, else the tightest by-cost key quota; 0 when neither."""
+    cost a response header reports, else the tightest by-cost key quota; 0 when neither.
+    For a client of ``plan``, the plan's bucket and quotas where it sets them
+    (`Policy.plans`); the reported cost is read as the app-wide bucket says."""
+    limits = policy.plans.get(plan) if plan is not None else None
+    quotas = limits.quotas if limits is not None and limits.quotas else policy.quotas
     allowances = [
-        q.amount / q.window * SECONDS_PER_DAY for q in policy.quotas if q.by_cost and q.per == "key"
+        q.amount / q.window * SECONDS_PER_DAY for q in quotas if q.by_cost and q.per == "key"
     ]
     bucket = policy.bucket
     if bucket is not None and bucket.cost_header is not None:
-        allowances.append(bucket.per_second * SECONDS_PER_DAY)
+        plan_bucket = limits.bucket if limits is not None else None
+        rate = plan_bucket.per_second if plan_bucket is not None else bucket.per_second
+        allowances.append(rate * SECONDS_PER_DAY)
     return min(allowances) if allowances else 0.0
 
 
@@ -181,6 +195,24 @@ def _set_spend(prm: np.ndarray, policy: Policy) -> None:
     prm[L.P_SPEND_QUANTILE] = SPEND_QUANTILE
     prm[L.P_SPEND_STEP] = SPEND_STEP
     prm[L.P_SPEND_SAMPLE] = SPEND_SAMPLE_SECONDS
+
+
+def _set_plan_allowances(prm: np.ndarray, policy: Policy) -> None:
+    """What volume, burst and spend measure a plan's client against (`plan_slots`): its
+    plan's bucket and spend allowance, the policy's where the plan sets none. Set whether
+    or not the kernel holds the buckets, as ``P_ALLOWANCE_*`` are."""
+    for name, slot in plan_slots(policy).items():
+        if slot > L.MAX_PLAN_BUCKETS:
+            break
+        base = L.P_PLAN_ALLOWANCE + L.PLAN_ALLOWANCE_WIDTH * (slot - 1)
+        plan_bucket = policy.plans[name].bucket
+        if plan_bucket is not None:
+            prm[base + L.PA_RATE] = plan_bucket.per_second
+            prm[base + L.PA_BURST] = plan_bucket.capacity
+        else:
+            prm[base + L.PA_RATE] = prm[L.P_ALLOWANCE_RATE]
+            prm[base + L.PA_BURST] = prm[L.P_ALLOWANCE_BURST]
+        prm[base + L.PA_SPEND] = spend_allowance(policy, name)
 
 
 def serves(action: Action) -> bool:

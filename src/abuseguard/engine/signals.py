@@ -58,14 +58,16 @@ SIGNALS: tuple[Signal, ...] = (
         "volume",
         1.5,
         weak=True,
-        feed="key row: long-run request rate, as a share of the key bucket's rate",
+        feed="key row: long-run request rate, as a share of the key bucket's rate (the "
+        "client's plan's bucket under Policy.plans)",
         ramps=(Ramp("volume", "scoring", "volume_rate"),),
     ),
     Signal(
         "burst",
         0.8,
         weak=True,
-        feed="key row: short-run rate above the long-run rate, against the bucket's 10 s",
+        feed="key row: short-run rate above the long-run rate, against the key bucket's "
+        "(or its plan's) 10 s",
         ramps=(Ramp("burst", "scoring", "burst_ratio"),),
     ),
     Signal(
@@ -133,8 +135,8 @@ SIGNALS: tuple[Signal, ...] = (
         1.2,
         weak=True,
         feed="key row: real cost (tokens) per day reported after the responses, as a share "
-        "of the account's token allowance, or without one (when Scoring.spend_cohort is "
-        "set) as a multiple of the cohort's 90th percentile",
+        "of the account's token allowance (its plan's under Policy.plans), or without one "
+        "(when Scoring.spend_cohort is set) as a multiple of the cohort's 90th percentile",
         ramps=(
             Ramp("spend_share", "scoring", "spend_share"),
             Ramp("spend_cohort", "scoring", "spend_cohort"),
