@@ -564,9 +564,11 @@ class Scoring:
     :class:`Evidence`). ``spend_share`` ramps the real cost (tokens) an account was
     reported to spend per day (`Guard.complete`'s ``cost`` or ``usage``) as a share of its
     token allowance (the key bucket when it has a ``cost_header``, else the tightest
-    ``by_cost`` key quota); without such an allowance ``spend_cohort``, when set, ramps
-    it as a multiple of the cohort's 90th percentile of spend per day (a running estimate
-    over every account that reported a cost). It is None by default: on the simulator's
+    ``by_cost`` key quota; the plan's own when `Policy.plans` gives the client one, as
+    ``volume`` and ``burst`` use the plan's bucket, memory backend); without such an
+    allowance ``spend_cohort``, when set, ramps it as a multiple of the cohort's 90th
+    percentile of spend per day (a running estimate over every account that reported a
+    cost). It is None by default: on the simulator's
     capable mix the cohort comparison fired on eval harnesses and SDK backends and almost
     never on abuse, which spreads its volume over many light accounts.
     """
