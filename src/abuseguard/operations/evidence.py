@@ -106,6 +106,7 @@ class EvidenceReader:
         self.slot_seconds = slot_seconds
         self.agents = agents if agents is not None else AgentClassifier()
         self._personas: dict[tuple[object, ...], int] = {}
+        self._prefixes: dict[str, int] = {}
 
     def read(self, seen: Observed) -> Evidence:
         return self.read_fields(
@@ -168,7 +169,12 @@ class EvidenceReader:
         if not ip:
             return 0
         prefix = ":".join(ip.split(":")[:3]) if ":" in ip else ip.rpartition(".")[0]
-        return item(NETWORK, stable_hash("prefix:" + prefix))
+        found = self._prefixes.get(prefix)
+        if found is None:
+            if len(self._prefixes) >= _MAX_AGENTS:
+                self._prefixes.clear()
+            found = self._prefixes[prefix] = item(NETWORK, stable_hash("prefix:" + prefix))
+        return found
 
 
 def _text(content: object) -> str:

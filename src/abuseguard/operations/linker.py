@@ -325,6 +325,8 @@ class OperationLinker:
             [self._sub_index[tuple(k for k in combo if k != drop)] for drop in combo]
             for combo in self.combos
         ]
+        # Per pair of kinds: the bands made of it and one more of `PAIR_KINDS`.
+        self._third_bands: dict[tuple[int, ...], frozenset[int]] = {}
         self.accounts: dict[str, Account] = {}
         self.signature_count: dict[Key, int] = {}
         self.sub_count: dict[Key, int] = {}
@@ -380,17 +382,23 @@ class OperationLinker:
             account.payment = payment
             self._count_payment(payment, 1, identity)
         kinds = account.items
+        topics = account.topics
+        max_topics = config.max_topics
+        latest = account.last_ts
         for ts, evidence in seen:
-            for kind, item in enumerate(evidence.items):
+            for items, item in zip(kinds, evidence.items, strict=False):
                 if item:
-                    kinds[kind].add(item, ts)
+                    items.add(item, ts)
             account.requests += 1
             account.single += evidence.single_turn
             account.tokens += evidence.tokens
-            if evidence.topic and len(account.topics) < config.max_topics:
-                account.topics[evidence.topic] = None
-            account.last_ts = max(account.last_ts, ts)
-            self.now = max(self.now, ts)
+            if evidence.topic and len(topics) < max_topics:
+                topics[evidence.topic] = None
+            if ts > latest:
+                latest = ts
+        account.last_ts = latest
+        if latest > self.now:
+            self.now = latest
         # A kind's signature is of its heavy items: an account whose requests mix a few
         # shapes or prompts signs with the ones it uses most, as its peers do; one that
         # rotates evenly over a pool of exits signs with the whole pool.
@@ -558,11 +566,14 @@ class OperationLinker:
 
     def _third_kind_buckets(self, account: Account, pair: tuple[int, ...]) -> list[Key]:
         """The band keys of ``account`` made of ``pair`` and one more of `PAIR_KINDS`."""
-        return [
-            key
-            for key in account.keys[2]
-            if set(self.combos[key[0]]) >= set(pair) and set(self.combos[key[0]]) <= _PAIRED
-        ]
+        bands = self._third_bands.get(pair)
+        if bands is None:
+            bands = self._third_bands[pair] = frozenset(
+                index
+                for index, combo in enumerate(self.combos)
+                if set(combo) >= set(pair) and set(combo) <= _PAIRED
+            )
+        return [key for key in account.keys[2] if key[0] in bands]
 
     def _pool(
         self,
@@ -858,7 +869,9 @@ class OperationLinker:
             if holders is not None:
                 found.update(holders)
         accounts = self.accounts
-        return sorted(found, key=lambda identity: accounts[identity].seq)
+        if len(found) * 16 < len(accounts):
+            return sorted(found, key=lambda identity: accounts[identity].seq)
+        return [identity for identity in accounts if identity in found]
 
     def _expire(self, now: float) -> None:
         idle = self.config.idle_seconds
