@@ -326,7 +326,7 @@ class OperationLinker:
             for combo in self.combos
         ]
         # Per pair of kinds: the bands made of it and one more of `PAIR_KINDS`.
-        self._third_bands: dict[tuple[int, ...], frozenset[int]] = {}
+        self._third_bands: dict[tuple[int, ...], dict[int, tuple[int, ...]]] = {}
         self.accounts: dict[str, Account] = {}
         self.signature_count: dict[Key, int] = {}
         self.sub_count: dict[Key, int] = {}
@@ -566,14 +566,19 @@ class OperationLinker:
 
     def _third_kind_buckets(self, account: Account, pair: tuple[int, ...]) -> list[Key]:
         """The band keys of ``account`` made of ``pair`` and one more of `PAIR_KINDS`."""
+        bands = self._third_bands_of(pair)
+        return [key for key in account.keys[2] if key[0] in bands]
+
+    def _third_bands_of(self, pair: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+        """The bands made of ``pair`` and more of `PAIR_KINDS`: band index -> those kinds."""
         bands = self._third_bands.get(pair)
         if bands is None:
-            bands = self._third_bands[pair] = frozenset(
-                index
+            bands = self._third_bands[pair] = {
+                index: tuple(k for k in combo if k not in pair)
                 for index, combo in enumerate(self.combos)
                 if set(combo) >= set(pair) and set(combo) <= _PAIRED
-            )
-        return [key for key in account.keys[2] if key[0] in bands]
+            }
+        return bands
 
     def _pool(
         self,
@@ -755,7 +760,7 @@ class OperationLinker:
                 if len(mates) < 2:
                     continue
                 if beyond_chance:
-                    (third,) = set(self.combos[band[0]]) - set(pair)
+                    (third,) = self._third_bands_of(pair)[band[0]]
                     if len(mates) < expected * counts.get((third, account.signatures[third]), 1):
                         continue
                 confirmed[identity] = None
