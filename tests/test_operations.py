@@ -909,3 +909,22 @@ def test_the_degrade_step_sees_the_cohort_the_lane_found() -> None:
     identity = next(k for k, v in COHORTS.items() if v == "op7")
     set_cohort(identity, None)
     assert cohort_of(identity) is None
+
+
+def test_the_topic_spread_follows_new_topics_after_a_clustering() -> None:
+    rng = random.Random(11)
+    world = honest_world(rng) + operation(rng)
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    run_linker(linker, requests_of(rng, world, hours=2.0, rate=1 / 240.0))
+    assert linker.clusters
+
+    def spread(members: list[str]) -> float:
+        topics = [linker.accounts[m].topics for m in members]
+        return len(set().union(*topics)) / sum(map(len, topics))
+
+    cluster = next(iter(linker.clusters.values()))
+    assert cluster.topic_spread == spread(cluster.members)
+    member = linker.accounts[cluster.members[0]]
+    member.topics.update(dict.fromkeys(range(1, 6)))  # five topics no member asked
+    linker._score(cluster)
+    assert cluster.topic_spread == spread(cluster.members)

@@ -327,6 +327,11 @@ class OperationLinker:
         ]
         # Per pair of kinds: the bands made of it and one more of `PAIR_KINDS`.
         self._third_bands: dict[tuple[int, ...], dict[int, tuple[int, ...]]] = {}
+        # Per cluster id: (its accounts and how many topics each held, distinct topics,
+        # topics) at its last score (`_score`).
+        self._topic_counts: dict[
+            str, tuple[tuple[tuple[Account, ...], tuple[int, ...]], int, int]
+        ] = {}
         self.accounts: dict[str, Account] = {}
         self.signature_count: dict[Key, int] = {}
         self.sub_count: dict[Key, int] = {}
@@ -982,6 +987,8 @@ class OperationLinker:
                 if account is not None:
                     account.cluster = None
         self.clusters = clusters
+        for gone in [cid for cid in self._topic_counts if cid not in clusters]:
+            del self._topic_counts[gone]
         self.firm = firm
         members_now: dict[str, None] = {}
         for cluster in clusters.values():
@@ -1082,12 +1089,21 @@ class OperationLinker:
         size = len(accounts)
         requests = sum(a.requests for a in accounts)
         cluster.single_turn_share = sum(a.single for a in accounts) / max(requests, 1)
-        topics: set[int] = set()
-        topic_total = 0
-        for account in accounts:
-            topics.update(account.topics)
-            topic_total += len(account.topics)
-        cluster.topic_spread = len(topics) / topic_total if topic_total else 0.0
+        # An account's topics only grow: the same accounts holding as many topics as at the
+        # last clustering hold the same ones, and the union need not be taken again.
+        held = (tuple(accounts), tuple([len(account.topics) for account in accounts]))
+        known = self._topic_counts.get(cluster.id)
+        if known is not None and known[0] == held:
+            distinct, topic_total = known[1], known[2]
+        else:
+            topics: set[int] = set()
+            topic_total = 0
+            for account in accounts:
+                topics.update(account.topics)
+                topic_total += len(account.topics)
+            distinct = len(topics)
+            self._topic_counts[cluster.id] = (held, distinct, topic_total)
+        cluster.topic_spread = distinct / topic_total if topic_total else 0.0
         behaviour = [cluster.single_turn_share, cluster.topic_spread]
         tokens = sum(a.tokens for a in accounts)
         if tokens > 0:
