@@ -928,3 +928,10 @@ def test_the_topic_spread_follows_new_topics_after_a_clustering() -> None:
     member.topics.update(dict.fromkeys(range(1, 6)))  # five topics no member asked
     linker._score(cluster)
     assert cluster.topic_spread == spread(cluster.members)
+    left = cluster.members.pop(0)  # a member leaves, and joins again after the others
+    linker._score(cluster)
+    assert cluster.topic_spread == spread(cluster.members)
+    cluster.members.append(left)
+    linker.accounts[left].topics.update(dict.fromkeys(range(6, 9)))
+    linker._score(cluster)
+    assert cluster.topic_spread == spread(cluster.members)

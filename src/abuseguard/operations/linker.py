@@ -95,6 +95,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from abuseguard.config_check import check_fields
 from abuseguard.errors import ConfigError
@@ -287,6 +288,16 @@ class Cluster:
         }
 
 
+class _TopicUnion(NamedTuple):
+    """A cluster's topics as of its last score: its accounts, how many topics each held,
+    the union of their topics and the sum of their counts."""
+
+    accounts: tuple[Account, ...]
+    sizes: list[int]
+    topics: set[int]
+    total: int
+
+
 def _ramp(x: float, lo: float, hi: float) -> float:
     return min(1.0, max(0.0, (x - lo) / (hi - lo)))
 
@@ -327,11 +338,8 @@ class OperationLinker:
         ]
         # Per pair of kinds: the bands made of it and one more of `PAIR_KINDS`.
         self._third_bands: dict[tuple[int, ...], dict[int, tuple[int, ...]]] = {}
-        # Per cluster id: (its accounts and how many topics each held, distinct topics,
-        # topics) at its last score (`_score`).
-        self._topic_counts: dict[
-            str, tuple[tuple[tuple[Account, ...], tuple[int, ...]], int, int]
-        ] = {}
+        # Per cluster id: its topics at its last score (`_score`).
+        self._topic_unions: dict[str, _TopicUnion] = {}
         self.accounts: dict[str, Account] = {}
         self.signature_count: dict[Key, int] = {}
         self.sub_count: dict[Key, int] = {}
@@ -987,8 +995,8 @@ class OperationLinker:
                 if account is not None:
                     account.cluster = None
         self.clusters = clusters
-        for gone in [cid for cid in self._topic_counts if cid not in clusters]:
-            del self._topic_counts[gone]
+        for gone in [cid for cid in self._topic_unions if cid not in clusters]:
+            del self._topic_unions[gone]
         self.firm = firm
         members_now: dict[str, None] = {}
         for cluster in clusters.values():
@@ -1089,21 +1097,29 @@ class OperationLinker:
         size = len(accounts)
         requests = sum(a.requests for a in accounts)
         cluster.single_turn_share = sum(a.single for a in accounts) / max(requests, 1)
-        # An account's topics only grow: the same accounts holding as many topics as at the
-        # last clustering hold the same ones, and the union need not be taken again.
-        held = (tuple(accounts), tuple([len(account.topics) for account in accounts]))
-        known = self._topic_counts.get(cluster.id)
-        if known is not None and known[0] == held:
-            distinct, topic_total = known[1], known[2]
+        # An account's topics only grow, in insertion order: while the cluster keeps its
+        # accounts (new ones after them), the union of its topics takes in only what was
+        # added since its last score.
+        known = self._topic_unions.get(cluster.id)
+        if known is not None and tuple(accounts[: len(known.accounts)]) == known.accounts:
+            topics, topic_total = known.topics, known.total
+            for account, before in zip(known.accounts, known.sizes, strict=True):
+                if len(account.topics) != before:
+                    topics.update(itertools.islice(account.topics, before, None))
+                    topic_total += len(account.topics) - before
+            for account in accounts[len(known.accounts) :]:
+                topics.update(account.topics)
+                topic_total += len(account.topics)
         else:
-            topics: set[int] = set()
+            topics = set()
             topic_total = 0
             for account in accounts:
                 topics.update(account.topics)
                 topic_total += len(account.topics)
-            distinct = len(topics)
-            self._topic_counts[cluster.id] = (held, distinct, topic_total)
-        cluster.topic_spread = distinct / topic_total if topic_total else 0.0
+        self._topic_unions[cluster.id] = _TopicUnion(
+            tuple(accounts), [len(account.topics) for account in accounts], topics, topic_total
+        )
+        cluster.topic_spread = len(topics) / topic_total if topic_total else 0.0
         behaviour = [cluster.single_turn_share, cluster.topic_spread]
         tokens = sum(a.tokens for a in accounts)
         if tokens > 0:
