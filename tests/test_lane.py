@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from typing import Any
 
 from abuseguard import Guard, Policy, RequestInfo, Scoring, TokenBucket
 from abuseguard.lane import BackgroundLane, LaneRecord, TemplateCoverage
@@ -142,13 +143,13 @@ def test_the_lane_reads_the_creation_time_from_the_account_facts() -> None:
     guard = Guard(Policy(unverified_keys=None))
     lane = BackgroundLane(guard)
     seen: list[Observed] = []
-    read = lane.evidence.read
+    read_fields = lane.evidence.read_fields
 
-    def spy(observed: Observed) -> object:
-        seen.append(observed)
-        return read(observed)
+    def spy(*fields: Any) -> object:
+        seen.append(Observed(*fields))
+        return read_fields(*fields)
 
-    lane.evidence.read = spy  # type: ignore[method-assign]
+    lane.evidence.read_fields = spy  # type: ignore[method-assign]
     info = RequestInfo(
         ip="192.0.2.8",
         ts=10 * 86400.0,

@@ -688,6 +688,30 @@ def test_the_linker_counts_match_a_recount(
     assert {k: set(v) for k, v in linker.pairs.items()} == dict(pairs)
     min_size = linker.config.min_size
     assert set(linker.large_pairs) == {k for k, v in pairs.items() if len(v) >= min_size}
+    doors: dict[int, set[str]] = defaultdict(set)
+    for identity, account in linker.accounts.items():
+        for key in [*account.keys[1], *account.keys[3]]:
+            doors[hash(key)].add(identity)
+    assert {k: set(v) for k, v in linker._door_holders.items()} == dict(doors)
+    # The accounts are in the order they were last observed, as their counter says.
+    order = [account.seq for account in linker.accounts.values()]
+    assert order == sorted(order)
+
+
+def test_the_join_candidates_are_every_account_holding_a_join_key_in_order(
+    linked_world: tuple[OperationLinker, list[Account]],
+) -> None:
+    linker, _ = linked_world
+    assert linker.join_keys
+    holding = [
+        identity
+        for identity, account in linker.accounts.items()
+        if any(key in linker.join_keys for key in [*account.keys[1], *account.keys[3]])
+    ]
+    candidates = linker._join_candidates()
+    assert holding and set(holding) <= set(candidates)
+    position = {identity: at for at, identity in enumerate(linker.accounts)}
+    assert [position[c] for c in candidates] == sorted(position[c] for c in candidates)
 
 
 def test_accounts_are_bounded_and_dropping_keeps_the_counts() -> None:
@@ -703,6 +727,7 @@ def test_accounts_are_bounded_and_dropping_keeps_the_counts() -> None:
     assert linker.signature_count == {} and linker.sub_count == {}
     assert linker.buckets == {} and linker.large == {}
     assert linker.pairs == {} and linker.large_pairs == {}
+    assert linker._door_holders == {} and linker._payers == {}
 
 
 # -- what one request says ----------------------------------------------------------------
@@ -884,3 +909,29 @@ def test_the_degrade_step_sees_the_cohort_the_lane_found() -> None:
     identity = next(k for k, v in COHORTS.items() if v == "op7")
     set_cohort(identity, None)
     assert cohort_of(identity) is None
+
+
+def test_the_topic_spread_follows_new_topics_after_a_clustering() -> None:
+    rng = random.Random(11)
+    world = honest_world(rng) + operation(rng)
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    run_linker(linker, requests_of(rng, world, hours=2.0, rate=1 / 240.0))
+    assert linker.clusters
+
+    def spread(members: list[str]) -> float:
+        topics = [linker.accounts[m].topics for m in members]
+        return len(set().union(*topics)) / sum(map(len, topics))
+
+    cluster = next(iter(linker.clusters.values()))
+    assert cluster.topic_spread == spread(cluster.members)
+    member = linker.accounts[cluster.members[0]]
+    member.topics.update(dict.fromkeys(range(1, 6)))  # five topics no member asked
+    linker._score(cluster)
+    assert cluster.topic_spread == spread(cluster.members)
+    left = cluster.members.pop(0)  # a member leaves, and joins again after the others
+    linker._score(cluster)
+    assert cluster.topic_spread == spread(cluster.members)
+    cluster.members.append(left)
+    linker.accounts[left].topics.update(dict.fromkeys(range(6, 9)))
+    linker._score(cluster)
+    assert cluster.topic_spread == spread(cluster.members)

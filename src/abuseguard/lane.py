@@ -35,7 +35,7 @@ from abuseguard.config_check import check_fields
 from abuseguard.decision import Decision
 from abuseguard.errors import ConfigError
 from abuseguard.guard import Guard
-from abuseguard.operations.evidence import Evidence, EvidenceReader, Observed
+from abuseguard.operations.evidence import Evidence, EvidenceReader
 from abuseguard.operations.linker import OperationLinker
 from abuseguard.request import RequestInfo
 
@@ -304,7 +304,8 @@ class BackgroundLane:
     ) -> None:
         linker = self.operations
         assert linker is not None
-        read = self.evidence.read
+        read = self.evidence.read_fields
+        body_bytes = self.body_bytes
         created_of = self.created_of
         tokens = self._tokens
         accounts = linker.accounts
@@ -334,16 +335,14 @@ class BackgroundLane:
                 (
                     record.ts,
                     read(
-                        Observed(
-                            record.ts,
-                            record.ip,
-                            record.ua,
-                            record.headers,
-                            record.body[: self.body_bytes] if record.body else None,
-                            record.asn,
-                            spent,
-                            created,
-                        )
+                        record.ts,
+                        record.ip,
+                        record.ua,
+                        record.headers,
+                        record.body[:body_bytes] if record.body else None,
+                        record.asn,
+                        spent,
+                        created,
                     ),
                 )
                 for record in records

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -62,9 +62,10 @@ def item(kind: int, value: int) -> int:
     return hash((kind, value)) or 1
 
 
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """One request's evidence: ``items[kind]`` (0 = absent), and its behaviour."""
+class Evidence(NamedTuple):
+    """One request's evidence: ``items[kind]`` (0 = absent), and its behaviour (a named
+    tuple: the lane makes one per request it reads, and a frozen dataclass costs several
+    times more to build)."""
 
     items: tuple[int, ...]
     single_turn: bool
@@ -105,26 +106,43 @@ class EvidenceReader:
         self.slot_seconds = slot_seconds
         self.agents = agents if agents is not None else AgentClassifier()
         self._personas: dict[tuple[object, ...], int] = {}
+        self._prefixes: dict[str, int] = {}
 
     def read(self, seen: Observed) -> Evidence:
-        persona = self._persona(seen.ua, seen.headers or {})
-        network = self._network(seen.ip, seen.asn)
+        return self.read_fields(
+            seen.ts, seen.ip, seen.ua, seen.headers, seen.body, seen.asn, seen.tokens, seen.created
+        )
+
+    def read_fields(
+        self,
+        ts: float,
+        ip: str,
+        ua: str | None,
+        headers: Mapping[str, str] | None,
+        body: bytes | str | None,
+        asn: int | None,
+        tokens: float,
+        created: float | None,
+    ) -> Evidence:
+        """`read` of the fields of an `Observed`, without building one (the lane's path)."""
+        persona = self._persona(ua, headers or {})
+        network = self._network(ip, asn)
         system = shape = topic = 0
         single = False
         coercion = 0.0
         try:
-            request = orjson.loads(seen.body) if seen.body else None
+            request = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
             request = None
         if isinstance(request, dict):
             system, shape, topic, single, coercion = _read_request(request)
-        timing = item(TIMING, int(seen.ts // self.slot_seconds))
-        created = item(CREATED, int(seen.created // 86400.0)) if seen.created is not None else 0
+        timing = item(TIMING, int(ts // self.slot_seconds))
+        created_item = item(CREATED, int(created // 86400.0)) if created is not None else 0
         return Evidence(
-            (persona, network, system, shape, timing, created),
+            (persona, network, system, shape, timing, created_item),
             single,
             topic,
-            seen.tokens,
+            tokens,
             coercion,
         )
 
@@ -151,7 +169,12 @@ class EvidenceReader:
         if not ip:
             return 0
         prefix = ":".join(ip.split(":")[:3]) if ":" in ip else ip.rpartition(".")[0]
-        return item(NETWORK, stable_hash("prefix:" + prefix))
+        found = self._prefixes.get(prefix)
+        if found is None:
+            if len(self._prefixes) >= _MAX_AGENTS:
+                self._prefixes.clear()
+            found = self._prefixes[prefix] = item(NETWORK, stable_hash("prefix:" + prefix))
+        return found
 
 
 def _text(content: object) -> str:

@@ -95,6 +95,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from abuseguard.config_check import check_fields
 from abuseguard.errors import ConfigError
@@ -217,6 +218,7 @@ class Account:
 
     __slots__ = (
         "cluster",
+        "doors",
         "first_ts",
         "identity",
         "items",
@@ -224,6 +226,7 @@ class Account:
         "last_ts",
         "payment",
         "requests",
+        "seq",
         "signatures",
         "single",
         "tokens",
@@ -238,7 +241,12 @@ class Account:
         self.signatures: tuple[int, ...] = (0,) * N_KINDS
         # (signature keys, sub-band keys, band keys, pair keys) this account is counted under.
         self.keys: tuple[list[Key], list[Key], list[Key], list[Key]] = ([], [], [], [])
+        # Python hashes of the sub-band and pair keys (the keys an account may join by):
+        # a set of ints tells cheaply that none of them is a join key (`join_recent`).
+        self.doors: frozenset[int] = frozenset()
         self.requests = 0
+        # When it was last observed (a counter): `OperationLinker.accounts` is in this order.
+        self.seq = 0
         self.single = 0
         self.tokens = 0.0
         self.topics: dict[int, None] = {}
@@ -280,6 +288,16 @@ class Cluster:
         }
 
 
+class _TopicUnion(NamedTuple):
+    """A cluster's topics as of its last score: its accounts, how many topics each held,
+    the union of their topics and the sum of their counts."""
+
+    accounts: tuple[Account, ...]
+    sizes: list[int]
+    topics: set[int]
+    total: int
+
+
 def _ramp(x: float, lo: float, hi: float) -> float:
     return min(1.0, max(0.0, (x - lo) / (hi - lo)))
 
@@ -318,6 +336,10 @@ class OperationLinker:
             [self._sub_index[tuple(k for k in combo if k != drop)] for drop in combo]
             for combo in self.combos
         ]
+        # Per pair of kinds: the bands made of it and one more of `PAIR_KINDS`.
+        self._third_bands: dict[tuple[int, ...], dict[int, tuple[int, ...]]] = {}
+        # Per cluster id: its topics at its last score (`_score`).
+        self._topic_unions: dict[str, _TopicUnion] = {}
         self.accounts: dict[str, Account] = {}
         self.signature_count: dict[Key, int] = {}
         self.sub_count: dict[Key, int] = {}
@@ -330,6 +352,14 @@ class OperationLinker:
         self.clusters: dict[str, Cluster] = {}
         # Sub-band keys of the linking buckets that are held mostly by one cluster.
         self.join_keys: dict[Key, str] = {}
+        # The hashes of the join keys (`join_recent`), and the join keys they are of.
+        self._doors: frozenset[int] = frozenset()
+        self._doors_of: dict[Key, str] | None = None
+        # Accounts per hash of the sub-band and pair keys they hold (`Account.doors`), and
+        # per payment fingerprint: who may join by a join key or a joining card.
+        self._door_holders: dict[int, dict[str, None]] = {}
+        self._payers: dict[str, dict[str, None]] = {}
+        self._seq = 0
         self.priors: dict[str, float] = {}
         # Members linked through a chosen kind (CHOSEN_KINDS): the lane may hold these.
         self.firm: dict[str, None] = {}
@@ -358,22 +388,30 @@ class OperationLinker:
             while len(self.accounts) >= config.max_accounts:
                 self._drop(next(iter(self.accounts)))
         self.accounts[identity] = account  # most recently seen last
+        account.seq = self._seq
+        self._seq += 1
         if payment and payment != account.payment:
-            self._count_payment(account.payment, -1)
+            self._count_payment(account.payment, -1, identity)
             account.payment = payment
-            self._count_payment(payment, 1)
+            self._count_payment(payment, 1, identity)
         kinds = account.items
+        topics = account.topics
+        max_topics = config.max_topics
+        latest = account.last_ts
         for ts, evidence in seen:
-            for kind, item in enumerate(evidence.items):
+            for items, item in zip(kinds, evidence.items, strict=False):
                 if item:
-                    kinds[kind].add(item, ts)
+                    items.add(item, ts)
             account.requests += 1
             account.single += evidence.single_turn
             account.tokens += evidence.tokens
-            if evidence.topic and len(account.topics) < config.max_topics:
-                account.topics[evidence.topic] = None
-            account.last_ts = max(account.last_ts, ts)
-            self.now = max(self.now, ts)
+            if evidence.topic and len(topics) < max_topics:
+                topics[evidence.topic] = None
+            if ts > latest:
+                latest = ts
+        account.last_ts = latest
+        if latest > self.now:
+            self.now = latest
         # A kind's signature is of its heavy items: an account whose requests mix a few
         # shapes or prompts signs with the ones it uses most, as its peers do; one that
         # rotates evenly over a pool of exits signs with the whole pool.
@@ -431,6 +469,13 @@ class OperationLinker:
                 if len(members) >= min_size:
                     self.large_pairs[key] = None
                 pair_keys.append(key)
+        account.doors = doors = frozenset(map(hash, itertools.chain(sub_keys, pair_keys)))
+        door_holders = self._door_holders
+        for door in doors:
+            holders = door_holders.get(door)
+            if holders is None:
+                holders = door_holders[door] = {}
+            holders[account.identity] = None
 
     def _unindex(self, account: Account) -> None:
         sig_keys, sub_keys, band_keys, pair_keys = account.keys
@@ -454,19 +499,33 @@ class OperationLinker:
                 if len(members) < min_size:
                     large.pop(key, None)
         account.keys = ([], [], [], [])
+        door_holders = self._door_holders
+        for door in account.doors:
+            holders = door_holders[door]
+            del holders[account.identity]
+            if not holders:
+                del door_holders[door]
+        account.doors = frozenset()
 
-    def _count_payment(self, payment: str, delta: int) -> None:
+    def _count_payment(self, payment: str, delta: int, identity: str) -> None:
         if payment:
             left = self.payment_count.get(payment, 0) + delta
             if left > 0:
                 self.payment_count[payment] = left
             else:
                 self.payment_count.pop(payment, None)
+            payers = self._payers.setdefault(payment, {})
+            if delta > 0:
+                payers[identity] = None
+            else:
+                payers.pop(identity, None)
+                if not payers:
+                    del self._payers[payment]
 
     def _drop(self, identity: str) -> None:
         account = self.accounts.pop(identity)
         self._unindex(account)
-        self._count_payment(account.payment, -1)
+        self._count_payment(account.payment, -1, identity)
         if account.cluster is not None:
             cluster = self.clusters.get(account.cluster)
             if cluster is not None and identity in cluster.members:
@@ -520,11 +579,19 @@ class OperationLinker:
 
     def _third_kind_buckets(self, account: Account, pair: tuple[int, ...]) -> list[Key]:
         """The band keys of ``account`` made of ``pair`` and one more of `PAIR_KINDS`."""
-        return [
-            key
-            for key in account.keys[2]
-            if set(self.combos[key[0]]) >= set(pair) and set(self.combos[key[0]]) <= _PAIRED
-        ]
+        bands = self._third_bands_of(pair)
+        return [key for key in account.keys[2] if key[0] in bands]
+
+    def _third_bands_of(self, pair: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+        """The bands made of ``pair`` and more of `PAIR_KINDS`: band index -> those kinds."""
+        bands = self._third_bands.get(pair)
+        if bands is None:
+            bands = self._third_bands[pair] = {
+                index: tuple(k for k in combo if k not in pair)
+                for index, combo in enumerate(self.combos)
+                if set(combo) >= set(pair) and set(combo) <= _PAIRED
+            }
+        return bands
 
     def _pool(
         self,
@@ -706,7 +773,7 @@ class OperationLinker:
                 if len(mates) < 2:
                     continue
                 if beyond_chance:
-                    (third,) = set(self.combos[band[0]]) - set(pair)
+                    (third,) = self._third_bands_of(pair)[band[0]]
                     if len(mates) < expected * counts.get((third, account.signatures[third]), 1):
                         continue
                 confirmed[identity] = None
@@ -756,15 +823,25 @@ class OperationLinker:
         if not self.clusters:
             return
         chat_below = self.config.min_single_turn
+        # Most accounts hold no joining key and no joining card: one test of two sets of
+        # ints (the keys' hashes; a collision only costs the exact loop below) passes them.
+        doors = self._door_hashes()
+        cards = self.join_payments
+        accounts = self.accounts
         for identity in identities:
-            account = self.accounts.get(identity)
+            account = accounts.get(identity)
             if account is None or account.cluster is not None:
                 continue
+            if doors.isdisjoint(account.doors) and not (
+                account.payment and account.payment in cards
+            ):
+                continue
+            keys = account.keys
             if account.single < chat_below * account.requests:
                 continue  # it mostly chats: what it shares with an operation is chance
             cluster = None
             firm = False
-            for key in itertools.chain(account.keys[1], account.keys[3]):
+            for key in itertools.chain(keys[1], keys[3]):
                 found = self.join_keys.get(key)
                 if found is not None and key[0] < 0 and not self._agrees_with(account, key, found):
                     continue
@@ -787,6 +864,32 @@ class OperationLinker:
                 if firm:
                     self.firm[identity] = None
                 self._set_prior(identity, cluster.score)
+
+    def _door_hashes(self) -> frozenset[int]:
+        """The hashes of the join keys."""
+        if self._doors_of is not self.join_keys:
+            self._doors_of = self.join_keys
+            self._doors = frozenset(map(hash, self.join_keys))
+        return self._doors
+
+    def _join_candidates(self) -> list[str]:
+        """The accounts that hold a key hashing like a join key or pay with a joining card,
+        in the order of ``accounts`` (the only ones `join_recent` may let join)."""
+        found: dict[str, None] = {}
+        door_holders = self._door_holders
+        for door in self._door_hashes():
+            holders = door_holders.get(door)
+            if holders is not None:
+                found.update(holders)
+        payers = self._payers
+        for payment in self.join_payments:
+            holders = payers.get(payment)
+            if holders is not None:
+                found.update(holders)
+        accounts = self.accounts
+        if len(found) * 16 < len(accounts):
+            return sorted(found, key=lambda identity: accounts[identity].seq)
+        return [identity for identity in accounts if identity in found]
 
     def _expire(self, now: float) -> None:
         idle = self.config.idle_seconds
@@ -892,6 +995,8 @@ class OperationLinker:
                 if account is not None:
                     account.cluster = None
         self.clusters = clusters
+        for gone in [cid for cid in self._topic_unions if cid not in clusters]:
+            del self._topic_unions[gone]
         self.firm = firm
         members_now: dict[str, None] = {}
         for cluster in clusters.values():
@@ -908,7 +1013,7 @@ class OperationLinker:
             self.join_payments = self._join_payments()
             before = sum(len(cluster.members) for cluster in clusters.values())
             if self.join_keys or self.join_payments:
-                self.join_recent(list(self.accounts))
+                self.join_recent(self._join_candidates())
             if sum(len(cluster.members) for cluster in clusters.values()) == before:
                 break
         for cluster in clusters.values():
@@ -938,13 +1043,16 @@ class OperationLinker:
         """Sub-band keys of the linking buckets whose every signature is held mostly by the
         members of the bucket's cluster: an account agreeing on one joins that cluster."""
         share = self.config.join_share
-        held: dict[tuple[str, int, int], int] = {}
-        for cluster in self.clusters.values():
-            for identity in cluster.members:
-                for kind, sig in enumerate(self.accounts[identity].signatures):
-                    if sig:
-                        at = (cluster.id, kind, sig)
-                        held[at] = held.get(at, 0) + 1
+        accounts = self.accounts
+        # Per cluster: members per (kind, signature) (absent signatures, 0, are never asked).
+        held: dict[str, Counter[tuple[int, int]]] = {
+            cluster.id: Counter(
+                itertools.chain.from_iterable(
+                    enumerate(accounts[identity].signatures) for identity in cluster.members
+                )
+            )
+            for cluster in self.clusters.values()
+        }
         keys: dict[Key, str] = {}
         for key, _ in linked:
             cluster_id = self.accounts[next(iter(self.members_of(key)))].cluster
@@ -956,9 +1064,9 @@ class OperationLinker:
                 kinds = self.subs[sub_key[0]] if sub_key[0] >= 0 else self.kinds_of(sub_key)
                 if TIMING in kinds:
                     continue
-                if all(
-                    held.get((cluster_id, kind, sig), 0)
-                    >= share * self.signature_count.get((kind, sig), 1)
+                held_by_cluster = held.get(cluster_id)
+                if held_by_cluster is not None and all(
+                    held_by_cluster[kind, sig] >= share * self.signature_count.get((kind, sig), 1)
                     for kind, sig in zip(kinds, sub_key[1:], strict=True)
                 ):
                     keys.setdefault(sub_key, cluster_id)
@@ -989,11 +1097,28 @@ class OperationLinker:
         size = len(accounts)
         requests = sum(a.requests for a in accounts)
         cluster.single_turn_share = sum(a.single for a in accounts) / max(requests, 1)
-        topics: set[int] = set()
-        topic_total = 0
-        for account in accounts:
-            topics.update(account.topics)
-            topic_total += len(account.topics)
+        # An account's topics only grow, in insertion order: while the cluster keeps its
+        # accounts (new ones after them), the union of its topics takes in only what was
+        # added since its last score.
+        known = self._topic_unions.get(cluster.id)
+        if known is not None and tuple(accounts[: len(known.accounts)]) == known.accounts:
+            topics, topic_total = known.topics, known.total
+            for account, before in zip(known.accounts, known.sizes, strict=True):
+                if len(account.topics) != before:
+                    topics.update(itertools.islice(account.topics, before, None))
+                    topic_total += len(account.topics) - before
+            for account in accounts[len(known.accounts) :]:
+                topics.update(account.topics)
+                topic_total += len(account.topics)
+        else:
+            topics = set()
+            topic_total = 0
+            for account in accounts:
+                topics.update(account.topics)
+                topic_total += len(account.topics)
+        self._topic_unions[cluster.id] = _TopicUnion(
+            tuple(accounts), [len(account.topics) for account in accounts], topics, topic_total
+        )
         cluster.topic_spread = len(topics) / topic_total if topic_total else 0.0
         behaviour = [cluster.single_turn_share, cluster.topic_spread]
         tokens = sum(a.tokens for a in accounts)

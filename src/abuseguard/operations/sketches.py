@@ -77,10 +77,22 @@ def set_signature(items: Iterable[int]) -> int:
         return 0
     if len(kept) == 1:
         return kept[0] or 1
-    return combine(
-        minhash(kept, MINHASH_SALTS[0], _MULTIPLIERS[0]),
-        minhash(kept, MINHASH_SALTS[1], _MULTIPLIERS[1]),
-    )
+    # Accounts of one persona, shape or ASN mix hold the same sets: most are signed before.
+    key = frozenset(kept)
+    found = _signatures.get(key)
+    if found is None:
+        found = combine(
+            minhash(kept, MINHASH_SALTS[0], _MULTIPLIERS[0]),
+            minhash(kept, MINHASH_SALTS[1], _MULTIPLIERS[1]),
+        )
+        if len(_signatures) >= _MAX_SIGNATURES:
+            _signatures.clear()
+        _signatures[key] = found
+    return found
+
+
+_MAX_SIGNATURES = 65_536
+_signatures: dict[frozenset[int], int] = {}
 
 
 class DecayedItems:
