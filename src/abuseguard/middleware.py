@@ -577,16 +577,9 @@ class _Responder:
             else:
                 self.suspended = (waiting, pending)
                 return None
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            self.buffered.append(message)
-            if message["type"] != "http.request":
+            if self._keep(message, chunks):
                 break
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if not message.get("more_body", False):
-                break
+            size += len(chunks[-1])
         return b"".join(chunks)[:limit]
 
     async def _peek_body(self, limit: int, timeout: float) -> bytes | None:
@@ -627,17 +620,22 @@ class _Responder:
                         message = await _Resumed(waiting, pending)
                 except TimeoutError:
                     return None
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            self.buffered.append(message)
-            if message["type"] != "http.request":
+            if self._keep(message, chunks):
                 break
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if not message.get("more_body", False):
-                break
+            size += len(chunks[-1])
         return b"".join(chunks)[:limit]
+
+    def _keep(self, message: Message, chunks: list[bytes]) -> bool:
+        """Keep a message read before deciding for the app (``buffered``) and its body part
+        in ``chunks``; True when the body ends with it. Raises _ClientGone on a
+        disconnect."""
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        self.buffered.append(message)
+        if message["type"] != "http.request":
+            return True
+        chunks.append(message.get("body", b""))
+        return not message.get("more_body", False)
 
     async def _replaying_receive(self) -> Message:
         if self.buffered:
