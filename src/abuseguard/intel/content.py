@@ -545,8 +545,8 @@ _BINARY_SNIFF = 1024
 _NOT_JSON = object()
 # json.loads(text) for a str is this scanner between optional whitespace (the C scanner of
 # json's default decoder), without the layers of Python calls around it.
-# typeshed's JSONDecoder stub leaves out scan_once (set in __init__); json.scanner's
-# make_scanner stub wants a make_scanner, not the decoder, so either way needs an ignore.
+# typeshed's JSONDecoder type hints leave out scan_once (set in __init__), and json.scanner's
+# make_scanner is typed to take a make_scanner, not the decoder: either way needs an ignore.
 _SCAN_JSON: Callable[[str, int], tuple[object, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # typeshed
 _JSON_SPACE = re.compile(r"[ \t\n\r]*").match  # json.decoder.WHITESPACE: always matches
 _JSON_WHITESPACE = " \t\n\r"
