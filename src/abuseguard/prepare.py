@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from abuseguard.account import AccountFacts
@@ -181,22 +181,20 @@ class RequestReader:
         if ts is None:
             ts = self.clock()
         simhash, template_id, elicitation, has_content = self._content_of(info)
-        return Prepared(
-            ts,
-            p.identity,
-            p.has_account,
-            p.address,
-            p.profile,
-            self._static_cost if info.cost is None and self._cost_is_static else self.cost_of(info),
-            p.ua_class,
-            p.persona,
-            p.persona_mismatch,
-            simhash,
-            template_id,
-            elicitation,
-            has_content,
-            info.account,
-            info.plan,
+        return replace(
+            p,
+            ts=ts,
+            cost=(
+                self._static_cost
+                if info.cost is None and self._cost_is_static
+                else self.cost_of(info)
+            ),
+            simhash=simhash,
+            template_id=template_id,
+            elicitation=elicitation,
+            has_content=has_content,
+            account=info.account,
+            plan=info.plan,
         )
 
 
