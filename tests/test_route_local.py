@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -164,21 +166,80 @@ def uvicorn_errors(
     return caplog
 
 
-def test_without_the_middleware_the_route_fails_with_a_message_naming_the_fix(
+NO_MIDDLEWARE = "needs the AbuseGuard middleware in front of the app"
+
+
+def test_a_fastapi_app_with_route_local_limits_and_no_middleware_fails_startup(
     uvicorn_errors: pytest.LogCaptureFixture,
 ) -> None:
     with (
-        serve(fastapi_app(None), log_config=None) as url,
-        httpx.Client(base_url=url) as client,
+        pytest.raises(RuntimeError, match="did not start"),
+        serve(fastapi_app(None), log_config=None),
     ):
+        pass
+    assert "abuseguard.fastapi.limit " + NO_MIDDLEWARE in uvicorn_errors.text
+
+
+def test_the_startup_check_covers_included_routers_and_a_custom_lifespan(
+    uvicorn_errors: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ran.append("lifespan")
+        yield
+
+    def app_of(middleware: bool) -> FastAPI:
+        app = FastAPI(lifespan=lifespan)
+        router = APIRouter()
+
+        @router.get("/report", dependencies=[Depends(abuseguard.fastapi.limit("1/hour"))])
+        async def report() -> dict[str, str]:
+            return {}
+
+        app.include_router(router, prefix="/admin")
+        if middleware:
+            app.add_middleware(AbuseGuard, policy=quiet())
+        return app
+
+    with pytest.raises(RuntimeError, match="did not start"), serve(app_of(False), log_config=None):
+        pass
+    assert NO_MIDDLEWARE in uvicorn_errors.text
+    ran.clear()
+    with serve(app_of(True)) as url:
+        served = httpx.get(url + "/admin/report", headers=KEY)
+    assert ran == ["lifespan"]
+    assert served.status_code == 200
+    assert '"local-1-hour-default"' in served.headers["ratelimit-policy"]
+
+
+def test_a_starlette_endpoint_without_the_middleware_fails_with_a_message_naming_the_fix(
+    uvicorn_errors: pytest.LogCaptureFixture,
+) -> None:
+    """Starlette reads nothing of an endpoint while a route is made: no startup check."""
+
+    async def search(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("search")
+
+    async def other(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("other")
+
+    app = Starlette(
+        routes=[
+            Route("/search", abuseguard.starlette.limit("3/hour")(search)),
+            Route("/other", other),
+        ]
+    )
+    with serve(app, log_config=None) as url, httpx.Client(base_url=url) as client:
         try:
             failed: object = httpx.get(url + "/search").status_code
         except httpx.HTTPError as exc:  # uvicorn may drop the connection after the 500
             failed = type(exc).__name__
-        other = client.get("/other")
+        other_page = client.get("/other")
     assert failed in (500, "ReadError", "RemoteProtocolError")
-    assert "abuseguard.fastapi.limit needs the AbuseGuard middleware" in uvicorn_errors.text
-    assert other.status_code == 200
+    assert "abuseguard.starlette.limit " + NO_MIDDLEWARE in uvicorn_errors.text
+    assert other_page.status_code == 200
 
 
 def test_a_backend_that_cannot_keep_route_local_limits_fails_startup(

@@ -12,8 +12,10 @@ shadowed throttle) it is reported in the headers and the request is served.
 
 At lifespan startup the middleware finds the route-local limits of the app it wraps
 (`find_route_limits`) and prepares their state, so a backend that cannot keep them
-fails startup. A request reaching a route-local limit without the middleware in front
-raises `RuntimeError` naming the fix (no ASGI hook runs at startup without it).
+fails startup. A FastAPI app whose limits no middleware prepared fails its own lifespan
+startup with a `RuntimeError` naming the fix (`route_local_startup`); elsewhere (a
+Starlette endpoint, a FastAPI app mounted inside another) the request reaching the
+limit raises it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ _NO_MIDDLEWARE = (
     "the middleware found, in the middleware's guard"
 )
 _limiters: weakref.WeakKeyDictionary[Guard, RouteLimiter] = weakref.WeakKeyDictionary()
+
+
+def no_middleware_error(what: str) -> RuntimeError:
+    """The error of a route-local limit that no `AbuseGuard` middleware serves."""
+    return RuntimeError(_NO_MIDDLEWARE.format(what=what))
 
 
 class RouteLimit:
@@ -73,6 +80,7 @@ class RouteLimit:
         self.name = self.base_name
         self.cost = float(cost)
         self.what = what
+        self.prepared = False  # a middleware's startup found it (`prepare`)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -82,7 +90,7 @@ class RouteLimit:
         when it is served. Raises RuntimeError without the middleware in front."""
         state = scope.get("state")
         if not isinstance(state, dict) or (mw := state.get(GUARD_STATE_KEY)) is None:
-            raise RuntimeError(_NO_MIDDLEWARE.format(what=self.what))
+            raise no_middleware_error(self.what)
         decision: Decision | None = state.get(DECISION_STATE_KEY)
         if decision is None or not decision.identity:
             return None  # the guard failed open, or the path is exempt
@@ -196,7 +204,8 @@ def prepare(app: Any, guard: Guard) -> RouteLimiter:
     names repeat; a name given twice is a ConfigError) and make their state in ``guard``
     (a ConfigError when its backend cannot keep them)."""
     seen: dict[str, int] = {}
-    for limit in find_route_limits(app):
+    found = find_route_limits(app)
+    for limit in found:
         count = seen[limit.base_name] = seen.get(limit.base_name, 0) + 1
         if count > 1 and limit.named:
             raise ConfigError("limit.name", f"{limit.base_name!r} names two route-local limits")
@@ -204,4 +213,7 @@ def prepare(app: Any, guard: Guard) -> RouteLimiter:
         if name != limit.name:
             limit.name = name
             limit.limits = NamedLimits(name, limit.limits.limits)
-    return limiter_of(guard)
+    limiter = limiter_of(guard)
+    for limit in found:
+        limit.prepared = True
+    return limiter
