@@ -33,7 +33,7 @@ from abuseguard.engine.layout import MAX_PLAN_BUCKETS
 from abuseguard.engine.params import plan_slots
 from abuseguard.errors import ConfigError
 from abuseguard.model_limits import ModelLimits
-from abuseguard.policy import Concurrency, Limits, Policy, TokenBucket
+from abuseguard.policy import Concurrency, Limits, Policy, Quota, TokenBucket
 from abuseguard.request import RequestInfo
 
 
@@ -228,7 +228,7 @@ class RouteLimiter:
             for quota, name in zip(limits.quotas, named.quota_names, strict=True):
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 hits = max(0, round(cost)) if quota.by_cost else 1
-                key = f"{named.name}:{ident}"
+                key = _quota_key(named, quota, ident)
                 if not memory.quota_fits(quota.limit, quota.strategy, key, hits):
                     remaining, reset = memory.quota_state(quota.limit, quota.strategy, key)
                     violated.append(
@@ -278,7 +278,7 @@ class RouteLimiter:
             for quota, name in zip(limits.quotas, named.quota_names, strict=True):
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 hits = max(0, round(cost)) if quota.by_cost else 1
-                key_q = f"{named.name}:{ident}"
+                key_q = _quota_key(named, quota, ident)
                 ok, remaining, reset = memory.hit_quota(quota.limit, quota.strategy, key_q, hits)
                 states.append(
                     PolicyState(name, quota.amount, quota.window, remaining, reset, not ok)
@@ -340,7 +340,7 @@ class RouteLimiter:
                     continue
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 if self._memory is not None:
-                    key = f"{named.name}:{ident}"
+                    key = _quota_key(named, quota, ident)
                     self._memory.reconcile_quota(quota.limit, quota.strategy, key, hits)
                 elif self._remote is not None:
                     self._remote.reconcile_route_quota(named.name, quota, ident, hits)
@@ -354,6 +354,13 @@ class RouteLimiter:
             del self._buckets[key]
         if not full:
             self._buckets.clear()
+
+
+def _quota_key(named: NamedLimits, quota: Quota, ident: str) -> str:
+    """The memory backend's key of one route or plan quota for one identity. The quota's
+    name is part of it: two quotas of one limits with the same rate (requests and tokens
+    per day) keep their own counts, as they do in Redis."""
+    return f"{named.name}:{quota.name}:{ident}"
 
 
 def _match(routes: Mapping[str, NamedLimits], info: RequestInfo) -> NamedLimits | None:

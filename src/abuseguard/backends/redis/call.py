@@ -129,12 +129,23 @@ class ScriptCall:
         self.bucket_tags.append(tag)
 
     def quota(
-        self, key: str, strategy: str, amount: int, window: float, cost: int, shadow: bool, tag: Any
+        self,
+        key: str,
+        strategy: str,
+        amount: int,
+        window: float,
+        cost: int,
+        shadow: bool,
+        tag: Any,
+        *,
+        always_asked: bool = False,
     ) -> None:
+        """``always_asked``: tested even when the gate is closed (a route or plan quota,
+        which the memory backend tests before anything else); counted only when served."""
+        flags = (2 if always_asked else 0) + (1 if shadow else 0)
         self.quota_keys.append(key)
         self.quota_args.append(
-            f"{STRATEGY_CODES[strategy]} {int(amount)} {float(window)!r} {int(cost)} "
-            f"{1 if shadow else 0}"
+            f"{STRATEGY_CODES[strategy]} {int(amount)} {float(window)!r} {int(cost)} {flags}"
         )
         self.quota_tags.append(tag)
 

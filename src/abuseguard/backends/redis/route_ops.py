@@ -14,9 +14,12 @@ the app-wide ones)::
 A route bucket is not scaled by risk or load (as in the memory backend). Refusals are
 enforced unless the policy shadows throttling (`Policy.shadow`, or ``throttle`` in
 `Enforcement.shadow_actions`) or the refusing bucket or quota is in shadow mode
-(``TokenBucket.shadow``, ``Quota.shadow``):
+(``TokenBucket.shadow``, ``Quota.shadow``) and every other limit that refuses is too:
 then the script serves and counts the request, and the guard reports the refusal in
-shadow. Not in the deny cache: every request with route or
+shadow. One enforced refusal refuses the request, whichever limit was asked first. As on
+the memory backend, which tests the route and plan limits before anything else, their
+quotas are asked even when a bucket or the local verdict refuses, so the refusal names
+every route and plan limit that refused. Not in the deny cache: every request with route or
 plan limits asks Redis (the app-wide refusals it remembers are still answered locally).
 """
 
@@ -83,8 +86,10 @@ def plan_routes(
     key_ttl_scale: float = 1.0,
 ) -> RoutePlan:
     """Put the ``applied`` limits into ``main`` (and, for a quota of another identity, the
-    call ``side_for(identity)`` answers). ``gate``: the local verdict lets quotas and
-    concurrency be asked, as for the app-wide ones. A plan's bucket that replaces the
+    call ``side_for(identity)`` answers). ``gate``: the local verdict lets concurrency be
+    asked, as for the app-wide one; the quotas are asked whatever the local verdict and
+    the buckets say (as the memory backend tests every route and plan limit before the
+    rest), and counted only with a served request. A plan's bucket that replaces the
     app-wide one is refilled as that one would be: its rate times ``key_scale`` (risk and
     load), its key kept until it refills at its slowest (``key_ttl_scale``)."""
     plan = RoutePlan(applied, cost)
@@ -107,8 +112,6 @@ def plan_routes(
                 )
             )
             main.bucket(base + ":b", rate, named.capacity, cost, ttl_rate, bucket_shadow, None)
-        if not gate:
-            continue
         for quota, name in zip(limits.quotas, named.quota_names, strict=True):
             ident = identity if quota.per == "key" else ip_identity
             call = main if ident == identity else side_for(ident)
@@ -134,8 +137,9 @@ def plan_routes(
                 hits if quota.by_cost else 1,
                 quota_shadow,
                 None,
+                always_asked=True,
             )
-        if limits.concurrency is not None:
+        if limits.concurrency is not None and gate:
             key = base + ":c"
             slot = (f"c:{identity}:{named.name}", key, leases.new_id())
             plan.ops.append(
