@@ -167,3 +167,21 @@ def test_two_route_quotas_with_the_same_rate_keep_their_own_counts() -> None:
     decision = guard.check(chat())
     left = {s.name: s.remaining for s in decision.policies}
     assert left["route-v1-chat-requests"] == left["route-v1-chat-tokens"] == 2
+
+
+def test_a_route_bucket_and_concurrency_both_refusing(redis_server: RedisServer) -> None:
+    """The first request holds the route's one slot (it never completes): the next ones
+    meet its empty bucket and its full concurrency, and the refusal names both."""
+    policy = quiet_policy(
+        routes={"/v1/chat": Limits(bucket=TokenBucket(SLOW, burst=1), concurrency=1)},
+    )
+    memory, on_redis = on_both(policy, redis_server.url)
+    assert on_redis == memory
+    decisions, left = memory
+    assert decisions[1] == (
+        False,
+        False,
+        ("rate", "concurrency"),
+        ("route-v1-chat-concurrency", "route-v1-chat-default"),
+    )
+    assert left == 98

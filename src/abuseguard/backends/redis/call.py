@@ -150,10 +150,21 @@ class ScriptCall:
         self.quota_tags.append(tag)
 
     def conc(
-        self, key: str, limit: int, lease: str, ttl_ms: int, tag: Any, shadow: bool = False
+        self,
+        key: str,
+        limit: int,
+        lease: str,
+        ttl_ms: int,
+        tag: Any,
+        shadow: bool = False,
+        *,
+        always_asked: bool = False,
     ) -> None:
+        """``always_asked``: tested even when the gate is closed (a route or plan limit),
+        the lease taken only with a served request."""
+        flags = (2 if always_asked else 0) + (1 if shadow else 0)
         self.conc_keys.append(key)
-        self.conc_args.append(f"{limit} {lease} {ttl_ms} {1 if shadow else 0}")
+        self.conc_args.append(f"{limit} {lease} {ttl_ms} {flags}")
         self.conc_tags.append(tag)
 
     @property
@@ -229,6 +240,7 @@ class Reply:
         "ban_left",
         "charged",
         "conc",
+        "conc_full",
         "denied",
         "now",
         "quotas",
@@ -250,7 +262,8 @@ class Reply:
         self.retry = 0.0
         self.tokens: list[float] = []
         self.quotas: list[tuple[bool, bool, float, float]] = []
-        self.conc: list[tuple[bool, bool]] = []
+        self.conc: list[tuple[bool, bool]] = []  # (asked, lease taken)
+        self.conc_full: list[bool] = []  # the limit was reached: it refused (or shadowed)
         if self.status == 1:
             return
         i = 3
@@ -271,6 +284,7 @@ class Reply:
             i += 4
         for _ in call.conc_tags:
             self.conc.append((reply[i] == 1, reply[i + 1] == 1))
+            self.conc_full.append(reply[i + 1] == 2)
             i += 2
         if i != len(reply):
             raise ValueError(f"decide.lua replied {len(reply)} values, expected {i}")

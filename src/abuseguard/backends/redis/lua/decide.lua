@@ -28,7 +28,9 @@
 --                              1 shadow mode, + 2 asked whatever the gate: a route or
 --                              plan quota, tested as the memory backend tests it before
 --                              anything else, counted only with a served request)
---   conc    KEYS key           "limit lease_id lease_ttl_ms shadow"
+--   conc    KEYS key           "limit lease_id lease_ttl_ms flags" (flags as a quota's:
+--                              1 shadow mode, + 2 asked whatever the gate, a lease taken
+--                              only with a served request)
 --
 -- A refused request costs nothing: every limit is asked first, and the buckets are charged,
 -- the quotas counted and the lease taken only when none of them refuses (a limit refusing
@@ -37,7 +39,7 @@
 --
 -- Reply: {status, now, ban_seconds_left, sketch estimates..., denied_mask, charged, retry,
 --         tokens per bucket..., per quota: ran, ok, remaining, reset ..., per conc: ran,
---         acquired}. status 0: not banned; 1: banned, nothing else was done (the reply
+--         acquired (1 taken, 2 full: it refused, or in shadow mode would have)}. status 0: not banned; 1: banned, nothing else was done (the reply
 --         ends after ban_seconds_left); 2: banned, quotas and concurrency still applied.
 -- Floats travel as strings: Lua numbers would be truncated to integers in the reply.
 
@@ -193,17 +195,19 @@ local concs = {}
 for c = 1, n_conc do
     local key = KEYS[k]
     k = k + 1
-    local l, lease, t, sh = string.match(ARGV[a], '^(%S+) (%S+) (%S+) (%d)$')
+    local l, lease, t, fl = string.match(ARGV[a], '^(%S+) (%S+) (%S+) (%d)$')
     a = a + 1
-    local limit, ttl = num(l), num(t)
-    local conc = {key = key, lease = lease, ttl = ttl, ran = gate, acquired = false}
+    local limit, ttl, flags = num(l), num(t), num(fl)
+    local asked = gate or flags >= 2
+    local conc = {key = key, lease = lease, ttl = ttl, ran = asked, acquired = false, full = false}
     concs[c] = conc
-    if gate then
+    if asked then
         redis.call('ZREMRANGEBYSCORE', key, '-inf', now * 1000)
         if redis.call('ZCARD', key) < limit then
             conc.acquired = true
-        elseif sh ~= '1' then
-            gate = false
+        else
+            conc.full = true
+            if flags % 2 == 0 then gate = false end
         end
     end
 end
@@ -287,6 +291,8 @@ for c = 1, n_conc do
             redis.call('ZADD', conc.key, now * 1000 + conc.ttl, conc.lease)
             redis.call('PEXPIRE', conc.key, conc.ttl)
             acquired = 1
+        elseif conc.full then
+            acquired = 2
         end
         out[#out + 1] = 1
         out[#out + 1] = acquired
