@@ -185,3 +185,17 @@ def test_a_route_bucket_and_concurrency_both_refusing(redis_server: RedisServer)
         ("route-v1-chat-concurrency", "route-v1-chat-default"),
     )
     assert left == 98
+
+
+def test_an_empty_app_wide_bucket_and_an_exhausted_route_quota(redis_server: RedisServer) -> None:
+    """The route's quota refuses first on both backends (the memory backend tests route
+    limits before the kernel; Redis used to skip them once the app-wide bucket refused,
+    answering ``rate`` where memory answers ``quota``)."""
+    policy = quiet_policy(
+        bucket=TokenBucket(SLOW, burst=1),
+        routes={"/v1/chat": Limits(quotas=(quota("daily", False),))},
+    )
+    memory, on_redis = on_both(policy, redis_server.url)
+    assert on_redis == memory
+    decisions, _ = memory
+    assert decisions[1] == (False, False, ("quota",), ("route-v1-chat-daily",))
