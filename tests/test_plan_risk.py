@@ -1,8 +1,7 @@
 """The risk signals measure a plan's client against its plan's limits (`Policy.plans`),
 not the app-wide ones: volume and burst against the plan's bucket, spend against the
 plan's by-cost quotas. Memory backend; the kernel reads the plan through the key row's
-``F_PLAN`` (Redis synced mode refuses plans, Redis inline mode measures against the
-app-wide limits)."""
+``F_PLAN`` (Redis synced mode refuses plans; Redis inline mode: test_plan_risk_redis)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """The engine and decide stages for a request that `Policy.routes` or `Policy.plans` let
-through: when plans carry their own bucket, the key row is told the request's plan first
-(its F_PLAN, which makes the kernel use that bucket instead of the app-wide one), and the
-decision then names the plan's bucket among its limits."""
+through: when plans carry their own bucket or quotas, the key row is told the request's
+plan first (its F_PLAN, which makes the kernel measure the risk signals against the plan's
+allowances and, with the memory backend, use the plan's bucket instead of the app-wide
+one), and the decision then names the plan's bucket among its limits. `mark_plan` is the
+first step alone, for a round-trip backend (`round_trip`), whose store asks the plan's
+bucket itself."""
 
 from __future__ import annotations
 
@@ -11,10 +14,18 @@ from typing import Any
 from abuseguard.decision import Decision
 from abuseguard.engine import layout as L
 from abuseguard.engine.engine import Engine
+from abuseguard.engine.table import StateTable
 from abuseguard.policy import TokenBucket
 from abuseguard.prepare import Prepared
 from abuseguard.request import RequestInfo
 from abuseguard.route_limits import RouteLimiter
+
+
+def mark_plan(
+    key_table: StateTable, route_limits: RouteLimiter, info: RequestInfo, p: Prepared
+) -> None:
+    """Write the request's plan slot into its key row (``F_PLAN``) before the kernel runs."""
+    key_table.data[key_table.row(p.identity, p.ts), L.F_PLAN] = route_limits.plan_slot(info)
 
 
 class PlanRun:
@@ -42,8 +53,7 @@ class PlanRun:
         route_limits = self.route_limits
         if not route_limits.plan_slots:
             return self._conclude(p, self._run(p))
-        key_table = self._key_table
-        key_table.data[key_table.row(p.identity, p.ts), L.F_PLAN] = route_limits.plan_slot(info)
+        mark_plan(self._key_table, route_limits, info, p)
         decision = self._conclude(p, self._run(p))
         io = self._io
         decision.policies = route_limits.with_plan_bucket(
@@ -53,4 +63,4 @@ class PlanRun:
         return decision
 
 
-__all__ = ["PlanRun"]
+__all__ = ["PlanRun", "mark_plan"]

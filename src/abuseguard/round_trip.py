@@ -1,7 +1,11 @@
 """The pipeline with a backend that answers the limits in a round trip (Redis in inline
 mode): prepare, the engine with the backend's buckets off (the fail mode may turn the
 kernel's on), the limits and the route and plan limits from the backend in one call, the
-Decision, which the observers see before the backend trims it."""
+Decision, which the observers see before the backend trims it. With `Policy.plans`, the
+key row is told the request's plan before the engine runs (`plan_run.mark_plan`), so the
+risk signals measure a plan's client against its plan's allowances, as on the memory
+backend; the plan's bucket itself is the backend's (the kernel's plan buckets stay off,
+and in the fail mode's fallback buckets a plan's client meets the app-wide bucket)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from typing import Any
 from abuseguard.backends.base import RoundTripDecider
 from abuseguard.decide import Decider
 from abuseguard.decision import Decision
+from abuseguard.engine import layout as L
 from abuseguard.observe import Observer, notify_observers
+from abuseguard.plan_run import mark_plan
 from abuseguard.prepare import Prepared
 from abuseguard.request import RequestInfo
 from abuseguard.route_gate import RouteGate
@@ -36,11 +42,16 @@ class RoundTripRun:
         self._decide = decider.decide
         self._routes = route_gate
         self._observers = observers  # the Guard's list: observers added later are seen
+        plans_told = route_gate is not None and bool(route_gate.limiter.plan_slots)
+        self._key_table = decider.engine.tables[L.KIND_KEY] if plans_told else None
 
     async def check(self, info: RequestInfo) -> Decision:
         backend = self.backend
         reachable = await backend.reach(info)
         p = self._prepare(info)
+        if self._key_table is not None:
+            assert self._routes is not None
+            mark_plan(self._key_table, self._routes.limiter, info, p)
         io = self._run_engine(p).tolist()  # a copy: other requests run the kernel meanwhile
         answer = await backend.answer(info, p, io, reachable)
         if answer.refusal is not None:

@@ -33,7 +33,7 @@ from abuseguard.engine.layout import MAX_PLAN_BUCKETS
 from abuseguard.engine.params import plan_slots
 from abuseguard.errors import ConfigError
 from abuseguard.model_limits import ModelLimits
-from abuseguard.policy import Concurrency, Limits, Policy, TokenBucket
+from abuseguard.policy import Concurrency, Limits, Policy, Quota, TokenBucket
 from abuseguard.request import RequestInfo
 
 
@@ -117,11 +117,17 @@ class RouteLimiter:
             plan: NamedLimits(limit_name("plan", plan), limits, replaces_key_bucket=True)
             for plan, limits in policy.plans.items()
         }
-        # plan -> its slot in the kernel's plan parameters (memory backend: the kernel's key
-        # bucket takes the plan's shape and the risk signals measure against the plan's
-        # allowances; a round-trip backend asks the plan's bucket itself, and its kernel
-        # measures every client against the app-wide allowances)
-        self.plan_slots = plan_slots(policy) if self._memory is not None else {}
+        # plan -> its slot in the kernel's plan parameters, written in the client's key row
+        # (`plan_run`) on every backend: the risk signals measure the client against its
+        # plan's allowances (``P_PLAN_ALLOWANCE``). With the memory backend the kernel's key
+        # bucket also takes the plan's shape (``P_PLAN_BUCKET``); a round-trip backend asks
+        # the plan's bucket itself (its kernel buckets are off). Slots past
+        # ``MAX_PLAN_BUCKETS`` have no parameters (possible only on a round-trip backend,
+        # which keeps any number of plan buckets): such a plan's clients are measured
+        # against the app-wide allowances.
+        self.plan_slots = {
+            plan: slot for plan, slot in plan_slots(policy).items() if slot <= MAX_PLAN_BUCKETS
+        }
         with_bucket = sum(1 for limits in policy.plans.values() if limits.bucket is not None)
         if self._memory is not None and with_bucket > MAX_PLAN_BUCKETS:
             raise ConfigError(
@@ -228,7 +234,7 @@ class RouteLimiter:
             for quota, name in zip(limits.quotas, named.quota_names, strict=True):
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 hits = max(0, round(cost)) if quota.by_cost else 1
-                key = f"{named.name}:{ident}"
+                key = _quota_key(named, quota, ident)
                 if not memory.quota_fits(quota.limit, quota.strategy, key, hits):
                     remaining, reset = memory.quota_state(quota.limit, quota.strategy, key)
                     violated.append(
@@ -278,7 +284,7 @@ class RouteLimiter:
             for quota, name in zip(limits.quotas, named.quota_names, strict=True):
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 hits = max(0, round(cost)) if quota.by_cost else 1
-                key_q = f"{named.name}:{ident}"
+                key_q = _quota_key(named, quota, ident)
                 ok, remaining, reset = memory.hit_quota(quota.limit, quota.strategy, key_q, hits)
                 states.append(
                     PolicyState(name, quota.amount, quota.window, remaining, reset, not ok)
@@ -290,8 +296,8 @@ class RouteLimiter:
         return tuple(states), tuple(held)
 
     def plan_slot(self, info: RequestInfo) -> float:
-        """The key row's ``F_PLAN`` for this request: its plan's slot among the plans with
-        their own bucket, 0 (the policy's bucket) without one (memory backend)."""
+        """The key row's ``F_PLAN`` for this request: its plan's slot (`plan_slots`), 0
+        (the policy's bucket and allowances) without one."""
         plan = info.plan
         return float(self.plan_slots.get(plan, 0)) if plan is not None else 0.0
 
@@ -308,7 +314,9 @@ class RouteLimiter:
         whose bucket replaced the app-wide one (memory backend); unchanged otherwise.
         ``remaining``, ``reset``, ``violated``: the kernel's key bucket outputs."""
         plan = info.plan
-        named = self.plans.get(plan) if plan is not None and self.plan_slots else None
+        if plan is None or self._memory is None or plan not in self.plan_slots:
+            return policies  # a round-trip backend names the plan's bucket itself
+        named = self.plans.get(plan)
         if named is None or not named.replaces_key_bucket:
             return policies
         own = PolicyState(
@@ -340,7 +348,7 @@ class RouteLimiter:
                     continue
                 ident = identity if quota.per == "key" else "i:" + ip_key
                 if self._memory is not None:
-                    key = f"{named.name}:{ident}"
+                    key = _quota_key(named, quota, ident)
                     self._memory.reconcile_quota(quota.limit, quota.strategy, key, hits)
                 elif self._remote is not None:
                     self._remote.reconcile_route_quota(named.name, quota, ident, hits)
@@ -354,6 +362,13 @@ class RouteLimiter:
             del self._buckets[key]
         if not full:
             self._buckets.clear()
+
+
+def _quota_key(named: NamedLimits, quota: Quota, ident: str) -> str:
+    """The memory backend's key of one route or plan quota for one identity. The quota's
+    name is part of it: two quotas of one limits with the same rate (requests and tokens
+    per day) keep their own counts, as they do in Redis."""
+    return f"{named.name}:{quota.name}:{ident}"
 
 
 def _match(routes: Mapping[str, NamedLimits], info: RequestInfo) -> NamedLimits | None:

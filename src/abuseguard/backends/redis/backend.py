@@ -722,7 +722,6 @@ class RedisBackend(Backend, RoundTripDecider):
                 p.identity,
                 "i:" + address.ip_key,
                 cost,
-                gate,
                 self.route_shadow,
                 self.keys,
                 self.leases,

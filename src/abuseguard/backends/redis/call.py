@@ -129,20 +129,42 @@ class ScriptCall:
         self.bucket_tags.append(tag)
 
     def quota(
-        self, key: str, strategy: str, amount: int, window: float, cost: int, shadow: bool, tag: Any
+        self,
+        key: str,
+        strategy: str,
+        amount: int,
+        window: float,
+        cost: int,
+        shadow: bool,
+        tag: Any,
+        *,
+        always_asked: bool = False,
     ) -> None:
+        """``always_asked``: tested even when the gate is closed (a route or plan quota,
+        which the memory backend tests before anything else); counted only when served."""
+        flags = (2 if always_asked else 0) + (1 if shadow else 0)
         self.quota_keys.append(key)
         self.quota_args.append(
-            f"{STRATEGY_CODES[strategy]} {int(amount)} {float(window)!r} {int(cost)} "
-            f"{1 if shadow else 0}"
+            f"{STRATEGY_CODES[strategy]} {int(amount)} {float(window)!r} {int(cost)} {flags}"
         )
         self.quota_tags.append(tag)
 
     def conc(
-        self, key: str, limit: int, lease: str, ttl_ms: int, tag: Any, shadow: bool = False
+        self,
+        key: str,
+        limit: int,
+        lease: str,
+        ttl_ms: int,
+        tag: Any,
+        shadow: bool = False,
+        *,
+        always_asked: bool = False,
     ) -> None:
+        """``always_asked``: tested even when the gate is closed (a route or plan limit),
+        the lease taken only with a served request."""
+        flags = (2 if always_asked else 0) + (1 if shadow else 0)
         self.conc_keys.append(key)
-        self.conc_args.append(f"{limit} {lease} {ttl_ms} {1 if shadow else 0}")
+        self.conc_args.append(f"{limit} {lease} {ttl_ms} {flags}")
         self.conc_tags.append(tag)
 
     @property
@@ -218,6 +240,7 @@ class Reply:
         "ban_left",
         "charged",
         "conc",
+        "conc_full",
         "denied",
         "now",
         "quotas",
@@ -239,7 +262,8 @@ class Reply:
         self.retry = 0.0
         self.tokens: list[float] = []
         self.quotas: list[tuple[bool, bool, float, float]] = []
-        self.conc: list[tuple[bool, bool]] = []
+        self.conc: list[tuple[bool, bool]] = []  # (asked, lease taken)
+        self.conc_full: list[bool] = []  # the limit was reached: it refused (or shadowed)
         if self.status == 1:
             return
         i = 3
@@ -260,6 +284,7 @@ class Reply:
             i += 4
         for _ in call.conc_tags:
             self.conc.append((reply[i] == 1, reply[i + 1] == 1))
+            self.conc_full.append(reply[i + 1] == 2)
             i += 2
         if i != len(reply):
             raise ValueError(f"decide.lua replied {len(reply)} values, expected {i}")

@@ -14,10 +14,14 @@ the app-wide ones)::
 A route bucket is not scaled by risk or load (as in the memory backend). Refusals are
 enforced unless the policy shadows throttling (`Policy.shadow`, or ``throttle`` in
 `Enforcement.shadow_actions`) or the refusing bucket or quota is in shadow mode
-(``TokenBucket.shadow``, ``Quota.shadow``):
+(``TokenBucket.shadow``, ``Quota.shadow``) and every other limit that refuses is too:
 then the script serves and counts the request, and the guard reports the refusal in
-shadow. Not in the deny cache: every request with route or
-plan limits asks Redis (the app-wide refusals it remembers are still answered locally).
+shadow. One enforced refusal refuses the request, whichever limit was asked first. As on
+the memory backend, which tests the route and plan limits before anything else, their
+quotas and concurrency are asked even when a bucket or the local verdict refuses, so the
+refusal names every route and plan limit that refused. Not in the deny cache: every
+request with route or plan limits asks Redis (the app-wide refusals it remembers are
+still answered locally).
 """
 
 from __future__ import annotations
@@ -72,7 +76,6 @@ def plan_routes(
     identity: str,
     ip_identity: str,
     cost: float,
-    gate: bool,
     shadow: bool,
     keys: KeySpace,
     leases: Leases,
@@ -83,10 +86,12 @@ def plan_routes(
     key_ttl_scale: float = 1.0,
 ) -> RoutePlan:
     """Put the ``applied`` limits into ``main`` (and, for a quota of another identity, the
-    call ``side_for(identity)`` answers). ``gate``: the local verdict lets quotas and
-    concurrency be asked, as for the app-wide ones. A plan's bucket that replaces the
-    app-wide one is refilled as that one would be: its rate times ``key_scale`` (risk and
-    load), its key kept until it refills at its slowest (``key_ttl_scale``)."""
+    call ``side_for(identity)`` answers). Their quotas and concurrency are asked whatever
+    the local verdict and the buckets say, as the memory backend tests every route and
+    plan limit before the rest, and counted only with a served request. A plan's bucket
+    that replaces the app-wide one is refilled as that one would be: its rate times
+    ``key_scale`` (risk and load), its key kept until it refills at its slowest
+    (``key_ttl_scale``)."""
     plan = RoutePlan(applied, cost)
     main.mark_extra()
     hits = max(0, round(cost)) if math.isfinite(cost) else 0
@@ -107,8 +112,6 @@ def plan_routes(
                 )
             )
             main.bucket(base + ":b", rate, named.capacity, cost, ttl_rate, bucket_shadow, None)
-        if not gate:
-            continue
         for quota, name in zip(limits.quotas, named.quota_names, strict=True):
             ident = identity if quota.per == "key" else ip_identity
             call = main if ident == identity else side_for(ident)
@@ -134,6 +137,7 @@ def plan_routes(
                 hits if quota.by_cost else 1,
                 quota_shadow,
                 None,
+                always_asked=True,
             )
         if limits.concurrency is not None:
             key = base + ":c"
@@ -149,7 +153,9 @@ def plan_routes(
                 )
             )
             plan.ops[-1].slot = slot
-            main.conc(key, limits.concurrency, slot[2], leases.ttl_ms, slot, shadow)
+            main.conc(
+                key, limits.concurrency, slot[2], leases.ttl_ms, slot, shadow, always_asked=True
+            )
     return plan
 
 
@@ -162,12 +168,6 @@ def read_routes(plan: RoutePlan, replies: dict[int, Reply]) -> Verdict:
     held: list[str] = []
     retry_after = 0.0
     enforced = False  # a violated limit not in shadow mode
-    last_conc: dict[int, int] = {}
-    for op in plan.ops:
-        if op.kind == "conc":
-            reply = replies[id(op.call)]
-            if reply.conc and reply.conc[op.index][0]:
-                last_conc[id(op.call)] = op.index
     for op in plan.ops:
         reply = replies[id(op.call)]
         named = op.named
@@ -205,13 +205,11 @@ def read_routes(plan: RoutePlan, replies: dict[int, Reply]) -> Verdict:
                 reasons.append("quota")
                 retry_after = max(retry_after, reset)
         else:
-            ran, acquired = reply.conc[op.index]
+            _, acquired = reply.conc[op.index]
             assert op.slot is not None
             if acquired:
                 held.append(op.slot[0])
-            elif ran and last_conc.get(id(op.call)) == op.index:
-                # the last lease asked and not taken: it refused (a refusal closes the
-                # gate, so no later lease of the call is asked)
+            elif reply.conc_full[op.index]:
                 name = f"{named.name}-concurrency"
                 violated.append(PolicyState(name, op.amount, 1.0, 0.0, 1.0, True))
                 enforced = enforced or not op.shadow

@@ -23,9 +23,14 @@
 --   then one string per op, in this order (space-separated fields):
 --   sketch  KEYS cur, prev     "ttl_ms item item ..."
 --   bucket  KEYS key           "rate burst cost ttl_rate shadow"
---   quota   KEYS key           "strategy amount window_seconds cost shadow"
---                              (strategy 1 fixed window, 2 sliding window counter)
---   conc    KEYS key           "limit lease_id lease_ttl_ms shadow"
+--   quota   KEYS key           "strategy amount window_seconds cost flags"
+--                              (strategy 1 fixed window, 2 sliding window counter; flags
+--                              1 shadow mode, + 2 asked whatever the gate: a route or
+--                              plan quota, tested as the memory backend tests it before
+--                              anything else, counted only with a served request)
+--   conc    KEYS key           "limit lease_id lease_ttl_ms flags" (flags as a quota's:
+--                              1 shadow mode, + 2 asked whatever the gate, a lease taken
+--                              only with a served request)
 --
 -- A refused request costs nothing: every limit is asked first, and the buckets are charged,
 -- the quotas counted and the lease taken only when none of them refuses (a limit refusing
@@ -34,7 +39,7 @@
 --
 -- Reply: {status, now, ban_seconds_left, sketch estimates..., denied_mask, charged, retry,
 --         tokens per bucket..., per quota: ran, ok, remaining, reset ..., per conc: ran,
---         acquired}. status 0: not banned; 1: banned, nothing else was done (the reply
+--         acquired (1 taken, 2 full: it refused, or in shadow mode would have)}. status 0: not banned; 1: banned, nothing else was done (the reply
 --         ends after ban_seconds_left); 2: banned, quotas and concurrency still applied.
 -- Floats travel as strings: Lua numbers would be truncated to integers in the reply.
 
@@ -142,19 +147,23 @@ if banned then gate = true end
 -- Window quotas, `limits` semantics: a fixed window starts at its first hit and counts
 -- every hit of a served request (INCRBY, EXPIRE on the first); a sliding window counter
 -- weighs the previous fixed window by the share of it still inside the sliding window.
--- Asked first, counted below only for a served request.
-local first_violation, gate_after = true, gate
+-- Asked first, counted below only for a served request. A route or plan quota (flags >= 2)
+-- that refuses and is not in shadow mode refuses the request, whichever was asked first;
+-- else the first app-wide quota that refuses decides by its shadow flag, as the guard's
+-- decision does with the app-wide quotas' answers.
+local route_refuses, app_violated, app_shadow = false, false, false
 local quotas = {}
 for q = 1, n_quota do
     local key = KEYS[k]
     k = k + 1
-    local st, am, w, c, sh = string.match(ARGV[a], '^(%d) (%S+) (%S+) (%S+) (%d)$')
+    local st, am, w, c, fl = string.match(ARGV[a], '^(%d) (%S+) (%S+) (%S+) (%d)$')
     a = a + 1
-    local strategy, amount, window, cost = num(st), num(am), num(w), num(c)
-    local shadow = sh == '1'
-    local quota = {key = key, strategy = strategy, amount = amount, window = window, cost = cost, ok = true, ran = gate}
+    local strategy, amount, window, cost, flags = num(st), num(am), num(w), num(c), num(fl)
+    local shadow = flags % 2 == 1
+    local asked = gate or flags >= 2
+    local quota = {key = key, strategy = strategy, amount = amount, window = window, cost = cost, ok = true, ran = asked}
     quotas[q] = quota
-    if gate then
+    if asked then
         if strategy == 1 then
             quota.ok = cost <= 0 or num(redis.call('GET', key) or '0') + cost <= amount
         elseif cost > 0 then
@@ -165,13 +174,20 @@ for q = 1, n_quota do
             if prev ~= 0 then prev_ttl = (1 - (((now - window) / window) % 1)) * window end
             quota.ok = cost <= amount and math.floor(prev * prev_ttl / window + cur) + cost <= amount
         end
-        if not quota.ok and first_violation then
-            first_violation = false
-            gate_after = shadow
+        if not quota.ok then
+            if flags >= 2 then
+                if not shadow then route_refuses = true end
+            elseif not app_violated then
+                app_violated, app_shadow = true, shadow
+            end
         end
     end
 end
-if not first_violation then gate = gate_after end
+if route_refuses then
+    gate = false
+elseif app_violated then
+    gate = app_shadow
+end
 
 -- Concurrency: a sorted set of leases scored by their expiry; expired leases (a worker
 -- that died holding them) are dropped before counting.
@@ -179,17 +195,19 @@ local concs = {}
 for c = 1, n_conc do
     local key = KEYS[k]
     k = k + 1
-    local l, lease, t, sh = string.match(ARGV[a], '^(%S+) (%S+) (%S+) (%d)$')
+    local l, lease, t, fl = string.match(ARGV[a], '^(%S+) (%S+) (%S+) (%d)$')
     a = a + 1
-    local limit, ttl = num(l), num(t)
-    local conc = {key = key, lease = lease, ttl = ttl, ran = gate, acquired = false}
+    local limit, ttl, flags = num(l), num(t), num(fl)
+    local asked = gate or flags >= 2
+    local conc = {key = key, lease = lease, ttl = ttl, ran = asked, acquired = false, full = false}
     concs[c] = conc
-    if gate then
+    if asked then
         redis.call('ZREMRANGEBYSCORE', key, '-inf', now * 1000)
         if redis.call('ZCARD', key) < limit then
             conc.acquired = true
-        elseif sh ~= '1' then
-            gate = false
+        else
+            conc.full = true
+            if flags % 2 == 0 then gate = false end
         end
     end
 end
@@ -273,6 +291,8 @@ for c = 1, n_conc do
             redis.call('ZADD', conc.key, now * 1000 + conc.ttl, conc.lease)
             redis.call('PEXPIRE', conc.key, conc.ttl)
             acquired = 1
+        elseif conc.full then
+            acquired = 2
         end
         out[#out + 1] = 1
         out[#out + 1] = acquired
