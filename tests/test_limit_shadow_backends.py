@@ -199,3 +199,54 @@ def test_an_empty_app_wide_bucket_and_an_exhausted_route_quota(redis_server: Red
     assert on_redis == memory
     decisions, _ = memory
     assert decisions[1] == (False, False, ("quota",), ("route-v1-chat-daily",))
+
+
+SAME_RATE = (Quota("10/day", name="requests"), Quota("10/day", by_cost=True, name="tokens"))
+
+
+def test_two_app_wide_quotas_with_the_same_rate_keep_their_own_counts(
+    redis_server: RedisServer,
+) -> None:
+    """Memory backend: app-wide quotas of one rate used to share one counter (keyed by the
+    rate and the identity), so a request of cost 4 spent 5 of both; Redis keeps one per
+    quota."""
+    policy = quiet_policy(quotas=SAME_RATE)
+
+    async def left_after_one(guard: Guard) -> dict[str, float]:
+        await guard.startup()
+        try:
+            info = chat()
+            info.cost = 4
+            decision = await guard.acheck(info)
+        finally:
+            await guard.shutdown()
+        return {s.name: s.remaining for s in decision.policies if s.name != "default"}
+
+    now = 1_000_000.0
+    memory = asyncio.run(left_after_one(Guard(policy, clock=lambda: now)))
+    redis_backend = RedisBackend(
+        redis_server.url, prefix=f"sh{os.getpid()}x{next(_names)}", deny_cache_seconds=0
+    )
+    on_redis = asyncio.run(left_after_one(Guard(policy, redis_backend, clock=lambda: now)))
+    assert memory == on_redis == {"requests": 9, "tokens": 6}
+
+
+def test_real_cost_is_reconciled_in_its_own_app_wide_quota() -> None:
+    """Memory backend: the real cost reported after the response lands in the by-cost
+    quota only, not in the requests quota of the same rate; the pre-check and the check
+    then refuse on the tokens quota alone."""
+    guard = Guard(quiet_policy(quotas=SAME_RATE), clock=lambda: 1_000_000.0)
+
+    def costing(cost: float) -> RequestInfo:
+        info = chat()
+        info.cost = cost
+        return info
+
+    first = costing(4)
+    guard.complete(first, guard.check(first), status=200, cost=7)
+    refusal = guard.precheck(costing(4))
+    second = guard.check(costing(4))
+    assert refusal is not None and not refusal.served
+    assert (second.served, second.reasons) == (False, ("quota",))
+    left = {s.name: (s.remaining, s.violated) for s in second.policies if s.name != "default"}
+    assert left == {"requests": (9, False), "tokens": (3, True)}

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from abuseguard.backends.base import UNKNOWN_LIMITS, LimitSource, LocalLimits
+from abuseguard.backends.memory import APP_WIDE, quota_counter
 from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import bucket_kinds, shadow_kinds
@@ -296,6 +297,7 @@ class Decider:
         fits: list[tuple[float, float] | None] = []
         for quota in quotas:
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+            ident = quota_counter(APP_WIDE, quota, ident)
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             if limits.quota_fits(quota.limit, quota.strategy, ident, cost):
                 fits.append(None)
@@ -319,6 +321,7 @@ class Decider:
         states = []
         for quota, refused in zip(quotas, fits, strict=True):
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+            ident = quota_counter(APP_WIDE, quota, ident)
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             if served:
                 ok, remaining, reset = limits.hit_quota(quota.limit, quota.strategy, ident, cost)
@@ -348,6 +351,7 @@ class Decider:
         violated: tuple[Quota, float] | None = None
         for quota in quotas:
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+            ident = quota_counter(APP_WIDE, quota, ident)
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             ok, remaining, reset = limits.hit_quota(quota.limit, quota.strategy, ident, cost)
             policies.append(
