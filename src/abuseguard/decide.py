@@ -290,9 +290,9 @@ class Decider:
     def quotas_fit(
         self, p: Prepared, limits: LocalLimits, quotas: tuple[Quota, ...]
     ) -> tuple[tuple[Quota, float] | None, list[tuple[float, float] | None]]:
-        """The first of ``quotas`` that would refuse the request (and its reset), and per
-        quota None when it admits the request, else its (remaining, reset); nothing is
-        counted."""
+        """The quota that refuses the request (and its reset): the first violated one
+        that is enforced, else the first violated one (all shadowed); and per quota None
+        when it admits the request, else its (remaining, reset); nothing is counted."""
         violated: tuple[Quota, float] | None = None
         fits: list[tuple[float, float] | None] = []
         for quota in quotas:
@@ -304,7 +304,7 @@ class Decider:
                 continue
             state = limits.quota_state(quota.limit, quota.strategy, ident)
             fits.append(state)
-            if violated is None:
+            if violated is None or (violated[0].shadow and not quota.shadow):
                 violated = quota, state[1]
         return violated, fits
 
@@ -345,12 +345,14 @@ class Decider:
         limits: LimitSource,
         quotas: tuple[Quota, ...],
     ) -> tuple[Quota, float] | None:
-        """Hit every one of ``quotas`` through ``limits`` (a shared backend's answers),
-        appending their states to ``policies``; the first quota that refused, and its
-        reset."""
+        """Hit every one of ``quotas`` through ``limits`` (a shared backend's answers, or
+        the memory backend's peeked by the pre-check), appending their states to
+        ``policies``; the quota that refused (the first enforced one, else the first
+        shadowed one) and its reset."""
         violated: tuple[Quota, float] | None = None
         for quota in quotas:
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+            # the memory backend's counter (a shared backend's answers come in order)
             ident = quota_counter(APP_WIDE, quota, ident)
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             ok, remaining, reset = limits.hit_quota(quota.limit, quota.strategy, ident, cost)
@@ -359,7 +361,7 @@ class Decider:
                     quota.name or "quota", quota.amount, quota.window, remaining, reset, not ok
                 )
             )
-            if not ok and violated is None:
+            if not ok and (violated is None or (violated[0].shadow and not quota.shadow)):
                 violated = (quota, reset)
         return violated
 
