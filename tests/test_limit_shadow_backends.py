@@ -199,3 +199,129 @@ def test_an_empty_app_wide_bucket_and_an_exhausted_route_quota(redis_server: Red
     assert on_redis == memory
     decisions, _ = memory
     assert decisions[1] == (False, False, ("quota",), ("route-v1-chat-daily",))
+
+
+async def run_app_wide(guard: Guard) -> tuple[list[Seen], float, dict[str, float]]:
+    """`run_requests` (no plan), with what each quota has left as the last request sees it."""
+    await guard.startup()
+    try:
+        decisions = [seen(await guard.acheck(chat())) for _ in range(3)]
+        other = await guard.acheck(models())
+    finally:
+        await guard.shutdown()
+    left = next(s.remaining for s in other.policies if s.name == "default")
+    quotas_left = {s.name: s.remaining for s in other.policies if s.name != "default"}
+    return decisions, round(left, 3), quotas_left
+
+
+def app_wide_on_both(policy: Policy, url: str) -> tuple[Any, Any]:
+    now = 1_000_000.0
+    memory = asyncio.run(run_app_wide(Guard(policy, clock=lambda: now)))
+    name = f"sh{os.getpid()}x{next(_names)}"
+    redis_backend = RedisBackend(url, prefix=name, budget=0.5, deny_cache_seconds=0)
+    on_redis = asyncio.run(run_app_wide(Guard(policy, redis_backend, clock=lambda: now)))
+    return memory, on_redis
+
+
+@pytest.mark.parametrize(
+    "shadows",
+    [(True, False), (False, True), (True, True)],
+    ids=["shadowed-first", "enforced-first", "both-shadowed"],
+)
+def test_two_app_wide_quotas_one_or_both_shadowed(
+    redis_server: RedisServer, shadows: tuple[bool, bool]
+) -> None:
+    """A request both app-wide quotas refuse is refused when either is enforced, whichever
+    is listed first (the first violated one used to decide, on both backends), and served
+    in shadow only when both are shadowed. A third quota, never violated, shows that a
+    refused request is counted nowhere."""
+    policy = quiet_policy(
+        quotas=(quota("one", shadows[0]), quota("two", shadows[1]), Quota("10/day", name="all"))
+    )
+    memory, on_redis = app_wide_on_both(policy, url=redis_server.url)
+    assert on_redis == memory
+    decisions, left, quotas_left = memory
+    refused = (False, False, ("quota",), ("one", "two"))
+    if all(shadows):
+        assert decisions[1] == (True, True, ("quota",), ("one", "two"))
+        assert (left, quotas_left["all"]) == (96, 6)
+    else:
+        assert decisions[1:] == [refused, refused]
+        assert (left, quotas_left["all"]) == (99, 9)
+
+
+def test_retry_after_comes_from_the_enforced_quota(redis_server: RedisServer) -> None:
+    """A shadowed daily quota and an enforced hourly one both refuse: the client is told
+    to come back when the hourly one resets, not the daily one listed first."""
+    policy = quiet_policy(
+        quotas=(Quota("1/day", name="daily", shadow=True), Quota("1/hour", name="hourly"))
+    )
+
+    async def second_retry_after(guard: Guard) -> tuple[bool, float | None]:
+        await guard.startup()
+        try:
+            await guard.acheck(chat())
+            second = await guard.acheck(chat())
+        finally:
+            await guard.shutdown()
+        retry = second.retry_after
+        return second.served, None if retry is None else round(retry)
+
+    now = 1_000_000.0
+    memory = asyncio.run(second_retry_after(Guard(policy, clock=lambda: now)))
+    redis_backend = RedisBackend(
+        redis_server.url, prefix=f"sh{os.getpid()}x{next(_names)}", deny_cache_seconds=0
+    )
+    on_redis = asyncio.run(second_retry_after(Guard(policy, redis_backend, clock=lambda: now)))
+    assert memory == on_redis == (False, 3600)
+
+
+SAME_RATE = (Quota("10/day", name="requests"), Quota("10/day", by_cost=True, name="tokens"))
+
+
+def test_two_app_wide_quotas_with_the_same_rate_keep_their_own_counts(
+    redis_server: RedisServer,
+) -> None:
+    """Memory backend: app-wide quotas of one rate used to share one counter (keyed by the
+    rate and the identity), so a request of cost 4 spent 5 of both; Redis keeps one per
+    quota."""
+    policy = quiet_policy(quotas=SAME_RATE)
+
+    async def left_after_one(guard: Guard) -> dict[str, float]:
+        await guard.startup()
+        try:
+            info = chat()
+            info.cost = 4
+            decision = await guard.acheck(info)
+        finally:
+            await guard.shutdown()
+        return {s.name: s.remaining for s in decision.policies if s.name != "default"}
+
+    now = 1_000_000.0
+    memory = asyncio.run(left_after_one(Guard(policy, clock=lambda: now)))
+    redis_backend = RedisBackend(
+        redis_server.url, prefix=f"sh{os.getpid()}x{next(_names)}", deny_cache_seconds=0
+    )
+    on_redis = asyncio.run(left_after_one(Guard(policy, redis_backend, clock=lambda: now)))
+    assert memory == on_redis == {"requests": 9, "tokens": 6}
+
+
+def test_real_cost_is_reconciled_in_its_own_app_wide_quota() -> None:
+    """Memory backend: the real cost reported after the response lands in the by-cost
+    quota only, not in the requests quota of the same rate; the pre-check and the check
+    then refuse on the tokens quota alone."""
+    guard = Guard(quiet_policy(quotas=SAME_RATE), clock=lambda: 1_000_000.0)
+
+    def costing(cost: float) -> RequestInfo:
+        info = chat()
+        info.cost = cost
+        return info
+
+    first = costing(4)
+    guard.complete(first, guard.check(first), status=200, cost=7)
+    refusal = guard.precheck(costing(4))
+    second = guard.check(costing(4))
+    assert refusal is not None and not refusal.served
+    assert (second.served, second.reasons) == (False, ("quota",))
+    left = {s.name: (s.remaining, s.violated) for s in second.policies if s.name != "default"}
+    assert left == {"requests": (9, False), "tokens": (3, True)}

@@ -42,6 +42,7 @@ from abuseguard import (
     Scoring,
     TokenBucket,
 )
+from abuseguard.backends.memory import APP_WIDE, quota_counter
 from abuseguard.engine import layout as L
 from abuseguard.testing import ManualClock
 from abuseguard.testing import serve as serve_app
@@ -221,7 +222,8 @@ def test_exhausted_quota_refuses_a_trickling_body_at_once_without_a_hit() -> Non
     assert '"hourly";r=0;t=' in headers["ratelimit"]
     backend = middleware.guard.backend
     item = backend._item("1/hour")  # type: ignore[attr-defined]
-    stats = backend._limiter("fixed-window").get_window_stats(item, "i:127.0.0.1")  # type: ignore[attr-defined]
+    counter = quota_counter(APP_WIDE, policy.quotas[0], "i:127.0.0.1")
+    stats = backend._limiter("fixed-window").get_window_stats(item, counter)  # type: ignore[attr-defined]
     assert stats.remaining == 0  # one hit: the refused request was not counted
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from abuseguard.backends.base import UNKNOWN_LIMITS, LimitSource, LocalLimits
+from abuseguard.backends.memory import APP_WIDE, quota_counter
 from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import bucket_kinds, shadow_kinds
@@ -289,20 +290,21 @@ class Decider:
     def quotas_fit(
         self, p: Prepared, limits: LocalLimits, quotas: tuple[Quota, ...]
     ) -> tuple[tuple[Quota, float] | None, list[tuple[float, float] | None]]:
-        """The first of ``quotas`` that would refuse the request (and its reset), and per
-        quota None when it admits the request, else its (remaining, reset); nothing is
-        counted."""
+        """The quota that refuses the request (and its reset): the first violated one
+        that is enforced, else the first violated one (all shadowed); and per quota None
+        when it admits the request, else its (remaining, reset); nothing is counted."""
         violated: tuple[Quota, float] | None = None
         fits: list[tuple[float, float] | None] = []
         for quota in quotas:
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+            ident = quota_counter(APP_WIDE, quota, ident)
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             if limits.quota_fits(quota.limit, quota.strategy, ident, cost):
                 fits.append(None)
                 continue
             state = limits.quota_state(quota.limit, quota.strategy, ident)
             fits.append(state)
-            if violated is None:
+            if violated is None or (violated[0].shadow and not quota.shadow):
                 violated = quota, state[1]
         return violated, fits
 
@@ -319,6 +321,7 @@ class Decider:
         states = []
         for quota, refused in zip(quotas, fits, strict=True):
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+            ident = quota_counter(APP_WIDE, quota, ident)
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             if served:
                 ok, remaining, reset = limits.hit_quota(quota.limit, quota.strategy, ident, cost)
@@ -342,12 +345,15 @@ class Decider:
         limits: LimitSource,
         quotas: tuple[Quota, ...],
     ) -> tuple[Quota, float] | None:
-        """Hit every one of ``quotas`` through ``limits`` (a shared backend's answers),
-        appending their states to ``policies``; the first quota that refused, and its
-        reset."""
+        """Hit every one of ``quotas`` through ``limits`` (a shared backend's answers, or
+        the memory backend's peeked by the pre-check), appending their states to
+        ``policies``; the quota that refused (the first enforced one, else the first
+        shadowed one) and its reset."""
         violated: tuple[Quota, float] | None = None
         for quota in quotas:
             ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+            # the memory backend's counter (a shared backend's answers come in order)
+            ident = quota_counter(APP_WIDE, quota, ident)
             cost = max(0, round(p.cost)) if quota.by_cost else 1
             ok, remaining, reset = limits.hit_quota(quota.limit, quota.strategy, ident, cost)
             policies.append(
@@ -355,7 +361,7 @@ class Decider:
                     quota.name or "quota", quota.amount, quota.window, remaining, reset, not ok
                 )
             )
-            if not ok and violated is None:
+            if not ok and (violated is None or (violated[0].shadow and not quota.shadow)):
                 violated = (quota, reset)
         return violated
 

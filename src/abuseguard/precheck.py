@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from abuseguard.backends.base import UNKNOWN_LIMITS, LimitSource, RoundTripDecider
-from abuseguard.backends.memory import MemoryBackend
+from abuseguard.backends.memory import APP_WIDE, MemoryBackend, quota_counter
 from abuseguard.decision import Decision
 from abuseguard.engine import layout as L
 from abuseguard.engine.bucket_rules import key_bucket_shape
@@ -146,6 +146,7 @@ def _limits_may_refuse(guard: Guard, p: Prepared, limits: LimitSource) -> bool:
     backend = limits.backend
     for quota in quotas:
         ident = p.identity if quota.per == "key" else "i:" + p.address.ip_key
+        ident = quota_counter(APP_WIDE, quota, ident)
         cost = max(0, round(p.cost)) if quota.by_cost else 1
         if cost > 0 and not backend.quota_would_admit(quota.limit, quota.strategy, ident, cost):
             return True

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from abuseguard.backends.base import Backend
-from abuseguard.backends.memory import MemoryBackend
+from abuseguard.backends.memory import MemoryBackend, quota_counter
 from abuseguard.decision import PolicyState
 from abuseguard.engine.layout import MAX_PLAN_BUCKETS
 from abuseguard.engine.params import plan_slots
@@ -365,10 +365,8 @@ class RouteLimiter:
 
 
 def _quota_key(named: NamedLimits, quota: Quota, ident: str) -> str:
-    """The memory backend's key of one route or plan quota for one identity. The quota's
-    name is part of it: two quotas of one limits with the same rate (requests and tokens
-    per day) keep their own counts, as they do in Redis."""
-    return f"{named.name}:{quota.name}:{ident}"
+    """The memory backend's key of one route or plan quota for one identity."""
+    return quota_counter(named.name, quota, ident)
 
 
 def _match(routes: Mapping[str, NamedLimits], info: RequestInfo) -> NamedLimits | None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from abuseguard.backends.base import Backend, LocalLimits
+from abuseguard.backends.memory import APP_WIDE, quota_counter
 from abuseguard.engine import layout as L
 from abuseguard.plan_overrides import PlanOverrides
 
@@ -190,7 +191,8 @@ class Settlement:
                     else "i:" + self.addresses.resolve(info.ip).ip_key
                 )
                 if isinstance(backend, LocalLimits):
-                    backend.reconcile_quota(quota.limit, quota.strategy, ident, hits)
+                    counter = quota_counter(APP_WIDE, quota, ident)
+                    backend.reconcile_quota(quota.limit, quota.strategy, counter, hits)
                 else:
                     backend.reconcile_shared_quota(index, quota, ident, hits)
 

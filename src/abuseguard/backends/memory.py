@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from limits import RateLimitItem, parse
@@ -22,6 +23,23 @@ from abuseguard.backends.base import Backend, LocalLimits
 from abuseguard.backends.clocked_storage import ClockedMemoryStorage
 from abuseguard.backends.workers import warn_if_multi_worker
 from abuseguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from abuseguard.policy import Quota
+
+# The owner of the app-wide quotas' counters (`Policy.quotas`); route and plan limits are
+# named "route-..." and "plan-...", so no counter of theirs can meet an app-wide one.
+APP_WIDE = "app"
+
+
+def quota_counter(owner: str, quota: Quota, identity: str) -> str:
+    """The identity under which the memory backend counts one quota for one client.
+    ``owner`` names the limits the quota belongs to (`APP_WIDE`, a route's or a plan's
+    name). `limits` keys a counter by the rate and this identity only: the quota's name
+    is part of it so that two quotas of one rate (requests and tokens per day) keep their
+    own counts, as they do in Redis (one key per quota)."""
+    return f"{owner}:{quota.name}:{identity}"
+
 
 _STRATEGIES: dict[str, type[RateLimiter]] = {
     "fixed-window": FixedWindowRateLimiter,

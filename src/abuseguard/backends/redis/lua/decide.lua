@@ -147,11 +147,12 @@ if banned then gate = true end
 -- Window quotas, `limits` semantics: a fixed window starts at its first hit and counts
 -- every hit of a served request (INCRBY, EXPIRE on the first); a sliding window counter
 -- weighs the previous fixed window by the share of it still inside the sliding window.
--- Asked first, counted below only for a served request. A route or plan quota (flags >= 2)
--- that refuses and is not in shadow mode refuses the request, whichever was asked first;
--- else the first app-wide quota that refuses decides by its shadow flag, as the guard's
--- decision does with the app-wide quotas' answers.
-local route_refuses, app_violated, app_shadow = false, false, false
+-- Asked first, counted below only for a served request. Any quota that refuses and is not
+-- in shadow mode refuses the request, whichever was asked first (an app-wide one is asked
+-- only while the gate is open, a route or plan one, flags >= 2, whatever the gate); quotas
+-- that refuse in shadow mode only are reported and the request served, as the guard's
+-- decision does with the quotas' answers.
+local refuses = false
 local quotas = {}
 for q = 1, n_quota do
     local key = KEYS[k]
@@ -174,20 +175,10 @@ for q = 1, n_quota do
             if prev ~= 0 then prev_ttl = (1 - (((now - window) / window) % 1)) * window end
             quota.ok = cost <= amount and math.floor(prev * prev_ttl / window + cur) + cost <= amount
         end
-        if not quota.ok then
-            if flags >= 2 then
-                if not shadow then route_refuses = true end
-            elseif not app_violated then
-                app_violated, app_shadow = true, shadow
-            end
-        end
+        if not quota.ok and not shadow then refuses = true end
     end
 end
-if route_refuses then
-    gate = false
-elseif app_violated then
-    gate = app_shadow
-end
+if refuses then gate = false end
 
 -- Concurrency: a sorted set of leases scored by their expiry; expired leases (a worker
 -- that died holding them) are dropped before counting.
