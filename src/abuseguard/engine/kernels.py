@@ -1113,7 +1113,9 @@ def claim_and_decide(
     ``decide_with``. Returns 1 for a plain allow, 0 for any other decision, or, when a
     table is full and the identity new there, minus the bits of those tables (bit
     ``kind``, bit 5 the account table) without deciding: the caller evicts a row in each
-    (which indexes the identity there) and calls again, which finds every row."""
+    (which indexes the identity there) and calls again, which finds every row.
+    Numba's on-disk cache of this function is keyed by this file alone: a change to
+    `hashindex`'s inlined functions must come with an edit here."""
     r_key = hashindex._claim(index, index[0], h_key)
     r_ip = hashindex._claim(index, index[1], h_ip) if want & 2 else -1
     r_pfx = hashindex._claim(index, index[2], h_prefix) if want & 4 else -1
