@@ -181,14 +181,17 @@ TABLE_NAMES = ("key", "ip", "prefix", "asn", "persona", "account")
 
 def table_breakdown(engine: Any, count: int) -> dict[str, dict[str, float]]:
     """Per table: rows in use, bytes a row, and per client (``count``) the bytes of the
-    rows in use and of the index block (its slots and row hashes) of a table with rows."""
+    rows in use and of the resident part of the index block: the row hashes in use, and
+    the slots, which hashing scatters, so each used slot makes its 4 KiB page resident
+    (all of them once the table holds more rows than the slots have pages)."""
     from abuseguard.engine import hashindex
 
     out = {}
     for name, table in zip(TABLE_NAMES, (*engine.tables, engine.accounts), strict=True):
         used = len(table)
         row_bytes = table.width * 8
-        index_bytes = 8 * hashindex.block_size(table.capacity) if used else 0
+        slots = hashindex.slot_count(table.capacity)
+        index_bytes = 8 * (min(slots, 512 * used) + used)
         out[name] = {
             "rows": used,
             "capacity": table.capacity,
