@@ -13,7 +13,12 @@ Each memory figure comes from a fresh child process (RSS from /proc/self/status)
   full ``gc.collect()`` pause (median of 3) and the objects the collector tracks (after
   ``Guard.startup``, as a server's lifespan runs it: it freezes the start-up objects), then
   ``Guard.check`` p50/p99 of 20,000 requests from clients drawn at random among those
-  tracked (returning clients, each check timed alone).
+  tracked (returning clients, each check timed alone). Where the bytes go: per table, the
+  rows in use and the index block (``tables``, ``table_bytes_per_client``); the rest of the
+  RSS is the Python heap and the allocator's slack. One keys run alone, with the Python
+  heap's growth and its largest allocation sites traced (tracemalloc: slow, its timings
+  mean nothing):
+  ``bench_scale.py --child keys --count 100000 [--trace-heap]`` (one JSON line).
 - ``flood``: a smaller table (``max_identities`` 100,000) first filled twice over with unique
   IPv6 clients (each in its own /64), then flooded with many more; RSS before and after the
   flood must stay flat: the table evicts, it does not grow.
@@ -171,10 +176,59 @@ def gc_pauses_ms() -> tuple[float, float]:
     return sorted(pauses)[1], sorted(cpu)[1]
 
 
-def child_keys(count: int) -> dict[str, Any]:
+TABLE_NAMES = ("key", "ip", "prefix", "asn", "persona", "account")
+
+
+def table_breakdown(engine: Any, count: int) -> dict[str, dict[str, float]]:
+    """Per table: rows in use, bytes a row, and per client (``count``) the bytes of the
+    rows in use and of the resident part of the index block: the row hashes in use, and
+    the slots, which hashing scatters, so each used slot makes its 4 KiB page resident
+    (all of them once the table holds more rows than the slots have pages)."""
+    from abuseguard.engine import hashindex
+
+    out = {}
+    for name, table in zip(TABLE_NAMES, (*engine.tables, engine.accounts), strict=True):
+        used = len(table)
+        row_bytes = table.width * 8
+        slots = hashindex.slot_count(table.capacity)
+        index_bytes = 8 * (min(slots, 512 * used) + used)
+        out[name] = {
+            "rows": used,
+            "capacity": table.capacity,
+            "row_bytes": row_bytes,
+            "rows_per_client": used * row_bytes / count,
+            "index_per_client": index_bytes / count,
+        }
+    return out
+
+
+def heap_sites(before: Any, after: Any, count: int, top: int = 12) -> dict[str, Any]:
+    """What the Python heap grew by between two tracemalloc snapshots, per client, and
+    its largest allocation sites (the innermost frames in this package)."""
+    stats = after.compare_to(before, "traceback")
+    sites = []
+    for stat in stats[:top]:
+        frames = [f"{f.filename.rsplit('/src/', 1)[-1]}:{f.lineno}" for f in stat.traceback]
+        sites.append(
+            {
+                "bytes_per_client": stat.size_diff / count,
+                "blocks": stat.count_diff,
+                "where": frames[-3:],
+            }
+        )
+    return {
+        "heap_per_client": sum(stat.size_diff for stat in stats) / count,
+        "sites": sites,
+    }
+
+
+def child_keys(count: int, trace_heap: bool = False) -> dict[str, Any]:
     """``count`` API-key clients (own key, own address) through ``guard.check``, each
-    answered 200 (``guard.complete``), so the app accepted its key, as a real client's."""
+    answered 200 (``guard.complete``), so the app accepted its key, as a real client's.
+    ``trace_heap``: also trace the Python heap's growth (tracemalloc; several times
+    slower, so the timing figures of such a run mean nothing)."""
     import random
+    import tracemalloc
 
     from abuseguard import Guard, Policy, RequestInfo
 
@@ -183,6 +237,10 @@ def child_keys(count: int) -> dict[str, Any]:
     gc_empty_ms, gc_empty_cpu_ms = gc_pauses_ms()
     tracked_empty = len(gc.get_objects())
     rss_built = benchlib.rss_bytes()
+    anon_built = benchlib.rss_parts().get("RssAnon", 0)
+    if trace_heap:
+        tracemalloc.start(6)
+        heap_before = tracemalloc.take_snapshot()
     ts0 = 1_700_000_000.0
     check = guard.check
     complete = guard.complete
@@ -198,6 +256,12 @@ def child_keys(count: int) -> dict[str, Any]:
         done += n
     gc.collect()
     rss_end = benchlib.rss_bytes()
+    anon_end = benchlib.rss_parts().get("RssAnon", 0)
+    heap = None
+    if trace_heap:
+        heap = heap_sites(heap_before, tracemalloc.take_snapshot(), count)
+        tracemalloc.stop()
+    tables = table_breakdown(guard.engine, count)
     pause_ms, pause_cpu_ms = gc_pauses_ms()
     tracked = len(gc.get_objects())
     rng = random.Random(7)
@@ -216,6 +280,13 @@ def child_keys(count: int) -> dict[str, Any]:
         "rss_after_guard_mb": rss_built / MIB,
         "rss_end_mb": rss_end / MIB,
         "bytes_per_client": (rss_end - rss_built) / count,
+        "anon_bytes_per_client": (anon_end - anon_built) / count,
+        # The engine's share: rows in use and the index blocks of tables with rows.
+        "table_bytes_per_client": sum(
+            t["rows_per_client"] + t["index_per_client"] for t in tables.values()
+        ),
+        "tables": tables,
+        "heap": heap,
         "engine_preallocated_mb": guard.engine.nbytes / MIB,
         "gc_pause_empty_ms": gc_empty_ms,
         "gc_pause_ms": pause_ms,
@@ -393,7 +464,8 @@ def report(result: dict[str, Any]) -> None:
         timing = keys["check"]
         print(
             f"  {keys['clients']:,} API-key clients (own key, own address): "
-            f"{keys['bytes_per_client']:.0f} B per client (RSS), gc.collect() "
+            f"{keys['bytes_per_client']:.0f} B per client (RSS; tables and their index "
+            f"{keys['table_bytes_per_client']:.0f} B), gc.collect() "
             f"{keys['gc_pause_ms']:.1f} ms ({keys['gc_pause_empty_ms']:.1f} ms empty; "
             f"{keys['gc_tracked']:,} objects tracked), Guard.check p50 "
             f"{timing['p50_us']:.1f} us p99 {timing['p99_us']:.1f} us"
@@ -429,11 +501,12 @@ def _iter_child(argv: list[str]) -> Iterator[dict[str, Any]]:
     parser.add_argument("--count", type=int)
     parser.add_argument("--capacity", type=int)
     parser.add_argument("--fill", type=int)
+    parser.add_argument("--trace-heap", action="store_true")
     args = parser.parse_args(argv)
     if args.child == "identities":
         yield child_identities(args.count, args.capacity)
     elif args.child == "keys":
-        yield child_keys(args.count)
+        yield child_keys(args.count, args.trace_heap)
     else:
         yield child_flood(args.capacity, args.fill, args.count)
 

@@ -61,6 +61,34 @@ def ramp(x: float, lo: float, hi: float) -> float:
     return v
 
 
+@njit(cache=True, inline="always")
+def register(regs: np.ndarray, r: int) -> int:
+    """Register ``r`` of packed 6-bit registers (bytes, little-endian bit order). A
+    register at bit 4 or 6 of its byte runs into the next; the last of every four ends
+    at bit 2 of a byte, so no read runs past a sketch."""
+    bit = 6 * r
+    i = bit >> 3
+    shift = bit & 7
+    v = int(regs[i])
+    if shift > 2:
+        v |= int(regs[i + 1]) << 8
+    return (v >> shift) & 63
+
+
+@njit(cache=True, inline="always")
+def set_register(regs: np.ndarray, r: int, value: int) -> None:
+    bit = 6 * r
+    i = bit >> 3
+    shift = bit & 7
+    v = int(regs[i])
+    if shift > 2:
+        v |= int(regs[i + 1]) << 8
+    v = (v & ~(63 << shift)) | (value << shift)
+    regs[i] = v & 255
+    if shift > 2:
+        regs[i + 1] = v >> 8
+
+
 @njit(cache=True)
 def hll_add(regs: np.ndarray, base: int, m: int, h: np.uint64) -> bool:
     """Add a hashed item; True when a register grew (the estimate may have changed)."""
@@ -71,8 +99,8 @@ def hll_add(regs: np.ndarray, base: int, m: int, h: np.uint64) -> bool:
     while (w & _TOP_BIT) == 0:
         w = w << _U1
         rank += 1
-    if regs[base + idx] < rank:
-        regs[base + idx] = rank
+    if register(regs, base + idx) < rank:
+        set_register(regs, base + idx, rank)
         return True
     return False
 
@@ -83,8 +111,8 @@ def hll_estimate(regs: np.ndarray, base: int, m: int) -> float:
     total = 0.0
     zeros = 0
     for j in range(m):
-        a = regs[base + j]
-        b = regs[base + m + j]
+        a = register(regs, base + j)
+        b = register(regs, base + m + j)
         r = a if a > b else b
         total += _INV_POW2[r]
         if r == 0:
@@ -105,14 +133,15 @@ def rotate_sketches(
     old = int(row[field])
     if old == epoch:
         return False
+    half_bytes = m * L.REGISTER_BITS // 8  # a half starts and ends on a byte
     if epoch == old + 1:
         half = epoch & 1
         for s in range(n_sketches):
-            base = s * 2 * m + half * m
-            for j in range(m):
-                regs[base + j] = 0
+            first = (2 * s + half) * half_bytes
+            for j in range(half_bytes):
+                regs[first + j] = 0
     elif epoch > old:
-        for j in range(n_sketches * 2 * m):
+        for j in range(n_sketches * 2 * half_bytes):
             regs[j] = 0
     else:
         return False  # a late event from an older epoch: keep the newer state
@@ -1113,7 +1142,9 @@ def claim_and_decide(
     ``decide_with``. Returns 1 for a plain allow, 0 for any other decision, or, when a
     table is full and the identity new there, minus the bits of those tables (bit
     ``kind``, bit 5 the account table) without deciding: the caller evicts a row in each
-    (which indexes the identity there) and calls again, which finds every row."""
+    (which indexes the identity there) and calls again, which finds every row.
+    Numba's on-disk cache of this function is keyed by this file alone: a change to
+    `hashindex`'s inlined functions must come with an edit here."""
     r_key = hashindex._claim(index, index[0], h_key)
     r_ip = hashindex._claim(index, index[1], h_ip) if want & 2 else -1
     r_pfx = hashindex._claim(index, index[2], h_prefix) if want & 4 else -1

@@ -4,8 +4,9 @@ Every table is a C-contiguous float64 array with one row per identity. The first
 ``ROW_FIELDS`` words of a row mean the same in the key and network tables (recency, the
 token bucket, the count); the key table adds the behaviour the score reads, the network
 tables a fan-in sketch, the account table what only accounts need (prompt rings, fan-out
-sketches). Sketches are stored as bytes at the end of a row (viewed as uint8 in the
-kernel). Indices are plain ints so that Numba treats them as compile-time constants.
+sketches). Sketches are stored at the end of a row as 6-bit registers packed four to three
+bytes (viewed as uint8 in the kernel). Indices are plain ints so that Numba treats them as
+compile-time constants.
 
 No offset is worked out by hand: each row, vector and parameter list is declared as a
 list of fields, and `allocate` hands out consecutive offsets (a field of several words
@@ -123,7 +124,9 @@ F_SKETCH_EPOCH, F_SKETCH_EST, NET_FIELDS = allocate(
 
 # Sketches. The key table counts distinct IPs, prefixes, ASNs and countries (fan-out);
 # every other table counts distinct accounts (fan-in). Each sketch is two rotating halves
-# of m one-byte registers; the estimate is over their union (a sliding horizon).
+# of m registers; the estimate is over their union (a sliding horizon). A register holds
+# a rank of at most 65 - log2(m) <= 60 (a 64-bit hash), so 6 bits hold every value it can
+# take: four registers to three bytes, m a multiple of 16 so a sketch ends on a word.
 SK_IPS, SK_PREFIXES, SK_ASNS, SK_COUNTRIES, KEY_SKETCHES = allocate(
     "fan_out_sketches", "SK", "ips", "prefixes", "asns", "countries"
 )
@@ -155,8 +158,11 @@ RING_SIZE = 8
 )
 
 
+REGISTER_BITS = 6
+
+
 def sketch_words(n_sketches: int, m: int) -> int:
-    return n_sketches * 2 * m // 8
+    return n_sketches * 2 * m * REGISTER_BITS // 64
 
 
 KEY_WIDTH = KEY_FIELDS
