@@ -180,6 +180,7 @@ class LaneRun:
             "accounts_held": self.lane.accounts_held,
             "dropped_records": self.lane.dropped,
             "clusters": clusters,
+            "baseline": self.lane.baseline_report(),
         }
 
 
