@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class LaneRecord(NamedTuple):
     asn: int | None = None
     account: AccountFacts | None = None
     score: float = 0.0  # the guard's risk score of the request
+    contributions: tuple[tuple[str, float], ...] = ()  # the score's (signal, logit) parts
 
 
 _new_record = tuple.__new__
@@ -97,6 +99,20 @@ def _asn_lookup(guard: Guard) -> Callable[[str], int | None] | None:
         return intel.lookup(ip).asn or None
 
     return asn_of
+
+
+# The signals the popularity baseline discounts: an account's standing is judged without them,
+# or an honest "think step by step" would keep every account that writes it from teaching.
+_CONTENT_SIGNALS = frozenset({"elicitation", "shared_template"})
+
+
+def _standing_score(record: LaneRecord) -> float:
+    """The request's risk score without the content signals' part of its logit."""
+    content = sum(c for signal, c in record.contributions if signal in _CONTENT_SIGNALS)
+    if not content:
+        return record.score
+    score = min(max(record.score, 1e-9), 1.0 - 1e-9)
+    return 1.0 / (1.0 + math.exp(content - math.log(score / (1.0 - score))))
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
@@ -283,6 +299,7 @@ class BackgroundLane:
                     info.asn,
                     info.account,
                     decision.score,
+                    decision.contributions,
                 ),
             )
         )
@@ -341,8 +358,9 @@ class BackgroundLane:
         first_ts: float | None,
     ) -> None:
         """Teach the popularity baseline the prompts of an account in good standing: not
-        held by the lane, not in a scored cluster, each request scored low by the guard,
-        old enough (its creation time, else how long the lane has known it)."""
+        held by the lane, not in a scored cluster, each request scored low by the guard
+        (apart from the content signals the baseline discounts), old enough (its creation
+        time, else how long the lane has known it)."""
         baseline = self.popularity
         linker = self.operations
         assert baseline is not None and linker is not None
@@ -355,7 +373,7 @@ class BackgroundLane:
             return
         account = stable_hash(identity)
         for record, (ts, evidence) in zip(records, seen, strict=True):
-            if record.score >= config.good_score:
+            if _standing_score(record) >= config.good_score:
                 continue
             if created is not None:
                 if ts - created < config.min_age:
