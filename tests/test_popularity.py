@@ -316,3 +316,16 @@ def test_config_is_checked() -> None:
         PopularityConfig(phrase_share_lo=0.5, phrase_share_hi=0.4)
     with pytest.raises(ConfigError):
         PopularityConfig(width=1000)
+
+
+def test_what_a_linked_account_taught_is_taken_back_and_it_teaches_no_more() -> None:
+    baseline = PopularityBaseline(PopularityConfig(half_life=3600.0))
+    _teach_crowd(baseline, 1000.0)
+    assert baseline.template_discount(77) == pytest.approx(0.8)
+    for account in range(1, 91):  # the lane links 90 of the 100 into an operation
+        baseline.retract(account)
+    assert baseline.template_stats(77)[0] == pytest.approx(10.0)
+    assert baseline.template_discount(77) == 0.0
+    assert baseline.phrase_discount(THINK) == 0.0
+    _teach_crowd(baseline, 1000.0 + 2 * 3600.0)  # a later window: only the ten still count
+    assert baseline.template_stats(77)[0] == pytest.approx(10.0 / 4 + 10.0)

@@ -511,6 +511,12 @@ class BackgroundLane:
             priors[identity] = max(prior, self._account_priors.get(identity, 0.0))
             if hold_score is not None and prior >= hold_score and identity in linker.firm:
                 holds[identity] = linker.now
+        baseline = self.popularity
+        if baseline is not None:
+            # What linked or held accounts taught the baseline is taken back.
+            scored = baseline.config.cluster_score
+            for identity in {*holds, *(i for i, p in changed.items() if p >= scored)}:
+                baseline.retract(stable_hash(identity))
         for identity in list(priors):
             ops = linker.prior_of(identity)
             if ops > priors[identity]:

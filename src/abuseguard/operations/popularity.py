@@ -19,10 +19,12 @@ older than ``min_age`` when the host app gives its creation time, else seen by t
 at least ``min_tenure``. An operation's new accounts therefore cannot make their own
 template common, and neither can established ones without many distinct networks and
 personas. Each account counts once per item per ``window``, and teaches at most
-``items_per_window`` items per window. Counts decay with ``half_life``, so a template
-that stops being used is forgotten. A discount only weakens these two content signals:
-cluster priors, lane holds and every other signal are untouched, so a common template
-never whitelists an account.
+``items_per_window`` items per window. When the lane later links an account into a scored
+cluster or holds it, `retract` takes back what it taught and bars it from teaching again,
+so an operation that looked honest until it was found loses what it made common. Counts
+decay with ``half_life``, so a template that stops being used is forgotten. A discount
+only weakens these two content signals: cluster priors, lane holds and every other signal
+are untouched, so a common template never whitelists an account.
 
 Template counts are Count-Min sketches (accounts, networks and personas per template);
 phrase counts are direct counters (the marker set is small and fixed).
@@ -42,6 +44,8 @@ from abuseguard.errors import ConfigError
 _DEPTH = 4
 _SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5)
 _MASK64 = (1 << 64) - 1
+_MAX_ACCOUNTS = 100_000
+_MAX_GIVEN = 128
 
 
 @dataclass(frozen=True)
@@ -139,13 +143,14 @@ class _Counts:
     def _cells(self, item: int) -> list[int]:
         return [_mix(item ^ seed) & (self.width - 1) for seed in _SEEDS]
 
-    def add(self, measure: int, item: int) -> None:
+    def add(self, measure: int, item: int, amount: float = 1.0) -> None:
+        """Add ``amount`` (a negative one takes back, never below 0)."""
         if self.direct:
-            self.values[measure, item] += 1.0
+            self.values[measure, item] = max(0.0, self.values[measure, item] + amount)
             return
         table = self.values[measure]
         for d, j in enumerate(self._cells(item)):
-            table[d, j] += 1.0
+            table[d, j] = max(0.0, table[d, j] + amount)
 
     def estimate(self, item: int) -> tuple[float, float, float]:
         if self.direct:
@@ -186,6 +191,10 @@ class PopularityBaseline:
         self._candidates: dict[int, None] = {}
         self._decayed_at: float | None = None
         self.now = 0.0
+        # What each account taught, to take it back (`retract`): account -> [(ts, counts
+        # (None: the population), item, measure)], bounded; and the accounts barred.
+        self._given: dict[int, list[tuple[float, _Counts | None, int, int]]] = {}
+        self._barred: dict[int, None] = {}
 
     def learn(
         self,
@@ -200,9 +209,19 @@ class PopularityBaseline:
         and persona items (stable integers, 0 = unknown), template id (0 = none) and
         heaviest elicitation phrase (0 = none)."""
         self._advance(ts)
+        if account in self._barred:
+            return
+        given = self._given.get(account)
+        if given is None:
+            if len(self._given) >= _MAX_ACCOUNTS:
+                self._given.pop(next(iter(self._given)))
+            given = self._given[account] = []
+        elif len(given) >= _MAX_GIVEN:
+            del given[: _MAX_GIVEN // 2]  # the oldest, decayed the most
         first = self._first.first
         if first(hash((_POPULATION, account)), ts):
             self.population += 1.0
+            given.append((ts, None, 0, ACCOUNTS))
         epoch = int(ts // self.config.window)
         if epoch != self._taught_epoch:
             self._taught.clear()
@@ -220,10 +239,13 @@ class PopularityBaseline:
                 continue
             self._taught[account] = taught + 1
             counts.add(ACCOUNTS, item_id)
+            given.append((ts, counts, item_id, ACCOUNTS))
             if network and first(hash((kind, item_id, NETWORKS, network)), ts):
                 counts.add(NETWORKS, item_id)
+                given.append((ts, counts, item_id, NETWORKS))
             if persona and first(hash((kind, item_id, PERSONAS, persona)), ts):
                 counts.add(PERSONAS, item_id)
+                given.append((ts, counts, item_id, PERSONAS))
             if (
                 kind == _TEMPLATE
                 and template_id not in self._candidates
@@ -232,6 +254,23 @@ class PopularityBaseline:
                 if len(self._candidates) >= 4 * L.COMMON_SLOTS:
                     self._candidates.pop(next(iter(self._candidates)))
                 self._candidates[template_id] = None
+
+    def retract(self, account: int) -> None:
+        """Take back what ``account`` taught (as decayed since) and bar it from teaching:
+        the lane found it in an operation or held it. A network or persona it shared with
+        honest accounts is taken back too, so counts err low."""
+        if account not in self._barred:
+            if len(self._barred) >= _MAX_ACCOUNTS:
+                self._barred.pop(next(iter(self._barred)))
+            self._barred[account] = None
+        decayed_at = self._decayed_at if self._decayed_at is not None else 0.0
+        half_life = self.config.half_life
+        for ts, counts, item_id, measure in self._given.pop(account, ()):
+            worth = 0.5 ** (max(0.0, decayed_at - ts) / half_life)
+            if counts is None:
+                self.population = max(0.0, self.population - worth)
+            else:
+                counts.add(measure, item_id, -worth)
 
     def _advance(self, ts: float) -> None:
         if self._decayed_at is None:
