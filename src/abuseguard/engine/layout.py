@@ -486,4 +486,6 @@ KERNEL_INPUTS: tuple[tuple[str, str, int], ...] = (
 # by template id modulo COMMON_SLOTS, each slot the template id (int64 bits) and the share
 # of the ``shared_template`` signal it keeps (1 - the discount).
 COMMON_SLOTS = 256
-CB_COMMON = CMS_WIDTH - 2 * COMMON_SLOTS
+CB_COMMON, CMS_COMMON_END = allocate(
+    "cms_common", "CB", ("common", 2 * COMMON_SLOTS), start=CMS_WIDTH - 2 * COMMON_SLOTS
+)
