@@ -319,7 +319,7 @@ def test_config_is_checked() -> None:
 
 
 def test_what_a_linked_account_taught_is_taken_back_and_it_teaches_no_more() -> None:
-    baseline = PopularityBaseline(PopularityConfig(half_life=3600.0))
+    baseline = PopularityBaseline(PopularityConfig(half_life=3600.0, window=3600.0))
     _teach_crowd(baseline, 1000.0)
     assert baseline.template_discount(77) == pytest.approx(0.8)
     for account in range(1, 91):  # the lane links 90 of the 100 into an operation

@@ -61,12 +61,14 @@ class PopularityConfig:
     """
 
     half_life: float = 12 * 3600.0
-    window: float = 3600.0
+    # As long as the half-life: a count is then about the accounts that used the item within
+    # the last day, not account-hours (an account busy all day would count a dozen times).
+    window: float = 12 * 3600.0
     min_age: float = 86400.0
     min_tenure: float = 3600.0
     good_score: float = 0.3
     cluster_score: float = 0.3
-    items_per_window: int = 8
+    items_per_window: int = 32
     min_accounts: float = 20.0
     min_share: float = 0.01
     full_accounts_factor: float = 3.0
