@@ -126,6 +126,7 @@ def _replay(
     of the requests' time. ``created``: the host app's creation time of each key."""
     guard = Guard(Policy(unverified_keys=None))
     assert guard.content is not None and guard.content.wait_ready(600)
+    lane_options.setdefault("popularity", PopularityConfig())
     if created is not None:
         by_identity = {
             guard.identity_of(RequestInfo(ip="192.0.2.1", key=key))[0]: ts

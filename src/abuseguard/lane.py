@@ -13,10 +13,11 @@ per-account analyzers' priors), and the cluster id as its cohort (`abuseguard.co
 read by the degrade step). Costs known after the response reach it through
 ``completed(identity, cost)``.
 
-The lane also learns how common each prompt template and elicitation phrase is among
-established accounts in good standing (`abuseguard.operations.popularity`) and discounts
-the ``shared_template`` and ``elicitation`` signals of common ones, so universal phrasings
-(a public benchmark's format, "think step by step") are not read as coordination.
+With ``popularity`` (off by default), the lane also learns how common each prompt
+template and elicitation phrase is among established accounts in good standing
+(`abuseguard.operations.popularity`) and discounts the ``shared_template`` and
+``elicitation`` signals of common ones, so universal phrasings (a public benchmark's
+format, "think step by step") are not read as coordination.
 
 The shipped per-account analyzer, :class:`TemplateCoverage`, estimates how systematically an account
 sweeps prompt templates: harvesters send many prompts from few templates with a fresh
@@ -83,7 +84,6 @@ class Analyzer(Protocol):
 
 
 _MAX_ACCOUNTS = 100_000
-DEFAULT_POPULARITY = PopularityConfig()
 SAMPLE_AFTER = 8
 SAMPLE_EVERY = 4
 cohorts_set = cohorts.set_cohort
@@ -222,8 +222,10 @@ class BackgroundLane:
     account of a known operation is held from its next request. ``coercion`` (a
     `ReasoningCoercion`; None: off) judges accounts that keep demanding the model's
     internal reasoning, from the evidence the linker reads (so only with ``operations``).
-    ``popularity`` (a `PopularityConfig`; None: off; only with ``operations``) learns
-    which templates and phrases established accounts commonly use, and every
+    ``popularity`` (a `PopularityConfig`; None, the default: off; only with
+    ``operations``) learns which templates and phrases established accounts commonly use
+    (off by default: on the simulator's capable mixes it served 0.07-0.10 points more
+    abusive requests and changed no benign account's outcome), and every
     ``publish_every`` seconds of the records' time writes their discounts where the kernel
     (template table) and the guard's fingerprinter (phrase discounts) read them.
     """
@@ -239,7 +241,7 @@ class BackgroundLane:
         operations: OperationLinker | bool | None = True,
         created_of: Callable[[str], float | None] | None = None,
         coercion: ReasoningCoercion | None = ReasoningCoercion(),
-        popularity: PopularityConfig | None = DEFAULT_POPULARITY,
+        popularity: PopularityConfig | None = None,
         publish_every: float = 60.0,
     ) -> None:
         self.guard = guard
