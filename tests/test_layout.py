@@ -30,6 +30,10 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
     "state header": (("regions",), L.N_REGIONS),
     "reason bits": (("reason_bits",), L.N_REASON_BITS),
     "count-min bookkeeping row": (("cms_book",), L.CMS_BOOK_FIELDS),
+    "count-min bookkeeping row with the common-template table": (
+        ("cms_book", "cms_common"),
+        L.CMS_WIDTH,
+    ),
     "plan allowance slot": (("plan_allowance",), L.PLAN_ALLOWANCE_WIDTH),
 }
 PREFIXES = ("F_", "A_", "I_", "X_", "O_", "P_", "R_", "SK_", "REGION_", "CB_", "PA_")

@@ -113,6 +113,13 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="the lane's interval in trace time (1)",
     )
+    parser.add_argument(
+        "--content-baseline",
+        action="store_true",
+        help="let the lane learn which prompt templates and elicitation phrases established "
+        "accounts commonly use and discount their shared_template and elicitation signals "
+        "(BackgroundLane(popularity=...); off by default)",
+    )
     parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE")
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar even on a terminal"
@@ -143,10 +150,12 @@ def _positive_float(text: str) -> float:
 class LaneRun:
     """The background lane of a replay, and who each linked account is in the trace."""
 
-    def __init__(self, guard: Any, interval: float) -> None:
+    def __init__(self, guard: Any, interval: float, content_baseline: bool = False) -> None:
         from abuseguard.lane import BackgroundLane
+        from abuseguard.operations.popularity import PopularityConfig
 
-        self.lane = BackgroundLane(guard, interval=interval)
+        popularity = PopularityConfig() if content_baseline else None
+        self.lane = BackgroundLane(guard, interval=interval, popularity=popularity)
         guard.observers.append(self.lane)
         self.actors: dict[str, tuple[str, str]] = {}
 
@@ -180,6 +189,7 @@ class LaneRun:
             "accounts_held": self.lane.accounts_held,
             "dropped_records": self.lane.dropped,
             "clusters": clusters,
+            "baseline": self.lane.baseline_report(),
         }
 
 
@@ -366,7 +376,9 @@ def _run(args: argparse.Namespace) -> int:
             if head is not None:
                 records = itertools.chain([head], records)
         guard = _make_guard(policy, intel)
-        lane_run = None if args.no_lane else LaneRun(guard, args.lane_interval)
+        lane_run = (
+            None if args.no_lane else LaneRun(guard, args.lane_interval, args.content_baseline)
+        )
         if lane_run is not None:
             write = on_decision
 

@@ -478,6 +478,30 @@ def worst_actors(
     return {"abusive_leaked": abusive[:top], "benign_mitigated": benign[:top]}
 
 
+def _baseline_lines(baseline: Mapping[str, Any] | None) -> list[str]:
+    """What the lane's popularity baseline discounts: common templates and phrases."""
+    if not baseline:
+        return []
+    templates = baseline.get("templates", [])
+    phrases = baseline.get("phrases", [])
+    lines = [
+        f"content baseline: {_fmt_int(round(baseline.get('established_accounts', 0)))} "
+        f"established account(s); shared_template discounted for {len(templates)} "
+        f"template(s), elicitation for {len(phrases)} phrase(s)"
+    ]
+    lines.extend(
+        f"  template {t['template_id']:x}: common among {t['accounts']:.0f} established "
+        f"accounts, shared_template -{t['discount']:.0%}"
+        for t in templates[:5]
+    )
+    lines.extend(
+        f"  phrase {p['phrase']!r}: used by {p['share']:.0%} of established accounts, "
+        f"elicitation -{p['discount']:.0%}"
+        for p in phrases[:5]
+    )
+    return lines
+
+
 def _operations_lines(operations: Mapping[str, Any] | None, top: int) -> list[str]:
     """The background lane's clusters: one row each, with the evidence that linked it."""
     if not operations:
@@ -489,6 +513,7 @@ def _operations_lines(operations: Mapping[str, Any] | None, top: int) -> list[st
         f"{operations.get('lane_seconds', 0.0):.2f} s): {len(clusters)} cluster(s), "
         f"{_fmt_int(operations.get('accounts_held', 0))} account(s) held by a lane verdict",
     ]
+    lines.extend(_baseline_lines(operations.get("baseline")))
     if not clusters:
         return lines
     header = ["cluster", "size", "score", "linked by", "lift", "1-turn", "topics", "labels"]

@@ -291,6 +291,16 @@ def template_step(
     return estimate
 
 
+@njit(cache=True, inline="always")
+def common_keep(cms: np.ndarray, template_id: int) -> float:
+    """The share of the shared-template signal a template keeps: what the background lane
+    wrote for it when established accounts commonly use it (``L.CB_COMMON``), else 1."""
+    at = L.CB_COMMON + 2 * int(np.uint64(template_id) % np.uint64(L.COMMON_SLOTS))
+    if cms[L.CMS_DEPTH].view(np.int64)[at] == template_id:
+        return float(cms[L.CMS_DEPTH, at + 1])
+    return 1.0
+
+
 # -- Stages of `decide`, in order. Each is inlined into `decide` (``inline="always"``, at
 # Numba's IR level), so splitting costs no call; each reads and writes only what it names.
 
@@ -665,7 +675,9 @@ def score_stage(
                 epoch,
                 prm,
             )
-            sig[L.S_SHARED_TEMPLATE] = ramp(shared, prm[L.P_SHARED_LO], prm[L.P_SHARED_HI])
+            sig[L.S_SHARED_TEMPLATE] = ramp(
+                shared, prm[L.P_SHARED_LO], prm[L.P_SHARED_HI]
+            ) * common_keep(cms, iv[L.I_TEMPLATE_ID])
             if key_row[L.F_COUNT] >= 4.0:
                 sig[L.S_TEMPLATE] = ramp(
                     acc_row[L.A_TEMPLATE], prm[L.P_TEMPLATE_LO], prm[L.P_TEMPLATE_HI]

@@ -486,3 +486,12 @@ KERNEL_INPUTS: tuple[tuple[str, str, int], ...] = (
     ("nat", "io", X_NAT_ELIGIBLE),
     ("scored", "flag", -1),
 )
+
+# The bookkeeping row's last 2 * COMMON_SLOTS words: the templates the background lane found
+# common among established accounts (`abuseguard.operations.popularity`), a table indexed
+# by template id modulo COMMON_SLOTS, each slot the template id (int64 bits) and the share
+# of the ``shared_template`` signal it keeps (1 - the discount).
+COMMON_SLOTS = 256
+CB_COMMON, CMS_COMMON_END = allocate(
+    "cms_common", "CB", ("common", 2 * COMMON_SLOTS), start=CMS_WIDTH - 2 * COMMON_SLOTS
+)

@@ -81,8 +81,11 @@ Pipeline, for at most ``max_bytes`` bytes of body:
    spaces; Latin-1 accents are folded, so "etape par etape" matches "étape par étape").
    The strength is ``1 - prod(1 - weight)`` over the distinct phrases found; a phrase
    inside a longer one counts too ("think step by step" is 0.9 and 0.6, so 0.96).
-   ``phrase`` names the heaviest phrase found, so that the engine can learn how common
-   each phrase is across all clients and weigh a universal one less.
+   ``phrase`` names the heaviest phrase found. The background lane learns how common each
+   phrase is among established accounts (`abuseguard.operations.popularity`) and hands
+   the fingerprinter a discount per phrase (``discount_phrases``): the strength of a
+   request is multiplied by 1 - the discount of its ``phrase``, so a phrase half of all
+   honest accounts use says little about any one of them.
 
 Known limits: a fill-in spliced into a sentence without delimiters ("Write a poem about
 {topic} in the style of {poet}") changes the template id; so does a fill-in paragraph dense
@@ -100,7 +103,7 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import repeat
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote_plus
@@ -595,7 +598,9 @@ class ContentFacts(NamedTuple):
     extracted. ``context_id``: signed int64 hash of the system prompt and the turns other
     than the last user message (digits normalised), 0 when there are none. ``phrase``:
     which marker weighs most in ``elicitation`` (1 + its index in
-    ``ELICITATION_MARKERS``), 0 for none; the engine learns how common each one is.
+    ``ELICITATION_MARKERS``), 0 for none; the background lane learns how common each one
+    is among established accounts, and ``elicitation`` is already discounted by it
+    (``ContentFingerprinter.discount_phrases``).
     """
 
     simhash: int
@@ -892,6 +897,7 @@ class ContentFingerprinter:
         "_body_max",
         "_body_workspace",
         "_max_bytes",
+        "_phrase_keep",
         "_primed",
         "_run",
         "_run_body",
@@ -911,6 +917,9 @@ class ContentFingerprinter:
             raise ValueError(f"shingle must be in 1..{MAX_SHINGLE}, got {shingle}")
         self._max_bytes = max_bytes
         self._shingle = shingle
+        # Per phrase number (ContentFacts.phrase): the share of a request's elicitation
+        # strength kept, 1 - the popularity discount (``discount_phrases``).
+        self._phrase_keep: list[float] = [1.0] * (len(ELICITATION_MARKERS) + 1)
         # Fingerprints computed ahead by ``prime``: id(body) -> (body, content type, facts).
         self._primed: dict[int, tuple[object, str | None, ContentFacts]] = {}
         # One workspace for both kernels and every thread: kernel calls hold the GIL.
@@ -984,6 +993,22 @@ class ContentFingerprinter:
     def max_bytes(self) -> int:
         return self._max_bytes
 
+    def discount_phrases(self, discounts: Mapping[int, float]) -> None:
+        """From now on, multiply the elicitation strength of a request whose heaviest phrase
+        is p (``ContentFacts.phrase``) by 1 - ``discounts[p]`` (clamped to 0..1; phrases
+        not given: no discount). The background lane's popularity baseline calls it with
+        what it learned; each call replaces the previous discounts."""
+        keep = [1.0] * (len(ELICITATION_MARKERS) + 1)
+        for phrase, discount in discounts.items():
+            if 1 <= phrase < len(keep):
+                keep[phrase] = 1.0 - min(1.0, max(0.0, discount))
+        self._phrase_keep = keep  # one reference swap: readers see the old or the new list
+
+    @property
+    def phrase_discounts(self) -> dict[int, float]:
+        """The discounts in force (phrase number -> discount), only those above 0."""
+        return {p: 1.0 - keep for p, keep in enumerate(self._phrase_keep) if keep < 1.0}
+
     @property
     def shingle(self) -> int:
         return self._shingle
@@ -1037,7 +1062,15 @@ class ContentFingerprinter:
             context_id = _normalised_context_id(context) if context_length else 0
             return _new_tuple(
                 ContentFacts,
-                (simhash, template_id, strength, len(body), True, context_id, phrase),
+                (
+                    simhash,
+                    template_id,
+                    strength * self._phrase_keep[phrase],
+                    len(body),
+                    True,
+                    context_id,
+                    phrase,
+                ),
             )
         if status == _BODY_NO_PROMPT:
             return ContentFacts(0, 0, 0.0, len(body), False)
@@ -1123,6 +1156,7 @@ class ContentFingerprinter:
         assert self._run_many is not None  # prime() waited for the kernels
         self._run_many(np.frombuffer(b"".join(texts), dtype=np.uint8), bounds, out, strengths)
         columns = out.reshape(5, count)
+        strengths *= np.array(self._phrase_keep)[columns[4]]
         hashes = columns[:2]
         hashes[:, columns[2] < MIN_TOKENS] = 0  # too short to carry a template
         simhashes, template_ids = hashes.tolist()
@@ -1171,6 +1205,7 @@ class ContentFingerprinter:
         if n_tokens < MIN_TOKENS:
             simhash = template_id = 0
         context_id = _context_id(context) if context else 0
+        strength *= self._phrase_keep[phrase]
         return _new_tuple(
             ContentFacts, (simhash, template_id, strength, n_bytes, True, context_id, phrase)
         )
