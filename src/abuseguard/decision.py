@@ -151,9 +151,9 @@ class PolicyState:
 
 # A plain allow as `Guard.check_lazily` answers it, before anything asked for its Decision:
 # (identity, score, remaining, reset, cost, the bucket's (name, capacity, window) or None
-# without a bucket). A tuple costs a fifth of a Decision and its PolicyState to make, and
-# nearly every request of a healthy service is one; `plain_allow_decision` builds the
-# Decision when something reads it (`current_decision`, the settle stage with a real cost).
+# without a bucket): one tuple made instead of a Decision and its PolicyState, on what is
+# nearly every request of a healthy service; `plain_allow_decision` builds the Decision
+# when something reads it (`current_decision`, the settle stage with a real cost).
 PlainAllow = tuple[str, float, float, float, float, tuple[str, float, float] | None]
 
 
