@@ -20,6 +20,7 @@ from starlette.routing import Route
 from abuseguard import AbuseGuard, Action, Policy, Quota, TokenBucket, current_decision
 from abuseguard.decision import Decision, PolicyState, plain_allow_decision
 from abuseguard.engine import layout as L
+from abuseguard.guard import Guard
 from abuseguard.headers import (
     plain_allow_header_items,
     ratelimit_policy_value,
@@ -218,3 +219,24 @@ def test_settling_a_plain_allow_learns_what_complete_learns() -> None:
     assert any(share > 0 for share in error_shares[0])
     assert eager.unverified_keys is not None and lazy.unverified_keys is not None
     assert list(eager.unverified_keys.accepted) == list(lazy.unverified_keys.accepted)
+
+
+def test_a_guard_that_settles_its_own_way_sees_every_complete() -> None:
+    """A Guard subclass overriding `complete` is called for every served request, plain
+    allows included (the lazy path would otherwise settle them without it)."""
+    completed: list[int | None] = []
+
+    class CountingGuard(Guard):
+        def complete(self, info: RequestInfo, decision: Decision, **outcome: Any) -> None:
+            completed.append(outcome.get("status"))
+            super().complete(info, decision, **outcome)
+
+    async def home(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    guard = CountingGuard(Policy(bucket=GENEROUS), clock=ManualClock())
+    app = AbuseGuard(Starlette(routes=[Route("/", home)]), guard=guard)
+    with serve(app, timeout=90.0) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for _ in range(3):
+            assert client.get("/").status_code == 200
+    assert completed == [200, 200, 200]

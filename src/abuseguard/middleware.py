@@ -181,8 +181,17 @@ class AbuseGuard:
         self.shared = backend.shared and not backend.decides_locally
         self.legacy_headers = policy.legacy_headers
         # A plain allow runs the app with no Decision built (`Guard.check_lazily`) when
-        # nothing needs one up front: the built-in Allow, headers without the legacy ones.
-        self.lazy_allow = self.plain_allow and not policy.legacy_headers and not self.shared
+        # nothing needs one up front: the built-in Allow, headers without the legacy ones,
+        # and a Guard whose `check` and `complete` are its own (a subclass may decide or
+        # settle otherwise).
+        guard_type = type(self.guard)
+        self.lazy_allow = (
+            self.plain_allow
+            and not policy.legacy_headers
+            and not self.shared
+            and guard_type.check is Guard.check
+            and guard_type.complete is Guard.complete
+        )
         self.websocket = WebSocketLimiter(self, policy.websocket) if policy.websocket else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
