@@ -587,9 +587,13 @@ class _Responder:
             cost_header = self.guard_mw.cost_header
             if cost_header:
                 self._read_cost(message, cost_header)
-            asked = self._asked_decision()
+            state = self.scope.get("state")
+            asked = state.get(DECISION_STATE_KEY) if isinstance(state, dict) else None
             plain = self.plain
             assert plain is not None
+            # The app built the Decision (current_decision): its route-local states count.
+            if not isinstance(asked, Decision):
+                asked = None
             extra = (
                 plain_allow_header_items(plain) if asked is None else rate_limit_header_items(asked)
             )
