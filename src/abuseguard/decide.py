@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from abuseguard.backends.base import UNKNOWN_LIMITS, LimitSource, LocalLimits
 from abuseguard.backends.memory import APP_WIDE, quota_counter
-from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PolicyState
+from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PlainAllow, PolicyState
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import bucket_kinds, shadow_kinds
 from abuseguard.engine.params import serves as action_serves
@@ -57,6 +57,7 @@ class Decider:
         self.bucket_shape = (
             (bucket.name, bucket.capacity, bucket.window) if bucket is not None else ("", 0, 0)
         )
+        self.plain_bucket = self.bucket_shape if bucket is not None else None
         # Who answers the quotas and concurrency of a decision no store answered (an
         # identity test in `decide`: an ABC's isinstance costs ~150 ns).
         self.local_limits = backend if isinstance(backend, LocalLimits) else None
@@ -97,6 +98,21 @@ class Decider:
             return Decision(
                 _ALLOW, (), io[_O_SCORE], None, remaining, False, p.identity, (), policies,
                 p.cost,
+            )  # fmt: skip
+        return self.decide(p, self.io)
+
+    def conclude_lazily(self, p: Prepared, plain: bool) -> Decision | PlainAllow:
+        """`conclude`, with a plain allow answered as a `PlainAllow` (its Decision is
+        `plain_allow_decision` of it, built only when something asks)."""
+        if (
+            plain
+            and self.plain_allow_final
+            and (p.profile is None or p.profile.rule_action is None)
+        ):
+            io = self.io
+            return (
+                p.identity, io[_O_SCORE], io[_O_REMAINING], io[_O_RESET], p.cost,
+                self.plain_bucket,
             )  # fmt: skip
         return self.decide(p, self.io)
 

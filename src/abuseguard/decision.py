@@ -147,3 +147,23 @@ class PolicyState:
     remaining: float
     reset: float
     violated: bool = False
+
+
+# A plain allow as `Guard.check_lazily` answers it, before anything asked for its Decision:
+# (identity, score, remaining, reset, cost, the bucket's (name, capacity, window) or None
+# without a bucket): one tuple made instead of a Decision and its PolicyState, on what is
+# nearly every request of a healthy service; `plain_allow_decision` builds the Decision
+# when something reads it (`current_decision`, the settle stage with a real cost).
+PlainAllow = tuple[str, float, float, float, float, tuple[str, float, float] | None]
+
+
+def plain_allow_decision(plain: PlainAllow) -> Decision:
+    """The Decision of a plain allow: what `Guard.check` answers for the same request."""
+    identity, score, remaining, reset, cost, bucket = plain
+    if bucket is None:
+        return Decision(Action.ALLOW, (), score, None, None, False, identity, (), (), cost)
+    name, capacity, window = bucket
+    return Decision(
+        Action.ALLOW, (), score, None, remaining, False, identity, (),
+        (PolicyState(name, capacity, window, remaining, reset),), cost,
+    )  # fmt: skip

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol, runtime_checkable
 
-from abuseguard.decision import Action, Decision
+from abuseguard.decision import Action, Decision, plain_allow_decision
 from abuseguard.degrade import DegradeOptions, serve_degraded
 from abuseguard.headers import problem_body, rate_limit_headers, retry_after_value
 
@@ -27,6 +27,16 @@ logger = logging.getLogger("abuseguard.enforce")
 
 DEGRADED_STATE_KEY = "abuseguard_degraded"
 DECISION_STATE_KEY = "abuseguard_decision"
+
+
+def decision_in_state(state: MutableMapping[str, Any]) -> Decision | None:
+    """The decision the middleware left in a request's state (``scope["state"]``), or
+    None. A plain allow is left there as a `PlainAllow` tuple: its Decision is built on
+    this first call and kept in its place, so every later reader gets the same object."""
+    found = state.get(DECISION_STATE_KEY)
+    if isinstance(found, tuple):
+        found = state[DECISION_STATE_KEY] = plain_allow_decision(found)
+    return found if isinstance(found, Decision) else None
 
 
 def _refusal_status(action: Action) -> int:

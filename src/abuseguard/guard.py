@@ -19,7 +19,7 @@ from typing import Any
 
 from abuseguard.backends.base import Backend
 from abuseguard.config_check import check_callables
-from abuseguard.decision import Action, Decision
+from abuseguard.decision import Action, Decision, PlainAllow
 from abuseguard.engine import kernel_set
 from abuseguard.engine import layout as L
 from abuseguard.heap import freeze_startup_objects
@@ -92,6 +92,7 @@ class Guard:
         """Find a `Prepared` request's rows, call the kernel once, return the io vector."""
         self._with_body, self._run = pipeline.reader.with_body, pipeline.engine_run.run
         self._conclude, self._io = pipeline.decider.conclude, pipeline.decider.io
+        self._conclude_lazily = pipeline.decider.conclude_lazily
         self.exempt_paths = pipeline.exempt
         """The paths `Policy.exempt` lets through undecided (an `ExemptPaths`), or None."""
         self._shared = pipeline.backend.shared
@@ -174,6 +175,30 @@ class Guard:
         if self.observers:
             notify_observers(self.observers, info, decision)
         return decision
+
+    def check_lazily(
+        self, info: RequestInfo, read_without_body: Prepared | None = None
+    ) -> Decision | PlainAllow:
+        """`check`, except that a plain allow (the kernel allowed, no quota, concurrency
+        limit or network rule has a say) is answered as a `PlainAllow`, a tuple whose
+        Decision (`abuseguard.decision.plain_allow_decision`) is built only if something
+        asks for it. Memory backend without observers or route and plan limits (observers
+        are shown a Decision); anything else is `check`."""
+        if self._shared or self.observers or self._routes is not None:
+            return self.check(info, read_without_body)
+        if self.exempt_paths and self.exempt_paths.matches(info.path):
+            return _EXEMPT
+        p = (
+            self.prepare(info)
+            if read_without_body is None
+            else self._with_body(info, read_without_body)
+        )
+        self.request_time.now = p.ts
+        if p.has_account and self._unverified is not None:
+            refusal = self._unverified.refuse(p.identity, p.address, p.ts, p.cost)
+            if refusal is not None:
+                return refusal
+        return self._conclude_lazily(p, self._run(p))
 
     def _check_merged(
         self, info: RequestInfo, read_without_body: Prepared | None = None

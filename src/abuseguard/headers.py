@@ -18,7 +18,13 @@ import math
 from collections.abc import Iterable
 from http import HTTPStatus
 
-from abuseguard.decision import LIMIT_REASONS, Decision, PolicyState
+from abuseguard.decision import (
+    LIMIT_REASONS,
+    Decision,
+    PlainAllow,
+    PolicyState,
+    plain_allow_decision,
+)
 
 
 def _int_up(value: float) -> int:
@@ -95,6 +101,24 @@ def rate_limit_header_items(decision: Decision, *, legacy: bool = False) -> Head
         if len(_ITEMS) >= 4096:
             _ITEMS.clear()
         _ITEMS[key] = items
+    return items
+
+
+def plain_allow_header_items(plain: PlainAllow) -> HeaderItems:
+    """`rate_limit_header_items` of ``plain``'s Decision (no legacy headers), without
+    building it: one lookup in the same prebuilt items."""
+    bucket = plain[5]
+    if bucket is None:
+        return ()
+    remaining = plain[2]
+    reset = math.ceil(plain[3] - 1e-9)
+    key = (
+        bucket[0], bucket[1], bucket[2], int(remaining) if remaining > 0 else 0,
+        reset if reset > 0 else 0,
+    )  # fmt: skip
+    items = _ITEMS.get(key)
+    if items is None:
+        items = rate_limit_header_items(plain_allow_decision(plain))
     return items
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from abuseguard.account import AccountFacts, as_facts
 from abuseguard.backends.base import Backend
 from abuseguard.config_check import check_callables
-from abuseguard.decision import Action, Decision
+from abuseguard.decision import Action, Decision, PlainAllow, plain_allow_decision
 from abuseguard.enforce import (
     DECISION_STATE_KEY,
     Allow,
@@ -30,11 +30,12 @@ from abuseguard.enforce import (
     Receive,
     Scope,
     Send,
+    decision_in_state,
     default_enforcers,
 )
 from abuseguard.errors import ConfigError
 from abuseguard.guard import Guard, Observer
-from abuseguard.headers import rate_limit_header_items
+from abuseguard.headers import plain_allow_header_items, rate_limit_header_items
 from abuseguard.identity import (
     CREDENTIAL_HEADERS,
     api_key_from_headers,
@@ -179,6 +180,18 @@ class AbuseGuard:
         # Only a backend that waits for I/O is awaited (synced mode decides in-process).
         self.shared = backend.shared and not backend.decides_locally
         self.legacy_headers = policy.legacy_headers
+        # A plain allow runs the app with no Decision built (`Guard.check_lazily`) when
+        # nothing needs one up front: the built-in Allow, headers without the legacy ones,
+        # and a Guard whose `check` and `complete` are its own (a subclass may decide or
+        # settle otherwise).
+        guard_type = type(self.guard)
+        self.lazy_allow = (
+            self.plain_allow
+            and not policy.legacy_headers
+            and not self.shared
+            and guard_type.check is Guard.check
+            and guard_type.complete is Guard.complete
+        )
         self.websocket = WebSocketLimiter(self, policy.websocket) if policy.websocket else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -405,6 +418,7 @@ class _Responder:
         "decision",
         "guard_mw",
         "info",
+        "plain",
         "real_cost",
         "receive",
         "released",
@@ -423,6 +437,8 @@ class _Responder:
         self.real_cost: float | None = None
         self.buffered: list[Message] = []
         self.decision: Decision | None = None
+        # A plain allow, when `Guard.check_lazily` answered one (then ``decision`` is None).
+        self.plain: PlainAllow | None = None
         self.info: RequestInfo | None = None
         self.released = False
         # A receive stepped by hand that had to wait (`_body_at_hand`): (its iterator, what
@@ -464,12 +480,15 @@ class _Responder:
                     elif self.suspended is not None:
                         self.suspended[0].close()  # refused: the rest is never read
                         self.suspended = None
+            decided: Decision | PlainAllow
             if refusal is not None:
-                decision = self.decision = refusal
+                decided = refusal
+            elif mw.lazy_allow:
+                decided = guard.check_lazily(info, read_without_body)
             elif mw.shared:
-                decision = self.decision = await guard.acheck(info, read_without_body)
+                decided = await guard.acheck(info, read_without_body)
             else:
-                decision = self.decision = guard.check(info, read_without_body)
+                decided = guard.check(info, read_without_body)
         except Exception:
             logger.exception(
                 "abuseguard failed to decide; failing %s", "open" if mw.fail_open else "closed"
@@ -481,12 +500,18 @@ class _Responder:
                 await self._send_unavailable()
             return
         state = scope.setdefault("state", {})
-        state[DECISION_STATE_KEY] = decision
+        # A plain allow's Decision is built if the app asks for it (`current_decision`).
+        state[DECISION_STATE_KEY] = decided
         state[GUARD_STATE_KEY] = mw  # for route-local limits (abuseguard.route_local)
         receive = self._replaying_receive if self.buffered or self.suspended else self.receive
         engine_run = guard.engine_run  # it counts the requests in flight (load factor)
         engine_run.inflight += 1
         try:
+            if isinstance(decided, tuple):
+                self.plain = decided
+                await mw.app(scope, receive, self._send_plain)
+                return
+            decision = self.decision = decided
             if decision.action is _ALLOW and mw.plain_allow:
                 await mw.app(scope, receive, self._send)
             else:
@@ -501,24 +526,35 @@ class _Responder:
 
     def _complete(self) -> None:
         guard = self.guard_mw.guard
+        info = self.info
         decision = self.decision
-        if decision is None or self.info is None:
+        plain = self.plain
+        if info is None or (decision is None and plain is None):
             return
         cost = self.real_cost
         invalid_key = False
         state = self.scope.get("state")
-        # The state holds the decision (set in `run`); a cost or an invalid key is
-        # something more the app set.
-        if isinstance(state, dict) and (len(state) > 1 or DECISION_STATE_KEY not in state):
+        # A cost or an invalid key is what the app may have set in the state.
+        if isinstance(state, dict):
             if cost is None and COST_STATE_KEY in state:
                 try:
                     cost = float(state[COST_STATE_KEY])
                 except (TypeError, ValueError):
                     logger.warning("scope['state'][%r] is not a number", COST_STATE_KEY)
             invalid_key = state.get(INVALID_KEY_STATE_KEY) is True
+        if plain is not None:
+            if cost is None and not invalid_key:
+                # The common end: nothing but the status to learn, and no Decision built.
+                try:
+                    guard.settlement.complete_plain_allow(info, plain[0], self.status)
+                except Exception:
+                    logger.exception("abuseguard failed to record the outcome")
+                return
+            decision = self._asked_decision() or plain_allow_decision(plain)
+        assert decision is not None
         try:
             guard.complete(
-                self.info,
+                info,
                 decision,
                 status=self.status,
                 cost=cost,
@@ -528,6 +564,43 @@ class _Responder:
         except Exception:
             logger.exception("abuseguard failed to record the outcome")
 
+    def _read_cost(self, message: Message, cost_header: bytes) -> None:
+        """The real cost from the response's cost header (`TokenBucket.cost_header`)."""
+        for name, value in message.get("headers") or ():
+            if name.lower() == cost_header:
+                try:
+                    self.real_cost = float(value.decode("latin-1"))
+                except ValueError:
+                    logger.warning("bad cost header value %r", value[:64])
+
+    def _asked_decision(self) -> Decision | None:
+        """The Decision of a plain allow when the app asked for it (`current_decision`):
+        what the app did with it (route-local limits add their states) is in it."""
+        state = self.scope.get("state")
+        found = state.get(DECISION_STATE_KEY) if isinstance(state, dict) else None
+        return found if isinstance(found, Decision) else None
+
+    async def _send_plain(self, message: Message) -> None:
+        """`_send` for a plain allow (`plain`): its prebuilt headers, nothing to release."""
+        if message["type"] == "http.response.start":
+            self.status = message.get("status")
+            cost_header = self.guard_mw.cost_header
+            if cost_header:
+                self._read_cost(message, cost_header)
+            state = self.scope.get("state")
+            asked = state.get(DECISION_STATE_KEY) if isinstance(state, dict) else None
+            plain = self.plain
+            assert plain is not None
+            # The app built the Decision (current_decision): its route-local states count.
+            if not isinstance(asked, Decision):
+                asked = None
+            extra = (
+                plain_allow_header_items(plain) if asked is None else rate_limit_header_items(asked)
+            )
+            if extra:
+                message = {**message, "headers": [*(message.get("headers") or ()), *extra]}
+        await self.send(message)
+
     async def _send(self, message: Message) -> None:
         decision = self.decision
         assert decision is not None
@@ -536,12 +609,7 @@ class _Responder:
             mw = self.guard_mw
             cost_header = mw.cost_header
             if cost_header:
-                for name, value in message.get("headers") or ():
-                    if name.lower() == cost_header:
-                        try:
-                            self.real_cost = float(value.decode("latin-1"))
-                        except ValueError:
-                            logger.warning("bad cost header value %r", value[:64])
+                self._read_cost(message, cost_header)
             # Refusals were answered by an enforcer that already sent these headers. The
             # app's message and header list may be reused (a module-level message): copies.
             if decision.served:
@@ -700,4 +768,4 @@ def current_decision(scope_or_request: Any) -> Decision | None:
     """The guard's decision for a request (a Starlette Request or an ASGI scope)."""
     scope = getattr(scope_or_request, "scope", scope_or_request)
     state = scope.get("state") if isinstance(scope, dict) else None
-    return state.get(DECISION_STATE_KEY) if isinstance(state, dict) else None
+    return decision_in_state(state) if isinstance(state, dict) else None

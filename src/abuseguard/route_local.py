@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from abuseguard.backends.memory import MemoryBackend
-from abuseguard.decision import Action, Decision
-from abuseguard.enforce import DECISION_STATE_KEY
+from abuseguard.decision import Action
+from abuseguard.enforce import decision_in_state
 from abuseguard.errors import ConfigError
 from abuseguard.policy import Limits, Policy, TokenBucket
 from abuseguard.route_limits import NamedLimits, RouteLimiter, limit_name
@@ -91,7 +91,7 @@ class RouteLimit:
         state = scope.get("state")
         if not isinstance(state, dict) or (mw := state.get(GUARD_STATE_KEY)) is None:
             raise no_middleware_error(self.what)
-        decision: Decision | None = state.get(DECISION_STATE_KEY)
+        decision = decision_in_state(state)
         if decision is None or not decision.identity:
             return None  # the guard failed open, or the path is exempt
         guard: Guard = mw.guard

@@ -113,12 +113,8 @@ class Settlement:
         row = self.key_index.get(identity)
         if row is None and not self.shared:
             return
-        # A success moves a zero error share nowhere: skip the call, the common case.
-        if row is not None and outcome and (is_error or self.key_rows[row, L.F_ERR] != 0.0):
-            if is_error:
-                h = hash(identity) & _ERRING_MASK
-                self._erring[h >> 3] |= 1 << (h & 7)
-            self.engine.record_outcome(row, is_error)
+        if row is not None and outcome:
+            self._record_outcome(identity, row, is_error)
         spent = cost if usage is None else usage
         if (
             row is not None
@@ -130,6 +126,35 @@ class Settlement:
             self.engine.add_spend(row, spent, info.ts if info.ts is not None else self.clock())
         if cost is not None and 0 <= cost < float("inf") and cost != decision.cost:
             self.reconcile(info, decision, row, cost)
+
+    def complete_plain_allow(self, info: RequestInfo, identity: str, status: int | None) -> None:
+        """`complete` of a plain allow (served, no slot held) without a real cost, a usage
+        or an invalid key: only what the status teaches."""
+        if status is None:
+            return
+        unverified = self.unverified_keys
+        if unverified is not None and identity[:2] == "k:":
+            now = info.ts if info.ts is not None else self.clock()
+            unverified.learn(identity, info.ip, status, now)
+        if not identity or not self.scoring_on:
+            return
+        is_error = 400 <= status < 600 and status != 429
+        if not is_error:
+            h = hash(identity) & _ERRING_MASK
+            if not self._erring[h >> 3] & (1 << (h & 7)):
+                return  # a success moves a zero error share nowhere
+        row = self.key_index.get(identity)
+        if row is not None:
+            self._record_outcome(identity, row, is_error)
+
+    def _record_outcome(self, identity: str, row: int, is_error: bool) -> None:
+        """Teach the key row of ``identity`` one answer of the app (its error share)."""
+        # A success moves a zero error share nowhere: skip the call, the common case.
+        if is_error or self.key_rows[row, L.F_ERR] != 0.0:
+            if is_error:
+                h = hash(identity) & _ERRING_MASK
+                self._erring[h >> 3] |= 1 << (h & 7)
+            self.engine.record_outcome(row, is_error)
 
     def report_invalid_key(
         self, info: RequestInfo, identified: tuple[str, bool, ClientAddress]
