@@ -2,8 +2,8 @@
 
 Every stack serves the same two trivial endpoints: ``GET /`` answers ``ok``, and
 ``POST /v1/chat/completions`` reads the request body (a chat prompt) and answers ``ok``. The
-endpoint
-counts the guard's decisions it sees (``none`` where no guard runs), the same work in every
+endpoint counts the guard's decisions it sees (``none`` where no guard runs; a plain allow
+without building its Decision, as in an app that never reads it), the same work in every
 stack, so a run can prove that nothing was degraded or delayed. Limits are set so high that
 nothing is throttled (``generous=True``); ``generous=False`` sets tiny limits so a
 self-check can prove each limiter really is in the path (the second request gets 429).
@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from abuseguard import AbuseGuard, NetworkPolicy, Policy, Scoring, TokenBucket, current_decision
+from abuseguard.enforce import DECISION_STATE_KEY
 
 ASGIApp = Any
 
@@ -117,6 +118,13 @@ def unavailable_reason(name: str, config: StackConfig) -> str | None:
 
 
 def _seen(request: Request) -> None:
+    # Most apps never read the decision, and then the guard never builds one for a plain
+    # allow (it leaves a PlainAllow tuple in the state). Counting that tuple as an allow
+    # keeps the check that nothing was refused or shadowed without adding the cost of
+    # building a Decision the app would not have asked for.
+    if isinstance(request.scope.get("state", {}).get(DECISION_STATE_KEY), tuple):
+        SEEN["allow"] += 1
+        return
     decision = current_decision(request)
     if decision is None:
         SEEN["none"] += 1
