@@ -48,6 +48,14 @@ def test_a_normalized_ipv4_address_is_kept_once() -> None:
     assert book.resolve(" 203.0.113.7 ").ip == "203.0.113.7"
 
 
+def test_a_normalized_ipv6_address_is_kept_once() -> None:
+    book = AddressBook()
+    text = "".join(["2001:db8::", "7"])  # a fresh string, as a request's would be
+    address = book.resolve(text)
+    assert address.ip is text
+    assert book.resolve("2001:DB8:0::7").ip == "2001:db8::7"
+
+
 def test_tracked_api_key_clients_leave_no_python_objects_in_the_engine() -> None:
     """5,000 API-key clients, each on its own address, each key accepted by the app: the
     engine's tables hold them in arrays and the unverified-key budgets in slots; what the

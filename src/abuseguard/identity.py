@@ -97,6 +97,8 @@ class AddressBook:
                 ip, ip, network_text(4, value, self.ipv4_network_prefix), 4, private
             )
         ip = socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+        if ip == text:
+            ip = text  # as for IPv4: the cache's key is this string already
         return ClientAddress(
             ip,
             network_text(6, value, self.ipv6_prefix),
