@@ -154,12 +154,14 @@ class Guard:
             )
         if self.exempt_paths and self.exempt_paths.matches(info.path):
             return _EXEMPT
-        p = (
-            self.prepare(info)
-            if read_without_body is None
-            else self._with_body(info, read_without_body)
-        )
+        p = self._prepared(info, read_without_body)
         return self._check_local(info, p)
+
+    def _prepared(self, info: RequestInfo, read_without_body: Prepared | None) -> Prepared:
+        """`prepare`, or the pre-check's reading of ``info`` completed with its body."""
+        if read_without_body is None:
+            return self.prepare(info)
+        return self._with_body(info, read_without_body)
 
     def _check_local(self, info: RequestInfo, p: Prepared) -> Decision:
         """The pipeline after `prepare`, memory backend: the gates, the engine, the
@@ -188,11 +190,7 @@ class Guard:
             return self.check(info, read_without_body)
         if self.exempt_paths and self.exempt_paths.matches(info.path):
             return _EXEMPT
-        p = (
-            self.prepare(info)
-            if read_without_body is None
-            else self._with_body(info, read_without_body)
-        )
+        p = self._prepared(info, read_without_body)
         self.request_time.now = p.ts
         if p.has_account and self._unverified is not None:
             refusal = self._unverified.refuse(p.identity, p.address, p.ts, p.cost)
@@ -209,11 +207,7 @@ class Guard:
         what to merge."""
         if self.exempt_paths and self.exempt_paths.matches(info.path):
             return _EXEMPT
-        p = (
-            self.prepare(info)
-            if read_without_body is None
-            else self._with_body(info, read_without_body)
-        )
+        p = self._prepared(info, read_without_body)
         plain = self._run(p)
         decision = self._conclude(p, plain)
         if self.observers:
