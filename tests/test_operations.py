@@ -935,3 +935,29 @@ def test_the_topic_spread_follows_new_topics_after_a_clustering() -> None:
     linker.accounts[left].topics.update(dict.fromkeys(range(6, 9)))
     linker._score(cluster)
     assert cluster.topic_spread == spread(cluster.members)
+
+
+def test_an_operations_token_rate_is_over_the_hours_its_members_were_served() -> None:
+    """Once the guard refuses an operation's members they keep asking and spend nothing:
+    their refused requests must not dilute the cluster's tokens per member hour (holding
+    the members would lower the score that holds them)."""
+    rng = random.Random(11)
+    world = honest_world(rng) + operation(rng)
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    run_linker(linker, requests_of(rng, world, hours=1.5, rate=1 / 240.0))
+    (cluster,) = linker.clusters.values()
+    served_rate = cluster.tokens_per_member_hour
+    assert served_rate > 0.0
+    refused: list[tuple[float, str, Observed]] = []
+    start = linker.now
+    for identity, ua, headers, asns, _, shape, _ in operation(rng):
+        ts = start + rng.uniform(0.0, 240.0)
+        while ts < start + 3 * 3600.0:
+            body = json.dumps({**shape, "messages": [{"role": "user", "content": "q"}]})
+            refused.append((ts, identity, Observed(ts, "", ua, headers, body, asns[0], 0.0)))
+            ts += rng.expovariate(1 / 240.0)
+    refused.sort(key=lambda r: r[0])
+    run_linker(linker, refused)
+    (after,) = linker.clusters.values()
+    assert sorted(after.members) == sorted(cluster.members)
+    assert after.tokens_per_member_hour == pytest.approx(served_rate)

@@ -84,7 +84,9 @@ How two accounts get linked (all of it bounded, all of it deterministic):
 6. **Score.** ``size`` (ramp from ``min_size`` to 4x), ``single-turn share``, ``topic
    spread`` (distinct topics over the members' topics: members of an operation cover
    different ground, a class pasting one assignment does not) and ``tokens`` per member
-   hour when costs are known: ``score = size * (0.4 + 0.6 * mean(behaviour))``; each
+   hour served (from a member's first request to its latest that cost tokens: refused
+   requests cost nothing) when costs are known:
+   ``score = size * (0.4 + 0.6 * mean(behaviour))``; each
    member's prior is the score.
 """
 
@@ -229,6 +231,7 @@ class Account:
         "seq",
         "signatures",
         "single",
+        "spent_ts",
         "tokens",
         "topics",
     )
@@ -237,6 +240,8 @@ class Account:
         self.identity = identity
         self.first_ts = ts
         self.last_ts = ts
+        # Its latest request that cost tokens: the end of the time it was served.
+        self.spent_ts = ts
         self.items = [DecayedItems(config.items_per_kind, config.half_life) for _ in range(N_KINDS)]
         self.signatures: tuple[int, ...] = (0,) * N_KINDS
         # (signature keys, sub-band keys, band keys, pair keys) this account is counted under.
@@ -398,18 +403,23 @@ class OperationLinker:
         topics = account.topics
         max_topics = config.max_topics
         latest = account.last_ts
+        spent = account.spent_ts
         for ts, evidence in seen:
             for items, item in zip(kinds, evidence.items, strict=False):
                 if item:
                     items.add(item, ts)
             account.requests += 1
             account.single += evidence.single_turn
-            account.tokens += evidence.tokens
+            if evidence.tokens:
+                account.tokens += evidence.tokens
+                if ts > spent:
+                    spent = ts
             if evidence.topic and len(topics) < max_topics:
                 topics[evidence.topic] = None
             if ts > latest:
                 latest = ts
         account.last_ts = latest
+        account.spent_ts = spent
         if latest > self.now:
             self.now = latest
         # A kind's signature is of its heavy items: an account whose requests mix a few
@@ -1123,7 +1133,9 @@ class OperationLinker:
         behaviour = [cluster.single_turn_share, cluster.topic_spread]
         tokens = sum(a.tokens for a in accounts)
         if tokens > 0:
-            hours = sum(max(a.last_ts - a.first_ts, 600.0) for a in accounts) / 3600.0
+            # Hours served: a member the guard refuses spends nothing while it keeps asking,
+            # and holding an operation's members must not dilute its rate below the ramp.
+            hours = sum(max(a.spent_ts - a.first_ts, 600.0) for a in accounts) / 3600.0
             cluster.tokens_per_member_hour = tokens / hours
             behaviour.append(_ramp(cluster.tokens_per_member_hour, *config.tokens_per_hour))
         size_factor = 0.5 + 0.5 * _ramp(size, config.min_size, 4 * config.min_size)
