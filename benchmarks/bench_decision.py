@@ -204,6 +204,7 @@ def run(
         guard.check(info)
     result: dict[str, Any] = {
         "requests": n,
+        "accounts": ACCOUNTS,
         "content": content,
         "intel_source": "request fields" if fields else "GeoIntel (mmdb world)",
     }

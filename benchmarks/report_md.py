@@ -24,8 +24,10 @@ def _section_decision(results: dict[str, Any]) -> list[str]:
     if runs:
         first = runs[0]
         lines += [
-            f"`Guard.check` on {first['requests']:,} requests from 2,000 accounts (one address and "
-            f"User-Agent each), intel from {first['intel_source']}, generous limits; stages timed "
+            f"`Guard.check` on {first['requests']:,} requests from "
+            # results written before the field existed came from bench_decision's 10,000
+            f"{first.get('accounts', 10_000):,} accounts (each on its own address), "
+            f"intel from {first['intel_source']}, generous limits; stages timed "
             "per call on the same warmed guard. Each sample includes reading the clock "
             f"({dec.get('timer_overhead_ns', 0):.0f} ns).",
             "",
