@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from abuseguard.backends.base import UNKNOWN_LIMITS, LimitSource, LocalLimits
 from abuseguard.backends.memory import APP_WIDE, quota_counter
-from abuseguard.decision import DENIAL_ACTIONS, Action, Decision, PlainAllow, PolicyState
+from abuseguard.decision import (
+    DENIAL_ACTIONS,
+    Action,
+    Decision,
+    PlainAllow,
+    PolicyState,
+    plain_allow_decision,
+)
 from abuseguard.engine import layout as L
 from abuseguard.engine.params import bucket_kinds, shadow_kinds
 from abuseguard.engine.params import serves as action_serves
@@ -82,24 +89,9 @@ class Decider:
         """The Decision from the kernel's outputs (memory backend). ``plain``: the kernel
         answered a plain allow, which is final unless a quota, a concurrency limit or a
         network rule still has a say; that common answer is built without converting the
-        whole io vector."""
-        if (
-            plain
-            and self.plain_allow_final
-            and (p.profile is None or p.profile.rule_action is None)
-        ):
-            io = self.io
-            remaining = None
-            policies: tuple[PolicyState, ...] = ()
-            if self.bucket is not None:
-                name, capacity, window = self.bucket_shape
-                remaining = io[_O_REMAINING]
-                policies = (PolicyState(name, capacity, window, remaining, io[_O_RESET]),)
-            return Decision(
-                _ALLOW, (), io[_O_SCORE], None, remaining, False, p.identity, (), policies,
-                p.cost,
-            )  # fmt: skip
-        return self.decide(p, self.io)
+        whole io vector (`conclude_lazily`, then `plain_allow_decision`)."""
+        concluded = self.conclude_lazily(p, plain)
+        return concluded if isinstance(concluded, Decision) else plain_allow_decision(concluded)
 
     def conclude_lazily(self, p: Prepared, plain: bool) -> Decision | PlainAllow:
         """`conclude`, with a plain allow answered as a `PlainAllow` (its Decision is
@@ -436,7 +428,6 @@ def _reason_names(mask: int) -> tuple[str, ...]:
     return names
 
 
-_ALLOW = Action.ALLOW
 _O_REMAINING = L.O_REMAINING
 _O_RESET = L.O_RESET
 _O_SCORE = L.O_SCORE
