@@ -166,11 +166,9 @@ class Guard:
     def _check_local(self, info: RequestInfo, p: Prepared) -> Decision:
         """The pipeline after `prepare`, memory backend: the gates, the engine, the
         decision."""
-        self.request_time.now = p.ts
-        if p.has_account and self._unverified is not None:
-            refusal = self._unverified.refuse(p.identity, p.address, p.ts, p.cost)
-            if refusal is not None:
-                return self._notified(info, refusal)
+        refusal = self._unverified_refusal(p)
+        if refusal is not None:
+            return self._notified(info, refusal)
         if self._routes is not None:
             return self._check_routes(info, p)
         decision = self._conclude(p, self._run(p))
@@ -191,12 +189,18 @@ class Guard:
         if self.exempt_paths and self.exempt_paths.matches(info.path):
             return _EXEMPT
         p = self._prepared(info, read_without_body)
+        refusal = self._unverified_refusal(p)
+        if refusal is not None:
+            return refusal
+        return self._conclude_lazily(p, self._run(p))
+
+    def _unverified_refusal(self, p: Prepared) -> Decision | None:
+        """Set the memory backend's clock to the request's time; the refusal of an
+        unverified key whose address has spent its budget, or None."""
         self.request_time.now = p.ts
         if p.has_account and self._unverified is not None:
-            refusal = self._unverified.refuse(p.identity, p.address, p.ts, p.cost)
-            if refusal is not None:
-                return refusal
-        return self._conclude_lazily(p, self._run(p))
+            return self._unverified.refuse(p.identity, p.address, p.ts, p.cost)
+        return None
 
     def _check_merged(
         self, info: RequestInfo, read_without_body: Prepared | None = None
