@@ -69,7 +69,13 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    single-turn (``min_single_turn``: harvesting asks one question at a time; a campus on
    its own web app behind its NAT links too, but chats) are operations. Each
    carries its evidence: which kinds linked it and how strongly. A cluster keeps its id
-   while most of its members stay.
+   while most of its members stay. With ``merge_by_card``, linked groups that pay with
+   one card (the host app's payment fingerprint, for accounts outside an organisation)
+   are one: a card held by at least two accounts of each of two or more groups, those
+   holders at least ``join_share`` of the card's accounts. An operator runs several
+   tools (each its own persona, shape and batches: each group linked on its own) and
+   pays for their accounts with a few shared cards; an honest card pays for one account
+   or a family's few, never for two groups each linked on its own.
 5. **Joining.** An account in no cluster joins one when its signatures agree with a
    linking bucket of the cluster on all but one kind, each of them held for a good part
    (``join_share``) by members of the cluster: every account at each clustering, and an
@@ -81,7 +87,7 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    least ``join_share`` of the card's accounts: bulk-made accounts are paid by a few
    shared cards. No account that mostly chats (``min_single_turn`` of its own requests)
    joins by any of these.
-6. **Score.** ``size`` (ramp from ``min_size`` to 4x), ``single-turn share``, ``topic
+6. **Score.** ``size`` (ramp from ``min_size`` to 2x), ``single-turn share``, ``topic
    spread`` (distinct topics over the members' topics: members of an operation cover
    different ground, a class pasting one assignment does not) and ``tokens`` per member
    hour served (from a member's first request to its latest that cost tokens: refused
@@ -165,6 +171,7 @@ class OperationsConfig:
     shape or creation batch: `OperationLinker.firm`); a member linked only by persona and
     network (an honest app on the same SDK in the same cloud) gets the prior alone. None:
     members get the prior only.
+    ``merge_by_card``: linked groups paying with one card are one operation (step 4).
     """
 
     half_life: float = 6 * 3600.0
@@ -186,6 +193,7 @@ class OperationsConfig:
     pair_links: bool = True
     pool_batches: bool = True
     hold_score: float | None = 0.7
+    merge_by_card: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -959,6 +967,7 @@ class OperationLinker:
         pooled_keys: set[Key] = set()
         if config.pool_batches:
             self._pool(union, linked, firm, pooled_keys)
+        card_links = self._merge_by_card(union) if config.merge_by_card else []
         components = [
             members
             for members in union.components().values()
@@ -977,6 +986,11 @@ class OperationLinker:
             kinds.update(KINDS[k] for k in self.kinds_of(key))
             evidence[at] = (kinds, buckets + 1, max(best, lift))
             pooled[at] += key in pooled_keys
+        for anchor in card_links:
+            at = root_of.get(anchor)
+            if at is not None:
+                kinds, buckets, best = evidence[at]
+                kinds["payment"] += 1
         previous = self.clusters
         clusters: dict[str, Cluster] = {}
         for members, (kinds, buckets, best), fragments in zip(
@@ -1035,6 +1049,37 @@ class OperationLinker:
             if identity not in members_now:
                 del self.priors[identity]
                 self._dirty_priors[identity] = 0.0
+
+    def _merge_by_card(self, union: UnionFind) -> list[str]:
+        """Join linked groups that pay with one card: a payment fingerprint held by at least
+        two accounts in each of two or more groups (accounts outside an organisation), when
+        those holders are at least ``join_share`` of the card's accounts. Bulk-made accounts
+        are paid by a few shared cards across the operator's creation batches; an honest
+        card pays for an account or a family's few, never for two groups each linked on
+        its own. Returns an account of each group a card joined (its evidence)."""
+        share = self.config.join_share
+        counts = self.payment_count
+        parent = union.parent
+        merged: list[str] = []
+        for payment, payers in self._payers.items():
+            if len(payers) < 4:
+                continue
+            roots: dict[str, int] = {}
+            for identity in payers:
+                if identity in parent:
+                    root = union.find(identity)
+                    roots[root] = roots.get(root, 0) + 1
+            groups = [root for root, n in roots.items() if n >= 2]
+            if len(groups) < 2:
+                continue
+            if sum(roots[root] for root in groups) < share * counts.get(payment, 1):
+                continue
+            first = groups[0]
+            for other in groups[1:]:
+                if union.find(first) != union.find(other):
+                    union.union(first, other)
+                    merged.append(other)
+        return merged
 
     def _single_turn(self, members: Sequence[str]) -> float:
         accounts = [self.accounts[m] for m in members]
@@ -1138,7 +1183,10 @@ class OperationLinker:
             hours = sum(max(a.spent_ts - a.first_ts, 600.0) for a in accounts) / 3600.0
             cluster.tokens_per_member_hour = tokens / hours
             behaviour.append(_ramp(cluster.tokens_per_member_hour, *config.tokens_per_hour))
-        size_factor = 0.5 + 0.5 * _ramp(size, config.min_size, 4 * config.min_size)
+        # The linking tests already make min_size accounts improbable by chance: past twice
+        # that, size adds little certainty, and an operation split into several small
+        # linked groups must not wait for each to grow before its members are held.
+        size_factor = 0.5 + 0.5 * _ramp(size, config.min_size, 2 * config.min_size)
         cluster.score = size_factor * (0.4 + 0.6 * sum(behaviour) / len(behaviour))
 
     def _set_prior(self, identity: str, prior: float) -> None:
