@@ -16,7 +16,12 @@ system     the system prompt (system / developer messages, Anthropic ``system``,
 shape      the request's shape: model, the output-token cap, the set of top-level
            parameter names and ``stream``
 timing     the activity slot: ``ts // slot_seconds``
-created    the account's creation day from the host app (``created_of``), when given
+created    the account's creation day from the host app (``created_of``), when given:
+           ``created // 86400`` (UTC days, midnight to midnight)
+created_noon the same account's creation day on the grid offset by half a day:
+           ``(created + 43200) // 86400`` (noon to noon UTC). A burst of sign-ups at any
+           hour shorter than half a day lies whole in one cell of one of the two grids;
+           the linker tests each grid on its own (`abuseguard.operations.linker`, step 3b)
 ========== =========================================================================
 
 Besides the items: whether the request is single-turn (one user message, no earlier
@@ -42,9 +47,15 @@ from abuseguard.intel.content import coercion_strength
 from abuseguard.intel.persona import persona_hash
 from abuseguard.operations.sketches import stable_hash
 
-KINDS: tuple[str, ...] = ("persona", "network", "system", "shape", "timing", "created")
-PERSONA, NETWORK, SYSTEM, SHAPE, TIMING, CREATED = range(len(KINDS))
+KINDS: tuple[str, ...] = (
+    "persona", "network", "system", "shape", "timing", "created", "created_noon"
+)  # fmt: skip
+PERSONA, NETWORK, SYSTEM, SHAPE, TIMING, CREATED, CREATED_NOON = range(len(KINDS))
 N_KINDS = len(KINDS)
+# The kinds an LSH band may combine (`abuseguard.operations.linker`): all but the second
+# creation grid, which only pairs (two grids of one fact in one band would count it twice).
+BAND_KINDS: tuple[int, ...] = (PERSONA, NETWORK, SYSTEM, SHAPE, TIMING, CREATED)
+DAY = 86400.0
 
 # The parameters that carry the conversation, not its shape.
 _CONTENT_KEYS = frozenset(
@@ -137,9 +148,13 @@ class EvidenceReader:
         if isinstance(request, dict):
             system, shape, topic, single, coercion = _read_request(request)
         timing = item(TIMING, int(ts // self.slot_seconds))
-        created_item = item(CREATED, int(created // 86400.0)) if created is not None else 0
+        if created is not None:
+            created_item = item(CREATED, int(created // DAY))
+            noon_item = item(CREATED_NOON, int((created + DAY / 2) // DAY))
+        else:
+            created_item = noon_item = 0
         return Evidence(
-            (persona, network, system, shape, timing, created_item),
+            (persona, network, system, shape, timing, created_item, noon_item),
             single,
             topic,
             tokens,
