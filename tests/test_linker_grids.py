@@ -1,13 +1,16 @@
-"""Creation batches on two day grids (issue #16): a burst of sign-ups across midnight
-links whole on the noon grid."""
+"""Creation batches on two day grids, and the linking persona without patch versions
+(issue #16): a burst of sign-ups across midnight links whole on the noon grid; one tool's
+accounts on several patch releases of its runtime share one linking persona."""
 
 from __future__ import annotations
 
 import json
 import random
 
+from abuseguard.intel.agents import AgentClassifier
+from abuseguard.intel.persona import persona_hash
 from abuseguard.operations import EvidenceReader, Observed, OperationLinker, OperationsConfig
-from abuseguard.operations.evidence import KINDS
+from abuseguard.operations.evidence import KINDS, linking_headers
 from tests.test_operations import (
     BROWSER_HEADERS,
     CHROME,
@@ -42,6 +45,32 @@ def test_the_noon_grid_keeps_a_burst_across_midnight_whole() -> None:
     assert morning[CREATED] == afternoon[CREATED]
     assert morning[NOON] != afternoon[NOON], "the noon grid cuts at noon"
     assert EvidenceReader().read(Observed(NOW)).items[NOON] == 0
+
+
+def _persona(runtime: str, version: str = "1.59.7", **extra: str) -> int:
+    headers = sdk_headers(version)
+    headers["x-stainless-runtime-version"] = runtime
+    headers.update(extra)
+    items = EvidenceReader().read(Observed(NOW, ua=f"OpenAI/Python {version}", headers=headers))
+    return items.items[PERSONA]
+
+
+def test_the_linking_persona_drops_patch_versions_only() -> None:
+    assert _persona("3.12.8") == _persona("3.12.9") == _persona("3.12.10rc1")
+    assert _persona("3.12.8", "1.59.7") == _persona("3.12.8", "1.59.2")
+    assert _persona("3.11.11") != _persona("3.12.8"), "the minor version stays"
+    assert _persona("3.12.8", "1.59.7") != _persona("3.12.8", "1.61.1")
+    assert _persona("3.12.8") != _persona("3.12.8", **{"x-router-trace": "1"})
+    cut = linking_headers({"x-goog-api-client": "gl-python/3.11.4 grpc/1.60.0", "b": "1.2.3"})
+    assert cut == {"x-goog-api-client": "gl-python/3.11 grpc/1.60", "b": "1.2.3"}
+    dated = {"anthropic-version": "2023-06-01", "x-stainless-runtime-version": "v20.18.1"}
+    assert linking_headers(dated) == {"anthropic-version": "2023-06-01",
+                                      "x-stainless-runtime-version": "v20.18"}  # fmt: skip
+    # The hot path's persona keeps the patch release.
+    agent = AgentClassifier().classify(SDK_UA)
+    a, b = sdk_headers(), sdk_headers()
+    b["x-stainless-runtime-version"] = "3.12.8"
+    assert persona_hash(tuple(a), a, agent) != persona_hash(tuple(b), b, agent)
 
 
 MIDNIGHT = NOW - 9 * DAY

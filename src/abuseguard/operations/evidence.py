@@ -6,8 +6,12 @@
 ========== =========================================================================
 kind       item
 ========== =========================================================================
-persona    the header persona (`abuseguard.intel.persona.persona_hash`): header names
-           in order, SDK fingerprint values, User-Agent class and family
+persona    the header persona for linking: `abuseguard.intel.persona.persona_hash` (header
+           names in order, SDK fingerprint values, User-Agent class and family) of the
+           headers with every dotted version in a fingerprint value cut to major.minor
+           (``3.11.7`` -> ``3.11``, ``v20.18.1`` -> ``v20.18``; `linking_headers`):
+           an operation's hosts drift in the runtime's and SDK's patch release, which says
+           nothing about who runs them (the hot path's persona keeps them)
 network    the ASN (given with the request or looked up), else the /24 (IPv4) or /48
            (IPv6) prefix
 system     the system prompt (system / developer messages, Anthropic ``system``,
@@ -44,7 +48,7 @@ import orjson
 
 from abuseguard.intel.agents import AgentClassifier
 from abuseguard.intel.content import coercion_strength
-from abuseguard.intel.persona import persona_hash
+from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash
 from abuseguard.operations.sketches import stable_hash
 
 KINDS: tuple[str, ...] = (
@@ -63,6 +67,8 @@ _CONTENT_KEYS = frozenset(
 )
 _TOKEN_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _DIGITS = re.compile(r"\d+")
+# A dotted version with a patch part (and any pre-release or build suffix after it).
+_PATCH_VERSION = re.compile(r"(\d+\.\d+)\.\d[0-9A-Za-z.+-]*")
 TOPIC_WORDS = 6
 _MAX_AGENTS = 4096
 _COERCION_CHARS = 4096  # of the last user message and of the system text each
@@ -169,7 +175,7 @@ class EvidenceReader:
             if len(self._personas) >= _MAX_AGENTS:
                 self._personas.clear()
             found = self._personas[key] = item(
-                PERSONA, persona_hash(names, headers, self.agents.classify(ua))
+                PERSONA, persona_hash(names, linking_headers(headers), self.agents.classify(ua))
             )
         return found
 
@@ -190,6 +196,23 @@ class EvidenceReader:
                 self._prefixes.clear()
             found = self._prefixes[prefix] = item(NETWORK, stable_hash("prefix:" + prefix))
         return found
+
+
+def linking_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` with every dotted version in an SDK fingerprint value cut to its major
+    and minor parts (``3.11.7`` -> ``3.11``, ``gl-python/3.11.4 grpc/1.60.0`` ->
+    ``gl-python/3.11 grpc/1.60``), for the linking persona: the patch release of a runtime
+    or an SDK rotates with an operation's hosts and images, the rest of the persona is its
+    software. Names, their order and every other value are kept."""
+    cut: dict[str, str] | None = None
+    for name in FINGERPRINT_VALUE_HEADERS.intersection(headers):
+        value = headers[name]
+        short = _PATCH_VERSION.sub(r"\1", value)
+        if short != value:
+            if cut is None:
+                cut = dict(headers)
+            cut[name] = short
+    return headers if cut is None else cut
 
 
 def _text(content: object) -> str:
