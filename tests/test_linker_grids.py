@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from abuseguard.intel.agents import AgentClassifier
 from abuseguard.intel.persona import persona_hash
 from abuseguard.operations import EvidenceReader, Observed, OperationLinker, OperationsConfig
@@ -106,15 +108,17 @@ def same_night_crowd() -> list[Account]:
     return crowd
 
 
-def _burst_world(config: OperationsConfig) -> tuple[OperationLinker, list[str], list[str]]:
+def _burst_world(
+    config: OperationsConfig, centre: float = MIDNIGHT
+) -> tuple[OperationLinker, list[str], list[str]]:
     rng = random.Random(29)
     crowd = same_night_crowd()
     world = honest_world(rng) + crowd + midnight_burst()
     created = created_of_world(rng, world)
     for i in range(BURST):
-        created[f"k:spread{i}"] = MIDNIGHT + (i - (BURST - 1) / 2) * 720.0
+        created[f"k:spread{i}"] = centre + (i - (BURST - 1) / 2) * 720.0
     for identity, *_ in crowd:
-        created[identity] = MIDNIGHT + rng.uniform(-1.5, 1.5) * 3600.0
+        created[identity] = centre + rng.uniform(-1.5, 1.5) * 3600.0
     chats = frozenset(identity for identity, *_ in crowd if identity.startswith("k:chatty"))
     linker = OperationLinker(config)
     run_linker(linker, requests_with_created(rng, world, created, 1.25, 1 / 240.0, chats))
@@ -147,10 +151,22 @@ def test_a_burst_across_midnight_links_with_pooling_on_and_honest_stay_out() -> 
     assert len(night) == 7 and all(linker.accounts[m].signatures[NOON] for m in night)
 
 
-def test_a_late_joiner_of_the_burst_joins_by_the_noon_pair() -> None:
+@pytest.mark.parametrize("centre", [MIDNIGHT, MIDNIGHT + DAY / 2])
+def test_a_late_joiner_of_the_burst_joins_by_its_pair(centre: float) -> None:
     """An account of the burst first seen after the cluster formed joins it by the pair
-    (noon batch, persona) when it agrees with a member on its request shape."""
-    linker, members, _ = _burst_world(OperationsConfig(recluster_every=60.0, pool_batches=False))
+    (batch, persona) when it agrees with a member on its request shape: across midnight
+    by the noon grid's pair, around noon by the day grid's. The pair's first holder is an
+    honest account made that night that chats (not linked): the pair is a door all the
+    same, and the cluster's evidence names it."""
+    config = OperationsConfig(recluster_every=60.0, pool_batches=False)
+    linker, members, _ = _burst_world(config, centre)
+    doors = [key for key in linker.join_keys if key[0] < 0]
+    assert doors, "the linking pair is no door"
+    assert next(iter(linker.pairs[doors[0]])).startswith("k:chatty")
+    (cluster,) = linker.clusters.values()
+    assert {"created_noon" if centre == MIDNIGHT else "created", "persona"} <= set(
+        cluster.linked_by
+    )
     assert all(linker.cluster_of(m) is not None for m in members)
     reader = EvidenceReader()
     headers = sdk_headers(extra=("x-router-trace",))
@@ -159,7 +175,7 @@ def test_a_late_joiner_of_the_burst_joins_by_the_noon_pair() -> None:
     seen = []
     for n in range(3):
         body = json.dumps({**shape, "messages": [{"role": "user", "content": TOPICS[n]}]})
-        observed = Observed(ts + n, "", SDK_UA, headers, body, RESIDENTIAL[n], 900.0, MIDNIGHT + 60)
+        observed = Observed(ts + n, "", SDK_UA, headers, body, RESIDENTIAL[n], 900.0, centre + 60)
         seen.append((ts + n, reader.read(observed)))
     linker.observe("k:late", seen)
     linker.join_recent(["k:late"])
@@ -167,7 +183,7 @@ def test_a_late_joiner_of_the_burst_joins_by_the_noon_pair() -> None:
     assert cluster is not None and cluster == linker.cluster_of(members[0])
     assert "k:late" in linker.firm
     # A browser account made that night agrees on nothing: it stays out.
-    browser = Observed(ts, "", CHROME, dict(BROWSER_HEADERS), "{}", RESIDENTIAL[0], 0.0, MIDNIGHT)
+    browser = Observed(ts, "", CHROME, dict(BROWSER_HEADERS), "{}", RESIDENTIAL[0], 0.0, centre)
     linker.observe("k:browser", [(ts, reader.read(browser))])
     linker.join_recent(["k:browser"])
     assert linker.cluster_of("k:browser") is None
