@@ -3,30 +3,32 @@
 `EvidenceReader.read` turns one queued request into an `Evidence`: one item (a stable
 64-bit number) per kind of evidence, or 0 when the request does not carry that kind.
 
-========== =========================================================================
-kind       item
-========== =========================================================================
-persona    the header persona for linking: `abuseguard.intel.persona.persona_hash` (header
-           names in order, SDK fingerprint values, User-Agent class and family) of the
-           headers with every dotted version in a fingerprint value cut to major.minor
-           (``3.11.7`` -> ``3.11``, ``v20.18.1`` -> ``v20.18``; `linking_headers`):
-           an operation's hosts drift in the runtime's and SDK's patch release, which says
-           nothing about who runs them (the hot path's persona keeps them)
-network    the ASN (given with the request or looked up), else the /24 (IPv4) or /48
-           (IPv6) prefix
-system     the system prompt (system / developer messages, Anthropic ``system``,
-           responses ``instructions``, Gemini ``systemInstruction``), digits normalised;
-           0 when there is none
-shape      the request's shape: model, the output-token cap, the set of top-level
-           parameter names and ``stream``
-timing     the activity slot: ``ts // slot_seconds``
-created    the account's creation day from the host app (``created_of``), when given:
-           ``created // 86400`` (UTC days, midnight to midnight)
-created_noon the same account's creation day on the grid offset by half a day:
-           ``(created + 43200) // 86400`` (noon to noon UTC). A burst of sign-ups at any
-           hour shorter than half a day lies whole in one cell of one of the two grids;
-           the linker tests each grid on its own (`abuseguard.operations.linker`, step 3b)
-========== =========================================================================
+============ =======================================================================
+kind         item
+============ =======================================================================
+persona      the header persona for linking: `abuseguard.intel.persona.persona_hash`
+             (header names in order, SDK fingerprint values, User-Agent class and
+             family) of the headers with every dotted version in a fingerprint value
+             cut to major.minor (``3.11.7`` -> ``3.11``, ``v20.18.1`` -> ``v20.18``;
+             `linking_headers`): an operation's hosts drift in the runtime's and SDK's
+             patch release, which says nothing about who runs them (the hot path's
+             persona keeps them)
+network      the ASN (given with the request or looked up), else the /24 (IPv4) or /48
+             (IPv6) prefix
+system       the system prompt (system / developer messages, Anthropic ``system``,
+             responses ``instructions``, Gemini ``systemInstruction``), digits
+             normalised; 0 when there is none
+shape        the request's shape: model, the output-token cap, the set of top-level
+             parameter names and ``stream``
+timing       the activity slot: ``ts // slot_seconds``
+created      the account's creation day from the host app (``created_of``), when
+             given: ``created // 86400`` (UTC days, midnight to midnight)
+created_noon the same creation day on the grid offset by half a day: ``(created +
+             43200) // 86400`` (noon to noon UTC). A burst of sign-ups shorter than
+             half a day, at any hour, lies whole in one day of one of the two grids;
+             the linker tests each grid on its own (`abuseguard.operations.linker`,
+             step 3b) and never puts both in one band (`BAND_KINDS`)
+============ =======================================================================
 
 Besides the items: whether the request is single-turn (one user message, no earlier
 answers), a topic (the first words of the last user message), the tokens it cost and how
