@@ -3,21 +3,32 @@
 `EvidenceReader.read` turns one queued request into an `Evidence`: one item (a stable
 64-bit number) per kind of evidence, or 0 when the request does not carry that kind.
 
-========== =========================================================================
-kind       item
-========== =========================================================================
-persona    the header persona (`abuseguard.intel.persona.persona_hash`): header names
-           in order, SDK fingerprint values, User-Agent class and family
-network    the ASN (given with the request or looked up), else the /24 (IPv4) or /48
-           (IPv6) prefix
-system     the system prompt (system / developer messages, Anthropic ``system``,
-           responses ``instructions``, Gemini ``systemInstruction``), digits normalised;
-           0 when there is none
-shape      the request's shape: model, the output-token cap, the set of top-level
-           parameter names and ``stream``
-timing     the activity slot: ``ts // slot_seconds``
-created    the account's creation day from the host app (``created_of``), when given
-========== =========================================================================
+============ =======================================================================
+kind         item
+============ =======================================================================
+persona      the header persona for linking: `abuseguard.intel.persona.persona_hash`
+             (header names in order, SDK fingerprint values, User-Agent class and
+             family) of the headers with every dotted version in a fingerprint value
+             cut to major.minor (``3.11.7`` -> ``3.11``, ``v20.18.1`` -> ``v20.18``;
+             `linking_headers`): an operation's hosts drift in the runtime's and SDK's
+             patch release, which says nothing about who runs them (the hot path's
+             persona keeps them)
+network      the ASN (given with the request or looked up), else the /24 (IPv4) or /48
+             (IPv6) prefix
+system       the system prompt (system / developer messages, Anthropic ``system``,
+             responses ``instructions``, Gemini ``systemInstruction``), digits
+             normalised; 0 when there is none
+shape        the request's shape: model, the output-token cap, the set of top-level
+             parameter names and ``stream``
+timing       the activity slot: ``ts // slot_seconds``
+created      the account's creation day from the host app (``created_of``), when
+             given: ``created // 86400`` (UTC days, midnight to midnight)
+created_noon the same creation day on the grid offset by half a day: ``(created +
+             43200) // 86400`` (noon to noon UTC). A burst of sign-ups shorter than
+             half a day, at any hour, lies whole in one day of one of the two grids;
+             the linker tests each grid on its own (`abuseguard.operations.linker`,
+             step 3b) and never puts both in one band (`BAND_KINDS`)
+============ =======================================================================
 
 Besides the items: whether the request is single-turn (one user message, no earlier
 answers), a topic (the first words of the last user message), the tokens it cost and how
@@ -39,12 +50,18 @@ import orjson
 
 from abuseguard.intel.agents import AgentClassifier
 from abuseguard.intel.content import coercion_strength
-from abuseguard.intel.persona import persona_hash
+from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash
 from abuseguard.operations.sketches import stable_hash
 
-KINDS: tuple[str, ...] = ("persona", "network", "system", "shape", "timing", "created")
-PERSONA, NETWORK, SYSTEM, SHAPE, TIMING, CREATED = range(len(KINDS))
+KINDS: tuple[str, ...] = (
+    "persona", "network", "system", "shape", "timing", "created", "created_noon"
+)  # fmt: skip
+PERSONA, NETWORK, SYSTEM, SHAPE, TIMING, CREATED, CREATED_NOON = range(len(KINDS))
 N_KINDS = len(KINDS)
+# The kinds an LSH band may combine (`abuseguard.operations.linker`): all but the second
+# creation grid, which only pairs (two grids of one fact in one band would count it twice).
+BAND_KINDS: tuple[int, ...] = (PERSONA, NETWORK, SYSTEM, SHAPE, TIMING, CREATED)
+DAY = 86400.0
 
 # The parameters that carry the conversation, not its shape.
 _CONTENT_KEYS = frozenset(
@@ -52,6 +69,8 @@ _CONTENT_KEYS = frozenset(
 )
 _TOKEN_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _DIGITS = re.compile(r"\d+")
+# A dotted version with a patch part (and any pre-release or build suffix after it).
+_PATCH_VERSION = re.compile(r"(\d+\.\d+)\.\d[0-9A-Za-z.+-]*")
 TOPIC_WORDS = 6
 _MAX_AGENTS = 4096
 _COERCION_CHARS = 4096  # of the last user message and of the system text each
@@ -137,9 +156,13 @@ class EvidenceReader:
         if isinstance(request, dict):
             system, shape, topic, single, coercion = _read_request(request)
         timing = item(TIMING, int(ts // self.slot_seconds))
-        created_item = item(CREATED, int(created // 86400.0)) if created is not None else 0
+        if created is not None:
+            created_item = item(CREATED, int(created // DAY))
+            noon_item = item(CREATED_NOON, int((created + DAY / 2) // DAY))
+        else:
+            created_item = noon_item = 0
         return Evidence(
-            (persona, network, system, shape, timing, created_item),
+            (persona, network, system, shape, timing, created_item, noon_item),
             single,
             topic,
             tokens,
@@ -154,7 +177,7 @@ class EvidenceReader:
             if len(self._personas) >= _MAX_AGENTS:
                 self._personas.clear()
             found = self._personas[key] = item(
-                PERSONA, persona_hash(names, headers, self.agents.classify(ua))
+                PERSONA, persona_hash(names, linking_headers(headers), self.agents.classify(ua))
             )
         return found
 
@@ -175,6 +198,23 @@ class EvidenceReader:
                 self._prefixes.clear()
             found = self._prefixes[prefix] = item(NETWORK, stable_hash("prefix:" + prefix))
         return found
+
+
+def linking_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` with every dotted version in an SDK fingerprint value cut to its major
+    and minor parts (``3.11.7`` -> ``3.11``, ``gl-python/3.11.4 grpc/1.60.0`` ->
+    ``gl-python/3.11 grpc/1.60``), for the linking persona: the patch release of a runtime
+    or an SDK rotates with an operation's hosts and images, the rest of the persona is its
+    software. Names, their order and every other value are kept."""
+    cut: dict[str, str] | None = None
+    for name in FINGERPRINT_VALUE_HEADERS.intersection(headers):
+        value = headers[name]
+        short = _PATCH_VERSION.sub(r"\1", value)
+        if short != value:
+            if cut is None:
+                cut = dict(headers)
+            cut[name] = short
+    return headers if cut is None else cut
 
 
 def _text(content: object) -> str:

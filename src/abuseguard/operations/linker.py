@@ -35,32 +35,41 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    always holds the batch: persona, system prompt and request shape are what one tool
    fixes for all its users, accounts made together are what an operation has and a tool's
    users do not. Network and activity slot never pair (what a campus or a cloud crowd
-   shares by where it is; everyone busy at the same hours). A holder of a linking pair is
-   linked only when it agrees with another holder on a third of persona, system prompt,
-   request shape and batch, and does not mostly chat (``min_single_turn`` of its own
+   shares by where it is; everyone busy at the same hours). The batch is read on two day
+   grids (`abuseguard.operations.evidence`: ``created`` from midnight, ``created_noon``
+   from noon UTC) and each pairs on its own, each grid's pair tested against that grid's
+   counts: a burst of sign-ups shorter than half a day lies whole in a day of one grid,
+   where the other may cut it into halves each too small to link. No account is counted
+   twice in one test; the noon grid only doubles the batch tests (ln 2 nats of
+   ``min_surprise``), and never enters a band (two grids of one fact would pass each
+   other's lift). A holder of a linking pair is linked only when it agrees with another
+   holder on a third of persona, system prompt, request shape and batch (the pair's own
+   grid's batch), and does not mostly chat (``min_single_turn`` of its own
    requests): a few honest accounts made on a batch's day with the web app's shape hold
    the pair by chance. Linking pairs of one persona, prompt or shape with different
-   batches are one operation.
+   batches (on either grid) are one operation. A linking key's evidence and join door go
+   by a member it linked, not by its first holder (a pair's holder by chance may be
+   first).
 3c. **Pooled batches.** With ``pool_batches`` (and pair links), the batches that share
    one persona, system prompt or request shape are pooled when each is too small to link
-   alone: an operation that makes a few accounts a day. A *fragment* is the pair of one
-   batch and the value, held by at least two accounts, a good part of its batch
-   (``distinct_share``) and ``min_lift`` times what the value's rarity gives. The pooled
-   count of the best subset of a value's fragments (a prefix of them by the share of
-   their batch holding the value: linear-time subset scanning) must pass the lift and
-   surprise tests *after* paying ``log C(batches, picked)`` nats for having picked that
-   subset among all the batches holding the value, and hold ``distinct_share`` of the
-   value's holders. Chance bumps do not add up: an app's template prompt on ~200
-   accounts made over years holds two of three new accounts on many days, and its best
-   subset is what that many days would give. A fragment's holder is linked when it
-   agrees on a third of persona, system prompt and shape beyond chance (``min_lift``
-   times the third value's share of all accounts) both with its batch and with the pool
-   across batches: ten holders of a fragment agree on the commonest browser by chance,
-   two harness users made on one day agree on the SDK's headers; an operation's accounts
-   agree across batches on what its software fixes. A pool links into at most one group
-   that buckets or pairs linked already (two operations sharing a browser's persona stay
-   two; each one's score is its own), and is no door for joining (step 5); each
-   clustering confirms it anew.
+   alone: an operation that makes a few accounts a day (each grid's batches pooled
+   apart). A *fragment* is the pair of one batch and the value, held by at least two
+   accounts, a good part of its batch (``distinct_share``) and ``min_lift`` times what
+   the value's rarity gives. The pooled count of the best subset of a value's fragments
+   (a prefix of them by the share of their batch holding the value: linear-time subset
+   scanning) must pass the lift and surprise tests *after* paying ``log C(batches,
+   picked)`` nats for having picked that subset among all the batches holding the value,
+   and hold ``distinct_share`` of the value's holders. Chance bumps do not add up: an
+   app's template prompt on ~200 accounts made over years holds two of three new
+   accounts on many days, and its best subset is what that many days would give. A
+   fragment's holder is linked when it agrees on a third of persona, system prompt and
+   shape beyond chance (``min_lift`` times the third value's share of all accounts) both
+   with its batch and with the pool across batches: ten holders of a fragment agree on
+   the commonest browser by chance, two harness users made on one day agree on the SDK's
+   headers; an operation's accounts agree across batches on what its software fixes. A
+   pool links into at most one group that buckets or pairs linked already (two
+   operations sharing a browser's persona stay two; each one's score is its own), and is
+   no door for joining (step 5); each clustering confirms it anew.
 4. **Clusters.** Every ``recluster_every`` seconds (of the records' time) the members of
    linking buckets are joined by union-find, and so are two linking buckets that agree on
    all but one of their kinds (each passed the test on its own: an operation whose
@@ -108,7 +117,9 @@ from typing import NamedTuple
 from abuseguard.config_check import check_fields
 from abuseguard.errors import ConfigError
 from abuseguard.operations.evidence import (
+    BAND_KINDS,
     CREATED,
+    CREATED_NOON,
     KINDS,
     N_KINDS,
     PERSONA,
@@ -127,7 +138,10 @@ Key = tuple[int, ...]
 # batch its accounts were made in), as opposed to what an honest account shares with
 # thousands by what it is (the SDK's headers, a cloud's ASN, busy hours). Only a link
 # through one of them makes a member's verdict firm enough to hold it (`firm`).
-CHOSEN_KINDS = frozenset({SYSTEM, SHAPE, CREATED})
+CHOSEN_KINDS = frozenset({SYSTEM, SHAPE, CREATED, CREATED_NOON})
+# The creation batch on its two grids (`abuseguard.operations.evidence`): days from midnight
+# and days from noon, UTC. One fact: never both in one test.
+BATCH_KINDS = (CREATED, CREATED_NOON)
 # The kinds a pair link may combine (`OperationsConfig.pair_links`): what the operation's
 # software and sign-up fix for all its accounts. Not the network (the one thing a
 # distributed operation varies on purpose, and what a campus or a cloud crowd shares by
@@ -140,7 +154,11 @@ _PAIRED = frozenset(PAIR_KINDS)
 # as an operation; accounts made in one batch are what an operation has and a tool's
 # users do not. (Pairs of any two of the four link `honest_world`'s SDK crowd in
 # tests/test_operations.py: its apps share the SDK's headers and one template prompt.)
-PAIRS: tuple[tuple[int, int], ...] = tuple((CREATED, kind) for kind in (PERSONA, SYSTEM, SHAPE))
+# Each value pairs with the batch on either grid (a burst of sign-ups around midnight is
+# whole on the noon grid), each grid a test of its own.
+PAIRS: tuple[tuple[int, int], ...] = tuple(
+    (batch, kind) for batch in BATCH_KINDS for kind in (PERSONA, SYSTEM, SHAPE)
+)
 
 
 @dataclass(frozen=True)
@@ -161,8 +179,9 @@ class OperationsConfig:
     must be in a cluster for an account to join it by that signature.
     ``max_topics``: topics kept per account.
     ``tokens_per_hour``: (low, high) of the tokens-per-member-hour ramp of the score.
-    ``pair_links``: also link by a *pair* of kinds, the creation batch and one of persona,
-    system prompt or request shape (`PAIRS`), see the module (step 3b).
+    ``pair_links``: also link by a *pair* of kinds, the creation batch (on either day
+    grid) and one of persona, system prompt or request shape (`PAIRS`), see the module
+    (step 3b).
     ``pool_batches``: pool the batches sharing a persona, system prompt or request shape
     that are each too small to link (step 3c; needs ``pair_links``).
     ``hold_score``: a cluster scoring at least this is an operation's verdict: the lane
@@ -197,8 +216,8 @@ class OperationsConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if not 2 <= self.min_kinds <= N_KINDS:
-            raise ConfigError("OperationsConfig.min_kinds", f"must be 2..{N_KINDS}")
+        if not 2 <= self.min_kinds <= len(BAND_KINDS):
+            raise ConfigError("OperationsConfig.min_kinds", f"must be 2..{len(BAND_KINDS)}")
         if self.min_size < 2:
             raise ConfigError("OperationsConfig.min_size", "must be >= 2")
         for name in ("half_life", "recluster_every", "idle_seconds"):
@@ -311,6 +330,11 @@ class _TopicUnion(NamedTuple):
     total: int
 
 
+def _on_day_grid(pair: tuple[int, ...]) -> tuple[int, ...]:
+    """``pair`` with the noon grid's batch replaced by the day grid's."""
+    return tuple(CREATED if kind == CREATED_NOON else kind for kind in pair)
+
+
 def _ramp(x: float, lo: float, hi: float) -> float:
     return min(1.0, max(0.0, (x - lo) / (hi - lo)))
 
@@ -341,8 +365,8 @@ class OperationLinker:
     def __init__(self, config: OperationsConfig | None = None) -> None:
         self.config = config if config is not None else OperationsConfig()
         m = self.config.min_kinds
-        self.combos = list(itertools.combinations(range(N_KINDS), m))
-        self.subs = list(itertools.combinations(range(N_KINDS), m - 1))
+        self.combos = list(itertools.combinations(BAND_KINDS, m))
+        self.subs = list(itertools.combinations(BAND_KINDS, m - 1))
         self._sub_index = {sub: i for i, sub in enumerate(self.subs)}
         # For each band, the sub-band without each of its kinds, in the band's order.
         self._band_subs = [
@@ -383,6 +407,8 @@ class OperationLinker:
         self._next_cluster = 0
         self._next_recluster = -math.inf
         self._dirty_priors: dict[str, float] = {}
+        # Per key that linked at the last clustering: a member it linked (`recluster`).
+        self._anchors: dict[Key, str] = {}
 
     # -- ingest ----------------------------------------------------------------------
 
@@ -596,9 +622,33 @@ class OperationLinker:
         return lift, least_surprise, distinctive
 
     def _third_kind_buckets(self, account: Account, pair: tuple[int, ...]) -> list[Key]:
-        """The band keys of ``account`` made of ``pair`` and one more of `PAIR_KINDS`."""
-        bands = self._third_bands_of(pair)
-        return [key for key in account.keys[2] if key[0] in bands]
+        """The band keys of ``account`` made of ``pair`` and one more of `PAIR_KINDS`. For
+        a pair on the noon grid, which no band holds: the keys its bands would have with
+        the noon batch in the place of the day's (`_noon_buckets` holds their members)."""
+        if pair[0] != CREATED_NOON:
+            bands = self._third_bands_of(pair)
+            return [key for key in account.keys[2] if key[0] in bands]
+        sigs = account.signatures
+        keys: list[Key] = []
+        for index in self._third_bands_of(_on_day_grid(pair)):
+            values = [sigs[CREATED_NOON if k == CREATED else k] for k in self.combos[index]]
+            if all(values):
+                keys.append((index, *values))
+        return keys
+
+    def _pair_buckets(self, key: Key) -> dict[Key, dict[str, None]]:
+        """The buckets `_third_kind_buckets` names for the holders of the pair ``key``: the
+        bands' for a pair on the day grid; for one on the noon grid, its holders grouped
+        alike (a third kind agreeing within the noon batch)."""
+        pair = self.kinds_of(key)
+        if pair[0] != CREATED_NOON:
+            return self.buckets
+        groups: dict[Key, dict[str, None]] = {}
+        accounts = self.accounts
+        for identity in self.pairs[key]:
+            for band in self._third_kind_buckets(accounts[identity], pair):
+                groups.setdefault(band, {})[identity] = None
+        return groups
 
     def _third_bands_of(self, pair: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
         """The bands made of ``pair`` and more of `PAIR_KINDS`: band index -> those kinds."""
@@ -661,6 +711,7 @@ class OperationLinker:
                     firm.update(dict.fromkeys(taken))
                     pooled_keys.add(key)
                     linked.append((key, lift))
+                    self._anchors[key] = taken[0]
 
     def _pooled_fragments(self) -> list[tuple[list[tuple[Key, dict[str, None]]], float]]:
         """Batches of one operation that share a persona, system prompt or request shape,
@@ -684,8 +735,8 @@ class OperationLinker:
             held = len(members)
             if held < 2:
                 continue
-            kind = self.pair_combos[-1 - index][1]
-            in_batch = counts.get((CREATED, batch), held)
+            batch_kind, kind = self.pair_combos[-1 - index]
+            in_batch = counts.get((batch_kind, batch), held)
             share = counts.get((kind, value), held) / total
             # The fragment itself: the value is a good part of its batch, well above chance.
             if held < config.distinct_share * in_batch or held < config.min_lift * in_batch * share:
@@ -749,7 +800,7 @@ class OperationLinker:
         holders = [m for key in keys for m in self.pairs[key]]
         expected = config.min_lift * len(holders) / max(len(self.accounts), 1)
         counts = self.signature_count
-        thirds = [k for k in PAIR_KINDS if k not in (CREATED, pooled_kind)]
+        thirds = [k for k in PAIR_KINDS if k not in (CREATED, pooled_kind)]  # not the batch
         agreeing: set[str] = set()
         for third in thirds:
             by_value: dict[int, list[str]] = {}
@@ -775,6 +826,7 @@ class OperationLinker:
         of a pooled fragment, a few with the commonest browser agree by chance."""
         pair = self.kinds_of(key)
         holders = self.pairs[key]
+        buckets = self._pair_buckets(key)
         confirmed: dict[str, None] = {}
         chat_below = self.config.min_single_turn
         # Holders sharing a third thing of share p must number min_lift * holders * p.
@@ -787,11 +839,11 @@ class OperationLinker:
             if account.single < chat_below * account.requests:
                 continue
             for band in self._third_kind_buckets(account, pair):
-                mates = self.buckets[band]
+                mates = buckets[band]
                 if len(mates) < 2:
                     continue
                 if beyond_chance:
-                    (third,) = self._third_bands_of(pair)[band[0]]
+                    (third,) = self._third_bands_of(_on_day_grid(pair))[band[0]]
                     if len(mates) < expected * counts.get((third, account.signatures[third]), 1):
                         continue
                 confirmed[identity] = None
@@ -802,8 +854,9 @@ class OperationLinker:
         """Whether ``account``, holding the pair ``key``, agrees on a third of `PAIR_KINDS`
         with a member of the cluster (as `_confirmed` asks of a pair's holders)."""
         accounts = self.accounts
+        buckets = self._pair_buckets(key)
         for band in self._third_kind_buckets(account, self.kinds_of(key)):
-            for mate in self.buckets[band]:
+            for mate in buckets.get(band, ()):
                 other = accounts.get(mate)
                 if other is not None and other.cluster == cluster_id:
                     return True
@@ -921,6 +974,9 @@ class OperationLinker:
         config = self.config
         union = UnionFind()
         linked: list[tuple[Key, float]] = []
+        # Per linking key, a member it linked: a pair's first holder may be one it did not
+        # (a holder by chance, unconfirmed), in another group or in none.
+        self._anchors = anchors = {}
         sub_owner: dict[Key, str] = {}
         firm: dict[str, None] = {}
         for key in self.large:
@@ -938,6 +994,7 @@ class OperationLinker:
                 for other in linking:
                     union.union(first, other)
                 linked.append((key, lift))
+                anchors[key] = first
                 for sub_key in self._sub_keys(key):
                     if TIMING in self.subs[sub_key[0]]:
                         continue  # everyone active at the same hours shares a slot set
@@ -959,9 +1016,10 @@ class OperationLinker:
                 for other in linking:
                     union.union(first, other)
                 linked.append((key, lift))
-                # Pairs of one persona, prompt or shape with different batches: one operation
-                # (as two linking buckets that agree on all but one kind).
-                owner = pair_owner.setdefault((key[0], key[2]), first)
+                anchors[key] = first
+                # Pairs of one persona, prompt or shape with different batches (on either
+                # grid): one operation (as two linking buckets that agree on all but one kind).
+                owner = pair_owner.setdefault((self.kinds_of(key)[1], key[2]), first)
                 if owner != first:
                     union.union(owner, first)
         pooled_keys: set[Key] = set()
@@ -978,8 +1036,7 @@ class OperationLinker:
         evidence: list[tuple[Counter[str], int, float]] = [(Counter(), 0, 0.0) for _ in components]
         pooled = [0] * len(components)
         for key, lift in linked:
-            first = next(iter(self.members_of(key)))
-            at = root_of.get(first)
+            at = root_of.get(anchors[key])
             if at is None:
                 continue
             kinds, buckets, best = evidence[at]
@@ -1110,7 +1167,7 @@ class OperationLinker:
         }
         keys: dict[Key, str] = {}
         for key, _ in linked:
-            cluster_id = self.accounts[next(iter(self.members_of(key)))].cluster
+            cluster_id = self.accounts[self._anchors[key]].cluster
             if cluster_id is None:
                 continue
             # A pair link joins by its own pair; a band by its sub-bands.
