@@ -3,8 +3,10 @@
 One JSON object per line; only ``ts`` and ``ip`` are required (the JSON Schema
 ``abuseguard/schemas/trace.schema.json`` states the same rules). The reader streams the
 file (plain, gzip or zstd, detected by their magic bytes, or ``-`` for stdin) and never
-holds more than one line in memory. Parquet files are read one record batch at a time by
-:mod:`abuseguard.parquet_io`; :func:`abuseguard.trace_inputs.open_trace` opens either.
+holds more than one line in memory; a line is decoded by orjson, and one orjson rejects
+goes through the standard decoder, which reads it or names the reason. Parquet files are
+read one record batch at a time by :mod:`abuseguard.parquet_io`;
+:func:`abuseguard.trace_inputs.open_trace` opens either.
 A :class:`ColumnMapping` maps a user's own column names and time format onto the fields.
 
 Bad input is never fatal:
@@ -47,6 +49,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+import orjson
 
 from abuseguard.account import AccountFacts
 from abuseguard.request import ANONYMIZER_KINDS, RequestInfo
@@ -195,6 +199,15 @@ def _reject_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# The reader's fast decoder. It takes the bytes of a line and rejects all that the
+# standard decoder above would (invalid UTF-8, NaN and Infinity, control characters in
+# strings, extra data) and a little more (a lone surrogate escape, a number that
+# overflows a double): a line it rejects goes through the standard path, which then
+# accepts it or names the exact reason. Where both accept a line they give equal
+# objects; an integer beyond 64 bits is a float here (every field reads it alike: the
+# same float, or out of range).
+_fast_decode = orjson.loads
+_FastDecodeError = orjson.JSONDecodeError
 
 
 _STR_FIELDS = ("key", "ua", "body", "as_org", "country", "actor", "kind", "plan")
@@ -256,6 +269,35 @@ def _anon(value: Any) -> tuple[str, ...] | None:
         if kind not in _ANON_KINDS:
             raise TraceError("bad_value" if type(kind) is str else "bad_type", "anon")
     return tuple(value)
+
+
+# A trace repeats each account's ``account`` object on every request: the facts of one
+# object are made once (`AccountFacts` is frozen) and shared, bounded.
+_account_facts: dict[tuple[tuple[Any, ...], tuple[type, ...]], AccountFacts] = {}
+_MAX_ACCOUNT_FACTS = 65_536
+
+
+def _account_facts_of(value: dict[str, Any]) -> AccountFacts:
+    """``AccountFacts.from_mapping(value)``, made once per distinct object. The key holds
+    each value's type beside it (``true`` and ``1`` are equal and read differently);
+    ``tags`` lists are keyed as tuples, and an object nested deeper is not cached."""
+    try:
+        key = (tuple(value.items()), tuple(map(type, value.values())))
+        facts = _account_facts.get(key)
+    except TypeError:  # a list (tags) among the values
+        try:
+            key = (
+                tuple((k, tuple(v) if type(v) is list else v) for k, v in value.items()),
+                tuple(map(type, value.values())),
+            )
+            facts = _account_facts.get(key)
+        except TypeError:
+            return AccountFacts.from_mapping(value)
+    if facts is None:
+        if len(_account_facts) >= _MAX_ACCOUNT_FACTS:
+            _account_facts.clear()
+        facts = _account_facts[key] = AccountFacts.from_mapping(value)
+    return facts
 
 
 def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
@@ -323,7 +365,7 @@ def parse_object(obj: Any, line_no: int = 0) -> TraceRecord:
     if account is not None:
         if type(account) is not dict:
             raise TraceError("bad_type", "account")
-        info.account = AccountFacts.from_mapping(account)
+        info.account = _account_facts_of(account)
     return TraceRecord(info, line_no, status, cost, duration, actor, label, kind)
 
 
@@ -341,6 +383,9 @@ def parse_line(line: str | bytes, line_no: int = 0) -> TraceRecord:
     except (ValueError, RecursionError) as exc:
         raise TraceError("bad_json", str(exc)[:80]) from None
     return parse_object(obj, line_no)
+
+
+_SLOW = object()  # a line the fast decoder left to the standard one
 
 
 class _LineStream(Protocol):
@@ -424,6 +469,8 @@ class TraceReader:
     def __iter__(self) -> Iterator[TraceRecord]:
         stats = self.stats
         decode = _DECODER.decode
+        fast_decode = _fast_decode
+        fast_error = _FastDecodeError
         remap = self._remap
         latest = -math.inf
         line_no = 0
@@ -431,15 +478,21 @@ class TraceReader:
             for raw_line in self._stream:
                 line_no += 1
                 try:
-                    text = raw_line.decode("utf-8")
-                except UnicodeDecodeError:
-                    stats.count_malformed(line_no, "not_utf8")
-                    continue
-                if not text or text.isspace():
-                    stats.blank_lines += 1
-                    continue
+                    obj = fast_decode(raw_line)
+                except fast_error:
+                    # Blank, malformed, or what only the standard decoder reads.
+                    try:
+                        text = raw_line.decode("utf-8")
+                    except UnicodeDecodeError:
+                        stats.count_malformed(line_no, "not_utf8")
+                        continue
+                    if not text or text.isspace():
+                        stats.blank_lines += 1
+                        continue
+                    obj = _SLOW
                 try:
-                    obj = decode(text)
+                    if obj is _SLOW:
+                        obj = decode(text)
                     if remap is not None and type(obj) is dict:
                         obj = remap(obj)
                     record = parse_object(obj, line_no)
