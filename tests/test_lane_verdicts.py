@@ -20,6 +20,7 @@ from abuseguard.operations import (
     OperationLinker,
     OperationsConfig,
 )
+from abuseguard.operations.evidence import KINDS
 from tests.test_operations import honest_world, operation, requests_of
 
 # -- the coercion markers -----------------------------------------------------------------
@@ -363,3 +364,23 @@ def test_the_lane_gives_the_linker_the_card_of_accounts_outside_an_organisation(
     assert lane.operations is not None
     payments = {a.payment for a in lane.operations.accounts.values()}
     assert payments == {"card-x", ""}
+
+
+def test_an_accounts_creation_day_is_estimated_once_from_its_age() -> None:
+    """The host app says the account is 3.05 days old on every request, as an age frozen at
+    sign-up or rounded would: its creation time is taken from the first request, and
+    stays on one creation day while the requests cross into the next day."""
+    guard = _guard()
+    lane = BackgroundLane(guard)
+    day = 86400.0
+    start = 400 * day + 0.75 * day  # 18:00 UTC; the age puts creation at 16:48 UTC
+    for hour in range(0, 12, 2):
+        info = _info("aged", start + hour * 3600.0, _chat(f"question number {hour}"))
+        info.account = AccountFacts(age_days=3.05)
+        lane(info, guard.check(info))
+        lane.flush()
+    assert lane.operations is not None
+    (account,) = lane.operations.accounts.values()
+    created = KINDS.index("created")
+    days = set(account.items[created].weights)
+    assert len(days) == 1

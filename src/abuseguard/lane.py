@@ -216,7 +216,10 @@ class BackgroundLane:
     ``operations`` links accounts into operations (an `OperationLinker`; the default
     builds one, None turns it off). ``created_of(identity)``, when given, answers the
     account's creation time (epoch seconds) from the host app, one more kind of evidence;
-    without it, the age in the request's account facts (`Policy.accounts`) gives it.
+    without it, the age in the request's account facts (`Policy.accounts`) gives it,
+    estimated once per account (the request's time minus the age; later ages are not
+    read again, so an age rounded to days or frozen at sign-up cannot move the account
+    from one creation day to the next).
     An operation scoring at least ``OperationsConfig.hold_score`` holds each member at the
     first accumulated-evidence step from the flush that links it (`Engine.hold`), so a new
     account of a known operation is held from its next request. ``coercion`` (a
@@ -280,6 +283,9 @@ class BackgroundLane:
         # Per-account analyzers' last priors, combined with the operations' (bounded).
         self._account_priors: dict[str, float] = {}
         self._tokens: dict[str, float] = {}
+        # Each account's creation time as first estimated from the host app's age: later
+        # ages (rounded to days, or an age fixed at sign-up) would move it across days.
+        self._created: dict[str, float] = {}
 
     def __call__(self, info: RequestInfo, decision: Decision) -> None:
         if not decision.identity.startswith("k:") or not info.body:
@@ -466,7 +472,12 @@ class BackgroundLane:
                 facts = record.account
                 if facts is not None:
                     if created is None and facts.age_days is not None:
-                        created = record.ts - facts.age_days * 86400.0
+                        created = self._created.get(identity)
+                        if created is None:
+                            if len(self._created) >= _MAX_ACCOUNTS:
+                                del self._created[next(iter(self._created))]
+                            created = record.ts - facts.age_days * 86400.0
+                            self._created[identity] = created
                     if facts.org is None:
                         payment = facts.payment
                     break
