@@ -227,6 +227,32 @@ def cell_ranks(c: int) -> tuple[int, int, int]:
 
 
 @njit(cache=True)
+def promote(
+    row: np.ndarray,
+    cell: int,
+    pool: np.ndarray,
+    owners: tuple[np.ndarray, ...],
+    epoch_field: int,
+    first_cell: int,
+    owner: int,
+    m: int,
+    epoch: int,
+) -> None:
+    """Move the sketch in the cell ``row[cell]`` to a block of ``pool`` (owner code
+    ``owner``; ``owners``, ``epoch_field``, ``first_cell`` as for `take_block`): its
+    register is written into the block's halves, as a register sketch holds it."""
+    ci, r0, r1 = cell_ranks(int(row[cell]))
+    b = take_block(pool, owners, epoch_field, first_cell, epoch)
+    regs = block_registers(pool, b)
+    if r0 > 0:
+        set_register(regs, ci, r0)
+    if r1 > 0:
+        set_register(regs, m + ci, r1)
+    pool[b, L.POOL_OWNER] = owner
+    row[cell] = -1.0 - b
+
+
+@njit(cache=True, inline="always")
 def sketch_add(
     row: np.ndarray,
     cell: int,
@@ -241,9 +267,8 @@ def sketch_add(
     epoch: int,
 ) -> bool:
     """Add a hashed item to the sketch in ``row[cell]`` (half ``half``); True when a
-    register grew, as `hll_add`. A second register index moves the sketch to a block of
-    ``pool`` (owner code ``owner``; ``owners``, ``epoch_field``, ``first_cell`` as for
-    `take_block`)."""
+    register grew, as `hll_add`. A second register index moves the sketch to a block
+    (`promote`, with the other arguments), the rare path, kept out of line."""
     c = row[cell]
     idx, rank = hll_slot(h, m)
     if c >= 0.0:
@@ -261,16 +286,9 @@ def sketch_add(
                 r1 = rank
             row[cell] = ci * L.CELL_INDEX + r0 * L.CELL_RANK0 + r1 * L.CELL_RANK1
             return True
-        b = take_block(pool, owners, epoch_field, first_cell, epoch)
-        regs = block_registers(pool, b)
-        if r0 > 0:
-            set_register(regs, ci, r0)
-        if r1 > 0:
-            set_register(regs, m + ci, r1)
-        pool[b, L.POOL_OWNER] = owner
-        row[cell] = -1.0 - b
-    else:
-        regs = block_registers(pool, int(-c) - 1)
+        promote(row, cell, pool, owners, epoch_field, first_cell, owner, m, epoch)
+        c = row[cell]
+    regs = block_registers(pool, int(-c) - 1)
     if register(regs, half * m + idx) < rank:
         set_register(regs, half * m + idx, rank)
         return True
