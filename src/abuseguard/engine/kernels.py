@@ -628,7 +628,9 @@ def network_stage(
     fan_in = 0.0
     half = epoch & 1
     acc_row = acc_t[acc_row_i if has_account else 0]
-    accounts = (acc_t,)
+    # The fan-out pool's owners, as a tuple of the network tables' type (the owner's table
+    # number is 0), so that `take_block` and `promote` compile once for both pools.
+    accounts = (acc_t, acc_t, acc_t, acc_t, acc_t)
     key_dirty = has_account and rotate_sketches(
         acc_row, acc_pool, L.KEY_SKETCHES, L.KEY_SKETCH_M, epoch, L.A_EPOCH, L.A_CELL
     )
