@@ -15,7 +15,8 @@ Each memory figure comes from a fresh child process (RSS from /proc/self/status)
   ``Guard.check`` p50/p99 of 20,000 requests from clients drawn at random among those
   tracked (returning clients, each check timed alone). Where the bytes go: per table, the
   rows in use and the index block (``tables``, ``table_bytes_per_client``); the rest of the
-  RSS is the Python heap and the allocator's slack. One keys run alone, with the Python
+  RSS is the Python heap and the allocator's slack. The sketches' register blocks
+  (``fan_in_blocks``, ``fan_out_blocks``) count with the tables. One keys run alone, with the Python
   heap's growth and its largest allocation sites traced (tracemalloc: slow, its timings
   mean nothing):
   ``bench_scale.py --child keys --count 100000 [--trace-heap]`` (one JSON line).
@@ -183,7 +184,8 @@ def table_breakdown(engine: Any, count: int) -> dict[str, dict[str, float]]:
     """Per table: rows in use, bytes a row, and per client (``count``) the bytes of the
     rows in use and of the resident part of the index block: the row hashes in use, and
     the slots, which hashing scatters, so each used slot makes its 4 KiB page resident
-    (all of them once the table holds more rows than the slots have pages)."""
+    (all of them once the table holds more rows than the slots have pages). Then the two
+    sketch pools (``fan_in_blocks``, ``fan_out_blocks``): the blocks handed out."""
     from abuseguard.engine import hashindex
 
     out = {}
@@ -198,6 +200,20 @@ def table_breakdown(engine: Any, count: int) -> dict[str, dict[str, float]]:
             "row_bytes": row_bytes,
             "rows_per_client": used * row_bytes / count,
             "index_per_client": index_bytes / count,
+        }
+    # The sketches' register blocks (a sketch that saw a second value takes one): the
+    # blocks ever handed out, in use or free again, each touched once.
+    from abuseguard.engine import layout as L
+
+    for name, pool in (("fan_in_blocks", engine.net_pool), ("fan_out_blocks", engine.acc_pool)):
+        used = max(0, int(pool[0, L.PH_NEXT]) - 1)
+        row_bytes = pool.shape[1] * 8
+        out[name] = {
+            "rows": used,
+            "capacity": pool.shape[0] - 1,
+            "row_bytes": row_bytes,
+            "rows_per_client": used * row_bytes / count,
+            "index_per_client": 0.0,
         }
     return out
 

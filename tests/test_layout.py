@@ -35,8 +35,13 @@ TABLES: dict[str, tuple[tuple[str, ...], int]] = {
         L.CMS_WIDTH,
     ),
     "plan allowance slot": (("plan_allowance",), L.PLAN_ALLOWANCE_WIDTH),
+    "fan-in pool block": (("net_block",), L.NET_BLOCK_WIDTH),
+    "pool header (in the smaller, fan-out, pool's row 0)": (("pool_header",), L.ACC_BLOCK_WIDTH),
 }
-PREFIXES = ("F_", "A_", "I_", "X_", "O_", "P_", "R_", "SK_", "REGION_", "CB_", "PA_")
+PREFIXES = (
+    *("F_", "A_", "I_", "X_", "O_", "P_", "R_", "SK_", "REGION_", "CB_", "PA_"),
+    *("POOL_", "PH_"),
+)
 
 
 def _words(regions: tuple[str, ...]) -> list[tuple[str, int, int]]:
@@ -78,10 +83,17 @@ def test_no_offset_is_typed_in_by_hand() -> None:
 
 
 def test_table_widths_hold_their_sketches() -> None:
+    """Rows hold their sketches as cells (one word each), the pools' blocks an owner
+    word and one sketch's registers."""
     assert L.KEY_WIDTH == L.KEY_FIELDS
-    assert L.NET_FIELDS + L.sketch_words(L.NET_SKETCHES, L.NET_SKETCH_M) == L.NET_WIDTH
-    assert L.ACC_FIELDS + L.sketch_words(L.KEY_SKETCHES, L.KEY_SKETCH_M) == L.ACC_WIDTH
-    assert L.A_EST + L.KEY_SKETCHES <= L.A_RING
+    assert L.NET_WIDTH == L.NET_FIELDS and L.NET_SKETCHES == 1
+    assert L.ACC_WIDTH == L.ACC_FIELDS
+    assert L.A_CELL + L.KEY_SKETCHES <= L.A_RING
+    assert L.A_EST + L.KEY_SKETCHES <= L.A_CELL
+    assert L.POOL_REGS + L.sketch_words(1, L.NET_SKETCH_M) == L.NET_BLOCK_WIDTH
+    assert L.POOL_REGS + L.sketch_words(1, L.KEY_SKETCH_M) == L.ACC_BLOCK_WIDTH
+    # A cell holds an index and two ranks (each < 64) exactly in a float64.
+    assert L.CELL_INDEX * 63 < L.CELL_RANK0 and L.CELL_RANK0 * 64 == L.CELL_RANK1
 
 
 def test_reason_bits_leave_room_for_every_signal() -> None:
@@ -96,6 +108,10 @@ def test_the_state_vector_holds_every_region_without_overlap() -> None:
     widths = (L.KEY_WIDTH, *(L.NET_WIDTH,) * (L.N_KINDS - 1), L.ACC_WIDTH)
     extents = [n * w for n, w in zip(rows, widths, strict=True)]
     extents += [L.CMS_ROWS * L.CMS_WIDTH, L.N_INT_INPUTS, L.IO_SIZE, L.N_PARAMS]
+    extents += [
+        L.pool_blocks(sum(rows[1:5]), L.NET_POOL_SHARE) * L.NET_BLOCK_WIDTH,
+        L.pool_blocks(rows[5], L.ACC_POOL_SHARE) * L.ACC_BLOCK_WIDTH,
+    ]
     assert len(regions) == L.N_REGIONS
     end = L.HEADER_SIZE
     for (offset, _), extent in zip(regions, extents, strict=True):

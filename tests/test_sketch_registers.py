@@ -73,26 +73,7 @@ def test_a_packed_sketch_estimates_what_byte_registers_would(hashes: list[int], 
 
 
 def test_a_sketch_costs_six_bits_a_register() -> None:
-    """A network row's fan-in sketch (2 x 64 registers) takes 96 bytes, the account row's
-    four fan-out sketches (4 x 2 x 32) 192: 12 and 24 words, not 16 and 32."""
-    assert (L.NET_WIDTH - L.NET_FIELDS) * 8 == 2 * L.NET_SKETCH_M * 6 // 8 == 96
-    assert (L.ACC_WIDTH - L.ACC_FIELDS) * 8 == 4 * 2 * L.KEY_SKETCH_M * 6 // 8 == 192
-
-
-def test_rotation_clears_one_half_and_keeps_the_other() -> None:
-    """The next epoch clears the half it writes to (every register of it, in each of the
-    account's four sketches) and leaves the other half's registers as they were."""
-    m, n = L.KEY_SKETCH_M, L.KEY_SKETCHES
-    row = np.zeros(L.ACC_WIDTH, dtype=np.float64)
-    regs = row[L.ACC_FIELDS :].view(np.uint8)
-    for r in range(n * 2 * m):
-        kernels.set_register(regs, r, 1 + r % 60)
-    row[L.A_EPOCH] = 10
-    assert kernels.rotate_sketches(row, regs, n, m, 11, L.A_EPOCH)
-    for s in range(n):
-        for j in range(m):
-            kept, cleared = s * 2 * m + j, s * 2 * m + m + j  # epoch 11 writes half 1
-            assert kernels.register(regs, kept) == 1 + kept % 60
-            assert kernels.register(regs, cleared) == 0
-    assert kernels.rotate_sketches(row, regs, n, m, 13, L.A_EPOCH)
-    assert not regs.any()
+    """A fan-in sketch's block (2 x 64 registers) holds 96 bytes of registers, a fan-out
+    sketch's (2 x 32) 48: 12 and 6 words, not 16 and 8 (plus the block's owner word)."""
+    assert (L.NET_BLOCK_WIDTH - L.POOL_REGS) * 8 == 2 * L.NET_SKETCH_M * 6 // 8 == 96
+    assert (L.ACC_BLOCK_WIDTH - L.POOL_REGS) * 8 == 2 * L.KEY_SKETCH_M * 6 // 8 == 48

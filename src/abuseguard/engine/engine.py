@@ -58,6 +58,9 @@ class Engine:
             index_base=int(index[L.KIND_KEY]),
             kernels=self.kernels,
         )
+        # The register blocks of the sketches that hold more than one value (`layout`).
+        self.net_pool = _region(state, L.REGION_NET_POOL, L.NET_BLOCK_WIDTH)
+        self.acc_pool = _region(state, L.REGION_ACC_POOL, L.ACC_BLOCK_WIDTH)
         self.tables: tuple[StateTable, ...] = (
             self.key_table,
             *(
@@ -68,6 +71,8 @@ class Engine:
                     index_vector=index,
                     index_base=int(index[kind]),
                     kernels=self.kernels,
+                    sketch_pool=self.net_pool,
+                    sketch_cells=(L.F_SKETCH_CELL, L.NET_SKETCHES),
                 )
                 for kind in range(1, L.N_KINDS)
             ),
@@ -79,6 +84,8 @@ class Engine:
             index_vector=index,
             index_base=int(index[L.KIND_ACCOUNT]),
             kernels=self.kernels,
+            sketch_pool=self.acc_pool,
+            sketch_cells=(L.A_CELL, L.KEY_SKETCHES),
         )
         self.claim_rows = self.kernels.claim_rows
         # ``claim_rows`` and ``decide_with`` in one call, the request path's (see

@@ -89,16 +89,23 @@ def set_register(regs: np.ndarray, r: int, value: int) -> None:
         regs[i + 1] = v >> 8
 
 
-@njit(cache=True)
-def hll_add(regs: np.ndarray, base: int, m: int, h: np.uint64) -> bool:
-    """Add a hashed item; True when a register grew (the estimate may have changed)."""
+@njit(cache=True, inline="always")
+def hll_slot(h: np.uint64, m: int) -> tuple[int, int]:
+    """The register index of a hashed item and its rank (leading zeros + 1 of the rest)."""
     p = 5 if m == 32 else 6
-    idx = int(h >> np.uint64(64 - p))
+    idx = np.int64(h >> np.uint64(64 - p))
     w = (h << np.uint64(p)) | (_U1 << np.uint64(p - 1))
     rank = 1
     while (w & _TOP_BIT) == 0:
         w = w << _U1
         rank += 1
+    return int(idx), rank
+
+
+@njit(cache=True)
+def hll_add(regs: np.ndarray, base: int, m: int, h: np.uint64) -> bool:
+    """Add a hashed item; True when a register grew (the estimate may have changed)."""
+    idx, rank = hll_slot(h, m)
     if register(regs, base + idx) < rank:
         set_register(regs, base + idx, rank)
         return True
@@ -124,27 +131,238 @@ def hll_estimate(regs: np.ndarray, base: int, m: int) -> float:
     return estimate
 
 
+# -- Sketches in cells and pool blocks (see `layout`): a row's sketch is one cell word while
+# at most one register index is set, else a block of a pool. Every function here leaves
+# the registers a sketch stands for exactly those of the plain register sketch fed the
+# same items at the same epochs, so the estimates are the same numbers.
+
+
+@njit(cache=True, inline="always")
+def block_registers(pool: np.ndarray, b: int) -> np.ndarray:
+    return pool[b, L.POOL_REGS :].view(np.uint8)
+
+
+@njit(cache=True, inline="always")
+def free_block(pool: np.ndarray, b: int) -> None:
+    pool[b, L.POOL_OWNER] = -1.0 - pool[0, L.PH_FREE]
+    pool[0, L.PH_FREE] = b
+
+
+@njit(cache=True)
+def release_sketches(pool: np.ndarray, row: np.ndarray, cell: int, n: int) -> None:
+    """Return the blocks of the ``n`` sketch cells of ``row`` from ``cell`` on to ``pool``
+    and empty the cells (a row about to be evicted). Self-contained (no other kernel is
+    called), so that its ``py_func`` serves the tables' Python eviction as it is."""
+    for s in range(n):
+        c = row[cell + s]
+        if c < 0.0:
+            b = int(-c) - 1
+            pool[b, L.POOL_OWNER] = -1.0 - pool[0, L.PH_FREE]
+            pool[0, L.PH_FREE] = b
+        row[cell + s] = 0.0
+
+
+@njit(cache=True)
+def take_block(
+    pool: np.ndarray, owners: tuple[np.ndarray, ...], epoch_field: int, cell: int, epoch: int
+) -> int:
+    """A block with zeroed registers: a free one, a never used one, or, when the pool has
+    none, one of the next `L.SCAN_BLOCKS` from the clock hand: one no longer pointed at by
+    its owner's cell, or whose owner's sketches are two epochs old (cleared at their next
+    rotation), else the one whose owner rotated least recently (its sketch restarts empty,
+    counted in PH_STOLEN). ``owners``: the tables the pool serves, their epoch field and
+    first cell; the caller writes the new owner. Never fails."""
+    b = int(pool[0, L.PH_FREE])
+    n = pool.shape[0]
+    if b > 0:
+        pool[0, L.PH_FREE] = -1.0 - pool[b, L.POOL_OWNER]
+    else:
+        nxt = int(pool[0, L.PH_NEXT])
+        if nxt == 0:
+            nxt = 1
+        if nxt < n:
+            pool[0, L.PH_NEXT] = nxt + 1
+            return nxt  # never used: its registers are still zero
+        hand = int(pool[0, L.PH_HAND])
+        best = -1
+        best_epoch = 0.0
+        b = -1
+        for _ in range(L.SCAN_BLOCKS if n - 1 > L.SCAN_BLOCKS else n - 1):
+            hand += 1
+            if hand >= n:
+                hand = 1
+            owner = int(pool[hand, L.POOL_OWNER])
+            if owner < 0:
+                b = hand  # free (cannot be: the free list was empty)
+                break
+            table = owners[owner >> 34]
+            r = (owner >> 2) & 0xFFFFFFFF
+            s = owner & 3
+            if table[r, cell + s] != -1.0 - hand:
+                b = hand  # its owner's row was evicted (or cleared) since
+                break
+            owner_epoch = table[r, epoch_field]
+            if owner_epoch <= epoch - 2:
+                table[r, cell + s] = 0.0  # cleared by its next rotation anyway
+                b = hand
+                break
+            if best < 0 or owner_epoch < best_epoch:
+                best = hand
+                best_epoch = owner_epoch
+        if b < 0:
+            b = best
+            owner = int(pool[b, L.POOL_OWNER])
+            owners[owner >> 34][(owner >> 2) & 0xFFFFFFFF, cell + (owner & 3)] = 0.0
+            pool[0, L.PH_STOLEN] += 1.0
+        pool[0, L.PH_HAND] = hand
+    regs = block_registers(pool, b)
+    for j in range(regs.shape[0]):
+        regs[j] = 0
+    return b
+
+
+@njit(cache=True, inline="always")
+def cell_ranks(c: int) -> tuple[int, int, int]:
+    return c & 63, (c >> 6) & 63, (c >> 12) & 63
+
+
+@njit(cache=True)
+def promote(
+    row: np.ndarray,
+    cell: int,
+    pool: np.ndarray,
+    owners: tuple[np.ndarray, ...],
+    epoch_field: int,
+    first_cell: int,
+    owner: int,
+    m: int,
+    epoch: int,
+) -> None:
+    """Move the sketch in the cell ``row[cell]`` to a block of ``pool`` (owner code
+    ``owner``; ``owners``, ``epoch_field``, ``first_cell`` as for `take_block`): its
+    register is written into the block's halves, as a register sketch holds it."""
+    ci, r0, r1 = cell_ranks(int(row[cell]))
+    b = take_block(pool, owners, epoch_field, first_cell, epoch)
+    regs = block_registers(pool, b)
+    if r0 > 0:
+        set_register(regs, ci, r0)
+    if r1 > 0:
+        set_register(regs, m + ci, r1)
+    pool[b, L.POOL_OWNER] = owner
+    row[cell] = -1.0 - b
+
+
+@njit(cache=True, inline="always")
+def sketch_add(
+    row: np.ndarray,
+    cell: int,
+    pool: np.ndarray,
+    owners: tuple[np.ndarray, ...],
+    epoch_field: int,
+    first_cell: int,
+    owner: int,
+    m: int,
+    half: int,
+    h: np.uint64,
+    epoch: int,
+) -> bool:
+    """Add a hashed item to the sketch in ``row[cell]`` (half ``half``); True when a
+    register grew, as `hll_add`. A second register index moves the sketch to a block
+    (`promote`, with the other arguments), the rare path, kept out of line."""
+    c = row[cell]
+    idx, rank = hll_slot(h, m)
+    if c >= 0.0:
+        ci, r0, r1 = cell_ranks(int(c))
+        if r0 == 0 and r1 == 0:
+            ci = idx
+        if ci == idx:
+            if half == 0:
+                if r0 >= rank:
+                    return False
+                r0 = rank
+            else:
+                if r1 >= rank:
+                    return False
+                r1 = rank
+            row[cell] = ci * L.CELL_INDEX + r0 * L.CELL_RANK0 + r1 * L.CELL_RANK1
+            return True
+        promote(row, cell, pool, owners, epoch_field, first_cell, owner, m, epoch)
+        c = row[cell]
+    regs = block_registers(pool, int(-c) - 1)
+    if register(regs, half * m + idx) < rank:
+        set_register(regs, half * m + idx, rank)
+        return True
+    return False
+
+
+@njit(cache=True)
+def sketch_estimate(row: np.ndarray, cell: int, pool: np.ndarray, m: int) -> float:
+    """`hll_estimate` of the sketch in ``row[cell]``."""
+    c = row[cell]
+    if c < 0.0:
+        return hll_estimate(block_registers(pool, int(-c) - 1), 0, m)
+    if c < L.CELL_RANK0:
+        return 0.0  # empty: m * log(m / m)
+    zeros = m - 1
+    return m * math.log(m / zeros)
+
+
 @njit(cache=True)
 def rotate_sketches(
-    row: np.ndarray, regs: np.ndarray, n_sketches: int, m: int, epoch: int, field: int
+    row: np.ndarray, pool: np.ndarray, n_sketches: int, m: int, epoch: int, field: int, cell: int
 ) -> bool:
-    """Advance the sliding horizon: the half for `epoch` is cleared when it held old data.
-    ``row[field]`` holds the epoch of the sketches. True when registers were cleared."""
+    """Advance the sliding horizon of the ``n_sketches`` sketches in ``row[cell:]``: the
+    half for `epoch` is cleared when it held old data. ``row[field]`` holds the epoch of
+    the sketches. A block left with at most one register index set goes back to the pool
+    (the cell takes that register). True when registers were cleared."""
     old = int(row[field])
     if old == epoch:
         return False
-    half_bytes = m * L.REGISTER_BITS // 8  # a half starts and ends on a byte
-    if epoch == old + 1:
-        half = epoch & 1
-        for s in range(n_sketches):
-            first = (2 * s + half) * half_bytes
-            for j in range(half_bytes):
-                regs[first + j] = 0
-    elif epoch > old:
-        for j in range(n_sketches * 2 * half_bytes):
-            regs[j] = 0
-    else:
+    if epoch < old:
         return False  # a late event from an older epoch: keep the newer state
+    half = epoch & 1
+    for s in range(n_sketches):
+        c = row[cell + s]
+        if c >= 0.0:
+            ci, r0, r1 = cell_ranks(int(c))
+            if epoch == old + 1:
+                if half == 0:
+                    r0 = 0
+                else:
+                    r1 = 0
+            else:
+                r0 = 0
+                r1 = 0
+            row[cell + s] = (
+                0.0
+                if r0 == 0 and r1 == 0
+                else ci * L.CELL_INDEX + r0 * L.CELL_RANK0 + r1 * L.CELL_RANK1
+            )
+            continue
+        b = int(-c) - 1
+        kept = 0
+        ci = 0
+        cr = 0
+        keep = 1 - half
+        if epoch == old + 1:
+            regs = block_registers(pool, b)
+            for j in range(m):
+                set_register(regs, half * m + j, 0)
+            for j in range(m):
+                r = register(regs, keep * m + j)
+                if r > 0:
+                    kept += 1
+                    ci = j
+                    cr = r
+                    if kept > 1:
+                        break
+        if kept > 1:
+            continue
+        free_block(pool, b)
+        if kept == 0:
+            row[cell + s] = 0.0
+        else:
+            row[cell + s] = ci * L.CELL_INDEX + cr * (L.CELL_RANK0 if keep == 0 else L.CELL_RANK1)
     row[field] = epoch
     return True
 
@@ -361,9 +579,39 @@ def arrival_stage(key_row: np.ndarray, ts: float, new_key: bool, prm: np.ndarray
 
 
 @njit(cache=True, inline="always")
+def fan_out_add(
+    acc_row: np.ndarray,
+    acc_row_i: int,
+    accounts: tuple[np.ndarray, ...],
+    acc_pool: np.ndarray,
+    sk: int,
+    half: int,
+    item: np.uint64,
+    epoch: int,
+) -> bool:
+    """`sketch_add` of ``item`` to the account's fan-out sketch ``sk``."""
+    return sketch_add(
+        acc_row,
+        L.A_CELL + sk,
+        acc_pool,
+        accounts,
+        L.A_EPOCH,
+        L.A_CELL,
+        (acc_row_i << 2) | sk,
+        L.KEY_SKETCH_M,
+        half,
+        item,
+        epoch,
+    )
+
+
+@njit(cache=True, inline="always")
 def network_stage(
     tables: tuple[np.ndarray, ...],
-    acc_row: np.ndarray,
+    acc_t: np.ndarray,
+    acc_row_i: int,
+    net_pool: np.ndarray,
+    acc_pool: np.ndarray,
     iv: np.ndarray,
     io: np.ndarray,
     prm: np.ndarray,
@@ -374,12 +622,17 @@ def network_stage(
 ) -> float:
     """Network rows: arrival counts, fan-in sketches, and the fan-out items of the account.
     Estimates are cached in the rows and recomputed only when a register grows or a half is
-    cleared. Writes O_FANIN and O_FANOUT_*; returns the fan-in."""
+    cleared. The sketches are cells and pool blocks (``net_pool`` for the fan-in sketches,
+    ``acc_pool`` for the account's fan-out ones, row ``acc_row_i`` of ``acc_t``). Writes
+    O_FANIN and O_FANOUT_*; returns the fan-in."""
     fan_in = 0.0
     half = epoch & 1
-    key_regs = acc_row[L.ACC_FIELDS :].view(np.uint8)
+    acc_row = acc_t[acc_row_i if has_account else 0]
+    # The fan-out pool's owners, as a tuple of the network tables' type (the owner's table
+    # number is 0), so that `take_block` and `promote` compile once for both pools.
+    accounts = (acc_t, acc_t, acc_t, acc_t, acc_t)
     key_dirty = has_account and rotate_sketches(
-        acc_row, key_regs, L.KEY_SKETCHES, L.KEY_SKETCH_M, epoch, L.A_EPOCH
+        acc_row, acc_pool, L.KEY_SKETCHES, L.KEY_SKETCH_M, epoch, L.A_EPOCH, L.A_CELL
     )
     for kind in range(1, L.N_KINDS):
         r = iv[L.I_ROW + kind]
@@ -396,10 +649,26 @@ def network_stage(
             row[L.F_LAST_SEEN] = ts
         if not has_account:
             continue
-        regs = row[L.NET_FIELDS :].view(np.uint8)
-        dirty = rotate_sketches(row, regs, 1, L.NET_SKETCH_M, epoch, L.F_SKETCH_EPOCH)
-        if hll_add(regs, half * L.NET_SKETCH_M, L.NET_SKETCH_M, account_hash) or dirty:
-            row[L.F_SKETCH_EST] = hll_estimate(regs, 0, L.NET_SKETCH_M)
+        dirty = rotate_sketches(
+            row, net_pool, 1, L.NET_SKETCH_M, epoch, L.F_SKETCH_EPOCH, L.F_SKETCH_CELL
+        )
+        if (
+            sketch_add(
+                row,
+                L.F_SKETCH_CELL,
+                net_pool,
+                tables,
+                L.F_SKETCH_EPOCH,
+                L.F_SKETCH_CELL,
+                (kind << 34) | (r << 2),
+                L.NET_SKETCH_M,
+                half,
+                account_hash,
+                epoch,
+            )
+            or dirty
+        ):
+            row[L.F_SKETCH_EST] = sketch_estimate(row, L.F_SKETCH_CELL, net_pool, L.NET_SKETCH_M)
         est = row[L.F_SKETCH_EST] / prm[L.P_FANIN_SCALE + kind]
         if est > fan_in:
             fan_in = est
@@ -410,26 +679,21 @@ def network_stage(
                 else (L.SK_PREFIXES if kind == L.KIND_PREFIX else L.SK_ASNS)
             )
             item = mix64(np.uint64(r) ^ (np.uint64(kind) << np.uint64(56)))
-            if hll_add(
-                key_regs, sk * 2 * L.KEY_SKETCH_M + half * L.KEY_SKETCH_M, L.KEY_SKETCH_M, item
-            ):
-                acc_row[L.A_EST + sk] = hll_estimate(
-                    key_regs, sk * 2 * L.KEY_SKETCH_M, L.KEY_SKETCH_M
+            if fan_out_add(acc_row, acc_row_i, accounts, acc_pool, sk, half, item, epoch):
+                acc_row[L.A_EST + sk] = sketch_estimate(
+                    acc_row, L.A_CELL + sk, acc_pool, L.KEY_SKETCH_M
                 )
     if has_account and iv[L.I_COUNTRY] != 0:
         item = mix64(np.uint64(iv[L.I_COUNTRY]) ^ np.uint64(0xC0FFEE))
-        if hll_add(
-            key_regs,
-            L.SK_COUNTRIES * 2 * L.KEY_SKETCH_M + half * L.KEY_SKETCH_M,
-            L.KEY_SKETCH_M,
-            item,
-        ):
-            acc_row[L.A_EST + L.SK_COUNTRIES] = hll_estimate(
-                key_regs, L.SK_COUNTRIES * 2 * L.KEY_SKETCH_M, L.KEY_SKETCH_M
+        if fan_out_add(acc_row, acc_row_i, accounts, acc_pool, L.SK_COUNTRIES, half, item, epoch):
+            acc_row[L.A_EST + L.SK_COUNTRIES] = sketch_estimate(
+                acc_row, L.A_CELL + L.SK_COUNTRIES, acc_pool, L.KEY_SKETCH_M
             )
     if key_dirty:
         for sk in range(L.KEY_SKETCHES):
-            acc_row[L.A_EST + sk] = hll_estimate(key_regs, sk * 2 * L.KEY_SKETCH_M, L.KEY_SKETCH_M)
+            acc_row[L.A_EST + sk] = sketch_estimate(
+                acc_row, L.A_CELL + sk, acc_pool, L.KEY_SKETCH_M
+            )
     io[L.O_FANIN] = fan_in
     if has_account:
         io[L.O_FANOUT_IPS] = acc_row[L.A_EST + L.SK_IPS]
@@ -868,6 +1132,8 @@ def decide(
     iv: np.ndarray,
     io: np.ndarray,
     prm: np.ndarray,
+    net_pool: np.ndarray,
+    acc_pool: np.ndarray,
 ) -> None:
     """One request, stage by stage: ban, arrival, network rows and sketches, score,
     accumulated evidence, smoothed score, ladder, buckets. Inputs in ``iv`` and the X_
@@ -895,7 +1161,20 @@ def decide(
     # Anonymous clients never touch the account table (row 0 only gives the names a type).
     acc_row = acc_t[acc_row_i if has_account else 0]
     tables = (key_t, ip_t, pfx_t, asn_t, per_t)
-    fan_in = network_stage(tables, acc_row, iv, io, prm, ts, epoch, has_account, account_hash)
+    fan_in = network_stage(
+        tables,
+        acc_t,
+        acc_row_i,
+        net_pool,
+        acc_pool,
+        iv,
+        io,
+        prm,
+        ts,
+        epoch,
+        has_account,
+        account_hash,
+    )
 
     score = 0.0
     reasons = 0
@@ -1116,6 +1395,8 @@ def decide_with(
         iv,
         io,
         prm,
+        borrowed(state, L.REGION_NET_POOL, L.NET_BLOCK_WIDTH),
+        borrowed(state, L.REGION_ACC_POOL, L.ACC_BLOCK_WIDTH),
     )
     prm[L.P_SCORING] = scoring
     plain: bool = io[L.O_ACTION] == 0.0 and io[L.O_DENIED_KINDS] == 0.0 and io[L.O_BANNED] == 0.0
@@ -1235,11 +1516,15 @@ def claim_and_decide_probe(decide_inputs: list[Any]) -> list[Any]:
 
 def state_layout(rows: tuple[int, ...]) -> tuple[list[tuple[int, int]], int]:
     """(offset, rows) of every region of a state vector whose tables have ``rows`` rows
-    (the five identity tables, then the account table), and the vector's total size."""
+    (the five identity tables, then the account table), and the vector's total size. The
+    sketch pools (last) get `layout.pool_blocks` blocks for those tables."""
     widths = (L.KEY_WIDTH, *(L.NET_WIDTH,) * (L.N_KINDS - 1), L.ACC_WIDTH)
     shapes = [(n, w) for n, w in zip(rows, widths, strict=True)]
     shapes += [(L.CMS_ROWS, L.CMS_WIDTH), (1, L.N_INT_INPUTS), (1, L.IO_SIZE)]
     shapes += [(1, L.N_PARAMS)]
+    net_rows = sum(rows[L.KIND_IP : L.N_KINDS])
+    shapes += [(L.pool_blocks(net_rows, L.NET_POOL_SHARE), L.NET_BLOCK_WIDTH)]
+    shapes += [(L.pool_blocks(rows[L.N_KINDS], L.ACC_POOL_SHARE), L.ACC_BLOCK_WIDTH)]
     regions = []
     offset = L.HEADER_SIZE
     for n, width in shapes:

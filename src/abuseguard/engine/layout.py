@@ -4,9 +4,13 @@ Every table is a C-contiguous float64 array with one row per identity. The first
 ``ROW_FIELDS`` words of a row mean the same in the key and network tables (recency, the
 token bucket, the count); the key table adds the behaviour the score reads, the network
 tables a fan-in sketch, the account table what only accounts need (prompt rings, fan-out
-sketches). Sketches are stored at the end of a row as 6-bit registers packed four to three
-bytes (viewed as uint8 in the kernel). Indices are plain ints so that Numba treats them as
-compile-time constants.
+sketches). A row holds each of its sketches as one *cell* word: while the sketch's registers
+hold at most one non-zero register index (a client with one address, one prefix, one
+country; a home IP one account uses), the cell is that index and its rank in each half;
+once a second index is set, the cell names a block of a preallocated pool (one pool for
+the fan-in sketches, one for the fan-out ones) holding the 6-bit registers packed four to
+three bytes (viewed as uint8 in the kernel). Indices are plain ints so that Numba treats
+them as compile-time constants.
 
 No offset is worked out by hand: each row, vector and parameter list is declared as a
 list of fields, and `allocate` hands out consecutive offsets (a field of several words
@@ -117,9 +121,10 @@ F_LAST_SEEN, F_TOKENS, F_BUCKET_TS, F_COUNT, F_FIRST_SEEN, ROW_FIELDS = allocate
 )
 
 # Network tables (IP, prefix, ASN, persona): a count of distinct accounts (fan-in).
-# F_SKETCH_EST caches the distinct-account estimate of the row's sketch.
-F_SKETCH_EPOCH, F_SKETCH_EST, NET_FIELDS = allocate(
-    "net", "F", "sketch_epoch", "sketch_est", start=ROW_FIELDS
+# F_SKETCH_EST caches the distinct-account estimate of the row's sketch, F_SKETCH_CELL is
+# the sketch itself (a cell: see below).
+F_SKETCH_EPOCH, F_SKETCH_EST, F_SKETCH_CELL, NET_FIELDS = allocate(
+    "net", "F", "sketch_epoch", "sketch_est", "sketch_cell", start=ROW_FIELDS
 )
 
 # Sketches. The key table counts distinct IPs, prefixes, ASNs and countries (fan-out);
@@ -127,6 +132,17 @@ F_SKETCH_EPOCH, F_SKETCH_EST, NET_FIELDS = allocate(
 # of m registers; the estimate is over their union (a sliding horizon). A register holds
 # a rank of at most 65 - log2(m) <= 60 (a 64-bit hash), so 6 bits hold every value it can
 # take: four registers to three bytes, m a multiple of 16 so a sketch ends on a word.
+#
+# A sketch is kept in one float64 *cell* word of its row. A cell >= 0 is the whole register
+# state of a sketch with at most one non-zero register index: CELL_INDEX * index +
+# CELL_RANK0 * (that register in half 0) + CELL_RANK1 * (in half 1); 0 when empty. Its
+# estimate is the register sketch's: 0 when empty, else m * log(m / (m - 1)) (linear
+# counting of one non-zero register). A cell < 0 is -(b + 1): the registers are in block b
+# of the pool (rows 1.. of the pool region; row 0 is the pool's header), taken when a
+# second register index is set (the cell's registers are written there first, so the
+# block holds what a register sketch fed the same items would), returned when a rotation
+# leaves at most one index set (the cell takes it back) or the row is evicted. A block's
+# first word names its owner (POOL_OWNER below) or, while free, the next free block.
 SK_IPS, SK_PREFIXES, SK_ASNS, SK_COUNTRIES, KEY_SKETCHES = allocate(
     "fan_out_sketches", "SK", "ips", "prefixes", "asns", "countries"
 )
@@ -143,6 +159,7 @@ RING_SIZE = 8
     A_TEMPLATE,  # EWMA share of prompts that repeat a recent template
     A_RING_POS,
     A_EST,  # A_EST + SK_*: cached fan-out estimates (ips, prefixes, asns, countries)
+    A_CELL,  # A_CELL + SK_*: the fan-out sketches (cells)
     A_RING,  # recent SimHashes (int64 bit patterns)
     A_TRING,  # the template ids of the same requests
     ACC_FIELDS,
@@ -153,6 +170,7 @@ RING_SIZE = 8
     "template",
     "ring_pos",
     ("est", KEY_SKETCHES),
+    ("cell", KEY_SKETCHES),
     ("ring", RING_SIZE),
     ("tring", RING_SIZE),
 )
@@ -166,8 +184,44 @@ def sketch_words(n_sketches: int, m: int) -> int:
 
 
 KEY_WIDTH = KEY_FIELDS
-ACC_WIDTH = ACC_FIELDS + sketch_words(KEY_SKETCHES, KEY_SKETCH_M)
-NET_WIDTH = NET_FIELDS + sketch_words(NET_SKETCHES, NET_SKETCH_M)
+ACC_WIDTH = ACC_FIELDS
+NET_WIDTH = NET_FIELDS
+
+CELL_INDEX = 1
+CELL_RANK0 = 64
+CELL_RANK1 = 4096
+
+# A pool block: its owner, then one sketch's two halves of registers. The owner of a
+# block in use is (table * 2**34 + row * 4 + sketch): the table's number among those the
+# pool serves (the network kinds for the fan-in pool, 0 for the account table), the row,
+# the sketch of that row (SK_* in the account table, 0 in a network table); a free block's
+# is -(next free block + 1).
+(POOL_OWNER, POOL_REGS, NET_BLOCK_WIDTH) = allocate(
+    "net_block", "POOL", "owner", ("regs", sketch_words(1, NET_SKETCH_M))
+)
+ACC_BLOCK_WIDTH = 1 + sketch_words(1, KEY_SKETCH_M)
+# The pool's header (row 0): the first free block (0: none), the next block never handed
+# out (0: block 1), the clock hand of the search for a block to reuse when neither is left,
+# and how many blocks were taken from a sketch still in use (then reset to empty).
+PH_FREE, PH_NEXT, PH_HAND, PH_STOLEN, N_POOL_HEADER = allocate(
+    "pool_header", "PH", "free", "next", "hand", "stolen"
+)
+# When the pool has no free block, this many blocks from the clock hand on are looked at:
+# the first whose owner's sketch is two epochs old (its next rotation clears it: nothing is
+# lost) or no longer points at it (an evicted row's) is reused, else the one whose owner
+# rotated least recently (that sketch restarts empty: it undercounts until it fills again).
+SCAN_BLOCKS = 64
+
+
+def pool_blocks(rows: int, share: int) -> int:
+    """Blocks of a pool (header row included) for tables of ``rows`` rows in all: one a
+    ``share`` rows, at least 16. The pool's pages are touched only as blocks are handed
+    out, so an unused part costs address space, not memory."""
+    return 1 + max(16, rows // share)
+
+
+NET_POOL_SHARE = 4  # one fan-in block for every 4 network rows
+ACC_POOL_SHARE = 1  # one fan-out block for every account row (a quarter of its 4 sketches)
 
 # Integer inputs (int64 vector): rows in each table (-1 when absent), then values to count.
 (
@@ -442,8 +496,21 @@ P_SPEND_COHORT_LO, P_SPEND_COHORT_HI = RAMP_PARAMS["spend_cohort"]
     REGION_IV,  # the int64 inputs (N_INT_INPUTS words, viewed as int64)
     REGION_IO,
     REGION_PRM,
+    REGION_NET_POOL,  # the fan-in sketches' register blocks (NET_BLOCK_WIDTH words each)
+    REGION_ACC_POOL,  # the fan-out sketches' register blocks (ACC_BLOCK_WIDTH words each)
     N_REGIONS,
-) = allocate("regions", "REGION", ("tables", N_KINDS), "acc", "cms", "iv", "io", "prm")
+) = allocate(
+    "regions",
+    "REGION",
+    ("tables", N_KINDS),
+    "acc",
+    "cms",
+    "iv",
+    "io",
+    "prm",
+    "net_pool",
+    "acc_pool",
+)
 HEADER_SIZE = 2 * N_REGIONS
 
 CMS_DEPTH = 4

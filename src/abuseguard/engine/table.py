@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from abuseguard.engine import hashindex
+from abuseguard.engine import hashindex, kernels
 from abuseguard.engine.held import HeldRows
 from abuseguard.engine.kernel_set import KernelSet, compiled
 from abuseguard.engine.layout import (
@@ -23,6 +23,9 @@ from abuseguard.engine.layout import (
 from abuseguard.engine.views import float_view, int_view
 
 _EVICTION_SAMPLE = 16
+
+# Plain Python (eviction is rare; calling the njit one would compile it for these types).
+_release_sketches = kernels.release_sketches.py_func
 
 
 def _kernels_or_compiled(kernels: KernelSet | None) -> KernelSet:
@@ -85,12 +88,16 @@ class StateTable:
         index_vector: np.ndarray | None = None,
         index_base: int = 0,
         kernels: KernelSet | None = None,
+        sketch_pool: np.ndarray | None = None,
+        sketch_cells: tuple[int, int] = (0, 0),
     ) -> None:
         """``data``: a zeroed (capacity, width) float64 array to hold the rows (a view into
         the engine's state vector); a new one when omitted. ``index_vector``: an int64
         array with an empty index block for ``capacity`` rows at ``index_base``.
         ``kernels``: the index functions to use (`kernel_set`; the compiled ones when
-        omitted), switched later with `use_kernels`."""
+        omitted), switched later with `use_kernels`. ``sketch_pool``: the pool of register
+        blocks the rows' sketch cells (``sketch_cells``: the first cell's field, how many)
+        take blocks from (see `layout`): an evicted row gives its blocks back."""
         self.capacity = capacity
         self.width = width
         if data is None:
@@ -112,6 +119,8 @@ class StateTable:
         self._row_hashes = int_view(self.row_hashes)
         self.evictions = 0
         self._rng = np.random.default_rng(seed)
+        self.sketch_pool = sketch_pool
+        self.sketch_cells = sketch_cells
 
     def use_kernels(self, kernels: KernelSet) -> None:
         """Switch to another implementation of the same kernels (same arrays, same
@@ -146,6 +155,8 @@ class StateTable:
         row = self._victim(now)
         self._evicting(self._row_hashes[row], row, now)
         self._kernels.replace(self.index_vector, self.index_base, row, h)
+        if self.sketch_pool is not None:
+            _release_sketches(self.sketch_pool, self.data[row], *self.sketch_cells)
         self.data[row] = 0.0
         self.evictions += 1
         self._taking(h, row)
@@ -162,6 +173,9 @@ class StateTable:
         """The identity of hash ``h`` took ``row``, evicted and zeroed."""
 
     def clear(self) -> None:
+        """Empty the table. Blocks its rows held in a sketch pool are not handed back one
+        by one: no cell points at them any more, so the pool reuses them when it runs out
+        (`kernels.take_block`)."""
         self.data[:] = 0.0
         hashindex.reset_block(self.index_vector, self.index_base)
 
