@@ -27,6 +27,7 @@ from tests.test_operations import (
     requests_with_created,
     run_linker,
     sdk_headers,
+    spread_operation,
 )
 
 CREATED = KINDS.index("created")
@@ -83,15 +84,7 @@ def midnight_burst() -> list[Account]:
     """An operation made in one burst of 14 accounts from 22:42 to 01:18 UTC, seven on each
     side of midnight (fewer than ``min_size`` on each day): one router persona, each
     account streaming or not and setting ``top_p`` or not (four request shapes)."""
-    headers = sdk_headers(extra=("x-router-trace",))
-    accounts: list[Account] = []
-    for i in range(BURST):
-        shape: dict[str, object] = {"model": "atlas-1-reasoning", "max_tokens": 8192}
-        shape["stream"] = i % 2 == 0
-        if i % 4 >= 2:
-            shape["top_p"] = 0.95
-        accounts.append((f"k:spread{i}", SDK_UA, headers, RESIDENTIAL, None, shape, "operation"))
-    return accounts
+    return spread_operation(random.Random(0), members=BURST)
 
 
 def same_night_crowd() -> list[Account]:
