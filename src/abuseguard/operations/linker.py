@@ -259,6 +259,7 @@ class Account:
         "signatures",
         "single",
         "spent_ts",
+        "thirds",
         "tokens",
         "topics",
     )
@@ -273,6 +274,9 @@ class Account:
         self.signatures: tuple[int, ...] = (0,) * N_KINDS
         # (signature keys, sub-band keys, band keys, pair keys) this account is counted under.
         self.keys: tuple[list[Key], list[Key], list[Key], list[Key]] = ([], [], [], [])
+        # Per pair of kinds: its `OperationLinker._third_kind_buckets` (made once per
+        # signatures: emptied whenever the account is unindexed).
+        self.thirds: dict[tuple[int, ...], list[Key]] = {}
         # Python hashes of the sub-band and pair keys (the keys an account may join by):
         # a set of ints tells cheaply that none of them is a join key (`join_recent`).
         self.doors: frozenset[int] = frozenset()
@@ -386,6 +390,14 @@ class OperationLinker:
         self.pair_combos = list(PAIRS) if self.config.pair_links else []
         self.pairs: dict[Key, dict[str, None]] = {}
         self.large_pairs: dict[Key, None] = {}
+        # Kept as accounts are indexed, for pooling (`_pooled_fragments`): the pair keys held
+        # by at least two accounts; each pair key's place in ``pairs`` (a number growing
+        # with each new key: ``pairs`` is in this order); per (pair index, value), the pair
+        # keys (batches) holding it.
+        self.multi_pairs: dict[Key, None] = {}
+        self._pair_seq: dict[Key, int] = {}
+        self._next_pair_seq = 0
+        self._pair_batches: dict[tuple[int, int], int] = {}
         self.clusters: dict[str, Cluster] = {}
         # Sub-band keys of the linking buckets that are held mostly by one cluster.
         self.join_keys: dict[Key, str] = {}
@@ -509,9 +521,15 @@ class OperationLinker:
                 members = pairs.get(key)
                 if members is None:
                     members = pairs[key] = {}
+                    self._pair_seq[key] = self._next_pair_seq
+                    self._next_pair_seq += 1
+                    group = (-1 - index, sigs[b])
+                    self._pair_batches[group] = self._pair_batches.get(group, 0) + 1
                 members[account.identity] = None
-                if len(members) >= min_size:
-                    self.large_pairs[key] = None
+                if len(members) >= 2:
+                    self.multi_pairs[key] = None
+                    if len(members) >= min_size:
+                        self.large_pairs[key] = None
                 pair_keys.append(key)
         account.doors = doors = frozenset(map(hash, itertools.chain(sub_keys, pair_keys)))
         door_holders = self._door_holders
@@ -531,18 +549,34 @@ class OperationLinker:
                 else:
                     del counts[key]
         min_size = self.config.min_size
-        for groups, large, keys in (
-            (self.buckets, self.large, band_keys),
-            (self.pairs, self.large_pairs, pair_keys),
-        ):
-            for key in keys:
-                members = groups[key]
-                del members[account.identity]
-                if not members:
-                    del groups[key]
-                if len(members) < min_size:
-                    large.pop(key, None)
+        buckets = self.buckets
+        large = self.large
+        for key in band_keys:
+            members = buckets[key]
+            del members[account.identity]
+            if not members:
+                del buckets[key]
+            if len(members) < min_size:
+                large.pop(key, None)
+        pairs = self.pairs
+        for key in pair_keys:
+            members = pairs[key]
+            del members[account.identity]
+            if len(members) < min_size:
+                self.large_pairs.pop(key, None)
+                if len(members) < 2:
+                    self.multi_pairs.pop(key, None)
+                    if not members:
+                        del pairs[key]
+                        del self._pair_seq[key]
+                        group = (key[0], key[2])
+                        left = self._pair_batches[group] - 1
+                        if left:
+                            self._pair_batches[group] = left
+                        else:
+                            del self._pair_batches[group]
         account.keys = ([], [], [], [])
+        account.thirds = {}
         door_holders = self._door_holders
         for door in account.doors:
             holders = door_holders[door]
@@ -624,16 +658,22 @@ class OperationLinker:
     def _third_kind_buckets(self, account: Account, pair: tuple[int, ...]) -> list[Key]:
         """The band keys of ``account`` made of ``pair`` and one more of `PAIR_KINDS`. For
         a pair on the noon grid, which no band holds: the keys its bands would have with
-        the noon batch in the place of the day's (`_noon_buckets` holds their members)."""
+        the noon batch in the place of the day's (`_noon_buckets` holds their members).
+        Made once per account and pair while its signatures stay (`Account.thirds`)."""
+        keys = account.thirds.get(pair)
+        if keys is not None:
+            return keys
         if pair[0] != CREATED_NOON:
             bands = self._third_bands_of(pair)
-            return [key for key in account.keys[2] if key[0] in bands]
-        sigs = account.signatures
-        keys: list[Key] = []
-        for index in self._third_bands_of(_on_day_grid(pair)):
-            values = [sigs[CREATED_NOON if k == CREATED else k] for k in self.combos[index]]
-            if all(values):
-                keys.append((index, *values))
+            keys = [key for key in account.keys[2] if key[0] in bands]
+        else:
+            sigs = account.signatures
+            keys = []
+            for index in self._third_bands_of(_on_day_grid(pair)):
+                values = [sigs[CREATED_NOON if k == CREATED else k] for k in self.combos[index]]
+                if all(values):
+                    keys.append((index, *values))
+        account.thirds[pair] = keys
         return keys
 
     def _pair_buckets(self, key: Key) -> dict[Key, dict[str, None]]:
@@ -725,16 +765,16 @@ class OperationLinker:
         if not total:
             return []
         counts = self.signature_count
-        # (pair index, value) -> batches holding the value, and the candidate fragments.
-        batches_of: dict[tuple[int, int], int] = {}
+        # (pair index, value) -> batches holding the value (`_pair_batches`), and the
+        # candidate fragments, of the pair keys held by two or more (in the order of
+        # ``pairs``: the values' order is the pools' order).
+        batches_of = self._pair_batches
+        pairs = self.pairs
         candidates: dict[tuple[int, int], list[tuple[float, int, int, Key]]] = {}
-        for key, members in self.pairs.items():
+        for key in sorted(self.multi_pairs, key=self._pair_seq.__getitem__):
             index, batch, value = key
             group = (index, value)
-            batches_of[group] = batches_of.get(group, 0) + 1
-            held = len(members)
-            if held < 2:
-                continue
+            held = len(pairs[key])
             batch_kind, kind = self.pair_combos[-1 - index]
             in_batch = counts.get((batch_kind, batch), held)
             share = counts.get((kind, value), held) / total
@@ -1087,10 +1127,16 @@ class OperationLinker:
         # Every other account whose signatures agree with a linking bucket joins at once
         # (those that had joined before, those not seen since the cluster formed); as they
         # do, more signatures are held mostly by the cluster: a few rounds.
+        # Per cluster: members per (kind, signature), counted once and extended by the
+        # members each round lets join (a round only appends to a cluster's members).
+        held: dict[str, Counter[tuple[int, int]]] = {cid: Counter() for cid in clusters}
+        counted: dict[str, int] = dict.fromkeys(clusters, 0)
+        door_links = [kl for kl in linked if kl[0] not in pooled_keys]
         for _ in range(3):
+            self._count_held(held, counted)
             # A pooled fragment is no door in: its chance holders agree with a member on
             # something common (the browser); each clustering confirms its holders anew.
-            self.join_keys = self._join_keys([kl for kl in linked if kl[0] not in pooled_keys])
+            self.join_keys = self._join_keys(door_links, held)
             self.join_payments = self._join_payments()
             before = sum(len(cluster.members) for cluster in clusters.values())
             if self.join_keys or self.join_payments:
@@ -1151,20 +1197,31 @@ class OperationLinker:
             for position, sub in enumerate(self._band_subs[index])
         ]
 
-    def _join_keys(self, linked: list[tuple[Key, float]]) -> dict[Key, str]:
-        """Sub-band keys of the linking buckets whose every signature is held mostly by the
-        members of the bucket's cluster: an account agreeing on one joins that cluster."""
-        share = self.config.join_share
+    def _count_held(
+        self, held: dict[str, Counter[tuple[int, int]]], counted: dict[str, int]
+    ) -> None:
+        """Bring ``held`` (per cluster: members per (kind, signature); absent signatures, 0,
+        are never asked) up to the clusters' members, of which ``counted`` (per cluster)
+        are counted already."""
         accounts = self.accounts
-        # Per cluster: members per (kind, signature) (absent signatures, 0, are never asked).
-        held: dict[str, Counter[tuple[int, int]]] = {
-            cluster.id: Counter(
-                itertools.chain.from_iterable(
-                    enumerate(accounts[identity].signatures) for identity in cluster.members
+        for cluster in self.clusters.values():
+            done = counted[cluster.id]
+            if done < len(cluster.members):
+                held[cluster.id].update(
+                    itertools.chain.from_iterable(
+                        enumerate(accounts[identity].signatures)
+                        for identity in itertools.islice(cluster.members, done, None)
+                    )
                 )
-            )
-            for cluster in self.clusters.values()
-        }
+                counted[cluster.id] = len(cluster.members)
+
+    def _join_keys(
+        self, linked: list[tuple[Key, float]], held: dict[str, Counter[tuple[int, int]]]
+    ) -> dict[Key, str]:
+        """Sub-band keys of the linking buckets whose every signature is held mostly by the
+        members of the bucket's cluster: an account agreeing on one joins that cluster.
+        ``held``: per cluster, its members per (kind, signature) (`_count_held`)."""
+        share = self.config.join_share
         keys: dict[Key, str] = {}
         for key, _ in linked:
             cluster_id = self.accounts[self._anchors[key]].cluster
