@@ -1,6 +1,7 @@
 """The linker's structures kept as accounts are indexed and unindexed (for reclustering
-cheaply) equal what a recount from scratch gives, after any sequence of observations,
-drops, expiries and reclusterings (`abuseguard.operations.linker`)."""
+cheaply; the noon grid's groups of pair holders too) equal what a recount from scratch
+gives, after any sequence of observations, drops, expiries and reclusterings
+(`abuseguard.operations.linker`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abuseguard.operations import OperationLinker, OperationsConfig
-from abuseguard.operations.evidence import N_KINDS, Evidence
+from abuseguard.operations.evidence import CREATED_NOON, N_KINDS, Evidence
 from abuseguard.operations.linker import PAIRS, Key
 
 # One step: (account, a kind it varies on and that kind's item, single-turn, seconds since
@@ -43,6 +44,14 @@ def _check(linker: OperationLinker) -> None:
     assert set(linker._pair_seq) == set(pairs)
     assert sorted(pairs, key=linker._pair_seq.__getitem__) == list(pairs)
     assert linker._pair_batches == dict(Counter((k[0], k[2]) for k in pairs))
+    # The noon grid's third-kind groups: every account under its noon-batch band keys.
+    noon: dict[Key, set[str]] = defaultdict(set)
+    for identity, account in linker.accounts.items():
+        for pair in PAIRS:
+            if pair[0] == CREATED_NOON:
+                for band in linker._third_kind_buckets(account, pair):
+                    noon[band].add(identity)
+    assert {k: set(v) for k, v in linker.noon_buckets.items()} == dict(noon)
     # An account's third-kind band keys per pair, as made from its keys now.
     for account in linker.accounts.values():
         cached = dict(account.thirds)
@@ -153,4 +162,5 @@ def _run(steps: list[tuple[int, int, int | None, bool, float]]) -> tuple[int, in
         linker._drop(identity)
     assert linker.pairs == {} and linker.multi_pairs == {}
     assert linker._pair_seq == {} and linker._pair_batches == {}
+    assert linker.noon_buckets == {}
     return clusters, joined, pooled

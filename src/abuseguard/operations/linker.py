@@ -398,6 +398,20 @@ class OperationLinker:
         self._pair_seq: dict[Key, int] = {}
         self._next_pair_seq = 0
         self._pair_batches: dict[tuple[int, int], int] = {}
+        # The bands a noon-grid pair's holders are grouped by (`_third_kind_buckets`): of
+        # `PAIR_KINDS` with the batch, read with the noon batch; their members, kept as
+        # accounts are indexed (keys as the bands' own, with the noon batch in the place
+        # of the day's: apart from ``buckets``).
+        self._noon_bands: list[tuple[int, list[int]]] = (
+            [
+                (index, [CREATED_NOON if k == CREATED else k for k in combo])
+                for index, combo in enumerate(self.combos)
+                if CREATED in combo and set(combo) <= _PAIRED
+            ]
+            if any(pair[0] == CREATED_NOON for pair in self.pair_combos)
+            else []
+        )
+        self.noon_buckets: dict[Key, dict[str, None]] = {}
         self.clusters: dict[str, Cluster] = {}
         # Sub-band keys of the linking buckets that are held mostly by one cluster.
         self.join_keys: dict[Key, str] = {}
@@ -531,6 +545,11 @@ class OperationLinker:
                     if len(members) >= min_size:
                         self.large_pairs[key] = None
                 pair_keys.append(key)
+        for key in self._noon_keys(sigs):
+            members = self.noon_buckets.get(key)
+            if members is None:
+                members = self.noon_buckets[key] = {}
+            members[account.identity] = None
         account.doors = doors = frozenset(map(hash, itertools.chain(sub_keys, pair_keys)))
         door_holders = self._door_holders
         for door in doors:
@@ -575,6 +594,12 @@ class OperationLinker:
                             self._pair_batches[group] = left
                         else:
                             del self._pair_batches[group]
+        noon_buckets = self.noon_buckets
+        for key in self._noon_keys(account.signatures):
+            members = noon_buckets[key]
+            del members[account.identity]
+            if not members:
+                del noon_buckets[key]
         account.keys = ([], [], [], [])
         account.thirds = {}
         door_holders = self._door_holders
@@ -584,6 +609,15 @@ class OperationLinker:
             if not holders:
                 del door_holders[door]
         account.doors = frozenset()
+
+    def _noon_keys(self, sigs: tuple[int, ...]) -> list[Key]:
+        """The keys of ``noon_buckets`` an account of signatures ``sigs`` is under."""
+        keys: list[Key] = []
+        for index, kinds in self._noon_bands:
+            values = [sigs[k] for k in kinds]
+            if all(values):
+                keys.append((index, *values))
+        return keys
 
     def _count_payment(self, payment: str, delta: int, identity: str) -> None:
         if payment:
@@ -658,7 +692,7 @@ class OperationLinker:
     def _third_kind_buckets(self, account: Account, pair: tuple[int, ...]) -> list[Key]:
         """The band keys of ``account`` made of ``pair`` and one more of `PAIR_KINDS`. For
         a pair on the noon grid, which no band holds: the keys its bands would have with
-        the noon batch in the place of the day's (`_noon_buckets` holds their members).
+        the noon batch in the place of the day's (``noon_buckets`` holds their members).
         Made once per account and pair while its signatures stay (`Account.thirds`)."""
         keys = account.thirds.get(pair)
         if keys is not None:
@@ -678,17 +712,12 @@ class OperationLinker:
 
     def _pair_buckets(self, key: Key) -> dict[Key, dict[str, None]]:
         """The buckets `_third_kind_buckets` names for the holders of the pair ``key``: the
-        bands' for a pair on the day grid; for one on the noon grid, its holders grouped
-        alike (a third kind agreeing within the noon batch)."""
-        pair = self.kinds_of(key)
-        if pair[0] != CREATED_NOON:
+        bands' for a pair on the day grid; for one on the noon grid, ``noon_buckets`` (its
+        holders grouped alike, a third kind agreeing within the noon batch: every account
+        under such a key holds the pair, whose batch and value the key holds)."""
+        if self.kinds_of(key)[0] != CREATED_NOON:
             return self.buckets
-        groups: dict[Key, dict[str, None]] = {}
-        accounts = self.accounts
-        for identity in self.pairs[key]:
-            for band in self._third_kind_buckets(accounts[identity], pair):
-                groups.setdefault(band, {})[identity] = None
-        return groups
+        return self.noon_buckets
 
     def _third_bands_of(self, pair: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
         """The bands made of ``pair`` and more of `PAIR_KINDS`: band index -> those kinds."""
@@ -872,10 +901,12 @@ class OperationLinker:
         # Holders sharing a third thing of share p must number min_lift * holders * p.
         expected = self.config.min_lift * len(holders) / max(len(self.accounts), 1)
         counts = self.signature_count
+        third_bands = self._third_bands_of(_on_day_grid(pair))
+        accounts = self.accounts
         for identity in holders:
             if identity in confirmed:
                 continue
-            account = self.accounts[identity]
+            account = accounts[identity]
             if account.single < chat_below * account.requests:
                 continue
             for band in self._third_kind_buckets(account, pair):
@@ -883,7 +914,7 @@ class OperationLinker:
                 if len(mates) < 2:
                     continue
                 if beyond_chance:
-                    (third,) = self._third_bands_of(_on_day_grid(pair))[band[0]]
+                    (third,) = third_bands[band[0]]
                     if len(mates) < expected * counts.get((third, account.signatures[third]), 1):
                         continue
                 confirmed[identity] = None
