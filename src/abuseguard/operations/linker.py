@@ -847,7 +847,7 @@ class OperationLinker:
             across = self._agreeing(kind, [key for _, _, _, key in chosen])
             linking = []
             for _, _, _, key in chosen:
-                both = {m: None for m in self._confirmed(key, beyond_chance=True) if m in across}
+                both = self._confirmed(key, beyond_chance=True, among=across)
                 if len(both) >= 2:
                     linking.append((key, both))
             if (
@@ -885,14 +885,18 @@ class OperationLinker:
             m for m in agreeing if self.accounts[m].single >= chat_below * self.accounts[m].requests
         }
 
-    def _confirmed(self, key: Key, beyond_chance: bool = False) -> dict[str, None]:
+    def _confirmed(
+        self, key: Key, beyond_chance: bool = False, among: set[str] | None = None
+    ) -> dict[str, None]:
         """The holders of a linking pair that agree with another holder on a third of
         `PAIR_KINDS` too. A pair of kinds, one of them common (a web app's request shape),
         is also held by a few accounts that merely happen to (made the day a batch was):
         they rarely agree with the operation on a third thing its software fixes.
         ``beyond_chance``: the agreement counts only when more of the pair's holders share
         the third thing than its rarity explains (``min_lift`` times): among ten holders
-        of a pooled fragment, a few with the commonest browser agree by chance."""
+        of a pooled fragment, a few with the commonest browser agree by chance. ``among``:
+        only the holders in it are asked (None: all; the others' agreement is not looked
+        for, and the chance share is still of all the pair's holders)."""
         pair = self.kinds_of(key)
         holders = self.pairs[key]
         buckets = self._pair_buckets(key)
@@ -904,7 +908,7 @@ class OperationLinker:
         third_bands = self._third_bands_of(_on_day_grid(pair))
         accounts = self.accounts
         for identity in holders:
-            if identity in confirmed:
+            if among is not None and identity not in among:
                 continue
             account = accounts[identity]
             if account.single < chat_below * account.requests:
