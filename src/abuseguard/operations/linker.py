@@ -259,6 +259,7 @@ class Account:
         "signatures",
         "single",
         "spent_ts",
+        "thirds",
         "tokens",
         "topics",
     )
@@ -273,6 +274,9 @@ class Account:
         self.signatures: tuple[int, ...] = (0,) * N_KINDS
         # (signature keys, sub-band keys, band keys, pair keys) this account is counted under.
         self.keys: tuple[list[Key], list[Key], list[Key], list[Key]] = ([], [], [], [])
+        # Per pair of kinds: its `OperationLinker._third_kind_buckets` (made once per
+        # signatures: emptied whenever the account is unindexed).
+        self.thirds: dict[tuple[int, ...], list[Key]] = {}
         # Python hashes of the sub-band and pair keys (the keys an account may join by):
         # a set of ints tells cheaply that none of them is a join key (`join_recent`).
         self.doors: frozenset[int] = frozenset()
@@ -386,6 +390,28 @@ class OperationLinker:
         self.pair_combos = list(PAIRS) if self.config.pair_links else []
         self.pairs: dict[Key, dict[str, None]] = {}
         self.large_pairs: dict[Key, None] = {}
+        # Kept as accounts are indexed, for pooling (`_pooled_fragments`): the pair keys held
+        # by at least two accounts; each pair key's place in ``pairs`` (a number growing
+        # with each new key: ``pairs`` is in this order); per (pair index, value), the pair
+        # keys (batches) holding it.
+        self.multi_pairs: dict[Key, None] = {}
+        self._pair_seq: dict[Key, int] = {}
+        self._next_pair_seq = 0
+        self._pair_batches: dict[tuple[int, int], int] = {}
+        # The bands a noon-grid pair's holders are grouped by (`_third_kind_buckets`): of
+        # `PAIR_KINDS` with the batch, read with the noon batch; their members, kept as
+        # accounts are indexed (keys as the bands' own, with the noon batch in the place
+        # of the day's: apart from ``buckets``).
+        self._noon_bands: list[tuple[int, list[int]]] = (
+            [
+                (index, [CREATED_NOON if k == CREATED else k for k in combo])
+                for index, combo in enumerate(self.combos)
+                if CREATED in combo and set(combo) <= _PAIRED
+            ]
+            if any(pair[0] == CREATED_NOON for pair in self.pair_combos)
+            else []
+        )
+        self.noon_buckets: dict[Key, dict[str, None]] = {}
         self.clusters: dict[str, Cluster] = {}
         # Sub-band keys of the linking buckets that are held mostly by one cluster.
         self.join_keys: dict[Key, str] = {}
@@ -509,10 +535,21 @@ class OperationLinker:
                 members = pairs.get(key)
                 if members is None:
                     members = pairs[key] = {}
+                    self._pair_seq[key] = self._next_pair_seq
+                    self._next_pair_seq += 1
+                    group = (-1 - index, sigs[b])
+                    self._pair_batches[group] = self._pair_batches.get(group, 0) + 1
                 members[account.identity] = None
-                if len(members) >= min_size:
-                    self.large_pairs[key] = None
+                if len(members) >= 2:
+                    self.multi_pairs[key] = None
+                    if len(members) >= min_size:
+                        self.large_pairs[key] = None
                 pair_keys.append(key)
+        for key in self._noon_keys(sigs):
+            members = self.noon_buckets.get(key)
+            if members is None:
+                members = self.noon_buckets[key] = {}
+            members[account.identity] = None
         account.doors = doors = frozenset(map(hash, itertools.chain(sub_keys, pair_keys)))
         door_holders = self._door_holders
         for door in doors:
@@ -531,18 +568,40 @@ class OperationLinker:
                 else:
                     del counts[key]
         min_size = self.config.min_size
-        for groups, large, keys in (
-            (self.buckets, self.large, band_keys),
-            (self.pairs, self.large_pairs, pair_keys),
-        ):
-            for key in keys:
-                members = groups[key]
-                del members[account.identity]
-                if not members:
-                    del groups[key]
-                if len(members) < min_size:
-                    large.pop(key, None)
+        buckets = self.buckets
+        large = self.large
+        for key in band_keys:
+            members = buckets[key]
+            del members[account.identity]
+            if not members:
+                del buckets[key]
+            if len(members) < min_size:
+                large.pop(key, None)
+        pairs = self.pairs
+        for key in pair_keys:
+            members = pairs[key]
+            del members[account.identity]
+            if len(members) < min_size:
+                self.large_pairs.pop(key, None)
+                if len(members) < 2:
+                    self.multi_pairs.pop(key, None)
+                    if not members:
+                        del pairs[key]
+                        del self._pair_seq[key]
+                        group = (key[0], key[2])
+                        left = self._pair_batches[group] - 1
+                        if left:
+                            self._pair_batches[group] = left
+                        else:
+                            del self._pair_batches[group]
+        noon_buckets = self.noon_buckets
+        for key in self._noon_keys(account.signatures):
+            members = noon_buckets[key]
+            del members[account.identity]
+            if not members:
+                del noon_buckets[key]
         account.keys = ([], [], [], [])
+        account.thirds = {}
         door_holders = self._door_holders
         for door in account.doors:
             holders = door_holders[door]
@@ -550,6 +609,15 @@ class OperationLinker:
             if not holders:
                 del door_holders[door]
         account.doors = frozenset()
+
+    def _noon_keys(self, sigs: tuple[int, ...]) -> list[Key]:
+        """The keys of ``noon_buckets`` an account of signatures ``sigs`` is under."""
+        keys: list[Key] = []
+        for index, kinds in self._noon_bands:
+            values = [sigs[k] for k in kinds]
+            if all(values):
+                keys.append((index, *values))
+        return keys
 
     def _count_payment(self, payment: str, delta: int, identity: str) -> None:
         if payment:
@@ -624,31 +692,32 @@ class OperationLinker:
     def _third_kind_buckets(self, account: Account, pair: tuple[int, ...]) -> list[Key]:
         """The band keys of ``account`` made of ``pair`` and one more of `PAIR_KINDS`. For
         a pair on the noon grid, which no band holds: the keys its bands would have with
-        the noon batch in the place of the day's (`_noon_buckets` holds their members)."""
+        the noon batch in the place of the day's (``noon_buckets`` holds their members).
+        Made once per account and pair while its signatures stay (`Account.thirds`)."""
+        keys = account.thirds.get(pair)
+        if keys is not None:
+            return keys
         if pair[0] != CREATED_NOON:
             bands = self._third_bands_of(pair)
-            return [key for key in account.keys[2] if key[0] in bands]
-        sigs = account.signatures
-        keys: list[Key] = []
-        for index in self._third_bands_of(_on_day_grid(pair)):
-            values = [sigs[CREATED_NOON if k == CREATED else k] for k in self.combos[index]]
-            if all(values):
-                keys.append((index, *values))
+            keys = [key for key in account.keys[2] if key[0] in bands]
+        else:
+            sigs = account.signatures
+            keys = []
+            for index in self._third_bands_of(_on_day_grid(pair)):
+                values = [sigs[CREATED_NOON if k == CREATED else k] for k in self.combos[index]]
+                if all(values):
+                    keys.append((index, *values))
+        account.thirds[pair] = keys
         return keys
 
     def _pair_buckets(self, key: Key) -> dict[Key, dict[str, None]]:
         """The buckets `_third_kind_buckets` names for the holders of the pair ``key``: the
-        bands' for a pair on the day grid; for one on the noon grid, its holders grouped
-        alike (a third kind agreeing within the noon batch)."""
-        pair = self.kinds_of(key)
-        if pair[0] != CREATED_NOON:
+        bands' for a pair on the day grid; for one on the noon grid, ``noon_buckets`` (its
+        holders grouped alike, a third kind agreeing within the noon batch: every account
+        under such a key holds the pair, whose batch and value the key holds)."""
+        if self.kinds_of(key)[0] != CREATED_NOON:
             return self.buckets
-        groups: dict[Key, dict[str, None]] = {}
-        accounts = self.accounts
-        for identity in self.pairs[key]:
-            for band in self._third_kind_buckets(accounts[identity], pair):
-                groups.setdefault(band, {})[identity] = None
-        return groups
+        return self.noon_buckets
 
     def _third_bands_of(self, pair: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
         """The bands made of ``pair`` and more of `PAIR_KINDS`: band index -> those kinds."""
@@ -725,16 +794,16 @@ class OperationLinker:
         if not total:
             return []
         counts = self.signature_count
-        # (pair index, value) -> batches holding the value, and the candidate fragments.
-        batches_of: dict[tuple[int, int], int] = {}
+        # (pair index, value) -> batches holding the value (`_pair_batches`), and the
+        # candidate fragments, of the pair keys held by two or more (in the order of
+        # ``pairs``: the values' order is the pools' order).
+        batches_of = self._pair_batches
+        pairs = self.pairs
         candidates: dict[tuple[int, int], list[tuple[float, int, int, Key]]] = {}
-        for key, members in self.pairs.items():
+        for key in sorted(self.multi_pairs, key=self._pair_seq.__getitem__):
             index, batch, value = key
             group = (index, value)
-            batches_of[group] = batches_of.get(group, 0) + 1
-            held = len(members)
-            if held < 2:
-                continue
+            held = len(pairs[key])
             batch_kind, kind = self.pair_combos[-1 - index]
             in_batch = counts.get((batch_kind, batch), held)
             share = counts.get((kind, value), held) / total
@@ -778,7 +847,7 @@ class OperationLinker:
             across = self._agreeing(kind, [key for _, _, _, key in chosen])
             linking = []
             for _, _, _, key in chosen:
-                both = {m: None for m in self._confirmed(key, beyond_chance=True) if m in across}
+                both = self._confirmed(key, beyond_chance=True, among=across)
                 if len(both) >= 2:
                     linking.append((key, both))
             if (
@@ -816,14 +885,18 @@ class OperationLinker:
             m for m in agreeing if self.accounts[m].single >= chat_below * self.accounts[m].requests
         }
 
-    def _confirmed(self, key: Key, beyond_chance: bool = False) -> dict[str, None]:
+    def _confirmed(
+        self, key: Key, beyond_chance: bool = False, among: set[str] | None = None
+    ) -> dict[str, None]:
         """The holders of a linking pair that agree with another holder on a third of
         `PAIR_KINDS` too. A pair of kinds, one of them common (a web app's request shape),
         is also held by a few accounts that merely happen to (made the day a batch was):
         they rarely agree with the operation on a third thing its software fixes.
         ``beyond_chance``: the agreement counts only when more of the pair's holders share
         the third thing than its rarity explains (``min_lift`` times): among ten holders
-        of a pooled fragment, a few with the commonest browser agree by chance."""
+        of a pooled fragment, a few with the commonest browser agree by chance. ``among``:
+        only the holders in it are asked (None: all; the others' agreement is not looked
+        for, and the chance share is still of all the pair's holders)."""
         pair = self.kinds_of(key)
         holders = self.pairs[key]
         buckets = self._pair_buckets(key)
@@ -832,10 +905,12 @@ class OperationLinker:
         # Holders sharing a third thing of share p must number min_lift * holders * p.
         expected = self.config.min_lift * len(holders) / max(len(self.accounts), 1)
         counts = self.signature_count
+        third_bands = self._third_bands_of(_on_day_grid(pair))
+        accounts = self.accounts
         for identity in holders:
-            if identity in confirmed:
+            if among is not None and identity not in among:
                 continue
-            account = self.accounts[identity]
+            account = accounts[identity]
             if account.single < chat_below * account.requests:
                 continue
             for band in self._third_kind_buckets(account, pair):
@@ -843,7 +918,7 @@ class OperationLinker:
                 if len(mates) < 2:
                     continue
                 if beyond_chance:
-                    (third,) = self._third_bands_of(_on_day_grid(pair))[band[0]]
+                    (third,) = third_bands[band[0]]
                     if len(mates) < expected * counts.get((third, account.signatures[third]), 1):
                         continue
                 confirmed[identity] = None
@@ -1087,10 +1162,16 @@ class OperationLinker:
         # Every other account whose signatures agree with a linking bucket joins at once
         # (those that had joined before, those not seen since the cluster formed); as they
         # do, more signatures are held mostly by the cluster: a few rounds.
+        # Per cluster: members per (kind, signature), counted once and extended by the
+        # members each round lets join (a round only appends to a cluster's members).
+        held: dict[str, Counter[tuple[int, int]]] = {cid: Counter() for cid in clusters}
+        counted: dict[str, int] = dict.fromkeys(clusters, 0)
+        door_links = [kl for kl in linked if kl[0] not in pooled_keys]
         for _ in range(3):
+            self._count_held(held, counted)
             # A pooled fragment is no door in: its chance holders agree with a member on
             # something common (the browser); each clustering confirms its holders anew.
-            self.join_keys = self._join_keys([kl for kl in linked if kl[0] not in pooled_keys])
+            self.join_keys = self._join_keys(door_links, held)
             self.join_payments = self._join_payments()
             before = sum(len(cluster.members) for cluster in clusters.values())
             if self.join_keys or self.join_payments:
@@ -1151,20 +1232,31 @@ class OperationLinker:
             for position, sub in enumerate(self._band_subs[index])
         ]
 
-    def _join_keys(self, linked: list[tuple[Key, float]]) -> dict[Key, str]:
-        """Sub-band keys of the linking buckets whose every signature is held mostly by the
-        members of the bucket's cluster: an account agreeing on one joins that cluster."""
-        share = self.config.join_share
+    def _count_held(
+        self, held: dict[str, Counter[tuple[int, int]]], counted: dict[str, int]
+    ) -> None:
+        """Bring ``held`` (per cluster: members per (kind, signature); absent signatures, 0,
+        are never asked) up to the clusters' members, of which ``counted`` (per cluster)
+        are counted already."""
         accounts = self.accounts
-        # Per cluster: members per (kind, signature) (absent signatures, 0, are never asked).
-        held: dict[str, Counter[tuple[int, int]]] = {
-            cluster.id: Counter(
-                itertools.chain.from_iterable(
-                    enumerate(accounts[identity].signatures) for identity in cluster.members
+        for cluster in self.clusters.values():
+            done = counted[cluster.id]
+            if done < len(cluster.members):
+                held[cluster.id].update(
+                    itertools.chain.from_iterable(
+                        enumerate(accounts[identity].signatures)
+                        for identity in itertools.islice(cluster.members, done, None)
+                    )
                 )
-            )
-            for cluster in self.clusters.values()
-        }
+                counted[cluster.id] = len(cluster.members)
+
+    def _join_keys(
+        self, linked: list[tuple[Key, float]], held: dict[str, Counter[tuple[int, int]]]
+    ) -> dict[Key, str]:
+        """Sub-band keys of the linking buckets whose every signature is held mostly by the
+        members of the bucket's cluster: an account agreeing on one joins that cluster.
+        ``held``: per cluster, its members per (kind, signature) (`_count_held`)."""
+        share = self.config.join_share
         keys: dict[Key, str] = {}
         for key, _ in linked:
             cluster_id = self.accounts[self._anchors[key]].cluster
