@@ -160,7 +160,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         statuses: dict[str, collections.Counter[int]] = {n: collections.Counter() for n in names}
         async with AllLifespans(apps):
             for name, app in apps.items():  # warm-up: every client seen once
-                await drive(app, templates, 0, CLIENTS, statuses[name])
+                await drive(app, templates, None, 0, CLIENTS, statuses[name])
                 backends[name] = find_guard_backend(app)
             offset = CLIENTS
             for r in range(rounds):
@@ -171,7 +171,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     stacks.SEEN.clear()
                     counted = stacks.needs_redis(name)
                     before = snapshot(redis_url, backends[name]) if counted else {}
-                    seq[name] += await drive(app, templates, offset, per_round, statuses[name])
+                    seq[name] += await drive(
+                        app, templates, None, offset, per_round, statuses[name]
+                    )
                     middle = snapshot(redis_url, backends[name]) if counted else {}
                     thr[name].append(
                         await concurrent(
@@ -257,7 +259,7 @@ async def bytes_per_client(
         async with AllLifespans({name: app}):
             before = used_memory(redis_url)
             for _ in range(requests):
-                await drive(app, templates, 0, clients, statuses)
+                await drive(app, templates, None, 0, clients, statuses)
         # after the lifespan's shutdown: the synced mode's last consumption is in Redis
         out[label] = (used_memory(redis_url) - before) / clients
     return out
