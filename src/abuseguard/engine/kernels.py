@@ -148,17 +148,15 @@ def free_block(pool: np.ndarray, b: int) -> None:
     pool[0, L.PH_FREE] = b
 
 
-@njit(cache=True)
 def release_sketches(pool: np.ndarray, row: np.ndarray, cell: int, n: int) -> None:
     """Return the blocks of the ``n`` sketch cells of ``row`` from ``cell`` on to ``pool``
-    and empty the cells (a row about to be evicted). Self-contained (no other kernel is
-    called), so that its ``py_func`` serves the tables' Python eviction as it is."""
+    and empty the cells (a row about to be evicted). Plain Python: the tables evict in
+    Python, rarely, and compiling it for their types would cost more than it saves."""
+    free = free_block.py_func
     for s in range(n):
         c = row[cell + s]
         if c < 0.0:
-            b = int(-c) - 1
-            pool[b, L.POOL_OWNER] = -1.0 - pool[0, L.PH_FREE]
-            pool[0, L.PH_FREE] = b
+            free(pool, int(-c) - 1)
         row[cell + s] = 0.0
 
 

@@ -24,9 +24,6 @@ from abuseguard.engine.views import float_view, int_view
 
 _EVICTION_SAMPLE = 16
 
-# Plain Python (eviction is rare; calling the njit one would compile it for these types).
-_release_sketches = kernels.release_sketches.py_func
-
 
 def _kernels_or_compiled(kernels: KernelSet | None) -> KernelSet:
     return kernels if kernels is not None else compiled()
@@ -156,7 +153,7 @@ class StateTable:
         self._evicting(self._row_hashes[row], row, now)
         self._kernels.replace(self.index_vector, self.index_base, row, h)
         if self.sketch_pool is not None:
-            _release_sketches(self.sketch_pool, self.data[row], *self.sketch_cells)
+            kernels.release_sketches(self.sketch_pool, self.data[row], *self.sketch_cells)
         self.data[row] = 0.0
         self.evictions += 1
         self._taking(h, row)
