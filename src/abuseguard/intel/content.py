@@ -650,10 +650,18 @@ def template_skeleton(text: str) -> str:
     return skeleton_text(text.lower().encode("utf-8", "surrogatepass"), WORD_TABLE)
 
 
+_elicitation_kernel: TextKernel | None = None
+
+
 def elicitation_strength(text: str) -> float:
     """``1 - prod(1 - weight)`` over the distinct ``ELICITATION_MARKERS`` found in ``text``."""
-    strength = text_kernel(WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, 1, MARKERS)
-    return strength(_lower_bytes(text), 0, 0)[4]
+    global _elicitation_kernel
+    kernel = _elicitation_kernel
+    if kernel is None:
+        kernel = _elicitation_kernel = text_kernel(
+            WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, 1, MARKERS
+        )
+    return float(kernel(_lower_bytes(text), 0, 0)[4])
 
 
 def _stable_hash(text: str) -> int:

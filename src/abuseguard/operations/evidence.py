@@ -31,10 +31,14 @@ created_noon the same creation day on the grid offset by half a day: ``(created 
 ============ =======================================================================
 
 Besides the items: whether the request is single-turn (one user message, no earlier
-answers), a topic (the first words of the last user message), the tokens it cost and how
+answers), a topic (the first words of the last user message), the tokens it cost, how
 plainly it demands the model's own internal reasoning written out
 (`abuseguard.intel.content.coercion_strength` of the system text and the last user
-message).
+message), how plainly it asks for reasoning at all (``reasoning``:
+`abuseguard.intel.content.elicitation_strength` of the same text) and the words of its
+question (``words``: hashes of the distinct words of at least four letters of the last
+user message's first ``WORD_CHARS`` characters, at most ``MAX_WORDS``, without the words
+of the elicitation and coercion phrases, which say how it asks, not what about).
 Reading never raises: a body that is not an LLM request in JSON has no system, shape
 or topic.
 """
@@ -42,6 +46,7 @@ or topic.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -49,7 +54,12 @@ from typing import Any, NamedTuple
 import orjson
 
 from abuseguard.intel.agents import AgentClassifier
-from abuseguard.intel.content import coercion_strength
+from abuseguard.intel.content import (
+    COERCION_MARKERS,
+    ELICITATION_MARKERS,
+    coercion_strength,
+    elicitation_strength,
+)
 from abuseguard.intel.persona import FINGERPRINT_VALUE_HEADERS, persona_hash
 from abuseguard.operations.sketches import stable_hash
 
@@ -74,6 +84,15 @@ _PATCH_VERSION = re.compile(r"(\d+\.\d+)\.\d[0-9A-Za-z.+-]*")
 TOPIC_WORDS = 6
 _MAX_AGENTS = 4096
 _COERCION_CHARS = 4096  # of the last user message and of the system text each
+WORD_CHARS = 400
+MAX_WORDS = 24
+_WORD = re.compile(r"[^\W\d_]{4,}")
+# How a prompt asks for reasoning ("show", "step", "reasoning"), not what it asks about.
+_ASKING_WORDS = frozenset(
+    word
+    for phrase, _ in (*ELICITATION_MARKERS, *COERCION_MARKERS)
+    for word in _WORD.findall(phrase.lower())
+)
 
 
 def item(kind: int, value: int) -> int:
@@ -91,6 +110,8 @@ class Evidence(NamedTuple):
     topic: int
     tokens: float
     coercion: float = 0.0
+    reasoning: float = 0.0
+    words: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +169,14 @@ class EvidenceReader:
         network = self._network(ip, asn)
         system = shape = topic = 0
         single = False
-        coercion = 0.0
+        coercion = reasoning = 0.0
+        words: tuple[int, ...] = ()
         try:
             request = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
             request = None
         if isinstance(request, dict):
-            system, shape, topic, single, coercion = _read_request(request)
+            system, shape, topic, single, coercion, reasoning, words = _read_request(request)
         timing = item(TIMING, int(ts // self.slot_seconds))
         if created is not None:
             created_item = item(CREATED, int(created // DAY))
@@ -167,6 +189,8 @@ class EvidenceReader:
             topic,
             tokens,
             coercion,
+            reasoning,
+            words,
         )
 
     def _persona(self, ua: str | None, headers: Mapping[str, str]) -> int:
@@ -263,8 +287,11 @@ def _shape_item(key: tuple[object, ...]) -> int:
     return found
 
 
-def _read_request(request: dict[str, Any]) -> tuple[int, int, int, bool, float]:
-    """(system, shape, topic, single_turn, coercion) of a parsed LLM API request body."""
+def _read_request(
+    request: dict[str, Any],
+) -> tuple[int, int, int, bool, float, float, tuple[int, ...]]:
+    """(system, shape, topic, single_turn, coercion, reasoning, words) of a parsed LLM API
+    request body."""
     system_parts: list[str] = []
     for name in ("system", "instructions", "systemInstruction"):
         if name in request:
@@ -309,5 +336,27 @@ def _read_request(request: dict[str, Any]) -> tuple[int, int, int, bool, float]:
     asked = last_user[:_COERCION_CHARS]
     if system_text:
         asked = system_text[:_COERCION_CHARS] + "\n" + asked
-    coercion = coercion_strength(asked) if asked else 0.0
-    return system, shape, topic, users == 1 and answers == 0, coercion
+    coercion = reasoning = 0.0
+    if asked:
+        coercion = coercion_strength(asked)
+        reasoning = elicitation_strength(asked)
+    return (
+        system,
+        shape,
+        topic,
+        users == 1 and answers == 0,
+        coercion,
+        reasoning,
+        question_words(last_user),
+    )
+
+
+def question_words(text: str) -> tuple[int, ...]:
+    """The ``words`` of a question (see the module): what it is about."""
+    found: dict[int, None] = {}
+    for word in _WORD.findall(text[:WORD_CHARS].lower()):
+        if word not in _ASKING_WORDS:
+            found[zlib.crc32(word.encode("utf-8", "surrogatepass")) or 1] = None
+            if len(found) >= MAX_WORDS:
+                break
+    return tuple(found)

@@ -159,6 +159,25 @@ _PAIRED = frozenset(PAIR_KINDS)
 PAIRS: tuple[tuple[int, int], ...] = tuple(
     (batch, kind) for batch in BATCH_KINDS for kind in (PERSONA, SYSTEM, SHAPE)
 )
+# The values a behaviour link (step 3d) may stand on without the batch: a system prompt or
+# a request shape alone, or a pair of persona, system prompt and request shape. What one
+# tool fixes for all its users: only its holders' behaviour tells harvesting apart.
+TOOL_KEYS: tuple[tuple[int, ...], ...] = (
+    (SYSTEM,),
+    (SHAPE,),
+    (PERSONA, SYSTEM),
+    (PERSONA, SHAPE),
+    (SYSTEM, SHAPE),
+)
+# Behaviour-link keys are (TOOL_TAG - index into TOOL_KEYS, signatures...): apart from
+# bands (>= 0) and pairs (-1 - index into PAIRS).
+TOOL_TAG = -100
+# A request asks for the reasoning written out when its elicitation strength
+# (`abuseguard.intel.content.ELICITATION_MARKERS`) is at least this: one medium phrase
+# ("step by step", "show your work", their translations) or a weak one with another.
+# Coercion (a demand for the model's internal thinking verbatim) counts as asking too.
+REASONING_ASKED = 0.3
+COERCION_ASKED = 0.5
 
 
 @dataclass(frozen=True)
@@ -191,6 +210,15 @@ class OperationsConfig:
     network (an honest app on the same SDK in the same cloud) gets the prior alone. None:
     members get the prior only.
     ``merge_by_card``: linked groups paying with one card are one operation (step 4).
+    ``behaviour_links``: also link the holders of a system prompt, a request shape or a
+    pair of persona, system prompt and request shape (`TOOL_KEYS`) without the batch, when
+    they behave like harvesting (step 3d): a member has sent at least
+    ``harvest_min_requests`` requests, at least ``harvest_single_turn`` of them
+    single-turn, ``harvest_reasoning`` asking for the reasoning written out and
+    ``harvest_new_topics`` on a topic it had not asked before, and no word of its
+    questions in more than ``max_word_share`` of them; such members are at least
+    ``harvest_share`` of the value's holders, and together their topics spread (at least
+    ``min_topic_spread``).
     """
 
     half_life: float = 6 * 3600.0
@@ -213,6 +241,14 @@ class OperationsConfig:
     pool_batches: bool = True
     hold_score: float | None = 0.7
     merge_by_card: bool = True
+    behaviour_links: bool = True
+    harvest_min_requests: int = 3
+    harvest_single_turn: float = 0.8
+    harvest_reasoning: float = 0.5
+    harvest_new_topics: float = 0.5
+    harvest_share: float = 0.5
+    min_topic_spread: float = 0.5
+    max_word_share: float = 0.5
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -240,6 +276,18 @@ class OperationsConfig:
             raise ConfigError("OperationsConfig.tokens_per_hour", "low must be < high")
         if self.hold_score is not None and not 0.0 < self.hold_score <= 1.0:
             raise ConfigError("OperationsConfig.hold_score", "must be in (0, 1] or None")
+        if self.harvest_min_requests < 1:
+            raise ConfigError("OperationsConfig.harvest_min_requests", "must be >= 1")
+        for name in (
+            "harvest_single_turn",
+            "harvest_reasoning",
+            "harvest_new_topics",
+            "harvest_share",
+            "min_topic_spread",
+            "max_word_share",
+        ):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"OperationsConfig.{name}", "must be in [0, 1]")
 
 
 class Account:
@@ -254,6 +302,7 @@ class Account:
         "keys",
         "last_ts",
         "payment",
+        "reasoned",
         "requests",
         "seq",
         "signatures",
@@ -261,7 +310,10 @@ class Account:
         "spent_ts",
         "thirds",
         "tokens",
+        "tool_keys",
         "topics",
+        "worded",
+        "words",
     )
 
     def __init__(self, identity: str, ts: float, config: OperationsConfig) -> None:
@@ -286,6 +338,13 @@ class Account:
         self.single = 0
         self.tokens = 0.0
         self.topics: dict[int, None] = {}
+        # Requests asking for the reasoning written out; requests with words, and per word
+        # the requests holding it (at most ``max_topics`` words: what it asks about).
+        self.reasoned = 0
+        self.worded = 0
+        self.words: dict[int, int] = {}
+        # The behaviour-link keys (`TOOL_KEYS`) it holds.
+        self.tool_keys: list[Key] = []
         self.cluster: str | None = None
         self.payment = ""
 
@@ -306,6 +365,8 @@ class Cluster:
     joined: int = 0
     first_seen: float = 0.0
     pooled: int = 0  # batch fragments linked by pooling (step 3c)
+    # The largest behaviour link in it (step 3d): its value's kinds and its figures.
+    behaviour: dict[str, object] | None = None
 
     def summary(self, sample: int = 8) -> dict[str, object]:
         return {
@@ -320,6 +381,7 @@ class Cluster:
             "tokens_per_member_hour": round(self.tokens_per_member_hour, 1),
             "joined": self.joined,
             "pooled_batches": self.pooled,
+            "behaviour": self.behaviour,
             "members_sample": self.members[:sample],
         }
 
@@ -337,6 +399,12 @@ class _TopicUnion(NamedTuple):
 def _on_day_grid(pair: tuple[int, ...]) -> tuple[int, ...]:
     """``pair`` with the noon grid's batch replaced by the day grid's."""
     return tuple(CREATED if kind == CREATED_NOON else kind for kind in pair)
+
+
+def _members(figures: dict[str, object]) -> int:
+    members = figures["members"]
+    assert isinstance(members, int)
+    return members
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
@@ -412,6 +480,10 @@ class OperationLinker:
             else []
         )
         self.noon_buckets: dict[Key, dict[str, None]] = {}
+        # Accounts per behaviour-link key (`TOOL_KEYS`), and per key that linked at the
+        # last clustering, its holders' behaviour (step 3d).
+        self.tool_count: dict[Key, int] = {}
+        self.behaviour: dict[Key, dict[str, object]] = {}
         self.clusters: dict[str, Cluster] = {}
         # Sub-band keys of the linking buckets that are held mostly by one cluster.
         self.join_keys: dict[Key, str] = {}
@@ -461,6 +533,7 @@ class OperationLinker:
             self._count_payment(payment, 1, identity)
         kinds = account.items
         topics = account.topics
+        words = account.words
         max_topics = config.max_topics
         latest = account.last_ts
         spent = account.spent_ts
@@ -470,6 +543,17 @@ class OperationLinker:
                     items.add(item, ts)
             account.requests += 1
             account.single += evidence.single_turn
+            account.reasoned += (
+                evidence.reasoning >= REASONING_ASKED or evidence.coercion >= COERCION_ASKED
+            )
+            if evidence.words:
+                account.worded += 1
+                for word in evidence.words:
+                    held = words.get(word)
+                    if held is not None:
+                        words[word] = held + 1
+                    elif len(words) < max_topics:
+                        words[word] = 1
             if evidence.tokens:
                 account.tokens += evidence.tokens
                 if ts > spent:
@@ -550,6 +634,13 @@ class OperationLinker:
             if members is None:
                 members = self.noon_buckets[key] = {}
             members[account.identity] = None
+        if self.config.behaviour_links:
+            tool_count = self.tool_count
+            for index, kinds in enumerate(TOOL_KEYS):
+                if all(sigs[k] for k in kinds):
+                    key = (TOOL_TAG - index, *[sigs[k] for k in kinds])
+                    tool_count[key] = tool_count.get(key, 0) + 1
+                    account.tool_keys.append(key)
         account.doors = doors = frozenset(map(hash, itertools.chain(sub_keys, pair_keys)))
         door_holders = self._door_holders
         for door in doors:
@@ -600,6 +691,14 @@ class OperationLinker:
             del members[account.identity]
             if not members:
                 del noon_buckets[key]
+        tool_count = self.tool_count
+        for key in account.tool_keys:
+            left = tool_count[key] - 1
+            if left:
+                tool_count[key] = left
+            else:
+                del tool_count[key]
+        account.tool_keys = []
         account.keys = ([], [], [], [])
         account.thirds = {}
         door_holders = self._door_holders
@@ -938,9 +1037,14 @@ class OperationLinker:
         return False
 
     def kinds_of(self, key: Key) -> tuple[int, ...]:
-        """The kinds of a band key (index >= 0) or a pair key (index < 0)."""
+        """The kinds of a band key (index >= 0), a pair key (index < 0) or a behaviour-link
+        key (index <= `TOOL_TAG`)."""
         index = key[0]
-        return self.combos[index] if index >= 0 else self.pair_combos[-1 - index]
+        if index >= 0:
+            return self.combos[index]
+        if index <= TOOL_TAG:
+            return TOOL_KEYS[TOOL_TAG - index]
+        return self.pair_combos[-1 - index]
 
     def members_of(self, key: Key) -> dict[str, None]:
         """The accounts under a band key or a pair key."""
@@ -1097,6 +1201,20 @@ class OperationLinker:
                 owner = pair_owner.setdefault((self.kinds_of(key)[1], key[2]), first)
                 if owner != first:
                     union.union(owner, first)
+        behaviour_keys: set[Key] = set()
+        self.behaviour = {}
+        if config.behaviour_links:
+            for key, members, lift, figures in self._behaviour_links():
+                firm.update(dict.fromkeys(members))
+                linking = iter(members)
+                first = next(linking)
+                union.add(first)
+                for other in linking:
+                    union.union(first, other)
+                linked.append((key, lift))
+                anchors[key] = first
+                behaviour_keys.add(key)
+                self.behaviour[key] = figures
         pooled_keys: set[Key] = set()
         if config.pool_batches:
             self._pool(union, linked, firm, pooled_keys)
@@ -1110,6 +1228,7 @@ class OperationLinker:
         root_of = {member: i for i, members in enumerate(components) for member in members}
         evidence: list[tuple[Counter[str], int, float]] = [(Counter(), 0, 0.0) for _ in components]
         pooled = [0] * len(components)
+        behaved: list[dict[str, object] | None] = [None] * len(components)
         for key, lift in linked:
             at = root_of.get(anchors[key])
             if at is None:
@@ -1118,6 +1237,12 @@ class OperationLinker:
             kinds.update(KINDS[k] for k in self.kinds_of(key))
             evidence[at] = (kinds, buckets + 1, max(best, lift))
             pooled[at] += key in pooled_keys
+            link_behaviour = self.behaviour.get(key)
+            if link_behaviour is not None:
+                kinds["behaviour"] += 1
+                largest = behaved[at]
+                if largest is None or _members(link_behaviour) > _members(largest):
+                    behaved[at] = link_behaviour
         for anchor in card_links:
             at = root_of.get(anchor)
             if at is not None:
@@ -1125,8 +1250,8 @@ class OperationLinker:
                 kinds["payment"] += 1
         previous = self.clusters
         clusters: dict[str, Cluster] = {}
-        for members, (kinds, buckets, best), fragments in zip(
-            components, evidence, pooled, strict=True
+        for members, (kinds, buckets, best), fragments, behaviour in zip(
+            components, evidence, pooled, behaved, strict=True
         ):
             votes = Counter(
                 self.accounts[m].cluster for m in members if self.accounts[m].cluster is not None
@@ -1144,6 +1269,7 @@ class OperationLinker:
             cluster = Cluster(cluster_id, list(members), dict(kinds), buckets, best)
             cluster.first_seen = first_seen
             cluster.pooled = fragments
+            cluster.behaviour = behaviour
             clusters[cluster_id] = cluster
         for cluster in previous.values():
             for identity in cluster.members:
@@ -1166,11 +1292,13 @@ class OperationLinker:
         # members each round lets join (a round only appends to a cluster's members).
         held: dict[str, Counter[tuple[int, int]]] = {cid: Counter() for cid in clusters}
         counted: dict[str, int] = dict.fromkeys(clusters, 0)
-        door_links = [kl for kl in linked if kl[0] not in pooled_keys]
+        door_links = [kl for kl in linked if kl[0] not in pooled_keys | behaviour_keys]
         for _ in range(3):
             self._count_held(held, counted)
             # A pooled fragment is no door in: its chance holders agree with a member on
             # something common (the browser); each clustering confirms its holders anew.
+            # Nor is a behaviour link: its value is a tool's, and only behaviour tells its
+            # holders apart (each clustering judges them anew).
             self.join_keys = self._join_keys(door_links, held)
             self.join_payments = self._join_payments()
             before = sum(len(cluster.members) for cluster in clusters.values())
@@ -1187,6 +1315,99 @@ class OperationLinker:
             if identity not in members_now:
                 del self.priors[identity]
                 self._dirty_priors[identity] = 0.0
+
+    def harvests(self, account: Account) -> bool:
+        """Whether ``account`` behaves like harvesting (step 3d): enough requests, mostly
+        single-turn, mostly asking for the reasoning written out, mostly new topics, and no
+        word of its questions in most of them (not one subject, not one template)."""
+        config = self.config
+        requests = account.requests
+        if (
+            requests < config.harvest_min_requests
+            or account.single < config.harvest_single_turn * requests
+            or account.reasoned < config.harvest_reasoning * requests
+            or len(account.topics) < config.harvest_new_topics * min(requests, config.max_topics)
+            or not account.worded
+        ):
+            return False
+        return max(account.words.values()) <= config.max_word_share * account.worded
+
+    def _behaviour_links(self) -> list[tuple[Key, list[str], float, dict[str, object]]]:
+        """The behaviour links (step 3d): per value or pair of `TOOL_KEYS` held by at least
+        ``min_size`` accounts that harvest (`harvests`), those accounts, when they are at
+        least ``harvest_share`` of the value's holders and more than chance gives (the
+        surprise test against the share of all accounts that harvest), a pair passes the
+        pair tests (lift against chance, both values distinctive), and together their
+        topics spread. Returns (key, members, lift, behaviour figures) per linking key."""
+        config = self.config
+        accounts = self.accounts
+        total = len(accounts)
+        harvesting = [account for account in accounts.values() if self.harvests(account)]
+        if len(harvesting) < config.min_size:
+            return []
+        share = len(harvesting) / total
+        by_key: dict[Key, list[Account]] = {}
+        for account in harvesting:
+            for key in account.tool_keys:
+                by_key.setdefault(key, []).append(account)
+        counts = self.signature_count
+        found: list[tuple[Key, list[str], float, dict[str, object]]] = []
+        for key, members in by_key.items():
+            k = len(members)
+            if k < config.min_size:
+                continue
+            holders = self.tool_count.get(key, k)
+            if k < config.harvest_share * holders:
+                continue
+            strength = surprise(k, holders, share)
+            if strength < config.min_surprise:
+                continue
+            kinds = self.kinds_of(key)
+            lift = k / (holders * share)
+            if len(kinds) == 2:
+                # The pair's own tests, as for a pair with the batch (`pair_lift`).
+                holders_a = counts.get((kinds[0], key[1]), 1)
+                holders_b = counts.get((kinds[1], key[2]), 1)
+                lift = holders * total / (holders_a * holders_b)
+                strength = min(
+                    strength,
+                    surprise(holders, holders_b, holders_a / total),
+                    surprise(holders, holders_a, holders_b / total),
+                )
+                distinct = config.distinct_share
+                if (
+                    lift < config.min_lift
+                    or strength < config.min_surprise
+                    or holders < distinct * holders_a
+                    or holders < distinct * holders_b
+                ):
+                    continue
+            topics: set[int] = set()
+            topic_total = 0
+            for account in members:
+                topics.update(account.topics)
+                topic_total += len(account.topics)
+            spread = len(topics) / topic_total if topic_total else 0.0
+            if spread < config.min_topic_spread:
+                continue
+            requests = sum(account.requests for account in members)
+            figures: dict[str, object] = {
+                "link": "+".join(KINDS[kind] for kind in kinds),
+                "members": k,
+                "holders": holders,
+                "single_turn": round(sum(a.single for a in members) / requests, 3),
+                "reasoning": round(sum(a.reasoned for a in members) / requests, 3),
+                "new_topics": round(
+                    sum(len(a.topics) / min(a.requests, config.max_topics) for a in members) / k,
+                    3,
+                ),
+                "word_share": round(sum(max(a.words.values()) / a.worded for a in members) / k, 3),
+                "topic_spread": round(spread, 3),
+                "harvesting_share": round(share, 3),
+                "surprise": round(strength, 1),
+            }
+            found.append((key, [account.identity for account in members], lift, figures))
+        return found
 
     def _merge_by_card(self, union: UnionFind) -> list[str]:
         """Join linked groups that pay with one card: a payment fingerprint held by at least
