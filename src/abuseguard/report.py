@@ -533,6 +533,21 @@ def _operations_lines(operations: Mapping[str, Any] | None, top: int) -> list[st
     lines.extend(_table(header, rows))
     for c in clusters[:top]:
         lines.append(f"  {c['id']}: {', '.join(c['members_sample'])}")
+        behaviour = c.get("behaviour")
+        if behaviour:
+            # A behaviour link (linker step 3d): the tool's value and how its holders behave.
+            lines.append(
+                f"  {c['id']} behaviour: {behaviour['link']} held by {behaviour['holders']}, "
+                f"{behaviour['members']} harvest by {behaviour['way']} (single-turn "
+                f"{behaviour['single_turn'] * 100:.0f}%, reasoning asked "
+                f"{behaviour['reasoning'] * 100:.0f}%, taking turns "
+                f"{behaviour['turns'] * 100:.0f}%, new topics "
+                f"{behaviour['new_topics'] * 100:.0f}%, top word "
+                f"{behaviour['word_share'] * 100:.0f}%, topic spread "
+                f"{behaviour['topic_spread'] * 100:.0f}%; "
+                f"{behaviour['harvesting_share'] * 100:.0f}% of all accounts harvest, "
+                f"surprise {behaviour['surprise']} nats)"
+            )
     return lines
 
 

@@ -178,6 +178,8 @@ TOOL_TAG = -100
 # Coercion (a demand for the model's internal thinking verbatim) counts as asking too.
 REASONING_ASKED = 0.3
 COERCION_ASKED = 0.5
+# The ways an account harvests (`OperationLinker.harvests`): each is tested on its own.
+REASONING, TURNS = 1, 2
 
 
 @dataclass(frozen=True)
@@ -214,9 +216,11 @@ class OperationsConfig:
     pair of persona, system prompt and request shape (`TOOL_KEYS`) without the batch, when
     they behave like harvesting (step 3d): a member has sent at least
     ``harvest_min_requests`` requests, at least ``harvest_single_turn`` of them
-    single-turn, ``harvest_reasoning`` asking for the reasoning written out and
-    ``harvest_new_topics`` on a topic it had not asked before, and no word of its
-    questions in more than ``max_word_share`` of them; such members are at least
+    single-turn, ``harvest_new_topics`` on a topic it had not asked before, no word of its
+    questions in more than ``max_word_share`` of them, and either ``harvest_reasoning``
+    asking for the reasoning written out or its turn taken in a pool (at least
+    ``harvest_turn_gaps`` gaps between its requests, their coefficient of variation at
+    most ``harvest_turn_cv``); such members are at least
     ``harvest_share`` of the value's holders, and together their topics spread (at least
     ``min_topic_spread``).
     """
@@ -246,6 +250,8 @@ class OperationsConfig:
     harvest_single_turn: float = 0.8
     harvest_reasoning: float = 0.5
     harvest_new_topics: float = 0.5
+    harvest_turn_gaps: int = 8
+    harvest_turn_cv: float = 0.3
     harvest_share: float = 0.5
     min_topic_spread: float = 0.5
     max_word_share: float = 0.5
@@ -278,10 +284,13 @@ class OperationsConfig:
             raise ConfigError("OperationsConfig.hold_score", "must be in (0, 1] or None")
         if self.harvest_min_requests < 1:
             raise ConfigError("OperationsConfig.harvest_min_requests", "must be >= 1")
+        if self.harvest_turn_gaps < 2:
+            raise ConfigError("OperationsConfig.harvest_turn_gaps", "must be >= 2")
         for name in (
             "harvest_single_turn",
             "harvest_reasoning",
             "harvest_new_topics",
+            "harvest_turn_cv",
             "harvest_share",
             "min_topic_spread",
             "max_word_share",
@@ -297,6 +306,9 @@ class Account:
         "cluster",
         "doors",
         "first_ts",
+        "gap_squares",
+        "gap_sum",
+        "gaps",
         "identity",
         "items",
         "keys",
@@ -341,6 +353,10 @@ class Account:
         # Requests asking for the reasoning written out; requests with words, and per word
         # the requests holding it (at most ``max_topics`` words: what it asks about).
         self.reasoned = 0
+        # The gaps between its requests (count, sum, sum of squares): how evenly it asks.
+        self.gaps = 0
+        self.gap_sum = 0.0
+        self.gap_squares = 0.0
         self.worded = 0
         self.words: dict[int, int] = {}
         # The behaviour-link keys (`TOOL_KEYS`) it holds.
@@ -537,10 +553,17 @@ class OperationLinker:
         max_topics = config.max_topics
         latest = account.last_ts
         spent = account.spent_ts
+        previous = latest if account.requests else math.inf
         for ts, evidence in seen:
             for items, item in zip(kinds, evidence.items, strict=False):
                 if item:
                     items.add(item, ts)
+            if ts >= previous:
+                gap = ts - previous
+                account.gaps += 1
+                account.gap_sum += gap
+                account.gap_squares += gap * gap
+            previous = ts
             account.requests += 1
             account.single += evidence.single_turn
             account.reasoned += (
@@ -1316,49 +1339,68 @@ class OperationLinker:
                 del self.priors[identity]
                 self._dirty_priors[identity] = 0.0
 
-    def harvests(self, account: Account) -> bool:
-        """Whether ``account`` behaves like harvesting (step 3d): enough requests, mostly
-        single-turn, mostly asking for the reasoning written out, mostly new topics, and no
-        word of its questions in most of them (not one subject, not one template)."""
+    def harvests(self, account: Account) -> int:
+        """How ``account`` behaves like harvesting (step 3d), if it does: enough requests,
+        mostly single-turn, mostly new topics, no word of its questions in most of them
+        (not one subject, not one template), and `REASONING` (mostly asking for the
+        reasoning written out) or `TURNS` (taking its turn in a pool: `takes_turns`); 0
+        when it does not."""
         config = self.config
         requests = account.requests
         if (
             requests < config.harvest_min_requests
             or account.single < config.harvest_single_turn * requests
-            or account.reasoned < config.harvest_reasoning * requests
             or len(account.topics) < config.harvest_new_topics * min(requests, config.max_topics)
             or not account.worded
+            or max(account.words.values()) > config.max_word_share * account.worded
         ):
+            return 0
+        if account.reasoned >= config.harvest_reasoning * requests:
+            return REASONING
+        return TURNS if self.takes_turns(account) else 0
+
+    def takes_turns(self, account: Account) -> bool:
+        """Whether the gaps between the account's requests are as even as turns handed out
+        by a pool (least recently used first: each account every n-th request of the
+        stream): their coefficient of variation at most ``harvest_turn_cv``. Independent
+        arrivals give about 1, people in sessions with idle nights more."""
+        config = self.config
+        gaps = account.gaps
+        if gaps < config.harvest_turn_gaps or account.gap_sum <= 0.0:
             return False
-        return max(account.words.values()) <= config.max_word_share * account.worded
+        mean = account.gap_sum / gaps
+        variance = max(account.gap_squares / gaps - mean * mean, 0.0)
+        return math.sqrt(variance) <= config.harvest_turn_cv * mean
 
     def _behaviour_links(self) -> list[tuple[Key, list[str], float, dict[str, object]]]:
-        """The behaviour links (step 3d): per value or pair of `TOOL_KEYS` held by at least
-        ``min_size`` accounts that harvest (`harvests`), those accounts, when they are at
-        least ``harvest_share`` of the value's holders and more than chance gives (the
-        surprise test against the share of all accounts that harvest), a pair passes the
-        pair tests (lift against chance, both values distinctive), and together their
-        topics spread. Returns (key, members, lift, behaviour figures) per linking key."""
+        """The behaviour links (step 3d): per value or pair of `TOOL_KEYS` and way of
+        harvesting (`harvests`), the value's holders that harvest that way, when they are at
+        least ``min_size``, at least ``harvest_share`` of the value's holders and more than
+        chance gives (the surprise test against the share of all accounts that harvest that
+        way), a pair passes the pair tests (lift against chance, both values distinctive),
+        and together their topics spread. Returns (key: the value's key and the way,
+        members, lift, behaviour figures) per linking key."""
         config = self.config
         accounts = self.accounts
         total = len(accounts)
-        harvesting = [account for account in accounts.values() if self.harvests(account)]
-        if len(harvesting) < config.min_size:
-            return []
-        share = len(harvesting) / total
         by_key: dict[Key, list[Account]] = {}
-        for account in harvesting:
-            for key in account.tool_keys:
-                by_key.setdefault(key, []).append(account)
+        harvesting = Counter[int]()
+        for account in accounts.values():
+            way = self.harvests(account)
+            if way:
+                harvesting[way] += 1
+                for key in account.tool_keys:
+                    by_key.setdefault((*key, way), []).append(account)
         counts = self.signature_count
         found: list[tuple[Key, list[str], float, dict[str, object]]] = []
         for key, members in by_key.items():
             k = len(members)
             if k < config.min_size:
                 continue
-            holders = self.tool_count.get(key, k)
+            holders = self.tool_count.get(key[:-1], k)
             if k < config.harvest_share * holders:
                 continue
+            share = harvesting[key[-1]] / total
             strength = surprise(k, holders, share)
             if strength < config.min_surprise:
                 continue
@@ -1393,10 +1435,12 @@ class OperationLinker:
             requests = sum(account.requests for account in members)
             figures: dict[str, object] = {
                 "link": "+".join(KINDS[kind] for kind in kinds),
+                "way": "reasoning" if key[-1] == REASONING else "turns",
                 "members": k,
                 "holders": holders,
                 "single_turn": round(sum(a.single for a in members) / requests, 3),
                 "reasoning": round(sum(a.reasoned for a in members) / requests, 3),
+                "turns": round(sum(self.takes_turns(a) for a in members) / k, 3),
                 "new_topics": round(
                     sum(len(a.topics) / min(a.requests, config.max_topics) for a in members) / k,
                     3,
