@@ -247,7 +247,7 @@ class OperationsConfig:
     merge_by_card: bool = True
     behaviour_links: bool = True
     harvest_min_requests: int = 3
-    harvest_single_turn: float = 0.8
+    harvest_single_turn: float = 0.7
     harvest_reasoning: float = 0.5
     harvest_new_topics: float = 0.5
     harvest_turn_gaps: int = 8
