@@ -411,6 +411,11 @@ def test_behaviour_link_keys_are_counted_and_dropped(behaviour_run: Run) -> None
                 key = (TOOL_TAG - index, *[sigs[k] for k in kinds])
                 counts[key] = counts.get(key, 0) + 1
     assert linker.tool_count == counts
+    for account in linker.accounts.values():
+        assert account.top_word == max(account.words.values(), default=0)
+    ways = {m: way for m, a in linker.accounts.items() if (way := linker.harvests(a))}
+    assert linker.harvesting == ways
+    assert +linker.harvest_ways == Counter(ways.values())
     small = OperationLinker(OperationsConfig(max_accounts=50))
     reader = EvidenceReader()
     rng = random.Random(2)
@@ -419,7 +424,7 @@ def test_behaviour_link_keys_are_counted_and_dropped(behaviour_run: Run) -> None
     assert small.tool_count
     for identity in list(small.accounts):
         small._drop(identity)
-    assert small.tool_count == {}
+    assert small.tool_count == {} and small.harvesting == {}
 
 
 def test_the_evidence_reads_reasoning_asks_and_the_words_of_the_question() -> None:
@@ -479,3 +484,99 @@ def test_the_replay_report_names_the_behaviour_link_and_its_figures() -> None:
 def test_bad_behaviour_config_is_refused(field: str, value: object) -> None:
     with pytest.raises(ConfigError):
         OperationsConfig(**{field: value})  # type: ignore[arg-type]
+
+
+ASYNC_UA = "AsyncOpenAI/Python 1.58.1"
+ASYNC_HEADERS = {**sdk_headers(version="1.58.1"), "x-stainless-async": "async:asyncio"}
+DEFAULT_STREAM = {"model": "atlas-1-reasoning", "stream": True}
+
+
+def varied_question(rng: random.Random) -> str:
+    """A question on any subject in any of nine languages, without asking for reasoning."""
+    subject = rng.choice(multilingual.SUBJECTS)
+    return multilingual.question(rng, rng.choice(OPERATION_LANGUAGES), subject)
+
+
+def pool_requests(
+    rng: random.Random, accounts: int, hours: float, per_account_gap: float
+) -> list[tuple[float, str, Observed]]:
+    """A reseller's pool: its customers' requests (varied single questions, no demand for
+    reasoning) as one stream, each handed to the pool's least recently used account, all
+    with the async SDK's headers and its defaults (streaming); each account keeps one
+    residential exit."""
+    exits = [rng.choice(RESIDENTIAL) for _ in range(accounts)]
+    out: list[tuple[float, str, Observed]] = []
+    ts = 0.0
+    turn = 0
+    while True:
+        ts += rng.expovariate(accounts / per_account_gap)
+        if ts >= hours * 3600.0:
+            return out
+        index = turn % accounts  # least recently used: each account in turn
+        turn += 1
+        body = json.dumps({**DEFAULT_STREAM, "messages": _messages(None, varied_question(rng))})
+        seen = Observed(ts, "", ASYNC_UA, ASYNC_HEADERS, body, exits[index], 900.0)
+        out.append((ts, f"k:pool{index}", seen))
+
+
+def async_sdk_users(rng: random.Random, members: int = 40) -> list[Member]:
+    """Developers on the async SDK at its defaults (the pool's persona and shape), asking
+    varied single questions in sessions: their gaps are people's, uneven."""
+    out = []
+    for i in range(members):
+
+        def body(r: random.Random, n: int) -> str:
+            return json.dumps({**DEFAULT_STREAM, "messages": _messages(None, varied_question(r))})
+
+        gap = rng.choice([60.0, 600.0, 1800.0])
+        asns = [rng.choice(RESIDENTIAL + CLOUD)]
+        out.append(Member(f"k:async{i}", ASYNC_UA, ASYNC_HEADERS, asns, body, gap, "async"))
+    return out
+
+
+def bursty_requests(
+    rng: random.Random, members: list[Member], hours: float
+) -> list[tuple[float, str, Observed]]:
+    """`requests` in sessions: a few requests close together, then a long pause."""
+    out: list[tuple[float, str, Observed]] = []
+    for member in members:
+        ts = rng.uniform(0.0, 1800.0)
+        n = 0
+        while ts < hours * 3600.0:
+            for _ in range(rng.randint(2, 6)):
+                body = member.body(rng, n)
+                asn = rng.choice(member.asns)
+                seen = Observed(ts, "", member.ua, member.headers, body, asn, 900.0)
+                out.append((ts, member.identity, seen))
+                n += 1
+                ts += rng.expovariate(1.0 / member.gap)
+            ts += rng.uniform(1200.0, 3600.0)
+    return out
+
+
+def test_a_pool_taking_turns_links_and_async_sdk_users_at_its_defaults_do_not() -> None:
+    """A reseller's pool asks nothing of the reasoning and shares only what the SDK's
+    users share (its headers, its defaults); what gives it away is that its accounts take
+    turns: each one's gaps are even. Developers on the same SDK at the same defaults ask
+    in sessions and stay unlinked, as do all others."""
+    rng = random.Random(43)
+    honest = honest_members(rng, 800) + async_sdk_users(rng)
+    traffic = pool_requests(rng, 40, hours=2.0, per_account_gap=360.0)
+    traffic += bursty_requests(rng, honest, hours=2.0)
+    traffic.sort(key=lambda r: r[0])
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    run_linker(linker, traffic)
+    pool = [f"k:pool{i}" for i in range(40)]
+    clusters = {linker.cluster_of(m) for m in pool}
+    assert len(clusters) == 1 and None not in clusters, clusters
+    (cluster_id,) = clusters
+    assert cluster_id is not None
+    cluster = linker.clusters[cluster_id]
+    assert sorted(cluster.members) == sorted(pool)
+    assert cluster.behaviour is not None and cluster.behaviour["way"] == "turns"
+    assert all(linker.takes_turns(linker.accounts[m]) for m in pool)
+    assert not [m.identity for m in honest if linker.cluster_of(m.identity) is not None]
+    assert not [m.identity for m in honest if linker.takes_turns(linker.accounts[m.identity])]
+    without = OperationLinker(OperationsConfig(recluster_every=60.0, behaviour_links=False))
+    run_linker(without, traffic)
+    assert without.clusters == {}

@@ -84,8 +84,8 @@ _PATCH_VERSION = re.compile(r"(\d+\.\d+)\.\d[0-9A-Za-z.+-]*")
 TOPIC_WORDS = 6
 _MAX_AGENTS = 4096
 _COERCION_CHARS = 4096  # of the last user message and of the system text each
-WORD_CHARS = 400
-MAX_WORDS = 24
+WORD_CHARS = 240
+MAX_WORDS = 16
 _WORD = re.compile(r"[^\W\d_]{4,}")
 # How a prompt asks for reasoning ("show", "step", "reasoning"), not what it asks about.
 _ASKING_WORDS = frozenset(

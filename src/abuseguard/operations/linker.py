@@ -34,8 +34,9 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    ``min_size``; its pairs are as large as the operation from its first hour. A pair
    always holds the batch: persona, system prompt and request shape are what one tool
    fixes for all its users, accounts made together are what an operation has and a tool's
-   users do not. Network and activity slot never pair (what a campus or a cloud crowd
-   shares by where it is; everyone busy at the same hours). The batch is read on two day
+   users do not (step 3d links them without the batch, by how their holders behave).
+   Network and activity slot never pair (what a campus or a cloud crowd shares by where
+   it is; everyone busy at the same hours). The batch is read on two day
    grids (`abuseguard.operations.evidence`: ``created`` from midnight, ``created_noon``
    from noon UTC) and each pairs on its own, each grid's pair tested against that grid's
    counts: a burst of sign-ups shorter than half a day lies whole in a day of one grid,
@@ -70,6 +71,31 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    pool links into at most one group that buckets or pairs linked already (two
    operations sharing a browser's persona stay two; each one's score is its own), and is
    no door for joining (step 5); each clustering confirms it anew.
+3d. **Behaviour links.** With ``behaviour_links``, a system prompt, a request shape, or a
+   pair of persona, system prompt and request shape (`TOOL_KEYS`) links its holders
+   without the batch when they behave like harvesting, which a tool's users do not. A
+   member *harvests* (`OperationLinker.harvests`) when it has sent at least
+   ``harvest_min_requests`` requests: at least ``harvest_single_turn`` of them
+   single-turn (coding agents and chat apps send their histories), at least
+   ``harvest_new_topics`` of them on a topic it had not asked before (a pipeline repeats
+   its prompt), no word of its questions in more than ``max_word_share`` of them (of its
+   first `WORD_SAMPLE` with words: one subject, one template, one pasted assignment put
+   their words in every question; the words of asking for reasoning do not count), and
+   in one of two *ways*: ``reasoning``,
+   at least ``harvest_reasoning`` of its requests asking for the reasoning written out
+   (elicitation strength at least `REASONING_ASKED`, or coercion at least
+   `COERCION_ASKED`), or ``turns``, the gaps between its requests as even as turns handed
+   out by a pool (at least ``harvest_turn_gaps`` gaps, their coefficient of variation at
+   most ``harvest_turn_cv``: independent arrivals give about 1, people in sessions more).
+   Per value and way, its holders that harvest that way must be at least ``min_size``,
+   at least ``harvest_share`` of the value's holders, and improbable by chance (surprise
+   against the share of all accounts that harvest that way, ``min_surprise``); a pair
+   must pass the tests of a pair (step 3b: lift, surprise, both values distinctive); and
+   their topics together must spread (distinct topics over the topics, of each member's
+   first `SPREAD_TOPICS`, at least ``min_topic_spread``). They link firm (the value is one
+   the operator chose). A behaviour link is no door for joining (step 5): each clustering
+   judges its holders anew. The cluster's evidence counts it as ``behaviour`` and keeps
+   the figures of its largest behaviour link (`Cluster.behaviour`).
 4. **Clusters.** Every ``recluster_every`` seconds (of the records' time) the members of
    linking buckets are joined by union-find, and so are two linking buckets that agree on
    all but one of their kinds (each passed the test on its own: an operation whose
@@ -178,6 +204,11 @@ TOOL_TAG = -100
 # Coercion (a demand for the model's internal thinking verbatim) counts as asking too.
 REASONING_ASKED = 0.3
 COERCION_ASKED = 0.5
+# The requests with words whose words an account counts (its first ones): enough to tell
+# one subject or template from many (`OperationsConfig.max_word_share`).
+WORD_SAMPLE = 32
+# The topics of each member a behaviour link's topic spread counts (its first ones).
+SPREAD_TOPICS = 8
 # The ways an account harvests (`OperationLinker.harvests`): each is tested on its own.
 REASONING, TURNS = 1, 2
 
@@ -323,6 +354,7 @@ class Account:
         "thirds",
         "tokens",
         "tool_keys",
+        "top_word",
         "topics",
         "worded",
         "words",
@@ -359,6 +391,7 @@ class Account:
         self.gap_squares = 0.0
         self.worded = 0
         self.words: dict[int, int] = {}
+        self.top_word = 0  # the most requests one of its words is in
         # The behaviour-link keys (`TOOL_KEYS`) it holds.
         self.tool_keys: list[Key] = []
         self.cluster: str | None = None
@@ -500,6 +533,10 @@ class OperationLinker:
         # last clustering, its holders' behaviour (step 3d).
         self.tool_count: dict[Key, int] = {}
         self.behaviour: dict[Key, dict[str, object]] = {}
+        # The accounts that harvest (`harvests`), judged as they are observed: identity ->
+        # way; and the accounts per way.
+        self.harvesting: dict[str, int] = {}
+        self.harvest_ways: Counter[int] = Counter()
         self.clusters: dict[str, Cluster] = {}
         # Sub-band keys of the linking buckets that are held mostly by one cluster.
         self.join_keys: dict[Key, str] = {}
@@ -569,14 +606,18 @@ class OperationLinker:
             account.reasoned += (
                 evidence.reasoning >= REASONING_ASKED or evidence.coercion >= COERCION_ASKED
             )
-            if evidence.words:
+            if evidence.words and account.worded < WORD_SAMPLE:
                 account.worded += 1
                 for word in evidence.words:
                     held = words.get(word)
                     if held is not None:
-                        words[word] = held + 1
+                        words[word] = held = held + 1
+                        if held > account.top_word:
+                            account.top_word = held
                     elif len(words) < max_topics:
                         words[word] = 1
+                        if not account.top_word:
+                            account.top_word = 1
             if evidence.tokens:
                 account.tokens += evidence.tokens
                 if ts > spent:
@@ -589,6 +630,8 @@ class OperationLinker:
         account.spent_ts = spent
         if latest > self.now:
             self.now = latest
+        if config.behaviour_links:
+            self._judge(account)
         # A kind's signature is of its heavy items: an account whose requests mix a few
         # shapes or prompts signs with the ones it uses most, as its peers do; one that
         # rotates evenly over a pool of exits signs with the whole pool.
@@ -756,8 +799,24 @@ class OperationLinker:
                 if not payers:
                     del self._payers[payment]
 
+    def _judge(self, account: Account) -> None:
+        """Keep ``harvesting`` (and its count per way) up to date with how ``account``
+        behaves now (`harvests`)."""
+        way = self.harvests(account)
+        was = self.harvesting.get(account.identity, 0)
+        if way != was:
+            if was:
+                self.harvest_ways[was] -= 1
+                del self.harvesting[account.identity]
+            if way:
+                self.harvest_ways[way] += 1
+                self.harvesting[account.identity] = way
+
     def _drop(self, identity: str) -> None:
         account = self.accounts.pop(identity)
+        way = self.harvesting.pop(identity, 0)
+        if way:
+            self.harvest_ways[way] -= 1
         self._unindex(account)
         self._count_payment(account.payment, -1, identity)
         if account.cluster is not None:
@@ -1352,7 +1411,7 @@ class OperationLinker:
             or account.single < config.harvest_single_turn * requests
             or len(account.topics) < config.harvest_new_topics * min(requests, config.max_topics)
             or not account.worded
-            or max(account.words.values()) > config.max_word_share * account.worded
+            or account.top_word > config.max_word_share * account.worded
         ):
             return 0
         if account.reasoned >= config.harvest_reasoning * requests:
@@ -1384,13 +1443,11 @@ class OperationLinker:
         accounts = self.accounts
         total = len(accounts)
         by_key: dict[Key, list[Account]] = {}
-        harvesting = Counter[int]()
-        for account in accounts.values():
-            way = self.harvests(account)
-            if way:
-                harvesting[way] += 1
-                for key in account.tool_keys:
-                    by_key.setdefault((*key, way), []).append(account)
+        for identity, way in self.harvesting.items():
+            account = accounts[identity]
+            for key in account.tool_keys:
+                by_key.setdefault((*key, way), []).append(account)
+        harvesting = self.harvest_ways
         counts = self.signature_count
         found: list[tuple[Key, list[str], float, dict[str, object]]] = []
         for key, members in by_key.items():
@@ -1424,11 +1481,14 @@ class OperationLinker:
                     or holders < distinct * holders_b
                 ):
                     continue
+            # Each member's first topics: bounded work per clustering, and what the members
+            # asked first is where a class's pasted assignment or a template shows.
             topics: set[int] = set()
             topic_total = 0
             for account in members:
-                topics.update(account.topics)
-                topic_total += len(account.topics)
+                first = list(itertools.islice(account.topics, SPREAD_TOPICS))
+                topics.update(first)
+                topic_total += len(first)
             spread = len(topics) / topic_total if topic_total else 0.0
             if spread < config.min_topic_spread:
                 continue
@@ -1445,7 +1505,7 @@ class OperationLinker:
                     sum(len(a.topics) / min(a.requests, config.max_topics) for a in members) / k,
                     3,
                 ),
-                "word_share": round(sum(max(a.words.values()) / a.worded for a in members) / k, 3),
+                "word_share": round(sum(a.top_word / a.worded for a in members) / k, 3),
                 "topic_spread": round(spread, 3),
                 "harvesting_share": round(share, 3),
                 "surprise": round(strength, 1),
