@@ -311,10 +311,10 @@ def test_an_operation_without_account_facts_links_by_behaviour_in_its_first_hour
     ops = [m.identity for m in run.members if m.crowd == "operation"]
     linked = [m for m in ops if run.first_hour[m] is not None]
     # An account is judged from its third request: of those that sent three in the first
-    # hour (four an hour on average), most are linked by its end: the rest sent a chat
+    # hour (four an hour on average), half or more are linked by its end: the rest sent a chat
     # or questions whose way of asking for reasoning the markers do not know.
     judged = [m for m in ops if run.first_hour_requests[m] >= 3]
-    assert len(linked) >= 0.6 * len(judged) >= 16, (len(linked), len(judged))
+    assert len(linked) >= 0.5 * len(judged) >= 16, (len(linked), len(judged))
     honest_first = [m.identity for m in run.members if m.crowd != "operation"]
     assert not [m for m in honest_first if run.first_hour[m] is not None]
     linker = run.linker
@@ -443,6 +443,14 @@ def test_the_evidence_reads_reasoning_asks_and_the_words_of_the_question() -> No
     assert system_asks >= 0.5
     plain, plain_words = read(None, "What is a pendulum?")
     assert plain == 0.0 and len(plain_words) == 2
+    # A conversation's later turn: read for what the behaviour links judge, it says nothing.
+    history = [
+        {"role": "user", "content": "What is a pendulum?"},
+        {"role": "assistant", "content": "a weight on a string"},
+        {"role": "user", "content": "Explain its period step by step."},
+    ]
+    later = reader.read(Observed(1.0, body=json.dumps({"model": "m", "messages": history})))
+    assert not later.single_turn and later.reasoning == 0.0 and later.words == ()
 
 
 def test_the_replay_report_names_the_behaviour_link_and_its_figures() -> None:

@@ -34,7 +34,9 @@ Besides the items: whether the request is single-turn (one user message, no earl
 answers), a topic (the first words of the last user message), the tokens it cost, how
 plainly it demands the model's own internal reasoning written out
 (`abuseguard.intel.content.coercion_strength` of the system text and the last user
-message), how plainly it asks for reasoning at all (``reasoning``:
+message) and, for a single-turn request only (the linker's behaviour links judge
+accounts that ask one question at a time: `abuseguard.operations.linker`, step 3d), how
+plainly it asks for reasoning at all (``reasoning``:
 `abuseguard.intel.content.elicitation_strength` of the same text) and the words of its
 question (``words``: hashes of the distinct words of at least four letters of the last
 user message's first ``WORD_CHARS`` characters, at most ``MAX_WORDS``, without the words
@@ -336,19 +338,16 @@ def _read_request(
     asked = last_user[:_COERCION_CHARS]
     if system_text:
         asked = system_text[:_COERCION_CHARS] + "\n" + asked
+    single = users == 1 and answers == 0
     coercion = reasoning = 0.0
+    question: tuple[int, ...] = ()
     if asked:
         coercion = coercion_strength(asked)
-        reasoning = elicitation_strength(asked)
-    return (
-        system,
-        shape,
-        topic,
-        users == 1 and answers == 0,
-        coercion,
-        reasoning,
-        question_words(last_user),
-    )
+        if single:  # a conversation's later turns say nothing of harvesting
+            reasoning = elicitation_strength(asked)
+    if single:
+        question = question_words(last_user)
+    return system, shape, topic, single, coercion, reasoning, question
 
 
 def question_words(text: str) -> tuple[int, ...]:

@@ -81,12 +81,12 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    its prompt), no word of its questions in more than ``max_word_share`` of them (of its
    first `WORD_SAMPLE` with words: one subject, one template, one pasted assignment put
    their words in every question; the words of asking for reasoning do not count), and
-   in one of two *ways*: ``reasoning``,
-   at least ``harvest_reasoning`` of its requests asking for the reasoning written out
-   (elicitation strength at least `REASONING_ASKED`, or coercion at least
-   `COERCION_ASKED`), or ``turns``, the gaps between its requests as even as turns handed
-   out by a pool (at least ``harvest_turn_gaps`` gaps, their coefficient of variation at
-   most ``harvest_turn_cv``: independent arrivals give about 1, people in sessions more).
+   in one of two *ways*: ``reasoning``, at least ``harvest_reasoning`` of its single-turn
+   requests asking for the reasoning written out (elicitation strength at least
+   `REASONING_ASKED`, or coercion at least `COERCION_ASKED`), or ``turns``, the gaps
+   between its requests as even as turns handed out by a pool (at least
+   ``harvest_turn_gaps`` gaps, their coefficient of variation at most
+   ``harvest_turn_cv``: independent arrivals give about 1, people in sessions more).
    Per value and way, its holders that harvest that way must be at least ``min_size``,
    at least ``harvest_share`` of the value's holders, and improbable by chance (surprise
    against the share of all accounts that harvest that way, ``min_surprise``); a pair
@@ -249,9 +249,9 @@ class OperationsConfig:
     ``harvest_min_requests`` requests, at least ``harvest_single_turn`` of them
     single-turn, ``harvest_new_topics`` on a topic it had not asked before, no word of its
     questions in more than ``max_word_share`` of them, and either ``harvest_reasoning``
-    asking for the reasoning written out or its turn taken in a pool (at least
-    ``harvest_turn_gaps`` gaps between its requests, their coefficient of variation at
-    most ``harvest_turn_cv``); such members are at least
+    of its single-turn requests asking for the reasoning written out or its turn taken in
+    a pool (at least ``harvest_turn_gaps`` gaps between its requests, their coefficient
+    of variation at most ``harvest_turn_cv``); such members are at least
     ``harvest_share`` of the value's holders, and together their topics spread (at least
     ``min_topic_spread``).
     """
@@ -603,7 +603,7 @@ class OperationLinker:
             previous = ts
             account.requests += 1
             account.single += evidence.single_turn
-            account.reasoned += (
+            account.reasoned += evidence.single_turn and (
                 evidence.reasoning >= REASONING_ASKED or evidence.coercion >= COERCION_ASKED
             )
             if evidence.words and account.worded < WORD_SAMPLE:
@@ -1414,7 +1414,7 @@ class OperationLinker:
             or account.top_word > config.max_word_share * account.worded
         ):
             return 0
-        if account.reasoned >= config.harvest_reasoning * requests:
+        if account.reasoned >= config.harvest_reasoning * account.single:
             return REASONING
         return TURNS if self.takes_turns(account) else 0
 
@@ -1493,13 +1493,14 @@ class OperationLinker:
             if spread < config.min_topic_spread:
                 continue
             requests = sum(account.requests for account in members)
+            single = sum(account.single for account in members)
             figures: dict[str, object] = {
                 "link": "+".join(KINDS[kind] for kind in kinds),
                 "way": "reasoning" if key[-1] == REASONING else "turns",
                 "members": k,
                 "holders": holders,
-                "single_turn": round(sum(a.single for a in members) / requests, 3),
-                "reasoning": round(sum(a.reasoned for a in members) / requests, 3),
+                "single_turn": round(single / requests, 3),
+                "reasoning": round(sum(a.reasoned for a in members) / max(single, 1), 3),
                 "turns": round(sum(self.takes_turns(a) for a in members) / k, 3),
                 "new_topics": round(
                     sum(len(a.topics) / min(a.requests, config.max_topics) for a in members) / k,
