@@ -63,22 +63,31 @@ def _messages(system: str | None, user: str) -> list[dict[str, str]]:
     return [*head, {"role": "user", "content": user}]
 
 
-def operation(rng: random.Random, members: int = 64) -> list[Member]:
+def operation(
+    rng: random.Random,
+    members: int = 64,
+    name: str = "k:op",
+    sdk_version: str = "1.54.3",
+    system_prompts: tuple[str, ...] = OPERATION_SYSTEM,
+    max_tokens: int = 12000,
+    sdk_exits: list[int] | None = None,
+    browsers: bool = True,
+) -> list[Member]:
     """A hydra-like operation with no account facts: 60% of its accounts on a pinned SDK
     persona with its request shape (streaming chosen per account), the rest on real
     browsers through the web app's reasoning-model shape; 40% of its requests carry one of
     its two system prompts; each request leaves through a residential exit; 90% single
     turn; every account sweeps its own stretch of a taxonomy of subjects in nine languages,
     asking for the reasoning."""
-    pinned = sdk_headers(version="1.54.3")
+    pinned = sdk_headers(version=sdk_version)
     out: list[Member] = []
     for i in range(members):
-        sdk = i % 5 < 3
+        sdk = i % 5 < 3 or not browsers
         if sdk:
-            ua, headers = "OpenAI/Python 1.54.3", pinned
+            ua, headers = f"OpenAI/Python {sdk_version}", pinned
             shape: dict[str, object] = {
                 "model": "atlas-1-reasoning",
-                "max_tokens": 12000,
+                "max_tokens": max_tokens,
                 "temperature": 0.6,
                 "stream": i % 2 == 0,
             }
@@ -93,7 +102,7 @@ def operation(rng: random.Random, members: int = 64) -> list[Member]:
             subject = multilingual.SUBJECTS[(at + n) % len(multilingual.SUBJECTS)]
             language = r.choice(OPERATION_LANGUAGES)
             text = multilingual.reasoning_question(r, language, subject)
-            system = r.choice(OPERATION_SYSTEM) if r.random() < 0.4 else None
+            system = r.choice(system_prompts) if r.random() < 0.4 else None
             messages = _messages(system, text)
             if r.random() < 0.1:
                 earlier = multilingual.question(r, language, subject)
@@ -104,7 +113,9 @@ def operation(rng: random.Random, members: int = 64) -> list[Member]:
             return json.dumps({**shape, "messages": messages})
 
         asns = RESIDENTIAL + list(range(30000, 30400))
-        out.append(Member(f"k:op{i}", ua, headers, asns, body, 900.0, "operation"))
+        if sdk and sdk_exits is not None:
+            asns = sdk_exits
+        out.append(Member(f"{name}{i}", ua, headers, asns, body, 900.0, "operation"))
     return out
 
 
@@ -506,7 +517,11 @@ def varied_question(rng: random.Random) -> str:
 
 
 def pool_requests(
-    rng: random.Random, accounts: int, hours: float, per_account_gap: float
+    rng: random.Random,
+    accounts: int,
+    hours: float,
+    per_account_gap: float,
+    reasoning_share: float = 0.0,
 ) -> list[tuple[float, str, Observed]]:
     """A reseller's pool: its customers' requests (varied single questions, no demand for
     reasoning) as one stream, each handed to the pool's least recently used account, all
@@ -522,7 +537,10 @@ def pool_requests(
             return out
         index = turn % accounts  # least recently used: each account in turn
         turn += 1
-        body = json.dumps({**DEFAULT_STREAM, "messages": _messages(None, varied_question(rng))})
+        question = varied_question(rng)
+        if rng.random() < reasoning_share:
+            question += " Explain step by step."
+        body = json.dumps({**DEFAULT_STREAM, "messages": _messages(None, question)})
         seen = Observed(ts, "", ASYNC_UA, ASYNC_HEADERS, body, exits[index], 900.0)
         out.append((ts, f"k:pool{index}", seen))
 
@@ -588,3 +606,34 @@ def test_a_pool_taking_turns_links_and_async_sdk_users_at_its_defaults_do_not() 
     without = OperationLinker(OperationsConfig(recluster_every=60.0, behaviour_links=False))
     run_linker(without, traffic)
     assert without.clusters == {}
+
+
+def test_a_prompt_two_operations_share_does_not_merge_them() -> None:
+    """Two operations on the SDK, each from its own cloud with its own persona and shape
+    (bands link each), both sending one leaked pair of system prompts: the prompts'
+    behaviour links (their holders are both operations' accounts, who harvest) join at
+    most one group the bands made. Each operation keeps its own cluster and score."""
+    rng = random.Random(47)
+    members = (
+        honest_members(rng, 800)
+        + operation(rng, sdk_exits=[14061], browsers=False)
+        + operation(
+            rng,
+            name="k:opb",
+            sdk_version="1.40.6",
+            max_tokens=8192,
+            sdk_exits=[24940],
+            browsers=False,
+        )
+    )
+    linker = OperationLinker(OperationsConfig(recluster_every=60.0))
+    run_linker(linker, requests(rng, members, hours=3.0))
+    first_ids = {linker.cluster_of(f"k:op{i}") for i in range(64)} - {None}
+    second_ids = {linker.cluster_of(f"k:opb{i}") for i in range(64)} - {None}
+    assert first_ids and second_ids and first_ids.isdisjoint(second_ids), (first_ids, second_ids)
+    for ids in (first_ids, second_ids):
+        assert any("network" in linker.clusters[c].linked_by for c in ids if c is not None)
+    shared = [f for f in linker.behaviour.values() if f["link"] == "system" and f["holders"] >= 64]  # type: ignore[operator]
+    assert shared, "the leaked prompts link"
+    honest = [m.identity for m in members if m.crowd != "operation"]
+    assert not [m for m in honest if linker.cluster_of(m) is not None]

@@ -93,8 +93,12 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    must pass the tests of a pair (step 3b: lift, surprise, both values distinctive); and
    their topics together must spread (distinct topics over the topics, of each member's
    first `SPREAD_TOPICS`, at least ``min_topic_spread``). They link firm (the value is one
-   the operator chose). A behaviour link is no door for joining (step 5): each clustering
-   judges its holders anew. The cluster's evidence counts it as ``behaviour`` and keeps
+   the operator chose). Like a pool, a behaviour link links into at most one group that
+   buckets or pairs linked already: two operations that share a tool's value (a web
+   app's shape, an SDK's defaults) stay two, each with its own score; groups behaviour
+   links made merge (an operation's accounts on its prompts, on its shapes). A
+   behaviour link is no door for joining (step 5): each clustering judges its holders
+   anew. The cluster's evidence counts it as ``behaviour`` and keeps
    the figures of its largest behaviour link (`Cluster.behaviour`).
 4. **Clusters.** Every ``recluster_every`` seconds (of the records' time) the members of
    linking buckets are joined by union-find, and so are two linking buckets that agree on
@@ -450,10 +454,10 @@ def _on_day_grid(pair: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(CREATED if kind == CREATED_NOON else kind for kind in pair)
 
 
-def _members(figures: dict[str, object]) -> int:
-    members = figures["members"]
-    assert isinstance(members, int)
-    return members
+def _count(figures: dict[str, object], name: str) -> int:
+    count = figures[name]
+    assert isinstance(count, int)
+    return count
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
@@ -911,6 +915,60 @@ class OperationLinker:
             }
         return bands
 
+    def _link_behaviour(
+        self, union: UnionFind, linked: list[tuple[Key, float]], firm: dict[str, None]
+    ) -> set[Key]:
+        """Link the behaviour links (`_behaviour_links`); returns the keys that linked. As
+        a pool does, a behaviour link joins at most one group that buckets or pairs linked
+        already (at least ``min_size`` accounts): a tool's value that two operations share
+        (a web app's shape, an SDK's defaults) is weaker evidence than what linked each,
+        and one operation's score is not the other's. Groups behaviour links made merge:
+        an operation's accounts on its prompts and on its shapes. The links whose holders
+        are in two or more such groups go last."""
+        min_size = self.config.min_size
+        sizes: Counter[str] = Counter(union.find(x) for x in list(union.parent))
+        established = {root for root, size in sizes.items() if size >= min_size}
+        keys: set[Key] = set()
+        # The rarer values first: each operation's own values group it before a value
+        # several share is asked which established group it joins.
+        links = sorted(self._behaviour_links(), key=lambda link: _count(link[3], "holders"))
+
+        # A link whose holders are in two or more such groups goes last: by then the
+        # others have brought each operation's own accounts into its group.
+        def spans(link: tuple[Key, list[str], float, dict[str, object]]) -> bool:
+            return len({union.find(m) for m in link[1] if m in union.parent} & established) > 1
+
+        later = [link for link in links if spans(link)]
+        first_links = [link for link in links if not spans(link)]
+        for key, members, lift, figures in first_links + later:
+            roots = {m: union.find(m) for m in members if m in union.parent}
+            found = Counter(root for root in roots.values() if root in established)
+            anchor = found.most_common(1)[0][0] if found else None
+            taken = [
+                m
+                for m in members
+                if m not in roots or roots[m] == anchor or roots[m] not in established
+            ]
+            if not taken:
+                continue
+            first = anchor if anchor is not None else taken[0]
+            for member in taken:
+                ours, theirs = union.find(first), union.find(member)
+                if ours != theirs:
+                    merged = max(sizes.pop(ours, 0), 1) + max(sizes.pop(theirs, 0), 1)
+                    root = union.union(ours, theirs)
+                    sizes[root] = merged
+                    if ours in established or theirs in established:
+                        established.discard(ours)
+                        established.discard(theirs)
+                        established.add(root)
+            firm.update(dict.fromkeys(taken))
+            linked.append((key, lift))
+            self._anchors[key] = taken[0]
+            keys.add(key)
+            self.behaviour[key] = figures
+        return keys
+
     def _pool(
         self,
         union: UnionFind,
@@ -1286,17 +1344,7 @@ class OperationLinker:
         behaviour_keys: set[Key] = set()
         self.behaviour = {}
         if config.behaviour_links:
-            for key, members, lift, figures in self._behaviour_links():
-                firm.update(dict.fromkeys(members))
-                linking = iter(members)
-                first = next(linking)
-                union.add(first)
-                for other in linking:
-                    union.union(first, other)
-                linked.append((key, lift))
-                anchors[key] = first
-                behaviour_keys.add(key)
-                self.behaviour[key] = figures
+            behaviour_keys = self._link_behaviour(union, linked, firm)
         pooled_keys: set[Key] = set()
         if config.pool_batches:
             self._pool(union, linked, firm, pooled_keys)
@@ -1323,7 +1371,9 @@ class OperationLinker:
             if link_behaviour is not None:
                 kinds["behaviour"] += 1
                 largest = behaved[at]
-                if largest is None or _members(link_behaviour) > _members(largest):
+                if largest is None or _count(link_behaviour, "members") > _count(
+                    largest, "members"
+                ):
                     behaved[at] = link_behaviour
         for anchor in card_links:
             at = root_of.get(anchor)
