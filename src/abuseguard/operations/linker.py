@@ -36,9 +36,9 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    fixes for all its users, accounts made together are what an operation has and a tool's
    users do not (step 3d links them without the batch, by how their holders behave).
    Network and activity slot never pair (what a campus or a cloud crowd shares by where
-   it is; everyone busy at the same hours). The batch is read on two day
-   grids (`abuseguard.operations.evidence`: ``created`` from midnight, ``created_noon``
-   from noon UTC) and each pairs on its own, each grid's pair tested against that grid's
+   it is; everyone busy at the same hours). The batch is read on two day grids
+   (`abuseguard.operations.evidence`: ``created`` from midnight, ``created_noon`` from
+   noon UTC) and each pairs on its own, each grid's pair tested against that grid's
    counts: a burst of sign-ups shorter than half a day lies whole in a day of one grid,
    where the other may cut it into halves each too small to link. No account is counted
    twice in one test; the noon grid only doubles the batch tests (ln 2 nats of
@@ -96,10 +96,11 @@ How two accounts get linked (all of it bounded, all of it deterministic):
    the operator chose). Like a pool, a behaviour link links into at most one group that
    buckets or pairs linked already: two operations that share a tool's value (a web
    app's shape, an SDK's defaults) stay two, each with its own score; groups behaviour
-   links made merge (an operation's accounts on its prompts, on its shapes). A
-   behaviour link is no door for joining (step 5): each clustering judges its holders
-   anew. The cluster's evidence counts it as ``behaviour`` and keeps
-   the figures of its largest behaviour link (`Cluster.behaviour`).
+   links made merge (an operation's accounts on its prompts, on its shapes). Rarer values
+   link first, and a link whose holders are in two or more groups of buckets or pairs
+   last. A behaviour link is no door for joining (step 5): each clustering judges its
+   holders anew. The cluster's evidence counts it as ``behaviour`` and keeps the figures
+   of its largest behaviour link (`Cluster.behaviour`).
 4. **Clusters.** Every ``recluster_every`` seconds (of the records' time) the members of
    linking buckets are joined by union-find, and so are two linking buckets that agree on
    all but one of their kinds (each passed the test on its own: an operation whose
@@ -386,8 +387,9 @@ class Account:
         self.single = 0
         self.tokens = 0.0
         self.topics: dict[int, None] = {}
-        # Requests asking for the reasoning written out; requests with words, and per word
-        # the requests holding it (at most ``max_topics`` words: what it asks about).
+        # Single-turn requests asking for the reasoning written out; requests with words
+        # (its first WORD_SAMPLE), and per word the requests holding it (at most
+        # ``max_topics`` words: what it asks about).
         self.reasoned = 0
         # The gaps between its requests (count, sum, sum of squares): how evenly it asks.
         self.gaps = 0
