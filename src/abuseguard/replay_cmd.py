@@ -190,6 +190,30 @@ class LaneRun:
             "dropped_records": self.lane.dropped,
             "clusters": clusters,
             "baseline": self.lane.baseline_report(),
+            "profile": self._profile_report(),
+        }
+
+    def _profile_report(self) -> dict[str, Any]:
+        """The accounts the harvest profile judged: how many ever, the labels of those that
+        stand judged at the end, and a sample of their evidence (benign ones first)."""
+        profile = self.lane.profile
+        if profile is None:
+            return {}
+        standing: list[tuple[bool, str, str, dict[str, float]]] = []
+        for identity, account in profile.judged():
+            actor, label = self.actors.get(identity, (identity, "unknown"))
+            standing.append((label != "benign", actor, label, account.evidence()))
+        standing.sort()
+        labels: dict[str, int] = {}
+        for _, _, label, _ in standing:
+            labels[label] = labels.get(label, 0) + 1
+        return {
+            "judged_total": profile.judged_total,
+            "standing": dict(sorted(labels.items())),
+            "sample": [
+                {"actor": actor, "label": label, **evidence}
+                for _, actor, label, evidence in standing[:8]
+            ],
         }
 
 

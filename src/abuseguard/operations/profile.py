@@ -118,9 +118,9 @@ def language_of(text: str) -> str:
     """The language (or script) ``text`` is written in, cheaply: a script that names a
     language (kana: ja, Hangul: ko, Han: zh, Cyrillic, ...) when it makes a fifth of the
     letters (a CJK character counting as four: it is a word), else the Latin-script
-    language whose function words it uses clearly most, else English when it uses
-    English function words (English terms inside another language are common, so English
-    wins only when no other language shows). "" when it cannot tell."""
+    language whose function words it uses clearly most (twice at least), else English when
+    it uses an English function word (English terms inside another language are common,
+    so English wins only when no other language shows). "" when it cannot tell."""
     letters = len(_LETTER.findall(text))
     if letters == 0:
         return ""
@@ -138,7 +138,7 @@ def language_of(text: str) -> str:
     ranked = sorted(votes.values())
     if ranked[-1] >= 2 and ranked[-2] * 2 < ranked[-1]:
         return max(votes, key=votes.__getitem__)
-    return "en" if english >= 2 else ""
+    return "en" if english else ""
 
 
 def subject_words(text: str) -> frozenset[str]:
@@ -415,13 +415,24 @@ class HarvestProfile:
     def observe(
         self, identity: str, account: AccountProfile, ts: float, facts: RequestFacts
     ) -> None:
-        """Add one request's evidence to the account's score, and judge or release it."""
-        if not facts.language and not facts.subjects:
-            return  # not a prompt (or one that says nothing): no evidence either way
+        """Decay the account's score to ``ts``, add one request's evidence, and judge or
+        release the account. A request that is not a prompt (or says nothing) only decays."""
         config = self.config
         if account.ts is not None and ts > account.ts:
             account.score *= math.exp2(-(ts - account.ts) / config.half_life)
         account.ts = ts if account.ts is None else max(ts, account.ts)
+        if facts.language or facts.subjects:
+            self._add(account, facts)
+        if not account.judged and account.score >= config.threshold:
+            account.judged = True
+            self.judged_total += 1
+            self._judged[identity] = ts
+        elif account.judged and account.score < config.release:
+            account.judged = False
+            self._judged.pop(identity, None)
+
+    @staticmethod
+    def _add(account: AccountProfile, facts: RequestFacts) -> None:
         llr, shown = request_llr(facts, account)
         account.score = max(0.0, account.score + llr)
         account.peak = max(account.peak, account.score)
@@ -439,13 +450,6 @@ class HarvestProfile:
             account.templates.append(facts.template)
         if facts.phrase:
             account.phrases.append(facts.phrase)
-        if not account.judged and account.score >= config.threshold:
-            account.judged = True
-            self.judged_total += 1
-            self._judged[identity] = ts
-        elif account.judged and account.score < config.release:
-            account.judged = False
-            self._judged.pop(identity, None)
 
     def take_judged(self) -> dict[str, float]:
         """The accounts judged since the last call (identity -> time), to hold."""
