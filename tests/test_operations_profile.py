@@ -118,6 +118,29 @@ def multilingual_person_prompts(count: int) -> list[str]:
     ]
 
 
+def translation_backend_prompts(count: int) -> list[str]:
+    """An app translating its users' messages, in whatever language they write."""
+    messages = [
+        "Hola, mi pedido número {n} llegó roto y quiero un reembolso.",
+        "请问我的订单{n}什么时候发货？",  # noqa: RUF001 (Chinese punctuation)
+        "Bonjour, je n'arrive pas à me connecter à mon compte depuis {n} jours.",
+        "注文{n}の配送先住所を変更したいのですが、可能でしょうか。",
+        "Здравствуйте, заказ {n} пришёл не того цвета.",
+        "Hallo, ich möchte mein Abo {n} kündigen, wie geht das?",
+        "주문 {n}번의 결제가 두 번 되었어요.",
+    ]
+    return [
+        json.dumps(
+            {
+                "model": "atlas-1-mini",
+                "system": "Translate the user's message into English.",
+                "messages": [{"role": "user", "content": messages[n % len(messages)].format(n=n)}],
+            }
+        )
+        for n in range(count)
+    ]
+
+
 def developer_loop_prompts(count: int) -> list[str]:
     """A developer looping on one prompt while tuning it."""
     return [
@@ -206,7 +229,13 @@ def test_an_account_sweeping_subjects_in_many_languages_is_judged_within_a_dozen
 
 @pytest.mark.parametrize(
     "prompts",
-    [researcher_prompts, harness_prompts, multilingual_person_prompts, developer_loop_prompts],
+    [
+        researcher_prompts,
+        harness_prompts,
+        multilingual_person_prompts,
+        translation_backend_prompts,
+        developer_loop_prompts,
+    ],
 )
 def test_honest_streams_are_never_judged(prompts: object) -> None:
     profile = HarvestProfile()

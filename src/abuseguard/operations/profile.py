@@ -247,12 +247,14 @@ def read_request(
 #   a weaker phrasing); a minority of honest requests (~0.2). Asked in the phrasing of a
 #   recent request, it is a format (a harness's "Let's think step by step", a person's
 #   habit), not evidence: harvesters rotate their phrasings;
-# - a language the account has not used recently: a harvester picks the language per
-#   request (a new one on ~a third of its requests); a person writes in their own
-#   language or two (a new one on ~1 request in 40, mostly their second language);
-# - a subject sharing no word with the account's last requests: a sweep of a taxonomy
-#   moves on every request (~0.75); a person asks related questions in a session (~0.35
-#   start a new subject);
+# - in a request demanding reasoning, a language the account has not used recently: a
+#   harvester picks the language of each question (a new one on ~a third of its requests),
+#   to have the reasoning written in it; a person writes in their own language or two (a
+#   new one on ~1 request in 40);
+# - in a request demanding reasoning, a subject sharing no word with the account's last
+#   requests: a sweep of a taxonomy moves on every request (~0.75); a person asks related
+#   questions in a session (~0.35 start a new subject). Without a demand for reasoning,
+#   novelty is what an app serving many users sends (`request_llr`);
 # - the prompt format (template id) of a recent request: a benchmark harness, an app, a
 #   student's template and a developer's loop repeat their format; harvesters rotate
 #   phrasings to look varied;
@@ -291,8 +293,8 @@ class HarvestProfileConfig:
     and formats an account remembers. ``max_accounts``: accounts kept (oldest dropped).
     """
 
-    threshold: float = 8.0
-    release: float = 4.0
+    threshold: float = 6.0
+    release: float = 3.0
     half_life: float = 86400.0
     prior: float = 1.0
     hold: bool = True
@@ -359,14 +361,20 @@ def request_llr(facts: RequestFacts, account: AccountProfile) -> tuple[float, li
         llr += FEATURE_LLR["some_reasoning"]
     else:
         llr += FEATURE_LLR["no_reasoning"]
+    # Novelty (a new language, a new subject) is evidence of harvesting only in a request
+    # that demands reasoning: without one it is what an app serving many users sends
+    # (translation, moderation, support backends pass on their users' text as it comes).
+    asks_reasoning = facts.reasoning > 0.0
     new_language = False
     if facts.language and account.languages:
         new_language = facts.language not in account.languages
-        llr += FEATURE_LLR["new_language" if new_language else "known_language"]
+        if asks_reasoning:
+            llr += FEATURE_LLR["new_language" if new_language else "known_language"]
     new_subject = False
     if facts.subjects and account.subjects:
         new_subject = not any(facts.subjects & earlier for earlier in account.subjects)
-        llr += FEATURE_LLR["new_subject" if new_subject else "same_subject"]
+        if asks_reasoning:
+            llr += FEATURE_LLR["new_subject" if new_subject else "same_subject"]
     same_format = facts.template != 0 and facts.template in account.templates
     if same_format:
         llr += FEATURE_LLR["same_format"]
