@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,19 +52,33 @@ if TYPE_CHECKING:
 _TEXT_CHARS = 2048  # of the last user message (and of the system text) read per request
 _TOKEN_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
-# Scripts that name a language (or a script few languages share) on their own; kana before
-# Han, since Japanese mixes kana with kanji.
-_SCRIPTS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("ja", re.compile("[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")),
-    ("ko", re.compile("[\uac00-\ud7af\u1100-\u11ff\u3130-\u318f]")),
-    ("zh", re.compile("[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff]")),
-    ("cyrillic", re.compile("[\u0400-\u04ff]")),
-    ("arabic", re.compile("[\u0600-\u06ff\u0750-\u077f]")),
-    ("hebrew", re.compile("[\u0590-\u05ff]")),
-    ("greek", re.compile("[\u0370-\u03ff]")),
-    ("devanagari", re.compile("[\u0900-\u097f]")),
-    ("thai", re.compile("[\u0e00-\u0e7f]")),
+# Unicode blocks of scripts that name a language (or a script few languages share) on
+# their own: (first, last, name), sorted.
+_SCRIPT_BLOCKS: tuple[tuple[int, int, str], ...] = tuple(
+    sorted(
+        [
+            (0x3040, 0x30FF, "ja"),  # kana: Japanese mixes it with kanji
+            (0x31F0, 0x31FF, "ja"),
+            (0xFF66, 0xFF9F, "ja"),
+            (0xAC00, 0xD7AF, "ko"),
+            (0x1100, 0x11FF, "ko"),
+            (0x3130, 0x318F, "ko"),
+            (0x4E00, 0x9FFF, "zh"),
+            (0x3400, 0x4DBF, "zh"),
+            (0xF900, 0xFAFF, "zh"),
+            (0x0400, 0x04FF, "cyrillic"),
+            (0x0600, 0x06FF, "arabic"),
+            (0x0750, 0x077F, "arabic"),
+            (0x0590, 0x05FF, "hebrew"),
+            (0x0370, 0x03FF, "greek"),
+            (0x0900, 0x097F, "devanagari"),
+            (0x0E00, 0x0E7F, "thai"),
+        ]
+    )
 )
+_BLOCK_STARTS = [first for first, _, _ in _SCRIPT_BLOCKS]
+# Kana before Han: a Japanese text holds both.
+_SCRIPT_ORDER = ("ja", "ko", "zh", "cyrillic", "arabic", "hebrew", "greek", "devanagari", "thai")
 _CJK = frozenset({"ja", "ko", "zh"})
 
 
@@ -71,7 +86,7 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-_NON_ASCII = re.compile("[^\x00-\x7f]")
+_NON_ASCII_LETTERS = re.compile("[^\\x00-\\x7f\\W\\d_]")
 _LETTER = re.compile(r"[^\W\d_]")
 # Function words frequent in one Latin-script language and rare in the others (words two
 # of them share, such as "de", "a", "como", "que", are left out).
@@ -82,6 +97,10 @@ _STOPWORDS: Mapping[str, frozenset[str]] = {
     "fr": _words("le les est une pour avec ce cette je vous comment quoi du des et par"),
     "de": _words("der die das ist ich ein eine und mit wie nicht für auf zu"),
     "it": _words("il gli è sono per una questo questa come non della"),
+}
+_LANGUAGES_OF_WORD: Mapping[str, tuple[str, ...]] = {
+    word: tuple(language for language, words in _STOPWORDS.items() if word in words)
+    for word in frozenset().union(*_STOPWORDS.values())
 }
 _LATIN_WORD = re.compile(r"[a-zà-ÿ']+")
 # Subject words: runs of 4+ letters (no digits, so "a triangle with sides 3, 4, 5" and
@@ -109,9 +128,10 @@ class RequestFacts(NamedTuple):
     output_cap: int | None  # the output-token cap, when given
     template: int  # the prompt's template id (`abuseguard.intel.content`), 0 when none
     phrase: int  # the heaviest elicitation phrase found (its number), 0 when none
+    prompt: bool = True  # False: not an LLM request with a user message (no evidence)
 
 
-_NO_FACTS = RequestFacts(False, 0.0, "", frozenset(), None, 0, 0)
+_NO_FACTS = RequestFacts(False, 0.0, "", frozenset(), None, 0, 0, False)
 
 
 def language_of(text: str) -> str:
@@ -124,16 +144,20 @@ def language_of(text: str) -> str:
     letters = len(_LETTER.findall(text))
     if letters == 0:
         return ""
-    if _NON_ASCII.search(text) is not None:
-        for name, pattern in _SCRIPTS:
-            found = len(pattern.findall(text))
-            if found and found * (4 if name in _CJK else 1) >= letters / 5:
-                return name
+    counts: dict[str, int] = {}
+    for ch in _NON_ASCII_LETTERS.findall(text):
+        code = ord(ch)
+        block = _SCRIPT_BLOCKS[bisect_right(_BLOCK_STARTS, code) - 1]
+        if block[0] <= code <= block[1]:
+            counts[block[2]] = counts.get(block[2], 0) + 1
+    for name in _SCRIPT_ORDER:
+        found = counts.get(name, 0)
+        if found and found * (4 if name in _CJK else 1) >= letters / 5:
+            return name
     votes = dict.fromkeys(_STOPWORDS, 0)
     for word in _LATIN_WORD.findall(text.lower()):
-        for language, words in _STOPWORDS.items():
-            if word in words:
-                votes[language] += 1
+        for language in _LANGUAGES_OF_WORD.get(word, ()):
+            votes[language] += 1
     english = votes.pop("en")
     ranked = sorted(votes.values())
     if ranked[-1] >= 2 and ranked[-2] * 2 < ranked[-1]:
@@ -189,7 +213,9 @@ def read_request(
     """The `RequestFacts` of an LLM API request body (chat completions, messages,
     responses, Gemini, legacy completions); empty facts for anything else. Never raises.
     The demand for reasoning is the larger of the fingerprint's elicitation strength and
-    the coercion strength of the system text and last user message."""
+    the coercion strength of the system text and last user message; the language and the
+    subject words are read only from a request demanding reasoning (elsewhere they count
+    for nothing)."""
     if not body:
         return _NO_FACTS
     try:
@@ -226,12 +252,14 @@ def read_request(
     system_text = "\n".join(part for part in system if part)[:_TEXT_CHARS]
     demand = f"{system_text}\n{asked}" if system_text else asked
     coercion = coercion_strength(demand) if demand else 0.0
+    reasoning = max(facts.elicitation, coercion)
     cap = next((request[k] for k in _TOKEN_CAPS if k in request), None)
+    # Language and subjects are read only where they count (`request_llr`).
     return RequestFacts(
         users == 1 and answers == 0,
-        max(facts.elicitation, coercion),
-        language_of(asked),
-        subject_words(asked),
+        reasoning,
+        language_of(asked) if reasoning > 0.0 else "",
+        subject_words(asked) if reasoning > 0.0 else frozenset(),
         cap if isinstance(cap, int) and not isinstance(cap, bool) else None,
         int(facts.template_id),
         facts.phrase,
@@ -429,7 +457,7 @@ class HarvestProfile:
         if account.ts is not None and ts > account.ts:
             account.score *= math.exp2(-(ts - account.ts) / config.half_life)
         account.ts = ts if account.ts is None else max(ts, account.ts)
-        if facts.language or facts.subjects:
+        if facts.prompt:
             self._add(account, facts)
         if not account.judged and account.score >= config.threshold:
             account.judged = True
