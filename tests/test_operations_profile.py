@@ -5,10 +5,12 @@ written for these tests (not the simulator's phrasings)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from abuseguard import Guard, Policy, RequestInfo, Scoring
+from abuseguard.cli import main
 from abuseguard.decision import Decision
 from abuseguard.errors import ConfigError
 from abuseguard.lane import BackgroundLane, LaneRecord
@@ -376,3 +378,58 @@ def test_without_hold_a_judged_account_only_gets_the_prior() -> None:
     decisions = _send(guard, lane, "pool-account", harvester_prompts(16), gap=20 * 60.0)
     assert any("prior" in d.reasons for d in decisions)
     assert lane.accounts_held == 0
+
+
+# -- through replay ------------------------------------------------------------------------
+
+
+def _trace_line(actor: str, label: str, key: str, ts: float, body: str, ip: str) -> str:
+    return json.dumps(
+        {
+            "ts": ts,
+            "ip": ip,
+            "key": key,
+            "method": "POST",
+            "path": "/api/chat",
+            "ua": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/132.0",
+            "headers": {"content-type": "application/json"},
+            "body": body,
+            "status": 200,
+            "actor": actor,
+            "label": label,
+            "kind": actor.split("/")[0],
+        }
+    )
+
+
+def test_replay_reports_the_accounts_the_profile_judged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = []
+    for n, body in enumerate(harvester_prompts(16)):
+        lines.append(
+            (1000.0 + n * 1200.0, "pool/acct1", "abusive", "sk-pool1", body, f"203.0.113.{n}")
+        )
+    for n, body in enumerate(researcher_prompts(30)):
+        lines.append((1010.0 + n * 600.0, "researcher/u1", "benign", "sk-res1", body, "192.0.2.8"))
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(
+        "\n".join(_trace_line(a, lb, k, ts, b, ip) for ts, a, lb, k, b, ip in sorted(lines))
+    )
+    assert main(["replay", str(trace), "--format", "json", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    profile = report["operations"]["profile"]
+    assert profile["judged_total"] == 1 and profile["standing"] == {"abusive": 1}
+    (judged,) = profile["sample"]
+    assert judged["actor"] == "pool/acct1" and judged["new_language"] > 0.5
+    assert main(["replay", str(trace), "--format", "json", "--no-progress", "--no-lane"]) == 0
+    without = json.loads(capsys.readouterr().out)["actors"]
+    # The harvester is held from its crossing on; the researcher's outcome is its own
+    # requests' (this trace's bare headers and even spacing), the profile adds nothing.
+    assert report["actors"]["pool/acct1"]["held_at"] is not None
+    assert report["actors"]["pool/acct1"]["mitigated"] > without["pool/acct1"]["mitigated"]
+    assert report["actors"]["researcher/u1"] == without["researcher/u1"]
+    assert main(["replay", str(trace), "--no-progress"]) == 0
+    assert "harvest profile: 1 account(s) judged; standing at the end: abusive 1" in (
+        capsys.readouterr().out
+    )
