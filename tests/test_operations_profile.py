@@ -419,7 +419,8 @@ def test_replay_reports_the_accounts_the_profile_judged(
     assert main(["replay", str(trace), "--format", "json", "--no-progress"]) == 0
     report = json.loads(capsys.readouterr().out)
     profile = report["operations"]["profile"]
-    assert profile["judged_total"] == 1 and profile["standing"] == {"abusive": 1}
+    assert profile["judged_total"] == 1
+    assert profile["judged"] == profile["standing"] == {"abusive": 1}
     (judged,) = profile["sample"]
     assert judged["actor"] == "pool/acct1" and judged["new_language"] > 0.5
     assert main(["replay", str(trace), "--format", "json", "--no-progress", "--no-lane"]) == 0
@@ -430,6 +431,6 @@ def test_replay_reports_the_accounts_the_profile_judged(
     assert report["actors"]["pool/acct1"]["mitigated"] > without["pool/acct1"]["mitigated"]
     assert report["actors"]["researcher/u1"] == without["researcher/u1"]
     assert main(["replay", str(trace), "--no-progress"]) == 0
-    assert "harvest profile: 1 account(s) judged; standing at the end: abusive 1" in (
+    assert "harvest profile: accounts judged: abusive 1; standing at the end: abusive 1" in (
         capsys.readouterr().out
     )

@@ -506,9 +506,10 @@ def _profile_lines(profile: Mapping[str, Any] | None) -> list[str]:
     """The harvest profile's verdicts: how many, and who stands judged, by label."""
     if not profile:
         return []
+    judged = ", ".join(f"{label} {n}" for label, n in profile.get("judged", {}).items())
     standing = ", ".join(f"{label} {n}" for label, n in profile.get("standing", {}).items())
     return [
-        f"harvest profile: {_fmt_int(profile.get('judged_total', 0))} account(s) judged; "
+        f"harvest profile: accounts judged: {judged or 'none'}; "
         f"standing at the end: {standing or 'none'}"
     ]
 
