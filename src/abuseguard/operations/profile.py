@@ -5,12 +5,14 @@ requests an hour, from a fresh residential exit, through a real browser or a for
 so nothing about a single request stands out. What stands out is the stream of an account
 over hours: it asks one question at a time, nearly every question demands the reasoning
 written out, each one is on the next subject of a taxonomy, and the language is chosen
-per request (public accounts of distillation campaigns: GTIG, February 2026; OpenAI's and
-Anthropic's reports on distillation through resellers, 2025-2026). People and honest
+per request (public accounts of distillation campaigns, such as GTIG's of February 2026
+cited in `abuseguard.intel.content`). People and honest
 apps differ on most of these at once: people converse (follow-up turns), ask for reasoning
 now and then, stay on one or two subjects through a session of related questions, and
 write in their own language or two; a benchmark harness sweeps subjects in one language
-and one prompt format, and a developer loops on one prompt.
+and one prompt format, and a developer loops on one prompt. Apps that pass on their users'
+text (translation, moderation, support) send new languages and subjects all day, but
+seldom demand reasoning: novelty counts only in a request that does.
 
 `HarvestProfile` reads each queued request of an account (`read_request`: single-turn, a
 demand for written-out reasoning from `abuseguard.intel.content`'s multilingual
@@ -25,8 +27,9 @@ step, as for a reasoning-coercion verdict. Forgiveness: once the decayed score f
 ``release`` (quiet accounts decay; honest requests subtract), the prior is lifted (0).
 
 Memory: at most ``max_accounts`` accounts (the oldest dropped first), each a fixed-size
-state with the subject words of its last ``subjects`` requests and its last ``languages``
-languages.
+state: the subject words and languages of its last ``window`` requests demanding
+reasoning, the template ids of its last ``window`` requests, its last ``window`` reasoning
+phrases, and a few counters.
 """
 
 from __future__ import annotations
