@@ -282,6 +282,15 @@ def test_honest_requests_bring_a_judged_account_back_under_release() -> None:
     assert not profile.accounts["k:pool-account"].judged
 
 
+def test_forgiving_an_account_forgets_its_score() -> None:
+    profile = HarvestProfile()
+    _run(profile, "k:pool-account", harvester_prompts(12), gap=20 * 60.0)
+    assert profile.forgive("k:pool-account") and not profile.forgive("k:pool-account")
+    assert profile.take_judged() == {} and profile.explain("k:pool-account") is None
+    again = _record("k:pool-account", 1000.0 + 12 * 20 * 60.0, _chat("hi"))
+    assert profile.analyze("k:pool-account", [again]) is None
+
+
 def test_requests_closer_than_read_every_are_not_read() -> None:
     profile = HarvestProfile(HarvestProfileConfig(read_every=30.0))
     _run(profile, "k:busy", harvester_prompts(10), gap=10.0)

@@ -490,6 +490,12 @@ class HarvestProfile:
         if facts.phrase:
             account.phrases.append(facts.phrase)
 
+    def forgive(self, identity: str) -> bool:
+        """Forget what the account's requests built up (call it with `Guard.forgive`, which
+        clears the prior and hold the guard keeps, not this score). False when unknown."""
+        self._judged.pop(identity, None)
+        return self.accounts.pop(identity, None) is not None
+
     def take_judged(self) -> dict[str, float]:
         """The accounts judged since the last call (identity -> time), to hold."""
         judged, self._judged = self._judged, {}
