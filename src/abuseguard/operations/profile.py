@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
+from array import array
 from bisect import bisect_right
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -357,16 +358,17 @@ class AccountProfile:
         "templates", "ts",
     )  # fmt: skip
 
-    def __init__(self, window: int) -> None:
+    def __init__(self) -> None:
         self.score = 0.0
         self.peak = 0.0
         self.ts: float | None = None
         self.read_ts: float | None = None
         self.judged = False
-        self.languages: deque[str] = deque(maxlen=window)
-        self.subjects: deque[frozenset[str]] = deque(maxlen=window)
-        self.templates: deque[int] = deque(maxlen=window)
-        self.phrases: deque[int] = deque(maxlen=window)
+        # The last few of each, oldest first (tuples: an account costs about a kilobyte).
+        self.languages: tuple[str, ...] = ()
+        self.subjects: tuple[bytes, ...] = ()  # `_packed` subject words of each request
+        self.templates: tuple[int, ...] = ()
+        self.phrases: tuple[int, ...] = ()
         # requests read, then how many of them showed each of _EXPLAINED
         self.counts = [0] * (1 + len(_EXPLAINED))
 
@@ -378,6 +380,16 @@ class AccountProfile:
         for name, count in zip(_EXPLAINED, self.counts[1:], strict=True):
             out[name] = round(count / n, 3) if n else 0.0
         return out
+
+
+_MAX_SUBJECT_WORDS = 16
+
+
+def _packed(words: frozenset[str]) -> bytes:
+    """32-bit hashes of at most ``_MAX_SUBJECT_WORDS`` of ``words`` (the smallest hashes:
+    two requests keep the same sample of the words they share), packed."""
+    hashes = sorted({zlib.crc32(word.encode("utf-8", "surrogatepass")) for word in words})
+    return array("I", hashes[:_MAX_SUBJECT_WORDS]).tobytes()
 
 
 def request_llr(facts: RequestFacts, account: AccountProfile) -> tuple[float, list[bool]]:
@@ -403,7 +415,8 @@ def request_llr(facts: RequestFacts, account: AccountProfile) -> tuple[float, li
             llr += FEATURE_LLR["new_language" if new_language else "known_language"]
     new_subject = False
     if facts.subjects and account.subjects:
-        new_subject = not any(facts.subjects & earlier for earlier in account.subjects)
+        mine = set(array("I", _packed(facts.subjects)))
+        new_subject = all(mine.isdisjoint(array("I", earlier)) for earlier in account.subjects)
         if asks_reasoning:
             llr += FEATURE_LLR["new_subject" if new_subject else "same_subject"]
     same_format = facts.template != 0 and facts.template in account.templates
@@ -440,7 +453,7 @@ class HarvestProfile:
         if account is None:
             if len(self.accounts) >= config.max_accounts:
                 del self.accounts[next(iter(self.accounts))]
-            account = self.accounts[identity] = AccountProfile(config.window)
+            account = self.accounts[identity] = AccountProfile()
         was_judged = account.judged
         for record in records:
             if account.read_ts is not None and record.ts - account.read_ts < config.read_every:
@@ -470,8 +483,7 @@ class HarvestProfile:
             account.judged = False
             self._judged.pop(identity, None)
 
-    @staticmethod
-    def _add(account: AccountProfile, facts: RequestFacts) -> None:
+    def _add(self, account: AccountProfile, facts: RequestFacts) -> None:
         llr, shown = request_llr(facts, account)
         account.score = max(0.0, account.score + llr)
         account.peak = max(account.peak, account.score)
@@ -479,16 +491,16 @@ class HarvestProfile:
         counts[0] += 1
         for i, seen in enumerate(shown, 1):
             counts[i] += seen
+        keep = -self.config.window
         if facts.language:
-            if facts.language in account.languages:
-                account.languages.remove(facts.language)
-            account.languages.append(facts.language)
+            others = tuple(x for x in account.languages if x != facts.language)
+            account.languages = (*others, facts.language)[keep:]
         if facts.subjects:
-            account.subjects.append(facts.subjects)
+            account.subjects = (*account.subjects, _packed(facts.subjects))[keep:]
         if facts.template:
-            account.templates.append(facts.template)
+            account.templates = (*account.templates, facts.template)[keep:]
         if facts.phrase:
-            account.phrases.append(facts.phrase)
+            account.phrases = (*account.phrases, facts.phrase)[keep:]
 
     def forgive(self, identity: str) -> bool:
         """Forget what the account's requests built up (call it with `Guard.forgive`, which
