@@ -206,8 +206,10 @@ def test_an_account_demanding_internal_reasoning_is_held_after_three_such_prompt
 
 
 def test_a_researcher_asking_for_reasoning_in_every_language_is_never_held() -> None:
+    # The coercion verdict alone: one account asking in a new language on every request is
+    # what the harvest profile judges (tests/test_operations_profile.py).
     guard = _guard()
-    lane = BackgroundLane(guard)
+    lane = BackgroundLane(guard, profile=None)
     texts = [f"Problem {i}: {ASKING_FOR_REASONING[i % 12]}" for i in range(60)]
     decisions = _send(guard, lane, "researcher", texts, 1000.0)
     assert all("evidence" not in d.reasons for d in decisions)

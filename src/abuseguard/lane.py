@@ -49,6 +49,7 @@ from abuseguard.operations.popularity import (
     PopularityConfig,
     publish_templates,
 )
+from abuseguard.operations.profile import HarvestProfile, HarvestProfileConfig
 from abuseguard.operations.sketches import stable_hash
 from abuseguard.request import RequestInfo
 
@@ -84,6 +85,7 @@ class Analyzer(Protocol):
 
 
 _MAX_ACCOUNTS = 100_000
+_DEFAULT_PROFILE = HarvestProfileConfig()
 SAMPLE_AFTER = 8
 SAMPLE_EVERY = 4
 cohorts_set = cohorts.set_cohort
@@ -231,6 +233,9 @@ class BackgroundLane:
     abusive requests and changed no benign account's outcome), and every
     ``publish_every`` seconds of the records' time writes their discounts where the kernel
     (template table) and the guard's fingerprinter (phrase discounts) read them.
+    ``profile`` (a `HarvestProfileConfig`; None: off) keeps a per-account harvest profile
+    (`abuseguard.operations.profile`), one of the per-account analyzers: an account it
+    judges gets its prior and, with ``HarvestProfileConfig.hold``, is held.
     """
 
     def __init__(
@@ -246,9 +251,13 @@ class BackgroundLane:
         coercion: ReasoningCoercion | None = ReasoningCoercion(),
         popularity: PopularityConfig | None = None,
         publish_every: float = 60.0,
+        profile: HarvestProfileConfig | None = _DEFAULT_PROFILE,
     ) -> None:
         self.guard = guard
         self.analyzers: list[Analyzer] = list(analyzers) if analyzers is not None else []
+        self.profile = HarvestProfile(profile) if profile is not None else None
+        if self.profile is not None:
+            self.analyzers.append(self.profile)
         self.interval = interval
         self.body_bytes = body_bytes
         self.queue: deque[LaneRecord] = deque(maxlen=max_queue)
@@ -348,6 +357,10 @@ class BackgroundLane:
                 account_priors.pop(next(iter(account_priors)))
             account_priors[identity] = prior
         holds: dict[str, float] = {}
+        if self.profile is not None:
+            judged = self.profile.take_judged()
+            if self.profile.config.hold:
+                holds.update(judged)
         if self.operations is not None and cohorts:
             try:
                 self._link(cohorts, priors, holds)

@@ -190,6 +190,37 @@ class LaneRun:
             "dropped_records": self.lane.dropped,
             "clusters": clusters,
             "baseline": self.lane.baseline_report(),
+            "profile": self._profile_report(),
+        }
+
+    def _profile_report(self) -> dict[str, Any]:
+        """The accounts the harvest profile judged, by label: ever (their score reached the
+        threshold) and still at the end, with a sample of the latter's evidence (benign
+        ones first)."""
+        profile = self.lane.profile
+        if profile is None:
+            return {}
+        threshold = profile.config.threshold
+        judged: dict[str, int] = {}
+        standing: dict[str, int] = {}
+        sample: list[tuple[bool, str, str, dict[str, float]]] = []
+        for identity, account in profile.accounts.items():
+            if account.peak < threshold:
+                continue
+            actor, label = self.actors.get(identity, (identity, "unknown"))
+            judged[label] = judged.get(label, 0) + 1
+            if account.judged:
+                standing[label] = standing.get(label, 0) + 1
+                sample.append((label != "benign", actor, label, account.evidence()))
+        sample.sort()
+        return {
+            "judged_total": profile.judged_total,
+            "judged": dict(sorted(judged.items())),
+            "standing": dict(sorted(standing.items())),
+            "sample": [
+                {"actor": actor, "label": label, **evidence}
+                for _, actor, label, evidence in sample[:8]
+            ],
         }
 
 

@@ -502,6 +502,18 @@ def _baseline_lines(baseline: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def _profile_lines(profile: Mapping[str, Any] | None) -> list[str]:
+    """The harvest profile's verdicts: how many, and who stands judged, by label."""
+    if not profile:
+        return []
+    judged = ", ".join(f"{label} {n}" for label, n in profile.get("judged", {}).items())
+    standing = ", ".join(f"{label} {n}" for label, n in profile.get("standing", {}).items())
+    return [
+        f"harvest profile: accounts judged: {judged or 'none'}; "
+        f"standing at the end: {standing or 'none'}"
+    ]
+
+
 def _operations_lines(operations: Mapping[str, Any] | None, top: int) -> list[str]:
     """The background lane's clusters: one row each, with the evidence that linked it."""
     if not operations:
@@ -514,6 +526,7 @@ def _operations_lines(operations: Mapping[str, Any] | None, top: int) -> list[st
         f"{_fmt_int(operations.get('accounts_held', 0))} account(s) held by a lane verdict",
     ]
     lines.extend(_baseline_lines(operations.get("baseline")))
+    lines.extend(_profile_lines(operations.get("profile")))
     if not clusters:
         return lines
     header = ["cluster", "size", "score", "linked by", "lift", "1-turn", "topics", "labels"]
