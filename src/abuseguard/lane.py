@@ -291,6 +291,9 @@ class BackgroundLane:
         self.evidence = EvidenceReader(asn_of=_asn_lookup(guard), slot_seconds=1800.0, agents=None)
         # Per-account analyzers' last priors, combined with the operations' (bounded).
         self._account_priors: dict[str, float] = {}
+        # Accounts the coercion verdict judged: their prior stays 1.0 whatever an analyzer
+        # writes later (the harvest profile lifting its own prior writes 0).
+        self._coerced_accounts: dict[str, None] = {}
         self._tokens: dict[str, float] = {}
         # Each account's creation time as first estimated from the host app's age: later
         # ages (rounded to days, or an age fixed at sign-up) would move it across days.
@@ -352,9 +355,12 @@ class BackgroundLane:
                 if prior is not None:
                     priors[identity] = max(prior, priors.get(identity, 0.0))
         account_priors = self._account_priors
+        coerced = self._coerced_accounts
         for identity, prior in priors.items():
             if identity not in account_priors and len(account_priors) >= _MAX_ACCOUNTS:
                 account_priors.pop(next(iter(account_priors)))
+            if identity in coerced:
+                prior = priors[identity] = 1.0
             account_priors[identity] = prior
         holds: dict[str, float] = {}
         if self.profile is not None:
@@ -527,6 +533,9 @@ class BackgroundLane:
             if self.coercion is not None and self._coerced(identity, seen_now):
                 priors[identity] = 1.0
                 self._account_priors[identity] = 1.0
+                if len(self._coerced_accounts) >= _MAX_ACCOUNTS:
+                    self._coerced_accounts.pop(next(iter(self._coerced_accounts)))
+                self._coerced_accounts[identity] = None
                 holds[identity] = seen_now[-1][0]
         linker.update()
         linker.join_recent(cohorts)
