@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from abuseguard.errors import ConfigError
-from abuseguard.intel.benchmarks import cap_factor, evaluation_strength, recognise
+from abuseguard.intel.benchmarks import (
+    cap_factor,
+    evaluation_strength,
+    may_be_evaluation,
+    recognise,
+)
 from abuseguard.intel.content import EVALUATION_TEMPLATE_MIN, ContentFingerprinter
 from abuseguard.policy import Policy, Scoring
 
@@ -119,6 +124,14 @@ def test_few_shot_blocks_count_more_than_a_lone_cue() -> None:
 )
 def test_ordinary_prompts_are_not_evaluations(prompt: str) -> None:
     assert evaluation_strength(chat(prompt, max_tokens=4)) == 0.0
+
+
+def test_bodies_without_the_anchors_are_dismissed_as_bytes_or_text() -> None:
+    ordinary = chat("Summarise this article about tides in three sentences.")
+    assert not may_be_evaluation(ordinary)
+    assert not may_be_evaluation(ordinary.decode())
+    for prompt in (MMLU, BBH_COT, SIMPLE_EVALS_HUMANEVAL):
+        assert may_be_evaluation(chat(prompt)) and may_be_evaluation(prompt)
 
 
 def test_a_benchmark_header_on_a_reasoning_demand_is_not_an_evaluation() -> None:

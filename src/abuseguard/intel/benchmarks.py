@@ -97,17 +97,17 @@ _HUMANEVAL_CODE = re.compile(rb"(?:def |```)")
 _QA_CUE_END = re.compile(
     rb"(?:Answer|A):(?: Let's think step by step\.?)?" + _END
 )  # fmt: skip
-_QUESTION = re.compile(rb"(?:^|" + _NL + rb"|\")(?:Question|Q): ")
-# An answered example before the item: "Answer: x" / "A: x" at a line start.
-_ANSWERED = re.compile(_NL + rb"(?:Answer|A): (?!Let's think step by step\.?" + _END + rb")\S")
+# Answer cues at a line start; in a few-shot prompt all but the last are answered examples.
+_LINE_CUES = (b"\\nAnswer: ", b"\nAnswer: ", b"\\nA: ", b"\nA: ")
 
 _CAP = re.compile(
     rb'"(?:max_tokens|max_completion_tokens|max_output_tokens|maxOutputTokens|'
     rb'max_tokens_to_sample|max_new_tokens)"\s*:\s*(\d{1,9})'
 )
 
+# Matched against the lower-cased body (a case-insensitive pattern is several times slower).
 REASONING_DEMAND = re.compile(
-    rb"(?i)chain[ -]of[ -]thought|reasoning (?:trace|process)|<(?:think|thinking|reasoning|"
+    rb"chain[ -]of[ -]thought|reasoning (?:trace|process)|<(?:think|thinking|reasoning|"
     rb"scratchpad)>|internal (?:monologue|reasoning|thoughts?)|"
     rb"show (?:me )?(?:all |every |each )?(?:of )?(?:your |the )?(?:work|reasoning|thinking|"
     rb"thoughts?|thought process|derivation)|explain (?:your|each|every|all)\b|"
@@ -128,6 +128,7 @@ FORMAT_PHRASES: tuple[bytes, ...] = (
 )
 
 _HUMANEVAL_ANCHOR = _HUMANEVAL[:40]
+_HUMANEVAL_TEXT_ANCHOR = _HUMANEVAL_ANCHOR.decode()
 
 
 class Recognition(NamedTuple):
@@ -171,28 +172,35 @@ def _format_of(body: bytes) -> tuple[str, float]:
         return "simple_evals_mc", 1.0 if _PAREN_CHOICES_END.search(body) else 0.3
     if b"Answer" not in body and b"A:" not in body:
         return "", 0.0
-    choices = _DOT_CHOICES_CUE.search(body) is not None
+    choices = (b"A. " in body or b"(A) " in body) and _DOT_CHOICES_CUE.search(body) is not None
     if _MMLU_HEADER in body:
         return "mmlu", 1.0 if choices else 0.3
     if choices:
         return "multiple_choice", 0.8
-    if _QA_CUE_END.search(body) is not None and _QUESTION.search(body) is not None:
-        few_shot = len(_ANSWERED.findall(body)) >= 2
+    if (b"Question: " in body or b"Q: " in body) and _QA_CUE_END.search(body) is not None:
+        # Answered examples (a chain-of-thought item's own cue counts too: one example).
+        few_shot = sum(body.count(cue) for cue in _LINE_CUES) >= 2
         return "qa_cue", 0.85 if few_shot else 0.6
     return "", 0.0
+
+
+def may_be_evaluation(body: bytes | str) -> bool:
+    """False for a body (bytes or text) that holds none of the formats (almost every body):
+    three substring scans, no allocation. ``recognise`` looks closer at the others."""
+    if isinstance(body, str):
+        return "Answer" in body or "A:" in body or _HUMANEVAL_TEXT_ANCHOR in body
+    return b"Answer" in body or b"A:" in body or _HUMANEVAL_ANCHOR in body
 
 
 def recognise(body: bytes) -> Recognition:
     """Which public evaluation format ``body`` (a request body, raw text or JSON) is in,
     and how strongly it reads as an evaluation rather than harvesting."""
-    # A body without these anchors holds none of the formats (almost every body: three
-    # substring scans, no allocation).
-    if b"Answer" not in body and b"A:" not in body and _HUMANEVAL_ANCHOR not in body:
+    if not may_be_evaluation(body):
         return NOT_EVALUATION
     name, evidence = _format_of(body)
     if evidence == 0.0:
         return NOT_EVALUATION
-    if REASONING_DEMAND.search(body) is not None:
+    if REASONING_DEMAND.search(body.lower()) is not None:
         return Recognition(name, evidence, 0.0)
     return Recognition(name, evidence, evidence * cap_factor(body))
 

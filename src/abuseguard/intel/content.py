@@ -132,7 +132,7 @@ from abuseguard.intel._content_kernels import (
     word_table,
     workspace_words,
 )
-from abuseguard.intel.benchmarks import FORMAT_PHRASES, recognise
+from abuseguard.intel.benchmarks import FORMAT_PHRASES, may_be_evaluation, recognise
 
 if TYPE_CHECKING:
     from abuseguard.identity import ClientAddress
@@ -1057,7 +1057,11 @@ class ContentFingerprinter:
             facts = self._fingerprint_chat(body)
         if facts is None:
             facts = self._fingerprint_safely(body, content_type)
-        if self._evaluation_formats and facts.prompt_found:
+        if (
+            self._evaluation_formats
+            and facts.prompt_found
+            and (not isinstance(body, bytes | str) or may_be_evaluation(body))
+        ):
             return self._judge_evaluation(body, content_type, facts)
         return facts
 
