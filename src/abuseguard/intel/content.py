@@ -87,6 +87,19 @@ Pipeline, for at most ``max_bytes`` bytes of body:
    request is multiplied by 1 - the discount of its ``phrase``, so a phrase half of all
    honest accounts use says little about any one of them.
 
+5. **Evaluation formats.** A body in the published prompt format of a public benchmark
+   (`abuseguard.intel.benchmarks`: lm-evaluation-harness MMLU and GSM8K, simple-evals,
+   few-shot Q/A blocks) gets ``evaluation``, its strength after the output-cap and
+   reasoning-demand checks; the body is fingerprinted a second time with the formats' own
+   phrases ("Let's think step by step") taken out, and whatever elicitation is left (a
+   demand beyond the format, in any language the markers cover) takes its share off
+   ``evaluation``. The elicitation strength is multiplied by 1 - ``evaluation``, and from
+   ``EVALUATION_TEMPLATE_MIN`` on the template id is 0: a benchmark's format is shared by
+   everyone who runs it, so it says nothing about coordination. Only bodies holding one of
+   the formats' anchors ("Answer", "A:", the HumanEval instruction) pay for more than
+   three substring scans. ``ContentFingerprinter(evaluation_formats=False)``
+   (``Scoring.evaluation_formats``) turns it off.
+
 Known limits: a fill-in spliced into a sentence without delimiters ("Write a poem about
 {topic} in the style of {poet}") changes the template id; so does a fill-in paragraph dense
 in instruction words. A short template ("Q: {x}") leaves too few literal words to be
