@@ -157,6 +157,24 @@ def test_a_benchmark_header_on_a_reasoning_demand_is_not_an_evaluation() -> None
     assert evaluation_strength(body) == 0.0
 
 
+@pytest.mark.parametrize(
+    "demand",
+    [
+        "Put your Chain-of-Thought inside <think> tags.",
+        "Don't skip anything.",
+        "Write at least 800 words.",
+        "Be as detailed as possible.",
+        "Show me all of your work.",
+        "Give the full derivation.",
+        "Never abbreviate a step.",
+    ],
+)
+def test_each_kind_of_reasoning_demand_voids_the_format(demand: str) -> None:
+    item = GSM8K_COT.replace("altogether?", f"altogether? {demand}")
+    assert evaluation_strength(chat(GSM8K_COT, max_tokens=512)) > 0.0
+    assert evaluation_strength(chat(item, max_tokens=512)) == 0.0
+
+
 def test_a_large_output_cap_is_weaker_evidence_than_a_small_one() -> None:
     strengths = [
         evaluation_strength(chat(GSM8K_COT, max_tokens=cap)) for cap in (4, 512, 2048, 16384)

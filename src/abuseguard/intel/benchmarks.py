@@ -106,17 +106,20 @@ _CAP = re.compile(
 )
 
 # Matched against the lower-cased body (a case-insensitive pattern is several times slower).
+# Every branch starts with a literal, so the scan skips on the branches' first bytes.
+_NOT_SKIPPING = rb" (?:skip|omit|leav|abbreviat|summari)"
 REASONING_DEMAND = re.compile(
-    rb"chain[ -]of[ -]thought|reasoning (?:trace|process)|<(?:think|thinking|reasoning|"
-    rb"scratchpad)>|internal (?:monologue|reasoning|thoughts?)|"
+    rb"chain[ -]of[ -]thought|reasoning (?:trace|process)|<think|<reasoning>|<scratchpad>|"
+    rb"internal (?:monologue|reasoning|thought)|"
     rb"show (?:me )?(?:all |every |each )?(?:of )?(?:your |the )?(?:work|reasoning|thinking|"
     rb"thoughts?|thought process|derivation)|explain (?:your|each|every|all)\b|"
     rb"in (?:full|great|complete|exhaustive|extensive) detail|"
-    rb"(?:don'?t|do not|never|without) (?:skip|omit|leav|abbreviat|summari)|"
+    rb"don'?t" + _NOT_SKIPPING + rb"|do not" + _NOT_SKIPPING + rb"|never" + _NOT_SKIPPING
+    + rb"|without" + _NOT_SKIPPING + rb"|"
     rb"every (?:single )?(?:intermediate )?step|at least \d+ (?:words|steps|paragraphs|tokens)|"
     rb"as (?:long|detailed|verbose) as (?:possible|you can)|"
     rb"full (?:derivation|reasoning|solution path)|verbatim"
-)
+)  # fmt: skip
 
 # The formats' own phrases, which the fingerprinter takes out before it looks for a
 # reasoning demand beyond the format (they are elicitation markers themselves).
