@@ -63,6 +63,14 @@ SIMPLE_EVALS_HUMANEVAL = (
     "described. Your response should only contain the code for this function.\n"
     'def add(a: int, b: int) -> int:\n    """Return the sum of a and b."""\n'
 )
+MMLU_PRO_COT = (
+    "The following are multiple choice questions (with answers) about law. Think step by "
+    'step and then output the answer in the format of "The answer is (X)" at the end.\n\n'
+    "Question:\nWhich court hears appeals first?\nOptions:\nA. trial court\nB. appellate "
+    "court\nC. supreme court\nD. none\nE. small claims\nF. family court\n"
+    "Answer: Let's think step by step."
+)
+MMLU_COT_FLAT = MMLU.replace("\nAnswer:", "\nLet's think step by step.\nAnswer:")
 BBH_COT = (
     "Evaluate the result of a random Boolean expression.\n\n"
     "Q: not ( ( not not True ) ) is\nA: Let's think step by step. not not True is True; "
@@ -89,6 +97,8 @@ def chat(text: str, **extra: Any) -> bytes:
     [
         (MMLU, "mmlu", 4),
         (MMLU_FEW_SHOT, "mmlu", 4),
+        (MMLU_PRO_COT, "mmlu", 2048),
+        (MMLU_COT_FLAT, "mmlu", 1024),
         (GSM8K_COT, "qa_cue", 512),
         (GSM8K_FEW_SHOT, "qa_cue", 256),
         (SIMPLE_EVALS_MC, "simple_evals_mc", 1024),
@@ -208,6 +218,14 @@ def test_content_facts_carry_the_evaluation_and_discount_elicitation_and_templat
     fingerprinter.prime([(body, "application/json")])
     assert fingerprinter.fingerprint(body, "application/json") == after
     assert fingerprinter.fingerprint(body.decode()) == after._replace(n_bytes=len(body))
+
+
+def test_the_formats_own_step_by_step_phrases_are_not_a_demand(
+    fingerprinter: ContentFingerprinter,
+) -> None:
+    for prompt in (GSM8K_COT, SIMPLE_EVALS_MC, SIMPLE_EVALS_MATH, MMLU_PRO_COT, BBH_COT):
+        facts = fingerprinter.fingerprint(chat(prompt, max_tokens=1024))
+        assert facts.evaluation >= EVALUATION_TEMPLATE_MIN, prompt[:40]
 
 
 def test_a_demand_in_another_language_keeps_the_elicitation(

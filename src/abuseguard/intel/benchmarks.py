@@ -12,7 +12,8 @@ Formats recognised (written from the harnesses' public templates, matched by sha
 
 - **lm-evaluation-harness MMLU**: "The following are multiple choice questions (with
   answers) about {subject}." then the question, ``A.`` .. ``D.`` choice lines and a final
-  "Answer:" (zero- or few-shot);
+  "Answer:" (zero- or few-shot); MMLU-Pro's chain-of-thought variant (up to ten choices,
+  "Answer: Let's think step by step.") too;
 - **multiple-choice Q/A** (ARC, MMLU without its header, HellaSwag-style endings as
   choices): ``A.``/``(A)`` .. ``D.`` choice lines ending with "Answer:";
 - **simple-evals multiple choice** (MMLU, GPQA): "Answer the following multiple choice
@@ -77,11 +78,13 @@ _HUMANEVAL = (
     b"function described."
 )
 
-# Choice lines A..D (or more) closed by the answer cue at the end of the prompt.
+# Chain-of-thought trigger some formats put before or after the final answer cue.
+_COT = rb"Let's think step by step\.?"
+# Choice lines A..D (up to J: MMLU-Pro) closed by the answer cue at the end of the prompt.
 _DOT_CHOICES_CUE = re.compile(
     _NL + rb"\(?A[.)]\)? " + _LINE + _NL + rb"\(?B[.)]\)? " + _LINE
     + rb"(?:" + _NL + rb"\(?[C-J][.)]\)? " + _LINE + rb"){0,8}"
-    + _NL + rb"Answer:" + _END
+    + rb"(?:" + _NL + _COT + rb")?" + _NL + rb"Answer:(?: " + _COT + rb")?" + _END
 )  # fmt: skip
 # simple-evals: the choices "A) ..".."D) .." close the prompt.
 _PAREN_CHOICES_END = re.compile(
@@ -95,7 +98,7 @@ _MATH_REMINDER = re.compile(
 _HUMANEVAL_CODE = re.compile(rb"(?:def |```)")
 # "Question:"/"Q:" then, closing the prompt, "Answer:"/"A:" with optional CoT trigger.
 _QA_CUE_END = re.compile(
-    rb"(?:Answer|A):(?: Let's think step by step\.?)?" + _END
+    rb"(?:Answer|A):(?: " + _COT + rb")?" + _END
 )  # fmt: skip
 # Answer cues at a line start; in a few-shot prompt all but the last are answered examples.
 _LINE_CUES = (b"\\nAnswer: ", b"\nAnswer: ", b"\\nA: ", b"\nA: ")
@@ -128,6 +131,7 @@ FORMAT_PHRASES: tuple[bytes, ...] = (
     b"Think step by step before answering",
     b"Solve the following math problem step by step",
     b"Please reason step by step",
+    b"Think step by step and then output the answer in the format of",  # MMLU-Pro
 )
 
 _HUMANEVAL_ANCHOR = _HUMANEVAL[:40]
