@@ -81,8 +81,9 @@ _HUMANEVAL = (
 # Chain-of-thought trigger some formats put before or after the final answer cue.
 _COT = rb"Let's think step by step\.?"
 # Choice lines A..D (up to J: MMLU-Pro) closed by the answer cue at the end of the prompt.
+# It starts at the "A" (not at the line break before it) so the scan skips to each "A".
 _DOT_CHOICES_CUE = re.compile(
-    _NL + rb"\(?A[.)]\)? " + _LINE + _NL + rb"\(?B[.)]\)? " + _LINE
+    rb"A[.)]\)? " + _LINE + _NL + rb"\(?B[.)]\)? " + _LINE
     + rb"(?:" + _NL + rb"\(?[C-J][.)]\)? " + _LINE + rb"){0,8}"
     + rb"(?:" + _NL + _COT + rb")?" + _NL + rb"Answer:(?: " + _COT + rb")?" + _END
 )  # fmt: skip

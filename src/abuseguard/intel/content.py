@@ -1108,6 +1108,8 @@ class ContentFingerprinter:
         ("Let's think step by step") are taken out: a demand for reasoning beyond the
         format, in any language the markers cover. Fingerprints the body a second time,
         but only bodies in a benchmark format."""
+        if facts.elicitation == 0.0:  # no marker at all (a multiple-choice item): none left
+            return 0.0
         stripped = raw
         for phrase in FORMAT_PHRASES:
             stripped = stripped.replace(phrase, b"")
