@@ -102,7 +102,11 @@ def build_pipeline(
 
         # Kernels Numba has not cached compile in a background thread; until they are
         # ready, fingerprint() finds no prompt (as when the body read times out).
-        content = ContentFingerprinter(max_bytes=scoring.content_max_bytes, background=True)
+        content = ContentFingerprinter(
+            max_bytes=scoring.content_max_bytes,
+            background=True,
+            evaluation_formats=scoring.evaluation_formats,
+        )
     local_buckets = kernel_buckets(backend)
     # Kernels not in Numba's cache compile in a background thread; until then the engine
     # runs their Python twin (same decisions, slower): a guard never waits for a

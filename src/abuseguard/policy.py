@@ -547,6 +547,16 @@ class Scoring:
     weights were tuned on the simulator's default mix (``abuseguard simulate``) and checked
     on its ``hard`` mix and other seeds.
 
+    ``evaluation_formats`` (on by default) recognises the published prompt formats of public
+    benchmarks and evaluation harnesses (lm-evaluation-harness MMLU and GSM8K, simple-evals,
+    few-shot Q/A blocks; `abuseguard.intel.benchmarks`): such a request, unless it also
+    demands free-form reasoning or asks for thousands of output tokens, has its
+    ``elicitation`` discounted and, when recognised with confidence, its template left out
+    of ``template`` and ``shared_template``. Undeclared evaluation runs from one cloud
+    address were held on the ``capable`` mix for "Let's think step by step" and a shared
+    benchmark header. Address, rate and behaviour signals still apply. False restores the
+    plain reading.
+
     ``volume_rate`` ramps the identity's long-run request rate as a share of its bucket's
     rate (the bucket as configured; without a bucket, of 1 request per second): (0.5, 1.0)
     means a client using half its allowance around the clock starts to count and one using
@@ -588,6 +598,7 @@ class Scoring:
     shared_template_accounts: tuple[float, float] = (8.0, 40.0)
     content: bool = True
     content_max_bytes: int = 16384
+    evaluation_formats: bool = True
     sketch_horizon: float = 3600.0
     content_read_timeout: float = 1.5
     weak_signals: Iterable[str] = DEFAULT_WEAK_SIGNALS

@@ -87,6 +87,19 @@ Pipeline, for at most ``max_bytes`` bytes of body:
    request is multiplied by 1 - the discount of its ``phrase``, so a phrase half of all
    honest accounts use says little about any one of them.
 
+5. **Evaluation formats.** A body in the published prompt format of a public benchmark
+   (`abuseguard.intel.benchmarks`: lm-evaluation-harness MMLU and GSM8K, simple-evals,
+   few-shot Q/A blocks) gets ``evaluation``, its strength after the output-cap and
+   reasoning-demand checks; the body is fingerprinted a second time with the formats' own
+   phrases ("Let's think step by step") taken out, and whatever elicitation is left (a
+   demand beyond the format, in any language the markers cover) takes its share off
+   ``evaluation``. The elicitation strength is multiplied by 1 - ``evaluation``, and from
+   ``EVALUATION_TEMPLATE_MIN`` on the template id is 0: a benchmark's format is shared by
+   everyone who runs it, so it says nothing about coordination. Only bodies holding one of
+   the formats' anchors ("Answer", "A:", the HumanEval instruction) pay for more than
+   three substring scans. ``ContentFingerprinter(evaluation_formats=False)``
+   (``Scoring.evaluation_formats``) turns it off.
+
 Known limits: a fill-in spliced into a sentence without delimiters ("Write a poem about
 {topic} in the style of {poet}") changes the template id; so does a fill-in paragraph dense
 in instruction words. A short template ("Q: {x}") leaves too few literal words to be
@@ -132,6 +145,7 @@ from abuseguard.intel._content_kernels import (
     word_table,
     workspace_words,
 )
+from abuseguard.intel.benchmarks import FORMAT_PHRASES, may_be_evaluation, recognise
 
 if TYPE_CHECKING:
     from abuseguard.identity import ClientAddress
@@ -600,7 +614,11 @@ class ContentFacts(NamedTuple):
     which marker weighs most in ``elicitation`` (1 + its index in
     ``ELICITATION_MARKERS``), 0 for none; the background lane learns how common each one
     is among established accounts, and ``elicitation`` is already discounted by it
-    (``ContentFingerprinter.discount_phrases``).
+    (``ContentFingerprinter.discount_phrases``). ``evaluation``: 0..1, how strongly the
+    body reads as an item of a public benchmark in its published format
+    (`abuseguard.intel.benchmarks`), after the checks for a reasoning demand beyond the
+    format; ``elicitation`` is already discounted by it, and ``template_id`` is 0 when it
+    reaches ``EVALUATION_TEMPLATE_MIN``.
     """
 
     simhash: int
@@ -610,10 +628,15 @@ class ContentFacts(NamedTuple):
     prompt_found: bool
     context_id: int = 0
     phrase: int = 0
+    evaluation: float = 0.0
 
 
 # ``ContentFacts(*values)`` without the keyword handling of its constructor: half the cost.
 _new_tuple = tuple.__new__
+
+# A request whose ``evaluation`` strength reaches this no longer counts its template: a
+# public benchmark's format is shared by everyone who runs it.
+EVALUATION_TEMPLATE_MIN = 0.5
 _body_context_start = body_context_start
 _BODY_PROMPT, _BODY_NO_PROMPT = 1, 2  # what ``_fingerprint_body`` answers (0: not read)
 
@@ -904,6 +927,7 @@ class ContentFingerprinter:
         "_body_lock",
         "_body_max",
         "_body_workspace",
+        "_evaluation_formats",
         "_max_bytes",
         "_phrase_keep",
         "_primed",
@@ -915,7 +939,12 @@ class ContentFingerprinter:
     )
 
     def __init__(
-        self, *, max_bytes: int = 16384, shingle: int = 3, background: bool = False
+        self,
+        *,
+        max_bytes: int = 16384,
+        shingle: int = 3,
+        background: bool = False,
+        evaluation_formats: bool = True,
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
@@ -923,8 +952,11 @@ class ContentFingerprinter:
             raise ValueError(f"shingle must be an integer, got {shingle!r}")
         if not 1 <= shingle <= MAX_SHINGLE:
             raise ValueError(f"shingle must be in 1..{MAX_SHINGLE}, got {shingle}")
+        if not isinstance(evaluation_formats, bool):
+            raise ValueError(f"evaluation_formats must be a bool, got {evaluation_formats!r}")
         self._max_bytes = max_bytes
         self._shingle = shingle
+        self._evaluation_formats = evaluation_formats
         # Per phrase number (ContentFacts.phrase): the share of a request's elicitation
         # strength kept, 1 - the popularity discount (``discount_phrases``).
         self._phrase_keep: list[float] = [1.0] * (len(ELICITATION_MARKERS) + 1)
@@ -1037,15 +1069,66 @@ class ContentFingerprinter:
         kernels are ready (see ``ready``), every body has no prompt (``EMPTY_CONTENT``)."""
         if self._run is None and not self.ready:
             return EMPTY_CONTENT
+        facts: ContentFacts | None = None
         if self._primed:
             hit = self._primed.pop(id(body), None)
             if hit is not None and hit[0] is body and hit[1] == content_type:
-                return hit[2]
-        if type(body) is bytes and len(body) <= self._body_max:
+                facts = hit[2]
+        if facts is None and type(body) is bytes and len(body) <= self._body_max:
             facts = self._fingerprint_chat(body)
-            if facts is not None:
+        if facts is None:
+            facts = self._fingerprint_safely(body, content_type)
+        if (
+            self._evaluation_formats
+            and facts.prompt_found
+            and (not isinstance(body, bytes | str) or may_be_evaluation(body))
+        ):
+            return self._judge_evaluation(body, content_type, facts)
+        return facts
+
+    def _judge_evaluation(
+        self, body: object, content_type: str | None, facts: ContentFacts
+    ) -> ContentFacts:
+        """``facts`` with ``evaluation`` set and the elicitation and template discounted
+        when the body is a public benchmark's item (`abuseguard.intel.benchmarks`)."""
+        try:
+            raw = body if type(body) is bytes else self._capped(body)
+            if len(raw) > self._max_bytes:
+                raw = raw[: self._max_bytes]
+            strength = recognise(raw).strength
+            if strength <= 0.0:
                 return facts
-        return self._fingerprint_safely(body, content_type)
+            strength *= 1.0 - self._elicitation_beyond_format(raw, content_type, facts)
+        except Exception:  # as in ``_fingerprint_safely``: never fail the request
+            return facts
+        if strength <= 0.0:
+            return facts
+        return facts._replace(
+            elicitation=facts.elicitation * (1.0 - strength),
+            template_id=0 if strength >= EVALUATION_TEMPLATE_MIN else facts.template_id,
+            evaluation=strength,
+        )
+
+    def _elicitation_beyond_format(
+        self, raw: bytes, content_type: str | None, facts: ContentFacts
+    ) -> float:
+        """The elicitation strength of the body once the benchmark formats' own phrases
+        ("Let's think step by step") are taken out: a demand for reasoning beyond the
+        format, in any language the markers cover. Fingerprints the body a second time,
+        but only bodies in a benchmark format."""
+        if facts.elicitation == 0.0:  # no marker at all (a multiple-choice item): none left
+            return 0.0
+        stripped = raw
+        for phrase in FORMAT_PHRASES:
+            stripped = stripped.replace(phrase, b"")
+        if len(stripped) == len(raw):
+            return facts.elicitation
+        residual: ContentFacts | None = None
+        if len(stripped) <= self._body_max:
+            residual = self._fingerprint_chat(stripped)
+        if residual is None:
+            residual = self._fingerprint_safely(stripped, content_type)
+        return residual.elicitation
 
     def _fingerprint_chat(self, body: bytes) -> ContentFacts | None:
         """A chat body read and fingerprinted in one kernel call (``_fingerprint_body``),
@@ -1078,6 +1161,7 @@ class ContentFingerprinter:
                     True,
                     context_id,
                     phrase,
+                    0.0,
                 ),
             )
         if status == _BODY_NO_PROMPT:
@@ -1180,6 +1264,7 @@ class ContentFingerprinter:
                 repeat(True),
                 context_ids,
                 columns[4].tolist(),
+                repeat(0.0),
             ),
         )
         for (body, content_type), fact in zip(asked, facts, strict=True):
@@ -1215,7 +1300,8 @@ class ContentFingerprinter:
         context_id = _context_id(context) if context else 0
         strength *= self._phrase_keep[phrase]
         return _new_tuple(
-            ContentFacts, (simhash, template_id, strength, n_bytes, True, context_id, phrase)
+            ContentFacts,
+            (simhash, template_id, strength, n_bytes, True, context_id, phrase, 0.0),
         )
 
     def _prepare(self, body: object, content_type: str | None) -> ContentFacts | _Prepared:
