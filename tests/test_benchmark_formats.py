@@ -144,6 +144,22 @@ def test_bodies_without_the_anchors_are_dismissed_as_bytes_or_text() -> None:
         assert may_be_evaluation(chat(prompt)) and may_be_evaluation(prompt)
 
 
+def test_a_system_prompt_saying_answer_is_dismissed_without_the_long_way() -> None:
+    # "Answer" without a cue's colon is in countless system prompts; only "Answer:" or
+    # "A:" (or HumanEval's instruction) sends a body to the format patterns.
+    body = json.dumps(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant. Answer precisely."},
+                {"role": "user", "content": "Solve the following problem step by step: 3x=9"},
+            ],
+        }
+    ).encode()
+    assert not may_be_evaluation(body)
+    assert not may_be_evaluation(body.decode())
+
+
 def test_a_benchmark_header_on_a_reasoning_demand_is_not_an_evaluation() -> None:
     header = "The following are multiple choice questions (with answers) about philosophy.\n\n"
     pasted = chat(header + "Is free will compatible with determinism? " + DEMAND)

@@ -194,10 +194,13 @@ def _format_of(body: bytes) -> tuple[str, float]:
 
 def may_be_evaluation(body: bytes | str) -> bool:
     """False for a body (bytes or text) that holds none of the formats (almost every body):
-    three substring scans, no allocation. ``recognise`` looks closer at the others."""
+    three substring scans, no allocation. ``recognise`` looks closer at the others. Every
+    format ends its item with an answer cue ("Answer:", "A:") or names one in its
+    instructions ("Answer: $LETTER"), or is HumanEval's; "Answer" alone is in countless
+    system prompts ("Answer precisely.") and would send them all the long way."""
     if isinstance(body, str):
-        return "Answer" in body or "A:" in body or _HUMANEVAL_TEXT_ANCHOR in body
-    return b"Answer" in body or b"A:" in body or _HUMANEVAL_ANCHOR in body
+        return "Answer:" in body or "A:" in body or _HUMANEVAL_TEXT_ANCHOR in body
+    return b"Answer:" in body or b"A:" in body or _HUMANEVAL_ANCHOR in body
 
 
 def recognise(body: bytes) -> Recognition:

@@ -96,7 +96,7 @@ Pipeline, for at most ``max_bytes`` bytes of body:
    ``evaluation``. The elicitation strength is multiplied by 1 - ``evaluation``, and from
    ``EVALUATION_TEMPLATE_MIN`` on the template id is 0: a benchmark's format is shared by
    everyone who runs it, so it says nothing about coordination. Only bodies holding one of
-   the formats' anchors ("Answer", "A:", the HumanEval instruction) pay for more than
+   the formats' anchors ("Answer:", "A:", the HumanEval instruction) pay for more than
    three substring scans. ``ContentFingerprinter(evaluation_formats=False)``
    (``Scoring.evaluation_formats``) turns it off.
 
