@@ -289,11 +289,21 @@ def _shape_item(key: tuple[object, ...]) -> int:
     return found
 
 
-def _read_request(
-    request: dict[str, Any],
-) -> tuple[int, int, int, bool, float, float, tuple[int, ...]]:
-    """(system, shape, topic, single_turn, coercion, reasoning, words) of a parsed LLM API
-    request body."""
+class Conversation(NamedTuple):
+    """What an LLM API request says of its conversation: the system text (system and
+    developer messages, Anthropic ``system``, responses ``instructions``, Gemini
+    ``systemInstruction``, joined), how many user turns and earlier answers it carries, and
+    the last user message."""
+
+    system_text: str
+    users: int
+    answers: int
+    last_user: str
+
+
+def read_conversation(request: Mapping[str, Any]) -> Conversation:
+    """The `Conversation` of a parsed request body (chat completions, messages, responses,
+    Gemini, legacy completions)."""
     system_parts: list[str] = []
     for name in ("system", "instructions", "systemInstruction"):
         if name in request:
@@ -328,7 +338,15 @@ def _read_request(
             else:
                 users += 1
                 last_user = _text(content)
-    system_text = "\n".join(part for part in system_parts if part)
+    return Conversation("\n".join(part for part in system_parts if part), users, answers, last_user)
+
+
+def _read_request(
+    request: dict[str, Any],
+) -> tuple[int, int, int, bool, float, float, tuple[int, ...]]:
+    """(system, shape, topic, single_turn, coercion, reasoning, words) of a parsed LLM API
+    request body."""
+    system_text, users, answers, last_user = read_conversation(request)
     system = _system_item(system_text) if system_text else 0
     cap = next((request[k] for k in _TOKEN_CAPS if k in request), None)
     names = sorted(str(k) for k in request if k not in _CONTENT_KEYS)

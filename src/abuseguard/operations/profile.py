@@ -41,13 +41,14 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
 from abuseguard.config_check import check_fields
 from abuseguard.errors import ConfigError
 from abuseguard.intel.content import coercion_strength
+from abuseguard.operations.evidence import read_conversation
 
 if TYPE_CHECKING:
     from abuseguard.intel.content import ContentFingerprinter
@@ -180,37 +181,6 @@ def subject_words(text: str) -> frozenset[str]:
     return frozenset(words)
 
 
-def _text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts: list[str] = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict):
-                text = block.get("text")
-                if isinstance(text, str):
-                    parts.append(text)
-                elif isinstance(block.get("parts"), list):
-                    parts.append(_text(block["parts"]))
-        return "\n".join(parts)
-    if isinstance(content, dict):
-        return _text([content])
-    return ""
-
-
-def _turns(request: Mapping[str, Any]) -> list[Any]:
-    for name in ("messages", "contents", "input"):
-        turns = request.get(name)
-        if turns is not None:
-            return [turns] if isinstance(turns, str) else turns if isinstance(turns, list) else []
-    prompt = request.get("prompt")
-    if prompt is None:
-        return []
-    return prompt if isinstance(prompt, list) else [prompt]
-
-
 def read_request(
     body: bytes | str | None, fingerprinter: ContentFingerprinter | None = None
 ) -> RequestFacts:
@@ -228,23 +198,7 @@ def read_request(
         return _NO_FACTS
     if not isinstance(request, dict):
         return _NO_FACTS
-    system = [_text(request.get(name)) for name in ("system", "instructions", "systemInstruction")]
-    users = answers = 0
-    last_user = ""
-    for turn in _turns(request):
-        if isinstance(turn, str):
-            users += 1
-            last_user = turn
-        elif isinstance(turn, dict):
-            role = turn.get("role", "user")
-            content = turn.get("content", turn.get("parts"))
-            if role in ("system", "developer"):
-                system.append(_text(content))
-            elif role in ("assistant", "model"):
-                answers += 1
-            else:
-                users += 1
-                last_user = _text(content)
+    system_text, users, answers, last_user = read_conversation(request)
     if not users:
         return _NO_FACTS
     if fingerprinter is None:
@@ -253,7 +207,7 @@ def read_request(
         fingerprinter = ContentFingerprinter()
     facts = fingerprinter.fingerprint(body, "application/json")
     asked = last_user[:_TEXT_CHARS]
-    system_text = "\n".join(part for part in system if part)[:_TEXT_CHARS]
+    system_text = system_text[:_TEXT_CHARS]
     demand = f"{system_text}\n{asked}" if system_text else asked
     coercion = coercion_strength(demand) if demand else 0.0
     reasoning = max(facts.elicitation, coercion)
