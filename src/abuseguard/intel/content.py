@@ -535,19 +535,22 @@ COERCION_MARKERS: tuple[tuple[str, float], ...] = (
 )
 _COERCION_SET = MarkerSet([phrase for phrase, _ in COERCION_MARKERS])
 _COERCION_WEIGHTS = tuple(weight for _, weight in COERCION_MARKERS)
-_coercion_kernel: TextKernel | None = None
+# The text kernels of the marker strengths, made on first use: name -> kernel.
+_strength_kernels: dict[str, TextKernel] = {}
+
+
+def _marker_strength(text: str, name: str, markers: MarkerSet, weights: tuple[float, ...]) -> float:
+    """``1 - prod(1 - weight)`` over the distinct ``markers`` found in ``text``."""
+    kernel = _strength_kernels.get(name)
+    if kernel is None:
+        kernel = _strength_kernels[name] = text_kernel(WORD_TABLE, markers, weights, 1, MARKERS)
+    return float(kernel(_lower_bytes(text), 0, 0)[4])
 
 
 def coercion_strength(text: str) -> float:
     """``1 - prod(1 - weight)`` over the distinct ``COERCION_MARKERS`` found in ``text``:
     how plainly it demands the model's own internal reasoning, written out in full."""
-    global _coercion_kernel
-    kernel = _coercion_kernel
-    if kernel is None:
-        kernel = _coercion_kernel = text_kernel(
-            WORD_TABLE, _COERCION_SET, _COERCION_WEIGHTS, 1, MARKERS
-        )
-    return float(kernel(_lower_bytes(text), 0, 0)[4])
+    return _marker_strength(text, "coercion", _COERCION_SET, _COERCION_WEIGHTS)
 
 
 _HAS_WORD = re.compile(r"[^\W_]")
@@ -673,18 +676,9 @@ def template_skeleton(text: str) -> str:
     return skeleton_text(text.lower().encode("utf-8", "surrogatepass"), WORD_TABLE)
 
 
-_elicitation_kernel: TextKernel | None = None
-
-
 def elicitation_strength(text: str) -> float:
     """``1 - prod(1 - weight)`` over the distinct ``ELICITATION_MARKERS`` found in ``text``."""
-    global _elicitation_kernel
-    kernel = _elicitation_kernel
-    if kernel is None:
-        kernel = _elicitation_kernel = text_kernel(
-            WORD_TABLE, _MARKER_SET, _MARKER_WEIGHTS, 1, MARKERS
-        )
-    return float(kernel(_lower_bytes(text), 0, 0)[4])
+    return _marker_strength(text, "elicitation", _MARKER_SET, _MARKER_WEIGHTS)
 
 
 def _stable_hash(text: str) -> int:
