@@ -222,6 +222,27 @@ def test_an_analyzer_lifting_its_prior_does_not_lift_the_coercion_verdicts() -> 
     assert all("prior" in d.reasons and "evidence" in d.reasons for d in decisions[4:])
 
 
+class _JudgesOnce:
+    """An analyzer that judges an account on its first request and leaves it after."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def analyze(self, identity: str, records: object) -> float | None:
+        if identity in self.seen:
+            return None
+        self.seen.add(identity)
+        return 1.0
+
+
+def test_an_analyzer_lifting_its_prior_leaves_another_analyzers_standing() -> None:
+    guard = _guard()
+    lane = BackgroundLane(guard, [_JudgesOnce(), _NothingAgainst()], profile=None)
+    texts = [f"Question {i} about cooking pasta for {i} people." for i in range(6)]
+    decisions = _send(guard, lane, "judged", texts, 1000.0)
+    assert all("prior" in d.reasons for d in decisions[1:])
+
+
 def test_a_researcher_asking_for_reasoning_in_every_language_is_never_held() -> None:
     # The coercion verdict alone: one account asking in a new language on every request is
     # what the harvest profile judges (tests/test_operations_profile.py).

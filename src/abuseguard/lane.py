@@ -89,6 +89,8 @@ _DEFAULT_PROFILE = HarvestProfileConfig()
 SAMPLE_AFTER = 8
 SAMPLE_EVERY = 4
 cohorts_set = cohorts.set_cohort
+# The coercion verdict's slot among an account's source priors (the analyzers' follow).
+_COERCION_SOURCE = 0
 
 
 def _asn_lookup(guard: Guard) -> Callable[[str], int | None] | None:
@@ -289,11 +291,12 @@ class BackgroundLane:
         # Per account: [prompts demanding internal reasoning (-1 once judged), prompts read].
         self._coercion_counts: dict[str, list[int]] = {}
         self.evidence = EvidenceReader(asn_of=_asn_lookup(guard), slot_seconds=1800.0, agents=None)
-        # Per-account analyzers' last priors, combined with the operations' (bounded).
-        self._account_priors: dict[str, float] = {}
-        # Accounts the coercion verdict judged: their prior stays 1.0 whatever an analyzer
-        # writes later (the harvest profile lifting its own prior writes 0).
-        self._coerced_accounts: dict[str, None] = {}
+        # Per account, the last prior of each source (the coercion verdict,
+        # `_COERCION_SOURCE`, then the per-account analyzers in order); the account's
+        # prior is the largest (`_account_prior`), combined with the operations'. One
+        # source lifting its prior (the harvest profile writes 0 on release) leaves the
+        # others' standing. Bounded.
+        self._source_priors: dict[str, list[float]] = {}
         self._tokens: dict[str, float] = {}
         # Each account's creation time as first estimated from the host app's age: later
         # ages (rounded to days, or an age fixed at sign-up) would move it across days.
@@ -346,22 +349,14 @@ class BackgroundLane:
             cohorts.setdefault(record.identity, []).append(record)
         priors: dict[str, float] = {}
         for identity, records in cohorts.items():
-            for analyzer in self.analyzers:
+            for source, analyzer in enumerate(self.analyzers, _COERCION_SOURCE + 1):
                 try:
                     prior = analyzer.analyze(identity, records)
                 except Exception:
                     logger.exception("background analyzer %r failed", analyzer)
                     continue
                 if prior is not None:
-                    priors[identity] = max(prior, priors.get(identity, 0.0))
-        account_priors = self._account_priors
-        coerced = self._coerced_accounts
-        for identity, prior in priors.items():
-            if identity not in account_priors and len(account_priors) >= _MAX_ACCOUNTS:
-                account_priors.pop(next(iter(account_priors)))
-            if identity in coerced:
-                prior = priors[identity] = 1.0
-            account_priors[identity] = prior
+                    priors[identity] = self._set_source_prior(identity, source, prior)
         holds: dict[str, float] = {}
         if self.profile is not None:
             judged = self.profile.take_judged()
@@ -375,6 +370,23 @@ class BackgroundLane:
         if self.popularity is not None:
             self._pending = self._discounts_due()
         return priors, holds
+
+    def _set_source_prior(self, identity: str, source: int, prior: float) -> float:
+        """Record ``source``'s prior of the account; return the account's prior."""
+        sources = self._source_priors.get(identity)
+        if sources is None:
+            if len(self._source_priors) >= _MAX_ACCOUNTS:
+                self._source_priors.pop(next(iter(self._source_priors)))
+            sources = self._source_priors[identity] = [0.0] * (len(self.analyzers) + 1)
+        if source >= len(sources):  # an analyzer added to ``analyzers`` since
+            sources.extend([0.0] * (source + 1 - len(sources)))
+        sources[source] = prior
+        return max(sources)
+
+    def _account_prior(self, identity: str) -> float:
+        """The largest prior the per-account sources hold for the account (0: none)."""
+        sources = self._source_priors.get(identity)
+        return max(sources) if sources is not None else 0.0
 
     def _teach(
         self,
@@ -395,7 +407,7 @@ class BackgroundLane:
         if (
             identity in self._held
             or linker.prior_of(identity) >= config.cluster_score
-            or self._account_priors.get(identity, 0.0) >= config.cluster_score
+            or self._account_prior(identity) >= config.cluster_score
         ):
             return
         account = stable_hash(identity)
@@ -531,11 +543,7 @@ class BackgroundLane:
             if self.popularity is not None:
                 self._teach(identity, records, seen_now, created, known.first_ts if known else None)
             if self.coercion is not None and self._coerced(identity, seen_now):
-                priors[identity] = 1.0
-                self._account_priors[identity] = 1.0
-                if len(self._coerced_accounts) >= _MAX_ACCOUNTS:
-                    self._coerced_accounts.pop(next(iter(self._coerced_accounts)))
-                self._coerced_accounts[identity] = None
+                priors[identity] = self._set_source_prior(identity, _COERCION_SOURCE, 1.0)
                 holds[identity] = seen_now[-1][0]
         linker.update()
         linker.join_recent(cohorts)
@@ -543,7 +551,7 @@ class BackgroundLane:
         hold_score = linker.config.hold_score
         for identity, prior in changed.items():
             cohorts_set(identity, linker.cluster_of(identity))
-            priors[identity] = max(prior, self._account_priors.get(identity, 0.0))
+            priors[identity] = max(prior, self._account_prior(identity))
             if hold_score is not None and prior >= hold_score and identity in linker.firm:
                 holds[identity] = linker.now
         baseline = self.popularity
