@@ -1075,7 +1075,7 @@ class ContentFingerprinter:
         if (
             self._evaluation_formats
             and facts.prompt_found
-            and (not isinstance(body, bytes | str) or may_be_evaluation(body))
+            and (not isinstance(body, (bytes, str)) or may_be_evaluation(body))
         ):
             return self._judge_evaluation(body, content_type, facts)
         return facts
